@@ -1,0 +1,107 @@
+"""The one record type that flows from ingest through clean to training.
+
+A record is one JSON object per line in ``records.jsonl``. Field names keep the seed format
+(``file_path``, ``content``) and add ``kind``, ``language``, ``source``, ``revision``, ``id`` and
+``meta``. ``file_path`` is ``None`` for issues, pull requests and commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from repotune.errors import RepotuneError
+
+
+class Kind(StrEnum):
+    CODE = "code"
+    DOC = "doc"
+    ISSUE = "issue"
+    PULL_REQUEST = "pull_request"
+    COMMIT = "commit"
+
+
+# `--include` names (plural, as users type them) and the record kinds each one selects.
+INCLUDE_KINDS: dict[str, frozenset[Kind]] = {
+    "code": frozenset({Kind.CODE}),
+    "docs": frozenset({Kind.DOC}),
+    "commits": frozenset({Kind.COMMIT}),
+    "issues": frozenset({Kind.ISSUE, Kind.PULL_REQUEST}),
+}
+
+
+def parse_include(text: str | None) -> frozenset[Kind] | None:
+    """Parse ``--include code,docs`` into record kinds; ``None`` means every kind the source has."""
+    if text is None or not text.strip():
+        return None
+    kinds: set[Kind] = set()
+    for name in (part.strip() for part in text.split(",")):
+        if name not in INCLUDE_KINDS:
+            raise RepotuneError(f"--include: unknown kind {name!r}; choose from {', '.join(INCLUDE_KINDS)}")
+        kinds |= INCLUDE_KINDS[name]
+    return frozenset(kinds)
+
+
+def record_id(source: str, kind: Kind | str, key: str) -> str:
+    """A stable id: the same source, kind and key (path, commit SHA, issue number) give the same id."""
+    digest = hashlib.sha256(f"{source}\x00{kind}\x00{key}".encode()).hexdigest()
+    return digest[:16]
+
+
+@dataclass(slots=True)
+class Record:
+    content: str
+    kind: Kind
+    source: str
+    id: str
+    file_path: str | None = None
+    language: str | None = None
+    revision: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = Kind(self.kind)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        return cls(
+            content=data["content"],
+            kind=Kind(data["kind"]),
+            source=data["source"],
+            id=data["id"],
+            file_path=data.get("file_path"),
+            language=data.get("language"),
+            revision=data.get("revision"),
+            meta=data.get("meta") or {},
+        )
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Stream records from a JSONL file, naming the line of any malformed record."""
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield Record.from_dict(json.loads(line))
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+                raise RepotuneError(f"{path}:{lineno}: not a repotune record ({exc})") from None
+
+
+def write_records(handle, records: Iterable[Record]) -> int:
+    count = 0
+    for record in records:
+        handle.write(record.to_json())
+        handle.write("\n")
+        count += 1
+    return count

@@ -1,0 +1,128 @@
+"""Safe extraction of .zip and .tar.* archives into a temporary folder.
+
+Every member is checked before anything is written: absolute paths, ``..`` components, links and
+device files are rejected, and member count and expanded size are bounded against archive bombs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from repotune.errors import RepotuneError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveLimits:
+    max_members: int = 200_000
+    """Most entries an archive may hold."""
+    max_total_bytes: int = 4 * 1024**3
+    """Most bytes the archive may expand to (4 GiB), counted while extracting, not trusted from headers."""
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _check_name(archive: Path, name: str) -> PurePosixPath:
+    normalized = name.replace("\\", "/")
+    member = PurePosixPath(normalized)
+    if member.is_absolute() or normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise RepotuneError(f"archive {archive.name}: member {name!r} has an absolute path; refusing it")
+    if ".." in member.parts:
+        raise RepotuneError(f"archive {archive.name}: member {name!r} escapes the archive with '..'")
+    return member
+
+
+class _Budget:
+    def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
+        self.archive, self.limits, self.members, self.bytes = archive, limits, 0, 0
+
+    def member(self) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise RepotuneError(
+                f"archive {self.archive.name}: more than {self.limits.max_members} members; refusing it"
+            )
+
+    def spend(self, size: int) -> None:
+        self.bytes += size
+        if self.bytes > self.limits.max_total_bytes:
+            raise RepotuneError(
+                f"archive {self.archive.name}: expands past {self.limits.max_total_bytes} bytes "
+                "(an archive bomb?); refusing it"
+            )
+
+
+def _copy(src, dest: Path, budget: _Budget) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") as out:
+        while chunk := src.read(_CHUNK):
+            budget.spend(len(chunk))
+            out.write(chunk)
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_name(archive, info.filename)
+            # Unix mode bits live in the high 16 bits; 0o120000 is a symbolic link.
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise RepotuneError(f"archive {archive.name}: member {info.filename!r} is a symlink")
+        for info in infos:
+            budget.member()
+            target = dest / _check_name(archive, info.filename)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            with zf.open(info) as src:
+                _copy(src, target, budget)
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    with tarfile.open(archive) as tf:
+        # Streamed member by member: tarfile reads headers lazily, so a huge archive is never listed whole.
+        for member in tf:
+            budget.member()
+            rel = _check_name(archive, member.name)
+            if member.issym() or member.islnk():
+                raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a link")
+            if member.isdir():
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                src = tf.extractfile(member)
+                if src is not None:
+                    _copy(src, dest / rel, budget)
+            else:
+                raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a device or fifo")
+
+
+def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+    """Extract ``archive`` into ``dest`` and return the project root inside it.
+
+    An archive holding a single top-level folder (as GitHub's and ``git archive --prefix`` do) has
+    that folder as its root.
+    """
+    budget = _Budget(archive, limits)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, dest, budget)
+        else:
+            _extract_tar(archive, dest, budget)
+    except RepotuneError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise RepotuneError(f"archive {archive.name} is corrupt or unreadable: {exc}") from None
+    children = list(dest.iterdir())
+    if len(children) == 1 and children[0].is_dir():
+        return children[0]
+    return dest

@@ -1,0 +1,263 @@
+"""Ingest from local folders, git checkouts, git URLs and archives, on real trees and repositories."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+from tests.conftest import git, write_tree
+
+from repotune.errors import RepotuneError
+from repotune.ingest import IngestConfig, run_ingest
+from repotune.records import Kind, Record, parse_include, read_records
+from repotune.sources import archive
+
+
+def ingest(source: Path | str, out: Path, **kwargs) -> tuple[dict, dict[str, Record]]:
+    manifest = run_ingest(IngestConfig(source=str(source), output=out, **kwargs))
+    records = {r.file_path or r.meta.get("sha"): r for r in read_records(out / "records.jsonl")}
+    return manifest, records
+
+
+def test_folder_keeps_code_and_docs_and_counts_every_skip(sample_tree: Path, tmp_path: Path) -> None:
+    manifest, records = ingest(sample_tree, tmp_path / "out")
+    assert set(records) == {
+        "README.md",
+        "src/sample/__init__.py",
+        "src/sample/math.py",
+        "scripts/run",
+        "docs/guide.rst",
+    }
+    assert records["src/sample/math.py"].kind is Kind.CODE
+    assert records["src/sample/math.py"].language == "python"
+    assert records["scripts/run"].language == "python"  # from the shebang
+    assert records["docs/guide.rst"].kind is Kind.DOC
+    assert records["README.md"].language == "markdown"
+    assert records["src/sample/math.py"].content.startswith("def add(a: int, b: int)")
+    assert manifest["source_type"] == "folder"
+    assert manifest["commit"] is None
+    assert manifest["skipped"] == {"binary": 2, "ignored": 2, "lockfile": 1, "vendored": 1}
+    assert manifest["kept"] == {"code": 3, "doc": 2}
+    assert manifest["records"] == 5
+
+
+def test_ids_are_stable_across_runs(sample_tree: Path, tmp_path: Path) -> None:
+    _, first = ingest(sample_tree, tmp_path / "a")
+    _, second = ingest(sample_tree, tmp_path / "b")
+    assert {k: r.id for k, r in first.items()} == {k: r.id for k, r in second.items()}
+    assert len({r.id for r in first.values()}) == len(first)
+
+
+def test_include_narrows_kinds(sample_tree: Path, tmp_path: Path) -> None:
+    manifest, records = ingest(sample_tree, tmp_path / "out", kinds=parse_include("docs"))
+    assert {r.kind for r in records.values()} == {Kind.DOC}
+    assert manifest["skipped"]["excluded_code"] == 3
+
+
+def test_unknown_include_is_named() -> None:
+    with pytest.raises(RepotuneError, match="--include: unknown kind 'source'"):
+        parse_include("code,source")
+
+
+def test_repotuneignore_and_nested_gitignore(sample_tree: Path, tmp_path: Path) -> None:
+    write_tree(
+        sample_tree,
+        {
+            ".repotuneignore": "docs/\n",
+            "src/sample/.gitignore": "math.py\n",
+            "src/sample/keep.py": "def keep():\n    return 'kept because only math.py is ignored here'\n",
+        },
+    )
+    _, records = ingest(sample_tree, tmp_path / "out")
+    assert "docs/guide.rst" not in records
+    assert "src/sample/math.py" not in records
+    assert "src/sample/keep.py" in records
+
+
+def test_symlinks_are_never_followed(sample_tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text("HOST_SECRET = 'must never be read'\n")
+    os.symlink(outside, sample_tree / "link_out.py")
+    os.symlink(tmp_path, sample_tree / "link_dir")
+    manifest, records = ingest(sample_tree, tmp_path / "out")
+    assert "link_out.py" not in records
+    assert not any("must never be read" in r.content for r in records.values())
+    assert manifest["skipped"]["symlink"] == 2
+
+
+def test_odd_names_large_and_non_utf8_files_do_not_stop_the_run(sample_tree: Path, tmp_path: Path) -> None:
+    write_tree(
+        sample_tree,
+        {
+            "odd name ü [1].py": "print('odd names are fine')\n",
+            "big.py": "x = 1\n" * 300_000,
+            "latin1.py": "# caf\xe9\n".encode("latin-1") + b"print('mostly ascii, one stray byte')\n" * 20,
+            "other_encoding.txt": "日本語のテキスト".encode("shift_jis") * 50,
+        },
+    )
+    manifest, records = ingest(sample_tree, tmp_path / "out", max_file_bytes=100_000)
+    assert "odd name ü [1].py" in records
+    assert "big.py" not in records and manifest["skipped"]["too_large"] == 1
+    assert "\ufffd" in records["latin1.py"].content
+    assert records["latin1.py"].meta["replaced_chars"] == 1
+    assert manifest["skipped"]["not_utf8"] == 1
+
+
+def test_git_checkout_yields_files_and_commits(sample_repo: Path, tmp_path: Path) -> None:
+    manifest, records = ingest(sample_repo, tmp_path / "out")
+    head = git(sample_repo, "rev-parse", "HEAD").strip()
+    assert manifest["source_type"] == "git"
+    assert manifest["commit"] == head
+    commits = [r for r in records.values() if r.kind is Kind.COMMIT]
+    assert len(commits) == 3
+    first = next(c for c in commits if c.content.startswith("Add the sample package"))
+    assert "It adds numbers." in first.content
+    assert "diff --git a/src/sample/math.py b/src/sample/math.py" in first.content
+    assert "+def add(a: int, b: int) -> int:" in first.content
+    assert first.meta["date"] == "2024-01-01T10:00:00+00:00"
+    assert first.meta["files"] == ["src/sample/math.py"]
+    assert first.file_path is None and first.revision == first.meta["sha"]
+    assert "ada@example.com" not in first.content + json.dumps(first.meta)
+    assert records["src/sample/math.py"].revision == head
+    assert manifest["kept"]["commit"] == 3
+
+
+def test_commit_diffs_are_capped(sample_repo: Path, tmp_path: Path) -> None:
+    _, records = ingest(sample_repo, tmp_path / "out", kinds=parse_include("commits"), max_diff_bytes=200)
+    assert {r.kind for r in records.values()} == {Kind.COMMIT}
+    big = next(r for r in records.values() if r.content.startswith("Add docs"))
+    assert big.meta["diff_truncated"] is True
+    assert big.content.endswith("[diff truncated]")
+
+
+@pytest.mark.integration
+def test_git_url_with_ref_resolves_the_commit(sample_repo: Path, tmp_path: Path) -> None:
+    first_sha = git(sample_repo, "rev-list", "--max-parents=0", "HEAD").strip()
+    git(sample_repo, "tag", "v0.1", first_sha)
+    manifest, records = ingest(f"file://{sample_repo}", tmp_path / "out", ref="v0.1")
+    assert manifest["commit"] == first_sha
+    assert manifest["ref"] == "v0.1"
+    assert set(k for k, r in records.items() if r.kind is not Kind.COMMIT) == {"src/sample/math.py"}
+    assert sum(r.kind is Kind.COMMIT for r in records.values()) == 1
+
+
+@pytest.mark.integration
+def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(RepotuneError, match="--ref 'no-such-tag' is not a branch, tag or commit"):
+        run_ingest(IngestConfig(source=f"file://{sample_repo}", output=tmp_path / "a", ref="no-such-tag"))
+    with pytest.raises(RepotuneError, match="cannot clone"):
+        run_ingest(IngestConfig(source=f"file://{tmp_path}/missing.git", output=tmp_path / "b"))
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str) -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+CODE = b"def greet(name):\n    return f'hello {name}'\n"
+
+
+@pytest.mark.parametrize("suffix,mode", [(".zip", None), (".tar.gz", "w:gz"), (".tar.xz", "w:xz")])
+def test_archives_extract_with_their_single_top_folder_as_root(tmp_path: Path, suffix: str, mode) -> None:
+    members = {"proj-1.0/app/greet.py": CODE, "proj-1.0/README.md": b"# proj\n\nGreets people by name.\n"}
+    path = tmp_path / f"proj{suffix}"
+    _zip(path, members) if mode is None else _tar(path, members, mode)
+    manifest, records = ingest(path, tmp_path / "out")
+    assert set(records) == {"app/greet.py", "README.md"}
+    assert manifest["source_type"] == "archive"
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("../evil.py", "escapes the archive"),
+        ("/etc/evil.py", "absolute path"),
+        ("ok/../../evil.py", "escapes the archive"),
+    ],
+)
+def test_archives_with_escaping_members_are_rejected(tmp_path: Path, name: str, message: str) -> None:
+    for path in (
+        _zip(tmp_path / "bad.zip", {name: CODE}),
+        _tar(tmp_path / "bad.tar.gz", {name: CODE}, "w:gz"),
+    ):
+        with pytest.raises(RepotuneError, match=message):
+            run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_archive_links_and_bombs_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tf:
+        link = tarfile.TarInfo("proj/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(RepotuneError, match="is a link"):
+        run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+    bomb = _zip(tmp_path / "bomb.zip", {"zeros.txt": b"0" * 5_000_000})
+    with pytest.raises(RepotuneError, match="archive bomb"):
+        archive.extract(bomb, tmp_path / "x", archive.ArchiveLimits(max_total_bytes=1_000_000))
+
+
+def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.tar.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")
+    with pytest.raises(RepotuneError, match=r"broken\.tar\.gz is corrupt or unreadable"):
+        run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+
+
+def test_missing_source_and_plain_file_are_named(tmp_path: Path) -> None:
+    with pytest.raises(RepotuneError, match="does not exist"):
+        run_ingest(IngestConfig(source=str(tmp_path / "nope"), output=tmp_path / "out"))
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(RepotuneError, match="not an archive"):
+        run_ingest(IngestConfig(source=str(tmp_path / "notes.txt"), output=tmp_path / "out"))
+
+
+def test_an_interrupted_run_leaves_no_records_file(sample_tree: Path, tmp_path: Path, monkeypatch) -> None:
+    import repotune.ingest as ingest_module
+
+    real = ingest_module.iter_source
+
+    def dies_midway(*args, **kwargs):
+        for count, record in enumerate(real(*args, **kwargs)):
+            if count == 2:
+                raise KeyboardInterrupt
+            yield record
+
+    monkeypatch.setattr(ingest_module, "iter_source", dies_midway)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(IngestConfig(source=str(sample_tree), output=out))
+    assert list(out.iterdir()) == []
+
+
+def test_memory_does_not_grow_with_the_repository(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    line = "value = compute(alpha, beta, gamma)  # a line of ordinary code\n"
+    chunk = line * 3000  # about 190 kB a file
+    write_tree(root, {f"pkg{i // 50}/mod{i}.py": chunk.replace("alpha", f"a{i}") for i in range(150)})
+    tracemalloc.start()
+    run_ingest(IngestConfig(source=str(root), output=tmp_path / "out"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    total = sum(p.stat().st_size for p in root.rglob("*.py"))
+    assert total > 25_000_000
+    # A few files' worth at a time, never the tree: 28 MB in, under 4 MB held at the peak.
+    assert peak < 4_000_000, peak

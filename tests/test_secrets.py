@@ -1,0 +1,369 @@
+"""Secret and PII redaction: one case per kind, the non-secrets that must survive, and the guarantees
+(one placeholder per key block, counts, idempotence, linear time).
+
+Fake secrets are generated or concatenated here so that this file never holds a string that a secret
+scanner (or `redact` itself) would flag as a live credential.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections import Counter
+
+import pytest
+
+from repotune.clean.secrets import PII_RULES, RULES, redact
+
+ALNUM = string.ascii_letters + string.digits
+TOKEN = ALNUM + "-_"
+B64 = ALNUM + "+/"
+HEX = "0123456789abcdef"
+
+
+def fake(n: int, alphabet: str = ALNUM, seed: int = 0) -> str:
+    """A random-looking string, the same on every run."""
+    rng = random.Random(f"{seed}:{n}:{alphabet}")
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def digits(n: int, seed: int = 0) -> str:
+    return fake(n, string.digits, seed)
+
+
+RSA_KEY = (
+    "-----BEGIN RSA " + "PRIVATE KEY-----\n"
+    + "\n".join(fake(64, B64, seed=i) for i in range(6))
+    + "\n" + fake(24, B64) + "==\n"
+    + "-----END RSA " + "PRIVATE KEY-----"
+)  # fmt: skip
+
+# (kind, text with `§` where the secret goes, secret)
+CASES: list[tuple[str, str, str]] = [
+    ("aws_access_key", 'aws_access_key_id = "§"', "AKIA" + "IOSFODNN7EXAMPLE"),
+    ("aws_access_key", "credentials: {AccessKeyId: §}", "ASIA" + fake(16, string.ascii_uppercase + "234567")),
+    ("aws_secret_key", "aws_secret_access_key = §", "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"),
+    ("aws_secret_key", '{"SecretAccessKey": "§"}', fake(40, B64)),
+    ("gcp_api_key", 'const mapsKey = "§";', "AIza" + fake(35, TOKEN)),
+    ("gcp_service_account", '{"type": "service_account", "private_key_id": "§"}', fake(40, HEX)),
+    (
+        "azure_storage_key",
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=§;EndpointSuffix=core.windows.net",
+        fake(86, B64) + "==",
+    ),
+    ("azure_client_secret", "AZURE_CLIENT_SECRET=§", fake(3) + "8Q~" + fake(34, ALNUM + "_.-")),
+    ("azure_client_secret", 'azure_client_secret = "§"', fake(32, TOKEN, seed=1)),
+    ("github_token", "export GITHUB_TOKEN=§", "ghp_" + fake(36)),
+    ("github_token", "gh auth login --with-token <<< §", "github_pat_" + fake(22) + "_" + fake(59)),
+    ("gitlab_token", "git clone https://oauth2:§@gitlab.com/acme/app.git", "glpat-" + fake(20, TOKEN)),
+    ("slack_token", "SLACK_BOT_TOKEN: §", "xoxb-" + digits(13) + "-" + digits(13, 1) + "-" + fake(24)),
+    (
+        "slack_webhook",
+        'webhook = "https://hooks.slack.com/services/§"',
+        "T" + fake(8, string.ascii_uppercase) + "/B" + fake(10, string.ascii_uppercase) + "/" + fake(24),
+    ),
+    ("stripe_key", 'stripe.api_key = "§"', "sk_live_" + fake(24)),
+    ("stripe_key", "STRIPE_SECRET_KEY=§", "sk_test_" + fake(99)),
+    ("openai_key", 'client = OpenAI(api_key="§")', "sk-proj-" + fake(120, TOKEN)),
+    ("openai_key", "OPENAI_API_KEY=§", "sk-" + fake(48)),
+    ("anthropic_key", "ANTHROPIC_API_KEY=§", "sk-ant-api03-" + fake(93, TOKEN) + "AA"),
+    ("huggingface_token", "huggingface-cli login --token §", "hf_" + fake(34)),
+    ("npm_token", "//registry.npmjs.org/:_authToken=§", "npm_" + fake(36)),
+    ("sendgrid_key", "sg = SendGridAPIClient('§')", "SG." + fake(22, TOKEN) + "." + fake(43, TOKEN)),
+    ("twilio_key", "api_key_sid = '§'", "SK" + fake(32, HEX)),
+    ("twilio_key", 'TWILIO_AUTH_TOKEN = "§"', fake(32, HEX)),
+    ("private_key", "KEY = '''§'''\n", RSA_KEY),
+    (
+        "jwt",
+        'curl -H "Authorization: Bearer §" https://api.internal/v1/me',
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+        + "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ."
+        + fake(43, TOKEN),
+    ),
+    ("password", 'DATABASE_URL = "postgres://app:§@db.internal:5432/app"', "S3cr3t-Pa55"),
+    ("password", "redis://:§@cache:6379/0", "r3dis!pw"),
+    ("password", 'db.connect(host="db", password="§")', "hunter2!x"),
+    ("password", "const config = { password: '§' };", "Tr0ub4dor&3"),
+    ("password", "  password: §\n", "k8s-Pa55w0rd"),
+    ("password", "  password: §\n", "hunter22"),
+    ("password", "DB_PASSWORD=§\n", "Sup3rS3cret"),
+    ("password", "export DB_PASSWORD=§\n", "supersecret"),
+    ("password", 'ADMIN_PASSWORD = "§"', "letmeinplease"),
+    ("password", "POSTGRES_PASSWORD: §\n", "postgres"[::-1] + "42"),
+    ("password", '{"username": "admin", "password": "§"}', "pa55-W0rd!"),
+    ("password", '[database]\npassword = "§"\n', "toml-S3cret"),
+    ("password", "[database]\npasswd = §\n", "x9!fQ2#zL"),
+    ("password", "Server=tcp:db;User ID=sa;Password=§;", "MyP4ssw0rd!"),
+    ("password", "https://api.acme.io/v1/items?api_key=§&page=2", fake(24)),
+    ("password", "<password>§</password>", "n3xus-Deploy"),
+    ("password", 'requests.get(url, auth=("deploy", "§"))', "hunter2!x"),
+    ("password", 'session.auth = HTTPBasicAuth("deploy", "§")', "Tr0ub4dor&3"),
+    ("password", 'server.login("alerts@acme.io", "§")', "abcdwxyzefghstuv"),
+    ("password", 'SECRET_KEY = "§"', "django-insecure-" + fake(40, ALNUM + "!@#%^&*(-_=+)")),
+    ("password", "password: str = '§'", "s3cr3tP4ss"),
+    ("password", 'headers = {"Authorization": "Bearer §"}', fake(40)),
+    ("password", 'access_token = "§"', fake(40)),
+    ("high_entropy", 'ENCRYPTION_KEY_B64 = "§"', fake(44, B64)),
+    ("high_entropy", "session_key_hex = '§'", fake(64, HEX)),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "template", "secret"), CASES, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(CASES)]
+)
+def test_each_kind_becomes_its_placeholder_and_the_rest_is_kept(
+    kind: str, template: str, secret: str
+) -> None:
+    text, counts = redact(template.replace("§", secret))
+    assert text == template.replace("§", f"<SECRET:{kind}>")
+    assert secret not in text
+    assert counts == Counter({kind: 1})
+
+
+def test_every_kind_has_a_case() -> None:
+    assert {rule.kind for rule in RULES} <= {kind for kind, _, _ in CASES}
+
+
+NOT_SECRETS = [
+    'password = os.environ["DB_PASSWORD"]',
+    "password = os.getenv('DB_PASSWORD', '')",
+    "token = get_token()",
+    "self.token = token",
+    "api_key: str",
+    "def connect(host: str, password: str | None = None, api_key: str = '') -> None:",
+    "private_key: Ed25519PrivateKey,",
+    "private_key: x25519.X25519PrivateKey",
+    'password = "${DB_PASSWORD}"',
+    "DB_PASSWORD=${DB_PASSWORD}",
+    "password: '{{ vault_db_password }}'",
+    'password = "<your-password>"',
+    'api_key = "YOUR_API_KEY_HERE"',
+    'password = "%(password)s"',
+    'secret = "{secret}"',
+    'token = "***"',
+    'password = "xxxxxxxx"',
+    'password = ""',
+    "password = None",
+    'PASSWORD = "changeme"',
+    '"password": "Passwort"',
+    'secret = "Please enter the secret"',
+    'AttributeOID.CHALLENGE_PASSWORD: "challengePassword"',
+    "password_field = 'password_confirmation'",
+    'password_file = "/run/secrets/db_password"',
+    'private_key = "server.key"',
+    "token = 'endfor'",
+    "if token == 'identifier':",
+    'eos_token = "<|endoftext|>"',
+    'pad_token = "[PAD]"',
+    'tokenizer_name = "bert-base-uncased"',
+    'max_tokens = "4096"',
+    'key = "Content-Type"',
+    'monkey = "banana"',
+    'publicKeyToken="1fc8b3b9a1e18e3b"',
+    'key_sha256 = "bb1636883c2707b51c5b7fc26c6927af4430f2e0785a8c7bc886337f919f9edf"',
+    'request_id = "123e4567-e89b-12d3-a456-426614174000"',
+    # UUIDs are identifiers far more often than credentials, even under a key-like name.
+    'api_key = "123e4567-e89b-12d3-a456-426614174000"',
+    "pip install scikit-learn  # not sk-learn, and not a task-runner-option-flag",
+    "postgres://user:password@localhost/db",
+    "postgres://{user}:{password}@{host}/db",
+    'url = f"https://{user}:{token}@github.com/{repo}"',
+    "ssh git@github.com:acme/app.git",
+    'if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):',
+    "BEGIN = '-----BEGIN PRIVATE KEY-----'\nEND = '-----END PRIVATE KEY-----'",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n...\n-----END OPENSSH PRIVATE KEY-----",
+    "Authorization: Bearer YOUR_TOKEN",
+    "PASSWORD = get_password",
+    f'TWILIO_ACCOUNT_SID = "AC{fake(32, HEX)}"',
+    f'STRIPE_PUBLISHABLE_KEY = "pk_live_{fake(24)}"',
+    "server.login(user, password)",
+    'auth = ("user", os.environ["PW"])',
+]
+
+
+@pytest.mark.parametrize("text", NOT_SECRETS)
+def test_leaves_non_secrets_alone(text: str) -> None:
+    assert redact(text) == (text, Counter())
+
+
+def test_git_shas_and_uuids_in_commit_messages_are_kept() -> None:
+    sha = fake(40, HEX)
+    message = (
+        f"commit {sha}\nAuthor: Ada <ada@example.com>\n\n"
+        f"Revert {sha[:12]} (fix token refresh)\n\nThis reverts commit {sha}.\n"
+        "Job 123e4567-e89b-12d3-a456-426614174000 failed.\n"
+    )
+    assert redact(message) == (message, Counter())
+
+
+def test_private_key_block_is_one_placeholder() -> None:
+    text, counts = redact(f"before\n{RSA_KEY}\nafter\n")
+    assert text == "before\n<SECRET:private_key>\nafter\n"
+    assert counts == Counter({"private_key": 1})
+
+
+@pytest.mark.parametrize("label", ["", "RSA ", "EC ", "DSA ", "OPENSSH ", "ENCRYPTED ", "PGP "])
+def test_private_key_labels(label: str) -> None:
+    block = RSA_KEY.replace("RSA ", label)
+    if label == "PGP ":
+        block = block.replace("PRIVATE KEY-----", "PRIVATE KEY BLOCK-----")
+    assert redact(block) == ("<SECRET:private_key>", Counter({"private_key": 1}))
+
+
+def test_service_account_json_keeps_its_shape() -> None:
+    key_id = fake(40, HEX)
+    escaped = RSA_KEY.replace("\n", "\\n")
+    text = (
+        '{\n  "type": "service_account",\n  "project_id": "acme",\n'
+        f'  "private_key_id": "{key_id}",\n  "private_key": "{escaped}\\n",\n'
+        '  "client_email": "ci@acme.iam.gserviceaccount.com"\n}'
+    )
+    out, counts = redact(text)
+    assert key_id not in out and fake(64, B64, seed=0) not in out
+    assert '"private_key": "<SECRET:private_key>\\n",' in out
+    assert '"private_key_id": "<SECRET:gcp_service_account>",' in out
+    assert counts == Counter({"private_key": 1, "gcp_service_account": 1})
+
+
+def test_truncated_private_key_without_end_line_is_still_redacted() -> None:
+    head = RSA_KEY.split("\n-----END")[0]
+    out, counts = redact(f'pem = """{head}\n"""\n')
+    assert fake(64, B64, seed=3) not in out
+    assert counts == Counter({"private_key": 1})
+
+
+def test_counts_by_kind() -> None:
+    text = (
+        f"GITHUB_TOKEN=ghp_{fake(36, seed=1)}\n"
+        f"backup_token = 'ghp_{fake(36, seed=2)}'\n"
+        f"DB_PASSWORD=Sup3rS3cret\n"
+        f"aws_access_key_id = AKIA{fake(16, string.ascii_uppercase + '234567')}\n"
+    )
+    out, counts = redact(text)
+    assert counts == Counter({"github_token": 2, "password": 1, "aws_access_key": 1})
+    assert out.count("<SECRET:") == 4
+
+
+def test_a_token_inside_an_assignment_is_counted_once_under_its_own_kind() -> None:
+    secret = "ghp_" + fake(36)
+    assert redact(f'token = "{secret}"') == ('token = "<SECRET:github_token>"', Counter({"github_token": 1}))
+
+
+def test_idempotent() -> None:
+    text = "\n".join(template.replace("§", secret) for _, template, secret in CASES)
+    text += "\nmail jane.doe@gmail.com from 81.2.69.142\n"
+    once, counts = redact(text, pii=True)
+    assert sum(counts.values()) >= len(CASES)
+    assert redact(once, pii=True) == (once, Counter())
+    assert redact(once) == (once, Counter())
+
+
+def test_existing_placeholders_are_never_matched() -> None:
+    text = (
+        'password = "<SECRET:password>"\nSECRET: <SECRET:aws_secret_key>\n'
+        "postgres://app:<SECRET:password>@db/app\nreply to <PII:email>\n"
+    )
+    assert redact(text, pii=True) == (text, Counter())
+
+
+def test_pii_is_kept_unless_asked_for() -> None:
+    text = "Reported by jane.doe@gmail.com from 81.2.69.142 and 2a00:1450:4001:81b::200e."
+    assert redact(text) == (text, Counter())
+    out, counts = redact(text, pii=True)
+    assert out == "Reported by <PII:email> from <PII:ip_address> and <PII:ip_address>."
+    assert counts == Counter({"email": 1, "ip_address": 2})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bind to 127.0.0.1, 0.0.0.0 or localhost; LAN 10.0.0.12 and 192.168.1.20; docs 203.0.113.7",
+        "listen on [::1]:8080 or fe80::1; mask 255.255.255.0",
+        'version = "1.2.3.4"; __version__ = "10.22.33.44"; requests>=2.31.0.1; see section 8.2.4.44',
+        "resolvers 8.8.8.8 and 1.1.1.1",
+        "Author: Ada <ada@example.com>, CI <build@acme.test>, GitHub <noreply@github.com>",
+        "y = x@self.weight + bias; import helper@utils.py",
+        "git@github.com:acme/app.git",
+        "uuid 123e4567-e89b-12d3-a456-426614174000 and slices a[1::2], b[::3]",
+    ],
+)
+def test_pii_skips_what_identifies_no_one(text: str) -> None:
+    assert redact(text, pii=True) == (text, Counter())
+
+
+def test_noreply_address_with_a_user_name_is_redacted() -> None:
+    text = "Co-authored-by: Ada <12345+ada@users.noreply.github.com>"
+    assert redact(text, pii=True) == ("Co-authored-by: Ada <<PII:email>>", Counter({"email": 1}))
+
+
+def test_diff_lines() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    password = "pr0d-" + fake(12)
+    diff = (
+        "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1,3 +1,3 @@\n"
+        " AWS_REGION=eu-west-1\n"
+        "-AWS_SECRET_ACCESS_KEY=\n"
+        f"+AWS_SECRET_ACCESS_KEY={secret}\n"
+        f"+DB_PASSWORD={password}\n"
+        "+DB_HOST=db.internal\n"
+    )
+    out, counts = redact(diff)
+    assert out == diff.replace(secret, "<SECRET:aws_secret_key>").replace(password, "<SECRET:password>")
+    assert counts == Counter({"aws_secret_key": 1, "password": 1})
+
+
+def test_issue_comment() -> None:
+    token = "ghp_" + fake(36, seed=7)
+    comment = (
+        "### Bug\n\nThe API returns 401 for me. Repro:\n\n```sh\n"
+        f'curl -H "Authorization: token {token}" https://api.github.com/user\n```\n\n'
+        "My config (password changed since!):\n\n"
+        "```yaml\ndatabase:\n  user: app\n  password: W1nter-2024!\n```\n"
+        "Commit 3f2a9c1e8b7d6f5a4e3c2b1a0f9e8d7c6b5a4f3e did not fix it. /cc @maintainer"
+    )
+    out, counts = redact(comment)
+    assert token not in out and "W1nter-2024!" not in out
+    assert "Authorization: token <SECRET:github_token>" in out
+    assert "  password: <SECRET:password>\n" in out
+    assert "3f2a9c1e8b7d6f5a4e3c2b1a0f9e8d7c6b5a4f3e" in out and "@maintainer" in out
+    assert counts == Counter({"github_token": 1, "password": 1})
+
+
+def test_text_that_grows_when_lower_cased_is_handled() -> None:
+    # "İ".lower() is two characters, so spans in the lower-cased copy would be off by one.
+    text = 'başlık = "İstanbul"\nPassword = "hunter2!x"\nDB_PASSWORD=Sup3rS3cret\n'
+    out, counts = redact(text)
+    assert out == 'başlık = "İstanbul"\nPassword = "<SECRET:password>"\nDB_PASSWORD=<SECRET:password>\n'
+    assert counts == Counter({"password": 2})
+
+
+def test_empty_text() -> None:
+    assert redact("") == ("", Counter())
+
+
+def test_rules_are_compiled_once_with_unique_placeholders() -> None:
+    for rule in RULES + PII_RULES:
+        assert rule.placeholder == f"<{rule.tag}:{rule.kind}>"
+        assert rule.pattern.pattern  # compiled at import time
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 200_000,
+        "password=" * 20_000,
+        "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 200_000,
+        ("x" * 60 + "@") * 3_000,
+        "token = '" + "\\'" * 50_000,
+        ("1." * 100_000) + "1",
+        ":" * 100_000 + "a" * 1000,
+        "\n".join(f"key_{i} = 'value {i}'" for i in range(20_000)),
+    ],
+    ids=["letters", "keys", "unterminated-key", "at-signs", "escapes", "dots", "colons", "assignments"],
+)
+def test_adversarial_inputs_take_linear_time(text: str) -> None:
+    # Catastrophic backtracking would take minutes on these; linear regexes take milliseconds.
+    start = time.perf_counter()
+    redact(text, pii=True)
+    assert time.perf_counter() - start < 5
