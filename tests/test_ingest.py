@@ -261,3 +261,11 @@ def test_memory_does_not_grow_with_the_repository(tmp_path: Path) -> None:
     assert total > 25_000_000
     # A few files' worth at a time, never the tree: 28 MB in, under 4 MB held at the peak.
     assert peak < 4_000_000, peak
+
+
+def test_output_inside_the_source_is_not_ingested(sample_tree: Path) -> None:
+    out = sample_tree / "out"
+    run_ingest(IngestConfig(source=str(sample_tree), output=out))
+    manifest, records = ingest(sample_tree, out)  # the second run sees the first run's output
+    assert not any(path.startswith("out/") for path in records)
+    assert manifest["records"] == 5

@@ -298,18 +298,18 @@ def test_noreply_address_with_a_user_name_is_redacted() -> None:
 
 
 def test_diff_lines() -> None:
-    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    aws_value = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
     password = "pr0d-" + fake(12)
     diff = (
         "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1,3 +1,3 @@\n"
         " AWS_REGION=eu-west-1\n"
         "-AWS_SECRET_ACCESS_KEY=\n"
-        f"+AWS_SECRET_ACCESS_KEY={secret}\n"
+        f"+AWS_SECRET_ACCESS_KEY={aws_value}\n"
         f"+DB_PASSWORD={password}\n"
         "+DB_HOST=db.internal\n"
     )
     out, counts = redact(diff)
-    assert out == diff.replace(secret, "<SECRET:aws_secret_key>").replace(password, "<SECRET:password>")
+    assert out == diff.replace(aws_value, "<SECRET:aws_secret_key>").replace(password, "<SECRET:password>")
     assert counts == Counter({"aws_secret_key": 1, "password": 1})
 
 

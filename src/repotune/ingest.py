@@ -83,6 +83,7 @@ def _local_records(
             kinds=file_kinds,
             revision=revision,
             limits=WalkLimits(max_file_bytes=config.max_file_bytes),
+            exclude=_inside(config.output, root),
         )
     if is_repo and _wants(config, Kind.COMMIT):
         yield from git.iter_commits(
@@ -187,6 +188,15 @@ def run_ingest(
     manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(config.output / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _inside(output: Path, root: Path) -> frozenset[str]:
+    """The output folder relative to the tree being walked, when it lies inside it."""
+    try:
+        rel = output.resolve().relative_to(root.resolve())
+    except ValueError:
+        return frozenset()
+    return frozenset({rel.as_posix()})
 
 
 def _strip_auth(url: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,16 @@ class Record:
         self.kind = Kind(self.kind)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["kind"] = str(self.kind)
+        data = {
+            "file_path": self.file_path,
+            "content": self.content,
+            "kind": str(self.kind),
+            "language": self.language,
+            "source": self.source,
+            "revision": self.revision,
+            "id": self.id,
+            "meta": self.meta,
+        }
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod

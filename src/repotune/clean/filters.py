@@ -8,6 +8,7 @@ emptiness, since long lines and symbols are normal in a diff or a pasted log.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from repotune.errors import RepotuneError
@@ -38,14 +39,24 @@ class FilterConfig:
                 raise RepotuneError(f"{name} must be positive")
 
 
+_ASCII_RUNS = re.compile(r"[\x00-\x7f]+")
+_ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
 _ASCII_ALNUM = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def _count_alnum(text: str) -> int:
+    ascii_part = text.encode("ascii", errors="ignore")
+    count = len(ascii_part) - len(ascii_part.translate(None, _ASCII_ALNUM))  # C speed
+    if len(ascii_part) != len(text):
+        count += sum(ch.isalnum() for ch in _ASCII_RUNS.sub("", text))  # only the non-ASCII rest
+    return count
+
+
+def _count_visible(text: str) -> int:
+    """Characters that are not whitespace."""
     if text.isascii():
-        data = text.encode("ascii")
-        return len(data) - len(data.translate(None, _ASCII_ALNUM))  # C speed, no per-character loop
-    return sum(ch.isalnum() for ch in text)
+        return len(text.encode("ascii").translate(None, _ASCII_WHITESPACE))
+    return sum(map(len, text.split()))
 
 
 def drop_reason(record: Record, config: FilterConfig) -> str | None:
@@ -59,15 +70,13 @@ def drop_reason(record: Record, config: FilterConfig) -> str | None:
         return None
     if has_generated_marker(text):
         return "generated"
-    stripped = "".join(text.split())
-    if len(stripped) < config.min_chars:
+    if _count_visible(text) < config.min_chars:
         return "trivial"
-    lines = text.splitlines() or [text]
-    if max(map(len, lines)) > config.max_line_length:
+    lines = text.count("\n") + (not text.endswith("\n"))
+    if max(map(len, text.split("\n"))) > config.max_line_length:
         return "long_lines"
-    if len(text) / len(lines) > config.max_mean_line_length:
+    if len(text) / lines > config.max_mean_line_length:
         return "long_lines"
-    alnum = _count_alnum(stripped)
-    if alnum / len(text) < config.min_alnum_fraction:
+    if _count_alnum(text) / len(text) < config.min_alnum_fraction:
         return "low_alphanumeric"
     return None

@@ -8,9 +8,13 @@ made on those summaries; the second pass copies the survivors into ``train.jsonl
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
+import shutil
+import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from datasketch import LeanMinHash
+import numpy as np
 
 from repotune.atomic import atomic_open, write_json
 from repotune.clean import report
@@ -64,7 +68,7 @@ class _Summary:
     date: str | None
     key: str
     exact: bytes
-    signature: LeanMinHash
+    signature: np.ndarray
     chars: int
     language: str | None
 
@@ -112,53 +116,119 @@ def _utc(value: str | None) -> str | None:
     return parsed.astimezone(UTC).isoformat()
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                if not line.startswith("{"):
-                    raise RepotuneError(f"{path}:{lineno}: not a JSON record")
-                yield line
+# The input is cut into chunks of about this many bytes, each cleaned by one worker process that
+# reads it from the file and writes its survivors to its own scratch file: record text never passes
+# through the parent process, which only gathers the small summaries.
+_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    index: int
+    start: int
+    end: int
+    first_line: int
+
+
+@dataclass(slots=True)
+class _ChunkResult:
+    records: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    redactions: Counter[str] = field(default_factory=Counter)
+    summaries: list[_Summary] = field(default_factory=list)
+
+
+def _chunks(path: Path) -> Iterator[_Chunk]:
+    index, start, position, lineno, first = 0, 0, 0, 1, 1
+    with path.open("rb") as handle:
+        for line in handle:
+            position += len(line)
+            lineno += 1
+            if position - start >= _CHUNK_BYTES:
+                yield _Chunk(index, start, position, first)
+                index, start, first = index + 1, position, lineno
+    if position > start:
+        yield _Chunk(index, start, position, first)
+
+
+def _chunk_file(scratch: Path, index: int) -> Path:
+    return scratch / f"{index:06d}.jsonl"
+
+
+def _process_chunk(task: tuple[Path, Path, _Chunk]) -> _ChunkResult:
+    source, scratch, chunk = task
+    with source.open("rb") as handle:
+        handle.seek(chunk.start)
+        data = handle.read(chunk.end - chunk.start)
+    result = _ChunkResult()
+    with _chunk_file(scratch, chunk.index).open("w", encoding="utf-8") as out:
+        for offset, raw in enumerate(data.split(b"\n")):
+            if not raw.strip():
+                continue
+            where = f"{source}:{chunk.first_line + offset}"
+            try:
+                line, reason, found, summary = _process(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+                raise RepotuneError(f"{where}: malformed JSON record ({exc})") from None
+            except KeyError as exc:
+                raise RepotuneError(f"{where}: a record lacks the field {exc}") from None
+            result.records += 1
+            if reason is not None:
+                result.dropped[reason] += 1
+                continue
+            result.redactions.update(found)
+            out.write(line)
+            out.write("\n")
+            result.summaries.append(summary)
+    return result
+
+
+def _pool(workers: int, init_args: tuple):
+    # fork shares the parent's imported modules with the workers at no cost; spawn (which imports
+    # everything again in each worker) is the fallback where fork does not exist.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method).Pool(workers, _init_worker, init_args)
 
 
 def _first_pass(
     config: CleanConfig,
     records: Path,
-    scratch,
-    stats: Counter,
-    redactions: Counter,
+    scratch: Path,
+    dropped: Counter[str],
+    redactions: Counter[str],
     progress: Callable[[int], None] | None,
-) -> list[_Summary]:
-    summaries: list[_Summary] = []
+) -> tuple[int, list[_Summary]]:
+    """Filter, redact and sign every record; returns the record count and the survivors' summaries."""
     workers = config.workers or min(4, os.cpu_count() or 1)
     init_args = (config.filters, config.redact_pii, config.dedup)
+    tasks = ((records, scratch, chunk) for chunk in _chunks(records))
+    pool = None
     if workers == 1:
         _init_worker(*init_args)
-        results: Iterator = map(_process, _lines(records))
-        pool = None
+        results: Iterator[_ChunkResult] = map(_process_chunk, tasks)
     else:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, init_args)
-        results = pool.imap(_process, _lines(records), chunksize=8)
+        pool = _pool(workers, init_args)
+        results = pool.imap(_process_chunk, tasks)
+    # The index between the passes needs datasketch, whose scipy import takes about 0.4 s: load it
+    # now, after the fork, while the workers do the first pass.
+    threading.Thread(target=importlib.import_module, args=("datasketch",), daemon=True).start()
+    count = 0
+    summaries: list[_Summary] = []
     try:
-        for count, (line, reason, found, summary) in enumerate(results, start=1):
-            stats["input"] += 1
-            if reason is not None:
-                stats[reason] += 1
-            else:
-                redactions.update(found)
-                scratch.write(line)
-                scratch.write("\n")
-                summaries.append(summary)
-            if progress is not None and count % 100 == 0:
+        for result in results:
+            count += result.records
+            dropped.update(result.dropped)
+            redactions.update(result.redactions)
+            summaries.extend(result.summaries)
+            if progress is not None:
                 progress(count)
-    except json.JSONDecodeError as exc:
-        raise RepotuneError(f"{records}: malformed JSON record ({exc})") from None
-    except KeyError as exc:
-        raise RepotuneError(f"{records}: a record lacks the field {exc}") from None
+        if pool is not None:
+            pool.close()
     finally:
         if pool is not None:
             pool.terminate()
-    return summaries
+            pool.join()
+    return count, summaries
 
 
 def _decide(summaries: list[_Summary], config: CleanConfig, dropped: Counter) -> list[str | None]:
@@ -203,28 +273,32 @@ def run_clean(config: CleanConfig, progress: Callable[[int], None] | None = None
     config.output.mkdir(parents=True, exist_ok=True)
     dropped: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
-    # Survivors wait in a scratch file beside the outputs; it goes whatever happens.
-    scratch_path = config.output / f".survivors-{os.getpid()}.jsonl"
+    # Survivors wait in scratch files beside the outputs; they go whatever happens.
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=config.output))
     try:
-        with scratch_path.open("w", encoding="utf-8") as scratch:
-            summaries = _first_pass(config, records_path, scratch, dropped, redactions, progress)
-        input_count = dropped.pop("input", 0)
+        input_count, summaries = _first_pass(config, records_path, scratch, dropped, redactions, progress)
         if input_count == 0:
             raise RepotuneError(f"{records_path} holds no records")
         decisions = _decide(summaries, config, dropped)
         summary = report.Summary()
         with (
-            scratch_path.open(encoding="utf-8") as survivors,
             atomic_open(config.output / TRAIN_FILE) as train,
             atomic_open(config.output / EVAL_FILE) as held_out,
         ):
-            for line, decision, facts in zip(survivors, decisions, summaries, strict=True):
-                if decision is None:
-                    continue
-                (held_out if decision == EVAL else train).write(line)
-                summary.add(decision, facts.kind, facts.language, facts.path, facts.chars)
+            position = 0
+            for chunk_file in sorted(scratch.iterdir()):
+                with chunk_file.open(encoding="utf-8") as survivors:
+                    for line in survivors:
+                        decision, facts = decisions[position], summaries[position]
+                        position += 1
+                        if decision is None:
+                            continue
+                        (held_out if decision == EVAL else train).write(line)
+                        summary.add(decision, facts.kind, facts.language, facts.path, facts.chars)
+            if position != len(summaries):
+                raise RuntimeError(f"scratch holds {position} survivors, expected {len(summaries)}")
     finally:
-        scratch_path.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     stats = summary.as_stats(input_count=input_count, dropped=dropped, redactions=redactions)
     stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit")}
     stats["ingest_skipped"] = manifest.get("skipped", {})

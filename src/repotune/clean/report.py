@@ -149,4 +149,4 @@ def render(stats: dict[str, Any]) -> str:
             ),
             "",
         ]
-    return "\n".join(parts)
+    return "\n".join(parts).rstrip("\n") + "\n"

@@ -175,7 +175,8 @@ _STAND_INS = _words(
     """
 )
 _MASK = re.compile(r"[*xX.#•_-]+|(.)\1+")
-_TEMPLATE = re.compile(r"[$@!&%]|\{\{|\{%|<|\[|#\{|%\(|\{[\w.\[\]]*\}$")
+# Interpolations and references: `$VAR`, `@var@`, `!vault`, `&anchor`, `%(pw)s`, `#{pw}`, `{pw}`, `<pw>`.
+_TEMPLATE = re.compile(r"[$@!&%<\[]|\{\{|\{%|#\{|%\(|\{[\w.\[\]]*\}")
 # One word, or words joined: `Passwort`, `password_confirmation`, `challengePassword`. Under a
 # lower-case key, a field name or a translation far more often than a password.
 _WORDS = re.compile(r"[A-Za-z][a-z]+|[a-z]+(?:[_-][a-z]+)+|[a-z]+(?:[A-Z][a-z]+)+")

@@ -102,7 +102,7 @@ MAX_CONTROL_SHARE = 0.10
 # Decoding with replacement is fine for a stray byte; past this share of replaced characters the file
 # is in another encoding or not text, and training on it would teach noise.
 MAX_REPLACEMENT_SHARE = 0.01
-_TEXT_CONTROL = frozenset(b"\t\n\r\f\b\x1b")
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\b\x1b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ def looks_binary(sample: bytes) -> bool:
         return False
     if b"\x00" in sample:
         return True
-    control = sum(1 for byte in sample if byte < 32 and byte not in _TEXT_CONTROL)
+    control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     return control / len(sample) > MAX_CONTROL_SHARE
 
 
@@ -173,7 +173,7 @@ class _IgnoreRules:
 
 
 def iter_files(
-    root: Path, stats: IngestStats, limits: WalkLimits
+    root: Path, stats: IngestStats, limits: WalkLimits, exclude: frozenset[str] = frozenset()
 ) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Every regular file under ``root`` that survives the folder-level and ignore-file rules.
 
@@ -181,9 +181,9 @@ def iter_files(
     order so the same tree always gives the same records.
     """
     root_rules = _IgnoreRules().enter(root, "")
-    exclude = root / ".git" / "info" / "exclude"
-    if exclude.is_file():
-        spec = pathspec.GitIgnoreSpec.from_lines(exclude.read_text(errors="replace").splitlines())
+    git_exclude = root / ".git" / "info" / "exclude"
+    if git_exclude.is_file():
+        spec = pathspec.GitIgnoreSpec.from_lines(git_exclude.read_text(errors="replace").splitlines())
         root_rules = _IgnoreRules((("", spec), *root_rules.specs))
     stack: list[tuple[Path, str, _IgnoreRules]] = [(root, "", root_rules)]
     while stack:
@@ -206,7 +206,7 @@ def iter_files(
                 stats.skip("symlink")
                 continue
             if stat.S_ISDIR(info.st_mode):
-                if entry.name in CACHE_DIRS:
+                if entry.name in CACHE_DIRS or rel in exclude:
                     continue  # version-control and tool caches are not content; not worth a count
                 if entry.name in VENDORED_DIRS:
                     stats.skip("vendored")
@@ -239,9 +239,13 @@ def iter_tree(
     kinds: frozenset[Kind] | None = None,
     revision: str | None = None,
     limits: WalkLimits = WalkLimits(),
+    exclude: frozenset[str] = frozenset(),
 ) -> Iterator[Record]:
-    """Records for the code and doc files under ``root`` (``kinds`` narrows to code or docs)."""
-    for rel, path, info in iter_files(root, stats, limits):
+    """Records for the code and doc files under ``root`` (``kinds`` narrows to code or docs).
+
+    ``exclude`` holds folders (relative to ``root``) never to walk, such as ingest's own output.
+    """
+    for rel, path, info in iter_files(root, stats, limits, exclude):
         name = path.name
         if name in LOCKFILES:
             stats.skip("lockfile")
