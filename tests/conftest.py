@@ -110,3 +110,16 @@ def sample_repo(make_repo: Callable[..., Path]) -> Path:
             ),
         ]
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models built by tests (the tiny model, a converted SmolLM2) go to a session folder, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    previous = os.environ.get("REPOTUNE_CACHE")
+    os.environ["REPOTUNE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("REPOTUNE_CACHE", None)
+    else:
+        os.environ["REPOTUNE_CACHE"] = previous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,6 +148,51 @@ def clean(
         f"redacted {sum(stats['redactions'].values())} secrets"
     )
     say(f"wrote {output}/train.jsonl, eval.jsonl, stats.json, report.md")
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RepotuneError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set data.seq_len=256")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the adapter, merged model, summary.")
+    ],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe YAML (see configs/); default: the SmolLM2-135M CPU settings.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe setting: --set max_steps=10 --set data.seq_len=256."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI; tracking is off when unset."),
+    ] = None,
+) -> None:
+    """Fine-tune the base model on the cleaned data (LoRA by default) and write the model."""
+    from repotune.train.recipe import load_recipe
+
+    loaded = load_recipe(recipe, _parse_overrides(set_ or []))
+    from repotune.train.finetune import run_training
+
+    summary = run_training(data_dir, output, loaded, tracking_uri=tracking_uri or None, log=say)
+    if (
+        os.environ.get("RANK", "0") == "0"
+        and summary["eval_loss"] is not None
+        and summary["base_eval_loss"] is not None
+    ):
+        say(f"held-out loss: base {summary['base_eval_loss']:.4f} -> tuned {summary['eval_loss']:.4f}")
 
 
 def main() -> None:

@@ -1,0 +1,254 @@
+"""Training text becomes token ids, and token ids become fixed-length packed blocks.
+
+Packing lays examples end to end and cuts the stream into blocks of exactly ``seq_len`` tokens, so
+almost no compute goes to padding. Examples in one block must not see each other: ``position_ids``
+restart at 0 at every example boundary, and transformers (5.x, ``masking_utils``
+``find_packed_sequence_indices``) turns such position ids into a block-diagonal causal mask for the
+sdpa, eager and flex attention paths, and into per-sequence lengths for flash attention. It does so
+only when the model is called with ``position_ids``, no ``attention_mask`` and no KV cache: train and
+score with ``use_cache=False`` (``transformers.Trainer`` sets ``model.config.use_cache`` from
+``TrainingArguments.use_cache``, False by default); a model called with its config's default
+``use_cache=True`` builds a cache, skips that detection, and lets attention cross documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from repotune.atomic import atomic_open
+from repotune.data.transforms import (
+    FORMAT_VERSION,
+    TransformConfig,
+    example_text,
+    has_fim_tokens,
+    record_rng,
+)
+from repotune.errors import RepotuneError
+from repotune.records import Kind, Record
+
+IGNORE_INDEX = -100  # the label transformers' loss skips
+_ENCODE_BATCH = 256  # texts per tokenizer call: fast tokenizers encode a batch in parallel
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything in ``tokenizer`` that changes the ids it gives for a text.
+
+    For a fast tokenizer that is its full serialization (vocabulary, merges, normalizer, added tokens);
+    the chat template and the special-token choices are added, since both change the rendered text.
+    """
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    extras = {
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "add_bos": bool(getattr(tokenizer, "add_bos_token", False)),
+    }
+    digest.update(json.dumps(extras, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def cache_key(records: Sequence[Record], tokenizer: Any, config: TransformConfig) -> str:
+    """The cache key of one tokenization: the records (every field), the tokenizer, the config and format."""
+    digest = hashlib.sha256(f"repotune-tokens:{FORMAT_VERSION}\n".encode())
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    for record in records:
+        digest.update(record.to_json().encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:32]
+
+
+def tokenize_records(
+    records: Iterable[Record], tokenizer: Any, config: TransformConfig, cache_dir: Path | None = None
+) -> list[np.ndarray]:
+    """Token ids (int32) of each record's training text (``example_text``), with EOS appended.
+
+    A leading BOS is added only where the tokenizer adds one to every input by default (Llama-style),
+    so training sees what inference feeds the model. With ``cache_dir``, the ids are saved there under
+    ``cache_key`` and a later call with the same records, tokenizer and config loads them instead of
+    tokenizing again.
+    """
+    records = list(records)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise RepotuneError("the tokenizer has no end-of-sequence token; packing needs one between examples")
+    if config.fim_rate > 0 and any(r.kind is Kind.CODE for r in records) and not has_fim_tokens(tokenizer):
+        raise RepotuneError(
+            f"fim_rate is {config.fim_rate:g} but the tokenizer has no FIM tokens; call "
+            "ensure_fim_tokens(tokenizer) (and resize the model's embeddings) first, or set fim_rate to 0"
+        )
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"tokens-{cache_key(records, tokenizer, config)}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                return _split(saved["tokens"], saved["offsets"])
+
+    texts = [example_text(r, tokenizer, config, record_rng(r, config.seed)) for r in records]
+    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+    sequences: list[np.ndarray] = []
+    for start in range(0, len(texts), _ENCODE_BATCH):
+        batch = tokenizer(texts[start : start + _ENCODE_BATCH], add_special_tokens=False)["input_ids"]
+        for ids in batch:
+            # A chat template may already write the BOS token as text.
+            lead = [bos] if bos is not None and ids[:1] != [bos] else []
+            sequences.append(np.array([*lead, *ids, eos], dtype=np.int32))
+
+    if path is not None:
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        tokens = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int32)
+        with atomic_open(path, "wb") as handle:
+            np.savez(handle, tokens=tokens, offsets=offsets)
+    return sequences
+
+
+def _split(tokens: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBlocks:
+    """Fixed-length training blocks; each array is (number of blocks, seq_len), int32."""
+
+    input_ids: np.ndarray
+    position_ids: np.ndarray
+    """Restart at 0 at every example's first token and at every block's first token."""
+    labels: np.ndarray
+    """``input_ids``, except ``IGNORE_INDEX`` on padding and on each example's first token."""
+    real_tokens: int
+    """Tokens that came from examples (everything but the final block's padding)."""
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def real_token_fraction(self) -> float:
+        """Share of block positions holding example tokens rather than padding (0 to 1)."""
+        return self.real_tokens / self.input_ids.size if self.input_ids.size else 0.0
+
+    def head(self, count: int) -> PackedBlocks:
+        """The first ``count`` blocks (all of them when there are fewer)."""
+        # Real tokens fill the blocks from the start; only the final block has padding.
+        real = min(self.real_tokens, max(count, 0) * self.seq_len)
+        return PackedBlocks(self.input_ids[:count], self.position_ids[:count], self.labels[:count], real)
+
+
+def pack(sequences: Sequence[np.ndarray], seq_len: int, pad_id: int | None = None) -> PackedBlocks:
+    """Lay ``sequences`` end to end in order and cut the stream into blocks of exactly ``seq_len``.
+
+    An example that runs past a block's end continues at the start of the next block, its positions
+    restarting at 0 there: the piece is trained as a document of its own, since it cannot attend to the
+    earlier piece anyway. Only the final block is padded, with ``pad_id`` (default: the last token of the
+    last sequence, i.e. the EOS that ``tokenize_records`` appends); padding has label ``IGNORE_INDEX``
+    and positions of its own, so it forms a separate segment no real token attends to.
+
+    Each example's first token also gets label ``IGNORE_INDEX``, as in transformers'
+    ``DataCollatorWithFlattening``: its label would train the previous example's last token (EOS) to
+    predict the next, unrelated document.
+    """
+    if seq_len < 1:
+        raise RepotuneError(f"seq_len must be at least 1, got {seq_len}")
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    total = int(lengths.sum())
+    num_blocks = math.ceil(total / seq_len)
+    size = num_blocks * seq_len
+    flat = np.zeros(size, dtype=np.int32)
+    if total:
+        flat[:total] = np.concatenate(sequences)
+    if pad_id is None:
+        pad_id = int(flat[total - 1]) if total else 0
+    flat[total:] = pad_id
+
+    # A segment starts at each example's first token, each block's first token, and where padding
+    # begins; a position counts tokens since the latest segment start.
+    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1][lengths > 0]
+    segment_start = np.zeros(size, dtype=np.int64)
+    segment_start[starts] = starts
+    segment_start[::seq_len] = np.arange(0, size, seq_len)
+    if total < size:
+        segment_start[total] = total
+    positions = (np.arange(size) - np.maximum.accumulate(segment_start)).astype(np.int32)
+
+    labels = flat.copy()
+    labels[total:] = IGNORE_INDEX
+    labels[starts] = IGNORE_INDEX
+    shape = (num_blocks, seq_len)
+    return PackedBlocks(flat.reshape(shape), positions.reshape(shape), labels.reshape(shape), total)
+
+
+class PackedDataset(Dataset):
+    """Packed blocks for ``transformers.Trainer``: items are ``input_ids``, ``position_ids``, ``labels``.
+
+    There is deliberately no ``attention_mask``: with one, transformers builds a padding mask and does
+    not look for packed sequences in ``position_ids``. The model must run without a KV cache (see the
+    module docstring); ``Trainer`` arranges that by default.
+    """
+
+    def __init__(self, blocks: PackedBlocks) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": torch.from_numpy(self.blocks.input_ids[index]).long(),
+            "position_ids": torch.from_numpy(self.blocks.position_ids[index]).long(),
+            "labels": torch.from_numpy(self.blocks.labels[index]).long(),
+        }
+
+
+@dataclass(frozen=True)
+class PaddedBatches:
+    """The naive baseline: batches in input order, each padded on the right to its longest example."""
+
+    batches: list[dict[str, np.ndarray]]
+    """Each with ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` on padding)."""
+    real_tokens: int
+    total_tokens: int
+
+    @property
+    def real_token_fraction(self) -> float:
+        return self.real_tokens / self.total_tokens if self.total_tokens else 0.0
+
+
+def padded_batches(sequences: Sequence[np.ndarray], batch_size: int, pad_id: int) -> PaddedBatches:
+    """Group ``sequences`` into batches of ``batch_size`` and pad each to its longest (for benchmarks)."""
+    if batch_size < 1:
+        raise RepotuneError(f"batch_size must be at least 1, got {batch_size}")
+    batches: list[dict[str, np.ndarray]] = []
+    real = total = 0
+    for start in range(0, len(sequences), batch_size):
+        group = sequences[start : start + batch_size]
+        width = max(len(s) for s in group)
+        input_ids = np.full((len(group), width), pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(group), width), dtype=np.int64)
+        for row, sequence in enumerate(group):
+            input_ids[row, : len(sequence)] = sequence
+            attention_mask[row, : len(sequence)] = 1
+        labels = np.where(attention_mask == 1, input_ids, IGNORE_INDEX)
+        batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+        real += int(attention_mask.sum())
+        total += attention_mask.size
+    return PaddedBatches(batches, real, total)

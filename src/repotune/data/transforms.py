@@ -1,0 +1,316 @@
+"""Records become training text here: one small named transform per kind.
+
+Evaluation and serving build their prompts with the ``*_prompt`` functions of this module, which are
+the training texts cut where the model's answer starts, so a prompt cannot drift from what the model
+was trained on. The formats:
+
+- code and doc files: ``file_header(path)`` and then the file's text. The header is
+  ``<filename>PATH\\n`` when the tokenizer has ``<filename>`` as one token (StarCoder, SmolLM2 and their
+  kin were pretrained with it), else the plain line ``# File: PATH\\n``, which reads as a comment in
+  the ``#``-comment languages and as a heading in Markdown, and costs a handful of tokens anywhere.
+- fill-in-the-middle: StarCoder's ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` tokens, PSM or
+  SPM order (see ``fim_text``); the file header is part of the prefix.
+- commits: the diff first, then ``Commit message:`` on its own line, then the message, so the model
+  learns to write a message from a diff (``commit_prompt`` is everything up to the message).
+- issues and pull requests: a conversation (``issue_messages``) rendered with the tokenizer's chat
+  template, or as ``User:``/``Assistant:`` turns when it has none (``render_chat``).
+
+Every example ends without an end-of-sequence token; ``repotune.data.packing`` appends the
+tokenizer's EOS, which is also where generation is expected to stop.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from repotune.errors import RepotuneError
+from repotune.records import Kind, Record
+
+# Bump when any rendering below changes, so cached token files made with the old format are not reused.
+FORMAT_VERSION = 1
+
+FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>")
+FILENAME_TOKEN = "<filename>"
+PLAIN_HEADER = "# File: {path}\n"
+COMMIT_MESSAGE_LABEL = "Commit message:\n"
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """The three fill-in-the-middle sentinels, StarCoder's names by default."""
+
+    prefix: str = FIM_TOKENS[0]
+    middle: str = FIM_TOKENS[1]
+    suffix: str = FIM_TOKENS[2]
+
+
+FIM = FimTokens()
+
+
+class FimOrder(StrEnum):
+    PSM = "psm"  # prefix, suffix, middle
+    SPM = "spm"  # suffix, prefix, middle
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """How records become training text."""
+
+    fim_rate: float = 0.5
+    """Share of code files (0 to 1) turned into a fill-in-the-middle example instead of plain file text."""
+
+    spm_rate: float = 0.5
+    """Of the fill-in-the-middle examples, the share (0 to 1) in suffix-prefix-middle order rather than
+    prefix-suffix-middle."""
+
+    seed: int = 0
+    """Seeds each record's own random choices (FIM or not, cut points, order), with the record's id."""
+
+    def __post_init__(self) -> None:
+        for name in ("fim_rate", "spm_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise RepotuneError(f"{name} must be a number from 0 to 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise RepotuneError(f"seed must be an integer, got {self.seed!r}")
+
+
+def record_rng(record: Record, seed: int) -> random.Random:
+    """The random source for one record: the same record and seed give the same example in any order.
+
+    A string seed goes through SHA-512 in ``random.Random``, so this does not depend on
+    ``PYTHONHASHSEED`` and is the same in every process.
+    """
+    return random.Random(f"{seed}:{record.id}")
+
+
+def _is_single_token(tokenizer: Any, text: str) -> bool:
+    # A token can sit in the vocabulary and still not come out of encoding as one piece (when it is not
+    # an added token the pre-tokenizer keeps whole), so ask the encoder rather than the vocabulary.
+    return len(tokenizer.encode(text, add_special_tokens=False)) == 1
+
+
+def ensure_fim_tokens(tokenizer: Any) -> list[int]:
+    """Add the FIM tokens to ``tokenizer`` as special tokens where it lacks them; return their ids.
+
+    The ids come in ``FIM_TOKENS`` order (prefix, middle, suffix). When tokens were added, the vocabulary
+    grew: the caller must ``model.resize_token_embeddings(len(tokenizer))`` and train the new rows (their
+    fresh embeddings mean nothing yet), e.g. with PEFT's ``LoraConfig(trainable_token_indices=...)``, or
+    by training the embedding and output layers in full fine-tuning. The tokenizer saved with the model
+    then carries the tokens to evaluation and serving.
+    """
+    missing = [token for token in FIM_TOKENS if not _is_single_token(tokenizer, token)]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return [tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
+
+
+def has_fim_tokens(tokenizer: Any) -> bool:
+    return all(_is_single_token(tokenizer, token) for token in FIM_TOKENS)
+
+
+def file_header(path: str | None, tokenizer: Any | None = None) -> str:
+    """The line that precedes a file's text: ``<filename>PATH\\n`` if the tokenizer knows the token.
+
+    Without a tokenizer, or with one that would split ``<filename>`` into pieces, it is ``# File: PATH\\n``.
+    ``None`` (no path) gives no header.
+    """
+    if path is None:
+        return ""
+    if tokenizer is not None and _is_single_token(tokenizer, FILENAME_TOKEN):
+        return f"{FILENAME_TOKEN}{path}\n"
+    return PLAIN_HEADER.format(path=path)
+
+
+def code_text(record: Record, tokenizer: Any | None = None) -> str:
+    """A code file as training text: its header, then its content unchanged."""
+    return file_header(record.file_path, tokenizer) + record.content
+
+
+def doc_text(record: Record, tokenizer: Any | None = None) -> str:
+    """A documentation file as training text; the same shape as code, but never cut for FIM."""
+    return file_header(record.file_path, tokenizer) + record.content
+
+
+def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
+    """Cut ``text`` at two character positions drawn uniformly from 0..len(text), sorted.
+
+    This is StarCoder's split (bigcode-project/Megatron-LM, ``permute`` in gpt_dataset.py): character
+    level, so the middle can start or end inside a token or a line, and prefix, middle or suffix may be
+    empty. ``prefix + middle + suffix == text`` always.
+    """
+    first, second = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    return text[:first], text[first:second], text[second:]
+
+
+def fim_text(prefix: str, middle: str, suffix: str, order: FimOrder = FimOrder.PSM) -> str:
+    """A fill-in-the-middle example; the middle comes last, so the model learns to write it.
+
+    PSM: ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}``.
+    SPM: ``<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}``.
+    """
+    # SPM is the SantaCoder/StarCoder variant ("variant 2" of Bavarian et al. 2022, as in
+    # bigcode-project/Megatron-LM): both sentinels lead, and the prefix runs straight into the middle, so
+    # the middle continues the prefix as ordinary left-to-right text.
+    if order is FimOrder.SPM:
+        return f"{FIM.prefix}{FIM.suffix}{suffix}{FIM.middle}{prefix}{middle}"
+    return f"{FIM.prefix}{prefix}{FIM.suffix}{suffix}{FIM.middle}{middle}"
+
+
+def fim_prompt(
+    prefix: str,
+    suffix: str,
+    *,
+    path: str | None = None,
+    tokenizer: Any | None = None,
+    order: FimOrder = FimOrder.PSM,
+) -> str:
+    """The inference prompt for filling the gap between ``prefix`` and ``suffix`` of the file at ``path``.
+
+    It is the training example without its middle: the model's completion, up to EOS, is the middle.
+    """
+    return fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
+
+
+def fim_example(
+    record: Record, rng: random.Random, *, spm_rate: float = 0.5, tokenizer: Any | None = None
+) -> str:
+    """A code file cut at two random characters (``fim_split``) into a FIM example.
+
+    SPM with probability ``spm_rate``, else PSM. The file header stays in front of the prefix, so the
+    model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it.
+    """
+    prefix, middle, suffix = fim_split(record.content, rng)
+    order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
+    return fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
+
+
+_DIFF_START = re.compile(r"^diff --git ", re.MULTILINE)
+
+
+def commit_pair(record: Record) -> tuple[str, str]:
+    """Split a commit record into (diff, message) at the first line that starts with ``diff --git``.
+
+    A commit without a diff (an empty commit, or one whose diff git did not print) gives ``""`` as diff.
+    """
+    match = _DIFF_START.search(record.content)
+    if match is None:
+        return "", record.content.strip()
+    return record.content[match.start() :].strip("\n"), record.content[: match.start()].strip()
+
+
+def commit_prompt(diff: str) -> str:
+    """Everything before the message: the diff, a blank line, ``Commit message:`` and a newline.
+
+    No line of a git diff starts with ``Commit message:`` (each starts with a space, ``+``, ``-``, ``@``,
+    ``\\`` or a git header word), so the label cannot be confused with the diff.
+    """
+    return f"{diff}\n\n{COMMIT_MESSAGE_LABEL}" if diff else COMMIT_MESSAGE_LABEL
+
+
+def commit_text(record: Record) -> str:
+    """A commit as training text: ``commit_prompt(diff)`` followed by the message."""
+    diff, message = commit_pair(record)
+    return commit_prompt(diff) + message
+
+
+# The thread layout written by repotune.sources.github.thread_text.
+_THREAD_HEAD = re.compile(
+    r"\A# (?P<title>[^\n]*)\n\n(?:Issue|Pull request) #\d+[^\n]*\n"
+    r"Opened by @(?P<author>\S+) on [^\n]*(?:\n\n(?P<body>.*))?\Z",
+    re.DOTALL,
+)
+_COMMENT_HEADING = re.compile(
+    r"(?<=\n\n)### @(?P<author>\S+) on [^\n·]*?(?: · review comment on (?P<where>[^\n]+))?$", re.MULTILINE
+)
+
+
+@dataclass
+class _Turn:
+    role: str
+    parts: list[str] = field(default_factory=list)
+
+
+def issue_messages(record: Record) -> list[dict[str, str]]:
+    """An issue or pull request thread as a conversation of ``{"role", "content"}`` messages.
+
+    The opening post (``# title``, a blank line, the body) is the first ``user`` message. Each comment
+    is a ``user`` message when its author opened the thread and an ``assistant`` message otherwise:
+    the maintainers and other participants answer the person who asked. Consecutive comments with
+    the same role are folded into one message (separated by a blank line), since chat templates expect
+    alternating turns. Comment authors and dates are left out: the assistant should answer, not sign
+    its answers. A review comment keeps where it points (``Review comment on PATH:LINE:``) and its
+    diff line. The status line (number, state, labels) is left out: a question asked at inference
+    has none. Content that is not in ``thread_text``'s layout is one ``user`` message as it is.
+
+    A body line that itself looks like a comment heading (``### @login on ...`` after a blank line)
+    is taken for one; GitHub bodies almost never contain that.
+    """
+    content = record.content.strip("\n")
+    headings = list(_COMMENT_HEADING.finditer(content))
+    head_end = headings[0].start() if headings else len(content)
+    head = _THREAD_HEAD.match(content[:head_end].strip("\n"))
+    if head is None:
+        return [{"role": "user", "content": content}]
+
+    opener = record.meta.get("author") or head["author"]
+    title = (record.meta.get("title") or head["title"]).strip()
+    body = (head["body"] or "").strip()
+    turns = [_Turn("user", [f"# {title}\n\n{body}" if body else f"# {title}"])]
+    for index, heading in enumerate(headings):
+        end = headings[index + 1].start() if index + 1 < len(headings) else len(content)
+        text = content[heading.end() : end].strip()
+        if heading["where"]:
+            text = f"Review comment on {heading['where']}:\n\n{text}".rstrip()
+        if not text:
+            continue
+        role = "user" if heading["author"] == opener else "assistant"
+        if turns[-1].role == role:
+            turns[-1].parts.append(text)
+        else:
+            turns.append(_Turn(role, [text]))
+    return [{"role": turn.role, "content": "\n\n".join(turn.parts)} for turn in turns]
+
+
+def render_chat(
+    messages: list[dict[str, str]], tokenizer: Any, *, add_generation_prompt: bool = False
+) -> str:
+    """Messages as text: the tokenizer's chat template if it has one, else ``Role:`` turns.
+
+    The plain form is ``User:\\n{content}`` and ``Assistant:\\n{content}`` turns separated by a blank
+    line; ``add_generation_prompt`` appends the opening of an assistant turn, for inference.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    text = "\n\n".join(f"{message['role'].capitalize()}:\n{message['content']}" for message in messages)
+    return text + "\n\nAssistant:\n" if add_generation_prompt else text
+
+
+def issue_text(record: Record, tokenizer: Any) -> str:
+    """An issue or pull request thread as training text: ``render_chat(issue_messages(record))``."""
+    return render_chat(issue_messages(record), tokenizer)
+
+
+def example_text(record: Record, tokenizer: Any, config: TransformConfig, rng: random.Random) -> str:
+    """The training text for one record, chosen by its kind.
+
+    Code files become a FIM example with probability ``config.fim_rate``, else plain file text. Pass
+    ``record_rng(record, config.seed)`` as ``rng`` for examples that do not depend on record order.
+    """
+    if record.kind is Kind.CODE:
+        if rng.random() < config.fim_rate:
+            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer)
+        return code_text(record, tokenizer)
+    if record.kind is Kind.DOC:
+        return doc_text(record, tokenizer)
+    if record.kind in (Kind.ISSUE, Kind.PULL_REQUEST):
+        return issue_text(record, tokenizer)
+    if record.kind is Kind.COMMIT:
+        return commit_text(record)
+    raise RepotuneError(f"record {record.id}: no transform for kind {record.kind!r}")

@@ -1,0 +1,615 @@
+"""Local paths and ``s3://`` URIs behind one module (MinIO, SeaweedFS, AWS S3 alike), through ``minio``.
+
+Which server is a matter of configuration (environment variables, read by :func:`client_from_env`):
+
+    S3_ENDPOINT_URL or AWS_ENDPOINT_URL   http://host:port or https://host[:port]; default AWS S3
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional)
+    AWS_REGION or AWS_DEFAULT_REGION      optional; without it the client asks the server per bucket
+
+A folder is uploaded as one object per file and then a ``_COMPLETE`` marker object, written last, that
+lists every file and its size. Readers treat a prefix without the marker as absent, so a reader never
+sees a half-uploaded folder, and a downloader fetches exactly the files the marker lists (objects left
+over from an earlier, interrupted upload to the same prefix are ignored).
+
+Large files: ``minio`` (7.2) uploads a file of at most one part in a single PUT and anything larger as a
+multipart upload. With ``part_size=0`` (the default here, as in minio) it picks the smallest multiple of
+5 MiB that keeps the upload within 10,000 parts: 5 MiB parts up to about 48.8 GiB, so a 12 MiB file goes
+as three parts (5 + 5 + 2 MiB). An explicit ``part_size`` must lie between 5 MiB and 5 GiB. Up to three
+parts go in parallel, each held in memory; a failed multipart upload is aborted by minio, and a retry
+here sends the whole file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from repotune.errors import RepotuneError
+
+log = logging.getLogger(__name__)
+
+MARKER = "_COMPLETE"
+S3_SCHEME = "s3://"
+MINIO_SCHEME = "minio://"
+DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+ENDPOINT_VARS = ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+REGION_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+# Connect timeout short enough that a wrong or dead endpoint fails within seconds; the read timeout is
+# per socket read (not per request) and long, because a server may take a while to answer a
+# CompleteMultipartUpload of a large object.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 120.0
+
+# S3 error codes that mean "try again later" rather than "this request is wrong".
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException"}
+)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry an object-store call that failed for a transient reason."""
+
+    attempts: int = 5
+    """Tries in all, the first one included."""
+    first_wait_s: float = 0.5
+    """Wait before the second try, in seconds; it doubles for each further try (with random jitter)."""
+    max_wait_s: float = 8.0
+    """Longest single wait, in seconds."""
+    total_wait_s: float = 20.0
+    """Longest time spent waiting across all tries of one call, in seconds; gives up rather than exceed it."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if min(self.first_wait_s, self.max_wait_s, self.total_wait_s) < 0:
+            raise ValueError("waits must not be negative")
+
+
+RETRY = RetryPolicy()
+
+
+def is_s3_uri(value: str | os.PathLike[str]) -> bool:
+    """True for ``s3://`` URIs and KFP's ``minio://`` artifact URIs; False for local paths."""
+    return isinstance(value, str) and value.startswith((S3_SCHEME, MINIO_SCHEME))
+
+
+def minio_to_s3(uri: str) -> str:
+    """KFP's ``minio://bucket/key`` artifact URI as the ``s3://bucket/key`` URI KServe understands."""
+    if uri.startswith(MINIO_SCHEME):
+        return S3_SCHEME + uri[len(MINIO_SCHEME) :]
+    if uri.startswith(S3_SCHEME):
+        return uri
+    raise RepotuneError(f"not a minio:// or s3:// URI: {uri!r}")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; ``minio://`` is accepted too.
+
+    The prefix keeps a trailing slash if the URI has one and is ``""`` for the bucket itself.
+    """
+    if not is_s3_uri(uri):
+        raise RepotuneError(f"not an s3:// URI: {uri!r} (expected s3://BUCKET/PREFIX)")
+    bucket, _, prefix = minio_to_s3(uri)[len(S3_SCHEME) :].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise RepotuneError(f"{uri!r}: {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+    return bucket, prefix.lstrip("/")
+
+
+def _dir_prefix(prefix: str) -> str:
+    """A key prefix that names a folder: empty (the bucket) or ending in one slash."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def client_from_env(*, check_reachable: bool = True) -> Minio:
+    """A ``Minio`` client configured from the environment (see the module docstring).
+
+    With ``check_reachable`` it opens (and closes) a TCP connection to the endpoint first, so a wrong
+    or dead endpoint is reported at once, by name, rather than on the first upload.
+    """
+    endpoint_var = next((name for name in ENDPOINT_VARS if os.environ.get(name)), None)
+    endpoint_url = os.environ[endpoint_var] if endpoint_var else DEFAULT_ENDPOINT
+    host, port, secure = _split_endpoint(endpoint_url, endpoint_var)
+    access_key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    for name, value in (("AWS_ACCESS_KEY_ID", access_key), ("AWS_SECRET_ACCESS_KEY", secret_key)):
+        if not value:
+            raise RepotuneError(f"{name} is not set: the object store at {endpoint_url} needs credentials")
+    region = next((os.environ[name] for name in REGION_VARS if os.environ.get(name)), None)
+    if check_reachable:
+        _check_reachable(host, port, endpoint_url, endpoint_var)
+    return Minio(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # an IPv6 literal needs its brackets
+        access_key=access_key,
+        secret_key=secret_key,
+        session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        secure=secure,
+        region=region,
+        http_client=http_client(),
+    )
+
+
+def http_client() -> urllib3.PoolManager:
+    """The HTTP pool for ``Minio``: short connect timeout, and no retries of its own.
+
+    minio's default pool retries 5 times inside urllib3 with a 5-minute connect timeout, so a dead
+    endpoint takes many minutes to report; retries happen here instead (:class:`RetryPolicy`), where
+    they are bounded, logged, and cover S3's SlowDown as well.
+    """
+    import certifi
+
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=False,
+    )
+
+
+def _split_endpoint(url: str, variable: str | None) -> tuple[str, int, bool]:
+    source = f" (from {variable})" if variable else ""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RepotuneError(f"endpoint {url!r}{source} must look like http://host:port or https://host")
+    if parts.path.strip("/"):
+        raise RepotuneError(f"endpoint {url!r}{source} must not have a path; put the bucket in the s3:// URI")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise RepotuneError(f"endpoint {url!r}{source}: {exc}") from None
+    secure = parts.scheme == "https"
+    return parts.hostname, port or (443 if secure else 80), secure
+
+
+def _check_reachable(host: str, port: int, url: str, variable: str | None) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        source = f" (set by {variable})" if variable else " (set S3_ENDPOINT_URL to use another)"
+        raise RepotuneError(f"cannot reach the object store at {url}{source}: {exc}") from None
+
+
+def _endpoint(client: Any) -> str:
+    # minio keeps the endpoint in a private attribute; only used to word error messages.
+    base = getattr(client, "_base_url", None)
+    host = getattr(base, "host", None)
+    if not host:
+        return "the object store"
+    return f"{'https' if getattr(base, 'is_https', True) else 'http'}://{host}"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", None)
+        return exc.code in _TRANSIENT_CODES or (status is not None and status >= 500)
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500
+    if isinstance(exc, InvalidResponseError):
+        # a non-XML answer, typically a proxy's 502/503 page; minio keeps the status privately
+        return getattr(exc, "_code", 0) >= 500
+    return False
+
+
+def _call(client: Any, what: str, fn: Callable[[], T], retry: RetryPolicy) -> T:
+    """``fn()`` with retries on transient errors; other and final failures become RepotuneError.
+
+    ``fn`` must be safe to repeat (each try re-opens files and streams).
+    """
+    waited = 0.0
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return fn()
+        except (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            wait = min(retry.max_wait_s, retry.first_wait_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if not _is_transient(exc) or attempt == retry.attempts or waited + wait > retry.total_wait_s:
+                raise _user_error(client, what, exc, attempt) from exc
+            log.warning(
+                "%s: %s; retrying in %.1f s (try %d of %d)",
+                what,
+                _reason(exc),
+                wait,
+                attempt + 1,
+                retry.attempts,
+            )
+            time.sleep(wait)
+            waited += wait
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, S3Error):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def _user_error(client: Any, what: str, exc: BaseException, attempts: int) -> RepotuneError:
+    endpoint = _endpoint(client)
+    tries = f" after {attempts} tries" if attempts > 1 else ""
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return RepotuneError(f"{what}: cannot reach the object store at {endpoint}{tries}: {_reason(exc)}")
+    if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
+        return RepotuneError(f"{what}: bucket {exc.bucket_name!r} does not exist at {endpoint}")
+    if isinstance(exc, S3Error) and exc.code in (
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ):
+        return RepotuneError(
+            f"{what}: {exc.code} from {endpoint}; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+            "and the bucket's permissions"
+        )
+    return RepotuneError(f"{what}: {_reason(exc)} (from {endpoint}{tries})")
+
+
+def _client(client: Minio | None) -> Minio:
+    return client if client is not None else client_from_env()
+
+
+def upload_file(
+    local: str | os.PathLike[str],
+    uri: str,
+    *,
+    client: Minio | None = None,
+    part_size: int = 0,
+    retry: RetryPolicy = RETRY,
+) -> str:
+    """Uploads one file to ``uri`` (a ``.../`` URI means "into this folder, same name"); returns the URI.
+
+    One object is all-or-nothing in S3 (a multipart upload becomes visible only when completed), so a
+    single file needs no marker.
+    """
+    path = Path(local)
+    if not path.is_file():
+        raise RepotuneError(f"{path} is not a file")
+    bucket, key = parse_s3_uri(uri)
+    if not key or key.endswith("/"):
+        key = f"{key}{path.name}"
+    client = _client(client)
+    _put_file(client, path, bucket, key, part_size, retry)
+    return f"{S3_SCHEME}{bucket}/{key}"
+
+
+def _put_file(client: Minio, path: Path, bucket: str, key: str, part_size: int, retry: RetryPolicy) -> None:
+    _call(
+        client,
+        f"uploading {path} to s3://{bucket}/{key}",
+        lambda: client.fput_object(bucket, key, str(path), part_size=part_size),
+        retry,
+    )
+
+
+def upload_dir(
+    local_dir: str | os.PathLike[str],
+    uri: str,
+    *,
+    client: Minio | None = None,
+    part_size: int = 0,
+    retry: RetryPolicy = RETRY,
+) -> dict[str, Any]:
+    """Uploads every file under ``local_dir`` to the prefix ``uri``, then the ``_COMPLETE`` marker.
+
+    Any marker already there is removed first, so while the upload runs the prefix reads as absent.
+    Returns the marker's content: ``files`` (relative path and size in bytes, sorted), ``total_bytes``
+    and ``completed_at`` (UTC, ISO 8601).
+    """
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise RepotuneError(f"{root} is not a folder")
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    client = _client(client)
+    files = _local_files(root)
+    _call(
+        client,
+        f"removing the old marker at s3://{bucket}/{prefix}{MARKER}",
+        lambda: client.remove_object(bucket, f"{prefix}{MARKER}"),
+        retry,
+    )
+    for relative, _ in files:
+        _put_file(client, root / relative, bucket, f"{prefix}{relative}", part_size, retry)
+    marker = {
+        "files": [{"path": relative, "size": size} for relative, size in files],
+        "total_bytes": sum(size for _, size in files),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    body = json.dumps(marker, indent=2, sort_keys=True).encode()
+    _call(
+        client,
+        f"writing s3://{bucket}/{prefix}{MARKER}",
+        lambda: client.put_object(
+            bucket, f"{prefix}{MARKER}", io.BytesIO(body), len(body), content_type="application/json"
+        ),
+        retry,
+    )
+    return marker
+
+
+def _local_files(root: Path) -> list[tuple[str, int]]:
+    """(relative POSIX path, size) of every regular file under ``root``, sorted; a local marker is skipped."""
+    files = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        # a stray local _COMPLETE would be overwritten by the real marker, so it is not uploaded
+        if path.is_file() and relative != MARKER:
+            files.append((relative, path.stat().st_size))
+    return files
+
+
+def read_marker(
+    uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY
+) -> dict[str, Any] | None:
+    """The ``_COMPLETE`` marker of the prefix ``uri``, or None when the prefix is absent or unfinished."""
+    bucket, prefix = parse_s3_uri(uri)
+    key = f"{_dir_prefix(prefix)}{MARKER}"
+    client = _client(client)
+
+    def get() -> bytes | None:
+        try:
+            response = client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    data = _call(client, f"reading s3://{bucket}/{key}", get, retry)
+    if data is None:
+        return None
+    try:
+        marker = json.loads(data)
+    except ValueError:
+        raise RepotuneError(f"s3://{bucket}/{key} is not JSON; was it written by repotune?") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        raise RepotuneError(f"s3://{bucket}/{key} has no file list; was it written by repotune?")
+    return marker
+
+
+def exists_complete(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> bool:
+    """True when the prefix ``uri`` holds a finished upload (its ``_COMPLETE`` marker exists)."""
+    bucket, prefix = parse_s3_uri(uri)
+    return _object_exists(_client(client), bucket, f"{_dir_prefix(prefix)}{MARKER}", retry)
+
+
+def list_subprefixes(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> list[str]:
+    """The "folders" one level below the prefix ``uri``, relative and sorted: ``["checkpoint-10/", ...]``.
+
+    Complete or not: check each with :func:`exists_complete`.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    client = _client(client)
+    objects = _call(
+        client,
+        f"listing s3://{bucket}/{prefix}",
+        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=False)),
+        retry,
+    )
+    return sorted(obj.object_name[len(prefix) :] for obj in objects if obj.is_dir)
+
+
+def _list_keys(client: Minio, bucket: str, prefix: str, retry: RetryPolicy) -> list[tuple[str, int]]:
+    objects = _call(
+        client,
+        f"listing s3://{bucket}/{prefix}",
+        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=True)),
+        retry,
+    )
+    return [
+        (obj.object_name[len(prefix) :], obj.size or 0)
+        for obj in objects
+        if not obj.is_dir and obj.object_name != f"{prefix}{MARKER}"
+    ]
+
+
+def download_dir(
+    uri: str,
+    local_dir: str | os.PathLike[str],
+    *,
+    require_complete: bool = True,
+    client: Minio | None = None,
+    retry: RetryPolicy = RETRY,
+) -> Path:
+    """Downloads the folder at the prefix ``uri`` into ``local_dir`` and returns ``local_dir``.
+
+    Refuses a prefix without ``_COMPLETE`` unless ``require_complete=False`` (then it takes whatever
+    objects are there). Files land in a temporary sibling folder that is renamed into place at the end,
+    so ``local_dir`` is either the whole download or untouched; an existing ``local_dir`` is replaced.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    target = Path(local_dir)
+    client = _client(client)
+    marker = read_marker(uri, client=client, retry=retry)
+    if marker is not None:
+        files = [(str(entry["path"]), int(entry["size"])) for entry in marker["files"]]
+    elif require_complete:
+        raise RepotuneError(
+            f"s3://{bucket}/{prefix} has no {MARKER} marker: the upload there is missing or unfinished"
+        )
+    else:
+        files = _list_keys(client, bucket, prefix, retry)
+        if not files:
+            raise RepotuneError(f"s3://{bucket}/{prefix} holds no objects")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for relative, size in files:
+            dest = _inside(staging, relative, uri)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            key = f"{prefix}{relative}"
+            _call(
+                client,
+                f"downloading s3://{bucket}/{key}",
+                lambda key=key, dest=dest: client.fget_object(bucket, key, str(dest)),
+                retry,
+            )
+            if marker is not None and dest.stat().st_size != size:
+                raise RepotuneError(
+                    f"s3://{bucket}/{key} has {dest.stat().st_size} bytes, its {MARKER} marker says {size}"
+                )
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _inside(root: Path, relative: str, uri: str) -> Path:
+    """``root / relative``, refusing keys such as ``../x`` that would land outside ``root``."""
+    dest = (root / relative).resolve()
+    if not dest.is_relative_to(root.resolve()) or not relative:
+        raise RepotuneError(f"{uri}: refusing object {relative!r}, it would land outside the target folder")
+    return dest
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    # A folder cannot be replaced in one rename; move the old one aside first so that a crash between
+    # the two renames leaves both copies on disk rather than neither.
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    os.replace(target, old)
+    os.replace(staging, target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def copy_to(
+    local_path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    client: Minio | None = None,
+    retry: RetryPolicy = RETRY,
+) -> str:
+    """Copies a local file or folder to ``dest``, a local path or an ``s3://`` URI; returns ``dest``.
+
+    A folder goes to S3 with :func:`upload_dir` (marker last) and to a local path through a temporary
+    sibling that is renamed into place; a file goes with :func:`upload_file` or an atomic local copy.
+    """
+    source = Path(local_path)
+    if not source.exists():
+        raise RepotuneError(f"{source} does not exist")
+    if isinstance(dest, str) and is_s3_uri(dest):
+        if source.is_dir():
+            upload_dir(source, dest, client=client, retry=retry)
+            return dest
+        return upload_file(source, dest, client=client, retry=retry)
+    _copy_local(source, Path(dest))
+    return str(dest)
+
+
+def fetch(
+    src: str | os.PathLike[str],
+    local_path: str | os.PathLike[str],
+    *,
+    client: Minio | None = None,
+    retry: RetryPolicy = RETRY,
+) -> Path:
+    """Brings ``src`` (a local path or an ``s3://`` URI) to ``local_path`` and returns ``local_path``.
+
+    An ``s3://`` prefix with a ``_COMPLETE`` marker becomes a folder; otherwise the URI must name one
+    object, which becomes a file. A prefix that holds objects but no marker is refused as unfinished.
+    """
+    target = Path(local_path)
+    if not (isinstance(src, str) and is_s3_uri(src)):
+        source = Path(src)
+        if not source.exists():
+            raise RepotuneError(f"{source} does not exist")
+        _copy_local(source, target)
+        return target
+    client = _client(client)
+    if exists_complete(src, client=client, retry=retry):
+        return download_dir(src, target, client=client, retry=retry)
+    bucket, key = parse_s3_uri(src)
+    if key and not key.endswith("/") and _object_exists(client, bucket, key, retry):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            _call(
+                client,
+                f"downloading {src}",
+                lambda: client.fget_object(bucket, key, str(staging)),
+                retry,
+            )
+            os.replace(staging, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+        return target
+    # gives the "no _COMPLETE marker" error, which is the likely story for a prefix
+    return download_dir(src, target, client=client, retry=retry)
+
+
+def _object_exists(client: Minio, bucket: str, key: str, retry: RetryPolicy) -> bool:
+    def stat() -> bool:
+        try:
+            client.stat_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "ResourceNotFound"):
+                return False
+            raise
+        return True
+
+    return _call(client, f"checking s3://{bucket}/{key}", stat, retry)
+
+
+def _copy_local(source: Path, target: Path) -> None:
+    if source.resolve() == target.resolve():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            _move_into_place(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,105 @@
+"""Trainer callbacks: progress with loss and ETA, a wall-clock budget, and tracking."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from transformers import TrainerCallback
+
+from repotune.tracking import Tracker
+
+# The first steps include warm-up costs (allocations, kernel selection); the estimate skips them.
+_ESTIMATE_AFTER_STEPS = 3
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress(TrainerCallback):
+    """One line per logged step (loss, learning rate, tokens/s, ETA) and an early time estimate."""
+
+    def __init__(self, total_steps: int, tokens_per_step: int, say: Callable[[str], None]) -> None:
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.say = say
+        self.losses: list[float] = []
+        self._started: float | None = None
+        self._first_step = 0
+        self._estimate_at: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+        self._first_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done = state.global_step - self._first_step
+        if done == _ESTIMATE_AFTER_STEPS:
+            self._estimate_at = time.monotonic()
+        elif done == 2 * _ESTIMATE_AFTER_STEPS and self._estimate_at is not None:
+            per_step = (time.monotonic() - self._estimate_at) / _ESTIMATE_AFTER_STEPS
+            left = self.total_steps - state.global_step
+            self.say(
+                f"estimate: {per_step:.2f} s a step, {self.tokens_per_step / per_step:,.0f} tokens/s; "
+                f"{left} steps left, about {_duration(left * per_step)}"
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or self._started is None:
+            return
+        self.losses.append(float(logs["loss"]))
+        done = max(state.global_step - self._first_step, 1)
+        elapsed = time.monotonic() - self._started
+        eta = elapsed / done * (self.total_steps - state.global_step)
+        self.say(
+            f"step {state.global_step}/{self.total_steps}  loss {logs['loss']:.4f}  "
+            f"lr {logs.get('learning_rate', 0):.2e}  {self.tokens_per_step * done / elapsed:,.0f} tok/s  "
+            f"ETA {_duration(eta)}"
+        )
+
+    def stopped_early(self, global_step: int) -> bool:
+        return global_step < self.total_steps
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training, with a checkpoint, once ``max_minutes`` of wall-clock time are spent."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.limit = None if max_minutes is None else max_minutes * 60
+        self._started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.limit is not None and time.monotonic() - self._started >= self.limit:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+class Tracking(TrainerCallback):
+    """Sends the Trainer's logs (loss, eval loss, learning rate) and tokens/s to the tracker."""
+
+    def __init__(self, tracker: Tracker, tokens_per_step: int) -> None:
+        self.tracker = tracker
+        self.tokens_per_step = tokens_per_step
+        self._last: tuple[float, int] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        metrics = {key: float(value) for key, value in logs.items() if isinstance(value, int | float)}
+        now = time.monotonic()
+        if self._last is not None and state.global_step > self._last[1]:
+            seconds = now - self._last[0]
+            metrics["tokens_per_second"] = (
+                self.tokens_per_step * (state.global_step - self._last[1]) / seconds
+            )
+        self._last = (now, state.global_step)
+        self.tracker.log_metrics(metrics, step=state.global_step)

@@ -1,0 +1,384 @@
+"""The fine-tuning recipe: LoRA (or QLoRA, or full) over transformers' Trainer and PEFT.
+
+One explicit function, ``run_training``, reads the cleaned data, packs it into fixed-length blocks
+whose position ids restart at every document (no attention across documents, almost no padding),
+fine-tunes, and writes into the output folder:
+
+    checkpoints/         Trainer checkpoints; a restarted run resumes from the newest by itself
+    adapter/             the LoRA adapter (PEFT format), absent for full fine-tuning
+    config.json, model.safetensors, tokenizer files
+                         the merged model: the folder loads with AutoModelForCausalLM as it is
+    train_summary.json   recipe, data, eval loss of the base and the tuned model, speed
+    README.md            a short model card
+
+The same code runs under ``torchrun --nproc_per_node=N`` (Trainer does the DDP set-up); only rank 0
+writes outputs and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repotune.config import to_dict
+from repotune.errors import RepotuneError
+from repotune.records import Record, read_records
+from repotune.train.recipe import Recipe
+
+TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
+SUMMARY_FILE = "train_summary.json"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _read(path: Path) -> list[Record]:
+    return list(read_records(path)) if path.is_file() else []
+
+
+def load_split(data_dir: Path) -> tuple[list[Record], list[Record]]:
+    """Training and held-out records from a `repotune clean` folder, refusing an empty training set."""
+    train_path = data_dir / TRAIN_FILE
+    if not train_path.is_file():
+        raise RepotuneError(f"{data_dir} has no {TRAIN_FILE}; run `repotune clean` into it first")
+    train = _read(train_path)
+    if not train:
+        raise RepotuneError(f"{train_path} is empty: nothing to train on (check the clean report's drops)")
+    return train, _read(data_dir / EVAL_FILE)
+
+
+def _precision(recipe: Recipe) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if recipe.precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
+        raise RepotuneError("precision: bf16 needs a GPU with bfloat16 support; use auto or fp32")
+    if recipe.precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return recipe.precision
+
+
+def _check_method(recipe: Recipe) -> None:
+    import importlib.util
+
+    import torch
+
+    if recipe.method == "qlora" and not (
+        torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")
+    ):
+        raise RepotuneError("method: qlora needs a CUDA GPU and the bitsandbytes package; use lora here")
+
+
+def _check_memory(model_dir: Path, recipe: Recipe) -> float:
+    from repotune.train.models import estimate_training_memory_gb
+
+    bytes_per_param = 2 if _precision(recipe) == "bf16" else 4
+    estimate = estimate_training_memory_gb(
+        model_dir, recipe.method, recipe.data.seq_len, recipe.micro_batch_size, bytes_per_param
+    )
+    if recipe.max_memory_gb is not None and estimate > recipe.max_memory_gb:
+        raise RepotuneError(
+            f"max_memory_gb: {recipe.base_model} needs about {estimate:.1f} GB to train with method "
+            f"{recipe.method}, seq_len {recipe.data.seq_len} and micro_batch_size {recipe.micro_batch_size}, "
+            f"more than the {recipe.max_memory_gb:g} GB allowed; lower those or use method: lora"
+        )
+    return estimate
+
+
+def _blocks(
+    records: list[Record], tokenizer, recipe: Recipe, fim_rate: float, cache: Path, limit: int | None
+):
+    from repotune.data.packing import pack, tokenize_records
+    from repotune.data.transforms import TransformConfig
+
+    transforms = TransformConfig(fim_rate=fim_rate, spm_rate=recipe.data.spm_rate, seed=recipe.seed)
+    sequences = tokenize_records(records, tokenizer, transforms, cache)
+    blocks = pack(sequences, recipe.data.seq_len)
+    return blocks if limit is None else blocks.head(limit)
+
+
+def run_training(
+    data_dir: Path,
+    output: Path,
+    recipe: Recipe,
+    *,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fine-tune ``recipe.base_model`` on ``data_dir``'s train.jsonl into ``output``; returns the summary."""
+    dist = Distributed.from_env()
+    say = log if dist.is_main else (lambda _message: None)
+    train_records, eval_records = load_split(data_dir)
+    _check_method(recipe)
+    precision = _precision(recipe)
+
+    from repotune.tracking import make_tracker
+    from repotune.train.models import resolve_base_model
+
+    tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
+    tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
+    model_dir = resolve_base_model(recipe.base_model)
+    memory_gb = _check_memory(model_dir, recipe)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    from repotune.data.packing import PackedDataset
+    from repotune.data.transforms import ensure_fim_tokens
+    from repotune.train import callbacks
+
+    hf_logging.disable_progress_bar()  # weight-loading bars are noise in pipeline logs
+    torch.manual_seed(recipe.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab_before = len(tokenizer)
+    fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
+    cache = output / ".token-cache"
+    train_blocks = _blocks(
+        train_records, tokenizer, recipe, recipe.data.fim_rate, cache, recipe.data.max_train_blocks
+    )
+    # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
+    # the FIM tokens, is scored on the same footing as the tuned one.
+    eval_blocks = (
+        _blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
+        if eval_records
+        else None
+    )
+    if len(train_blocks) == 0:
+        raise RepotuneError(f"{data_dir / TRAIN_FILE} gave no training tokens")
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if recipe.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
+    if len(tokenizer) != vocab_before:
+        model.resize_token_embeddings(len(tokenizer))
+    model = _adapt(model, recipe, fim_ids)
+
+    tokens_per_step = recipe.data.seq_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps
+    tokens_per_step *= dist.world_size
+    steps_per_epoch = math.ceil(
+        len(train_blocks) / (recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size)
+    )
+    total_steps = recipe.max_steps or max(1, math.ceil(steps_per_epoch * recipe.epochs))
+    say(
+        f"data: {len(train_blocks)} training blocks of {recipe.data.seq_len} tokens "
+        f"({train_blocks.real_token_fraction:.1%} real), "
+        f"{len(eval_blocks) if eval_blocks else 0} held-out blocks; "
+        f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
+    )
+
+    checkpoints = output / CHECKPOINTS
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=recipe.micro_batch_size,
+        per_device_eval_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=int(recipe.warmup_ratio * total_steps),
+        lr_scheduler_type=recipe.lr_scheduler,
+        max_steps=total_steps,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=recipe.save_every_steps,
+        save_total_limit=recipe.save_total_limit,
+        eval_strategy="steps" if recipe.eval_every_steps and eval_blocks else "no",
+        eval_steps=recipe.eval_every_steps,
+        bf16=precision == "bf16",
+        activation_checkpointing=recipe.gradient_checkpointing,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    progress = callbacks.Progress(total_steps, tokens_per_step, say)
+    extra_callbacks = []
+    if recipe.checkpoint_uri is not None:
+        from repotune.train.checkpoint_sync import CheckpointUpload, restore_latest_checkpoint
+
+        extra_callbacks.append(CheckpointUpload(recipe.checkpoint_uri, say))
+        # A pod that lost its disk resumes from the newest complete checkpoint in object storage.
+        with args.main_process_first(desc="restore checkpoint"):
+            if dist.is_main and restore_latest_checkpoint(recipe.checkpoint_uri, checkpoints) is not None:
+                say(f"restored the newest checkpoint from {recipe.checkpoint_uri}")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=PackedDataset(train_blocks),
+        eval_dataset=PackedDataset(eval_blocks) if eval_blocks else None,
+        callbacks=[
+            progress,
+            callbacks.TimeBudget(recipe.max_minutes),
+            callbacks.Tracking(tracker, tokens_per_step),
+            *extra_callbacks,
+        ],
+    )
+    # Progress lines come from callbacks.Progress; the Trainer's own printer would repeat them as dicts.
+    trainer.remove_callback(PrinterCallback)
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    source = _dataset_source(data_dir)
+    with tracker.start_run(run_name=output.name, tags={"repotune.stage": "train", **source}):
+        tracker.log_params({"recipe": to_dict(recipe), "data": source})
+        base_eval = None
+        if eval_blocks is not None and resume is None:
+            base_eval = trainer.evaluate()["eval_loss"]
+            say(f"base model eval loss {base_eval:.4f} ({len(eval_blocks)} held-out blocks)")
+            tracker.log_metrics({"base_eval_loss": base_eval}, step=0)
+        if resume is not None:
+            say(f"resuming from {resume}")
+        started = time.monotonic()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.monotonic() - started
+        final_eval = trainer.evaluate()["eval_loss"] if eval_blocks is not None else None
+        if final_eval is not None:
+            say(f"tuned model eval loss {final_eval:.4f}")
+            tracker.log_metrics({"eval_loss": final_eval}, step=trainer.state.global_step)
+        summary = {
+            "base_model": recipe.base_model,
+            "base_model_dir": str(model_dir),
+            "method": recipe.method,
+            "precision": precision,
+            "recipe": to_dict(recipe),
+            "data": {
+                **source,
+                "train_records": len(train_records),
+                "eval_records": len(eval_records),
+                "train_blocks": len(train_blocks),
+                "eval_blocks": len(eval_blocks) if eval_blocks else 0,
+                "real_token_fraction": round(train_blocks.real_token_fraction, 4),
+            },
+            "steps": trainer.state.global_step,
+            "planned_steps": total_steps,
+            "stopped_by_time_budget": progress.stopped_early(trainer.state.global_step),
+            "resumed_from": resume,
+            "train_loss": result.training_loss,
+            "first_losses": progress.losses[:5],
+            "last_losses": progress.losses[-5:],
+            "base_eval_loss": base_eval,
+            "eval_loss": final_eval,
+            "train_seconds": round(seconds, 1),
+            "tokens_per_second": round(tokens_per_step * trainer.state.global_step / max(seconds, 1e-9), 1),
+            "world_size": dist.world_size,
+            "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
+        }
+        if dist.is_main:
+            _save(trainer.model, tokenizer, output, recipe, summary)
+            tracker.log_artifact(output / ADAPTER, "adapter") if (output / ADAPTER).is_dir() else None
+            tracker.log_artifact(output / SUMMARY_FILE)
+        say(f"wrote {output}")
+    return summary
+
+
+def _adapt(model, recipe: Recipe, fim_ids: list[int]):
+    if recipe.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from repotune.train.models import lora_target_modules
+
+    if recipe.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.gradient_checkpointing
+        )
+    config = LoraConfig(
+        r=recipe.lora.rank,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=list(recipe.lora.target_modules or lora_target_modules(model)),
+        task_type="CAUSAL_LM",
+        # Rows of FIM tokens added to the vocabulary start untrained; only those rows train.
+        trainable_token_indices={"embed_tokens": fim_ids} if fim_ids else None,
+    )
+    model = get_peft_model(model, config)
+    if recipe.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def _dataset_source(data_dir: Path) -> dict[str, str]:
+    stats_path = data_dir / "stats.json"
+    if not stats_path.is_file():
+        return {}
+    source = json.loads(stats_path.read_text()).get("source") or {}
+    return {f"dataset.{k}": str(v) for k, v in source.items() if v}
+
+
+def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any]) -> None:
+    from repotune.atomic import atomic_open, write_json
+
+    output.mkdir(parents=True, exist_ok=True)
+    if recipe.method != "full":
+        adapter = output / ADAPTER
+        shutil.rmtree(adapter, ignore_errors=True)
+        # The FIM rows live in the adapter as trainable tokens; saving whole embedding matrices as
+        # well would make a 135M model's adapter 100+ MB. Loading needs the base resized first.
+        model.save_pretrained(adapter, save_embedding_layers=False)
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+    merged.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    write_json(output / SUMMARY_FILE, summary)
+    with atomic_open(output / "README.md") as handle:
+        handle.write(_model_card(summary))
+
+
+def _model_card(summary: dict[str, Any]) -> str:
+    data = summary["data"]
+    lines = [
+        "# repotune fine-tuned model",
+        "",
+        f"Base model: `{summary['base_model']}`, method: {summary['method']}, "
+        f"precision: {summary['precision']}.",
+        f"Trained on `{data.get('dataset.source', 'unknown source')}`"
+        + (f" at commit `{data['dataset.commit']}`" if data.get("dataset.commit") else "")
+        + f": {data['train_records']} records, {data['train_blocks']} blocks of "
+        f"{summary['recipe']['data']['seq_len']} tokens, {summary['steps']} steps.",
+        "",
+    ]
+    if summary["eval_loss"] is not None and summary["base_eval_loss"] is not None:
+        lines += [
+            f"Held-out loss: {summary['base_eval_loss']:.4f} (base) -> {summary['eval_loss']:.4f} (tuned), "
+            f"on {data['eval_blocks']} blocks from {data['eval_records']} held-out records the model "
+            "never saw.",
+            "",
+        ]
+    lines += [
+        "Load it with `AutoModelForCausalLM.from_pretrained(<this folder>)`; the LoRA adapter alone is in",
+        "`adapter/`. Made by `repotune train`; `train_summary.json` has the full recipe and numbers.",
+    ]
+    return "\n".join(lines) + "\n"

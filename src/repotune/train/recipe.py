@@ -1,0 +1,141 @@
+"""The training recipe: every knob with its meaning and unit, validated before any work starts.
+
+Recipes are commented YAML files in ``configs/``; ``load_recipe`` reads one, applies command-line
+overrides, and refuses unknown keys and wrong types with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from repotune.config import from_dict, load_yaml
+from repotune.errors import RepotuneError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16
+    """LoRA rank r: the inner dimension of each low-rank update."""
+    alpha: float = 32.0
+    """LoRA scaling numerator; updates are scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input, 0 to 1."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt; None detects the attention and MLP projections of the architecture."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise RepotuneError("lora.rank must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RepotuneError("lora.dropout must be at least 0 and below 1")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    seq_len: int = 512
+    """Tokens per packed training block."""
+    fim_rate: float = 0.5
+    """Share of code files turned into fill-in-the-middle examples, 0 to 1."""
+    spm_rate: float = 0.5
+    """Of the FIM examples, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)."""
+    max_eval_blocks: int | None = 64
+    """Held-out blocks scored for eval loss (each costs a forward pass); None scores them all."""
+    max_train_blocks: int | None = None
+    """Cap on training blocks (a quick run on a big repository); None uses them all."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 16:
+            raise RepotuneError("data.seq_len must be at least 16 tokens")
+        for name in ("fim_rate", "spm_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RepotuneError(f"data.{name} must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    base_model: str = "smollm2-135m"
+    """`smollm2-135m` (offline default), `tiny` (tests), a local folder, an s3:// URI or a hub id."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """lora: low-rank adapters on a frozen model; qlora: the same on a 4-bit base (CUDA + bitsandbytes);
+    full: every weight trains."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    micro_batch_size: int = 4
+    """Blocks per forward pass on each device."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the global batch is micro_batch_size x this x devices."""
+    learning_rate: float = 2e-4
+    """Peak learning rate, reached after warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.05
+    """Share of the steps spent warming the learning rate up from 0."""
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    epochs: float = 1.0
+    """Passes over the training blocks (when max_steps is None)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; None derives them from epochs."""
+    max_minutes: float | None = None
+    """Wall-clock budget in minutes: training stops cleanly (and saves) when it runs out."""
+    eval_every_steps: int | None = None
+    """Steps between eval-loss measurements during training; None evaluates at the end only."""
+    save_every_steps: int = 50
+    """Steps between checkpoints (resumable after a crash or a killed pod)."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk; older ones are deleted."""
+    checkpoint_uri: str | None = None
+    """s3://bucket/prefix that receives each checkpoint as it is saved; None keeps them local only."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 elsewhere."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    max_memory_gb: float | None = None
+    """Refuse to start when the estimated training memory exceeds this (GB); None skips the check."""
+    seed: int = 0
+    """Seed for data order, FIM sampling and adapter initialisation."""
+    experiment: str = "repotune"
+    """MLflow experiment name (tracking is on when MLFLOW_TRACKING_URI is set)."""
+
+    def __post_init__(self) -> None:
+        positive = ("micro_batch_size", "gradient_accumulation_steps", "save_every_steps", "save_total_limit")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise RepotuneError(f"{name} must be at least 1")
+        if self.learning_rate <= 0:
+            raise RepotuneError("learning_rate must be positive")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise RepotuneError("max_steps must be at least 1 (or null to use epochs)")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise RepotuneError("max_minutes must be positive (or null for no budget)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise RepotuneError("warmup_ratio must be at least 0 and below 1")
+        if self.epochs <= 0:
+            raise RepotuneError("epochs must be positive")
+        if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
+            raise RepotuneError("checkpoint_uri must be an s3:// URI (or null)")
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RepotuneError(f"--set {dotted}: {key} is not a group of settings")
+    node[leaf] = value
+
+
+def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """The recipe in ``path`` (defaults when None) with ``overrides`` (``"data.seq_len": 256``) applied."""
+    data = load_yaml(path) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted, value)
+    return from_dict(Recipe, data, f"recipe {path.name}" if path is not None else "recipe")
+
+
+def recipe_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Recipe)]

@@ -1,0 +1,90 @@
+"""A real ``mlflow server`` on 127.0.0.1 for integration tests (sqlite backend, local artifact root)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A started server: ``url`` to reach it, ``kill()`` to take it away mid-test."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.artifact_root = root / "artifacts"
+        self._log = open(root / "server.log", "wb")  # noqa: SIM115 (closed in kill())
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--default-artifact-root",
+            self.artifact_root.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",  # the test machines have few cores; one worker starts fastest
+        ]
+        # Its own process group, so kill() also stops the web server's worker processes.
+        self._proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root
+        )
+        self._root = root
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.25)
+        self.kill()
+        raise RuntimeError(f"mlflow server not healthy after {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        return (self._root / "server.log").read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=30)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running_mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """The tracking URI of a healthy ``mlflow server`` whose data lives under ``tmp_path``; the
+    server is killed on exit. (Use ``MlflowServer`` directly to kill it mid-test.)"""
+    server = MlflowServer(tmp_path)
+    try:
+        server.wait_healthy()
+        yield server.url
+    finally:
+        server.kill()

@@ -1,0 +1,60 @@
+"""Recipes: every shipped config loads, and a bad one fails before any work, naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repotune.errors import RepotuneError
+from repotune.train.recipe import Recipe, load_recipe
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped() -> None:
+    names = {path.name for path in CONFIGS}
+    assert {"tiny-cpu.yaml", "smollm2-135m-cpu.yaml"} <= names
+    assert any("gpu" in name for name in names)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_says_how_to_run_it(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert "repotune train" in path.read_text()  # each recipe carries the command that runs it
+
+
+def test_overrides_apply_with_types() -> None:
+    recipe = load_recipe(CONFIGS[0], {"max_steps": 3, "data.seq_len": 64, "lora.target_modules": ["q_proj"]})
+    assert recipe.max_steps == 3 and recipe.data.seq_len == 64
+    assert recipe.lora.target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lerning_rate: 0.1\n", "unknown key 'lerning_rate' (did you mean 'learning_rate'?)"),
+        ("data:\n  seq_lenght: 10\n", "data: unknown key 'seq_lenght' (did you mean 'seq_len'?)"),
+        ("learning_rate: fast\n", "learning_rate must be a number, got 'fast'"),
+        ("max_steps: 2.5\n", "max_steps must be a whole number, got 2.5"),
+        ("method: dpo\n", "method must be one of 'lora', 'qlora', 'full', got 'dpo'"),
+        ("lora: 8\n", "lora must be a mapping of settings"),
+        ("gradient_checkpointing: 'yes'\n", "gradient_checkpointing must be true or false"),
+        ("micro_batch_size: 0\n", "micro_batch_size must be at least 1"),
+        ("data:\n  fim_rate: 2\n", "data.fim_rate must be between 0 and 1"),
+        ("- a\n- b\n", "must be a mapping of settings"),
+        ("a: [\n", "is not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RepotuneError) as raised:
+        load_recipe(path)
+    assert message in str(raised.value)
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(RepotuneError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")

@@ -1,0 +1,144 @@
+"""Tracking against a real `mlflow server`, and a server that dies mid-run without stopping training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from tests.mlflow_server import MlflowServer, free_port, running_mlflow_server
+
+from repotune.errors import RepotuneError
+from repotune.tracking import MlflowTracker, NullTracker, Tracker, flatten, make_tracker
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Lora:
+    rank: int = 8
+    alpha: float = 16.0
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+def warnings_from_tracking(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "repotune.tracking" and r.levelno == logging.WARNING]
+
+
+def test_logs_params_metrics_tags_and_artifacts(mlflow_url: str, tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text('{"loss": 1.0}\n')
+    (tmp_path / "model" / "sub").mkdir(parents=True)
+    (tmp_path / "model" / "config.json").write_text("{}\n")
+    (tmp_path / "model" / "sub" / "weights.bin").write_bytes(b"\x00" * 16)
+
+    tracker = make_tracker(mlflow_url, "repotune-tests")
+    assert isinstance(tracker, MlflowTracker) and isinstance(tracker, Tracker)
+    tracker.check()
+    with tracker.start_run("tiny-run", {"source": "github:org/repo"}) as run_id:
+        assert run_id is not None and tracker.run_id == run_id
+        tracker.log_params({"recipe": {"lr": 2e-4, "lora": Lora()}, "base": "tiny", "notes": "x" * 7000})
+        for step, loss in enumerate([2.0, 1.5, 1.25]):
+            tracker.log_metrics({"train/loss": loss}, step=step)
+        tracker.log_metrics({"eval/loss": 1.1})
+        tracker.set_tags({"stage": "train"})
+        tracker.log_artifact(tmp_path / "summary.json")
+        tracker.log_artifact(tmp_path / "model")
+        tracker.log_artifact(tmp_path / "summary.json", artifact_path="reports")
+    assert tracker.run_id is None
+
+    client = MlflowClient(mlflow_url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-run"
+    assert run.data.params["recipe.lr"] == "0.0002"
+    assert run.data.params["recipe.lora.rank"] == "8"
+    assert run.data.params["recipe.lora.alpha"] == "16.0"
+    assert run.data.params["base"] == "tiny"
+    assert len(run.data.params["notes"]) == 6000  # MLflow's limit; longer values are truncated
+    assert run.data.tags["source"] == "github:org/repo" and run.data.tags["stage"] == "train"
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.25)]
+    assert run.data.metrics["eval/loss"] == 1.1
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert top == {"summary.json", "model", "reports"}
+    model = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert model == {"model/config.json", "model/sub"}
+    downloaded = Path(client.download_artifacts(run_id, "model/sub/weights.bin", str(tmp_path / "dl")))
+    assert downloaded.read_bytes() == b"\x00" * 16
+
+
+def test_a_failing_run_is_marked_failed(mlflow_url: str) -> None:
+    tracker = MlflowTracker(mlflow_url, "repotune-tests")
+    with pytest.raises(ValueError, match="boom"), tracker.start_run("failing") as run_id:
+        raise ValueError("boom")
+    assert MlflowClient(mlflow_url).get_run(run_id).info.status == "FAILED"
+
+
+def test_server_dying_mid_run_costs_seconds_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = MlflowServer(tmp_path / "mlflow")
+    try:
+        server.wait_healthy()
+        tracker = make_tracker(server.url, "repotune-tests")
+        with caplog.at_level(logging.WARNING), tracker.start_run("doomed"):
+            tracker.log_metrics({"train/loss": 2.0}, step=0)
+            server.kill()
+            started = time.perf_counter()
+            for step in range(1, 21):
+                tracker.log_metrics({"train/loss": 2.0 / step}, step=step)
+                if step == 10:
+                    tracker.log_params({"step": step})
+            tracker.log_artifact(tmp_path / "mlflow" / "server.log")
+            elapsed = time.perf_counter() - started
+    finally:
+        server.kill()
+    assert elapsed < 10.0
+    warnings = warnings_from_tracking(caplog)
+    assert len(warnings) == 1
+    assert server.url in warnings[0].getMessage()
+
+
+def test_unreachable_server_fails_check_and_start_with_the_uri() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    tracker = make_tracker(url, "repotune-tests")
+    started = time.perf_counter()
+    with pytest.raises(RepotuneError, match=f"cannot reach the MLflow tracking server at {url}"):
+        tracker.check()
+    with pytest.raises(RepotuneError, match=url), tracker.start_run("never"):
+        pass
+    assert time.perf_counter() - started < 10.0
+
+
+@pytest.mark.parametrize(("uri", "rank"), [(None, 0), ("", 0), ("http://127.0.0.1:1", 1)])
+def test_null_tracker_when_off_or_not_rank_zero(uri: str | None, rank: int, tmp_path: Path) -> None:
+    tracker = make_tracker(uri, "repotune-tests", rank=rank)
+    assert isinstance(tracker, NullTracker) and isinstance(tracker, Tracker)
+    tracker.check()
+    with tracker.start_run("nothing", {"a": 1}) as run_id:
+        tracker.log_params({"a": {"b": 1}})
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        tracker.log_artifact(tmp_path)
+        tracker.set_tags({"x": "y"})
+    assert run_id is None and tracker.run_id is None
+
+
+def test_flatten_nested_mappings_and_dataclasses() -> None:
+    nested = {"a": {"b": 1, "c": {"d": None}}, "lora": Lora(rank=4), "empty": {}, "list": [1, 2]}
+    assert flatten(nested) == {
+        "a.b": 1,
+        "a.c.d": None,
+        "lora.rank": 4,
+        "lora.alpha": 16.0,
+        "empty": {},
+        "list": [1, 2],
+    }

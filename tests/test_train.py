@@ -1,0 +1,219 @@
+"""The tiny recipe end to end on real cleaned data: loss falls, LoRA moves, the base does not, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from tests.conftest import write_tree
+
+from repotune.clean.pipeline import CleanConfig, run_clean
+from repotune.errors import RepotuneError
+from repotune.ingest import IngestConfig, run_ingest
+from repotune.train.finetune import run_training
+from repotune.train.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny-cpu.yaml"
+
+PROJECT = {
+    f"src/shop/module_{i}.py": "\n".join(
+        f"def price_{i}_{j}(order, discount={j}):\n"
+        f"    total = sum(item.cost * item.quantity for item in order.items)\n"
+        f"    return round(total * (100 - discount) / 100, 2)\n"
+        for j in range(12)
+    )
+    for i in range(14)
+}
+PROJECT["README.md"] = "# Shop\n\nPrices orders and applies discounts for the shop service.\n" * 3
+
+
+@pytest.fixture(scope="module")
+def cleaned(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    write_tree(root / "tree", PROJECT)
+    run_ingest(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
+    run_clean(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
+    return root / "clean"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.integration
+def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from repotune.train.models import resolve_base_model
+
+    base_dir = resolve_base_model("tiny")
+    base_hash = _sha(base_dir / "model.safetensors")
+    out = tmp_path / "model"
+    summary = run_training(cleaned, out, load_recipe(TINY), log=lambda _: None)
+
+    assert summary["steps"] == 20
+    assert summary["last_losses"][-1] < summary["first_losses"][0]
+    assert summary["eval_loss"] < summary["base_eval_loss"]
+    assert summary["data"]["real_token_fraction"] >= 0.98
+    assert _sha(base_dir / "model.safetensors") == base_hash  # the base model on disk is untouched
+
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: nonzero means trained
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base.state_dict()[name], merged.state_dict()[name])
+    assert torch.equal(
+        base.state_dict()["model.layers.0.input_layernorm.weight"],
+        merged.state_dict()["model.layers.0.input_layernorm.weight"],
+    )  # not adapted
+
+    # The adapter reloads on the base and gives the merged model's logits.
+    base.resize_token_embeddings(merged.config.vocab_size)
+    reloaded = PeftModel.from_pretrained(base, out / "adapter").eval()
+    fim_middle = merged.config.vocab_size - 1  # an added FIM token: its row comes from the adapter
+    ids = torch.tensor([[1, 5, 9, 42, fim_middle, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, merged.eval()(ids).logits, atol=1e-4, rtol=1e-4)
+    saved = json.loads((out / "train_summary.json").read_text())
+    assert saved["eval_loss"] == summary["eval_loss"]
+    assert "Held-out loss" in (out / "README.md").read_text()
+
+
+@pytest.mark.integration
+def test_a_restarted_run_resumes_from_its_last_checkpoint(cleaned: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    first = load_recipe(TINY, {"max_steps": 4, "save_every_steps": 2})
+    run_training(cleaned, out, first, log=lambda _: None)
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()
+    lines: list[str] = []
+    summary = run_training(
+        cleaned, out, load_recipe(TINY, {"max_steps": 6, "save_every_steps": 2}), log=lines.append
+    )
+    assert summary["resumed_from"].endswith("checkpoint-4")
+    assert summary["steps"] == 6
+    assert any("resuming from" in line for line in lines)
+
+
+def test_bad_training_input_fails_before_any_work(cleaned: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.jsonl").write_text("")
+    with pytest.raises(RepotuneError, match="is empty: nothing to train on"):
+        run_training(tmp_path / "empty", tmp_path / "o", load_recipe(TINY))
+    with pytest.raises(RepotuneError, match=r"has no train\.jsonl"):
+        run_training(tmp_path, tmp_path / "o", load_recipe(TINY))
+    with pytest.raises(RepotuneError, match="no-such-model"):
+        run_training(cleaned, tmp_path / "o", load_recipe(TINY, {"base_model": "no-such-model"}))
+    with pytest.raises(RepotuneError, match="max_memory_gb"):
+        run_training(cleaned, tmp_path / "o", load_recipe(TINY, {"max_memory_gb": 0.0001}))
+    with pytest.raises(RepotuneError, match="qlora needs a CUDA GPU"):
+        run_training(cleaned, tmp_path / "o", load_recipe(TINY, {"method": "qlora"}))
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+@pytest.mark.integration
+def test_training_is_tracked_in_mlflow_and_survives_the_server_going_away(
+    cleaned: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+    from tests.mlflow_server import MlflowServer
+
+    from repotune.train import callbacks
+
+    server = MlflowServer(tmp_path / "mlflow")
+    server.wait_healthy()
+    try:
+        summary = run_training(
+            cleaned, tmp_path / "m1", load_recipe(TINY, {"max_steps": 4}), tracking_uri=server.url
+        )
+        client = MlflowClient(server.url)
+        (run,) = client.search_runs([client.get_experiment_by_name("repotune").experiment_id])
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+        for metric in ("eval_loss", "base_eval_loss", "learning_rate", "tokens_per_second"):
+            assert metric in run.data.metrics, metric
+        assert run.data.metrics["eval_loss"] == pytest.approx(summary["eval_loss"])
+        assert run.data.params["recipe.learning_rate"] == "0.003"
+        assert run.data.tags["dataset.source"].endswith("tree")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"adapter", "train_summary.json"} <= artifacts
+
+        # Now the server dies after the second step: training goes on and writes its model.
+        real_on_log = callbacks.Tracking.on_log
+
+        def dies_at_step_2(self, args, state, control, logs=None, **kwargs):
+            if state.global_step == 2:
+                server.kill()
+            return real_on_log(self, args, state, control, logs=logs, **kwargs)
+
+        monkeypatch.setattr(callbacks.Tracking, "on_log", dies_at_step_2)
+        survived = run_training(
+            cleaned, tmp_path / "m2", load_recipe(TINY, {"max_steps": 6}), tracking_uri=server.url
+        )
+        assert survived["steps"] == 6
+        assert (tmp_path / "m2" / "model.safetensors").is_file()
+    finally:
+        server.kill()
+
+
+@pytest.mark.integration
+def test_an_unreachable_tracking_server_fails_before_training(cleaned: Path, tmp_path: Path) -> None:
+    from tests.mlflow_server import free_port
+
+    with pytest.raises(RepotuneError, match=r"127\.0\.0\.1"):
+        run_training(
+            cleaned, tmp_path / "m", load_recipe(TINY), tracking_uri=f"http://127.0.0.1:{free_port()}"
+        )
+
+
+@pytest.mark.integration
+def test_train_from_the_command_line(cleaned: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "m"),
+         "--recipe", str(TINY), "--set", "max_steps=2", "--set", "data.seq_len=64"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step 2/2" in done.stderr and "held-out loss: base" in done.stderr
+    assert json.loads((tmp_path / "m" / "train_summary.json").read_text())["recipe"]["data"]["seq_len"] == 64
+    bad = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "m"),
+         "--recipe", str(TINY), "--set", "lerning_rate=1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        == "error: recipe tiny-cpu.yaml: unknown key 'lerning_rate' (did you mean 'learning_rate'?)"
+    )
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_with_gloo(cleaned: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.mlflow_server import free_port
+
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         "-m", "repotune.cli", "train", str(cleaned), "-o", str(out), "--recipe", str(TINY),
+         "--set", "max_steps=4", "--set", "micro_batch_size=2"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["steps"] == 4
+    assert summary["eval_loss"] < summary["base_eval_loss"]
