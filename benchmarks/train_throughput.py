@@ -4,7 +4,7 @@
 One run, one data set, one base model, three variants, each on a freshly loaded model with the same
 LoRA adapter initialisation:
 
-* ``repotune``: the recipe of ``repotune train``: the data goes through ``finetune._blocks``
+* ``repotune``: the recipe of ``repotune train``: the data goes through ``finetune.training_blocks``
   (``tokenize_records`` + ``pack``: fixed-length blocks whose position ids restart at each document),
   ``PackedDataset``, and transformers' ``Trainer`` with the recipe's ``TrainingArguments`` and callbacks.
 * ``naive``: the same Trainer set-up, model, LoRA and optimizer over one example per file, each file
@@ -190,68 +190,32 @@ def peak_bf16_flops(device: Device, precision: str) -> tuple[float | None, str]:
     return None, f"{name}: peak bf16 FLOP/s unknown, no MFU"
 
 
-# LOCAL COPY of repotune.train.finetune.run_training's model and Trainer set-up (build_model,
-# training_arguments, run_trainer). run_training builds the model and the Trainer inline; these
-# functions copy those lines (checkpointing, evaluation and tracking off) until finetune.py exposes
-# them, e.g. as
-# `load_model(recipe, model_dir, tokenizer, precision, fim_ids)` and
-# `training_arguments(recipe, precision, output_dir, total_steps, *, has_eval, use_cpu)`.
-# Keep them in step with run_training when it changes; the local copy ends at run_trainer.
-
-
 def build_model(recipe: Any, model_dir: Path, tokenizer: Any, vocab_before: int, fim_ids: list[int]):
-    """The recipe's model: base weights in the recipe's dtype, sdpa, resized for FIM tokens, adapted.
-
-    Returns the model and the base model's parameter count (for the 6 * N FLOPs estimate)."""
+    """The recipe's model through ``finetune.load_model``, and the base parameter count (for 6 * N FLOPs)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from repotune.train import finetune
 
     torch.manual_seed(recipe.seed)
-    dtype = torch.bfloat16 if recipe.precision == "bf16" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
-    if recipe.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if len(tokenizer) != vocab_before:
-        model.resize_token_embeddings(len(tokenizer))
-    base_params = sum(p.numel() for p in model.parameters())
-    return finetune._adapt(model, recipe, fim_ids), base_params
+    model = finetune.load_model(
+        recipe, model_dir, tokenizer, precision=recipe.precision, fim_ids=fim_ids, vocab_before=vocab_before
+    )
+    base_params = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+    return model, base_params
 
 
 def training_arguments(recipe: Any, output_dir: Path, total_steps: int, *, use_cpu: bool, sequential: bool):
-    from transformers import TrainingArguments
+    """The recipe's TrainingArguments with checkpoints and evaluation off: they are not throughput."""
+    from repotune.train import finetune
 
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=recipe.micro_batch_size,
-        per_device_eval_batch_size=recipe.micro_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=int(recipe.warmup_ratio * total_steps),
-        lr_scheduler_type=recipe.lr_scheduler,
-        max_steps=total_steps,
-        logging_steps=1,
-        # Checkpoints and evaluation are not training throughput; run_training saves every
-        # save_every_steps and evaluates before and after training.
-        save_strategy="no",
-        eval_strategy="no",
-        bf16=recipe.precision == "bf16",
-        activation_checkpointing=recipe.gradient_checkpointing,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=[],
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
+    return finetune.training_arguments(
+        recipe,
+        output_dir,
+        total_steps,
+        precision=recipe.precision,
+        has_eval=False,
         use_cpu=use_cpu,
+        save_strategy="no",
         # The naive variant's rows come pre-grouped into padded batches; order keeps them together.
         train_sampling_strategy="sequential" if sequential else "random",
     )
@@ -415,8 +379,8 @@ def print_table(results: list[Result], device: Device) -> None:
         "real %",
         "tokens/s",
         device.memory_label(),
+        "MFU (6N)",
     ]
-    head.append("MFU (6N)")
     rows = [head]
     for r in results:
         if not r.ok:
@@ -517,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
         seq_len, batch_size = recipe.data.seq_len, recipe.micro_batch_size
         # The recipe's own data path; tokenize_records below reads the same token cache.
-        blocks = finetune._blocks(train_records, tokenizer, recipe, recipe.data.fim_rate, cache, None)
+        blocks = finetune.training_blocks(train_records, tokenizer, recipe, recipe.data.fim_rate, cache, None)
         sequences = tokenize_records(
             train_records,
             tokenizer,
@@ -572,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                         model, recipe, PackedDataset(selected), per_variant, work, device, sequential=False
                     )
                     ends = timer.ends
+                    # The Trainer shuffles the blocks, but the selected ones are all full, so which of
+                    # them fell in the warm-up does not change the count.
                     measured_real = sum(packed_real[args.warmup_steps * batch_size :])
                     result.computed_tokens = args.steps * batch_size * seq_len
                 elif variant == "naive":
@@ -680,7 +646,6 @@ def main(argv: list[str] | None = None) -> int:
             "results": [asdict(r) for r in results],
             "targets": entries,
             "mfu_note": mfu_note,
-            "losses_are_per_step": True,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=float) + "\n")

@@ -106,7 +106,7 @@ def _check_memory(model_dir: Path, recipe: Recipe) -> float:
     return estimate
 
 
-def _blocks(
+def training_blocks(
     records: list[Record], tokenizer, recipe: Recipe, fim_rate: float, cache: Path, limit: int | None
 ):
     from repotune.data.packing import pack, tokenize_records
@@ -116,6 +116,71 @@ def _blocks(
     sequences = tokenize_records(records, tokenizer, transforms, cache)
     blocks = pack(sequences, recipe.data.seq_len)
     return blocks if limit is None else blocks.head(limit)
+
+
+def load_model(
+    recipe: Recipe, model_dir: Path, tokenizer, *, precision: str, fim_ids: list[int], vocab_before: int
+):
+    """The base model in the recipe's dtype (4-bit for QLoRA), resized for added FIM tokens, adapted."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if recipe.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if len(tokenizer) != vocab_before:
+        model.resize_token_embeddings(len(tokenizer))
+    return adapt_model(model, recipe, fim_ids)
+
+
+def training_arguments(
+    recipe: Recipe,
+    output_dir: Path,
+    total_steps: int,
+    *,
+    precision: str,
+    has_eval: bool,
+    use_cpu: bool | None = None,
+    **overrides: Any,
+):
+    """The recipe's TrainingArguments; ``overrides`` (e.g. ``save_strategy="no"``) go straight through."""
+    import torch
+    from transformers import TrainingArguments
+
+    settings: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": recipe.micro_batch_size,
+        "per_device_eval_batch_size": recipe.micro_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "learning_rate": recipe.learning_rate,
+        "weight_decay": recipe.weight_decay,
+        "warmup_steps": int(recipe.warmup_ratio * total_steps),
+        "lr_scheduler_type": recipe.lr_scheduler,
+        "max_steps": total_steps,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": recipe.save_every_steps,
+        "save_total_limit": recipe.save_total_limit,
+        "eval_strategy": "steps" if recipe.eval_every_steps and has_eval else "no",
+        "eval_steps": recipe.eval_every_steps,
+        "bf16": precision == "bf16",
+        "activation_checkpointing": recipe.gradient_checkpointing,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "report_to": [],
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,
+        "use_cpu": (not torch.cuda.is_available()) if use_cpu is None else use_cpu,
+    }
+    return TrainingArguments(**{**settings, **overrides})
 
 
 def run_training(
@@ -142,7 +207,7 @@ def run_training(
     memory_gb = _check_memory(model_dir, recipe)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, PrinterCallback, Trainer
     from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as hf_logging
 
@@ -158,31 +223,22 @@ def run_training(
     vocab_before = len(tokenizer)
     fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
     cache = output / ".token-cache"
-    train_blocks = _blocks(
+    train_blocks = training_blocks(
         train_records, tokenizer, recipe, recipe.data.fim_rate, cache, recipe.data.max_train_blocks
     )
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
     # the FIM tokens, is scored on the same footing as the tuned one.
     eval_blocks = (
-        _blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
+        training_blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
         if eval_records
         else None
     )
     if len(train_blocks) == 0:
         raise RepotuneError(f"{data_dir / TRAIN_FILE} gave no training tokens")
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
-    if recipe.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        model_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
-    if len(tokenizer) != vocab_before:
-        model.resize_token_embeddings(len(tokenizer))
-    model = _adapt(model, recipe, fim_ids)
+    model = load_model(
+        recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
+    )
 
     tokens_per_step = recipe.data.seq_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps
     tokens_per_step *= dist.world_size
@@ -198,32 +254,8 @@ def run_training(
     )
 
     checkpoints = output / CHECKPOINTS
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=recipe.micro_batch_size,
-        per_device_eval_batch_size=recipe.micro_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=int(recipe.warmup_ratio * total_steps),
-        lr_scheduler_type=recipe.lr_scheduler,
-        max_steps=total_steps,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=recipe.save_every_steps,
-        save_total_limit=recipe.save_total_limit,
-        eval_strategy="steps" if recipe.eval_every_steps and eval_blocks else "no",
-        eval_steps=recipe.eval_every_steps,
-        bf16=precision == "bf16",
-        activation_checkpointing=recipe.gradient_checkpointing,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=[],
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
+    args = training_arguments(
+        recipe, checkpoints, total_steps, precision=precision, has_eval=eval_blocks is not None
     )
     progress = callbacks.Progress(total_steps, tokens_per_step, say)
     extra_callbacks = []
@@ -291,7 +323,14 @@ def run_training(
             "base_eval_loss": base_eval,
             "eval_loss": final_eval,
             "train_seconds": round(seconds, 1),
-            "tokens_per_second": round(tokens_per_step * trainer.state.global_step / max(seconds, 1e-9), 1),
+            # real (non-padding) tokens; includes checkpoint saves, so a little below the step rate
+            "tokens_per_second": round(
+                tokens_per_step
+                * train_blocks.real_token_fraction
+                * trainer.state.global_step
+                / max(seconds, 1e-9),
+                1,
+            ),
             "world_size": dist.world_size,
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
         }
@@ -303,7 +342,7 @@ def run_training(
     return summary
 
 
-def _adapt(model, recipe: Recipe, fim_ids: list[int]):
+def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
     if recipe.method == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
