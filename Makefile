@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo so far: ingest this repository (files and history), clean it, print the report, then
-# fine-tune SmolLM2-135M (LoRA, offline, a few minutes on 2 CPU cores) and compare held-out loss.
+# The demo so far: ingest this repository (files and history), clean it, print the report,
+# fine-tune SmolLM2-135M (LoRA, offline, a few minutes on 2 CPU cores), then evaluate base against
+# candidate on held-out files and commits and print the decision.
 DEMO_RECIPE ?= configs/smollm2-135m-cpu.yaml
 
 demo: $(STAMP)
@@ -30,7 +31,8 @@ demo: $(STAMP)
 	$(BIN)/repotune clean $(DEMO_DIR)/ingest -o $(DEMO_DIR)/clean
 	@cat $(DEMO_DIR)/clean/report.md
 	$(BIN)/repotune train $(DEMO_DIR)/clean -o $(DEMO_DIR)/model --recipe $(DEMO_RECIPE)
-	@cat $(DEMO_DIR)/model/README.md
+	$(BIN)/repotune evaluate $(DEMO_DIR)/model $(DEMO_DIR)/clean -o $(DEMO_DIR)/eval \
+		--line-samples 30 --fim-samples 20 --max-blocks 32
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""A real ``mlflow server`` on 127.0.0.1 for integration tests (sqlite backend, local artifact root)."""
+"""A real ``mlflow server`` on 127.0.0.1 for integration tests: sqlite backend, and artifacts in a local
+folder or, with ``artifacts_destination``, proxied by the server into an S3 bucket (``--serve-artifacts``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import requests
@@ -24,9 +25,16 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A started server: ``url`` to reach it, ``kill()`` to take it away mid-test."""
+    """A started server: ``url`` to reach it, ``kill()`` to take it away mid-test.
 
-    def __init__(self, root: Path) -> None:
+    ``artifacts_destination`` (e.g. ``s3://bucket/mlflow``) makes the server store artifacts there and
+    proxy them to clients (``mlflow-artifacts:/`` URIs), so clients need no S3 credentials; ``env`` adds
+    variables for the server process only (``AWS_*``, ``MLFLOW_S3_ENDPOINT_URL``).
+    """
+
+    def __init__(
+        self, root: Path, *, artifacts_destination: str | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -39,8 +47,11 @@ class MlflowServer:
             "server",
             "--backend-store-uri",
             f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root",
-            self.artifact_root.as_uri(),
+            *(
+                ["--default-artifact-root", self.artifact_root.as_uri()]
+                if artifacts_destination is None
+                else ["--artifacts-destination", artifacts_destination, "--serve-artifacts"]
+            ),
             "--host",
             "127.0.0.1",
             "--port",
@@ -50,7 +61,12 @@ class MlflowServer:
         ]
         # Its own process group, so kill() also stops the web server's worker processes.
         self._proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=root,
+            env={**os.environ, **(env or {})},
         )
         self._root = root
 
@@ -79,10 +95,13 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """The tracking URI of a healthy ``mlflow server`` whose data lives under ``tmp_path``; the
-    server is killed on exit. (Use ``MlflowServer`` directly to kill it mid-test.)"""
-    server = MlflowServer(tmp_path)
+def running_mlflow_server(
+    tmp_path: Path, *, artifacts_destination: str | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """The tracking URI of a healthy ``mlflow server`` whose data lives under ``tmp_path`` (artifacts
+    too, unless ``artifacts_destination``; see ``MlflowServer``); the server is killed on exit. (Use
+    ``MlflowServer`` directly to kill it mid-test.)"""
+    server = MlflowServer(tmp_path, artifacts_destination=artifacts_destination, env=env)
     try:
         server.wait_healthy()
         yield server.url

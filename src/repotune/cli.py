@@ -195,6 +195,52 @@ def train(
         say(f"held-out loss: base {summary['base_eval_loss']:.4f} -> tuned {summary['eval_loss']:.4f}")
 
 
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
+    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for metrics.json and the reports.")],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: register the candidate, move the champion."
+        ),
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
+    line_samples: Annotated[int, typer.Option(help="Held-out lines to complete.")] = 40,
+    fim_samples: Annotated[int, typer.Option(help="Held-out spans to fill in the middle.")] = 20,
+    max_blocks: Annotated[int, typer.Option(help="Held-out blocks scored for perplexity.")] = 64,
+    min_relative_gain: Annotated[
+        float, typer.Option(help="Relative perplexity gain the candidate needs over the champion (or base).")
+    ] = 0.01,
+    require_significance: Annotated[
+        bool, typer.Option(help="Promote only when the confidence intervals do not overlap.")
+    ] = True,
+) -> None:
+    """Score base, candidate and champion on held-out data; decide; register in MLflow."""
+    from repotune.evaluate.decide import Policy
+    from repotune.evaluate.run import run_evaluation
+    from repotune.evaluate.score import EvalConfig
+
+    result = run_evaluation(
+        model_dir,
+        data_dir,
+        output,
+        config=EvalConfig(line_samples=line_samples, fim_samples=fim_samples, max_blocks=max_blocks),
+        policy=Policy(min_relative_gain=min_relative_gain, require_significance=require_significance),
+        tracking_uri=tracking_uri or None,
+        model_name=model_name,
+        log=say,
+    )
+    for line in (output / "report.md").read_text().splitlines()[2:]:
+        if line.startswith("Values are means"):
+            break
+        say(line)
+    say(f"wrote {output}/metrics.json, report.md, report.html")
+    if result.get("registered_version"):
+        say(f"registered version {result['registered_version']} of {model_name}")
+
+
 def main() -> None:
     try:
         app()

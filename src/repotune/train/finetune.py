@@ -332,6 +332,7 @@ def run_training(
                 1,
             ),
             "world_size": dist.world_size,
+            "dataset_hash": _file_hash(data_dir / TRAIN_FILE, data_dir / EVAL_FILE),
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
         }
         if dist.is_main:
@@ -366,6 +367,18 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
+
+
+def _file_hash(*paths: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        if path.is_file():
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _dataset_source(data_dir: Path) -> dict[str, str]:

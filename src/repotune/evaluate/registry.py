@@ -1,0 +1,445 @@
+"""The MLflow model registry side of "evaluate and promote": candidates, the champion, rollback.
+
+Every trained candidate becomes a new version of one registered model; the ``champion`` alias marks
+the version that is deployed. Evaluation reads the champion's metrics back from its tags, so a new
+candidate is compared with it without re-scoring, and downloads its weights from ``source``::
+
+    registry = Registry(os.environ["MLFLOW_TRACKING_URI"], "repotune-myproject")
+    registry.check()  # RepotuneError now, naming the URI, if the registry cannot be reached
+    version = registry.register_candidate(
+        run_id, "model", {SOURCE_TAG: "github:org/repo", COMMIT_TAG: sha}, metrics=candidate
+    )
+    champion = registry.champion()
+    decision = should_promote(candidate, base, champion.metrics if champion else None)
+    registry.record_decision(version, decision)
+    if decision.promote:
+        registry.promote(version, decision)
+
+Tag layout. On each model version:
+
+- ``repotune.source``, ``repotune.commit``, ``repotune.dataset_hash``, ``repotune.recipe_hash`` (and any
+  other tags the caller passes): provenance, as given to ``register_candidate``.
+- ``metric.<name>.value``, ``.n``, ``.higher_is_better`` (``true``/``false``), ``.confidence`` and,
+  when the metric has a confidence interval, ``.ci_low`` and ``.ci_high``. Floats are written with
+  ``repr`` so they read back bit for bit; no CI means no ``ci_*`` tags.
+- ``repotune.decision`` (``promote`` or ``reject``), ``repotune.decision.reasons`` (one reason a line,
+  truncated to ``MAX_TAG_VALUE_LENGTH``) and ``repotune.decision.time`` (ISO 8601, UTC).
+- ``repotune.previous_champion``: on a promoted version, the version the alias left (absent for the
+  first champion).
+
+On the registered model, ``repotune.champion_history`` is a JSON list, oldest first, of
+``{"version": "2", "time": "2026-01-01T00:00:00+00:00"}`` for each promotion and
+``{"version": "1", "time": ..., "rollback_from": "2"}`` for each rollback. Earlier champions stay
+registered (nothing here deletes a version), so the alias can move back to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import posixpath
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from repotune.errors import RepotuneError
+from repotune.evaluate.decide import Decision
+from repotune.evaluate.metrics import Metric
+from repotune.tracking import MLFLOW_HTTP_DEFAULTS, _reason
+
+CHAMPION_ALIAS = "champion"
+
+SOURCE_TAG = "repotune.source"
+"""The source repository the candidate was trained on, e.g. ``github:org/repo``."""
+COMMIT_TAG = "repotune.commit"
+"""The commit SHA of that repository."""
+DATASET_HASH_TAG = "repotune.dataset_hash"
+"""A hash of the cleaned training and eval data."""
+RECIPE_HASH_TAG = "repotune.recipe_hash"
+"""A hash of the training recipe."""
+DECISION_TAG = "repotune.decision"
+DECISION_REASONS_TAG = "repotune.decision.reasons"
+DECISION_TIME_TAG = "repotune.decision.time"
+PREVIOUS_CHAMPION_TAG = "repotune.previous_champion"
+HISTORY_TAG = "repotune.champion_history"
+METRIC_TAG_PREFIX = "metric."
+
+# MLflow's API accepts registry tag values up to 100,000 characters, but its SQL stores keep registered
+# model tag values (and model version tags, before a recent schema migration) in VARCHAR(5000):
+# MySQL and PostgreSQL backends would reject longer ones. Stay under the smaller limit.
+MAX_TAG_VALUE_LENGTH = 5000
+MAX_TAG_KEY_LENGTH = 250
+
+# MLflow's rule for tag keys on POSIX (mlflow.utils.validation.validate_param_and_metric_name).
+_TAG_KEY = re.compile(r"^[/\w.\- :]+$")
+_RUN_ID = re.compile(r"^[\w-]+$")
+_TRUE, _FALSE = "true", "false"
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The registered version behind the ``champion`` alias."""
+
+    model_name: str
+    version: str
+    source: str
+    """Artifact URI of the model folder (``mlflow-artifacts:/...`` behind a proxying server, or
+    ``s3://...``); ``Registry.download`` or ``mlflow.artifacts.download_artifacts`` fetches it."""
+    run_id: str | None
+    """The MLflow run that trained it, when known."""
+    tags: Mapping[str, str]
+    """All tags of the version, metric tags included."""
+    metrics: Mapping[str, Metric]
+    """Its metrics, read back from the ``metric.*`` tags, keyed by name as ``should_promote`` expects."""
+
+    @property
+    def model_uri(self) -> str:
+        """``models:/NAME/VERSION``: pins this version even after the alias moves on."""
+        return f"models:/{self.model_name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    """One move of the ``champion`` alias."""
+
+    version: str
+    """The version the alias moved to."""
+    time: str
+    """When, ISO 8601 in UTC."""
+    rollback_from: str | None = None
+    """The version the alias moved away from, for a rollback; None for a promotion."""
+
+
+class Registry:
+    """One registered model in the MLflow model registry at ``tracking_uri`` (an ``http(s)://``
+    server, or a local store such as ``sqlite:///mlflow.db``).
+
+    Sets the same short MLflow HTTP retry and timeout defaults as ``MlflowTracker``. Moving the alias
+    reads and rewrites the history tag: two processes promoting the same model at the same moment
+    could lose one history entry, so promote from one pipeline step at a time.
+    """
+
+    def __init__(self, tracking_uri: str, model_name: str):
+        if not tracking_uri:
+            raise ValueError("Registry needs a tracking URI (MLFLOW_TRACKING_URI)")
+        if not model_name or "'" in model_name or '"' in model_name:
+            # The name goes into MLflow search filters, which have no escaping for quotes.
+            raise RepotuneError(f"registered model name {model_name!r} must be non-empty and without quotes")
+        for name, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def check(self) -> None:
+        """Raise RepotuneError, naming the URI, when the registry cannot be reached."""
+        try:
+            self._client.search_registered_models(max_results=1)
+        except Exception as err:
+            raise RepotuneError(
+                f"cannot reach the MLflow model registry at {self.tracking_uri} ({_reason(err)}); start "
+                "the server or fix MLFLOW_TRACKING_URI"
+            ) from err
+
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Turn MLflow's errors into a RepotuneError that says what was being done, and where."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as err:
+            raise RepotuneError(
+                f"MLflow registry at {self.tracking_uri}: {what} failed ({_reason(err)})"
+            ) from err
+
+    def register_candidate(
+        self,
+        run_id: str,
+        artifact_path: str,
+        tags: Mapping[str, str],
+        *,
+        metrics: Mapping[str, Metric] | None = None,
+    ) -> str:
+        """Register the model folder ``artifact_path`` of run ``run_id`` as a new version (creating the
+        registered model on first use) with ``tags`` and ``metric_tags(metrics)``; return the version.
+
+        Idempotent: a retried pipeline step finds the version it registered before (same run, same
+        folder), updates its tags and returns it rather than registering a duplicate.
+        """
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"not an MLflow run id: {run_id!r}")
+        all_tags = {**_checked_tags(tags), **metric_tags(metrics or {})}
+        with self._calling(f"registering run {run_id} ({artifact_path}) as a version of {self.model_name}"):
+            run = self._client.get_run(run_id)
+            if not self._client.list_artifacts(run_id, artifact_path):
+                raise RepotuneError(
+                    f"run {run_id} has no artifacts under {artifact_path!r} at {self.tracking_uri}; log the "
+                    "model folder before registering it"
+                )
+            source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}"
+            self._ensure_registered_model()
+            for existing in self._client.search_model_versions(f"run_id = '{run_id}'"):
+                if existing.name == self.model_name and existing.source == source:
+                    for key, value in all_tags.items():
+                        self._client.set_model_version_tag(self.model_name, existing.version, key, value)
+                    return str(existing.version)
+            created = self._client.create_model_version(self.model_name, source, run_id=run_id, tags=all_tags)
+            return str(created.version)
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self._registered_model() is not None:
+            return
+        try:
+            self._client.create_registered_model(self.model_name)
+        except MlflowException as err:
+            # A parallel pipeline run created it between our two calls.
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _registered_model(self) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_registered_model(self.model_name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def _state(self) -> tuple[str | None, list[ChampionChange]]:
+        """The version behind the alias and the history, from one read of the registered model."""
+        model = self._registered_model()
+        if model is None:
+            return None, []
+        version = (model.aliases or {}).get(CHAMPION_ALIAS)
+        return (None if version is None else str(version)), self._parse_history(model)
+
+    def champion(self) -> ChampionInfo | None:
+        """The version behind the ``champion`` alias, or None when there is none (yet)."""
+        with self._calling(f"reading the champion of {self.model_name}"):
+            version, _ = self._state()
+            if version is None:
+                return None
+            found = self._client.get_model_version(self.model_name, version)
+        tags = dict(found.tags or {})
+        try:
+            metrics = metrics_from_tags(tags)
+        except RepotuneError as err:
+            raise RepotuneError(f"{self.model_name} version {version} at {self.tracking_uri}: {err}") from err
+        return ChampionInfo(
+            model_name=self.model_name,
+            version=version,
+            source=found.source,
+            run_id=found.run_id or None,
+            tags=tags,
+            metrics=metrics,
+        )
+
+    def record_decision(self, version: str, decision: Decision) -> None:
+        """Store the verdict and its reasons on ``version``: call it for every candidate evaluated."""
+        tags = {
+            DECISION_TAG: "promote" if decision.promote else "reject",
+            DECISION_REASONS_TAG: _truncate("\n".join(decision.reasons)),
+            DECISION_TIME_TAG: _now(),
+        }
+        with self._calling(f"recording the decision on {self.model_name} version {version}"):
+            for key, value in tags.items():
+                self._client.set_model_version_tag(self.model_name, version, key, value)
+
+    def promote(self, version: str, decision: Decision) -> None:
+        """Move the ``champion`` alias to ``version``, which ``decision`` must allow.
+
+        Records the decision, tags ``version`` with the champion it replaces and appends to the history.
+        Promoting the current champion again changes nothing but completes a history entry that an
+        interrupted earlier call left out.
+        """
+        if not decision.promote:
+            raise ValueError(
+                f"promote() called for {self.model_name} version {version} with a decision that refuses "
+                f"it: {decision.reasons[0] if decision.reasons else 'no reason given'}"
+            )
+        self.record_decision(version, decision)
+        with self._calling(f"promoting {self.model_name} version {version}"):
+            self._client.get_model_version(self.model_name, version)  # a clear error for a wrong version
+            previous, history = self._state()
+            if previous != version:
+                if previous is not None:
+                    self._client.set_model_version_tag(
+                        self.model_name, version, PREVIOUS_CHAMPION_TAG, previous
+                    )
+                # The alias first, then the record of it: if this process dies in between, the alias
+                # is right and rollback() notices the incomplete history instead of acting on it.
+                self._client.set_registered_model_alias(self.model_name, CHAMPION_ALIAS, version)
+            if not history or history[-1].version != version:
+                self._write_history([*history, ChampionChange(version, _now())])
+
+    def rollback(self) -> str:
+        """Move the ``champion`` alias back to the champion before the current one, and return that
+        version. Repeated rollbacks walk further back through the promotions in the history."""
+        with self._calling(f"rolling back the champion of {self.model_name}"):
+            current, history = self._state()
+            if current is None:
+                raise RepotuneError(f"{self.model_name} at {self.tracking_uri} has no champion to roll back")
+            stack = champion_stack(history)
+            if not stack or stack[-1] != current:
+                raise RepotuneError(
+                    f"the {CHAMPION_ALIAS!r} alias of {self.model_name} points at version {current}, but "
+                    f"{HISTORY_TAG} ends at {stack[-1] if stack else 'nothing'}: the alias was moved "
+                    "outside repotune; set it by hand (MlflowClient.set_registered_model_alias)"
+                )
+            if len(stack) < 2:
+                raise RepotuneError(
+                    f"{self.model_name} version {current} is the first champion in {HISTORY_TAG}; there is "
+                    "no earlier champion to roll back to"
+                )
+            target = stack[-2]
+            self._client.get_model_version(self.model_name, target)  # deleted since? then say so
+            self._client.set_registered_model_alias(self.model_name, CHAMPION_ALIAS, target)
+            self._write_history([*history, ChampionChange(target, _now(), rollback_from=current)])
+        return target
+
+    def history(self) -> list[ChampionChange]:
+        """Every move of the ``champion`` alias made through this class, oldest first."""
+        with self._calling(f"reading the champion history of {self.model_name}"):
+            return self._state()[1]
+
+    def _parse_history(self, model: Any) -> list[ChampionChange]:
+        raw = (model.tags or {}).get(HISTORY_TAG)
+        if not raw:
+            return []
+        try:
+            return [ChampionChange(**entry) for entry in json.loads(raw)]
+        except (ValueError, TypeError) as err:
+            raise RepotuneError(
+                f"tag {HISTORY_TAG} of {self.model_name} at {self.tracking_uri} is not a JSON list of "
+                f"{{version, time[, rollback_from]}} objects ({err}); fix or delete it"
+            ) from err
+
+    def _write_history(self, history: list[ChampionChange]) -> None:
+        entries = [
+            {"version": c.version, "time": c.time}
+            | ({} if c.rollback_from is None else {"rollback_from": c.rollback_from})
+            for c in history
+        ]
+        text = json.dumps(entries)
+        # Drop the oldest entries rather than cut the JSON: about 100 moves fit in the tag.
+        while len(text) > MAX_TAG_VALUE_LENGTH and len(entries) > 1:
+            entries = entries[1:]
+            text = json.dumps(entries)
+        self._client.set_registered_model_tag(self.model_name, HISTORY_TAG, text)
+
+    def download(self, version: str, dst_dir: Path) -> Path:
+        """Download the model folder of ``version`` into ``dst_dir``; return the folder's local path."""
+        import mlflow.artifacts
+
+        dst_dir = Path(dst_dir)
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        with self._calling(f"downloading {self.model_name} version {version}"):
+            source = self._client.get_model_version(self.model_name, version).source
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst_dir), tracking_uri=self.tracking_uri
+            )
+        return Path(local)
+
+
+def champion_stack(history: list[ChampionChange]) -> list[str]:
+    """The champions a rollback can return to, oldest first, the current one last: a promotion pushes
+    its version, a rollback pops. Entries dropped from a long history leave the stack shorter, never
+    wrong at its top."""
+    stack: list[str] = []
+    for change in history:
+        if change.rollback_from is not None and stack:
+            stack.pop()
+        if not stack or stack[-1] != change.version:
+            stack.append(change.version)
+    return stack
+
+
+def metric_tags(metrics: Mapping[str, Metric]) -> dict[str, str]:
+    """The ``metric.<name>.*`` tags that ``metrics_from_tags`` reads back into equal ``Metric`` values."""
+    tags: dict[str, str] = {}
+    for name, metric in metrics.items():
+        if name != metric.name:
+            raise ValueError(f"metric stored under {name!r} is named {metric.name!r}")
+        prefix = f"{METRIC_TAG_PREFIX}{name}."
+        _check_key(prefix + "higher_is_better")
+        tags[prefix + "value"] = repr(metric.value)
+        tags[prefix + "n"] = str(metric.n)
+        tags[prefix + "higher_is_better"] = _TRUE if metric.higher_is_better else _FALSE
+        tags[prefix + "confidence"] = repr(metric.confidence)
+        if metric.ci_low is not None and metric.ci_high is not None:
+            tags[prefix + "ci_low"] = repr(metric.ci_low)
+            tags[prefix + "ci_high"] = repr(metric.ci_high)
+    return tags
+
+
+def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, Metric]:
+    """Every metric stored by ``metric_tags`` among ``tags`` (other tags are ignored)."""
+    names = [
+        key[len(METRIC_TAG_PREFIX) : -len(".value")]
+        for key in tags
+        if key.startswith(METRIC_TAG_PREFIX) and key.endswith(".value")
+    ]
+    metrics: dict[str, Metric] = {}
+    for name in sorted(names):
+        prefix = f"{METRIC_TAG_PREFIX}{name}."
+        try:
+            higher = tags[prefix + "higher_is_better"]
+            if higher not in (_TRUE, _FALSE):
+                raise ValueError(f"{prefix}higher_is_better is {higher!r}, not {_TRUE!r} or {_FALSE!r}")
+            low, high = tags.get(prefix + "ci_low"), tags.get(prefix + "ci_high")
+            metrics[name] = Metric(
+                name=name,
+                value=_float(tags[prefix + "value"]),
+                n=int(tags[prefix + "n"]),
+                ci_low=None if low is None else _float(low),
+                ci_high=None if high is None else _float(high),
+                higher_is_better=higher == _TRUE,
+                confidence=_float(tags.get(prefix + "confidence", "0.95")),
+            )
+        except KeyError as err:
+            raise RepotuneError(f"metric {name!r} lacks its tag {err.args[0]}") from err
+        except ValueError as err:
+            raise RepotuneError(f"metric {name!r} has a malformed tag: {err}") from err
+    return metrics
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isnan(value):
+        raise ValueError(f"{text!r} is not a number")
+    return value
+
+
+def _check_key(key: str) -> None:
+    # MLflow also refuses keys that are not normalized relative paths (`a//b`, `../a`, `a/`).
+    bad_path = posixpath.normpath(key) != key or key.startswith(("/", ".."))
+    if len(key) > MAX_TAG_KEY_LENGTH or not _TAG_KEY.match(key) or bad_path:
+        raise RepotuneError(
+            f"{key!r} is not a valid MLflow tag key: at most {MAX_TAG_KEY_LENGTH} characters of letters, "
+            "digits, '_', '-', '.', ' ', '/' and ':'"
+        )
+
+
+def _checked_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    for key in tags:
+        _check_key(key)
+    return {key: _truncate(str(value)) for key, value in tags.items()}
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_TAG_VALUE_LENGTH else text[: MAX_TAG_VALUE_LENGTH - 3] + "..."
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

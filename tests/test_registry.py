@@ -1,0 +1,257 @@
+"""The model registry against a real `mlflow server` whose artifacts live in an S3 bucket (moto)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow.artifacts
+import pytest
+from mlflow import MlflowClient
+from tests.mlflow_server import running_mlflow_server
+from tests.s3_server import CREDENTIALS, closed_port_url, running_s3_server, s3_environment
+
+from repotune.errors import RepotuneError
+from repotune.evaluate.decide import Decision, should_promote
+from repotune.evaluate.metrics import Metric
+from repotune.evaluate.registry import (
+    COMMIT_TAG,
+    DATASET_HASH_TAG,
+    DECISION_REASONS_TAG,
+    DECISION_TAG,
+    HISTORY_TAG,
+    MAX_TAG_VALUE_LENGTH,
+    PREVIOUS_CHAMPION_TAG,
+    RECIPE_HASH_TAG,
+    SOURCE_TAG,
+    ChampionChange,
+    Registry,
+    champion_stack,
+    metric_tags,
+    metrics_from_tags,
+)
+from repotune.storage import client_from_env
+from repotune.tracking import MlflowTracker
+
+BUCKET = "repotune-registry-tests"
+ARTIFACTS_PREFIX = "mlflow"
+
+
+@dataclass(frozen=True)
+class Servers:
+    mlflow_url: str
+    s3_endpoint: str
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    with running_s3_server() as endpoint:
+        with s3_environment(endpoint):
+            client = client_from_env()
+            if not client.bucket_exists(BUCKET):
+                client.make_bucket(BUCKET)
+        # Only the server gets S3 credentials: it proxies artifacts, so clients need none.
+        server_env = {
+            **CREDENTIALS,
+            "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"],
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        }
+        with running_mlflow_server(
+            tmp_path_factory.mktemp("mlflow"),
+            artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}",
+            env=server_env,
+        ) as url:
+            yield Servers(url, endpoint)
+
+
+def ppl(value: float, name: str = "perplexity", half_width: float = 0.3, n: int = 50) -> Metric:
+    return Metric(name, value, n, value - half_width, value + half_width, higher_is_better=False)
+
+
+def metrics(perplexity: float) -> dict[str, Metric]:
+    return {
+        "perplexity": ppl(perplexity),
+        # Unchanged general-code perplexity: the default policy's forgetting check passes.
+        "forgetting_perplexity": ppl(12.0, "forgetting_perplexity"),
+    }
+
+
+BASE = metrics(10.0)
+
+
+def train_run(tracker: MlflowTracker, tmp_path: Path, index: int, perplexity: float) -> tuple[str, bytes]:
+    """A stand-in training run: a few bytes of "weights" in a `model` folder, and its metrics."""
+    weights = f"weights of run {index}\n".encode() + bytes(range(index, index + 8))
+    folder = tmp_path / f"run{index}" / "model"
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(weights)
+    (folder / "config.json").write_text('{"tiny": true}\n')
+    with tracker.start_run(f"train-{index}", {SOURCE_TAG: "github:org/repo"}) as run_id:
+        tracker.log_metrics({"eval/perplexity": perplexity})
+        tracker.log_artifact(folder)
+    assert run_id is not None
+    return run_id, weights
+
+
+def provenance(index: int) -> dict[str, str]:
+    return {
+        SOURCE_TAG: "github:org/repo",
+        COMMIT_TAG: f"{index:040x}",
+        DATASET_HASH_TAG: f"data-{index}",
+        RECIPE_HASH_TAG: "recipe-1",
+    }
+
+
+@pytest.mark.integration
+def test_candidates_promote_reject_and_roll_back(servers: Servers, tmp_path: Path) -> None:
+    url = servers.mlflow_url
+    tracker = MlflowTracker(url, "repotune-registry-tests")
+    registry = Registry(url, "repotune-org-repo")
+    registry.check()
+    assert registry.champion() is None
+
+    # Awkward floats: champion() must give back exactly what was stored, bit for bit.
+    candidates = [metrics(8.123456789012345), metrics(6.1 / 1.1), metrics(7.0)]
+    versions: list[str] = []
+    weights: list[bytes] = []
+    decisions: list[Decision] = []
+    for index, candidate in enumerate(candidates, start=1):
+        run_id, blob = train_run(tracker, tmp_path, index, candidate["perplexity"].value)
+        version = registry.register_candidate(run_id, "model", provenance(index), metrics=candidate)
+        champion = registry.champion()
+        decision = should_promote(candidate, BASE, champion.metrics if champion else None)
+        registry.record_decision(version, decision)
+        if decision.promote:
+            registry.promote(version, decision)
+        versions.append(version)
+        weights.append(blob)
+        decisions.append(decision)
+    v1, v2, v3 = versions
+
+    assert [d.promote for d in decisions] == [True, True, False]
+    assert "vs base" in decisions[0].reasons[0] and "vs champion" in decisions[1].reasons[0]
+    with pytest.raises(ValueError, match="refuses"):
+        registry.promote(v3, decisions[2])
+
+    champion = registry.champion()
+    assert champion is not None and champion.version == v2
+    assert champion.metrics == candidates[1]
+    assert champion.tags[PREVIOUS_CHAMPION_TAG] == v1
+    assert champion.tags[COMMIT_TAG] == f"{2:040x}" and champion.tags[DECISION_TAG] == "promote"
+    assert champion.model_uri == f"models:/repotune-org-repo/{v2}"
+    assert [change.version for change in registry.history()] == [v1, v2]
+
+    client = MlflowClient(url, registry_uri=url)
+    first = client.get_model_version("repotune-org-repo", v1)
+    assert first.aliases == [] and PREVIOUS_CHAMPION_TAG not in first.tags
+    rejected = client.get_model_version("repotune-org-repo", v3)
+    assert rejected.tags[DECISION_TAG] == "reject"
+    assert rejected.tags[DECISION_REASONS_TAG].startswith("do not promote: perplexity 7.00 vs champion")
+    assert metrics_from_tags(rejected.tags) == candidates[2]
+    model_tags = client.get_registered_model("repotune-org-repo").tags
+    assert [entry["version"] for entry in json.loads(model_tags[HISTORY_TAG])] == [v1, v2]
+
+    # The weights went through the server into the bucket, and come back from the version's source.
+    with s3_environment(servers.s3_endpoint):
+        keys = {obj.object_name for obj in client_from_env().list_objects(BUCKET, recursive=True)}
+    assert sum(key.endswith("/model/weights.bin") for key in keys) == 3
+    assert all(key.startswith(f"{ARTIFACTS_PREFIX}/") for key in keys)
+    assert champion.source.startswith("mlflow-artifacts:/")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=champion.source, dst_path=str(tmp_path / "dl2"), tracking_uri=url
+    )
+    assert (Path(local) / "weights.bin").read_bytes() == weights[1]
+
+    assert registry.rollback() == v1
+    champion = registry.champion()
+    assert champion is not None and champion.version == v1 and champion.metrics == candidates[0]
+    last = registry.history()[-1]
+    assert (last.version, last.rollback_from) == (v1, v2)
+    folder = registry.download(champion.version, tmp_path / "dl1")
+    assert (folder / "weights.bin").read_bytes() == weights[0]
+    assert (folder / "config.json").read_text() == '{"tiny": true}\n'
+    with pytest.raises(RepotuneError, match="no earlier champion"):
+        registry.rollback()
+
+    # Promoting after a rollback records the champion it replaced, and rollback then returns there.
+    registry.promote(v2, decisions[1])
+    assert registry.champion().tags[PREVIOUS_CHAMPION_TAG] == v1  # type: ignore[union-attr]
+    assert registry.rollback() == v1
+
+
+@pytest.mark.integration
+def test_register_is_idempotent_and_decisions_are_truncated(servers: Servers, tmp_path: Path) -> None:
+    url = servers.mlflow_url
+    registry = Registry(url, "repotune-idempotent")
+    assert registry.champion() is None and registry.history() == []
+    with pytest.raises(RepotuneError, match="no champion to roll back"):
+        registry.rollback()
+
+    run_id, _ = train_run(MlflowTracker(url, "repotune-registry-tests"), tmp_path, 7, 9.0)
+    with pytest.raises(RepotuneError, match="no artifacts under 'missing'"):
+        registry.register_candidate(run_id, "missing", provenance(7))
+    first = registry.register_candidate(run_id, "model", provenance(7), metrics=metrics(9.0))
+    again = registry.register_candidate(run_id, "model", {**provenance(7), RECIPE_HASH_TAG: "recipe-2"})
+    assert again == first
+    client = MlflowClient(url, registry_uri=url)
+    assert len(client.search_model_versions("name = 'repotune-idempotent'")) == 1
+    assert client.get_model_version("repotune-idempotent", first).tags[RECIPE_HASH_TAG] == "recipe-2"
+
+    long = Decision(False, tuple(f"do not promote: reason {i} " + "x" * 1000 for i in range(10)))
+    registry.record_decision(first, long)
+    reasons = client.get_model_version("repotune-idempotent", first).tags[DECISION_REASONS_TAG]
+    assert len(reasons) == MAX_TAG_VALUE_LENGTH and reasons.endswith("...")
+    assert reasons.startswith("do not promote: reason 0")
+
+
+@pytest.mark.integration
+def test_unreachable_registry_fails_check_fast_naming_the_uri() -> None:
+    url = closed_port_url()
+    started = time.monotonic()
+    with pytest.raises(RepotuneError, match=url):
+        Registry(url, "any").check()
+    assert time.monotonic() - started < 10
+
+
+def test_metric_tags_round_trip_with_and_without_intervals() -> None:
+    stored = {
+        "perplexity": Metric("perplexity", 1 / 3, 40, 0.1, 0.7, higher_is_better=False, confidence=0.9),
+        "exact_match": Metric("exact_match", 0.25, 5, None, None, higher_is_better=True),
+    }
+    tags = metric_tags(stored)
+    assert tags["metric.perplexity.value"] == repr(1 / 3)
+    assert tags["metric.perplexity.higher_is_better"] == "false"
+    assert "metric.exact_match.ci_low" not in tags
+    assert metrics_from_tags({**tags, SOURCE_TAG: "x", "metric.note": "ignored"}) == stored
+
+    broken = {key: value for key, value in tags.items() if key != "metric.perplexity.n"}
+    with pytest.raises(RepotuneError, match=r"'perplexity' lacks its tag metric.perplexity.n"):
+        metrics_from_tags(broken)
+    with pytest.raises(RepotuneError, match="malformed"):
+        metrics_from_tags({**tags, "metric.perplexity.value": "nan"})
+    with pytest.raises(ValueError, match="named 'perplexity'"):
+        metric_tags({"ppl": stored["perplexity"]})
+    with pytest.raises(RepotuneError, match="not a valid MLflow tag key"):
+        metric_tags({"bad?": Metric("bad?", 1.0, 1, None, None, higher_is_better=True)})
+
+
+def test_champion_stack_pushes_promotions_and_pops_rollbacks() -> None:
+    changes = [
+        ChampionChange("1", "t1"),
+        ChampionChange("2", "t2"),
+        ChampionChange("3", "t3"),
+        ChampionChange("2", "t4", rollback_from="3"),
+        ChampionChange("4", "t5"),
+    ]
+    assert champion_stack(changes) == ["1", "2", "4"]
+    # The oldest entries dropped from a long history: the top is still right.
+    assert champion_stack([ChampionChange("2", "t4", rollback_from="3")]) == ["2"]
+
+
+def test_promote_refuses_a_refusing_decision_before_any_call() -> None:
+    registry = Registry(closed_port_url(), "any")
+    with pytest.raises(ValueError, match="the caller"):
+        registry.promote("1", Decision(False, ("do not promote: the caller must not ask",)))
