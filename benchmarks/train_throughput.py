@@ -441,10 +441,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    from transformers import AutoTokenizer
 
     from repotune.data.packing import PackedBlocks, PackedDataset, padded_batches, tokenize_records
-    from repotune.data.transforms import TransformConfig, ensure_fim_tokens
+    from repotune.data.transforms import TransformConfig
     from repotune.train import finetune
     from repotune.train.models import resolve_base_model
     from repotune.train.recipe import load_recipe
@@ -472,11 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         train_records, _ = finetune.load_split(data_dir)
         model_dir = resolve_base_model(recipe.base_model)
         torch.manual_seed(recipe.seed)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        vocab_before = len(tokenizer)
-        fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
+        tokenizer, vocab_before, fim_ids = finetune.load_tokenizer(model_dir, recipe)
         cache = work / "token-cache"
 
         seq_len, batch_size = recipe.data.seq_len, recipe.micro_batch_size

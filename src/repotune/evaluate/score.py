@@ -226,15 +226,11 @@ class Scorer:
                 for path, prefix, _ in samples.lines
             ]
             expected = [line for _, _, line in samples.lines]
-            metrics["line_exact_match"] = summarize(
-                "line_exact_match",
-                [exact_match(p, e) for p, e in zip(predictions, expected, strict=True)],
-                True,
-            )
-            metrics["line_edit_similarity"] = summarize(
-                "line_edit_similarity",
-                [edit_similarity(p, e) for p, e in zip(predictions, expected, strict=True)],
-                True,
+            metrics |= _scored(
+                "line",
+                predictions,
+                expected,
+                {"exact_match": exact_match, "edit_similarity": edit_similarity},
             )
             log(f"  line completion {metrics['line_edit_similarity'].describe()}")
         if samples.fims and self.fim:
@@ -243,26 +239,25 @@ class Scorer:
                 for path, prefix, _, suffix in samples.fims
             ]
             expected = [middle for _, _, middle, _ in samples.fims]
-            metrics["fim_exact_match"] = summarize(
-                "fim_exact_match",
-                [exact_match(p, e) for p, e in zip(predictions, expected, strict=True)],
-                True,
-            )
-            metrics["fim_edit_similarity"] = summarize(
-                "fim_edit_similarity",
-                [edit_similarity(p, e) for p, e in zip(predictions, expected, strict=True)],
-                True,
+            metrics |= _scored(
+                "fim", predictions, expected, {"exact_match": exact_match, "edit_similarity": edit_similarity}
             )
         if samples.commits:
             predictions = [self.complete_line(commit_prompt(diff)) for diff, _ in samples.commits]
             expected = [subject for _, subject in samples.commits]
-            metrics["commit_rouge_l"] = summarize(
-                "commit_rouge_l", [rouge_l(p, e) for p, e in zip(predictions, expected, strict=True)], True
-            )
-            metrics["commit_chrf"] = summarize(
-                "commit_chrf", [chrf(p, e) for p, e in zip(predictions, expected, strict=True)], True
-            )
+            metrics |= _scored("commit", predictions, expected, {"rouge_l": rouge_l, "chrf": chrf})
         return metrics
+
+
+def _scored(
+    task: str, predictions: list[str], expected: list[str], scores: dict[str, Callable[[str, str], float]]
+) -> dict[str, Metric]:
+    """One metric per scoring function (all higher-is-better), named ``{task}_{score}``."""
+    pairs = list(zip(predictions, expected, strict=True))
+    return {
+        f"{task}_{name}": summarize(f"{task}_{name}", [score(p, e) for p, e in pairs], True)
+        for name, score in scores.items()
+    }
 
 
 def metric_to_dict(metric: Metric) -> dict[str, Any]:

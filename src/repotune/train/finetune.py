@@ -118,6 +118,23 @@ def training_blocks(
     return blocks if limit is None else blocks.head(limit)
 
 
+def load_tokenizer(model_dir: Path, recipe: Recipe) -> tuple[Any, int, list[int]]:
+    """The base tokenizer with a pad token and, when the recipe uses FIM, the FIM tokens.
+
+    Returns the tokenizer, its vocabulary size before any token was added, and the FIM token ids.
+    """
+    from transformers import AutoTokenizer
+
+    from repotune.data.transforms import ensure_fim_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab_before = len(tokenizer)
+    fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
+    return tokenizer, vocab_before, fim_ids
+
+
 def load_model(
     recipe: Recipe, model_dir: Path, tokenizer, *, precision: str, fim_ids: list[int], vocab_before: int
 ):
@@ -207,21 +224,16 @@ def run_training(
     memory_gb = _check_memory(model_dir, recipe)
 
     import torch
-    from transformers import AutoTokenizer, PrinterCallback, Trainer
+    from transformers import PrinterCallback, Trainer
     from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as hf_logging
 
     from repotune.data.packing import PackedDataset
-    from repotune.data.transforms import ensure_fim_tokens
     from repotune.train import callbacks
 
     hf_logging.disable_progress_bar()  # weight-loading bars are noise in pipeline logs
     torch.manual_seed(recipe.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    vocab_before = len(tokenizer)
-    fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
+    tokenizer, vocab_before, fim_ids = load_tokenizer(model_dir, recipe)
     cache = output / ".token-cache"
     train_blocks = training_blocks(
         train_records, tokenizer, recipe, recipe.data.fim_rate, cache, recipe.data.max_train_blocks
