@@ -269,3 +269,14 @@ def test_output_inside_the_source_is_not_ingested(sample_tree: Path) -> None:
     manifest, records = ingest(sample_tree, out)  # the second run sees the first run's output
     assert not any(path.startswith("out/") for path in records)
     assert manifest["records"] == 5
+
+
+@pytest.mark.integration
+def test_credentials_in_a_git_url_never_reach_the_output(sample_repo: Path, tmp_path: Path) -> None:
+    from repotune.ingest import _display_source
+
+    assert _display_source("https://user:ghp_secret@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert _display_source(".") == str(Path(".").resolve())
+    manifest, records = ingest(f"file://{sample_repo}", tmp_path / "out")
+    assert manifest["source"] == f"file://{sample_repo}"
+    assert all(r.source == f"file://{sample_repo}" for r in records.values())

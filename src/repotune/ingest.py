@@ -162,9 +162,7 @@ def run_ingest(
     """
     stats = IngestStats()
     manifest: dict[str, Any] = {
-        "source": config.source
-        if not config.source.startswith(("http://", "https://"))
-        else _strip_auth(config.source),
+        "source": _display_source(config.source),
         "source_type": None,
         "commit": None,
         "include": sorted(config.kinds) if config.kinds is not None else None,
@@ -188,6 +186,15 @@ def run_ingest(
     manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(config.output / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _display_source(spec: str) -> str:
+    """The source as a manifest names it: a URL without credentials, a local path made absolute."""
+    if git.is_git_url(spec):
+        return _strip_auth(spec)
+    if spec.startswith(GITHUB_PREFIX):
+        return spec
+    return str(Path(spec).expanduser().resolve())
 
 
 def _inside(output: Path, root: Path) -> frozenset[str]:
