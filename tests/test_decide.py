@@ -235,3 +235,30 @@ def test_metrics_that_disagree_on_direction_are_an_error() -> None:
 def test_policy_rejects_invalid_settings(settings: dict[str, object]) -> None:
     with pytest.raises(RepotuneError, match="policy"):
         Policy(**settings)  # type: ignore[arg-type]
+
+
+def test_a_paired_interval_decides_significance_where_the_own_intervals_overlap() -> None:
+    overlapping = models(ppl(14.9, ci=(12.4, 17.9)))
+    wide_base = models(ppl(21.6, ci=(17.4, 26.5)))
+    assert not should_promote(overlapping, wide_base, None).promote
+    decision = should_promote(overlapping, wide_base, None, paired={"base": (-0.36, -0.26)})
+    assert decision.promote
+    assert decision.reasons[0] == (
+        "promote: perplexity 14.90 vs base 21.60 (-31.0%), "
+        "paired 95% CI of the change -36.0% to -26.0%: significant"
+    )
+
+
+def test_a_paired_interval_that_includes_no_change_blocks_promotion() -> None:
+    decision = should_promote(models(ppl(9.0)), BASE, None, paired={"base": (-0.2, 0.01)})
+    assert not decision.promote
+    assert "includes no gain: not significant" in decision.reasons[0]
+    lenient = Policy(require_significance=False)
+    assert should_promote(models(ppl(9.0)), BASE, None, lenient, paired={"base": (-0.2, 0.01)}).promote
+
+
+def test_the_paired_interval_against_the_champion_is_the_one_used() -> None:
+    candidate = models(ppl(8.12, ci=(7.0, 9.0)))
+    # Significant against the base, not against the champion: the champion's interval counts.
+    paired = {"base": (-0.3, -0.1), "champion": (-0.1, 0.02)}
+    assert not should_promote(candidate, BASE, CHAMPION, paired=paired).promote

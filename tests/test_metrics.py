@@ -181,3 +181,15 @@ def test_metric_validates_its_interval() -> None:
         Metric("perplexity", math.nan, n=30, ci_low=None, ci_high=None, higher_is_better=False)
     no_ci = Metric("perplexity", 8.0, n=30, ci_low=None, ci_high=None, higher_is_better=False)
     assert not no_ci.reliable
+
+
+def test_paired_relative_change_interval() -> None:
+    from repotune.evaluate.metrics import paired_relative_change_ci
+
+    reference = [(float(2.0 + (i % 7) * 0.3) * 50, 50) for i in range(40)]
+    better = [(nll * 0.9, tokens) for nll, tokens in reference]
+    low, high = paired_relative_change_ci(better, reference)
+    assert low < high < 0  # every block improved: the whole interval is below no change
+    assert paired_relative_change_ci(reference, reference) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same, non-empty"):
+        paired_relative_change_ci(better[:3], reference)

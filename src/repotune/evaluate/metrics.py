@@ -136,6 +136,31 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def paired_relative_change_ci(
+    candidate: Sequence[tuple[float, int]],
+    reference: Sequence[tuple[float, int]],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap CI of perplexity(candidate) / perplexity(reference) - 1 over the same examples.
+
+    Example i of both lists must be the same text (same tokens); resampling whole pairs keeps each
+    example's difficulty on both sides, so the interval measures the difference, not the spread.
+    """
+    if len(candidate) != len(reference) or not candidate:
+        raise ValueError("paired scores need the same, non-empty list of examples for both models")
+    rows = np.array(
+        [(c[0], c[1], r[0], r[1]) for c, r in zip(candidate, reference, strict=True)], dtype=float
+    )
+
+    def change(sample: np.ndarray) -> float:
+        return _pooled_perplexity(sample[:, 0:2]) / _pooled_perplexity(sample[:, 2:4]) - 1.0
+
+    return bootstrap_ci(rows, statistic=change, n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+
 def _pooled_perplexity(pairs: np.ndarray) -> float:
     return perplexity(float(pairs[:, 0].sum()), int(pairs[:, 1].sum()))
 

@@ -85,10 +85,14 @@ def run_evaluation(
             log(f"champion: {model_name} version {champion.version}")
             models["champion"] = registry.download(champion.version, Path(tmp))
         scores: dict[str, dict[str, Metric]] = {}
+        pairs: dict[str, dict[str, list[tuple[float, int]]]] = {}
         for name, folder in models.items():
             log(f"scoring the {name} model ({folder})")
-            scores[name] = Scorer(folder, config).score(samples, log)
-    decision = should_promote(scores["candidate"], scores["base"], scores.get("champion"), policy)
+            scorer = Scorer(folder, config)
+            scores[name] = scorer.score(samples, log)
+            pairs[name] = scorer.pairs
+    paired = _paired(pairs, policy.primary)
+    decision = should_promote(scores["candidate"], scores["base"], scores.get("champion"), policy, paired)
     log(decision.reasons[0])
     context = {
         "data": str(data_dir),
@@ -102,6 +106,7 @@ def run_evaluation(
             name: {k: metric_to_dict(m) for k, m in metrics.items()} for name, metrics in scores.items()
         },
         "context": context,
+        "paired_change": {ref: list(ci) for ref, ci in paired.items()},
         "config": asdict(config),
         "policy": asdict(policy),
     }
@@ -131,6 +136,24 @@ def run_evaluation(
             log(f"registered {model_name} version {version}; the champion stays")
         result["registered_version"] = version
         write_json(output / "metrics.json", result)
+    return result
+
+
+def _paired(
+    pairs: dict[str, dict[str, list[tuple[float, int]]]], metric: str
+) -> dict[str, tuple[float, float]]:
+    """Paired-bootstrap CIs of the candidate's relative change in ``metric`` against each other model.
+
+    Only where both models scored the very same blocks (same count and token counts: same tokenizer).
+    """
+    from repotune.evaluate.metrics import paired_relative_change_ci
+
+    candidate = pairs["candidate"].get(metric)
+    result: dict[str, tuple[float, float]] = {}
+    for reference in ("base", "champion"):
+        other = pairs.get(reference, {}).get(metric)
+        if candidate and other and [t for _, t in candidate] == [t for _, t in other]:
+            result[reference] = paired_relative_change_ci(candidate, other)
     return result
 
 

@@ -155,6 +155,8 @@ class Scorer:
         # Packed blocks need the position-id path: no KV cache while scoring (see data/packing.py).
         self.model.config.use_cache = False
         self.fim = has_fim_tokens(self.tokenizer)
+        # Per-block (nll, tokens) of each perplexity metric, for paired comparisons between models.
+        self.pairs: dict[str, list[tuple[float, int]]] = {}
 
     def perplexity(self, records: list[Record], name: str) -> Metric:
         import torch
@@ -174,7 +176,8 @@ class Scorer:
                 mask = target != -100
                 nll = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
                 pairs.append((float(nll), int(mask.sum())))
-        return summarize_perplexity(name, [p for p in pairs if p[1] > 0])
+        self.pairs[name] = [p for p in pairs if p[1] > 0]
+        return summarize_perplexity(name, self.pairs[name])
 
     def complete_line(self, prompt: str) -> str:
         """Greedy completion of the line that follows ``prompt``, without its newline.
