@@ -349,7 +349,8 @@ def run_training(
         }
         if dist.is_main:
             _save(trainer.model, tokenizer, output, recipe, summary)
-            tracker.log_artifact(output / ADAPTER, "adapter") if (output / ADAPTER).is_dir() else None
+            if (output / ADAPTER).is_dir():
+                tracker.log_artifact(output / ADAPTER, "adapter")
             tracker.log_artifact(output / SUMMARY_FILE)
         say(f"wrote {output}")
     return summary
