@@ -75,7 +75,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Read a repository into DIR/records.jsonl and DIR/manifest.json."""
-    from repotune.ingest import IngestConfig, default_token, run_ingest
+    from repotune.ingest import IngestConfig, run_ingest
     from repotune.records import parse_include
 
     config = IngestConfig(
@@ -88,7 +88,6 @@ def ingest(
         max_commits=max_commits,
         max_diff_bytes=max_diff_bytes,
         github_base_url=github_url,
-        github_token=default_token(),
     )
     with _progress() as progress:
         task = progress.add_task(f"ingesting {source}")

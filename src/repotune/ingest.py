@@ -7,7 +7,6 @@ leaves no half-written ``records.jsonl`` behind.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ class IngestConfig:
     github_base_url: str | None = None
     """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3 (``--github-url``)."""
     github_token: str | None = field(default=None, repr=False)
-    """Token for the GitHub API; read from GITHUB_TOKEN by the CLI, never logged."""
+    """Token for the GitHub API; None reads GITHUB_TOKEN from the environment. Never logged."""
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -220,7 +219,3 @@ def _skip_summary(stats: IngestStats) -> str:
         return "the source is empty"
     top = ", ".join(f"{reason}: {count}" for reason, count in stats.skipped.most_common(5))
     return f"skipped {top}"
-
-
-def default_token() -> str | None:
-    return os.environ.get("GITHUB_TOKEN") or None

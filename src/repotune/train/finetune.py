@@ -90,10 +90,10 @@ def _check_method(recipe: Recipe) -> None:
         raise RepotuneError("method: qlora needs a CUDA GPU and the bitsandbytes package; use lora here")
 
 
-def _check_memory(model_dir: Path, recipe: Recipe) -> float:
+def _check_memory(model_dir: Path, recipe: Recipe, precision: str) -> float:
     from repotune.train.models import estimate_training_memory_gb
 
-    bytes_per_param = 2 if _precision(recipe) == "bf16" else 4
+    bytes_per_param = 2 if precision == "bf16" else 4
     estimate = estimate_training_memory_gb(
         model_dir, recipe.method, recipe.data.seq_len, recipe.micro_batch_size, bytes_per_param
     )
@@ -221,7 +221,7 @@ def run_training(
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
     model_dir = resolve_base_model(recipe.base_model)
-    memory_gb = _check_memory(model_dir, recipe)
+    memory_gb = _check_memory(model_dir, recipe, precision)
 
     import torch
     from transformers import PrinterCallback, Trainer

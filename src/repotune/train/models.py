@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from repotune.atomic import umask
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def _build_once(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
         try:
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a shared cache should stay readable
+            tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a shared cache should stay readable
             build(tmp)
             if final.exists():  # out of date (an s3:// prefix whose objects changed): swap it out
                 old = final.with_name(f".{final.name}.{os.getpid()}.old.partial")
@@ -147,12 +148,6 @@ def _build_once(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _smollm2_gguf() -> Path:
