@@ -7,6 +7,7 @@ overrides, and refuses unknown keys and wrong types with a message that names th
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,40 @@ class DataSettings:
                 raise RepotuneError(f"data.{name} must be between 0 and 1")
 
 
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """What the train step asks a cluster for (Kubernetes quantities, with units). Ignored locally."""
+
+    nodes: int = 1
+    """Machines to train on; above 1 the step runs as a Kubeflow PyTorchJob under torchrun."""
+    gpus_per_node: int = 0
+    """Accelerators per node (processes per node under torchrun); 0 trains on CPU."""
+    gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource name the cluster's device plugin advertises."""
+    cpu: str = "2"
+    """CPU request and limit per node, a Kubernetes quantity ("8", "500m")."""
+    memory: str = "8Gi"
+    """Memory request and limit per node, with a unit ("64Gi", "512Mi"); a bare number means bytes."""
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise RepotuneError("resources.nodes must be at least 1")
+        if self.gpus_per_node < 0:
+            raise RepotuneError("resources.gpus_per_node must be 0 or more")
+        for name in ("cpu", "memory"):
+            if not _QUANTITY.match(str(getattr(self, name))):
+                raise RepotuneError(
+                    f"resources.{name} {getattr(self, name)!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)"
+                )
+        if self.memory.isdigit() and int(self.memory) < 2**20:
+            raise RepotuneError(
+                f"resources.memory {self.memory!r} is {self.memory} bytes; give a unit, e.g. {self.memory}Gi"
+            )
+
+
 @dataclass(frozen=True)
 class Recipe:
     base_model: str = "smollm2-135m"
@@ -63,6 +98,7 @@ class Recipe:
     full: every weight trains."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
     micro_batch_size: int = 4
     """Blocks per forward pass on each device."""
     gradient_accumulation_steps: int = 1
