@@ -1,0 +1,396 @@
+"""Queued, batched generation: requests that wait together share one ``model.generate``.
+
+A decoding step costs nearly the same for one row as for sixteen (it is bound by reading the weights,
+not by arithmetic), so running the waiting requests as one left-padded batch multiplies throughput
+under load, where serving them one by one would make the sixteenth client wait for fifteen others.
+
+One worker thread owns the model. ``Batcher.submit`` puts a request in a bounded queue and returns a
+``Handle`` at once; the worker takes the oldest request, waits a few milliseconds for others to
+arrive, and runs every waiting request with the same sampling settings (up to ``max_batch_size``) in
+one ``generate`` call. Each row stops on its own (end of sequence, a stop string, its own
+``max_new_tokens``, cancellation or its deadline) through a per-row stopping criterion, which also
+streams each row's new text to its handle as the tokens come. The event loop only awaits handles, so
+it never blocks on generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
+
+log = logging.getLogger(__name__)
+
+# Exposed on KServe's /metrics (prometheus_client's default registry).
+BATCHES = Counter("repotune_generate_batches", "generate() calls, each serving one batch", ["model_name"])
+ROWS = Counter("repotune_generate_requests", "requests (rows) generated, over all batches", ["model_name"])
+TOKENS = Counter("repotune_generated_tokens", "tokens generated, over all requests", ["model_name"])
+REJECTED = Counter(
+    "repotune_rejected_requests", "requests refused or stopped early", ["model_name", "reason"]
+)
+QUEUED = Gauge("repotune_queued_requests", "requests waiting for a batch", ["model_name"])
+BATCH_SIZE = Histogram(
+    "repotune_batch_size", "rows per generate() call", ["model_name"], buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen; requests batch together only when these agree."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding (always the most likely token)."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest token set whose probability adds up to this (0 to 1]."""
+    seed: int | None = None
+    """Seeds the sampler for the batch (best effort: rows sampled in one batch share the generator)."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def batch_key(self) -> tuple[Any, ...]:
+        # Greedy rows ignore top_p and the seed, so all greedy requests can share a batch.
+        return ("greedy",) if self.greedy else (self.temperature, self.top_p, self.seed)
+
+
+@dataclass
+class GenerationRequest:
+    """One row to generate: the prompt's token ids and where to stop."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    """Strings that end the completion; the text is cut before the first one found."""
+    timeout_s: float | None = None
+    """Seconds from submission (queue wait included) after which the row is stopped and failed."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished row: its text (special tokens removed, cut at a stop string) and token counts."""
+
+    text: str
+    finish_reason: str
+    """``stop`` (end of sequence or a stop string) or ``length`` (``max_new_tokens`` reached)."""
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Handle:
+    """The client side of one submitted request: its text as it comes, then a ``Completed``.
+
+    The worker thread pushes into an ``asyncio.Queue`` through ``call_soon_threadsafe``, so the event
+    loop that submitted the request consumes it without ever blocking.
+    """
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
+        self.cancelled = False
+        self._loop = loop
+        self._events: asyncio.Queue[str | Completed | BaseException] = asyncio.Queue()
+        self._closed = False
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the client went away); the row frees its batch slot."""
+        self.cancelled = True
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _push(self, item: str | Completed | BaseException) -> None:
+        if self._closed:
+            return
+        if isinstance(item, Completed | BaseException):
+            self._closed = True
+        # The loop may be gone when a client disconnected and the server is shutting down.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+
+    async def stream(self) -> AsyncIterator[str | Completed]:
+        """Text pieces as they are generated, then the ``Completed`` row; raises ``ServingError``."""
+        try:
+            while True:
+                timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+                try:
+                    item = await asyncio.wait_for(self._events.get(), timeout)
+                except TimeoutError:
+                    # The worker stops the row at the same deadline; this covers a busy worker too.
+                    self.cancel()
+                    raise Timeout(self.request.timeout_s or 0.0) from None
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completed):
+                    return
+        finally:
+            if not self._closed:
+                self.cancel()
+
+    async def result(self) -> Completed:
+        """Waits for the whole row."""
+        async for item in self.stream():
+            if isinstance(item, Completed):
+                return item
+        raise Unavailable("generation ended without a result")  # stream() always ends with Completed
+
+
+class _Row:
+    """Decoding state of one row of a running batch."""
+
+    def __init__(self, handle: Handle, tokenizer: Any) -> None:
+        self.handle = handle
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of self.text already pushed to the handle
+        self.done = False
+        stops = handle.request.stop
+        # Text that could still grow into a stop string is held back from streaming.
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def add(self, token: int, eos_ids: frozenset[int]) -> None:
+        request = self.handle.request
+        if self.handle.cancelled:
+            self._end(None)
+            return
+        if self.handle.expired():
+            self._end(None, Timeout(request.timeout_s or 0.0))
+            return
+        if token in eos_ids:
+            self._end("stop")
+            return
+        self.tokens.append(token)
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        for stop in request.stop:
+            # A stop string can only be new if it ends within the newly decoded text.
+            at = self.text.find(stop, max(0, self.sent - len(stop)))
+            if at >= 0:
+                self.text = self.text[:at]
+                self._end("stop")
+                return
+        if len(self.tokens) >= request.max_new_tokens:
+            self._end("length")
+            return
+        end = len(self.text) - self.hold
+        # A trailing U+FFFD is half of a multi-byte character whose other bytes come with later tokens.
+        while end > self.sent and self.text[end - 1] == "\ufffd":
+            end -= 1
+        if end > self.sent:
+            self.handle._push(self.text[self.sent : end])
+            self.sent = end
+
+    def _end(self, reason: str | None, error: BaseException | None = None) -> None:
+        self.done = True
+        if error is not None:
+            self.handle._push(error)
+            return
+        if reason is None:  # cancelled: nobody is listening
+            self.handle._push(Unavailable("the request was cancelled"))
+            return
+        if len(self.text) > self.sent:
+            self.handle._push(self.text[self.sent :])
+            self.sent = len(self.text)
+        self.handle._push(
+            Completed(
+                text=self.text,
+                finish_reason=reason,
+                prompt_tokens=len(self.handle.request.prompt_ids),
+                completion_tokens=len(self.tokens),
+            )
+        )
+
+
+class _RowStopper:
+    """A ``StoppingCriteria`` that feeds each row its new token and says, per row, whether it is done.
+
+    ``generate`` calls it after every decoding step with the whole sequence so far; rows it reports as
+    done get padding from then on, and ``generate`` returns once every row is done.
+    """
+
+    def __init__(self, rows: list[_Row], prompt_width: int, eos_ids: frozenset[int]) -> None:
+        self.rows = rows
+        self.prompt_width = prompt_width
+        self.eos_ids = eos_ids
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        last = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, last, strict=True):
+            if not row.done:
+                row.add(token, self.eos_ids)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+class Batcher:
+    """The request queue and the worker thread that runs batches through ``model.generate``."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 8,
+        max_queue: int = 256,
+        batch_wait_ms: float = 5.0,
+        eos_ids: Iterable[int] = (),
+        model_name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be at least 1, batch_wait_ms not negative")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.eos_ids = frozenset(eos_ids)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+        self.model_name = model_name
+        self.batches = 0  # generate() calls so far
+        self.rows = 0  # requests generated so far
+        self.largest_batch = 0
+        self._pending: deque[Handle] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="repotune-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue ``request``; raises ``QueueFull`` (429) when ``max_queue`` requests already wait.
+
+        Must be called from a running event loop, which receives the handle's events.
+        """
+        handle = Handle(request, asyncio.get_running_loop())
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the server is stopping")
+            if len(self._pending) >= self.max_queue:
+                REJECTED.labels(self.model_name, "queue_full").inc()
+                raise QueueFull(self.max_queue)
+            self._pending.append(handle)
+            QUEUED.labels(self.model_name).set(len(self._pending))
+            self._cond.notify()
+        return handle
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Refuse new requests, fail the waiting ones, and let the running batch finish."""
+        with self._cond:
+            self._stopping = True
+            waiting = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for handle in waiting:
+            handle._push(Unavailable("the server is stopping"))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _next_batch(self) -> list[Handle] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            # Requests that arrive within the wait window join this batch instead of the next one.
+            window_end = time.monotonic() + self.batch_wait_s
+            while len(self._pending) < self.max_batch_size and not self._stopping:
+                left = window_end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            live: deque[Handle] = deque()
+            for handle in self._pending:
+                if handle.cancelled:
+                    continue
+                if handle.expired():
+                    REJECTED.labels(self.model_name, "timeout").inc()
+                    handle._push(Timeout(handle.request.timeout_s or 0.0))
+                    continue
+                live.append(handle)
+            if not live:
+                self._pending = live
+                return []
+            key = live[0].request.sampling.batch_key()
+            batch: list[Handle] = []
+            rest: deque[Handle] = deque()
+            for handle in live:
+                if len(batch) < self.max_batch_size and handle.request.sampling.batch_key() == key:
+                    batch.append(handle)
+                else:
+                    rest.append(handle)
+            self._pending = rest
+            QUEUED.labels(self.model_name).set(len(rest))
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._generate(batch)
+            except Exception as err:
+                log.exception("generation failed for a batch of %d", len(batch))
+                for handle in batch:
+                    handle._push(ServingError(500, f"generation failed: {err}", type="server_error"))
+
+    def _generate(self, batch: list[Handle]) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        # Counted when the batch starts: its rows' results reach clients before generate() returns.
+        self.batches += 1
+        self.rows += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        BATCHES.labels(self.model_name).inc()
+        ROWS.labels(self.model_name).inc(len(batch))
+        BATCH_SIZE.labels(self.model_name).observe(len(batch))
+        prompts = [handle.request.prompt_ids for handle in batch]
+        width = max(len(ids) for ids in prompts)
+        # Left padding: every row's next token lands in the same column.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+        device = next(self.model.parameters()).device
+        rows = [_Row(handle, self.tokenizer) for handle in batch]
+        stopper = _RowStopper(rows, width, self.eos_ids)
+        sampling = batch[0].request.sampling
+        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if not sampling.greedy:
+            # top_k=0 turns off transformers' default top-50 cut, which OpenAI's API does not have.
+            kwargs = {
+                "do_sample": True,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": 0,
+            }
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max(handle.request.max_new_tokens for handle in batch),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids) or None,
+                **kwargs,
+            )
+        for row in rows:
+            if not row.done:  # generate stopped at max_new_tokens before the criterion did
+                row._end("length")
+        TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows))

@@ -1,0 +1,420 @@
+"""Serving: a real `repotune serve` subprocess on 127.0.0.1, talked to with the official openai client and
+httpx; the batcher, request checks and model loading in-process. Models are tiny and random: assertions
+are on shapes, counts, determinism and errors, not on what the text says."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from tests.serving_helpers import make_serving_model
+
+from repotune.data.transforms import fim_prompt
+from repotune.errors import RepotuneError
+from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
+from repotune.serving.errors import QueueFull, ServingError, Timeout
+from repotune.serving.model import RepotuneModel, ServeSettings, encode_prompt, load_model
+from repotune.serving.server import start_background
+
+MAX_TOKENS = 64  # the server's cap in these tests
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_serving_model(tmp_path_factory.mktemp("serving") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(tiny: Path):
+    # A 50 ms batch window makes the concurrency test's batching visible on a slow, busy machine.
+    with start_background(
+        tiny, max_batch_size=8, max_tokens=MAX_TOKENS, extra_args=["--batch-wait-ms", "50"]
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.openai_url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: Path) -> RepotuneModel:
+    model = RepotuneModel("tiny", tiny, settings=ServeSettings(max_tokens=MAX_TOKENS, batch_wait_ms=20))
+    model.load()
+    yield model
+    model.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name}{{[^}}]*}} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.integration
+def test_completions_and_chat_through_the_openai_client(server, client: openai.OpenAI) -> None:
+    first = client.completions.create(
+        model=server.model_name, prompt="def add(a, b):", max_tokens=8, temperature=0
+    )
+    again = client.completions.create(
+        model=server.model_name, prompt="def add(a, b):", max_tokens=8, temperature=0
+    )
+    choice = first.choices[0]
+    assert first.object == "text_completion" and first.model == server.model_name
+    assert choice.finish_reason in ("stop", "length") and isinstance(choice.text, str)
+    assert 1 <= first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    assert again.choices[0].text == choice.text  # greedy decoding is deterministic
+
+    two = client.completions.create(
+        model=server.model_name, prompt=["a", "b"], n=2, max_tokens=3, temperature=0.8
+    )
+    assert sorted(c.index for c in two.choices) == [0, 1, 2, 3]
+
+    chat = client.chat.completions.create(
+        model=server.model_name,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+        max_tokens=6,
+        temperature=0,
+    )
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert 1 <= chat.usage.completion_tokens <= 6
+    assert [m.id for m in client.models.list()] == [server.model_name]
+
+
+@pytest.mark.integration
+def test_streams_match_the_whole_answer_and_end_with_done(server, client: openai.OpenAI) -> None:
+    whole = client.completions.create(
+        model=server.model_name, prompt="class A:", max_tokens=10, temperature=0
+    )
+    pieces = client.completions.create(
+        model=server.model_name, prompt="class A:", max_tokens=10, temperature=0, stream=True
+    )
+    chunks = list(pieces)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    messages = [{"role": "user", "content": "hi"}]
+    chat = client.chat.completions.create(
+        model=server.model_name, messages=messages, max_tokens=7, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model=server.model_name,
+        messages=messages,
+        max_tokens=7,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    events = list(stream)
+    assert events[0].choices[0].delta.role == "assistant"
+    assert (
+        "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+        == chat.choices[0].message.content
+    )
+    assert events[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+    body = {"model": server.model_name, "prompt": "x", "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{server.openai_url}/completions", json=body, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+@pytest.mark.integration
+def test_fill_in_the_middle_uses_the_training_transform(server, client: openai.OpenAI) -> None:
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+    fim = client.completions.create(
+        model=server.model_name,
+        prompt=prefix,
+        suffix=suffix,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"file_path": "src/calc.py"},
+    )
+    # The same prompt built by hand with the training transform gives the same greedy completion.
+    raw = client.completions.create(
+        model=server.model_name,
+        prompt=fim_prompt(prefix, suffix, path="src/calc.py"),
+        max_tokens=8,
+        temperature=0,
+    )
+    assert fim.choices[0].text == raw.choices[0].text
+    assert fim.usage.prompt_tokens == raw.usage.prompt_tokens
+
+
+@pytest.mark.integration
+def test_kserve_protocols_health_and_metrics(server) -> None:
+    name = server.model_name
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        v1 = http.post(
+            f"/v1/models/{name}:predict", json={"instances": ["def f(", {"prompt": "x", "max_tokens": 3}]}
+        )
+        assert v1.status_code == 200 and len(v1.json()["predictions"]) == 2
+        tensor = {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["def f(", "import"]}
+        v2 = http.post(f"/v2/models/{name}/infer", json={"inputs": [tensor], "parameters": {"max_tokens": 4}})
+        assert v2.status_code == 200
+        output = v2.json()["outputs"][0]
+        assert output["name"] == "text" and output["datatype"] == "BYTES" and len(output["data"]) == 2
+        bad_v1 = http.post(
+            f"/v1/models/{name}:predict", json={"instances": [{"prompt": "x", "max_tokens": 0}]}
+        )
+        assert bad_v1.status_code == 400
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        assert http.get("/v2/health/live").status_code == 200
+        assert http.get(f"/v2/models/{name}/ready").status_code == 200
+        assert http.get(f"/v1/models/{name}").json()["ready"] is True
+        assert http.get("/v1/models/nope").status_code == 404
+        metrics = http.get("/metrics").text
+    assert _metric(metrics, "repotune_generate_requests_total") >= 4
+    assert "request_predict_seconds" in metrics  # KServe's own histograms sit beside ours
+
+
+@pytest.mark.integration
+def test_32_concurrent_clients_are_all_answered_in_batches(server, client: openai.OpenAI) -> None:
+    before = httpx.get(f"{server.url}/metrics").text
+
+    def ask(i: int) -> openai.types.Completion:
+        if i % 2:
+            return client.completions.create(
+                model=server.model_name, prompt=f"item {i}", max_tokens=12, temperature=0
+            )
+        return client.chat.completions.create(
+            model=server.model_name,
+            messages=[{"role": "user", "content": f"q {i}"}],
+            max_tokens=12,
+            temperature=0,
+        )
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, range(32)))
+    assert len(answers) == 32 and all(a.usage.completion_tokens >= 1 for a in answers)
+    after = httpx.get(f"{server.url}/metrics").text
+    requests = _metric(after, "repotune_generate_requests_total") - _metric(
+        before, "repotune_generate_requests_total"
+    )
+    batches = _metric(after, "repotune_generate_batches_total") - _metric(
+        before, "repotune_generate_batches_total"
+    )
+    assert requests == 32
+    assert batches <= 16, f"{batches} batches for 32 requests: not batched"
+
+
+BAD_REQUESTS = [
+    # (route, body: dict or raw bytes, status, param)
+    ("completions", b"{not json", 400, None),
+    ("completions", b"[1, 2]", 400, None),
+    ("completions", {"model": "nope", "prompt": "x"}, 404, "model"),
+    ("completions", {"prompt": "x"}, 400, "model"),
+    ("completions", {"model": "M", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("completions", {"model": "M", "prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
+    ("completions", {"model": "M", "prompt": "x", "max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),
+    ("completions", {"model": "M", "prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
+    ("completions", {"model": "M", "prompt": 42}, 400, "prompt"),
+    ("completions", {"model": "M", "prompt": "word " * 3000}, 400, "prompt"),
+    ("completions", {"model": "M", "prompt": [10**9]}, 400, "prompt"),
+    ("completions", {"model": "M", "prompt": "x", "temperature": 5}, 400, "temperature"),
+    ("completions", {"model": "M", "prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("completions", {"model": "M", "prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "bogus", "content": "x"}]},
+        400,
+        "messages.0.role",
+    ),
+    ("chat/completions", {"model": "M", "messages": "hello"}, 400, "messages"),
+    ("chat/completions", {"model": "M", "messages": []}, 400, "messages"),
+    ("chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}], "n": 0}, 400, "n"),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": 3}]},
+        400,
+        "messages.0.content",
+    ),
+]
+
+
+@pytest.mark.integration
+def test_bad_requests_get_openai_style_4xx(server, client: openai.OpenAI) -> None:
+    with httpx.Client(base_url=server.openai_url, timeout=30) as http:
+        for route, body, status, param in BAD_REQUESTS:
+            if isinstance(body, dict):
+                body = json.dumps(body).replace('"M"', json.dumps(server.model_name)).encode()
+            response = http.post(f"/{route}", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (route, body[:80], response.text)
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+            assert error["param"] == param, (body[:80], error)
+        too_big = http.post("/completions", content=b"x" * 1_100_000)
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    with pytest.raises(openai.BadRequestError, match="cap"):
+        client.completions.create(model=server.model_name, prompt="x", max_tokens=MAX_TOKENS * 2)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+
+
+def test_batched_rows_match_rows_generated_alone(loaded: RepotuneModel) -> None:
+    tokenizer = loaded.tokenizer
+    prompts = ["def add(a, b):", "x", "class Greeter:\n    def greet(self, name):", "import os"]
+    requests = [
+        GenerationRequest(encode_prompt(tokenizer, p), max_new_tokens=6 + i, sampling=SamplingParams(0.0))
+        for i, p in enumerate(prompts)
+    ]
+
+    async def alone() -> list[str]:
+        return [(await loaded.submit(r).result()).text for r in requests]
+
+    async def together() -> list:
+        return await asyncio.gather(*(loaded.submit(r).result() for r in requests))
+
+    batches = loaded.batcher.batches
+    single = asyncio.run(alone())
+    assert loaded.batcher.batches == batches + len(prompts)
+    batched = asyncio.run(together())
+    assert loaded.batcher.batches == batches + len(prompts) + 1  # all four in one generate()
+    assert [r.text for r in batched] == single  # left padding changes nothing
+    # Each row stops at its own max_new_tokens (unless EOS came first), though the batch runs longer.
+    assert [r.completion_tokens for r in batched] == [6, 7, 8, 9] or all(
+        r.finish_reason == "stop" for r in batched if r.completion_tokens < 6
+    )
+
+
+def test_stop_strings_cut_the_text_and_streams_hold_them_back(loaded: RepotuneModel) -> None:
+    tokenizer = loaded.tokenizer
+    ids = encode_prompt(tokenizer, "def add(a, b):")
+
+    async def whole():
+        return await loaded.submit(GenerationRequest(ids, 20, SamplingParams(0.0))).result()
+
+    full = asyncio.run(whole())
+    assert len(full.text) >= 4
+    stop = full.text[2:4]
+
+    async def streamed() -> tuple[list[str], object]:
+        pieces, last = [], None
+        async for item in loaded.submit(
+            GenerationRequest(ids, 20, SamplingParams(0.0), stop=(stop,))
+        ).stream():
+            if isinstance(item, str):
+                pieces.append(item)
+            else:
+                last = item
+        return pieces, last
+
+    pieces, result = asyncio.run(streamed())
+    assert result.text == full.text[: full.text.find(stop)] and result.finish_reason == "stop"
+    assert "".join(pieces) == result.text and stop not in "".join(pieces)
+
+
+def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:
+    tokenizer = loaded.tokenizer
+    batcher = Batcher(loaded.loaded.model, tokenizer, max_batch_size=8, max_queue=1, batch_wait_ms=300)
+    ids = encode_prompt(tokenizer, "x")
+
+    async def overfill() -> None:
+        first = batcher.submit(GenerationRequest(ids, 2))
+        with pytest.raises(QueueFull) as full:
+            batcher.submit(GenerationRequest(ids, 2))
+        assert full.value.status == 429
+        await first.result()
+        late = batcher.submit(GenerationRequest(ids, 2, timeout_s=0.01))  # expires in the 300 ms window
+        with pytest.raises(Timeout) as timed_out:
+            await late.result()
+        assert timed_out.value.status == 504
+
+    try:
+        asyncio.run(overfill())
+    finally:
+        batcher.stop()
+
+
+def test_request_checks(loaded: RepotuneModel) -> None:
+    ids = encode_prompt(loaded.tokenizer, "x")
+    assert loaded.request(ids, max_tokens=None, default_max_tokens=16).max_new_tokens == 16
+    assert loaded.request(ids, max_tokens=None).max_new_tokens == MAX_TOKENS  # chat: up to the cap
+    for bad in (0, -1, MAX_TOKENS + 1, 2.5, True, "3"):
+        with pytest.raises(ServingError) as err:
+            loaded.request(ids, max_tokens=bad)
+        assert err.value.status == 400 and err.value.param == "max_tokens"
+    with pytest.raises(ServingError, match="context length") as err:
+        loaded.request(list(range(loaded.context)), max_tokens=1)
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(ServingError, match="context length"):
+        loaded.request(list(range(loaded.context - 2)), max_tokens=3)
+
+
+def test_fim_needs_fim_tokens(tmp_path: Path) -> None:
+    plain = RepotuneModel("plain", make_serving_model(tmp_path / "plain", fim=False))
+    plain.load()
+    try:
+        assert plain.build_prompt("a") == "a"
+        with pytest.raises(ServingError, match="no fill-in-the-middle tokens") as err:
+            plain.build_prompt("def f(", suffix=")")
+        assert err.value.status == 400 and err.value.param == "suffix"
+    finally:
+        plain.stop()
+
+
+def test_a_lora_adapter_is_merged_into_its_base(tiny: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    expected = peft_model.merge_and_unload()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = expected(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
+        with_adapter = load_model(tiny, adapter=tmp_path / "adapter", device="cpu")
+        adapter_only = load_model(tmp_path / "adapter", device="cpu")  # its config names the base folder
+        for loaded_model in (with_adapter, adapter_only):
+            got = loaded_model.model(ids).logits
+            assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(plain, want, atol=1e-3)  # the adapter changed the model
+    with pytest.raises(RepotuneError, match="neither a model"):
+        load_model(tmp_path, device="cpu")
+
+
+@pytest.mark.integration
+def test_a_model_is_served_from_s3(tiny: Path) -> None:
+    from tests.s3_server import running_s3_server, s3_environment
+
+    from repotune.storage import client_from_env, upload_dir
+
+    with running_s3_server() as endpoint, s3_environment(endpoint):
+        client_from_env().make_bucket("models")
+        upload_dir(tiny, "s3://models/runs/tiny")
+        model = RepotuneModel("tiny", "s3://models/runs/tiny")
+        model.load()
+        try:
+            copy = model.loaded.folder
+            assert (copy / "config.json").is_file() and model.fim
+            assert asyncio.run(model.complete({"prompt": "x", "max_tokens": 2})).completion_tokens >= 1
+        finally:
+            model.stop()
+        assert not copy.exists()  # the temporary copy goes with the model
+
+
+@pytest.mark.integration
+def test_the_command_line_names_a_missing_model(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "repotune", "serve", str(tmp_path / "missing"), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "missing" in proc.stderr and "Traceback" not in proc.stderr
