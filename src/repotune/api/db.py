@@ -1,0 +1,56 @@
+"""The API's SQLite file: source records and run state, so nothing is lost when the API restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,             -- the source's JSON record, as stored beside it in the object store
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    source_id TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    overrides TEXT NOT NULL,        -- JSON object
+    backend TEXT NOT NULL,          -- 'local' (a subprocess here) or 'kfp'
+    state TEXT NOT NULL,            -- 'running', 'succeeded' or 'failed'
+    created TEXT NOT NULL,
+    finished TEXT,
+    run_dir TEXT,
+    pid INTEGER,
+    pid_start TEXT,                 -- the process's start time, so a reused pid is not mistaken for it
+    exit_code INTEGER,
+    kfp_run_id TEXT,
+    error TEXT,
+    status TEXT                     -- the last status.json (or KFP state) seen, JSON
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
+"""
+
+
+class Database:
+    """Opens a short-lived connection per operation: requests are served from several threads, and
+    SQLite's own locking (WAL, busy timeout) keeps them consistent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            with conn:  # commits on success, rolls back on an exception
+                yield conn
+        finally:
+            conn.close()

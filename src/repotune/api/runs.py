@@ -1,0 +1,449 @@
+"""Pipeline runs: started as ``python -m repotune run`` subprocesses (or submitted to KFP), followed through
+their ``status.json``, with their state kept in SQLite so that runs outlive an API restart.
+
+A run's local folder (under ``REPOTUNE_API_WORK_DIR/runs/<id>/``) holds ``output/`` (the RUN_DIR given to
+``repotune run``, where it keeps ``status.json`` and its results) and ``run.log`` (its stdout and stderr).
+The subprocess starts in its own session, so stopping the API does not stop it; an API started later
+finds it through its recorded pid and start time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repotune import storage
+from repotune.api.db import Database
+from repotune.api.errors import ApiError
+from repotune.api.settings import ApiSettings
+from repotune.api.store import SourceStore, now
+from repotune.errors import RepotuneError
+
+FINAL_STATES = ("succeeded", "failed")
+LOST = "lost: the API restarted while it ran and no final status was written"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+LOG_TAIL_BYTES = 2000
+# Environment variables of the API that a run has no business seeing.
+_PRIVATE_ENV = ("REPOTUNE_API_TOKENS",)
+# KFP's run states, lower-cased, mapped onto this API's three.
+_KFP_STATES = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "error": "failed",
+    "canceled": "failed",
+    "cancelled": "failed",
+    "skipped": "failed",
+}
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, from /proc), "" when alive but the platform has
+    no /proc, or None when there is no such live process (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return ""
+        return ""
+    # The command name (field 2) may hold spaces and parentheses, so split after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    state, start_time = fields[0], fields[19]
+    return None if state in ("Z", "X") else start_time
+
+
+def is_alive(pid: int | None, recorded_start: str | None) -> bool:
+    """True when ``pid`` is still the process that was started (not a later one that reused the pid)."""
+    if pid is None:
+        return False
+    current = process_start(pid)
+    if current is None:
+        return False
+    return not recorded_start or not current or current == recorded_start
+
+
+def read_status(run_dir: Path | None) -> dict[str, Any] | None:
+    """``RUN_DIR/status.json``, or None when it is absent or unreadable (it is written atomically, so
+    unreadable means not ``repotune run``'s)."""
+    if run_dir is None:
+        return None
+    try:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def settle(
+    status: dict[str, Any] | None, exit_code: int | None, alive: bool
+) -> tuple[str, str | None] | None:
+    """A run's final state and error once its process is gone, or None while it still runs.
+
+    ``exit_code`` is known only for a process this API started and waited for; a process left by an
+    earlier API instance is judged by its status.json alone.
+    """
+    if alive:
+        return None
+    state = status.get("state") if status else None
+    error = status.get("error") if status else None
+    if exit_code is not None and exit_code != 0:
+        if state == "failed" and error:
+            return "failed", str(error)
+        return "failed", f"`repotune run` exited with code {exit_code} without a final status.json"
+    if state == "succeeded":
+        return "succeeded", None
+    if state == "failed":
+        return "failed", str(error) if error else "the run failed (status.json gives no error)"
+    if exit_code == 0:
+        return "failed", "`repotune run` exited with code 0 but status.json does not say it finished"
+    return "failed", LOST
+
+
+def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
+    """The last ``size`` bytes of a run's log as text ("" when there is no log)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    """The recipe as the client named it (also what a KFP run is given)."""
+    path: Path
+    """The YAML file inside one of the configured recipe folders."""
+
+
+def resolve_recipe(value: str, folders: tuple[Path, ...]) -> Recipe:
+    """A shipped recipe by name (``tiny-cpu`` or ``tiny-cpu.yaml``), or an absolute path to a YAML file
+    inside one of ``folders``; any other path is refused, so a client cannot make a run read arbitrary
+    files."""
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+    hint = f"known recipes: {', '.join(known)}" if known else "no recipe folders are configured"
+    if value.startswith("/"):
+        path = Path(value).resolve()
+        if (
+            path.suffix in (".yaml", ".yml")
+            and path.is_file()
+            and any(path.is_relative_to(f) for f in folders)
+        ):
+            return Recipe(path.stem, path)
+        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a file in a recipe folder; {hint}")
+    name = value.removesuffix(".yaml").removesuffix(".yml")
+    if not RECIPE_NAME.match(name) or ".." in name:
+        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a recipe name; {hint}")
+    for folder in folders:
+        for suffix in (".yaml", ".yml"):
+            path = folder / f"{name}{suffix}"
+            if path.is_file():
+                return Recipe(name, path.resolve())
+    raise ApiError(422, "unknown_recipe", f"no recipe named {name!r}; {hint}")
+
+
+def check_overrides(recipe: Recipe, overrides: dict[str, Any]) -> None:
+    """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
+    from repotune.train.recipe import load_recipe
+
+    for key in overrides:
+        if not OVERRIDE_KEY.match(key):
+            raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
+    try:
+        load_recipe(recipe.path, overrides)
+    except RepotuneError as exc:
+        raise ApiError(422, "invalid_overrides", str(exc)) from None
+
+
+def _kfp_submit_module():
+    """The lead's KFP submission module, imported only when a KFP host is configured."""
+    try:
+        from repotune.pipelines import submit
+    except ImportError as exc:
+        raise ApiError(
+            503,
+            "kfp_unavailable",
+            f"REPOTUNE_KFP_HOST is set but repotune.pipelines.submit cannot be imported ({exc}); "
+            "unset REPOTUNE_KFP_HOST to run pipelines on this machine",
+        ) from None
+    return submit
+
+
+def _kfp_state(raw: dict[str, Any]) -> str:
+    state = str(raw.get("state", "")).lower()
+    return _KFP_STATES.get(state, "running")
+
+
+class Runs:
+    """Creates runs and answers what they are doing; every state change goes through SQLite."""
+
+    def __init__(self, settings: ApiSettings, db: Database, sources: SourceStore) -> None:
+        self.settings, self.db, self.sources = settings, db, sources
+        self.home = settings.work_dir / "runs"
+        # Processes this API instance started and is waiting for, by run id: only their exit codes
+        # are known, and they are settled by their waiting thread, not by polling.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def reconcile(self) -> list[str]:
+        """Settles runs left "running" by an earlier API instance whose process is gone; returns their ids."""
+        with self.db.connect() as conn:
+            rows = [dict(r) for r in conn.execute("SELECT * FROM runs WHERE state = 'running'")]
+        changed = []
+        for row in rows:
+            if self.refresh(row)["state"] != "running":
+                changed.append(row["id"])
+        return changed
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        if not RUN_ID.match(run_id):
+            return None
+        with self.db.connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else self.refresh(dict(row))
+
+    def list(self, limit: int, state: str | None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", []
+        if state is not None:
+            query, args = query + " WHERE state = ?", [state]
+        with self.db.connect() as conn:
+            rows = conn.execute(query + " ORDER BY created DESC, id LIMIT ?", [*args, limit]).fetchall()
+        return [self.refresh(dict(row)) for row in rows]
+
+    def refresh(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with the latest status folded in; a run whose process is gone is settled for good."""
+        if row["state"] in FINAL_STATES:
+            return row
+        if row["backend"] == "kfp":
+            return self._refresh_kfp(row)
+        run_dir = Path(row["run_dir"]) if row["run_dir"] else None
+        status = read_status(run_dir)
+        if row["id"] in self._children:
+            if status is not None:
+                self._save_status(row["id"], status)
+                row["status"] = json.dumps(status)
+            return row
+        decision = settle(status, row["exit_code"], is_alive(row["pid"], row["pid_start"]))
+        if decision is None:
+            if status is not None:
+                self._save_status(row["id"], status)
+                row["status"] = json.dumps(status)
+            return row
+        return self._finish(row["id"], *decision, status=status, exit_code=row["exit_code"])
+
+    def _save_status(self, run_id: str, status: dict[str, Any]) -> None:
+        with self.db.connect() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ? WHERE id = ? AND state = 'running'", (json.dumps(status), run_id)
+            )
+
+    def _finish(
+        self,
+        run_id: str,
+        state: str,
+        error: str | None,
+        *,
+        status: dict[str, Any] | None,
+        exit_code: int | None,
+    ) -> dict[str, Any]:
+        finished = (status or {}).get("finished") or now()
+        with self.db.connect() as conn:
+            # Only a running run changes; whichever of the waiting thread and a poll comes second is a no-op.
+            conn.execute(
+                "UPDATE runs SET state = ?, error = ?, finished = ?, exit_code = ?, "
+                "status = COALESCE(?, status) WHERE id = ? AND state = 'running'",
+                (state, error, finished, exit_code, json.dumps(status) if status else None, run_id),
+            )
+            return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+
+    def active(self) -> int:
+        with self.db.connect() as conn:
+            rows = [dict(r) for r in conn.execute("SELECT * FROM runs WHERE state = 'running'")]
+        return sum(1 for row in rows if self.refresh(row)["state"] == "running")
+
+    def create(self, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]) -> dict[str, Any]:
+        submit = None
+        if self.settings.kfp_host:
+            # Checked before a run record exists: without these no KFP run can start at all.
+            submit = _kfp_submit_module()
+            if source["kind"] == "archive" and not storage.is_s3_uri(self.settings.store):
+                raise ApiError(
+                    409,
+                    "store_not_shared",
+                    "a KFP cluster cannot read this API's local store; "
+                    "set REPOTUNE_API_STORE to an s3:// prefix",
+                )
+        with self._lock:
+            # Counted and inserted under one lock, so concurrent requests cannot overshoot the limit.
+            if self.active() >= self.settings.max_active_runs:
+                raise ApiError(
+                    429,
+                    "too_many_runs",
+                    f"{self.settings.max_active_runs} runs are already in progress "
+                    "(REPOTUNE_API_MAX_ACTIVE_RUNS); try again when one finishes",
+                )
+            run_id = uuid.uuid4().hex
+            backend = "local" if submit is None else "kfp"
+            run_home = self.home / run_id
+            with self.db.connect() as conn:
+                conn.execute(
+                    "INSERT INTO runs (id, source_id, recipe, overrides, backend, state, created, run_dir) "
+                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                    (
+                        run_id,
+                        source["id"],
+                        recipe.name,
+                        json.dumps(overrides, sort_keys=True),
+                        backend,
+                        now(),
+                        str(run_home / "output") if backend == "local" else None,
+                    ),
+                )
+        try:
+            if submit is not None:
+                self._submit_kfp(submit, run_id, source, recipe, overrides)
+            else:
+                self._launch(run_id, run_home, source, recipe, overrides)
+        except ApiError as exc:
+            self._finish(run_id, "failed", exc.message, status=None, exit_code=None)
+            raise
+        except Exception as exc:  # whatever stopped the start, the record must not stay "running"
+            self._finish(run_id, "failed", f"could not start the run: {exc}", status=None, exit_code=None)
+            raise ApiError(502, "run_not_started", f"could not start the run: {exc}") from None
+        found = self.get(run_id)
+        assert found is not None  # inserted above
+        return found
+
+    def command(
+        self, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any], run_dir: Path
+    ) -> list[str]:
+        """The ``repotune run`` command line for this run."""
+        argv = [sys.executable, "-m", "repotune", "run", self.sources.run_argument(source)]
+        # --no-query: a local run's model server would stop with the run; completions go to a deployed one
+        argv += ["--recipe", str(recipe.path), "--output", str(run_dir), "--no-query"]
+        if source.get("ref"):
+            argv += ["--ref", source["ref"]]
+        for key, value in sorted(overrides.items()):
+            # JSON scalars are valid YAML, which is how `--set` reads values (strings stay strings).
+            argv += ["--set", f"{key}={json.dumps(value)}"]
+        return argv
+
+    def _launch(
+        self, run_id: str, run_home: Path, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]
+    ) -> None:
+        run_home.mkdir(parents=True, exist_ok=True)
+        argv = self.command(source, recipe, overrides, run_home / "output")
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env["PYTHONUNBUFFERED"] = "1"
+        with (run_home / "run.log").open("ab") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=run_home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # an API restart (or Ctrl-C in its terminal) leaves the run going
+            )
+        self._children[run_id] = process
+        with self.db.connect() as conn:
+            conn.execute(
+                "UPDATE runs SET pid = ?, pid_start = ? WHERE id = ?",
+                (process.pid, process_start(process.pid), run_id),
+            )
+        threading.Thread(target=self._wait, args=(run_id, process), name=f"run-{run_id}", daemon=True).start()
+
+    def _wait(self, run_id: str, process: subprocess.Popen[bytes]) -> None:
+        exit_code = process.wait()
+        with self.db.connect() as conn:
+            row = conn.execute("SELECT run_dir FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run_dir = Path(row["run_dir"])
+        status = read_status(run_dir)
+        decision = settle(status, exit_code, alive=False)
+        assert decision is not None  # not alive
+        state, error = decision
+        if state == "failed" and status is None:
+            tail = log_tail(run_dir.parent / "run.log").strip()
+            error = f"{error}; last output:\n{tail}" if tail else error
+        self._finish(run_id, state, error, status=status, exit_code=exit_code)
+        self._children.pop(run_id, None)
+
+    def _submit_kfp(
+        self, submit: Any, run_id: str, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]
+    ) -> None:
+        if source["kind"] == "archive":
+            source_arg = self.sources.archive_uri(source)
+        else:
+            source_arg = self.sources.run_argument(source)
+        # The pipeline's own parameters (source, ref, training), plus the recipe it is to be built with.
+        arguments: dict[str, Any] = {"source": source_arg, "recipe": recipe.name}
+        if source.get("ref"):
+            arguments["ref"] = source["ref"]
+        if overrides:
+            arguments["training"] = dict(overrides)
+        kfp_run_id = submit.submit_run(self.settings.kfp_host, arguments, f"repotune-{run_id[:12]}")
+        with self.db.connect() as conn:
+            conn.execute("UPDATE runs SET kfp_run_id = ? WHERE id = ?", (kfp_run_id, run_id))
+
+    def _refresh_kfp(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not row["kfp_run_id"] or not self.settings.kfp_host:
+            return row
+        try:
+            raw = _kfp_submit_module().run_state(self.settings.kfp_host, row["kfp_run_id"])
+        except ApiError:
+            return row
+        except Exception as exc:  # the cluster being unreachable must not fail a GET; say so instead
+            row["status"] = json.dumps({"state": "running", "error": f"cannot reach KFP: {exc}"})
+            return row
+        state = _kfp_state(raw)
+        status = {**raw, "state": state}
+        if state in FINAL_STATES:
+            error = str(raw.get("error") or f"KFP run {row['kfp_run_id']} ended {raw.get('state')}")
+            return self._finish(
+                row["id"], state, None if state == "succeeded" else error, status=status, exit_code=None
+            )
+        self._save_status(row["id"], status)
+        row["status"] = json.dumps(status)
+        return row
+
+    def report(self, row: dict[str, Any]) -> Path | None:
+        """The run's evaluation report (report.md) as a local file, or None while there is none."""
+        status = json.loads(row["status"]) if row["status"] else {}
+        if row["state"] == "running":
+            status = read_status(Path(row["run_dir"])) if row["run_dir"] else None
+            status = status or json.loads(row["status"] or "{}")
+        report = status.get("report")
+        if not isinstance(report, str) or not report:
+            return None
+        if storage.is_s3_uri(report):
+            local = self.home / row["id"] / "report.md"
+            if not local.is_file():
+                try:
+                    storage.fetch(report, local)
+                except RepotuneError:
+                    return None
+            return local
+        if not row["run_dir"]:
+            return None
+        run_dir = Path(row["run_dir"]).resolve()
+        path = (run_dir / report).resolve()
+        # status.json names the report relative to RUN_DIR; anything pointing outside it is not served.
+        if not path.is_relative_to(run_dir) or not path.is_file():
+            return None
+        return path

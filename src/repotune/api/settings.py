@@ -1,0 +1,146 @@
+"""The upload API's settings: one frozen dataclass, read from ``REPOTUNE_API_*`` environment variables.
+
+REPOTUNE_API_TOKENS            comma-separated bearer tokens; required unless --insecure-no-auth
+REPOTUNE_API_STORE             where sources are kept: a local folder or an s3:// prefix
+REPOTUNE_API_WORK_DIR          local folder for run folders, uploads in progress, fetched sources
+REPOTUNE_API_DB                the SQLite file holding sources and runs
+REPOTUNE_API_MAX_UPLOAD_MB     largest upload accepted, in MiB (default 512)
+REPOTUNE_API_MAX_EXPANDED_MB   most an uploaded archive may expand to, in MiB (default 4096)
+REPOTUNE_API_MAX_FILES         most entries an uploaded archive may hold (default 200000)
+REPOTUNE_API_RECIPE_DIRS       folders (separated by os.pathsep) whose *.yaml files are the recipes
+REPOTUNE_API_MAX_ACTIVE_RUNS   runs allowed at once; more are refused with 429 (default 2)
+REPOTUNE_API_MODEL_URL         the deployed model that /v1/completions forwards to
+REPOTUNE_API_COMPLETIONS_TIMEOUT_S   seconds to wait for the model's answer (default 60)
+REPOTUNE_KFP_HOST              a KFP endpoint: runs are submitted there instead of run locally
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repotune.errors import RepotuneError
+from repotune.storage import is_s3_uri
+
+MIB = 1024 * 1024
+
+
+def default_store() -> Path:
+    """``$XDG_DATA_HOME/repotune/api`` (``~/.local/share`` by default): data a server keeps, not a cache."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "repotune" / "api"
+
+
+def shipped_recipe_dir() -> Path | None:
+    """The ``configs/`` folder of a source checkout (the recipes are not inside the wheel)."""
+    candidate = Path(__file__).resolve().parents[3] / "configs"
+    return candidate if candidate.is_dir() else None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Everything the API needs to know; built by :meth:`from_env` or directly in tests."""
+
+    store: str
+    """Where sources are kept: a local folder, or an ``s3://bucket/prefix`` (credentials as in storage.py)."""
+    work_dir: Path
+    """Local folder for run folders, uploads being received and sources fetched from an s3:// store."""
+    db_path: Path
+    """The SQLite file with source and run records; it must survive restarts (runs are not in memory)."""
+    tokens: tuple[str, ...] = ()
+    """Bearer tokens accepted on /v1/*; empty only together with ``allow_no_auth``."""
+    allow_no_auth: bool = False
+    """Serve without authentication; set only by the explicit ``--insecure-no-auth`` flag."""
+    max_upload_bytes: int = 512 * MIB
+    """Largest archive upload accepted, in bytes; a larger one is answered 413 and nothing is kept."""
+    max_expanded_bytes: int = 4096 * MIB
+    """Most bytes an uploaded archive may expand to while it is checked (against archive bombs)."""
+    max_archive_files: int = 200_000
+    """Most entries (files and folders) an uploaded archive may hold."""
+    recipe_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    """Folders whose ``NAME.yaml`` files may be named as a run's recipe; nothing outside them is accepted."""
+    max_active_runs: int = 2
+    """Runs that may be in progress at once; a further POST /v1/runs is answered 429."""
+    model_url: str | None = None
+    """Base URL (or full completions URL) of the model /v1/completions forwards to; None: a run's endpoint."""
+    completions_timeout_s: float = 60.0
+    """Seconds to wait for the model's completion before answering 504."""
+    kfp_host: str | None = None
+    """A KFP API endpoint; when set, runs are submitted there through the kfp SDK instead of run here."""
+
+    def __post_init__(self) -> None:
+        if not self.tokens and not self.allow_no_auth:
+            raise RepotuneError(
+                "REPOTUNE_API_TOKENS is not set: give one or more bearer tokens (comma-separated), "
+                "or pass --insecure-no-auth to serve without authentication"
+            )
+        if any(not token or token != token.strip() for token in self.tokens):
+            raise RepotuneError("REPOTUNE_API_TOKENS has an empty token or one with surrounding spaces")
+        for name in ("max_upload_bytes", "max_expanded_bytes", "max_archive_files", "max_active_runs"):
+            if getattr(self, name) < 1:
+                raise RepotuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.completions_timeout_s <= 0:
+            raise RepotuneError("REPOTUNE_API_COMPLETIONS_TIMEOUT_S must be positive")
+        if self.model_url is not None and not self.model_url.startswith(("http://", "https://")):
+            raise RepotuneError(f"REPOTUNE_API_MODEL_URL {self.model_url!r} must be an http(s):// URL")
+
+    @property
+    def local_store(self) -> Path | None:
+        """The store as a local folder, or None when it is an s3:// prefix."""
+        return None if is_s3_uri(self.store) else Path(self.store)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, allow_no_auth: bool = False
+    ) -> ApiSettings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def number(name: str, default: float, unit: float = 1, kind: type = int) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return kind(raw) * unit
+            except ValueError:
+                raise RepotuneError(f"{name}={raw!r} is not a {kind.__name__}") from None
+
+        store = get("REPOTUNE_API_STORE") or str(default_store())
+        if not is_s3_uri(store):
+            store = str(Path(store).expanduser().resolve())
+        work_raw = get("REPOTUNE_API_WORK_DIR")
+        if work_raw is not None:
+            work_dir = Path(work_raw).expanduser().resolve()
+        elif is_s3_uri(store):
+            work_dir = default_store() / "work"
+        else:
+            work_dir = Path(store)
+        db_raw = get("REPOTUNE_API_DB")
+        db_path = Path(db_raw).expanduser().resolve() if db_raw else work_dir / "api.sqlite3"
+        recipes_raw = get("REPOTUNE_API_RECIPE_DIRS")
+        if recipes_raw is not None:
+            recipe_dirs = tuple(Path(p).expanduser().resolve() for p in recipes_raw.split(os.pathsep) if p)
+        else:
+            shipped = shipped_recipe_dir()
+            recipe_dirs = (shipped,) if shipped else ()
+        tokens = tuple(t.strip() for t in (get("REPOTUNE_API_TOKENS") or "").split(",") if t.strip())
+        return cls(
+            store=store,
+            work_dir=work_dir,
+            db_path=db_path,
+            tokens=tokens,
+            allow_no_auth=allow_no_auth,
+            max_upload_bytes=int(number("REPOTUNE_API_MAX_UPLOAD_MB", 512 * MIB, MIB, float)),
+            max_expanded_bytes=int(number("REPOTUNE_API_MAX_EXPANDED_MB", 4096 * MIB, MIB, float)),
+            max_archive_files=int(number("REPOTUNE_API_MAX_FILES", 200_000)),
+            recipe_dirs=recipe_dirs,
+            max_active_runs=int(number("REPOTUNE_API_MAX_ACTIVE_RUNS", 2)),
+            model_url=get("REPOTUNE_API_MODEL_URL"),
+            completions_timeout_s=float(number("REPOTUNE_API_COMPLETIONS_TIMEOUT_S", 60.0, 1, float)),
+            kfp_host=get("REPOTUNE_KFP_HOST"),
+        )

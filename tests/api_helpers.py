@@ -1,0 +1,196 @@
+"""Helpers for the upload API's tests: the API as a real ``repotune api`` process on 127.0.0.1, archives
+(honest and hostile) built in temporary folders, and a small upstream model server that echoes requests."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ApiProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def client(self, token: str | None = TOKEN, timeout: float = 60.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def peak_rss_kib(self) -> int:
+        """The server process's peak resident memory so far (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
+
+
+def api_env(root: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPOTUNE_API_")}
+    env.update(
+        {
+            "REPOTUNE_API_TOKENS": f"{TOKEN},second-token",
+            "REPOTUNE_API_STORE": str(root / "store"),
+            "REPOTUNE_API_WORK_DIR": str(root / "work"),
+            "REPOTUNE_API_DB": str(root / "api.sqlite3"),
+            # where `repotune run` keeps kfp.local artifacts and its MLflow store: not the real home
+            "REPOTUNE_HOME": str(root / "home"),
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def running_api(root: Path, *extra_args: str, **env_overrides: str) -> Iterator[ApiProcess]:
+    """``repotune api`` on a free port of 127.0.0.1 with its data under ``root``; stopped on exit."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / f"api-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "repotune", "api", "--port", str(port), *extra_args],
+            env=api_env(root, **env_overrides),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = ApiProcess(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"repotune api exited with {process.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"repotune api did not come up:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown, as Ctrl-C
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def make_tar_gz(folder: Path, dest: Path, prefix: str = "project") -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(folder, arcname=prefix, filter=lambda info: None if info.name.endswith("/.git") else info)
+    return dest
+
+
+def tar_with_member(dest: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        ok = tarfile.TarInfo("project/README.md")
+        ok.size = 6
+        tar.addfile(ok, io.BytesIO(b"hello\n"))
+        if member.isfile():
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        else:
+            tar.addfile(member)
+    return dest
+
+
+def zip_bomb(dest: Path, expanded_bytes: int) -> Path:
+    """A zip that is small on disk and expands to ``expanded_bytes`` of zeros."""
+    chunk = b"\0" * (1 << 20)
+    with (
+        zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+        zf.open("project/zeros.txt", "w", force_zip64=True) as out,
+    ):
+        for _ in range(expanded_bytes // len(chunk)):
+            out.write(chunk)
+    return dest
+
+
+def zip_with_symlink(dest: Path) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        zf.writestr("project/README.md", "hello\n")
+        link = zipfile.ZipInfo("project/passwd")
+        link.external_attr = (0o120777 << 16) | 0
+        zf.writestr(link, "/etc/passwd")
+    return dest
+
+
+def multipart_stream(filename: str, chunks: Iterator[bytes], boundary: str = "repotune-test-boundary"):
+    """A multipart/form-data body as a generator (sent chunked, without Content-Length), and its type."""
+
+    def body() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        yield from chunks
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return body(), f"multipart/form-data; boundary={boundary}"
+
+
+@contextlib.contextmanager
+def echo_model_server() -> Iterator[tuple[str, list[dict]]]:
+    """An HTTP server on 127.0.0.1 that answers POST .../completions with an OpenAI-shaped completion
+    echoing the prompt; yields its base URL and the list of request bodies it received."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            received.append({"path": self.path, "body": body})
+            prompt = body.get("prompt")
+            answer = {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "model": body.get("model", "echo"),
+                "choices": [{"index": 0, "text": f"echo: {prompt}", "finish_reason": "stop"}],
+            }
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
