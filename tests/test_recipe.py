@@ -45,7 +45,7 @@ def test_overrides_apply_with_types() -> None:
         ("data:\n  fim_rate: 2\n", "data.fim_rate must be between 0 and 1"),
         ("- a\n- b\n", "must be a mapping of settings"),
         ("a: [\n", "is not valid YAML"),
-        ("resources:\n  memory: \"64\"\n", "resources.memory '64' is 64 bytes; give a unit, e.g. 64Gi"),
+        ('resources:\n  memory: "64"\n', "resources.memory '64' is 64 bytes; give a unit, e.g. 64Gi"),
         ("resources:\n  memory: 64GB\n", "resources.memory '64GB' is not a Kubernetes quantity"),
         ("resources:\n  cpu: 8\n", "resources: cpu must be a string, got 8"),
         ("resources:\n  nodes: 0\n", "resources.nodes must be at least 1"),

@@ -240,6 +240,287 @@ def evaluate(
         say(f"registered version {result['registered_version']} of {model_name}")
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="Folder written by `repotune train` (or a base model), or an s3:// URI.")
+    ],
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
+    ] = "127.0.0.1",
+    model_name: Annotated[
+        str | None, typer.Option(help="Name clients use (default: the model folder's name, else repotune).")
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="LoRA adapter folder or s3:// URI to merge into MODEL (a base model).")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests generated together in one batch.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Cap on max_tokens per request, in tokens.")] = 512,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting for a batch; more get a 429.")] = 256,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Milliseconds to wait for more requests before starting a batch.")
+    ] = 5.0,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds a request may take, queue wait included; then a 504.")
+    ] = 120.0,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body, in bytes; more get a 413.")
+    ] = 1_000_000,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, cuda:N or cpu (default: CUDA when available).")
+    ] = None,
+) -> None:
+    """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol."""
+    from repotune.serving.model import ServeSettings
+    from repotune.serving.server import serve as run_server
+
+    settings = ServeSettings(
+        max_batch_size=max_batch_size,
+        max_tokens=max_tokens,
+        max_queue=max_queue,
+        batch_wait_ms=batch_wait_ms,
+        request_timeout_s=request_timeout,
+        max_body_bytes=max_body_bytes,
+        device=device,
+    )
+    say(f"loading {model}")
+    run_server(
+        model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say
+    )
+
+
+from repotune.deploy.render import Runtime  # noqa: E402 (light: the deploy command's --runtime choices)
+
+
+@app.command()
+def deploy(
+    model_uri: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_URI",
+            help="s3://, minio:// (a KFP artifact), models:/NAME@champion or models:/NAME/N.",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="InferenceService name (lowercase letters, digits, '-').")],
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace to deploy into.")],
+    runtime: Annotated[
+        Runtime,
+        typer.Option(help="huggingface: KServe's runtime (vLLM on GPUs); repotune: `repotune serve`."),
+    ] = Runtime.HUGGINGFACE,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Recipe YAML whose `resources` size each replica (default: 2 CPUs, 8Gi)."),
+    ] = None,
+    canary: Annotated[
+        int | None, typer.Option(help="Percent of traffic for the new revision; the previous keeps the rest.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for Ready before rolling back to the previous spec.")
+    ] = 900.0,
+    service_account: Annotated[
+        str, typer.Option(help="The predictor's ServiceAccount, which names the S3 credentials Secret.")
+    ] = "repotune-serving",
+    s3_secret: Annotated[
+        str, typer.Option(help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the download.")
+    ] = "repotune-s3",
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
+    ] = None,
+    s3_region: Annotated[str | None, typer.Option(envvar="AWS_REGION", help="The bucket's region.")] = None,
+    artifacts_s3: Annotated[
+        str | None,
+        typer.Option(
+            envvar="REPOTUNE_MLFLOW_ARTIFACTS_S3",
+            help="The MLflow server's --artifacts-destination (s3://...), to map mlflow-artifacts:/ sources.",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: resolve models:/ URIs, record the endpoint."
+        ),
+    ] = None,
+    kube_host: Annotated[
+        str | None, typer.Option(help="Kubernetes API URL (e.g. from `kubectl proxy`); default: kubeconfig.")
+    ] = None,
+) -> None:
+    """Serve a model as a KServe InferenceService; roll back to the previous one if it does not come up."""
+    from repotune.deploy import DeploySettings, S3Access, render_manifests, resolve_model_uri, to_yaml
+    from repotune.deploy import deploy as run_deploy
+    from repotune.train.recipe import ResourceSettings, load_recipe
+
+    settings = DeploySettings(
+        name=name,
+        namespace=namespace,
+        runtime=runtime,
+        resources=load_recipe(recipe).resources if recipe is not None else ResourceSettings(),
+        canary_percent=canary,
+        s3=S3Access.from_url(
+            s3_endpoint, service_account=service_account, secret=s3_secret, region=s3_region or None
+        ),
+    )
+    model = resolve_model_uri(model_uri, tracking_uri=tracking_uri or None, artifacts_s3=artifacts_s3 or None)
+    if dry_run:
+        typer.echo(to_yaml(render_manifests(model, settings)), nl=False)
+        return
+    from repotune.kube import connect
+
+    result = run_deploy(
+        model,
+        settings,
+        timeout_s=timeout,
+        api=connect(kube_host),
+        tracking_uri=tracking_uri or None,
+        log=say,
+    )
+    say(f"serving {model.uri} at {result.url or '(no URL reported)'}")
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
+    ] = "127.0.0.1",
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve without bearer tokens (REPOTUNE_API_TOKENS unset); local use only.",
+        ),
+    ] = False,
+) -> None:
+    """Serve the upload API: sources in, pipeline runs started and followed, completions forwarded.
+
+    Settings come from REPOTUNE_API_* variables, listed in repotune/api/settings.py.
+    """
+    import uvicorn
+
+    from repotune.api.app import create_app
+    from repotune.api.settings import ApiSettings
+
+    settings = ApiSettings.from_env(allow_no_auth=insecure_no_auth)
+    if not settings.tokens:
+        say("warning: serving without authentication (--insecure-no-auth)")
+    say(f"store {settings.store}; runs in {settings.work_dir / 'runs'}; database {settings.db_path}")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def run(
+    source: Annotated[
+        str, typer.Argument(help="A local folder or archive, a git URL, or github:OWNER/REPO.")
+    ],
+    recipe: Annotated[
+        str, typer.Option(help="Recipe: a shipped name (configs/NAME.yaml) or a .yaml path.")
+    ] = "smollm2-135m-cpu",
+    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit of a git URL.")] = None,
+    include: Annotated[
+        str | None, typer.Option(help="Record kinds, comma-separated: code,docs,commits,issues.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
+    ] = None,
+    eval_set: Annotated[
+        list[str] | None,
+        typer.Option("--eval", help="Evaluation setting: --eval line_samples=30 --eval max_blocks=32."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Run folder for status.json and the report.")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="REPOTUNE_HOME", help="Artifacts, step cache and local MLflow store (default ~/.repotune)."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI (default: a local store).")
+    ] = None,
+    artifacts: Annotated[
+        str | None, typer.Option(help="s3:// prefix that also receives each stage's outputs.")
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
+    query: Annotated[
+        bool, typer.Option(help="Serve the trained model on 127.0.0.1 afterwards and ask it one completion.")
+    ] = True,
+) -> None:
+    """Run the whole pipeline on this machine (kfp.local), with the components a cluster runs."""
+    from repotune.pipelines.local import default_workdir, run_local
+
+    home = workdir or default_workdir()
+    run_dir = output or home / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    arguments: dict[str, object] = {
+        "ref": ref or "",
+        "include": include or "",
+        "training": _parse_overrides(set_ or []),
+        "evaluation": _parse_overrides(eval_set or []),
+        "model_name": model_name,
+        "deploy_apply": False,  # no cluster here: deploy renders the InferenceService only
+        "artifacts_root": artifacts or "",
+    }
+    status = run_local(
+        source, recipe, arguments=arguments, workdir=home, run_dir=run_dir, tracking_uri=tracking_uri, log=say
+    )
+    for line in (run_dir / status["report"]).read_text().splitlines()[2:]:
+        if line.startswith("Values are means"):
+            break
+        say(line)
+    say("stages: " + ", ".join(f"{name} {entry['state']}" for name, entry in status["stages"].items()))
+    say(f"model: {status['model']}")
+    say(f"run folder: {run_dir}")
+    if query:
+        from repotune.pipelines.local import query_served_model
+
+        query_served_model(Path(status["model"]), run_dir, Path(status["dataset"]), log=say)
+
+
+@app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option("-o", "--output", help="IR YAML file to write.")] = Path(
+        "pipeline.yaml"
+    ),
+    recipe: Annotated[
+        str, typer.Option(help="Recipe the train step's image and resources come from.")
+    ] = "smollm2-135m-cpu",
+) -> None:
+    """Compile the pipeline to KFP IR YAML for the KFP UI (Upload pipeline) or `kfp` tooling."""
+    from repotune.pipelines.submit import compile_pipeline
+
+    say(f"wrote {compile_pipeline(output, recipe)}")
+
+
+@app.command()
+def submit(
+    source: Annotated[str, typer.Argument(help="A git URL or github:OWNER/REPO the cluster can reach.")],
+    host: Annotated[
+        str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline:8888.")
+    ],
+    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = "smollm2-135m-cpu",
+    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace the model is deployed into.")] = "repotune",
+    run_name: Annotated[
+        str | None, typer.Option(help="Run name (default: repotune-<source>-<time>).")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "repotune",
+) -> None:
+    """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""
+    from repotune.pipelines.submit import submit_run
+    from repotune.sources.revision import source_slug
+
+    name = run_name or f"repotune-{source_slug(source)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    arguments = {"source": source, "ref": ref or "", "training": _parse_overrides(set_ or [])}
+    arguments["namespace"] = namespace
+    run_id = submit_run(host, arguments, name, recipe=recipe, experiment=experiment)
+    say(f"started run {run_id} ({name}) on {host}")
+
+
 def main() -> None:
     try:
         app()

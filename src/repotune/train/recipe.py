@@ -79,9 +79,10 @@ class ResourceSettings:
         if self.gpus_per_node < 0:
             raise RepotuneError("resources.gpus_per_node must be 0 or more")
         for name in ("cpu", "memory"):
-            if not _QUANTITY.match(str(getattr(self, name))):
+            value = getattr(self, name)
+            if not _QUANTITY.match(value):
                 raise RepotuneError(
-                    f"resources.{name} {getattr(self, name)!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)"
+                    f"resources.{name} {value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)"
                 )
         if self.memory.isdigit() and int(self.memory) < 2**20:
             raise RepotuneError(
@@ -171,6 +172,42 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted, value)
     return from_dict(Recipe, data, f"recipe {path.name}" if path is not None else "recipe")
+
+
+def shipped_recipes_dir() -> Path:
+    """The recipes of ``configs/``: inside the installed package, or beside ``src/`` in a checkout."""
+    packaged = Path(__file__).resolve().parent.parent / "configs"
+    checkout = Path(__file__).resolve().parents[3] / "configs"
+    return packaged if packaged.is_dir() else checkout
+
+
+def resolve_recipe(spec: str, overrides: dict[str, Any] | None = None) -> tuple[Recipe, str]:
+    """A recipe from a shipped name (``tiny-cpu``), a YAML file path, or YAML text; also its YAML text.
+
+    The text travels as a pipeline parameter, so a run on a cluster trains with exactly the recipe
+    that was given here, whether or not the image ships it.
+    """
+    import yaml
+
+    shipped = shipped_recipes_dir() / f"{spec}.yaml"
+    if "\n" not in spec and shipped.is_file():
+        path: Path | None = shipped
+    elif "\n" not in spec and spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+    else:
+        path = None
+    if path is not None:
+        return load_recipe(path, overrides), path.read_text()
+    try:
+        data = yaml.safe_load(spec)
+    except yaml.YAMLError as exc:
+        raise RepotuneError(f"recipe is neither a shipped name, a .yaml path nor valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        names = ", ".join(sorted(p.stem for p in shipped_recipes_dir().glob("*.yaml")))
+        raise RepotuneError(f"unknown recipe {spec!r}: give a .yaml path or one of {names}")
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted, value)
+    return from_dict(Recipe, data, "recipe"), spec
 
 
 def recipe_fields() -> list[str]:

@@ -1,0 +1,136 @@
+"""The pipeline's steps as KFP lightweight components: one thin shim per stage over the library.
+
+Each body turns artifacts into paths, calls one ``repotune`` function and records outputs and
+metrics; the logic lives in ``src/repotune`` and is tested without KFP. The functions are plain here
+and become components in :func:`repotune.components.component`, which sets the image (the CUDA image
+for a train step that asks for accelerators). KFP runs a body on its own, so every import is inside it.
+
+(No `from __future__ import annotations` here: KFP reads the annotations as types.)
+KFP parameters cannot be null: an empty string stands for "not set" at this boundary only and becomes
+``None`` before it reaches the library.
+"""
+
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+def resolve_source(source: str, ref: str) -> str:
+    """The source's revision now (a commit SHA or a fingerprint): the cache key of every later step."""
+    from repotune.sources.revision import resolve_revision
+
+    return resolve_revision(source, ref or None)
+
+
+def ingest(
+    source: str,
+    ref: str,
+    revision: str,
+    include: str,
+    max_commits: int,
+    artifacts_root: str,
+    records: Output[Dataset],
+) -> None:
+    from pathlib import Path
+
+    from repotune import stages
+
+    manifest = stages.ingest(source, revision, include, max_commits, Path(records.path))
+    records.metadata.update({"source": source, "commit": manifest.get("commit") or revision})
+    records.metadata["records"] = manifest["records"]
+    records.metadata["published"] = stages.publish(records.path, artifacts_root, source, revision, "ingest")
+
+
+def clean(
+    records: Input[Dataset],
+    artifacts_root: str,
+    dataset: Output[Dataset],
+    report: Output[Markdown],
+    stats: Output[Metrics],
+) -> None:
+    from pathlib import Path
+
+    from repotune import stages
+
+    summary = stages.clean(Path(records.path), Path(dataset.path), Path(report.path), Path(stats.path))
+    for name, value in summary.items():
+        stats.log_metric(name, value)
+    source, revision = records.metadata.get("source", ""), records.metadata.get("commit", "")
+    dataset.metadata.update({**summary, "source": source, "commit": revision})
+    dataset.metadata["published"] = stages.publish(dataset.path, artifacts_root, source, revision, "clean")
+
+
+def train(
+    dataset: Input[Dataset],
+    recipe: str,
+    base_model: str,
+    learning_rate: float,
+    lora_rank: int,
+    epochs: float,
+    overrides: dict,
+    artifacts_root: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> None:
+    from pathlib import Path
+
+    from repotune import stages
+
+    settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
+    settings.update({"epochs": epochs, **overrides})
+    summary = stages.train(
+        Path(dataset.path), Path(model.path), recipe, settings, Path(metrics.path),
+        data_uri=dataset.uri, output_uri=model.uri,
+    )  # fmt: skip
+    for name, value in summary["metrics"].items():
+        metrics.log_metric(name, value)
+    model.metadata.update({**summary["metadata"], "commit": dataset.metadata.get("commit", "")})
+    key = f"{dataset.metadata.get('commit', '')}/{summary['metadata']['key']}"
+    model.metadata["published"] = stages.publish(
+        model.path, artifacts_root, dataset.metadata.get("source", ""), key, "model"
+    )
+
+
+def evaluate(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    model_name: str,
+    settings: dict,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    evaluation: Output[Artifact],
+) -> bool:
+    """Scores base, candidate and champion; returns whether the candidate is promoted."""
+    from pathlib import Path
+
+    from repotune import stages
+
+    result = stages.evaluate(
+        Path(model.path), Path(dataset.path), Path(evaluation.path), model_name, settings
+    )
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    stages.write_reports(Path(evaluation.path), Path(metrics.path), Path(report.path), Path(summary.path))
+    evaluation.metadata.update({"promote": result["promote"], "version": result["version"] or ""})
+    return result["promote"]
+
+
+def deploy(
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    recipe: str,
+    model_name: str,
+    name: str,
+    namespace: str,
+    runtime: str,
+    apply: bool,
+    manifest: Output[Artifact],
+) -> str:
+    """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL."""
+    from pathlib import Path
+
+    from repotune import stages
+
+    model_uri = model.metadata.get("published") or model.uri
+    registered = {"model_name": model_name, "version": evaluation.metadata.get("version") or None}
+    registered["commit"] = model.metadata.get("commit") or None
+    return stages.deploy(model_uri, recipe, name, namespace, runtime, apply, registered, Path(manifest.path))

@@ -1,0 +1,304 @@
+"""`repotune run`: the whole pipeline on this machine through ``kfp.local``, with the cluster's components.
+
+kfp.local's SubprocessRunner runs each lightweight component in a subprocess of this Python (no
+container), keeps artifacts under ``WORKDIR/kfp``, and caches steps by their inputs in
+``WORKDIR/kfp/.kfp_cache``: a second run on the same commit and recipe reuses ingest, clean, train and
+evaluate. ``resolve-source`` (which decides the commit) and ``deploy`` always run. What it does not
+do that a cluster does: retries, resource requests, Kubernetes Secrets (the environment is used as is)
+and parallel steps.
+
+The run's progress is written to ``RUN_DIR/status.json`` as the stages start and end (the upload API
+and scripts follow it); the contract is :func:`new_status`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from repotune.atomic import write_json
+from repotune.errors import RepotuneError
+
+STATUS_FILE = "status.json"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXECUTING = re.compile(r"^Executing task '([\w-]+)'")
+_FINISHED = re.compile(r"^Task '([\w-]+)' finished with status (\w+)")
+_CACHE_HIT = re.compile(r"^Task ([\w-]+) cache hit")
+_SKIPPED = re.compile(r"^Skipping conditional task ([\w-]+)")
+_TASK_STAGE = {"resolve-source": "ingest", "ingest": "ingest", "clean": "clean", "train": "train",
+               "evaluate": "evaluate", "deploy": "deploy"}  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_status(stages: tuple[str, ...]) -> dict[str, Any]:
+    """The status document: overall state, each stage's state and times, and the results once known.
+
+    ``state``: running | succeeded | failed. A stage: pending | running | succeeded | failed | skipped
+    (deploy, when evaluate did not promote) | cached (reused from an earlier run).
+    """
+    return {
+        "state": "running",
+        "started": _now(),
+        "finished": None,
+        "stages": {name: {"state": "pending", "started": None, "finished": None} for name in stages},
+        "error": None,
+        "promote": None,
+        "metrics": None,
+        "report": None,
+        "model": None,
+        "endpoint": None,
+    }
+
+
+class StatusWriter(logging.Filter):
+    """Follows kfp.local's task log lines and keeps ``status.json`` up to date.
+
+    kfp.local reports task starts, ends, cache hits and skipped conditions only as log records on the
+    root logger (and resets the root logger's handlers), so a filter on the root logger, which it
+    leaves alone, is the one place to see them. The filter never drops a record.
+    """
+
+    def __init__(self, path: Path, stages: tuple[str, ...], log: Callable[[str], None]) -> None:
+        super().__init__()
+        self.path = path
+        self.log = log
+        self.status = new_status(stages)
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.status)
+
+    def stage(self, name: str, state: str) -> None:
+        entry = self.status["stages"][name]
+        if state == "running" and entry["state"] == "running":
+            return  # resolve-source then ingest: one stage
+        if state == "running" or entry["started"] is None:
+            entry["started"] = entry["started"] or _now()
+        if state != "running":
+            entry["finished"] = _now()
+        entry["state"] = state
+        self.save()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _ANSI.sub("", record.getMessage())
+        if match := _EXECUTING.match(message):
+            self._task(match.group(1), "running")
+        elif match := _FINISHED.match(message):
+            self._task(match.group(1), "succeeded" if match.group(2) == "SUCCESS" else "failed")
+        elif match := _CACHE_HIT.match(message):
+            self._task(match.group(1), "cached")
+            self.log(f"{match.group(1)}: reused from an earlier run with the same inputs (kfp.local cache)")
+        elif _SKIPPED.match(message):
+            self.stage("deploy", "skipped")
+        return True
+
+    def _task(self, task: str, state: str) -> None:
+        stage = _TASK_STAGE.get(task)
+        if stage is None:
+            return
+        if task == "resolve-source" and state in ("succeeded", "cached"):
+            return  # ingest itself ends the stage
+        self.stage(stage, state)
+
+
+@contextlib.contextmanager
+def _watching(writer: StatusWriter) -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.addFilter(writer)
+    root.setLevel(logging.INFO)  # cache hits are logged at INFO outside kfp's own logging context
+    try:
+        yield
+    finally:
+        root.removeFilter(writer)
+        root.setLevel(level)
+
+
+def default_workdir() -> Path:
+    """Where kfp.local keeps artifacts, its cache and the local MLflow store: ``$REPOTUNE_HOME``,
+    else ``~/.repotune``; outside the source, so a run never changes the tree it reads."""
+    return Path(os.environ.get("REPOTUNE_HOME") or Path.home() / ".repotune").expanduser()
+
+
+def local_tracking_uri(workdir: Path) -> str:
+    """A local MLflow store with a model registry: SQLite where SQLAlchemy is installed (the full
+    ``mlflow`` package), else MLflow's file store."""
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        return (workdir / "mlruns").resolve().as_uri()
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def run_local(
+    source: str,
+    recipe: str,
+    *,
+    arguments: dict[str, Any],
+    workdir: Path,
+    run_dir: Path,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the pipeline for ``source`` under kfp.local; returns the final status (also in status.json).
+
+    ``arguments`` are further pipeline parameters (``ref``, ``training``, ``evaluation``...). MLflow
+    goes to ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local store in ``workdir``.
+    """
+    from kfp import local
+
+    from repotune.pipelines.pipeline import STAGES, build_pipeline
+
+    source = _absolute_source(source)
+    pipeline = build_pipeline(recipe, retries=False)  # a bad recipe fails here, before any work
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
+    writer = StatusWriter(run_dir / STATUS_FILE, STAGES, log)
+    log(f"run: {source} with recipe {recipe}; status in {writer.path}; MLflow at {tracking}")
+    with _environment({"MLFLOW_TRACKING_URI": tracking}), _inside(workdir), _watching(writer):
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),  # this Python, which has repotune installed
+            pipeline_root=str(workdir / "kfp"),
+            enable_caching=True,
+        )
+        try:
+            with warnings.catch_warnings():
+                # the image name does not contain "python"; the subprocess runner uses this Python anyway
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                task = pipeline(source=source, **arguments)
+        except Exception as exc:  # kfp raises RuntimeError naming the failed task
+            writer.status.update(state="failed", finished=_now(), error=_short(exc))
+            for entry in writer.status["stages"].values():
+                if entry["state"] in ("running", "pending"):
+                    entry["state"] = "failed" if entry["state"] == "running" else "pending"
+            writer.save()
+            raise RepotuneError(f"the pipeline failed: {_short(exc)} (status in {writer.path})") from None
+    _collect(writer, task.outputs, run_dir)
+    return writer.status
+
+
+def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> None:
+    """Results into the status: decision, metrics, the report and the model, copied into the run folder."""
+    evaluation = Path(outputs["evaluation"].path)
+    result = json.loads((evaluation / "metrics.json").read_text())
+    report = run_dir / "report.md"
+    shutil.copyfile(evaluation / "report.md", report)
+    if writer.status["stages"]["deploy"]["state"] == "pending":
+        writer.status["stages"]["deploy"]["state"] = "skipped"
+    writer.status.update(
+        state="succeeded",
+        finished=_now(),
+        promote=bool(outputs["promoted"]),
+        metrics=result["models"],
+        decision=result["decision"],
+        report=report.name,
+        model=outputs["model"].path,
+        dataset=result["context"]["data"],
+        registered_version=result.get("registered_version"),
+    )
+    writer.save()
+
+
+def _absolute_source(source: str) -> str:
+    """Components run with another working directory, so a local source becomes an absolute path."""
+    from repotune.sources import git
+    from repotune.sources.revision import GITHUB_PREFIX
+
+    if source.startswith(GITHUB_PREFIX) or git.is_git_url(source):
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise RepotuneError(
+            f"source {source!r} does not exist (expected a folder, archive, git URL or github:OWNER/REPO)"
+        )
+    return str(path.resolve())
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Steps run in ``folder``: anything a library writes to its working directory (MLflow's default
+    artifact root, for one) lands there, not in the repository being read."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _short(exc: BaseException) -> str:
+    return _ANSI.sub("", str(exc)).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
+def query_served_model(
+    model: Path, run_dir: Path, data_dir: Path | None = None, *, log: Callable[[str], None] = print
+) -> str:
+    """Serve ``model`` with ``repotune serve`` on 127.0.0.1, ask one completion with the ``openai``
+    client, record the endpoint in the status, and stop the server; returns the completion.
+
+    On a cluster the deploy step puts the same predictor (or KServe's vLLM runtime) behind an
+    InferenceService; here the server lives only as long as this query.
+    """
+    import openai
+
+    from repotune.serving.server import start_background
+
+    prompt = _demo_prompt(data_dir)
+    log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes)")
+    with start_background(model, log_path=run_dir / "serve.log") as server:
+        client = openai.OpenAI(base_url=server.openai_url, api_key="not-needed-locally", max_retries=0)
+        reply = client.completions.create(
+            model=server.model_name, prompt=prompt, max_tokens=48, temperature=0
+        )
+        text = reply.choices[0].text
+        status_path = run_dir / STATUS_FILE
+        status = json.loads(status_path.read_text())
+        # the server stops with this function, so the run has no endpoint to record, only the answer
+        status["query"] = {"url": f"{server.openai_url}/completions", "prompt": prompt, "completion": text}
+        write_json(status_path, status)
+    log(f"POST {server.openai_url}/completions  prompt: {prompt!r}")
+    log(f"completion: {text!r}")
+    return text
+
+
+def _demo_prompt(data_dir: Path | None) -> str:
+    """The start of a held-out code file, framed as in training, so the answer shows what was learned."""
+    from repotune.data.transforms import file_header
+    from repotune.records import Kind, read_records
+
+    eval_path = data_dir / "eval.jsonl" if data_dir is not None else None
+    if eval_path is not None and eval_path.is_file():
+        for record in read_records(eval_path):
+            if record.kind == Kind.CODE and record.file_path and len(record.content.splitlines()) > 4:
+                head = "\n".join(record.content.splitlines()[:4])
+                return file_header(record.file_path) + head + "\n"
+    return "def fibonacci(n):\n"

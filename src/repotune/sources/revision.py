@@ -1,0 +1,114 @@
+"""What a source is right now, as one string: the key that decides whether pipeline steps can be reused.
+
+The pipeline resolves this first, with caching off, and feeds it to ingest: an unchanged repository
+gives the same revision (so every later step is a cache hit), a new commit gives a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from repotune.errors import RepotuneError
+from repotune.sources import archive, git
+
+GITHUB_PREFIX = "github:"
+
+
+def resolve_revision(source: str, ref: str | None = None) -> str:
+    """A commit SHA for git URLs and clean checkouts; a content fingerprint for everything else.
+
+    - git URL: the SHA ``ref`` (default: the remote's HEAD) points at, by ``git ls-remote`` (no clone).
+    - local git checkout: HEAD's SHA, plus ``-dirty-<hash>`` of the uncommitted changes if any.
+    - folder: a hash of every file's path, size and modification time (no file is read).
+    - archive: the SHA-256 of the file.
+    - ``github:OWNER/REPO``: issues change without commits, so the key is the UTC date: issues are
+      re-read at most once a day by a cached pipeline.
+    """
+    if source.startswith(GITHUB_PREFIX):
+        return f"github-{datetime.now(UTC).date().isoformat()}"
+    if git.is_git_url(source):
+        return _remote_sha(source, ref)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise RepotuneError(f"source {source!r} does not exist")
+    if path.is_file():
+        if not archive.is_archive(path):
+            raise RepotuneError(f"source {source!r} is a file but not an archive")
+        return "sha256-" + _file_sha256(path)
+    if git.is_git_checkout(path) and git.has_commits(path):
+        sha = git.head_sha(path)
+        changes = _uncommitted(path)
+        return f"{sha}-dirty-{changes}" if changes else sha
+    return "tree-" + _tree_fingerprint(path)
+
+
+def _remote_sha(url: str, ref: str | None) -> str:
+    wanted = ref or "HEAD"
+    if len(wanted) == 40 and all(c in "0123456789abcdef" for c in wanted.lower()):
+        return wanted.lower()  # already a commit: ls-remote lists refs, not commits
+    out = git._run(["ls-remote", url, wanted])
+    lines = [line.split("\t") for line in out.splitlines() if line.strip()]
+    # a branch and a tag may share a name; an annotated tag's peeled commit ends in ^{}
+    preferred = [sha for sha, name in lines if name.endswith("^{}")] or [sha for sha, _ in lines]
+    if not preferred:
+        raise RepotuneError(f"--ref {wanted!r} is not a branch or tag of {url}")
+    return preferred[0]
+
+
+def _uncommitted(repo: Path) -> str | None:
+    """A short hash of the working tree's changes against HEAD (tracked diffs and untracked files)."""
+    status = git._run(["status", "--porcelain", "--untracked-files=all"], cwd=repo)
+    if not status.strip():
+        return None
+    digest = hashlib.sha256(status.encode())
+    digest.update(git._run(["diff", "HEAD", "--binary"], cwd=repo).encode())
+    for line in status.splitlines():
+        if line.startswith("??"):
+            name = line[3:].strip().strip('"')
+            target = repo / name
+            if target.is_file():
+                digest.update(name.encode() + b"\0" + _file_sha256(target).encode())
+    return digest.hexdigest()[:16]
+
+
+def _tree_fingerprint(root: Path) -> str:
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            rel = path.relative_to(root).as_posix()
+            digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_slug(source: str) -> str:
+    """A short, path-safe name for a source, for object-store prefixes (``owner-repo``, ``myproject``)."""
+    remote = source.startswith(GITHUB_PREFIX) or git.is_git_url(source)
+    text = source[len(GITHUB_PREFIX) :] if source.startswith(GITHUB_PREFIX) else source
+    if not remote:
+        text = Path(text).expanduser().resolve().name
+    text = text.rstrip("/")
+    if text.endswith(".git"):
+        text = text[:-4]
+    parts = [p for p in text.replace(":", "/").split("/") if p]
+    name = "-".join(parts[-2:]) if remote else (parts[-1] if parts else "")
+    for suffix in archive.ARCHIVE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.")
+    return safe.lower() or "source"
