@@ -1,0 +1,1 @@
+"""The KFP pipeline: its wiring, the kfp.local runner, and compile/submit for clusters."""
