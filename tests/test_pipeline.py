@@ -233,6 +233,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
                 for o in client.list_objects("runs", prefix=f"repotune/repo/{sha}/", recursive=True)
             ]
             assert any(name.endswith("/model/config.json") for name in models)
+            assert any(name.endswith("/evaluation/report.md") for name in models)
 
             # the deploy step rendered an InferenceService pointing at the published model
             deployed = next((tmp_path / "home" / "kfp").glob("repotune-*/deploy/manifest"))

@@ -1,9 +1,10 @@
 """The pipeline's steps as KFP lightweight components: one thin shim per stage over the library.
 
 Each body turns artifacts into paths, calls one ``repotune`` function and records outputs and
-metrics; the logic lives in ``src/repotune`` and is tested without KFP. The functions are plain here
-and become components in :func:`repotune.components.component`, which sets the image (the CUDA image
-for a train step that asks for accelerators). KFP runs a body on its own, so every import is inside it.
+metrics; the logic lives in ``repotune.stages`` and is tested without KFP. The functions are plain
+here and become components in ``repotune.pipelines.pipeline``, which sets each one's image (the CUDA
+image for steps of a recipe that asks for accelerators). KFP runs a body on its own, so every import
+is inside it.
 
 (No `from __future__ import annotations` here: KFP reads the annotations as types.)
 KFP parameters cannot be null: an empty string stands for "not set" at this boundary only and becomes
@@ -22,7 +23,6 @@ def resolve_source(source: str, ref: str) -> str:
 
 def ingest(
     source: str,
-    ref: str,
     revision: str,
     include: str,
     max_commits: int,
@@ -94,6 +94,7 @@ def evaluate(
     dataset: Input[Dataset],
     model_name: str,
     settings: dict,
+    artifacts_root: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     summary: Output[Markdown],
@@ -111,6 +112,11 @@ def evaluate(
         metrics.log_metric(name, value)
     stages.write_reports(Path(evaluation.path), Path(metrics.path), Path(report.path), Path(summary.path))
     evaluation.metadata.update({"promote": result["promote"], "version": result["version"] or ""})
+    key = f"{model.metadata.get('commit', '')}/{model.metadata.get('key', '')}"
+    source = dataset.metadata.get("source", "")
+    evaluation.metadata["published"] = stages.publish(
+        evaluation.path, artifacts_root, source, key, "evaluation"
+    )
     return result["promote"]
 
 

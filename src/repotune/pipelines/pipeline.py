@@ -120,8 +120,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         resolved.set_display_name("resolve-source").set_caching_options(False).set_retry(**retry)
         ingested = ingest_op(
             source=source,
-            ref=ref,
-            revision=resolved.output,
+            revision=resolved.output,  # a git URL is checked out at exactly this commit
             include=include,
             max_commits=max_commits,
             artifacts_root=artifacts_root,
@@ -147,6 +146,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             dataset=cleaned.outputs["dataset"],
             model_name=model_name,
             settings=evaluation,
+            artifacts_root=artifacts_root,
         )
         _secrets(evaluated, s3, mlflow).set_display_name("evaluate").set_retry(**retry)
         _train_resources(evaluated, recipe)

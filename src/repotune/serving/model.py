@@ -137,7 +137,6 @@ def load_model(
     The tokenizer comes from the adapter folder, else from the ``repotune train`` output around it
     (which carries the FIM tokens the adapter was trained with), else from the base.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     scratch: list[Path] = []
@@ -174,7 +173,7 @@ def load_model(
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         model.to(device).eval()
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        torch.set_grad_enabled(False)
+        model.requires_grad_(False)  # serving never trains; generation runs under inference_mode
     except Exception:
         for path in scratch:
             shutil.rmtree(path, ignore_errors=True)
