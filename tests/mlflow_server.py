@@ -107,3 +107,14 @@ def running_mlflow_server(
         yield server.url
     finally:
         server.kill()
+
+
+@contextlib.contextmanager
+def running_mlflow_on_s3(tmp_path: Path, endpoint: str, artifacts_destination: str) -> Iterator[str]:
+    """``running_mlflow_server`` with artifacts proxied into the S3 test server at ``endpoint`` (the
+    destination bucket must exist). Only the server gets S3 credentials: clients upload through it."""
+    from tests.s3_server import CREDENTIALS
+
+    env = {**CREDENTIALS, "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"], "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    with running_mlflow_server(tmp_path, artifacts_destination=artifacts_destination, env=env) as url:
+        yield url

@@ -14,16 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests.conftest import write_tree
 from tests.kube_api import fails_after, ready_after, running_kube_api
 from tests.s3_server import running_s3_server, s3_environment
-from tests.test_train import PROJECT
 
 from repotune import images, kube, storage
-from repotune.clean.pipeline import CleanConfig, run_clean
 from repotune.config import from_dict, to_dict
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestConfig, run_ingest
 from repotune.train import cluster_entry
 from repotune.train.cluster_job import (
     DEFAULT_SECRET_ENV,
@@ -263,15 +259,6 @@ def test_run_pytorchjob_reports_a_failed_job_and_deletes_a_timed_out_one():
             run_pytorchjob(other, timeout_s=0.3, log=lambda _: None, poll_s=0.05, api=api)
         assert time.monotonic() - started < 5
         assert server.object("kubeflow.org", "pytorchjobs", "team-a", "train-slow") is None
-
-
-@pytest.fixture(scope="module")
-def cleaned(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    write_tree(root / "tree", PROJECT)
-    run_ingest(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
-    run_clean(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
-    return root / "clean"
 
 
 def tiny_json(**overrides) -> str:

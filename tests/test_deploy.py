@@ -400,8 +400,8 @@ def test_models_uri_resolves_through_a_registry_and_gets_the_endpoint(api: KubeA
 def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path: Path) -> None:
     """Against a real `mlflow server` that stores artifacts in a (moto) S3 bucket: the mapped s3:// URI
     is where the server put the files, so KServe's storage initializer finds them. About 30 s."""
-    from tests.mlflow_server import running_mlflow_server
-    from tests.s3_server import CREDENTIALS, running_s3_server, s3_environment
+    from tests.mlflow_server import running_mlflow_on_s3
+    from tests.s3_server import running_s3_server, s3_environment
 
     from repotune.evaluate.decide import Decision
     from repotune.evaluate.registry import Registry
@@ -414,10 +414,7 @@ def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path
     with running_s3_server() as endpoint:
         with s3_environment(endpoint):
             client_from_env().make_bucket("mlflow")
-        server_env = {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
-        with running_mlflow_server(
-            tmp_path / "mlflow", artifacts_destination="s3://mlflow/artifacts", env=server_env
-        ) as tracking_uri:
+        with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://mlflow/artifacts") as tracking_uri:
             tracker = MlflowTracker(tracking_uri, "deploy-tests")
             with tracker.start_run("train") as run_id:
                 tracker.log_artifact(folder)

@@ -115,8 +115,8 @@ def test_an_unreachable_registry_fails_and_decides_nothing(
 def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
     project: Path, trained: Path, tmp_path: Path
 ) -> None:
-    from tests.mlflow_server import running_mlflow_server
-    from tests.s3_server import CREDENTIALS, running_s3_server, s3_environment
+    from tests.mlflow_server import running_mlflow_on_s3
+    from tests.s3_server import running_s3_server, s3_environment
 
     from repotune.evaluate.registry import Registry
     from repotune.storage import client_from_env
@@ -127,14 +127,7 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
     with running_s3_server() as endpoint:
         with s3_environment(endpoint):
             client_from_env().make_bucket("models")
-        env = {
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"],
-            "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        }
-        with running_mlflow_server(
-            tmp_path / "mlflow", artifacts_destination="s3://models/mlflow", env=env
-        ) as url:
+        with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
             def evaluate(model: Path, name: str) -> dict:
                 return run_evaluation(

@@ -168,8 +168,8 @@ def _project(repo: Path) -> None:
 @pytest.mark.integration
 def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> None:
     """The tiny recipe end to end: real git repo, MLflow server, S3 server; then a cached second run."""
-    from tests.mlflow_server import running_mlflow_server
-    from tests.s3_server import CREDENTIALS, running_s3_server, s3_environment
+    from tests.mlflow_server import running_mlflow_on_s3
+    from tests.s3_server import running_s3_server, s3_environment
 
     from repotune.evaluate.registry import Registry
     from repotune.pipelines.local import run_local
@@ -185,14 +185,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
         client = client_from_env()
         client.make_bucket("runs")
         client.make_bucket("models")
-        env = {
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"],
-            "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        }
-        with running_mlflow_server(
-            tmp_path / "mlflow", artifacts_destination="s3://models/mlflow", env=env
-        ) as url:
+        with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
             def run(name: str) -> dict:
                 return run_local(

@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow.artifacts
 import pytest
 from mlflow import MlflowClient
-from tests.mlflow_server import running_mlflow_server
-from tests.s3_server import CREDENTIALS, closed_port_url, running_s3_server, s3_environment
+from tests.mlflow_server import running_mlflow_on_s3
+from tests.s3_server import closed_port_url, running_s3_server, s3_environment
 
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Decision, should_promote
@@ -53,16 +53,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             client = client_from_env()
             if not client.bucket_exists(BUCKET):
                 client.make_bucket(BUCKET)
-        # Only the server gets S3 credentials: it proxies artifacts, so clients need none.
-        server_env = {
-            **CREDENTIALS,
-            "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"],
-            "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        }
-        with running_mlflow_server(
-            tmp_path_factory.mktemp("mlflow"),
-            artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}",
-            env=server_env,
+        with running_mlflow_on_s3(
+            tmp_path_factory.mktemp("mlflow"), endpoint, f"s3://{BUCKET}/{ARTIFACTS_PREFIX}"
         ) as url:
             yield Servers(url, endpoint)
 

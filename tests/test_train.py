@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_tree
 
-from repotune.clean.pipeline import CleanConfig, run_clean
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestConfig, run_ingest
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
 
@@ -28,15 +25,6 @@ PROJECT = {
     for i in range(14)
 }
 PROJECT["README.md"] = "# Shop\n\nPrices orders and applies discounts for the shop service.\n" * 3
-
-
-@pytest.fixture(scope="module")
-def cleaned(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    write_tree(root / "tree", PROJECT)
-    run_ingest(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
-    run_clean(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
-    return root / "clean"
 
 
 def _sha(path: Path) -> str:

@@ -291,14 +291,17 @@ def query_served_model(
 
 
 def _demo_prompt(data_dir: Path | None) -> str:
-    """The start of a held-out code file, framed as in training, so the answer shows what was learned."""
+    """The start of a held-out code file (Python first), framed as in training, so the answer shows
+    what was learned."""
     from repotune.data.transforms import file_header
     from repotune.records import Kind, read_records
 
     eval_path = data_dir / "eval.jsonl" if data_dir is not None else None
-    if eval_path is not None and eval_path.is_file():
-        for record in read_records(eval_path):
-            if record.kind == Kind.CODE and record.file_path and len(record.content.splitlines()) > 4:
-                head = "\n".join(record.content.splitlines()[:4])
-                return file_header(record.file_path) + head + "\n"
-    return "def fibonacci(n):\n"
+    if eval_path is None or not eval_path.is_file():
+        return "def fibonacci(n):\n"
+    files = [r for r in read_records(eval_path) if r.kind == Kind.CODE and r.file_path]
+    files = [r for r in files if len(r.content.splitlines()) > 4]
+    if not files:
+        return "def fibonacci(n):\n"
+    record = min(files, key=lambda r: (r.language != "python", r.file_path))
+    return file_header(record.file_path) + "\n".join(record.content.splitlines()[:4]) + "\n"
