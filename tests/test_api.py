@@ -585,3 +585,29 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         report = client.get(f"/v1/runs/{run_id}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
         assert report.text.strip()
+
+
+@pytest.mark.integration
+def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None:
+    """With REPOTUNE_KFP_HOST the run is submitted through the kfp SDK (to a stand-in of the KFP API)."""
+    from tests.kfp_api import running_kfp_api
+
+    with running_kfp_api() as kfp, running_api(tmp_path / "api", REPOTUNE_KFP_HOST=kfp.url) as server:
+        with server.client() as client:
+            source = client.post(
+                "/v1/sources", json={"repo_url": "https://example.com/team/app.git", "ref": "v2"}
+            )
+            started = client.post(
+                "/v1/runs",
+                json={"source_id": source.json()["id"], "recipe": "tiny-cpu", "overrides": {"max_steps": 3}},
+            )
+            assert started.status_code == 202, started.text
+        (submitted,) = kfp.runs.values()
+        assert submitted["runtime_config"]["parameters"] == {
+            "source": "https://example.com/team/app.git",
+            "ref": "v2",
+            "training": {"max_steps": 3},
+        }
+        spec = submitted["pipeline_spec"].get("pipeline_spec", submitted["pipeline_spec"])
+        recipe = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["recipe"]
+        assert "base_model: tiny" in recipe["runtimeValue"]["constant"]  # built with the chosen recipe

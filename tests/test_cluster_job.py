@@ -207,7 +207,8 @@ def test_the_pod_template_is_a_valid_kubernetes_pod_template():
 
 
 def test_the_job_is_a_valid_training_operator_object():
-    training = pytest.importorskip("kubeflow.training", reason="the kubeflow-training SDK is not installed")
+    from kubeflow import training
+
     job = render(gpu_recipe())
     model = training.ApiClient().deserialize(SimpleNamespace(data=json.dumps(job)), "KubeflowOrgV1PyTorchJob")
     assert model.spec.nproc_per_node == "4"

@@ -387,3 +387,26 @@ def test_the_stage_library_and_the_cli_do_not_import_kfp() -> None:
             "print(sorted(m for m in ('kfp', 'kserve', 'kubernetes') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path) -> None:
+    """What the upload API gives a KFP cluster: an s3:// archive, keyed by its ETag and fetched to ingest."""
+    from tests.s3_server import running_s3_server, s3_environment
+
+    from repotune import stages, storage
+
+    tree = tmp_path / "app"
+    write_tree(
+        tree, {"app/main.py": "def main():\n    return 'hello'\n", "README.md": "# App\n\nSays hello.\n"}
+    )
+    archive = tmp_path / "archive.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="app")
+    with running_s3_server() as endpoint, s3_environment(endpoint):
+        storage.client_from_env().make_bucket("sources")
+        uri = storage.copy_to(archive, "s3://sources/abc/archive.tar.gz")
+        revision = resolve_revision(uri)
+        assert revision.startswith("etag-") and revision == resolve_revision(uri.replace("s3://", "minio://"))
+        manifest = stages.ingest(uri, revision, "", 100, tmp_path / "ingest")
+    assert manifest["source_type"] == "archive" and manifest["records"] == 2

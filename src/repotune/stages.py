@@ -21,11 +21,20 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 def ingest(source: str, revision: str, include: str, max_commits: int, output: Path) -> dict[str, Any]:
-    """Ingest ``source`` at ``revision``: a git URL is checked out at exactly the resolved commit."""
+    """Ingest ``source`` at ``revision``: a git URL is checked out at exactly the resolved commit, and
+    an archive in object storage (what the upload API stores) is downloaded first."""
+    import tempfile
+
+    from repotune import storage
     from repotune.ingest import IngestConfig, run_ingest
     from repotune.records import parse_include
     from repotune.sources import git
 
+    if source.startswith(("s3://", "minio://")):
+        with tempfile.TemporaryDirectory(prefix="repotune-source-") as tmp:
+            uri = storage.minio_to_s3(source) if source.startswith("minio://") else source
+            local = storage.fetch(uri, Path(tmp) / uri.rsplit("/", 1)[-1])
+            return ingest(str(local), revision, include, max_commits, output)
     config = IngestConfig(
         source=source,
         output=output,

@@ -578,6 +578,16 @@ def fetch(
     return download_dir(src, target, client=client, retry=retry)
 
 
+def object_etag(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> str:
+    """The ETag of the one object ``uri`` names: changes whenever its content does."""
+    client = _client(client)
+    bucket, key = parse_s3_uri(uri)
+    if not key or not _object_exists(client, bucket, key, retry):
+        raise RepotuneError(f"{uri} is not an object in the store")
+    stat = _call(client, f"reading {uri}", lambda: client.stat_object(bucket, key), retry)
+    return str(stat.etag).strip('"')
+
+
 def _object_exists(client: Minio, bucket: str, key: str, retry: RetryPolicy) -> bool:
     def stat() -> bool:
         try:

@@ -391,13 +391,15 @@ class Runs:
             source_arg = self.sources.archive_uri(source)
         else:
             source_arg = self.sources.run_argument(source)
-        # The pipeline's own parameters (source, ref, training), plus the recipe it is to be built with.
-        arguments: dict[str, Any] = {"source": source_arg, "recipe": recipe.name}
+        # The pipeline's own parameters; the recipe is what the pipeline is built with (its resources).
+        arguments: dict[str, Any] = {"source": source_arg}
         if source.get("ref"):
             arguments["ref"] = source["ref"]
         if overrides:
             arguments["training"] = dict(overrides)
-        kfp_run_id = submit.submit_run(self.settings.kfp_host, arguments, f"repotune-{run_id[:12]}")
+        kfp_run_id = submit.submit_run(
+            self.settings.kfp_host, arguments, f"repotune-{run_id[:12]}", recipe=str(recipe.path)
+        )
         with self.db.connect() as conn:
             conn.execute("UPDATE runs SET kfp_run_id = ? WHERE id = ?", (kfp_run_id, run_id))
 

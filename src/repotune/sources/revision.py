@@ -23,7 +23,7 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
     - git URL: the SHA ``ref`` (default: the remote's HEAD) points at, by ``git ls-remote`` (no clone).
     - local git checkout: HEAD's SHA, plus ``-dirty-<hash>`` of the uncommitted changes if any.
     - folder: a hash of every file's path, size and modification time (no file is read).
-    - archive: the SHA-256 of the file.
+    - archive: the SHA-256 of the file; an archive in object storage (``s3://``), its ETag.
     - ``github:OWNER/REPO``: issues change without commits, so the key is the UTC date: issues are
       re-read at most once a day by a cached pipeline.
     """
@@ -31,6 +31,12 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
         return f"github-{datetime.now(UTC).date().isoformat()}"
     if git.is_git_url(source):
         return _remote_sha(source, ref)
+    if source.startswith(("s3://", "minio://")):
+        from repotune import storage
+
+        return "etag-" + storage.object_etag(
+            storage.minio_to_s3(source) if source.startswith("minio") else source
+        )
     path = Path(source).expanduser()
     if not path.exists():
         raise RepotuneError(f"source {source!r} does not exist")
