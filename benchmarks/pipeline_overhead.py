@@ -39,12 +39,13 @@ EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
     from repotune import stages
-    from repotune.pipelines.local import _environment, local_tracking_uri
+    from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
 
     scratch.mkdir(parents=True)
     started = time.perf_counter()
-    with _environment({"MLFLOW_TRACKING_URI": local_tracking_uri(scratch)}):
+    # in the scratch folder, as the pipeline's steps run in theirs (MLflow's artifact root is relative)
+    with _environment({"MLFLOW_TRACKING_URI": local_tracking_uri(scratch)}), _inside(scratch):
         revision = resolve_revision(source)
         stages.ingest(source, revision, "", 1000, scratch / "ingest")
         stages.clean(scratch / "ingest", scratch / "clean", scratch / "report.md", scratch / "stats.json")

@@ -227,6 +227,8 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             ]
             assert any(name.endswith("/model/config.json") for name in models)
             assert any(name.endswith("/evaluation/report.md") for name in models)
+            # checkpoints went to the store as they were saved (a retried pod resumes from there)
+            assert any("/checkpoints/checkpoint-" in name for name in models)
 
             # the deploy step rendered an InferenceService pointing at the published model
             deployed = next((tmp_path / "home" / "kfp").glob("repotune-*/deploy/manifest"))
@@ -273,6 +275,12 @@ def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
 
     with pytest.raises(RepotuneError, match="unknown recipe 'nope'"):
         run_local(str(tmp_path), "nope", arguments={}, workdir=tmp_path / "h", run_dir=tmp_path / "r")
+    with pytest.raises(RepotuneError, match=r"unknown key 'max_stepz' \(did you mean 'max_steps'\?\)"):
+        run_local(str(tmp_path), "tiny-cpu", arguments={"training": {"max_stepz": 3}}, workdir=tmp_path / "h",
+                  run_dir=tmp_path / "r")  # fmt: skip
+    with pytest.raises(RepotuneError, match="--eval: unknown key 'lines'"):
+        run_local(str(tmp_path), "tiny-cpu", arguments={"evaluation": {"lines": 3}}, workdir=tmp_path / "h",
+                  run_dir=tmp_path / "r")  # fmt: skip
     with pytest.raises(RepotuneError, match="does not exist"):
         run_local(
             str(tmp_path / "missing"),

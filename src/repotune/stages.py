@@ -98,6 +98,7 @@ def train(
     *,
     data_uri: str | None = None,
     output_uri: str | None = None,
+    checkpoints_under: str | None = None,
 ) -> dict:
     """Fine-tune on ``data_dir`` into ``output``; returns UI metrics and model metadata.
 
@@ -105,10 +106,18 @@ def train(
     from ``data_uri`` (the dataset artifact in object storage) and writing beside ``output_uri``.
     Checkpoints are deleted after a successful run: the model artifact is what later steps and the
     registry need, and a checkpoint of a large model would double what is stored per run.
+    ``checkpoints_under`` (an ``s3://`` prefix) receives the checkpoints as they are saved when the
+    recipe names no ``checkpoint_uri``: a retried step on a new pod resumes from there.
     """
+    import dataclasses
+
     from repotune.train.finetune import CHECKPOINTS, SUMMARY_FILE, run_training
 
     recipe, key = train_settings(recipe_text, settings)
+    if checkpoints_under and checkpoints_under.startswith("s3://") and recipe.checkpoint_uri is None:
+        recipe = dataclasses.replace(
+            recipe, checkpoint_uri=f"{checkpoints_under.rstrip('/')}/{key}/checkpoints"
+        )
     if recipe.resources.nodes > 1:
         _train_on_cluster(recipe, key, data_uri, output_uri, output)
         summary = json.loads((output / SUMMARY_FILE).read_text())
@@ -203,6 +212,13 @@ def write_reports(evaluation: Path, metrics: Path, html: Path, markdown: Path) -
     _copy_file(evaluation / "report.md", markdown)
 
 
+def stage_prefix(root: str, source: str, key: str) -> str:
+    """``ROOT/<repository>/<key>``: where a run's outputs for one source and revision (and recipe) go."""
+    from repotune.sources.revision import source_slug
+
+    return f"{root.rstrip('/')}/{source_slug(source) if source else 'source'}/{key or 'unknown'}"
+
+
 def publish(path: str | os.PathLike[str], root: str, source: str, key: str, stage: str) -> str:
     """Copy a stage's output to ``ROOT/<source>/<key>/<stage>``; returns the URI, or "" without a root.
 
@@ -213,9 +229,8 @@ def publish(path: str | os.PathLike[str], root: str, source: str, key: str, stag
     if not root:
         return ""
     from repotune import storage
-    from repotune.sources.revision import source_slug
 
-    dest = f"{root.rstrip('/')}/{source_slug(source) if source else 'source'}/{key or 'unknown'}/{stage}"
+    dest = f"{stage_prefix(root, source, key)}/{stage}"
     storage.copy_to(path, dest)
     print(f"published {stage} to {dest}")
     return dest

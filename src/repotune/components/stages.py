@@ -76,17 +76,17 @@ def train(
 
     settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
     settings.update({"epochs": epochs, **overrides})
+    source, commit = dataset.metadata.get("source", ""), dataset.metadata.get("commit", "")
     summary = stages.train(
         Path(dataset.path), Path(model.path), recipe, settings, Path(metrics.path),
         data_uri=dataset.uri, output_uri=model.uri,
+        checkpoints_under=stages.stage_prefix(artifacts_root, source, commit) if artifacts_root else None,
     )  # fmt: skip
     for name, value in summary["metrics"].items():
         metrics.log_metric(name, value)
-    model.metadata.update({**summary["metadata"], "commit": dataset.metadata.get("commit", "")})
-    key = f"{dataset.metadata.get('commit', '')}/{summary['metadata']['key']}"
-    model.metadata["published"] = stages.publish(
-        model.path, artifacts_root, dataset.metadata.get("source", ""), key, "model"
-    )
+    model.metadata.update({**summary["metadata"], "commit": commit})
+    key = f"{commit}/{summary['metadata']['key']}"
+    model.metadata["published"] = stages.publish(model.path, artifacts_root, source, key, "model")
 
 
 def evaluate(

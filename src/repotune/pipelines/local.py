@@ -91,6 +91,14 @@ class StatusWriter(logging.Filter):
         entry["state"] = state
         self.save()
 
+    def failed(self, error: str) -> None:
+        """The run ended without finishing: the running stage failed, the ones after it never ran."""
+        self.status.update(state="failed", finished=_now(), error=error)
+        for entry in self.status["stages"].values():
+            if entry["state"] == "running":
+                entry.update(state="failed", finished=_now())
+        self.save()
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = _ANSI.sub("", record.getMessage())
         if match := _EXECUTING.match(message):
@@ -159,10 +167,16 @@ def run_local(
     """
     from kfp import local
 
+    from repotune.config import from_dict
+    from repotune.evaluate.score import EvalConfig
     from repotune.pipelines.pipeline import STAGES, build_pipeline
+    from repotune.stages import train_settings
 
     source = _absolute_source(source)
     pipeline = build_pipeline(recipe, retries=False)  # a bad recipe fails here, before any work
+    # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
+    train_settings(recipe, dict(arguments.get("training") or {}))
+    from_dict(EvalConfig, dict(arguments.get("evaluation") or {}), "--eval")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = run_dir.resolve()
@@ -181,12 +195,11 @@ def run_local(
                 # the image name does not contain "python"; the subprocess runner uses this Python anyway
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
                 task = pipeline(source=source, **arguments)
+        except KeyboardInterrupt:
+            writer.failed("interrupted")
+            raise
         except Exception as exc:  # kfp raises RuntimeError naming the failed task
-            writer.status.update(state="failed", finished=_now(), error=_short(exc))
-            for entry in writer.status["stages"].values():
-                if entry["state"] in ("running", "pending"):
-                    entry["state"] = "failed" if entry["state"] == "running" else "pending"
-            writer.save()
+            writer.failed(_short(exc))
             raise RepotuneError(f"the pipeline failed: {_short(exc)} (status in {writer.path})") from None
     _collect(writer, task.outputs, run_dir)
     return writer.status
