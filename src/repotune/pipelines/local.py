@@ -232,12 +232,13 @@ def _absolute_source(source: str) -> str:
     from repotune.sources import git
     from repotune.sources.revision import GITHUB_PREFIX
 
-    if source.startswith(GITHUB_PREFIX) or git.is_git_url(source):
+    if source.startswith((GITHUB_PREFIX, "s3://", "minio://")) or git.is_git_url(source):
         return source
     path = Path(source).expanduser()
     if not path.exists():
         raise RepotuneError(
-            f"source {source!r} does not exist (expected a folder, archive, git URL or github:OWNER/REPO)"
+            f"source {source!r} does not exist (expected a folder, an archive or an s3:// one, a git URL "
+            "or github:OWNER/REPO)"
         )
     return str(path.resolve())
 
