@@ -125,12 +125,18 @@ class StatusWriter(logging.Filter):
 def _watching(writer: StatusWriter) -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
+    # kfp logs with the module-level logging.info(), which installs a default stderr handler when the
+    # root logger has none: a handler that drops everything keeps those duplicates of our lines away
+    # (kfp's own context still prints its task logs through its handler)
+    quiet = logging.NullHandler()
+    root.addHandler(quiet)
     root.addFilter(writer)
     root.setLevel(logging.INFO)  # cache hits are logged at INFO outside kfp's own logging context
     try:
         yield
     finally:
         root.removeFilter(writer)
+        root.removeHandler(quiet)
         root.setLevel(level)
 
 
