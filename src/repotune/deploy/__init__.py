@@ -9,6 +9,7 @@ Importing this package loads neither the Kubernetes client nor MLflow; the funct
 import them when called.
 """
 
+# The promotion decision is made (and tested) with the evaluation; it is the gate of every deploy.
 from repotune.deploy.render import (
     DeploySettings,
     ModelSource,
@@ -22,11 +23,14 @@ from repotune.deploy.render import (
 )
 from repotune.deploy.rollout import DeployResult, RolledBack, deploy, inference_service_failure
 from repotune.deploy.uris import artifact_to_s3, from_storage_uri, resolve_model_uri
+from repotune.evaluate.decide import Decision, Policy, should_promote
 
 __all__ = [
+    "Decision",
     "DeployResult",
     "DeploySettings",
     "ModelSource",
+    "Policy",
     "RolledBack",
     "Runtime",
     "S3Access",
@@ -39,5 +43,6 @@ __all__ = [
     "render_service_account",
     "render_serving_runtime",
     "resolve_model_uri",
+    "should_promote",
     "to_yaml",
 ]
