@@ -9,7 +9,6 @@ Importing this package loads neither the Kubernetes client nor MLflow; the funct
 import them when called.
 """
 
-# The promotion decision is made (and tested) with the evaluation; it is the gate of every deploy.
 from repotune.deploy.render import (
     DeploySettings,
     ModelSource,
@@ -23,6 +22,8 @@ from repotune.deploy.render import (
 )
 from repotune.deploy.rollout import DeployResult, RolledBack, deploy, inference_service_failure
 from repotune.deploy.uris import artifact_to_s3, from_storage_uri, resolve_model_uri
+
+# The promotion decision lives (and is tested) with the evaluation; named here as the gate of deploys.
 from repotune.evaluate.decide import Decision, Policy, should_promote
 
 __all__ = [
