@@ -418,3 +418,38 @@ def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path
         assert revision.startswith("etag-") and revision == resolve_revision(uri.replace("s3://", "minio://"))
         manifest = stages.ingest(uri, revision, "", 100, tmp_path / "ingest")
     assert manifest["source_type"] == "archive" and manifest["records"] == 2
+
+
+def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_champion(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A re-run of an old commit reuses its cached "promote"; the deploy step checks the registry first."""
+    from mlflow import MlflowClient
+
+    from repotune import stages
+    from repotune.evaluate.decide import Decision
+    from repotune.evaluate.registry import Registry
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.create_run(client.create_experiment("runs", artifact_location=tmp_path.as_uri()))
+    client.create_registered_model("repotune")
+    old, new = (client.create_model_version("repotune", f"s3://models/{i}", run_id=run.info.run_id).version
+                for i in (1, 2))  # fmt: skip
+    registry = Registry(tracking_uri, "repotune")
+    registry.promote(str(old), Decision(True, ("promote: first",)))
+    registry.promote(str(new), Decision(True, ("promote: better",)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+
+    def deploy(version: str) -> tuple[str, str]:
+        manifest = tmp_path / f"manifest-{version}.yaml"
+        registered = {"model_name": "repotune", "version": version, "commit": None}
+        url = stages.deploy(f"s3://models/{version}", "tiny-cpu", "app", "team-a", "huggingface", False,
+                            registered, manifest)  # fmt: skip
+        return url, manifest.read_text()
+
+    _, stale = deploy(str(old))
+    assert stale.startswith("# Nothing deployed: repotune version 1 is no longer the champion (version 2 is)")
+    _, current = deploy(str(new))
+    isvc = next(o for o in yaml.safe_load_all(current) if o["kind"] == "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/2"

@@ -236,6 +236,25 @@ def publish(path: str | os.PathLike[str], root: str, source: str, key: str, stag
     return dest
 
 
+def _no_longer_champion(registered: dict[str, str | None]) -> str | None:
+    """Why this model must not be deployed although its evaluation promoted it, or None.
+
+    A cached evaluate keeps the decision it made then: re-running the pipeline on an old commit must
+    not put that commit's model back in front of users when a newer one has become champion since.
+    """
+    tracking_uri = os.environ.get(TRACKING_ENV)
+    version, name = registered.get("version"), registered.get("model_name")
+    if not (tracking_uri and version and name):
+        return None
+    from repotune.evaluate.registry import Registry
+
+    champion = Registry(tracking_uri, name).champion()
+    if champion is None or str(champion.version) != str(version):
+        now = f"version {champion.version} is" if champion is not None else "no version is"
+        return f"{name} version {version} is no longer the champion ({now}); the live service stays"
+    return None
+
+
 def _copy_file(source: Path, dest: Path) -> None:
     if not source.is_file():
         raise RepotuneError(f"{source} was not written")
@@ -272,6 +291,11 @@ def deploy(
         )
         manifest.write_text(note)
         print(note.strip())
+        return ""
+    stale = _no_longer_champion(registered)
+    if stale:
+        manifest.write_text(f"# Nothing deployed: {stale}\n")
+        print(stale)
         return ""
     recipe, _ = train_settings(recipe_text, {})
     model = dataclasses.replace(serving.from_storage_uri(model_uri), **registered)
