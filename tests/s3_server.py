@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -72,7 +71,6 @@ def reset(endpoint_url: str) -> None:
 
 def closed_port_url() -> str:
     """An http://127.0.0.1:PORT URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    from tests.mlflow_server import free_port
+
+    return f"http://127.0.0.1:{free_port()}"

@@ -41,9 +41,10 @@ from repotune.api.auth import token_matches
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
 from repotune.api.runs import LOST, Runs, process_start, resolve_recipe, settle
-from repotune.api.settings import ApiSettings, shipped_recipe_dir
+from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, detect_format
 from repotune.errors import RepotuneError
+from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
 
@@ -469,8 +470,8 @@ def test_reconcile_settles_runs_whose_process_is_gone(tmp_path: Path) -> None:
 
 
 def test_recipes_are_names_or_paths_inside_the_recipe_folders(tmp_path: Path) -> None:
-    shipped = shipped_recipe_dir()
-    assert shipped is not None
+    shipped = shipped_recipes_dir()
+    assert shipped.is_dir()
     folders = (shipped,)
     assert resolve_recipe("tiny-cpu", folders).path == shipped / "tiny-cpu.yaml"
     assert resolve_recipe("tiny-cpu.yaml", folders).name == "tiny-cpu"

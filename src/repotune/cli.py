@@ -194,6 +194,14 @@ def train(
         say(f"held-out loss: base {summary['base_eval_loss']:.4f} -> tuned {summary['eval_loss']:.4f}")
 
 
+def _say_verdict_and_table(report: Path) -> None:
+    """The evaluation report's verdict, reasons and metric table (it goes on with notes on the method)."""
+    for line in report.read_text().splitlines()[2:]:
+        if line.startswith("Values are means"):
+            break
+        say(line)
+
+
 @app.command()
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
@@ -231,10 +239,7 @@ def evaluate(
         model_name=model_name,
         log=say,
     )
-    for line in (output / "report.md").read_text().splitlines()[2:]:
-        if line.startswith("Values are means"):
-            break
-        say(line)
+    _say_verdict_and_table(output / "report.md")
     say(f"wrote {output}/metrics.json, report.md, report.html")
     if result.get("registered_version"):
         say(f"registered version {result['registered_version']} of {model_name}")
@@ -465,10 +470,7 @@ def run(
     status = run_local(
         source, recipe, arguments=arguments, workdir=home, run_dir=run_dir, tracking_uri=tracking_uri, log=say
     )
-    for line in (run_dir / status["report"]).read_text().splitlines()[2:]:
-        if line.startswith("Values are means"):
-            break
-        say(line)
+    _say_verdict_and_table(run_dir / status["report"])
     say("stages: " + ", ".join(f"{name} {entry['state']}" for name, entry in status["stages"].items()))
     say(f"model: {status['model']}")
     say(f"run folder: {run_dir}")

@@ -32,7 +32,7 @@ def ingest(source: str, revision: str, include: str, max_commits: int, output: P
 
     if source.startswith(("s3://", "minio://")):
         with tempfile.TemporaryDirectory(prefix="repotune-source-") as tmp:
-            uri = storage.minio_to_s3(source) if source.startswith("minio://") else source
+            uri = storage.minio_to_s3(source)
             local = storage.fetch(uri, Path(tmp) / uri.rsplit("/", 1)[-1])
             return ingest(str(local), revision, include, max_commits, output)
     config = IngestConfig(
@@ -297,7 +297,9 @@ def deploy(
         manifest.write_text(f"# Nothing deployed: {stale}\n")
         print(stale)
         return ""
-    recipe, _ = train_settings(recipe_text, {})
+    from repotune.train.recipe import resolve_recipe
+
+    recipe, _ = resolve_recipe(recipe_text)
     model = dataclasses.replace(serving.from_storage_uri(model_uri), **registered)
     endpoint = next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
     settings = serving.DeploySettings(

@@ -26,6 +26,7 @@ from repotune.api.errors import ApiError
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, now
 from repotune.errors import RepotuneError
+from repotune.pipelines.local import STATUS_FILE
 
 FINAL_STATES = ("succeeded", "failed")
 LOST = "lost: the API restarted while it ran and no final status was written"
@@ -83,7 +84,7 @@ def read_status(run_dir: Path | None) -> dict[str, Any] | None:
     if run_dir is None:
         return None
     try:
-        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) else None

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from repotune.errors import RepotuneError
 from repotune.storage import is_s3_uri
+from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
 
@@ -31,12 +32,6 @@ def default_store() -> Path:
     """``$XDG_DATA_HOME/repotune/api`` (``~/.local/share`` by default): data a server keeps, not a cache."""
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "repotune" / "api"
-
-
-def shipped_recipe_dir() -> Path | None:
-    """The ``configs/`` folder of a source checkout (the recipes are not inside the wheel)."""
-    candidate = Path(__file__).resolve().parents[3] / "configs"
-    return candidate if candidate.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -126,8 +121,8 @@ class ApiSettings:
         if recipes_raw is not None:
             recipe_dirs = tuple(Path(p).expanduser().resolve() for p in recipes_raw.split(os.pathsep) if p)
         else:
-            shipped = shipped_recipe_dir()
-            recipe_dirs = (shipped,) if shipped else ()
+            shipped = shipped_recipes_dir()  # inside the package, or the checkout's configs/
+            recipe_dirs = (shipped,) if shipped.is_dir() else ()
         tokens = tuple(t.strip() for t in (get("REPOTUNE_API_TOKENS") or "").split(",") if t.strip())
         return cls(
             store=store,

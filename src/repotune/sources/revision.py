@@ -34,9 +34,7 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
     if source.startswith(("s3://", "minio://")):
         from repotune import storage
 
-        return "etag-" + storage.object_etag(
-            storage.minio_to_s3(source) if source.startswith("minio") else source
-        )
+        return "etag-" + storage.object_etag(storage.minio_to_s3(source))
     path = Path(source).expanduser()
     if not path.exists():
         raise RepotuneError(f"source {source!r} does not exist")
