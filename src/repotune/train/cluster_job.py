@@ -15,7 +15,7 @@ involved. torchrun then gives each process its global ``RANK``, ``LOCAL_RANK`` a
 which is all :func:`repotune.train.finetune.run_training` needs for DDP.
 
 Credentials reach the pods only as ``valueFrom.secretKeyRef`` (the Secret templates are in
-``manifests/base/secrets.yaml``); the manifest never holds a literal secret.
+``manifests/secrets/``); the manifest never holds a literal secret.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ MASTER_PORT = 23456
 WORK_DIR = "/workspace/work"
 """Scratch folder in the pods (an emptyDir): fetched data, the model, Trainer checkpoints."""
 TRAINER_SERVICE_ACCOUNT = "repotune-trainer"
-"""The pods' ServiceAccount (manifests/base/rbac.yaml): no API access, no mounted token."""
+"""The pods' ServiceAccount (manifests/pipeline-namespace/rbac.yaml): no API access, no token."""
 S3_SECRET = "repotune-s3"
 MLFLOW_SECRET = "repotune-mlflow"
 # Worker Services are named JOB-worker-N and must be DNS-1035 labels of at most 63 characters.
