@@ -2,7 +2,9 @@
 
 It answers what ``kfp.Client.create_run_from_pipeline_func`` and ``get_run`` call: healthz, experiment
 lookup and creation, run creation and run reads; it keeps what was submitted so tests can inspect the
-pipeline spec and the parameters the cluster would have received.
+pipeline spec, the parameters and the service account the cluster would have received. Its healthz
+answers as the real API server's HTTP handler does (backend/src/apiserver/main.go): ``commit_sha``,
+``tag_name`` (the release, ``tag_name=`` here), ``multi_user`` and ``pipeline_store``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ PREFIX = "/apis/v2beta1"
 
 
 class KfpApi:
-    def __init__(self) -> None:
+    def __init__(self, tag_name: str = "2.15.0") -> None:
         self.url = ""
+        self.tag_name = tag_name
         self.experiments: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
 
@@ -47,7 +50,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == f"{PREFIX}/healthz":
-            self._send(200, {"multi_user": False})
+            self._send(
+                200,
+                {
+                    "commit_sha": "unknown",
+                    "tag_name": self.api.tag_name,
+                    "multi_user": False,
+                    "pipeline_store": "database",
+                },
+            )
         elif path == f"{PREFIX}/experiments":
             self._send(
                 200, {"experiments": list(self.api.experiments.values())} if self.api.experiments else {}
@@ -74,8 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def running_kfp_api() -> Iterator[KfpApi]:
-    api = KfpApi()
+def running_kfp_api(tag_name: str = "2.15.0") -> Iterator[KfpApi]:
+    """A started stand-in on a free port of 127.0.0.1 that reports itself as KFP ``tag_name``."""
+    api = KfpApi(tag_name)
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"api": api}))
     server.daemon_threads = True
     api.url = f"http://127.0.0.1:{server.server_address[1]}"
