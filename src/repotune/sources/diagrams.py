@@ -190,7 +190,10 @@ def _drawio(text: str) -> list[Diagram]:
     for page in pages:
         model = page if _local(page.tag) == "mxGraphModel" else page.find("mxGraphModel")
         if model is None and (page.text or "").strip():
-            model = ElementTree.fromstring(_inflate(page.text.strip()))
+            try:
+                model = ElementTree.fromstring(_inflate(page.text.strip()))
+            except (ElementTree.ParseError, DefusedXmlException) as exc:
+                raise ValueError(f"a compressed page is not valid XML: {exc}") from None
         if model is None:
             continue
         diagram = Diagram(title=page.get("name", "") if page is not root else "")
@@ -247,7 +250,7 @@ def _inflate(data: str) -> str:
     raw = base64.b64decode(data)
     inflater = zlib.decompressobj(-15)  # raw deflate, no zlib header: how draw.io compresses pages
     xml = inflater.decompress(raw, MAX_INFLATED_BYTES)
-    if inflater.unconsumed_tail:
+    if inflater.unconsumed_tail or not inflater.eof:
         raise ValueError("a compressed draw.io page inflates past the size limit")
     return unquote(xml.decode("utf-8"))
 

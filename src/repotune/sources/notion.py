@@ -369,10 +369,13 @@ class _Walker:
         for block in self.api.paged(self.api.client.blocks.children.list, block_id):
             kind = block.get("type")
             number = number + 1 if kind == "numbered_list_item" and previous == "numbered_list_item" else 1
+            rendered = self._block(block, depth, number, found)
+            if not rendered:
+                continue  # child pages, dropped blocks: no gap where they were
             is_item = kind in ("bulleted_list_item", "numbered_list_item", "to_do")
             if lines and not (is_item and previous == kind):
                 lines.append("")  # a blank line between blocks, but not inside a run of list items
-            lines.extend(self._block(block, depth, number, found))
+            lines.extend(rendered)
             previous = kind
         return lines
 
