@@ -145,7 +145,7 @@ def test_data_center_pages_with_a_personal_access_token(datacenter):
     assert page.id == record_id("confluence:ENG", Kind.WIKI_PAGE, "65602")
     assert page.content.startswith("# Architecture\n\n## Overview\n\nThe **orders** service writes to ")
     assert "[PostgreSQL](https://www.postgresql.org/)" in page.content
-    assert "see Storage layer, or ask @user." in " ".join(page.content.split())
+    assert "; see Storage layer, or ask @user.\n" in page.content
     assert "> **Info: Before you deploy**\n>\n> Migrations run in the `pre-deploy` hook" in page.content
     assert (
         "```python\ndef connect(dsn: str) -> Connection:\n"

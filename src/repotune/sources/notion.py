@@ -143,8 +143,10 @@ class _Api:
         self.source = source
         self.base_url = (base_url or "https://api.notion.com").rstrip("/")
         self.waits = RateLimitWaits(max_wait_s, log)
+        # notion-client logs every failed request at WARNING to stdout; errors are reported here instead.
         quiet = logging.getLogger("repotune.notion_client")
-        quiet.addHandler(logging.NullHandler())
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
         self.client = Client(
             auth=token,

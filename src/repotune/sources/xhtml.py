@@ -56,6 +56,9 @@ class _Converter(MarkdownConverter):
         escape_underscores = False
         escape_asterisks = False
         table_infer_header = True
+        # HTML whitespace rules (a newline in a paragraph is a space), without re-wrapping lines.
+        wrap = True
+        wrap_width = None
         code_language_callback = staticmethod(lambda el: el.get("data-language") or None)
 
 
