@@ -44,9 +44,7 @@ _PROGRESS_EVERY = 50
 _MAX_DEPTH = 12  # nested blocks deeper than this are cut (Notion's editor rarely goes past 5)
 _ID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 _ATTACHMENTS = frozenset({"image", "video", "file", "pdf", "audio"})
-_DROPPED = frozenset(
-    {"table_of_contents", "breadcrumb", "template", "link_to_page", "child_page", "child_database"}
-)
+_DROPPED = frozenset({"table_of_contents", "breadcrumb", "template", "link_to_page"})  # no text of their own
 _LIMIT = "rate_limited, about 3 requests/s per integration"
 
 
