@@ -141,3 +141,18 @@ def test_a_repository_with_diagrams(tmp_path):
     diagram = next(r for r in records if r["kind"] == "diagram")
     assert diagram["file_path"] == "docs/flow.mmd"
     assert diagram["content"] == "Mermaid diagram\nComponents: Web, API\nWeb -> API\n"
+
+
+@pytest.mark.integration
+def test_the_pipeline_cache_key_of_a_wiki_space(monkeypatch):
+    from repotune.sources.revision import resolve_revision, source_slug
+
+    with FakeConfluence([Space("ENG", "Engineering")], _pages(), accepted={f"Bearer {PAT}"}) as server:
+        monkeypatch.setenv("CONFLUENCE_URL", server.site)
+        monkeypatch.setenv("CONFLUENCE_PAT", PAT)
+        assert resolve_revision("confluence:ENG") == "confluence-20240610T110000Z-n59"
+    assert (source_slug("confluence:ENG"), source_slug("jira:PAY"), source_slug("notion:")) == (
+        "confluence-eng",
+        "jira-pay",
+        "notion",
+    )
