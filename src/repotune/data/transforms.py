@@ -12,8 +12,12 @@ was trained on. The formats:
   SPM order (see ``fim_text``); the file header is part of the prefix.
 - commits: the diff first, then ``Commit message:`` on its own line, then the message, so the model
   learns to write a message from a diff (``commit_prompt`` is everything up to the message).
-- issues and pull requests: a conversation (``issue_messages``) rendered with the tokenizer's chat
-  template, or as ``User:``/``Assistant:`` turns when it has none (``render_chat``).
+- issues and pull requests (GitHub's and Jira's, in one layout: ``repotune.sources.threads``): a
+  conversation (``issue_messages``) rendered with the tokenizer's chat template, or as
+  ``User:``/``Assistant:`` turns when it has none (``render_chat``).
+- wiki pages (Confluence, Notion): like a doc, with the page's breadcrumb (``Space / Parent / Page``)
+  on the first line where a doc has its path.
+- diagrams: like a doc: the file header, then the components and relations as text.
 
 Every example ends without an end-of-sequence token; ``repotune.data.packing`` appends the
 tokenizer's EOS, which is also where generation is expected to stop.
@@ -136,6 +140,20 @@ def doc_text(record: Record, tokenizer: Any | None = None) -> str:
     return file_header(record.file_path, tokenizer) + record.content
 
 
+def wiki_text(record: Record) -> str:
+    """A wiki page as training text: its breadcrumb (``Space / Parent / Page``) line, then its Markdown.
+
+    The breadcrumb does for a page what the path does for a file: it says where the text belongs.
+    """
+    breadcrumb = " / ".join(str(part) for part in record.meta.get("breadcrumb") or [] if part)
+    return f"{breadcrumb}\n\n{record.content}" if breadcrumb else record.content
+
+
+def diagram_text(record: Record, tokenizer: Any | None = None) -> str:
+    """A diagram record as training text: its file header, then its components and relations."""
+    return file_header(record.file_path, tokenizer) + record.content
+
+
 def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
     """Cut ``text`` at two character positions drawn uniformly from 0..len(text), sorted.
 
@@ -218,9 +236,9 @@ def commit_text(record: Record) -> str:
     return commit_prompt(diff) + message
 
 
-# The thread layout written by repotune.sources.github.thread_text.
+# The thread layout written by repotune.sources.threads.thread_markdown: `#12` on GitHub, `ENG-7` on Jira.
 _THREAD_HEAD = re.compile(
-    r"\A# (?P<title>[^\n]*)\n\n(?:Issue|Pull request) #\d+[^\n]*\n"
+    r"\A# (?P<title>[^\n]*)\n\n(?:Issue|Pull request) (?:#\d+|[A-Z][A-Z0-9_]*-\d+)[^\n]*\n"
     r"Opened by @(?P<author>\S+) on [^\n]*(?:\n\n(?P<body>.*))?\Z",
     re.DOTALL,
 )
@@ -313,4 +331,8 @@ def example_text(record: Record, tokenizer: Any, config: TransformConfig, rng: r
         return issue_text(record, tokenizer)
     if record.kind is Kind.COMMIT:
         return commit_text(record)
+    if record.kind is Kind.WIKI_PAGE:
+        return wiki_text(record)
+    if record.kind is Kind.DIAGRAM:
+        return diagram_text(record, tokenizer)
     raise RepotuneError(f"record {record.id}: no transform for kind {record.kind!r}")
