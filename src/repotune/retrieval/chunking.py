@@ -55,8 +55,10 @@ def chunk_record(record: Record, config: RetrievalConfig) -> Iterator[Chunk]:
     """
     if record.file_path is None or str(record.kind) not in config.kinds:
         return
+    # Words never span lines, so a window's terms are its lines' terms: each line is read once, not
+    # once per window that holds it.
+    line_terms = [code_terms(line) for line in record.content.splitlines(keepends=True)]
     for first, last, start, end in line_windows(record.content, config.window_lines, config.stride_lines):
-        text = record.content[start:end]
-        terms = code_terms(text)
+        terms = tuple(term for line in line_terms[first - 1 : last] for term in line)
         if len(terms) >= config.min_chunk_terms:
-            yield Chunk(record.file_path, first, last, start, end, text, tuple(terms))
+            yield Chunk(record.file_path, first, last, start, end, record.content[start:end], terms)

@@ -138,7 +138,9 @@ class RetrievalIndex:
             contents.append(record.content)
             revisions.add(record.revision)
             for chunk in chunks:
-                corpus.append(array("i", (vocab.setdefault(term, len(vocab)) for term in chunk.terms)))
+                for term in set(chunk.terms).difference(vocab):
+                    vocab[term] = len(vocab)
+                corpus.append(array("i", map(vocab.__getitem__, chunk.terms)))
                 chunk_file.append(number)
                 chunk_lines.extend((chunk.first_line, chunk.last_line))
                 chunk_offsets.extend((chunk.start, chunk.end))

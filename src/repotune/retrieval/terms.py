@@ -10,6 +10,7 @@ in a query costs a pass over a posting list as long as the index.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _WORD = re.compile(r"\w+")
 # The parts of one identifier: runs of capitals before a capitalised word (HTTP|Server), capitalised
@@ -37,10 +38,17 @@ def code_terms(text: str) -> list[str]:
     """
     terms: list[str] = []
     for word in _WORD.findall(text):
-        parts = [part.lower() for part in _PART.findall(word)]
-        if len(parts) > 1:
-            whole = word.strip("_").lower()
-            if whole not in STOPWORDS:
-                terms.append(whole)
-        terms.extend(part for part in parts if len(part) > 1 and part not in STOPWORDS)
+        terms.extend(word_terms(word))
     return terms
+
+
+@lru_cache(maxsize=1 << 16)
+def word_terms(word: str) -> tuple[str, ...]:
+    """The terms of one identifier (see ``code_terms``); cached, since code repeats its names a lot."""
+    parts = [part.lower() for part in _PART.findall(word)]
+    terms = [part for part in parts if len(part) > 1 and part not in STOPWORDS]
+    if len(parts) > 1:
+        whole = word.strip("_").lower()
+        if whole not in STOPWORDS:
+            terms.insert(0, whole)
+    return tuple(terms)
