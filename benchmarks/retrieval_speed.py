@@ -8,12 +8,13 @@ dict per chunk and walks all of them for every query term. The tree is this Pyth
 (``.py`` files outside ``site-packages``), or ``--tree PATH``.
 
 Queries are completions as the pipeline asks them: a random file, a random cursor line (at least 20
-lines in), the query the 20 lines before the cursor, that file left out, top 4. The harness prints
-the time spent chunking (shared by both), index build time, query latency (median and 95th
-percentile), the rank_bm25/repotune ratios, save and load time, the index size on disk, the time to
-build a prompt's context with SmolLM2's tokenizer (search plus token budget), how often the two
-engines agree on the top chunk, and the targets as PASS/MISS (repotune at least 10x faster per query
-than rank_bm25, 95th percentile under 50 ms). Nothing is asserted.
+lines in), the query the 20 lines before the cursor, that file left out, top 4. Times are wall clock
+and CPU time of this process; ratios are of CPU time, which a busy shared machine disturbs least.
+The harness prints the time spent chunking (shared by both), index build time, query latency (median
+and 95th percentile), the rank_bm25/repotune ratios, save and load time, the index size on disk, the
+time to build a prompt's context with SmolLM2's tokenizer (search plus token budget), how often the
+two engines agree on the top chunk, and the targets as PASS/MISS (repotune at least 10x faster per
+query than rank_bm25, 95th percentile under 50 ms). Nothing is asserted.
 
 rank_bm25 is installed into ``.bench/rank-bm25`` (git-ignored) on first use when it is not importable.
 
@@ -36,6 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +125,31 @@ class Baseline:
         return [int(i) for i in best if scores[i] > 0]
 
 
-def timed(function, *args, **kwargs) -> tuple[float, object]:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Took:
+    wall: float
+    """Seconds on the clock."""
+    cpu: float
+    """Seconds of CPU this process spent (all its threads): what the work costs, whatever else the
+    machine is doing at the time."""
+
+    def __str__(self) -> str:
+        return f"{self.wall:.2f} s ({self.cpu:.2f} s CPU)"
+
+
+def timed(function, *args, **kwargs) -> tuple[Took, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
     result = function(*args, **kwargs)
-    return time.perf_counter() - started, result
+    return Took(time.perf_counter() - wall, time.process_time() - cpu), result
+
+
+def query_times(search, queries) -> tuple[list[Took], list[object]]:
+    took, found = [], []
+    for args in queries:
+        seconds, result = timed(search, *args)
+        took.append(seconds)
+        found.append(result)
+    return took, found
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -165,35 +188,39 @@ def main() -> int:
         return sum(1 for record in records for _ in chunk_record(record, config))
 
     # Chunking and term extraction: the part of the build both engines share.
-    chunk_s, _ = timed(chunk_all)
-    result["chunking_s"] = chunk_s
-    print(f"chunking and search terms alone (shared by both engines): {chunk_s:.2f} s")
+    chunking, _ = timed(chunk_all)
+    result["chunking"] = vars(chunking)
+    print(f"chunking and search terms alone (shared by both engines): {chunking}")
 
     rss_before = rss_mb()
-    build_s, index = timed(RetrievalIndex.build, iter(records), config)
+    build, index = timed(RetrievalIndex.build, iter(records), config)
     growth = rss_mb() - rss_before
-    result |= {"chunks": len(index), "build_s": build_s, "build_rss_growth_mb": growth}
-    print(f"repotune: {len(index):,} chunks indexed in {build_s:.2f} s (peak RSS +{growth:.0f} MB)")
+    result |= {"chunks": len(index), "build": vars(build), "build_rss_growth_mb": growth}
+    print(f"repotune: {len(index):,} chunks indexed in {build} (peak RSS +{growth:.0f} MB)")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "index"
-        save_s, _ = timed(index.save, folder)
-        load_s, loaded = timed(RetrievalIndex.load, folder)
+        save, _ = timed(index.save, folder)
+        load, loaded = timed(RetrievalIndex.load, folder)
         size = folder_mb(folder)
-    result |= {"save_s": save_s, "load_s": load_s, "folder_mb": size}
-    print(f"repotune: saved in {save_s:.2f} s ({size:.1f} MB on disk), loaded in {load_s:.2f} s")
+    result |= {"save": vars(save), "load": vars(load), "folder_mb": size}
+    print(f"repotune: saved in {save} ({size:.1f} MB on disk), loaded in {load}")
 
-    def query_text(prefix: str) -> str:
-        return retrieval_query(prefix, None, config)
-
-    latencies, hits = [], []
-    for path, prefix in queries:
-        seconds, found = timed(loaded.search, query_text(prefix), config.top_k, exclude_path=path)
-        latencies.append(seconds)
-        hits.append(found)
-    ours_median, ours_p95 = statistics.median(latencies), percentile(latencies, 0.95)
-    result |= {"query_median_ms": ours_median * 1e3, "query_p95_ms": ours_p95 * 1e3, "queries": len(queries)}
-    print(f"repotune: {len(queries)} queries, median {ours_median * 1e3:.2f} ms, p95 {ours_p95 * 1e3:.2f} ms")
+    searches = [(retrieval_query(prefix, None, config), config.top_k, path) for path, prefix in queries]
+    ours, hits = query_times(lambda query, k, path: loaded.search(query, k, exclude_path=path), searches)
+    ours_wall = [t.wall for t in ours]
+    ours_cpu = statistics.median(t.cpu for t in ours)
+    ours_median, ours_p95 = statistics.median(ours_wall), percentile(ours_wall, 0.95)
+    result |= {
+        "queries": len(queries),
+        "query_median_ms": ours_median * 1e3,
+        "query_p95_ms": ours_p95 * 1e3,
+        "query_median_cpu_ms": ours_cpu * 1e3,
+    }
+    print(
+        f"repotune: {len(queries)} queries, median {ours_median * 1e3:.2f} ms (CPU {ours_cpu * 1e3:.2f} ms), "
+        f"p95 {ours_p95 * 1e3:.2f} ms"
+    )
 
     if not args.no_context:
         from transformers import AutoTokenizer
@@ -201,11 +228,11 @@ def main() -> int:
         from repotune.train.models import resolve_base_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tiny"))  # SmolLM2's tokenizer
-        context_latencies = []
-        for path, prefix in queries:
-            seconds, _ = timed(build_context, loaded, prefix, tokenizer=tokenizer, path=path)
-            context_latencies.append(seconds)
-        context_median = statistics.median(context_latencies)
+        contexts, _ = query_times(
+            lambda prefix, path: build_context(loaded, prefix, tokenizer=tokenizer, path=path),
+            [(prefix, path) for path, prefix in queries],
+        )
+        context_median = statistics.median(t.wall for t in contexts)
         result["context_median_ms"] = context_median * 1e3
         print(
             f"repotune: build_context (search + {config.max_context_tokens}-token budget, SmolLM2 tokenizer) "
@@ -216,32 +243,37 @@ def main() -> int:
         (f"p95 query latency under {P95_TARGET_MS:g} ms", ours_p95 * 1e3 < P95_TARGET_MS)
     ]
     if not args.no_baseline:
-        base_build_s, baseline = timed(Baseline, records, config)
-        sample = queries[: args.baseline_queries]
-        base_latencies, agree = [], 0
-        for (path, prefix), ours in zip(sample, hits, strict=False):
-            seconds, theirs = timed(baseline.search, query_text(prefix), config.top_k, path)
-            base_latencies.append(seconds)
-            agree += bool(ours) and bool(theirs) and ours[0].path == baseline.paths[theirs[0]]
-        base_median = statistics.median(base_latencies)
-        build_ratio = base_build_s / build_s
-        query_ratio = base_median / ours_median
+        base_build, baseline = timed(Baseline, records, config)
+        sample = searches[: args.baseline_queries]
+        theirs, base_hits = query_times(baseline.search, sample)
+        agree = sum(
+            bool(a) and bool(b) and a[0].path == baseline.paths[b[0]]
+            for a, b in zip(hits, base_hits, strict=False)
+        )
+        base_median = statistics.median(t.wall for t in theirs)
+        base_cpu = statistics.median(t.cpu for t in theirs)
+        # Ratios of CPU time: the machine may be shared, and CPU time is what each engine costs.
+        build_ratio = base_build.cpu / build.cpu
+        query_ratio = base_cpu / ours_cpu
         result |= {
             "baseline": RANK_BM25,
-            "baseline_build_s": base_build_s,
-            "baseline_query_median_ms": base_median * 1e3,
+            "baseline_build": vars(base_build),
             "baseline_queries": len(sample),
-            "build_ratio": build_ratio,
-            "query_ratio": query_ratio,
+            "baseline_query_median_ms": base_median * 1e3,
+            "baseline_query_median_cpu_ms": base_cpu * 1e3,
+            "build_cpu_ratio": build_ratio,
+            "query_cpu_ratio": query_ratio,
             "top1_same_file_share": agree / len(sample),
         }
-        timing = f"{len(sample)} queries, median {base_median * 1e3:.1f} ms"
-        print(f"rank_bm25: indexed in {base_build_s:.2f} s; {timing}")
-        print(f"ratios (rank_bm25 / repotune): build {build_ratio:.1f}x, query {query_ratio:.0f}x")
+        timing = f"{len(sample)} queries, median {base_median * 1e3:.1f} ms (CPU {base_cpu * 1e3:.1f} ms)"
+        print(f"rank_bm25: indexed in {base_build}; {timing}")
+        print(
+            f"ratios of CPU time (rank_bm25 / repotune): build {build_ratio:.2f}x, query {query_ratio:.0f}x"
+        )
         print(f"top hit from the same file in both engines: {agree}/{len(sample)} queries")
         checks.append(
             (
-                f"query at least {QUERY_TARGET_RATIO:g}x faster than rank_bm25",
+                f"query at least {QUERY_TARGET_RATIO:g}x faster than rank_bm25 (CPU time)",
                 query_ratio >= QUERY_TARGET_RATIO,
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from repotune.records import Record
 from repotune.retrieval.config import RetrievalConfig
@@ -59,6 +60,6 @@ def chunk_record(record: Record, config: RetrievalConfig) -> Iterator[Chunk]:
     # once per window that holds it.
     line_terms = [code_terms(line) for line in record.content.splitlines(keepends=True)]
     for first, last, start, end in line_windows(record.content, config.window_lines, config.stride_lines):
-        terms = tuple(term for line in line_terms[first - 1 : last] for term in line)
+        terms = tuple(chain.from_iterable(line_terms[first - 1 : last]))
         if len(terms) >= config.min_chunk_terms:
             yield Chunk(record.file_path, first, last, start, end, record.content[start:end], terms)

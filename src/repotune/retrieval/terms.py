@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from itertools import chain
 
 _WORD = re.compile(r"\w+")
 # The parts of one identifier: runs of capitals before a capitalised word (HTTP|Server), capitalised
@@ -36,10 +37,7 @@ def code_terms(text: str) -> list[str]:
     lowercased term when it has more than one part. Terms of one character and ``STOPWORDS`` are
     left out.
     """
-    terms: list[str] = []
-    for word in _WORD.findall(text):
-        terms.extend(word_terms(word))
-    return terms
+    return list(chain.from_iterable(map(word_terms, _WORD.findall(text))))
 
 
 @lru_cache(maxsize=1 << 16)
