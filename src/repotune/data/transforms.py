@@ -8,6 +8,10 @@ was trained on. The formats:
   ``<filename>PATH\\n`` when the tokenizer has ``<filename>`` as one token (StarCoder, SmolLM2 and their
   kin were pretrained with it), else the plain line ``# File: PATH\\n``, which reads as a comment in
   the ``#``-comment languages and as a heading in Markdown, and costs a handful of tokens anywhere.
+- retrieved cross-file context (``context_text``): chunks of other files, each as ``file_header(path)``
+  and its lines, most relevant last; it goes in front of a code prompt (``code_prompt``), a FIM prompt
+  (before ``<fim_prefix>``) and, with ``example_text(context=...)``, a code training example, so the
+  model is trained on the context it is given at inference. ``repotune.retrieval`` chooses the chunks.
 - fill-in-the-middle: StarCoder's ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` tokens, PSM or
   SPM order (see ``fim_text``); the file header is part of the prefix.
 - commits: the diff first, then ``Commit message:`` on its own line, then the message, so the model
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -130,6 +135,33 @@ def file_header(path: str | None, tokenizer: Any | None = None) -> str:
     return PLAIN_HEADER.format(path=path)
 
 
+ContextFn = Callable[[Record, str | None, str | None], str]
+"""Retrieved context for a code training example: called with the record and, for a FIM example, the
+prefix and suffix around the middle the model learns to write (both ``None`` when the example is the
+whole file); returns ``context_text`` output, or ``""`` for no context."""
+
+
+def context_text(snippets: Iterable[tuple[str, str]], tokenizer: Any | None = None) -> str:
+    """Cross-file context: each ``(path, text)`` as ``file_header(path)`` and the text, newline-ended.
+
+    Snippets appear in the order given; callers put the most relevant last, next to the code being
+    written. Training examples, evaluation prompts and served prompts all render context here.
+    """
+    return "".join(
+        file_header(path, tokenizer) + (text if text.endswith("\n") else text + "\n")
+        for path, text in snippets
+    )
+
+
+def code_prompt(
+    prefix: str, *, path: str | None = None, tokenizer: Any | None = None, context: str = ""
+) -> str:
+    """The inference prompt for continuing the file at ``path`` after ``prefix``: ``context`` (from
+    ``context_text``), the file header, then the prefix; the code example (``code_text``) cut at the
+    cursor."""
+    return context + file_header(path, tokenizer) + prefix
+
+
 def code_text(record: Record, tokenizer: Any | None = None) -> str:
     """A code file as training text: its header, then its content unchanged."""
     return file_header(record.file_path, tokenizer) + record.content
@@ -186,25 +218,34 @@ def fim_prompt(
     path: str | None = None,
     tokenizer: Any | None = None,
     order: FimOrder = FimOrder.PSM,
+    context: str = "",
 ) -> str:
     """The inference prompt for filling the gap between ``prefix`` and ``suffix`` of the file at ``path``.
 
     It is the training example without its middle: the model's completion, up to EOS, is the middle.
+    Retrieved ``context`` (from ``context_text``) goes in front of the FIM sentinels, as in training.
     """
-    return fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
+    return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
 
 
 def fim_example(
-    record: Record, rng: random.Random, *, spm_rate: float = 0.5, tokenizer: Any | None = None
+    record: Record,
+    rng: random.Random,
+    *,
+    spm_rate: float = 0.5,
+    tokenizer: Any | None = None,
+    context: ContextFn | None = None,
 ) -> str:
     """A code file cut at two random characters (``fim_split``) into a FIM example.
 
     SPM with probability ``spm_rate``, else PSM. The file header stays in front of the prefix, so the
-    model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it.
+    model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it. With
+    ``context``, its text for this prefix and suffix goes in front, as ``fim_prompt(context=...)`` puts it.
     """
     prefix, middle, suffix = fim_split(record.content, rng)
     order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
-    return fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
+    lead = context(record, prefix, suffix) if context is not None else ""
+    return lead + fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
 
 
 _DIFF_START = re.compile(r"^diff --git ", re.MULTILINE)
@@ -315,16 +356,25 @@ def issue_text(record: Record, tokenizer: Any) -> str:
     return render_chat(issue_messages(record), tokenizer)
 
 
-def example_text(record: Record, tokenizer: Any, config: TransformConfig, rng: random.Random) -> str:
+def example_text(
+    record: Record,
+    tokenizer: Any,
+    config: TransformConfig,
+    rng: random.Random,
+    context: ContextFn | None = None,
+) -> str:
     """The training text for one record, chosen by its kind.
 
     Code files become a FIM example with probability ``config.fim_rate``, else plain file text. Pass
     ``record_rng(record, config.seed)`` as ``rng`` for examples that do not depend on record order.
+    With ``context``, code examples get retrieved context in front (``ContextFn``); the random draws
+    are the same with or without it, so the context is the only difference.
     """
     if record.kind is Kind.CODE:
         if rng.random() < config.fim_rate:
-            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer)
-        return code_text(record, tokenizer)
+            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer, context=context)
+        lead = context(record, None, None) if context is not None else ""
+        return lead + code_text(record, tokenizer)
     if record.kind is Kind.DOC:
         return doc_text(record, tokenizer)
     if record.kind in (Kind.ISSUE, Kind.PULL_REQUEST):
