@@ -117,12 +117,19 @@ def _samples() -> list[Sample]:
     token("Clojars token", "clojars_token", "CLOJARS_" + fake(60, LOWER_ALNUM), "CLOJARS_TOKEN")
     token("Docker Hub PAT", "dockerhub_token", "dckr_pat_" + fake(27, TOKEN), "DOCKERHUB_TOKEN")
     token("Artifactory API key", "artifactory_token", "AKCp" + fake(69), "ARTIFACTORY_API_KEY")
-    token("Sourcegraph token", "sourcegraph_token", f"sgp_{fake(16, HEX)}_{fake(40, HEX)}", "SRC_ACCESS_TOKEN")
+    token(
+        "Sourcegraph token", "sourcegraph_token", f"sgp_{fake(16, HEX)}_{fake(40, HEX)}", "SRC_ACCESS_TOKEN"
+    )
     token("Postman API key", "postman_token", f"PMAK-{fake(24, HEX)}-{fake(34, HEX)}", "POSTMAN_API_KEY")
     token("ReadMe API key", "readme_token", "rdme_" + fake(70, LOWER_ALNUM), "README_API_KEY")
     token("SonarQube token", "sonar_token", "squ_" + fake(40, HEX), "SONAR_TOKEN")
     # Clouds, infrastructure and secret stores.
-    token("AWS access key id", "aws_access_key", "AKIA" + fake(16, string.ascii_uppercase + "234567"), "AWS_ACCESS_KEY_ID")
+    token(
+        "AWS access key id",
+        "aws_access_key",
+        "AKIA" + fake(16, string.ascii_uppercase + "234567"),
+        "AWS_ACCESS_KEY_ID",
+    )
     token(
         "AWS secret access key",
         "aws_secret_key",
@@ -134,10 +141,20 @@ def _samples() -> list[Sample]:
     token("GCP API key", "gcp_api_key", "AIza" + fake(35, TOKEN), "GOOGLE_API_KEY")
     token("Google OAuth client secret", "google_oauth", "GOCSPX-" + fake(28, TOKEN), "GOOGLE_CLIENT_SECRET")
     token("Google OAuth access token", "google_oauth", "ya29." + fake(120, TOKEN), "GOOGLE_ACCESS_TOKEN")
-    token("Entra ID client secret", "azure_client_secret", fake(3) + "8Q~" + fake(34, ALNUM + "_.-"), "AZURE_CLIENT_SECRET")
+    token(
+        "Entra ID client secret",
+        "azure_client_secret",
+        fake(3) + "8Q~" + fake(34, ALNUM + "_.-"),
+        "AZURE_CLIENT_SECRET",
+    )
     token("Alibaba Cloud AccessKey id", "alibaba_access_key", "LTAI" + fake(20), "ALIBABA_ACCESS_KEY_ID")
     token("DigitalOcean PAT", "digitalocean_token", "dop_v1_" + fake(64, HEX), "DIGITALOCEAN_TOKEN")
-    token("Cloudflare Origin CA key", "cloudflare_ca_key", f"v1.0-{fake(24, HEX)}-{fake(146, HEX)}", "CF_ORIGIN_CA_KEY")
+    token(
+        "Cloudflare Origin CA key",
+        "cloudflare_ca_key",
+        f"v1.0-{fake(24, HEX)}-{fake(146, HEX)}",
+        "CF_ORIGIN_CA_KEY",
+    )
     token("Fly.io token", "flyio_token", "fo1_" + fake(43, TOKEN), "FLY_API_TOKEN")
     token("Heroku API key (v2)", "heroku_key", "HRKU-AA" + fake(58, TOKEN), "HEROKU_API_KEY")
     token("Scalingo API token", "scalingo_token", "tk-us-" + fake(48, TOKEN), "SCALINGO_API_TOKEN")
@@ -149,7 +166,12 @@ def _samples() -> list[Sample]:
     token("PlanetScale token", "planetscale_token", "pscale_tkn_" + fake(43, TOKEN), "PLANETSCALE_TOKEN")
     token("Databricks token", "databricks_token", "dapi" + fake(32, HEX), "DATABRICKS_TOKEN")
     token("Infracost API key", "infracost_token", "ico-" + fake(32), "INFRACOST_API_KEY")
-    token("1Password service account token", "onepassword_token", "ops_eyJ" + fake(300, B64), "OP_SERVICE_ACCOUNT_TOKEN")
+    token(
+        "1Password service account token",
+        "onepassword_token",
+        "ops_eyJ" + fake(300, B64),
+        "OP_SERVICE_ACCOUNT_TOKEN",
+    )
     token(
         "Harness PAT",
         "harness_token",
@@ -158,11 +180,22 @@ def _samples() -> list[Sample]:
     )
     token("Octopus Deploy API key", "octopus_key", "API-" + fake(26, UPPER_ALNUM), "OCTOPUS_API_KEY")
     # Messaging, monitoring and SaaS.
-    token("Slack bot token", "slack_token", f"xoxb-{digits(13)}-{digits(13, 1)}-{fake(24)}", "SLACK_BOT_TOKEN")
-    token("Slack app token", "slack_token", f"xapp-1-A{fake(10, UPPER_ALNUM)}-{digits(13)}-{fake(64, HEX)}", "SLACK_APP_TOKEN")
-    token("Telegram bot token", "telegram_bot_token", f"{digits(10)}:AA{fake(33, TOKEN)}", "TELEGRAM_BOT_TOKEN")
+    token(
+        "Slack bot token", "slack_token", f"xoxb-{digits(13)}-{digits(13, 1)}-{fake(24)}", "SLACK_BOT_TOKEN"
+    )
+    token(
+        "Slack app token",
+        "slack_token",
+        f"xapp-1-A{fake(10, UPPER_ALNUM)}-{digits(13)}-{fake(64, HEX)}",
+        "SLACK_APP_TOKEN",
+    )
+    token(
+        "Telegram bot token", "telegram_bot_token", f"{digits(10)}:AA{fake(33, TOKEN)}", "TELEGRAM_BOT_TOKEN"
+    )
     token("SendGrid API key", "sendgrid_key", f"SG.{fake(22, TOKEN)}.{fake(43, TOKEN)}", "SENDGRID_API_KEY")
-    token("Brevo (Sendinblue) API key", "sendinblue_key", f"xkeysib-{fake(64, HEX)}-{fake(16)}", "BREVO_API_KEY")
+    token(
+        "Brevo (Sendinblue) API key", "sendinblue_key", f"xkeysib-{fake(64, HEX)}-{fake(16)}", "BREVO_API_KEY"
+    )
     token("Mailgun API key (legacy)", "mailgun_key", "key-" + fake(32, HEX), "MAILGUN_API_KEY")
     token("Mailchimp API key", "mailchimp_key", fake(32, HEX, seed=3) + "-us14", "MAILCHIMP_API_KEY")
     token("Twilio API key SID", "twilio_key", "SK" + fake(32, HEX), "TWILIO_API_KEY")
@@ -174,7 +207,9 @@ def _samples() -> list[Sample]:
         "DT_API_TOKEN",
     )
     token("New Relic user API key", "newrelic_key", "NRAK-" + fake(27, UPPER_ALNUM), "NEW_RELIC_API_KEY")
-    token("Grafana service account token", "grafana_token", f"glsa_{fake(32)}_{fake(8, HEX)}", "GRAFANA_TOKEN")
+    token(
+        "Grafana service account token", "grafana_token", f"glsa_{fake(32)}_{fake(8, HEX)}", "GRAFANA_TOKEN"
+    )
     token("Atlassian API token", "atlassian_token", "ATATT3" + fake(186, TOKEN + "="), "JIRA_API_TOKEN")
     token("Linear API key", "linear_key", "lin_api_" + fake(40), "LINEAR_API_KEY")
     token("Notion integration token", "notion_token", "ntn_" + digits(11) + fake(35), "NOTION_TOKEN")
@@ -183,7 +218,12 @@ def _samples() -> list[Sample]:
     token("Frame.io token", "frameio_token", "fio-u-" + fake(64, TOKEN), "FRAMEIO_TOKEN")
     token("MaxMind license key", "maxmind_key", f"{fake(6)}_{fake(29)}_mmk", "MAXMIND_LICENSE_KEY")
     token("Adobe client secret", "adobe_client_secret", "p8e-" + fake(32), "ADOBE_CLIENT_SECRET")
-    token("Mapbox secret token", "mapbox_token", f"sk.eyJ{fake(60, TOKEN)}.{fake(22, TOKEN)}", "MAPBOX_SECRET_TOKEN")
+    token(
+        "Mapbox secret token",
+        "mapbox_token",
+        f"sk.eyJ{fake(60, TOKEN)}.{fake(22, TOKEN)}",
+        "MAPBOX_SECRET_TOKEN",
+    )
     # Payments and commerce.
     token("Stripe secret key", "stripe_key", "sk_live_" + fake(24), "STRIPE_SECRET_KEY")
     token("Stripe webhook secret", "stripe_key", "whsec_" + fake(32), "STRIPE_WEBHOOK_SECRET")
@@ -206,7 +246,9 @@ def _samples() -> list[Sample]:
     token("Groq API key", "groq_key", "gsk_" + fake(52), "GROQ_API_KEY")
     token("xAI API key", "xai_key", "xai-" + fake(80), "XAI_API_KEY")
     token("Replicate API token", "replicate_token", "r8_" + fake(37), "REPLICATE_API_TOKEN")
-    token("LangSmith API key", "langsmith_key", f"lsv2_pt_{fake(32, HEX)}_{fake(10, HEX)}", "LANGSMITH_API_KEY")
+    token(
+        "LangSmith API key", "langsmith_key", f"lsv2_pt_{fake(32, HEX)}_{fake(10, HEX)}", "LANGSMITH_API_KEY"
+    )
     token("Prefect API key", "prefect_key", "pnu_" + fake(36), "PREFECT_API_KEY")
     # Keys and signed tokens.
     token("age secret key", "age_secret_key", "AGE-SECRET-KEY-1" + fake(58, BECH32), "SOPS_AGE_KEY")
@@ -259,6 +301,32 @@ def _samples() -> list[Sample]:
         ("Plaid secret", "plaid_key", fake(30, LOWER_ALNUM), "PLAID_SECRET"),
         ("Twitch client secret", "twitch_token", fake(30, LOWER_ALNUM, seed=1), "TWITCH_CLIENT_SECRET"),
         ("Discord bot token", "discord_token", discord_bot_token(), "DISCORD_BOT_TOKEN"),
+        ("Adafruit IO key", "adafruit_key", fake(32, TOKEN, seed=3), "ADAFRUIT_IO_KEY"),
+        ("Airtable PAT", "airtable_key", f"pat{fake(14)}.{fake(64, HEX)}", "AIRTABLE_TOKEN"),
+        ("Asana PAT", "asana_token", f"2/{digits(16)}:{fake(32, HEX)}", "ASANA_ACCESS_TOKEN"),
+        ("Beamer API key", "beamer_token", "b_" + fake(44, TOKEN), "BEAMER_API_KEY"),
+        ("Bittrex API secret", "bittrex_key", fake(32, LOWER_ALNUM, seed=1), "BITTREX_API_SECRET"),
+        ("Coinbase API secret", "coinbase_token", fake(64, TOKEN, seed=1), "COINBASE_API_SECRET"),
+        ("Contentful delivery token", "contentful_token", fake(43, TOKEN, seed=2), "CONTENTFUL_ACCESS_TOKEN"),
+        ("Etsy API key", "etsy_token", fake(24, LOWER_ALNUM), "ETSY_API_KEY"),
+        ("Fastly API token", "fastly_token", fake(32, TOKEN, seed=4), "FASTLY_API_TOKEN"),
+        ("Finnhub API key", "finnhub_token", fake(20, LOWER_ALNUM), "FINNHUB_API_KEY"),
+        ("Flickr API secret", "flickr_token", fake(32, LOWER_ALNUM, seed=2), "FLICKR_API_SECRET"),
+        ("FreshBooks token", "freshbooks_token", fake(64, LOWER_ALNUM), "FRESHBOOKS_TOKEN"),
+        ("Gitter token", "gitter_token", fake(40, TOKEN, seed=2), "GITTER_TOKEN"),
+        ("GoCardless live token", "gocardless_token", "live_" + fake(40, TOKEN), "GOCARDLESS_ACCESS_TOKEN"),
+        ("Intercom access token", "intercom_token", fake(60, TOKEN), "INTERCOM_ACCESS_TOKEN"),
+        ("JFrog identity token", "jfrog_key", fake(64, LOWER_ALNUM, seed=1), "JFROG_ACCESS_TOKEN"),
+        ("Kraken private key", "kraken_key", fake(88, B64), "KRAKEN_PRIVATE_KEY"),
+        ("KuCoin API secret", "kucoin_key", fake_uuid(10), "KUCOIN_API_SECRET"),
+        ("Mattermost token", "mattermost_token", fake(26, LOWER_ALNUM), "MATTERMOST_TOKEN"),
+        ("MessageBird API key", "messagebird_key", fake(25, LOWER_ALNUM), "MESSAGEBIRD_API_KEY"),
+        ("NYTimes API key", "nytimes_token", fake(32, TOKEN, seed=5), "NYTIMES_API_KEY"),
+        ("RapidAPI key", "rapidapi_key", fake(50, TOKEN), "RAPIDAPI_KEY"),
+        ("Sendbird API token", "sendbird_token", fake(40, HEX), "SENDBIRD_API_TOKEN"),
+        ("Squarespace API key", "squarespace_token", fake_uuid(11), "SQUARESPACE_API_KEY"),
+        ("Sumo Logic access key", "sumologic_key", fake(64, seed=3), "SUMO_ACCESS_KEY"),
+        ("Yandex API key", "yandex_key", "AQVN" + fake(36, TOKEN), "YANDEX_API_KEY"),
     ]
     for fmt, kind, value, name in keyed:
         extra = (("discord.js", 'client.login("{value}");\n'),) if kind == "discord_token" else ()
@@ -274,12 +342,42 @@ def _samples() -> list[Sample]:
     pw = password(2)
     for fmt, kind, value, secret, name in [
         ("PostgreSQL URL", "password", f"postgres://app:{pw}@db.internal:5432/app", pw, "DATABASE_URL"),
-        ("MongoDB SRV URL", "password", f"mongodb+srv://svc:{password(3)}@cluster0.ab1cd.mongodb.net/db", password(3), "MONGO_URL"),
+        (
+            "MongoDB SRV URL",
+            "password",
+            f"mongodb+srv://svc:{password(3)}@cluster0.ab1cd.mongodb.net/db",
+            password(3),
+            "MONGO_URL",
+        ),
         ("Redis URL", "password", f"redis://:{password(4)}@cache:6379/0", password(4), "REDIS_URL"),
-        ("basic-auth URL with '#' in the password", "password", f"https://deploy:pa#{fake(9)}@git.internal/acme/app.git", f"pa#{fake(9)}", "REPO_URL"),
-        ("JDBC ?password= parameter", "password", f"jdbc:postgresql://db:5432/app?user=app&password={password(5)}", password(5), "JDBC_URL"),
-        ("JDBC SQL Server ;password=", "password", f"jdbc:sqlserver://db:1433;databaseName=app;user=sa;password={password(6)};", password(6), "JDBC_URL"),
-        ("Sentry DSN", "sentry_dsn", f"https://{fake(32, HEX, seed=10)}@o{digits(6)}.ingest.sentry.io/{digits(7)}", fake(32, HEX, seed=10), "SENTRY_DSN"),
+        (
+            "basic-auth URL with '#' in the password",
+            "password",
+            f"https://deploy:pa#{fake(9)}@git.internal/acme/app.git",
+            f"pa#{fake(9)}",
+            "REPO_URL",
+        ),
+        (
+            "JDBC ?password= parameter",
+            "password",
+            f"jdbc:postgresql://db:5432/app?user=app&password={password(5)}",
+            password(5),
+            "JDBC_URL",
+        ),
+        (
+            "JDBC SQL Server ;password=",
+            "password",
+            f"jdbc:sqlserver://db:1433;databaseName=app;user=sa;password={password(6)};",
+            password(6),
+            "JDBC_URL",
+        ),
+        (
+            "Sentry DSN",
+            "sentry_dsn",
+            f"https://{fake(32, HEX, seed=10)}@o{digits(6)}.ingest.sentry.io/{digits(7)}",
+            fake(32, HEX, seed=10),
+            "SENTRY_DSN",
+        ),
         (
             "Slack webhook",
             "slack_webhook",
@@ -312,7 +410,8 @@ def _samples() -> list[Sample]:
         (
             "Azure storage connection string",
             "azure_storage_key",
-            f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={fake(86, B64)}==;EndpointSuffix=core.windows.net",
+            f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={fake(86, B64)}=="
+            ";EndpointSuffix=core.windows.net",
             f"{fake(86, B64)}==",
             "AZURE_STORAGE_CONNECTION_STRING",
         ),
@@ -320,7 +419,14 @@ def _samples() -> list[Sample]:
         token(fmt, kind, value, name, style="url", secret=secret)
     # Commands.
     pw = password(7)
-    token("curl -u user:password", "password", f"curl -u admin:{pw} https://ci.internal/api/json", "CURL", style="command", secret=pw)
+    token(
+        "curl -u user:password",
+        "password",
+        f"curl -u admin:{pw} https://ci.internal/api/json",
+        "CURL",
+        style="command",
+        secret=pw,
+    )
     token(
         "CLI --password option",
         "password",
@@ -340,8 +446,11 @@ def _samples() -> list[Sample]:
         extra=(
             (".npmrc", "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken={value}\n"),
             ("Dockerfile", 'FROM node:22\nRUN echo "//registry.npmjs.org/:_authToken={value}" > ~/.npmrc\n'),
-            ("diff", "--- a/.npmrc\n+++ b/.npmrc\n@@ -1 +1,2 @@\n registry=https://registry.npmjs.org/\n"
-             "+//registry.npmjs.org/:_authToken={value}\n"),
+            (
+                "diff",
+                "--- a/.npmrc\n+++ b/.npmrc\n@@ -1 +1,2 @@\n registry=https://registry.npmjs.org/\n"
+                "+//registry.npmjs.org/:_authToken={value}\n",
+            ),
         ),
     )
     auth = base64.b64encode(f"ci-bot:{password(9)}".encode()).decode()
@@ -353,8 +462,11 @@ def _samples() -> list[Sample]:
         style="file",
         extra=(
             ("config.json", json.dumps({"auths": {"ghcr.io": {"auth": "{value}"}}}, indent=2)),
-            ("diff", '--- a/.docker/config.json\n+++ b/.docker/config.json\n@@ -1 +1 @@\n'
-             '-{"auths": {}}\n+{"auths": {"ghcr.io": {"auth": "{value}"}}}\n'),
+            (
+                "diff",
+                "--- a/.docker/config.json\n+++ b/.docker/config.json\n@@ -1 +1 @@\n"
+                '-{"auths": {}}\n+{"auths": {"ghcr.io": {"auth": "{value}"}}}\n',
+            ),
         ),
     )
     key_id = fake(40, HEX, seed=11)
@@ -368,8 +480,12 @@ def _samples() -> list[Sample]:
             (
                 "service-account.json",
                 json.dumps(
-                    {"type": "service_account", "project_id": "acme", "private_key_id": "{value}",
-                     "client_email": "ci@acme.iam.gserviceaccount.com"},
+                    {
+                        "type": "service_account",
+                        "project_id": "acme",
+                        "private_key_id": "{value}",
+                        "client_email": "ci@acme.iam.gserviceaccount.com",
+                    },
                     indent=2,
                 ),
             ),
@@ -424,7 +540,11 @@ def placements(sample: Sample) -> Iterator[Placement]:
         yield "k8s data", _k8s("data", f"  {name}: {_b64(v)}\n"), (*hidden, _b64(v))
         yield "diff", _diff("settings.py", f'{name} = os.environ["{name}"]', f'{name} = "{v}"'), hidden
     if sample.style == "token":
-        yield "README", f"Try it:\n\n```sh\ncurl -H 'X-Api-Key: {v}' https://api.acme.dev/v1/items\n```\n", hidden
+        yield (
+            "README",
+            f"Try it:\n\n```sh\ncurl -H 'X-Api-Key: {v}' https://api.acme.dev/v1/items\n```\n",
+            hidden,
+        )
         yield "commit message", f"Rotate the CI credentials\n\nThe leaked value {v} is revoked now.\n", hidden
     elif sample.style == "keyed":
         yield "README", f"Set it before running:\n\n```sh\nexport {name}={v}\n```\n", hidden
@@ -444,7 +564,12 @@ def placements(sample: Sample) -> Iterator[Placement]:
         yield "README", f"Paste the key:\n\n```\n{v}\n```\n", hidden
         yield "commit message", f"Add the deploy key\n\n{v}\n", hidden
         added = "\n".join("+" + line for line in v.splitlines())
-        yield "diff", f"diff --git a/id_rsa b/id_rsa\nnew file mode 100600\n--- /dev/null\n+++ b/id_rsa\n@@ -0,0 +1,9 @@\n{added}\n", hidden
+        yield (
+            "diff",
+            "diff --git a/id_rsa b/id_rsa\nnew file mode 100600\n--- /dev/null\n+++ b/id_rsa\n"
+            f"@@ -0,0 +1,9 @@\n{added}\n",
+            hidden,
+        )
     elif sample.style == "command":
         multiline = v.replace(" https://", " \\\n  https://").replace(" -", " \\\n  -", 1)
         yield "shell script", f"#!/bin/sh\nset -eu\n{v}\n", hidden

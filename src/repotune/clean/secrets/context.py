@@ -180,7 +180,9 @@ def _env_ok(text: str, match: re.Match[str]) -> bool:
     """`KEY=value` alone on its line with an upper-case key: a .env file, `export`, Dockerfile `ENV`."""
     strong = _strength(text, match)
     start, key = _key_name(text, match)
-    line_start = max(text.rfind("\n", 0, start) + 1, text.rfind("\\n", 0, start) + 2, text.rfind('"', 0, start) + 1)
+    line_start = max(
+        text.rfind("\n", 0, start) + 1, text.rfind("\\n", 0, start) + 2, text.rfind('"', 0, start) + 1
+    )
     if strong is None or not key.isupper() or not _ENV_LINE_START.fullmatch(text, line_start, start):
         return False
     if match.group("sep") != "=" and not _DOCKERFILE_ENV.fullmatch(text, line_start, start):
@@ -326,7 +328,9 @@ def _named(kind: str, names: str, value: str, *, credential_word: bool = False) 
     secret, auth or password, for values shaped like identifiers (UUIDs name apps as often as keys).
     """
     name = "(?:" + "|".join(re.escape(n) for n in names.split()) + ")"
-    middle = r"[\w.-]{0,20}?(?:key|token|secret|auth|pass)[\w.-]{0,20}" if credential_word else r"[\w.-]{0,20}"
+    middle = (
+        r"[\w.-]{0,20}?(?:key|token|secret|auth|pass)[\w.-]{0,20}" if credential_word else r"[\w.-]{0,20}"
+    )
     pattern = (
         rf"{name}{middle}[\"'`]?\]?[ \t]*(?:=>|:=|\?=|=|:|,)[ \t]*[bru]{{0,2}}\\?[\"'`]?"
         rf"(?P<secret>{value})(?=[\"'`\s;,)\\]|$)"
@@ -354,7 +358,9 @@ _NAMED: tuple[SecretRule, ...] = (
     _named("contentful_token", "contentful", r"[a-z0-9=_-]{43}"),
     _named("datadog_key", "datadog dd_api_key dd_app_key", r"[a-z0-9]{40}|[a-f0-9]{32}"),
     _named("discord_token", "discord", r"[a-f0-9]{64}|[a-z0-9=_-]{32}"),
-    _named("dropbox_token", "dropbox", r"sl\.[a-z0-9=_-]{130,140}|[a-z0-9]{11}a{10}[a-z0-9=_-]{43}|[a-z0-9]{15}"),
+    _named(
+        "dropbox_token", "dropbox", r"sl\.[a-z0-9=_-]{130,140}|[a-z0-9]{11}a{10}[a-z0-9=_-]{43}|[a-z0-9]{15}"
+    ),
     _named("etsy_token", "etsy", r"[a-z0-9]{24}"),
     _named("facebook_token", "facebook", r"[a-f0-9]{32}"),
     _named("fastly_token", "fastly", r"[a-z0-9=_-]{32}"),
@@ -393,7 +399,9 @@ _NAMED: tuple[SecretRule, ...] = (
         "twitter",
         r"a{22}[a-z0-9%]{80,100}|[0-9]{15,25}-[a-z0-9]{20,40}|[a-z0-9]{50}|[a-z0-9]{45}|[a-z0-9]{25}",
     ),
-    _named("yandex_key", "yandex", r"aqvn[a-z0-9_-]{35,38}|yc[a-z0-9_-]{38}|t1\.[a-z0-9_-]+=*\.[a-z0-9_-]{86}=*"),
+    _named(
+        "yandex_key", "yandex", r"aqvn[a-z0-9_-]{35,38}|yc[a-z0-9_-]{38}|t1\.[a-z0-9_-]+=*\.[a-z0-9_-]{86}=*"
+    ),
     _named("zendesk_token", "zendesk", r"[a-z0-9]{40}"),
 )
 
@@ -527,7 +535,9 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
     _rule(
         "password",
         _KEYWORDS,
-        _KEYWORD + r"\d*(?P<sep>=|[ \t]+(?=[^\s=]+\r?$))(?P<secret>[^\s\"'`\\][^\s\\]{0,1023}+(?:\\(?![nr])[^\s\\]{0,1023}+){0,8}+)"
+        _KEYWORD + r"\d*(?P<sep>=|[ \t]+(?=[^\s=]+\r?$))"
+        # Runs of non-space characters, joined by a backslash that starts no escaped newline.
+        r"(?P<secret>[^\s\"'`\\][^\s\\]{0,1023}+(?:\\(?![nr])[^\s\\]{0,1023}+){0,8}+)"
         r"[ \t]*(?:\r?$|(?=\\[nr]))",
         check=_env_ok,
         flags=re.MULTILINE,
@@ -536,7 +546,10 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
     _rule(
         "password",
         _KEYWORDS,
-        _KEYWORD + _KEY_END + r"[ \t]*(?P<sep>[=:])[ \t]*(?P<secret>[^\s\"'`,;&()\[\]{}<>\\]{6,1024}+)" + _VALUE_END,
+        _KEYWORD
+        + _KEY_END
+        + r"[ \t]*(?P<sep>[=:])[ \t]*(?P<secret>[^\s\"'`,;&()\[\]{}<>\\]{6,1024}+)"
+        + _VALUE_END,
         check=_unquoted_ok,
         flags=re.MULTILINE,
     ),

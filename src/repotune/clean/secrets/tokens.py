@@ -96,7 +96,11 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         bounds=ALNUM,
     ),
     # Temporary credentials' session tokens, by their base64 header ("\x21\n\torigin", "\x17\n\x06er/aws").
-    _token("aws_session_token", "iqojb3jpz2lu fwogzxivyxdz", r"(?:IQoJb3JpZ2lu|FwoGZXIvYXdz)[A-Za-z0-9+/]{80,}={0,2}"),
+    _token(
+        "aws_session_token",
+        "iqojb3jpz2lu fwogzxivyxdz",
+        r"(?:IQoJb3JpZ2lu|FwoGZXIvYXdz)[A-Za-z0-9+/]{80,}={0,2}",
+    ),
     _token("gcp_api_key", "aiza", rf"AIza[{_B64URL}]{{35}}", random=None),
     _token(
         "google_oauth",
@@ -121,14 +125,22 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
     _token("alibaba_access_key", "ltai", r"LTAI[A-Za-z0-9]{20}", bounds=ALNUM),
     _token("digitalocean_token", "dop_v1_ doo_v1_ dor_v1_", r"do[opr]_v1_[a-f0-9]{64}"),
     _token("cloudflare_ca_key", "v1.0-", r"v1\.0-[a-f0-9]{24}-[a-f0-9]{146}"),
-    _token("flyio_token", "fo1_ fm1a_ fm1r_ fm2_", rf"fo1_[{_B64URL}]{{43}}|fm(?:1[ar]|2)_[A-Za-z0-9+/]{{100,}}={{0,3}}"),
+    _token(
+        "flyio_token",
+        "fo1_ fm1a_ fm1r_ fm2_",
+        rf"fo1_[{_B64URL}]{{43}}|fm(?:1[ar]|2)_[A-Za-z0-9+/]{{100,}}={{0,3}}",
+    ),
     _token("heroku_key", "hrku-aa", rf"HRKU-AA[{_B64URL}]{{58}}"),
     _token("scalingo_token", "tk-us-", rf"tk-us-[{_B64URL}]{{48}}"),
     _token("openshift_token", "sha256~", rf"sha256~[{_B64URL}]{{43}}"),
     _token("terraform_token", "atlasv1", r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"),
     _token("pulumi_token", "pul-", r"pul-[a-f0-9]{40}"),
     _token("vault_token", "hvs. hvb. hvr.", rf"hv[sbr]\.[{_B64URL}]{{24,300}}"),
-    _token("doppler_token", "dp.pt. dp.st. dp.ct. dp.sa. dp.scim. dp.audit.", r"dp\.(?:pt|st|ct|sa|scim|audit)\.[A-Za-z0-9]{40,44}"),
+    _token(
+        "doppler_token",
+        "dp.pt. dp.st. dp.ct. dp.sa. dp.scim. dp.audit.",
+        r"dp\.(?:pt|st|ct|sa|scim|audit)\.[A-Za-z0-9]{40,44}",
+    ),
     _token("planetscale_token", "pscale_", r"pscale_(?:tkn|oauth|pw)_[A-Za-z0-9_.=-]{32,64}"),
     _token("databricks_token", "dapi", r"dapi[a-f0-9]{32}(?:-\d)?"),
     _token("infracost_token", "ico-", r"ico-[A-Za-z0-9]{32}"),
@@ -138,7 +150,9 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         r"A3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5}"
         r"|ops_eyJ[A-Za-z0-9+/]{250,}={0,3}",
     ),
-    _token("harness_token", "pat. sat.", rf"(?:pat|sat)\.[{_B64URL}]{{22}}\.[A-Za-z0-9]{{24}}\.[A-Za-z0-9]{{20}}"),
+    _token(
+        "harness_token", "pat. sat.", rf"(?:pat|sat)\.[{_B64URL}]{{22}}\.[A-Za-z0-9]{{24}}\.[A-Za-z0-9]{{20}}"
+    ),
     _token("octopus_key", "api-", r"API-[A-Z0-9]{26}", bounds=ALNUM),
     # Monitoring, communication and SaaS.
     _token(
@@ -177,7 +191,11 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
     # Twilio API key SIDs. "sk" is in most texts, so the pattern runs over the whole text, where the
     # regex engine skips to its "SK" as fast as a substring search would.
     _token("twilio_key", "sk", rf"SK[{_HEX}]{{32}}", bounds=ALNUM, whole_text=True),
-    _token("sentry_token", "sntryu_ sntrys_", r"sntryu_[a-f0-9]{64}|sntrys_eyJ[A-Za-z0-9+/=]{20,400}_[A-Za-z0-9+/]{43}"),
+    _token(
+        "sentry_token",
+        "sntryu_ sntrys_",
+        r"sntryu_[a-f0-9]{64}|sntrys_eyJ[A-Za-z0-9+/=]{20,400}_[A-Za-z0-9+/]{43}",
+    ),
     _token("dynatrace_token", "dt0c01.", r"dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}"),
     _token("newrelic_key", "nrak- nrii- nrjs-", r"NRAK-[A-Z0-9]{27}|NRII-[A-Za-z0-9-]{32}|NRJS-[a-f0-9]{19}"),
     _token(
@@ -201,7 +219,9 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         r"[sr]k_(?:live|test|prod)_[0-9A-Za-z]{10,247}|whsec_[A-Za-z0-9]{24,128}",
         random=None,
     ),
-    _token("square_token", "sq0atp- sq0csp- eaaa", rf"sq0(?:atp|csp)-[{_B64URL}]{{22,43}}|EAAA[{_B64URL}]{{60}}"),
+    _token(
+        "square_token", "sq0atp- sq0csp- eaaa", rf"sq0(?:atp|csp)-[{_B64URL}]{{22,43}}|EAAA[{_B64URL}]{{60}}"
+    ),
     _token("facebook_token", "eaam eaac", r"EAA[MC][A-Za-z0-9]{100,}"),
     _token("flutterwave_key", "flwseck", r"FLWSECK(?:_TEST)?-[a-hA-H0-9]{32}-X"),
     _token("shippo_token", "shippo_", rf"shippo_(?:live|test)_[{_HEX}]{{40}}"),
@@ -209,9 +229,15 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
     _token("duffel_token", "duffel_", r"duffel_(?:test|live)_[A-Za-z0-9_=-]{43}"),
     # AI services. OpenAI keys are `sk-` then one alphanumeric run, or `sk-proj-` and the like;
     # Anthropic's are `sk-ant-`. Kebab-case words (`sk-learn-...`) match neither.
-    _token("anthropic_key", "sk-ant-", rf"sk-ant-(?:api|admin|oat|sid)\d{{2}}-[{_B64URL}]{{40,200}}", random=None),
-    _token("openai_key", "sk-", rf"sk-(?:(?:proj|svcacct|admin)-[{_B64URL}]{{20,250}}|[A-Za-z0-9]{{32,250}})"),
-    _token("huggingface_token", "hf_ api_org_", r"hf_[A-Za-z0-9]{34,40}|api_org_[A-Za-z]{34}", random=mixed_case),
+    _token(
+        "anthropic_key", "sk-ant-", rf"sk-ant-(?:api|admin|oat|sid)\d{{2}}-[{_B64URL}]{{40,200}}", random=None
+    ),
+    _token(
+        "openai_key", "sk-", rf"sk-(?:(?:proj|svcacct|admin)-[{_B64URL}]{{20,250}}|[A-Za-z0-9]{{32,250}})"
+    ),
+    _token(
+        "huggingface_token", "hf_ api_org_", r"hf_[A-Za-z0-9]{34,40}|api_org_[A-Za-z]{34}", random=mixed_case
+    ),
     _token("perplexity_key", "pplx-", r"pplx-[A-Za-z0-9]{48}"),
     _token("groq_key", "gsk_", r"gsk_[A-Za-z0-9]{52}"),
     _token("xai_key", "xai-", r"xai-[A-Za-z0-9]{80}"),
