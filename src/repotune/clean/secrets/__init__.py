@@ -5,8 +5,9 @@ keeps the text around it: in ``password = "hunter2!"`` only the literal goes. It
 and the count per kind.
 
 The engine (``engine``) is apart from the rules, which are data: provider tokens with a known prefix
-(``tokens``, gitleaks' families), secrets known by their context (``context``: keys, URLs, commands,
-Kubernetes Secrets) and personal data (``pii``). Adding a family is adding one table entry and its
+(``tokens``, gitleaks' families), secrets known by their context (``context``: a provider's name,
+URLs, commands, Kubernetes Secrets), values assigned to a password-like name (``assignments``) and
+personal data (``pii``). Adding a family is adding one table entry and its
 corpus case (``tests/secret_corpus.py``); the engine's keyword prefilter keeps the cost of a rule
 near zero on text that lacks its keywords.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from repotune.clean.secrets.assignments import ASSIGNMENT_RULES
 from repotune.clean.secrets.context import CONTEXT_RULES
 from repotune.clean.secrets.engine import Ruleset, SecretRule
 from repotune.clean.secrets.pii import PII_RULES
@@ -24,7 +26,7 @@ __all__ = ["PII_RULES", "RULES", "SecretRule", "redact"]
 
 # The widest and most specific first: a key block, then tokens that name themselves, then secrets
 # known by their context, generic assignments and entropy last (an overlapping later match is dropped).
-RULES: tuple[SecretRule, ...] = PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES
+RULES: tuple[SecretRule, ...] = PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES + ASSIGNMENT_RULES
 
 _SECRETS = Ruleset(RULES)
 _WITH_PII = Ruleset(RULES + PII_RULES)

@@ -110,6 +110,8 @@ _STAND_INS = words(
 MASK = re.compile(r"[*xX.#•_-]+|(.)\1+")
 # Interpolations and references: `$VAR`, `@var@`, `!vault`, `&anchor`, `%(pw)s`, `#{pw}`, `{pw}`, `<pw>`.
 TEMPLATE = re.compile(r"[$@!&%<\[]|\{\{|\{%|#\{|%\(|\{[\w.\[\]]*\}")
+# A call or a subscript: `get_password()`, `secrets["db"]`.
+CALL = re.compile(r"[A-Za-z_][\w.]*[(\[]")
 _PATH = re.compile(
     r"(?:/|\./|\.\./|~/|[A-Za-z]:\\|\\\\|[a-z][a-z0-9+.-]*://)"
     r"|.*\.(?:pem|key|crt|cer|der|p12|pfx|jks|keystore|pub|asc|gpg|json|ya?ml|toml|ini|cfg|conf|env|txt)$",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from repotune.clean.secrets.checks import ALNUM, TOKEN_CHARS, all_of, bounded, letters_and_digits, mixed_case
-from repotune.clean.secrets.engine import Check, SecretRule
+from repotune.clean.secrets.engine import Check, SecretRule, rule
 
 
 def _token(
@@ -23,16 +23,13 @@ def _token(
     *,
     bounds: frozenset[str] | None = TOKEN_CHARS,
     random: Check | None = letters_and_digits,
-    group: int | str = 0,
     whole_text: bool = False,
 ) -> SecretRule:
     """A family: ``keywords`` space-separated; ``bounds``: characters that may not touch the match
     (``None``: any may); ``random``: the check on the token's characters (``None``: none)."""
     checks = [c for c in (bounded(bounds) if bounds is not None else None, random) if c is not None]
     check = all_of(*checks) if len(checks) > 1 else (checks[0] if checks else None)
-    return SecretRule(
-        kind, re.compile(pattern), tuple(keywords.split()), group=group, check=check, whole_text=whole_text
-    )
+    return rule(kind, keywords, pattern, check=check, whole_text=whole_text)
 
 
 _HEX = "0-9a-fA-F"
@@ -76,7 +73,7 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         rf"|GR1348941[{_B64URL}]{{20}}",
         random=None,
     ),
-    _token("gitlab_token", "_gitlab_session=", r"_gitlab_session=(?P<secret>[0-9a-z]{32})", group="secret"),
+    _token("gitlab_token", "_gitlab_session=", r"_gitlab_session=(?P<secret>[0-9a-z]{32})"),
     _token("bitbucket_token", "atbb", r"ATBB[A-Za-z0-9_=.-]{32}"),
     _token("npm_token", "npm_", r"npm_[A-Za-z0-9]{36}"),
     _token("pypi_token", "pypi-age", rf"pypi-AgE(?:IcHlwaS5vcmc|NdGVzdC5weXBpLm9yZw)[{_B64URL}]{{50,1000}}"),
@@ -120,7 +117,6 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         "sig=",
         r"[?&]sig=(?P<secret>[A-Za-z0-9%+/]{40,}(?:%3D|=){0,2})",
         bounds=None,
-        group="secret",
     ),
     _token("alibaba_access_key", "ltai", r"LTAI[A-Za-z0-9]{20}", bounds=ALNUM),
     _token("digitalocean_token", "dop_v1_ doo_v1_ dor_v1_", r"do[opr]_v1_[a-f0-9]{64}"),
@@ -166,14 +162,12 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[A-Za-z0-9_/+-]{20,255})",
         bounds=None,
         random=None,
-        group="secret",
     ),
     _token(
         "discord_webhook",
         "discord",
         rf"discord(?:app)?\.com/api/webhooks/(?P<secret>\d{{17,20}}/[{_B64URL}]{{60,72}})",
         bounds=None,
-        group="secret",
     ),
     _token(
         "teams_webhook",
@@ -181,7 +175,6 @@ TOKEN_RULES: tuple[SecretRule, ...] = (
         r"webhook\.office\.com/webhookb2/(?P<secret>[0-9a-f-]{36}@[0-9a-f-]{36}/IncomingWebhook/[0-9a-f]{32}"
         r"/[0-9a-f-]{36}(?:/[A-Za-z0-9_-]+)?)",
         bounds=None,
-        group="secret",
     ),
     _token("telegram_bot_token", ":aa", rf"\d{{8,10}}:AA[{_B64URL}]{{33}}"),
     _token("sendgrid_key", "sg.", rf"SG\.[{_B64URL}]{{22}}\.[{_B64URL}]{{43}}", random=None),
