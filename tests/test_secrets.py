@@ -234,6 +234,8 @@ NOT_SECRETS = [
     "See https://user@example.org/#section and http://localhost:8080/#/home",
     "ENV PATH /usr/local/bin:$PATH\nENV PASSWORD_FILE /run/secrets/db\n",
     "PASSWORD mismatch: try again",
+    "Run `curl -u admin:password https://ci.internal` to try it.",
+    "kind: Secret\nstringData:\n  GITHUB_TOKEN: REPLACE_ME\n  MLFLOW_TRACKING_URI: http://mlflow:5000\n",
 ]
 
 

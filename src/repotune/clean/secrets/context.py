@@ -85,8 +85,16 @@ def _discord_ok(text: str, match: re.Match[str]) -> bool:
 
 
 def _k8s_secret_value_ok(text: str, match: re.Match[str]) -> bool:
-    """A value under `data:`/`stringData:` of a YAML document whose `kind` is `Secret`."""
-    return not stand_in(secret(text, match)) and match.start() in _secret_entries(text)
+    """A value under `data:`/`stringData:` of a YAML document whose `kind` is `Secret`, unless it
+    stands for one (`REPLACE_ME`, `<token>`, `{{ .Values.password }}`) or is a URL."""
+    value = secret(text, match)
+    if stand_in(value) or _PLACEHOLDER_NAME.fullmatch(value):
+        return False
+    return match.start() in _secret_entries(text)
+
+
+# Templates fill Secrets with upper-case words (`REPLACE_ME`, `CHANGEME`); generated values have digits.
+_PLACEHOLDER_NAME = re.compile(r"[A-Z]+(?:_[A-Z]+)*")
 
 
 @lru_cache(maxsize=1)
@@ -267,7 +275,7 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
         "password",
         "curl",
         r"curl(?=[ \t\\])(?:[^\n\\]|\\.|\\\r?\n){0,2000}?[ \t](?:-u|--user)[ \t=]?[ \t]*(?P<q>[\"']?)"
-        r"(?P<user>[^\s:\"']{1,64}):(?P<secret>[^\s\"']{1,128})(?P=q)(?=\s|$)",
+        r"(?P<user>[^\s:\"'`]{1,64}):(?P<secret>[^\s\"'`]{1,128})(?P=q)(?=[\s`]|$)",
         check=all_of(bounded(), _curl_ok),
         whole_text=True,
     ),
