@@ -21,8 +21,10 @@ from repotune.data.transforms import fim_prompt
 from repotune.errors import RepotuneError
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
-from repotune.serving.model import RepotuneModel, ServeSettings, encode_prompt, load_model
+from repotune.serving.loading import load_model
+from repotune.serving.model import RepotuneModel, encode_prompt
 from repotune.serving.server import start_background
+from repotune.serving.settings import ServeSettings
 
 MAX_TOKENS = 64  # the server's cap in these tests
 
