@@ -44,12 +44,18 @@ BATCH_SIZE = Histogram(
 )
 
 
+# Dividing logits by a temperature this small overflows them to infinities, and sampling from the
+# resulting NaNs fails; it is greedy decoding in all but name (vLLM draws the same line, at 1e-5).
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is chosen; requests batch together only when these agree."""
 
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding (always the most likely token)."""
+    """Softmax temperature; 0 (or below ``GREEDY_BELOW``) means greedy decoding (always the most likely
+    token)."""
     top_p: float = 1.0
     """Nucleus sampling: sample from the smallest token set whose probability adds up to this (0 to 1]."""
     seed: int | None = None
@@ -57,7 +63,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     def batch_key(self) -> tuple[Any, ...]:
         # Greedy rows ignore top_p and the seed, so all greedy requests can share a batch.

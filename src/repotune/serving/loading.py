@@ -109,6 +109,17 @@ def _repository_from_source(source: str) -> str | None:
     return name or None
 
 
+def check_source(source: str | Path, what: str = "model") -> None:
+    """A local ``source`` must be a folder (checked before anything heavy loads); ``s3://`` passes."""
+    from repotune.storage import is_s3_uri
+
+    if isinstance(source, str) and is_s3_uri(source):
+        return
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise RepotuneError(f"{what} {path} is not a folder (give the folder `repotune train` wrote)")
+
+
 def _local_folder(source: str | Path, what: str, scratch: list[Path]) -> Path:
     """A local folder for ``source``: itself, or a fresh copy of an ``s3://`` prefix."""
     from repotune.storage import fetch, is_s3_uri
@@ -118,10 +129,8 @@ def _local_folder(source: str | Path, what: str, scratch: list[Path]) -> Path:
         scratch.append(target)
         log.info("fetching %s %s", what, source)
         return fetch(source, target / "model")
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise RepotuneError(f"{what} {path} is not a folder (give the folder `repotune train` wrote)")
-    return path
+    check_source(source, what)
+    return Path(source).expanduser()
 
 
 def _has_tokenizer(folder: Path) -> bool:

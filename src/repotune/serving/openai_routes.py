@@ -27,7 +27,13 @@ from pydantic import BaseModel
 
 from repotune.serving.errors import ServingError
 from repotune.serving.model import RepotuneModel
-from repotune.serving.protocol import ChatCompletionRequest, CompletionRequest, parse_json, validated
+from repotune.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_json,
+    request_schema,
+    validated,
+)
 
 PREFIX = "/openai/v1"
 
@@ -59,9 +65,23 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
             return error_response(err)
 
     router.add_api_route(f"{PREFIX}/models", list_models, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/completions", completions, methods=["POST"])
-    router.add_api_route(f"{PREFIX}/chat/completions", chat_completions, methods=["POST"])
+    router.add_api_route(
+        f"{PREFIX}/completions", completions, methods=["POST"], openapi_extra=_body(CompletionRequest)
+    )
+    router.add_api_route(
+        f"{PREFIX}/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        openapi_extra=_body(ChatCompletionRequest),
+    )
     app.include_router(router)
+
+
+def _body(kind: type[BaseModel]) -> dict[str, Any]:
+    # The routes read the body themselves (any content type, the errors in OpenAI's shape); this puts
+    # the typed request in /openapi.json all the same.
+    schema = request_schema(kind)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def respond(answer: BaseModel | AsyncIterator[BaseModel]) -> Response:

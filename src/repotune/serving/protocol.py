@@ -278,6 +278,24 @@ def from_validation(err: ValidationError, prefix: str | None = None) -> ServingE
     return bad_request(f"{param}: {message}" if param else message, param=param)
 
 
+def request_schema(kind: type[BaseModel]) -> dict[str, Any]:
+    """``kind``'s JSON schema with its definitions written in place, for an OpenAPI request body (whose
+    ``#/...`` references would point at the document's root, not at the schema's ``$defs``)."""
+    schema = kind.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
 def json_depth_exceeds(body: bytes, limit: int) -> bool:
     """True when arrays and objects in ``body`` nest deeper than ``limit``.
 

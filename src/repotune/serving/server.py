@@ -80,8 +80,28 @@ def _error_handlers(app: Any) -> None:
         return answer(request, ServingError(500, "internal error; the server log has the details",
                                             type="server_error"))  # fmt: skip
 
+    async def no_versions(request: Any, err: NotImplementedError) -> JSONResponse:
+        # KServe answers a request for a model version with 501; a server of one unversioned model
+        # has no such version, which is a 404 the client can act on, not a server fault.
+        return answer(request, ServingError(404, f"not found: {err}", code="not_found"))
+
     app.add_exception_handler(ServingError, refused)
+    app.add_exception_handler(NotImplementedError, no_versions)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _no_repository(app: Any) -> None:
+    """Answer KServe's model repository routes with 404 before KServe's own handlers can: they would let
+    any caller unload the one model this process serves, and ``load`` cannot bring it back."""
+    from fastapi.responses import JSONResponse
+
+    async def refuse(model_name: str) -> JSONResponse:
+        return JSONResponse({"error": "this server serves one model and has no model repository"}, 404)
+
+    for verb in ("load", "unload"):
+        # Registered before KServe's routes (create_application), so these match first.
+        app.add_api_route(f"/v2/repository/models/{{model_name}}/{verb}", refuse, methods=["POST"],
+                          include_in_schema=False)  # fmt: skip
 
 
 def serve(
@@ -96,18 +116,24 @@ def serve(
 ) -> None:
     """Load the model at ``source`` (folder or ``s3://``) and serve it until SIGINT or SIGTERM.
 
-    Before anything loads: refuse a non-loopback ``host`` without tokens (``ServeSettings.check_exposure``)
-    and take the port (``bind``), so either mistake costs one line, not a model load.
+    Before anything loads: refuse a non-loopback ``host`` without tokens (``ServeSettings.check_exposure``),
+    a local folder that is not there, and take the port (``bind``), so each mistake costs one line, not a
+    model load.
     """
-    from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
-    from repotune.serving.guards import BearerAuth, BodyGuard
-    from repotune.serving.model import RepotuneModel
-    from repotune.serving.openai_routes import register_openai_routes
+    from repotune.serving.loading import check_source
 
     settings = settings or ServeSettings()
     settings.check_exposure(host)
+    check_source(source)
+    if adapter is not None:
+        check_source(adapter, "adapter")
     sock = bind(host, port)
     try:
+        from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
+        from repotune.serving.guards import BearerAuth, BodyGuard
+        from repotune.serving.model import RepotuneModel
+        from repotune.serving.openai_routes import register_openai_routes
+
         log(f"loading {source}")
         model = RepotuneModel(model_name, source, adapter=adapter, settings=settings)
         started = time.monotonic()
@@ -131,6 +157,7 @@ def serve(
         if settings.tokens:
             app.add_middleware(BearerAuth, tokens=settings.tokens)  # outside BodyGuard: no body read first
         register_openai_routes(app, model)
+        _no_repository(app)
         # ModelServer.start() would bind 0.0.0.0 itself; this is the same start for one worker without
         # gRPC, on the socket bound above.
         server._register_and_check_atleast_one_model_is_ready([model])
