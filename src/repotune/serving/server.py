@@ -65,6 +65,7 @@ def _error_handlers(app: Any) -> None:
     The OpenAI routes answer with OpenAI's error body, KServe's routes with KServe's ``{"error": ...}``.
     KServe's own handler for other exceptions writes ``TypeName : message``; this one replaces it.
     """
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     def answer(request: Any, err: ServingError) -> JSONResponse:
@@ -85,7 +86,17 @@ def _error_handlers(app: Any) -> None:
         # has no such version, which is a 404 the client can act on, not a server fault.
         return answer(request, ServingError(404, f"not found: {err}", code="not_found"))
 
+    async def invalid(request: Any, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each failed input, and fails (a 500) on the NaN and infinities
+        # Python's JSON parser accepts; KServe's v2 routes validate their bodies through it.
+        first = err.errors()[0] if err.errors() else {}
+        # The location starts with "body" and the model's class name; the fields follow.
+        where = ".".join(str(part) for part in first.get("loc", ())[1:] if not str(part)[:1].isupper())
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid")
+        return answer(request, ServingError(422, message))
+
     app.add_exception_handler(ServingError, refused)
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(NotImplementedError, no_versions)
     app.add_exception_handler(Exception, unexpected)
 

@@ -41,7 +41,7 @@ class ServeSettings:
     """Largest request body accepted, in bytes; larger bodies get a 413."""
     max_json_depth: int = 32
     """Deepest nesting of arrays and objects a request body may have; deeper bodies get a 400 before
-    they are parsed (the deepest real request, chat content parts, nests 4 levels)."""
+    they are parsed (chat messages with content parts, the deepest real requests, nest 5 levels)."""
     device: str | None = None
     """``cuda``, ``cuda:1``, ``cpu``...; default: CUDA when available, else the CPU."""
     tokens: tuple[str, ...] = ()
