@@ -11,7 +11,6 @@ import them when called.
 
 from repotune.deploy.render import (
     DeploySettings,
-    ModelSource,
     Runtime,
     S3Access,
     render_inference_service,
@@ -21,7 +20,7 @@ from repotune.deploy.render import (
     to_yaml,
 )
 from repotune.deploy.rollout import DeployResult, RolledBack, deploy, inference_service_failure
-from repotune.deploy.uris import artifact_to_s3, from_storage_uri, resolve_model_uri
+from repotune.deploy.uris import ModelSource, artifact_to_s3, from_storage_uri, resolve_model_uri
 
 # The promotion decision lives (and is tested) with the evaluation; named here as the gate of deploys.
 from repotune.evaluate.decide import Decision, Policy, should_promote

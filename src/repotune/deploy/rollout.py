@@ -19,13 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from repotune import kube
-from repotune.deploy.render import (
-    ANNOTATION_MODEL_URI,
-    LABEL_MODEL_VERSION,
-    DeploySettings,
-    ModelSource,
-    render_manifests,
-)
+from repotune.deploy.render import ANNOTATION_MODEL_URI, LABEL_MODEL_VERSION, DeploySettings, render_manifests
+from repotune.deploy.uris import ModelSource, registry_client
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -277,8 +272,6 @@ def _tag_version(
     if model.model_name is None or model.version is None:
         log(f"not recorded in MLflow: {model.uri} names no registered version (deploy a models:/ URI)")
         return
-    from repotune.deploy.uris import registry_client
-
     client = registry_client(tracking_uri)
     try:
         for key, value in tags.items():
