@@ -444,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from repotune.data.packing import PackedBlocks, PackedDataset, padded_batches, tokenize_records
     from repotune.data.transforms import TransformConfig
+    from repotune.models import resolve_base_model
     from repotune.train import finetune
-    from repotune.train.models import resolve_base_model
     from repotune.train.recipe import load_recipe
 
     device = Device(device_name)

@@ -38,7 +38,7 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from repotune.train.models import resolve_base_model
+    from repotune.models import resolve_base_model
 
     base_dir = resolve_base_model("tiny")
     base_hash = _sha(base_dir / "model.safetensors")

@@ -125,6 +125,11 @@ def _dir_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
+def endpoint_url() -> str | None:
+    """The S3 endpoint URL from ``S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``; None means AWS."""
+    return next((os.environ[name] for name in ENDPOINT_VARS if os.environ.get(name)), None)
+
+
 def client_from_env(*, check_reachable: bool = True) -> Minio:
     """A ``Minio`` client configured from the environment (see the module docstring).
 
@@ -419,6 +424,23 @@ def list_subprefixes(uri: str, *, client: Minio | None = None, retry: RetryPolic
         retry,
     )
     return sorted(obj.object_name[len(prefix) :] for obj in objects if obj.is_dir)
+
+
+def prefix_etags(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> dict[str, str]:
+    """The ETag of every object under the prefix ``uri`` (its marker included), by key relative to it.
+
+    An ETag changes whenever its object's content does: equal maps mean an unchanged folder.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    client = _client(client)
+    objects = _call(
+        client,
+        f"listing s3://{bucket}/{prefix}",
+        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=True)),
+        retry,
+    )
+    return {obj.object_name[len(prefix) :]: str(obj.etag).strip('"') for obj in objects if not obj.is_dir}
 
 
 def _list_keys(client: Minio, bucket: str, prefix: str, retry: RetryPolicy) -> list[tuple[str, int]]:

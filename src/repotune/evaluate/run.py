@@ -27,7 +27,7 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def _base_model_dir(model_dir: Path) -> Path:
-    from repotune.train.models import resolve_base_model
+    from repotune.models import resolve_base_model
 
     summary_path = model_dir / SUMMARY_FILE
     if not (model_dir / "config.json").is_file():

@@ -91,7 +91,7 @@ def _check_method(recipe: Recipe) -> None:
 
 
 def _check_memory(model_dir: Path, recipe: Recipe, precision: str) -> float:
-    from repotune.train.models import estimate_training_memory_gb
+    from repotune.train.architecture import estimate_training_memory_gb
 
     bytes_per_param = 2 if precision == "bf16" else 4
     estimate = estimate_training_memory_gb(
@@ -215,8 +215,8 @@ def run_training(
     _check_method(recipe)
     precision = _precision(recipe)
 
+    from repotune.models import resolve_base_model
     from repotune.tracking import make_tracker
-    from repotune.train.models import resolve_base_model
 
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
@@ -361,7 +361,7 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from repotune.train.models import lora_target_modules
+    from repotune.train.architecture import lora_target_modules
 
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(
