@@ -38,7 +38,7 @@ EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
-    from repotune import stages
+    from repotune import ingest, stages
     from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
 
@@ -47,7 +47,7 @@ def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
     # in the scratch folder, as the pipeline's steps run in theirs (MLflow's artifact root is relative)
     with _environment({"MLFLOW_TRACKING_URI": local_tracking_uri(scratch)}), _inside(scratch):
         revision = resolve_revision(source)
-        stages.ingest(source, revision, "", 1000, scratch / "ingest")
+        ingest.run(ingest.IngestConfig.pinned(source, revision, scratch / "ingest"))
         stages.clean(scratch / "ingest", scratch / "clean", scratch / "report.md", scratch / "stats.json")
         stages.train(scratch / "clean", scratch / "model", recipe, training, scratch / "train-metrics.json")
         stages.evaluate(scratch / "model", scratch / "clean", scratch / "eval", "repotune", EVALUATION)

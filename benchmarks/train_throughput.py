@@ -162,12 +162,13 @@ class Device:
 
 def default_data(work: Path) -> Path:
     """``repotune ingest`` + ``repotune clean`` of this repository, into ``work``."""
+    from repotune import ingest
     from repotune.clean.pipeline import CleanConfig, run_clean
-    from repotune.ingest import IngestConfig, run_ingest
+    from repotune.ingest import IngestConfig
 
-    manifest = run_ingest(IngestConfig(source=str(REPO_ROOT), output=work / "ingest"))
+    ingested = ingest.run(IngestConfig(source=str(REPO_ROOT), output=work / "ingest"))
     run_clean(CleanConfig(input=work / "ingest", output=work / "clean"))
-    log(f"data: {manifest['records']} records ingested from {REPO_ROOT} into {work / 'clean'}")
+    log(f"data: {ingested.records} records ingested from {REPO_ROOT} into {work / 'clean'}")
     return work / "clean"
 
 

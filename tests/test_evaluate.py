@@ -9,13 +9,14 @@ import pytest
 from tests.conftest import git, write_tree
 from tests.test_train import PROJECT, TINY
 
+from repotune import ingest
 from repotune.clean.pipeline import CleanConfig, run_clean
 from repotune.clean.split import SplitConfig
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.run import run_evaluation
 from repotune.evaluate.score import EvalConfig
-from repotune.ingest import IngestConfig, run_ingest
+from repotune.ingest import IngestConfig
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
 
@@ -42,7 +43,7 @@ def project(tmp_path_factory) -> Path:
             f"Add {path}\n\nPrices for module {day}.",
             date=f"2024-01-{day:02d}T00:00:00+00:00",
         )
-    run_ingest(IngestConfig(source=str(repo), output=root / "ingest"))
+    ingest.run(IngestConfig(source=str(repo), output=root / "ingest"))
     run_clean(
         CleanConfig(
             input=root / "ingest", output=root / "clean", split=SplitConfig(eval_fraction=0.3), workers=1

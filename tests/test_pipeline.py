@@ -12,11 +12,12 @@ import pytest
 import yaml
 from tests.conftest import git, write_tree
 
+from repotune.config import from_struct
 from repotune.pipelines.local import StatusWriter
 from repotune.pipelines.pipeline import STAGES
 from repotune.pipelines.submit import COMPILED, compile_pipeline
-from repotune.sources.revision import resolve_revision, source_slug
-from repotune.stages import from_struct
+from repotune.sources.revision import resolve_revision
+from repotune.sources.slug import source_slug
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -402,7 +403,8 @@ def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path
     """What the upload API gives a KFP cluster: an s3:// archive, keyed by its ETag and fetched to ingest."""
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune import stages, storage
+    from repotune import ingest, storage
+    from repotune.ingest import IngestConfig
 
     tree = tmp_path / "app"
     write_tree(
@@ -416,8 +418,9 @@ def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path
         uri = storage.copy_to(archive, "s3://sources/abc/archive.tar.gz")
         revision = resolve_revision(uri)
         assert revision.startswith("etag-") and revision == resolve_revision(uri.replace("s3://", "minio://"))
-        manifest = stages.ingest(uri, revision, "", 100, tmp_path / "ingest")
-    assert manifest["source_type"] == "archive" and manifest["records"] == 2
+        result = ingest.run(IngestConfig.pinned(uri, revision, tmp_path / "ingest", max_commits=100))
+    assert result.source_type == "archive" and result.records == 2
+    assert result.source == uri  # the archive's URI, not the temporary copy it was read from
 
 
 def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_champion(

@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from repotune.errors import RepotuneError
+from repotune.ingest.stage import IngestConfig
+from repotune.options import Setting, Values, build, settings
+from repotune.records import parse_include
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -50,59 +53,39 @@ def _parse_since(value: str | None) -> datetime | None:
 
 
 @app.command()
-def ingest(
-    source: Annotated[
-        str, typer.Argument(help="Local folder, git URL, archive (.zip/.tar.*) or github:OWNER/REPO.")
-    ],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for records.jsonl and manifest.json.")
-    ],
-    include: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated kinds to keep: code,docs,commits,issues (default: all)."),
-    ] = None,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit of a git URL.")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Only issues, PRs and commits since this ISO date (incremental runs).")
-    ] = None,
-    max_file_bytes: Annotated[int, typer.Option(help="Skip files larger than this many bytes.")] = 1_000_000,
-    max_commits: Annotated[int | None, typer.Option(help="Newest commits to read (default 1000).")] = 1000,
-    max_diff_bytes: Annotated[
-        int, typer.Option(help="Cut each commit's diff after this many characters.")
-    ] = 20_000,
-    github_url: Annotated[
-        str | None, typer.Option(help="GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3.")
-    ] = None,
-) -> None:
+@settings(
+    IngestConfig,
+    Setting("source", argument=True),
+    Setting("output", ("-o", "--output")),
+    Setting("kinds", ("--include",), parse=parse_include),
+    Setting("ref"),
+    Setting("since", parse=_parse_since),
+    Setting("max_file_bytes"),
+    Setting("max_commits"),
+    Setting("max_diff_bytes"),
+    Setting("github_base_url", ("--github-url",)),
+)
+def ingest(values: Values) -> None:
     """Read a repository into DIR/records.jsonl and DIR/manifest.json."""
-    from repotune.ingest import IngestConfig, run_ingest
-    from repotune.records import parse_include
+    from repotune import ingest
 
-    config = IngestConfig(
-        source=source,
-        output=output,
-        kinds=parse_include(include),
-        ref=ref,
-        since=_parse_since(since),
-        max_file_bytes=max_file_bytes,
-        max_commits=max_commits,
-        max_diff_bytes=max_diff_bytes,
-        github_base_url=github_url,
-    )
+    config = build(IngestConfig, values)
     with _progress() as progress:
-        task = progress.add_task(f"ingesting {source}")
+        task = progress.add_task(f"ingesting {config.source}")
 
         def report(count: int, stats) -> None:
             skipped = sum(stats.skipped.values())
-            progress.update(task, description=f"ingesting {source}: {count} records, {skipped} skipped")
+            progress.update(
+                task, description=f"ingesting {config.source}: {count} records, {skipped} skipped"
+            )
 
-        manifest = run_ingest(config, progress=report, log=say)
-    kept = ", ".join(f"{n} {kind}" for kind, n in manifest["kept"].items())
-    skipped = ", ".join(f"{n} {reason}" for reason, n in manifest["skipped"].items()) or "none"
-    commit = f" at {manifest['commit'][:12]}" if manifest.get("commit") else ""
-    say(f"ingested {manifest['records']} records{commit}: {kept}")
+        result = ingest.run(config, progress=report, log=say)
+    kept = ", ".join(f"{n} {kind}" for kind, n in result.kept.items())
+    skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
+    commit = f" at {result.commit[:12]}" if result.commit else ""
+    say(f"ingested {result.records} records{commit}: {kept}")
     say(f"skipped: {skipped}")
-    say(f"wrote {output / 'records.jsonl'}")
+    say(f"wrote {result.output.records}")
 
 
 @app.command()
@@ -514,7 +497,7 @@ def submit(
 ) -> None:
     """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""
     from repotune.pipelines.submit import submit_run
-    from repotune.sources.revision import source_slug
+    from repotune.sources.slug import source_slug
 
     name = run_name or f"repotune-{source_slug(source)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     arguments = {"source": source, "ref": ref or "", "training": _parse_overrides(set_ or [])}

@@ -20,34 +20,6 @@ from repotune.errors import RepotuneError
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
-def ingest(source: str, revision: str, include: str, max_commits: int, output: Path) -> dict[str, Any]:
-    """Ingest ``source`` at ``revision``: a git URL is checked out at exactly the resolved commit, and
-    an archive in object storage (what the upload API stores) is downloaded first."""
-    import tempfile
-
-    from repotune import storage
-    from repotune.ingest import IngestConfig, run_ingest
-    from repotune.records import parse_include
-    from repotune.sources import git
-
-    if source.startswith(("s3://", "minio://")):
-        with tempfile.TemporaryDirectory(prefix="repotune-source-") as tmp:
-            uri = storage.minio_to_s3(source)
-            local = storage.fetch(uri, Path(tmp) / uri.rsplit("/", 1)[-1])
-            return ingest(str(local), revision, include, max_commits, output)
-    config = IngestConfig(
-        source=source,
-        output=output,
-        kinds=parse_include(include or None),
-        ref=revision if git.is_git_url(source) else None,
-        max_commits=max_commits if max_commits > 0 else None,
-    )
-    manifest = run_ingest(config, log=print)
-    at = manifest.get("commit") or revision
-    print(f"ingest: {manifest['records']} records from {manifest['source']} at {at}")
-    return manifest
-
-
 def clean(ingest_dir: Path, output: Path, report: Path, stats: Path) -> dict[str, float]:
     """Clean into ``output``; copies the report and stats to their own artifacts; returns UI metrics."""
     from repotune.clean.pipeline import CleanConfig, run_clean
@@ -67,20 +39,13 @@ def clean(ingest_dir: Path, output: Path, report: Path, stats: Path) -> dict[str
     return summary
 
 
-def from_struct(values: dict[str, Any]) -> dict[str, Any]:
-    """A KFP ``dict`` parameter as the library expects it: whole numbers back to ``int``.
-
-    KFP carries dict parameters as protobuf Structs, whose numbers are all floats (40 arrives as 40.0).
-    """
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}
-
-
 def train_settings(recipe_text: str, settings: dict[str, Any]) -> tuple[Any, str]:
     """The recipe the train step runs (YAML text plus dotted overrides) and its short hash.
 
     The hash names the model's object-store prefix: the same data, recipe and settings give the same
     prefix, so a cached step and its published copy agree.
     """
+    from repotune.config import from_struct
     from repotune.train.recipe import resolve_recipe
 
     settings = from_struct(settings)
@@ -179,7 +144,7 @@ def evaluate(
     model_dir: Path, data_dir: Path, output: Path, model_name: str, settings: dict[str, Any]
 ) -> dict:
     """Score base, candidate and champion and decide; registers the candidate when MLflow is set."""
-    from repotune.config import from_dict
+    from repotune.config import from_dict, from_struct
     from repotune.evaluate.run import run_evaluation
     from repotune.evaluate.score import EvalConfig
 
@@ -210,30 +175,6 @@ def write_reports(evaluation: Path, metrics: Path, html: Path, markdown: Path) -
     _copy_file(evaluation / "metrics.json", metrics)
     _copy_file(evaluation / "report.html", html)
     _copy_file(evaluation / "report.md", markdown)
-
-
-def stage_prefix(root: str, source: str, key: str) -> str:
-    """``ROOT/<repository>/<key>``: where a run's outputs for one source and revision (and recipe) go."""
-    from repotune.sources.revision import source_slug
-
-    return f"{root.rstrip('/')}/{source_slug(source) if source else 'source'}/{key or 'unknown'}"
-
-
-def publish(path: str | os.PathLike[str], root: str, source: str, key: str, stage: str) -> str:
-    """Copy a stage's output to ``ROOT/<source>/<key>/<stage>``; returns the URI, or "" without a root.
-
-    ``root`` is an ``s3://`` URI (or a local folder); ``key`` is the revision for data and the recipe
-    hash for models, so the prefix is stable for cached steps. On a cluster KFP already stores
-    artifacts in its own bucket; this gives them a readable, per-repository place as well.
-    """
-    if not root:
-        return ""
-    from repotune import storage
-
-    dest = f"{stage_prefix(root, source, key)}/{stage}"
-    storage.copy_to(path, dest)
-    print(f"published {stage} to {dest}")
-    return dest
 
 
 def _no_longer_champion(registered: dict[str, str | None]) -> str | None:

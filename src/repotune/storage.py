@@ -645,3 +645,33 @@ def _copy_local(source: Path, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def output_prefix(root: str, source: str, key: str) -> str:
+    """``ROOT/<repository>/<key>``: where a run's outputs for one source and revision (and recipe) go."""
+    from repotune.sources.slug import source_slug
+
+    return f"{root.rstrip('/')}/{source_slug(source) if source else 'source'}/{key or 'unknown'}"
+
+
+def publish(
+    path: str | os.PathLike[str],
+    root: str,
+    source: str,
+    key: str,
+    stage: str,
+    *,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Copy a stage's output to ``ROOT/<repository>/<key>/<stage>``; returns the URI, or "" without a root.
+
+    ``root`` is an ``s3://`` URI (or a local folder); ``key`` is the revision for data and the revision
+    plus the recipe hash for models, so the prefix is stable for cached pipeline steps. On a cluster
+    KFP already stores artifacts in its own bucket; this gives them a readable, per-repository place.
+    """
+    if not root:
+        return ""
+    dest = f"{output_prefix(root, source, key)}/{stage}"
+    copy_to(path, dest)
+    log(f"published {stage} to {dest}")
+    return dest

@@ -31,7 +31,7 @@ from repotune.clean.filters import FILE_KINDS, FilterConfig, drop_reason
 from repotune.clean.secrets import redact
 from repotune.clean.split import EVAL, TRAIN, SplitConfig, assign, date_cutoff, path_score, record_date
 from repotune.errors import RepotuneError
-from repotune.ingest import MANIFEST_FILE, RECORDS_FILE
+from repotune.ingest import IngestLayout
 from repotune.records import Kind, Record
 
 TRAIN_FILE = "train.jsonl"
@@ -265,11 +265,11 @@ def _decide(summaries: list[_Summary], config: CleanConfig, dropped: Counter) ->
 
 def run_clean(config: CleanConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Clean ``config.input`` into ``config.output``; returns the stats that were written."""
-    records_path = config.input / RECORDS_FILE
+    source = IngestLayout(config.input)
+    records_path = source.records
     if not records_path.is_file():
-        raise RepotuneError(f"{config.input} has no {RECORDS_FILE}; run `repotune ingest` into it first")
-    manifest_path = config.input / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        raise RepotuneError(f"{config.input} has no {records_path.name}; run `repotune ingest` into it first")
+    manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
     config.output.mkdir(parents=True, exist_ok=True)
     dropped: Counter[str] = Counter()
     redactions: Counter[str] = Counter()

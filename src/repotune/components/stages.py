@@ -31,12 +31,20 @@ def ingest(
 ) -> None:
     from pathlib import Path
 
-    from repotune import stages
+    from repotune import ingest, storage
+    from repotune.records import parse_include
 
-    manifest = stages.ingest(source, revision, include, max_commits, Path(records.path))
-    records.metadata.update({"source": source, "commit": manifest.get("commit") or revision})
-    records.metadata["records"] = manifest["records"]
-    records.metadata["published"] = stages.publish(records.path, artifacts_root, source, revision, "ingest")
+    settings = {
+        "kinds": parse_include(include or None),
+        "max_commits": max_commits if max_commits > 0 else None,
+    }
+    result = ingest.run(
+        ingest.IngestConfig.pinned(source, revision, Path(records.path), **settings), log=print
+    )
+    commit = result.commit or revision
+    print(f"ingest: {result.records} records from {result.source} at {commit}")
+    records.metadata.update({"source": source, "commit": commit, "records": result.records})
+    records.metadata["published"] = storage.publish(records.path, artifacts_root, source, revision, "ingest")
 
 
 def clean(
@@ -48,14 +56,14 @@ def clean(
 ) -> None:
     from pathlib import Path
 
-    from repotune import stages
+    from repotune import stages, storage
 
     summary = stages.clean(Path(records.path), Path(dataset.path), Path(report.path), Path(stats.path))
     for name, value in summary.items():
         stats.log_metric(name, value)
     source, revision = records.metadata.get("source", ""), records.metadata.get("commit", "")
     dataset.metadata.update({**summary, "source": source, "commit": revision})
-    dataset.metadata["published"] = stages.publish(dataset.path, artifacts_root, source, revision, "clean")
+    dataset.metadata["published"] = storage.publish(dataset.path, artifacts_root, source, revision, "clean")
 
 
 def train(
@@ -72,7 +80,7 @@ def train(
 ) -> None:
     from pathlib import Path
 
-    from repotune import stages
+    from repotune import stages, storage
 
     settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
     settings.update({"epochs": epochs, **overrides})
@@ -80,13 +88,13 @@ def train(
     summary = stages.train(
         Path(dataset.path), Path(model.path), recipe, settings, Path(metrics.path),
         data_uri=dataset.uri, output_uri=model.uri,
-        checkpoints_under=stages.stage_prefix(artifacts_root, source, commit) if artifacts_root else None,
+        checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
     )  # fmt: skip
     for name, value in summary["metrics"].items():
         metrics.log_metric(name, value)
     model.metadata.update({**summary["metadata"], "commit": commit})
     key = f"{commit}/{summary['metadata']['key']}"
-    model.metadata["published"] = stages.publish(model.path, artifacts_root, source, key, "model")
+    model.metadata["published"] = storage.publish(model.path, artifacts_root, source, key, "model")
 
 
 def evaluate(
@@ -103,7 +111,7 @@ def evaluate(
     """Scores base, candidate and champion; returns whether the candidate is promoted."""
     from pathlib import Path
 
-    from repotune import stages
+    from repotune import stages, storage
 
     result = stages.evaluate(
         Path(model.path), Path(dataset.path), Path(evaluation.path), model_name, settings
@@ -114,7 +122,7 @@ def evaluate(
     evaluation.metadata.update({"promote": result["promote"], "version": result["version"] or ""})
     key = f"{model.metadata.get('commit', '')}/{model.metadata.get('key', '')}"
     source = dataset.metadata.get("source", "")
-    evaluation.metadata["published"] = stages.publish(
+    evaluation.metadata["published"] = storage.publish(
         evaluation.path, artifacts_root, source, key, "evaluation"
     )
     return result["promote"]

@@ -236,7 +236,7 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
 def _absolute_source(source: str) -> str:
     """Components run with another working directory, so a local source becomes an absolute path."""
     from repotune.sources import git
-    from repotune.sources.revision import GITHUB_PREFIX
+    from repotune.sources.slug import GITHUB_PREFIX
 
     if source.startswith((GITHUB_PREFIX, "s3://", "minio://")) or git.is_git_url(source):
         return source
