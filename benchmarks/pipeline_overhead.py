@@ -38,7 +38,7 @@ EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
-    from repotune import ingest, stages
+    from repotune import clean, ingest, stages
     from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
 
@@ -48,7 +48,7 @@ def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
     with _environment({"MLFLOW_TRACKING_URI": local_tracking_uri(scratch)}), _inside(scratch):
         revision = resolve_revision(source)
         ingest.run(ingest.IngestConfig.pinned(source, revision, scratch / "ingest"))
-        stages.clean(scratch / "ingest", scratch / "clean", scratch / "report.md", scratch / "stats.json")
+        clean.run(clean.CleanConfig(input=scratch / "ingest", output=scratch / "clean"))
         stages.train(scratch / "clean", scratch / "model", recipe, training, scratch / "train-metrics.json")
         stages.evaluate(scratch / "model", scratch / "clean", scratch / "eval", "repotune", EVALUATION)
     return time.perf_counter() - started

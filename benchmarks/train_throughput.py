@@ -162,12 +162,12 @@ class Device:
 
 def default_data(work: Path) -> Path:
     """``repotune ingest`` + ``repotune clean`` of this repository, into ``work``."""
-    from repotune import ingest
-    from repotune.clean.pipeline import CleanConfig, run_clean
+    from repotune import clean, ingest
+    from repotune.clean import CleanConfig
     from repotune.ingest import IngestConfig
 
     ingested = ingest.run(IngestConfig(source=str(REPO_ROOT), output=work / "ingest"))
-    run_clean(CleanConfig(input=work / "ingest", output=work / "clean"))
+    clean.run(CleanConfig(input=work / "ingest", output=work / "clean"))
     log(f"data: {ingested.records} records ingested from {REPO_ROOT} into {work / 'clean'}")
     return work / "clean"
 

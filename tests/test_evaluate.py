@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import git, write_tree
 from tests.test_train import PROJECT, TINY
 
-from repotune import ingest
-from repotune.clean.pipeline import CleanConfig, run_clean
+from repotune import clean, ingest
+from repotune.clean import CleanConfig
 from repotune.clean.split import SplitConfig
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Policy
@@ -44,7 +44,7 @@ def project(tmp_path_factory) -> Path:
             date=f"2024-01-{day:02d}T00:00:00+00:00",
         )
     ingest.run(IngestConfig(source=str(repo), output=root / "ingest"))
-    run_clean(
+    clean.run(
         CleanConfig(
             input=root / "ingest", output=root / "clean", split=SplitConfig(eval_fraction=0.3), workers=1
         )

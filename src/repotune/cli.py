@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from repotune.clean.stage import CleanConfig
 from repotune.errors import RepotuneError
 from repotune.ingest.stage import IngestConfig
 from repotune.options import Setting, Values, build, settings
@@ -89,47 +90,31 @@ def ingest(values: Values) -> None:
 
 
 @app.command()
-def clean(
-    input_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune ingest`.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for train/eval JSONL, stats and report.")
-    ],
-    eval_fraction: Annotated[
-        float, typer.Option(help="Share of files and newest commits/issues held out.")
-    ] = 0.1,
-    dedup_threshold: Annotated[
-        float, typer.Option(help="Jaccard similarity (5-gram MinHash) at which records are near duplicates.")
-    ] = 0.8,
-    redact_pii: Annotated[bool, typer.Option(help="Also redact e-mail and IP addresses.")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: one per core, at most 4).")
-    ] = None,
-) -> None:
+@settings(
+    CleanConfig,
+    Setting("input", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("split.eval_fraction"),
+    Setting("dedup.threshold", ("--dedup-threshold",)),
+    Setting("redact_pii"),
+    Setting("workers"),
+)
+def clean(values: Values) -> None:
     """Filter, redact secrets, deduplicate and split into train.jsonl and eval.jsonl."""
-    from repotune.clean.dedup import DedupConfig
-    from repotune.clean.pipeline import CleanConfig, run_clean
-    from repotune.clean.split import SplitConfig
+    from repotune import clean
 
-    config = CleanConfig(
-        input=input_dir,
-        output=output,
-        dedup=DedupConfig(threshold=dedup_threshold),
-        split=SplitConfig(eval_fraction=eval_fraction),
-        redact_pii=redact_pii,
-        workers=workers,
-    )
+    config = build(CleanConfig, values)
     with _progress() as progress:
-        task = progress.add_task(f"cleaning {input_dir}")
-        stats = run_clean(
+        task = progress.add_task(f"cleaning {config.input}")
+        result = clean.run(
             config, progress=lambda n: progress.update(task, description=f"cleaning: {n} records")
         )
-    kept, dropped = stats["kept"], stats["dropped"]
+    kept, dropped = result.train_records + result.eval_records, sum(result.dropped.values())
     say(
-        f"kept {kept['total']} of {stats['input_records']} records "
-        f"({kept['train']} train, {kept['eval']} eval); dropped {sum(dropped.values())}; "
-        f"redacted {sum(stats['redactions'].values())} secrets"
+        f"kept {kept} of {result.input_records} records ({result.train_records} train, "
+        f"{result.eval_records} eval); dropped {dropped}; redacted {sum(result.redactions.values())} secrets"
     )
-    say(f"wrote {output}/train.jsonl, eval.jsonl, stats.json, report.md")
+    say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:

@@ -20,25 +20,6 @@ from repotune.errors import RepotuneError
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
-def clean(ingest_dir: Path, output: Path, report: Path, stats: Path) -> dict[str, float]:
-    """Clean into ``output``; copies the report and stats to their own artifacts; returns UI metrics."""
-    from repotune.clean.pipeline import CleanConfig, run_clean
-
-    result = run_clean(CleanConfig(input=ingest_dir, output=output))
-    _copy_file(output / "report.md", report)
-    _copy_file(output / "stats.json", stats)
-    summary = {
-        "input_records": result["input_records"],
-        "train_records": result["kept"]["train"],
-        "eval_records": result["kept"]["eval"],
-        "dropped_records": sum(result["dropped"].values()),
-        "redactions": sum(result["redactions"].values()),
-        "train_tokens_estimate": result["tokens_estimate"]["train"],
-    }
-    print("clean: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    return summary
-
-
 def train_settings(recipe_text: str, settings: dict[str, Any]) -> tuple[Any, str]:
     """The recipe the train step runs (YAML text plus dotted overrides) and its short hash.
 

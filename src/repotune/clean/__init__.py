@@ -1,0 +1,5 @@
+"""The clean stage: ``run(CleanConfig) -> CleanResult``; ``CleanLayout`` names the folder's files."""
+
+from repotune.clean.stage import CleanConfig, CleanLayout, CleanResult, run
+
+__all__ = ["CleanConfig", "CleanLayout", "CleanResult", "run"]

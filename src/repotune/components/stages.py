@@ -56,13 +56,16 @@ def clean(
 ) -> None:
     from pathlib import Path
 
-    from repotune import stages, storage
+    from repotune import clean, storage
 
-    summary = stages.clean(Path(records.path), Path(dataset.path), Path(report.path), Path(stats.path))
-    for name, value in summary.items():
+    result = clean.run(clean.CleanConfig(input=Path(records.path), output=Path(dataset.path)))
+    storage.copy_to(result.output.report, report.path)
+    storage.copy_to(result.output.stats, stats.path)
+    print("clean: " + ", ".join(f"{k} {v}" for k, v in result.metrics.items()))
+    for name, value in result.metrics.items():
         stats.log_metric(name, value)
     source, revision = records.metadata.get("source", ""), records.metadata.get("commit", "")
-    dataset.metadata.update({**summary, "source": source, "commit": revision})
+    dataset.metadata.update({**result.metrics, "source": source, "commit": revision})
     dataset.metadata["published"] = storage.publish(dataset.path, artifacts_root, source, revision, "clean")
 
 
