@@ -38,9 +38,10 @@ EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
-    from repotune import clean, ingest, stages
+    from repotune import clean, ingest, stages, tracking, train
     from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
+    from repotune.train.recipe import resolve_recipe
 
     scratch.mkdir(parents=True)
     started = time.perf_counter()
@@ -49,7 +50,11 @@ def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
         revision = resolve_revision(source)
         ingest.run(ingest.IngestConfig.pinned(source, revision, scratch / "ingest"))
         clean.run(clean.CleanConfig(input=scratch / "ingest", output=scratch / "clean"))
-        stages.train(scratch / "clean", scratch / "model", recipe, training, scratch / "train-metrics.json")
+        recipe_settings, _ = resolve_recipe(recipe, training)
+        model = scratch / "model"
+        tracking_uri = tracking.uri_from_env()
+        train.run(train.TrainConfig(data=scratch / "clean", output=model, recipe=recipe_settings,
+                                    tracking_uri=tracking_uri, keep_checkpoints=False))  # fmt: skip
         stages.evaluate(scratch / "model", scratch / "clean", scratch / "eval", "repotune", EVALUATION)
     return time.perf_counter() - started
 

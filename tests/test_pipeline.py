@@ -294,12 +294,14 @@ def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
 
 
 def test_a_multi_node_recipe_needs_object_storage(tmp_path: Path) -> None:
-    from repotune import stages
     from repotune.errors import RepotuneError
+    from repotune.train import TrainConfig
+    from repotune.train.recipe import resolve_recipe
 
+    recipe, _ = resolve_recipe("tiny-cpu", {"resources.nodes": 2})
     with pytest.raises(RepotuneError, match="asks for 2 nodes: that runs as a Kubeflow PyTorchJob"):
-        stages.train(tmp_path, tmp_path / "model", "tiny-cpu", {"resources.nodes": 2}, tmp_path / "m.json",
-                     data_uri=str(tmp_path / "data"), output_uri=str(tmp_path / "model"))  # fmt: skip
+        TrainConfig(data=tmp_path, output=tmp_path / "model", recipe=recipe, pytorchjob=True,
+                    data_uri=str(tmp_path / "data"), output_uri=str(tmp_path / "model"))  # fmt: skip
 
 
 @pytest.mark.integration
@@ -312,8 +314,8 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
     from tests.kube_api import running_kube_api
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune import stages, storage
-    from repotune.train.finetune import SUMMARY_FILE
+    from repotune import storage, train
+    from repotune.train.recipe import resolve_recipe
 
     finished = tmp_path / "finished"
     summary = {
@@ -323,7 +325,8 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
         "base_eval_loss": 3.0,
         "tokens_per_second": 99.0,
     }
-    write_tree(finished, {"config.json": "{}", SUMMARY_FILE: json.dumps(summary)})
+    summary.update(base_model="tiny", method="lora")
+    write_tree(finished, {"config.json": "{}", train.TrainLayout(finished).summary.name: json.dumps(summary)})
     seen: list[dict] = []
 
     def operator(job: dict, reads: int) -> None:
@@ -347,19 +350,19 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("REPOTUNE_NAMESPACE", "team-a")
         kube.controller("pytorchjobs", operator)
-        out = tmp_path / "model"
-        result = stages.train(
-            tmp_path / "unused", out, "tiny-cpu", {"resources.nodes": 2}, tmp_path / "metrics.json",
-            data_uri="minio://mlpipeline/v2/artifacts/run/clean/dataset",
+        out, (recipe, _) = tmp_path / "model", resolve_recipe("tiny-cpu", {"resources.nodes": 2})
+        result = train.run(train.TrainConfig(
+            data=tmp_path / "unused", output=out, recipe=recipe,
+            pytorchjob=True, data_uri="minio://mlpipeline/v2/artifacts/run/clean/dataset",
             output_uri="minio://mlpipeline/v2/artifacts/run/train/model",
-        )  # fmt: skip
+        ))  # fmt: skip
     job = seen[0]
     assert job["metadata"]["namespace"] == "team-a"
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
     assert "s3://mlpipeline/v2/artifacts/run/clean/dataset" in command
     assert "s3://mlpipeline/v2/artifacts/run/train/model-pytorchjob" in command
-    assert (out / "config.json").is_file() and result["metrics"]["steps"] == 7.0
+    assert (out / "config.json").is_file() and result.metrics["steps"] == 7.0
 
 
 @pytest.mark.integration

@@ -17,6 +17,7 @@ from repotune.errors import RepotuneError
 from repotune.ingest.stage import IngestConfig
 from repotune.options import Setting, Values, build, settings
 from repotune.records import parse_include
+from repotune.train.stage import TrainConfig
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -129,37 +130,35 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
+RecipeSettings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe setting: --set max_steps=10 --set data.seq_len=256."),
+]
+
+
 @app.command()
-def train(
-    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the adapter, merged model, summary.")
-    ],
-    recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML (see configs/); default: the SmolLM2-135M CPU settings.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a recipe setting: --set max_steps=10 --set data.seq_len=256."),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI; tracking is off when unset."),
-    ] = None,
-) -> None:
+@settings(
+    TrainConfig,
+    Setting("data", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("recipe", parse=str),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+)
+def train(values: Values, set_: RecipeSettings = None) -> None:
     """Fine-tune the base model on the cleaned data (LoRA by default) and write the model."""
-    from repotune.train.recipe import load_recipe
+    from repotune import train
+    from repotune.train.recipe import resolve_recipe
 
-    loaded = load_recipe(recipe, _parse_overrides(set_ or []))
-    from repotune.train.finetune import run_training
-
-    summary = run_training(data_dir, output, loaded, tracking_uri=tracking_uri or None, log=say)
+    values["recipe"], _ = resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))
+    result = train.run(
+        build(TrainConfig, {**values, "tracking_uri": values["tracking_uri"] or None}), log=say
+    )
     if (
         os.environ.get("RANK", "0") == "0"
-        and summary["eval_loss"] is not None
-        and summary["base_eval_loss"] is not None
+        and result.eval_loss is not None
+        and result.base_eval_loss is not None
     ):
-        say(f"held-out loss: base {summary['base_eval_loss']:.4f} -> tuned {summary['eval_loss']:.4f}")
+        say(f"held-out loss: base {result.base_eval_loss:.4f} -> tuned {result.eval_loss:.4f}")
 
 
 def _say_verdict_and_table(report: Path) -> None:

@@ -7,118 +7,14 @@ published) is here, importable and tested without KFP.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from repotune.atomic import write_json
 from repotune.errors import RepotuneError
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-
-
-def train_settings(recipe_text: str, settings: dict[str, Any]) -> tuple[Any, str]:
-    """The recipe the train step runs (YAML text plus dotted overrides) and its short hash.
-
-    The hash names the model's object-store prefix: the same data, recipe and settings give the same
-    prefix, so a cached step and its published copy agree.
-    """
-    from repotune.config import from_struct
-    from repotune.train.recipe import resolve_recipe
-
-    settings = from_struct(settings)
-    recipe, text = resolve_recipe(recipe_text, settings)
-    key = hashlib.sha256((text + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:12]
-    return recipe, key
-
-
-def train(
-    data_dir: Path,
-    output: Path,
-    recipe_text: str,
-    settings: dict[str, Any],
-    metrics: Path,
-    *,
-    data_uri: str | None = None,
-    output_uri: str | None = None,
-    checkpoints_under: str | None = None,
-) -> dict:
-    """Fine-tune on ``data_dir`` into ``output``; returns UI metrics and model metadata.
-
-    A recipe with ``resources.nodes`` above 1 trains as a Kubeflow PyTorchJob instead, reading the data
-    from ``data_uri`` (the dataset artifact in object storage) and writing beside ``output_uri``.
-    Checkpoints are deleted after a successful run: the model artifact is what later steps and the
-    registry need, and a checkpoint of a large model would double what is stored per run.
-    ``checkpoints_under`` (an ``s3://`` prefix) receives the checkpoints as they are saved when the
-    recipe names no ``checkpoint_uri``: a retried step on a new pod resumes from there.
-    """
-    import dataclasses
-
-    from repotune.train.finetune import CHECKPOINTS, SUMMARY_FILE, run_training
-
-    recipe, key = train_settings(recipe_text, settings)
-    if checkpoints_under and checkpoints_under.startswith("s3://") and recipe.checkpoint_uri is None:
-        recipe = dataclasses.replace(
-            recipe, checkpoint_uri=f"{checkpoints_under.rstrip('/')}/{key}/checkpoints"
-        )
-    if recipe.resources.nodes > 1:
-        _train_on_cluster(recipe, key, data_uri, output_uri, output)
-        summary = json.loads((output / SUMMARY_FILE).read_text())
-    else:
-        summary = run_training(data_dir, output, recipe, tracking_uri=os.environ.get(TRACKING_ENV) or None)
-    shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
-    values = {
-        "steps": summary["steps"],
-        "train_loss": summary["train_loss"],
-        "eval_loss": summary["eval_loss"],
-        "base_eval_loss": summary["base_eval_loss"],
-        "tokens_per_second": summary["tokens_per_second"],
-    }
-    values = {k: float(v) for k, v in values.items() if v is not None}
-    write_json(metrics, values)
-    metadata = {"base_model": recipe.base_model, "method": recipe.method, "key": key}
-    return {"metrics": values, "metadata": metadata}
-
-
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def _train_on_cluster(
-    recipe: Any, key: str, data_uri: str | None, output_uri: str | None, output: Path
-) -> None:
-    """Run the recipe as a PyTorchJob across ``recipe.resources.nodes`` nodes, wait, and fetch the model.
-
-    The job writes to a sibling of this step's own artifact prefix; the model is then brought into
-    ``output`` so KFP stores it as this step's artifact like a single-node run's.
-    """
-    from repotune import storage
-    from repotune.train.cluster_job import render_pytorchjob, run_pytorchjob
-
-    remote = ("s3://", "minio://")
-    if not (data_uri and output_uri and data_uri.startswith(remote) and output_uri.startswith(remote)):
-        raise RepotuneError(
-            f"the recipe asks for {recipe.resources.nodes} nodes: that runs as a Kubeflow PyTorchJob, which "
-            "reads its data from object storage, so run the pipeline on a cluster (`repotune submit`)"
-        )
-    namespace = os.environ.get("REPOTUNE_NAMESPACE") or (
-        SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.is_file() else "default"
-    )
-    job_output = storage.minio_to_s3(output_uri).rstrip("/") + "-pytorchjob"
-    name = f"repotune-train-{key}-{hashlib.sha256(data_uri.encode()).hexdigest()[:8]}"
-    job = render_pytorchjob(
-        recipe,
-        name=name,
-        namespace=namespace,
-        data_uri=storage.minio_to_s3(data_uri),
-        output_uri=job_output,
-        tracking_uri=os.environ.get(TRACKING_ENV) or None,
-    )
-    budget_s = (recipe.max_minutes or 24 * 60) * 60 + 30 * 60  # the training budget plus start-up
-    run_pytorchjob(job, timeout_s=budget_s, log=print)
-    storage.fetch(job_output, output)
 
 
 def evaluate(

@@ -17,36 +17,10 @@ from pathlib import Path
 from repotune.atomic import atomic_open, write_json
 from repotune.clean.dedup import DedupConfig
 from repotune.clean.filters import FilterConfig
+from repotune.clean.layout import CleanLayout
 from repotune.clean.split import SplitConfig
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestLayout
-
-
-@dataclass(frozen=True)
-class CleanLayout:
-    """The files of a clean folder: what training and evaluation read."""
-
-    folder: Path
-
-    @property
-    def train(self) -> Path:
-        """Records to train on, one a line."""
-        return self.folder / "train.jsonl"
-
-    @property
-    def eval(self) -> Path:
-        """Held-out records: what evaluation scores, never trained on."""
-        return self.folder / "eval.jsonl"
-
-    @property
-    def stats(self) -> Path:
-        """Kept, dropped by reason, redactions by kind, per kind and language counts, the source."""
-        return self.folder / "stats.json"
-
-    @property
-    def report(self) -> Path:
-        """The same numbers for a person, in Markdown."""
-        return self.folder / "report.md"
+from repotune.ingest.layout import IngestLayout
 
 
 @dataclass(frozen=True)

@@ -83,20 +83,26 @@ def train(
 ) -> None:
     from pathlib import Path
 
-    from repotune import stages, storage
+    from repotune import storage, tracking, train
+    from repotune.atomic import write_json
+    from repotune.config import from_struct
+    from repotune.train.recipe import resolve_recipe
 
     settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
-    settings.update({"epochs": epochs, **overrides})
+    settings = from_struct({**settings, "epochs": epochs, **overrides})
     source, commit = dataset.metadata.get("source", ""), dataset.metadata.get("commit", "")
-    summary = stages.train(
-        Path(dataset.path), Path(model.path), recipe, settings, Path(metrics.path),
-        data_uri=dataset.uri, output_uri=model.uri,
+    result = train.run(train.TrainConfig(
+        data=Path(dataset.path), output=Path(model.path), recipe=resolve_recipe(recipe, settings)[0],
+        tracking_uri=tracking.uri_from_env(), keep_checkpoints=False, pytorchjob=True,
         checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
-    )  # fmt: skip
-    for name, value in summary["metrics"].items():
+        data_uri=dataset.uri, output_uri=model.uri,
+    ))  # fmt: skip
+    write_json(Path(metrics.path), result.metrics)
+    for name, value in result.metrics.items():
         metrics.log_metric(name, value)
-    model.metadata.update({**summary["metadata"], "commit": commit})
-    key = f"{commit}/{summary['metadata']['key']}"
+    model.metadata.update({"base_model": result.base_model, "method": result.method, "commit": commit})
+    model.metadata["key"] = result.recipe_key
+    key = f"{commit}/{result.recipe_key}"
     model.metadata["published"] = storage.publish(model.path, artifacts_root, source, key, "model")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from repotune import __version__
 from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
+from repotune.ingest.layout import IngestLayout
 from repotune.records import Kind, Record
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
@@ -27,23 +28,6 @@ from repotune.sources.local import WalkLimits, iter_tree
 
 GITHUB_PREFIX = "github:"
 S3_SCHEMES = ("s3://", "minio://")
-
-
-@dataclass(frozen=True)
-class IngestLayout:
-    """The files of an ingest folder."""
-
-    folder: Path
-
-    @property
-    def records(self) -> Path:
-        """One record a line (see ``repotune.records``)."""
-        return self.folder / "records.jsonl"
-
-    @property
-    def manifest(self) -> Path:
-        """Source, resolved commit, records kept per kind, entries skipped per reason."""
-        return self.folder / "manifest.json"
 
 
 @dataclass(frozen=True)

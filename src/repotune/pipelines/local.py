@@ -173,15 +173,15 @@ def run_local(
     """
     from kfp import local
 
-    from repotune.config import from_dict
+    from repotune.config import from_dict, from_struct
     from repotune.evaluate.score import EvalConfig
     from repotune.pipelines.pipeline import STAGES, build_pipeline
-    from repotune.stages import train_settings
+    from repotune.train.recipe import resolve_recipe
 
     source = _absolute_source(source)
     pipeline = build_pipeline(recipe, retries=False)  # a bad recipe fails here, before any work
     # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
-    train_settings(recipe, dict(arguments.get("training") or {}))
+    resolve_recipe(recipe, from_struct(dict(arguments.get("training") or {})))
     from_dict(EvalConfig, dict(arguments.get("evaluation") or {}), "--eval")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

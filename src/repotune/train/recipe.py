@@ -181,14 +181,18 @@ def shipped_recipes_dir() -> Path:
     return packaged if packaged.is_dir() else checkout
 
 
-def resolve_recipe(spec: str, overrides: dict[str, Any] | None = None) -> tuple[Recipe, str]:
-    """A recipe from a shipped name (``tiny-cpu``), a YAML file path, or YAML text; also its YAML text.
+def resolve_recipe(spec: str | None, overrides: dict[str, Any] | None = None) -> tuple[Recipe, str]:
+    """A recipe from a shipped name (``tiny-cpu``), a YAML file path, or YAML text, with ``overrides``
+    (``{"data.seq_len": 256}``) applied; also its YAML text. ``None`` is the default recipe.
 
-    The text travels as a pipeline parameter, so a run on a cluster trains with exactly the recipe
-    that was given here, whether or not the image ships it.
+    Every command that takes ``--recipe`` resolves it here. The text travels as a pipeline parameter,
+    so a run on a cluster trains with exactly the recipe that was given here, whether or not the
+    image ships it.
     """
     import yaml
 
+    if spec is None:
+        return load_recipe(None, overrides), ""
     shipped = shipped_recipes_dir() / f"{spec}.yaml"
     if "\n" not in spec and shipped.is_file():
         path: Path | None = shipped
@@ -208,6 +212,17 @@ def resolve_recipe(spec: str, overrides: dict[str, Any] | None = None) -> tuple[
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted, value)
     return from_dict(Recipe, data, "recipe"), spec
+
+
+def recipe_key(recipe: Recipe) -> str:
+    """A short hash of every setting of ``recipe``: the same recipe and settings always give the same key
+    (it names a model's place in object storage, so a cached pipeline step and its copy there agree)."""
+    import hashlib
+    import json
+
+    from repotune.config import to_dict
+
+    return hashlib.sha256(json.dumps(to_dict(recipe), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def recipe_fields() -> list[str]:
