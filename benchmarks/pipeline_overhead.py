@@ -5,8 +5,8 @@ Both variants run the same stages on the same input with the same recipe and eva
 both track to a fresh local MLflow store (the pipeline's evaluate registers the candidate, so the
 direct variant does too):
 
-* ``direct``: ``repotune.stages.ingest`` -> ``clean`` -> ``train`` -> ``evaluate`` in this process,
-  on plain folders: the cost of the work itself.
+* ``direct``: ``repotune.ingest.run`` -> ``clean.run`` -> ``train.run`` -> ``evaluate.run`` in this
+  process, on plain folders: the cost of the work itself.
 * ``pipeline``: ``repotune.pipelines.local.run_local`` with an empty step cache: the KFP components
   (one Python subprocess per step, each importing repotune, torch and transformers again), artifact
   bookkeeping, the status file, and the deploy step when evaluate promotes.
@@ -38,7 +38,7 @@ EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
-    from repotune import clean, ingest, stages, tracking, train
+    from repotune import clean, evaluate, ingest, tracking, train
     from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
     from repotune.train.recipe import resolve_recipe
@@ -55,7 +55,9 @@ def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
         tracking_uri = tracking.uri_from_env()
         train.run(train.TrainConfig(data=scratch / "clean", output=model, recipe=recipe_settings,
                                     tracking_uri=tracking_uri, keep_checkpoints=False))  # fmt: skip
-        stages.evaluate(scratch / "model", scratch / "clean", scratch / "eval", "repotune", EVALUATION)
+        scoring = evaluate.ScoringConfig(**EVALUATION)
+        evaluate.run(evaluate.EvaluateConfig(model=model, data=scratch / "clean", output=scratch / "eval",
+                                             scoring=scoring, tracking_uri=tracking_uri))  # fmt: skip
     return time.perf_counter() - started
 
 

@@ -395,7 +395,7 @@ def test_the_stage_library_and_the_cli_do_not_import_kfp() -> None:
     import sys
 
     code = ("import sys, repotune.stages, repotune.ingest, repotune.clean, repotune.train.finetune, "
-            "repotune.evaluate.run, repotune.deploy, repotune.cli; "
+            "repotune.evaluate, repotune.deploy, repotune.cli; "
             "print(sorted(m for m in ('kfp', 'kserve', 'kubernetes') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

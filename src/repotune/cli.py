@@ -14,6 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from repotune.clean.stage import CleanConfig
 from repotune.errors import RepotuneError
+from repotune.evaluate.stage import EvaluateConfig
 from repotune.ingest.stage import IngestConfig
 from repotune.options import Setting, Values, build, settings
 from repotune.records import parse_include
@@ -170,46 +171,29 @@ def _say_verdict_and_table(report: Path) -> None:
 
 
 @app.command()
-def evaluate(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
-    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for metrics.json and the reports.")],
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: register the candidate, move the champion."
-        ),
-    ] = None,
-    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
-    line_samples: Annotated[int, typer.Option(help="Held-out lines to complete.")] = 40,
-    fim_samples: Annotated[int, typer.Option(help="Held-out spans to fill in the middle.")] = 20,
-    max_blocks: Annotated[int, typer.Option(help="Held-out blocks scored for perplexity.")] = 64,
-    min_relative_gain: Annotated[
-        float, typer.Option(help="Relative perplexity gain the candidate needs over the champion (or base).")
-    ] = 0.01,
-    require_significance: Annotated[
-        bool, typer.Option(help="Promote only when the confidence intervals do not overlap.")
-    ] = True,
-) -> None:
+@settings(
+    EvaluateConfig,
+    Setting("model", argument=True, metavar="MODEL"),
+    Setting("data", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("model_name"),
+    Setting("scoring.line_samples"),
+    Setting("scoring.fim_samples"),
+    Setting("scoring.max_blocks"),
+    Setting("policy.min_relative_gain"),
+    Setting("policy.require_significance"),
+)
+def evaluate(values: Values) -> None:
     """Score base, candidate and champion on held-out data; decide; register in MLflow."""
-    from repotune.evaluate.decide import Policy
-    from repotune.evaluate.run import run_evaluation
-    from repotune.evaluate.score import EvalConfig
+    from repotune import evaluate
 
-    result = run_evaluation(
-        model_dir,
-        data_dir,
-        output,
-        config=EvalConfig(line_samples=line_samples, fim_samples=fim_samples, max_blocks=max_blocks),
-        policy=Policy(min_relative_gain=min_relative_gain, require_significance=require_significance),
-        tracking_uri=tracking_uri or None,
-        model_name=model_name,
-        log=say,
-    )
-    _say_verdict_and_table(output / "report.md")
-    say(f"wrote {output}/metrics.json, report.md, report.html")
-    if result.get("registered_version"):
-        say(f"registered version {result['registered_version']} of {model_name}")
+    config = build(EvaluateConfig, {**values, "tracking_uri": values["tracking_uri"] or None})
+    result = evaluate.run(config, log=say)
+    _say_verdict_and_table(result.output.report_md)
+    say(f"wrote {config.output}/metrics.json, report.md, report.html")
+    if result.registered_version:
+        say(f"registered version {result.registered_version} of {config.model_name}")
 
 
 @app.command()

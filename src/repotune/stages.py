@@ -10,48 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from repotune.errors import RepotuneError
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-
-
-def evaluate(
-    model_dir: Path, data_dir: Path, output: Path, model_name: str, settings: dict[str, Any]
-) -> dict:
-    """Score base, candidate and champion and decide; registers the candidate when MLflow is set."""
-    from repotune.config import from_dict, from_struct
-    from repotune.evaluate.run import run_evaluation
-    from repotune.evaluate.score import EvalConfig
-
-    config = from_dict(EvalConfig, from_struct(settings), "evaluation settings")
-    result = run_evaluation(
-        model_dir,
-        data_dir,
-        output,
-        config=config,
-        tracking_uri=os.environ.get(TRACKING_ENV) or None,
-        model_name=model_name,
-    )
-    metrics = {
-        f"{name}.{metric}": float(values["value"])
-        for name, scores in result["models"].items()
-        for metric, values in scores.items()
-        if values.get("value") is not None
-    }
-    return {
-        "promote": bool(result["decision"]["promote"]),
-        "metrics": metrics,
-        "version": result.get("registered_version"),
-    }
-
-
-def write_reports(evaluation: Path, metrics: Path, html: Path, markdown: Path) -> None:
-    """The evaluation's files as the artifacts the KFP UI shows (metrics, HTML and Markdown)."""
-    _copy_file(evaluation / "metrics.json", metrics)
-    _copy_file(evaluation / "report.html", html)
-    _copy_file(evaluation / "report.md", markdown)
 
 
 def _no_longer_champion(registered: dict[str, str | None]) -> str | None:

@@ -120,21 +120,26 @@ def evaluate(
     """Scores base, candidate and champion; returns whether the candidate is promoted."""
     from pathlib import Path
 
-    from repotune import stages, storage
+    from repotune import evaluate, storage, tracking
+    from repotune.config import from_dict, from_struct
 
-    result = stages.evaluate(
-        Path(model.path), Path(dataset.path), Path(evaluation.path), model_name, settings
-    )
-    for name, value in result["metrics"].items():
+    scoring = from_dict(evaluate.ScoringConfig, from_struct(settings), "evaluation settings")
+    result = evaluate.run(evaluate.EvaluateConfig(
+        model=Path(model.path), data=Path(dataset.path), output=Path(evaluation.path), scoring=scoring,
+        tracking_uri=tracking.uri_from_env(), model_name=model_name,
+    ))  # fmt: skip
+    for name, value in result.metrics.items():
         metrics.log_metric(name, value)
-    stages.write_reports(Path(evaluation.path), Path(metrics.path), Path(report.path), Path(summary.path))
-    evaluation.metadata.update({"promote": result["promote"], "version": result["version"] or ""})
+    storage.copy_to(result.output.metrics, metrics.path)
+    storage.copy_to(result.output.report_html, report.path)
+    storage.copy_to(result.output.report_md, summary.path)
+    evaluation.metadata.update({"promote": result.promote, "version": result.registered_version or ""})
     key = f"{model.metadata.get('commit', '')}/{model.metadata.get('key', '')}"
     source = dataset.metadata.get("source", "")
     evaluation.metadata["published"] = storage.publish(
         evaluation.path, artifacts_root, source, key, "evaluation"
     )
-    return result["promote"]
+    return result.promote
 
 
 def deploy(

@@ -174,7 +174,7 @@ def run_local(
     from kfp import local
 
     from repotune.config import from_dict, from_struct
-    from repotune.evaluate.score import EvalConfig
+    from repotune.evaluate.score import ScoringConfig
     from repotune.pipelines.pipeline import STAGES, build_pipeline
     from repotune.train.recipe import resolve_recipe
 
@@ -182,7 +182,7 @@ def run_local(
     pipeline = build_pipeline(recipe, retries=False)  # a bad recipe fails here, before any work
     # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
     resolve_recipe(recipe, from_struct(dict(arguments.get("training") or {})))
-    from_dict(EvalConfig, dict(arguments.get("evaluation") or {}), "--eval")
+    from_dict(ScoringConfig, dict(arguments.get("evaluation") or {}), "--eval")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = run_dir.resolve()
@@ -213,22 +213,23 @@ def run_local(
 
 def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> None:
     """Results into the status: decision, metrics, the report and the model, copied into the run folder."""
-    evaluation = Path(outputs["evaluation"].path)
-    result = json.loads((evaluation / "metrics.json").read_text())
+    from repotune.evaluate import EvaluateResult
+
+    result = EvaluateResult.load(Path(outputs["evaluation"].path))
     report = run_dir / "report.md"
-    shutil.copyfile(evaluation / "report.md", report)
+    shutil.copyfile(result.output.report_md, report)
     if writer.status["stages"]["deploy"]["state"] == "pending":
         writer.status["stages"]["deploy"]["state"] = "skipped"
     writer.status.update(
         state="succeeded",
         finished=_now(),
         promote=bool(outputs["promoted"]),
-        metrics=result["models"],
-        decision=result["decision"],
+        metrics=result.models_as_dicts(),
+        decision={"promote": result.decision.promote, "reasons": list(result.decision.reasons)},
         report=report.name,
         model=outputs["model"].path,
-        dataset=result["context"]["data"],
-        registered_version=result.get("registered_version"),
+        dataset=str(result.data),
+        registered_version=result.registered_version,
     )
     writer.save()
 
@@ -313,10 +314,11 @@ def query_served_model(
 def _demo_prompt(data_dir: Path | None) -> str:
     """The start of a held-out code file (Python first), framed as in training, so the answer shows
     what was learned."""
+    from repotune.clean.layout import CleanLayout
     from repotune.data.transforms import file_header
     from repotune.records import Kind, read_records
 
-    eval_path = data_dir / "eval.jsonl" if data_dir is not None else None
+    eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
     if eval_path is None or not eval_path.is_file():
         return "def fibonacci(n):\n"
     files = [r for r in read_records(eval_path) if r.kind == Kind.CODE and r.file_path]
