@@ -394,8 +394,8 @@ def test_the_stage_library_and_the_cli_do_not_import_kfp() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, repotune.stages, repotune.ingest, repotune.clean, repotune.train.finetune, "
-            "repotune.evaluate, repotune.deploy, repotune.cli; "
+    code = ("import sys, repotune.ingest, repotune.clean, repotune.train, repotune.train.finetune, "
+            "repotune.models, repotune.evaluate, repotune.deploy, repotune.cli; "
             "print(sorted(m for m in ('kfp', 'kserve', 'kubernetes') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -432,7 +432,7 @@ def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_ch
     """A re-run of an old commit reuses its cached "promote"; the deploy step checks the registry first."""
     from mlflow import MlflowClient
 
-    from repotune import stages
+    from repotune import deploy
     from repotune.evaluate.decide import Decision
     from repotune.evaluate.registry import Registry
 
@@ -447,15 +447,19 @@ def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_ch
     registry.promote(str(new), Decision(True, ("promote: better",)))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
 
-    def deploy(version: str) -> tuple[str, str]:
+    def deploy_step(version: str) -> tuple[str | None, str]:
+        """The pipeline's deploy step, rendering only (as `deploy_apply=False`)."""
         manifest = tmp_path / f"manifest-{version}.yaml"
-        registered = {"model_name": "repotune", "version": version, "commit": None}
-        url = stages.deploy(f"s3://models/{version}", "tiny-cpu", "app", "team-a", "huggingface", False,
-                            registered, manifest)  # fmt: skip
-        return url, manifest.read_text()
+        settings = deploy.DeploySettings(name="app", namespace="team-a")
+        config = deploy.DeployConfig(
+            model_uri=f"s3://models/{version}", settings=settings,
+            apply=False, manifest=manifest, registered=deploy.RegisteredVersion("repotune", version),
+            only_champion=True, skip_unservable=True, tracking_uri=tracking_uri,
+        )  # fmt: skip
+        return deploy.run(config, log=lambda _: None).url, manifest.read_text()
 
-    _, stale = deploy(str(old))
+    _, stale = deploy_step(str(old))
     assert stale.startswith("# Nothing deployed: repotune version 1 is no longer the champion (version 2 is)")
-    _, current = deploy(str(new))
+    _, current = deploy_step(str(new))
     isvc = next(o for o in yaml.safe_load_all(current) if o["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/2"

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from repotune.clean.stage import CleanConfig
+from repotune.deploy.render import to_yaml
+from repotune.deploy.stage import DeployConfig
 from repotune.errors import RepotuneError
 from repotune.evaluate.stage import EvaluateConfig
 from repotune.ingest.stage import IngestConfig
@@ -246,93 +248,51 @@ def serve(
     )
 
 
-from repotune.deploy.render import Runtime  # noqa: E402 (light: the deploy command's --runtime choices)
+def _recipe_resources(spec: str):
+    from repotune.train.recipe import resolve_recipe
+
+    return resolve_recipe(spec)[0].resources
 
 
 @app.command()
+@settings(
+    DeployConfig,
+    Setting("model_uri", argument=True, metavar="MODEL_URI"),
+    Setting("settings.name"),
+    Setting("settings.namespace"),
+    Setting("settings.runtime"),
+    Setting("settings.resources", ("--recipe",), parse=_recipe_resources),
+    Setting("settings.canary_percent", ("--canary",)),
+    Setting("timeout_s", ("--timeout",)),
+    Setting("settings.s3.service_account", ("--service-account",)),
+    Setting("settings.s3.secret", ("--s3-secret",)),
+    Setting("settings.s3.region", ("--s3-region",), envvar="AWS_REGION"),
+    Setting("artifacts_s3", envvar="REPOTUNE_MLFLOW_ARTIFACTS_S3"),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("kube_host"),
+)
 def deploy(
-    model_uri: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODEL_URI",
-            help="s3://, minio:// (a KFP artifact), models:/NAME@champion or models:/NAME/N.",
-        ),
-    ],
-    name: Annotated[str, typer.Option(help="InferenceService name (lowercase letters, digits, '-').")],
-    namespace: Annotated[str, typer.Option(help="Kubernetes namespace to deploy into.")],
-    runtime: Annotated[
-        Runtime,
-        typer.Option(help="huggingface: KServe's runtime (vLLM on GPUs); repotune: `repotune serve`."),
-    ] = Runtime.HUGGINGFACE,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Recipe YAML whose `resources` size each replica (default: 2 CPUs, 8Gi)."),
-    ] = None,
-    canary: Annotated[
-        int | None, typer.Option(help="Percent of traffic for the new revision; the previous keeps the rest.")
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for Ready before rolling back to the previous spec.")
-    ] = 900.0,
-    service_account: Annotated[
-        str, typer.Option(help="The predictor's ServiceAccount, which names the S3 credentials Secret.")
-    ] = "repotune-serving",
-    s3_secret: Annotated[
-        str, typer.Option(help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the download.")
-    ] = "repotune-s3",
+    values: Values,
     s3_endpoint: Annotated[
         str | None,
         typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
     ] = None,
-    s3_region: Annotated[str | None, typer.Option(envvar="AWS_REGION", help="The bucket's region.")] = None,
-    artifacts_s3: Annotated[
-        str | None,
-        typer.Option(
-            envvar="REPOTUNE_MLFLOW_ARTIFACTS_S3",
-            help="The MLflow server's --artifacts-destination (s3://...), to map mlflow-artifacts:/ sources.",
-        ),
-    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: resolve models:/ URIs, record the endpoint."
-        ),
-    ] = None,
-    kube_host: Annotated[
-        str | None, typer.Option(help="Kubernetes API URL (e.g. from `kubectl proxy`); default: kubeconfig.")
-    ] = None,
 ) -> None:
     """Serve a model as a KServe InferenceService; roll back to the previous one if it does not come up."""
-    from repotune.deploy import DeploySettings, S3Access, render_manifests, resolve_model_uri, to_yaml
-    from repotune.deploy import deploy as run_deploy
-    from repotune.train.recipe import ResourceSettings, load_recipe
+    from repotune import deploy
+    from repotune.deploy import S3Access
 
-    settings = DeploySettings(
-        name=name,
-        namespace=namespace,
-        runtime=runtime,
-        resources=load_recipe(recipe).resources if recipe is not None else ResourceSettings(),
-        canary_percent=canary,
-        s3=S3Access.from_url(
-            s3_endpoint, service_account=service_account, secret=s3_secret, region=s3_region or None
-        ),
-    )
-    model = resolve_model_uri(model_uri, tracking_uri=tracking_uri or None, artifacts_s3=artifacts_s3 or None)
+    s3 = values["settings"]["s3"]
+    values["settings"]["s3"] = S3Access.from_url(s3_endpoint, **{**s3, "region": s3["region"] or None})
+    for name in ("tracking_uri", "artifacts_s3"):
+        values[name] = values[name] or None
+    result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
     if dry_run:
-        typer.echo(to_yaml(render_manifests(model, settings)), nl=False)
+        typer.echo(to_yaml(list(result.objects)), nl=False)
         return
-    from repotune.kube import connect
-
-    result = run_deploy(
-        model,
-        settings,
-        timeout_s=timeout,
-        api=connect(kube_host),
-        tracking_uri=tracking_uri or None,
-        log=say,
-    )
-    say(f"serving {model.uri} at {result.url or '(no URL reported)'}")
+    assert result.model is not None  # the command line never skips
+    say(f"serving {result.model.uri} at {result.url or '(no URL reported)'}")
 
 
 @app.command()

@@ -121,8 +121,8 @@ class DeploySettings:
     runtime: Runtime = Runtime.HUGGINGFACE
     """KServe's Hugging Face runtime (vLLM on GPUs), or this project's predictor."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
-    """CPU, memory and accelerators of one predictor replica (a recipe's ``resources``; ``nodes`` and
-    the torchrun settings do not apply to serving)."""
+    """CPU, memory and accelerators of one predictor replica: a recipe's `resources` (a shipped name or
+    a .yaml path; default 2 CPUs, 8Gi); its nodes and torchrun settings do not apply to serving."""
     canary_percent: int | None = None
     """Share of traffic, 0 to 100, that the new revision gets while the previous one keeps the rest
     (KServe Serverless mode); None sends it all traffic once Ready."""

@@ -15,7 +15,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Model
 
 from repotune import images
-from repotune.components import stages as steps
+from repotune.components import steps
 from repotune.train.recipe import Recipe, resolve_recipe
 
 DEFAULT_RECIPE = "smollm2-135m-cpu"

@@ -1,10 +1,11 @@
 """The pipeline's steps as KFP lightweight components: one thin shim per stage over the library.
 
-Each body turns artifacts into paths, calls one ``repotune`` function and records outputs and
-metrics; the logic lives in ``repotune.stages`` and is tested without KFP. The functions are plain
-here and become components in ``repotune.pipelines.pipeline``, which sets each one's image (the CUDA
-image for steps of a recipe that asks for accelerators). KFP runs a body on its own, so every import
-is inside it.
+Each body turns artifacts into paths, builds the stage's config, calls its one entry point
+(``repotune.<stage>.run``) and records outputs and metrics (the result's ``.metrics``, and
+``storage.publish`` for the copy under ``artifacts_root``); the logic lives in the stage packages and
+is tested without KFP. The functions are plain here and become components in
+``repotune.pipelines.pipeline``, which sets each one's image (the CUDA image for steps of a recipe
+that asks for accelerators). KFP runs a body on its own, so every import is inside it.
 
 (No `from __future__ import annotations` here: KFP reads the annotations as types.)
 KFP parameters cannot be null: an empty string stands for "not set" at this boundary only and becomes
@@ -156,9 +157,17 @@ def deploy(
     """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL."""
     from pathlib import Path
 
-    from repotune import stages
+    from repotune import deploy, storage, tracking
+    from repotune.train.recipe import resolve_recipe
 
-    model_uri = model.metadata.get("published") or model.uri
-    registered = {"model_name": model_name, "version": evaluation.metadata.get("version") or None}
-    registered["commit"] = model.metadata.get("commit") or None
-    return stages.deploy(model_uri, recipe, name, namespace, runtime, apply, registered, Path(manifest.path))
+    settings = deploy.DeploySettings(
+        name=name, namespace=namespace, runtime=runtime, resources=resolve_recipe(recipe)[0].resources,
+        s3=deploy.S3Access.from_url(storage.endpoint_url()),
+    )  # fmt: skip
+    version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None
+    result = deploy.run(deploy.DeployConfig(
+        model_uri=model.metadata.get("published") or model.uri, settings=settings, apply=apply,
+        manifest=Path(manifest.path), registered=deploy.RegisteredVersion(model_name, version, commit),
+        only_champion=True, skip_unservable=True, tracking_uri=tracking.uri_from_env(),
+    ))  # fmt: skip
+    return result.url or ""
