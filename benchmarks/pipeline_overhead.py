@@ -61,19 +61,21 @@ def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def _pipeline(source: str, recipe: str, training: dict, scratch: Path) -> tuple[float, dict]:
-    from repotune.pipelines.local import run_local
+def _pipeline(source: str, recipe: str, training: dict, scratch: Path) -> tuple[float, dict[str, str]]:
+    """Seconds the pipeline took, and the state of each stage."""
+    from repotune.pipelines.local import RunConfig, run_local
 
     started = time.perf_counter()
-    status = run_local(
+    config = RunConfig(
         source,
         recipe,
-        arguments={"training": training, "evaluation": EVALUATION, "deploy_apply": False},
+        training=training,
+        evaluation=EVALUATION,
         workdir=scratch / "home",
         run_dir=scratch / "run",
-        log=lambda _: None,
     )
-    return time.perf_counter() - started, status
+    status = run_local(config, log=lambda _: None)
+    return time.perf_counter() - started, {name: stage.state for name, stage in status.stages.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "direct":
                     direct.append(_direct(args.source, args.recipe, training, scratch))
                 else:
-                    seconds, status = _pipeline(args.source, args.recipe, training, scratch)
+                    seconds, states = _pipeline(args.source, args.recipe, training, scratch)
                     pipeline.append(seconds)
-                    stage_states.append({k: v["state"] for k, v in status["stages"].items()})
+                    stage_states.append(states)
                 seconds = (direct if variant == "direct" else pipeline)[-1]
                 print(f"run {i + 1} {variant}: {seconds:.1f} s", flush=True)
     d, p = statistics.median(direct), statistics.median(pipeline)

@@ -13,8 +13,8 @@ import yaml
 from tests.conftest import git, write_tree
 
 from repotune.config import from_struct
-from repotune.pipelines.local import StatusWriter
-from repotune.pipelines.pipeline import STAGES
+from repotune.pipelines.local import RunConfig, StatusWriter, run_local
+from repotune.pipelines.status import STAGES, RunStatus
 from repotune.pipelines.submit import COMPILED, compile_pipeline
 from repotune.sources.revision import resolve_revision
 from repotune.sources.slug import source_slug
@@ -107,6 +107,35 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     assert any("ingest: reused" in line for line in lines)
 
 
+def test_the_run_status_schema_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    status = RunStatus.new()
+    status.stages["train"].state = "cached"
+    status.metrics = {"candidate": {"perplexity": {"value": 3.5, "n": 40}}}
+    status.write(tmp_path / "status.json")
+    assert RunStatus.read(tmp_path / "status.json") == status
+    # what an older or newer writer adds is ignored; a version written as a number is still a version
+    newer = RunStatus.from_dict({"state": "failed", "tasks": {}, "registered_version": 3})
+    assert newer.registered_version == "3"
+    for bad in ([], {"state": "done"}, {"stages": {"train": {"state": "baking"}}}, {"promote": "yes"}):
+        with pytest.raises(ValueError):
+            RunStatus.from_dict(bad)
+    (tmp_path / "broken.json").write_text('{"state": "succ')
+    assert RunStatus.read(tmp_path / "broken.json") is None
+    assert RunStatus.read(tmp_path / "missing.json") is None
+
+
+def test_a_kfp_clusters_run_is_read_into_the_same_schema() -> None:
+    tasks = {"resolve-source": "SUCCEEDED", "ingest": "CACHED", "train": "RUNNING", "condition-1": "X"}
+    raw = {"state": "RUNNING", "error": None, "tasks": tasks}
+    status = RunStatus.from_kfp(raw)
+    assert status.state == "running" and status.error is None
+    assert {n: e.state for n, e in status.stages.items()} == {
+        "ingest": "cached", "clean": "pending", "train": "running", "evaluate": "pending", "deploy": "pending"
+    }  # fmt: skip
+    failed = RunStatus.from_kfp({"state": "CANCELED", "error": "stopped by a person", "tasks": {}})
+    assert (failed.state, failed.error) == ("failed", "stopped by a person")
+
+
 def test_kfp_struct_numbers_become_ints_again() -> None:
     assert from_struct({"max_steps": 40.0, "learning_rate": 0.5, "name": "x"}) == {
         "max_steps": 40,
@@ -173,47 +202,42 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
     from tests.s3_server import running_s3_server, s3_environment
 
     from repotune.evaluate.registry import Registry
-    from repotune.pipelines.local import run_local
     from repotune.storage import client_from_env, exists_complete
 
     repo = tmp_path / "repo"
     repo.mkdir()
     _project(repo)
     sha = git(repo, "rev-parse", "HEAD").strip()
-    arguments = {"evaluation": QUICK_EVAL, "training": {"max_steps": 30}, "deploy_apply": False,
-                 "artifacts_root": "s3://runs/repotune", "namespace": "team-a"}  # fmt: skip
+    settings = {"evaluation": QUICK_EVAL, "training": {"max_steps": 30}, "artifacts_root": "s3://runs/repotune",
+                "parameters": {"namespace": "team-a"}}  # fmt: skip
     with running_s3_server() as endpoint, s3_environment(endpoint):
         client = client_from_env()
         client.make_bucket("runs")
         client.make_bucket("models")
         with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
-            def run(name: str) -> dict:
-                return run_local(
-                    str(repo),
-                    "tiny-cpu",
-                    arguments=arguments,
-                    workdir=tmp_path / "home",
-                    run_dir=tmp_path / name,
-                    tracking_uri=url,
-                    log=lambda _: None,
-                )
+            def run(name: str) -> RunStatus:
+                config = RunConfig(str(repo), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / name,
+                                   tracking_uri=url, **settings)  # fmt: skip
+                return run_local(config, log=lambda _: None)
 
             first = run("run1")
-            assert first["state"] == "succeeded"
-            assert {n: e["state"] for n, e in first["stages"].items()} == {
+            assert first.state == "succeeded"
+            assert {n: e.state for n, e in first.stages.items()} == {
                 "ingest": "succeeded", "clean": "succeeded", "train": "succeeded", "evaluate": "succeeded",
                 "deploy": "succeeded",
-            }, first["decision"]  # fmt: skip
-            assert first["promote"] is True
+            }, first.decision  # fmt: skip
+            assert first.promote is True
             on_disk = json.loads((tmp_path / "run1" / "status.json").read_text())
             assert on_disk["state"] == "succeeded" and on_disk["registered_version"] == "1"
+            assert RunStatus.from_dict(on_disk) == first  # what status.json says is what was returned
             assert (tmp_path / "run1" / "report.md").read_text().startswith("# ")
+            assert first.metrics is not None
             assert (
-                first["metrics"]["candidate"]["perplexity"]["value"]
-                < first["metrics"]["base"]["perplexity"]["value"]
+                first.metrics["candidate"]["perplexity"]["value"]
+                < first.metrics["base"]["perplexity"]["value"]
             )
-            model = Path(first["model"])
+            model = Path(str(first.model))
             assert (model / "config.json").is_file() and (model / "adapter").is_dir()
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
@@ -246,25 +270,24 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
 
             # same commit again: everything but resolve-source and deploy comes from the cache
             second = run("run2")
-            assert {n: e["state"] for n, e in second["stages"].items()} == {
+            assert {n: e.state for n, e in second.stages.items()} == {
                 "ingest": "cached", "clean": "cached", "train": "cached", "evaluate": "cached",
                 "deploy": "succeeded",
             }  # fmt: skip
-            assert second["model"] == first["model"]
+            assert second.model == first.model
             assert len(list(registry._client.search_model_versions("name='repotune'"))) == 1
 
 
 @pytest.mark.integration
 def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path) -> None:
     from repotune.errors import RepotuneError
-    from repotune.pipelines.local import run_local
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     with pytest.raises(RepotuneError, match="Inner task failed: 'ingest'"):
-        run_local(str(empty), "tiny-cpu", arguments={}, workdir=tmp_path / "home", run_dir=tmp_path / "run",
-                  tracking_uri=None, log=lambda _: None)  # fmt: skip
+        run_local(RunConfig(str(empty), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / "run"),
+                  log=lambda _: None)  # fmt: skip
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "ingest" in status["error"]
     assert status["stages"]["ingest"]["state"] == "failed" and status["stages"]["train"]["state"] == "pending"
@@ -272,24 +295,18 @@ def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path
 
 def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
     from repotune.errors import RepotuneError
-    from repotune.pipelines.local import run_local
 
+    folders = {"workdir": tmp_path / "h", "run_dir": tmp_path / "r"}
     with pytest.raises(RepotuneError, match="unknown recipe 'nope'"):
-        run_local(str(tmp_path), "nope", arguments={}, workdir=tmp_path / "h", run_dir=tmp_path / "r")
+        run_local(RunConfig(str(tmp_path), "nope", **folders))
     with pytest.raises(RepotuneError, match=r"unknown key 'max_stepz' \(did you mean 'max_steps'\?\)"):
-        run_local(str(tmp_path), "tiny-cpu", arguments={"training": {"max_stepz": 3}}, workdir=tmp_path / "h",
-                  run_dir=tmp_path / "r")  # fmt: skip
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", training={"max_stepz": 3}, **folders))
     with pytest.raises(RepotuneError, match="--eval: unknown key 'lines'"):
-        run_local(str(tmp_path), "tiny-cpu", arguments={"evaluation": {"lines": 3}}, workdir=tmp_path / "h",
-                  run_dir=tmp_path / "r")  # fmt: skip
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", evaluation={"lines": 3}, **folders))
     with pytest.raises(RepotuneError, match="does not exist"):
-        run_local(
-            str(tmp_path / "missing"),
-            "tiny-cpu",
-            arguments={},
-            workdir=tmp_path / "h",
-            run_dir=tmp_path / "r",
-        )
+        run_local(RunConfig(str(tmp_path / "missing"), "tiny-cpu", **folders))
+    with pytest.raises(RepotuneError, match="--include: unknown kind 'binaries'"):
+        RunConfig(str(tmp_path), "tiny-cpu", include="code,binaries", **folders)
     assert not (tmp_path / "r").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,9 @@ from repotune.errors import RepotuneError
 from repotune.evaluate.stage import EvaluateConfig
 from repotune.ingest.stage import IngestConfig
 from repotune.options import Setting, Values, build, settings
+from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
+from repotune.train.recipe import DEFAULT_RECIPE
 from repotune.train.stage import TrainConfig
 
 app = typer.Typer(
@@ -326,69 +329,40 @@ def api(
 
 
 @app.command()
+@settings(
+    RunConfig,
+    Setting("source", argument=True),
+    Setting("recipe"),
+    Setting("ref"),
+    Setting("include"),
+    Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
+    Setting("evaluation", ("--eval",), parse=_parse_overrides, multiple=True),
+    Setting("run_dir", ("-o", "--output")),
+    Setting("workdir", envvar="REPOTUNE_HOME"),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("artifacts_root", ("--artifacts",)),
+    Setting("model_name"),
+)
 def run(
-    source: Annotated[
-        str, typer.Argument(help="A local folder or archive, a git URL, or github:OWNER/REPO.")
-    ],
-    recipe: Annotated[
-        str, typer.Option(help="Recipe: a shipped name (configs/NAME.yaml) or a .yaml path.")
-    ] = "smollm2-135m-cpu",
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit of a git URL.")] = None,
-    include: Annotated[
-        str | None, typer.Option(help="Record kinds, comma-separated: code,docs,commits,issues.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
-    ] = None,
-    eval_set: Annotated[
-        list[str] | None,
-        typer.Option("--eval", help="Evaluation setting: --eval line_samples=30 --eval max_blocks=32."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Run folder for status.json and the report.")
-    ] = None,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="REPOTUNE_HOME", help="Artifacts, step cache and local MLflow store (default ~/.repotune)."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI (default: a local store).")
-    ] = None,
-    artifacts: Annotated[
-        str | None, typer.Option(help="s3:// prefix that also receives each stage's outputs.")
-    ] = None,
-    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
+    values: Values,
     query: Annotated[
         bool, typer.Option(help="Serve the trained model on 127.0.0.1 afterwards and ask it one completion.")
     ] = True,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local), with the components a cluster runs."""
-    from repotune.pipelines.local import default_workdir, run_local
+    from repotune.pipelines.local import run_local
 
-    home = workdir or default_workdir()
-    run_dir = output or home / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    arguments: dict[str, object] = {
-        "ref": ref or "",
-        "include": include or "",
-        "training": _parse_overrides(set_ or []),
-        "evaluation": _parse_overrides(eval_set or []),
-        "model_name": model_name,
-        "deploy_apply": False,  # no cluster here: deploy renders the InferenceService only
-        "artifacts_root": artifacts or "",
-    }
-    status = run_local(
-        source, recipe, arguments=arguments, workdir=home, run_dir=run_dir, tracking_uri=tracking_uri, log=say
-    )
-    _say_verdict_and_table(run_dir / status["report"])
-    say("stages: " + ", ".join(f"{name} {entry['state']}" for name, entry in status["stages"].items()))
-    say(f"model: {status['model']}")
+    config = build(RunConfig, values)
+    _, run_dir = config.folders()
+    status = run_local(replace(config, run_dir=run_dir), log=say)
+    _say_verdict_and_table(run_dir / str(status.report))
+    say("stages: " + ", ".join(f"{name} {entry.state}" for name, entry in status.stages.items()))
+    say(f"model: {status.model}")
     say(f"run folder: {run_dir}")
     if query:
         from repotune.pipelines.local import query_served_model
 
-        query_served_model(Path(status["model"]), run_dir, Path(status["dataset"]), log=say)
+        query_served_model(Path(str(status.model)), run_dir, Path(str(status.dataset)), log=say)
 
 
 @app.command("compile")
@@ -398,7 +372,7 @@ def compile_(
     ),
     recipe: Annotated[
         str, typer.Option(help="Recipe the train step's image and resources come from.")
-    ] = "smollm2-135m-cpu",
+    ] = DEFAULT_RECIPE,
 ) -> None:
     """Compile the pipeline to KFP IR YAML for the KFP UI (Upload pipeline) or `kfp` tooling."""
     from repotune.pipelines.submit import compile_pipeline
@@ -412,11 +386,9 @@ def submit(
     host: Annotated[
         str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline:8888.")
     ],
-    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = "smollm2-135m-cpu",
+    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = DEFAULT_RECIPE,
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
-    ] = None,
+    set_: RecipeSettings = None,
     namespace: Annotated[str, typer.Option(help="Namespace the model is deployed into.")] = "repotune",
     run_name: Annotated[
         str | None, typer.Option(help="Run name (default: repotune-<source>-<time>).")

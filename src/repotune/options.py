@@ -51,9 +51,12 @@ class Setting:
     """How the help names the value (``DIR``)."""
     envvar: str | None = None
     """Environment variable read when the option is not given."""
-    parse: Callable[[str], Any] | None = None
+    parse: Callable[[Any], Any] | None = None
     """Turns the option's text into the field's value (``--include code,docs`` into record kinds); such
     an option takes text, and leaving it out leaves the field's own default."""
+    multiple: bool = False
+    """With ``parse``: the option may be repeated, and ``parse`` gets the list of texts
+    (``--set a=1 --set b=2``)."""
 
     @property
     def name(self) -> str:
@@ -114,7 +117,7 @@ def _parameter(cls: type, setting: Setting) -> inspect.Parameter:
     if setting.envvar is not None:
         info["envvar"] = setting.envvar
     if setting.parse is not None:
-        hint, default = str | None, None
+        hint, default = (list[str] | None) if setting.multiple else (str | None), None
     else:
         default = default_of(field)
     marker = typer.Argument(**info) if setting.argument else typer.Option(*setting.flags, **info)
@@ -145,6 +148,7 @@ def settings(cls: type, *exposed: Setting) -> Callable[[Callable[..., T]], Calla
         parameters = generated + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
         command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         command.__annotations__ = {}  # the signature carries every type, already evaluated
+        command.settings = (cls, exposed)  # type: ignore[attr-defined]  (what it exposes, for checks)
         return command
 
     return decorate

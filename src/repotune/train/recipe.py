@@ -174,6 +174,10 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     return from_dict(Recipe, data, f"recipe {path.name}" if path is not None else "recipe")
 
 
+DEFAULT_RECIPE = "smollm2-135m-cpu"
+"""The shipped recipe a pipeline is built with when none is named (`repotune run`, `compile`, `submit`)."""
+
+
 def shipped_recipes_dir() -> Path:
     """The recipes of ``configs/``: inside the installed package, or beside ``src/`` in a checkout."""
     packaged = Path(__file__).resolve().parent.parent / "configs"
