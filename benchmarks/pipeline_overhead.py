@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import status
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_TARGET = 1.10
 EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {i + 1} {variant}: {seconds:.1f} s", flush=True)
     d, p = statistics.median(direct), statistics.median(pipeline)
     ratio = p / d
-    verdict = "PASS" if ratio < OVERHEAD_TARGET else "MISS"
+    verdict = status(ratio, OVERHEAD_TARGET, higher_is_better=False)
     print(f"\nrecipe {args.recipe}, source {args.source}, {args.repeat} run(s) each, median")
     print(f"  direct stage calls: {d:7.1f} s")
     print(f"  kfp.local pipeline: {p:7.1f} s   stages: {stage_states[-1]}")
