@@ -13,17 +13,15 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from repotune.clean.stage import CleanConfig
-from repotune.deploy.render import to_yaml
-from repotune.deploy.stage import DeployConfig
+from repotune.clean import CleanConfig
+from repotune.deploy import DeployConfig, to_yaml
 from repotune.errors import RepotuneError
-from repotune.evaluate.stage import EvaluateConfig
-from repotune.ingest.stage import IngestConfig
+from repotune.evaluate import EvaluateConfig
+from repotune.ingest import IngestConfig
 from repotune.options import Setting, Values, build, settings
 from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
-from repotune.train.recipe import DEFAULT_RECIPE
-from repotune.train.stage import TrainConfig
+from repotune.train import DEFAULT_RECIPE, TrainConfig
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -153,9 +151,8 @@ RecipeSettings = Annotated[
 def train(values: Values, set_: RecipeSettings = None) -> None:
     """Fine-tune the base model on the cleaned data (LoRA by default) and write the model."""
     from repotune import train
-    from repotune.train.recipe import resolve_recipe
 
-    values["recipe"], _ = resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))
+    values["recipe"], _ = train.resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))
     result = train.run(
         build(TrainConfig, {**values, "tracking_uri": values["tracking_uri"] or None}), log=say
     )
@@ -252,9 +249,9 @@ def serve(
 
 
 def _recipe_resources(spec: str):
-    from repotune.train.recipe import resolve_recipe
+    from repotune import train
 
-    return resolve_recipe(spec)[0].resources
+    return train.resolve_recipe(spec)[0].resources
 
 
 @app.command()

@@ -154,13 +154,13 @@ def choose_recipe(value: str, folders: tuple[Path, ...]) -> RecipeChoice:
 
 def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
     """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
-    from repotune.train.recipe import load_recipe
+    from repotune.train import resolve_recipe
 
     for key in overrides:
         if not OVERRIDE_KEY.match(key):
             raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
     try:
-        load_recipe(recipe.path, overrides)
+        resolve_recipe(str(recipe.path), overrides)
     except RepotuneError as exc:
         raise ApiError(422, "invalid_overrides", str(exc)) from None
 

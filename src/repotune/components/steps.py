@@ -87,13 +87,12 @@ def train(
     from repotune import storage, tracking, train
     from repotune.atomic import write_json
     from repotune.config import from_struct
-    from repotune.train.recipe import resolve_recipe
 
     settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
     settings = from_struct({**settings, "epochs": epochs, **overrides})
     source, commit = dataset.metadata.get("source", ""), dataset.metadata.get("commit", "")
     result = train.run(train.TrainConfig(
-        data=Path(dataset.path), output=Path(model.path), recipe=resolve_recipe(recipe, settings)[0],
+        data=Path(dataset.path), output=Path(model.path), recipe=train.resolve_recipe(recipe, settings)[0],
         tracking_uri=tracking.uri_from_env(), keep_checkpoints=False, pytorchjob=True,
         checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
         data_uri=dataset.uri, output_uri=model.uri,
@@ -157,11 +156,10 @@ def deploy(
     """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL."""
     from pathlib import Path
 
-    from repotune import deploy, storage, tracking
-    from repotune.train.recipe import resolve_recipe
+    from repotune import deploy, storage, tracking, train
 
     settings = deploy.DeploySettings(
-        name=name, namespace=namespace, runtime=runtime, resources=resolve_recipe(recipe)[0].resources,
+        name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
         s3=deploy.S3Access.from_url(storage.endpoint_url()),
     )  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None

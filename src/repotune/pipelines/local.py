@@ -29,7 +29,7 @@ from typing import Any
 
 from repotune.errors import RepotuneError
 from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
-from repotune.train.recipe import DEFAULT_RECIPE
+from repotune.train import DEFAULT_RECIPE
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"^Executing task '([\w-]+)'")
@@ -193,9 +193,9 @@ def run_local(config: RunConfig, *, log: Callable[[str], None] = print) -> RunSt
     from kfp import local
 
     from repotune.config import from_dict, from_struct
-    from repotune.evaluate.score import ScoringConfig
+    from repotune.evaluate import ScoringConfig
     from repotune.pipelines.pipeline import build_pipeline
-    from repotune.train.recipe import resolve_recipe
+    from repotune.train import resolve_recipe
 
     source = _absolute_source(config.source)
     pipeline = build_pipeline(config.recipe, retries=False)  # a bad recipe fails here, before any work
@@ -327,7 +327,7 @@ def query_served_model(
 def _demo_prompt(data_dir: Path | None) -> str:
     """The start of a held-out code file (Python first), framed as in training, so the answer shows
     what was learned."""
-    from repotune.clean.layout import CleanLayout
+    from repotune.clean import CleanLayout
     from repotune.data.transforms import file_header
     from repotune.records import Kind, read_records
 

@@ -16,7 +16,7 @@ from kfp.dsl import Artifact, Model
 
 from repotune import images
 from repotune.components import steps
-from repotune.train.recipe import DEFAULT_RECIPE, Recipe, resolve_recipe
+from repotune.train import DEFAULT_RECIPE, Recipe, resolve_recipe
 
 PIPELINE_NAME = "repotune"
 

@@ -98,8 +98,11 @@ class Recipe:
     """lora: low-rank adapters on a frozen model; qlora: the same on a 4-bit base (CUDA + bitsandbytes);
     full: every weight trains."""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """The low-rank adapters (method lora or qlora)."""
     data: DataSettings = field(default_factory=DataSettings)
+    """How records become training blocks."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
+    """What the train step asks a cluster for (ignored on this machine)."""
     micro_batch_size: int = 4
     """Blocks per forward pass on each device."""
     gradient_accumulation_steps: int = 1
