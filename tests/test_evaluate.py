@@ -62,7 +62,7 @@ def trained(project: Path, tmp_path_factory) -> Path:
     return _train(project, tmp_path_factory.mktemp("models") / "m20", 20)
 
 
-def run_evaluation(model: Path, data: Path, output: Path, **settings) -> EvaluateResult:
+def evaluate_model(model: Path, data: Path, output: Path, **settings) -> EvaluateResult:
     log = settings.pop("log", lambda _: None)
     return evaluate.run(EvaluateConfig(model=model, data=data, output=output, **settings), log=log)
 
@@ -71,7 +71,7 @@ def run_evaluation(model: Path, data: Path, output: Path, **settings) -> Evaluat
 def test_every_metric_for_base_and_candidate_and_reports(
     project: Path, trained: Path, tmp_path: Path
 ) -> None:
-    result = run_evaluation(trained, project, tmp_path / "eval", scoring=QUICK, log=lambda _: None)
+    result = evaluate_model(trained, project, tmp_path / "eval", scoring=QUICK, log=lambda _: None)
     base, candidate = result.models["base"], result.models["candidate"]
     for name in ("perplexity", "forgetting_perplexity", "line_exact_match", "line_edit_similarity",
                  "commit_rouge_l", "commit_chrf"):  # fmt: skip
@@ -88,19 +88,19 @@ def test_every_metric_for_base_and_candidate_and_reports(
     assert saved["decision"]["promote"] is result.decision.promote
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
-    again = run_evaluation(trained, project, tmp_path / "again", scoring=QUICK, log=lambda _: None)
+    again = evaluate_model(trained, project, tmp_path / "again", scoring=QUICK, log=lambda _: None)
     assert again.models == result.models  # seeds fixed: the same numbers every time
 
 
 def test_bad_evaluation_input_is_named(project: Path, trained: Path, tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match=r"no eval\.jsonl"):
-        run_evaluation(trained, tmp_path, tmp_path / "o", scoring=QUICK)
+        evaluate_model(trained, tmp_path, tmp_path / "o", scoring=QUICK)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "eval.jsonl").write_text("")
     with pytest.raises(RepotuneError, match="nothing held out"):
-        run_evaluation(trained, tmp_path / "data", tmp_path / "o", scoring=QUICK)
+        evaluate_model(trained, tmp_path / "data", tmp_path / "o", scoring=QUICK)
     with pytest.raises(RepotuneError, match="holds no model"):
-        run_evaluation(tmp_path, project, tmp_path / "o", scoring=QUICK)
+        evaluate_model(tmp_path, project, tmp_path / "o", scoring=QUICK)
 
 
 @pytest.mark.integration
@@ -110,7 +110,7 @@ def test_an_unreachable_registry_fails_and_decides_nothing(
     from tests.mlflow_server import free_port
 
     with pytest.raises(RepotuneError, match=r"127\.0\.0\.1"):
-        run_evaluation(
+        evaluate_model(
             trained, project, tmp_path / "o", scoring=QUICK, tracking_uri=f"http://127.0.0.1:{free_port()}"
         )
     assert not (tmp_path / "o" / "metrics.json").exists()
@@ -135,7 +135,7 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
         with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
             def evaluate(model: Path, name: str) -> EvaluateResult:
-                return run_evaluation(
+                return evaluate_model(
                     model,
                     project,
                     tmp_path / name,
