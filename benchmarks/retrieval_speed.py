@@ -225,7 +225,7 @@ def main() -> int:
     if not args.no_context:
         from transformers import AutoTokenizer
 
-        from repotune.train.models import resolve_base_model
+        from repotune.models import resolve_base_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tiny"))  # SmolLM2's tokenizer
         contexts, _ = query_times(

@@ -9,10 +9,10 @@ Three figures, each for the baseline and for the current rules:
   Python's standard library, ``.py`` files), with the ones the baseline did not make listed: those
   are new false positives unless they are secrets;
 * speed of ``redact`` over the same tree (read into memory first), and of the whole clean stage
-  (``run_clean`` with one worker, so that it runs in this process, over the tree's ``run_ingest``
-  records, with the pipeline's ``redact`` swapped for each side): the two sides alternate run by
-  run so that other load on the machine falls on both alike; the median of ``--repeat`` runs and the
-  ratio current/baseline (target for clean: at most 1.20, no more than 20% slower).
+  (``repotune.clean.run`` with one worker, so that it runs in this process, over the tree's
+  ``repotune.ingest.run`` records, with the pipeline's ``redact`` swapped for each side): the two
+  sides alternate run by run so that other load on the machine falls on both alike; the median of
+  ``--repeat`` runs and the ratio current/baseline (target for clean: at most 1.20, no more than 20% slower).
 
 The baseline is ``src/repotune/clean/secrets.py`` at ``--baseline-rev`` (default: the last commit
 where redaction was that single module), loaded from git into a temporary file. Targets print as
@@ -47,10 +47,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tests.secret_corpus import measure  # noqa: E402
 
-import repotune.clean.pipeline as clean_pipeline  # noqa: E402
-from repotune.clean.pipeline import CleanConfig, run_clean  # noqa: E402
+import repotune.clean  # noqa: E402
+import repotune.clean.passes as clean_passes  # noqa: E402
+import repotune.ingest  # noqa: E402
+from repotune.clean import CleanConfig  # noqa: E402
 from repotune.clean.secrets import RULES, redact  # noqa: E402
-from repotune.ingest import IngestConfig, run_ingest  # noqa: E402
+from repotune.ingest import IngestConfig  # noqa: E402
 
 BASELINE_REV = "9469ae51b30ba06db1e1d674dad9c755b7194657"
 """The last commit where redaction was the single module `clean/secrets.py` (25 rules)."""
@@ -110,16 +112,16 @@ def timed(redactor: Redact, texts: list[tuple[str, str]]) -> float:
 
 
 def clean_seconds(redactor: Redact, records: Path, work: Path) -> float:
-    """One `run_clean` over `records` (a `run_ingest` folder) with the pipeline using `redactor`."""
+    """One `repotune.clean.run` over `records` (an ingest folder) with the pipeline using `redactor`."""
     output = work / "clean"
     shutil.rmtree(output, ignore_errors=True)
-    clean_pipeline.redact = redactor  # `_process` calls the module's `redact`; one worker runs here
+    clean_passes.redact = redactor  # `_process` calls the module's `redact`; one worker runs here
     try:
         start = time.perf_counter()
-        run_clean(CleanConfig(input=records, output=output, workers=1))
+        repotune.clean.run(CleanConfig(input=records, output=output, workers=1))
         return time.perf_counter() - start
     finally:
-        clean_pipeline.redact = redact
+        clean_passes.redact = redact
 
 
 def report_times(title: str, times: dict[str, list[float]], size: int | None) -> float:
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             # A plain copy outside any git checkout: its files only, as `repotune ingest` reads a folder.
             tree = work / "tree"
             shutil.copytree(args.tree, tree, ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
-            run_ingest(IngestConfig(source=str(tree), output=work / "ingest"))
+            repotune.ingest.run(IngestConfig(source=str(tree), output=work / "ingest"))
             clean_seconds(redact, work / "ingest", work)  # warm-up
             for _ in range(args.repeat):
                 for side, redactor in sides.items():
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         clean_ratio = report_times(
-            "the clean stage (run_clean, one worker) over the tree's records:", clean_times, None
+            "the clean stage (repotune.clean.run, one worker) over the tree's records:", clean_times, None
         )
         verdict = "PASS" if clean_ratio <= SLOWDOWN_TARGET else "MISS"
         print(f"current/baseline time: {clean_ratio:.2f}x ({verdict}, target <= {SLOWDOWN_TARGET:.2f}x)")

@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT / "src"))
     import openai
 
+    from repotune.models import resolve_base_model
     from repotune.serving.server import start_background
-    from repotune.train.models import resolve_base_model
 
     folder = resolve_base_model(args.model)
     levels = sorted({1, *(int(c) for c in args.concurrency.split(","))})

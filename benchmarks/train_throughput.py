@@ -40,7 +40,6 @@ import contextlib
 import ctypes
 import gc
 import itertools
-import json
 import os
 import platform
 import resource
@@ -52,13 +51,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import MB, log, print_table, print_targets, status, write_json
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO_ROOT / "configs" / "smollm2-135m-cpu.yaml"
 
 PACKING_SPEEDUP_TARGET = 1.5
 HAND_LOOP_RATIO_TARGET = 0.90
 REAL_FRACTION_TARGET = 0.98
-MB = 1024 * 1024
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, matched in this order against
 # torch.cuda.get_device_name(); the first substring that matches wins.
@@ -77,10 +77,6 @@ LABELS = {
     "naive": "naive (padded, Trainer)",
     "hand": "hand loop (packed, torch)",
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -162,12 +158,13 @@ class Device:
 
 def default_data(work: Path) -> Path:
     """``repotune ingest`` + ``repotune clean`` of this repository, into ``work``."""
-    from repotune.clean.pipeline import CleanConfig, run_clean
-    from repotune.ingest import IngestConfig, run_ingest
+    from repotune import clean, ingest
+    from repotune.clean import CleanConfig
+    from repotune.ingest import IngestConfig
 
-    manifest = run_ingest(IngestConfig(source=str(REPO_ROOT), output=work / "ingest"))
-    run_clean(CleanConfig(input=work / "ingest", output=work / "clean"))
-    log(f"data: {manifest['records']} records ingested from {REPO_ROOT} into {work / 'clean'}")
+    ingested = ingest.run(IngestConfig(source=str(REPO_ROOT), output=work / "ingest"))
+    clean.run(CleanConfig(input=work / "ingest", output=work / "clean"))
+    log(f"data: {ingested.records} records ingested from {REPO_ROOT} into {work / 'clean'}")
     return work / "clean"
 
 
@@ -369,7 +366,7 @@ def resolve_device_and_precision(args: argparse.Namespace) -> tuple[str, str]:
     return device, precision
 
 
-def print_table(results: list[Result], device: Device) -> None:
+def print_results(results: list[Result], device: Device) -> None:
     head = [
         "variant",
         "steps",
@@ -381,7 +378,7 @@ def print_table(results: list[Result], device: Device) -> None:
         device.memory_label(),
         "MFU (6N)",
     ]
-    rows = [head]
+    rows = []
     for r in results:
         if not r.ok:
             rows.append([r.label, "failed", *["-"] * (len(head) - 2)])
@@ -399,15 +396,7 @@ def print_table(results: list[Result], device: Device) -> None:
                 "-" if r.mfu is None else f"{100 * r.mfu:.1f}%",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    for i, row in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(head, rows, left=1)
 
 
 def targets(by: dict[str, Result], packed_fraction: float) -> list[dict[str, Any]]:
@@ -426,13 +415,15 @@ def targets(by: dict[str, Result], packed_fraction: float) -> list[dict[str, Any
             REAL_FRACTION_TARGET,
         ),
     ):
-        status = (
-            "N/A (a variant failed or did not run)"
-            if value is None
-            else ("PASS" if value >= goal else "MISS")
-        )
-        entries.append({"target": name, "value": value, "goal": goal, "status": status})
+        verdict = status(value, goal, missing="N/A (a variant failed or did not run)")
+        entries.append({"target": name, "value": value, "goal": goal, "status": verdict})
     return entries
+
+
+def _target_value(entry: dict[str, Any]) -> str:
+    if entry["value"] is None:
+        return "-"
+    return f"{entry['value']:.2%}" if "%" in entry["target"] else f"{entry['value']:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from repotune.data.packing import PackedBlocks, PackedDataset, padded_batches, tokenize_records
     from repotune.data.transforms import TransformConfig
+    from repotune.models import resolve_base_model
     from repotune.train import finetune
-    from repotune.train.models import resolve_base_model
     from repotune.train.recipe import load_recipe
 
     device = Device(device_name)
@@ -602,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("; too few blocks or batches, so some were used twice" if data_info["cycled"] else "")
     )
     print()
-    print_table(results, device)
+    print_results(results, device)
     print(
         "\ntokens/s and real tok/step count real tokens only; real % is of the measured batches. "
         f"{device.memory_label()}: "
@@ -611,14 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" Note: {device.memory_note}." if device.memory_note else "")
     )
     entries = targets(by, blocks.real_token_fraction)
-    print("\nTargets (printed, not asserted):")
-    for e in entries:
-        value = (
-            "-"
-            if e["value"] is None
-            else (f"{e['value']:.2%}" if "%" in e["target"] else f"{e['value']:.2f}x")
-        )
-        print(f"  {e['target']}: {e['status']} ({value})")
+    print_targets(f"{e['target']}: {e['status']} ({_target_value(e)})" for e in entries)
 
     if args.json:
         payload = {
@@ -642,9 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": entries,
             "mfu_note": mfu_note,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        log(f"wrote {args.json}")
+        write_json(args.json, payload, default=float)
     return 0 if all(r.ok for r in results) else 1
 
 

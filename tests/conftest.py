@@ -130,11 +130,12 @@ def cleaned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tests.test_train.PROJECT`` ingested and cleaned: training data for tiny models."""
     from tests.test_train import PROJECT
 
-    from repotune.clean.pipeline import CleanConfig, run_clean
-    from repotune.ingest import IngestConfig, run_ingest
+    from repotune import clean, ingest
+    from repotune.clean import CleanConfig
+    from repotune.ingest import IngestConfig
 
     root = tmp_path_factory.mktemp("project")
     write_tree(root / "tree", PROJECT)
-    run_ingest(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
-    run_clean(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
+    ingest.run(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
+    clean.run(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
     return root / "clean"

@@ -7,7 +7,7 @@ from pathlib import Path
 from tests.tiny_tokenizer import make_tiny_tokenizer
 
 from repotune.data.transforms import ensure_fim_tokens
-from repotune.train.models import make_tiny_model
+from repotune.models import make_tiny_model
 
 
 def make_serving_model(folder: Path, *, fim: bool = True) -> Path:

@@ -40,10 +40,11 @@ from repotune import storage
 from repotune.api.auth import token_matches
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
-from repotune.api.runs import LOST, Runs, process_start, resolve_recipe, settle
+from repotune.api.runs import LOST, Runs, choose_recipe, process_start, settle
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, detect_format
 from repotune.errors import RepotuneError
+from repotune.pipelines.status import RunStatus
 from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
@@ -395,9 +396,9 @@ def _stop(pid: int) -> None:
 
 
 def test_settle_decides_a_finished_run_from_its_status_and_exit_code() -> None:
-    succeeded = {"state": "succeeded", "error": None}
-    failed = {"state": "failed", "error": "train: out of memory"}
-    running = {"state": "running", "error": None}
+    succeeded = RunStatus.from_dict({"state": "succeeded", "error": None})
+    failed = RunStatus.from_dict({"state": "failed", "error": "train: out of memory"})
+    running = RunStatus.from_dict({"state": "running", "error": None})
     assert settle(running, None, alive=True) is None
     assert settle(succeeded, None, alive=False) == ("succeeded", None)
     assert settle(succeeded, 0, alive=False) == ("succeeded", None)
@@ -473,14 +474,14 @@ def test_recipes_are_names_or_paths_inside_the_recipe_folders(tmp_path: Path) ->
     shipped = shipped_recipes_dir()
     assert shipped.is_dir()
     folders = (shipped,)
-    assert resolve_recipe("tiny-cpu", folders).path == shipped / "tiny-cpu.yaml"
-    assert resolve_recipe("tiny-cpu.yaml", folders).name == "tiny-cpu"
-    assert resolve_recipe(str(shipped / "tiny-cpu.yaml"), folders).name == "tiny-cpu"
+    assert choose_recipe("tiny-cpu", folders).path == shipped / "tiny-cpu.yaml"
+    assert choose_recipe("tiny-cpu.yaml", folders).name == "tiny-cpu"
+    assert choose_recipe(str(shipped / "tiny-cpu.yaml"), folders).name == "tiny-cpu"
     outside = tmp_path / "mine.yaml"
     outside.write_text("max_steps: 1\n")
     for value in (str(outside), "../tiny-cpu", "tiny-cpu/../x", "/etc/passwd", "", ".hidden"):
         with pytest.raises(ApiError) as caught:
-            resolve_recipe(value, folders)
+            choose_recipe(value, folders)
         assert caught.value.status == 422
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from tests.conftest import git, write_tree
 
+from repotune import clean, ingest
+from repotune.clean import CleanConfig
 from repotune.clean.dedup import DedupConfig, NearDuplicateIndex, Signer, exact_key
 from repotune.clean.filters import FilterConfig, drop_reason
-from repotune.clean.pipeline import CleanConfig, run_clean
 from repotune.clean.split import EVAL, TRAIN, SplitConfig, assign, date_cutoff, path_score
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestConfig, run_ingest
+from repotune.ingest import IngestConfig
 from repotune.records import Kind, Record, read_records
 
 GOOD_CODE = (
@@ -124,8 +125,11 @@ def test_clean_end_to_end_cannot_leak(tmp_path: Path, make_repo) -> None:
         (repo / "CHANGES.md").write_text(f"# Changes\n\nRelease {day} fixes the handlers once more.\n")
         git(repo, "add", "--all")
         git(repo, "commit", "-qm", f"Release {day}", date=f"2024-01-{day:02d}T00:00:00+00:00")
-    run_ingest(IngestConfig(source=str(repo), output=tmp_path / "in"))
-    stats = run_clean(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in"))
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    stats = json.loads(result.output.stats.read_text())
+    assert (result.dropped, result.redactions) == (stats["dropped"], stats["redactions"])
+    assert (result.train_records, result.eval_records) == (stats["kept"]["train"], stats["kept"]["eval"])
 
     train = list(read_records(tmp_path / "out" / "train.jsonl"))
     held = list(read_records(tmp_path / "out" / "eval.jsonl"))
@@ -159,28 +163,29 @@ def test_clean_end_to_end_cannot_leak(tmp_path: Path, make_repo) -> None:
 
 def test_parallel_and_serial_runs_agree(tmp_path: Path) -> None:
     _leaky_tree(tmp_path / "tree")
-    run_ingest(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
-    serial = run_clean(CleanConfig(input=tmp_path / "in", output=tmp_path / "one", workers=1))
-    parallel = run_clean(CleanConfig(input=tmp_path / "in", output=tmp_path / "two", workers=2))
-    assert serial["kept"] == parallel["kept"] and serial["dropped"] == parallel["dropped"]
+    ingest.run(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
+    serial = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "one", workers=1))
+    parallel = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "two", workers=2))
+    assert (serial.train_records, serial.eval_records) == (parallel.train_records, parallel.eval_records)
+    assert serial.dropped == parallel.dropped
     for name in ("train.jsonl", "eval.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
 def test_a_tiny_repository_still_gets_an_eval_file(tmp_path: Path) -> None:
     write_tree(tmp_path / "tree", {"a.py": GOOD_CODE, "b.py": GOOD_CODE.replace("load", "read")})
-    run_ingest(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
-    stats = run_clean(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
-    assert stats["kept"] == {"train": 1, "eval": 1, "total": 2}
+    ingest.run(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    assert json.loads(result.output.stats.read_text())["kept"] == {"train": 1, "eval": 1, "total": 2}
 
 
 def test_clean_input_errors_are_named(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match=r"has no records\.jsonl; run `repotune ingest`"):
-        run_clean(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
+        clean.run(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
     (tmp_path / "records.jsonl").write_text('{"content": "x", "kind": "code"\n')
     with pytest.raises(RepotuneError, match=r"records\.jsonl:1: malformed JSON record"):
-        run_clean(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
+        clean.run(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
     (tmp_path / "records.jsonl").write_text(json.dumps({"content": "x", "kind": "code"}) + "\n")
     with pytest.raises(RepotuneError, match=r"records\.jsonl:1: a record lacks the field 'source'"):
-        run_clean(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
+        clean.run(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
     assert not (tmp_path / "out" / "train.jsonl").exists()

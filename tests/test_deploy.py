@@ -24,11 +24,11 @@ from repotune.deploy import (
     Runtime,
     S3Access,
     artifact_to_s3,
-    deploy,
     from_storage_uri,
     render_inference_service,
     render_manifests,
     resolve_model_uri,
+    roll_out,
     to_yaml,
 )
 from repotune.errors import RepotuneError
@@ -241,7 +241,7 @@ def test_deploy_creates_then_updates_and_waits_for_ready(api: KubeApi) -> None:
     client = kube.connect(host=api.url)
     lines: list[str] = []
 
-    first = deploy(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client, log=lines.append)
+    first = roll_out(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client, log=lines.append)
     assert (first.name, first.namespace, first.url, first.revision, first.rolled_back) == (
         "sample-assistant",
         "team-a",
@@ -252,7 +252,7 @@ def test_deploy_creates_then_updates_and_waits_for_ready(api: KubeApi) -> None:
     assert any("created serving s3://models/v1" in line for line in lines)
     assert any("Ready=False (RevisionMissing" in line for line in lines)
 
-    second = deploy(
+    second = roll_out(
         model_at("s3://models/v3", "3"), settings(canary_percent=25), timeout_s=10, poll_s=0.01, api=client
     )
     assert (second.url, second.revision) == (URL, 2)
@@ -267,7 +267,7 @@ def test_deploy_creates_then_updates_and_waits_for_ready(api: KubeApi) -> None:
     assert all(r.content_type == APPLY and r.query["force"] == ["true"] for r in writes)
 
     # The same deploy again is a no-op for the cluster: same generation, Ready at once.
-    again = deploy(
+    again = roll_out(
         model_at("s3://models/v3", "3"), settings(canary_percent=25), timeout_s=10, poll_s=0.01, api=client
     )
     assert again.revision == 2
@@ -277,11 +277,11 @@ def test_deploy_creates_then_updates_and_waits_for_ready(api: KubeApi) -> None:
 def test_a_revision_that_never_gets_ready_is_rolled_back(api: KubeApi) -> None:
     api.controller(PLURAL, by_spec(broken_when_v2))
     client = kube.connect(host=api.url)
-    deploy(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client)
+    roll_out(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client)
     before = live_isvc(api)
 
     with pytest.raises(RolledBack) as caught:
-        deploy(BAD, settings(canary_percent=10), timeout_s=0.3, poll_s=0.02, api=client)
+        roll_out(BAD, settings(canary_percent=10), timeout_s=0.3, poll_s=0.02, api=client)
     message = str(caught.value)
     assert "s3://models/v2-broken did not become Ready" in message
     assert "not Ready after 0.3 s: RevisionFailed: Revision failed" in message
@@ -316,9 +316,9 @@ def test_a_model_that_fails_to_load_rolls_back_without_waiting_out_the_timeout(a
 
     api.controller(PLURAL, by_spec(lambda obj: failed_load if "broken" in str(obj["spec"]) else good))
     client = kube.connect(host=api.url)
-    deploy(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client)
+    roll_out(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client)
     with pytest.raises(RolledBack, match=r"BlockedByFailedLoad: ModelLoadFailed: config\.json not found"):
-        deploy(BAD, settings(), timeout_s=60, poll_s=0.01, api=client)
+        roll_out(BAD, settings(), timeout_s=60, poll_s=0.01, api=client)
     assert live_isvc(api)["spec"]["predictor"]["model"]["storageUri"] == GOOD.storage_uri
 
 
@@ -327,7 +327,7 @@ def test_a_failed_first_deploy_is_left_in_place_and_reported(api: KubeApi) -> No
     api.controller(PLURAL, never_ready(message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu"))
     client = kube.connect(host=api.url)
     with pytest.raises(RepotuneError) as caught:
-        deploy(BAD, settings(), timeout_s=0.2, poll_s=0.02, api=client)
+        roll_out(BAD, settings(), timeout_s=0.2, poll_s=0.02, api=client)
     assert not isinstance(caught.value, RolledBack)
     message = str(caught.value)
     assert "Insufficient nvidia.com/gpu" in message
@@ -337,7 +337,7 @@ def test_a_failed_first_deploy_is_left_in_place_and_reported(api: KubeApi) -> No
 
     # Deploying the same broken spec again has nothing older to return to either.
     with pytest.raises(RepotuneError, match="did not change with this deploy"):
-        deploy(BAD, settings(), timeout_s=0.2, poll_s=0.02, api=client)
+        roll_out(BAD, settings(), timeout_s=0.2, poll_s=0.02, api=client)
 
 
 @pytest.mark.integration
@@ -386,7 +386,7 @@ def test_models_uri_resolves_through_a_registry_and_gets_the_endpoint(api: KubeA
 
     api.controller(PLURAL, ready_after(1, url=URL))
     kube_client = kube.connect(host=api.url)
-    result = deploy(
+    result = roll_out(
         champion, settings(), timeout_s=10, poll_s=0.01, api=kube_client, tracking_uri=tracking_uri
     )
     tags = client.get_model_version("repotune-sample", str(version)).tags
@@ -504,3 +504,34 @@ def test_cli_deploys_and_fails_visibly_after_a_rollback(api: KubeApi) -> None:
     assert "Rolled back: the previous spec (s3://models/v1) is Ready again" in error
     assert "Traceback" not in done.stderr
     assert live_isvc(api)["spec"]["predictor"]["model"]["storageUri"] == GOOD.storage_uri
+
+
+def test_only_the_registrys_current_champion_is_deployed() -> None:
+    from repotune.deploy import no_longer_champion
+
+    model = ModelSource(uri="s3://models/3", storage_uri="s3://models/3", model_name="repotune", version="3")
+    assert no_longer_champion(model, "3") is None
+    assert no_longer_champion(model, "4") == (
+        "repotune version 3 is no longer the champion (version 4 is); the live service stays"
+    )
+    assert "(no version is)" in str(no_longer_champion(model, None))
+
+
+def test_a_model_outside_object_storage_is_a_note_for_the_pipeline_and_an_error_for_the_cli(
+    tmp_path: Path,
+) -> None:
+    from repotune.deploy import DeployConfig, run
+
+    config = DeployConfig(
+        model_uri=str(tmp_path / "model"),
+        settings=settings(),
+        manifest=tmp_path / "manifest.yaml",
+        skip_unservable=True,
+    )
+    result = run(config, log=lambda _: None)
+    assert result.url is None and result.objects == () and "KServe can only download" in str(result.skipped)
+    assert (
+        (tmp_path / "manifest.yaml").read_text().startswith("# No InferenceService rendered: the model is at")
+    )
+    with pytest.raises(RepotuneError, match="is a local path; a cluster cannot read it"):
+        run(DeployConfig(model_uri=str(tmp_path / "model"), settings=settings()), log=lambda _: None)

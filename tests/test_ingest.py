@@ -13,14 +13,21 @@ from pathlib import Path
 import pytest
 from tests.conftest import git, write_tree
 
+from repotune import ingest as ingest_stage
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestConfig, run_ingest
+from repotune.ingest import IngestConfig
 from repotune.records import Kind, Record, parse_include, read_records
 from repotune.sources import archive
 
 
 def ingest(source: Path | str, out: Path, **kwargs) -> tuple[dict, dict[str, Record]]:
-    manifest = run_ingest(IngestConfig(source=str(source), output=out, **kwargs))
+    result = ingest_stage.run(IngestConfig(source=str(source), output=out, **kwargs))
+    manifest = json.loads(result.output.manifest.read_text())
+    assert (result.records, result.commit, result.kept) == (
+        manifest["records"],
+        manifest["commit"],
+        manifest["kept"],
+    )
     records = {r.file_path or r.meta.get("sha"): r for r in read_records(out / "records.jsonl")}
     return manifest, records
 
@@ -150,9 +157,11 @@ def test_git_url_with_ref_resolves_the_commit(sample_repo: Path, tmp_path: Path)
 @pytest.mark.integration
 def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="--ref 'no-such-tag' is not a branch, tag or commit"):
-        run_ingest(IngestConfig(source=f"file://{sample_repo}", output=tmp_path / "a", ref="no-such-tag"))
+        ingest_stage.run(
+            IngestConfig(source=f"file://{sample_repo}", output=tmp_path / "a", ref="no-such-tag")
+        )
     with pytest.raises(RepotuneError, match="cannot clone"):
-        run_ingest(IngestConfig(source=f"file://{tmp_path}/missing.git", output=tmp_path / "b"))
+        ingest_stage.run(IngestConfig(source=f"file://{tmp_path}/missing.git", output=tmp_path / "b"))
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -198,7 +207,7 @@ def test_archives_with_escaping_members_are_rejected(tmp_path: Path, name: str, 
         _tar(tmp_path / "bad.tar.gz", {name: CODE}, "w:gz"),
     ):
         with pytest.raises(RepotuneError, match=message):
-            run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+            ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
     assert not (tmp_path / "evil.py").exists()
 
 
@@ -209,7 +218,7 @@ def test_archive_links_and_bombs_are_rejected(tmp_path: Path) -> None:
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
     with pytest.raises(RepotuneError, match="is a link"):
-        run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+        ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
     bomb = _zip(tmp_path / "bomb.zip", {"zeros.txt": b"0" * 5_000_000})
     with pytest.raises(RepotuneError, match="archive bomb"):
         archive.extract(bomb, tmp_path / "x", archive.ArchiveLimits(max_total_bytes=1_000_000))
@@ -219,19 +228,19 @@ def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")
     with pytest.raises(RepotuneError, match=r"broken\.tar\.gz is corrupt or unreadable"):
-        run_ingest(IngestConfig(source=str(path), output=tmp_path / "out"))
+        ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
 
 
 def test_missing_source_and_plain_file_are_named(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="does not exist"):
-        run_ingest(IngestConfig(source=str(tmp_path / "nope"), output=tmp_path / "out"))
+        ingest_stage.run(IngestConfig(source=str(tmp_path / "nope"), output=tmp_path / "out"))
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(RepotuneError, match="not an archive"):
-        run_ingest(IngestConfig(source=str(tmp_path / "notes.txt"), output=tmp_path / "out"))
+        ingest_stage.run(IngestConfig(source=str(tmp_path / "notes.txt"), output=tmp_path / "out"))
 
 
 def test_an_interrupted_run_leaves_no_records_file(sample_tree: Path, tmp_path: Path, monkeypatch) -> None:
-    import repotune.ingest as ingest_module
+    import repotune.ingest.stage as ingest_module
 
     real = ingest_module.iter_source
 
@@ -244,7 +253,7 @@ def test_an_interrupted_run_leaves_no_records_file(sample_tree: Path, tmp_path: 
     monkeypatch.setattr(ingest_module, "iter_source", dies_midway)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_ingest(IngestConfig(source=str(sample_tree), output=out))
+        ingest_stage.run(IngestConfig(source=str(sample_tree), output=out))
     assert list(out.iterdir()) == []
 
 
@@ -254,7 +263,7 @@ def test_memory_does_not_grow_with_the_repository(tmp_path: Path) -> None:
     chunk = line * 3000  # about 190 kB a file
     write_tree(root, {f"pkg{i // 50}/mod{i}.py": chunk.replace("alpha", f"a{i}") for i in range(150)})
     tracemalloc.start()
-    run_ingest(IngestConfig(source=str(root), output=tmp_path / "out"))
+    ingest_stage.run(IngestConfig(source=str(root), output=tmp_path / "out"))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     total = sum(p.stat().st_size for p in root.rglob("*.py"))
@@ -265,7 +274,7 @@ def test_memory_does_not_grow_with_the_repository(tmp_path: Path) -> None:
 
 def test_output_inside_the_source_is_not_ingested(sample_tree: Path) -> None:
     out = sample_tree / "out"
-    run_ingest(IngestConfig(source=str(sample_tree), output=out))
+    ingest_stage.run(IngestConfig(source=str(sample_tree), output=out))
     manifest, records = ingest(sample_tree, out)  # the second run sees the first run's output
     assert not any(path.startswith("out/") for path in records)
     assert manifest["records"] == 5
@@ -273,7 +282,7 @@ def test_output_inside_the_source_is_not_ingested(sample_tree: Path) -> None:
 
 @pytest.mark.integration
 def test_credentials_in_a_git_url_never_reach_the_output(sample_repo: Path, tmp_path: Path) -> None:
-    from repotune.ingest import _display_source
+    from repotune.ingest.stage import _display_source
 
     assert _display_source("https://user:ghp_secret@github.com/o/r.git") == "https://github.com/o/r.git"
     assert _display_source(".") == str(Path(".").resolve())

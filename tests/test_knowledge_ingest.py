@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import repotune.ingest
 from confluence_fake import FakeConfluence, Space
 from jira_fake import FakeJira
 from notion_fake import FakeNotion
 from repotune.errors import RepotuneError
-from repotune.ingest import IngestConfig, run_ingest
+from repotune.ingest import IngestConfig, IngestLayout
 from repotune.records import Kind, parse_include
 from service_fake import basic
 from test_confluence_source import PAT, _pages
@@ -30,6 +31,12 @@ ENV_NAMES = (
     "JIRA_USER",
 )
 ENV_NAMES += ("JIRA_TOKEN", "JIRA_PAT", "NOTION_TOKEN")
+
+
+def run_ingest(config: IngestConfig, **kwargs) -> dict:
+    """Ingest, then the manifest as written (the fields the tests check, ``site`` among them)."""
+    repotune.ingest.run(config, **kwargs)
+    return json.loads(IngestLayout(config.output).manifest.read_text())
 
 
 def _ingest(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -145,7 +152,8 @@ def test_a_repository_with_diagrams(tmp_path):
 
 @pytest.mark.integration
 def test_the_pipeline_cache_key_of_a_wiki_space(monkeypatch):
-    from repotune.sources.revision import resolve_revision, source_slug
+    from repotune.sources.revision import resolve_revision
+    from repotune.sources.slug import source_slug
 
     with FakeConfluence([Space("ENG", "Engineering")], _pages(), accepted={f"Bearer {PAT}"}) as server:
         monkeypatch.setenv("CONFLUENCE_URL", server.site)

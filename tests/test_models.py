@@ -1,4 +1,5 @@
-"""Base models: aliases built once into a cache, local folders, clear errors for everything else."""
+"""Base models (``repotune.models``): aliases built once into a cache, local folders, s3:// prefixes, clear
+errors for everything else; and what training reads of an architecture (``repotune.train.architecture``)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from repotune.errors import RepotuneError
-from repotune.train import models
-from repotune.train.models import (
-    estimate_training_memory_gb,
-    lora_target_modules,
-    make_tiny_model,
-    parameter_count,
-    resolve_base_model,
-)
+from repotune.models import make_tiny_model, resolve_base_model
+from repotune.models.cache import build_once
+from repotune.models.remote import S3_MANIFEST
+from repotune.train.architecture import estimate_training_memory_gb, lora_target_modules, parameter_count
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -106,7 +103,7 @@ def test_interrupted_build_leaves_no_folder(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._build_once(tmp_path / "model", build)
+        build_once(tmp_path / "model", build)
     assert not (tmp_path / "model").exists()
     assert not list(tmp_path.glob("*.partial"))
 
@@ -121,8 +118,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
 
     results: list[Path] = []
     threads = [
-        threading.Thread(target=lambda: results.append(models._build_once(tmp_path / "m", build)))
-        for _ in range(2)
+        threading.Thread(target=lambda: results.append(build_once(tmp_path / "m", build))) for _ in range(2)
     ]
     for thread in threads:
         thread.start()
@@ -202,7 +198,9 @@ def test_s3_prefix_downloads_once_and_refreshes_when_objects_change(tiny: Path, 
 
     bucket = "repotune-base-models"
     with running_s3_server() as endpoint, s3_environment(endpoint):
-        client = models._s3_client()
+        from repotune.storage import client_from_env
+
+        client = client_from_env()
         client.make_bucket(bucket)
         for file in tiny.iterdir():
             client.fput_object(bucket, f"base/tiny/{file.name}", str(file))
@@ -210,7 +208,7 @@ def test_s3_prefix_downloads_once_and_refreshes_when_objects_change(tiny: Path, 
 
         folder = resolve_base_model(f"s3://{bucket}/base/tiny", cache_dir=tmp_path)
         assert folder.is_relative_to(tmp_path / "s3" / bucket)
-        assert {p.name for p in folder.iterdir()} == {p.name for p in tiny.iterdir()} | {models.S3_MANIFEST}
+        assert {p.name for p in folder.iterdir()} == {p.name for p in tiny.iterdir()} | {S3_MANIFEST}
         assert (folder / "model.safetensors").read_bytes() == (tiny / "model.safetensors").read_bytes()
         assert parameter_count(folder) == parameter_count(tiny)
 

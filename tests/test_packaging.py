@@ -27,7 +27,7 @@ def test_wheel_installs_and_every_module_imports(tmp_path: Path) -> None:
         if name.endswith(".py") and name != "repotune/__main__.py"  # __main__ runs the CLI when imported
     )
     assert all(module.startswith("repotune") for module in modules), modules
-    assert "repotune.cli" in modules and "repotune.clean.pipeline" in modules
+    assert "repotune.cli" in modules and "repotune.clean.stage" in modules
     assert "repotune/configs/tiny-cpu.yaml" in names  # recipes ship with the package
     target = tmp_path / "site"
     subprocess.run(

@@ -12,11 +12,12 @@ import pytest
 import yaml
 from tests.conftest import git, write_tree
 
-from repotune.pipelines.local import StatusWriter
-from repotune.pipelines.pipeline import STAGES
+from repotune.config import from_struct
+from repotune.pipelines.local import RunConfig, StatusWriter, run_local
+from repotune.pipelines.status import STAGES, RunStatus
 from repotune.pipelines.submit import COMPILED, compile_pipeline
-from repotune.sources.revision import resolve_revision, source_slug
-from repotune.stages import from_struct
+from repotune.sources.revision import resolve_revision
+from repotune.sources.slug import source_slug
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,6 +107,35 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     assert any("ingest: reused" in line for line in lines)
 
 
+def test_the_run_status_schema_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    status = RunStatus.new()
+    status.stages["train"].state = "cached"
+    status.metrics = {"candidate": {"perplexity": {"value": 3.5, "n": 40}}}
+    status.write(tmp_path / "status.json")
+    assert RunStatus.read(tmp_path / "status.json") == status
+    # what an older or newer writer adds is ignored; a version written as a number is still a version
+    newer = RunStatus.from_dict({"state": "failed", "tasks": {}, "registered_version": 3})
+    assert newer.registered_version == "3"
+    for bad in ([], {"state": "done"}, {"stages": {"train": {"state": "baking"}}}, {"promote": "yes"}):
+        with pytest.raises(ValueError):
+            RunStatus.from_dict(bad)
+    (tmp_path / "broken.json").write_text('{"state": "succ')
+    assert RunStatus.read(tmp_path / "broken.json") is None
+    assert RunStatus.read(tmp_path / "missing.json") is None
+
+
+def test_a_kfp_clusters_run_is_read_into_the_same_schema() -> None:
+    tasks = {"resolve-source": "SUCCEEDED", "ingest": "CACHED", "train": "RUNNING", "condition-1": "X"}
+    raw = {"state": "RUNNING", "error": None, "tasks": tasks}
+    status = RunStatus.from_kfp(raw)
+    assert status.state == "running" and status.error is None
+    assert {n: e.state for n, e in status.stages.items()} == {
+        "ingest": "cached", "clean": "pending", "train": "running", "evaluate": "pending", "deploy": "pending"
+    }  # fmt: skip
+    failed = RunStatus.from_kfp({"state": "CANCELED", "error": "stopped by a person", "tasks": {}})
+    assert (failed.state, failed.error) == ("failed", "stopped by a person")
+
+
 def test_kfp_struct_numbers_become_ints_again() -> None:
     assert from_struct({"max_steps": 40.0, "learning_rate": 0.5, "name": "x"}) == {
         "max_steps": 40,
@@ -172,47 +202,42 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
     from tests.s3_server import running_s3_server, s3_environment
 
     from repotune.evaluate.registry import Registry
-    from repotune.pipelines.local import run_local
     from repotune.storage import client_from_env, exists_complete
 
     repo = tmp_path / "repo"
     repo.mkdir()
     _project(repo)
     sha = git(repo, "rev-parse", "HEAD").strip()
-    arguments = {"evaluation": QUICK_EVAL, "training": {"max_steps": 30}, "deploy_apply": False,
-                 "artifacts_root": "s3://runs/repotune", "namespace": "team-a"}  # fmt: skip
+    settings = {"evaluation": QUICK_EVAL, "training": {"max_steps": 30}, "artifacts_root": "s3://runs/repotune",
+                "parameters": {"namespace": "team-a"}}  # fmt: skip
     with running_s3_server() as endpoint, s3_environment(endpoint):
         client = client_from_env()
         client.make_bucket("runs")
         client.make_bucket("models")
         with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
-            def run(name: str) -> dict:
-                return run_local(
-                    str(repo),
-                    "tiny-cpu",
-                    arguments=arguments,
-                    workdir=tmp_path / "home",
-                    run_dir=tmp_path / name,
-                    tracking_uri=url,
-                    log=lambda _: None,
-                )
+            def run(name: str) -> RunStatus:
+                config = RunConfig(str(repo), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / name,
+                                   tracking_uri=url, **settings)  # fmt: skip
+                return run_local(config, log=lambda _: None)
 
             first = run("run1")
-            assert first["state"] == "succeeded"
-            assert {n: e["state"] for n, e in first["stages"].items()} == {
+            assert first.state == "succeeded"
+            assert {n: e.state for n, e in first.stages.items()} == {
                 "ingest": "succeeded", "clean": "succeeded", "train": "succeeded", "evaluate": "succeeded",
                 "deploy": "succeeded",
-            }, first["decision"]  # fmt: skip
-            assert first["promote"] is True
+            }, first.decision  # fmt: skip
+            assert first.promote is True
             on_disk = json.loads((tmp_path / "run1" / "status.json").read_text())
             assert on_disk["state"] == "succeeded" and on_disk["registered_version"] == "1"
+            assert RunStatus.from_dict(on_disk) == first  # what status.json says is what was returned
             assert (tmp_path / "run1" / "report.md").read_text().startswith("# ")
+            assert first.metrics is not None
             assert (
-                first["metrics"]["candidate"]["perplexity"]["value"]
-                < first["metrics"]["base"]["perplexity"]["value"]
+                first.metrics["candidate"]["perplexity"]["value"]
+                < first.metrics["base"]["perplexity"]["value"]
             )
-            model = Path(first["model"])
+            model = Path(str(first.model))
             assert (model / "config.json").is_file() and (model / "adapter").is_dir()
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
@@ -245,25 +270,24 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
 
             # same commit again: everything but resolve-source and deploy comes from the cache
             second = run("run2")
-            assert {n: e["state"] for n, e in second["stages"].items()} == {
+            assert {n: e.state for n, e in second.stages.items()} == {
                 "ingest": "cached", "clean": "cached", "train": "cached", "evaluate": "cached",
                 "deploy": "succeeded",
             }  # fmt: skip
-            assert second["model"] == first["model"]
+            assert second.model == first.model
             assert len(list(registry._client.search_model_versions("name='repotune'"))) == 1
 
 
 @pytest.mark.integration
 def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path) -> None:
     from repotune.errors import RepotuneError
-    from repotune.pipelines.local import run_local
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     with pytest.raises(RepotuneError, match="Inner task failed: 'ingest'"):
-        run_local(str(empty), "tiny-cpu", arguments={}, workdir=tmp_path / "home", run_dir=tmp_path / "run",
-                  tracking_uri=None, log=lambda _: None)  # fmt: skip
+        run_local(RunConfig(str(empty), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / "run"),
+                  log=lambda _: None)  # fmt: skip
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "ingest" in status["error"]
     assert status["stages"]["ingest"]["state"] == "failed" and status["stages"]["train"]["state"] == "pending"
@@ -271,34 +295,30 @@ def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path
 
 def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
     from repotune.errors import RepotuneError
-    from repotune.pipelines.local import run_local
 
+    folders = {"workdir": tmp_path / "h", "run_dir": tmp_path / "r"}
     with pytest.raises(RepotuneError, match="unknown recipe 'nope'"):
-        run_local(str(tmp_path), "nope", arguments={}, workdir=tmp_path / "h", run_dir=tmp_path / "r")
+        run_local(RunConfig(str(tmp_path), "nope", **folders))
     with pytest.raises(RepotuneError, match=r"unknown key 'max_stepz' \(did you mean 'max_steps'\?\)"):
-        run_local(str(tmp_path), "tiny-cpu", arguments={"training": {"max_stepz": 3}}, workdir=tmp_path / "h",
-                  run_dir=tmp_path / "r")  # fmt: skip
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", training={"max_stepz": 3}, **folders))
     with pytest.raises(RepotuneError, match="--eval: unknown key 'lines'"):
-        run_local(str(tmp_path), "tiny-cpu", arguments={"evaluation": {"lines": 3}}, workdir=tmp_path / "h",
-                  run_dir=tmp_path / "r")  # fmt: skip
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", evaluation={"lines": 3}, **folders))
     with pytest.raises(RepotuneError, match="does not exist"):
-        run_local(
-            str(tmp_path / "missing"),
-            "tiny-cpu",
-            arguments={},
-            workdir=tmp_path / "h",
-            run_dir=tmp_path / "r",
-        )
+        run_local(RunConfig(str(tmp_path / "missing"), "tiny-cpu", **folders))
+    with pytest.raises(RepotuneError, match="--include: unknown kind 'binaries'"):
+        RunConfig(str(tmp_path), "tiny-cpu", include="code,binaries", **folders)
     assert not (tmp_path / "r").exists()
 
 
 def test_a_multi_node_recipe_needs_object_storage(tmp_path: Path) -> None:
-    from repotune import stages
     from repotune.errors import RepotuneError
+    from repotune.train import TrainConfig
+    from repotune.train.recipe import resolve_recipe
 
+    recipe, _ = resolve_recipe("tiny-cpu", {"resources.nodes": 2})
     with pytest.raises(RepotuneError, match="asks for 2 nodes: that runs as a Kubeflow PyTorchJob"):
-        stages.train(tmp_path, tmp_path / "model", "tiny-cpu", {"resources.nodes": 2}, tmp_path / "m.json",
-                     data_uri=str(tmp_path / "data"), output_uri=str(tmp_path / "model"))  # fmt: skip
+        TrainConfig(data=tmp_path, output=tmp_path / "model", recipe=recipe, pytorchjob=True,
+                    data_uri=str(tmp_path / "data"), output_uri=str(tmp_path / "model"))  # fmt: skip
 
 
 @pytest.mark.integration
@@ -311,8 +331,8 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
     from tests.kube_api import running_kube_api
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune import stages, storage
-    from repotune.train.finetune import SUMMARY_FILE
+    from repotune import storage, train
+    from repotune.train.recipe import resolve_recipe
 
     finished = tmp_path / "finished"
     summary = {
@@ -322,7 +342,8 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
         "base_eval_loss": 3.0,
         "tokens_per_second": 99.0,
     }
-    write_tree(finished, {"config.json": "{}", SUMMARY_FILE: json.dumps(summary)})
+    summary.update(base_model="tiny", method="lora")
+    write_tree(finished, {"config.json": "{}", train.TrainLayout(finished).summary.name: json.dumps(summary)})
     seen: list[dict] = []
 
     def operator(job: dict, reads: int) -> None:
@@ -346,19 +367,19 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("REPOTUNE_NAMESPACE", "team-a")
         kube.controller("pytorchjobs", operator)
-        out = tmp_path / "model"
-        result = stages.train(
-            tmp_path / "unused", out, "tiny-cpu", {"resources.nodes": 2}, tmp_path / "metrics.json",
-            data_uri="minio://mlpipeline/v2/artifacts/run/clean/dataset",
+        out, (recipe, _) = tmp_path / "model", resolve_recipe("tiny-cpu", {"resources.nodes": 2})
+        result = train.run(train.TrainConfig(
+            data=tmp_path / "unused", output=out, recipe=recipe,
+            pytorchjob=True, data_uri="minio://mlpipeline/v2/artifacts/run/clean/dataset",
             output_uri="minio://mlpipeline/v2/artifacts/run/train/model",
-        )  # fmt: skip
+        ))  # fmt: skip
     job = seen[0]
     assert job["metadata"]["namespace"] == "team-a"
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
     assert "s3://mlpipeline/v2/artifacts/run/clean/dataset" in command
     assert "s3://mlpipeline/v2/artifacts/run/train/model-pytorchjob" in command
-    assert (out / "config.json").is_file() and result["metrics"]["steps"] == 7.0
+    assert (out / "config.json").is_file() and result.metrics["steps"] == 7.0
 
 
 @pytest.mark.integration
@@ -390,8 +411,8 @@ def test_the_stage_library_and_the_cli_do_not_import_kfp() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, repotune.stages, repotune.ingest, repotune.clean.pipeline, repotune.train.finetune, "
-            "repotune.evaluate.run, repotune.deploy, repotune.cli; "
+    code = ("import sys, repotune.ingest, repotune.clean, repotune.train, repotune.train.finetune, "
+            "repotune.models, repotune.evaluate, repotune.deploy, repotune.cli; "
             "print(sorted(m for m in ('kfp', 'kserve', 'kubernetes') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -402,7 +423,8 @@ def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path
     """What the upload API gives a KFP cluster: an s3:// archive, keyed by its ETag and fetched to ingest."""
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune import stages, storage
+    from repotune import ingest, storage
+    from repotune.ingest import IngestConfig
 
     tree = tmp_path / "app"
     write_tree(
@@ -416,8 +438,9 @@ def test_an_archive_in_object_storage_is_a_source_for_the_cluster(tmp_path: Path
         uri = storage.copy_to(archive, "s3://sources/abc/archive.tar.gz")
         revision = resolve_revision(uri)
         assert revision.startswith("etag-") and revision == resolve_revision(uri.replace("s3://", "minio://"))
-        manifest = stages.ingest(uri, revision, "", 100, tmp_path / "ingest")
-    assert manifest["source_type"] == "archive" and manifest["records"] == 2
+        result = ingest.run(IngestConfig.pinned(uri, revision, tmp_path / "ingest", max_commits=100))
+    assert result.source_type == "archive" and result.records == 2
+    assert result.source == uri  # the archive's URI, not the temporary copy it was read from
 
 
 def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_champion(
@@ -426,7 +449,7 @@ def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_ch
     """A re-run of an old commit reuses its cached "promote"; the deploy step checks the registry first."""
     from mlflow import MlflowClient
 
-    from repotune import stages
+    from repotune import deploy
     from repotune.evaluate.decide import Decision
     from repotune.evaluate.registry import Registry
 
@@ -441,15 +464,19 @@ def test_the_deploy_step_leaves_the_service_alone_when_its_model_is_no_longer_ch
     registry.promote(str(new), Decision(True, ("promote: better",)))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
 
-    def deploy(version: str) -> tuple[str, str]:
+    def deploy_step(version: str) -> tuple[str | None, str]:
+        """The pipeline's deploy step, rendering only (as `deploy_apply=False`)."""
         manifest = tmp_path / f"manifest-{version}.yaml"
-        registered = {"model_name": "repotune", "version": version, "commit": None}
-        url = stages.deploy(f"s3://models/{version}", "tiny-cpu", "app", "team-a", "huggingface", False,
-                            registered, manifest)  # fmt: skip
-        return url, manifest.read_text()
+        settings = deploy.DeploySettings(name="app", namespace="team-a")
+        config = deploy.DeployConfig(
+            model_uri=f"s3://models/{version}", settings=settings,
+            apply=False, manifest=manifest, registered=deploy.RegisteredVersion("repotune", version),
+            only_champion=True, skip_unservable=True, tracking_uri=tracking_uri,
+        )  # fmt: skip
+        return deploy.run(config, log=lambda _: None).url, manifest.read_text()
 
-    _, stale = deploy(str(old))
+    _, stale = deploy_step(str(old))
     assert stale.startswith("# Nothing deployed: repotune version 1 is no longer the champion (version 2 is)")
-    _, current = deploy(str(new))
+    _, current = deploy_step(str(new))
     isvc = next(o for o in yaml.safe_load_all(current) if o["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/2"

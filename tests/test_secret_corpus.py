@@ -15,9 +15,11 @@ import pytest
 from tests.conftest import git
 from tests.secret_corpus import SAMPLES, Sample, fake, measure, placements, survives
 
-from repotune.clean.pipeline import CleanConfig, run_clean
+import repotune.clean
+import repotune.ingest
+from repotune.clean import CleanConfig
 from repotune.clean.secrets import redact
-from repotune.ingest import IngestConfig, run_ingest
+from repotune.ingest import IngestConfig
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.format for s in SAMPLES])
@@ -168,9 +170,9 @@ def test_planted_secrets_survive_neither_files_nor_history(tmp_path: Path, make_
             date=f"2024-01-{day:02d}T00:00:00+00:00",
         )
 
-    run_ingest(IngestConfig(source=str(repo), output=tmp_path / "in"))
+    repotune.ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in"))
     raw_in = (tmp_path / "in" / "records.jsonl").read_text()
-    stats = run_clean(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    result = repotune.clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
     raw_out = (tmp_path / "out" / "train.jsonl").read_text() + (tmp_path / "out" / "eval.jsonl").read_text()
 
     for name, sample in planted.items():
@@ -179,5 +181,5 @@ def test_planted_secrets_survive_neither_files_nor_history(tmp_path: Path, make_
         hidden = base64.b64encode(sample.value.encode()).decode() if name == "k8s" else sample.hidden
         assert survives(hidden, raw_in), f"{name} was not ingested"
         assert not survives(hidden, raw_out), f"{name} survived clean"
-    assert stats["redactions"]["age_secret_key"] >= 2  # the diff that added it, and the message
-    assert stats["kept"]["total"] >= 8
+    assert result.redactions["age_secret_key"] >= 2  # the diff that added it, and the message
+    assert result.train_records + result.eval_records >= 8

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from repotune import train
 from repotune.errors import RepotuneError
+from repotune.train import TrainConfig
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
 
@@ -38,12 +40,18 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from repotune.train.models import resolve_base_model
+    from repotune.models import resolve_base_model
 
     base_dir = resolve_base_model("tiny")
     base_hash = _sha(base_dir / "model.safetensors")
     out = tmp_path / "model"
-    summary = run_training(cleaned, out, load_recipe(TINY), log=lambda _: None)
+    result = train.run(TrainConfig(data=cleaned, output=out, recipe=load_recipe(TINY)), log=lambda _: None)
+    summary = json.loads(result.output.summary.read_text())
+    assert (result.steps, result.eval_loss, result.base_eval_loss) == (
+        summary["steps"],
+        summary["eval_loss"],
+        summary["base_eval_loss"],
+    )
 
     assert summary["steps"] == 20
     assert summary["last_losses"][-1] < summary["first_losses"][0]
@@ -184,6 +192,13 @@ def test_train_from_the_command_line(cleaned: Path, tmp_path: Path) -> None:
         bad.stderr.strip()
         == "error: recipe tiny-cpu.yaml: unknown key 'lerning_rate' (did you mean 'learning_rate'?)"
     )
+    # a shipped recipe by name, as `repotune run` and `repotune compile` take it: the same recipe
+    named = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "m"),
+         "--recipe", "tiny-cpu", "--set", "lerning_rate=1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert named.returncode == 2 and named.stderr.strip() == bad.stderr.strip()
 
 
 @pytest.mark.slow

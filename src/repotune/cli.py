@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +13,16 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from repotune.clean import CleanConfig
+from repotune.deploy import DeployConfig, to_yaml
 from repotune.errors import RepotuneError
+from repotune.evaluate import EvaluateConfig
+from repotune.ingest import IngestConfig
+from repotune.options import Setting, Values, build, settings
+from repotune.pipelines.local import RunConfig
+from repotune.records import parse_include
 from repotune.serving.settings import ServeSettings
+from repotune.train import DEFAULT_RECIPE, TrainConfig
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -51,103 +60,67 @@ def _parse_since(value: str | None) -> datetime | None:
 
 
 @app.command()
-def ingest(
-    source: Annotated[
-        str, typer.Argument(help="Local folder, git URL, archive (.zip/.tar.*) or github:OWNER/REPO.")
-    ],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for records.jsonl and manifest.json.")
-    ],
-    include: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated kinds to keep: code,docs,commits,issues (default: all)."),
-    ] = None,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit of a git URL.")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Only issues, PRs and commits since this ISO date (incremental runs).")
-    ] = None,
-    max_file_bytes: Annotated[int, typer.Option(help="Skip files larger than this many bytes.")] = 1_000_000,
-    max_commits: Annotated[int | None, typer.Option(help="Newest commits to read (default 1000).")] = 1000,
-    max_diff_bytes: Annotated[
-        int, typer.Option(help="Cut each commit's diff after this many characters.")
-    ] = 20_000,
-    github_url: Annotated[
-        str | None, typer.Option(help="GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3.")
-    ] = None,
-) -> None:
+@settings(
+    IngestConfig,
+    Setting("source", argument=True),
+    Setting("output", ("-o", "--output")),
+    Setting("kinds", ("--include",), parse=parse_include),
+    Setting("ref"),
+    Setting("since", parse=_parse_since),
+    Setting("max_file_bytes"),
+    Setting("max_commits"),
+    Setting("max_diff_bytes"),
+    Setting("github_base_url", ("--github-url",)),
+)
+def ingest(values: Values) -> None:
     """Read a repository into DIR/records.jsonl and DIR/manifest.json."""
-    from repotune.ingest import IngestConfig, run_ingest
-    from repotune.records import parse_include
+    from repotune import ingest
 
-    config = IngestConfig(
-        source=source,
-        output=output,
-        kinds=parse_include(include),
-        ref=ref,
-        since=_parse_since(since),
-        max_file_bytes=max_file_bytes,
-        max_commits=max_commits,
-        max_diff_bytes=max_diff_bytes,
-        github_base_url=github_url,
-    )
+    config = build(IngestConfig, values)
     with _progress() as progress:
-        task = progress.add_task(f"ingesting {source}")
+        task = progress.add_task(f"ingesting {config.source}")
 
         def report(count: int, stats) -> None:
             skipped = sum(stats.skipped.values())
-            progress.update(task, description=f"ingesting {source}: {count} records, {skipped} skipped")
+            progress.update(
+                task, description=f"ingesting {config.source}: {count} records, {skipped} skipped"
+            )
 
-        manifest = run_ingest(config, progress=report, log=say)
-    kept = ", ".join(f"{n} {kind}" for kind, n in manifest["kept"].items())
-    skipped = ", ".join(f"{n} {reason}" for reason, n in manifest["skipped"].items()) or "none"
-    commit = f" at {manifest['commit'][:12]}" if manifest.get("commit") else ""
-    say(f"ingested {manifest['records']} records{commit}: {kept}")
+        result = ingest.run(config, progress=report, log=say)
+    kept = ", ".join(f"{n} {kind}" for kind, n in result.kept.items())
+    skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
+    commit = f" at {result.commit[:12]}" if result.commit else ""
+    say(f"ingested {result.records} records{commit}: {kept}")
     say(f"skipped: {skipped}")
-    say(f"wrote {output / 'records.jsonl'}")
+    say(f"wrote {result.output.records}")
 
 
 @app.command()
-def clean(
-    input_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune ingest`.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for train/eval JSONL, stats and report.")
-    ],
-    eval_fraction: Annotated[
-        float, typer.Option(help="Share of files and newest commits/issues held out.")
-    ] = 0.1,
-    dedup_threshold: Annotated[
-        float, typer.Option(help="Jaccard similarity (5-gram MinHash) at which records are near duplicates.")
-    ] = 0.8,
-    redact_pii: Annotated[bool, typer.Option(help="Also redact e-mail and IP addresses.")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: one per core, at most 4).")
-    ] = None,
-) -> None:
+@settings(
+    CleanConfig,
+    Setting("input", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("split.eval_fraction"),
+    Setting("dedup.threshold", ("--dedup-threshold",)),
+    Setting("redact_pii"),
+    Setting("workers"),
+)
+def clean(values: Values) -> None:
     """Filter, redact secrets, deduplicate and split into train.jsonl and eval.jsonl."""
-    from repotune.clean.dedup import DedupConfig
-    from repotune.clean.pipeline import CleanConfig, run_clean
-    from repotune.clean.split import SplitConfig
+    from repotune import clean
 
-    config = CleanConfig(
-        input=input_dir,
-        output=output,
-        dedup=DedupConfig(threshold=dedup_threshold),
-        split=SplitConfig(eval_fraction=eval_fraction),
-        redact_pii=redact_pii,
-        workers=workers,
-    )
+    config = build(CleanConfig, values)
     with _progress() as progress:
-        task = progress.add_task(f"cleaning {input_dir}")
-        stats = run_clean(
+        task = progress.add_task(f"cleaning {config.input}")
+        result = clean.run(
             config, progress=lambda n: progress.update(task, description=f"cleaning: {n} records")
         )
-    kept, dropped = stats["kept"], stats["dropped"]
+    kept, dropped = result.train_records + result.eval_records, sum(result.dropped.values())
     say(
-        f"kept {kept['total']} of {stats['input_records']} records "
-        f"({kept['train']} train, {kept['eval']} eval); dropped {sum(dropped.values())}; "
-        f"redacted {sum(stats['redactions'].values())} secrets"
+        f"kept {kept} of {result.input_records} records ({result.train_records} train, "
+        f"{result.eval_records} eval); dropped {dropped}; redacted {sum(result.redactions.values())} secrets"
     )
-    say(f"wrote {output}/train.jsonl, eval.jsonl, stats.json, report.md")
+    say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -162,37 +135,34 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
+RecipeSettings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe setting: --set max_steps=10 --set data.seq_len=256."),
+]
+
+
 @app.command()
-def train(
-    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the adapter, merged model, summary.")
-    ],
-    recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML (see configs/); default: the SmolLM2-135M CPU settings.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a recipe setting: --set max_steps=10 --set data.seq_len=256."),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI; tracking is off when unset."),
-    ] = None,
-) -> None:
+@settings(
+    TrainConfig,
+    Setting("data", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("recipe", parse=str),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+)
+def train(values: Values, set_: RecipeSettings = None) -> None:
     """Fine-tune the base model on the cleaned data (LoRA by default) and write the model."""
-    from repotune.train.recipe import load_recipe
+    from repotune import train
 
-    loaded = load_recipe(recipe, _parse_overrides(set_ or []))
-    from repotune.train.finetune import run_training
-
-    summary = run_training(data_dir, output, loaded, tracking_uri=tracking_uri or None, log=say)
+    values["recipe"], _ = train.resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))
+    result = train.run(
+        build(TrainConfig, {**values, "tracking_uri": values["tracking_uri"] or None}), log=say
+    )
     if (
         os.environ.get("RANK", "0") == "0"
-        and summary["eval_loss"] is not None
-        and summary["base_eval_loss"] is not None
+        and result.eval_loss is not None
+        and result.base_eval_loss is not None
     ):
-        say(f"held-out loss: base {summary['base_eval_loss']:.4f} -> tuned {summary['eval_loss']:.4f}")
+        say(f"held-out loss: base {result.base_eval_loss:.4f} -> tuned {result.eval_loss:.4f}")
 
 
 def _say_verdict_and_table(report: Path) -> None:
@@ -204,46 +174,29 @@ def _say_verdict_and_table(report: Path) -> None:
 
 
 @app.command()
-def evaluate(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
-    data_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by `repotune clean`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for metrics.json and the reports.")],
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: register the candidate, move the champion."
-        ),
-    ] = None,
-    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
-    line_samples: Annotated[int, typer.Option(help="Held-out lines to complete.")] = 40,
-    fim_samples: Annotated[int, typer.Option(help="Held-out spans to fill in the middle.")] = 20,
-    max_blocks: Annotated[int, typer.Option(help="Held-out blocks scored for perplexity.")] = 64,
-    min_relative_gain: Annotated[
-        float, typer.Option(help="Relative perplexity gain the candidate needs over the champion (or base).")
-    ] = 0.01,
-    require_significance: Annotated[
-        bool, typer.Option(help="Promote only when the confidence intervals do not overlap.")
-    ] = True,
-) -> None:
+@settings(
+    EvaluateConfig,
+    Setting("model", argument=True, metavar="MODEL"),
+    Setting("data", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("model_name"),
+    Setting("scoring.line_samples"),
+    Setting("scoring.fim_samples"),
+    Setting("scoring.max_blocks"),
+    Setting("policy.min_relative_gain"),
+    Setting("policy.require_significance"),
+)
+def evaluate(values: Values) -> None:
     """Score base, candidate and champion on held-out data; decide; register in MLflow."""
-    from repotune.evaluate.decide import Policy
-    from repotune.evaluate.run import run_evaluation
-    from repotune.evaluate.score import EvalConfig
+    from repotune import evaluate
 
-    result = run_evaluation(
-        model_dir,
-        data_dir,
-        output,
-        config=EvalConfig(line_samples=line_samples, fim_samples=fim_samples, max_blocks=max_blocks),
-        policy=Policy(min_relative_gain=min_relative_gain, require_significance=require_significance),
-        tracking_uri=tracking_uri or None,
-        model_name=model_name,
-        log=say,
-    )
-    _say_verdict_and_table(output / "report.md")
-    say(f"wrote {output}/metrics.json, report.md, report.html")
-    if result.get("registered_version"):
-        say(f"registered version {result['registered_version']} of {model_name}")
+    config = build(EvaluateConfig, {**values, "tracking_uri": values["tracking_uri"] or None})
+    result = evaluate.run(config, log=say)
+    _say_verdict_and_table(result.output.report_md)
+    say(f"wrote {config.output}/metrics.json, report.md, report.html")
+    if result.registered_version:
+        say(f"registered version {result.registered_version} of {config.model_name}")
 
 
 @app.command()
@@ -327,93 +280,51 @@ def serve(
     )
 
 
-from repotune.deploy.render import Runtime  # noqa: E402 (light: the deploy command's --runtime choices)
+def _recipe_resources(spec: str):
+    from repotune import train
+
+    return train.resolve_recipe(spec)[0].resources
 
 
 @app.command()
+@settings(
+    DeployConfig,
+    Setting("model_uri", argument=True, metavar="MODEL_URI"),
+    Setting("settings.name"),
+    Setting("settings.namespace"),
+    Setting("settings.runtime"),
+    Setting("settings.resources", ("--recipe",), parse=_recipe_resources),
+    Setting("settings.canary_percent", ("--canary",)),
+    Setting("timeout_s", ("--timeout",)),
+    Setting("settings.s3.service_account", ("--service-account",)),
+    Setting("settings.s3.secret", ("--s3-secret",)),
+    Setting("settings.s3.region", ("--s3-region",), envvar="AWS_REGION"),
+    Setting("artifacts_s3", envvar="REPOTUNE_MLFLOW_ARTIFACTS_S3"),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("kube_host"),
+)
 def deploy(
-    model_uri: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODEL_URI",
-            help="s3://, minio:// (a KFP artifact), models:/NAME@champion or models:/NAME/N.",
-        ),
-    ],
-    name: Annotated[str, typer.Option(help="InferenceService name (lowercase letters, digits, '-').")],
-    namespace: Annotated[str, typer.Option(help="Kubernetes namespace to deploy into.")],
-    runtime: Annotated[
-        Runtime,
-        typer.Option(help="huggingface: KServe's runtime (vLLM on GPUs); repotune: `repotune serve`."),
-    ] = Runtime.HUGGINGFACE,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Recipe YAML whose `resources` size each replica (default: 2 CPUs, 8Gi)."),
-    ] = None,
-    canary: Annotated[
-        int | None, typer.Option(help="Percent of traffic for the new revision; the previous keeps the rest.")
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for Ready before rolling back to the previous spec.")
-    ] = 900.0,
-    service_account: Annotated[
-        str, typer.Option(help="The predictor's ServiceAccount, which names the S3 credentials Secret.")
-    ] = "repotune-serving",
-    s3_secret: Annotated[
-        str, typer.Option(help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the download.")
-    ] = "repotune-s3",
+    values: Values,
     s3_endpoint: Annotated[
         str | None,
         typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
     ] = None,
-    s3_region: Annotated[str | None, typer.Option(envvar="AWS_REGION", help="The bucket's region.")] = None,
-    artifacts_s3: Annotated[
-        str | None,
-        typer.Option(
-            envvar="REPOTUNE_MLFLOW_ARTIFACTS_S3",
-            help="The MLflow server's --artifacts-destination (s3://...), to map mlflow-artifacts:/ sources.",
-        ),
-    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MLFLOW_TRACKING_URI", help="MLflow URI: resolve models:/ URIs, record the endpoint."
-        ),
-    ] = None,
-    kube_host: Annotated[
-        str | None, typer.Option(help="Kubernetes API URL (e.g. from `kubectl proxy`); default: kubeconfig.")
-    ] = None,
 ) -> None:
     """Serve a model as a KServe InferenceService; roll back to the previous one if it does not come up."""
-    from repotune.deploy import DeploySettings, S3Access, render_manifests, resolve_model_uri, to_yaml
-    from repotune.deploy import deploy as run_deploy
-    from repotune.train.recipe import ResourceSettings, load_recipe
+    from repotune import deploy
+    from repotune.deploy import S3Access
 
-    settings = DeploySettings(
-        name=name,
-        namespace=namespace,
-        runtime=runtime,
-        resources=load_recipe(recipe).resources if recipe is not None else ResourceSettings(),
-        canary_percent=canary,
-        s3=S3Access.from_url(
-            s3_endpoint, service_account=service_account, secret=s3_secret, region=s3_region or None
-        ),
-    )
-    model = resolve_model_uri(model_uri, tracking_uri=tracking_uri or None, artifacts_s3=artifacts_s3 or None)
+    s3 = values["settings"]["s3"]
+    values["settings"]["s3"] = S3Access.from_url(s3_endpoint, **{**s3, "region": s3["region"] or None})
+    for name in ("tracking_uri", "artifacts_s3"):
+        values[name] = values[name] or None
+    result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
     if dry_run:
-        typer.echo(to_yaml(render_manifests(model, settings)), nl=False)
+        typer.echo(to_yaml(list(result.objects)), nl=False)
         return
-    from repotune.kube import connect
-
-    result = run_deploy(
-        model,
-        settings,
-        timeout_s=timeout,
-        api=connect(kube_host),
-        tracking_uri=tracking_uri or None,
-        log=say,
-    )
-    say(f"serving {model.uri} at {result.url or '(no URL reported)'}")
+    assert result.model is not None  # the command line never skips
+    say(f"serving {result.model.uri} at {result.url or '(no URL reported)'}")
 
 
 @app.command()
@@ -447,69 +358,40 @@ def api(
 
 
 @app.command()
+@settings(
+    RunConfig,
+    Setting("source", argument=True),
+    Setting("recipe"),
+    Setting("ref"),
+    Setting("include"),
+    Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
+    Setting("evaluation", ("--eval",), parse=_parse_overrides, multiple=True),
+    Setting("run_dir", ("-o", "--output")),
+    Setting("workdir", envvar="REPOTUNE_HOME"),
+    Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
+    Setting("artifacts_root", ("--artifacts",)),
+    Setting("model_name"),
+)
 def run(
-    source: Annotated[
-        str, typer.Argument(help="A local folder or archive, a git URL, or github:OWNER/REPO.")
-    ],
-    recipe: Annotated[
-        str, typer.Option(help="Recipe: a shipped name (configs/NAME.yaml) or a .yaml path.")
-    ] = "smollm2-135m-cpu",
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit of a git URL.")] = None,
-    include: Annotated[
-        str | None, typer.Option(help="Record kinds, comma-separated: code,docs,commits,issues.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
-    ] = None,
-    eval_set: Annotated[
-        list[str] | None,
-        typer.Option("--eval", help="Evaluation setting: --eval line_samples=30 --eval max_blocks=32."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Run folder for status.json and the report.")
-    ] = None,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="REPOTUNE_HOME", help="Artifacts, step cache and local MLflow store (default ~/.repotune)."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI (default: a local store).")
-    ] = None,
-    artifacts: Annotated[
-        str | None, typer.Option(help="s3:// prefix that also receives each stage's outputs.")
-    ] = None,
-    model_name: Annotated[str, typer.Option(help="Registered model name in MLflow.")] = "repotune",
+    values: Values,
     query: Annotated[
         bool, typer.Option(help="Serve the trained model on 127.0.0.1 afterwards and ask it one completion.")
     ] = True,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local), with the components a cluster runs."""
-    from repotune.pipelines.local import default_workdir, run_local
+    from repotune.pipelines.local import run_local
 
-    home = workdir or default_workdir()
-    run_dir = output or home / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    arguments: dict[str, object] = {
-        "ref": ref or "",
-        "include": include or "",
-        "training": _parse_overrides(set_ or []),
-        "evaluation": _parse_overrides(eval_set or []),
-        "model_name": model_name,
-        "deploy_apply": False,  # no cluster here: deploy renders the InferenceService only
-        "artifacts_root": artifacts or "",
-    }
-    status = run_local(
-        source, recipe, arguments=arguments, workdir=home, run_dir=run_dir, tracking_uri=tracking_uri, log=say
-    )
-    _say_verdict_and_table(run_dir / status["report"])
-    say("stages: " + ", ".join(f"{name} {entry['state']}" for name, entry in status["stages"].items()))
-    say(f"model: {status['model']}")
+    config = build(RunConfig, values)
+    _, run_dir = config.folders()
+    status = run_local(replace(config, run_dir=run_dir), log=say)
+    _say_verdict_and_table(run_dir / str(status.report))
+    say("stages: " + ", ".join(f"{name} {entry.state}" for name, entry in status.stages.items()))
+    say(f"model: {status.model}")
     say(f"run folder: {run_dir}")
     if query:
         from repotune.pipelines.local import query_served_model
 
-        query_served_model(Path(status["model"]), run_dir, Path(status["dataset"]), log=say)
+        query_served_model(Path(str(status.model)), run_dir, Path(str(status.dataset)), log=say)
 
 
 @app.command("compile")
@@ -519,7 +401,7 @@ def compile_(
     ),
     recipe: Annotated[
         str, typer.Option(help="Recipe the train step's image and resources come from.")
-    ] = "smollm2-135m-cpu",
+    ] = DEFAULT_RECIPE,
 ) -> None:
     """Compile the pipeline to KFP IR YAML for the KFP UI (Upload pipeline) or `kfp` tooling."""
     from repotune.pipelines.submit import compile_pipeline
@@ -533,11 +415,9 @@ def submit(
     host: Annotated[
         str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline:8888.")
     ],
-    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = "smollm2-135m-cpu",
+    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = DEFAULT_RECIPE,
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a recipe setting: --set max_steps=10.")
-    ] = None,
+    set_: RecipeSettings = None,
     namespace: Annotated[str, typer.Option(help="Namespace the model is deployed into.")] = "repotune",
     run_name: Annotated[
         str | None, typer.Option(help="Run name (default: repotune-<source>-<time>).")
@@ -546,7 +426,7 @@ def submit(
 ) -> None:
     """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""
     from repotune.pipelines.submit import submit_run
-    from repotune.sources.revision import source_slug
+    from repotune.sources.slug import source_slug
 
     name = run_name or f"repotune-{source_slug(source)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     arguments = {"source": source, "ref": ref or "", "training": _parse_overrides(set_ or [])}

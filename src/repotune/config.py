@@ -1,14 +1,21 @@
-"""Frozen dataclasses from YAML: unknown keys and wrong types are errors that name the setting.
+"""Frozen config dataclasses: their field docs, and building them from YAML or pipeline parameters.
 
-Every recipe setting is a dataclass field with a docstring; this module turns a YAML mapping into
-those dataclasses and refuses what does not fit, before any work starts.
+Every setting is a dataclass field followed by its docstring (meaning and unit, one sentence). That
+docstring is the setting's only help text: ``field_docs`` reads it once for the command line
+(:mod:`repotune.options`) and anything else that describes settings. ``from_dict`` turns a YAML
+mapping into those dataclasses and refuses unknown keys and wrong types with a message that names
+the setting, before any work starts.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -97,6 +104,36 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise RepotuneError(f"{where} must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported setting type {hint!r} at {where}")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (and its dataclass bases), with its
+    lines joined and ``double`` backquotes made single, by field name; fields without one are absent."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        (node,) = ast.parse(textwrap.dedent(inspect.getsource(klass))).body
+        for field, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                text = " ".join(inspect.cleandoc(after.value.value).split())
+                docs[field.target.id] = text.replace("``", "`")
+    return docs
+
+
+def from_struct(values: dict[str, Any]) -> dict[str, Any]:
+    """A KFP ``dict`` parameter as the library expects it: whole numbers back to ``int``.
+
+    KFP carries dict parameters as protobuf Structs, whose numbers are all floats (40 arrives as 40.0).
+    """
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

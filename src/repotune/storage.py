@@ -125,6 +125,11 @@ def _dir_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
+def endpoint_url() -> str | None:
+    """The S3 endpoint URL from ``S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``; None means AWS."""
+    return next((os.environ[name] for name in ENDPOINT_VARS if os.environ.get(name)), None)
+
+
 def client_from_env(*, check_reachable: bool = True) -> Minio:
     """A ``Minio`` client configured from the environment (see the module docstring).
 
@@ -421,6 +426,23 @@ def list_subprefixes(uri: str, *, client: Minio | None = None, retry: RetryPolic
     return sorted(obj.object_name[len(prefix) :] for obj in objects if obj.is_dir)
 
 
+def prefix_etags(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> dict[str, str]:
+    """The ETag of every object under the prefix ``uri`` (its marker included), by key relative to it.
+
+    An ETag changes whenever its object's content does: equal maps mean an unchanged folder.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    client = _client(client)
+    objects = _call(
+        client,
+        f"listing s3://{bucket}/{prefix}",
+        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=True)),
+        retry,
+    )
+    return {obj.object_name[len(prefix) :]: str(obj.etag).strip('"') for obj in objects if not obj.is_dir}
+
+
 def _list_keys(client: Minio, bucket: str, prefix: str, retry: RetryPolicy) -> list[tuple[str, int]]:
     objects = _call(
         client,
@@ -623,3 +645,33 @@ def _copy_local(source: Path, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def output_prefix(root: str, source: str, key: str) -> str:
+    """``ROOT/<repository>/<key>``: where a run's outputs for one source and revision (and recipe) go."""
+    from repotune.sources.slug import source_slug
+
+    return f"{root.rstrip('/')}/{source_slug(source) if source else 'source'}/{key or 'unknown'}"
+
+
+def publish(
+    path: str | os.PathLike[str],
+    root: str,
+    source: str,
+    key: str,
+    stage: str,
+    *,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Copy a stage's output to ``ROOT/<repository>/<key>/<stage>``; returns the URI, or "" without a root.
+
+    ``root`` is an ``s3://`` URI (or a local folder); ``key`` is the revision for data and the revision
+    plus the recipe hash for models, so the prefix is stable for cached pipeline steps. On a cluster
+    KFP already stores artifacts in its own bucket; this gives them a readable, per-repository place.
+    """
+    if not root:
+        return ""
+    dest = f"{output_prefix(root, source, key)}/{stage}"
+    copy_to(path, dest)
+    log(f"published {stage} to {dest}")
+    return dest

@@ -279,6 +279,15 @@ class MlflowTracker:
         self._guard("setting tags", send)
 
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def uri_from_env() -> str | None:
+    """``MLFLOW_TRACKING_URI``, or None when it is unset or empty (tracking off): how pipeline steps,
+    which get their settings from the environment (Kubernetes Secrets), find the tracking server."""
+    return os.environ.get(TRACKING_URI_ENV) or None
+
+
 def make_tracker(tracking_uri: str | None, experiment: str, rank: int = 0) -> Tracker:
     """The tracker for this process: ``NullTracker`` when ``tracking_uri`` is unset or empty (tracking
     off), or on any rank but 0 of a distributed job (torchrun's ``RANK``: one run per job, not per

@@ -15,6 +15,7 @@ Every error answer is ``{"error": {"message", "code"}}``; the OpenAPI document i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -45,10 +46,11 @@ import repotune
 from repotune.api.auth import bearer, check_bearer
 from repotune.api.db import Database
 from repotune.api.errors import ApiError, ErrorBody, error_body
-from repotune.api.runs import FINAL_STATES, Runs, check_overrides, log_tail, resolve_recipe
+from repotune.api.runs import FINAL_STATES, Runs, check_overrides, choose_recipe, log_tail, stored_status
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore
 from repotune.api.upload import receive_archive
+from repotune.pipelines.status import RunStatus
 
 log = logging.getLogger("repotune.api")
 
@@ -232,19 +234,9 @@ class Health(BaseModel):
     version: str
 
 
-def _as_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def run_view(row: dict[str, Any], runs: Runs) -> RunInfo:
-    status: dict[str, Any] = {}
-    if row["status"]:
-        with contextlib.suppress(ValueError):
-            status = json.loads(row["status"]) or {}
-    stages = status.get("stages")
-    metrics = status.get("metrics")
-    promote = status.get("promote")
-    decision = status.get("decision")
+    status = stored_status(row) or RunStatus()
+    stages = {name: StageInfo(**dataclasses.asdict(stage)) for name, stage in status.stages.items()}
     base = f"/v1/runs/{row['id']}"
     return RunInfo(
         id=row["id"],
@@ -254,17 +246,15 @@ def run_view(row: dict[str, Any], runs: Runs) -> RunInfo:
         backend=row["backend"],
         state=row["state"],
         created=row["created"],
-        started=_as_str(status.get("started")) or row["created"],
+        started=status.started or row["created"],
         finished=row["finished"] if row["state"] in FINAL_STATES else None,
         error=row["error"] if row["state"] == "failed" else None,
-        stages=stages
-        if isinstance(stages, dict) and all(isinstance(v, dict) for v in stages.values())
-        else None,
-        metrics=metrics if isinstance(metrics, dict) else None,
-        promote=promote if isinstance(promote, bool) else None,
-        decision=decision if isinstance(decision, dict) else None,
-        model=_as_str(status.get("model")),
-        endpoint=_as_str(status.get("endpoint")),
+        stages=stages or None,
+        metrics=status.metrics,
+        promote=status.promote,
+        decision=status.decision,
+        model=status.model,
+        endpoint=status.endpoint,
         report_url=f"{base}/report" if runs.report(row) is not None else None,
         log_url=f"{base}/log" if row["backend"] == "local" else None,
         pid=row["pid"],
@@ -470,7 +460,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise ApiError(
                 404, "source_not_found", f"no source {body.source_id}; create one with POST /v1/sources"
             )
-        recipe = resolve_recipe(body.recipe, settings.recipe_dirs)
+        recipe = choose_recipe(body.recipe, settings.recipe_dirs)
         check_overrides(recipe, body.overrides)
         return run_view(runs.create(source, recipe, body.overrides), runs)
 

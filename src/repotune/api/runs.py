@@ -26,7 +26,7 @@ from repotune.api.errors import ApiError
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, now
 from repotune.errors import RepotuneError
-from repotune.pipelines.local import STATUS_FILE
+from repotune.pipelines.status import RunLayout, RunStatus
 
 FINAL_STATES = ("succeeded", "failed")
 LOST = "lost: the API restarted while it ran and no final status was written"
@@ -36,15 +36,6 @@ OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 LOG_TAIL_BYTES = 2000
 # Environment variables of the API that a run has no business seeing.
 _PRIVATE_ENV = ("REPOTUNE_API_TOKENS",)
-# KFP's run states, lower-cased, mapped onto this API's three.
-_KFP_STATES = {
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "error": "failed",
-    "canceled": "failed",
-    "cancelled": "failed",
-    "skipped": "failed",
-}
 
 
 def process_start(pid: int) -> str | None:
@@ -78,21 +69,20 @@ def is_alive(pid: int | None, recorded_start: str | None) -> bool:
     return not recorded_start or not current or current == recorded_start
 
 
-def read_status(run_dir: Path | None) -> dict[str, Any] | None:
-    """``RUN_DIR/status.json``, or None when it is absent or unreadable (it is written atomically, so
-    unreadable means not ``repotune run``'s)."""
-    if run_dir is None:
-        return None
+def read_status(run_dir: Path | None) -> RunStatus | None:
+    """The run's ``status.json``, or None when it is absent or not a run status."""
+    return RunStatus.read(RunLayout(run_dir).status) if run_dir is not None else None
+
+
+def stored_status(row: dict[str, Any]) -> RunStatus | None:
+    """The status last saved with a run (its status.json, or its KFP state), or None."""
     try:
-        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return RunStatus.from_dict(json.loads(row["status"])) if row["status"] else None
+    except ValueError:
         return None
-    return status if isinstance(status, dict) else None
 
 
-def settle(
-    status: dict[str, Any] | None, exit_code: int | None, alive: bool
-) -> tuple[str, str | None] | None:
+def settle(status: RunStatus | None, exit_code: int | None, alive: bool) -> tuple[str, str | None] | None:
     """A run's final state and error once its process is gone, or None while it still runs.
 
     ``exit_code`` is known only for a process this API started and waited for; a process left by an
@@ -100,8 +90,8 @@ def settle(
     """
     if alive:
         return None
-    state = status.get("state") if status else None
-    error = status.get("error") if status else None
+    state = status.state if status else None
+    error = status.error if status else None
     if exit_code is not None and exit_code != 0:
         if state == "failed" and error:
             return "failed", str(error)
@@ -126,14 +116,17 @@ def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class RecipeChoice:
+    """A recipe a client chose for a run: a file in one of the API's recipe folders. The recipe itself
+    is resolved by ``repotune run`` (``repotune.train.recipe.resolve_recipe``) from ``path``."""
+
     name: str
     """The recipe as the client named it (also what a KFP run is given)."""
     path: Path
     """The YAML file inside one of the configured recipe folders."""
 
 
-def resolve_recipe(value: str, folders: tuple[Path, ...]) -> Recipe:
+def choose_recipe(value: str, folders: tuple[Path, ...]) -> RecipeChoice:
     """A shipped recipe by name (``tiny-cpu`` or ``tiny-cpu.yaml``), or an absolute path to a YAML file
     inside one of ``folders``; any other path is refused, so a client cannot make a run read arbitrary
     files."""
@@ -146,7 +139,7 @@ def resolve_recipe(value: str, folders: tuple[Path, ...]) -> Recipe:
             and path.is_file()
             and any(path.is_relative_to(f) for f in folders)
         ):
-            return Recipe(path.stem, path)
+            return RecipeChoice(path.stem, path)
         raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a file in a recipe folder; {hint}")
     name = value.removesuffix(".yaml").removesuffix(".yml")
     if not RECIPE_NAME.match(name) or ".." in name:
@@ -155,19 +148,19 @@ def resolve_recipe(value: str, folders: tuple[Path, ...]) -> Recipe:
         for suffix in (".yaml", ".yml"):
             path = folder / f"{name}{suffix}"
             if path.is_file():
-                return Recipe(name, path.resolve())
+                return RecipeChoice(name, path.resolve())
     raise ApiError(422, "unknown_recipe", f"no recipe named {name!r}; {hint}")
 
 
-def check_overrides(recipe: Recipe, overrides: dict[str, Any]) -> None:
+def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
     """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
-    from repotune.train.recipe import load_recipe
+    from repotune.train import resolve_recipe
 
     for key in overrides:
         if not OVERRIDE_KEY.match(key):
             raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
     try:
-        load_recipe(recipe.path, overrides)
+        resolve_recipe(str(recipe.path), overrides)
     except RepotuneError as exc:
         raise ApiError(422, "invalid_overrides", str(exc)) from None
 
@@ -184,11 +177,6 @@ def _kfp_submit_module():
             "unset REPOTUNE_KFP_HOST to run pipelines on this machine",
         ) from None
     return submit
-
-
-def _kfp_state(raw: dict[str, Any]) -> str:
-    state = str(raw.get("state", "")).lower()
-    return _KFP_STATES.get(state, "running")
 
 
 class Runs:
@@ -237,22 +225,21 @@ class Runs:
         status = read_status(run_dir)
         if row["id"] in self._children:
             if status is not None:
-                self._save_status(row["id"], status)
-                row["status"] = json.dumps(status)
+                row["status"] = self._save_status(row["id"], status)
             return row
         decision = settle(status, row["exit_code"], is_alive(row["pid"], row["pid_start"]))
         if decision is None:
             if status is not None:
-                self._save_status(row["id"], status)
-                row["status"] = json.dumps(status)
+                row["status"] = self._save_status(row["id"], status)
             return row
         return self._finish(row["id"], *decision, status=status, exit_code=row["exit_code"])
 
-    def _save_status(self, run_id: str, status: dict[str, Any]) -> None:
+    def _save_status(self, run_id: str, status: RunStatus) -> str:
+        """Saves ``status`` with a running run; returns it as saved (JSON)."""
+        saved = json.dumps(status.to_dict())
         with self.db.connect() as conn:
-            conn.execute(
-                "UPDATE runs SET status = ? WHERE id = ? AND state = 'running'", (json.dumps(status), run_id)
-            )
+            conn.execute("UPDATE runs SET status = ? WHERE id = ? AND state = 'running'", (saved, run_id))
+        return saved
 
     def _finish(
         self,
@@ -260,16 +247,16 @@ class Runs:
         state: str,
         error: str | None,
         *,
-        status: dict[str, Any] | None,
+        status: RunStatus | None,
         exit_code: int | None,
     ) -> dict[str, Any]:
-        finished = (status or {}).get("finished") or now()
+        finished = (status.finished if status else None) or now()
         with self.db.connect() as conn:
             # Only a running run changes; whichever of the waiting thread and a poll comes second is a no-op.
             conn.execute(
                 "UPDATE runs SET state = ?, error = ?, finished = ?, exit_code = ?, "
                 "status = COALESCE(?, status) WHERE id = ? AND state = 'running'",
-                (state, error, finished, exit_code, json.dumps(status) if status else None, run_id),
+                (state, error, finished, exit_code, json.dumps(status.to_dict()) if status else None, run_id),
             )
             return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
 
@@ -278,7 +265,9 @@ class Runs:
             rows = [dict(r) for r in conn.execute("SELECT * FROM runs WHERE state = 'running'")]
         return sum(1 for row in rows if self.refresh(row)["state"] == "running")
 
-    def create(self, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]) -> dict[str, Any]:
+    def create(
+        self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
         submit = None
         if self.settings.kfp_host:
             # Checked before a run record exists: without these no KFP run can start at all.
@@ -332,7 +321,7 @@ class Runs:
         return found
 
     def command(
-        self, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any], run_dir: Path
+        self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any], run_dir: Path
     ) -> list[str]:
         """The ``repotune run`` command line for this run."""
         argv = [sys.executable, "-m", "repotune", "run", self.sources.run_argument(source)]
@@ -346,7 +335,12 @@ class Runs:
         return argv
 
     def _launch(
-        self, run_id: str, run_home: Path, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]
+        self,
+        run_id: str,
+        run_home: Path,
+        source: dict[str, Any],
+        recipe: RecipeChoice,
+        overrides: dict[str, Any],
     ) -> None:
         run_home.mkdir(parents=True, exist_ok=True)
         argv = self.command(source, recipe, overrides, run_home / "output")
@@ -386,7 +380,12 @@ class Runs:
         self._children.pop(run_id, None)
 
     def _submit_kfp(
-        self, submit: Any, run_id: str, source: dict[str, Any], recipe: Recipe, overrides: dict[str, Any]
+        self,
+        submit: Any,
+        run_id: str,
+        source: dict[str, Any],
+        recipe: RecipeChoice,
+        overrides: dict[str, Any],
     ) -> None:
         if source["kind"] == "archive":
             source_arg = self.sources.archive_uri(source)
@@ -412,27 +411,25 @@ class Runs:
         except ApiError:
             return row
         except Exception as exc:  # the cluster being unreachable must not fail a GET; say so instead
-            row["status"] = json.dumps({"state": "running", "error": f"cannot reach KFP: {exc}"})
+            row["status"] = json.dumps(RunStatus(error=f"cannot reach KFP: {exc}").to_dict())
             return row
-        state = _kfp_state(raw)
-        status = {**raw, "state": state}
-        if state in FINAL_STATES:
-            error = str(raw.get("error") or f"KFP run {row['kfp_run_id']} ended {raw.get('state')}")
+        status = RunStatus.from_kfp(raw)
+        if status.state in FINAL_STATES:
+            error = status.error or f"KFP run {row['kfp_run_id']} ended {raw.get('state')}"
             return self._finish(
-                row["id"], state, None if state == "succeeded" else error, status=status, exit_code=None
-            )
-        self._save_status(row["id"], status)
-        row["status"] = json.dumps(status)
+                row["id"], status.state, None if status.state == "succeeded" else error, status=status,
+                exit_code=None,
+            )  # fmt: skip
+        row["status"] = self._save_status(row["id"], status)
         return row
 
     def report(self, row: dict[str, Any]) -> Path | None:
         """The run's evaluation report (report.md) as a local file, or None while there is none."""
-        status = json.loads(row["status"]) if row["status"] else {}
+        status = stored_status(row)
         if row["state"] == "running":
-            status = read_status(Path(row["run_dir"])) if row["run_dir"] else None
-            status = status or json.loads(row["status"] or "{}")
-        report = status.get("report")
-        if not isinstance(report, str) or not report:
+            status = read_status(Path(row["run_dir"]) if row["run_dir"] else None) or status
+        report = status.report if status is not None else None
+        if not report:
             return None
         if storage.is_s3_uri(report):
             local = self.home / row["id"] / "report.md"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from repotune.errors import RepotuneError
 from repotune.storage import is_s3_uri
-from repotune.train.recipe import shipped_recipes_dir
+from repotune.train import shipped_recipes_dir
 
 MIB = 1024 * 1024
 

@@ -1,1 +1,1 @@
-"""KFP components: one thin shim per pipeline stage over `repotune.stages` (see stages.py)."""
+"""KFP components: one thin shim per pipeline stage over the stage's entry point (see steps.py)."""

@@ -1,17 +1,18 @@
-"""Serve a model on KServe: render the InferenceService, apply it idempotently, roll back on failure.
+"""The deploy stage: ``run(DeployConfig) -> DeployResult`` serves a model as a KServe InferenceService.
 
-    model = resolve_model_uri("models:/repotune-myproject@champion", tracking_uri=uri)
     settings = DeploySettings(name="myproject-assistant", namespace="team-a", resources=recipe.resources)
-    print(to_yaml(render_manifests(model, settings)))  # what `repotune deploy --dry-run` prints
-    result = deploy(model, settings, timeout_s=900, tracking_uri=uri)  # RolledBack if it failed
+    result = run(DeployConfig(model_uri="models:/repotune-myproject@champion", settings=settings,
+                              tracking_uri=uri))  # raises RolledBack if the new revision failed
+    result = run(DeployConfig(model_uri=..., settings=settings, apply=False))  # `--dry-run`: render only
+    print(to_yaml(list(result.objects)))
 
-Importing this package loads neither the Kubernetes client nor MLflow; the functions that need them
-import them when called.
+It writes no folder of its own: its output is the objects it applies (and, when asked, a manifest
+file). Importing this package loads neither the Kubernetes client nor MLflow; the functions that need
+them import them when called.
 """
 
 from repotune.deploy.render import (
     DeploySettings,
-    ModelSource,
     Runtime,
     S3Access,
     render_inference_service,
@@ -20,30 +21,36 @@ from repotune.deploy.render import (
     render_serving_runtime,
     to_yaml,
 )
-from repotune.deploy.rollout import DeployResult, RolledBack, deploy, inference_service_failure
-from repotune.deploy.uris import artifact_to_s3, from_storage_uri, resolve_model_uri
+from repotune.deploy.rollout import RolledBack, Rollout, inference_service_failure, roll_out
+from repotune.deploy.stage import DeployConfig, DeployResult, RegisteredVersion, no_longer_champion, run
+from repotune.deploy.uris import ModelSource, artifact_to_s3, from_storage_uri, resolve_model_uri
 
 # The promotion decision lives (and is tested) with the evaluation; named here as the gate of deploys.
 from repotune.evaluate.decide import Decision, Policy, should_promote
 
 __all__ = [
     "Decision",
+    "DeployConfig",
     "DeployResult",
     "DeploySettings",
     "ModelSource",
     "Policy",
+    "RegisteredVersion",
     "RolledBack",
+    "Rollout",
     "Runtime",
     "S3Access",
     "artifact_to_s3",
-    "deploy",
     "from_storage_uri",
     "inference_service_failure",
+    "no_longer_champion",
     "render_inference_service",
     "render_manifests",
     "render_service_account",
     "render_serving_runtime",
     "resolve_model_uri",
+    "roll_out",
+    "run",
     "should_promote",
     "to_yaml",
 ]

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from repotune.deploy.uris import ModelSource, from_storage_uri
 from repotune.errors import RepotuneError
 from repotune.images import HF_RUNTIME, cpu_image, cuda_image
 from repotune.train.recipe import ResourceSettings
@@ -123,8 +124,8 @@ class DeploySettings:
     runtime: Runtime = Runtime.HUGGINGFACE
     """KServe's Hugging Face runtime (vLLM on GPUs), or this project's predictor."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
-    """CPU, memory and accelerators of one predictor replica (a recipe's ``resources``; ``nodes`` and
-    the torchrun settings do not apply to serving)."""
+    """CPU, memory and accelerators of one predictor replica: a recipe's `resources` (a shipped name or
+    a .yaml path; default 2 CPUs, 8Gi); its nodes and torchrun settings do not apply to serving."""
     canary_percent: int | None = None
     """Share of traffic, 0 to 100, that the new revision gets while the previous one keeps the rest
     (KServe Serverless mode); None sends it all traffic once Ready."""
@@ -152,26 +153,6 @@ class DeploySettings:
         except ValueError:
             choices = ", ".join(r.value for r in Runtime)
             raise RepotuneError(f"--runtime {self.runtime!r}: choose one of {choices}") from None
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """The weights to serve, and what the registry knows about them."""
-
-    uri: str
-    """The URI as the user gave it (``models:/NAME@champion``, ``minio://...``, ``s3://...``)."""
-    storage_uri: str
-    """Where KServe downloads the weights from: always ``s3://``."""
-    model_name: str | None = None
-    """Registered model name, when the URI came through the MLflow registry."""
-    version: str | None = None
-    """Registered version (the alias resolved to a number), when known."""
-    commit: str | None = None
-    """Commit SHA of the source repository the model was trained on, when known."""
-
-    def __post_init__(self) -> None:
-        if not self.storage_uri.startswith("s3://"):
-            raise RepotuneError(f"storage URI {self.storage_uri!r} must be s3://")
 
 
 def _label_safe(value: str | None) -> str | None:
@@ -266,8 +247,6 @@ def render_serving_runtime(settings: DeploySettings) -> dict[str, Any]:
 def render_inference_service(model: ModelSource | str, settings: DeploySettings) -> dict[str, Any]:
     """The InferenceService serving ``model`` (a ``ModelSource``, or an ``s3://`` / ``minio://`` URI)."""
     if isinstance(model, str):
-        from repotune.deploy.uris import from_storage_uri
-
         model = from_storage_uri(model)
     model_spec: dict[str, Any] = {
         # KServe's webhook gives the container this name anyway; saying it keeps apply and live equal.

@@ -1,6 +1,6 @@
 """Apply the InferenceService, wait for it, and roll back when the new revision does not come up.
 
-``deploy`` reads the live InferenceService first: its spec is what serves now (the previous
+``roll_out`` reads the live InferenceService first: its spec is what serves now (the previous
 champion). It then applies the new objects with server-side apply (idempotent: a retried pipeline
 step changes nothing), waits for ``Ready`` on the new generation, and, when that does not come within
 the timeout, re-applies the previous spec and raises ``RolledBack``, so that the pipeline step fails
@@ -19,13 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from repotune import kube
-from repotune.deploy.render import (
-    ANNOTATION_MODEL_URI,
-    LABEL_MODEL_VERSION,
-    DeploySettings,
-    ModelSource,
-    render_manifests,
-)
+from repotune.deploy.render import ANNOTATION_MODEL_URI, LABEL_MODEL_VERSION, DeploySettings, render_manifests
+from repotune.deploy.uris import ModelSource, registry_client
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -48,7 +43,7 @@ _FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 
 
 @dataclass(frozen=True)
-class DeployResult:
+class Rollout:
     """Where the model is served."""
 
     name: str
@@ -65,7 +60,7 @@ class RolledBack(RepotuneError):
     """The new revision did not become Ready; the previous spec was re-applied. ``result`` says where
     the previous model is served (``rolled_back`` True)."""
 
-    def __init__(self, message: str, result: DeployResult):
+    def __init__(self, message: str, result: Rollout):
         super().__init__(message)
         self.result = result
 
@@ -100,7 +95,7 @@ def previous_spec(live: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def deploy(
+def roll_out(
     model: ModelSource,
     settings: DeploySettings,
     *,
@@ -109,7 +104,7 @@ def deploy(
     tracking_uri: str | None = None,
     poll_s: float = 5.0,
     log: Callable[[str], None] = lambda line: None,
-) -> DeployResult:
+) -> Rollout:
     """Serve ``model`` as the InferenceService ``settings.name`` and wait until it is Ready.
 
     Raises ``RolledBack`` when the new revision is not Ready within ``timeout_s`` seconds (or KServe
@@ -152,7 +147,7 @@ def deploy(
         raise RolledBack(f"{message}. {_describe_rollback(live, result)}", result) from failure
 
     revision = int(ready["metadata"]["generation"])
-    result = DeployResult(name, namespace, _url(ready), revision, rolled_back=False)
+    result = Rollout(name, namespace, _url(ready), revision, rolled_back=False)
     log(f"{where}: Ready at {result.url or '(no URL reported)'} (generation {result.revision})")
     _record_endpoint(tracking_uri, model, result, log)
     return result
@@ -204,7 +199,7 @@ def _roll_back(
     poll_s: float,
     api: ApiClient,
     log: Callable[[str], None],
-) -> DeployResult:
+) -> Rollout:
     where = f"InferenceService {settings.namespace}/{settings.name}"
     log(f"{where}: rolling back to the previous spec ({_model_of(live)})")
     back = kube.server_side_apply(restored, api=api)
@@ -214,11 +209,11 @@ def _roll_back(
     except kube.WaitFailed as failure:
         log(f"{where}: the restored spec is not Ready either ({failure})")
         obj = failure.obj or back
-        return DeployResult(settings.name, settings.namespace, _url(obj), generation, rolled_back=True)
-    return DeployResult(settings.name, settings.namespace, _url(ready), generation, rolled_back=True)
+        return Rollout(settings.name, settings.namespace, _url(obj), generation, rolled_back=True)
+    return Rollout(settings.name, settings.namespace, _url(ready), generation, rolled_back=True)
 
 
-def _describe_rollback(live: dict[str, Any], result: DeployResult) -> str:
+def _describe_rollback(live: dict[str, Any], result: Rollout) -> str:
     state = "is Ready again" if result.url is not None else "was re-applied but is not Ready yet"
     return (
         f"Rolled back: the previous spec ({_model_of(live)}) {state} as generation {result.revision}"
@@ -247,7 +242,7 @@ def _url(obj: dict[str, Any]) -> str | None:
 
 
 def _record_endpoint(
-    tracking_uri: str | None, model: ModelSource, result: DeployResult, log: Callable[[str], None]
+    tracking_uri: str | None, model: ModelSource, result: Rollout, log: Callable[[str], None]
 ) -> None:
     tags = {
         ENDPOINT_SERVICE_TAG: f"{result.namespace}/{result.name}",
@@ -277,8 +272,6 @@ def _tag_version(
     if model.model_name is None or model.version is None:
         log(f"not recorded in MLflow: {model.uri} names no registered version (deploy a models:/ URI)")
         return
-    from repotune.deploy.uris import registry_client
-
     client = registry_client(tracking_uri)
     try:
         for key, value in tags.items():

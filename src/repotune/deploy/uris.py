@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from repotune.deploy.render import ModelSource
 from repotune.errors import RepotuneError
 from repotune.evaluate.registry import COMMIT_TAG
 from repotune.storage import MINIO_SCHEME, minio_to_s3, parse_s3_uri
@@ -31,6 +31,26 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))/?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The weights to serve, and what the registry knows about them."""
+
+    uri: str
+    """The URI as the user gave it (``models:/NAME@champion``, ``minio://...``, ``s3://...``)."""
+    storage_uri: str
+    """Where KServe downloads the weights from: always ``s3://``."""
+    model_name: str | None = None
+    """Registered model name, when the URI came through the MLflow registry."""
+    version: str | None = None
+    """Registered version (the alias resolved to a number), when known."""
+    commit: str | None = None
+    """Commit SHA of the source repository the model was trained on, when known."""
+
+    def __post_init__(self) -> None:
+        if not self.storage_uri.startswith("s3://"):
+            raise RepotuneError(f"storage URI {self.storage_uri!r} must be s3://")
 
 
 def from_storage_uri(uri: str) -> ModelSource:

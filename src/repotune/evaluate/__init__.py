@@ -1,0 +1,8 @@
+"""The evaluate stage: ``run(EvaluateConfig) -> EvaluateResult``; ``EvaluateLayout`` names its files."""
+
+from repotune.evaluate.decide import Policy
+from repotune.evaluate.layout import EvaluateLayout
+from repotune.evaluate.score import ScoringConfig
+from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run
+
+__all__ = ["EvaluateConfig", "EvaluateLayout", "EvaluateResult", "Policy", "ScoringConfig", "run"]

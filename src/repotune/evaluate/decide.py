@@ -28,10 +28,8 @@ class Policy:
     """Relative margin by which the candidate must beat the reference on the primary metric
     (0.01 = 1%; a perplexity of 8.6 must drop to 8.514 or below). Ties never promote."""
     require_significance: bool = True
-    """Require the candidate's and the reference's confidence intervals on the primary metric not to
-    overlap. Non-overlap is conservative: both models score the same examples, and a paired bootstrap
-    of per-example differences would detect smaller real gains, but needs per-example scores of both
-    models where this decision sees only summaries."""
+    """Promote only on a significant gain: the 95% paired-bootstrap interval of the change on the
+    primary metric (or, without paired scores, the two models' own intervals) must show a gain."""
     max_forgetting_regression: float | None = 0.05
     """How much `forgetting_perplexity` may worsen relative to the base (0.05 = 5%). The metric must
     then be measured for both; None skips the check."""

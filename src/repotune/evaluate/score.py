@@ -38,7 +38,7 @@ FILE_KINDS = (Kind.CODE,)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class ScoringConfig:
     seq_len: int = 256
     """Tokens per block for perplexity."""
     max_blocks: int = 64
@@ -72,7 +72,7 @@ class Samples:
     general: list[Record]
 
 
-def draw_samples(eval_records: list[Record], config: EvalConfig) -> Samples:
+def draw_samples(eval_records: list[Record], config: ScoringConfig) -> Samples:
     rng = random.Random(config.seed)
     code = [r for r in eval_records if r.kind in FILE_KINDS and r.file_path]
     lines: list[tuple[str, str, str]] = []
@@ -125,7 +125,7 @@ def draw_samples(eval_records: list[Record], config: EvalConfig) -> Samples:
     )
 
 
-def _general_records(config: EvalConfig, rng: random.Random) -> list[Record]:
+def _general_records(config: ScoringConfig, rng: random.Random) -> list[Record]:
     root = Path(config.forgetting_source or sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise RepotuneError(f"forgetting_source {root} is not a folder")
@@ -143,7 +143,7 @@ def _general_records(config: EvalConfig, rng: random.Random) -> list[Record]:
 class Scorer:
     """One loaded model (merged folder) and its tokenizer, scoring ``Samples``."""
 
-    def __init__(self, model_dir: Path, config: EvalConfig) -> None:
+    def __init__(self, model_dir: Path, config: ScoringConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,6 +261,18 @@ def _scored(
         f"{task}_{name}": summarize(f"{task}_{name}", [score(p, e) for p, e in pairs], True)
         for name, score in scores.items()
     }
+
+
+def metric_from_dict(name: str, values: dict[str, Any]) -> Metric:
+    """The ``Metric`` that :func:`metric_to_dict` wrote (as in metrics.json)."""
+    return Metric(
+        name=name,
+        value=float(values["value"]),
+        n=int(values["n"]),
+        ci_low=values.get("ci_low"),
+        ci_high=values.get("ci_high"),
+        higher_is_better=bool(values["higher_is_better"]),
+    )
 
 
 def metric_to_dict(metric: Metric) -> dict[str, Any]:

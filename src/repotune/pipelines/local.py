@@ -8,58 +8,87 @@ do that a cluster does: retries, resource requests, Kubernetes Secrets (the envi
 and parallel steps.
 
 The run's progress is written to ``RUN_DIR/status.json`` as the stages start and end (the upload API
-and scripts follow it); the contract is :func:`new_status`.
+and scripts follow it), in the schema of :class:`repotune.pipelines.status.RunStatus`.
+
+    status = run_local(RunConfig(source="https://github.com/org/repo.git", recipe="tiny-cpu"))
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from repotune.atomic import write_json
 from repotune.errors import RepotuneError
+from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
+from repotune.train import DEFAULT_RECIPE
 
-STATUS_FILE = "status.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"^Executing task '([\w-]+)'")
 _FINISHED = re.compile(r"^Task '([\w-]+)' finished with status (\w+)")
 _CACHE_HIT = re.compile(r"^Task ([\w-]+) cache hit")
 _SKIPPED = re.compile(r"^Skipping conditional task ([\w-]+)")
-_TASK_STAGE = {"resolve-source": "ingest", "ingest": "ingest", "clean": "clean", "train": "train",
-               "evaluate": "evaluate", "deploy": "deploy"}  # fmt: skip
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+@dataclass(frozen=True)
+class RunConfig:
+    source: str
+    """A local folder or archive, a git URL, or github:OWNER/REPO."""
+    recipe: str = DEFAULT_RECIPE
+    """Recipe: a shipped name (configs/NAME.yaml) or a .yaml path."""
+    ref: str | None = None
+    """Branch, tag or commit of a git URL."""
+    include: str | None = None
+    """Record kinds, comma-separated: code,docs,commits,issues."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Recipe settings by dotted key, e.g. {"max_steps": 10} (`--set max_steps=10`)."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Evaluation settings, e.g. {"line_samples": 30} (`--eval line_samples=30`)."""
+    run_dir: Path | None = None
+    """Run folder for status.json and the report (default: WORKDIR/runs/<UTC time>)."""
+    workdir: Path | None = None
+    """Artifacts, step cache and local MLflow store (default ~/.repotune)."""
+    tracking_uri: str | None = None
+    """MLflow URI (default: a local store)."""
+    artifacts_root: str | None = None
+    """s3:// prefix that also receives each stage's outputs."""
+    model_name: str = "repotune"
+    """Registered model name in MLflow."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Further pipeline parameters by name (namespace, deploy_name, runtime, ...), as the compiled
+    pipeline lists them; the InferenceService is only rendered here (deploy_apply is false)."""
 
+    def __post_init__(self) -> None:
+        from repotune.records import parse_include
 
-def new_status(stages: tuple[str, ...]) -> dict[str, Any]:
-    """The status document: overall state, each stage's state and times, and the results once known.
+        parse_include(self.include)  # a wrong kind fails now, not minutes later in the ingest step
 
-    ``state``: running | succeeded | failed. A stage: pending | running | succeeded | failed | skipped
-    (deploy, when evaluate did not promote) | cached (reused from an earlier run).
-    """
-    return {
-        "state": "running",
-        "started": _now(),
-        "finished": None,
-        "stages": {name: {"state": "pending", "started": None, "finished": None} for name in stages},
-        "error": None,
-        "promote": None,
-        "metrics": None,
-        "report": None,
-        "model": None,
-        "endpoint": None,
-    }
+    def folders(self) -> tuple[Path, Path]:
+        """The work folder and the run folder, absolute, with their defaults filled in."""
+        workdir = (self.workdir or default_workdir()).resolve()
+        run_dir = self.run_dir or workdir / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        return workdir, run_dir.resolve()
+
+    def arguments(self) -> dict[str, Any]:
+        """The pipeline's parameters for this run (all but ``source``)."""
+        return {
+            "ref": self.ref or "",
+            "include": self.include or "",
+            "training": dict(self.training),
+            "evaluation": dict(self.evaluation),
+            "model_name": self.model_name,
+            "deploy_apply": False,  # no cluster here: deploy renders the InferenceService only
+            "artifacts_root": self.artifacts_root or "",
+            **self.parameters,
+        }
 
 
 class StatusWriter(logging.Filter):
@@ -74,29 +103,29 @@ class StatusWriter(logging.Filter):
         super().__init__()
         self.path = path
         self.log = log
-        self.status = new_status(stages)
+        self.status = RunStatus.new(stages)
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, self.status)
+        self.status.write(self.path)
 
-    def stage(self, name: str, state: str) -> None:
-        entry = self.status["stages"][name]
-        if state == "running" and entry["state"] == "running":
+    def stage(self, name: str, state: StageState) -> None:
+        entry = self.status.stages[name]
+        if state == "running" and entry.state == "running":
             return  # resolve-source then ingest: one stage
-        if state == "running" or entry["started"] is None:
-            entry["started"] = entry["started"] or _now()
+        if state == "running" or entry.started is None:
+            entry.started = entry.started or now()
         if state != "running":
-            entry["finished"] = _now()
-        entry["state"] = state
+            entry.finished = now()
+        entry.state = state
         self.save()
 
     def failed(self, error: str) -> None:
         """The run ended without finishing: the running stage failed, the ones after it never ran."""
-        self.status.update(state="failed", finished=_now(), error=error)
-        for entry in self.status["stages"].values():
-            if entry["state"] == "running":
-                entry.update(state="failed", finished=_now())
+        self.status.state, self.status.finished, self.status.error = "failed", now(), error
+        for entry in self.status.stages.values():
+            if entry.state == "running":
+                entry.state, entry.finished = "failed", now()
         self.save()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -112,8 +141,8 @@ class StatusWriter(logging.Filter):
             self.stage("deploy", "skipped")
         return True
 
-    def _task(self, task: str, state: str) -> None:
-        stage = _TASK_STAGE.get(task)
+    def _task(self, task: str, state: StageState) -> None:
+        stage = TASK_STAGE.get(task)
         if stage is None:
             return
         if task == "resolve-source" and state in ("succeeded", "cached"):
@@ -156,40 +185,29 @@ def local_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
-def run_local(
-    source: str,
-    recipe: str,
-    *,
-    arguments: dict[str, Any],
-    workdir: Path,
-    run_dir: Path,
-    tracking_uri: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run the pipeline for ``source`` under kfp.local; returns the final status (also in status.json).
-
-    ``arguments`` are further pipeline parameters (``ref``, ``training``, ``evaluation``...). MLflow
-    goes to ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local store in ``workdir``.
+def run_local(config: RunConfig, *, log: Callable[[str], None] = print) -> RunStatus:
+    """Run the pipeline for ``config.source`` under kfp.local; returns the final status (also in
+    ``RUN_DIR/status.json``). MLflow goes to ``config.tracking_uri``, else ``MLFLOW_TRACKING_URI``,
+    else a local store in the work folder.
     """
     from kfp import local
 
-    from repotune.config import from_dict
-    from repotune.evaluate.score import EvalConfig
-    from repotune.pipelines.pipeline import STAGES, build_pipeline
-    from repotune.stages import train_settings
+    from repotune.config import from_dict, from_struct
+    from repotune.evaluate import ScoringConfig
+    from repotune.pipelines.pipeline import build_pipeline
+    from repotune.train import resolve_recipe
 
-    source = _absolute_source(source)
-    pipeline = build_pipeline(recipe, retries=False)  # a bad recipe fails here, before any work
+    source = _absolute_source(config.source)
+    pipeline = build_pipeline(config.recipe, retries=False)  # a bad recipe fails here, before any work
     # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
-    train_settings(recipe, dict(arguments.get("training") or {}))
-    from_dict(EvalConfig, dict(arguments.get("evaluation") or {}), "--eval")
-    workdir = workdir.resolve()
+    resolve_recipe(config.recipe, from_struct(config.training))
+    from_dict(ScoringConfig, dict(config.evaluation), "--eval")
+    workdir, run_dir = config.folders()
     workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
-    writer = StatusWriter(run_dir / STATUS_FILE, STAGES, log)
-    log(f"run: {source} with recipe {recipe}; status in {writer.path}; MLflow at {tracking}")
+    tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
+    writer = StatusWriter(RunLayout(run_dir).status, STAGES, log)
+    log(f"run: {source} with recipe {config.recipe}; status in {writer.path}; MLflow at {tracking}")
     with _environment({"MLFLOW_TRACKING_URI": tracking}), _inside(workdir), _watching(writer):
         local.init(
             runner=local.SubprocessRunner(use_venv=False),  # this Python, which has repotune installed
@@ -200,7 +218,7 @@ def run_local(
             with warnings.catch_warnings():
                 # the image name does not contain "python"; the subprocess runner uses this Python anyway
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-                task = pipeline(source=source, **arguments)
+                task = pipeline(source=source, **config.arguments())
         except KeyboardInterrupt:
             writer.failed("interrupted")
             raise
@@ -213,30 +231,26 @@ def run_local(
 
 def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> None:
     """Results into the status: decision, metrics, the report and the model, copied into the run folder."""
-    evaluation = Path(outputs["evaluation"].path)
-    result = json.loads((evaluation / "metrics.json").read_text())
-    report = run_dir / "report.md"
-    shutil.copyfile(evaluation / "report.md", report)
-    if writer.status["stages"]["deploy"]["state"] == "pending":
-        writer.status["stages"]["deploy"]["state"] = "skipped"
-    writer.status.update(
-        state="succeeded",
-        finished=_now(),
-        promote=bool(outputs["promoted"]),
-        metrics=result["models"],
-        decision=result["decision"],
-        report=report.name,
-        model=outputs["model"].path,
-        dataset=result["context"]["data"],
-        registered_version=result.get("registered_version"),
-    )
+    from repotune.evaluate import EvaluateResult
+
+    result = EvaluateResult.load(Path(outputs["evaluation"].path))
+    report = RunLayout(run_dir).report
+    shutil.copyfile(result.output.report_md, report)
+    status = writer.status
+    if status.stages["deploy"].state == "pending":
+        status.stages["deploy"].state = "skipped"
+    status.state, status.finished, status.promote = "succeeded", now(), bool(outputs["promoted"])
+    status.metrics = result.models_as_dicts()
+    status.decision = {"promote": result.decision.promote, "reasons": list(result.decision.reasons)}
+    status.report, status.model = report.name, outputs["model"].path
+    status.dataset, status.registered_version = str(result.data), result.registered_version
     writer.save()
 
 
 def _absolute_source(source: str) -> str:
     """Components run with another working directory, so a local source becomes an absolute path."""
     from repotune.sources import git
-    from repotune.sources.revision import GITHUB_PREFIX
+    from repotune.sources.slug import GITHUB_PREFIX
 
     if source.startswith((GITHUB_PREFIX, "s3://", "minio://")) or git.is_git_url(source):
         return source
@@ -293,18 +307,18 @@ def query_served_model(
     from repotune.serving.server import start_background
 
     prompt = _demo_prompt(data_dir)
+    layout = RunLayout(run_dir)
     log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes)")
-    with start_background(model, log_path=run_dir / "serve.log") as server:
+    with start_background(model, log_path=layout.serve_log) as server:
         client = openai.OpenAI(base_url=server.openai_url, api_key="not-needed-locally", max_retries=0)
         reply = client.completions.create(
             model=server.model_name, prompt=prompt, max_tokens=48, temperature=0
         )
         text = reply.choices[0].text
-        status_path = run_dir / STATUS_FILE
-        status = json.loads(status_path.read_text())
+        status = RunStatus.read(layout.status) or RunStatus()
         # the server stops with this function, so the run has no endpoint to record, only the answer
-        status["query"] = {"url": f"{server.openai_url}/completions", "prompt": prompt, "completion": text}
-        write_json(status_path, status)
+        status.query = {"url": f"{server.openai_url}/completions", "prompt": prompt, "completion": text}
+        status.write(layout.status)
     log(f"POST {server.openai_url}/completions  prompt: {prompt!r}")
     log(f"completion: {text!r}")
     return text
@@ -313,10 +327,11 @@ def query_served_model(
 def _demo_prompt(data_dir: Path | None) -> str:
     """The start of a held-out code file (Python first), framed as in training, so the answer shows
     what was learned."""
+    from repotune.clean import CleanLayout
     from repotune.data.transforms import file_header
     from repotune.records import Kind, read_records
 
-    eval_path = data_dir / "eval.jsonl" if data_dir is not None else None
+    eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
     if eval_path is None or not eval_path.is_file():
         return "def fibonacci(n):\n"
     files = [r for r in read_records(eval_path) if r.kind == Kind.CODE and r.file_path]

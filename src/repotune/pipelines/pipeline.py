@@ -15,10 +15,9 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Model
 
 from repotune import images
-from repotune.components import stages as steps
-from repotune.train.recipe import Recipe, resolve_recipe
+from repotune.components import steps
+from repotune.train import DEFAULT_RECIPE, Recipe, resolve_recipe
 
-DEFAULT_RECIPE = "smollm2-135m-cpu"
 PIPELINE_NAME = "repotune"
 
 # Kubernetes Secrets the steps read credentials from (manifests/ ships templates with these names).
@@ -32,9 +31,6 @@ GITHUB_KEYS = {"GITHUB_TOKEN": "GITHUB_TOKEN"}
 
 # steps that talk to the network (git remotes, GitHub, S3, MLflow, the Kubernetes API) retry
 RETRIES = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
-
-STAGES = ("ingest", "clean", "train", "evaluate", "deploy")
-"""The stages a person follows; ``resolve-source`` counts as the start of ingest."""
 
 
 class PipelineOutputs(NamedTuple):

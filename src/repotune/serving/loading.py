@@ -215,7 +215,7 @@ def load_model(
 
 
 def _adapter_base(adapter_dir: Path) -> Path:
-    from repotune.train.models import resolve_base_model
+    from repotune.models import resolve_base_model
 
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path")

@@ -27,14 +27,11 @@ from typing import Any
 from repotune import storage
 from repotune.config import from_dict
 from repotune.errors import RepotuneError
-from repotune.train.finetune import CHECKPOINTS, Distributed, run_training
+from repotune.train.finetune import Distributed, run_training
+from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe, load_recipe
 
 PROG = "python -m repotune.train.cluster_entry"
-# Left behind in the upload: checkpoints hold optimizer state (about 3x the adapter's size for LoRA,
-# more for full fine-tuning) and are mirrored by `checkpoint_uri` when wanted; the token cache is
-# only for a restart on the same disk.
-NOT_UPLOADED = frozenset({CHECKPOINTS, ".token-cache"})
 
 
 def run_cluster_training(
@@ -66,8 +63,11 @@ def run_cluster_training(
 
 
 def _export_tree(output: Path, export: Path) -> Path:
-    """``output`` without :data:`NOT_UPLOADED`, as hard links (no second copy of the weights on disk)."""
+    """``output`` as hard links (no second copy of the weights on disk), without its scratch: checkpoints
+    hold optimizer state (about 3x the adapter's size for LoRA, more for full fine-tuning) and are
+    mirrored by `checkpoint_uri` when wanted; the token cache is only for a restart on the same disk."""
     shutil.rmtree(export, ignore_errors=True)
+    scratch = {path.name for path in TrainLayout(output).scratch}
 
     def link(src: str, dst: str) -> None:
         try:
@@ -78,7 +78,7 @@ def _export_tree(output: Path, export: Path) -> Path:
     shutil.copytree(
         output,
         export,
-        ignore=lambda folder, names: [n for n in names if Path(folder) == output and n in NOT_UPLOADED],
+        ignore=lambda folder, names: [n for n in names if Path(folder) == output and n in scratch],
         copy_function=link,
     )
     return export

@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -324,6 +325,48 @@ def run_pytorchjob(
         ) from None
     log(f"{what} Succeeded")
     return done
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def train_as_pytorchjob(
+    recipe: Recipe,
+    key: str,
+    data_uri: str,
+    output_uri: str,
+    output: Path,
+    *,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train ``recipe`` as a PyTorchJob across ``recipe.resources.nodes`` nodes, wait, and fetch the model
+    into ``output``; returns ``output``.
+
+    The job reads the data at ``data_uri`` and writes to a sibling of ``output_uri`` (the calling
+    step's own artifact prefix); the model is then brought into ``output``, so that KFP stores it as
+    the step's artifact like a single-node run's. The job runs in ``REPOTUNE_NAMESPACE``, else in the
+    namespace of the pod this runs in, else in ``default``.
+    """
+    import hashlib
+    import os
+
+    namespace = os.environ.get("REPOTUNE_NAMESPACE") or (
+        SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.is_file() else "default"
+    )
+    job_output = storage.minio_to_s3(output_uri).rstrip("/") + "-pytorchjob"
+    name = f"repotune-train-{key}-{hashlib.sha256(data_uri.encode()).hexdigest()[:8]}"
+    job = render_pytorchjob(
+        recipe,
+        name=name,
+        namespace=namespace,
+        data_uri=storage.minio_to_s3(data_uri),
+        output_uri=job_output,
+        tracking_uri=tracking_uri,
+    )
+    budget_s = (recipe.max_minutes or 24 * 60) * 60 + 30 * 60  # the training budget plus start-up
+    run_pytorchjob(job, timeout_s=budget_s, log=log)
+    return storage.fetch(job_output, output)
 
 
 def _shape(job: Mapping[str, Any]) -> str:

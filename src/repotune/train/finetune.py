@@ -2,14 +2,10 @@
 
 One explicit function, ``run_training``, reads the cleaned data, packs it into fixed-length blocks
 whose position ids restart at every document (no attention across documents, almost no padding),
-fine-tunes, and writes into the output folder:
-
-    checkpoints/         Trainer checkpoints; a restarted run resumes from the newest by itself
-    adapter/             the LoRA adapter (PEFT format), absent for full fine-tuning
-    config.json, model.safetensors, tokenizer files
-                         the merged model: the folder loads with AutoModelForCausalLM as it is
-    train_summary.json   recipe, data, eval loss of the base and the tuned model, speed
-    README.md            a short model card
+fine-tunes, and writes the model folder :class:`repotune.train.layout.TrainLayout` describes: the
+merged model (it loads with AutoModelForCausalLM as it is), the LoRA adapter, the summary, a model
+card, and the Trainer checkpoints a restarted run resumes from. ``repotune.train.run`` calls it in
+this process; so does every process of a multi-node PyTorchJob (:mod:`repotune.train.cluster_entry`).
 
 The same code runs under ``torchrun --nproc_per_node=N`` (Trainer does the DDP set-up); only rank 0
 writes outputs and logs to MLflow.
@@ -27,16 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from repotune.clean.layout import CleanLayout
 from repotune.config import to_dict
 from repotune.errors import RepotuneError
 from repotune.records import Record, read_records
+from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe
-
-TRAIN_FILE = "train.jsonl"
-EVAL_FILE = "eval.jsonl"
-SUMMARY_FILE = "train_summary.json"
-CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"
 
 
 @dataclass(frozen=True)
@@ -59,13 +51,13 @@ def _read(path: Path) -> list[Record]:
 
 def load_split(data_dir: Path) -> tuple[list[Record], list[Record]]:
     """Training and held-out records from a `repotune clean` folder, refusing an empty training set."""
-    train_path = data_dir / TRAIN_FILE
-    if not train_path.is_file():
-        raise RepotuneError(f"{data_dir} has no {TRAIN_FILE}; run `repotune clean` into it first")
-    train = _read(train_path)
+    data = CleanLayout(data_dir)
+    if not data.train.is_file():
+        raise RepotuneError(f"{data_dir} has no {data.train.name}; run `repotune clean` into it first")
+    train = _read(data.train)
     if not train:
-        raise RepotuneError(f"{train_path} is empty: nothing to train on (check the clean report's drops)")
-    return train, _read(data_dir / EVAL_FILE)
+        raise RepotuneError(f"{data.train} is empty: nothing to train on (check the clean report's drops)")
+    return train, _read(data.eval)
 
 
 def _precision(recipe: Recipe) -> str:
@@ -91,7 +83,7 @@ def _check_method(recipe: Recipe) -> None:
 
 
 def _check_memory(model_dir: Path, recipe: Recipe, precision: str) -> float:
-    from repotune.train.models import estimate_training_memory_gb
+    from repotune.train.architecture import estimate_training_memory_gb
 
     bytes_per_param = 2 if precision == "bf16" else 4
     estimate = estimate_training_memory_gb(
@@ -221,12 +213,13 @@ def run_training(
     """Fine-tune ``recipe.base_model`` on ``data_dir``'s train.jsonl into ``output``; returns the summary."""
     dist = Distributed.from_env()
     say = log if dist.is_main else (lambda _message: None)
+    data, layout = CleanLayout(data_dir), TrainLayout(output)
     train_records, eval_records = load_split(data_dir)
     _check_method(recipe)
     precision = _precision(recipe)
 
+    from repotune.models import resolve_base_model
     from repotune.tracking import make_tracker
-    from repotune.train.models import resolve_base_model
 
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
@@ -244,7 +237,7 @@ def run_training(
     hf_logging.disable_progress_bar()  # weight-loading bars are noise in pipeline logs
     torch.manual_seed(recipe.seed)
     tokenizer, vocab_before, fim_ids = load_tokenizer(model_dir, recipe)
-    cache = output / ".token-cache"
+    cache = layout.token_cache
     # Retrieved context comes from an index over the training records alone (never held-out ones).
     train_blocks = training_blocks(
         train_records,
@@ -263,7 +256,7 @@ def run_training(
         else None
     )
     if len(train_blocks) == 0:
-        raise RepotuneError(f"{data_dir / TRAIN_FILE} gave no training tokens")
+        raise RepotuneError(f"{data.train} gave no training tokens")
 
     model = load_model(
         recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
@@ -282,7 +275,7 @@ def run_training(
         f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
     )
 
-    checkpoints = output / CHECKPOINTS
+    checkpoints = layout.checkpoints
     args = training_arguments(
         recipe, checkpoints, total_steps, precision=precision, has_eval=eval_blocks is not None
     )
@@ -311,7 +304,7 @@ def run_training(
     # Progress lines come from callbacks.Progress; the Trainer's own printer would repeat them as dicts.
     trainer.remove_callback(PrinterCallback)
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    source = _dataset_source(data_dir)
+    source = _dataset_source(data)
     with tracker.start_run(run_name=output.name, tags={"repotune.stage": "train", **source}):
         tracker.log_params({"recipe": to_dict(recipe), "data": source})
         base_eval = None
@@ -361,14 +354,14 @@ def run_training(
                 1,
             ),
             "world_size": dist.world_size,
-            "dataset_hash": _file_hash(data_dir / TRAIN_FILE, data_dir / EVAL_FILE),
+            "dataset_hash": _file_hash(data.train, data.eval),
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
         }
         if dist.is_main:
             _save(trainer.model, tokenizer, output, recipe, summary)
-            if (output / ADAPTER).is_dir():
-                tracker.log_artifact(output / ADAPTER, "adapter")
-            tracker.log_artifact(output / SUMMARY_FILE)
+            if layout.adapter.is_dir():
+                tracker.log_artifact(layout.adapter, "adapter")
+            tracker.log_artifact(layout.summary)
         say(f"wrote {output}")
     return summary
 
@@ -378,7 +371,7 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from repotune.train.models import lora_target_modules
+    from repotune.train.architecture import lora_target_modules
 
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(
@@ -411,20 +404,20 @@ def _file_hash(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _dataset_source(data_dir: Path) -> dict[str, str]:
-    stats_path = data_dir / "stats.json"
-    if not stats_path.is_file():
+def _dataset_source(data: CleanLayout) -> dict[str, str]:
+    if not data.stats.is_file():
         return {}
-    source = json.loads(stats_path.read_text()).get("source") or {}
+    source = json.loads(data.stats.read_text()).get("source") or {}
     return {f"dataset.{k}": str(v) for k, v in source.items() if v}
 
 
 def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any]) -> None:
     from repotune.atomic import atomic_open, write_json
 
+    layout = TrainLayout(output)
     output.mkdir(parents=True, exist_ok=True)
     if recipe.method != "full":
-        adapter = output / ADAPTER
+        adapter = layout.adapter
         shutil.rmtree(adapter, ignore_errors=True)
         # The FIM rows live in the adapter as trainable tokens; saving whole embedding matrices as
         # well would make a 135M model's adapter 100+ MB. Loading needs the base resized first.
@@ -434,8 +427,8 @@ def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any
         merged = model
     merged.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    write_json(output / SUMMARY_FILE, summary)
-    with atomic_open(output / "README.md") as handle:
+    write_json(layout.summary, summary)
+    with atomic_open(layout.model_card) as handle:
         handle.write(_model_card(summary))
 
 

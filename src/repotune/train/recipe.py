@@ -112,8 +112,11 @@ class Recipe:
     """lora: low-rank adapters on a frozen model; qlora: the same on a 4-bit base (CUDA + bitsandbytes);
     full: every weight trains."""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """The low-rank adapters (method lora or qlora)."""
     data: DataSettings = field(default_factory=DataSettings)
+    """How records become training blocks."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
+    """What the train step asks a cluster for (ignored on this machine)."""
     micro_batch_size: int = 4
     """Blocks per forward pass on each device."""
     gradient_accumulation_steps: int = 1
@@ -188,6 +191,10 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     return from_dict(Recipe, data, f"recipe {path.name}" if path is not None else "recipe")
 
 
+DEFAULT_RECIPE = "smollm2-135m-cpu"
+"""The shipped recipe a pipeline is built with when none is named (`repotune run`, `compile`, `submit`)."""
+
+
 def shipped_recipes_dir() -> Path:
     """The recipes of ``configs/``: inside the installed package, or beside ``src/`` in a checkout."""
     packaged = Path(__file__).resolve().parent.parent / "configs"
@@ -195,14 +202,18 @@ def shipped_recipes_dir() -> Path:
     return packaged if packaged.is_dir() else checkout
 
 
-def resolve_recipe(spec: str, overrides: dict[str, Any] | None = None) -> tuple[Recipe, str]:
-    """A recipe from a shipped name (``tiny-cpu``), a YAML file path, or YAML text; also its YAML text.
+def resolve_recipe(spec: str | None, overrides: dict[str, Any] | None = None) -> tuple[Recipe, str]:
+    """A recipe from a shipped name (``tiny-cpu``), a YAML file path, or YAML text, with ``overrides``
+    (``{"data.seq_len": 256}``) applied; also its YAML text. ``None`` is the default recipe.
 
-    The text travels as a pipeline parameter, so a run on a cluster trains with exactly the recipe
-    that was given here, whether or not the image ships it.
+    Every command that takes ``--recipe`` resolves it here. The text travels as a pipeline parameter,
+    so a run on a cluster trains with exactly the recipe that was given here, whether or not the
+    image ships it.
     """
     import yaml
 
+    if spec is None:
+        return load_recipe(None, overrides), ""
     shipped = shipped_recipes_dir() / f"{spec}.yaml"
     if "\n" not in spec and shipped.is_file():
         path: Path | None = shipped
@@ -222,6 +233,17 @@ def resolve_recipe(spec: str, overrides: dict[str, Any] | None = None) -> tuple[
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted, value)
     return from_dict(Recipe, data, "recipe"), spec
+
+
+def recipe_key(recipe: Recipe) -> str:
+    """A short hash of every setting of ``recipe``: the same recipe and settings always give the same key
+    (it names a model's place in object storage, so a cached pipeline step and its copy there agree)."""
+    import hashlib
+    import json
+
+    from repotune.config import to_dict
+
+    return hashlib.sha256(json.dumps(to_dict(recipe), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def recipe_fields() -> list[str]:

@@ -1,4 +1,4 @@
-"""``repotune clean``: filter, redact, deduplicate and split ingested records.
+"""The clean stage's two passes over the records: filter, redact, deduplicate and split.
 
 Two streaming passes keep memory independent of the content size. The first filters and redacts each
 record, writes survivors to a scratch file and keeps only a small summary per record (split facts, a
@@ -17,46 +17,20 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from repotune.atomic import atomic_open, write_json
+from repotune.atomic import atomic_open
 from repotune.clean import report
 from repotune.clean.dedup import DedupConfig, NearDuplicateIndex, Signer, exact_key
 from repotune.clean.filters import FILE_KINDS, FilterConfig, drop_reason
 from repotune.clean.secrets import redact
 from repotune.clean.split import EVAL, TRAIN, SplitConfig, assign, date_cutoff, path_score, record_date
 from repotune.errors import RepotuneError
-from repotune.ingest import MANIFEST_FILE, RECORDS_FILE
 from repotune.records import Kind, Record
-
-TRAIN_FILE = "train.jsonl"
-EVAL_FILE = "eval.jsonl"
-STATS_FILE = "stats.json"
-REPORT_FILE = "report.md"
-
-
-@dataclass(frozen=True)
-class CleanConfig:
-    input: Path
-    """Folder written by ``repotune ingest`` (holds records.jsonl)."""
-    output: Path
-    """Folder that receives train.jsonl, eval.jsonl, stats.json and report.md."""
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    redact_pii: bool = False
-    """Also replace e-mail and IP addresses with placeholders (``--redact-pii``)."""
-    workers: int | None = None
-    """Processes for filtering, redaction and hashing; ``None``: one per CPU core, at most 4."""
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise RepotuneError("--workers must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +165,7 @@ def _pool(workers: int, init_args: tuple):
 
 
 def _first_pass(
-    config: CleanConfig,
+    rules: Rules,
     records: Path,
     scratch: Path,
     dropped: Counter[str],
@@ -199,8 +173,8 @@ def _first_pass(
     progress: Callable[[int], None] | None,
 ) -> tuple[int, list[_Summary]]:
     """Filter, redact and sign every record; returns the record count and the survivors' summaries."""
-    workers = config.workers or min(4, os.cpu_count() or 1)
-    init_args = (config.filters, config.redact_pii, config.dedup)
+    workers = rules.workers or min(4, os.cpu_count() or 1)
+    init_args = (rules.filters, rules.redact_pii, rules.dedup)
     tasks = ((records, scratch, chunk) for chunk in _chunks(records))
     pool = None
     if workers == 1:
@@ -231,22 +205,20 @@ def _first_pass(
     return count, summaries
 
 
-def _decide(summaries: list[_Summary], config: CleanConfig, dropped: Counter) -> list[str | None]:
+def _decide(summaries: list[_Summary], rules: Rules, dropped: Counter) -> list[str | None]:
     """The split of each survivor, or ``None`` where it is a duplicate."""
     cutoff = date_cutoff(
         [s.date for s in summaries if s.date is not None and s.kind not in FILE_KINDS],
-        config.split.eval_fraction,
+        rules.split.eval_fraction,
     )
-    splits = [assign(s.kind, s.path, s.date, s.key, cutoff, config.split) for s in summaries]
+    splits = [assign(s.kind, s.path, s.date, s.key, cutoff, rules.split) for s in summaries]
     files = [i for i, s in enumerate(summaries) if s.kind in FILE_KINDS]
-    if config.split.eval_fraction > 0 and len(files) > 1 and not any(splits[i] == EVAL for i in files):
+    if rules.split.eval_fraction > 0 and len(files) > 1 and not any(splits[i] == EVAL for i in files):
         # A tiny repository may have no path under the fraction; hold out the lowest-scoring one so that
         # evaluation always has a file to score.
-        lowest = min(
-            files, key=lambda i: path_score(summaries[i].path or summaries[i].key, config.split.seed)
-        )
+        lowest = min(files, key=lambda i: path_score(summaries[i].path or summaries[i].key, rules.split.seed))
         splits[lowest] = EVAL
-    index = NearDuplicateIndex(config.dedup)
+    index = NearDuplicateIndex(rules.dedup)
     order = [i for i in range(len(summaries)) if splits[i] == EVAL]
     order += [i for i in range(len(summaries)) if splits[i] == TRAIN]
     decisions: list[str | None] = list(splits)
@@ -263,28 +235,42 @@ def _decide(summaries: list[_Summary], config: CleanConfig, dropped: Counter) ->
     return decisions
 
 
-def run_clean(config: CleanConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Clean ``config.input`` into ``config.output``; returns the stats that were written."""
-    records_path = config.input / RECORDS_FILE
-    if not records_path.is_file():
-        raise RepotuneError(f"{config.input} has no {RECORDS_FILE}; run `repotune ingest` into it first")
-    manifest_path = config.input / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    config.output.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class Rules:
+    """What the passes do to each record (the clean stage's settings, less its folders)."""
+
+    filters: FilterConfig
+    dedup: DedupConfig
+    split: SplitConfig
+    redact_pii: bool
+    workers: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the passes found: counts for stats.json and the report."""
+
+    input_records: int
+    dropped: Counter[str]
+    redactions: Counter[str]
+    summary: report.Summary
+
+
+def clean_records(
+    records: Path, train: Path, held_out: Path, rules: Rules, progress: Callable[[int], None] | None = None
+) -> Outcome:
+    """Clean the JSONL file ``records`` into ``train`` and ``held_out`` (each written atomically)."""
     dropped: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
     # Survivors wait in scratch files beside the outputs; they go whatever happens.
-    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=config.output))
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=train.parent))
     try:
-        input_count, summaries = _first_pass(config, records_path, scratch, dropped, redactions, progress)
+        input_count, summaries = _first_pass(rules, records, scratch, dropped, redactions, progress)
         if input_count == 0:
-            raise RepotuneError(f"{records_path} holds no records")
-        decisions = _decide(summaries, config, dropped)
+            raise RepotuneError(f"{records} holds no records")
+        decisions = _decide(summaries, rules, dropped)
         summary = report.Summary()
-        with (
-            atomic_open(config.output / TRAIN_FILE) as train,
-            atomic_open(config.output / EVAL_FILE) as held_out,
-        ):
+        with atomic_open(train) as train_out, atomic_open(held_out) as eval_out:
             position = 0
             for chunk_file in sorted(scratch.iterdir()):
                 with chunk_file.open(encoding="utf-8") as survivors:
@@ -293,22 +279,10 @@ def run_clean(config: CleanConfig, progress: Callable[[int], None] | None = None
                         position += 1
                         if decision is None:
                             continue
-                        (held_out if decision == EVAL else train).write(line)
+                        (eval_out if decision == EVAL else train_out).write(line)
                         summary.add(decision, facts.kind, facts.language, facts.path, facts.chars)
             if position != len(summaries):
                 raise RuntimeError(f"scratch holds {position} survivors, expected {len(summaries)}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    stats = summary.as_stats(input_count=input_count, dropped=dropped, redactions=redactions)
-    stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit")}
-    stats["ingest_skipped"] = manifest.get("skipped", {})
-    stats["config"] = {
-        "filters": asdict(config.filters),
-        "dedup": asdict(config.dedup),
-        "split": asdict(config.split),
-        "redact_pii": config.redact_pii,
-    }
-    write_json(config.output / STATS_FILE, stats)
-    with atomic_open(config.output / REPORT_FILE) as handle:
-        handle.write(report.render(stats))
-    return stats
+    return Outcome(input_count, dropped, redactions, summary)

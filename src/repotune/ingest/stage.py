@@ -1,9 +1,12 @@
-"""``repotune ingest``: one source in, ``records.jsonl`` and ``manifest.json`` out.
+"""The ingest stage: one source in, ``records.jsonl`` and ``manifest.json`` out.
 
-A source is a local folder (a git checkout adds its commit history), a git URL, an archive,
-``github:OWNER/REPO`` for issues and pull requests, ``confluence:SPACE`` or ``notion:[ID]`` for wiki
-pages, or ``jira:PROJECT`` for Jira issues. Output is written atomically: an interrupted run
-leaves no half-written ``records.jsonl`` behind.
+A source is a local folder (a git checkout adds its commit history), a git URL, an archive (also one
+in object storage, as the upload API stores them), ``github:OWNER/REPO`` for issues and pull
+requests, ``confluence:SPACE`` or ``notion:[ID]`` for wiki pages, or ``jira:PROJECT`` for Jira
+issues. Output is written atomically: an interrupted run leaves no half-written ``records.jsonl``.
+
+    result = repotune.ingest.run(IngestConfig(source="https://github.com/org/repo.git", output=Path("in")))
+    result.records, result.commit, IngestLayout(Path("in")).records
 """
 
 from __future__ import annotations
@@ -19,42 +22,41 @@ from typing import Any
 from repotune import __version__
 from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
+from repotune.ingest.layout import IngestLayout
 from repotune.records import Kind, Record
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
 from repotune.sources.local import WalkLimits, iter_tree
 
-RECORDS_FILE = "records.jsonl"
-MANIFEST_FILE = "manifest.json"
 GITHUB_PREFIX = "github:"
 CONFLUENCE_PREFIX = "confluence:"
 NOTION_PREFIX = "notion:"
 JIRA_PREFIX = "jira:"
 _SERVICE_PREFIXES = (GITHUB_PREFIX, CONFLUENCE_PREFIX, NOTION_PREFIX, JIRA_PREFIX)
+S3_SCHEMES = ("s3://", "minio://")
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     source: str
-    """A local path, a git URL, an archive (.zip/.tar.*), ``github:OWNER/REPO``, ``confluence:SPACE``,
-    ``notion:`` (a page or database id, or nothing for every page the integration sees) or
-    ``jira:PROJECT``."""
+    """A local folder, a git URL, an archive (.zip/.tar.*, also s3://), github:OWNER/REPO,
+    confluence:SPACE, notion:[PAGE_OR_DATABASE_ID] or jira:PROJECT."""
     output: Path
-    """Folder that receives records.jsonl and manifest.json."""
+    """Folder for records.jsonl and manifest.json."""
     kinds: frozenset[Kind] | None = None
-    """Record kinds to keep (``--include``); ``None``: every kind the source has."""
+    """Record kinds to keep, comma-separated: code,docs,commits,issues (default: all the source has)."""
     ref: str | None = None
-    """Branch, tag or commit to check out for a git URL (``--ref``); ``None``: the default branch."""
+    """Branch, tag or commit of a git URL (default: its default branch)."""
     max_file_bytes: int = 1_000_000
-    """Files larger than this many bytes are skipped as ``too_large`` (``--max-file-bytes``)."""
+    """Skip files larger than this many bytes (counted as too_large)."""
     max_commits: int | None = 1000
-    """Newest non-merge commits to read (``--max-commits``); ``None``: the whole history."""
+    """Newest non-merge commits to read; None reads the whole history."""
     max_diff_bytes: int = 20_000
-    """Each commit's diff is cut after this many characters (``--max-diff-bytes``)."""
+    """Cut each commit's diff after this many characters."""
     since: datetime | None = None
-    """Only issues, pull requests and commits updated or made since then (``--since``)."""
+    """Only issues, PRs and commits since this ISO date (incremental runs)."""
     github_base_url: str | None = None
-    """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3 (``--github-url``)."""
+    """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3."""
     github_token: str | None = field(default=None, repr=False)
     """Token for the GitHub API; None reads GITHUB_TOKEN from the environment. Never logged."""
     confluence_url: str | None = None
@@ -81,6 +83,31 @@ class IngestConfig:
             raise RepotuneError("--ref applies only to a git URL source")
         if self.jira_jql is not None and not self.source.startswith(JIRA_PREFIX):
             raise RepotuneError("--jira-jql applies only to a jira: source")
+
+    @classmethod
+    def pinned(cls, source: str, revision: str, output: Path, **settings: Any) -> IngestConfig:
+        """The pipeline's ingest: a git URL is checked out at exactly ``revision`` (what resolve-source
+        settled on, the cache key of every later step); any other source is read as it is."""
+        return cls(source=source, output=output, ref=revision if git.is_git_url(source) else None, **settings)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest wrote, as its manifest states it."""
+
+    output: IngestLayout
+    source: str
+    """The source as the manifest names it: a URL without credentials, a local path made absolute."""
+    source_type: str
+    """``folder``, ``git``, ``archive`` or ``github``."""
+    commit: str | None
+    """The commit SHA the records were read at; None for a source without one (a plain folder)."""
+    records: int
+    """Records written."""
+    kept: dict[str, int]
+    """Records per kind."""
+    skipped: dict[str, int]
+    """Entries skipped, per reason (``binary``, ``vendored``, ...)."""
 
 
 def _wants(config: IngestConfig, *kinds: Kind) -> bool:
@@ -150,6 +177,18 @@ def iter_source(
     if spec.startswith((CONFLUENCE_PREFIX, NOTION_PREFIX, JIRA_PREFIX)):
         yield from _service_records(config, stats, manifest, log)
         return
+    if spec.startswith(S3_SCHEMES):
+        # An archive in object storage (what the upload API stores for a cluster run): fetched first.
+        from repotune import storage
+
+        manifest["source_type"] = "archive"
+        uri = storage.minio_to_s3(spec)
+        local = storage.fetch(uri, workdir / "download" / uri.rsplit("/", 1)[-1])
+        if not archive.is_archive(local):
+            raise RepotuneError(f"source {spec!r} is not an archive ({', '.join(archive.ARCHIVE_SUFFIXES)})")
+        root = archive.extract(local, workdir / "archive")
+        yield from _local_records(root, local.name, config, stats, manifest)
+        return
     if git.is_git_url(spec):
         manifest["source_type"] = "git"
         checkout = workdir / "checkout"
@@ -216,12 +255,13 @@ def _service_records(
         )
 
 
-def run_ingest(
+def run(
     config: IngestConfig,
+    *,
     progress: Callable[[int, IngestStats], None] | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Ingest ``config.source`` into ``config.output``; returns the manifest that was written.
+) -> IngestResult:
+    """Ingest ``config.source`` into ``config.output``.
 
     ``progress`` is called every 200 records; ``log`` receives lines a person should see (waits).
     """
@@ -234,9 +274,9 @@ def run_ingest(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "repotune_version": __version__,
     }
+    layout = IngestLayout(config.output)
     config.output.mkdir(parents=True, exist_ok=True)
-    records_path = config.output / RECORDS_FILE
-    with tempfile.TemporaryDirectory(prefix="repotune-ingest-") as tmp, atomic_open(records_path) as out:
+    with tempfile.TemporaryDirectory(prefix="repotune-ingest-") as tmp, atomic_open(layout.records) as out:
         total = 0
         for record in iter_source(config, stats, manifest, Path(tmp), log):
             out.write(record.to_json())
@@ -249,15 +289,23 @@ def run_ingest(
     manifest.update(stats.as_dict())
     manifest["records"] = total
     manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_json(config.output / MANIFEST_FILE, manifest)
-    return manifest
+    write_json(layout.manifest, manifest)
+    return IngestResult(
+        output=layout,
+        source=manifest["source"],
+        source_type=manifest["source_type"],
+        commit=manifest["commit"],
+        records=total,
+        kept=manifest["kept"],
+        skipped=manifest["skipped"],
+    )
 
 
 def _display_source(spec: str) -> str:
     """The source as a manifest names it: a URL without credentials, a local path made absolute."""
     if git.is_git_url(spec):
         return _strip_auth(spec)
-    if spec.startswith(_SERVICE_PREFIXES):
+    if spec.startswith((*_SERVICE_PREFIXES, *S3_SCHEMES)):
         return spec
     return str(Path(spec).expanduser().resolve())
 

@@ -1,0 +1,113 @@
+"""The clean stage: filter, redact, deduplicate and split ingested records into train and eval.
+
+    result = repotune.clean.run(CleanConfig(input=Path("in"), output=Path("data")))
+    result.train_records, result.dropped, result.output.train
+
+The work is two streaming passes (:mod:`repotune.clean.passes`); this module names the folder's
+files, writes ``stats.json`` and ``report.md``, and returns what the next stages read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from repotune.atomic import atomic_open, write_json
+from repotune.clean.dedup import DedupConfig
+from repotune.clean.filters import FilterConfig
+from repotune.clean.layout import CleanLayout
+from repotune.clean.split import SplitConfig
+from repotune.errors import RepotuneError
+from repotune.ingest.layout import IngestLayout
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    input: Path
+    """Folder written by `repotune ingest`."""
+    output: Path
+    """Folder for train/eval JSONL, stats and report."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    """Quality filters: what is dropped, with a named reason."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Exact and near-duplicate removal."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    """Which records are held out for evaluation."""
+    redact_pii: bool = False
+    """Also redact e-mail and IP addresses."""
+    workers: int | None = None
+    """Worker processes for filtering, redaction and hashing (default: one per core, at most 4)."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise RepotuneError("--workers must be at least 1")
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    """What a clean kept and dropped (the full counts are in ``output.stats``)."""
+
+    output: CleanLayout
+    input_records: int
+    train_records: int
+    eval_records: int
+    dropped: dict[str, int]
+    """Records dropped, per reason (``trivial``, ``near_duplicate``, ``eval_overlap``, ...)."""
+    redactions: dict[str, int]
+    """Secrets (and PII) replaced, per kind."""
+    train_tokens_estimate: int
+    """Training tokens, estimated from characters (the train stage counts real ones)."""
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """The numbers the KFP UI shows for the step."""
+        return {
+            "input_records": self.input_records,
+            "train_records": self.train_records,
+            "eval_records": self.eval_records,
+            "dropped_records": sum(self.dropped.values()),
+            "redactions": sum(self.redactions.values()),
+            "train_tokens_estimate": self.train_tokens_estimate,
+        }
+
+
+def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -> CleanResult:
+    """Clean ``config.input`` into ``config.output``; ``progress`` gets the count of records read."""
+    from repotune.clean import report
+    from repotune.clean.passes import Rules, clean_records
+
+    source = IngestLayout(config.input)
+    if not source.records.is_file():
+        raise RepotuneError(
+            f"{config.input} has no {source.records.name}; run `repotune ingest` into it first"
+        )
+    manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
+    layout = CleanLayout(config.output)
+    config.output.mkdir(parents=True, exist_ok=True)
+    rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers)
+    outcome = clean_records(source.records, layout.train, layout.eval, rules, progress)
+    stats = outcome.summary.as_stats(
+        input_count=outcome.input_records, dropped=outcome.dropped, redactions=outcome.redactions
+    )
+    stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit")}
+    stats["ingest_skipped"] = manifest.get("skipped", {})
+    stats["config"] = {
+        "filters": asdict(config.filters),
+        "dedup": asdict(config.dedup),
+        "split": asdict(config.split),
+        "redact_pii": config.redact_pii,
+    }
+    write_json(layout.stats, stats)
+    with atomic_open(layout.report) as handle:
+        handle.write(report.render(stats))
+    return CleanResult(
+        output=layout,
+        input_records=stats["input_records"],
+        train_records=stats["kept"]["train"],
+        eval_records=stats["kept"]["eval"],
+        dropped=stats["dropped"],
+        redactions=stats["redactions"],
+        train_tokens_estimate=stats["tokens_estimate"]["train"],
+    )

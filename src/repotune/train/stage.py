@@ -1,0 +1,137 @@
+"""The train stage: fine-tune the recipe's base model on a clean folder into a model folder.
+
+    result = repotune.train.run(TrainConfig(data=Path("data"), output=Path("model"), recipe=recipe))
+    result.eval_loss, result.base_eval_loss, result.output.adapter
+
+In this process the recipe runs as :func:`repotune.train.finetune.run_training` (under torchrun too).
+The pipeline's train step asks for a PyTorchJob (``pytorchjob``): then a recipe of more than one node
+(``resources.nodes``) is launched on the Training Operator, and this process only waits for it and
+brings its model back (:func:`repotune.train.cluster_job.train_as_pytorchjob`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repotune.errors import RepotuneError
+from repotune.train.layout import TrainLayout
+from repotune.train.recipe import Recipe, recipe_key
+
+_REMOTE = ("s3://", "minio://")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    """Folder written by `repotune clean`."""
+    output: Path
+    """Folder for the adapter, merged model, summary."""
+    recipe: Recipe = field(default_factory=Recipe)
+    """The training recipe, given as a shipped name (configs/NAME.yaml), a .yaml path or YAML text
+    (default: the SmolLM2-135M CPU settings)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; tracking is off when unset."""
+    checkpoints_under: str | None = None
+    """Where the run's outputs are published: when it is an s3:// prefix and the recipe names no
+    checkpoint_uri, checkpoints go to PREFIX/<recipe key>/checkpoints as they are saved, so that a
+    retried pipeline step on a new pod resumes from there (a local folder does not outlive the pod)."""
+    keep_checkpoints: bool = True
+    """Keep the Trainer checkpoints after a successful run. The pipeline drops them: the model is what
+    later steps and the registry need, and a large model's checkpoints would double what is stored."""
+    pytorchjob: bool = False
+    """Train a recipe of more than one node (resources.nodes) as a Kubeflow PyTorchJob, as the pipeline's
+    train step does; otherwise train in this process (also under torchrun, and in each job process)."""
+    data_uri: str | None = None
+    """Where `data` is in object storage (s3://, or KFP's minio://): the PyTorchJob reads it there."""
+    output_uri: str | None = None
+    """Where `output` goes in object storage: the PyTorchJob writes its model beside it."""
+
+    def __post_init__(self) -> None:
+        nodes = self.recipe.resources.nodes
+        remote = all(uri is not None and uri.startswith(_REMOTE) for uri in (self.data_uri, self.output_uri))
+        if self.pytorchjob and nodes > 1 and not remote:
+            raise RepotuneError(
+                f"the recipe asks for {nodes} nodes: that runs as a Kubeflow PyTorchJob, which reads its "
+                "data from object storage, so run the pipeline on a cluster (`repotune submit`)"
+            )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run reports (all of it is in ``output.summary``)."""
+
+    output: TrainLayout
+    base_model: str
+    method: str
+    recipe_key: str
+    """Short hash of the recipe as trained (see ``repotune.train.recipe.recipe_key``)."""
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    """Held-out loss of the tuned model; None without held-out data."""
+    base_eval_loss: float | None
+    """Held-out loss of the base model before training; None without held-out data, or after a resume."""
+    tokens_per_second: float | None
+
+    @classmethod
+    def from_summary(cls, output: TrainLayout, summary: dict[str, Any], key: str) -> TrainResult:
+        return cls(
+            output=output,
+            base_model=summary["base_model"],
+            method=summary["method"],
+            recipe_key=key,
+            steps=summary["steps"],
+            train_loss=summary.get("train_loss"),
+            eval_loss=summary.get("eval_loss"),
+            base_eval_loss=summary.get("base_eval_loss"),
+            tokens_per_second=summary.get("tokens_per_second"),
+        )
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The numbers the KFP UI shows for the step (those that were measured)."""
+        values = {
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+            "base_eval_loss": self.base_eval_loss,
+            "tokens_per_second": self.tokens_per_second,
+        }
+        return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``config.recipe`` on ``config.data`` into ``config.output``."""
+    recipe, key = config.recipe, recipe_key(config.recipe)
+    under = config.checkpoints_under
+    if under is not None and under.startswith("s3://") and recipe.checkpoint_uri is None:
+        checkpoint_uri = f"{under.rstrip('/')}/{key}/checkpoints"
+        recipe = dataclasses.replace(recipe, checkpoint_uri=checkpoint_uri)
+    layout = TrainLayout(config.output)
+    if config.pytorchjob and recipe.resources.nodes > 1:
+        from repotune.train.cluster_job import train_as_pytorchjob
+
+        assert config.data_uri is not None and config.output_uri is not None  # checked on construction
+        train_as_pytorchjob(
+            recipe,
+            key,
+            config.data_uri,
+            config.output_uri,
+            config.output,
+            tracking_uri=config.tracking_uri,
+            log=log,
+        )
+        summary = json.loads(layout.summary.read_text())
+    else:
+        from repotune.train.finetune import run_training
+
+        summary = run_training(config.data, config.output, recipe, tracking_uri=config.tracking_uri, log=log)
+    if not config.keep_checkpoints:
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    return TrainResult.from_summary(layout, summary, key)
