@@ -58,7 +58,7 @@ def run_evaluation(
     ``champion`` alias moves to it only when the decision says so.
     """
     from repotune.evaluate.registry import Registry
-    from repotune.tracking import make_tracker
+    from repotune.tracking import evaluate_run, make_tracker, split_datasets
 
     config = config or EvalConfig()
     policy = policy or Policy()
@@ -118,13 +118,13 @@ def run_evaluation(
         handle.write(report.render_html(scores, decision, context))
     if registry is not None:
         tracker = make_tracker(tracking_uri, experiment)
-        with tracker.start_run(run_name=f"evaluate-{model_dir.name}", tags={"repotune.stage": "evaluate"}):
+        with tracker.start_run(*evaluate_run(json.loads((model_dir / SUMMARY_FILE).read_text()))):
+            tracker.log_dataset(split_datasets(data_dir)["evaluation"], "evaluation")
             for name, metrics in scores.items():
                 tracker.log_metrics({f"{name}.{key}": metric.value for key, metric in metrics.items()})
             for name in ("metrics.json", "report.md", "report.html"):
                 tracker.log_artifact(output / name)
-            with tempfile.TemporaryDirectory(prefix="repotune-model-") as tmp:
-                tracker.log_artifact(_model_files(model_dir, Path(tmp) / "model"))
+            tracker.log_model(model_dir, exclude=("checkpoints", ".token-cache", ".*"))
             version = registry.register_candidate(
                 tracker.run_id, "model", _tags(model_dir), metrics=scores["candidate"]
             )
@@ -155,14 +155,6 @@ def _paired(
         if candidate and other and [t for _, t in candidate] == [t for _, t in other]:
             result[reference] = paired_relative_change_ci(candidate, other)
     return result
-
-
-def _model_files(model_dir: Path, dest: Path) -> Path:
-    """The servable model folder without checkpoints and caches (what the registry should hold)."""
-    import shutil
-
-    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("checkpoints", ".token-cache", ".*"))
-    return dest
 
 
 def _tags(model_dir: Path) -> dict[str, str]:
