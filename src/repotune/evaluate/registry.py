@@ -17,7 +17,8 @@ candidate is compared with it without re-scoring, and downloads its weights from
         registry.promote(version, decision)
 
 A version registered from a logged MLflow model (``Tracker.log_model``) has the source
-``models:/<model id>`` and loads with ``mlflow.pyfunc.load_model("models:/NAME@champion")``; its
+``models:/<model id>``, as ``mlflow.register_model`` gives it, and loads with
+``mlflow.pyfunc.load_model("models:/NAME@champion")``; its
 Hugging Face folder (what KServe deploys and evaluation scores) lies at ``files_uri``, the artifact
 location plus ``repotune.weights_path`` (``artifacts/model``). A version registered from a bare
 folder of run artifacts (before models were logged as MLflow models) is that folder.
@@ -76,6 +77,8 @@ DECISION_TIME_TAG = "repotune.decision.time"
 PREVIOUS_CHAMPION_TAG = "repotune.previous_champion"
 HISTORY_TAG = "repotune.champion_history"
 METRIC_TAG_PREFIX = "metric."
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
+"""MLflow's tag on a logged model: the registered versions made from it (a JSON list)."""
 
 # MLflow's API accepts registry tag values up to 100,000 characters, but its SQL stores keep registered
 # model tag values (and model version tags, before a recent schema migration) in VARCHAR(5000):
@@ -209,9 +212,15 @@ class Registry:
                     for key, value in all_tags.items():
                         self._client.set_model_version_tag(self.model_name, existing.version, key, value)
                     return str(existing.version)
-            created = self._client.create_model_version(
-                self.model_name, source, run_id=run_id, tags=all_tags, model_id=model_id
-            )
+            with _use_tracking_uri(self.tracking_uri):
+                created = self._client.create_model_version(
+                    self.model_name, source, run_id=run_id, tags=all_tags, model_id=model_id
+                )
+            if model is not None:
+                # As mlflow.register_model does: the logged model lists the versions made from it.
+                versions = json.loads((model.tags or {}).get(MODEL_VERSIONS_TAG) or "[]")
+                versions.append({"name": self.model_name, "version": str(created.version)})
+                self._client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps(versions)})
             return str(created.version)
 
     def _logged_model(self, run: Any, name: str) -> Any | None:
@@ -388,6 +397,17 @@ class Registry:
                 artifact_uri=files_uri, dst_path=str(dst_dir), tracking_uri=self.tracking_uri
             )
         return Path(local)
+
+
+@contextlib.contextmanager
+def _use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's SQL registry store resolves a ``models:/<model id>`` source through the process-wide
+    tracking URI rather than its own (mlflow 3.x), so registering into a local ``sqlite:///`` registry
+    that is not also ``MLFLOW_TRACKING_URI`` fails without this. A server resolves it on its side."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use
+
+    with use(uri):
+        yield
 
 
 def champion_stack(history: list[ChampionChange]) -> list[str]:
