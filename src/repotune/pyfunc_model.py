@@ -42,7 +42,9 @@ class CompletionModel(PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # No type hints here: MLflow reads them as the model's input schema, and the logged signature
+    # (prompts in, completions out, max_tokens and temperature) is the schema.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
 
         params = params or {}

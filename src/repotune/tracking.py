@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -382,7 +383,16 @@ class MlflowTracker:
             ]
             for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
                 self._client.log_batch(self._run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
-            with tempfile.TemporaryDirectory(prefix="repotune-mlflow-model-") as tmp:
+            with (
+                tempfile.TemporaryDirectory(prefix="repotune-mlflow-model-") as tmp,
+                warnings.catch_warnings(),
+            ):
+                # The signature is explicit; an input example would load the model once more only to
+                # check it. (MLflow's nudge towards predict() type hints cannot be silenced from here:
+                # type hints would replace the signature and drop its params.)
+                warnings.filterwarnings(
+                    "ignore", message=r".*input example was not provided", category=UserWarning
+                )
                 files = _linked_tree(folder, Path(tmp) / MODEL_ARTIFACT, exclude)
                 local = Path(tmp) / "mlflow-model"
                 mlflow.pyfunc.save_model(
