@@ -85,7 +85,8 @@ def load_baseline(folder: Path) -> tuple[Any, str]:
     """
     import torch
 
-    from repotune.serving.model import encode_prompt, load_model
+    from repotune.serving.loading import load_model
+    from repotune.serving.model import encode_prompt
 
     loaded = load_model(folder)
     model, tokenizer = loaded.model, loaded.tokenizer

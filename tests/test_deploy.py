@@ -141,7 +141,7 @@ def test_repotune_runtime_with_a_recipes_resources() -> None:
     (container,) = served.spec.containers
     assert container.image == cuda_image()  # the recipe asks for a GPU
     assert container.command + container.args == [
-        *("repotune", "serve", "/mnt/models", "--port", "8080", "--host", "0.0.0.0"),
+        *("repotune", "serve", "/mnt/models", "--port", "8080", "--host", "0.0.0.0", "--insecure-no-auth"),
         *("--model-name", "{{.Name}}"),
     ]
     assert container.ports[0].container_port == 8080

@@ -12,6 +12,7 @@ from github_fake import FakeGitHub, Thread, primary_rate_limit, secondary_rate_l
 from repotune.errors import RepotuneError
 from repotune.records import Kind, record_id
 from repotune.sources import github as github_source
+from repotune.sources import ratelimit
 from repotune.sources.base import IngestStats
 from repotune.sources.github import iter_github, linked_issues
 
@@ -98,7 +99,7 @@ def _threads() -> list[Thread]:
 def fast(monkeypatch):
     """No real sleeping, no PyGithub request spacing, and no token from the environment."""
     sleeps: list[float] = []
-    monkeypatch.setattr(github_source, "_sleep", sleeps.append)
+    monkeypatch.setattr(ratelimit, "_sleep", sleeps.append)
     monkeypatch.setattr(github_source, "_SECONDS_BETWEEN_REQUESTS", None)
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     return sleeps

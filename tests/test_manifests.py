@@ -562,7 +562,7 @@ def test_the_serving_runtime_and_inference_service_are_valid_kserve_objects(rend
     container = runtime.spec.containers[0]
     assert (container.command, container.args) == (
         ["repotune"],
-        ["serve", "/mnt/models", "--port", "8080", "--host", "0.0.0.0"],
+        ["serve", "/mnt/models", "--port", "8080", "--host", "0.0.0.0", "--insecure-no-auth"],
     )
     formats = {f.name for f in runtime.spec.supported_model_formats}
 

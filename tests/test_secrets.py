@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 import pytest
+from tests.secret_corpus import SAMPLES, discord_bot_token, fake_uuid
 
 from repotune.clean.secrets import PII_RULES, RULES, redact
 
@@ -106,6 +107,34 @@ CASES: list[tuple[str, str, str]] = [
     ("password", 'access_token = "§"', fake(40)),
     ("high_entropy", 'ENCRYPTION_KEY_B64 = "§"', fake(44, B64)),
     ("high_entropy", "session_key_hex = '§'", fake(64, HEX)),
+    # Survivors of `ingest` + `clean` before the rule tables grew (issue 11), as they were written.
+    ("discord_token", 'client.login("§");', discord_bot_token()),
+    ("password", "git clone https://deploy:§@git.internal/acme/app.git", "pa#" + fake(10)),
+    ("npm_token", "//registry.npmjs.org/:_authToken=§\n", fake_uuid()),
+    ("password", "curl -u admin:§ https://ci.internal/api/json", "s3cr3t"),
+    ("sentry_dsn", 'sentry_sdk.init(dsn="https://§@o123456.ingest.sentry.io/4504")', fake(32, HEX)),
+    ("password", 'url = "jdbc:postgresql://db:5432/app?user=app&password=§"', "Pg-" + fake(10)),
+    # Families that had no rule.
+    ("pypi_token", "password = §", "pypi-AgEIcHlwaS5vcmc" + fake(80, TOKEN)),
+    ("dockerhub_token", "echo § | docker login -u ci --password-stdin", "dckr_pat_" + fake(27, TOKEN)),
+    ("vault_token", "export VAULT_TOKEN=§", "hvs." + fake(95, TOKEN)),
+    ("databricks_token", 'host, token = "https://adb.azuredatabricks.net", "§"', "dapi" + fake(32, HEX)),
+    (
+        "discord_webhook",
+        'requests.post("https://discord.com/api/webhooks/§", json=msg)',
+        "112233445566778899/" + fake(68, TOKEN),
+    ),
+    ("mailgun_key", 'auth=("api", "§")', "key-" + fake(32, HEX)),
+    ("shopify_token", "X-Shopify-Access-Token: §", "shpat_" + fake(32, HEX)),
+    ("linear_key", 'LinearClient(apiKey: "§")', "lin_api_" + fake(40)),
+    (
+        "age_secret_key",
+        "# secret key\n§\n",
+        "AGE-SECRET-KEY-1" + fake(58, "QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L"),
+    ),
+    ("kubernetes_secret", "kind: Secret\ndata:\n  token: §\n", "Z2hwX2V4YW1wbGU" + fake(20, B64)),
+    ("docker_auth", '{"auths": {"ghcr.io": {"auth": "§"}}}', "Y2ktYm90OlMzY3IzdC1wdw=="),
+    ("password", "mysqldump --user=backup --password=§ app", "Bk-" + fake(12)),
 ]
 
 
@@ -122,7 +151,8 @@ def test_each_kind_becomes_its_placeholder_and_the_rest_is_kept(
 
 
 def test_every_kind_has_a_case() -> None:
-    assert {rule.kind for rule in RULES} <= {kind for kind, _, _ in CASES}
+    """Here or in the corpus (tests/secret_corpus.py), where each kind is planted in many places."""
+    assert {rule.kind for rule in RULES} <= {kind for kind, _, _ in CASES} | {s.kind for s in SAMPLES}
 
 
 NOT_SECRETS = [
@@ -179,12 +209,47 @@ NOT_SECRETS = [
     f'STRIPE_PUBLISHABLE_KEY = "pk_live_{fake(24)}"',
     "server.login(user, password)",
     'auth = ("user", os.environ["PW"])',
+    # Next to the rules that came from gitleaks' families and the context rules.
+    'curl -u "$USER:$PASSWORD" https://ci.internal',
+    "curl -u user:password https://example.org",
+    "curl -u $TOKEN: https://api.stripe.com/v1/charges",
+    "self._password = password",
+    "_auth = get_auth()",
+    "    _password = self._prompt()",
+    'parser.add_argument("--password", help="the database password")',
+    "mysql --user=root --password=$MYSQL_PASSWORD",
+    "app --password <PASSWORD> --token ${TOKEN}",
+    "--password is required when --user is given",
+    f'HEROKU_APP_ID = "{fake_uuid(1)}"',
+    "self.linear = nn.Linear(512, 512)",
+    "key-value store, see the key-binding docs",
+    "the API-KEY header, sent as X-API-KEY",
+    "import discord\nclient = discord.Client(intents=intents)\nclient.run(os.environ['DISCORD_TOKEN'])",
+    "kind: ConfigMap\ndata:\n  LOG_LEVEL: info\n  workers: '4'\n",
+    "kind: Secret\nstringData:\n  password: '{{ .Values.db.password }}'\n",
+    "kind: Secret\ndata:\n  password: ${DB_PASSWORD_B64}\n",
+    '{"auth": "token"}',
+    "sentry_sdk.init(dsn=os.environ['SENTRY_DSN'])",
+    "jdbc:postgresql://db:5432/app?user=app&password=${DB_PASSWORD}",
+    "See https://user@example.org/#section and http://localhost:8080/#/home",
+    "ENV PATH /usr/local/bin:$PATH\nENV PASSWORD_FILE /run/secrets/db\n",
+    "PASSWORD mismatch: try again",
+    "Run `curl -u admin:password https://ci.internal` to try it.",
+    "kind: Secret\nstringData:\n  GITHUB_TOKEN: REPLACE_ME\n  MLFLOW_TRACKING_URI: http://mlflow:5000\n",
 ]
 
 
 @pytest.mark.parametrize("text", NOT_SECRETS)
 def test_leaves_non_secrets_alone(text: str) -> None:
     assert redact(text) == (text, Counter())
+
+
+def test_curl_user_and_password_as_the_issue_wrote_it() -> None:
+    # "pass" is a stand-in in an assignment, but on a command line it is the password someone typed.
+    assert redact("curl -u admin:pass https://ci.internal/api/json") == (
+        "curl -u admin:<SECRET:password> https://ci.internal/api/json",
+        Counter({"password": 1}),
+    )
 
 
 def test_git_shas_and_uuids_in_commit_messages_are_kept() -> None:

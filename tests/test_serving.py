@@ -5,6 +5,7 @@ are on shapes, counts, determinism and errors, not on what the text says."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -21,8 +22,10 @@ from repotune.data.transforms import fim_prompt
 from repotune.errors import RepotuneError
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
-from repotune.serving.model import RepotuneModel, ServeSettings, encode_prompt, load_model
-from repotune.serving.server import start_background
+from repotune.serving.loading import load_model
+from repotune.serving.model import RepotuneModel, encode_prompt
+from repotune.serving.server import free_port, start_background
+from repotune.serving.settings import ServeSettings
 
 MAX_TOKENS = 64  # the server's cap in these tests
 
@@ -411,10 +414,231 @@ def test_a_model_is_served_from_s3(tiny: Path) -> None:
 @pytest.mark.integration
 def test_the_command_line_names_a_missing_model(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "repotune", "serve", str(tmp_path / "missing"), "--port", "1"],
+        [sys.executable, "-m", "repotune", "serve", str(tmp_path / "missing"), "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+SECRET_WORDS = re.compile(r"Traceback|RecursionError|TypeError|ValueError|KeyError|AttributeError|Overflow")
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.integration
+def test_hostile_requests_get_4xx_and_leave_nothing_queued(server) -> None:
+    name = server.model_name
+    ok = {"model": name, "prompt": "x", "max_tokens": 2}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        # 300 instances in one v1 request: refused whole, nothing queued, the next client is served.
+        many = http.post(f"/v1/models/{name}:predict", json={"instances": [{"prompt": "x"}] * 300})
+        assert many.status_code == 400 and "at most" in many.json()["error"], many.text
+        assert http.post("/openai/v1/completions", json=ok).status_code == 200
+        assert _metric(http.get("/metrics").text, "repotune_queued_requests") == 0
+        # Values out of range on every route, streaming or not: a 400 before anything starts.
+        chat = {"model": name, "messages": [{"role": "user", "content": "x"}]}
+        for route, body in [
+            ("/openai/v1/completions", {**ok, "seed": 2**64, "temperature": 0.7}),
+            ("/openai/v1/completions", {**ok, "seed": 2**64, "temperature": 0.7, "stream": True}),
+            ("/openai/v1/chat/completions", {**chat, "seed": 2**64, "temperature": 0.7, "stream": True}),
+            (
+                f"/v1/models/{name}:predict",
+                {"instances": [{"prompt": "x", "seed": 2**64, "temperature": 0.7}]},
+            ),
+            (f"/v1/models/{name}:predict", {"instances": [{"prompt": "x", "stop": 5}]}),
+            (f"/v1/models/{name}:predict", {"instances": [{"prompt": "x", "temperature": 50}]}),
+            (f"/v1/models/{name}:predict", {"instances": [{"prompt": "x", "top_p": 0}]}),
+        ]:
+            response = http.post(route, json=body)
+            assert response.status_code == 400, (route, body, response.text)
+            assert response.headers["content-type"].startswith("application/json")
+            assert not SECRET_WORDS.search(response.text), response.text
+        # JSON nested 5000 deep: a 400 with an OpenAI-style body, on every route, naming no exception.
+        for route in ("/openai/v1/completions", "/openai/v1/chat/completions", f"/v1/models/{name}:predict",
+                      f"/v2/models/{name}/infer"):  # fmt: skip
+            response = http.post(route, content=_deep(5000), headers={"content-type": "application/json"})
+            assert response.status_code == 400, (route, response.text)
+            assert response.json()["error"]["code"] == "json_too_deep"
+            assert not SECRET_WORDS.search(response.text)
+        # A server of one model has no repository: nobody can unload it over HTTP.
+        assert http.post(f"/v2/repository/models/{name}/unload").status_code == 404
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        # The typed requests are in the OpenAPI document.
+        spec = http.get("/openapi.json").json()
+        schema = spec["paths"]["/openai/v1/completions"]["post"]["requestBody"]["content"]["application/json"]
+        assert {"prompt", "suffix", "stop", "seed"} <= set(schema["schema"]["properties"])
+
+
+@pytest.mark.integration
+def test_a_taken_port_or_an_open_address_fails_before_the_model_loads(tiny: Path) -> None:
+    import socket
+
+    command = [sys.executable, "-m", "repotune", "serve", str(tiny)]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "REPOTUNE_SERVE_TOKENS"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [*command, "--port", str(port)], capture_output=True, text=True, timeout=120, env=env
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: port {port} on 127.0.0.1 is in use", proc.stderr
+    exposed = subprocess.run([*command, "--host", "0.0.0.0", "--port", str(port)], capture_output=True,
+                             text=True, timeout=120, env=env)  # fmt: skip
+    assert exposed.returncode == 2 and "loading" not in exposed.stderr
+    assert exposed.stderr.startswith("error: --host 0.0.0.0") and "REPOTUNE_SERVE_TOKENS" in exposed.stderr
+    assert len(exposed.stderr.strip().splitlines()) == 1
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats()  # NaN and infinities included: Python's json writes and reads them
+        | st.text(max_size=40)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=16,
+    )
+
+
+def _raw_bodies(name: str):
+    """Bodies for the POST routes: OpenAI and KServe fields with random or plausible values, random JSON,
+    deep nesting, huge numbers and strings, and bytes that are not JSON."""
+    from hypothesis import strategies as st
+
+    anything = _json_values()
+    small = st.integers(1, 6)
+    fields = {
+        "model": st.just(name) | anything,
+        "prompt": st.text(max_size=30) | st.lists(st.text(max_size=8), max_size=3) | anything,
+        "suffix": st.text(max_size=20) | anything,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["user", "system", "assistant", "tool"]) | anything,
+                    "content": st.text(max_size=20) | anything,
+                }
+            ),
+            max_size=3,
+        )
+        | anything,
+        "max_tokens": small | anything,
+        "max_completion_tokens": small | anything,
+        "temperature": st.floats(-1, 3) | anything,
+        "top_p": st.floats(-0.5, 1.5) | anything,
+        "seed": st.integers(-(2**66), 2**66) | anything,
+        "n": small | anything,
+        "stop": st.lists(st.text(max_size=6), max_size=20) | anything,
+        "stream": st.booleans() | anything,
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}) | anything,
+        "echo": st.booleans() | anything,
+        "logprobs": anything,
+        "best_of": anything,
+        "file_path": st.text(max_size=20) | anything,
+    }
+    openai_like = st.fixed_dictionaries({}, optional=fields)
+    options = {key: value for key, value in fields.items() if key != "prompt"}
+    instance = st.text(max_size=10) | st.fixed_dictionaries(
+        {"prompt": st.text(max_size=10)}, optional=options
+    )
+    instances = st.fixed_dictionaries({"instances": st.lists(instance, max_size=4) | anything})
+    tensor = st.fixed_dictionaries(
+        {"name": st.text(max_size=5), "shape": st.lists(st.integers(-(2**40), 2**40), max_size=2),
+         "datatype": st.sampled_from(["BYTES", "FP32", "INT64"]) | st.text(max_size=5),
+         "data": st.lists(st.text(max_size=10) | anything, max_size=3)},
+    )  # fmt: skip
+    v2 = st.fixed_dictionaries(
+        {"inputs": st.lists(tensor, max_size=2) | anything}, optional={"parameters": openai_like}
+    )
+    encoded = st.one_of(openai_like, instances, v2, anything).map(lambda body: json.dumps(body).encode())
+    nested = st.integers(1, 6000).map(lambda depth: b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}")
+    huge = st.sampled_from([
+        b'{"model": "M", "prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",  # past int()'s 4300 digits
+        b'{"model": "M", "prompt": "' + b"word " * 150_000 + b'"}',
+        b'{"model": "M", "prompt": "x", "seed": 1e400}',
+        b'{"instances": [' + b'"x", ' * 100_000 + b'"x"]}',
+    ]).map(lambda body: body.replace(b'"M"', json.dumps(name).encode()))  # fmt: skip
+    return st.one_of(encoded, nested, huge, st.binary(max_size=64))
+
+
+@pytest.mark.integration
+def test_random_requests_get_no_server_error(server) -> None:
+    """A bounded random-request run: schemathesis cases (valid and invalid) for every operation of the
+    server's /openapi.json, then hypothesis bodies (random JSON, OpenAI and KServe fields with random
+    values, deep nesting, huge numbers and strings, non-JSON bytes) on the POST routes. No answer may be
+    a 5xx or name an exception. The tally is printed (``pytest -s``)."""
+    import schemathesis
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    name = server.model_name
+    tally = {"requests": 0, "5xx": 0}
+    failures: list[str] = []
+    quick = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+    def record(what: str, status: int, text: str) -> None:
+        tally["requests"] += 1
+        if status >= 500 or SECRET_WORDS.search(text):
+            tally["5xx"] += status >= 500
+            failures.append(f"{what} -> {status} {text[:200]}")
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    for operation in [result.ok() for result in schema.get_all_operations()]:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @quick
+            def check(case: schemathesis.Case) -> None:
+                if case.path_parameters and "model_name" in case.path_parameters:
+                    case.path_parameters["model_name"] = name
+                if isinstance(case.body, dict) and "model" in case.body:
+                    case.body["model"] = name
+                response = case.call(timeout=60)
+                record(f"{case.method} {case.formatted_path}", response.status_code, response.text)
+
+            with contextlib.suppress(Unsatisfiable):  # no invalid input for an operation without inputs
+                check()
+    routes = ["/openai/v1/completions", "/openai/v1/chat/completions", f"/v1/models/{name}:predict",
+              f"/v2/models/{name}/infer"]  # fmt: skip
+
+    tiny_temperature = json.dumps({"model": name, "prompt": "x", "temperature": 1e-300}).encode()
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+
+        @given(route=st.sampled_from(routes), body=_raw_bodies(name), json_type=st.booleans())
+        # Bodies that gave a 5xx before (hypothesis may not draw them in a short run): always sent.
+        @example(route=routes[0], body=_deep(5000), json_type=True)
+        @example(route=routes[3], body=b'{"inputs": NaN}', json_type=True)
+        @example(route=routes[3], body=b'{"model": "M", "prompt": "x", "seed": 1e400}', json_type=True)
+        @example(route=routes[2], body=b'{"instances": [{"prompt": "x", "stop": 5}]}', json_type=True)
+        @example(route=routes[0], body=tiny_temperature, json_type=True)
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def post(route: str, body: bytes, json_type: bool) -> None:
+            headers = {"content-type": "application/json"} if json_type else {}
+            try:
+                response = http.post(route, content=body, headers=headers)
+            except httpx.TransportError as err:  # a dropped connection is as bad as a 5xx
+                failures.append(f"POST {route} {body[:80]!r} -> {err!r}")
+                return
+            record(f"POST {route} {body[:80]!r}", response.status_code, response.text)
+
+        post()
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        assert _metric(http.get("/metrics").text, "repotune_queued_requests") == 0
+    print(f"\nrandom requests: {tally['requests']} sent, {tally['5xx']} answered 5xx")
+    assert tally["requests"] >= 120
+    assert not failures, "\n".join(failures[:20])

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from repotune.errors import RepotuneError
+from repotune.serving.settings import ServeSettings
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -252,44 +253,75 @@ def serve(
     ],
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
     host: Annotated[
-        str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
+        str,
+        typer.Option(
+            help="Address to listen on; 0.0.0.0 for every interface (needs REPOTUNE_SERVE_TOKENS or "
+            "--insecure-no-auth)."
+        ),
     ] = "127.0.0.1",
     model_name: Annotated[
-        str | None, typer.Option(help="Name clients use (default: the model folder's name, else repotune).")
+        str | None,
+        typer.Option(
+            help="Name clients use (default: the registered model's name, else the repository's, else "
+            "the model folder's)."
+        ),
     ] = None,
     adapter: Annotated[
         str | None, typer.Option(help="LoRA adapter folder or s3:// URI to merge into MODEL (a base model).")
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Most requests generated together in one batch.")] = 8,
-    max_tokens: Annotated[int, typer.Option(help="Cap on max_tokens per request, in tokens.")] = 512,
-    max_queue: Annotated[int, typer.Option(help="Most requests waiting for a batch; more get a 429.")] = 256,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most requests generated together in one batch.")
+    ] = ServeSettings.max_batch_size,
+    max_tokens: Annotated[
+        int, typer.Option(help="Cap on max_tokens per request, in tokens.")
+    ] = ServeSettings.max_tokens,
+    max_queue: Annotated[
+        int,
+        typer.Option(help="Most generations waiting for a batch; a request that does not fit gets a 429."),
+    ] = ServeSettings.max_queue,
+    max_generations: Annotated[
+        int,
+        typer.Option(help="Most generations one request may ask for (prompts x n, or instances); more: 400."),
+    ] = ServeSettings.max_generations,
     batch_wait_ms: Annotated[
         float, typer.Option(help="Milliseconds to wait for more requests before starting a batch.")
-    ] = 5.0,
+    ] = ServeSettings.batch_wait_ms,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a request may take, queue wait included; then a 504.")
-    ] = 120.0,
+    ] = ServeSettings.request_timeout_s,
     max_body_bytes: Annotated[
         int, typer.Option(help="Largest request body, in bytes; more get a 413.")
-    ] = 1_000_000,
+    ] = ServeSettings.max_body_bytes,
     device: Annotated[
         str | None, typer.Option(help="cuda, cuda:N or cpu (default: CUDA when available).")
     ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve a non-loopback --host without bearer tokens (something in front checks callers).",
+        ),
+    ] = False,
 ) -> None:
-    """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol."""
-    from repotune.serving.model import ServeSettings
+    """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol.
+
+    Bearer tokens come from REPOTUNE_SERVE_TOKENS (comma-separated); health and readiness stay open.
+    """
     from repotune.serving.server import serve as run_server
+    from repotune.serving.settings import tokens_from_env
 
     settings = ServeSettings(
         max_batch_size=max_batch_size,
         max_tokens=max_tokens,
         max_queue=max_queue,
+        max_generations=max_generations,
         batch_wait_ms=batch_wait_ms,
         request_timeout_s=request_timeout,
         max_body_bytes=max_body_bytes,
         device=device,
+        tokens=() if insecure_no_auth else tokens_from_env(),
+        insecure_no_auth=insecure_no_auth,
     )
-    say(f"loading {model}")
     run_server(
         model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say
     )

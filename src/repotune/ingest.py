@@ -1,12 +1,14 @@
 """``repotune ingest``: one source in, ``records.jsonl`` and ``manifest.json`` out.
 
-A source is a local folder (a git checkout adds its commit history), a git URL, an archive, or
-``github:OWNER/REPO`` for issues and pull requests. Output is written atomically: an interrupted run
+A source is a local folder (a git checkout adds its commit history), a git URL, an archive,
+``github:OWNER/REPO`` for issues and pull requests, ``confluence:SPACE`` or ``notion:[ID]`` for wiki
+pages, or ``jira:PROJECT`` for Jira issues. Output is written atomically: an interrupted run
 leaves no half-written ``records.jsonl`` behind.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,12 +27,18 @@ from repotune.sources.local import WalkLimits, iter_tree
 RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
 GITHUB_PREFIX = "github:"
+CONFLUENCE_PREFIX = "confluence:"
+NOTION_PREFIX = "notion:"
+JIRA_PREFIX = "jira:"
+_SERVICE_PREFIXES = (GITHUB_PREFIX, CONFLUENCE_PREFIX, NOTION_PREFIX, JIRA_PREFIX)
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     source: str
-    """A local path, a git URL, an archive (.zip/.tar.*), or ``github:OWNER/REPO``."""
+    """A local path, a git URL, an archive (.zip/.tar.*), ``github:OWNER/REPO``, ``confluence:SPACE``,
+    ``notion:`` (a page or database id, or nothing for every page the integration sees) or
+    ``jira:PROJECT``."""
     output: Path
     """Folder that receives records.jsonl and manifest.json."""
     kinds: frozenset[Kind] | None = None
@@ -49,6 +57,18 @@ class IngestConfig:
     """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3 (``--github-url``)."""
     github_token: str | None = field(default=None, repr=False)
     """Token for the GitHub API; None reads GITHUB_TOKEN from the environment. Never logged."""
+    confluence_url: str | None = None
+    """Confluence site for ``confluence:`` (Cloud: https://SITE.atlassian.net/wiki); None reads
+    CONFLUENCE_URL. Credentials come from CONFLUENCE_USER/CONFLUENCE_TOKEN or CONFLUENCE_PAT only."""
+    confluence_comments: bool = False
+    """Append each Confluence page's comments to its record."""
+    jira_url: str | None = None
+    """Jira site for ``jira:`` (Cloud: https://SITE.atlassian.net); None reads JIRA_URL. Credentials
+    come from JIRA_USER/JIRA_TOKEN or JIRA_PAT only."""
+    jira_jql: str | None = None
+    """A JQL query that replaces ``project = KEY`` for ``jira:`` (then ``jira:`` may name no project)."""
+    notion_url: str | None = None
+    """Notion API root for ``notion:``; None is https://api.notion.com. The token comes from NOTION_TOKEN."""
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -59,6 +79,8 @@ class IngestConfig:
             raise RepotuneError("--max-diff-bytes must be a positive number of characters")
         if self.ref is not None and not git.is_git_url(self.source):
             raise RepotuneError("--ref applies only to a git URL source")
+        if self.jira_jql is not None and not self.source.startswith(JIRA_PREFIX):
+            raise RepotuneError("--jira-jql applies only to a jira: source")
 
 
 def _wants(config: IngestConfig, *kinds: Kind) -> bool:
@@ -73,8 +95,8 @@ def _local_records(
     if is_repo:
         revision = git.head_sha(root)
         manifest["commit"] = revision
-    file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC}
-    if _wants(config, Kind.CODE, Kind.DOC):
+    file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC, Kind.DIAGRAM}
+    if _wants(config, Kind.CODE, Kind.DOC, Kind.DIAGRAM):
         yield from iter_tree(
             root,
             source=source,
@@ -125,6 +147,9 @@ def iter_source(
             log=log,
         )
         return
+    if spec.startswith((CONFLUENCE_PREFIX, NOTION_PREFIX, JIRA_PREFIX)):
+        yield from _service_records(config, stats, manifest, log)
+        return
     if git.is_git_url(spec):
         manifest["source_type"] = "git"
         checkout = workdir / "checkout"
@@ -148,6 +173,47 @@ def iter_source(
         return
     manifest["source_type"] = "git" if git.is_git_checkout(path) else "folder"
     yield from _local_records(path.resolve(), path.resolve().name, config, stats, manifest)
+
+
+def _service_records(
+    config: IngestConfig, stats: IngestStats, manifest: dict[str, Any], log: Callable[[str], None] | None
+) -> Iterator[Record]:
+    """Records of a ``confluence:``, ``notion:`` or ``jira:`` source (each module imported when used)."""
+    spec = config.source
+    prefix, _, target = spec.partition(":")
+    manifest["source_type"] = prefix
+    wanted = Kind.ISSUE if prefix == "jira" else Kind.WIKI_PAGE
+    if config.kinds is not None and wanted not in config.kinds:
+        include = "issues" if wanted is Kind.ISSUE else "wiki"
+        raise RepotuneError(f"a {prefix}: source has only {wanted}s; add --include {include}")
+    if prefix == "notion":
+        site = config.notion_url or "https://api.notion.com"
+    else:
+        site = (config.confluence_url if prefix == "confluence" else config.jira_url) or os.environ.get(
+            f"{prefix.upper()}_URL"
+        )
+    manifest["site"] = _strip_auth(site) if site else None
+    if prefix == "confluence":
+        from repotune.sources.confluence import iter_confluence
+
+        yield from iter_confluence(
+            target,
+            stats=stats,
+            url=config.confluence_url,
+            since=config.since,
+            comments=config.confluence_comments,
+            log=log,
+        )
+    elif prefix == "notion":
+        from repotune.sources.notion import iter_notion
+
+        yield from iter_notion(target, stats=stats, base_url=config.notion_url, since=config.since, log=log)
+    else:
+        from repotune.sources.jira import iter_jira
+
+        yield from iter_jira(
+            target, stats=stats, url=config.jira_url, jql=config.jira_jql, since=config.since, log=log
+        )
 
 
 def run_ingest(
@@ -191,7 +257,7 @@ def _display_source(spec: str) -> str:
     """The source as a manifest names it: a URL without credentials, a local path made absolute."""
     if git.is_git_url(spec):
         return _strip_auth(spec)
-    if spec.startswith(GITHUB_PREFIX):
+    if spec.startswith(_SERVICE_PREFIXES):
         return spec
     return str(Path(spec).expanduser().resolve())
 

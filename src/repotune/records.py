@@ -2,7 +2,7 @@
 
 A record is one JSON object per line in ``records.jsonl``. Field names keep the seed format
 (``file_path``, ``content``) and add ``kind``, ``language``, ``source``, ``revision``, ``id`` and
-``meta``. ``file_path`` is ``None`` for issues, pull requests and commits.
+``meta``. ``file_path`` is ``None`` for issues, pull requests, commits and wiki pages.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class Kind(StrEnum):
     ISSUE = "issue"
     PULL_REQUEST = "pull_request"
     COMMIT = "commit"
+    WIKI_PAGE = "wiki_page"  # a Confluence or Notion page, as Markdown
+    DIAGRAM = "diagram"  # an architecture diagram's components and relations, as text
 
 
 # `--include` names (plural, as users type them) and the record kinds each one selects.
@@ -32,6 +34,8 @@ INCLUDE_KINDS: dict[str, frozenset[Kind]] = {
     "docs": frozenset({Kind.DOC}),
     "commits": frozenset({Kind.COMMIT}),
     "issues": frozenset({Kind.ISSUE, Kind.PULL_REQUEST}),
+    "wiki": frozenset({Kind.WIKI_PAGE}),
+    "diagrams": frozenset({Kind.DIAGRAM}),
 }
 
 
@@ -48,7 +52,7 @@ def parse_include(text: str | None) -> frozenset[Kind] | None:
 
 
 def record_id(source: str, kind: Kind | str, key: str) -> str:
-    """A stable id: the same source, kind and key (path, commit SHA, issue number) give the same id."""
+    """A stable id: the same source, kind and key (path, SHA, issue number or key, page id), the same id."""
     digest = hashlib.sha256(f"{source}\x00{kind}\x00{key}".encode()).hexdigest()
     return digest[:16]
 

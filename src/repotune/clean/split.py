@@ -16,7 +16,8 @@ from repotune.records import Kind, Record
 
 TRAIN = "train"
 EVAL = "eval"
-DATED_KINDS = frozenset({Kind.COMMIT, Kind.ISSUE, Kind.PULL_REQUEST})
+# Wiki pages go by their creation date (``meta["created_at"]``), which no later edit moves.
+DATED_KINDS = frozenset({Kind.COMMIT, Kind.ISSUE, Kind.PULL_REQUEST, Kind.WIKI_PAGE})
 
 
 @dataclass(frozen=True)

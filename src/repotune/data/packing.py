@@ -36,6 +36,7 @@ from repotune.data.transforms import (
 )
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
+from repotune.retrieval.config import INDEX_FORMAT_VERSION, RetrievalConfig
 
 IGNORE_INDEX = -100  # the label transformers' loss skips
 _ENCODE_BATCH = 256  # texts per tokenizer call: fast tokenizers encode a batch in parallel
@@ -63,10 +64,21 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_key(records: Sequence[Record], tokenizer: Any, config: TransformConfig) -> str:
-    """The cache key of one tokenization: the records (every field), the tokenizer, the config and format."""
+def cache_key(
+    records: Sequence[Record],
+    tokenizer: Any,
+    config: TransformConfig,
+    retrieval_rate: float = 0.0,
+    retrieval: RetrievalConfig | None = None,
+) -> str:
+    """The cache key of one tokenization: the records (every field), the tokenizer, the config and format,
+    and with retrieval on, its rate, its config and the index format."""
     digest = hashlib.sha256(f"repotune-tokens:{FORMAT_VERSION}\n".encode())
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    if retrieval_rate > 0:
+        settings = {"rate": retrieval_rate, "format": INDEX_FORMAT_VERSION}
+        settings["config"] = dataclasses.asdict(retrieval or RetrievalConfig())
+        digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     for record in records:
         digest.update(record.to_json().encode())
@@ -75,16 +87,28 @@ def cache_key(records: Sequence[Record], tokenizer: Any, config: TransformConfig
 
 
 def tokenize_records(
-    records: Iterable[Record], tokenizer: Any, config: TransformConfig, cache_dir: Path | None = None
+    records: Iterable[Record],
+    tokenizer: Any,
+    config: TransformConfig,
+    cache_dir: Path | None = None,
+    *,
+    retrieval_rate: float = 0.0,
+    retrieval: RetrievalConfig | None = None,
 ) -> list[np.ndarray]:
     """Token ids (int32) of each record's training text (``example_text``), with EOS appended.
 
     A leading BOS is added only where the tokenizer adds one to every input by default (Llama-style),
     so training sees what inference feeds the model. With ``cache_dir``, the ids are saved there under
-    ``cache_key`` and a later call with the same records, tokenizer and config loads them instead of
+    ``cache_key`` and a later call with the same records, tokenizer and settings loads them instead of
     tokenizing again.
+
+    With ``retrieval_rate`` above 0, that share of the code examples get retrieved cross-file context in
+    front (``repotune.retrieval.TrainingContext``, settings from ``retrieval``), from an index over
+    ``records`` alone: pass training records only, never held-out ones.
     """
     records = list(records)
+    if isinstance(retrieval_rate, bool) or not 0.0 <= retrieval_rate <= 1.0:
+        raise RepotuneError(f"retrieval_rate must be a number from 0 to 1, got {retrieval_rate!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise RepotuneError("the tokenizer has no end-of-sequence token; packing needs one between examples")
@@ -95,12 +119,18 @@ def tokenize_records(
         )
     path = None
     if cache_dir is not None:
-        path = cache_dir / f"tokens-{cache_key(records, tokenizer, config)}.npz"
+        key = cache_key(records, tokenizer, config, retrieval_rate, retrieval)
+        path = cache_dir / f"tokens-{key}.npz"
         if path.exists():
             with np.load(path) as saved:
                 return _split(saved["tokens"], saved["offsets"])
 
-    texts = [example_text(r, tokenizer, config, record_rng(r, config.seed)) for r in records]
+    context = None
+    if retrieval_rate > 0:
+        from repotune.retrieval.context import TrainingContext
+
+        context = TrainingContext(records, tokenizer, rate=retrieval_rate, seed=config.seed, config=retrieval)
+    texts = [example_text(r, tokenizer, config, record_rng(r, config.seed), context) for r in records]
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     sequences: list[np.ndarray] = []
     for start in range(0, len(texts), _ENCODE_BATCH):

@@ -8,12 +8,20 @@ was trained on. The formats:
   ``<filename>PATH\\n`` when the tokenizer has ``<filename>`` as one token (StarCoder, SmolLM2 and their
   kin were pretrained with it), else the plain line ``# File: PATH\\n``, which reads as a comment in
   the ``#``-comment languages and as a heading in Markdown, and costs a handful of tokens anywhere.
+- retrieved cross-file context (``context_text``): chunks of other files, each as ``file_header(path)``
+  and its lines, most relevant last; it goes in front of a code prompt (``code_prompt``), a FIM prompt
+  (before ``<fim_prefix>``) and, with ``example_text(context=...)``, a code training example, so the
+  model is trained on the context it is given at inference. ``repotune.retrieval`` chooses the chunks.
 - fill-in-the-middle: StarCoder's ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` tokens, PSM or
   SPM order (see ``fim_text``); the file header is part of the prefix.
 - commits: the diff first, then ``Commit message:`` on its own line, then the message, so the model
   learns to write a message from a diff (``commit_prompt`` is everything up to the message).
-- issues and pull requests: a conversation (``issue_messages``) rendered with the tokenizer's chat
-  template, or as ``User:``/``Assistant:`` turns when it has none (``render_chat``).
+- issues and pull requests (GitHub's and Jira's, in one layout: ``repotune.sources.threads``): a
+  conversation (``issue_messages``) rendered with the tokenizer's chat template, or as
+  ``User:``/``Assistant:`` turns when it has none (``render_chat``).
+- wiki pages (Confluence, Notion): like a doc, with the page's breadcrumb (``Space / Parent / Page``)
+  on the first line where a doc has its path.
+- diagrams: like a doc: the file header, then the components and relations as text.
 
 Every example ends without an end-of-sequence token; ``repotune.data.packing`` appends the
 tokenizer's EOS, which is also where generation is expected to stop.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -126,6 +135,33 @@ def file_header(path: str | None, tokenizer: Any | None = None) -> str:
     return PLAIN_HEADER.format(path=path)
 
 
+ContextFn = Callable[[Record, str | None, str | None], str]
+"""Retrieved context for a code training example: called with the record and, for a FIM example, the
+prefix and suffix around the middle the model learns to write (both ``None`` when the example is the
+whole file); returns ``context_text`` output, or ``""`` for no context."""
+
+
+def context_text(snippets: Iterable[tuple[str, str]], tokenizer: Any | None = None) -> str:
+    """Cross-file context: each ``(path, text)`` as ``file_header(path)`` and the text, newline-ended.
+
+    Snippets appear in the order given; callers put the most relevant last, next to the code being
+    written. Training examples, evaluation prompts and served prompts all render context here.
+    """
+    return "".join(
+        file_header(path, tokenizer) + (text if text.endswith("\n") else text + "\n")
+        for path, text in snippets
+    )
+
+
+def code_prompt(
+    prefix: str, *, path: str | None = None, tokenizer: Any | None = None, context: str = ""
+) -> str:
+    """The inference prompt for continuing the file at ``path`` after ``prefix``: ``context`` (from
+    ``context_text``), the file header, then the prefix; the code example (``code_text``) cut at the
+    cursor."""
+    return context + file_header(path, tokenizer) + prefix
+
+
 def code_text(record: Record, tokenizer: Any | None = None) -> str:
     """A code file as training text: its header, then its content unchanged."""
     return file_header(record.file_path, tokenizer) + record.content
@@ -133,6 +169,20 @@ def code_text(record: Record, tokenizer: Any | None = None) -> str:
 
 def doc_text(record: Record, tokenizer: Any | None = None) -> str:
     """A documentation file as training text; the same shape as code, but never cut for FIM."""
+    return file_header(record.file_path, tokenizer) + record.content
+
+
+def wiki_text(record: Record) -> str:
+    """A wiki page as training text: its breadcrumb (``Space / Parent / Page``) line, then its Markdown.
+
+    The breadcrumb does for a page what the path does for a file: it says where the text belongs.
+    """
+    breadcrumb = " / ".join(str(part) for part in record.meta.get("breadcrumb") or [] if part)
+    return f"{breadcrumb}\n\n{record.content}" if breadcrumb else record.content
+
+
+def diagram_text(record: Record, tokenizer: Any | None = None) -> str:
+    """A diagram record as training text: its file header, then its components and relations."""
     return file_header(record.file_path, tokenizer) + record.content
 
 
@@ -168,25 +218,34 @@ def fim_prompt(
     path: str | None = None,
     tokenizer: Any | None = None,
     order: FimOrder = FimOrder.PSM,
+    context: str = "",
 ) -> str:
     """The inference prompt for filling the gap between ``prefix`` and ``suffix`` of the file at ``path``.
 
     It is the training example without its middle: the model's completion, up to EOS, is the middle.
+    Retrieved ``context`` (from ``context_text``) goes in front of the FIM sentinels, as in training.
     """
-    return fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
+    return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
 
 
 def fim_example(
-    record: Record, rng: random.Random, *, spm_rate: float = 0.5, tokenizer: Any | None = None
+    record: Record,
+    rng: random.Random,
+    *,
+    spm_rate: float = 0.5,
+    tokenizer: Any | None = None,
+    context: ContextFn | None = None,
 ) -> str:
     """A code file cut at two random characters (``fim_split``) into a FIM example.
 
     SPM with probability ``spm_rate``, else PSM. The file header stays in front of the prefix, so the
-    model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it.
+    model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it. With
+    ``context``, its text for this prefix and suffix goes in front, as ``fim_prompt(context=...)`` puts it.
     """
     prefix, middle, suffix = fim_split(record.content, rng)
     order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
-    return fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
+    lead = context(record, prefix, suffix) if context is not None else ""
+    return lead + fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
 
 
 _DIFF_START = re.compile(r"^diff --git ", re.MULTILINE)
@@ -218,9 +277,9 @@ def commit_text(record: Record) -> str:
     return commit_prompt(diff) + message
 
 
-# The thread layout written by repotune.sources.github.thread_text.
+# The thread layout written by repotune.sources.threads.thread_markdown: `#12` on GitHub, `ENG-7` on Jira.
 _THREAD_HEAD = re.compile(
-    r"\A# (?P<title>[^\n]*)\n\n(?:Issue|Pull request) #\d+[^\n]*\n"
+    r"\A# (?P<title>[^\n]*)\n\n(?:Issue|Pull request) (?:#\d+|[A-Z][A-Z0-9_]*-\d+)[^\n]*\n"
     r"Opened by @(?P<author>\S+) on [^\n]*(?:\n\n(?P<body>.*))?\Z",
     re.DOTALL,
 )
@@ -297,20 +356,33 @@ def issue_text(record: Record, tokenizer: Any) -> str:
     return render_chat(issue_messages(record), tokenizer)
 
 
-def example_text(record: Record, tokenizer: Any, config: TransformConfig, rng: random.Random) -> str:
+def example_text(
+    record: Record,
+    tokenizer: Any,
+    config: TransformConfig,
+    rng: random.Random,
+    context: ContextFn | None = None,
+) -> str:
     """The training text for one record, chosen by its kind.
 
     Code files become a FIM example with probability ``config.fim_rate``, else plain file text. Pass
     ``record_rng(record, config.seed)`` as ``rng`` for examples that do not depend on record order.
+    With ``context``, code examples get retrieved context in front (``ContextFn``); the random draws
+    are the same with or without it, so the context is the only difference.
     """
     if record.kind is Kind.CODE:
         if rng.random() < config.fim_rate:
-            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer)
-        return code_text(record, tokenizer)
+            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer, context=context)
+        lead = context(record, None, None) if context is not None else ""
+        return lead + code_text(record, tokenizer)
     if record.kind is Kind.DOC:
         return doc_text(record, tokenizer)
     if record.kind in (Kind.ISSUE, Kind.PULL_REQUEST):
         return issue_text(record, tokenizer)
     if record.kind is Kind.COMMIT:
         return commit_text(record)
+    if record.kind is Kind.WIKI_PAGE:
+        return wiki_text(record)
+    if record.kind is Kind.DIAGRAM:
+        return diagram_text(record, tokenizer)
     raise RepotuneError(f"record {record.id}: no transform for kind {record.kind!r}")

@@ -37,7 +37,9 @@ MODEL_DIR = "/mnt/models"
 PREDICTOR_PORT = 8080
 PREDICTOR_COMMAND = ("repotune",)
 # Every interface, not serve's default 127.0.0.1: KServe's probes and proxy reach the pod's IP. KServe
-# fills in `{{.Name}}` with the InferenceService name, the model name clients send.
+# fills in `{{.Name}}` with the InferenceService name, the model name clients send. --insecure-no-auth:
+# callers reach the pod through KServe's ingress and mesh, which authenticate; serve would refuse a
+# non-loopback address without tokens of its own.
 PREDICTOR_ARGS = (
     "serve",
     MODEL_DIR,
@@ -45,6 +47,7 @@ PREDICTOR_ARGS = (
     str(PREDICTOR_PORT),
     "--host",
     "0.0.0.0",
+    "--insecure-no-auth",
     "--model-name",
     "{{.Name}}",
 )

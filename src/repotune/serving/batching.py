@@ -4,13 +4,13 @@ A decoding step costs nearly the same for one row as for sixteen (it is bound by
 not by arithmetic), so running the waiting requests as one left-padded batch multiplies throughput
 under load, where serving them one by one would make the sixteenth client wait for fifteen others.
 
-One worker thread owns the model. ``Batcher.submit`` puts a request in a bounded queue and returns a
-``Handle`` at once; the worker takes the oldest request, waits a few milliseconds for others to
-arrive, and runs every waiting request with the same sampling settings (up to ``max_batch_size``) in
-one ``generate`` call. Each row stops on its own (end of sequence, a stop string, its own
-``max_new_tokens``, cancellation or its deadline) through a per-row stopping criterion, which also
-streams each row's new text to its handle as the tokens come. The event loop only awaits handles, so
-it never blocks on generation.
+One worker thread owns the model. ``Batcher.submit_all`` puts a request's rows in a bounded queue, all
+of them or none, and returns their ``Handle`` objects at once; the worker takes the oldest row, waits a
+few milliseconds for others to arrive, and runs every waiting row with the same sampling settings (up
+to ``max_batch_size``) in one ``generate`` call. Each row stops on its own (end of sequence, a stop
+string, its own ``max_new_tokens``, cancellation or its deadline) through a per-row stopping
+criterion, which also streams each row's new text to its handle as the tokens come. The event loop
+only awaits handles, so it never blocks on generation.
 """
 
 from __future__ import annotations
@@ -44,12 +44,18 @@ BATCH_SIZE = Histogram(
 )
 
 
+# Dividing logits by a temperature this small overflows them to infinities, and sampling from the
+# resulting NaNs fails; it is greedy decoding in all but name (vLLM draws the same line, at 1e-5).
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is chosen; requests batch together only when these agree."""
 
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding (always the most likely token)."""
+    """Softmax temperature; 0 (or below ``GREEDY_BELOW``) means greedy decoding (always the most likely
+    token)."""
     top_p: float = 1.0
     """Nucleus sampling: sample from the smallest token set whose probability adds up to this (0 to 1]."""
     seed: int | None = None
@@ -57,7 +63,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     def batch_key(self) -> tuple[Any, ...]:
         # Greedy rows ignore top_p and the seed, so all greedy requests can share a batch.
@@ -270,21 +276,32 @@ class Batcher:
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> Handle:
-        """Queue ``request``; raises ``QueueFull`` (429) when ``max_queue`` requests already wait.
+        """Queue one request; see ``submit_all``."""
+        return self.submit_all([request])[0]
 
-        Must be called from a running event loop, which receives the handle's events.
+    def submit_all(self, requests: list[GenerationRequest]) -> list[Handle]:
+        """Queue ``requests`` together, or none of them: raises ``QueueFull`` (429) when the queue
+        (``max_queue`` rows) cannot take them all, and then leaves nothing queued.
+
+        Must be called from a running event loop, which receives the handles' events.
         """
-        handle = Handle(request, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        handles = [Handle(request, loop) for request in requests]
         with self._cond:
             if self._stopping:
                 raise Unavailable("the server is stopping")
-            if len(self._pending) >= self.max_queue:
+            if len(self._pending) + len(handles) > self.max_queue:
                 REJECTED.labels(self.model_name, "queue_full").inc()
-                raise QueueFull(self.max_queue)
-            self._pending.append(handle)
+                raise QueueFull(self.max_queue, len(self._pending), len(handles))
+            self._pending.extend(handles)
             QUEUED.labels(self.model_name).set(len(self._pending))
             self._cond.notify()
-        return handle
+        return handles
+
+    def queued(self) -> int:
+        """Rows waiting for a batch now."""
+        with self._cond:
+            return len(self._pending)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Refuse new requests, fail the waiting ones, and let the running batch finish."""
@@ -394,3 +411,41 @@ class Batcher:
             if not row.done:  # generate stopped at max_new_tokens before the criterion did
                 row._end("length")
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows))
+
+
+async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Completed]]:
+    """Events of several handles as ``(index, text or Completed)``, in arrival order; raises the first
+    ``ServingError`` of any of them, and cancels them all when the consumer stops early."""
+    queue: asyncio.Queue[tuple[int, str | Completed | ServingError]] = asyncio.Queue()
+
+    async def pump(index: int, handle: Handle) -> None:
+        try:
+            async for item in handle.stream():
+                await queue.put((index, item))
+        except ServingError as err:
+            await queue.put((index, err))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        remaining = len(handles)
+        while remaining:
+            index, item = await queue.get()
+            if isinstance(item, ServingError):
+                raise item
+            if isinstance(item, Completed):
+                remaining -= 1
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for handle in handles:
+            handle.cancel()
+
+
+async def results(handles: list[Handle]) -> list[Completed]:
+    """Every handle's ``Completed`` row, in the handles' order."""
+    done: dict[int, Completed] = {}
+    async for index, item in merged(handles):
+        if isinstance(item, Completed):
+            done[index] = item
+    return [done[i] for i in range(len(handles))]

@@ -37,12 +37,13 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 class QueueFull(ServingError):
-    """More requests wait than the server's queue holds; the client should retry later."""
+    """The queue cannot take all of a request's generations now; the client should retry later."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, waiting: int, asked: int) -> None:
         super().__init__(
             429,
-            f"the server is busy: {limit} requests are already waiting; retry later",
+            f"the server is busy: {waiting} of at most {limit} generations are waiting, and this request "
+            f"adds {asked}; retry later",
             type="rate_limit_error",
             code="queue_full",
         )

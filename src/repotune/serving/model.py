@@ -1,14 +1,15 @@
-"""The KServe predictor: one ``kserve.Model`` over a trained model, and the prompt rules serving shares.
+"""The KServe predictor: one ``kserve.Model`` that owns generation for every protocol.
 
-A model is served from one of:
+As in KServe's ``huggingfaceserver`` (``generative_model.py``), the model implements the OpenAI
+methods, ``create_completion`` and ``create_chat_completion`` (a typed request in; a typed response, or
+an async iterator of typed chunks for ``stream: true``, out), beside KServe's v1/v2 ``predict``; the
+routes (``repotune.serving.openai_routes``) only parse, call and serialize.
 
-- a merged model folder, as ``repotune train`` writes it (weights, tokenizer, ``train_summary.json``;
-  its ``adapter/`` subfolder is not needed, the merged weights already hold it);
-- a base model plus a LoRA adapter folder (PEFT): ``adapter=`` names the adapter, or the model folder
-  itself is an adapter folder whose ``adapter_config.json`` names its base;
-
-each a local folder or an ``s3://`` URI (fetched once into a temporary folder; the object store is
-configured by the environment variables ``repotune.storage`` documents).
+Every request goes the same way: its options are validated (``repotune.serving.protocol``, one set of
+bounds for all routes), its rows are checked against the context and the server's caps, and all its
+rows are admitted to the queue at once or none (429), so a refused request leaves nothing queued. A
+streaming request is admitted before its iterator is returned: a refusal is an HTTP error, never an
+event on a 200.
 
 Prompts are built with ``repotune.data.transforms`` (``fim_prompt``, ``render_chat``) and tokenized
 the way training tokenized its examples (``encode_prompt``), so serving cannot drift from training.
@@ -16,191 +17,41 @@ the way training tokenized its examples (``encode_prompt``), so serving cannot d
 
 from __future__ import annotations
 
-import json
-import logging
-import re
-import shutil
-import tempfile
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from repotune.errors import RepotuneError
-from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, kserve
-from repotune.serving.batching import Batcher, Completed, GenerationRequest, SamplingParams
-from repotune.serving.errors import ServingError, bad_request
+from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice as ChatChoice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
-log = logging.getLogger(__name__)
+from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
+from repotune.serving.batching import (
+    Batcher,
+    Completed,
+    GenerationRequest,
+    Handle,
+    SamplingParams,
+    merged,
+    results,
+)
+from repotune.serving.errors import ServingError, Unavailable, bad_request
+from repotune.serving.loading import (
+    FALLBACK_NAME,
+    LoadedModel,
+    context_length,
+    eos_token_ids,
+    load_model,
+    served_names,
+)
+from repotune.serving.protocol import ChatCompletionRequest, CompletionRequest, Instance, validated
+from repotune.serving.settings import ServeSettings
 
-ADAPTER_CONFIG = "adapter_config.json"
-# End-of-turn tokens of common chat templates: generation stops on them as on EOS.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Limits and batching knobs of one served model."""
-
-    max_batch_size: int = 8
-    """Most requests (rows) in one ``generate`` call."""
-    max_tokens: int = 512
-    """Server cap on ``max_tokens`` per request, in tokens; larger requests get a 400."""
-    default_max_tokens: int = 16
-    """``max_tokens`` of a completions request that sets none (OpenAI's default), in tokens."""
-    batch_wait_ms: float = 5.0
-    """How long the worker waits for more requests before it starts a batch, in milliseconds."""
-    max_queue: int = 256
-    """Most requests waiting for a batch; more get a 429."""
-    request_timeout_s: float = 120.0
-    """Seconds a request may take from arrival to its last token (queue wait included); then a 504."""
-    max_body_bytes: int = 1_000_000
-    """Largest request body accepted, in bytes; larger bodies get a 413."""
-    max_n: int = 8
-    """Most choices (``n`` times the number of prompts) one request may ask for."""
-    device: str | None = None
-    """``cuda``, ``cuda:1``, ``cpu``...; default: CUDA when available, else the CPU."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_tokens", "default_max_tokens", "max_queue", "max_body_bytes",
-                     "max_n"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RepotuneError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_wait_ms < 0:
-            raise RepotuneError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms!r}")
-        if self.request_timeout_s <= 0:
-            raise RepotuneError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
-
-
-def default_model_name(source: str | Path) -> str:
-    """The served name: the model folder's (or the URI's last path part's) name, else ``repotune``.
-
-    The name appears in URL paths (``/v1/models/NAME:predict``), so names with other characters than
-    letters, digits, ``_``, ``.`` and ``-`` fall back to ``repotune``.
-    """
-    text = str(source).rstrip("/")
-    name = text.rsplit("/", 1)[-1] if text.startswith(("s3://", "minio://")) else Path(text).resolve().name
-    return name if _SAFE_NAME.match(name) else "repotune"
-
-
-def _local_folder(source: str | Path, what: str, scratch: list[Path]) -> Path:
-    """A local folder for ``source``: itself, or a fresh copy of an ``s3://`` prefix."""
-    from repotune.storage import fetch, is_s3_uri
-
-    if isinstance(source, str) and is_s3_uri(source):
-        target = Path(tempfile.mkdtemp(prefix="repotune-serve-"))
-        scratch.append(target)
-        log.info("fetching %s %s", what, source)
-        return fetch(source, target / "model")
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise RepotuneError(f"{what} {path} is not a folder (give the folder `repotune train` wrote)")
-    return path
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-
-
-def _device_and_dtype(device: str | None) -> tuple[str, Any]:
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RepotuneError(f"--device {device}: no CUDA device is available")
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return device, torch.float32
-
-
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    folder: Path
-    """The local folder the weights (or the adapter) came from."""
-    scratch: list[Path]
-    """Temporary folders (s3:// copies) to delete when the model is unloaded."""
-
-
-def load_model(
-    source: str | Path, *, adapter: str | Path | None = None, device: str | None = None
-) -> LoadedModel:
-    """Load a merged model folder, or a base model with a LoRA adapter merged in, for generation.
-
-    ``source`` and ``adapter`` are local folders or ``s3://`` URIs. When ``source`` itself is an
-    adapter folder (``adapter_config.json`` without ``config.json``), its base is the model its
-    config names, resolved like a recipe's ``base_model`` (an alias, a folder, ``s3://`` or a Hub id).
-    The tokenizer comes from the adapter folder, else from the ``repotune train`` output around it
-    (which carries the FIM tokens the adapter was trained with), else from the base.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    scratch: list[Path] = []
-    try:
-        folder = _local_folder(source, "model", scratch)
-        adapter_dir = _local_folder(adapter, "adapter", scratch) if adapter is not None else None
-        if adapter_dir is None and not (folder / "config.json").is_file():
-            if not (folder / ADAPTER_CONFIG).is_file():
-                raise RepotuneError(
-                    f"{source} holds neither a model (config.json) nor a LoRA adapter ({ADAPTER_CONFIG})"
-                )
-            adapter_dir, folder = folder, _adapter_base(folder)
-        if not (folder / "config.json").is_file():
-            raise RepotuneError(f"{folder} has no config.json; is it a Hugging Face model folder?")
-        device, dtype = _device_and_dtype(device)
-        tokenizer_dir = folder
-        if adapter_dir is not None:
-            if not (adapter_dir / ADAPTER_CONFIG).is_file():
-                raise RepotuneError(f"adapter folder {adapter} has no {ADAPTER_CONFIG}")
-            for candidate in (adapter_dir, adapter_dir.parent):
-                if _has_tokenizer(candidate):
-                    tokenizer_dir = candidate
-                    break
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        if adapter_dir is not None:
-            from peft import PeftModel
-
-            # Tokens added in training (FIM) live in the adapter as trained rows of a resized embedding.
-            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tokenizer))
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-        model.to(device).eval()
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.requires_grad_(False)  # serving never trains; generation runs under inference_mode
-    except Exception:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-    return LoadedModel(model=model, tokenizer=tokenizer, folder=adapter_dir or folder, scratch=scratch)
-
-
-def _adapter_base(adapter_dir: Path) -> Path:
-    from repotune.train.models import resolve_base_model
-
-    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise RepotuneError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; serve BASE --adapter DIR")
-    return resolve_base_model(base)
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Tokens that end a completion: the model's and tokenizer's EOS, and chat end-of-turn tokens."""
-    ids: set[int] = set()
-    configured = model.generation_config.eos_token_id
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
-    return ids
+__all__ = ["RepotuneModel", "ServeSettings", "encode_prompt"]
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -211,34 +62,30 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
 
 
-def context_length(model: Any, tokenizer: Any) -> int:
-    """Most tokens (prompt plus completion) the model takes, in tokens."""
-    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
-    # Tokenizers without a limit report a huge sentinel (int(1e30)); 2048 when nothing says.
-    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**9]
-    return min(known) if known else 2048
-
-
 class RepotuneModel(kserve.Model):
     """A causal LM behind a ``Batcher``, served by ``kserve.ModelServer``.
 
     KServe's v1 ``:predict`` takes ``{"instances": [PROMPT, ...]}`` where a prompt is a string or an
     object with ``prompt`` and optional ``suffix`` (fill in the middle), ``max_tokens``,
-    ``temperature``, ``top_p`` and ``stop``; it answers ``{"predictions": [TEXT, ...]}``. The v2
-    ``infer`` takes a BYTES input tensor of prompts (any name) with the same options as request
-    parameters, and answers a BYTES output tensor ``text``. The OpenAI routes
-    (``repotune.serving.openai_routes``) share this object's queue.
+    ``temperature``, ``top_p``, ``seed`` and ``stop``; it answers ``{"predictions": [TEXT, ...]}``. The
+    v2 ``infer`` takes a BYTES input tensor of prompts (any name) with the same options as request
+    parameters, and answers a BYTES output tensor ``text``. Both are greedy unless asked otherwise.
+
+    ``name=None`` names the model when it loads (``served_names``: the registered model, the
+    repository, the folder); the other names found are ``aliases`` the OpenAI routes accept too.
     """
 
     def __init__(
         self,
-        name: str,
+        name: str | None,
         source: str | Path,
         *,
         adapter: str | Path | None = None,
         settings: ServeSettings | None = None,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name or FALLBACK_NAME)
+        self.explicit_name = name
+        self.aliases: tuple[str, ...] = ()
         self.source = source
         self.adapter = adapter
         self.settings = settings or ServeSettings()
@@ -251,6 +98,8 @@ class RepotuneModel(kserve.Model):
         from repotune.data.transforms import has_fim_tokens
 
         self.loaded = load_model(self.source, adapter=self.adapter, device=self.settings.device)
+        names = served_names(self.loaded.folder, self.source, self.explicit_name)
+        self.name, self.aliases = names[0], tuple(names[1:])
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         self.fim = has_fim_tokens(tokenizer)
         self.context = context_length(model, tokenizer)
@@ -271,13 +120,15 @@ class RepotuneModel(kserve.Model):
         if self.batcher is not None:
             self.batcher.stop()
         if self.loaded is not None:
+            import shutil
+
             for path in self.loaded.scratch:
                 shutil.rmtree(path, ignore_errors=True)
 
     @property
     def tokenizer(self) -> Any:
         if self.loaded is None:
-            raise ServingError(503, "the model is not loaded yet", type="server_error")
+            raise Unavailable("the model is not loaded yet")
         return self.loaded.tokenizer
 
     def build_prompt(self, prompt: str, suffix: str | None = None, file_path: str | None = None) -> str:
@@ -343,76 +194,230 @@ class RepotuneModel(kserve.Model):
             timeout_s=self.settings.request_timeout_s,
         )
 
-    def submit(self, request: GenerationRequest):
+    def submit(self, request: GenerationRequest) -> Handle:
+        return self.submit_all([request])[0]
+
+    def submit_all(self, requests: list[GenerationRequest], param: str | None = None) -> list[Handle]:
+        """Admit all of one client request's rows to the queue, or none: 400 over the per-request cap
+        (``max_generations``), 429 when the queue cannot take them all now."""
         if self.batcher is None or not self.ready:
-            raise ServingError(503, "the model is not loaded yet", type="server_error")
-        return self.batcher.submit(request)
+            raise Unavailable("the model is not loaded yet")
+        self.check_generations(len(requests), param)
+        return self.batcher.submit_all(requests)
+
+    def check_generations(self, count: int, param: str | None) -> None:
+        """400 when one request asks for more generations than its fair share of the queue."""
+        cap = self.settings.max_generations
+        if count > cap:
+            raise bad_request(
+                f"this request asks for {count} generations; this server takes at most {cap} per request "
+                "(split it into smaller requests)",
+                param=param,
+                code="too_many_generations",
+            )
+
+    def _check_model(self, name: str) -> None:
+        if name != self.name and name not in self.aliases:
+            raise ServingError(
+                404,
+                f"the model {name!r} does not exist; this server serves {self.name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _prompt_ids(self, item: str | list[int], request: CompletionRequest) -> list[int]:
+        if isinstance(item, str):
+            return encode_prompt(self.tokenizer, self.build_prompt(item, request.suffix, request.file_path))
+        if request.suffix is not None:
+            raise bad_request("`suffix` needs the prompt as text, not token ids", param="suffix")
+        vocab = len(self.tokenizer)
+        if not all(0 <= t < vocab for t in item):
+            raise bad_request(f"token ids in `prompt` must be integers from 0 to {vocab - 1}", param="prompt")
+        return list(item)
+
+    async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
+        """``/openai/v1/completions``: a ``Completion``, or its chunks for ``stream: true``."""
+        self._check_model(request.model)
+        request.refuse_unsupported()
+        items = request.prompts()
+        n = request.n or 1
+        self.check_generations(len(items) * n, "n" if n > 1 else "prompt")
+        prompts = [self._prompt_ids(item, request) for item in items]
+        sampling, stop = request.sampling(default_temperature=1.0), request.stops()  # OpenAI's default
+        rows = [
+            self.request(ids, max_tokens=request.max_tokens,
+                         default_max_tokens=self.settings.default_max_tokens, sampling=sampling, stop=stop)
+            for ids in prompts
+            for _ in range(n)
+        ]  # fmt: skip
+        handles = self.submit_all(rows, param="n" if n > 1 else "prompt")
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        echoed = [item if request.echo and isinstance(item, str) else "" for item in items for _ in range(n)]
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
+        if request.stream:
+            return self._completion_chunks(head, handles, echoed, prompt_tokens, request.include_usage)
+        done = await results(handles)
+        choices = [
+            CompletionChoice(index=i, text=echoed[i] + r.text, finish_reason=r.finish_reason, logprobs=None)
+            for i, r in enumerate(done)
+        ]
+        return Completion(**head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens))
+
+    async def _completion_chunks(
+        self, head: dict[str, Any], handles: list[Handle], echoed: list[str], prompt_tokens: int,
+        include_usage: bool,
+    ) -> AsyncIterator[Completion]:  # fmt: skip
+        def chunk(index: int, text: str, finish_reason: str | None) -> Completion:
+            # OpenAI streams completion chunks as Completion objects whose finish_reason is null until
+            # the end; the openai type declares it non-null, so chunks are built without validation.
+            choice = CompletionChoice.model_construct(
+                index=index, text=text, finish_reason=finish_reason, logprobs=None
+            )
+            return Completion.model_construct(**head, choices=[choice], object="text_completion", usage=None)
+
+        done: list[Completed] = []
+        for index, text in enumerate(echoed):
+            if text:
+                yield chunk(index, text, None)
+        async for index, item in merged(handles):
+            if isinstance(item, str):
+                yield chunk(index, item, None)
+            else:
+                done.append(item)
+                yield chunk(index, "", item.finish_reason)
+        if include_usage:
+            yield Completion.model_construct(
+                **head, choices=[], object="text_completion", usage=usage(done, prompt_tokens)
+            )
+
+    async def create_chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        """``/openai/v1/chat/completions``: a ``ChatCompletion``, or its chunks for ``stream: true``."""
+        from repotune.data.transforms import render_chat
+
+        self._check_model(request.model)
+        request.refuse_unsupported()
+        messages = request.text_messages()
+        try:
+            text = render_chat(messages, self.tokenizer, add_generation_prompt=True)
+        except Exception as err:  # a chat template may reject a conversation (roles out of order...)
+            raise bad_request(
+                f"the model's chat template refused these messages: {err}", param="messages"
+            ) from None
+        prompt_ids = encode_prompt(self.tokenizer, text)
+        n = request.n or 1
+        self.check_generations(n, "n")
+        row = self.request(
+            prompt_ids, max_tokens=request.limit, default_max_tokens=None,
+            sampling=request.sampling(default_temperature=1.0), stop=request.stops(),
+            param=request.limit_param,
+        )  # fmt: skip
+        handles = self.submit_all([row] * n, param="n")
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
+        if request.stream:
+            return self._chat_chunks(head, handles, len(prompt_ids), request.include_usage)
+        done = await results(handles)
+        choices = [
+            ChatChoice(
+                index=i,
+                message=ChatCompletionMessage(role="assistant", content=r.text),
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(done)
+        ]
+        return ChatCompletion(
+            **head, choices=choices, object="chat.completion", usage=usage(done, len(prompt_ids))
+        )
+
+    async def _chat_chunks(
+        self, head: dict[str, Any], handles: list[Handle], prompt_tokens: int, include_usage: bool
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(**head, choices=choices, object="chat.completion.chunk", usage=usage)
+
+        done: list[Completed] = []
+        for index in range(len(handles)):
+            yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
+        async for index, item in merged(handles):
+            if isinstance(item, str):
+                yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(content=item))])
+            else:
+                done.append(item)
+                yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=item.finish_reason)])
+        if include_usage:
+            yield chunk([], usage(done, prompt_tokens))
+
+    def _instance_row(self, instance: Instance) -> GenerationRequest:
+        text = self.build_prompt(instance.prompt, instance.suffix, instance.file_path)
+        return self.request(
+            encode_prompt(self.tokenizer, text),
+            max_tokens=instance.max_tokens,
+            default_max_tokens=self.settings.default_max_tokens,
+            sampling=instance.sampling(default_temperature=0.0),
+            stop=instance.stops(),
+        )
 
     async def complete(self, options: dict[str, Any]) -> Completed:
-        """One completion for a KServe v1/v2 instance (``prompt`` plus optional settings)."""
-        prompt = options.get("prompt")
-        if not isinstance(prompt, str):
-            raise bad_request("each instance needs a string `prompt`", param="prompt")
-        suffix, file_path = options.get("suffix"), options.get("file_path")
-        if suffix is not None and not isinstance(suffix, str):
-            raise bad_request("`suffix` must be a string", param="suffix")
-        stop = options.get("stop") or ()
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        try:
-            sampling = SamplingParams(
-                temperature=float(options.get("temperature", 0.0)), top_p=float(options.get("top_p", 1.0))
-            )
-        except (TypeError, ValueError):
-            raise bad_request("temperature and top_p must be numbers") from None
-        text = self.build_prompt(prompt, suffix, file_path if isinstance(file_path, str) else None)
-        request = self.request(
-            encode_prompt(self.tokenizer, text),
-            max_tokens=options.get("max_tokens"),
-            default_max_tokens=self.settings.default_max_tokens,
-            sampling=sampling,
-            stop=tuple(s for s in stop if isinstance(s, str) and s),
-        )
-        return await self.submit(request).result()
+        """One completion for a KServe v1 instance object (``prompt`` plus optional settings)."""
+        row = self._instance_row(validated(Instance, options, "instance"))
+        return (await results(self.submit_all([row])))[0]
 
     async def predict(
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | InferResponse:
-        """KServe v1 (a dict with ``instances``) or v2 (an ``InferRequest``); greedy unless asked."""
-        import asyncio
+        """KServe v1 (a dict with ``instances``) or v2 (an ``InferRequest``); greedy unless asked.
 
-        try:
-            if isinstance(payload, InferRequest):
-                options = dict(payload.parameters or {})
-                prompts = _v2_prompts(payload)
-                results = await asyncio.gather(*(self.complete({**options, "prompt": p}) for p in prompts))
-                output = InferOutput(name="text", shape=[len(results)], datatype="BYTES",
-                                     data=[r.text for r in results])  # fmt: skip
-                return InferResponse(
-                    response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=[output]
-                )
-            instances = payload.get("instances") if isinstance(payload, dict) else None
-            if not isinstance(instances, list) or not instances:
-                raise bad_request('expected {"instances": [PROMPT, ...]} with at least one prompt')
-            options = [{"prompt": i} if isinstance(i, str) else i for i in instances]
-            if not all(isinstance(o, dict) for o in options):
-                raise bad_request("each instance is a prompt string or an object with `prompt`")
-            results = await asyncio.gather(*(self.complete(o) for o in options))
-            return {"predictions": [r.text for r in results]}
-        except ServingError as err:
-            if err.status >= 500:
-                raise
-            # KServe answers InvalidInput with a 400 and {"error": message}.
-            raise InvalidInput(err.message) from None
+        Refusals are ``ServingError``: the server answers them with their status (400, 429, 503, 504)
+        and KServe's error body, ``{"error": message}``.
+        """
+        if isinstance(payload, InferRequest):
+            parameters = dict(payload.parameters or {})
+            prompts = _v2_prompts(payload)
+            self.check_generations(len(prompts), "inputs")
+            instances = [validated(Instance, {**parameters, "prompt": p}, "parameters") for p in prompts]
+            done = await results(self.submit_all([self._instance_row(i) for i in instances], "inputs"))
+            output = InferOutput(
+                name="text", shape=[len(done)], datatype="BYTES", data=[r.text for r in done]
+            )
+            return InferResponse(
+                response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=[output]
+            )
+        raw = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(raw, list) or not raw:
+            raise bad_request(
+                'expected {"instances": [PROMPT, ...]} with at least one prompt', param="instances"
+            )
+        self.check_generations(len(raw), "instances")
+        instances = [
+            validated(Instance, {"prompt": item} if isinstance(item, str) else item, f"instances.{i}")
+            for i, item in enumerate(raw)
+        ]
+        done = await results(self.submit_all([self._instance_row(i) for i in instances], "instances"))
+        return {"predictions": [r.text for r in done]}
+
+    async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        raise ServingError(404, f"model {self.name} has no explainer", code="not_found")
+
+
+def usage(done: list[Completed], prompt_tokens: int) -> CompletionUsage:
+    """Token counts; prompts count once each (as OpenAI counts them), however many choices they have."""
+    completion = sum(r.completion_tokens for r in done)
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+    )
 
 
 def _v2_prompts(request: InferRequest) -> list[str]:
     if not request.inputs:
-        raise bad_request("the request has no inputs; send a BYTES tensor of prompts")
+        raise bad_request("the request has no inputs; send a BYTES tensor of prompts", param="inputs")
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES":
-        raise bad_request(f"input {tensor.name} is {tensor.datatype}; send the prompts as a BYTES tensor")
+        raise bad_request(
+            f"input {tensor.name} is {tensor.datatype}; send the prompts as a BYTES tensor", param="inputs"
+        )
     data = tensor.data if isinstance(tensor.data, list) else tensor.as_numpy().ravel().tolist()
-    prompts = [p.decode("utf-8") if isinstance(p, bytes) else p for p in data]
+    prompts = [p.decode("utf-8", errors="replace") if isinstance(p, bytes) else p for p in data]
     if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise bad_request("the BYTES input must hold one or more prompt strings")
+        raise bad_request("the BYTES input must hold one or more prompt strings", param="inputs")
     return prompts

@@ -1,10 +1,11 @@
 """The model server: ``kserve.ModelServer`` with the repotune model and the OpenAI-compatible routes.
 
-``serve`` is what ``repotune serve MODEL`` runs: it loads the model, adds the OpenAI routes and a
-request body limit to KServe's FastAPI app, and runs KServe's REST server (v1/v2 protocol, health,
-``/metrics``) on ``host:port``. KServe binds 0.0.0.0 by itself; here the host is an option and
-defaults to 127.0.0.1, so a model is not exposed to the network by accident. gRPC is off: the
-routes people use (OpenAI, v1, v2) are all HTTP.
+``serve`` is what ``repotune serve MODEL`` runs: it loads the model, adds the OpenAI routes and the
+guards (``repotune.serving.guards``: bearer tokens, body size, JSON depth) to KServe's FastAPI app, and
+runs KServe's REST server (v1/v2 protocol, health, ``/metrics``) on ``host:port``. KServe binds 0.0.0.0
+by itself; here the host is an option and defaults to 127.0.0.1, so a model is not exposed to the
+network by accident, and another address needs bearer tokens (``REPOTUNE_SERVE_TOKENS``) or an explicit
+``--insecure-no-auth``. gRPC is off: the routes people use (OpenAI, v1, v2) are all HTTP.
 
 ``start_background`` runs ``repotune serve`` as a subprocess on a free port and returns once it
 answers ready, for code (``repotune run``, tests, benchmarks) that needs a live server.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import socket
 import subprocess
@@ -26,69 +29,90 @@ from pathlib import Path
 from typing import Any
 
 from repotune.errors import RepotuneError
-from repotune.serving.model import RepotuneModel, ServeSettings, default_model_name
+from repotune.serving.errors import ServingError
+from repotune.serving.settings import ServeSettings, tokens_from_env
+
+logger = logging.getLogger(__name__)
 
 # Seconds a stopping server lets open requests (streams) finish before it closes them.
 GRACE_PERIOD_S = 5
 
 
-class BodyLimit:
-    """ASGI middleware that answers 413 (OpenAI-style body) to request bodies over ``max_bytes``.
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, taken before the model loads (seconds) and handed to the server,
+    so a port in use is one line at once, not an error from inside KServe after the load."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except (socket.gaierror, UnicodeError, OverflowError) as err:
+        raise RepotuneError(f"--host {host} --port {port}: {getattr(err, 'strerror', None) or err}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn binds: a port left in TIME_WAIT by a stopped server can be taken again at once.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise RepotuneError(f"port {port} on {host} is in use") from None
+        raise RepotuneError(f"cannot listen on {host} port {port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
 
-    The body is read (at most ``max_bytes`` + one chunk) before the app sees it, so a client that
-    sends a huge or endless body is refused early, whether or not it sent a Content-Length.
+
+def _error_handlers(app: Any) -> None:
+    """Refusals keep their status on every route; nothing unexpected names an exception in a body.
+
+    The OpenAI routes answer with OpenAI's error body, KServe's routes with KServe's ``{"error": ...}``.
+    KServe's own handler for other exceptions writes ``TypeName : message``; this one replaces it.
     """
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    def answer(request: Any, err: ServingError) -> JSONResponse:
+        if request.url.path.startswith("/openai/"):
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse({"error": err.message}, status_code=err.status)
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; the app sees the disconnect as it would have
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
+    async def refused(request: Any, err: ServingError) -> JSONResponse:
+        return answer(request, err)
 
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+    async def unexpected(request: Any, err: Exception) -> JSONResponse:
+        logger.error("request to %s failed", request.url.path, exc_info=err)
+        return answer(request, ServingError(500, "internal error; the server log has the details",
+                                            type="server_error"))  # fmt: skip
 
-        await self.app(scope, replay, send)
+    async def no_versions(request: Any, err: NotImplementedError) -> JSONResponse:
+        # KServe answers a request for a model version with 501; a server of one unversioned model
+        # has no such version, which is a 404 the client can act on, not a server fault.
+        return answer(request, ServingError(404, f"not found: {err}", code="not_found"))
 
-    async def _refuse(self, send: Callable) -> None:
-        import json
+    async def invalid(request: Any, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each failed input, and fails (a 500) on the NaN and infinities
+        # Python's JSON parser accepts; KServe's v2 routes validate their bodies through it.
+        first = err.errors()[0] if err.errors() else {}
+        # The location starts with "body" and the model's class name; the fields follow.
+        where = ".".join(str(part) for part in first.get("loc", ())[1:] if not str(part)[:1].isupper())
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid")
+        return answer(request, ServingError(422, message))
 
-        error = {
-            "message": f"the request body is larger than this server's limit of {self.max_bytes} bytes",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_too_large",
-        }
-        payload = json.dumps({"error": error}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    app.add_exception_handler(ServingError, refused)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(NotImplementedError, no_versions)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _no_repository(app: Any) -> None:
+    """Answer KServe's model repository routes with 404 before KServe's own handlers can: they would let
+    any caller unload the one model this process serves, and ``load`` cannot bring it back."""
+    from fastapi.responses import JSONResponse
+
+    async def refuse(model_name: str) -> JSONResponse:
+        return JSONResponse({"error": "this server serves one model and has no model repository"}, 404)
+
+    for verb in ("load", "unload"):
+        # Registered before KServe's routes (create_application), so these match first.
+        app.add_api_route(f"/v2/repository/models/{{model_name}}/{verb}", refuse, methods=["POST"],
+                          include_in_schema=False)  # fmt: skip
 
 
 def serve(
@@ -101,59 +125,86 @@ def serve(
     settings: ServeSettings | None = None,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Load the model at ``source`` (folder or ``s3://``) and serve it until SIGINT or SIGTERM."""
-    from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
-    from repotune.serving.openai_routes import register_openai_routes
+    """Load the model at ``source`` (folder or ``s3://``) and serve it until SIGINT or SIGTERM.
+
+    Before anything loads: refuse a non-loopback ``host`` without tokens (``ServeSettings.check_exposure``),
+    a local folder that is not there, and take the port (``bind``), so each mistake costs one line, not a
+    model load.
+    """
+    from repotune.serving.loading import check_source
 
     settings = settings or ServeSettings()
-    name = model_name or default_model_name(source)
-    model = RepotuneModel(name, source, adapter=adapter, settings=settings)
-    started = time.monotonic()
-    model.load()
-    loaded = model.loaded
-    device = next(loaded.model.parameters()).device
-    log(
-        f"loaded {source}{f' with adapter {adapter}' if adapter else ''} as {name!r} on {device} in "
-        f"{time.monotonic() - started:.1f} s (context {model.context} tokens, "
-        f"fill-in-the-middle {'on' if model.fim else 'off: no FIM tokens'})"
-    )
-
-    server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, grace_period=GRACE_PERIOD_S)
-    app = model_server.app
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    register_openai_routes(app, model)
-    # ModelServer.start() would bind 0.0.0.0 with no way to choose; this is the same start for one
-    # worker without gRPC, with the host set.
-    server._register_and_check_atleast_one_model_is_ready([model])
-    rest = RESTServer(
-        FASTAPI_APP_IMPORT_STRING,
-        server.dataplane,
-        server.model_repository_extension,
-        port,
-        grace_period=GRACE_PERIOD_S,
-    )
-    rest.config.host = host
-    server._rest_server = rest
-    url = f"http://{host}:{port}"
-
-    async def announce() -> None:
-        while not rest._server.started:
-            await asyncio.sleep(0.05)
-        log(f"listening on {url}: OpenAI API at {url}/openai/v1, KServe v1/v2 at {url}/v1 and {url}/v2")
-
-    async def run() -> None:
-        server.setup_event_loop()
-        waiter = asyncio.create_task(announce())
-        try:
-            await rest.start()
-        finally:
-            waiter.cancel()
-
+    settings.check_exposure(host)
+    check_source(source)
+    if adapter is not None:
+        check_source(adapter, "adapter")
+    sock = bind(host, port)
     try:
-        asyncio.run(run())
+        from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
+        from repotune.serving.guards import BearerAuth, BodyGuard
+        from repotune.serving.model import RepotuneModel
+        from repotune.serving.openai_routes import register_openai_routes
+
+        log(f"loading {source}")
+        model = RepotuneModel(model_name, source, adapter=adapter, settings=settings)
+        started = time.monotonic()
+        model.load()
+        device = next(model.loaded.model.parameters()).device
+        aliases = f" (also {', '.join(repr(a) for a in model.aliases)})" if model.aliases else ""
+        log(
+            f"loaded {source}{f' with adapter {adapter}' if adapter else ''} as {model.name!r}{aliases} on "
+            f"{device} in {time.monotonic() - started:.1f} s (context {model.context} tokens, "
+            f"fill-in-the-middle {'on' if model.fim else 'off: no FIM tokens'})"
+        )
+        if not settings.tokens:
+            log(
+                "no authentication: "
+                + ("--insecure-no-auth" if settings.insecure_no_auth else f"{host} only")
+            )
+
+        server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, grace_period=GRACE_PERIOD_S)
+        app = model_server.app
+        app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
+        if settings.tokens:
+            app.add_middleware(BearerAuth, tokens=settings.tokens)  # outside BodyGuard: no body read first
+        register_openai_routes(app, model)
+        _no_repository(app)
+        # ModelServer.start() would bind 0.0.0.0 itself; this is the same start for one worker without
+        # gRPC, on the socket bound above.
+        server._register_and_check_atleast_one_model_is_ready([model])
+        rest = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            server.dataplane,
+            server.model_repository_extension,
+            port,
+            grace_period=GRACE_PERIOD_S,
+        )
+        rest.config.host = host
+        server._rest_server = rest
+        url = f"http://{host}:{port}"
+
+        async def announce() -> None:
+            while not rest._server.started:
+                await asyncio.sleep(0.05)
+            log(f"listening on {url}: OpenAI API at {url}/openai/v1, KServe v1/v2 at {url}/v1 and {url}/v2")
+
+        async def run() -> None:
+            server.setup_event_loop()
+            rest.create_application()
+            _error_handlers(app)  # after KServe's, which they replace
+            waiter = asyncio.create_task(announce())
+            try:
+                await rest._server.serve(sockets=[sock])
+            finally:
+                waiter.cancel()
+
+        try:
+            asyncio.run(run())
+        finally:
+            model.stop()
+            log(f"stopped serving {model.name!r}")
     finally:
-        model.stop()
-        log(f"stopped serving {name!r}")
+        sock.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -169,10 +220,18 @@ class BackgroundServer:
 
     url: str
     """``http://HOST:PORT``; the OpenAI API is under ``openai_url``."""
-    model_name: str
     process: subprocess.Popen
     log_path: Path
     """The server's stdout and stderr."""
+    model_name: str = ""
+    """The name the server lists on ``/openai/v1/models`` (set once it is ready)."""
+    token: str | None = None
+    """A bearer token the server accepts, when it was started with ``REPOTUNE_SERVE_TOKENS``."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization`` for the server's token, if it has one."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def openai_url(self) -> str:
@@ -217,15 +276,29 @@ def start_background(
 
     ``port=None`` takes a free port (and tries another if that one is taken in between).
     ``extra_args`` are more ``repotune serve`` options (``["--request-timeout", "30"]``); ``env``
-    replaces the subprocess's environment (default: this process's). Raises ``RepotuneError`` with
-    the end of the server's log when it exits or is not ready within ``ready_timeout_s`` seconds.
+    replaces the subprocess's environment (default: this process's); a ``REPOTUNE_SERVE_TOKENS`` in it
+    turns authentication on, and its first token becomes ``BackgroundServer.token``. Without
+    ``model_name`` the server names the model itself (``served_names``), and ``model_name`` is read
+    back from ``/openai/v1/models``. Raises ``RepotuneError`` with the end of the server's log when it
+    exits or is not ready within ``ready_timeout_s`` seconds.
     """
-    name = model_name or default_model_name(model)
+    tokens = tokens_from_env(env)
     attempts = 3 if port is None else 1
     for attempt in range(attempts):
         chosen = port if port is not None else free_port(host)
-        command = [sys.executable, "-m", "repotune", "serve", str(model), "--port", str(chosen),
-                   "--host", host, "--model-name", name]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "repotune",
+            "serve",
+            str(model),
+            "--port",
+            str(chosen),
+            "--host",
+            host,
+        ]
+        if model_name is not None:
+            command += ["--model-name", model_name]
         if adapter is not None:
             command += ["--adapter", str(adapter)]
         if max_batch_size is not None:
@@ -241,13 +314,15 @@ def start_background(
             log_file = log_path
         with open(log_file, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        server = BackgroundServer(f"http://{host}:{chosen}", name, process, log_file)
+        server = BackgroundServer(
+            f"http://{host}:{chosen}", process, log_file, token=next(iter(tokens), None)
+        )
         try:
             _wait_ready(server, ready_timeout_s)
             return server
         except RepotuneError:
             server.stop()
-            taken = "address already in use" in server.log_text().lower()
+            taken = f"port {chosen} on {host} is in use" in server.log_text()
             if not (taken and attempt + 1 < attempts):
                 raise
     raise RepotuneError("could not start the server")  # the loop returns or raises
@@ -265,6 +340,9 @@ def _wait_ready(server: BackgroundServer, timeout_s: float) -> None:
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(f"{server.url}/v2/health/ready").status_code == 200:
+                    models = client.get(f"{server.openai_url}/models", headers=server.headers)
+                    models.raise_for_status()
+                    server.model_name = models.json()["data"][0]["id"]
                     return
             time.sleep(0.2)
     raise RepotuneError(f"repotune serve was not ready after {timeout_s:g} s:\n{_tail(server)}")

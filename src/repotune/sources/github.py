@@ -31,14 +31,14 @@ from github import Auth, Consts, Github, GithubException, RateLimitExceededExcep
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record, record_id
 from repotune.sources.base import IngestStats
+from repotune.sources.ratelimit import RateLimitWaits
+from repotune.sources.threads import ThreadComment, day, thread_markdown
 
-# Tests replace these: the sleep used for rate-limit waits, and PyGithub's own pause between
-# requests (seconds; its default 0.25 keeps a long ingest clear of GitHub's secondary rate limits).
-_sleep: Callable[[float], None] = time.sleep
+# Tests replace this: PyGithub's own pause between requests (seconds; its default 0.25 keeps a long
+# ingest clear of GitHub's secondary rate limits). Rate-limit waits sleep in repotune.sources.ratelimit.
 _SECONDS_BETWEEN_REQUESTS: float | None = Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS
 
 _PER_PAGE = 100  # the most GitHub returns per page
-_MAX_RATE_LIMIT_WAITS = 10  # per run, so a limit that keeps coming back ends in an error, not a hang
 _SECONDARY_LIMIT_WAIT_S = 60.0  # GitHub's advice when a secondary limit names no Retry-After
 _PROGRESS_EVERY = 100  # issues and pull requests between progress lines
 _HUNK_LINE_CHARS = 200  # a review comment quotes only the diff line it is attached to
@@ -155,7 +155,7 @@ def linked_issues(body: str, repo: str, number: int | None = None) -> list[int]:
 
 
 def thread_text(item: dict[str, Any], comments: list[dict[str, Any]], is_pr: bool) -> str:
-    """The thread as Markdown: title, state and labels, the body, then each comment in time order."""
+    """The thread as Markdown (``threads.thread_markdown``): title, state and labels, body, comments."""
     what = "Pull request" if is_pr else "Issue"
     state = item.get("state") or "unknown"
     if is_pr and (item.get("pull_request") or {}).get("merged_at"):
@@ -164,25 +164,30 @@ def thread_text(item: dict[str, Any], comments: list[dict[str, Any]], is_pr: boo
     labels = _label_names(item)
     if labels:
         status += f" · labels: {', '.join(labels)}"
-    parts = [
-        f"# {item.get('title') or ''}".rstrip(),
-        f"{status}\nOpened by @{_login(item)} on {_day(item.get('created_at'))}",
-    ]
-    body = (item.get("body") or "").strip()
-    if body:
-        parts.append(body)
-    for comment in comments:
-        heading = f"### @{_login(comment)} on {_day(comment.get('created_at'))}"
-        if comment.get("path"):
-            line = comment.get("line") or comment.get("original_line")
-            where = f"{comment['path']}:{line}" if line else comment["path"]
-            heading += f" · review comment on {where}"
-            hunk_lines = (comment.get("diff_hunk") or "").splitlines()
-            if hunk_lines:
-                # The hunk ends at the line the comment is attached to; the rest is context.
-                heading += f"\n\n```diff\n{hunk_lines[-1][:_HUNK_LINE_CHARS]}\n```"
-        parts.append(f"{heading}\n\n{(comment.get('body') or '').strip()}".rstrip())
-    return "\n\n".join(parts) + "\n"
+    return thread_markdown(
+        item.get("title") or "",
+        status,
+        _login(item),
+        _day(item.get("created_at")),
+        item.get("body") or "",
+        (
+            ThreadComment(_login(c), _day(c.get("created_at")), c.get("body") or "", _review_note(c))
+            for c in comments
+        ),
+    )
+
+
+def _review_note(comment: dict[str, Any]) -> str:
+    if not comment.get("path"):
+        return ""
+    line = comment.get("line") or comment.get("original_line")
+    where = f"{comment['path']}:{line}" if line else comment["path"]
+    note = f"review comment on {where}"
+    hunk_lines = (comment.get("diff_hunk") or "").splitlines()
+    if hunk_lines:
+        # The hunk ends at the line the comment is attached to; the rest is context.
+        note += f"\n\n```diff\n{hunk_lines[-1][:_HUNK_LINE_CHARS]}\n```"
+    return note
 
 
 class _Client:
@@ -203,7 +208,7 @@ class _Client:
         self.max_wait_s = max_wait_s
         self.timeout_s = timeout_s
         self.log = log
-        self.waits_left = _MAX_RATE_LIMIT_WAITS
+        self.waits = RateLimitWaits(max_wait_s, log)
         # retry=None: PyGithub's default retry sleeps silently through rate limits, for up to an hour.
         self._github = Github(
             auth=Auth.Token(token) if token else None,
@@ -253,32 +258,28 @@ class _Client:
         resource = headers.get("x-ratelimit-resource", "core")
         limit = headers.get("x-ratelimit-limit")
         hint = "retry later" if self.has_token else "set GITHUB_TOKEN or retry later"
-        if self.waits_left <= 0:
-            raise RepotuneError(
-                f"GitHub rate limit ({resource}) still reached after {_MAX_RATE_LIMIT_WAITS} waits; {hint}"
-            )
-        if wait_s > self.max_wait_s:
-            if reset_epoch is not None and limit is not None:
-                reset = datetime.fromtimestamp(reset_epoch, UTC)
-                per = "minute" if "search" in resource else "hour"
-                raise RepotuneError(
-                    f"GitHub rate limit exhausted ({resource}, {limit}/{per}); resets at "
-                    f"{reset:%H:%M} UTC, in {math.ceil((reset_epoch - time.time()) / 60)} min; {hint}"
-                )
-            raise RepotuneError(
-                f"GitHub secondary rate limit ({resource}): asked to wait {math.ceil(wait_s)} s, "
-                f"more than {self.max_wait_s:g} s; {hint}"
-            )
-        self.waits_left -= 1
         if reset_epoch is not None and limit is not None:
+            reset = datetime.fromtimestamp(reset_epoch, UTC)
+            per = "minute" if "search" in resource else "hour"
             remaining = headers.get("x-ratelimit-remaining", "0")
-            self.log(
-                f"GitHub rate limit reached ({resource}: {remaining} of {limit} left); "
-                f"waiting {math.ceil(wait_s)} s until reset"
+            self.waits.wait(
+                wait_s,
+                limit=f"GitHub rate limit ({resource})",
+                waiting=f"GitHub rate limit reached ({resource}: {remaining} of {limit} left); "
+                f"waiting {math.ceil(wait_s)} s until reset",
+                too_long=f"GitHub rate limit exhausted ({resource}, {limit}/{per}); resets at "
+                f"{reset:%H:%M} UTC, in {math.ceil((reset_epoch - time.time()) / 60)} min",
+                hint=hint,
             )
         else:
-            self.log(f"GitHub secondary rate limit reached ({resource}); waiting {math.ceil(wait_s)} s")
-        _sleep(wait_s)
+            self.waits.wait(
+                wait_s,
+                limit=f"GitHub rate limit ({resource})",
+                waiting=f"GitHub secondary rate limit reached ({resource}); waiting {math.ceil(wait_s)} s",
+                too_long=f"GitHub secondary rate limit ({resource}): asked to wait {math.ceil(wait_s)} s, "
+                f"more than {self.max_wait_s:g} s",
+                hint=hint,
+            )
 
     def _error(self, exc: GithubException) -> RepotuneError:
         source = f"github:{self.repo}"
@@ -373,7 +374,7 @@ def _login(item: dict[str, Any]) -> str:
 
 
 def _day(timestamp: str | None) -> str:
-    return (timestamp or "")[:10] or "unknown date"
+    return day(timestamp)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -7,9 +7,12 @@ folder counts once: its contents are not walked.
 
 from __future__ import annotations
 
+import binascii
 import os
+import posixpath
 import re
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import pathspec
 
 from repotune.records import Kind, Record, record_id
+from repotune.sources import diagrams
 from repotune.sources.base import IngestStats
 from repotune.sources.languages import BINARY_EXTENSIONS, classify
 
@@ -241,8 +245,12 @@ def iter_tree(
     limits: WalkLimits = WalkLimits(),
     exclude: frozenset[str] = frozenset(),
 ) -> Iterator[Record]:
-    """Records for the code and doc files under ``root`` (``kinds`` narrows to code or docs).
+    """Records for the code, doc and diagram files under ``root`` (``kinds`` narrows them).
 
+    A diagram file (draw.io, Mermaid, PlantUML, Structurizr, Excalidraw, Graphviz, SVG: see
+    ``repotune.sources.diagrams``) gives one ``diagram`` record with its components and relations as
+    text; each ```` ```mermaid ```` block of a Markdown file gives one more, next to the file's own
+    ``doc`` record, whose meta lists the images it embeds (``images``: path and alt text).
     ``exclude`` holds folders (relative to ``root``) never to walk, such as ingest's own output.
     """
     for rel, path, info in iter_files(root, stats, limits, exclude):
@@ -269,7 +277,18 @@ def iter_tree(
         if text is None:
             stats.skip("not_utf8")
             continue
+        diagram_format = diagrams.diagram_format(name, text)
+        if diagram_format is not None:
+            if kinds is not None and Kind.DIAGRAM not in kinds:
+                stats.skip(f"excluded_{Kind.DIAGRAM}")
+                continue
+            record = _diagram_record(rel, diagram_format, text, source, revision, stats, info.st_size)
+            if record is not None:
+                yield record
+            continue
         kind, language = classify(name, text)
+        if language == "markdown" and (kinds is None or Kind.DIAGRAM in kinds):
+            yield from _markdown_diagrams(rel, text, source, revision, stats)
         if kinds is not None and kind not in kinds:
             stats.skip(f"excluded_{kind}")
             continue
@@ -282,6 +301,10 @@ def iter_tree(
         meta: dict[str, object] = {"bytes": info.st_size}
         if replaced:
             meta["replaced_chars"] = replaced
+        if language == "markdown":
+            images = diagrams.markdown_images(text)
+            if images:
+                meta["images"] = [{**image, "path": _resolve(rel, image["path"])} for image in images]
         stats.kept[str(kind)] += 1
         yield Record(
             content=text,
@@ -293,3 +316,70 @@ def iter_tree(
             revision=revision,
             meta=meta,
         )
+
+
+def _diagram_record(
+    rel: str, fmt: str, text: str, source: str, revision: str | None, stats: IngestStats, size: int
+) -> Record | None:
+    try:
+        found = diagrams.extract(fmt, text)
+    except (ValueError, UnicodeError, zlib.error, binascii.Error):
+        stats.skip("diagram_unreadable")
+        return None
+    if not found:
+        # An SVG of shapes alone (an icon, a logo) is an image without text.
+        stats.skip("image_without_text" if fmt == "svg" else "diagram_empty")
+        return None
+    stats.kept[str(Kind.DIAGRAM)] += 1
+    return Record(
+        content=diagrams.diagram_text(fmt, found) + "\n",
+        kind=Kind.DIAGRAM,
+        source=source,
+        id=record_id(source, Kind.DIAGRAM, rel),
+        file_path=rel,
+        language=fmt,
+        revision=revision,
+        meta={
+            "format": fmt,
+            "bytes": size,
+            "diagrams": len(found),
+            "components": sum(len(d.components) for d in found),
+            "relations": sum(len(d.relations) for d in found),
+        },
+    )
+
+
+def _markdown_diagrams(
+    rel: str, text: str, source: str, revision: str | None, stats: IngestStats
+) -> Iterator[Record]:
+    for index, (line, block) in enumerate(diagrams.mermaid_blocks(text), start=1):
+        found = diagrams.extract("mermaid", block)
+        if not found:
+            stats.skip("diagram_empty")
+            continue
+        stats.kept[str(Kind.DIAGRAM)] += 1
+        yield Record(
+            content=diagrams.diagram_text("mermaid", found) + "\n",
+            kind=Kind.DIAGRAM,
+            source=source,
+            id=record_id(source, Kind.DIAGRAM, f"{rel}#mermaid-{index}"),
+            file_path=rel,
+            language="mermaid",
+            revision=revision,
+            meta={
+                "format": "mermaid",
+                "block": index,
+                "line": line,
+                "components": sum(len(d.components) for d in found),
+                "relations": sum(len(d.relations) for d in found),
+            },
+        )
+
+
+def _resolve(rel: str, target: str) -> str:
+    """An image reference as a path from the tree's root (``docs/a.md`` + ``img/b.png``); URLs as they are."""
+    if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) or target.startswith("//"):
+        return target
+    target = target.split("#", 1)[0].split("?", 1)[0]
+    base = "" if target.startswith("/") else posixpath.dirname(rel)
+    return posixpath.normpath(posixpath.join(base, target.lstrip("/")))

@@ -15,6 +15,8 @@ from repotune.errors import RepotuneError
 from repotune.sources import archive, git
 
 GITHUB_PREFIX = "github:"
+# Wiki and tracker sources: the revision is read from the service (see each module's *_revision).
+SERVICE_PREFIXES = ("confluence:", "notion:", "jira:")
 
 
 def resolve_revision(source: str, ref: str | None = None) -> str:
@@ -26,9 +28,14 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
     - archive: the SHA-256 of the file; an archive in object storage (``s3://``), its ETag.
     - ``github:OWNER/REPO``: issues change without commits, so the key is the UTC date: issues are
       re-read at most once a day by a cached pipeline.
+    - ``confluence:SPACE``, ``jira:PROJECT``, ``notion:[ID]``: the newest modification the service
+      reports (with the page or issue count where it gives one, so a deletion counts too); one small
+      request, with the credentials from the environment, as ingest reads them.
     """
     if source.startswith(GITHUB_PREFIX):
         return f"github-{datetime.now(UTC).date().isoformat()}"
+    if source.startswith(SERVICE_PREFIXES):
+        return service_revision(source)
     if git.is_git_url(source):
         return _remote_sha(source, ref)
     if source.startswith(("s3://", "minio://")):
@@ -47,6 +54,24 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
         changes = _uncommitted(path)
         return f"{sha}-dirty-{changes}" if changes else sha
     return "tree-" + _tree_fingerprint(path)
+
+
+def service_revision(
+    source: str, *, url: str | None = None, jql: str | None = None, timeout_s: int = 30
+) -> str:
+    """The revision of a ``confluence:``, ``jira:`` or ``notion:`` source (``url``: its site or API root)."""
+    prefix, _, target = source.partition(":")
+    if prefix == "confluence":
+        from repotune.sources.confluence import confluence_revision
+
+        return confluence_revision(target, url, timeout_s)
+    if prefix == "jira":
+        from repotune.sources.jira import jira_revision
+
+        return jira_revision(target, url, jql, timeout_s)
+    from repotune.sources.notion import notion_revision
+
+    return notion_revision(target, url, timeout_s)
 
 
 def _remote_sha(url: str, ref: str | None) -> str:
@@ -103,6 +128,10 @@ def _file_sha256(path: Path) -> str:
 
 def source_slug(source: str) -> str:
     """A short, path-safe name for a source, for object-store prefixes (``owner-repo``, ``myproject``)."""
+    if source.startswith(SERVICE_PREFIXES):
+        prefix, _, target = source.partition(":")
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{prefix}-{target}").strip("-.")
+        return safe.lower()
     remote = source.startswith(GITHUB_PREFIX) or git.is_git_url(source)
     text = source[len(GITHUB_PREFIX) :] if source.startswith(GITHUB_PREFIX) else source
     if not remote:

@@ -107,13 +107,23 @@ def _check_memory(model_dir: Path, recipe: Recipe, precision: str) -> float:
 
 
 def training_blocks(
-    records: list[Record], tokenizer, recipe: Recipe, fim_rate: float, cache: Path, limit: int | None
+    records: list[Record],
+    tokenizer,
+    recipe: Recipe,
+    fim_rate: float,
+    cache: Path,
+    limit: int | None,
+    retrieval_rate: float = 0.0,
 ):
     from repotune.data.packing import pack, tokenize_records
     from repotune.data.transforms import TransformConfig
+    from repotune.retrieval.config import RetrievalConfig
 
     transforms = TransformConfig(fim_rate=fim_rate, spm_rate=recipe.data.spm_rate, seed=recipe.seed)
-    sequences = tokenize_records(records, tokenizer, transforms, cache)
+    retrieval = RetrievalConfig(max_context_tokens=recipe.data.retrieval_context_tokens)
+    sequences = tokenize_records(
+        records, tokenizer, transforms, cache, retrieval_rate=retrieval_rate, retrieval=retrieval
+    )
     blocks = pack(sequences, recipe.data.seq_len)
     return blocks if limit is None else blocks.head(limit)
 
@@ -235,8 +245,15 @@ def run_training(
     torch.manual_seed(recipe.seed)
     tokenizer, vocab_before, fim_ids = load_tokenizer(model_dir, recipe)
     cache = output / ".token-cache"
+    # Retrieved context comes from an index over the training records alone (never held-out ones).
     train_blocks = training_blocks(
-        train_records, tokenizer, recipe, recipe.data.fim_rate, cache, recipe.data.max_train_blocks
+        train_records,
+        tokenizer,
+        recipe,
+        recipe.data.fim_rate,
+        cache,
+        recipe.data.max_train_blocks,
+        recipe.data.retrieval_rate,
     )
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
     # the FIM tokens, is scored on the same footing as the tuned one.

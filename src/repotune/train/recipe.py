@@ -46,13 +46,27 @@ class DataSettings:
     """Held-out blocks scored for eval loss (each costs a forward pass); None scores them all."""
     max_train_blocks: int | None = None
     """Cap on training blocks (a quick run on a big repository); None uses them all."""
+    retrieval_rate: float = 0.0
+    """Share of code examples, 0 to 1, given retrieved cross-file context in front (BM25 over chunks of
+    the other training files, in the format evaluation and serving prompt with), so the model learns
+    to use that context; 0 trains without it."""
+    retrieval_context_tokens: int = 128
+    """Budget of that context in tokens; under half of seq_len, so the file it precedes starts in the
+    same block often enough to attend to it."""
 
     def __post_init__(self) -> None:
         if self.seq_len < 16:
             raise RepotuneError("data.seq_len must be at least 16 tokens")
-        for name in ("fim_rate", "spm_rate"):
+        for name in ("fim_rate", "spm_rate", "retrieval_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RepotuneError(f"data.{name} must be between 0 and 1")
+        if self.retrieval_context_tokens < 1:
+            raise RepotuneError("data.retrieval_context_tokens must be at least 1")
+        if self.retrieval_rate > 0 and 2 * self.retrieval_context_tokens >= self.seq_len:
+            raise RepotuneError(
+                f"data.retrieval_context_tokens ({self.retrieval_context_tokens}) must be under half of "
+                f"data.seq_len ({self.seq_len}), so the file after the context fits in the same block"
+            )
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")

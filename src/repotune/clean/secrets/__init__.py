@@ -1,0 +1,40 @@
+"""Secret (and, on request, PII) redaction for training text: code, docs, commits, diffs and issues.
+
+``redact(text)`` replaces each secret with a typed placeholder such as ``<SECRET:aws_access_key>`` and
+keeps the text around it: in ``password = "hunter2!"`` only the literal goes. It returns the new text
+and the count per kind.
+
+The engine (``engine``) is apart from the rules, which are data: provider tokens with a known prefix
+(``tokens``, gitleaks' families), secrets known by their context (``context``: a provider's name,
+URLs, commands, Kubernetes Secrets), values assigned to a password-like name (``assignments``) and
+personal data (``pii``). Adding a family is adding one table entry and its
+corpus case (``tests/secret_corpus.py``); the engine's keyword prefilter keeps the cost of a rule
+near zero on text that lacks its keywords.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from repotune.clean.secrets.assignments import ASSIGNMENT_RULES
+from repotune.clean.secrets.context import CONTEXT_RULES
+from repotune.clean.secrets.engine import Ruleset, SecretRule
+from repotune.clean.secrets.pii import PII_RULES
+from repotune.clean.secrets.tokens import PRIVATE_KEY_RULES, TOKEN_RULES
+
+__all__ = ["PII_RULES", "RULES", "SecretRule", "redact"]
+
+# The widest and most specific first: a key block, then tokens that name themselves, then secrets
+# known by their context, generic assignments and entropy last (an overlapping later match is dropped).
+RULES: tuple[SecretRule, ...] = PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES + ASSIGNMENT_RULES
+
+_SECRETS = Ruleset(RULES)
+_WITH_PII = Ruleset(RULES + PII_RULES)
+
+
+def redact(text: str, *, pii: bool = False) -> tuple[str, Counter[str]]:
+    """Replace secrets (and with ``pii``, e-mail and IP addresses) by typed placeholders.
+
+    Returns the new text and the number of replacements per kind.
+    """
+    return (_WITH_PII if pii else _SECRETS).redact(text)

@@ -1,0 +1,61 @@
+"""The settings of a retrieval index and of the context it puts in front of a prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repotune.errors import RepotuneError
+from repotune.records import Kind
+
+# Bump when chunking, term extraction or the saved layout changes: an index saved with another version
+# is refused on load, and token caches of retrieval-augmented training examples are not reused.
+INDEX_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How files become retrieval chunks, and how retrieved chunks become a prompt's context.
+
+    The defaults follow RepoCoder and CrossCodeEval: windows of 20 lines sliding by 10, the query the
+    20 lines before the cursor, a handful of chunks. Training, evaluation and serving should use one
+    config, so the model is trained on the context it is later given.
+    """
+
+    window_lines: int = 20
+    """Lines per chunk (the last chunk of a file may be shorter)."""
+    stride_lines: int = 10
+    """Lines between the first lines of consecutive chunks of a file, 1 to window_lines; below
+    window_lines the chunks overlap, so a definition is whole in at least one of them."""
+    min_chunk_terms: int = 3
+    """Chunks with fewer search terms than this (blank lines, closing brackets) are not indexed."""
+    kinds: tuple[str, ...] = ("code", "doc")
+    """Record kinds that are indexed: `code`, `doc` (records with a file path)."""
+    query_lines: int = 20
+    """Lines of the code before the cursor that form the query."""
+    suffix_query_lines: int = 0
+    """Lines of the code after the cursor (a FIM suffix) added to the query; 0 queries with the code
+    before the cursor only, as RepoCoder and CrossCodeEval do."""
+    top_k: int = 4
+    """Chunks retrieved per query; fewer reach the prompt when the budget runs out."""
+    max_context_tokens: int = 512
+    """Budget for the retrieved context in front of a prompt, in tokens of the model's tokenizer."""
+
+    def __post_init__(self) -> None:
+        for name in ("window_lines", "stride_lines", "min_chunk_terms", "query_lines", "top_k"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("suffix_query_lines", self.suffix_query_lines, 0)
+        _check_int("max_context_tokens", self.max_context_tokens, 1)
+        if self.stride_lines > self.window_lines:
+            raise RepotuneError(
+                f"retrieval.stride_lines ({self.stride_lines}) must not exceed retrieval.window_lines "
+                f"({self.window_lines}): lines between windows would never be indexed"
+            )
+        allowed = {str(Kind.CODE), str(Kind.DOC)}
+        if not self.kinds or any(kind not in allowed for kind in self.kinds):
+            choices = ", ".join(sorted(allowed))
+            raise RepotuneError(f"retrieval.kinds must name one or more of {choices}, got {list(self.kinds)}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RepotuneError(f"retrieval.{name} must be a whole number of at least {minimum}, got {value!r}")

@@ -1,0 +1,95 @@
+"""What one ``repotune serve`` process allows: limits, batching knobs and who may call it.
+
+Light on purpose (no torch, no kserve): the command line reads its defaults from here.
+
+REPOTUNE_SERVE_TOKENS   comma-separated bearer tokens; when set, every route but health and readiness
+                        needs ``Authorization: Bearer TOKEN`` (the upload API's convention)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from repotune.errors import RepotuneError
+
+TOKENS_ENV = "REPOTUNE_SERVE_TOKENS"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits, batching knobs and authentication of one served model."""
+
+    max_batch_size: int = 8
+    """Most requests (rows) in one ``generate`` call."""
+    max_tokens: int = 512
+    """Server cap on ``max_tokens`` per request, in tokens; larger requests get a 400."""
+    default_max_tokens: int = 16
+    """``max_tokens`` of a completions request that sets none (OpenAI's default), in tokens."""
+    batch_wait_ms: float = 5.0
+    """How long the worker waits for more requests before it starts a batch, in milliseconds."""
+    max_queue: int = 256
+    """Most generations waiting for a batch; a request that does not fit whole gets a 429."""
+    max_generations: int = 32
+    """Most generations one request may ask for (prompts times ``n``, or KServe instances): a fair
+    share of the queue, so one request cannot fill it; more get a 400."""
+    request_timeout_s: float = 120.0
+    """Seconds a request may take from arrival to its last token (queue wait included); then a 504."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body accepted, in bytes; larger bodies get a 413."""
+    max_json_depth: int = 32
+    """Deepest nesting of arrays and objects a request body may have; deeper bodies get a 400 before
+    they are parsed (chat messages with content parts, the deepest real requests, nest 5 levels)."""
+    device: str | None = None
+    """``cuda``, ``cuda:1``, ``cpu``...; default: CUDA when available, else the CPU."""
+    tokens: tuple[str, ...] = ()
+    """Bearer tokens accepted; empty: no authentication (allowed on a loopback address, or with
+    ``insecure_no_auth``)."""
+    insecure_no_auth: bool = False
+    """Serve on a non-loopback address without tokens; set only by the explicit ``--insecure-no-auth``."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_tokens", "default_max_tokens", "max_queue", "max_generations",
+                     "max_body_bytes", "max_json_depth"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RepotuneError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_wait_ms < 0:
+            raise RepotuneError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms!r}")
+        if self.request_timeout_s <= 0:
+            raise RepotuneError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
+        if self.max_generations > self.max_queue:
+            raise RepotuneError(
+                f"max_generations ({self.max_generations}) must not exceed max_queue ({self.max_queue}): "
+                "a request that may ask for more than the queue holds could never be served"
+            )
+        if any(not token or token != token.strip() or "," in token for token in self.tokens):
+            raise RepotuneError(f"{TOKENS_ENV} has an empty token or one with surrounding spaces")
+
+    def check_exposure(self, host: str) -> None:
+        """Refuse to serve without authentication on an address other machines can reach."""
+        if self.tokens or self.insecure_no_auth or is_loopback(host):
+            return
+        raise RepotuneError(
+            f"--host {host} would expose the model server without authentication: set {TOKENS_ENV} "
+            "(comma-separated bearer tokens), or pass --insecure-no-auth when something in front of it "
+            "(a service mesh, an authenticating proxy) checks callers"
+        )
+
+
+def tokens_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The bearer tokens in ``REPOTUNE_SERVE_TOKENS`` (comma-separated; blanks around commas ignored)."""
+    raw = (os.environ if environ is None else environ).get(TOKENS_ENV, "")
+    return tuple(token.strip() for token in raw.split(",") if token.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): only this machine reaches them."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
