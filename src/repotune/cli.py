@@ -435,6 +435,36 @@ def submit(
     say(f"started run {run_id} ({name}) on {host}")
 
 
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
+    hub: Annotated[str, typer.Option(metavar="ORG/NAME", help="Hugging Face Hub repository to push to.")],
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Folder written by `repotune evaluate`: its results go into the model card."
+        ),
+    ] = None,
+    adapter_only: Annotated[
+        bool, typer.Option(help="Push the LoRA adapter and tokenizer instead of the merged model.")
+    ] = False,
+    public: Annotated[bool, typer.Option(help="Create the repository public (private by default).")] = False,
+) -> None:
+    """Push a model, its tokenizer and a model card to the Hugging Face Hub (token: HF_TOKEN)."""
+    from repotune.export import TOKEN_ENV, ExportConfig, export_model
+
+    config = ExportConfig(
+        model_dir=model_dir,
+        repo_id=hub,
+        token=os.environ.get(TOKEN_ENV) or None,
+        evaluation_dir=evaluation,
+        adapter_only=adapter_only,
+        private=not public,
+    )
+    result = export_model(config, log=say)
+    say(f"pushed to {result.repo_url} ({'public' if public else 'private'}): {result.commit_url}")
+
+
 def main() -> None:
     try:
         app()

@@ -219,7 +219,7 @@ def run_training(
     precision = _precision(recipe)
 
     from repotune.models import resolve_base_model
-    from repotune.tracking import make_tracker
+    from repotune.tracking import SUMMARY_RUN_ID_KEY, make_tracker, recipe_label, split_datasets, stage_run
 
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
@@ -305,7 +305,9 @@ def run_training(
     trainer.remove_callback(PrinterCallback)
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     source = _dataset_source(data)
-    with tracker.start_run(run_name=output.name, tags={"repotune.stage": "train", **source}):
+    with tracker.start_run(*stage_run("train", source, recipe_label(recipe.base_model, recipe.method))):
+        for context, dataset in split_datasets(data_dir).items():
+            tracker.log_dataset(dataset, context)
         tracker.log_params({"recipe": to_dict(recipe), "data": source})
         base_eval = None
         if eval_blocks is not None and resume is None:
@@ -356,6 +358,7 @@ def run_training(
             "world_size": dist.world_size,
             "dataset_hash": _file_hash(data.train, data.eval),
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
+            SUMMARY_RUN_ID_KEY: tracker.run_id,
         }
         if dist.is_main:
             _save(trainer.model, tokenizer, output, recipe, summary)
