@@ -413,3 +413,29 @@ def test_a_redaction_that_folds_lines_moves_the_added_ranges_with_them() -> None
     # Lines 2-5 (the secret) and 7 (c) were added; after the fold the placeholder is line 2, c line 4.
     assert remap_ranges(before, after, [[2, 5], [7, 7]]) == [[2, 2], [4, 4]]
     assert remap_ranges(before, after, [[1, 1]]) == [[1, 1]]
+
+
+@pytest.mark.integration
+def test_the_command_line_says_where_it_cut_and_what_trains(history: dict, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def repotune(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "repotune.cli", *args], capture_output=True, text=True)
+
+    done = repotune("ingest", str(history["repo"]), "-o", str(tmp_path / "in"), "--cut", "v1")
+    assert done.returncode == 0, done.stderr
+    assert f"cut at {history['cut'][:12]}" in done.stderr and "15 lines in 5 files" in done.stderr
+    done = repotune("clean", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert f"trained on: files at {history['cut'][:7]} (2024-01-10) and 10 commits up to it" in done.stderr
+    assert "leak audit: 0 of " in done.stderr
+    done = repotune("ingest", str(history["repo"]), "-o", str(tmp_path / "bad"), "--cut", "0%")
+    assert done.returncode == 2 and "--cut '0%'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_commits_only_say_so(history: dict, tmp_path: Path) -> None:
+    _ingest(history["repo"], tmp_path / "in", cut="v1", kinds=frozenset({Kind.COMMIT}))
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    assert result.split.trained_on == f"10 commits up to {history['cut'][:7]} (2024-01-10)"
+    assert result.split.scored_on == "2 held-out commits after it"

@@ -132,7 +132,11 @@ def clean(values: Values) -> None:
     )
     say(f"trained on: {result.split.trained_on}")
     say(f"scored on: {result.split.scored_on}")
-    say(f"leak audit: {result.leaks.scored_in_training} scored lines found in training")
+    leaks = result.leaks
+    say(
+        f"leak audit: {leaks.found} of {leaks.target_lines} held-out lines found in training, "
+        f"{leaks.set_aside} set aside (seen_lines), {leaks.scored_in_training} left to score"
+    )
     say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
 

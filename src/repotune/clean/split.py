@@ -213,20 +213,25 @@ def describe(
     if cut is not None:
         facts = manifest_split or {}
         where = f"{cut.commit[:7]} ({cut.date[:10]})"
-        trained = [f"files at {where}"]
+        trained = [f"files at {where}"] if kept(TRAIN, _FILE_KIND_NAMES) else []
         if commits[TRAIN]:
-            trained.append(f"{_count(commits[TRAIN], 'commit')} up to it")
+            trained.append(f"{_count(commits[TRAIN], 'commit')} up to {'it' if trained else where}")
         if dated[TRAIN]:
-            trained.append(f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before it")
+            before = "it" if trained else where
+            trained.append(
+                f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}"
+            )
+        trained = trained or [f"nothing up to {where}"]
         after = facts.get("commits_after_cut")
-        scored = [
-            f"{_count(scored_lines, 'line')} added to {_count(scored_files, 'file')}"
-            + (f" by {_count(after, 'commit')} after it" if after else " after it")
-        ]
+        scored = []
+        if scored_files:
+            by = f" by {_count(after, 'commit')} after it" if after else " after it"
+            scored.append(f"{_count(scored_lines, 'line')} added to {_count(scored_files, 'file')}{by}")
         if commits[EVAL]:
-            scored.append(f"{_count(commits[EVAL], 'held-out commit')}")
+            scored.append(_count(commits[EVAL], "held-out commit") + ("" if scored else " after it"))
         if dated[EVAL]:
             scored.append(f"{_count(dated[EVAL], 'issue or page', 'issues and pages')} created after it")
+        scored = scored or ["nothing after it"]
         return SplitSummary(
             mode=TEMPORAL,
             cut={"commit": cut.commit, "date": cut.date},
@@ -240,7 +245,7 @@ def describe(
     files = {side: kept(side, _FILE_KIND_NAMES) for side in (TRAIN, EVAL)}
     trained = [f"{_count(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]
     if commits[TRAIN]:
-        scrubbed = f" (their diffs of held-out files removed: {dropped_hunks})" if dropped_hunks else ""
+        scrubbed = f" ({dropped_hunks} diff sections of held-out files removed)" if dropped_hunks else ""
         trained.append(f"{_count(commits[TRAIN], 'older commit')}{scrubbed}")
     if dated[TRAIN]:
         trained.append(f"{_count(dated[TRAIN], 'older issue or page', 'older issues and pages')}")
