@@ -187,7 +187,7 @@ def test_nothing_added_after_the_default_cut_reaches_training(
         for day in (1, 2, 3, 4, 5, 6, 7, 8, 9)
     }
     commit(repo, "Extend every part", 11, future)
-    _ingest(repo, tmp_path / "in")
+    ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in"))  # no setting: the default cut
     out = tmp_path / "out"
     result = clean.run(CleanConfig(input=tmp_path / "in", output=out, workers=1))
     train_text = (out / "train.jsonl").read_text()
@@ -212,12 +212,14 @@ def test_the_file_split_drops_held_out_files_sections_from_training_commits(
     commit(repo, "Grow two units", 2, {held: module("held_grown", 12), kept: module("kept_grown", 12)})
     commit(repo, "Grow one unit", 3, {held: module("held_grown", 12) + module("held_only", 6)})
     commit(repo, "Touch the other unit", 4, {kept: module("kept_grown", 13)})
-    _, records = _ingest(repo, tmp_path / "in", cut="HEAD", max_diff_bytes=200_000)
+    # Four commits: too short a history to cut, so the file split applies by default.
+    ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in", max_diff_bytes=200_000))
     out = tmp_path / "out"
     result = clean.run(CleanConfig(input=tmp_path / "in", output=out, workers=1))
     train_text = (out / "train.jsonl").read_text()
     assert "held_grown" not in train_text and "held_only" not in train_text
-    assert result.split.mode == "files" and "nothing after it to score" in (result.split.reason or "")
+    assert result.split.mode == "files" and "4 commits of history" in (result.split.reason or "")
+    records = list(read_records(tmp_path / "in" / "records.jsonl"))
     train = list(read_records(result.output.train))
     held_out = {r.file_path for r in read_records(result.output.eval) if r.file_path}
     assert held in held_out and kept not in held_out
@@ -439,3 +441,24 @@ def test_commits_only_say_so(history: dict, tmp_path: Path) -> None:
     result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
     assert result.split.trained_on == f"10 commits up to {history['cut'][:7]} (2024-01-10)"
     assert result.split.scored_on == "2 held-out commits after it"
+
+
+def test_memory_stays_flat_on_both_sides_of_the_cut(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    import tracemalloc
+
+    line = "value = compute(alpha, beta, gamma)  # a line of ordinary code\n"
+    chunk = line * 3000  # about 190 kB a file
+    repo = make_repo([])
+    commit(repo, "Start", 1, {f"pkg{i // 50}/mod{i}.py": chunk.replace("alpha", f"a{i}") for i in range(100)})
+    grown = {
+        f"pkg0/mod{i}.py": chunk.replace("alpha", f"a{i}") + chunk.replace("alpha", f"late{i}")
+        for i in range(10)
+    }
+    commit(repo, "Grow ten modules", 2, grown)
+    tracemalloc.start()
+    result = ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in", cut="HEAD~1"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.split["future_files"] == 10 and result.split["future_lines"] == 10 * 3000
+    # 19 MB at the cut and 3.8 MB of future versions: a few files' worth at a time, never the tree.
+    assert peak < 4_000_000, peak
