@@ -462,3 +462,17 @@ def test_memory_stays_flat_on_both_sides_of_the_cut(make_repo: Callable[..., Pat
     assert result.split["future_files"] == 10 and result.split["future_lines"] == 10 * 3000
     # 19 MB at the cut and 3.8 MB of future versions: a few files' worth at a time, never the tree.
     assert peak < 4_000_000, peak
+
+
+def test_issues_and_pages_go_by_their_creation_against_the_cut() -> None:
+    from repotune.clean.split import EVAL, TRAIN, assign_temporal
+
+    cut = "2024-01-10T00:00:00+00:00"
+    assert assign_temporal(Kind.ISSUE, "2024-01-09T23:59:00+00:00", None, cut) == TRAIN
+    assert assign_temporal(Kind.WIKI_PAGE, cut, None, cut) == TRAIN  # created at the cut: it stood there
+    assert assign_temporal(Kind.PULL_REQUEST, "2024-01-10T00:00:01+00:00", None, cut) == EVAL
+    assert assign_temporal(Kind.COMMIT, "2030-01-01T00:00:00+00:00", False, cut) == TRAIN  # ingest's verdict
+    assert (
+        assign_temporal(Kind.CODE, None, True, cut) == EVAL
+        and assign_temporal(Kind.CODE, None, None, cut) == TRAIN
+    )
