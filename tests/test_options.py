@@ -144,6 +144,7 @@ CONTRACT = {
         "--include",
         "--ref",
         "--since",
+        "--cut",
         "--max-file-bytes",
         "--max-commits",
         "--max-diff-bytes",

@@ -67,6 +67,7 @@ def _parse_since(value: str | None) -> datetime | None:
     Setting("kinds", ("--include",), parse=parse_include),
     Setting("ref"),
     Setting("since", parse=_parse_since),
+    Setting("cut"),
     Setting("max_file_bytes"),
     Setting("max_commits"),
     Setting("max_diff_bytes"),
@@ -91,6 +92,15 @@ def ingest(values: Values) -> None:
     skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
     commit = f" at {result.commit[:12]}" if result.commit else ""
     say(f"ingested {result.records} records{commit}: {kept}")
+    split = result.split or {}
+    if split.get("mode") == "temporal":
+        cut = split["cut"]
+        say(
+            f"cut at {cut['commit'][:12]} ({cut['date']}, {split['rule']}): {split['future_lines']} lines "
+            f"in {split['future_files']} files and {split['commits_after_cut']} commits after it are held out"
+        )
+    elif split.get("reason"):
+        say(f"file split: {split['reason']}")
     say(f"skipped: {skipped}")
     say(f"wrote {result.output.records}")
 
@@ -119,6 +129,13 @@ def clean(values: Values) -> None:
     say(
         f"kept {kept} of {result.input_records} records ({result.train_records} train, "
         f"{result.eval_records} eval); dropped {dropped}; redacted {sum(result.redactions.values())} secrets"
+    )
+    say(f"trained on: {result.split.trained_on}")
+    say(f"scored on: {result.split.scored_on}")
+    leaks = result.leaks
+    say(
+        f"leak audit: {leaks.found} of {leaks.target_lines} held-out lines found in training, "
+        f"{leaks.set_aside} set aside (seen_lines), {leaks.scored_in_training} left to score"
     )
     say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
