@@ -713,8 +713,8 @@ def publish(
     dest = f"{output_prefix(root, source, key)}/{stage}"
     try:
         copy_to(path, dest)
-    except (RepotuneError, OSError) as exc:
-        reason = str(exc) if isinstance(exc, RepotuneError) else f"{type(exc).__name__}: {exc}"
+    except (PublishError, OSError) as exc:  # a missing output stays the RepotuneError copy_to gives
+        reason = str(exc) if isinstance(exc, PublishError) else f"{type(exc).__name__}: {exc}"
         raise PublishError(
             f"the {stage} output was not published to {dest} (it is complete at {path}): {reason}",
             destination=dest,
