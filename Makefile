@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -m 'unit or integration or slow'
+	$(BIN)/python -m pytest -m 'unit or integration or slow or faults'
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

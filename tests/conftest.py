@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("integration", "slow")
+TIERS = ("integration", "slow", "faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -32,7 +32,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,19 @@ _TRANSIENT_CODES = frozenset(
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 T = TypeVar("T")
+
+
+class PublishError(RepotuneError):
+    """Output that was to go to object storage did not get there, after the retries the policy allows.
+
+    What was to be published is still complete where it was written; ``destination`` names where it
+    should have gone. Stages that publish let it through, so a run that was asked to publish and did
+    not ends with a non-zero exit (or a failed pipeline step) rather than a warning in a log.
+    """
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        super().__init__(message)
+        self.destination = destination
 
 
 @dataclass(frozen=True)
@@ -299,9 +312,10 @@ def upload_file(
     bucket, key = parse_s3_uri(uri)
     if not key or key.endswith("/"):
         key = f"{key}{path.name}"
-    client = _client(client)
-    _put_file(client, path, bucket, key, part_size, retry)
-    return f"{S3_SCHEME}{bucket}/{key}"
+    dest = f"{S3_SCHEME}{bucket}/{key}"
+    with _publishing(dest):
+        _put_file(_client(client), path, bucket, key, part_size, retry)
+    return dest
 
 
 def _put_file(client: Minio, path: Path, bucket: str, key: str, part_size: int, retry: RetryPolicy) -> None:
@@ -332,8 +346,20 @@ def upload_dir(
         raise RepotuneError(f"{root} is not a folder")
     bucket, prefix = parse_s3_uri(uri)
     prefix = _dir_prefix(prefix)
-    client = _client(client)
     files = _local_files(root)
+    with _publishing(f"{S3_SCHEME}{bucket}/{prefix}"):
+        return _upload_files(_client(client), root, files, bucket, prefix, part_size, retry)
+
+
+def _upload_files(
+    client: Minio,
+    root: Path,
+    files: list[tuple[str, int]],
+    bucket: str,
+    prefix: str,
+    part_size: int,
+    retry: RetryPolicy,
+) -> dict[str, Any]:
     _call(
         client,
         f"removing the old marker at s3://{bucket}/{prefix}{MARKER}",
@@ -357,6 +383,17 @@ def upload_dir(
         retry,
     )
     return marker
+
+
+@contextlib.contextmanager
+def _publishing(destination: str) -> Iterator[None]:
+    """Object-store failures inside become :class:`PublishError` (bad local input stays RepotuneError)."""
+    try:
+        yield
+    except PublishError:
+        raise
+    except RepotuneError as exc:
+        raise PublishError(str(exc), destination=destination) from exc
 
 
 def _local_files(root: Path) -> list[tuple[str, int]]:
@@ -668,10 +705,19 @@ def publish(
     ``root`` is an ``s3://`` URI (or a local folder); ``key`` is the revision for data and the revision
     plus the recipe hash for models, so the prefix is stable for cached pipeline steps. On a cluster
     KFP already stores artifacts in its own bucket; this gives them a readable, per-repository place.
+    Raises :class:`PublishError` when the copy does not get there (an unreachable or refusing store,
+    a full disk), naming the stage, where its output is, and where it should have gone.
     """
     if not root:
         return ""
     dest = f"{output_prefix(root, source, key)}/{stage}"
-    copy_to(path, dest)
+    try:
+        copy_to(path, dest)
+    except (PublishError, OSError) as exc:  # a missing output stays the RepotuneError copy_to gives
+        reason = str(exc) if isinstance(exc, PublishError) else f"{type(exc).__name__}: {exc}"
+        raise PublishError(
+            f"the {stage} output was not published to {dest} (it is complete at {path}): {reason}",
+            destination=dest,
+        ) from exc
     log(f"published {stage} to {dest}")
     return dest

@@ -26,6 +26,8 @@ _URL = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 # A marker no commit message contains, so one `git log` stream splits into commits reliably.
 _MARK = "\x1e\x1erepotune-commit\x1e"
 _FIELD = "\x1f"
+# The ``user:token@`` of a URL, wherever it appears in a message.
+_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 def is_git_url(spec: str) -> bool:
@@ -35,6 +37,19 @@ def is_git_url(spec: str) -> bool:
 def _git_env() -> dict[str, str]:
     # Never prompt for a password in a pipeline: fail at once and report it instead.
     return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C"}
+
+
+def strip_credentials(text: str) -> str:
+    """``text`` with the ``user:token@`` part of every URL in it removed, so no message carries a secret."""
+    return _USERINFO.sub(r"\g<scheme>", text)
+
+
+def _reason(stderr: str) -> str:
+    """What git says went wrong: its ``fatal:`` and ``error:`` lines, joined (the hints after them only
+    list the usual suspects), or its last line when it wrote neither."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.split(":", 1)[1].strip() for line in lines if line.startswith(("fatal:", "error:"))]
+    return strip_credentials("; ".join(errors or lines[-1:]) or "no error output")
 
 
 def _run(
@@ -52,8 +67,7 @@ def _run(
         check=False,
     )
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise RepotuneError(f"git {args[0]} failed: {detail}")
+        raise RepotuneError(f"git {args[0]} failed: {_reason(proc.stderr)}")
     return proc.stdout
 
 
@@ -62,11 +76,14 @@ def clone(url: str, dest: Path, ref: str | None) -> str:
     try:
         _run(["clone", "--quiet", "--no-checkout", url, str(dest)])
     except RepotuneError as exc:
-        raise RepotuneError(f"cannot clone {url}: {exc}".replace(": git clone failed", "")) from None
+        reason = str(exc).removeprefix("git clone failed: ")
+        raise RepotuneError(f"cannot clone {strip_credentials(url)}: {reason}") from None
     try:
         _run(["checkout", "--quiet", "--detach", ref or "HEAD"], cwd=dest)
     except RepotuneError:
-        raise RepotuneError(f"--ref {ref!r} is not a branch, tag or commit of {url}") from None
+        raise RepotuneError(
+            f"--ref {ref!r} is not a branch, tag or commit of {strip_credentials(url)}"
+        ) from None
     return head_sha(dest)
 
 
