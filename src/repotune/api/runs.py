@@ -9,6 +9,7 @@ finds it through its recorded pid and start time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 from repotune import storage
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
+from repotune.api.schemas import RunInfo, StageInfo
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, now
 from repotune.errors import RepotuneError
@@ -422,6 +424,35 @@ class Runs:
             )  # fmt: skip
         row["status"] = self._save_status(row["id"], status)
         return row
+
+    def view(self, row: dict[str, Any]) -> RunInfo:
+        """The run as the API shows it: its record with the last status folded in."""
+        status = stored_status(row) or RunStatus()
+        stages = {name: StageInfo(**dataclasses.asdict(stage)) for name, stage in status.stages.items()}
+        base = f"/v1/runs/{row['id']}"
+        return RunInfo(
+            id=row["id"],
+            source_id=row["source_id"],
+            recipe=row["recipe"],
+            overrides=json.loads(row["overrides"]),
+            backend=row["backend"],
+            state=row["state"],
+            created=row["created"],
+            started=status.started or row["created"],
+            finished=row["finished"] if row["state"] in FINAL_STATES else None,
+            error=row["error"] if row["state"] == "failed" else None,
+            stages=stages or None,
+            metrics=status.metrics,
+            promote=status.promote,
+            decision=status.decision,
+            model=status.model,
+            endpoint=status.endpoint,
+            report_url=f"{base}/report" if self.report(row) is not None else None,
+            log_url=f"{base}/log" if row["backend"] == "local" else None,
+            pid=row["pid"],
+            run_dir=row["run_dir"],
+            kfp_run_id=row["kfp_run_id"],
+        )
 
     def report(self, row: dict[str, Any]) -> Path | None:
         """The run's evaluation report (report.md) as a local file, or None while there is none."""
