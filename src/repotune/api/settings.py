@@ -5,7 +5,8 @@ REPOTUNE_API_STORE             where sources are kept: a local folder or an s3:/
 REPOTUNE_API_WORK_DIR          local folder for run folders, uploads in progress, fetched sources
 REPOTUNE_API_DB                the SQLite file holding sources and runs
 REPOTUNE_API_MAX_UPLOAD_MB     largest upload accepted, in MiB (default 512)
-REPOTUNE_API_MAX_EXPANDED_MB   most an uploaded archive may expand to, in MiB (default 4096)
+REPOTUNE_API_MAX_EXPANDED_MB   most an uploaded archive may expand to, in MiB (default 1024)
+REPOTUNE_API_MAX_RATIO         most an archive, or one zip member, may expand per stored byte (default 100)
 REPOTUNE_API_MAX_FILES         most entries an uploaded archive may hold (default 200000)
 REPOTUNE_API_RECIPE_DIRS       folders (separated by os.pathsep) whose *.yaml files are the recipes
 REPOTUNE_API_MAX_ACTIVE_RUNS   runs allowed at once; more are refused with 429 (default 2)
@@ -50,8 +51,12 @@ class ApiSettings:
     """Serve without authentication; set only by the explicit ``--insecure-no-auth`` flag."""
     max_upload_bytes: int = 512 * MIB
     """Largest archive upload accepted, in bytes; a larger one is answered 413 and nothing is kept."""
-    max_expanded_bytes: int = 4096 * MIB
-    """Most bytes an uploaded archive may expand to while it is checked (against archive bombs)."""
+    max_expanded_bytes: int = 1024 * MIB
+    """Most bytes an uploaded archive may expand to (against archive bombs): 1 GiB, room for most
+    repositories' source; checked by reading the archive in a worker thread, nothing is written."""
+    max_compression_ratio: float = 100.0
+    """Most bytes an archive, or one zip member, may expand to per byte stored (past 1 MiB expanded):
+    source code compresses about 3-10x, a deflate bomb about 1,000x."""
     max_archive_files: int = 200_000
     """Most entries (files and folders) an uploaded archive may hold."""
     recipe_dirs: tuple[Path, ...] = field(default_factory=tuple)
@@ -73,7 +78,10 @@ class ApiSettings:
             )
         if any(not token or token != token.strip() for token in self.tokens):
             raise RepotuneError("REPOTUNE_API_TOKENS has an empty token or one with surrounding spaces")
-        for name in ("max_upload_bytes", "max_expanded_bytes", "max_archive_files", "max_active_runs"):
+        for name in (
+            "max_upload_bytes", "max_expanded_bytes", "max_archive_files", "max_active_runs",
+            "max_compression_ratio",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise RepotuneError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.completions_timeout_s <= 0:
@@ -131,7 +139,8 @@ class ApiSettings:
             tokens=tokens,
             allow_no_auth=allow_no_auth,
             max_upload_bytes=int(number("REPOTUNE_API_MAX_UPLOAD_MB", 512 * MIB, MIB, float)),
-            max_expanded_bytes=int(number("REPOTUNE_API_MAX_EXPANDED_MB", 4096 * MIB, MIB, float)),
+            max_expanded_bytes=int(number("REPOTUNE_API_MAX_EXPANDED_MB", 1024 * MIB, MIB, float)),
+            max_compression_ratio=float(number("REPOTUNE_API_MAX_RATIO", 100.0, 1, float)),
             max_archive_files=int(number("REPOTUNE_API_MAX_FILES", 200_000)),
             recipe_dirs=recipe_dirs,
             max_active_runs=int(number("REPOTUNE_API_MAX_ACTIVE_RUNS", 2)),
