@@ -169,3 +169,27 @@ def test_health_is_answered_while_an_upload_is_being_checked(tmp_path: Path) -> 
             release.set()
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert pending.result().status_code == 201
+
+
+@pytest.mark.integration
+def test_deeply_nested_json_is_a_400_in_the_apis_error_body(api: ApiProcess) -> None:
+    deep = b'{"repo_url": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    json_type = {"Content-Type": "application/json"}
+    with api.client() as client:
+        for path in ("/v1/sources", "/v1/runs", "/v1/completions"):
+            assert "deeper than 32 levels" in _error(
+                client.post(path, content=deep, headers=json_type), 400, "json_too_deep"
+            )
+        # Brackets inside strings are text, not levels; 20 real levels are only a wrong body.
+        text = {"repo_url": "[" * 5000, "ref": "main"}
+        _error(client.post("/v1/sources", json=text), 422, "invalid_request")
+        nested = b'{"source_id": ' + b"[" * 20 + b"]" * 20 + b', "recipe": "tiny-cpu"}'
+        _error(client.post("/v1/runs", content=nested, headers=json_type), 422, "invalid_request")
+        # A body past 16 MiB is refused before it is read whole, with or without a declared length.
+        huge = b'{"prompt": "' + b"x" * (17 * MIB) + b'"}'
+        _error(client.post("/v1/completions", content=huge, headers=json_type), 413, "request_too_large")
+        chunks = (huge[i : i + MIB] for i in range(0, len(huge), MIB))
+        _error(client.post("/v1/completions", content=chunks, headers=json_type), 413, "request_too_large")
+        assert client.get("/healthz").status_code == 200
+    with api.client(token=None) as anonymous:  # the token is checked before the body is read
+        _error(anonymous.post("/v1/runs", content=deep, headers=json_type), 401, "unauthorized")

@@ -28,7 +28,7 @@ import repotune
 from repotune.api.auth import bearer
 from repotune.api.db import Database
 from repotune.api.errors import ERROR_RESPONSES, install_handlers
-from repotune.api.middleware import BearerAuth
+from repotune.api.middleware import BearerAuth, BodyLimits
 from repotune.api.routers import completions, health, runs, sources
 from repotune.api.runs import Runs
 from repotune.api.settings import ApiSettings
@@ -63,7 +63,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.sources, app.state.runs = settings, store, Runs(settings, db, store)
-    app.add_middleware(BearerAuth, settings=settings)
+    app.add_middleware(BodyLimits)
+    app.add_middleware(BearerAuth, settings=settings)  # added last: runs first, before any body is read
     install_handlers(app)
     app.include_router(health.router)
     # The bearer dependency only declares the security scheme in the OpenAPI document; BearerAuth enforces.
