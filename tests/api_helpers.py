@@ -51,16 +51,31 @@ class ApiProcess:
         raise AssertionError("no VmHWM in /proc status")
 
 
+# Where a process writes by default; left unset so that the API's own choices are what the tests see.
+_DEFAULT_PLACES = (
+    "REPOTUNE_HOME",
+    "REPOTUNE_CACHE",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "TMPDIR",
+    "MLFLOW_TRACKING_URI",
+)
+
+
 def api_env(root: Path, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPOTUNE_API_")}
+    """The environment of a test's API: its data under ``root``, and an empty ``root/home`` as HOME, so a
+    write anywhere outside the API's folders shows up there."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("REPOTUNE_API_") and k not in _DEFAULT_PLACES
+    }
+    (root / "home").mkdir(parents=True, exist_ok=True)
     env.update(
         {
             "REPOTUNE_API_TOKENS": f"{TOKEN},second-token",
             "REPOTUNE_API_STORE": str(root / "store"),
             "REPOTUNE_API_WORK_DIR": str(root / "work"),
             "REPOTUNE_API_DB": str(root / "api.sqlite3"),
-            # where `repotune run` keeps kfp.local artifacts and its MLflow store: not the real home
-            "REPOTUNE_HOME": str(root / "home"),
+            "HOME": str(root / "home"),
         }
     )
     env.update(overrides)
@@ -202,25 +217,40 @@ def multipart_stream(filename: str, chunks: Iterator[bytes], boundary: str = "re
 
 
 @contextlib.contextmanager
-def echo_model_server() -> Iterator[tuple[str, list[dict]]]:
+def echo_model_server(token: str | None = None) -> Iterator[tuple[str, list[dict]]]:
     """An HTTP server on 127.0.0.1 that answers POST .../completions with an OpenAI-shaped completion
-    echoing the prompt; yields its base URL and the list of request bodies it received."""
+    echoing the prompt; yields its base URL and the list of request bodies it received (with the
+    request's ``authorization`` header, when it had one). With ``token``, a request without
+    ``Authorization: Bearer TOKEN`` is answered 401 as ``repotune serve`` answers it."""
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            received.append({"path": self.path, "body": body})
+            entry = {"path": self.path, "body": body}
+            if self.headers.get("Authorization") is not None:
+                entry["authorization"] = self.headers["Authorization"]
+            received.append(entry)
+            if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+                refusal = {"error": {"message": "invalid bearer token", "type": "invalid_request_error",
+                                     "param": None, "code": "invalid_api_key"}}  # fmt: skip
+                self._answer(401, refusal)
+                return
             prompt = body.get("prompt")
-            answer = {
-                "id": "cmpl-test",
-                "object": "text_completion",
-                "model": body.get("model", "echo"),
-                "choices": [{"index": 0, "text": f"echo: {prompt}", "finish_reason": "stop"}],
-            }
+            self._answer(
+                200,
+                {
+                    "id": "cmpl-test",
+                    "object": "text_completion",
+                    "model": body.get("model", "echo"),
+                    "choices": [{"index": 0, "text": f"echo: {prompt}", "finish_reason": "stop"}],
+                },
+            )
+
+        def _answer(self, status: int, answer: dict) -> None:
             data = json.dumps(answer).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

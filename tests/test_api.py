@@ -48,6 +48,7 @@ from repotune.pipelines.status import RunStatus
 from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
+TEST_NET = "192.0.2.0/24"
 
 
 def _error(response: httpx.Response, status: int, code: str | None = None) -> str:
@@ -81,6 +82,8 @@ def api(
         REPOTUNE_API_MAX_UPLOAD_MB="64",
         REPOTUNE_API_MAX_EXPANDED_MB="80",
         REPOTUNE_API_MODEL_URL=model_server[0],
+        # This machine resolves no public name: repository URLs use TEST-NET-1 addresses, allowed here.
+        REPOTUNE_API_SOURCE_NETWORKS=TEST_NET,
     ) as server:
         yield server
 
@@ -270,22 +273,21 @@ def test_sources_in_an_s3_store_are_found_by_a_fresh_database(tmp_path: Path, pr
 def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None:
     with api.client() as client:
         first = client.post(
-            "/v1/sources", json={"repo_url": "https://example.com/team/project.git", "ref": "v1"}
+            "/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git", "ref": "v1"}
         )
         assert first.status_code == 201, first.text
         again = client.post(
-            "/v1/sources", json={"repo_url": "https://example.com/team/project.git", "ref": "v1"}
+            "/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git", "ref": "v1"}
         )
         assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-        other_ref = client.post("/v1/sources", json={"repo_url": "https://example.com/team/project.git"})
+        other_ref = client.post("/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git"})
         assert other_ref.json()["id"] != first.json()["id"]
         github = client.post("/v1/sources", json={"github": "octocat/hello-world"})
         assert github.status_code == 201 and github.json()["github"] == "octocat/hello-world"
         assert client.get(f"/v1/sources/{github.json()['id']}").json()["kind"] == "github"
-        scp = client.post("/v1/sources", json={"repo_url": "git@example.com:team/project.git"})
+        scp = client.post("/v1/sources", json={"repo_url": "git@192.0.2.11:team/project.git"})
         assert scp.status_code == 201, scp.text
         for bad in (
-            {"repo_url": "file:///etc"},
             {"repo_url": "/srv/repos/private"},
             {"repo_url": "https://user:secret@example.com/x.git"},
             {"repo_url": "--upload-pack=touch /tmp/x"},
@@ -296,6 +298,9 @@ def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None
         ):
             message = _error(client.post("/v1/sources", json=bad), 422, "invalid_request")
             assert message
+        # Well-formed, but refused by the server's policy: a scheme it does not allow, a private address.
+        for url in ("file:///etc", "https://10.0.0.5/team/project.git"):
+            _error(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
 
 
 @pytest.mark.integration
@@ -575,11 +580,14 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         run_id = created.json()["id"]
         _error(client.get(f"/v1/runs/{run_id}/report"), 404, "report_not_ready")
         deadline = time.monotonic() + 300
-        while True:
-            run = client.get(f"/v1/runs/{run_id}").json()
-            if run["state"] != "running" or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        try:
+            while True:
+                run = client.get(f"/v1/runs/{run_id}").json()
+                if run["state"] != "running" or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+        finally:
+            _stop(created.json()["pid"])  # a run outlives the API on purpose; not the test
         log = client.get(f"/v1/runs/{run_id}/log").text
         assert run["state"] == "succeeded", f"{run}\n{log[-3000:]}"
         assert run["stages"] and run["stages"]["train"]["state"] in ("succeeded", "cached")
@@ -587,6 +595,22 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         report = client.get(f"/v1/runs/{run_id}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
         assert report.text.strip()
+    # Everything the run wrote is in its folder under the API's work folder (or the API's cache
+    # folder); nothing went to the home folder (~/.repotune, ~/.cache) or elsewhere.
+    root = tmp_path / "api"
+    assert [p for p in (root / "home").rglob("*")] == []
+    home = root / "work" / "runs" / run_id
+    assert {p.name for p in home.iterdir()} == {"output", "work", "tmp", "run.log"}
+    assert (home / "work" / "kfp").is_dir() and (home / "work" / "mlflow.db").is_file()
+    assert (home / "output" / "status.json").is_file()
+    assert {p.name for p in root.iterdir()} <= {
+        "home",
+        "store",
+        "work",
+        "api.sqlite3",
+        *(p.name for p in root.glob("api-*.log")),
+    }
+    assert {p.name for p in (root / "work").iterdir()} <= {"runs", "tmp", "cache", "api.sqlite3"}
 
 
 @pytest.mark.integration
@@ -594,10 +618,15 @@ def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None
     """With REPOTUNE_KFP_HOST the run is submitted through the kfp SDK (to a stand-in of the KFP API)."""
     from tests.kfp_api import running_kfp_api
 
-    with running_kfp_api() as kfp, running_api(tmp_path / "api", REPOTUNE_KFP_HOST=kfp.url) as server:
+    with (
+        running_kfp_api() as kfp,
+        running_api(
+            tmp_path / "api", REPOTUNE_KFP_HOST=kfp.url, REPOTUNE_API_SOURCE_NETWORKS=TEST_NET
+        ) as server,
+    ):
         with server.client() as client:
             source = client.post(
-                "/v1/sources", json={"repo_url": "https://example.com/team/app.git", "ref": "v2"}
+                "/v1/sources", json={"repo_url": "https://192.0.2.20/team/app.git", "ref": "v2"}
             )
             started = client.post(
                 "/v1/runs",
@@ -606,7 +635,7 @@ def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None
             assert started.status_code == 202, started.text
         (submitted,) = kfp.runs.values()
         assert submitted["runtime_config"]["parameters"] == {
-            "source": "https://example.com/team/app.git",
+            "source": "https://192.0.2.20/team/app.git",
             "ref": "v2",
             "training": {"max_steps": 3},
         }

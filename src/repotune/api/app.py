@@ -44,6 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settled = await run_in_threadpool(app.state.runs.reconcile)
     if settled:
         log.warning("settled %d run(s) left running by an earlier API instance: %s", len(settled), settled)
+    removed = await run_in_threadpool(app.state.runs.prune)
+    if removed:
+        log.info("removed the folders of %d finished run(s) past retention", len(removed))
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(settings.completions_timeout_s, connect=5.0)
     ) as client:

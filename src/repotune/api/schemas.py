@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from repotune.api.policy import parse_repo_url
+
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}$")
 _GITHUB = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
-_SCP = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+-]+$")
-_URL_SCHEMES = ("https", "http", "ssh", "git")
 
 SourceId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A source id (64 hex digits).")]
 RunId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A run id (32 hex digits).")]
@@ -37,25 +36,18 @@ class RepoUrlSource(BaseModel):
     """A git repository the run clones; nothing is fetched when it is registered."""
 
     model_config = ConfigDict(extra="forbid")
-    repo_url: str = Field(max_length=2048, description="https://, http://, ssh://, git:// or user@host:path")
+    repo_url: str = Field(
+        max_length=2048,
+        description="https://, ssh://, git:// or user@host:path (http:// and file:// where the server "
+        "allows them: REPOTUNE_API_SOURCE_SCHEMES); its host must resolve to a public address or to a "
+        "network the server allows (REPOTUNE_API_SOURCE_NETWORKS)",
+    )
     ref: Ref = Field(None, description="Branch, tag or commit; default: the default branch")
 
     @field_validator("repo_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if any(ch.isspace() or ord(ch) < 32 for ch in value):
-            raise ValueError("repo_url must not contain spaces or control characters")
-        if _SCP.match(value):
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in _URL_SCHEMES or not parts.hostname:
-            raise ValueError(
-                f"repo_url must be a {', '.join(s + '://' for s in _URL_SCHEMES)} or user@host:path URL"
-            )
-        if parts.password is not None or (parts.scheme in ("http", "https") and parts.username):
-            # A run's command line (and its record here) would expose them; the server's git
-            # credential configuration is the place for credentials.
-            raise ValueError("repo_url must not carry credentials; configure them on the server instead")
+        parse_repo_url(value)  # the syntax; the server's policy is checked when the source is added
         return value
 
 
@@ -141,6 +133,11 @@ class RunInfo(BaseModel):
     pid: int | None = None
     run_dir: str | None = None
     kfp_run_id: str | None = None
+    removed: str | None = Field(
+        None,
+        description="When the run's folder (model, report, log) was removed by retention "
+        "(REPOTUNE_API_KEEP_RUNS, REPOTUNE_API_KEEP_DAYS)",
+    )
 
 
 class RunList(BaseModel):

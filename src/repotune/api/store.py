@@ -31,6 +31,7 @@ from typing import Any, Literal
 from repotune import storage
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
+from repotune.api.policy import SourcePolicy
 from repotune.api.settings import ApiSettings
 from repotune.api.upload import Upload
 from repotune.errors import RepotuneError
@@ -84,6 +85,7 @@ class SourceStore:
         self.settings, self.db = settings, db
         self.tmp = settings.work_dir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.policy = SourcePolicy(settings.source_schemes, settings.source_hosts, settings.source_networks)
         # One lock per source id being added, with the number of requests holding or awaiting it.
         self._adding: dict[str, tuple[threading.Lock, int]] = {}
         self._adding_guard = threading.Lock()
@@ -216,32 +218,36 @@ class SourceStore:
 
     def add_repository(self, kind: SourceKind, location: str, ref: str | None) -> tuple[dict[str, Any], bool]:
         """Records a git URL (``kind="git"``) or a GitHub ``owner/repo`` (``kind="github"``); nothing is
-        cloned now: the run reads the repository."""
+        cloned now: the run reads the repository. A git URL must pass the server's source policy (its
+        host is resolved now, and again when a run starts)."""
+        if kind == "git":
+            self.policy.check(location)
         source_id = repo_source_id(kind, location, ref)
-        existing = self.get(source_id)
-        if existing is not None:
-            return existing, False
-        info = {
-            "id": source_id,
-            "kind": kind,
-            "created": now(),
-            "stored": self.location(source_id),
-            "filename": None,
-            "format": None,
-            "size_bytes": None,
-            "sha256": None,
-            "files": None,
-            "expanded_bytes": None,
-            "repo_url": location if kind == "git" else None,
-            "github": location if kind == "github" else None,
-            "ref": ref,
-        }
-        package = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
-        try:
-            self._publish(package, info)
-        finally:
-            shutil.rmtree(package, ignore_errors=True)
-        return info, True
+        with self._one_at_a_time(source_id):
+            existing = self.get(source_id)
+            if existing is not None:
+                return existing, False
+            info = {
+                "id": source_id,
+                "kind": kind,
+                "created": now(),
+                "stored": self.location(source_id),
+                "filename": None,
+                "format": None,
+                "size_bytes": None,
+                "sha256": None,
+                "files": None,
+                "expanded_bytes": None,
+                "repo_url": location if kind == "git" else None,
+                "github": location if kind == "github" else None,
+                "ref": ref,
+            }
+            package = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
+            try:
+                self._publish(package, info)
+            finally:
+                shutil.rmtree(package, ignore_errors=True)
+            return info, True
 
     def run_argument(self, info: dict[str, Any]) -> str:
         """The SOURCE argument of ``repotune run`` for this source on this machine: a local archive path

@@ -69,14 +69,24 @@ async def completions(
     target = await run_in_threadpool(model_url, runs, settings.model_url, body.run_id)
     payload = body.model_dump(exclude_none=True, exclude={"run_id"})
     url = completions_url(target)
+    headers = {"Authorization": f"Bearer {settings.model_token}"} if settings.model_token else None
     try:
-        answer = await client.post(url, json=payload)
+        answer = await client.post(url, json=payload, headers=headers)
     except httpx.TimeoutException:
         raise ApiError(
             504, "model_timeout", f"the model at {url} did not answer in {settings.completions_timeout_s} s"
         ) from None
     except httpx.HTTPError as exc:
         raise ApiError(502, "model_unreachable", f"cannot reach the model at {url}: {exc}") from None
+    if answer.status_code in (401, 403):
+        # Passed on as is, it would tell the client its own token is wrong; it is the API's.
+        given = "refused the API's token" if settings.model_token else "requires a token"
+        raise ApiError(
+            502,
+            "model_auth_failed",
+            f"the model at {url} {given} ({answer.status_code}); "
+            "set REPOTUNE_API_MODEL_TOKEN to one of the model server's REPOTUNE_SERVE_TOKENS",
+        )
     if answer.status_code >= 500:
         raise ApiError(
             502, "model_error", f"the model at {url} answered {answer.status_code}: {answer.text[:500]}"

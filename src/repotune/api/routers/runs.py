@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from repotune.api.deps import RunsDep, Settings, Sources
 from repotune.api.errors import ApiError, ErrorBody
-from repotune.api.runs import Runs, check_overrides, choose_recipe, log_tail
+from repotune.api.runs import RunHome, Runs, check_overrides, choose_recipe, log_tail
 from repotune.api.schemas import RunId, RunInfo, RunList, RunRequest
 
 LOG_BYTES = 64 * 1024
@@ -23,6 +23,16 @@ def _row(runs: Runs, run_id: str) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "run_not_found", f"no run {run_id}")
     return row
+
+
+def _not_removed(row: dict[str, Any]) -> None:
+    if row.get("removed"):
+        raise ApiError(
+            404,
+            "run_removed",
+            f"run {row['id']}'s folder was removed on {row['removed']} by retention "
+            "(REPOTUNE_API_KEEP_RUNS, REPOTUNE_API_KEEP_DAYS)",
+        )
 
 
 @router.post(
@@ -67,7 +77,9 @@ def get_run(run_id: RunId, runs: RunsDep) -> RunInfo:
     responses={200: {"content": {"text/markdown": {}}, "description": "The evaluation report"}},
 )
 def get_report(run_id: RunId, runs: RunsDep) -> PlainTextResponse:
-    path = runs.report(_row(runs, run_id))
+    row = _row(runs, run_id)
+    _not_removed(row)
+    path = runs.report(row)
     if path is None:
         raise ApiError(404, "report_not_ready", f"run {run_id} has no evaluation report yet")
     return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
@@ -80,6 +92,7 @@ def get_report(run_id: RunId, runs: RunsDep) -> PlainTextResponse:
 )
 def get_log(run_id: RunId, runs: RunsDep) -> PlainTextResponse:
     row = _row(runs, run_id)
+    _not_removed(row)
     if not row["run_dir"]:
         raise ApiError(404, "log_not_found", f"run {run_id} runs on KFP; its logs are in the KFP UI")
-    return PlainTextResponse(log_tail(Path(row["run_dir"]).parent / "run.log", LOG_BYTES))
+    return PlainTextResponse(log_tail(RunHome(Path(row["run_dir"]).parent).log, LOG_BYTES))
