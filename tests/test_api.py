@@ -12,6 +12,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -525,9 +527,45 @@ def test_formats_are_read_from_the_bytes(tmp_path: Path, project_tar: Path) -> N
     assert detect_format(tmp_path / "text") is None
 
 
+# Examples per operation and generation mode; REPOTUNE_FUZZ_EXAMPLES raises it for a longer run.
+FUZZ_EXAMPLES = int(os.environ.get("REPOTUNE_FUZZ_EXAMPLES", "25"))
+JSON_OPERATIONS = ("/v1/sources", "/v1/runs", "/v1/completions")
+
+
+def _hostile_bodies() -> st.SearchStrategy[tuple[str, bytes, str]]:
+    """(path, body, content type): nesting up to 20,000 levels, random JSON, bodies past the caps,
+    bytes that are not JSON at all, under JSON's and other content types."""
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    )
+    random_json = values.map(lambda value: json.dumps(value).encode())
+
+    def nested(depth: int, opener: bytes, key: str) -> bytes:
+        inner = opener * depth + b"1" + (b"]" if opener == b"[" else b"}") * depth
+        return b'{"' + key.encode() + b'": ' + inner + b"}"
+
+    deep = st.builds(
+        nested,
+        st.integers(1, 20_000),
+        st.sampled_from([b"[", b'{"a": ']),
+        st.sampled_from(["repo_url", "github", "prompt", "source_id", "overrides"]),
+    )
+    huge = st.sampled_from([64 * 1024 + 1, MIB, 16 * MIB + 1]).map(
+        lambda n: b'{"prompt": "' + b"x" * n + b'"}'
+    )
+    body = st.one_of(random_json, deep, deep, huge, st.binary(max_size=2000))
+    content_type = st.sampled_from(
+        ["application/json", "application/problem+json", "text/plain", "multipart/form-data; boundary=x", ""]
+    )
+    return st.tuples(st.sampled_from(JSON_OPERATIONS), body, content_type)
+
+
 @pytest.mark.integration
 def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
-    """Schemathesis cases (valid and invalid) for every operation of /openapi.json; none may get a 5xx.
+    """Schemathesis cases (valid and invalid) for every operation of /openapi.json, then hostile bodies
+    (deep, huge, random, not JSON) for the operations that read one; none may get a 5xx.
 
     Driven through hypothesis directly: schemathesis's pytest plugin (``from_fixture``) reads a pytest
     internal that pytest 9 no longer has. Source ids are SHA-256 digests, so generated runs name sources
@@ -536,15 +574,23 @@ def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     failures: list[str] = []
+    statuses: Counter[int] = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(
+                max_examples=FUZZ_EXAMPLES,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
             def check(case: schemathesis.Case) -> None:
-                case.call_and_validate(headers=auth, checks=[not_a_server_error])
+                response = case.call(headers=auth)
+                statuses[response.status_code] += 1
+                case.validate_response(response, checks=[not_a_server_error], headers=auth)
 
             try:
                 check()
@@ -552,7 +598,34 @@ def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
                 pass  # no invalid input exists for an operation without parameters (GET /healthz)
             except Exception as exc:
                 failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {exc}")
+
+    with httpx.Client(base_url=api.url, headers=auth, timeout=120) as client:
+
+        @given(request=_hostile_bodies())
+        @settings(
+            max_examples=3 * FUZZ_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def hostile(request: tuple[str, bytes, str]) -> None:
+            path, body, content_type = request
+            response = client.post(path, content=body, headers={"Content-Type": content_type})
+            statuses[response.status_code] += 1
+            assert response.status_code < 500, (
+                f"POST {path} ({content_type}, {len(body)} bytes): {response.text}"
+            )
+            assert set(response.json()) == {"error"} or response.status_code < 300, response.text
+
+        try:
+            hostile()
+        except Exception as exc:
+            failures.append(f"hostile bodies: {exc}")
+    server_errors = sum(n for code, n in statuses.items() if code >= 500)
+    by_status = dict(sorted(statuses.items()))
+    print(f"random requests: {sum(statuses.values())}, 5xx: {server_errors}, by status: {by_status}")
     assert not failures, "\n\n".join(failures)
+    assert server_errors == 0 and sum(statuses.values()) >= 8 * FUZZ_EXAMPLES
 
 
 @pytest.mark.integration

@@ -398,7 +398,7 @@ class Runs:
                         json.dumps(overrides, sort_keys=True),
                         backend,
                         now(),
-                        str(run_home / "output") if backend == "local" else None,
+                        str(RunHome(run_home).output) if backend == "local" else None,
                     ),
                 )
         try:
@@ -434,10 +434,10 @@ class Runs:
         return [*argv, "--", self.sources.run_argument(source)]
 
     def environment(self, run_home: Path, pins: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The run's environment: the API's, less its secrets, with every place a run writes to by
-        default moved under its own folder (temporary files, the pipeline's work folder) or under the
-        API's cache folder (models and Hugging Face files, shared by runs), unless the API's own
-        environment names them; plus ``pins`` (see ``policy.git_pins``)."""
+        """The run's environment: the API's, less its own REPOTUNE_API_* settings (its tokens among them),
+        with every place a run writes to by default moved under the run's folder (temporary files, the
+        pipeline's work folder) or the API's cache folder (models and Hugging Face files, shared by
+        runs) unless the API's environment names them; plus ``pins`` (see ``policy.git_pins``)."""
         layout, cache = RunHome(run_home), self.settings.work_dir / "cache"
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
         env.update(PYTHONUNBUFFERED="1", TMPDIR=str(layout.tmp), REPOTUNE_HOME=str(layout.work))
