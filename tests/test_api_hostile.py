@@ -38,7 +38,8 @@ from repotune.api.db import Database
 from repotune.api.deps import get_sources
 from repotune.api.errors import ApiError
 from repotune.api.policy import SourcePolicy, git_pins, parse_repo_url
-from repotune.api.runs import RunHome, Runs, choose_recipe, expired
+from repotune.api.recipes import choose_recipe
+from repotune.api.runs import RunHome, Runs, expired
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore
 from repotune.errors import RepotuneError

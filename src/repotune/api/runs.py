@@ -32,6 +32,7 @@ from repotune import storage
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
 from repotune.api.policy import git_pins
+from repotune.api.recipes import RecipeChoice
 from repotune.api.schemas import RunInfo, StageInfo
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, now
@@ -41,8 +42,6 @@ from repotune.pipelines.status import RunLayout, RunStatus
 FINAL_STATES = ("succeeded", "failed")
 LOST = "lost: the API restarted while it ran and no final status was written"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 LOG_TAIL_BYTES = 2000
 # The API's own settings (its tokens, the model's token among them): a run has no business seeing them.
 _PRIVATE_ENV_PREFIX = "REPOTUNE_API_"
@@ -177,56 +176,6 @@ def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-@dataclass(frozen=True)
-class RecipeChoice:
-    """A recipe a client chose for a run: a file in one of the API's recipe folders. The recipe itself
-    is resolved by ``repotune run`` (``repotune.train.recipe.resolve_recipe``) from ``path``."""
-
-    name: str
-    """The recipe as the client named it (also what a KFP run is given)."""
-    path: Path
-    """The YAML file inside one of the configured recipe folders."""
-
-
-def choose_recipe(value: str, folders: tuple[Path, ...]) -> RecipeChoice:
-    """A shipped recipe by name (``tiny-cpu`` or ``tiny-cpu.yaml``), or an absolute path to a YAML file
-    inside one of ``folders``; any other path is refused, so a client cannot make a run read arbitrary
-    files."""
-    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-    hint = f"known recipes: {', '.join(known)}" if known else "no recipe folders are configured"
-    if value.startswith("/"):
-        path = Path(value).resolve()
-        if (
-            path.suffix in (".yaml", ".yml")
-            and path.is_file()
-            and any(path.is_relative_to(f) for f in folders)
-        ):
-            return RecipeChoice(path.stem, path)
-        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a file in a recipe folder; {hint}")
-    name = value.removesuffix(".yaml").removesuffix(".yml")
-    if not RECIPE_NAME.match(name) or ".." in name:
-        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a recipe name; {hint}")
-    for folder in folders:
-        for suffix in (".yaml", ".yml"):
-            path = folder / f"{name}{suffix}"
-            if path.is_file():
-                return RecipeChoice(name, path.resolve())
-    raise ApiError(422, "unknown_recipe", f"no recipe named {name!r}; {hint}")
-
-
-def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
-    """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
-    from repotune.train import resolve_recipe
-
-    for key in overrides:
-        if not OVERRIDE_KEY.match(key):
-            raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
-    try:
-        resolve_recipe(str(recipe.path), overrides)
-    except RepotuneError as exc:
-        raise ApiError(422, "invalid_overrides", str(exc)) from None
 
 
 def _kfp_submit_module():

@@ -10,7 +10,8 @@ from fastapi.responses import PlainTextResponse
 
 from repotune.api.deps import RunsDep, Settings, Sources
 from repotune.api.errors import ApiError, ErrorBody
-from repotune.api.runs import RunHome, Runs, check_overrides, choose_recipe, log_tail
+from repotune.api.recipes import check_overrides, choose_recipe
+from repotune.api.runs import RunHome, Runs, log_tail
 from repotune.api.schemas import RunId, RunInfo, RunList, RunRequest
 
 LOG_BYTES = 64 * 1024
