@@ -42,7 +42,8 @@ from repotune import storage
 from repotune.api.auth import token_matches
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
-from repotune.api.runs import LOST, Runs, choose_recipe, process_start, settle
+from repotune.api.recipes import choose_recipe
+from repotune.api.runs import LOST, Runs, process_start, settle
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, detect_format
 from repotune.errors import RepotuneError
@@ -652,7 +653,8 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
         _error(client.get(f"/v1/runs/{run_id}/report"), 404, "report_not_ready")
-        deadline = time.monotonic() + 300
+        # A bound on waiting, not a measure: about a minute on an idle machine, five on a busy one.
+        deadline = time.monotonic() + 900
         try:
             while True:
                 run = client.get(f"/v1/runs/{run_id}").json()
