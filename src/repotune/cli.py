@@ -371,6 +371,8 @@ def api(
     if not settings.tokens:
         say("warning: serving without authentication (--insecure-no-auth)")
     say(f"store {settings.store}; runs in {settings.work_dir / 'runs'}; database {settings.db_path}")
+    networks = ", ".join(str(n) for n in settings.source_networks) or "none (public addresses only)"
+    say(f"repository URLs: {', '.join(settings.source_schemes)}; private networks allowed: {networks}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

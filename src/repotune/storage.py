@@ -22,6 +22,7 @@ here sends the whole file again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -556,19 +558,96 @@ def _inside(root: Path, relative: str, uri: str) -> Path:
     return dest
 
 
+# What rename(2) says when the target is already taken by a folder with files, or by the other type.
+_TAKEN = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+# Rounds of "move the old one aside, rename ours in" lost to other writers before giving up.
+_PLACE_ATTEMPTS = 50
+_COMPARE_CHUNK = 1 << 20  # bytes read at a time when comparing two copies
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
+    """Renames the complete folder ``staging`` to ``target``; safe with many writers (threads or processes)
+    placing the same target at once.
+
+    An absent target is taken in one rename. A target already there with the same content counts as
+    success and ``staging`` is dropped, so identical copies racing each other all succeed and readers
+    never find the target missing. Other content replaces it: a folder cannot be replaced in one rename,
+    so the old one is first moved aside under a name unique to this call (a crash between the two
+    renames leaves both copies on disk rather than neither), then removed.
+    """
+    for _ in range(_PLACE_ATTEMPTS):
+        try:
+            os.replace(staging, target)
+            return
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                raise
+        if _same_tree(staging, target):
+            _remove(staging)
+            return
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first; start over
+        try:
+            os.replace(staging, target)
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                os.replace(old, target)  # put the old one back rather than leave no target
+                raise
+            # another writer's complete copy landed between our two renames; compare with that one
+            continue
+        finally:
+            if old.exists() or old.is_symlink():
+                _remove(old)
         return
-    # A folder cannot be replaced in one rename; move the old one aside first so that a crash between
-    # the two renames leaves both copies on disk rather than neither.
-    old = target.with_name(f".{target.name}.{os.getpid()}.old")
-    os.replace(target, old)
-    os.replace(staging, target)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
+    raise RepotuneError(f"{target}: other writers kept replacing it; gave up after {_PLACE_ATTEMPTS} tries")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        old.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _same_tree(left: Path, right: Path) -> bool:
+    """True when two folders hold the same names, the same kinds and the same bytes (False when either
+    changes or goes away while they are compared)."""
+    try:
+        if not (left.is_dir() and right.is_dir()) or left.is_symlink() or right.is_symlink():
+            return False
+        listing = _listing(left)
+        if listing != _listing(right):
+            return False
+        return all(
+            _same_bytes(left / name, right / name) for name, (kind, _) in listing.items() if kind == "f"
+        )
+    except OSError:
+        return False
+
+
+def _listing(root: Path) -> dict[str, tuple[str, int]]:
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            kind = "l" if path.is_symlink() else "d" if path.is_dir() else "f"
+            found[path.relative_to(root).as_posix()] = (kind, info.st_size if kind == "f" else 0)
+    return found
+
+
+def _same_bytes(left: Path, right: Path) -> bool:
+    with left.open("rb") as a, right.open("rb") as b:
+        while True:
+            chunk = a.read(_COMPARE_CHUNK)
+            if chunk != b.read(_COMPARE_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def copy_to(

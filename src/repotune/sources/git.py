@@ -22,7 +22,8 @@ from repotune.sources.base import IngestStats
 
 # Paths in diff headers as they are (UTF-8), not C-quoted octal escapes.
 _NO_QUOTING = ["-c", "core.quotePath=false"]
-_URL = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
+# user@host:path: the user and host start with a letter, digit or "_", so "-uX@host:path" is no URL.
+_URL = re.compile(r"^(?:https?|ssh|git|file)://|^\w[\w.-]*@\w[\w.-]*:")
 # A marker no commit message contains, so one `git log` stream splits into commits reliably.
 _MARK = "\x1e\x1erepotune-commit\x1e"
 _FIELD = "\x1f"
@@ -74,7 +75,8 @@ def _run(
 def clone(url: str, dest: Path, ref: str | None) -> str:
     """Clone ``url`` into ``dest``, check out ``ref`` (branch, tag or SHA), return the commit SHA."""
     try:
-        _run(["clone", "--quiet", "--no-checkout", url, str(dest)])
+        # "--": a URL that looks like an option ("-u...", "--upload-pack=...") is still only a URL.
+        _run(["clone", "--quiet", "--no-checkout", "--", url, str(dest)])
     except RepotuneError as exc:
         reason = str(exc).removeprefix("git clone failed: ")
         raise RepotuneError(f"cannot clone {strip_credentials(url)}: {reason}") from None
