@@ -22,6 +22,8 @@ from packaging.version import InvalidVersion, Version
 
 from repotune import images as images_module
 from repotune.errors import RepotuneError
+from repotune.pipelines.config import SubmitConfig
+from repotune.pipelines.credentials import SERVICE_ACCOUNT
 from repotune.pipelines.pipeline import DEFAULT_RECIPE, build_pipeline
 
 COMPILED = {
@@ -30,10 +32,6 @@ COMPILED = {
     "repotune-gpu.yaml": "qwen2.5-coder-1.5b-gpu",
 }
 KFP_TOKEN_ENV = "KFP_TOKEN"
-SERVICE_ACCOUNT = "repotune-pipeline-runner"
-"""The ServiceAccount a run's pods use (manifests/pipeline-namespace/rbac.yaml). It must exist in the
-namespace the steps run in: ``kubeflow`` for standalone KFP, the profile's namespace for multi-user
-Kubeflow. Runs started from the KFP UI name it in the run form's "Service Account" field."""
 
 PLATFORM_FIELDS_SINCE: dict[str, str] = {
     # Kubernetes platform-spec fields (kfp-kubernetes) -> the first KFP backend release known to accept
@@ -178,6 +176,23 @@ def submit_run(
         except Exception as exc:  # the SDK raises urllib3/ApiException types; the message is what helps
             raise RepotuneError(f"submitting to {host} failed: {str(exc).splitlines()[0]}") from None
     return result.run_id
+
+
+def submit(config: SubmitConfig) -> tuple[str, str]:
+    """``repotune submit``: the run of ``config`` started on its KFP; returns (run id, run name)."""
+    name = config.name()
+    run_id = submit_run(
+        config.host,
+        config.arguments(),
+        name,
+        recipe=config.recipe,
+        experiment=config.experiment,
+        namespace=config.kfp_namespace,
+        service_account=config.service_account or None,
+        check_version=not config.skip_version_check,
+        images=config.images.resolve(),
+    )
+    return run_id, name
 
 
 @contextlib.contextmanager
