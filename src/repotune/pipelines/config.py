@@ -13,7 +13,7 @@ from typing import Any
 from repotune import images
 from repotune.errors import RepotuneError
 from repotune.pipelines.credentials import SERVICE_ACCOUNT
-from repotune.train.recipe import DEFAULT_RECIPE
+from repotune.train import DEFAULT_RECIPE
 
 
 @dataclass(frozen=True)

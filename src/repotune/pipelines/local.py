@@ -253,7 +253,6 @@ def run_local(
     tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
     root = config.published_root()
     check_before_run(source, root, tracking, local_s3=config.local_s3)
-    workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         environment: dict[str, str | None] = {"MLFLOW_TRACKING_URI": tracking}
         if config.local_s3:
@@ -267,6 +266,7 @@ def run_local(
         stack.enter_context(_environment(environment))
         if root is not None and root.startswith("s3://"):
             check_object_store(root)
+        workdir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         layout = RunLayout(run_dir)
         output = RunOutput(layout.log, log, console)

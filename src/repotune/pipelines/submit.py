@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,11 @@ def _client(host: str):
     # A bearer token for clusters behind an auth proxy (e.g. Kubeflow's Dex/oauth2-proxy); never a flag,
     # so it stays out of shell history.
     try:
-        return kfp.Client(host=host, existing_token=os.environ.get(KFP_TOKEN_ENV) or None)
+        with warnings.catch_warnings():
+            # a notice on every construction that the client needs KFP 2.0.0-beta.2 or later; the
+            # backend's version is checked against what the pipeline needs instead (check_backend)
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline")
+            return kfp.Client(host=host, existing_token=os.environ.get(KFP_TOKEN_ENV) or None)
     except Exception as exc:  # the SDK retries healthz, then raises TimeoutError/ApiException
         raise RepotuneError(f"cannot reach the KFP API at {host}: {str(exc).splitlines()[0]}") from None
 
