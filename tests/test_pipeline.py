@@ -552,6 +552,30 @@ def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path)
     assert "step 7/40" in log and "Map: 50%" in log and "Traceback (most recent call last):" in log
 
 
+def test_run_output_on_a_terminal_updates_one_line_and_keeps_the_stage_lines(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from rich.console import Console
+
+    from repotune.pipelines.display import RunOutput
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    output = RunOutput(tmp_path / "run.log", lambda line: pytest.fail(f"printed plainly: {line}"), console)
+    with contextlib.redirect_stdout(output):
+        output.stage("train", "running")
+        for step in range(1, 9):
+            print(f"    step {step}/8  loss 2.5  ETA {8 - step} s")
+        print("    train: 8 steps of lora on tiny")
+        output.stage("train", "succeeded")
+    output.close()
+    text = screen.getvalue()
+    assert "train     succeeded" in text and "8 steps of lora on tiny" in text
+    assert "step 8/8" in text  # the live line showed the progress
+    assert "step 8/8" in (tmp_path / "run.log").read_text()
+
+
 def test_a_run_checks_credentials_and_servers_before_the_first_step(tmp_path: Path, monkeypatch) -> None:
     """Each of these used to fail only in its step, minutes in, with a traceback; now in one line,
     before anything is created."""

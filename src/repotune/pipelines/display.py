@@ -146,6 +146,7 @@ class RunOutput(io.TextIOBase):
         elapsed = time.monotonic() - current.started if current is not None else 0.0
         if self._progress is not None and self._task is not None and current is not None:
             self._progress.remove_task(self._task)
+            self._progress.refresh()  # else the line above is drawn again until the next refresh
             self._task = None
         detail = ""
         if state == "cached":
@@ -198,7 +199,7 @@ class RunOutput(io.TextIOBase):
 
     def _progress_line(self, stage: _Stage, text: str, *, force: bool = False) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=f"{stage.name:<9} {text}")
+            self._progress.update(self._task, description=f"{stage.name:<9} {text}", refresh=True)
             return
         fraction = _FRACTION.search(text)
         if force:
