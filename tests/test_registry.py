@@ -1,4 +1,4 @@
-"""The model registry against a real `mlflow server` whose artifacts live in an S3 bucket (moto)."""
+"""The model registry against a real `mlflow server` whose artifacts live in an S3 bucket (SeaweedFS)."""
 
 from __future__ import annotations
 

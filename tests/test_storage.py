@@ -1,4 +1,4 @@
-"""repotune.storage and checkpoint sync against a real S3 API (moto's server on 127.0.0.1)."""
+"""repotune.storage and checkpoint sync against a real S3 API (SeaweedFS on 127.0.0.1)."""
 
 from __future__ import annotations
 

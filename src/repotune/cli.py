@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +22,12 @@ from repotune.deploy import DeployConfig, to_yaml
 from repotune.errors import RepotuneError
 from repotune.evaluate import EvaluateConfig
 from repotune.ingest import IngestConfig
-from repotune.options import Setting, Values, build, settings
+from repotune.options import Setting, Values, build, help_of, settings
+from repotune.pipelines.config import CompileConfig, ImageSettings, SubmitConfig
 from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
 from repotune.serving.settings import ServeSettings
-from repotune.train import DEFAULT_RECIPE, TrainConfig
+from repotune.train import TrainConfig
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -327,16 +332,20 @@ def deploy(
         typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
+    image: Annotated[str | None, typer.Option(help=help_of(ImageSettings, "image"))] = None,
+    cuda_image: Annotated[str | None, typer.Option(help=help_of(ImageSettings, "cuda_image"))] = None,
 ) -> None:
     """Serve a model as a KServe InferenceService; roll back to the previous one if it does not come up."""
-    from repotune import deploy
+    from repotune import deploy, images
     from repotune.deploy import S3Access
 
     s3 = values["settings"]["s3"]
     values["settings"]["s3"] = S3Access.from_url(s3_endpoint, **{**s3, "region": s3["region"] or None})
     for name in ("tracking_uri", "artifacts_s3"):
         values[name] = values[name] or None
-    result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
+    # the image of the predictor (--runtime repotune) is rendered from the choice
+    with images.use(ImageSettings(image, cuda_image).resolve()):
+        result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
     if dry_run:
         typer.echo(to_yaml(list(result.objects)), nl=False)
         return
@@ -389,6 +398,7 @@ def api(
     Setting("workdir", envvar="REPOTUNE_HOME"),
     Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
     Setting("artifacts_root", ("--artifacts",)),
+    Setting("local_s3"),
     Setting("model_name"),
 )
 def run(
@@ -399,59 +409,86 @@ def run(
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local), with the components a cluster runs."""
     from repotune.pipelines.local import run_local
+    from repotune.pipelines.status import RunLayout
 
     config = build(RunConfig, values)
     _, run_dir = config.folders()
-    status = run_local(replace(config, run_dir=run_dir), log=say)
+    with _terminated_as_exit():
+        status = run_local(replace(config, run_dir=run_dir), log=say, console=console)
+    say("")
     _say_verdict_and_table(run_dir / str(status.report))
-    say("stages: " + ", ".join(f"{name} {entry.state}" for name, entry in status.stages.items()))
+    layout = RunLayout(run_dir)
     say(f"model: {status.model}")
-    say(f"run folder: {run_dir}")
+    if status.artifacts:
+        say(f"published: {status.artifacts}")
+    if status.manifest:
+        say(f"InferenceService: {layout.folder / status.manifest}")
+    say(f"run folder: {run_dir} (status.json, report.md, run.log)")
     if query:
         from repotune.pipelines.local import query_served_model
 
         query_served_model(Path(str(status.model)), run_dir, Path(str(status.dataset)), log=say)
 
 
+@contextlib.contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (a supervisor stopping the run) unwinds like Ctrl-C, so what the run started (the local
+    object store, kfp.local's step) is stopped and the status says it failed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command("compile")
-def compile_(
-    output: Annotated[Path, typer.Option("-o", "--output", help="IR YAML file to write.")] = Path(
-        "pipeline.yaml"
-    ),
-    recipe: Annotated[
-        str, typer.Option(help="Recipe the train step's image and resources come from.")
-    ] = DEFAULT_RECIPE,
-) -> None:
+@settings(
+    CompileConfig,
+    Setting("output", ("-o", "--output")),
+    Setting("recipe"),
+    Setting("images.image", ("--image",)),
+    Setting("images.cuda_image", ("--cuda-image",)),
+)
+def compile_(values: Values) -> None:
     """Compile the pipeline to KFP IR YAML for the KFP UI (Upload pipeline) or `kfp` tooling."""
     from repotune.pipelines.submit import compile_pipeline
 
-    say(f"wrote {compile_pipeline(output, recipe)}")
+    config = build(CompileConfig, values)
+    say(f"wrote {compile_pipeline(config.output, config.recipe, images=config.images.resolve())}")
 
 
 @app.command()
-def submit(
-    source: Annotated[str, typer.Argument(help="A git URL or github:OWNER/REPO the cluster can reach.")],
-    host: Annotated[
-        str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline:8888.")
-    ],
-    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = DEFAULT_RECIPE,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    set_: RecipeSettings = None,
-    namespace: Annotated[str, typer.Option(help="Namespace the model is deployed into.")] = "repotune",
-    run_name: Annotated[
-        str | None, typer.Option(help="Run name (default: repotune-<source>-<time>).")
-    ] = None,
-    experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "repotune",
-) -> None:
+@settings(
+    SubmitConfig,
+    Setting("source", argument=True),
+    Setting("host", envvar="KFP_HOST"),
+    Setting("recipe"),
+    Setting("ref"),
+    Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
+    Setting("namespace"),
+    Setting("kfp_namespace"),
+    Setting("run_name"),
+    Setting("experiment"),
+    Setting("service_account"),
+    Setting("skip_version_check", ("--skip-kfp-version-check",)),
+    Setting("images.image", ("--image",)),
+    Setting("images.cuda_image", ("--cuda-image",)),
+)
+def submit(values: Values) -> None:
     """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""
-    from repotune.pipelines.submit import submit_run
-    from repotune.sources.slug import source_slug
+    from repotune.pipelines.submit import submit as submit_config
 
-    name = run_name or f"repotune-{source_slug(source)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    arguments = {"source": source, "ref": ref or "", "training": _parse_overrides(set_ or [])}
-    arguments["namespace"] = namespace
-    run_id = submit_run(host, arguments, name, recipe=recipe, experiment=experiment)
-    say(f"started run {run_id} ({name}) on {host}")
+    config = build(SubmitConfig, values)
+    run_id, name = submit_config(config)
+    account = config.service_account or "KFP's default account"
+    say(f"started run {run_id} ({name}) on {config.host} as {account}")
 
 
 @app.command()
