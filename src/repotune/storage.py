@@ -316,7 +316,9 @@ def upload_file(
         key = f"{key}{path.name}"
     dest = f"{S3_SCHEME}{bucket}/{key}"
     with _publishing(dest):
-        _put_file(_client(client), path, bucket, key, part_size, retry)
+        client = _client(client)
+        _require_bucket(client, bucket, f"uploading {path} to {dest}", retry)
+        _put_file(client, path, bucket, key, part_size, retry)
     return dest
 
 
@@ -350,7 +352,26 @@ def upload_dir(
     prefix = _dir_prefix(prefix)
     files = _local_files(root)
     with _publishing(f"{S3_SCHEME}{bucket}/{prefix}"):
-        return _upload_files(_client(client), root, files, bucket, prefix, part_size, retry)
+        client = _client(client)
+        _require_bucket(client, bucket, f"uploading {root} to s3://{bucket}/{prefix}", retry)
+        return _upload_files(client, root, files, bucket, prefix, part_size, retry)
+
+
+def _require_bucket(client: Minio, bucket: str, what: str, retry: RetryPolicy) -> None:
+    """Refuses a bucket that is not there before the first byte goes out.
+
+    MinIO and AWS answer NoSuchBucket to a write into a missing bucket, but SeaweedFS (KFP's own store)
+    creates the bucket instead, so a mistyped ``artifacts_root`` would publish somewhere nobody looks.
+    A credential allowed to write objects but not to look at the bucket (AccessDenied) is let through.
+    """
+    try:
+        found = _call(client, what, lambda: client.bucket_exists(bucket), retry)
+    except RepotuneError as exc:
+        if isinstance(exc.__cause__, S3Error) and exc.__cause__.code == "AccessDenied":
+            return
+        raise
+    if not found:
+        raise RepotuneError(f"{what}: bucket {bucket!r} does not exist at {_endpoint(client)}")
 
 
 def _upload_files(
@@ -455,13 +476,7 @@ def list_subprefixes(uri: str, *, client: Minio | None = None, retry: RetryPolic
     """
     bucket, prefix = parse_s3_uri(uri)
     prefix = _dir_prefix(prefix)
-    client = _client(client)
-    objects = _call(
-        client,
-        f"listing s3://{bucket}/{prefix}",
-        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=False)),
-        retry,
-    )
+    objects = _list_objects(_client(client), bucket, prefix, retry, recursive=False)
     return sorted(obj.object_name[len(prefix) :] for obj in objects if obj.is_dir)
 
 
@@ -472,23 +487,21 @@ def prefix_etags(uri: str, *, client: Minio | None = None, retry: RetryPolicy = 
     """
     bucket, prefix = parse_s3_uri(uri)
     prefix = _dir_prefix(prefix)
-    client = _client(client)
-    objects = _call(
-        client,
-        f"listing s3://{bucket}/{prefix}",
-        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=True)),
-        retry,
-    )
+    objects = _list_objects(_client(client), bucket, prefix, retry, recursive=True)
     return {obj.object_name[len(prefix) :]: str(obj.etag).strip('"') for obj in objects if not obj.is_dir}
 
 
-def _list_keys(client: Minio, bucket: str, prefix: str, retry: RetryPolicy) -> list[tuple[str, int]]:
-    objects = _call(
+def _list_objects(client: Minio, bucket: str, prefix: str, retry: RetryPolicy, *, recursive: bool) -> list:
+    return _call(
         client,
         f"listing s3://{bucket}/{prefix}",
-        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=True)),
+        lambda: list(client.list_objects(bucket, prefix=prefix, recursive=recursive)),
         retry,
     )
+
+
+def _list_keys(client: Minio, bucket: str, prefix: str, retry: RetryPolicy) -> list[tuple[str, int]]:
+    objects = _list_objects(client, bucket, prefix, retry, recursive=True)
     return [
         (obj.object_name[len(prefix) :], obj.size or 0)
         for obj in objects
