@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repotune.retrieval.index import MANIFEST_NAME
+from repotune.retrieval.index import MANIFEST_NAME, RetrievalIndex
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +73,21 @@ def trained_settings(model_dir: Path) -> tuple[bool, int | None]:
 def _folders(model_dir: Path) -> tuple[Path, ...]:
     # An adapter folder sits in the training output (`MODEL/adapter/`), which holds the rest.
     return (model_dir, model_dir.parent) if (model_dir / "adapter_config.json").is_file() else (model_dir,)
+
+
+def build_for_dataset(
+    data_dir: Path, output: Path, revision: str | None = None, log: Callable[[str], None] = print
+) -> RetrievalIndex:
+    """Build and save to ``output`` the index of a clean folder's training records (``train.jsonl``):
+    the repository at the training revision, without what evaluation holds out, so that the retrieval
+    arms are scored on code the index never saw and serving gets the index that was scored."""
+    from repotune.clean.layout import CleanLayout
+    from repotune.errors import RepotuneError
+    from repotune.records import read_records
+
+    train = CleanLayout(Path(data_dir)).train
+    if not train.is_file():
+        raise RepotuneError(f"{data_dir} has no {train.name}; give the folder `repotune clean` wrote")
+    index = RetrievalIndex.build(read_records(train), revision=revision or None, log=log)
+    index.save(Path(output))
+    return index
