@@ -162,7 +162,7 @@ def test_repotune_runtime_with_a_recipes_resources() -> None:
 
 
 def test_the_evaluated_arms_retrieval_setting_reaches_the_repotune_runtime(tmp_path: Path) -> None:
-    from repotune.deploy import evaluated_retrieval
+    from repotune.retrieval.shipped import evaluated_retrieval
     from repotune.serving.settings import Switch
 
     for chosen, args in ((True, ["--retrieval", "on"]), (False, ["--retrieval", "off"])):

@@ -469,15 +469,19 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
             assert summary["steps"] == 30 and summary["data"]["dataset.commit"] == sha
+            # the retrieval index of that commit ships in the model folder
+            shipped = json.loads((model / "retrieval" / "manifest.json").read_text())
+            assert shipped["revision"] == sha and shipped["chunks"] > 0
 
             # every stage's outputs were published under the repository and commit, marker last
-            for stage in ("ingest", "clean"):
+            for stage in ("ingest", "clean", "retrieval"):
                 assert exists_complete(f"s3://runs/repotune/repo/{sha}/{stage}")
             models = [
                 o.object_name
                 for o in client.list_objects("runs", prefix=f"repotune/repo/{sha}/", recursive=True)
             ]
             assert any(name.endswith("/model/config.json") for name in models)
+            assert any(name.endswith("/model/retrieval/manifest.json") for name in models)
             assert any(name.endswith("/evaluation/report.md") for name in models)
             # checkpoints went to the store as they were saved (a retried pod resumes from there)
             assert any("/checkpoints/checkpoint-" in name for name in models)

@@ -226,9 +226,10 @@ def deploy(
     from repotune import deploy, storage, train
     from repotune import tracking as mlflow
     from repotune.pipelines import credentials
+    from repotune.retrieval.shipped import evaluated_retrieval
 
     credentials.require("deploy", credentials.needs("deploy", tracking=tracking))
-    retrieval = deploy.evaluated_retrieval(Path(evaluation.path))
+    retrieval = evaluated_retrieval(Path(evaluation.path))
     settings = deploy.DeploySettings(
         name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
         s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval,

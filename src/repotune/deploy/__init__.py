@@ -22,14 +22,7 @@ from repotune.deploy.render import (
     to_yaml,
 )
 from repotune.deploy.rollout import RolledBack, Rollout, inference_service_failure, roll_out
-from repotune.deploy.stage import (
-    DeployConfig,
-    DeployResult,
-    RegisteredVersion,
-    evaluated_retrieval,
-    no_longer_champion,
-    run,
-)
+from repotune.deploy.stage import DeployConfig, DeployResult, RegisteredVersion, no_longer_champion, run
 from repotune.deploy.uris import ModelSource, artifact_to_s3, from_storage_uri, resolve_model_uri
 
 # The promotion decision lives (and is tested) with the evaluation; named here as the gate of deploys.
@@ -48,7 +41,6 @@ __all__ = [
     "Runtime",
     "S3Access",
     "artifact_to_s3",
-    "evaluated_retrieval",
     "from_storage_uri",
     "inference_service_failure",
     "no_longer_champion",

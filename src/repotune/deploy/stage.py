@@ -13,7 +13,6 @@ The pipeline's deploy step deploys only while its model is still the registry's 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,16 +155,3 @@ def _skipped(config: DeployConfig, note: str, line: str, log: Callable[[str], No
         config.manifest.write_text(note)
     log(line)
     return DeployResult(model=None, objects=(), rollout=None, skipped=line)
-
-
-def evaluated_retrieval(evaluation_dir: Path) -> bool | None:
-    """Whether the arm the evaluation in ``evaluation_dir`` chose serves with retrieval
-    (``metrics.json``: ``decision.retrieval``); None when it does not say (an evaluation that scored
-    no retrieval arms, or none at all)."""
-    path = Path(evaluation_dir) / "metrics.json"
-    try:
-        decision = json.loads(path.read_text(encoding="utf-8")).get("decision") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    chosen = decision.get("retrieval") if isinstance(decision, dict) else None
-    return chosen if isinstance(chosen, bool) else None

@@ -91,3 +91,17 @@ def build_for_dataset(
     index = RetrievalIndex.build(read_records(train), revision=revision or None, log=log)
     index.save(Path(output))
     return index
+
+
+def evaluated_retrieval(evaluation_dir: Path) -> bool | None:
+    """Whether the arm the evaluation in ``evaluation_dir`` chose serves with retrieval
+    (``metrics.json``: ``decision.retrieval``); None when it does not say (an evaluation that scored
+    no retrieval arms, or none at all)."""
+    path = Path(evaluation_dir) / "metrics.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    decision = saved.get("decision") if isinstance(saved, dict) else None
+    chosen = decision.get("retrieval") if isinstance(decision, dict) else None
+    return chosen if isinstance(chosen, bool) else None
