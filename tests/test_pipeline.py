@@ -508,8 +508,6 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             }  # fmt: skip
             assert second.model == first.model
             assert len(list(registry._client.search_model_versions("name='repotune'"))) == 1
-            # the index of a revision is built once: the second run reuses it
-            assert "Task retrieval-index cache hit" in (tmp_path / "run2" / "run.log").read_text()
 
 
 @pytest.mark.integration
