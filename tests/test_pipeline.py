@@ -500,7 +500,8 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             registry = Registry(url, "repotune")
             assert registry.champion().version == "1"
 
-            # same commit again: everything but resolve-source and deploy comes from the cache
+            # same commit again: everything but resolve-source and deploy comes from the cache (train,
+            # whose inputs include the retrieval index, is a hit only when the index step was one too)
             second = run("run2")
             assert {n: e.state for n, e in second.stages.items()} == {
                 "ingest": "cached", "clean": "cached", "train": "cached", "evaluate": "cached",
