@@ -158,6 +158,32 @@ def test_repotune_runtime_with_a_recipes_resources() -> None:
 
     cpu_runtime = render_manifests("s3://bucket/model", settings(runtime="repotune"))[1]
     assert cpu_runtime["spec"]["containers"][0]["image"] == cpu_image()
+    assert predictor.model.args is None  # retrieval as the model folder says
+
+
+def test_the_evaluated_arms_retrieval_setting_reaches_the_repotune_runtime(tmp_path: Path) -> None:
+    from repotune.retrieval.shipped import evaluated_retrieval
+    from repotune.serving.settings import Switch
+
+    for chosen, args in ((True, ["--retrieval", "on"]), (False, ["--retrieval", "off"])):
+        isvc = render_manifests("s3://bucket/model", settings(runtime="repotune", retrieval=chosen))[-1]
+        model = round_trip(isvc, "V1beta1InferenceService").spec.predictor.model
+        assert model.args == args
+        # what `repotune serve` accepts (KServe appends the model's args to the runtime's)
+        assert Switch(args[1]).setting is chosen
+    # vLLM knows nothing of the index: the Hugging Face runtime's args stay its own.
+    isvc = render_manifests("s3://bucket/model", settings(runtime="huggingface", retrieval=True))[-1]
+    assert isvc["spec"]["predictor"]["model"]["args"] == ["--backend=huggingface"]
+
+    assert evaluated_retrieval(tmp_path) is None  # no evaluation
+    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true, "retrieval": true}}')
+    assert evaluated_retrieval(tmp_path) is True
+    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true, "retrieval": null}}')
+    assert evaluated_retrieval(tmp_path) is None
+    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true}}')  # no retrieval arms
+    assert evaluated_retrieval(tmp_path) is None
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    assert evaluated_retrieval(tmp_path) is None
 
 
 def test_settings_refuse_what_kubernetes_would() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -290,3 +291,39 @@ def test_the_pipeline_step_exports_only_a_promoted_candidate(
     result = step(evaluation, "org/step")
     assert result is not None and hub.repos["org/step"].private
     assert "model-index" in hub.repos["org/step"].files["README.md"].decode()
+
+
+@pytest.mark.integration
+def test_the_retrieval_index_goes_to_private_repositories_only(
+    hub: HubFake, trained: Path, tmp_path: Path
+) -> None:
+    from repotune.records import Kind, Record
+    from repotune.retrieval import RetrievalIndex
+    from repotune.retrieval.shipped import MODEL_INDEX_DIR, add_to_model
+
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    code = "def invoice_total(items):\n    return sum(item.cents for item in items)\n"
+    records = [
+        Record(content=code, kind=Kind.CODE, source="t", id="a", file_path="billing.py", revision="r1")
+    ]
+    RetrievalIndex.build(records).save(tmp_path / "index")
+    add_to_model(tmp_path / "index", model)
+    shipped = {f"{MODEL_INDEX_DIR}/{p.relative_to(model / MODEL_INDEX_DIR)}"
+               for p in (model / MODEL_INDEX_DIR).rglob("*") if p.is_file()}  # fmt: skip
+    assert f"{MODEL_INDEX_DIR}/manifest.json" in shipped
+
+    for adapter_only in (False, True):
+        repo_id = f"org/private-{adapter_only}"
+        config = ExportConfig(model, repo_id, TOKEN, adapter_only=adapter_only, endpoint=hub.url)
+        export_model(config, log=lambda _: None)
+        assert shipped <= set(hub.repos[repo_id].files), adapter_only
+    files = hub.repos["org/private-False"].files
+    assert files[f"{MODEL_INDEX_DIR}/files.jsonl"] == (model / MODEL_INDEX_DIR / "files.jsonl").read_bytes()
+
+    # A public repository gets no index: it holds the repository's files verbatim.
+    export_model(
+        ExportConfig(model, "org/public", TOKEN, private=False, endpoint=hub.url), log=lambda _: None
+    )
+    assert not any(path.startswith(f"{MODEL_INDEX_DIR}/") for path in hub.repos["org/public"].files)
+    assert "model.safetensors" in hub.repos["org/public"].files

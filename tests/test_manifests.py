@@ -39,7 +39,7 @@ KFP_OVERLAYS = ("overlays/kfp-standalone", "overlays/kfp-profile")
 SHARED_NAMESPACE = "repotune"
 KFP_NAMESPACE = "kubeflow"
 PROFILE_NAMESPACE = "kubeflow-user-example-com"
-SECRET_TEMPLATES = ("s3", "mlflow", "github", "confluence", "notion", "jira")
+SECRET_TEMPLATES = ("s3", "mlflow", "github", "confluence", "notion", "jira", "hf")
 CREDENTIAL = re.compile(r"KEY|TOKEN|PASSWORD|SECRET|USERNAME", re.IGNORECASE)
 KNOWN_DEFAULTS = ("minioadmin", "minio123", "REPLACE_ME")
 

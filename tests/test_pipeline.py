@@ -100,6 +100,51 @@ def test_every_parameter_and_output_has_a_description_for_the_kfp_ui(name: str) 
     assert "repotune-pipeline-runner" in spec["pipelineInfo"]["description"]
 
 
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_the_retrieval_index_is_built_once_per_revision_and_ships_to_train_and_evaluate(name: str) -> None:
+    spec, _ = _spec(name)
+    tasks = spec["root"]["dag"]["tasks"]
+    index = tasks["retrieval-index"]
+    # Its inputs are the revision and the dataset of that revision: the cache key follows them.
+    assert index["cachingOptions"]["enableCache"] is True
+    assert (
+        index["inputs"]["parameters"]["revision"]["taskOutputParameter"]["producerTask"] == "resolve-source"
+    )
+    assert index["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "clean"
+    assert set(index["inputs"]["parameters"]) == {"revision", "artifacts_root"}
+    outputs = spec["components"]["comp-retrieval-index"]["outputDefinitions"]["artifacts"]
+    assert outputs["index"]["artifactType"]["schemaTitle"] == "system.Artifact"
+    for consumer in ("train", "evaluate"):
+        source = tasks[consumer]["inputs"]["artifacts"]["index"]["taskOutputArtifact"]
+        assert source == {"outputArtifactKey": "index", "producerTask": "retrieval-index"}, consumer
+    image = spec["deploymentSpec"]["executors"]["exec-retrieval-index"]["container"]["image"]
+    assert image == spec["deploymentSpec"]["executors"]["exec-clean"]["container"]["image"]  # no GPU
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_the_hub_export_runs_only_after_a_promotion_and_only_with_a_hub_repo(name: str) -> None:
+    spec, platform = _spec(name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert (
+        params["hub_repo"]["defaultValue"] == "" and "Hugging Face Hub" in params["hub_repo"]["description"]
+    )
+    promoted = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition"))
+    assert "evaluate" in promoted["triggerPolicy"]["condition"]
+    inner = spec["components"][promoted["componentRef"]["name"]]["dag"]["tasks"]
+    export_condition = next(t for t in inner.values() if t["taskInfo"]["name"] == "hub-export")
+    assert export_condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--hub_repo'] != ''"
+    )
+    export = spec["components"][export_condition["componentRef"]["name"]]["dag"]["tasks"]["export"]
+    assert export["cachingOptions"] == {}  # the Hub, not the inputs, decides what is there
+    assert set(export["inputs"]["artifacts"]) == {"model", "evaluation"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mapped = executors["exec-export"]["secretAsEnv"]
+    assert [(m["secretName"], [k["secretKey"] for k in m["keyToEnv"]]) for m in mapped] == [
+        ("repotune-hf", ["HF_TOKEN"])
+    ]
+
+
 def test_the_html_report_is_a_pipeline_output() -> None:
     spec, _ = _spec("repotune-cpu.yaml")
     artifacts = spec["root"]["outputDefinitions"]["artifacts"]
@@ -198,6 +243,9 @@ def test_a_step_names_the_secret_and_key_it_lacks_for_what_the_run_asked() -> No
         ("repotune-confluence", ("CONFLUENCE_URL",))
     ]
     assert lacking("ingest", {"NOTION_TOKEN": "t"}, source="notion:") == []
+    assert lacking("export", nothing) == []  # no hub_repo: the export pushes nothing, needs nothing
+    assert lacking("export", nothing, hub_repo="org/assistant") == [("repotune-hf", ("HF_TOKEN",))]
+    assert lacking("retrieval-index", nothing, artifacts_root="s3://runs/x")[0][0] == "repotune-s3"
 
     with pytest.raises(RepotuneError) as refused:
         require(
@@ -224,19 +272,30 @@ def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_para
     from repotune.components import steps
     from repotune.errors import RepotuneError
 
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "GITHUB_TOKEN"):
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_TRACKING_URI",
+        "GITHUB_TOKEN",
+        "HF_TOKEN",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as in a pod
     calls = {
         "repotune-github": lambda: steps.ingest("github:o/r", "github-2024-01-01", "", 0, "", None),
         "repotune-s3": lambda: steps.clean(None, "s3://runs/x", None, None, None),
-        "repotune-mlflow": lambda: steps.train(None, "", "tiny", 1e-3, 8, 0, 1.0, {}, True, "", None, None),
+        "repotune-mlflow": lambda: steps.train(
+            None, None, "", "tiny", 1e-3, 8, 0, 1.0, {}, True, "", None, None
+        ),
+        "repotune-hf": lambda: steps.export(None, None, "org/assistant"),
     }
     for secret, call in calls.items():
         with pytest.raises(RepotuneError, match=f"create the Kubernetes Secret {secret} "):
             call()
     with pytest.raises(RepotuneError, match=r"evaluate: MLflow tracking .* needs MLFLOW_TRACKING_URI"):
-        steps.evaluate(None, None, "repotune", {}, True, "", None, None, None, None)
+        steps.evaluate(None, None, None, "repotune", {}, True, "", None, None, None, None)
+    with pytest.raises(RepotuneError, match="retrieval-index: the artifacts root s3://runs/x needs"):
+        steps.retrieval_index(None, "abc123", "s3://runs/x", None)
     with pytest.raises(RepotuneError, match="deploy: MLflow tracking"):
         steps.deploy(None, None, "", "repotune", "repotune", "repotune", "huggingface", True, True, None)
 
@@ -410,15 +469,19 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
             assert summary["steps"] == 30 and summary["data"]["dataset.commit"] == sha
+            # the retrieval index of that commit ships in the model folder
+            shipped = json.loads((model / "retrieval" / "manifest.json").read_text())
+            assert shipped["revision"] == sha and shipped["chunks"] > 0
 
             # every stage's outputs were published under the repository and commit, marker last
-            for stage in ("ingest", "clean"):
+            for stage in ("ingest", "clean", "retrieval"):
                 assert exists_complete(f"s3://runs/repotune/repo/{sha}/{stage}")
             models = [
                 o.object_name
                 for o in client.list_objects("runs", prefix=f"repotune/repo/{sha}/", recursive=True)
             ]
             assert any(name.endswith("/model/config.json") for name in models)
+            assert any(name.endswith("/model/retrieval/manifest.json") for name in models)
             assert any(name.endswith("/evaluation/report.md") for name in models)
             # checkpoints went to the store as they were saved (a retried pod resumes from there)
             assert any("/checkpoints/checkpoint-" in name for name in models)
@@ -437,7 +500,8 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             registry = Registry(url, "repotune")
             assert registry.champion().version == "1"
 
-            # same commit again: everything but resolve-source and deploy comes from the cache
+            # same commit again: everything but resolve-source and deploy comes from the cache (train,
+            # whose inputs include the retrieval index, is a hit only when the index step was one too)
             second = run("run2")
             assert {n: e.state for n, e in second.stages.items()} == {
                 "ingest": "cached", "clean": "cached", "train": "cached", "evaluate": "cached",

@@ -26,7 +26,7 @@ from repotune.options import Setting, Values, build, help_of, settings
 from repotune.pipelines.config import CompileConfig, ImageSettings, SubmitConfig
 from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
-from repotune.serving.settings import ServeSettings
+from repotune.serving.settings import ServeSettings, Switch
 from repotune.train import TrainConfig
 
 app = typer.Typer(
@@ -277,6 +277,13 @@ def serve(
             help="Serve a non-loopback --host without bearer tokens (something in front checks callers).",
         ),
     ] = False,
+    retrieval: Annotated[
+        Switch,
+        typer.Option(
+            help="Put context retrieved from MODEL/retrieval/ in front of completion prompts: on, off, or "
+            "auto (on when the model was trained with retrieved context); a request's `retrieval` wins."
+        ),
+    ] = Switch.AUTO,
 ) -> None:
     """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol.
 
@@ -296,6 +303,7 @@ def serve(
         device=device,
         tokens=() if insecure_no_auth else tokens_from_env(),
         insecure_no_auth=insecure_no_auth,
+        retrieval=retrieval.setting,
     )
     run_server(
         model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say

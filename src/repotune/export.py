@@ -8,7 +8,10 @@ What goes up, through ``huggingface_hub``'s own API (``HfApi.create_repo``, ``Hf
 - ``README.md``: a model card whose YAML metadata carries the evaluation in the Hub's ``model-index``
   format (``model_index``) and the training data's source and commit, and whose text says how to load it.
 
-Checkpoints, caches and ``train_summary.json`` (local paths, bucket names) stay behind. Repositories are
+The retrieval index the pipeline ships in the model folder (``retrieval/``) goes along into private
+repositories, so that a model pulled from the Hub serves with retrieval as it was evaluated; it holds
+the repository's files verbatim, so a public export leaves it out. Checkpoints, caches and
+``train_summary.json`` (local paths, bucket names) stay behind. Repositories are
 created private unless ``private=False``; an existing public repository is refused unless the export
 asked for a public one, so private code never lands in public by accident. The token is the caller's
 (the command line reads ``HF_TOKEN``; on a cluster, a Kubernetes Secret). ``huggingface_hub`` talks to
@@ -199,7 +202,10 @@ def stage_folder(
 ) -> Path:
     """The repository's files at ``dest``: model or adapter, tokenizer, card (hard links where the file
     system allows: no bytes copied)."""
+    from repotune.retrieval.shipped import MODEL_INDEX_DIR
+
     model_dir = config.model_dir
+    excluded = EXCLUDED if config.private else (*EXCLUDED, MODEL_INDEX_DIR)
     if config.adapter_only:
         dest.mkdir(parents=True)
         for path in sorted((model_dir / ADAPTER_DIR).iterdir()):
@@ -208,9 +214,11 @@ def stage_folder(
         for name in TOKENIZER_FILES:
             if (model_dir / name).is_file():
                 _link(model_dir / name, dest / name)
+        if config.private and (model_dir / MODEL_INDEX_DIR).is_dir():
+            shutil.copytree(model_dir / MODEL_INDEX_DIR, dest / MODEL_INDEX_DIR, copy_function=_link)
         adapter_config = dest / "adapter_config.json"
     else:
-        shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns(*EXCLUDED), copy_function=_link)
+        shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns(*excluded), copy_function=_link)
         adapter_config = dest / ADAPTER_DIR / "adapter_config.json"
     base = base_model_hub_id(str(summary.get("base_model")))
     if base is not None and adapter_config.is_file():

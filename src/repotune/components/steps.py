@@ -85,8 +85,33 @@ def clean(
           f"{result.eval_records} held out), {sum(result.redactions.values())} secrets redacted")  # fmt: skip
 
 
+def retrieval_index(
+    dataset: Input[Dataset],
+    revision: str,
+    artifacts_root: str,
+    index: Output[Artifact],
+) -> None:
+    """Builds the BM25 index of the repository at the training revision (the training records); its
+    inputs are the revision and its dataset, so KFP reuses it for as long as they stay the same."""
+    from pathlib import Path
+
+    from repotune import storage
+    from repotune.pipelines import credentials
+    from repotune.retrieval.shipped import build_for_dataset
+
+    needed = credentials.needs("retrieval-index", artifacts_root=artifacts_root)
+    credentials.require("retrieval-index", needed)
+    built = build_for_dataset(Path(dataset.path), Path(index.path), revision, log=print)
+    source = dataset.metadata.get("source", "")
+    index.metadata.update({"revision": built.revision or revision, "chunks": len(built), "source": source})
+    index.metadata["files"] = built.manifest["files"]
+    index.metadata["published"] = storage.publish(index.path, artifacts_root, source, revision, "retrieval")
+    print(f"retrieval-index: {len(built):,} chunks of {built.manifest['files']:,} files at {revision}")
+
+
 def train(
     dataset: Input[Dataset],
+    index: Input[Artifact],
     recipe: str,
     base_model: str,
     learning_rate: float,
@@ -106,6 +131,7 @@ def train(
     from repotune.atomic import write_json
     from repotune.pipelines import credentials
     from repotune.pipelines.parameters import train_settings
+    from repotune.retrieval.shipped import add_to_model
 
     credentials.require("train", credentials.needs("train", artifacts_root=artifacts_root, tracking=tracking))
     settings = train_settings(base_model=base_model, learning_rate=learning_rate, lora_rank=lora_rank,
@@ -120,7 +146,10 @@ def train(
     write_json(Path(metrics.path), result.metrics)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+    # The index ships with the weights: published, registered and exported with them, served from them.
+    shipped = add_to_model(Path(index.path), Path(model.path)) is not None
     model.metadata.update({"base_model": result.base_model, "method": result.method, "commit": commit})
+    model.metadata["retrieval_index"] = shipped
     model.metadata["key"] = result.recipe_key
     key = f"{commit}/{result.recipe_key}"
     model.metadata["published"] = storage.publish(model.path, artifacts_root, source, key, "model")
@@ -135,6 +164,7 @@ def train(
 def evaluate(
     model: Input[Model],
     dataset: Input[Dataset],
+    index: Input[Artifact],
     model_name: str,
     settings: dict,
     tracking: bool,
@@ -189,18 +219,24 @@ def deploy(
     tracking: bool,
     manifest: Output[Artifact],
 ) -> str:
-    """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL."""
+    """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL.
+    The ``repotune`` runtime serves with retrieval as the evaluated arm did."""
     from pathlib import Path
 
     from repotune import deploy, storage, train
     from repotune import tracking as mlflow
     from repotune.pipelines import credentials
+    from repotune.retrieval.shipped import evaluated_retrieval
 
     credentials.require("deploy", credentials.needs("deploy", tracking=tracking))
+    retrieval = evaluated_retrieval(Path(evaluation.path))
     settings = deploy.DeploySettings(
         name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
-        s3=deploy.S3Access.from_url(storage.endpoint_url()),
+        s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval,
     )  # fmt: skip
+    if retrieval and settings.runtime is deploy.Runtime.HUGGINGFACE:
+        print("deploy: the evaluated arm retrieves context, which only the repotune runtime serves; "
+              "the huggingface runtime serves the model without it")  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None
     result = deploy.run(deploy.DeployConfig(
         model_uri=model.metadata.get("published") or model.uri, settings=settings, apply=apply,
@@ -216,3 +252,20 @@ def deploy(
         model_uri = result.model.storage_uri if result.model else ""
         print(f"deploy: InferenceService {namespace}/{name} for {model_uri}: {done}")
     return result.url or ""
+
+
+def export(model: Input[Model], evaluation: Input[Artifact], hub_repo: str) -> str:
+    """Pushes the promoted model to the Hugging Face Hub repository ``hub_repo`` (private; ``HF_TOKEN``
+    from the Secret repotune-hf); the repository's URL, or "" when nothing was pushed."""
+    from pathlib import Path
+
+    from repotune.export import export_if_promoted
+    from repotune.pipelines import credentials
+
+    credentials.require("export", credentials.needs("export", hub_repo=hub_repo))
+    result = export_if_promoted(Path(model.path), Path(evaluation.path), hub_repo or None, log=print)
+    if result is None:
+        print("export: nothing pushed" + ("" if hub_repo else " (no hub_repo)"))
+        return ""
+    print(f"export: {len(result.files)} files pushed to {result.repo_url} (private)")
+    return result.repo_url

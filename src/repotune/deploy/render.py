@@ -134,6 +134,11 @@ class DeploySettings:
     for a language model to load)."""
     s3: S3Access = field(default_factory=S3Access)
     """Credentials and endpoint for downloading the weights."""
+    retrieval: bool | None = None
+    """Whether the ``repotune`` runtime puts context retrieved from the model's index in front of
+    completion prompts (``repotune serve --retrieval on|off``): the evaluated arm's setting. None leaves
+    it to the model folder (on when it was trained with retrieved context). KServe's Hugging Face
+    runtime (vLLM) knows nothing of the index and serves without it."""
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):
@@ -262,6 +267,9 @@ def render_inference_service(model: ModelSource | str, settings: DeploySettings)
             model_spec["args"] = ["--backend=huggingface"]
     else:
         model_spec["runtime"] = PREDICTOR_RUNTIME
+        if settings.retrieval is not None:
+            # KServe appends the model's args to the ServingRuntime's (`repotune serve ...`).
+            model_spec["args"] = ["--retrieval", "on" if settings.retrieval else "off"]
     predictor: dict[str, Any] = {
         "serviceAccountName": settings.s3.service_account,
         "minReplicas": settings.min_replicas,

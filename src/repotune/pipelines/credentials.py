@@ -29,8 +29,12 @@ namespace the steps run in: ``kubeflow`` for standalone KFP, the profile's names
 Kubeflow. KFP sets it per run, not per step (kfp-kubernetes has no per-task service account): ``repotune
 submit`` names it, and runs started from the KFP UI name it in the run form's "Service Account" field."""
 
-Step = Literal["resolve-source", "ingest", "clean", "train", "evaluate", "deploy"]
-STEPS: tuple[Step, ...] = ("resolve-source", "ingest", "clean", "train", "evaluate", "deploy")
+Step = Literal[
+    "resolve-source", "ingest", "clean", "retrieval-index", "train", "evaluate", "deploy", "export"
+]
+STEPS: tuple[Step, ...] = (
+    "resolve-source", "ingest", "clean", "retrieval-index", "train", "evaluate", "deploy", "export"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,20 @@ CONFLUENCE = Secret(
 )
 JIRA = Secret("repotune-jira", ("JIRA_URL", "JIRA_USER", "JIRA_TOKEN", "JIRA_PAT"), "jira")
 NOTION = Secret("repotune-notion", ("NOTION_TOKEN",), "notion")
-SECRETS: tuple[Secret, ...] = (S3, MLFLOW, GITHUB, CONFLUENCE, JIRA, NOTION)
+# the optional Hugging Face Hub export after a promotion (repotune.export)
+HF = Secret("repotune-hf", ("HF_TOKEN",), "hf")
+SECRETS: tuple[Secret, ...] = (S3, MLFLOW, GITHUB, CONFLUENCE, JIRA, NOTION, HF)
 
 # Which Secrets each step has mapped into its environment (the pipeline wires exactly these).
 STEP_SECRETS: dict[Step, tuple[Secret, ...]] = {
     "resolve-source": (S3, CONFLUENCE, JIRA, NOTION),  # s3:// archives by ETag, services by newest edit
     "ingest": (S3, GITHUB, CONFLUENCE, JIRA, NOTION),
     "clean": (S3,),
+    "retrieval-index": (S3,),
     "train": (S3, MLFLOW),
     "evaluate": (S3, MLFLOW),
     "deploy": (S3, MLFLOW),
+    "export": (HF,),
 }
 
 # Services a source prefix reads, and the keys without which nothing can be read. GitHub allows 60
@@ -108,9 +116,11 @@ def _is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "minio://"))
 
 
-def needs(step: Step, *, source: str = "", artifacts_root: str = "", tracking: bool = False) -> list[Need]:
-    """What ``step`` needs given the run's ``source``, ``artifacts_root`` (publishing) and ``tracking``
-    (MLflow tracking and registry asked for)."""
+def needs(
+    step: Step, *, source: str = "", artifacts_root: str = "", tracking: bool = False, hub_repo: str = ""
+) -> list[Need]:
+    """What ``step`` needs given the run's ``source``, ``artifacts_root`` (publishing), ``tracking``
+    (MLflow tracking and registry asked for) and ``hub_repo`` (a Hugging Face Hub export asked for)."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}")
     found: list[Need] = []
@@ -120,10 +130,12 @@ def needs(step: Step, *, source: str = "", artifacts_root: str = "", tracking: b
             found.append(Need(secret, keys, f"the source {source}{why}"))
     if _is_s3(source) and step in ("resolve-source", "ingest"):
         found.append(Need(S3, _S3_KEYS, f"the source {source}"))
-    if _is_s3(artifacts_root) and step in ("ingest", "clean", "train", "evaluate"):
+    if _is_s3(artifacts_root) and step in ("ingest", "clean", "retrieval-index", "train", "evaluate"):
         found.append(Need(S3, _S3_KEYS, f"the artifacts root {artifacts_root}"))
     if tracking and step in ("train", "evaluate", "deploy"):
         found.append(Need(MLFLOW, ("MLFLOW_TRACKING_URI",), "MLflow tracking (the tracking parameter)"))
+    if hub_repo and step == "export":
+        found.append(Need(HF, ("HF_TOKEN",), f"the Hugging Face Hub export to {hub_repo}"))
     return found
 
 

@@ -1,4 +1,9 @@
-"""The pipeline: resolve -> ingest -> clean -> train -> evaluate -> deploy (only when evaluate promotes).
+"""The pipeline: resolve -> ingest -> clean -> retrieval index -> train -> evaluate -> deploy and, with a
+``hub_repo``, export to the Hugging Face Hub (both only when evaluate promotes).
+
+The retrieval index of the repository at the training revision is built once per revision (its inputs
+are the revision and the clean dataset, so KFP's cache reuses it), evaluation scores the retrieval arms
+with it, and the train step puts it into the model folder, so that it ships with the weights.
 
 The recipe is bound when the pipeline is built: it decides the train step's image, CPU, memory and
 accelerators, which Kubernetes needs before the run starts. Its values become the defaults of the few
@@ -71,6 +76,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     resolve_op = _component(steps.resolve_source, cpu)
     ingest_op = _component(steps.ingest, cpu)
     clean_op = _component(steps.clean, cpu)
+    index_op = _component(steps.retrieval_index, cpu)
+    export_op = _component(steps.export, cpu)
     train_op = _component(steps.train, train_image)
     evaluate_op = _component(steps.evaluate, gpu_image)
     deploy_op = _component(steps.deploy, cpu)
@@ -100,6 +107,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         runtime: str = "huggingface",
         deploy_apply: bool = True,
         artifacts_root: str = "",
+        hub_repo: str = "",
     ) -> PipelineOutputs:
         """Fine-tune, evaluate and deploy a model of one repository (the KFP UI shows these per parameter).
 
@@ -122,9 +130,10 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             runtime: huggingface (KServe's vLLM runtime, for GPUs) or repotune (this project's predictor).
             deploy_apply: Apply the InferenceService and wait for Ready; false only renders its manifest.
             artifacts_root: s3:// prefix that also receives each stage's outputs (Secret repotune-s3).
+            hub_repo: Hugging Face Hub ORG/NAME to push a promoted model to, private (Secret repotune-hf).
 
         Returns:
-            model: The fine-tuned model folder (merged weights, adapter, tokenizer, train summary).
+            model: The fine-tuned model folder (weights, adapter, tokenizer, retrieval index, summary).
             report: The evaluation report: base against candidate (and champion), with the decision.
             evaluation: The evaluation folder: metrics.json, report.md and report.html.
             promoted: Whether the candidate was promoted to champion (and deployed).
@@ -141,8 +150,13 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         _secrets(ingested, "ingest").set_display_name("ingest").set_retry(**retry)
         cleaned = clean_op(records=ingested.outputs["records"], artifacts_root=artifacts_root)
         _secrets(cleaned, "clean").set_display_name("clean")
+        indexed = index_op(
+            dataset=cleaned.outputs["dataset"], revision=resolved.output, artifacts_root=artifacts_root
+        )
+        _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
         trained = train_op(
             dataset=cleaned.outputs["dataset"],
+            index=indexed.outputs["index"],
             recipe=recipe_text,
             base_model=base_model,
             learning_rate=learning_rate,
@@ -159,6 +173,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         evaluated = evaluate_op(
             model=trained.outputs["model"],
             dataset=cleaned.outputs["dataset"],
+            index=indexed.outputs["index"],
             model_name=model_name,
             settings=evaluation,
             tracking=tracking,
@@ -182,6 +197,14 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             )
             _secrets(deployed, "deploy").set_display_name("deploy").set_retry(**retry)
             deployed.set_caching_options(False)  # the cluster, not the inputs, decides what is live
+            with dsl.If(hub_repo != "", name="hub-export"):
+                exported = export_op(
+                    model=trained.outputs["model"],
+                    evaluation=evaluated.outputs["evaluation"],
+                    hub_repo=hub_repo,
+                )
+                _secrets(exported, "export").set_display_name("export").set_retry(**retry)
+                exported.set_caching_options(False)  # the Hub, not the inputs, decides what is there
         return PipelineOutputs(
             model=trained.outputs["model"],
             report=evaluated.outputs["report"],

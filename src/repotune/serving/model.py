@@ -49,6 +49,7 @@ from repotune.serving.loading import (
     served_names,
 )
 from repotune.serving.protocol import ChatCompletionRequest, CompletionRequest, Instance, validated
+from repotune.serving.retrieval import NOTHING, Retrieved, ServedRetrieval
 from repotune.serving.settings import ServeSettings
 
 __all__ = ["RepotuneModel", "ServeSettings", "encode_prompt"]
@@ -66,8 +67,9 @@ class RepotuneModel(kserve.Model):
     """A causal LM behind a ``Batcher``, served by ``kserve.ModelServer``.
 
     KServe's v1 ``:predict`` takes ``{"instances": [PROMPT, ...]}`` where a prompt is a string or an
-    object with ``prompt`` and optional ``suffix`` (fill in the middle), ``max_tokens``,
-    ``temperature``, ``top_p``, ``seed`` and ``stop``; it answers ``{"predictions": [TEXT, ...]}``. The
+    object with ``prompt`` and optional ``suffix`` (fill in the middle), ``file_path``, ``retrieval``,
+    ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stop``; it answers
+    ``{"predictions": [TEXT, ...]}``. The
     v2 ``infer`` takes a BYTES input tensor of prompts (any name) with the same options as request
     parameters, and answers a BYTES output tensor ``text``. Both are greedy unless asked otherwise.
 
@@ -93,6 +95,7 @@ class RepotuneModel(kserve.Model):
         self.batcher: Batcher | None = None
         self.fim = False
         self.context = 0
+        self.retrieval: ServedRetrieval | None = None
 
     def load(self) -> bool:
         from repotune.data.transforms import has_fim_tokens
@@ -103,6 +106,7 @@ class RepotuneModel(kserve.Model):
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         self.fim = has_fim_tokens(tokenizer)
         self.context = context_length(model, tokenizer)
+        self.retrieval = ServedRetrieval.load(self.loaded.folder, self.settings.retrieval)
         self.batcher = Batcher(
             model,
             tokenizer,
@@ -131,13 +135,23 @@ class RepotuneModel(kserve.Model):
             raise Unavailable("the model is not loaded yet")
         return self.loaded.tokenizer
 
-    def build_prompt(self, prompt: str, suffix: str | None = None, file_path: str | None = None) -> str:
+    def build_prompt(
+        self, prompt: str, suffix: str | None = None, file_path: str | None = None, context: str = ""
+    ) -> str:
         """The text to complete: ``prompt`` as it is, or with ``suffix`` a fill-in-the-middle prompt
-        built by the training transform (``fim_prompt``); 400 when the model has no FIM tokens."""
-        from repotune.data.transforms import fim_prompt
+        built by the training transform (``fim_prompt``); 400 when the model has no FIM tokens.
+
+        Retrieved ``context`` goes in front as training puts it: ``code_prompt`` (the file header of
+        ``file_path``, then the prompt) or ``fim_prompt(context=...)``.
+        """
+        from repotune.data.transforms import code_prompt, fim_prompt
 
         if suffix is None:
-            return prompt
+            return (
+                code_prompt(prompt, path=file_path, tokenizer=self.tokenizer, context=context)
+                if context
+                else prompt
+            )
         if not self.fim:
             raise bad_request(
                 f"model {self.name} has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
@@ -145,7 +159,56 @@ class RepotuneModel(kserve.Model):
                 param="suffix",
                 code="fim_not_supported",
             )
-        return fim_prompt(prompt, suffix, path=file_path, tokenizer=self.tokenizer)
+        return fim_prompt(prompt, suffix, path=file_path, tokenizer=self.tokenizer, context=context)
+
+    def uses_retrieval(self, asked: bool | None) -> bool:
+        """Whether a request gets retrieved context: what it ``asked`` (its ``retrieval`` field), else the
+        server's default; 400 when it asks for context from a model that carries no index."""
+        if asked and self.retrieval is None:
+            raise bad_request(
+                f"model {self.name} has no retrieval index; send the request without `retrieval`",
+                param="retrieval",
+                code="retrieval_not_available",
+            )
+        return self.retrieval is not None and (self.retrieval.default if asked is None else asked)
+
+    def text_prompt(
+        self,
+        prompt: str,
+        suffix: str | None,
+        file_path: str | None,
+        *,
+        retrieval: bool,
+        max_tokens: int | None,
+        default_max_tokens: int | None,
+    ) -> tuple[list[int], Retrieved]:
+        """Token ids of a text prompt (``build_prompt``) and the context retrieved for it.
+
+        The context gets what the window has left after the prompt and the completion (``max_tokens``,
+        else the default the request will get): a prompt that fits without context still fits with it.
+        """
+        from repotune.data.transforms import file_header
+
+        ids = encode_prompt(self.tokenizer, self.build_prompt(prompt, suffix, file_path))
+        if not retrieval or self.retrieval is None:
+            return ids, NOTHING
+        wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
+            default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
+        room = self.context - len(ids) - wanted
+        if suffix is None and file_path is not None:
+            # A plain prompt gets its file header only behind context (FIM prompts always have it).
+            room -= len(encode_prompt(self.tokenizer, file_header(file_path, self.tokenizer)))
+        found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
+        if not found.context:
+            return ids, found
+        with_context = encode_prompt(
+            self.tokenizer, self.build_prompt(prompt, suffix, file_path, found.context)
+        )
+        if len(with_context) + wanted > self.context:
+            # The header and a tokenizer's merges at block boundaries cost a few tokens more than the
+            # context alone; rather than cut into the prompt, go without.
+            return ids, NOTHING
+        return with_context, found
 
     def request(
         self,
@@ -225,15 +288,20 @@ class RepotuneModel(kserve.Model):
                 code="model_not_found",
             )
 
-    def _prompt_ids(self, item: str | list[int], request: CompletionRequest) -> list[int]:
+    def _prompt_ids(
+        self, item: str | list[int], request: CompletionRequest, retrieval: bool
+    ) -> tuple[list[int], Retrieved]:
         if isinstance(item, str):
-            return encode_prompt(self.tokenizer, self.build_prompt(item, request.suffix, request.file_path))
+            return self.text_prompt(
+                item, request.suffix, request.file_path, retrieval=retrieval, max_tokens=request.max_tokens,
+                default_max_tokens=self.settings.default_max_tokens,
+            )  # fmt: skip
         if request.suffix is not None:
             raise bad_request("`suffix` needs the prompt as text, not token ids", param="suffix")
         vocab = len(self.tokenizer)
         if not all(0 <= t < vocab for t in item):
             raise bad_request(f"token ids in `prompt` must be integers from 0 to {vocab - 1}", param="prompt")
-        return list(item)
+        return list(item), NOTHING  # no text to search with
 
     async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         """``/openai/v1/completions``: a ``Completion``, or its chunks for ``stream: true``."""
@@ -242,7 +310,9 @@ class RepotuneModel(kserve.Model):
         items = request.prompts()
         n = request.n or 1
         self.check_generations(len(items) * n, "n" if n > 1 else "prompt")
-        prompts = [self._prompt_ids(item, request) for item in items]
+        retrieval = self.uses_retrieval(request.retrieval)
+        built = [self._prompt_ids(item, request, retrieval) for item in items]
+        prompts = [ids for ids, _ in built]
         sampling, stop = request.sampling(default_temperature=1.0), request.stops()  # OpenAI's default
         rows = [
             self.request(ids, max_tokens=request.max_tokens,
@@ -261,7 +331,10 @@ class RepotuneModel(kserve.Model):
             CompletionChoice(index=i, text=echoed[i] + r.text, finish_reason=r.finish_reason, logprobs=None)
             for i, r in enumerate(done)
         ]
-        return Completion(**head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens))
+        extra = {"retrieval": [list(found.sources) for _, found in built]} if retrieval else {}
+        return Completion(
+            **head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens), **extra
+        )
 
     async def _completion_chunks(
         self, head: dict[str, Any], handles: list[Handle], echoed: list[str], prompt_tokens: int,
@@ -349,9 +422,13 @@ class RepotuneModel(kserve.Model):
             yield chunk([], usage(done, prompt_tokens))
 
     def _instance_row(self, instance: Instance) -> GenerationRequest:
-        text = self.build_prompt(instance.prompt, instance.suffix, instance.file_path)
+        ids, _ = self.text_prompt(
+            instance.prompt, instance.suffix, instance.file_path,
+            retrieval=self.uses_retrieval(instance.retrieval), max_tokens=instance.max_tokens,
+            default_max_tokens=self.settings.default_max_tokens,
+        )  # fmt: skip
         return self.request(
-            encode_prompt(self.tokenizer, text),
+            ids,
             max_tokens=instance.max_tokens,
             default_max_tokens=self.settings.default_max_tokens,
             sampling=instance.sampling(default_temperature=0.0),

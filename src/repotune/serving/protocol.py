@@ -104,8 +104,11 @@ class OpenAIRequest(GenerationOptions):
 class CompletionRequest(OpenAIRequest):
     """``POST /openai/v1/completions``.
 
-    Extension: ``file_path`` (send it with the openai client's ``extra_body``); with ``suffix`` it puts
-    the training file header in front of the prefix, as ``fim_prompt`` does.
+    Extensions (send them with the openai client's ``extra_body``): ``file_path``, the path of the file
+    being completed: with ``suffix`` (or retrieved context) it puts the training file header in front of
+    the prefix, as ``fim_prompt`` / ``code_prompt`` do, and the file's own chunks are not retrieved;
+    ``retrieval``, ``true`` or ``false`` to have retrieved cross-file context put in front of the prompt
+    or not, whatever the server's default (``repotune.serving.retrieval``).
     """
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -114,6 +117,7 @@ class CompletionRequest(OpenAIRequest):
     best_of: int | None = Field(None, ge=0)
     logprobs: int | None = Field(None, ge=0)
     file_path: str | None = None
+    retrieval: bool | None = None
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
@@ -221,6 +225,7 @@ class Instance(GenerationOptions):
     prompt: str
     suffix: str | None = None
     file_path: str | None = None
+    retrieval: bool | None = None
 
 
 def _unsupported(param: str, message: str | None = None) -> ServingError:

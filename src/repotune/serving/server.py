@@ -138,6 +138,7 @@ def serve(
     check_source(source)
     if adapter is not None:
         check_source(adapter, "adapter")
+    _check_retrieval(adapter if adapter is not None else source, settings.retrieval)
     sock = bind(host, port)
     try:
         from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
@@ -156,6 +157,15 @@ def serve(
             f"{device} in {time.monotonic() - started:.1f} s (context {model.context} tokens, "
             f"fill-in-the-middle {'on' if model.fim else 'off: no FIM tokens'})"
         )
+        if model.retrieval is not None:
+            index = model.retrieval
+            revision = index.index.revision or "unknown"
+            log(
+                f"retrieval: {len(index.index):,} chunks of revision {revision} from "
+                f"{index.folder}, up to {index.budget} tokens of context; "
+                + (f"on ({index.why})" if index.default else index.why)
+                + "; a request's `retrieval` field wins"
+            )
         if not settings.tokens:
             log(
                 "no authentication: "
@@ -205,6 +215,21 @@ def serve(
             log(f"stopped serving {model.name!r}")
     finally:
         sock.close()
+
+
+def _check_retrieval(source: str | Path, setting: bool | None) -> None:
+    """``--retrieval on`` for a local model folder without an index fails before the model loads (an
+    ``s3://`` model is checked once it is fetched)."""
+    from repotune.retrieval.shipped import MODEL_INDEX_DIR, model_index
+    from repotune.storage import is_s3_uri
+
+    if not setting or (isinstance(source, str) and is_s3_uri(source)):
+        return
+    if model_index(Path(source).expanduser()) is None:
+        raise RepotuneError(
+            f"--retrieval on: {source} has no retrieval index ({MODEL_INDEX_DIR}/ beside the weights, as "
+            "the pipeline's train step puts it there)"
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

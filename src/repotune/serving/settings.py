@@ -12,10 +12,23 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from repotune.errors import RepotuneError
 
 TOKENS_ENV = "REPOTUNE_SERVE_TOKENS"
+
+
+class Switch(StrEnum):
+    """``on``, ``off``, or ``auto``: as the model says (a command-line choice)."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+    @property
+    def setting(self) -> bool | None:
+        return None if self is Switch.AUTO else self is Switch.ON
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,10 @@ class ServeSettings:
     ``insecure_no_auth``)."""
     insecure_no_auth: bool = False
     """Serve on a non-loopback address without tokens; set only by the explicit ``--insecure-no-auth``."""
+    retrieval: bool | None = None
+    """Put context retrieved from the model folder's index (``MODEL/retrieval/``) in front of completion
+    prompts unless a request says otherwise: ``True`` (needs the index), ``False``, or ``None``: when the
+    model was trained with retrieved context."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_tokens", "default_max_tokens", "max_queue", "max_generations",
