@@ -160,6 +160,12 @@ class StatusWriter(logging.Filter):
         """The stage running now, if any."""
         return next((name for name, entry in self.status.stages.items() if entry.state == "running"), None)
 
+    def culprit(self) -> str | None:
+        """The stage a failure belongs to: the one running, else one kfp already reported failed."""
+        return self.running() or next(
+            (name for name, entry in self.status.stages.items() if entry.state == "failed"), None
+        )
+
     def failed(self, error: str) -> None:
         """The run ended without finishing: the running stage failed, the ones after it never ran."""
         self.status.state, self.status.finished, self.status.error = "failed", now(), error
@@ -320,7 +326,7 @@ def _run_pipeline(
         writer.failed("interrupted")
         raise
     except Exception as exc:  # kfp raises RuntimeError naming the failed task
-        stage = writer.running()
+        stage = writer.culprit()
         writer.failed(_short(exc))
         reason = output.failures.get(stage or "", "") or _short(exc)
         step = f"the {stage} step" if stage else "the pipeline"
