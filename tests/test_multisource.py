@@ -318,3 +318,59 @@ def test_ingest_clean_train_over_a_repository_a_confluence_space_and_a_jira_proj
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert summary["steps"] == 3
+
+
+def test_the_upload_api_starts_a_run_over_several_sources(tmp_path: Path, monkeypatch) -> None:
+    """A run request names more registered sources and wiki/tracker sources by name; the server's
+    environment supplies their sites and credentials, and the run's command reads them all."""
+    from fastapi.testclient import TestClient
+
+    from repotune.api.app import create_app
+    from repotune.api.db import Database
+    from repotune.api.recipes import choose_recipe
+    from repotune.api.runs import Runs
+    from repotune.api.settings import ApiSettings
+    from repotune.api.store import SourceStore
+    from repotune.train import shipped_recipes_dir
+
+    settings = ApiSettings(
+        store=str(tmp_path / "s"),
+        work_dir=tmp_path / "w",
+        db_path=tmp_path / "db",
+        tokens=("t",),
+        recipe_dirs=(shipped_recipes_dir(),),
+    )
+    db = Database(settings.db_path)
+    runs = Runs(settings, db, SourceStore(settings, db))
+    registered = [
+        {"id": "1" * 64, "kind": "github", "github": "team/app"},
+        {"id": "2" * 64, "kind": "git", "repo_url": "https://example.com/team/app.git", "ref": "main"},
+    ]
+    recipe = choose_recipe("tiny-cpu", (shipped_recipes_dir(),))
+    argv = runs.command(registered, recipe, {}, tmp_path / "run" / "output", ["confluence:ENG", "jira:PAY"])
+    assert argv[argv.index("--") :] == [
+        "--", "github:team/app", "https://example.com/team/app.git", "confluence:ENG", "jira:PAY",
+    ]  # fmt: skip
+    assert argv[argv.index("--ref") + 1] == "main"  # the git repository's ref, whichever source is first
+
+    def error(response, status: int, code: str) -> str:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code, response.text
+        return response.json()["error"]["message"]
+
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer t"}) as client:
+        source = client.post("/v1/sources", json={"github": "team/app"})
+        assert source.status_code == 201, source.text
+        first = source.json()["id"]
+        body = {"source_id": first, "recipe": "tiny-cpu"}
+        message = error(
+            client.post("/v1/runs", json={**body, "services": ["jira:PAY"]}), 409, "source_not_configured"
+        )
+        assert message.startswith("jira:PAY: this server has no JIRA_URL set")
+        error(client.post("/v1/runs", json={**body, "more_source_ids": ["0" * 64]}), 404, "source_not_found")
+        error(client.post("/v1/runs", json={**body, "more_source_ids": [first]}), 422, "invalid_request")
+        for bad in ("https://evil.example.com", "confluence:../x", "jira:PAY?jql=x", "file:/etc"):
+            error(client.post("/v1/runs", json={**body, "services": [bad]}), 422, "invalid_request")
+        error(client.post("/v1/runs", json={**body, "services": ["jira:A"] * 9}), 422, "invalid_request")
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["RunRequest"]["properties"]
+        assert {"more_source_ids", "services"} <= set(schema)
