@@ -374,3 +374,21 @@ def test_the_upload_api_starts_a_run_over_several_sources(tmp_path: Path, monkey
         error(client.post("/v1/runs", json={**body, "services": ["jira:A"] * 9}), 422, "invalid_request")
         schema = client.get("/openapi.json").json()["components"]["schemas"]["RunRequest"]["properties"]
         assert {"more_source_ids", "services"} <= set(schema)
+
+
+@pytest.mark.integration
+def test_submit_sends_every_source_to_the_kfp_api() -> None:
+    from tests.kfp_api import running_kfp_api
+
+    from repotune.pipelines.config import SubmitConfig
+    from repotune.pipelines.submit import submit_run
+
+    config = SubmitConfig(
+        source=("https://git.example.com/team/app.git", "confluence:ENG", "jira:PAY"), host="x"
+    )
+    assert config.name().startswith("repotune-team-app-")
+    with running_kfp_api() as kfp:
+        run_id = submit_run(kfp.url, config.arguments(), "repotune-app-2", recipe="tiny-cpu")
+        parameters = kfp.runs[run_id]["runtime_config"]["parameters"]
+    assert parameters["source"] == "https://git.example.com/team/app.git"
+    assert parameters["more_sources"] == ["confluence:ENG", "jira:PAY"]

@@ -489,7 +489,7 @@ def compile_(values: Values) -> None:
 @app.command()
 @settings(
     SubmitConfig,
-    Setting("source", argument=True),
+    Setting("source", argument=True, parse=_sources, multiple=True),
     Setting("host", envvar="KFP_HOST"),
     Setting("recipe"),
     Setting("ref"),

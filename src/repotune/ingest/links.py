@@ -81,7 +81,7 @@ class FixIndex:
     def link(self, record: Record) -> Record:
         """A resolved Jira issue with its fixes attached (see the module docstring); any other record
         as it is."""
-        if record.kind != Kind.ISSUE or not is_resolved(record):
+        if record.kind != Kind.ISSUE or not record.source.startswith("jira:") or not is_resolved(record):
             return record
         fixes = self.by_key.get(str(record.meta.get("key") or ""))
         if not fixes:
