@@ -33,7 +33,6 @@ from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
 from repotune.ingest.cut import Cut, NoCut, choose, parse_cut
 from repotune.ingest.layout import IngestLayout
-from repotune.ingest.links import FixIndex
 from repotune.records import Kind, Record, record_id
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
@@ -474,7 +473,11 @@ def run(
     }
     layout = IngestLayout(config.output)
     config.output.mkdir(parents=True, exist_ok=True)
-    fixes = FixIndex()
+    fixes = None
+    if any(spec.startswith(JIRA_PREFIX) for spec in specs):
+        from repotune.ingest.links import FixIndex  # the Jira module is slow to import; only when used
+
+        fixes = FixIndex()
     # stable: the given order, but the tracker after the history its issues are matched against
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith(JIRA_PREFIX))
     total = 0
@@ -483,10 +486,12 @@ def run(
             spec, entry, stats = specs[index], entries[index], IngestStats()
             workdir = Path(tmp) / str(index)
             workdir.mkdir()
-            count = 0
+            count, linked_before = 0, fixes.linked if fixes is not None else 0
             for record in iter_source(config.only(spec), stats, entry, workdir, log):
-                fixes.see(record)
-                out.write(fixes.link(record).to_json())
+                if fixes is not None:
+                    fixes.see(record)
+                    record = fixes.link(record)
+                out.write(record.to_json())
                 out.write("\n")
                 count += 1
                 total += 1
@@ -494,8 +499,8 @@ def run(
                     progress(total, _merged(totals, stats))
             entry.update(stats.as_dict())
             entry["records"] = count
-            if spec.startswith(JIRA_PREFIX):
-                entry["linked_to_commits"] = fixes.linked
+            if fixes is not None and spec.startswith(JIRA_PREFIX):
+                entry["linked_to_commits"] = fixes.linked - linked_before
             totals = _merged(totals, stats)
             if count == 0:
                 if len(specs) == 1:
