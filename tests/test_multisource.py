@@ -392,3 +392,38 @@ def test_submit_sends_every_source_to_the_kfp_api() -> None:
         parameters = kfp.runs[run_id]["runtime_config"]["parameters"]
     assert parameters["source"] == "https://git.example.com/team/app.git"
     assert parameters["more_sources"] == ["confluence:ENG", "jira:PAY"]
+
+
+@pytest.mark.integration
+def test_the_resolve_and_ingest_steps_take_several_sources_under_kfp_local(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The two steps as KFP runs them (kfp.local, each in its own process): the list and dict
+    parameters arrive, the revision covers both sources, and the dataset's key is one path segment."""
+    from kfp import dsl, local
+
+    from repotune.components import steps
+    from repotune.sources.revision import split_revision
+
+    repo = _repository(tmp_path / "shop")
+    monkeypatch.setenv("JIRA_USER", EMAIL)
+    monkeypatch.setenv("JIRA_TOKEN", API_TOKEN)
+    monkeypatch.chdir(tmp_path)
+    resolve_op = dsl.component(steps.resolve_source, base_image="python:3.11", install_kfp_package=False)
+    ingest_op = dsl.component(steps.ingest, base_image="python:3.11", install_kfp_package=False)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    with FakeJira(
+        {"PAY": "Payments"}, _issues(cloud=True), cloud=True, accepted={basic(EMAIL, API_TOKEN)}
+    ) as jira:
+        settings = {"jira_url": jira.url}
+        resolved = resolve_op(source=str(repo), ref="", more_sources=["jira:PAY"], source_settings=settings)
+        revision = resolved.output
+        ingested = ingest_op(source=str(repo), more_sources=["jira:PAY"], revision=revision, include="",
+                             max_commits=0, source_settings=settings, artifacts_root="")  # fmt: skip
+    sha, jira_revision = split_revision(revision, 2)
+    assert sha == git(repo, "rev-parse", "HEAD").strip() and jira_revision.startswith("jira-")
+    records = ingested.outputs["records"]
+    assert records.metadata["sources"] == [str(repo), "jira:PAY"]
+    assert records.metadata["commit"].startswith("sources-") and records.metadata["records"] == 50
+    manifest = json.loads((Path(records.path) / "manifest.json").read_text())
+    assert [entry["records"] for entry in manifest["sources"]] == [5, 45]
