@@ -278,7 +278,8 @@ def _repotune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 @pytest.mark.integration
 def test_ingest_clean_train_over_a_repository_a_confluence_space_and_a_jira_project(tmp_path: Path) -> None:
-    """The command line end to end over three sources; the clean report counts each one."""
+    """Ingest (the command) over three sources, then clean and a few steps of training the tiny model;
+    the clean report counts each source."""
     repo = _repository(tmp_path / "shop")
     with (
         FakeConfluence([Space("ENG", "Engineering")], _pages(), accepted={f"Bearer {PAT}"}) as wiki,
@@ -299,8 +300,10 @@ def test_ingest_clean_train_over_a_repository_a_confluence_space_and_a_jira_proj
     assert "  jira:PAY: 45 records (45 issue); 1 resolved issues kept with their fixing commits" in said
     assert PAT not in said and API_TOKEN not in said
 
-    done = _repotune("clean", str(tmp_path / "in"), "-o", str(tmp_path / "data"), env={})
-    assert done.returncode == 0, done.stderr
+    # clean and train in this process: what their commands do, without two more interpreters' imports
+    from repotune import clean, train
+
+    clean.run(clean.CleanConfig(input=tmp_path / "in", output=tmp_path / "data", workers=1))
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert set(stats["by_source"]) == {"shop", "confluence:ENG", "jira:PAY"}
     for counts in stats["by_source"].values():
@@ -311,13 +314,15 @@ def test_ingest_clean_train_over_a_repository_a_confluence_space_and_a_jira_proj
     for name, counts in stats["by_source"].items():
         assert f"| `{name}` | {counts['train']} | {counts['eval']} |" in report
 
-    done = _repotune(
-        "train", str(tmp_path / "data"), "-o", str(tmp_path / "model"), "--recipe", "tiny-cpu",
-        "--set", "max_steps=3", "--set", "save_every_steps=3", env={},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
-    assert summary["steps"] == 3
+    recipe, _ = train.resolve_recipe(
+        "tiny-cpu", {"max_steps": 2, "save_every_steps": 2, "micro_batch_size": 2}
+    )
+    result = train.run(
+        train.TrainConfig(data=tmp_path / "data", output=tmp_path / "model", recipe=recipe),
+        log=lambda _: None,
+    )
+    assert result.steps == 2 and result.eval_loss is not None
+    assert json.loads((tmp_path / "model" / "train_summary.json").read_text())["steps"] == 2
 
 
 def test_the_upload_api_starts_a_run_over_several_sources(tmp_path: Path, monkeypatch) -> None:
