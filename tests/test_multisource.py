@@ -170,7 +170,10 @@ def test_the_rules_of_several_sources() -> None:
     pinned = IngestConfig.pinned(("jira:PAY", "https://h/a.git"), f"jira-x {'f' * 40}", out)
     assert pinned.ref == "f" * 40
 
-    assert sources_of("repo", []) == "repo" and sources_of("repo", ["jira:PAY", ""]) == ("repo", "jira:PAY")
+    assert sources_of("repo", []) == ("repo",) and sources_of("repo", ["jira:PAY", ""]) == (
+        "repo",
+        "jira:PAY",
+    )
     settings = ServiceSettings.from_parameters({"jira_jql": "project = PAY", "confluence_url": ""})
     assert settings.parameters() == {"jira_jql": "project = PAY"}
     with pytest.raises(RepotuneError, match=r"source_settings: unknown setting 'jira_token'"):

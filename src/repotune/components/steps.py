@@ -28,8 +28,8 @@ def resolve_source(source: str, ref: str, more_sources: list, source_settings: d
 
     sources, services = sources_of(source, more_sources), ServiceSettings.from_parameters(source_settings)
     credentials.require_for_sources("resolve-source", sources, services.environment())
-    revision = resolve_revisions((sources,) if isinstance(sources, str) else sources, ref or None, services)
-    print(f"resolve-source: {' + '.join([source, *more_sources])} is at {revision}")
+    revision = resolve_revisions(sources, ref or None, services)
+    print(f"resolve-source: {' + '.join(sources)} is at {revision}")
     return revision
 
 
@@ -62,7 +62,7 @@ def ingest(
         ingest.IngestConfig.pinned(sources, revision, Path(records.path), **settings), log=print
     )
     # several sources: one key for all their revisions (object-store prefixes, the model's lineage)
-    commit = dataset_key(revision) if not isinstance(sources, str) else result.commit or revision
+    commit = dataset_key(revision) if len(sources) > 1 else result.commit or revision
     records.metadata.update({"source": source, "commit": commit, "records": result.records})
     records.metadata["sources"] = [entry["source"] for entry in result.sources]
     records.metadata["published"] = storage.publish(

@@ -74,8 +74,8 @@ class ServiceSettings:
         return {name: value for name, value in found.items() if value}
 
 
-def sources_of(source: str, more_sources: list[Any] | tuple[Any, ...]) -> str | tuple[str, ...]:
-    """The pipeline's ``source`` and ``more_sources`` as a config takes them: one source as text,
-    several as a tuple (empty entries, which the KFP UI's list editor leaves, dropped)."""
+def sources_of(source: str, more_sources: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    """The pipeline's ``source`` and ``more_sources`` as one tuple (empty entries, which the KFP UI's
+    list editor leaves, dropped)."""
     rest = [str(spec).strip() for spec in more_sources if str(spec).strip()]
-    return (source, *rest) if rest else source
+    return (source, *rest)
