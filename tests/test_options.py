@@ -136,6 +136,15 @@ def test_the_command_line_shows_each_settings_own_default_and_help() -> None:
 
 # The flags and environment variables of the commands README documents, as they were before the
 # options were built from the configs: the command-line contract.
+# The wiki and tracker sources' settings, on both `ingest` and `run`.
+SERVICE_FLAGS = (
+    "--confluence-url",
+    "--confluence-comments",
+    "--no-confluence-comments",
+    "--jira-url",
+    "--jql",
+    "--notion-url",
+)
 CONTRACT = {
     "ingest": {
         "source",
@@ -149,6 +158,7 @@ CONTRACT = {
         "--max-commits",
         "--max-diff-bytes",
         "--github-url",
+        *SERVICE_FLAGS,
     },
     "clean": {
         "DIR",
@@ -212,6 +222,7 @@ CONTRACT = {
         "--model-name",
         "--query",
         "--no-query",
+        *SERVICE_FLAGS,
     },
     "compile": {"--output", "-o", "--recipe", "--image", "--cuda-image"},
     "submit": {

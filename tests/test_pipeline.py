@@ -282,7 +282,7 @@ def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_para
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as in a pod
     calls = {
-        "repotune-github": lambda: steps.ingest("github:o/r", "github-2024-01-01", "", 0, "", None),
+        "repotune-github": lambda: steps.ingest("github:o/r", [], "github-2024-01-01", "", 0, {}, "", None),
         "repotune-s3": lambda: steps.clean(None, "s3://runs/x", None, None, None),
         "repotune-mlflow": lambda: steps.train(
             None, None, "", "tiny", 1e-3, 8, 0, 1.0, {}, True, "", None, None

@@ -64,10 +64,25 @@ def _parse_since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _sources(values: list[str]) -> str | tuple[str, ...]:
+    """SOURCE... as a config takes it: one source as text, several as a tuple."""
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+# The settings of the wiki and tracker sources, as `repotune ingest` and `repotune run` take them.
+SERVICE_SETTINGS = (
+    Setting("confluence_url"),
+    Setting("confluence_comments"),
+    Setting("jira_url"),
+    Setting("jira_jql", ("--jql",)),
+    Setting("notion_url"),
+)
+
+
 @app.command()
 @settings(
     IngestConfig,
-    Setting("source", argument=True),
+    Setting("source", argument=True, parse=_sources, multiple=True),
     Setting("output", ("-o", "--output")),
     Setting("kinds", ("--include",), parse=parse_include),
     Setting("ref"),
@@ -77,26 +92,32 @@ def _parse_since(value: str | None) -> datetime | None:
     Setting("max_commits"),
     Setting("max_diff_bytes"),
     Setting("github_base_url", ("--github-url",)),
+    *SERVICE_SETTINGS,
 )
 def ingest(values: Values) -> None:
-    """Read a repository into DIR/records.jsonl and DIR/manifest.json."""
+    """Read a repository (and its wiki, tracker, ...) into DIR/records.jsonl and DIR/manifest.json."""
     from repotune import ingest
 
     config = build(IngestConfig, values)
+    named = " + ".join(config.sources)
     with _progress() as progress:
-        task = progress.add_task(f"ingesting {config.source}")
+        task = progress.add_task(f"ingesting {named}")
 
         def report(count: int, stats) -> None:
             skipped = sum(stats.skipped.values())
-            progress.update(
-                task, description=f"ingesting {config.source}: {count} records, {skipped} skipped"
-            )
+            progress.update(task, description=f"ingesting {named}: {count} records, {skipped} skipped")
 
         result = ingest.run(config, progress=report, log=say)
     kept = ", ".join(f"{n} {kind}" for kind, n in result.kept.items())
     skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
     commit = f" at {result.commit[:12]}" if result.commit else ""
     say(f"ingested {result.records} records{commit}: {kept}")
+    if len(result.sources) > 1:
+        for entry in result.sources:
+            counts = ", ".join(f"{n} {kind}" for kind, n in entry["kept"].items()) or "nothing"
+            linked = entry.get("linked_to_commits")
+            fixes = f"; {linked} resolved issues kept with their fixing commits" if linked else ""
+            say(f"  {entry['source']}: {entry['records']} records ({counts}){fixes}")
     split = result.split or {}
     if split.get("mode") == "temporal":
         cut = split["cut"]
@@ -396,7 +417,7 @@ def api(
 @app.command()
 @settings(
     RunConfig,
-    Setting("source", argument=True),
+    Setting("source", argument=True, parse=_sources, multiple=True),
     Setting("recipe"),
     Setting("ref"),
     Setting("include"),
@@ -408,6 +429,7 @@ def api(
     Setting("artifacts_root", ("--artifacts",)),
     Setting("local_s3"),
     Setting("model_name"),
+    *(replace(setting, path=f"services.{setting.path}") for setting in SERVICE_SETTINGS),
 )
 def run(
     values: Values,
@@ -475,7 +497,7 @@ def compile_(values: Values) -> None:
 @app.command()
 @settings(
     SubmitConfig,
-    Setting("source", argument=True),
+    Setting("source", argument=True, parse=_sources, multiple=True),
     Setting("host", envvar="KFP_HOST"),
     Setting("recipe"),
     Setting("ref"),

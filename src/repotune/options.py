@@ -56,7 +56,7 @@ class Setting:
     an option takes text, and leaving it out leaves the field's own default."""
     multiple: bool = False
     """With ``parse``: the option may be repeated, and ``parse`` gets the list of texts
-    (``--set a=1 --set b=2``)."""
+    (``--set a=1 --set b=2``); an argument takes one or more values (``SOURCE...``)."""
 
     @property
     def name(self) -> str:
@@ -118,6 +118,8 @@ def _parameter(cls: type, setting: Setting) -> inspect.Parameter:
         info["envvar"] = setting.envvar
     if setting.parse is not None:
         hint, default = (list[str] | None) if setting.multiple else (str | None), None
+        if setting.argument and default_of(field) is inspect.Parameter.empty:
+            default = inspect.Parameter.empty  # the field is required, and so is the argument
     else:
         default = default_of(field)
     marker = typer.Argument(**info) if setting.argument else typer.Option(*setting.flags, **info)

@@ -29,12 +29,13 @@ CREATE TABLE IF NOT EXISTS runs (
     kfp_run_id TEXT,
     error TEXT,
     status TEXT,                    -- the last status.json (or KFP state) seen, JSON
-    removed TEXT                    -- when retention removed the run's folder (UTC, ISO 8601)
+    removed TEXT,                   -- when retention removed the run's folder (UTC, ISO 8601)
+    more_sources TEXT               -- JSON: {"source_ids": [...], "services": [...]} read with source_id
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
 """
 # Columns added since the first schema, added to a database an earlier version created.
-ADDED_COLUMNS = {"runs": {"removed": "TEXT"}}
+ADDED_COLUMNS = {"runs": {"removed": "TEXT", "more_sources": "TEXT"}}
 
 
 class Database:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -178,6 +178,28 @@ def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
         return ""
 
 
+def _ref(registered: Sequence[dict[str, Any]]) -> str | None:
+    """The ref of the run: the git repository's, else the first source's (a ref belongs to one source)."""
+    git = [info for info in registered if info["kind"] == "git"]
+    return (git or list(registered))[0].get("ref")
+
+
+def _check_services(services: Sequence[str]) -> None:
+    """A wiki or tracker source needs its site and credentials in this server's environment, which a
+    local run inherits: refused now, in one line naming them, rather than by the run's first check."""
+    from repotune.pipelines import credentials
+
+    for spec in services:
+        gaps = credentials.missing(credentials.needs("ingest", source=spec))
+        if gaps:
+            need, unset = gaps[0]
+            raise ApiError(
+                409,
+                "source_not_configured",
+                f"{spec}: this server has no {' and '.join(unset)} set (the {need.secret.name} settings)",
+            )
+
+
 def _kfp_submit_module():
     """The lead's KFP submission module, imported only when a KFP host is configured."""
     try:
@@ -305,19 +327,37 @@ class Runs:
         return sum(1 for row in rows if self.refresh(row)["state"] == "running")
 
     def create(
-        self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any]
+        self,
+        source: dict[str, Any],
+        recipe: RecipeChoice,
+        overrides: dict[str, Any],
+        more: Sequence[dict[str, Any]] = (),
+        services: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """Start a run over ``source`` (and ``more`` registered sources and ``services``, wiki and tracker
+        sources, for the same dataset)."""
         pins: dict[str, str] = {}
-        if source["kind"] == "git":
+        registered = [source, *more]
+        gits = [info for info in registered if info["kind"] == "git"]
+        if len(gits) > 1:
+            raise ApiError(
+                422,
+                "too_many_repositories",
+                "a run reads at most one git repository (give the others as archives)",
+            )
+        if gits:
             # Checked again now: the policy, or what the host name resolves to, may have changed since the
             # source was added. A local run's git is then pinned to the addresses just checked.
-            parsed, addresses = self.sources.policy.check(source["repo_url"])
+            parsed, addresses = self.sources.policy.check(gits[0]["repo_url"])
             pins = git_pins(parsed, addresses, os.environ)
         submit = None
-        if self.settings.kfp_host:
+        if not self.settings.kfp_host:
+            _check_services(services)
+        else:
             # Checked before a run record exists: without these no KFP run can start at all.
             submit = _kfp_submit_module()
-            if source["kind"] == "archive" and not storage.is_s3_uri(self.settings.store):
+            archives = any(info["kind"] == "archive" for info in registered)
+            if archives and not storage.is_s3_uri(self.settings.store):
                 raise ApiError(
                     409,
                     "store_not_shared",
@@ -338,8 +378,8 @@ class Runs:
             run_home = self.home / run_id
             with self.db.connect() as conn:
                 conn.execute(
-                    "INSERT INTO runs (id, source_id, recipe, overrides, backend, state, created, run_dir) "
-                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                    "INSERT INTO runs (id, source_id, recipe, overrides, backend, state, created, run_dir, "
+                    "more_sources) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                     (
                         run_id,
                         source["id"],
@@ -348,13 +388,14 @@ class Runs:
                         backend,
                         now(),
                         str(RunHome(run_home).output) if backend == "local" else None,
+                        json.dumps({"source_ids": [info["id"] for info in more], "services": list(services)}),
                     ),
                 )
         try:
             if submit is not None:
-                self._submit_kfp(submit, run_id, source, recipe, overrides)
+                self._submit_kfp(submit, run_id, registered, services, recipe, overrides)
             else:
-                self._launch(run_id, run_home, source, recipe, overrides, pins)
+                self._launch(run_id, run_home, registered, services, recipe, overrides, pins)
         except ApiError as exc:
             self._finish(run_id, "failed", exc.message, status=None, exit_code=None)
             raise
@@ -366,21 +407,29 @@ class Runs:
         return found
 
     def command(
-        self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any], run_dir: Path
+        self,
+        source: dict[str, Any] | Sequence[dict[str, Any]],
+        recipe: RecipeChoice,
+        overrides: dict[str, Any],
+        run_dir: Path,
+        services: Sequence[str] = (),
     ) -> list[str]:
-        """The ``repotune run`` command line for this run; ``run_dir`` is ``RUN_HOME/output``, and the
-        run's artifacts, step cache and local MLflow store go to ``RUN_HOME/work``."""
+        """The ``repotune run`` command line for this run (one registered source or several, then the
+        ``services``); ``run_dir`` is ``RUN_HOME/output``, and the run's artifacts, step cache and local
+        MLflow store go to ``RUN_HOME/work``."""
+        registered = [source] if isinstance(source, dict) else list(source)
         layout = RunHome(run_dir.parent)
         # --no-query: a local run's model server would stop with the run; completions go to a deployed one
         argv = [sys.executable, "-m", "repotune", "run", "--recipe", str(recipe.path)]
         argv += ["--output", str(run_dir), "--workdir", str(layout.work), "--no-query"]
-        if source.get("ref"):
-            argv += ["--ref", source["ref"]]
+        ref = _ref(registered)
+        if ref:
+            argv += ["--ref", ref]
         for key, value in sorted(overrides.items()):
             # JSON scalars are valid YAML, which is how `--set` reads values (strings stay strings).
             argv += ["--set", f"{key}={json.dumps(value)}"]
-        # The source last, after "--": whatever it looks like, it is never read as an option.
-        return [*argv, "--", self.sources.run_argument(source)]
+        # The sources last, after "--": whatever they look like, they are never read as options.
+        return [*argv, "--", *(self.sources.run_argument(info) for info in registered), *services]
 
     def environment(self, run_home: Path, pins: Mapping[str, str] | None = None) -> dict[str, str]:
         """The run's environment: the API's, less its own REPOTUNE_API_* settings (its tokens among them),
@@ -400,7 +449,8 @@ class Runs:
         self,
         run_id: str,
         run_home: Path,
-        source: dict[str, Any],
+        registered: list[dict[str, Any]],
+        services: Sequence[str],
         recipe: RecipeChoice,
         overrides: dict[str, Any],
         pins: Mapping[str, str],
@@ -408,7 +458,7 @@ class Runs:
         layout = RunHome(run_home)
         for folder in (layout.root, layout.work, layout.tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        argv = self.command(source, recipe, overrides, layout.output)
+        argv = self.command(registered, recipe, overrides, layout.output, services)
         env = self.environment(run_home, pins)
         with layout.log.open("ab") as log:
             process = subprocess.Popen(
@@ -447,18 +497,22 @@ class Runs:
         self,
         submit: Any,
         run_id: str,
-        source: dict[str, Any],
+        registered: list[dict[str, Any]],
+        services: Sequence[str],
         recipe: RecipeChoice,
         overrides: dict[str, Any],
     ) -> None:
-        if source["kind"] == "archive":
-            source_arg = self.sources.archive_uri(source)
-        else:
-            source_arg = self.sources.run_argument(source)
+        first, *more = [
+            self.sources.archive_uri(info) if info["kind"] == "archive" else self.sources.run_argument(info)
+            for info in registered
+        ]
         # The pipeline's own parameters; the recipe is what the pipeline is built with (its resources).
-        arguments: dict[str, Any] = {"source": source_arg}
-        if source.get("ref"):
-            arguments["ref"] = source["ref"]
+        arguments: dict[str, Any] = {"source": first}
+        if more or services:
+            arguments["more_sources"] = [*more, *services]
+        ref = _ref(registered)
+        if ref:
+            arguments["ref"] = ref
         if overrides:
             arguments["training"] = dict(overrides)
         kfp_run_id = submit.submit_run(
@@ -492,9 +546,12 @@ class Runs:
         status = stored_status(row) or RunStatus()
         stages = {name: StageInfo(**dataclasses.asdict(stage)) for name, stage in status.stages.items()}
         base = f"/v1/runs/{row['id']}"
+        more = json.loads(row.get("more_sources") or "{}")
         return RunInfo(
             id=row["id"],
             source_id=row["source_id"],
+            more_source_ids=more.get("source_ids", []),
+            services=more.get("services", []),
             recipe=row["recipe"],
             overrides=json.loads(row["overrides"]),
             backend=row["backend"],

@@ -16,6 +16,11 @@ from repotune.api.policy import parse_repo_url
 
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}$")
 _GITHUB = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+# A wiki or tracker source by name only: its site and credentials are the server's (CONFLUENCE_URL,
+# JIRA_URL, NOTION_TOKEN, ...), so a client cannot point the server at an address of its choosing.
+_SERVICE = re.compile(
+    r"^(confluence:[A-Za-z0-9_~-]{1,255}|jira:[A-Za-z][A-Za-z0-9_]{0,254}|notion:[0-9a-fA-F-]{0,36})$"
+)
 
 SourceId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A source id (64 hex digits).")]
 RunId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A run id (32 hex digits).")]
@@ -87,11 +92,36 @@ class SourceCreated(SourceInfo):
 
 
 OverrideValue = str | int | float | bool | None
+MAX_MORE_SOURCES = 8
+"""Sources a run may add to its first (registered ones and wiki/tracker ones, each)."""
+
+ServiceSource = Annotated[
+    str,
+    StringConstraints(pattern=_SERVICE.pattern),
+    Field(
+        description="confluence:SPACE, jira:PROJECT or notion:[ID], read with this server's sites and "
+        "credentials (CONFLUENCE_URL, JIRA_URL and their tokens, NOTION_TOKEN; on a cluster, the Secrets "
+        "repotune-confluence, repotune-jira, repotune-notion)",
+        examples=["confluence:ENG"],
+    ),
+]
 
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source_id: str = Field(max_length=64, description="From POST /v1/sources")
+    more_source_ids: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=MAX_MORE_SOURCES,
+        description="More sources from POST /v1/sources for the same dataset (e.g. github:OWNER/REPO's "
+        "issues beside an uploaded archive); at most one git repository per run",
+    )
+    services: list[ServiceSource] = Field(
+        default_factory=list,
+        max_length=MAX_MORE_SOURCES,
+        description="Wiki and tracker sources for the same dataset",
+        examples=[["confluence:ENG", "jira:ENG"]],
+    )
     recipe: str = Field(
         max_length=1024,
         description="A shipped recipe's name (tiny-cpu, smollm2-135m-cpu, ...) or a path in a recipe folder",
@@ -114,6 +144,8 @@ class StageInfo(BaseModel):
 class RunInfo(BaseModel):
     id: str
     source_id: str
+    more_source_ids: list[str] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=list)
     recipe: str
     overrides: dict[str, Any]
     backend: Literal["local", "kfp"]

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -68,6 +69,8 @@ class _Summary:
     """The paths a commit's diff touches (empty for other kinds)."""
     added: int
     """Lines added after the cut, for a file's future version (0 for anything else)."""
+    source: str
+    """The source it came from (the report counts each)."""
 
 
 _worker: tuple[FilterConfig, bool, Signer] | None = None
@@ -104,6 +107,7 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
         held_out=held_out_by_ingest(record),
         touched=tuple(record.meta.get("files") or ()) if record.kind is Kind.COMMIT else (),
         added=sum(last - first + 1 for first, last in spans) if spans else 0,
+        source=sys.intern(record.source),  # a few distinct names across many records
     )
     return record.to_json(), None, found, summary
 
@@ -366,7 +370,7 @@ def clean_records(
                                 dropped["held_out_diff"] += 1
                                 continue
                         train_out.write(line)
-                        summary.add(TRAIN, facts.kind, facts.language, facts.path, chars)
+                        summary.add(TRAIN, facts.kind, facts.language, facts.path, chars, facts.source)
             if position != len(summaries):
                 raise RuntimeError(f"scratch holds {position} survivors, expected {len(summaries)}")
             train_out.flush()
@@ -388,7 +392,9 @@ def clean_records(
                     scored_files += 1
                     scored_lines += sum(last - first + 1 for first, last in record.meta["added_lines"])
                 final.write(line)
-                summary.add(EVAL, record.kind, record.language, record.file_path, len(record.content))
+                summary.add(
+                    EVAL, record.kind, record.language, record.file_path, len(record.content), record.source
+                )
         os.chmod(train_tmp, 0o666 & ~umask())
         os.replace(train_tmp, train)
     finally:

@@ -26,9 +26,21 @@ class Summary:
     languages: Counter[str] = field(default_factory=Counter)
     language_chars: Counter[str] = field(default_factory=Counter)
     largest: list[tuple[int, str, str]] = field(default_factory=list)
+    sources: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Records kept per (split, source)."""
 
-    def add(self, split: str, kind: Kind, language: str | None, path: str | None, chars: int) -> None:
+    def add(
+        self,
+        split: str,
+        kind: Kind,
+        language: str | None,
+        path: str | None,
+        chars: int,
+        source: str | None = None,
+    ) -> None:
         self.records[(split, str(kind))] += 1
+        if source is not None:
+            self.sources[(split, source)] += 1
         self.chars[(split, str(kind))] += chars
         if path is not None:
             lang = language or "unknown"
@@ -39,6 +51,12 @@ class Summary:
                 heapq.heappush(self.largest, entry)
             else:
                 heapq.heappushpop(self.largest, entry)
+
+    def _by_source(self) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "eval": 0})
+        for (split, source), count in self.sources.items():
+            found[source][split] += count
+        return dict(sorted(found.items()))
 
     def as_stats(
         self, *, input_count: int, dropped: Counter[str], redactions: Counter[str]
@@ -61,6 +79,7 @@ class Summary:
             "dropped": dict(dropped.most_common()),
             "redactions": dict(redactions.most_common()),
             "by_kind": dict(sorted(by_kind.items())),
+            "by_source": self._by_source(),
             "by_language": {
                 lang: {"files": n, "chars": self.language_chars[lang]}
                 for lang, n in self.languages.most_common()
@@ -144,6 +163,15 @@ def _leak_section(leaks: dict[str, Any] | None, mode: str | None) -> list[str]:
     return [*lines, ""]
 
 
+def _source_section(stats: dict[str, Any]) -> list[str]:
+    """Records kept per source, when the dataset has more than one (a repository, its wiki, ...)."""
+    by_source = stats.get("by_source") or {}
+    if len(by_source) < 2:
+        return []
+    rows = [[f"`{name}`", n["train"], n["eval"]] for name, n in by_source.items()]
+    return ["## By source", "", _table(["source", "train", "eval"], rows), ""]
+
+
 def render(stats: dict[str, Any]) -> str:
     """The human-readable clean report, in Markdown."""
     source = stats.get("source") or {}
@@ -162,6 +190,7 @@ def render(stats: dict[str, Any]) -> str:
         "",
         *_split_section(stats.get("split")),
         *_leak_section(stats.get("leak_audit"), (stats.get("split") or {}).get("mode")),
+        *_source_section(stats),
         "## By kind",
         "",
         _table(

@@ -20,22 +20,26 @@ becomes ``None`` before it reaches the library (:mod:`repotune.pipelines.paramet
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def resolve_source(source: str, ref: str) -> str:
-    """The source's revision now (a commit SHA or a fingerprint): the cache key of every later step."""
+def resolve_source(source: str, ref: str, more_sources: list, source_settings: dict) -> str:
+    """Every source's revision now (a commit SHA or a fingerprint each): the cache key of every later step."""
     from repotune.pipelines import credentials
-    from repotune.sources.revision import resolve_revision
+    from repotune.sources.revision import resolve_revisions
+    from repotune.sources.settings import ServiceSettings, sources_of
 
-    credentials.require("resolve-source", credentials.needs("resolve-source", source=source))
-    revision = resolve_revision(source, ref or None)
-    print(f"resolve-source: {source} is at {revision}")
+    sources, services = sources_of(source, more_sources), ServiceSettings.from_parameters(source_settings)
+    credentials.require_for_sources("resolve-source", sources, services.environment())
+    revision = resolve_revisions(sources, ref or None, services)
+    print(f"resolve-source: {' + '.join(sources)} is at {revision}")
     return revision
 
 
 def ingest(
     source: str,
+    more_sources: list,
     revision: str,
     include: str,
     max_commits: int,
+    source_settings: dict,
     artifacts_root: str,
     records: Output[Dataset],
 ) -> None:
@@ -44,19 +48,29 @@ def ingest(
     from repotune import ingest, storage
     from repotune.pipelines import credentials
     from repotune.records import parse_include
+    from repotune.sources.revision import dataset_key
+    from repotune.sources.settings import ServiceSettings, sources_of
 
-    credentials.require("ingest", credentials.needs("ingest", source=source, artifacts_root=artifacts_root))
+    sources, services = sources_of(source, more_sources), ServiceSettings.from_parameters(source_settings)
+    credentials.require_for_sources("ingest", sources, services.environment(), artifacts_root=artifacts_root)
     settings = {
         "kinds": parse_include(include or None),
         "max_commits": max_commits if max_commits > 0 else None,
+        **services.ingest_settings(),
     }
     result = ingest.run(
-        ingest.IngestConfig.pinned(source, revision, Path(records.path), **settings), log=print
+        ingest.IngestConfig.pinned(sources, revision, Path(records.path), **settings), log=print
     )
-    commit = result.commit or revision
+    # several sources: one key for all their revisions (object-store prefixes, the model's lineage)
+    commit = dataset_key(revision) if len(sources) > 1 else result.commit or revision
     records.metadata.update({"source": source, "commit": commit, "records": result.records})
-    records.metadata["published"] = storage.publish(records.path, artifacts_root, source, revision, "ingest")
-    print(f"ingest: {result.records} records from {result.source} at {commit}")
+    records.metadata["sources"] = [entry["source"] for entry in result.sources]
+    records.metadata["published"] = storage.publish(
+        records.path, artifacts_root, source, dataset_key(revision), "ingest"
+    )
+    counts = "; ".join(f"{entry['source']}: {entry['records']}" for entry in result.sources)
+    print(f"ingest: {result.records} records from {result.source} at {commit}" + (
+        f" ({counts})" if len(result.sources) > 1 else ""))  # fmt: skip
 
 
 def clean(

@@ -1,9 +1,12 @@
-"""The ingest stage: one source in, ``records.jsonl`` and ``manifest.json`` out.
+"""The ingest stage: one or more sources in, ``records.jsonl`` and ``manifest.json`` out.
 
 A source is a local folder (a git checkout adds its commit history), a git URL, an archive (also one
 in object storage, as the upload API stores them), ``github:OWNER/REPO`` for issues and pull
 requests, ``confluence:SPACE`` or ``notion:[ID]`` for wiki pages, or ``jira:PROJECT`` for Jira
-issues. Output is written atomically: an interrupted run leaves no half-written ``records.jsonl``.
+issues. Several sources make one dataset (a repository, its wiki and its tracker): each record keeps
+its source in ``source``, the manifest counts each one in ``sources``, and a resolved Jira issue is
+kept with the commits that name its key (:mod:`repotune.ingest.links`). Output is written
+atomically: an interrupted run leaves no half-written ``records.jsonl``.
 
 Where there is history, the records are cut in time (:mod:`repotune.ingest.cut`): the files of the
 tree at the cut C and the commits up to C, to train on; the commits after C, and each file that gained
@@ -20,7 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,20 +43,23 @@ CONFLUENCE_PREFIX = "confluence:"
 NOTION_PREFIX = "notion:"
 JIRA_PREFIX = "jira:"
 _SERVICE_PREFIXES = (GITHUB_PREFIX, CONFLUENCE_PREFIX, NOTION_PREFIX, JIRA_PREFIX)
+_SERVICE_TYPES = frozenset(prefix.rstrip(":") for prefix in _SERVICE_PREFIXES)
 S3_SCHEMES = ("s3://", "minio://")
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    source: str
+    source: str | tuple[str, ...]
     """A local folder, a git URL, an archive (.zip/.tar.*, also s3://), github:OWNER/REPO,
-    confluence:SPACE, notion:[PAGE_OR_DATABASE_ID] or jira:PROJECT."""
+    confluence:SPACE, notion:[PAGE_OR_DATABASE_ID] or jira:PROJECT; or several of them, read into one
+    dataset (a repository with its wiki and tracker: REPO confluence:ENG jira:ENG)."""
     output: Path
     """Folder for records.jsonl and manifest.json."""
     kinds: frozenset[Kind] | None = None
-    """Record kinds to keep, comma-separated: code,docs,commits,issues (default: all the source has)."""
+    """Record kinds to keep, comma-separated: code,docs,commits,issues,wiki,diagrams (default: all the
+    sources have)."""
     ref: str | None = None
-    """Branch, tag or commit of a git URL (default: its default branch)."""
+    """Branch, tag or commit of the git URL source (default: its default branch)."""
     max_file_bytes: int = 1_000_000
     """Skip files larger than this many bytes (counted as too_large)."""
     max_commits: int | None = 1000
@@ -81,33 +87,77 @@ class IngestConfig:
     """Jira site for ``jira:`` (Cloud: https://SITE.atlassian.net); None reads JIRA_URL. Credentials
     come from JIRA_USER/JIRA_TOKEN or JIRA_PAT only."""
     jira_jql: str | None = None
-    """A JQL query that replaces ``project = KEY`` for ``jira:`` (then ``jira:`` may name no project)."""
+    """A JQL query that replaces ``project = KEY`` for the ``jira:`` source (then ``jira:`` may name no
+    project)."""
     notion_url: str | None = None
     """Notion API root for ``notion:``; None is https://api.notion.com. The token comes from NOTION_TOKEN."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.source, str):
+            sources = tuple(self.source)
+            if not sources:
+                raise RepotuneError("give at least one source")
+            repeated = sorted({s for s in sources if sources.count(s) > 1})
+            if repeated:
+                raise RepotuneError(f"source {repeated[0]!r} is given twice")
+            # one source stays a string, so a one-source config reads as it always has
+            object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
+        if any(not spec.strip() for spec in self.sources):
+            raise RepotuneError("a source is empty")
         if self.max_file_bytes <= 0:
             raise RepotuneError("--max-file-bytes must be a positive number of bytes")
         if self.max_commits is not None and self.max_commits <= 0:
             raise RepotuneError("--max-commits must be positive (leave it unset for the whole history)")
         if self.max_diff_bytes <= 0:
             raise RepotuneError("--max-diff-bytes must be a positive number of characters")
-        if self.ref is not None and not git.is_git_url(self.source):
+        git_urls = [spec for spec in self.sources if git.is_git_url(spec)]
+        if len(git_urls) > 1:
+            # the pipeline pins one git URL to the commit it resolved (``pinned``); several would each
+            # need their own
+            raise RepotuneError(
+                f"several git URLs in one dataset ({', '.join(git_urls)}): give one, or clone the others "
+                "and give their folders"
+            )
+        if self.ref is not None and not git_urls:
             raise RepotuneError("--ref applies only to a git URL source")
-        if self.jira_jql is not None and not self.source.startswith(JIRA_PREFIX):
-            raise RepotuneError("--jira-jql applies only to a jira: source")
+        jira = [spec for spec in self.sources if spec.startswith(JIRA_PREFIX)]
+        if self.jira_jql is not None and len(jira) != 1:
+            raise RepotuneError("--jira-jql applies only to a jira: source, and to exactly one")
         if self.cut is not None:
             parse_cut(self.cut)
-            if self.source.startswith(_SERVICE_PREFIXES):
+            if all(spec.startswith(_SERVICE_PREFIXES) for spec in self.sources):
                 raise RepotuneError(
                     "--cut applies only to a source with git history (a checkout or a git URL)"
                 )
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source, in the order given."""
+        return (self.source,) if isinstance(self.source, str) else self.source
+
+    def only(self, spec: str) -> IngestConfig:
+        """This config for one of its sources, with the settings that apply to that one alone."""
+        return replace(
+            self,
+            source=spec,
+            ref=self.ref if git.is_git_url(spec) else None,
+            jira_jql=self.jira_jql if spec.startswith(JIRA_PREFIX) else None,
+            cut=None if spec.startswith(_SERVICE_PREFIXES) else self.cut,
+        )
+
     @classmethod
-    def pinned(cls, source: str, revision: str, output: Path, **settings: Any) -> IngestConfig:
-        """The pipeline's ingest: a git URL is checked out at exactly ``revision`` (what resolve-source
-        settled on, the cache key of every later step); any other source is read as it is."""
-        return cls(source=source, output=output, ref=revision if git.is_git_url(source) else None, **settings)
+    def pinned(
+        cls, source: str | tuple[str, ...], revision: str, output: Path, **settings: Any
+    ) -> IngestConfig:
+        """The pipeline's ingest: a git URL is checked out at exactly the commit resolve-source settled
+        on (``revision``, the cache key of every later step: :func:`repotune.sources.revision.combine`
+        of each source's); any other source is read as it is."""
+        from repotune.sources.revision import split_revision
+
+        specs = (source,) if isinstance(source, str) else tuple(source)
+        revisions = split_revision(revision, len(specs))
+        ref = next((rev for spec, rev in zip(specs, revisions, strict=True) if git.is_git_url(spec)), None)
+        return cls(source=source, output=output, ref=ref, **settings)
 
 
 @dataclass(frozen=True)
@@ -116,11 +166,14 @@ class IngestResult:
 
     output: IngestLayout
     source: str
-    """The source as the manifest names it: a URL without credentials, a local path made absolute."""
+    """The sources as the manifest names them (URLs without credentials, local paths made absolute),
+    joined by `` + `` when there are several."""
     source_type: str
-    """``folder``, ``git``, ``archive`` or ``github``."""
+    """``folder``, ``git``, ``archive``, ``github``, ``confluence``, ``notion`` or ``jira``; ``multiple``
+    for several sources."""
     commit: str | None
-    """The commit SHA the records were read at; None for a source without one (a plain folder)."""
+    """The commit SHA the records were read at (the first source that has one); None for sources
+    without one (a plain folder, a wiki)."""
     records: int
     """Records written."""
     kept: dict[str, int]
@@ -130,6 +183,9 @@ class IngestResult:
     split: dict[str, Any]
     """The manifest's ``split``: ``mode`` (``temporal`` or ``files``), the ``cut`` (commit and date) or
     the ``reason`` there is none, and what was read on each side of it."""
+    sources: tuple[dict[str, Any], ...] = ()
+    """Each source's own entry of the manifest's ``sources``, in the order given: ``source``,
+    ``source_type``, ``commit``, ``records``, ``kept`` and ``skipped``, and its ``split``."""
 
 
 def _wants(config: IngestConfig, *kinds: Kind) -> bool:
@@ -395,13 +451,19 @@ def run(
     progress: Callable[[int, IngestStats], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> IngestResult:
-    """Ingest ``config.source`` into ``config.output``.
+    """Ingest ``config.sources`` into ``config.output``: one ``records.jsonl`` for all of them.
 
+    Each record's ``source`` names the source it came from, and the manifest counts each source in
+    ``sources``. ``jira:`` sources are read last, so that the issues a commit fixed are kept with it
+    (:mod:`repotune.ingest.links`). The split is the cut of the first source with history (``--cut``
+    applies to each source that has one); wiki and tracker records are held out by date against it.
     ``progress`` is called every 200 records; ``log`` receives lines a person should see (waits).
     """
-    stats = IngestStats()
+    specs = config.sources
+    totals = IngestStats()
+    entries: list[dict[str, Any]] = [_source_entry(spec) for spec in specs]
     manifest: dict[str, Any] = {
-        "source": _display_source(config.source),
+        "source": " + ".join(entry["source"] for entry in entries),
         "source_type": None,
         "commit": None,
         "split": None,
@@ -411,17 +473,45 @@ def run(
     }
     layout = IngestLayout(config.output)
     config.output.mkdir(parents=True, exist_ok=True)
+    fixes = None
+    if any(spec.startswith(JIRA_PREFIX) for spec in specs):
+        from repotune.ingest.links import FixIndex  # the Jira module is slow to import; only when used
+
+        fixes = FixIndex()
+    # stable: the given order, but the tracker after the history its issues are matched against
+    order = sorted(range(len(specs)), key=lambda i: specs[i].startswith(JIRA_PREFIX))
+    total = 0
     with tempfile.TemporaryDirectory(prefix="repotune-ingest-") as tmp, atomic_open(layout.records) as out:
-        total = 0
-        for record in iter_source(config, stats, manifest, Path(tmp), log):
-            out.write(record.to_json())
-            out.write("\n")
-            total += 1
-            if progress is not None and total % 200 == 0:
-                progress(total, stats)
+        for index in order:
+            spec, entry, stats = specs[index], entries[index], IngestStats()
+            workdir = Path(tmp) / str(index)
+            workdir.mkdir()
+            count, linked_before = 0, fixes.linked if fixes is not None else 0
+            for record in iter_source(config.only(spec), stats, entry, workdir, log):
+                if fixes is not None:
+                    fixes.see(record)
+                    record = fixes.link(record)
+                out.write(record.to_json())
+                out.write("\n")
+                count += 1
+                total += 1
+                if progress is not None and total % 200 == 0:
+                    progress(total, _merged(totals, stats))
+            entry.update(stats.as_dict())
+            entry["records"] = count
+            if fixes is not None and spec.startswith(JIRA_PREFIX):
+                entry["linked_to_commits"] = fixes.linked - linked_before
+            totals = _merged(totals, stats)
+            if count == 0:
+                if len(specs) == 1:
+                    raise RepotuneError(f"source {spec!r} yielded no records ({_skip_summary(stats)})")
+                if log is not None:
+                    log(f"warning: source {spec!r} yielded no records ({_skip_summary(stats)})")
         if total == 0:
-            raise RepotuneError(f"source {config.source!r} yielded no records ({_skip_summary(stats)})")
-    manifest.update(stats.as_dict())
+            raise RepotuneError(f"the sources yielded no records ({_skip_summary(totals)})")
+    manifest.update(_combined(entries))
+    manifest["sources"] = entries
+    manifest.update(totals.as_dict())
     manifest["records"] = total
     manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(layout.manifest, manifest)
@@ -434,7 +524,33 @@ def run(
         kept=manifest["kept"],
         skipped=manifest["skipped"],
         split=manifest["split"],
+        sources=tuple(entries),
     )
+
+
+def _source_entry(spec: str) -> dict[str, Any]:
+    return {"source": _display_source(spec), "source_type": None, "commit": None, "split": None}
+
+
+def _merged(first: IngestStats, second: IngestStats) -> IngestStats:
+    return IngestStats(kept=first.kept + second.kept, skipped=first.skipped + second.skipped)
+
+
+def _combined(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's top-level ``source_type``, ``commit``, ``site`` and ``split`` from each source's:
+    one source's own; for several, ``multiple``, the first commit, and the first temporal split
+    (else the first source with a tree's file split, which names why there is no cut)."""
+    if len(entries) == 1:
+        return {key: value for key, value in entries[0].items() if key not in ("records", "kept", "skipped")}
+    split = next((e["split"] for e in entries if (e["split"] or {}).get("mode") == "temporal"), None)
+    if split is None:
+        trees = [e for e in entries if e["source_type"] not in _SERVICE_TYPES]
+        split = (trees or entries)[0]["split"]
+    return {
+        "source_type": "multiple",
+        "commit": next((e["commit"] for e in entries if e["commit"]), None),
+        "split": split,
+    }
 
 
 def _display_source(spec: str) -> str:

@@ -44,8 +44,9 @@ class CompileConfig:
 
 @dataclass(frozen=True)
 class SubmitConfig:
-    source: str
-    """A git URL or github:OWNER/REPO the cluster can reach (or an s3:// archive in its store)."""
+    source: str | tuple[str, ...]
+    """A git URL or github:OWNER/REPO the cluster can reach (or an s3:// archive in its store), and
+    any more sources for the same dataset (confluence:SPACE, jira:PROJECT, notion:[ID], ...)."""
     host: str
     """KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888 (a bearer token comes from KFP_TOKEN)."""
     recipe: str = DEFAULT_RECIPE
@@ -72,17 +73,30 @@ class SubmitConfig:
     def __post_init__(self) -> None:
         if not self.host:
             raise RepotuneError("--host (or KFP_HOST) is required: the KFP API endpoint")
+        if not isinstance(self.source, str):
+            sources = tuple(self.source)
+            if not sources:
+                raise RepotuneError("give at least one source")
+            object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source: the pipeline's ``source``, then its ``more_sources``."""
+        return (self.source,) if isinstance(self.source, str) else self.source
 
     def name(self) -> str:
         """The run name: given, or repotune-<source>-<UTC time>."""
         from repotune.sources.slug import source_slug
 
-        return self.run_name or f"repotune-{source_slug(self.source)}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        first = source_slug(self.sources[0])
+        return self.run_name or f"repotune-{first}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
     def arguments(self) -> dict[str, Any]:
         """The pipeline's parameters for this run (the rest keep the compiled defaults)."""
+        more = {"more_sources": list(self.sources[1:])} if len(self.sources) > 1 else {}
         return {
-            "source": self.source,
+            "source": self.sources[0],
+            **more,
             "ref": self.ref or "",
             "training": dict(self.training),
             "namespace": self.namespace,

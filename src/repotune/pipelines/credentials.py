@@ -139,6 +139,17 @@ def needs(
     return found
 
 
+def require_for_sources(
+    step: Step, sources: str | tuple[str, ...], given: Mapping[str, str], *, artifacts_root: str = ""
+) -> None:
+    """:func:`require` for a step that reads ``sources`` (one or several), counting ``given`` (the sites
+    a run's settings name, :meth:`repotune.sources.settings.ServiceSettings.environment`) as set."""
+    specs = (sources,) if isinstance(sources, str) else sources
+    found = [need for spec in specs for need in needs(step, source=spec)]
+    found += needs(step, artifacts_root=artifacts_root)
+    require(step, found, {**os.environ, **given})
+
+
 def missing(
     found: Iterable[Need], env: Mapping[str, str] | None = None
 ) -> list[tuple[Need, tuple[str, ...]]]:

@@ -31,7 +31,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from repotune.errors import RepotuneError
 from repotune.pipelines.display import RunOutput
 from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
+from repotune.sources.settings import ServiceSettings
 from repotune.train import DEFAULT_RECIPE
 
 if TYPE_CHECKING:
@@ -57,14 +58,15 @@ LOCAL_S3_ROOT = "s3://repotune/runs"
 
 @dataclass(frozen=True)
 class RunConfig:
-    source: str
-    """A local folder or archive, a git URL, or github:OWNER/REPO."""
+    source: str | tuple[str, ...]
+    """A local folder or archive, a git URL, github:OWNER/REPO, confluence:SPACE, jira:PROJECT or
+    notion:[ID]; or several of them, read into one dataset (REPO confluence:ENG jira:ENG)."""
     recipe: str = DEFAULT_RECIPE
     """Recipe: a shipped name (configs/NAME.yaml) or a .yaml path."""
     ref: str | None = None
     """Branch, tag or commit of a git URL."""
     include: str | None = None
-    """Record kinds, comma-separated: code,docs,commits,issues."""
+    """Record kinds, comma-separated: code,docs,commits,issues,wiki,diagrams."""
     training: dict[str, Any] = field(default_factory=dict)
     """Recipe settings by dotted key, e.g. {"max_steps": 10} (`--set max_steps=10`)."""
     evaluation: dict[str, Any] = field(default_factory=dict)
@@ -85,10 +87,17 @@ class RunConfig:
     parameters: dict[str, Any] = field(default_factory=dict)
     """Further pipeline parameters by name (namespace, deploy_name, runtime, ...), as the compiled
     pipeline lists them; the InferenceService is only rendered here (deploy_apply is false)."""
+    services: ServiceSettings = field(default_factory=ServiceSettings)
+    """Where the wiki and tracker sources are and what to read of them (the ``source_settings``)."""
 
     def __post_init__(self) -> None:
         from repotune.records import parse_include
 
+        if not isinstance(self.source, str):
+            sources = tuple(self.source)
+            if not sources:
+                raise RepotuneError("give at least one source")
+            object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
         parse_include(self.include)  # a wrong kind fails now, not minutes later in the ingest step
         if self.local_s3 and self.artifacts_root and not self.artifacts_root.startswith("s3://"):
             raise RepotuneError(
@@ -102,9 +111,16 @@ class RunConfig:
         run_dir = self.run_dir or workdir / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         return workdir, run_dir.resolve()
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source, in the order given: the pipeline's ``source`` and then its ``more_sources``."""
+        return (self.source,) if isinstance(self.source, str) else self.source
+
     def arguments(self) -> dict[str, Any]:
         """The pipeline's parameters for this run (all but ``source``)."""
         return {
+            "more_sources": list(self.sources[1:]),
+            "source_settings": self.services.parameters(),
             "ref": self.ref or "",
             "include": self.include or "",
             "training": dict(self.training),
@@ -250,7 +266,9 @@ def run_local(
     from repotune.pipelines.pipeline import build_pipeline
     from repotune.train import resolve_recipe
 
-    source = _absolute_source(config.source)
+    sources = tuple(_absolute_source(spec) for spec in config.sources)
+    source = sources[0]
+    config = replace(config, source=sources)
     pipeline = build_pipeline(config.recipe, retries=False)  # a bad recipe fails here, before any work
     # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
     resolve_recipe(config.recipe, from_struct(config.training))
@@ -258,7 +276,7 @@ def run_local(
     workdir, run_dir = config.folders()
     tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
     root = config.published_root()
-    check_before_run(source, root, tracking, local_s3=config.local_s3)
+    check_before_run(sources, root, tracking, local_s3=config.local_s3, given=config.services.environment())
     with contextlib.ExitStack() as stack:
         environment: dict[str, str | None] = {"MLFLOW_TRACKING_URI": tracking}
         if config.local_s3:
@@ -279,7 +297,8 @@ def run_local(
         stack.callback(output.close)
         writer = StatusWriter(layout.status, STAGES, output.stage)
         published = f"; publishing to {root}" if root else ""
-        output.note(f"run: {source} with recipe {config.recipe}; MLflow at {tracking}{published}")
+        named = " + ".join(sources)
+        output.note(f"run: {named} with recipe {config.recipe}; MLflow at {tracking}{published}")
         output.note(f"full log: {layout.log}")
         task = _run_pipeline(pipeline, source, config, workdir, writer, output, stack)
         _collect(writer, task.outputs, run_dir)
@@ -321,7 +340,7 @@ def _run_pipeline(
     try:
         # the image name does not contain "python"; the subprocess runner uses this Python anyway
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        return pipeline(source=source, **config.arguments())
+        return pipeline(source=config.sources[0], **config.arguments())
     except KeyboardInterrupt:
         writer.failed("interrupted")
         raise
@@ -343,19 +362,27 @@ def _warnings_into(stream: Any) -> Iterator[None]:
         yield
 
 
-def check_before_run(source: str, root: str | None, tracking: str, *, local_s3: bool = False) -> None:
-    """What the steps would find out minutes in, checked in a second: the credentials the source, the
-    artifacts root and MLflow call for in this environment (as each step checks them again), and
-    whether the MLflow server answers. (The object store is checked once it is known to be up:
-    :func:`check_object_store`.)"""
+def check_before_run(
+    source: str | tuple[str, ...],
+    root: str | None,
+    tracking: str,
+    *,
+    local_s3: bool = False,
+    given: dict[str, str] | None = None,
+) -> None:
+    """What the steps would find out minutes in, checked in a second: the credentials the sources, the
+    artifacts root and MLflow call for in this environment (as each step checks them again; ``given``:
+    variables the run's settings stand in for), and whether the MLflow server answers. (The object
+    store is checked once it is known to be up: :func:`check_object_store`.)"""
     from repotune.pipelines import credentials
 
+    env = {**os.environ, **(given or {}), "MLFLOW_TRACKING_URI": tracking}
     for step in credentials.STEPS:
         # the local store brings its own keys, so only the source's S3 needs count then
-        needs = credentials.needs(
-            step, source=source, artifacts_root="" if local_s3 else root or "", tracking=True
-        )
-        credentials.require(step, needs, {**os.environ, "MLFLOW_TRACKING_URI": tracking}, cluster=False)
+        needs = credentials.needs(step, artifacts_root="" if local_s3 else root or "", tracking=True)
+        for spec in (source,) if isinstance(source, str) else source:
+            needs += credentials.needs(step, source=spec)
+        credentials.require(step, needs, env, cluster=False)
     if tracking.startswith(("http://", "https://")):
         check_tracking_server(tracking)
 
@@ -426,9 +453,9 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
 def _absolute_source(source: str) -> str:
     """Components run with another working directory, so a local source becomes an absolute path."""
     from repotune.sources import git
-    from repotune.sources.slug import GITHUB_PREFIX
+    from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
 
-    if source.startswith((GITHUB_PREFIX, "s3://", "minio://")) or git.is_git_url(source):
+    if source.startswith((GITHUB_PREFIX, *SERVICE_PREFIXES, "s3://", "minio://")) or git.is_git_url(source):
         return source
     path = Path(source).expanduser()
     if not path.exists():

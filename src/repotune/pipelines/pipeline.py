@@ -90,6 +90,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     )
     def repotune(
         source: str,
+        more_sources: list = [],  # noqa: B006 (KFP takes literal defaults; never mutated)
+        source_settings: dict = {},  # noqa: B006
         ref: str = "",
         include: str = "",
         max_commits: int = 1000,
@@ -113,6 +115,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
 
         Args:
             source: Git URL, github:OWNER/REPO, confluence:SPACE, jira:PROJECT, notion:ID or s3:// archive.
+            more_sources: More sources for the same dataset, e.g. ["confluence:ENG", "jira:ENG"].
+            source_settings: Wiki/tracker settings: confluence_comments, jira_jql, confluence_url, jira_url.
             ref: Branch, tag or commit of a git URL; empty for the remote's default branch.
             include: Record kinds, comma-separated (code,docs,commits,issues,wiki,diagrams); empty: all.
             max_commits: Newest commits to read from the history; 0 for the whole history.
@@ -138,13 +142,18 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             evaluation: The evaluation folder: metrics.json, report.md and report.html.
             promoted: Whether the candidate was promoted to champion (and deployed).
         """
-        resolved = _secrets(resolve_op(source=source, ref=ref), "resolve-source")
+        resolved = _secrets(
+            resolve_op(source=source, ref=ref, more_sources=more_sources, source_settings=source_settings),
+            "resolve-source",
+        )
         resolved.set_display_name("resolve-source").set_caching_options(False).set_retry(**retry)
         ingested = ingest_op(
             source=source,
+            more_sources=more_sources,
             revision=resolved.output,  # a git URL is checked out at exactly this commit
             include=include,
             max_commits=max_commits,
+            source_settings=source_settings,
             artifacts_root=artifacts_root,
         )
         _secrets(ingested, "ingest").set_display_name("ingest").set_retry(**retry)

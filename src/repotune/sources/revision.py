@@ -13,10 +13,11 @@ from pathlib import Path
 
 from repotune.errors import RepotuneError
 from repotune.sources import archive, git
+from repotune.sources.settings import ServiceSettings
 from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
 
 
-def resolve_revision(source: str, ref: str | None = None) -> str:
+def resolve_revision(source: str, ref: str | None = None, settings: ServiceSettings | None = None) -> str:
     """A commit SHA for git URLs and clean checkouts; a content fingerprint for everything else.
 
     - git URL: the SHA ``ref`` (default: the remote's HEAD) points at, by ``git ls-remote`` (no clone).
@@ -27,12 +28,17 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
       re-read at most once a day by a cached pipeline.
     - ``confluence:SPACE``, ``jira:PROJECT``, ``notion:[ID]``: the newest modification the service
       reports (with the page or issue count where it gives one, so a deletion counts too); one small
-      request, with the credentials from the environment, as ingest reads them.
+      request, with the credentials from the environment, as ingest reads them (``settings``: their
+      sites and the Jira query).
     """
     if source.startswith(GITHUB_PREFIX):
         return f"github-{datetime.now(UTC).date().isoformat()}"
     if source.startswith(SERVICE_PREFIXES):
-        return service_revision(source)
+        settings = settings or ServiceSettings()
+        prefix = source.partition(":")[0]
+        sites = {"confluence": settings.confluence_url, "jira": settings.jira_url}
+        url = sites.get(prefix, settings.notion_url)
+        return service_revision(source, url=url, jql=settings.jira_jql if prefix == "jira" else None)
     if git.is_git_url(source):
         return _remote_sha(source, ref)
     if source.startswith(("s3://", "minio://")):
@@ -51,6 +57,44 @@ def resolve_revision(source: str, ref: str | None = None) -> str:
         changes = _uncommitted(path)
         return f"{sha}-dirty-{changes}" if changes else sha
     return "tree-" + _tree_fingerprint(path)
+
+
+SEPARATOR = " "
+"""Between the sources' revisions in a dataset's revision (no revision contains a space)."""
+
+
+def resolve_revisions(
+    sources: tuple[str, ...] | list[str], ref: str | None = None, settings: ServiceSettings | None = None
+) -> str:
+    """The revision of a dataset read from several sources: each one's :func:`resolve_revision` (``ref``
+    goes to the git URL), joined by :func:`combine`; a change in any source changes it."""
+    return combine(
+        [resolve_revision(spec, ref if git.is_git_url(spec) else None, settings) for spec in sources]
+    )
+
+
+def combine(revisions: list[str]) -> str:
+    """One source's revision as it is; several, in the order of their sources, space-separated."""
+    for revision in revisions:
+        if not revision or SEPARATOR in revision:
+            raise ValueError(f"not a source revision: {revision!r}")
+    return SEPARATOR.join(revisions)
+
+
+def split_revision(revision: str, count: int) -> list[str]:
+    """The revisions of ``count`` sources in what :func:`combine` made of them."""
+    parts = revision.split(SEPARATOR) if count > 1 else [revision]
+    if len(parts) != count:
+        raise RepotuneError(f"revision {revision!r} names {len(parts)} sources' revisions, not {count}")
+    return parts
+
+
+def dataset_key(revision: str) -> str:
+    """A path-safe name for a dataset's revision (object-store prefixes, the model's ``commit``):
+    one source's revision as it is, several's as ``sources-`` and a digest of them."""
+    if SEPARATOR not in revision:
+        return revision
+    return "sources-" + hashlib.sha256(revision.encode()).hexdigest()[:16]
 
 
 def service_revision(

@@ -40,7 +40,7 @@ def _not_removed(row: dict[str, Any]) -> None:
     "/runs",
     response_model=RunInfo,
     status_code=202,
-    summary="Start a pipeline run over a source",
+    summary="Start a pipeline run over a source (or several, for one dataset)",
     responses={
         409: {"model": ErrorBody, "description": "The store cannot serve a KFP cluster"},
         429: {"model": ErrorBody, "description": "REPOTUNE_API_MAX_ACTIVE_RUNS runs are in progress"},
@@ -53,9 +53,20 @@ def create_run(body: RunRequest, sources: Sources, runs: RunsDep, settings: Sett
         raise ApiError(
             404, "source_not_found", f"no source {body.source_id}; create one with POST /v1/sources"
         )
+    more = []
+    for source_id in body.more_source_ids:
+        found = sources.get(source_id)
+        if found is None:
+            raise ApiError(
+                404, "source_not_found", f"no source {source_id}; create one with POST /v1/sources"
+            )
+        more.append(found)
+    every = [body.source_id, *body.more_source_ids, *body.services]
+    if len(set(every)) != len(every):
+        raise ApiError(422, "invalid_request", "a source is named twice in the run")
     recipe = choose_recipe(body.recipe, settings.recipe_dirs)
     check_overrides(recipe, body.overrides)
-    return runs.view(runs.create(source, recipe, body.overrides))
+    return runs.view(runs.create(source, recipe, body.overrides, more, body.services))
 
 
 @router.get("/runs", response_model=RunList)
