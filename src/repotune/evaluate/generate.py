@@ -88,9 +88,11 @@ class Progress:
         total: int,
         *,
         every: float = 5.0,
+        unit: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log, self.what, self.total, self.every, self.clock = log, what, total, every, clock
+        self.unit = unit
         self.done = 0
         self.started = self.last = clock()
 
@@ -99,10 +101,10 @@ class Progress:
         now = self.clock()
         elapsed = now - self.started
         if self.done >= self.total:
-            self.log(f"  {self.what}: {self.done}/{self.total} in {_duration(elapsed)}")
+            self.log(f"  {self.what}: {self.done}/{self.total}{self.unit} in {_duration(elapsed)}")
         elif now - self.last >= self.every:
             left = elapsed / self.done * (self.total - self.done)
-            self.log(f"  {self.what}: {self.done}/{self.total}, about {_duration(left)} left")
+            self.log(f"  {self.what}: {self.done}/{self.total}{self.unit}, about {_duration(left)} left")
             self.last = now
 
 
@@ -156,7 +158,7 @@ def complete_lines(
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    limit = _context_limit(model) - max_new_tokens
+    limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -219,7 +221,8 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def _context_limit(model: Any) -> int:
+def context_limit(model: Any) -> int:
+    """Tokens the model can attend to (its position embeddings), or 2,048 where it does not say."""
     return int(getattr(model.config, "max_position_embeddings", None) or 2048)
 
 

@@ -22,6 +22,7 @@ from repotune.evaluate.generate import (
     Completion,
     Progress,
     complete_lines,
+    context_limit,
     starts_like_training_format,
     tokenized,
     window_nll,
@@ -134,6 +135,9 @@ class Scorer:
         # float32 everywhere: the arms are compared on small differences, and a 0.1-2B model fits.
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
         self.fim = has_fim_tokens(self.tokenizer)
+        self.max_prompt_tokens = context_limit(self.model) - config.max_new_tokens
+        """The longest prompt the model can take and still write ``max_new_tokens``."""
+        self._answered: dict[str, Completion] = {}
 
     def perplexity(
         self, texts: Sequence[ScoredText], what: str, log: Callable[[str], None]
@@ -141,20 +145,30 @@ class Scorer:
         """(nll, tokens) per scored window of ``texts``; empty when no window scores a token."""
         tokens = tokenized(texts, self.tokenizer)
         chosen = windows(tokens, self.config.seq_len, self.config.max_blocks, self.config.seed)
-        progress = Progress(log, what, len(chosen), every=self.config.progress_seconds)
+        progress = Progress(log, what, len(chosen), every=self.config.progress_seconds, unit=" windows")
         pairs = window_nll(self.model, tokens, chosen, batch_size=self.config.batch_size, progress=progress)
         return [pair for pair in pairs if pair[1] > 0]
 
     def complete(self, prompts: Sequence[str], what: str, log: Callable[[str], None]) -> list[Completion]:
-        progress = Progress(log, what, len(prompts), every=self.config.progress_seconds)
-        return complete_lines(
+        """Completions of ``prompts``; a prompt this model already answered is not generated again.
+
+        Greedy decoding gives one answer per prompt, batched or not, so a retrieval arm's prompt that
+        found no context (the same text as without retrieval) reuses the answer it already has.
+        """
+        new = list(dict.fromkeys(p for p in prompts if p not in self._answered))
+        if len(new) < len(prompts):
+            log(f"  {what}: {len(prompts) - len(new)} of {len(prompts)} prompts asked before, answers reused")
+        progress = Progress(log, what, len(new), every=self.config.progress_seconds)
+        done = complete_lines(
             self.model,
             self.tokenizer,
-            prompts,
+            new,
             batch_size=self.config.batch_size,
             max_new_tokens=self.config.max_new_tokens,
             progress=progress,
         )
+        self._answered.update(zip(new, done, strict=True))
+        return [self._answered[p] for p in prompts]
 
     def score(
         self,
@@ -190,15 +204,12 @@ class Scorer:
         answers: dict[str, list[str]] = {}
         tokenizer = self.tokenizer
         if model_level:
+            code = "added code" if samples.mode == "temporal" else "held-out code"
             for name, texts, what in (
-                ("perplexity", samples.perplexity, f"{samples.mode} code"),
+                ("perplexity", samples.perplexity, code),
                 ("forgetting_perplexity", samples.general, "general code"),
             ):
-                pairs = (
-                    self.perplexity(texts, f"{arm.label}: perplexity of {what} (windows)", log)
-                    if texts
-                    else []
-                )
+                pairs = self.perplexity(texts, f"{arm.label}: perplexity of {what}", log) if texts else []
                 if pairs:
                     metrics[name] = summarize_perplexity(name, pairs)
         if samples.lines:
@@ -254,22 +265,39 @@ def _scored(
     return metrics
 
 
-def retrieval_contexts(index: Any, samples: Samples, tokenizer: Any, max_tokens: int) -> Contexts:
-    """The context ``build_context`` retrieves for each line and FIM sample, within ``max_tokens``."""
+def retrieval_contexts(
+    index: Any, samples: Samples, tokenizer: Any, max_tokens: int, *, max_prompt_tokens: int | None = None
+) -> Contexts:
+    """The context ``build_context`` retrieves for each line and FIM sample, within ``max_tokens``.
+
+    With ``max_prompt_tokens`` (the model's context less the tokens it generates), a sample's context
+    also leaves room for its own prompt: a prompt too long for the model loses its oldest tokens,
+    which would be the retrieved context and, for FIM, the ``<fim_prefix>`` sentinel.
+    """
     from repotune.retrieval import build_context
 
-    return Contexts(
-        lines=[
-            build_context(index, s.prefix, tokenizer=tokenizer, path=s.path, max_tokens=max_tokens)
-            for s in samples.lines
-        ],
-        fims=[
-            build_context(
-                index, s.prefix, tokenizer=tokenizer, path=s.path, suffix=s.suffix, max_tokens=max_tokens
-            )
-            for s in samples.fims
-        ],
-    )
+    def budget(prompt: str) -> int:
+        if max_prompt_tokens is None:
+            return max_tokens
+        return min(max_tokens, max_prompt_tokens - len(tokenizer.encode(prompt, add_special_tokens=False)))
+
+    lines = []
+    for s in samples.lines:
+        room = budget(code_prompt(s.prefix, path=s.path, tokenizer=tokenizer))
+        lines.append(
+            build_context(index, s.prefix, tokenizer=tokenizer, path=s.path, max_tokens=room)
+            if room > 0
+            else ""
+        )
+    fims = []
+    for s in samples.fims:
+        room = budget(fim_prompt(s.prefix, s.suffix, path=s.path, tokenizer=tokenizer))
+        fims.append(
+            build_context(index, s.prefix, tokenizer=tokenizer, path=s.path, suffix=s.suffix, max_tokens=room)
+            if room > 0
+            else ""
+        )
+    return Contexts(lines, fims)
 
 
 def metric_from_dict(name: str, values: dict[str, Any]) -> Metric:

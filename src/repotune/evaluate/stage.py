@@ -340,7 +340,10 @@ def _score_model(
     from repotune.evaluate.score import Scorer, retrieval_contexts
 
     scorer = Scorer(folder, scoring)
-    contexts = retrieval_contexts(index, samples, scorer.tokenizer, budget) if index is not None else None
+    contexts = None
+    if index is not None:
+        limit = scorer.max_prompt_tokens
+        contexts = retrieval_contexts(index, samples, scorer.tokenizer, budget, max_prompt_tokens=limit)
     scored = scorer.score(samples, name, log, contexts=contexts, retrieval_only=retrieval_only)
     for arm, result in scored.items():
         shown = [m for m in ("line_edit_similarity", "line_exact_match", "perplexity") if m in result.metrics]
