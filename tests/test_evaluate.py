@@ -147,10 +147,20 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
                 for s, c in zip(samples.lines, contexts.lines, strict=True)]  # fmt: skip
     prompts += [fim_prompt(s.prefix, s.suffix, path=s.path, tokenizer=scorer.tokenizer) for s in samples.fims]
     prompts += ["def price_3_4(order", "    return round(total"]  # prompts of very different lengths
+    # Cut mid-line, with and without context: the tiny model, which finishes no line of its own in 12
+    # tokens (so the answers above are empty), writes the rest of these, and they must agree token for
+    # token, not just be equally empty.
+    mid_line = [
+        code_prompt(s.prefix + s.expected[: len(s.expected) // 2], path=s.path, tokenizer=scorer.tokenizer,
+                    context=context)
+        for s, found in zip(samples.lines, contexts.lines, strict=True)
+        for context in ("", found)
+    ]  # fmt: skip
+    prompts += mid_line
     one = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=1, max_new_tokens=12)
     batched = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12)
     assert batched == one
-    assert sum(bool(c.text.strip()) for c in one) >= len(prompts) // 2  # real answers, not empty ones
+    assert all(c.text.strip() for c in one[-len(mid_line) :])  # real answers, not empty ones
 
     tokens = tokenized(samples.perplexity, scorer.tokenizer)
     chosen = windows(tokens, 48, 12, seed=0)
@@ -231,8 +241,20 @@ def test_temporal_data_is_scored_on_added_lines_with_an_index_of_the_past(
     assert "Temporal split at `c0ffee` (2024-01-09), revision c0ffee: scored on code added after" in report
     assert "Trained on the repository at c0ffee; scored on 24 lines added after c0ffee." in report
     assert "perplexity of added code" in report
-    # Perplexity counts the added lines' tokens only: far fewer windows than the files have.
-    assert 0 < result.models["candidate"]["perplexity"].n < QUICK.max_blocks
+    # Perplexity counts the added lines' tokens only: fewer windows score a token than the whole files
+    # would give (the stage then draws max_blocks of them).
+    from transformers import AutoTokenizer
+
+    from repotune.evaluate.generate import tokenized, windows
+    from repotune.evaluate.samples import ScoredText, draw_samples
+    from repotune.records import read_records
+
+    texts = draw_samples(list(read_records(data / "eval.jsonl")), QUICK).perplexity
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    whole = [ScoredText(t.path, t.text, None) for t in texts]
+    added_only = len(windows(tokenized(texts, tokenizer), QUICK.seq_len, 10**6, 0))
+    assert 0 < added_only < len(windows(tokenized(whole, tokenizer), QUICK.seq_len, 10**6, 0))
+    assert result.models["candidate"]["perplexity"].n == min(added_only, QUICK.max_blocks)
 
 
 @pytest.mark.integration
