@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import pytest
 
 from repotune.errors import RepotuneError
+from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import FORGETTING_METRIC, Decision, Policy, should_promote
-from repotune.evaluate.metrics import Metric
+from repotune.evaluate.metrics import Metric, summarize
+
+ES, EM, MARKER = "line_edit_similarity", "line_exact_match", "line_diff_marker_share"
+# The old rule (perplexity alone), for the checks that do not depend on the metric.
+BY_PERPLEXITY = Policy(primary="perplexity", secondary=(), max_marker_share_increase=None)
 
 
 def ppl(
@@ -15,9 +23,11 @@ def ppl(
     return Metric(name, value, n=n, ci_low=low, ci_high=high, higher_is_better=False)
 
 
-def em(value: float, ci: tuple[float, float] | None = None, n: int = 100) -> Metric:
+def em(
+    value: float, ci: tuple[float, float] | None = None, n: int = 100, name: str = "exact_match"
+) -> Metric:
     low, high = ci if ci is not None else (value - 0.01, value + 0.01)
-    return Metric("exact_match", value, n=n, ci_low=low, ci_high=high, higher_is_better=True)
+    return Metric(name, value, n=n, ci_low=low, ci_high=high, higher_is_better=True)
 
 
 def models(perplexity: Metric, forgetting: float = 12.0, **others: Metric) -> dict[str, Metric]:
@@ -28,195 +38,129 @@ BASE = models(ppl(10.0), forgetting=12.0)
 CHAMPION = models(ppl(8.60, ci=(8.40, 8.80)), forgetting=12.2)
 
 
-def test_without_champion_the_candidate_is_compared_with_the_base() -> None:
-    decision = should_promote(models(ppl(9.0)), BASE, None)
+def by_perplexity(
+    candidate: dict[str, Metric], champion: dict[str, Metric] | None = None, base=BASE, **policy
+):
+    scores = {"base": base, "candidate": candidate} | ({"champion": champion} if champion is not None else {})
+    return should_promote(scores, dataclasses.replace(BY_PERPLEXITY, **policy))
+
+
+def test_without_champion_or_retrieval_the_candidate_is_compared_with_the_base() -> None:
+    decision = by_perplexity(models(ppl(9.0)))
     assert decision == Decision(
         True,
         (
-            "promote: perplexity 9.00 vs base 10.00 (-10.0%), CI separated",
+            "promote candidate: perplexity 9.00 vs base 10.00 (-10.0%), CI separated",
             "forgetting_perplexity 12.00 vs base 12.00 (+0.0%): "
             "general-code perplexity within the 5.0% limit",
         ),
+        Arm("candidate"),
+        Arm("base"),
     )
 
 
 def test_candidate_better_than_champion_promotes() -> None:
-    decision = should_promote(models(ppl(8.12, ci=(7.90, 8.30))), BASE, CHAMPION)
-    assert decision.promote
-    assert decision.reasons[0] == "promote: perplexity 8.12 vs champion 8.60 (-5.6%), CI separated"
+    decision = by_perplexity(models(ppl(8.12, ci=(7.90, 8.30))), CHAMPION)
+    assert decision.promote and decision.reference == Arm("champion")
+    assert decision.reasons[0] == "promote candidate: perplexity 8.12 vs champion 8.60 (-5.6%), CI separated"
 
 
 def test_champion_better_than_candidate_does_not_promote_even_when_base_is_beaten() -> None:
-    decision = should_promote(models(ppl(9.0)), BASE, CHAMPION)
+    decision = by_perplexity(models(ppl(9.0)), CHAMPION)
     assert not decision.promote
-    assert (
-        decision.reasons[0]
-        == "do not promote: perplexity 9.00 vs champion 8.60 (+4.7%): the champion is better"
+    assert decision.reasons[0] == (
+        "do not promote: candidate: perplexity 9.00 vs champion 8.60 (+4.7%): the champion is better"
     )
 
 
 def test_tie_does_not_promote_even_without_margin_or_significance() -> None:
-    policy = Policy(min_relative_gain=0.0, require_significance=False)
-    decision = should_promote(models(ppl(8.60)), BASE, CHAMPION, policy)
+    decision = by_perplexity(models(ppl(8.60)), CHAMPION, min_relative_gain=0.0, require_significance=False)
     assert not decision.promote
     assert decision.reasons[0] == (
-        "do not promote: tie: perplexity 8.60 vs champion 8.60 (+0.0%); ties do not promote"
+        "do not promote: candidate: tie: perplexity 8.60 vs champion 8.60 (+0.0%); ties do not promote"
     )
 
 
 def test_gain_below_margin_does_not_promote() -> None:
-    decision = should_promote(models(ppl(8.55, ci=(8.0, 8.3))), BASE, CHAMPION)
+    decision = by_perplexity(models(ppl(8.55, ci=(8.0, 8.3))), CHAMPION)
     assert not decision.promote
     assert decision.reasons[0].endswith("(-0.6%): below the 1.0% margin")
 
 
-def test_gain_exactly_at_margin_promotes() -> None:
-    reference = models(ppl(100.0, ci=(99.5, 100.5)))
-    candidate = models(ppl(99.0, ci=(98.5, 99.4)))
-    assert should_promote(candidate, reference, None).promote
-
-
-def test_ci_overlap_blocks_when_significance_is_required() -> None:
+def test_ci_overlap_blocks_when_significance_is_required_and_not_otherwise() -> None:
     candidate = models(ppl(8.12, ci=(7.80, 8.50)))
-    decision = should_promote(candidate, BASE, CHAMPION, Policy(require_significance=True))
+    decision = by_perplexity(candidate, CHAMPION)
     assert not decision.promote
     assert decision.reasons[0] == (
-        "do not promote: perplexity 8.12 vs champion 8.60 (-5.6%), but the confidence intervals overlap "
-        "(candidate 7.80-8.50, champion 8.40-8.80): not significant"
+        "do not promote: candidate: perplexity 8.12 vs champion 8.60 (-5.6%), but the confidence intervals "
+        "overlap (candidate 7.80-8.50, champion 8.40-8.80): not significant"
     )
+    lenient = by_perplexity(candidate, CHAMPION, require_significance=False)
+    assert lenient.promote
+    assert lenient.reasons[0].endswith("CIs overlap (significance not required by the policy)")
 
 
-def test_ci_overlap_promotes_when_significance_is_not_required() -> None:
-    candidate = models(ppl(8.12, ci=(7.80, 8.50)))
-    decision = should_promote(candidate, BASE, CHAMPION, Policy(require_significance=False))
-    assert decision.promote
-    assert decision.reasons[0] == (
-        "promote: perplexity 8.12 vs champion 8.60 (-5.6%), "
-        "CIs overlap (significance not required by the policy)"
-    )
-
-
-def test_better_primary_but_worse_guard_metric_does_not_promote() -> None:
+def test_guard_metrics_block_beyond_their_limit_and_are_reported_within_it() -> None:
     champion = models(ppl(8.60, ci=(8.40, 8.80)), forgetting=12.2, exact_match=em(0.45))
-    candidate = models(ppl(8.00, ci=(7.80, 8.20)), exact_match=em(0.40))
-    decision = should_promote(candidate, BASE, champion, Policy(guard_metrics=("exact_match",)))
-    assert not decision.promote
-    assert decision.reasons[0] == (
-        "do not promote: exact_match 0.400 vs champion 0.450 (-11.1%): "
+    worse = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2)), exact_match=em(0.40)), champion,
+                          guard_metrics=("exact_match",))  # fmt: skip
+    assert not worse.promote
+    assert worse.reasons[0] == (
+        "do not promote: candidate: exact_match 0.400 vs champion 0.450 (-11.1%): "
         "guard metric worsened beyond the 2.0% limit"
     )
-
-
-def test_guard_metric_within_limit_promotes_and_is_reported() -> None:
-    champion = models(ppl(8.60, ci=(8.40, 8.80)), exact_match=em(0.45))
-    candidate = models(ppl(8.00, ci=(7.80, 8.20)), exact_match=em(0.445))
-    decision = should_promote(candidate, BASE, champion, Policy(guard_metrics=("exact_match",)))
-    assert decision.promote
-    assert (
-        "exact_match 0.445 vs champion 0.450 (-1.1%): guard metric within the 2.0% limit" in decision.reasons
+    within = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2)), exact_match=em(0.445)), champion,
+                           guard_metrics=("exact_match",))  # fmt: skip
+    assert within.promote
+    assert "exact_match 0.445 vs champion 0.450 (-1.1%): guard metric within the 2.0% limit" in within.reasons
+    missing = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2))), CHAMPION, guard_metrics=("exact_match",))
+    assert missing.reasons[0] == (
+        "do not promote: candidate: exact_match (guard metric) was not measured for the candidate"
     )
 
 
-def test_missing_guard_metric_does_not_promote() -> None:
-    decision = should_promote(
-        models(ppl(8.0, ci=(7.8, 8.2))), BASE, CHAMPION, Policy(guard_metrics=("exact_match",))
-    )
-    assert not decision.promote
-    assert (
-        decision.reasons[0] == "do not promote: exact_match (guard metric) was not measured for the candidate"
-    )
-
-
-def test_forgetting_regression_beyond_limit_does_not_promote() -> None:
-    candidate = models(ppl(8.0, ci=(7.8, 8.2)), forgetting=12.9)
-    decision = should_promote(candidate, BASE, CHAMPION)
-    assert not decision.promote
-    assert decision.reasons[0] == (
-        "do not promote: forgetting_perplexity 12.90 vs base 12.00 (+7.5%): "
+def test_forgetting_is_checked_against_the_base_and_must_be_measured() -> None:
+    beyond = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2)), forgetting=12.9), CHAMPION)
+    assert beyond.reasons[0] == (
+        "do not promote: candidate: forgetting_perplexity 12.90 vs base 12.00 (+7.5%): "
         "general-code perplexity worsened beyond the 5.0% limit"
     )
-
-
-def test_forgetting_is_measured_against_the_base_not_the_champion() -> None:
     # within 5% of the base (12.0 * 1.05 = 12.6) though worse than a champion that forgot less
     champion = models(ppl(8.60, ci=(8.40, 8.80)), forgetting=11.0)
-    decision = should_promote(models(ppl(8.0, ci=(7.8, 8.2)), forgetting=12.5), BASE, champion)
-    assert decision.promote
-    assert any(reason.startswith("forgetting_perplexity 12.50 vs base 12.00") for reason in decision.reasons)
-
-
-def test_forgetting_not_measured_blocks_unless_the_check_is_off() -> None:
-    candidate = {"perplexity": ppl(8.0, ci=(7.8, 8.2))}
-    base = {"perplexity": ppl(10.0)}
-    blocked = should_promote(candidate, base, None)
+    assert by_perplexity(models(ppl(8.0, ci=(7.8, 8.2)), forgetting=12.5), champion).promote
+    bare = {"perplexity": ppl(8.0, ci=(7.8, 8.2))}
+    blocked = by_perplexity(bare, base={"perplexity": ppl(10.0)})
     assert blocked.reasons == (
-        "do not promote: forgetting_perplexity (general-code perplexity) was not measured for the candidate",
+        "do not promote: candidate: forgetting_perplexity (general-code perplexity) was not measured for the "
+        "candidate",
     )
-    assert should_promote(candidate, base, None, Policy(max_forgetting_regression=None)).promote
+    assert by_perplexity(bare, base={"perplexity": ppl(10.0)}, max_forgetting_regression=None).promote
 
 
-def test_too_small_eval_set_does_not_promote() -> None:
-    candidate = models(Metric("perplexity", 5.0, n=7, ci_low=None, ci_high=None, higher_is_better=False))
-    base = models(Metric("perplexity", 10.0, n=7, ci_low=None, ci_high=None, higher_is_better=False))
-    decision = should_promote(candidate, base, None, Policy(require_significance=False))
-    assert not decision.promote
+def test_too_small_different_or_missing_eval_sets_do_not_promote() -> None:
+    small = Metric("perplexity", 5.0, n=7, ci_low=None, ci_high=None, higher_is_better=False)
+    decision = by_perplexity(models(small), base=models(ppl(10.0, n=7)), require_significance=False)
     assert decision.reasons[0] == (
-        "do not promote: eval set too small (n=7 < 20) for a confidence interval; not promoting on noise"
+        "do not promote: candidate: eval set too small (n=7 < 20) for a confidence interval; "
+        "not promoting on noise"
     )
-
-
-def test_missing_primary_metric_gives_a_clear_reason() -> None:
-    candidate = {"exact_match": em(0.5), FORGETTING_METRIC: ppl(12.0, name=FORGETTING_METRIC)}
-    decision = should_promote(candidate, BASE, None)
-    assert not decision.promote
-    assert decision.reasons[0] == (
-        "do not promote: the candidate has no 'perplexity' metric, the policy's primary metric "
+    other_set = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2))), models(ppl(8.60, ci=(8.40, 8.80), n=80)))
+    assert "different eval sets (n=100 vs n=80)" in other_set.reasons[0]
+    no_primary = by_perplexity({"exact_match": em(0.5), FORGETTING_METRIC: ppl(12.0, name=FORGETTING_METRIC)})
+    assert no_primary.reasons[0] == (
+        "do not promote: candidate: the candidate has no 'perplexity' metric, the policy's primary metric "
         "(it has exact_match, forgetting_perplexity)"
     )
-
-
-def test_reference_without_primary_metric_does_not_promote() -> None:
-    decision = should_promote(models(ppl(8.0)), BASE, {"exact_match": em(0.4)})
-    assert not decision.promote
-    assert (
-        decision.reasons[0]
-        == "do not promote: the champion has no 'perplexity' metric to compare the candidate against"
+    assert by_perplexity(models(ppl(8.0)), {"exact_match": em(0.4)}).reasons[0] == (
+        "do not promote: candidate: the champion has no 'perplexity' metric to compare with"
     )
-
-
-def test_scores_from_different_eval_sets_do_not_promote() -> None:
-    champion = models(ppl(8.60, ci=(8.40, 8.80), n=80))
-    decision = should_promote(models(ppl(8.0, ci=(7.8, 8.2))), BASE, champion)
-    assert not decision.promote
-    assert "different eval sets (n=100 vs n=80)" in decision.reasons[0]
-
-
-def test_higher_is_better_primary_metric() -> None:
-    policy = Policy(primary="exact_match")
-    base = models(ppl(10.0), exact_match=em(0.30, ci=(0.25, 0.35)))
-    better = models(ppl(9.0), exact_match=em(0.45, ci=(0.40, 0.50)))
-    worse = models(ppl(9.0), exact_match=em(0.20, ci=(0.15, 0.25)))
-    decision = should_promote(better, base, None, policy)
-    assert decision.promote
-    assert decision.reasons[0] == "promote: exact_match 0.450 vs base 0.300 (+50.0%), CI separated"
-    assert should_promote(worse, base, None, policy).reasons[0].endswith("the base is better")
-
-
-def test_every_blocker_is_reported_after_the_verdict() -> None:
-    champion = models(ppl(8.60, ci=(8.40, 8.80)), exact_match=em(0.45))
-    candidate = models(ppl(9.0), forgetting=14.0, exact_match=em(0.30))
-    decision = should_promote(candidate, BASE, champion, Policy(guard_metrics=("exact_match",)))
-    assert not decision.promote
-    assert len(decision.reasons) == 3
-    assert decision.reasons[0].startswith("do not promote: perplexity 9.00 vs champion 8.60")
-    assert decision.reasons[1].startswith("forgetting_perplexity 14.00 vs base 12.00 (+16.7%)")
-    assert decision.reasons[2].startswith("exact_match 0.300 vs champion 0.450 (-33.3%)")
+    assert should_promote({"base": BASE}).reasons == ("do not promote: no candidate arm was scored",)
 
 
 def test_metrics_that_disagree_on_direction_are_an_error() -> None:
     flipped = Metric("perplexity", 8.0, n=100, ci_low=7.9, ci_high=8.1, higher_is_better=True)
     with pytest.raises(RepotuneError, match="higher is better"):
-        should_promote(models(flipped), BASE, None)
+        by_perplexity(models(flipped))
 
 
 @pytest.mark.parametrize(
@@ -226,10 +170,13 @@ def test_metrics_that_disagree_on_direction_are_an_error() -> None:
         {"min_relative_gain": -0.01},
         {"min_relative_gain": float("nan")},
         {"max_forgetting_regression": -0.1},
+        {"max_perplexity_regression": float("inf")},
+        {"max_marker_share_increase": -0.01},
         {"max_guard_regression": -1.0},
         {"guard_metrics": "exact_match"},
         {"guard_metrics": ("exact_match", "exact_match")},
         {"guard_metrics": ("",)},
+        {"secondary": "line_exact_match"},
     ],
 )
 def test_policy_rejects_invalid_settings(settings: dict[str, object]) -> None:
@@ -237,28 +184,143 @@ def test_policy_rejects_invalid_settings(settings: dict[str, object]) -> None:
         Policy(**settings)  # type: ignore[arg-type]
 
 
-def test_a_paired_interval_decides_significance_where_the_own_intervals_overlap() -> None:
-    overlapping = models(ppl(14.9, ci=(12.4, 17.9)))
-    wide_base = models(ppl(21.6, ci=(17.4, 26.5)))
-    assert not should_promote(overlapping, wide_base, None).promote
-    decision = should_promote(overlapping, wide_base, None, paired={"base": (-0.36, -0.26)})
-    assert decision.promote
-    assert decision.reasons[0] == (
-        "promote: perplexity 14.90 vs base 21.60 (-31.0%), "
-        "paired 95% CI of the change -36.0% to -26.0%: significant"
+# The four arms on 200 paired samples: per-sample edit similarities and exact matches.
+
+
+def per_sample(mean: float, spread: float, seed: int, n: int = 200) -> list[float]:
+    rng = random.Random(seed)
+    return [min(1.0, max(0.0, mean + rng.uniform(-spread, spread))) for _ in range(n)]
+
+
+def arm(
+    es: list[float], em_values: list[float], markers: list[float] | None = None
+) -> dict[str, list[float]]:
+    return {ES: es, EM: em_values, MARKER: markers if markers is not None else [0.0] * len(es)}
+
+
+def summarized(
+    samples: dict[str, list[float]], model_level: dict[str, Metric] | None = None
+) -> dict[str, Metric]:
+    metrics = {
+        name: summarize(name, values, higher_is_better=name != MARKER) for name, values in samples.items()
+    }
+    return {**(model_level or {}), **metrics}
+
+
+def four_arms(candidate_es: list[float], retrieval_es: list[float], **extra: dict[str, list[float]]):
+    """Base and base + retrieval fixed; the candidate's arms given; base + retrieval is the reference."""
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    samples = {
+        "base": arm(difficulty, [0.0] * 200),
+        "base_retrieval": arm([v + 0.02 for v in difficulty], [0.0] * 200),
+        "candidate": arm(candidate_es, [0.0] * 200),
+        "candidate_retrieval": arm(retrieval_es, [0.0] * 200),
+    }
+    for key, values in extra.items():
+        samples[key] = {**samples[key], **values}
+    model_level = {
+        "base": models(ppl(11.0)),
+        "candidate": models(ppl(9.4)),
+    }
+    scores = {key: summarized(values, model_level.get(key)) for key, values in samples.items()}
+    return scores, samples
+
+
+def test_the_best_arm_that_beats_base_with_retrieval_pair_by_pair_is_chosen() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    # Retrieval helps the tuned model more than it helps the base: +0.10 and +0.06 on every sample.
+    scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty])
+    decision = should_promote(scores, Policy(), samples)
+    assert (
+        decision.promote
+        and decision.arm == Arm("candidate", True)
+        and decision.reference == Arm("base", True)
+    )
+    assert decision.reasons[0].startswith(
+        "promote candidate + retrieval: line_edit_similarity 0.344 vs base + retrieval 0.264 (+30.3%), "
+        "paired 95% CI of the difference +0.080 to +0.080: significant"
+    )
+    assert any(r.startswith("also scored: candidate: line_edit_similarity") for r in decision.reasons)
+
+
+def test_the_arm_without_retrieval_is_chosen_when_it_is_the_better_one() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    scores, samples = four_arms([v + 0.08 for v in difficulty], [v + 0.01 for v in difficulty])
+    decision = should_promote(scores, Policy(), samples)
+    assert decision.promote and decision.arm == Arm("candidate")
+    # And a policy that rules retrieval out never picks it.
+    scores, samples = four_arms([v + 0.01 for v in difficulty], [v + 0.10 for v in difficulty])
+    assert should_promote(scores, Policy(allow_retrieval=False), samples).arm == Arm("candidate")
+
+
+def test_noise_that_overlaps_the_reference_pair_by_pair_does_not_promote() -> None:
+    # The candidate's mean is higher, but sample by sample it is as often worse as better.
+    noisy = [min(1.0, max(0.0, v)) for v in per_sample(0.29, 0.35, seed=7)]
+    scores, samples = four_arms(noisy, noisy)
+    decision = should_promote(scores, Policy(), samples)
+    assert not decision.promote
+    assert "includes no gain: not significant" in decision.reasons[0]
+    assert decision.arm == Arm("candidate")  # the best arm found, reported even when refused
+
+
+def test_an_arm_that_writes_diff_lines_more_often_than_base_is_refused_for_the_clean_one() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    markers = [1.0] * 20 + [0.0] * 180  # one completion in ten starts like a diff line
+    scores, samples = four_arms(
+        [v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty], candidate_retrieval={MARKER: markers}
+    )
+    decision = should_promote(scores, Policy(), samples)
+    assert decision.promote and decision.arm == Arm("candidate")
+    assert any("line_diff_marker_share 0.100 vs base + retrieval 0.00" in r for r in decision.reasons)
+    # Both dirty: nothing is promoted, and the reason says why.
+    scores, samples = four_arms(
+        [v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty],
+        candidate={MARKER: markers}, candidate_retrieval={MARKER: markers},
+    )  # fmt: skip
+    refused = should_promote(scores, Policy(), samples)
+    assert not refused.promote
+    assert refused.reasons[0] == (
+        "do not promote: candidate + retrieval: line_diff_marker_share 0.100 vs base + retrieval 0.00 "
+        "(from 0): diff-marker share worsened beyond the +0.000 limit"
     )
 
 
-def test_a_paired_interval_that_includes_no_change_blocks_promotion() -> None:
-    decision = should_promote(models(ppl(9.0)), BASE, None, paired={"base": (-0.2, 0.01)})
+def test_a_significant_loss_on_exact_match_blocks_an_edit_similarity_gain() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    hits = [1.0] * 60 + [0.0] * 140
+    scores, samples = four_arms(
+        [v + 0.06 for v in difficulty], [v + 0.07 for v in difficulty],
+        base_retrieval={EM: hits}, candidate={EM: [0.0] * 200}, candidate_retrieval={EM: [0.0] * 200},
+    )  # fmt: skip
+    decision = should_promote(scores, Policy(), samples)
     assert not decision.promote
-    assert "includes no gain: not significant" in decision.reasons[0]
-    lenient = Policy(require_significance=False)
-    assert should_promote(models(ppl(9.0)), BASE, None, lenient, paired={"base": (-0.2, 0.01)}).promote
+    assert decision.reasons[0].startswith(
+        "do not promote: candidate + retrieval: line_exact_match 0.00 vs base + retrieval 0.300 (-100.0%), "
+        "paired 95% CI of the difference"
+    )
+    assert decision.reasons[0].endswith("significantly worse")
 
 
-def test_the_paired_interval_against_the_champion_is_the_one_used() -> None:
-    candidate = models(ppl(8.12, ci=(7.0, 9.0)))
-    # Significant against the base, not against the champion: the champion's interval counts.
-    paired = {"base": (-0.3, -0.1), "champion": (-0.1, 0.02)}
-    assert not should_promote(candidate, BASE, CHAMPION, paired=paired).promote
+def test_perplexity_guards_the_candidate_against_the_reference_model() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty])
+    scores["candidate"] = {**scores["candidate"], "perplexity": ppl(12.0)}  # base's is 11.0
+    decision = should_promote(scores, Policy(), samples)
+    assert not decision.promote
+    assert (
+        "perplexity 12.00 vs base + retrieval 11.00 (+9.1%): perplexity worsened beyond the 5.0% limit"
+        in (decision.reasons[0])
+    )
+    assert should_promote(scores, Policy(max_perplexity_regression=None), samples).promote
+
+
+def test_the_champion_at_its_deployed_arm_is_the_reference() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty])
+    # The champion, deployed with retrieval, scored pair by pair on the same samples: as good as ours.
+    samples["champion_retrieval"] = arm([v + 0.10 for v in difficulty], [0.0] * 200)
+    scores["champion_retrieval"] = summarized(samples["champion_retrieval"], models(ppl(9.5)))
+    decision = should_promote(scores, Policy(), samples)
+    assert decision.reference == Arm("champion", True)
+    assert not decision.promote
+    assert decision.reasons[0].startswith("do not promote: candidate + retrieval: tie: line_edit_similarity")

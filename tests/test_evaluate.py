@@ -12,8 +12,10 @@ from tests.test_train import PROJECT, TINY
 from repotune import clean, evaluate, ingest
 from repotune.clean import CleanConfig
 from repotune.clean.split import SplitConfig
+from repotune.data.transforms import code_prompt, fim_prompt
 from repotune.errors import RepotuneError
 from repotune.evaluate import EvaluateConfig, EvaluateResult, Policy, ScoringConfig
+from repotune.evaluate.arms import Arm
 from repotune.ingest import IngestConfig
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
@@ -67,29 +69,212 @@ def evaluate_model(model: Path, data: Path, output: Path, **settings) -> Evaluat
     return evaluate.run(EvaluateConfig(model=model, data=data, output=output, **settings), log=log)
 
 
+ARMS = {"base", "base_retrieval", "candidate", "candidate_retrieval"}
+
+
 @pytest.mark.integration
-def test_every_metric_for_base_and_candidate_and_reports(
+def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     project: Path, trained: Path, tmp_path: Path
 ) -> None:
-    result = evaluate_model(trained, project, tmp_path / "eval", scoring=QUICK, log=lambda _: None)
+    lines: list[str] = []
+    result = evaluate_model(trained, project, tmp_path / "eval", scoring=QUICK, log=lines.append)
+    assert set(result.models) == ARMS
     base, candidate = result.models["base"], result.models["candidate"]
     for name in ("perplexity", "forgetting_perplexity", "line_exact_match", "line_edit_similarity",
-                 "commit_rouge_l", "commit_chrf"):  # fmt: skip
+                 "line_diff_marker_share", "commit_rouge_l", "commit_chrf"):  # fmt: skip
         assert name in base and name in candidate, name
+    for key in ARMS:  # every arm answered the same 20 lines
+        assert result.models[key]["line_edit_similarity"].n == 20, key
+    # Retrieval arms answer completions; perplexity and commits are the model's, scored without context.
+    assert "perplexity" not in result.models["candidate_retrieval"]
     # FIM is scored only for a model that has FIM tokens: the trained one, not the base.
-    assert "fim_edit_similarity" in candidate and "fim_edit_similarity" not in base
+    assert (
+        "fim_edit_similarity" in candidate and "fim_edit_similarity" in result.models["candidate_retrieval"]
+    )
+    assert "fim_edit_similarity" not in base
     assert candidate["perplexity"].n >= 20 and candidate["perplexity"].ci_low is not None
     assert candidate["perplexity"].value < base["perplexity"].value  # it learned the project
-    assert candidate["line_exact_match"].n == 20
-    report = (tmp_path / "eval" / "report.md").read_text().splitlines()
-    assert report[2].startswith(("**The candidate wins", "**The candidate is not promoted"))
-    assert "<svg" in (tmp_path / "eval" / "report.html").read_text()
+    assert result.decision.reference == Arm("base", True)  # no champion: what the team already has
+    assert result.arm in (Arm("candidate"), Arm("candidate", True))
+    # Progress for every model and task, as it goes.
+    for task in (
+        "base: line completion: 20/20",
+        "candidate + retrieval: fill-in-the-middle: 20/20",
+        "candidate: perplexity of held-out code:",
+        # 20 new prompts: every line's retrieval prompt differs from its plain one (none reused).
+        "base + retrieval: line completion: 20/20",
+    ):
+        assert any(task in line for line in lines), task
+
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert report.splitlines()[2].startswith(("**Promoted: candidate", "**Not promoted.**"))
+    assert (
+        "| arm | line exact match | line edit similarity | FIM exact match | FIM edit similarity |" in report
+    )
+    for label in ("| base |", "| base + retrieval (reference) |", "| candidate", "| candidate + retrieval"):
+        assert label in report, label
+    assert "File split" in report and "scored on held-out files, which training never saw" in report
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert page.count('<g class="bar" data-arm="candidate_retrieval">') >= 5
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["decision"]["promote"] is result.decision.promote
+    assert saved["decision"]["arm"] == result.arm.key and saved["decision"]["reference"] == "base_retrieval"
+    assert set(saved["paired"]) == {"candidate", "candidate_retrieval"}
+    completions = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").open()]
+    assert [c["task"] for c in completions] == ["line"] * 20 + ["fim"] * 20
+    assert set(completions[0]["answers"]) == ARMS
+    assert set(completions[-1]["answers"]) == {"candidate", "candidate_retrieval"}
+    assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
-    again = evaluate_model(trained, project, tmp_path / "again", scoring=QUICK, log=lambda _: None)
-    assert again.models == result.models  # seeds fixed: the same numbers every time
+
+@pytest.mark.integration
+def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, trained: Path) -> None:
+    from repotune.evaluate.generate import complete_lines, tokenized, window_nll, windows
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.score import Scorer, retrieval_contexts
+    from repotune.evaluate.stage import retrieval_index
+    from repotune.records import read_records
+
+    config = ScoringConfig(line_samples=6, fim_samples=4, forgetting_files=0, max_new_tokens=12)
+    samples = draw_samples(list(read_records(project / "eval.jsonl")), config)
+    scorer = Scorer(trained, config)
+    index = retrieval_index(EvaluateConfig(model=trained, data=project, output=project), lambda _: None)
+    contexts = retrieval_contexts(index, samples, scorer.tokenizer, 512)
+    assert any(contexts.lines)
+    prompts = [code_prompt(s.prefix, path=s.path, tokenizer=scorer.tokenizer) for s in samples.lines]
+    prompts += [code_prompt(s.prefix, path=s.path, tokenizer=scorer.tokenizer, context=c)
+                for s, c in zip(samples.lines, contexts.lines, strict=True)]  # fmt: skip
+    prompts += [fim_prompt(s.prefix, s.suffix, path=s.path, tokenizer=scorer.tokenizer) for s in samples.fims]
+    prompts += ["def price_3_4(order", "    return round(total"]  # prompts of very different lengths
+    # Cut mid-line, with and without context: the tiny model, which finishes no line of its own in 12
+    # tokens (so the answers above are empty), writes the rest of these, and they must agree token for
+    # token, not just be equally empty.
+    mid_line = [
+        code_prompt(s.prefix + s.expected[: len(s.expected) // 2], path=s.path, tokenizer=scorer.tokenizer,
+                    context=context)
+        for s, found in zip(samples.lines, contexts.lines, strict=True)
+        for context in ("", found)
+    ]  # fmt: skip
+    prompts += mid_line
+    one = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=1, max_new_tokens=12)
+    batched = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12)
+    assert batched == one
+    assert all(c.text.strip() for c in one[-len(mid_line) :])  # real answers, not empty ones
+
+    tokens = tokenized(samples.perplexity, scorer.tokenizer)
+    chosen = windows(tokens, 48, 12, seed=0)
+    alone = window_nll(scorer.model, tokens, chosen, batch_size=1)
+    together = window_nll(scorer.model, tokens, chosen, batch_size=7)
+    assert [t for _, t in together] == [t for _, t in alone]
+    assert [n for n, _ in together] == pytest.approx([n for n, _ in alone], rel=1e-5)
+
+
+def future_data(root: Path) -> tuple[Path, list[str]]:
+    """A clean folder as the temporal split writes it: train.jsonl holds the files as of the cut, eval.jsonl
+    the same files at the end revision with the line ranges added after the cut; returns the added lines."""
+    from repotune.records import Kind, Record, write_records
+
+    train, future, added_text = [], [], []
+    for i in range(6):
+        path = f"src/shop/module_{i}.py"
+        old = PROJECT[path]
+        new_lines = [
+            f"def refund_{i}_{j}(order, fee={j}):\n    paid = sum(item.cost for item in order.items)\n"
+            f"    return round(paid - fee, 2)\n"
+            for j in range(4)
+        ]
+        content = old + "\n" + "".join(new_lines)
+        first = len(old.split("\n")) + 1
+        last = len(content.rstrip("\n").split("\n"))
+        added_text += content.split("\n")[first - 1 : last]
+        train.append(
+            Record(content=old, kind=Kind.CODE, source="t", id=f"o{i}", file_path=path, revision="c0")
+        )
+        meta = {"added_lines": [[first, last]], "cut": "c0ffee"}
+        future.append(
+            Record(
+                content=content,
+                kind=Kind.CODE,
+                source="t",
+                id=f"n{i}",
+                file_path=path,
+                revision="c9",
+                meta=meta,
+            )
+        )
+    folder = root / "future-clean"
+    folder.mkdir()
+    with (folder / "train.jsonl").open("w") as handle:
+        write_records(handle, train)
+    with (folder / "eval.jsonl").open("w") as handle:
+        write_records(handle, future)
+    # The shape repotune.clean.split.SplitSummary writes.
+    split = {"mode": "temporal", "cut": {"commit": "c0ffee", "date": "2024-01-09T00:00:00+00:00"},
+             "trained_on": "the repository at c0ffee", "scored_on": "24 lines added after c0ffee",
+             "reason": None, "rule": "revision c0ffee"}  # fmt: skip
+    (folder / "stats.json").write_text(json.dumps({"split": split}))
+    return folder, [line for line in added_text if line.strip()]
+
+
+@pytest.mark.integration
+def test_temporal_data_is_scored_on_added_lines_with_an_index_of_the_past(
+    trained: Path, tmp_path: Path
+) -> None:
+    from repotune.evaluate.stage import retrieval_index
+
+    data, added = future_data(tmp_path)
+    # The index holds what training saw and nothing added after the cut.
+    config = EvaluateConfig(model=trained, data=data, output=tmp_path / "eval", scoring=QUICK)
+    retrieval_index(config, lambda _: None).save(tmp_path / "index")
+    indexed = [json.loads(line)["content"] for line in (tmp_path / "index" / "files.jsonl").open()]
+    assert indexed and not any(line in text for line in added for text in indexed)
+
+    result = evaluate.run(config, log=lambda _: None)
+    assert result.split["mode"] == "temporal"
+    completions = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").open()]
+    assert completions and all(
+        c["expected"].strip() and c["expected"] in "\n".join(added) for c in completions
+    )
+    assert {c["expected"] for c in completions if c["task"] == "line"} <= set(added)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Temporal split at `c0ffee` (2024-01-09), revision c0ffee: scored on code added after" in report
+    assert "Trained on the repository at c0ffee; scored on 24 lines added after c0ffee." in report
+    assert "perplexity of added code" in report
+    # Perplexity counts the added lines' tokens only: fewer windows score a token than the whole files
+    # would give (the stage then draws max_blocks of them).
+    from transformers import AutoTokenizer
+
+    from repotune.evaluate.generate import tokenized, windows
+    from repotune.evaluate.samples import ScoredText, draw_samples
+    from repotune.records import read_records
+
+    texts = draw_samples(list(read_records(data / "eval.jsonl")), QUICK).perplexity
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    whole = [ScoredText(t.path, t.text, None) for t in texts]
+    added_only = len(windows(tokenized(texts, tokenizer), QUICK.seq_len, 10**6, 0))
+    assert 0 < added_only < len(windows(tokenized(whole, tokenizer), QUICK.seq_len, 10**6, 0))
+    assert result.models["candidate"]["perplexity"].n == min(added_only, QUICK.max_blocks)
+
+
+@pytest.mark.integration
+def test_the_index_of_a_file_split_holds_no_held_out_file(
+    project: Path, trained: Path, tmp_path: Path
+) -> None:
+    from repotune.evaluate.stage import retrieval_index
+    from repotune.records import read_records
+
+    held_out = [r for r in read_records(project / "eval.jsonl") if r.file_path]
+    assert held_out
+    retrieval_index(EvaluateConfig(model=trained, data=project, output=tmp_path), lambda _: None).save(
+        tmp_path / "index"
+    )
+    files = [json.loads(line) for line in (tmp_path / "index" / "files.jsonl").open()]
+    assert files and not {f["path"] for f in files} & {r.file_path for r in held_out}
+    for record in held_out:  # each module's own function names are in its file alone
+        if record.file_path.startswith("src/shop/module_"):
+            number = record.file_path.removeprefix("src/shop/module_").removesuffix(".py")
+            assert not any(f"def price_{number}_" in f["content"] for f in files)
 
 
 def test_bad_evaluation_input_is_named(project: Path, trained: Path, tmp_path: Path) -> None:
@@ -123,10 +308,12 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune.evaluate.registry import Registry
+    from repotune.evaluate.registry import ARM_TAG, RETRIEVAL_TAG, Registry
     from repotune.storage import client_from_env
 
-    policy = Policy(require_significance=False, max_forgetting_regression=None)
+    # Tiny models write poor lines: decide on perplexity, which 60 steps of training clearly lower.
+    policy = Policy(primary="perplexity", require_significance=False, max_forgetting_regression=None,
+                    max_marker_share_increase=None, secondary=())  # fmt: skip
     better = _train(project, tmp_path / "m60", 60)
     worse = _train(project, tmp_path / "m2", 2)
     with running_s3_server() as endpoint:
@@ -154,7 +341,11 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
             assert not third.decision.promote
 
             registry = Registry(url, "repotune")
-            assert registry.champion().version == second.registered_version
+            champion = registry.champion()
+            assert champion.version == second.registered_version
+            # The arm deployed, for deploy and serving to read: with retrieval or not.
+            assert champion.tags[ARM_TAG] == second.arm.key
+            assert champion.tags[RETRIEVAL_TAG] == str(second.arm.retrieval).lower()
             assert [c.version for c in registry.history()] == [
                 first.registered_version,
                 second.registered_version,
@@ -178,5 +369,6 @@ def test_evaluate_from_the_command_line(project: Path, trained: Path, tmp_path: 
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| perplexity | lower |" in done.stderr
+    assert "| arm | line exact match | line edit similarity |" in done.stderr
+    assert "| base + retrieval (reference) |" in done.stderr
     assert (tmp_path / "e" / "report.html").is_file()

@@ -193,3 +193,28 @@ def test_paired_relative_change_interval() -> None:
     assert paired_relative_change_ci(reference, reference) == (0.0, 0.0)
     with pytest.raises(ValueError, match="same, non-empty"):
         paired_relative_change_ci(better[:3], reference)
+
+
+def test_paired_difference_interval_sees_a_gain_that_the_spread_hides() -> None:
+    from repotune.evaluate.metrics import paired_difference_ci
+
+    rng = np.random.default_rng(3)
+    reference = rng.uniform(0.0, 1.0, size=60).tolist()  # samples of every difficulty
+    better = [min(1.0, v + 0.03) for v in reference]
+    # The two means' own intervals overlap widely ...
+    assert summarize("a", better, True).ci_low < summarize("b", reference, True).ci_high
+    # ... but sample by sample the candidate never loses.
+    low, high = paired_difference_ci(better, reference)
+    assert 0 < low <= high <= 0.03 + 1e-9
+    assert paired_difference_ci(reference, reference) == (0.0, 0.0)
+    # Exact match from zero is no problem: the difference is in the score's own unit.
+    assert paired_difference_ci([1.0] * 10 + [0.0] * 30, [0.0] * 40)[0] > 0
+    with pytest.raises(ValueError, match="same, non-empty"):
+        paired_difference_ci(better[:3], reference)
+
+
+def test_vectorized_bootstrap_of_the_mean_gives_the_same_interval_as_a_loop() -> None:
+    values = np.random.default_rng(5).uniform(size=50)
+    assert bootstrap_ci(values) == pytest.approx(
+        bootstrap_ci(values, lambda row: float(np.mean(row))), abs=1e-12
+    )

@@ -15,9 +15,11 @@ from tests.mlflow_server import running_mlflow_on_s3
 from tests.s3_server import closed_port_url, running_s3_server, s3_environment
 
 from repotune.errors import RepotuneError
-from repotune.evaluate.decide import Decision, should_promote
+from repotune.evaluate.arms import Arm
+from repotune.evaluate.decide import Decision, Policy, should_promote
 from repotune.evaluate.metrics import Metric
 from repotune.evaluate.registry import (
+    ARM_TAG,
     COMMIT_TAG,
     DATASET_HASH_TAG,
     DECISION_REASONS_TAG,
@@ -26,6 +28,7 @@ from repotune.evaluate.registry import (
     MAX_TAG_VALUE_LENGTH,
     PREVIOUS_CHAMPION_TAG,
     RECIPE_HASH_TAG,
+    RETRIEVAL_TAG,
     SOURCE_TAG,
     ChampionChange,
     Registry,
@@ -114,7 +117,8 @@ def test_candidates_promote_reject_and_roll_back(servers: Servers, tmp_path: Pat
         run_id, blob = train_run(tracker, tmp_path, index, candidate["perplexity"].value)
         version = registry.register_candidate(run_id, "model", provenance(index), metrics=candidate)
         champion = registry.champion()
-        decision = should_promote(candidate, BASE, champion.metrics if champion else None)
+        scores = {"base": BASE, "candidate": candidate} | ({"champion": champion.metrics} if champion else {})
+        decision = should_promote(scores, Policy(primary="perplexity", secondary=()))
         registry.record_decision(version, decision)
         if decision.promote:
             registry.promote(version, decision)
@@ -133,6 +137,8 @@ def test_candidates_promote_reject_and_roll_back(servers: Servers, tmp_path: Pat
     assert champion.metrics == candidates[1]
     assert champion.tags[PREVIOUS_CHAMPION_TAG] == v1
     assert champion.tags[COMMIT_TAG] == f"{2:040x}" and champion.tags[DECISION_TAG] == "promote"
+    # The arm it was chosen as: what deploy and serving read to turn retrieval on or off.
+    assert (champion.tags[ARM_TAG], champion.tags[RETRIEVAL_TAG]) == ("candidate", "false")
     assert champion.model_uri == f"models:/repotune-org-repo/{v2}"
     assert [change.version for change in registry.history()] == [v1, v2]
 
@@ -141,7 +147,9 @@ def test_candidates_promote_reject_and_roll_back(servers: Servers, tmp_path: Pat
     assert first.aliases == [] and PREVIOUS_CHAMPION_TAG not in first.tags
     rejected = client.get_model_version("repotune-org-repo", v3)
     assert rejected.tags[DECISION_TAG] == "reject"
-    assert rejected.tags[DECISION_REASONS_TAG].startswith("do not promote: perplexity 7.00 vs champion")
+    assert rejected.tags[DECISION_REASONS_TAG].startswith(
+        "do not promote: candidate: perplexity 7.00 vs champion"
+    )
     assert metrics_from_tags(rejected.tags) == candidates[2]
     model_tags = client.get_registered_model("repotune-org-repo").tags
     assert [entry["version"] for entry in json.loads(model_tags[HISTORY_TAG])] == [v1, v2]
@@ -191,6 +199,10 @@ def test_register_is_idempotent_and_decisions_are_truncated(servers: Servers, tm
     client = MlflowClient(url, registry_uri=url)
     assert len(client.search_model_versions("name = 'repotune-idempotent'")) == 1
     assert client.get_model_version("repotune-idempotent", first).tags[RECIPE_HASH_TAG] == "recipe-2"
+
+    registry.record_decision(first, Decision(False, ("do not promote: a reason",), Arm("candidate", True)))
+    tags = client.get_model_version("repotune-idempotent", first).tags
+    assert (tags[ARM_TAG], tags[RETRIEVAL_TAG]) == ("candidate_retrieval", "true")
 
     long = Decision(False, tuple(f"do not promote: reason {i} " + "x" * 1000 for i in range(10)))
     registry.record_decision(first, long)

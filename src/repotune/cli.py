@@ -227,11 +227,15 @@ def _say_verdict_and_table(report: Path) -> None:
     Setting("scoring.line_samples"),
     Setting("scoring.fim_samples"),
     Setting("scoring.max_blocks"),
+    Setting("scoring.batch_size"),
+    Setting("scoring.retrieval"),
+    Setting("index"),
     Setting("policy.min_relative_gain"),
     Setting("policy.require_significance"),
 )
 def evaluate(values: Values) -> None:
-    """Score base, candidate and champion on held-out data; decide; register in MLflow."""
+    """Score base and candidate, each with and without retrieval, and the champion on held-out data;
+    decide; register in MLflow."""
     from repotune import evaluate
 
     config = build(EvaluateConfig, {**values, "tracking_uri": values["tracking_uri"] or None})

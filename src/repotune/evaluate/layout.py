@@ -18,11 +18,16 @@ class EvaluateLayout:
         return self.folder / "metrics.json"
 
     @property
+    def completions(self) -> Path:
+        """Each line and FIM sample with the expected text and every arm's answer, one JSON object a line."""
+        return self.folder / "completions.jsonl"
+
+    @property
     def report_md(self) -> Path:
         """The verdict and its reasons first, then the metric table, in Markdown."""
         return self.folder / "report.md"
 
     @property
     def report_html(self) -> Path:
-        """The same with a bar chart per metric, for the KFP UI."""
+        """The same with the arm table and a bar chart per metric, for the KFP UI."""
         return self.folder / "report.html"

@@ -33,6 +33,9 @@ Tag layout. On each model version:
   ``repr`` so they read back bit for bit; no CI means no ``ci_*`` tags.
 - ``repotune.decision`` (``promote`` or ``reject``), ``repotune.decision.reasons`` (one reason a line,
   truncated to ``MAX_TAG_VALUE_LENGTH``) and ``repotune.decision.time`` (ISO 8601, UTC).
+- ``repotune.arm`` (``candidate`` or ``candidate_retrieval``) and ``repotune.retrieval`` (``true`` or
+  ``false``): the arm the decision chose (or, for a rejected version, found best). On the champion,
+  ``repotune.retrieval`` tells deploy and serving whether to put retrieved context in front of prompts.
 - ``repotune.previous_champion``: on a promoted version, the version the alias left (absent for the
   first champion).
 
@@ -74,6 +77,10 @@ RECIPE_HASH_TAG = "repotune.recipe_hash"
 DECISION_TAG = "repotune.decision"
 DECISION_REASONS_TAG = "repotune.decision.reasons"
 DECISION_TIME_TAG = "repotune.decision.time"
+ARM_TAG = "repotune.arm"
+"""The arm the decision chose for the version: ``candidate`` or ``candidate_retrieval``."""
+RETRIEVAL_TAG = "repotune.retrieval"
+"""``true`` when the version is to be served with retrieval (its chosen arm uses it), else ``false``."""
 PREVIOUS_CHAMPION_TAG = "repotune.previous_champion"
 HISTORY_TAG = "repotune.champion_history"
 METRIC_TAG_PREFIX = "metric."
@@ -292,12 +299,16 @@ class Registry:
         )
 
     def record_decision(self, version: str, decision: Decision) -> None:
-        """Store the verdict and its reasons on ``version``: call it for every candidate evaluated."""
+        """Store the verdict, its reasons and the arm it chose on ``version``: call it for every candidate
+        evaluated."""
         tags = {
             DECISION_TAG: "promote" if decision.promote else "reject",
             DECISION_REASONS_TAG: _truncate("\n".join(decision.reasons)),
             DECISION_TIME_TAG: _now(),
         }
+        if decision.arm is not None:
+            tags[ARM_TAG] = decision.arm.key
+            tags[RETRIEVAL_TAG] = _TRUE if decision.arm.retrieval else _FALSE
         with self._calling(f"recording the decision on {self.model_name} version {version}"):
             for key, value in tags.items():
                 self._client.set_model_version_tag(self.model_name, version, key, value)

@@ -1,107 +1,255 @@
-"""The evaluation report: Markdown for people and the KFP UI, HTML with a bar chart per metric."""
+"""The evaluation report: the decision and its reasons first, what was trained on and scored on, the
+arm table; Markdown for people and the CLI, HTML (a table and a bar chart per metric) for the KFP UI."""
 
 from __future__ import annotations
 
 import html
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from repotune.evaluate.decide import Decision
-from repotune.evaluate.metrics import Metric, format_value
+from repotune.evaluate.arms import MODELS, Arm
+from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
 
-MODELS = ("base", "candidate", "champion")
-COLOURS = {"base": "#9aa5b1", "candidate": "#2f80ed", "champion": "#f2994a"}
+if TYPE_CHECKING:
+    from repotune.evaluate.stage import EvaluateResult
+
+ARM_COLUMNS = (
+    ("line_exact_match", "line exact match"),
+    ("line_edit_similarity", "line edit similarity"),
+    ("fim_exact_match", "FIM exact match"),
+    ("fim_edit_similarity", "FIM edit similarity"),
+    ("perplexity", "perplexity of {code}"),
+    ("line_diff_marker_share", "diff-marker share"),
+)
+"""The arm table's columns: completion metrics first, then the secondary perplexity and the format check."""
+COLOURS = {
+    "base": "#9aa5b1",
+    "base_retrieval": "#5f6b7a",
+    "candidate": "#2f80ed",
+    "candidate_retrieval": "#1b4f9c",
+    "champion": "#f2994a",
+    "champion_retrieval": "#b8651b",
+}
+TOO_FEW = f"too few for an interval (under {MIN_SAMPLES_FOR_CI})"
+FOOTER = "Values are means over the same held-out samples"
 
 
-def _cell(metric: Metric | None) -> str:
+def ordered_arms(keys: Iterable[str]) -> list[Arm]:
+    """Arms in table order: base, base + retrieval, candidate, candidate + retrieval, champion."""
+    arms = [Arm.from_key(key) for key in keys]
+    return sorted(arms, key=lambda a: (MODELS.index(a.model), a.retrieval))
+
+
+def cell(metric: Metric | None) -> str:
+    """``0.274 [0.250, 0.301] n=30``, or the value, n and why there is no interval."""
     if metric is None:
-        return "n/a"
-    if metric.ci_low is None:
-        return f"{format_value(metric.value)} (n={metric.n}, too few for a CI)"
+        return "–"
+    if metric.ci_low is None or metric.ci_high is None:
+        return f"{format_value(metric.value)} n={metric.n}, {TOO_FEW}"
     interval = f"[{format_value(metric.ci_low)}, {format_value(metric.ci_high)}]"
     return f"{format_value(metric.value)} {interval} n={metric.n}"
 
 
-def _names(scores: dict[str, dict[str, Metric]]) -> list[str]:
+def verdict(result: EvaluateResult) -> str:
+    decision = result.decision
+    if decision.promote and decision.arm is not None:
+        return f"Promoted: {decision.arm.label}."
+    return "Not promoted."
+
+
+def provenance(result: EvaluateResult, context: dict[str, Any]) -> str:
+    """Which split was scored, what the model was trained on and what it was scored on."""
+    split = result.split
+    temporal = (split.get("mode") if split else context.get("mode")) == "temporal"
+    if temporal:
+        cut = (split or {}).get("cut") or {}
+        where = f" at `{str(cut.get('commit', ''))[:12]}`" if cut.get("commit") else ""
+        date = f" ({str(cut['date'])[:10]})" if cut.get("date") else ""
+        rule = f", {split['rule']}" if split and split.get("rule") else ""
+        mode = f"Temporal split{where}{date}{rule}: scored on code added after the training cut."
+    else:
+        why = f" ({split['reason']})" if split and split.get("reason") else ""
+        mode = f"File split{why}: scored on held-out files, which training never saw."
+    if not split:
+        return f"{mode} The clean stage recorded no more."
+    return f"{mode} Trained on {_words(split.get('trained_on'))}; scored on {_words(split.get('scored_on'))}."
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{_words(v)} {k}" if isinstance(v, int) else f"{k} {_words(v)}" for k, v in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return ", ".join(_words(v) for v in value)
+    return str(value) if value is not None else "(not recorded)"
+
+
+def _columns(result: EvaluateResult, context: dict[str, Any]) -> list[tuple[str, str]]:
+    code = "added code" if context.get("mode") == "temporal" else "held-out code"
+    present = {name for scores in result.models.values() for name in scores}
+    return [(name, title.format(code=code)) for name, title in ARM_COLUMNS if name in present]
+
+
+def _other_metrics(result: EvaluateResult) -> list[str]:
+    shown = {name for name, _ in ARM_COLUMNS}
     names: list[str] = []
-    for model in MODELS:
-        for name in scores.get(model, {}):
-            if name not in names:
+    for arm in ordered_arms(result.models):
+        for name in result.models[arm.key]:
+            if name not in shown and name not in names:
                 names.append(name)
     return names
 
 
-def render_markdown(scores: dict[str, dict[str, Metric]], decision: Decision, context: dict[str, Any]) -> str:
-    verdict = (
-        "**The candidate wins and is promoted.**"
-        if decision.promote
-        else "**The candidate is not promoted.**"
-    )
-    present = [m for m in MODELS if m in scores]
+def _role(arm: Arm, result: EvaluateResult) -> str:
+    decision = result.decision
+    if decision.arm == arm:
+        return " (chosen)" if decision.promote else " (best candidate arm)"
+    if decision.reference == arm:
+        return " (reference)"
+    return ""
+
+
+def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
+    decision = result.decision
+    arms = ordered_arms(result.models)
+    columns = _columns(result, context)
     lines = [
         "# repotune evaluation",
         "",
-        verdict + " " + decision.reasons[0],
+        f"**{verdict(result)}** {decision.reasons[0]}",
         "",
         *[f"- {reason}" for reason in decision.reasons[1:]],
         "",
-        f"Held-out data: `{context.get('data')}`; candidate `{context.get('candidate')}`; "
-        f"base `{context.get('base')}`"
-        + (f"; champion version {context['champion']}" if context.get("champion") else "")
-        + ".",
+        provenance(result, context),
         "",
-        "| metric | better | " + " | ".join(present) + " |",
-        "|---|---|" + "---|" * len(present),
+        "| arm | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
-    for name in _names(scores):
-        some = next(scores[m][name] for m in present if name in scores[m])
+    for arm in arms:
+        scores = result.models[arm.key]
         lines.append(
-            f"| {name} | {'higher' if some.higher_is_better else 'lower'} | "
-            + " | ".join(_cell(scores[m].get(name)) for m in present)
+            f"| {arm.label}{_role(arm, result)} | "
+            + " | ".join(cell(scores.get(n)) for n, _ in columns)
             + " |"
         )
-    lines += [
-        "",
-        "Values are means over held-out examples (perplexity: token-weighted over blocks) with 95% bootstrap",
-        "confidence intervals; every model answered the same samples. `forgetting_perplexity` is measured on",
-        "general code outside the project (the Python standard library) to catch a model that learned the",
-        "project but lost everything else.",
-    ]
+    others = _other_metrics(result)
+    if others:
+        having = [a for a in arms if any(n in result.models[a.key] for n in others)]
+        lines += ["", "| metric | better | " + " | ".join(a.label for a in having) + " |",
+                  "|---|---|" + "---|" * len(having)]  # fmt: skip
+        for name in others:
+            some = next(result.models[a.key][name] for a in having if name in result.models[a.key])
+            lines.append(
+                f"| {name} | {'higher' if some.higher_is_better else 'lower'} | "
+                + " | ".join(cell(result.models[a.key].get(name)) for a in having)
+                + " |"
+            )
+    lines += ["", _setting_line(result, context), "", *_footer(context)]
     return "\n".join(lines) + "\n"
 
 
-def render_html(scores: dict[str, dict[str, Metric]], decision: Decision, context: dict[str, Any]) -> str:
-    """A self-contained page (no scripts, no external assets) that the KFP UI can show."""
-    present = [m for m in MODELS if m in scores]
-    charts = []
-    for name in _names(scores):
-        values = {m: scores[m][name] for m in present if name in scores[m]}
-        top = max((m.ci_high or m.value) for m in values.values()) or 1.0
-        bars = []
-        for row, (model, metric) in enumerate(values.items()):
-            y = 8 + row * 26
-            width = 300 * metric.value / top
-            bars.append(
-                f'<rect x="90" y="{y}" width="{width:.1f}" height="18" fill="{COLOURS[model]}"/>'
-                f'<text x="84" y="{y + 13}" text-anchor="end" font-size="12">{model}</text>'
-                f'<text x="{94 + width:.1f}" y="{y + 13}" font-size="12">'
-                f"{html.escape(format_value(metric.value))}</text>"
+def _setting_line(result: EvaluateResult, context: dict[str, Any]) -> str:
+    retrieval = "retrieval arms not scored (no index)"
+    if context.get("index"):
+        tokens = context["retrieval_context_tokens"]
+        retrieval = f"retrieval: index {context['index']}, up to {tokens} tokens of context"
+        found = context.get("samples_with_context")
+        if found:
+            retrieval += f", found for {found['lines']} lines and {found['fims']} FIM spans"
+    champion = f"; champion version {context['champion']}" if context.get("champion") else ""
+    timing = f"; scored in {result.seconds:.0f} s" if result.seconds is not None else ""
+    return (
+        f"Held-out data `{context.get('data')}`; candidate `{context.get('candidate')}`; base "
+        f"`{context.get('base')}`{champion}; {retrieval}{timing}."
+    )
+
+
+def _footer(context: dict[str, Any]) -> list[str]:
+    if context.get("mode") == "temporal":
+        code = "the added lines' tokens, the file before them as context"
+    else:
+        code = "every token of the held-out code files"
+    return [
+        f"{FOOTER} (a completion's answer is its first non-blank line), each with its 95% bootstrap",
+        "interval and sample count n; the decision compares arms pair by pair over those samples.",
+        f"Perplexity is token-weighted over {code}, for models without retrieved context.",
+        "The diff-marker share counts line completions that start like a diff line",
+        "(`+`, `-`, `@@`, `diff --git`) or a file header (`<filename>`, `# File:`) where the file's line",
+        "does not. `forgetting_perplexity` is measured on general code outside the project (the Python",
+        "standard library) to catch a model that learned the project but lost everything else.",
+    ]
+
+
+BAR_X = 150
+BAR_WIDTH = 300
+ROW_HEIGHT = 26
+LABEL_GAP = 8
+
+
+def _bars(name: str, metrics: list[tuple[Arm, Metric]]) -> str:
+    """One metric's horizontal bars, one per arm; each row's label sits right of its bar and whisker."""
+    top = max(max(m.value, m.ci_high if m.ci_high is not None else m.value) for _, m in metrics) or 1.0
+    rows = []
+    for row, (arm, metric) in enumerate(metrics):
+        y = 8 + row * ROW_HEIGHT
+        width = BAR_WIDTH * metric.value / top
+        right = BAR_X + width
+        parts = [
+            f'<text class="arm" x="{BAR_X - 6}" y="{y + 13}" text-anchor="end">'
+            f"{html.escape(arm.label)}</text>",
+            f'<rect class="value" x="{BAR_X}" y="{y}" width="{width:.1f}" height="18" '
+            f'fill="{COLOURS.get(arm.key, "#888")}"/>',
+        ]
+        if metric.ci_low is not None and metric.ci_high is not None:
+            x1 = BAR_X + BAR_WIDTH * metric.ci_low / top
+            x2 = BAR_X + BAR_WIDTH * metric.ci_high / top
+            mid = y + 9
+            parts.append(
+                f'<line class="whisker" x1="{x1:.1f}" x2="{x2:.1f}" y1="{mid}" y2="{mid}" stroke="#222"/>'
+                f'<line class="cap" x1="{x1:.1f}" x2="{x1:.1f}" y1="{mid - 5}" y2="{mid + 5}" stroke="#222"/>'
+                f'<line class="cap" x1="{x2:.1f}" x2="{x2:.1f}" y1="{mid - 5}" y2="{mid + 5}" stroke="#222"/>'
             )
-            if metric.ci_low is not None:
-                x1, x2 = 90 + 300 * metric.ci_low / top, 90 + 300 * metric.ci_high / top
-                bars.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y + 9}" y2="{y + 9}" stroke="#222"/>')
-        better = "higher is better" if next(iter(values.values())).higher_is_better else "lower is better"
-        height = 16 + 26 * len(values)
-        charts.append(
-            f"<h3>{html.escape(name)} <small>({better})</small></h3>"
-            f'<svg width="460" height="{height}" role="img">{"".join(bars)}</svg>'
+            right = max(right, x2)
+        parts.append(
+            f'<text class="label" x="{right + LABEL_GAP:.1f}" y="{y + 13}">{html.escape(cell(metric))}</text>'
         )
-    verdict = "promoted" if decision.promote else "not promoted"
+        rows.append(f'<g class="bar" data-arm="{arm.key}">{"".join(parts)}</g>')
+    height = 16 + ROW_HEIGHT * len(metrics)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="820" height="{height}" role="img" '
+        f'aria-label="{html.escape(name)}" font-size="12" font-family="sans-serif">{"".join(rows)}</svg>'
+    )
+
+
+def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
+    """A self-contained page (no scripts, no external assets) that the KFP UI can show."""
+    decision = result.decision
+    arms = ordered_arms(result.models)
+    columns = _columns(result, context)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(arm.label + _role(arm, result))}</th>"
+        + "".join(f"<td>{html.escape(cell(result.models[arm.key].get(n)))}</td>" for n, _ in columns)
+        + "</tr>"
+        for arm in arms
+    )
+    charts = []
+    for name, title in [*columns, *((n, n) for n in _other_metrics(result))]:
+        metrics = [(arm, result.models[arm.key][name]) for arm in arms if name in result.models[arm.key]]
+        better = "higher is better" if metrics[0][1].higher_is_better else "lower is better"
+        charts.append(f"<h3>{html.escape(title)} <small>({better})</small></h3>{_bars(name, metrics)}")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision.reasons)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>repotune evaluation</title>"
-        "<style>body{font-family:sans-serif;max-width:760px;margin:2em}</style></head><body>"
-        f"<h1>Candidate {verdict}</h1><ul>{reasons}</ul>"
-        f"<p>Held-out data: <code>{html.escape(str(context.get('data')))}</code></p>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>repotune evaluation</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em}"
+        "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left;vertical-align:top}td{font-variant-numeric:tabular-nums}"
+        "</style></head><body>"
+        f"<h1>{html.escape(verdict(result))}</h1><ul>{reasons}</ul>"
+        f"<p>{html.escape(provenance(result, context).replace('`', ''))}</p>"
+        f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p><small>{html.escape(_setting_line(result, context).replace('`', ''))}</small></p>"
         + "".join(charts)
-        + "</body></html>\n"
+        + f"<p><small>{html.escape(' '.join(_footer(context)).replace('`', ''))}</small></p></body></html>\n"
     )

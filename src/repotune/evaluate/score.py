@@ -1,28 +1,33 @@
-"""Scores one model on held-out data: every model compared is scored by exactly this code.
+"""Scores one model on held-out data, with and without retrieval: every arm is scored by exactly this code.
 
 Prompts come from ``repotune.data.transforms``, the module training used, so what a model is asked
-here is what it learned to answer. Task samples are drawn with a fixed seed from the held-out records
-only; the same samples go to every model.
+here is what it learned to answer; retrieved context is rendered there too (``code_prompt`` and
+``fim_prompt`` with ``context=``). Samples are drawn once (``repotune.evaluate.samples``) and every arm
+answers the same ones, so per-sample scores pair up across arms.
 """
 
 from __future__ import annotations
 
-import random
-import sysconfig
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repotune.data.transforms import (
-    TransformConfig,
-    commit_pair,
-    commit_prompt,
-    file_header,
-    fim_prompt,
-    has_fim_tokens,
-)
+from repotune.data.transforms import code_prompt, commit_prompt, fim_prompt, has_fim_tokens
 from repotune.errors import RepotuneError
+from repotune.evaluate.arms import Arm
+from repotune.evaluate.decide import MARKER_METRIC
+from repotune.evaluate.generate import (
+    Completion,
+    Progress,
+    complete_lines,
+    context_limit,
+    starts_like_training_format,
+    tokenized,
+    window_nll,
+    windows,
+)
 from repotune.evaluate.metrics import (
     Metric,
     chrf,
@@ -32,116 +37,91 @@ from repotune.evaluate.metrics import (
     summarize,
     summarize_perplexity,
 )
-from repotune.records import Kind, Record
+from repotune.evaluate.samples import Samples, ScoredText, draw_samples
 
-FILE_KINDS = (Kind.CODE,)
+__all__ = ["ArmScores", "Scorer", "ScoringConfig", "draw_samples", "metric_from_dict", "metric_to_dict"]
+
+PAIRED_METRICS = ("line_exact_match", "line_edit_similarity", "fim_exact_match", "fim_edit_similarity")
+"""Completion metrics kept per sample, so arms can be compared pair by pair."""
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
     seq_len: int = 256
-    """Tokens per block for perplexity."""
+    """Tokens per perplexity window; windows overlap by half, so a scored token has at least half of
+    this as context where the file has it."""
     max_blocks: int = 64
-    """Held-out blocks scored for perplexity (each block is one bootstrap example)."""
+    """Perplexity windows scored (each one bootstrap example), a seeded draw when there are more."""
     line_samples: int = 40
-    """Lines cut from held-out code files for line completion."""
+    """Lines cut from held-out code for line completion (in a temporal split, added lines only)."""
     fim_samples: int = 20
-    """Spans cut from held-out code files for fill-in-the-middle (models with FIM tokens only)."""
+    """Spans cut from held-out code for fill-in-the-middle (models with FIM tokens only)."""
     commit_samples: int = 20
     """Held-out commits whose subject line is generated from the diff."""
     context_chars: int = 1500
-    """Characters of preceding (and, for FIM, following) code given as context."""
+    """Characters of the file before (and, for FIM, after) the cursor given as context."""
     max_new_tokens: int = 32
-    """Tokens generated per completion (greedy)."""
+    """Tokens a completion may take to write its first non-blank line (greedy)."""
     forgetting_files: int = 16
-    """Files of general Python code (this interpreter's standard library) for the forgetting check."""
+    """Files of general Python code (this interpreter's standard library) for the forgetting check; 0
+    skips it."""
     forgetting_source: str | None = None
     """A folder of general code for the forgetting check; None uses the standard library."""
+    retrieval: bool = True
+    """Also score the base model and the candidate with context retrieved from the repository (from
+    the training records only, or the index given to the stage)."""
+    batch_size: int = 8
+    """Prompts per `generate` call and perplexity windows per forward pass; 1 scores one at a time,
+    with the same numbers, slower."""
+    progress_seconds: float = 5.0
+    """Seconds between progress lines (samples scored, time left)."""
+    device: str | None = None
+    """torch device to score on (`cpu`, `cuda`, `cuda:1`); None: the GPU when there is one, else the CPU."""
     seed: int = 0
     """Seed of every sample drawn."""
 
+    def __post_init__(self) -> None:
+        for name, minimum in (("seq_len", 2), ("max_blocks", 1), ("max_new_tokens", 1), ("batch_size", 1),
+                              ("context_chars", 1)):  # fmt: skip
+            _check_int(name, getattr(self, name), minimum)
+        for name in ("line_samples", "fim_samples", "commit_samples", "forgetting_files", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        if not (isinstance(self.progress_seconds, int | float) and math.isfinite(self.progress_seconds)) or (
+            self.progress_seconds < 0
+        ):
+            raise RepotuneError(
+                f"progress_seconds must be a number of at least 0, got {self.progress_seconds!r}"
+            )
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RepotuneError(
+            f"evaluation setting {name} must be a whole number of at least {minimum}, got {value!r}"
+        )
+
 
 @dataclass(frozen=True)
-class Samples:
-    """The tasks every model answers: drawn once, from held-out records only."""
+class ArmScores:
+    """What one arm scored: summarized metrics, per-sample scores and its answers."""
 
-    perplexity_records: list[Record]
-    lines: list[tuple[str, str, str]]  # (path, prefix, expected line)
-    fims: list[tuple[str, str, str, str]]  # (path, prefix, expected middle, suffix)
-    commits: list[tuple[str, str]]  # (diff, expected subject)
-    general: list[Record]
-
-
-def draw_samples(eval_records: list[Record], config: ScoringConfig) -> Samples:
-    rng = random.Random(config.seed)
-    code = [r for r in eval_records if r.kind in FILE_KINDS and r.file_path]
-    lines: list[tuple[str, str, str]] = []
-    fims: list[tuple[str, str, str, str]] = []
-    candidates = []
-    for record in code:
-        text = record.content
-        starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
-        for start in starts[1:]:
-            end = text.find("\n", start)
-            line = text[start : end if end >= 0 else len(text)]
-            if len(line.strip()) >= 8:  # blank and trivial lines say nothing about the project
-                candidates.append((record, start, len(line)))
-    rng.shuffle(candidates)
-    for record, start, length in candidates[: config.line_samples]:
-        text = record.content
-        lines.append(
-            (
-                record.file_path,
-                text[max(0, start - config.context_chars) : start],
-                text[start : start + length],
-            )
-        )
-    for record, start, length in candidates[config.line_samples : config.line_samples + config.fim_samples]:
-        text = record.content
-        # The middle is the rest of a line from a random column: the completion an editor asks for.
-        column = start + rng.randrange(0, max(1, length // 2))
-        end = start + length
-        fims.append(
-            (
-                record.file_path,
-                text[max(0, column - config.context_chars) : column],
-                text[column:end],
-                text[end : end + config.context_chars],
-            )
-        )
-    commits = []
-    for record in (r for r in eval_records if r.kind is Kind.COMMIT):
-        diff, message = commit_pair(record)
-        subject = message.strip().split("\n", 1)[0].strip()
-        if diff and subject:
-            commits.append((diff[: config.context_chars * 2], subject))
-    rng.shuffle(commits)
-    return Samples(
-        perplexity_records=eval_records,
-        lines=lines,
-        fims=fims,
-        commits=commits[: config.commit_samples],
-        general=_general_records(config, rng),
-    )
+    metrics: dict[str, Metric]
+    per_sample: dict[str, list[float]] = field(default_factory=dict)
+    """Per-sample scores of the completion metrics, in sample order (the same order in every arm)."""
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    """``line`` and ``fim``: each sample's answer, in sample order."""
 
 
-def _general_records(config: ScoringConfig, rng: random.Random) -> list[Record]:
-    root = Path(config.forgetting_source or sysconfig.get_paths()["stdlib"])
-    if not root.is_dir():
-        raise RepotuneError(f"forgetting_source {root} is not a folder")
-    files = sorted(p for p in root.glob("*.py") if p.is_file())  # top level only: small and general
-    rng.shuffle(files)
-    records = []
-    for path in files[: config.forgetting_files]:
-        text = path.read_text(encoding="utf-8", errors="replace")[:20_000]
-        records.append(
-            Record(content=text, kind=Kind.CODE, source=str(root), id=path.name, file_path=path.name)
-        )
-    return records
+@dataclass(frozen=True)
+class Contexts:
+    """Retrieved context for each line and FIM sample, rendered for one tokenizer."""
+
+    lines: list[str]
+    fims: list[str]
 
 
 class Scorer:
-    """One loaded model (merged folder) and its tokenizer, scoring ``Samples``."""
+    """One loaded model (merged folder) and its tokenizer, scoring ``Samples`` with and without context."""
 
     def __init__(self, model_dir: Path, config: ScoringConfig) -> None:
         import torch
@@ -151,116 +131,173 @@ class Scorer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        # Packed blocks need the position-id path: no KV cache while scoring (see data/packing.py).
-        self.model.config.use_cache = False
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # float32 everywhere: the arms are compared on small differences, and a 0.1-2B model fits.
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
         self.fim = has_fim_tokens(self.tokenizer)
-        # Per-block (nll, tokens) of each perplexity metric, for paired comparisons between models.
-        self.pairs: dict[str, list[tuple[float, int]]] = {}
+        self.max_prompt_tokens = context_limit(self.model) - config.max_new_tokens
+        """The longest prompt the model can take and still write ``max_new_tokens``."""
+        self._answered: dict[str, Completion] = {}
 
-    def perplexity(self, records: list[Record], name: str) -> Metric:
-        import torch
+    def perplexity(
+        self, texts: Sequence[ScoredText], what: str, log: Callable[[str], None]
+    ) -> list[tuple[float, int]]:
+        """(nll, tokens) per scored window of ``texts``; empty when no window scores a token."""
+        tokens = tokenized(texts, self.tokenizer)
+        chosen = windows(tokens, self.config.seq_len, self.config.max_blocks, self.config.seed)
+        progress = Progress(log, what, len(chosen), every=self.config.progress_seconds, unit=" windows")
+        pairs = window_nll(self.model, tokens, chosen, batch_size=self.config.batch_size, progress=progress)
+        return [pair for pair in pairs if pair[1] > 0]
 
-        from repotune.data.packing import pack, tokenize_records
+    def complete(self, prompts: Sequence[str], what: str, log: Callable[[str], None]) -> list[Completion]:
+        """Completions of ``prompts``; a prompt this model already answered is not generated again.
 
-        sequences = tokenize_records(records, self.tokenizer, TransformConfig(fim_rate=0.0), None)
-        blocks = pack(sequences, self.config.seq_len).head(self.config.max_blocks)
-        pairs = []
-        with torch.no_grad():
-            for i in range(len(blocks)):
-                ids = torch.as_tensor(blocks.input_ids[i : i + 1], dtype=torch.long)
-                positions = torch.as_tensor(blocks.position_ids[i : i + 1], dtype=torch.long)
-                labels = torch.as_tensor(blocks.labels[i : i + 1], dtype=torch.long)
-                logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, :-1]
-                target = labels[0, 1:]
-                mask = target != -100
-                nll = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
-                pairs.append((float(nll), int(mask.sum())))
-        self.pairs[name] = [p for p in pairs if p[1] > 0]
-        return summarize_perplexity(name, self.pairs[name])
-
-    def complete_line(self, prompt: str) -> str:
-        """Greedy completion of the line that follows ``prompt``, without its newline.
-
-        A prompt that ends with a newline is sent without it: BPE tokenizers merge a newline with the
-        indentation after it into one token, so a prompt cut after the newline asks the model for a
-        token sequence it never saw in training. The model writes the newline itself, and the line
-        is what follows it.
+        Greedy decoding gives one answer per prompt, batched or not, so a retrieval arm's prompt that
+        found no context (the same text as without retrieval) reuses the answer it already has.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        new = list(dict.fromkeys(p for p in prompts if p not in self._answered))
+        if len(new) < len(prompts):
+            log(f"  {what}: {len(prompts) - len(new)} of {len(prompts)} prompts asked before, answers reused")
+        progress = Progress(log, what, len(new), every=self.config.progress_seconds)
+        done = complete_lines(
+            self.model,
+            self.tokenizer,
+            new,
+            batch_size=self.config.batch_size,
+            max_new_tokens=self.config.max_new_tokens,
+            progress=progress,
+        )
+        self._answered.update(zip(new, done, strict=True))
+        return [self._answered[p] for p in prompts]
 
-        new_line = prompt.endswith("\n")
-        text = prompt[:-1] if new_line else prompt
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        start = ids.shape[1]
+    def score(
+        self,
+        samples: Samples,
+        model: str,
+        log: Callable[[str], None],
+        *,
+        contexts: Contexts | None = None,
+        retrieval_only: bool = False,
+    ) -> dict[Arm, ArmScores]:
+        """The arms of this model: without retrieval (every task), and with ``contexts`` when given
+        (completion tasks only). ``retrieval_only`` scores the retrieval arm alone (a champion
+        deployed with retrieval), its model-level metrics (perplexity, forgetting, commits) included."""
+        arms: dict[Arm, ArmScores] = {}
+        if not retrieval_only:
+            arms[Arm(model)] = self._score_arm(samples, Arm(model), None, log, model_level=True)
+        if contexts is not None:
+            arm = Arm(model, True)
+            arms[arm] = self._score_arm(samples, arm, contexts, log, model_level=retrieval_only)
+        return arms
+
+    def _score_arm(
+        self,
+        samples: Samples,
+        arm: Arm,
+        contexts: Contexts | None,
+        log: Callable[[str], None],
+        *,
+        model_level: bool,
+    ) -> ArmScores:
+        metrics: dict[str, Metric] = {}
+        per_sample: dict[str, list[float]] = {}
+        answers: dict[str, list[str]] = {}
         tokenizer = self.tokenizer
-
-        class LineDone(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> bool:
-                generated = tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
-                return "\n" in (generated[1:] if new_line else generated)
-
-        with torch.no_grad():
-            out = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.config.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([LineDone()]),
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        generated = self.tokenizer.decode(out[0, start:], skip_special_tokens=True)
-        if new_line:
-            if not generated.startswith("\n"):
-                return ""  # the model went on with the previous line: no next line predicted
-            generated = generated[1:]
-        return generated.split("\n", 1)[0]
-
-    def score(self, samples: Samples, log: Callable[[str], None]) -> dict[str, Metric]:
-        metrics = {"perplexity": self.perplexity(samples.perplexity_records, "perplexity")}
-        log(f"  perplexity {metrics['perplexity'].describe()}")
-        if samples.general:
-            metrics["forgetting_perplexity"] = self.perplexity(samples.general, "forgetting_perplexity")
+        if model_level:
+            code = "added code" if samples.mode == "temporal" else "held-out code"
+            for name, texts, what in (
+                ("perplexity", samples.perplexity, code),
+                ("forgetting_perplexity", samples.general, "general code"),
+            ):
+                pairs = self.perplexity(texts, f"{arm.label}: perplexity of {what}", log) if texts else []
+                if pairs:
+                    metrics[name] = summarize_perplexity(name, pairs)
         if samples.lines:
-            predictions = [
-                self.complete_line(file_header(path, self.tokenizer) + prefix)
-                for path, prefix, _ in samples.lines
+            prompts = [
+                code_prompt(
+                    s.prefix, path=s.path, tokenizer=tokenizer, context=contexts.lines[i] if contexts else ""
+                )
+                for i, s in enumerate(samples.lines)
             ]
-            expected = [line for _, _, line in samples.lines]
-            metrics |= _scored(
-                "line",
-                predictions,
-                expected,
-                {"exact_match": exact_match, "edit_similarity": edit_similarity},
-            )
-            log(f"  line completion {metrics['line_edit_similarity'].describe()}")
+            done = self.complete(prompts, f"{arm.label}: line completion", log)
+            expected = [s.expected for s in samples.lines]
+            answers["line"] = [c.text for c in done]
+            metrics |= _scored("line", answers["line"], expected, per_sample)
+            markers = [
+                float(starts_like_training_format(c.raw, e)) for c, e in zip(done, expected, strict=True)
+            ]
+            metrics[MARKER_METRIC] = summarize(MARKER_METRIC, markers, higher_is_better=False)
+            per_sample[MARKER_METRIC] = markers
         if samples.fims and self.fim:
-            predictions = [
-                self.complete_line(fim_prompt(prefix, suffix, path=path, tokenizer=self.tokenizer))
-                for path, prefix, _, suffix in samples.fims
+            prompts = [
+                fim_prompt(
+                    s.prefix,
+                    s.suffix,
+                    path=s.path,
+                    tokenizer=tokenizer,
+                    context=contexts.fims[i] if contexts else "",
+                )
+                for i, s in enumerate(samples.fims)
             ]
-            expected = [middle for _, _, middle, _ in samples.fims]
-            metrics |= _scored(
-                "fim", predictions, expected, {"exact_match": exact_match, "edit_similarity": edit_similarity}
+            done = self.complete(prompts, f"{arm.label}: fill-in-the-middle", log)
+            answers["fim"] = [c.text for c in done]
+            metrics |= _scored("fim", answers["fim"], [s.middle for s in samples.fims], per_sample)
+        if model_level and samples.commits:
+            done = self.complete(
+                [commit_prompt(d) for d, _ in samples.commits], f"{arm.label}: commit subjects", log
             )
-        if samples.commits:
-            predictions = [self.complete_line(commit_prompt(diff)) for diff, _ in samples.commits]
-            expected = [subject for _, subject in samples.commits]
-            metrics |= _scored("commit", predictions, expected, {"rouge_l": rouge_l, "chrf": chrf})
-        return metrics
+            subjects = [subject for _, subject in samples.commits]
+            for name, score in (("rouge_l", rouge_l), ("chrf", chrf)):
+                values = [score(c.text.strip(), e) for c, e in zip(done, subjects, strict=True)]
+                metrics[f"commit_{name}"] = summarize(f"commit_{name}", values, higher_is_better=True)
+        return ArmScores(metrics, per_sample, answers)
 
 
 def _scored(
-    task: str, predictions: list[str], expected: list[str], scores: dict[str, Callable[[str, str], float]]
+    task: str, predictions: list[str], expected: list[str], per_sample: dict[str, list[float]]
 ) -> dict[str, Metric]:
-    """One metric per scoring function (all higher-is-better), named ``{task}_{score}``."""
-    pairs = list(zip(predictions, expected, strict=True))
-    return {
-        f"{task}_{name}": summarize(f"{task}_{name}", [score(p, e) for p, e in pairs], True)
-        for name, score in scores.items()
-    }
+    """Exact match and edit similarity of ``task``'s answers, summarized; per sample into ``per_sample``."""
+    metrics = {}
+    for name, score in (("exact_match", exact_match), ("edit_similarity", edit_similarity)):
+        values = [score(p, e) for p, e in zip(predictions, expected, strict=True)]
+        per_sample[f"{task}_{name}"] = values
+        metrics[f"{task}_{name}"] = summarize(f"{task}_{name}", values, True)
+    return metrics
+
+
+def retrieval_contexts(
+    index: Any, samples: Samples, tokenizer: Any, max_tokens: int, *, max_prompt_tokens: int | None = None
+) -> Contexts:
+    """The context ``build_context`` retrieves for each line and FIM sample, within ``max_tokens``.
+
+    With ``max_prompt_tokens`` (the model's context less the tokens it generates), a sample's context
+    also leaves room for its own prompt: a prompt too long for the model loses its oldest tokens,
+    which would be the retrieved context and, for FIM, the ``<fim_prefix>`` sentinel.
+    """
+    from repotune.retrieval import build_context
+
+    def budget(prompt: str) -> int:
+        if max_prompt_tokens is None:
+            return max_tokens
+        return min(max_tokens, max_prompt_tokens - len(tokenizer.encode(prompt, add_special_tokens=False)))
+
+    lines = []
+    for s in samples.lines:
+        room = budget(code_prompt(s.prefix, path=s.path, tokenizer=tokenizer))
+        lines.append(
+            build_context(index, s.prefix, tokenizer=tokenizer, path=s.path, max_tokens=room)
+            if room > 0
+            else ""
+        )
+    fims = []
+    for s in samples.fims:
+        room = budget(fim_prompt(s.prefix, s.suffix, path=s.path, tokenizer=tokenizer))
+        fims.append(
+            build_context(index, s.prefix, tokenizer=tokenizer, path=s.path, suffix=s.suffix, max_tokens=room)
+            if room > 0
+            else ""
+        )
+    return Contexts(lines, fims)
 
 
 def metric_from_dict(name: str, values: dict[str, Any]) -> Metric:

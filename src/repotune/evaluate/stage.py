@@ -1,11 +1,16 @@
-"""The evaluate stage: score base, candidate and champion on held-out data, decide, register.
+"""The evaluate stage: score the arms on held-out data, decide, register.
 
     result = repotune.evaluate.run(EvaluateConfig(model=Path("m"), data=Path("data"), output=Path("eval")))
-    result.promote, result.decision.reasons, result.models["candidate"]["perplexity"]
+    result.promote, result.arm, result.decision.reasons
+    result.models["candidate_retrieval"]["line_edit_similarity"]
 
-Writes the files :class:`EvaluateLayout` names: every metric of every model (with sample counts and
-confidence intervals) and the decision, and the reports. With a tracking URI, the candidate is
-registered as a new model version and the ``champion`` alias moves only when the decision says so.
+The arms are base, base + retrieval, candidate and candidate + retrieval, and the registered champion
+at the arm it was deployed with; all answer the same samples. Retrieval searches an index of the
+training records only (``train.jsonl``), or the index folder given. Writes the files
+:class:`EvaluateLayout` names: every metric of every arm (with sample counts and confidence intervals),
+the decision and the arm it chose, each sample's answers, and the reports. With a tracking URI, the
+candidate is registered as a new model version tagged with its arm, and the ``champion`` alias moves
+only when the decision says so.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +26,7 @@ from typing import Any
 
 from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
+from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import Decision, Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.metrics import Metric
@@ -34,11 +41,14 @@ class EvaluateConfig:
     data: Path
     """Folder written by `repotune clean`."""
     output: Path
-    """Folder for metrics.json and the reports."""
+    """Folder for metrics.json, completions.jsonl and the reports."""
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    """What every model is asked (the same samples for each) and how it is scored."""
+    """What every arm is asked (the same samples for each) and how it is scored."""
     policy: Policy = field(default_factory=Policy)
-    """What the candidate must show to be promoted."""
+    """What a candidate arm must show to be promoted."""
+    index: Path | None = None
+    """A retrieval index folder (`RetrievalIndex.save`) of the repository at the training revision for
+    the retrieval arms; None builds one from the clean folder's train.jsonl."""
     tracking_uri: str | None = None
     """MLflow URI: register the candidate, move the champion."""
     model_name: str = "repotune"
@@ -54,19 +64,32 @@ class EvaluateResult:
     output: EvaluateLayout
     decision: Decision
     models: dict[str, dict[str, Metric]]
-    """Every metric of every model scored, by model (``base``, ``candidate``, ``champion``) and name."""
+    """Every metric of every arm scored, by arm key (``base``, ``base_retrieval``, ``candidate``,
+    ``candidate_retrieval``, ``champion`` or ``champion_retrieval``) and metric name. Model-level
+    metrics (perplexity, forgetting, commit subjects) are under the model's arm without retrieval."""
     data: Path
     """The clean folder whose held-out records were scored."""
     registered_version: str | None
     """The candidate's version in the MLflow registry; None without tracking."""
+    split: dict[str, Any] | None = None
+    """What the model was trained on and scored on (``mode``, ``cut``, ``trained_on``, ``scored_on``),
+    from the clean folder's stats.json; None when it records no split."""
+    seconds: float | None = None
+    """Wall time of the scoring, in seconds."""
 
     @property
     def promote(self) -> bool:
         return self.decision.promote
 
     @property
+    def arm(self) -> Arm | None:
+        """The candidate arm chosen (``arm.retrieval``: serve with retrieval), or the best one when
+        not promoted."""
+        return self.decision.arm
+
+    @property
     def metrics(self) -> dict[str, float]:
-        """The numbers the KFP UI shows for the step: ``MODEL.METRIC`` to value."""
+        """The numbers the KFP UI shows for the step: ``ARM.METRIC`` to value."""
         return {
             f"{name}.{metric}": float(score.value)
             for name, scores in self.models.items()
@@ -84,21 +107,27 @@ class EvaluateResult:
         """The result an evaluation wrote into ``folder`` (a pipeline step's output, say)."""
         layout = EvaluateLayout(folder)
         saved = json.loads(layout.metrics.read_text())
+        decision = saved["decision"]
         return cls(
             output=layout,
-            decision=Decision(bool(saved["decision"]["promote"]), tuple(saved["decision"]["reasons"])),
+            decision=Decision(
+                bool(decision["promote"]),
+                tuple(decision["reasons"]),
+                Arm.from_key(decision["arm"]) if decision.get("arm") else None,
+                Arm.from_key(decision["reference"]) if decision.get("reference") else None,
+            ),
             models={
                 name: {key: metric_from_dict(key, values) for key, values in scores.items()}
                 for name, scores in saved["models"].items()
             },
             data=Path(saved["context"]["data"]),
             registered_version=saved.get("registered_version"),
+            split=saved.get("split"),
+            seconds=saved.get("seconds"),
         )
 
 
-def _base_model_dir(model_dir: Path) -> Path:
-    from repotune.models import resolve_base_model
-
+def _summary(model_dir: Path) -> dict[str, Any]:
     model = TrainLayout(model_dir)
     if not model.config.is_file():
         raise RepotuneError(f"{model_dir} holds no model (config.json); run `repotune train` into it first")
@@ -106,21 +135,72 @@ def _base_model_dir(model_dir: Path) -> Path:
         raise RepotuneError(
             f"{model_dir} has no {model.summary.name}: cannot tell which base model to compare with"
         )
-    return resolve_base_model(json.loads(model.summary.read_text())["base_model"])
+    return json.loads(model.summary.read_text())
+
+
+def context_budget(summary: dict[str, Any]) -> int:
+    """Tokens of retrieved context to put in front of a prompt: the budget the model was trained with
+    (its recipe's ``data.retrieval_context_tokens``, where ``data.retrieval_rate`` gave training examples
+    context), else the retrieval default, which serving uses too.
+
+    A model trained without context learned no budget; the recipe's number then means nothing, and a
+    small one (the demo's 96 tokens) fits no chunk of 20 lines of code, which would leave the
+    retrieval arms with no context at all.
+    """
+    from repotune.retrieval import RetrievalConfig
+
+    data = (summary.get("recipe") or {}).get("data") or {}
+    budget, rate = data.get("retrieval_context_tokens"), data.get("retrieval_rate") or 0
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 and rate > 0:
+        return budget
+    return RetrievalConfig().max_context_tokens
+
+
+def retrieval_index(config: EvaluateConfig, log: Callable[[str], None]) -> Any | None:
+    """The index the retrieval arms search: ``config.index``, else one built over the clean folder's
+    training records (never the held-out ones); None when there is nothing to retrieve from."""
+    from repotune.clean.layout import CleanLayout
+    from repotune.records import read_records
+    from repotune.retrieval import RetrievalIndex
+
+    if config.index is not None:
+        index = RetrievalIndex.load(config.index)
+        log(f"retrieval index: {config.index} ({len(index):,} chunks, revision {index.revision})")
+    else:
+        train = CleanLayout(config.data).train
+        if not train.is_file():
+            log(f"retrieval arms not scored: {config.data} has no {train.name} to build an index from")
+            return None
+        index = RetrievalIndex.build(read_records(train), log=log)
+    if len(index) == 0:
+        log("retrieval arms not scored: the index holds no code or doc chunks")
+        return None
+    return index
+
+
+def _split(data: Path) -> dict[str, Any] | None:
+    from repotune.clean.layout import CleanLayout
+
+    stats = CleanLayout(data).stats
+    if not stats.is_file():
+        return None
+    split = json.loads(stats.read_text()).get("split")
+    return split if isinstance(split, dict) else None
 
 
 def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> EvaluateResult:
     """Score and decide; with ``config.tracking_uri`` also log the evaluation and register the candidate.
 
     The candidate goes into the MLflow model registry as a new version of ``config.model_name`` (its
-    model folder is logged as the run's ``model`` artifact), tagged with its metrics and the decision;
-    the ``champion`` alias moves to it only when the decision says so.
+    model folder is logged as the run's ``model`` artifact), tagged with the chosen arm's metrics, the
+    arm and the decision; the ``champion`` alias moves to it only when the decision says so.
     """
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate import report
     from repotune.evaluate.decide import should_promote
-    from repotune.evaluate.registry import Registry
-    from repotune.evaluate.score import Scorer, draw_samples
+    from repotune.evaluate.registry import RETRIEVAL_TAG, Registry
+    from repotune.evaluate.samples import draw_samples
+    from repotune.models import resolve_base_model
     from repotune.records import read_records
     from repotune.tracking import evaluate_run, make_tracker, split_datasets
 
@@ -134,55 +214,98 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     registry = Registry(config.tracking_uri, config.model_name) if config.tracking_uri else None
     if registry is not None:
         registry.check()  # an unreachable registry fails the stage now, and nothing is deployed
-    base_dir = _base_model_dir(model_dir)
+    summary = _summary(model_dir)
+    base_dir = resolve_base_model(summary["base_model"])
+    started = time.monotonic()
     samples = draw_samples(eval_records, scoring)
     log(
-        f"samples: {len(samples.lines)} lines, {len(samples.fims)} FIM spans, "
-        f"{len(samples.commits)} commits, {len(eval_records)} held-out records for perplexity, "
+        f"samples ({samples.mode} split): {len(samples.lines)} lines, {len(samples.fims)} FIM spans, "
+        f"{len(samples.commits)} commits, {len(samples.perplexity)} files for perplexity, "
         f"{len(samples.general)} general files"
     )
-    models: dict[str, Path] = {"base": base_dir, "candidate": model_dir}
+    index = retrieval_index(config, log) if scoring.retrieval else None
+    budget = context_budget(summary)
     champion = registry.champion() if registry is not None else None
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:
+        # (model, folder, retrieval budget, score the retrieval arm alone)
+        models: list[tuple[str, Path, int, bool]] = [
+            ("base", base_dir, budget, False),
+            ("candidate", model_dir, budget, False),
+        ]
         if champion is not None:
-            log(f"champion: {config.model_name} version {champion.version}")
-            models["champion"] = registry.download(champion.version, Path(tmp))
+            deployed_with_retrieval = champion.tags.get(RETRIEVAL_TAG) == "true"
+            folder = registry.download(champion.version, Path(tmp))
+            log(f"champion: {config.model_name} version {champion.version}" + (
+                " (deployed with retrieval)" if deployed_with_retrieval else ""))  # fmt: skip
+            if deployed_with_retrieval and index is None:
+                log("the champion is deployed with retrieval, but there is no index: scored without it")
+            champion_budget = (
+                context_budget(_summary(folder)) if (folder / "train_summary.json").is_file() else budget
+            )
+            models.append(
+                ("champion", folder, champion_budget, deployed_with_retrieval and index is not None)
+            )
         scores: dict[str, dict[str, Metric]] = {}
-        pairs: dict[str, dict[str, list[tuple[float, int]]]] = {}
-        for name, folder in models.items():
+        per_sample: dict[str, dict[str, list[float]]] = {}
+        answers: dict[str, dict[str, list[str]]] = {}
+        found: dict[str, int] = {}
+        for name, folder, tokens, retrieval_only in models:
             log(f"scoring the {name} model ({folder})")
-            scorer = Scorer(folder, scoring)
-            scores[name] = scorer.score(samples, log)
-            pairs[name] = scorer.pairs
-    paired = _paired(pairs, policy.primary)
-    decision = should_promote(scores["candidate"], scores["base"], scores.get("champion"), policy, paired)
+            scored, contexts = _score_model(
+                name, folder, samples, scoring, index, tokens, retrieval_only, log
+            )
+            if name == "candidate" and contexts is not None:
+                found = {"lines": sum(map(bool, contexts.lines)), "fims": sum(map(bool, contexts.fims))}
+            for arm, result in scored.items():
+                scores[arm.key], per_sample[arm.key], answers[arm.key] = (
+                    result.metrics, result.per_sample, result.answers,
+                )  # fmt: skip
+    seconds = round(time.monotonic() - started, 1)
+    decision = should_promote(scores, policy, per_sample)
     log(decision.reasons[0])
+    split = _split(data_dir)
     context = {
         "data": str(data_dir),
         "candidate": str(model_dir),
         "base": str(base_dir),
         "champion": champion.version if champion is not None else None,
-    }
+        "mode": samples.mode,
+        "index": str(config.index) if config.index is not None else (
+            f"built from {CleanLayout(data_dir).train.name}" if index is not None else None),
+        "retrieval_context_tokens": budget if index is not None else None,
+        "samples_with_context": found or None,
+    }  # fmt: skip
     layout = EvaluateLayout(config.output)
-    result = EvaluateResult(layout, decision, scores, data_dir, registered_version=None)
+    result = EvaluateResult(layout, decision, scores, data_dir, None, split, seconds)
     saved: dict[str, Any] = {
-        "decision": {"promote": decision.promote, "reasons": list(decision.reasons)},
+        "decision": {
+            "promote": decision.promote,
+            "reasons": list(decision.reasons),
+            "arm": decision.arm.key if decision.arm else None,
+            "retrieval": decision.arm.retrieval if decision.arm else None,
+            "reference": decision.reference.key if decision.reference else None,
+        },
         "models": result.models_as_dicts(),
+        "paired": _paired(per_sample, decision),
+        "split": split,
         "context": context,
-        "paired_change": {ref: list(ci) for ref, ci in paired.items()},
+        "seconds": seconds,
         "config": asdict(scoring),
         "policy": asdict(policy),
     }
     config.output.mkdir(parents=True, exist_ok=True)
     write_json(layout.metrics, saved)
+    _write_completions(layout.completions, samples, answers)
     with atomic_open(layout.report_md) as handle:
-        handle.write(report.render_markdown(scores, decision, context))
+        handle.write(report.render_markdown(result, context))
     with atomic_open(layout.report_html) as handle:
-        handle.write(report.render_html(scores, decision, context))
+        handle.write(report.render_html(result, context))
+    log(f"scored in {seconds:.0f} s")
     if registry is None:
         return result
+    arm = decision.arm or Arm("candidate")
     tracker = make_tracker(config.tracking_uri, config.experiment)
-    with tracker.start_run(*evaluate_run(json.loads(TrainLayout(model_dir).summary.read_text()))):
+    with tracker.start_run(*evaluate_run(summary)):
         tracker.log_dataset(split_datasets(data_dir)["evaluation"], "evaluation")
         for name, metrics in scores.items():
             tracker.log_metrics({f"{name}.{key}": metric.value for key, metric in metrics.items()})
@@ -190,42 +313,80 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             tracker.log_artifact(path)
         scratch = tuple(path.name for path in TrainLayout(model_dir).scratch)
         tracker.log_model(model_dir, exclude=(*scratch, ".*"))
-        version = registry.register_candidate(
-            tracker.run_id, "model", _tags(model_dir), metrics=scores["candidate"]
-        )
+        # The chosen arm's own scores over the model's (perplexity, forgetting): what it is deployed as.
+        tagged = {**scores.get(arm.without_retrieval.key, {}), **scores.get(arm.key, {})}
+        version = registry.register_candidate(tracker.run_id, "model", _tags(summary), metrics=tagged)
     registry.record_decision(version, decision)
     if decision.promote:
         registry.promote(version, decision)
-        log(f"registered {config.model_name} version {version} and made it the champion")
+        log(f"registered {config.model_name} version {version} and made it the champion ({arm.label})")
     else:
         log(f"registered {config.model_name} version {version}; the champion stays")
     saved["registered_version"] = version
     write_json(layout.metrics, saved)
-    return EvaluateResult(layout, decision, scores, data_dir, registered_version=version)
+    return EvaluateResult(layout, decision, scores, data_dir, version, split, seconds)
 
 
-def _paired(
-    pairs: dict[str, dict[str, list[tuple[float, int]]]], metric: str
-) -> dict[str, tuple[float, float]]:
-    """Paired-bootstrap CIs of the candidate's relative change in ``metric`` against each other model.
+def _score_model(
+    name: str,
+    folder: Path,
+    samples: Any,
+    scoring: ScoringConfig,
+    index: Any | None,
+    budget: int,
+    retrieval_only: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[Arm, Any], Any]:
+    """The model's arms, and the contexts its retrieval arm was given (None without one)."""
+    from repotune.evaluate.score import Scorer, retrieval_contexts
 
-    Only where both models scored the very same blocks (same count and token counts: same tokenizer).
-    """
-    from repotune.evaluate.metrics import paired_relative_change_ci
+    scorer = Scorer(folder, scoring)
+    contexts = None
+    if index is not None:
+        limit = scorer.max_prompt_tokens
+        contexts = retrieval_contexts(index, samples, scorer.tokenizer, budget, max_prompt_tokens=limit)
+    scored = scorer.score(samples, name, log, contexts=contexts, retrieval_only=retrieval_only)
+    for arm, result in scored.items():
+        shown = [m for m in ("line_edit_similarity", "line_exact_match", "perplexity") if m in result.metrics]
+        log(f"  {arm.label}: " + "; ".join(result.metrics[m].describe() for m in shown))
+    return scored, contexts
 
-    candidate = pairs["candidate"].get(metric)
-    result: dict[str, tuple[float, float]] = {}
-    for reference in ("base", "champion"):
-        other = pairs.get(reference, {}).get(metric)
-        if candidate and other and [t for _, t in candidate] == [t for _, t in other]:
-            result[reference] = paired_relative_change_ci(candidate, other)
+
+def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -> dict[str, Any]:
+    """For each candidate arm, the paired 95% interval of its difference from the reference on each
+    completion metric (the intervals the decision used)."""
+    from repotune.evaluate.decide import CANDIDATE_ARMS, paired_change
+    from repotune.evaluate.score import PAIRED_METRICS
+
+    reference = decision.reference
+    if reference is None:
+        return {}
+    result: dict[str, Any] = {}
+    for arm in CANDIDATE_ARMS:
+        for metric in PAIRED_METRICS:
+            ci = paired_change(per_sample, arm, reference, metric)
+            if ci is not None:
+                result.setdefault(arm.key, {})[metric] = {"reference": reference.key, "ci": list(ci)}
     return result
 
 
-def _tags(model_dir: Path) -> dict[str, str]:
+def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, list[str]]]) -> None:
+    with atomic_open(path) as handle:
+        for task, items in (("line", samples.lines), ("fim", samples.fims)):
+            for i, sample in enumerate(items):
+                expected = sample.expected if task == "line" else sample.middle
+                row = {
+                    "task": task,
+                    "path": sample.path,
+                    "expected": expected,
+                    "answers": {arm: got[task][i] for arm, got in answers.items() if task in got},
+                }
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _tags(summary: dict[str, Any]) -> dict[str, str]:
     from repotune.evaluate import registry as reg
 
-    summary = json.loads(TrainLayout(model_dir).summary.read_text())
     data = summary.get("data", {})
     tags = {"base_model": str(summary.get("base_model")), "method": str(summary.get("method"))}
     if data.get("dataset.source"):

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Evaluation speed: batched scoring against one sample at a time, on SmolLM2-135M.
+
+The evaluate stage answers every line and FIM sample with the first non-blank line a model writes,
+and scores perplexity over windows of held-out code. This times both ways of doing it on the same
+samples in one process: ``--batch-size`` prompts per ``generate`` call (left padding, a per-row stop)
+and windows per forward pass, against batch size 1, which is how evaluation scored before. The two
+are interleaved (one round each, ``--rounds`` times) so a busy shared machine disturbs both alike;
+ratios are of CPU time, which such a machine disturbs least, and wall time is printed beside it.
+It also checks that both give the same completions, and prints the target (batched at least 2x
+faster) as PASS/MISS; nothing is asserted.
+
+Samples are drawn as the stage draws them (``repotune.evaluate.samples.draw_samples``) from the held-out
+records of a clean folder (``--data DIR``), or, by default, from this repository's own Python files
+treated as held out. The base model is converted once into the model cache (about 30 s).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/evaluate_speed.py
+    .venv/bin/python benchmarks/evaluate_speed.py --data .demo/clean --lines 30 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from repotune.data.transforms import code_prompt
+from repotune.evaluate import ScoringConfig
+from repotune.evaluate.generate import complete_lines, tokenized, window_nll, windows
+from repotune.evaluate.samples import draw_samples
+from repotune.models import resolve_base_model
+from repotune.records import Kind, Record, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def held_out(data: Path | None) -> list[Record]:
+    if data is not None:
+        return list(read_records(data / "eval.jsonl"))
+    files = sorted((ROOT / "src" / "repotune").rglob("*.py"))
+    return [
+        Record(
+            content=p.read_text(),
+            kind=Kind.CODE,
+            source="repotune",
+            id=str(p),
+            file_path=str(p.relative_to(ROOT)),
+        )
+        for p in files
+    ]
+
+
+def timed(work) -> tuple[object, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="a clean folder whose eval.jsonl to draw from")
+    parser.add_argument("--lines", type=int, default=24, help="line completion samples (default 24)")
+    parser.add_argument("--windows", type=int, default=16, help="perplexity windows (default 16)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batched arm's batch size (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both (default 1)")
+    args = parser.parse_args()
+
+    config = ScoringConfig(
+        line_samples=args.lines, fim_samples=0, forgetting_files=0, max_blocks=args.windows
+    )
+    samples = draw_samples(held_out(args.data), config)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_base_model("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = [code_prompt(s.prefix, path=s.path, tokenizer=tokenizer) for s in samples.lines]
+    tokens = tokenized(samples.perplexity, tokenizer)
+    chosen = windows(tokens, config.seq_len, config.max_blocks, config.seed)
+    print(
+        f"{len(prompts)} line prompts, {len(chosen)} perplexity windows of up to {config.seq_len} tokens",
+        file=sys.stderr,
+    )
+
+    totals = {(task, size): [0.0, 0.0] for task in ("lines", "perplexity") for size in (1, args.batch_size)}
+    answers = {}
+    for _ in range(args.rounds):
+        for size in (1, args.batch_size):
+            done, wall, cpu = timed(
+                lambda size=size: complete_lines(
+                    model, tokenizer, prompts, batch_size=size, max_new_tokens=args.max_new_tokens
+                )
+            )
+            answers[size] = done
+            totals["lines", size][0] += wall
+            totals["lines", size][1] += cpu
+            _, wall, cpu = timed(lambda size=size: window_nll(model, tokens, chosen, batch_size=size))
+            totals["perplexity", size][0] += wall
+            totals["perplexity", size][1] += cpu
+
+    print(f"{'task':<12} {'batch':>5} {'wall s':>8} {'cpu s':>8} {'per sample s':>13}")
+    for (task, size), (wall, cpu) in totals.items():
+        count = len(prompts) if task == "lines" else len(chosen)
+        print(f"{task:<12} {size:>5} {wall:>8.1f} {cpu:>8.1f} {wall / max(1, count * args.rounds):>13.2f}")
+    ratios = {}
+    for task in ("lines", "perplexity"):
+        one, batched = totals[task, 1], totals[task, args.batch_size]
+        ratios[task] = (one[1] / batched[1], one[0] / batched[0])
+        cpu_ratio, wall_ratio = ratios[task]
+        print(f"{task}: one at a time / batched = {cpu_ratio:.2f}x CPU time, {wall_ratio:.2f}x wall time")
+    same = answers[1] == answers[args.batch_size]
+    print(f"same completions batched and one at a time: {same}")
+    print("targets:")
+    verdict = "PASS" if ratios["lines"][0] >= 2 else "MISS"
+    print(f"  {verdict} line completion batched at least 2x faster (CPU time)")
+    print(f"  {'PASS' if same else 'MISS'} batched completions equal one-at-a-time completions")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

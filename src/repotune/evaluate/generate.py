@@ -1,0 +1,331 @@
+"""Batched greedy completion and batched perplexity, with the same numbers as one sample at a time.
+
+Completion: prompts are left-padded into batches (the longest first) and each batch is one
+``generate`` call; transformers derives each row's position ids from the attention mask, so a padded
+row sees the positions it would see alone. A row stops once it has written its first non-blank line
+(``line_done``), or at end of sequence; the answer is that line (``answer_line``), the rule
+CrossCodeEval applies.
+
+Perplexity: each text is tokenized once with character offsets, so the scored tokens (the added
+lines of a temporal eval record, or all of a held-out file) are picked by where they are in the
+text, not by tokenizing pieces apart, which would change the tokens at the seams. Long texts are read
+in windows of ``seq_len`` tokens that overlap by half, each window scoring only what the one before
+did not (the sliding-window perplexity of the transformers documentation), so every scored token has
+at least ``seq_len / 2`` tokens of context where the text has them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, file_header
+from repotune.errors import RepotuneError
+from repotune.evaluate.samples import ScoredText
+
+TRAINING_FORMAT_STARTS = ("diff --git", "@@", "+", "-", FILENAME_TOKEN, PLAIN_HEADER.split("{", 1)[0])
+"""How a line of a commit diff or a file header starts: a code completion that starts so writes the
+training format (issue 15 found a model trained mostly on diffs answering ``-    @click.option(...)``)."""
+
+
+def answer_line(generated: str, *, after_newline: bool) -> str:
+    """The first non-blank line of ``generated``, without its newline; ``""`` when there is none.
+
+    ``after_newline``: the prompt ended with a newline that was held back (``prompt_ids``), so the model
+    is still on the line before the cursor; what it writes before its first newline finishes that line
+    and is not the answer. A leading newline, or a blank line, is not an answer either.
+    """
+    if after_newline:
+        cut = generated.find("\n")
+        if cut < 0:
+            return ""
+        generated = generated[cut + 1 :]
+    for line in generated.split("\n"):
+        if line.strip():
+            return line
+    return ""
+
+
+def line_done(generated: str, *, after_newline: bool) -> bool:
+    """Whether ``generated`` holds its whole answer: a non-blank line that a newline has ended."""
+    if after_newline:
+        cut = generated.find("\n")
+        if cut < 0:
+            return False
+        generated = generated[cut + 1 :]
+    return any(line.strip() for line in generated.split("\n")[:-1])
+
+
+def starts_like_training_format(answer: str, expected: str) -> bool:
+    """Whether a completion starts like a diff line or a file header where the file's own line does not.
+
+    A YAML list item (``- name: x``) or a Markdown one is code that starts with a dash: such a line
+    answered in kind is not an artefact.
+    """
+    return any(answer.startswith(mark) and not expected.startswith(mark) for mark in TRAINING_FORMAT_STARTS)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One model's answer to one prompt."""
+
+    text: str
+    """The first non-blank line, special tokens removed: what is scored."""
+    raw: str
+    """The same line with special tokens kept (``<filename>`` is one), for the format check."""
+
+
+class Progress:
+    """``done/total`` with an ETA through ``log``, at most every ``every`` seconds, and when finished."""
+
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        what: str,
+        total: int,
+        *,
+        every: float = 5.0,
+        unit: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.what, self.total, self.every, self.clock = log, what, total, every, clock
+        self.unit = unit
+        self.done = 0
+        self.started = self.last = clock()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = self.clock()
+        elapsed = now - self.started
+        if self.done >= self.total:
+            self.log(f"  {self.what}: {self.done}/{self.total}{self.unit} in {_duration(elapsed)}")
+        elif now - self.last >= self.every:
+            left = elapsed / self.done * (self.total - self.done)
+            self.log(f"  {self.what}: {self.done}/{self.total}{self.unit}, about {_duration(left)} left")
+            self.last = now
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def prompt_ids(prompt: str, tokenizer: Any, max_tokens: int) -> tuple[list[int], bool]:
+    """The prompt's token ids, and whether a final newline was held back from them.
+
+    BPE tokenizers merge a newline with the indentation after it into one token (``\\n`` and four
+    spaces), so a prompt cut after the newline asks the model to go on from a token boundary it never
+    saw in training. The newline is left for the model to write; ``answer_line`` skips past it. A
+    prompt longer than ``max_tokens`` loses its oldest tokens.
+    """
+    after_newline = prompt.endswith("\n")
+    text = prompt[:-1] if after_newline else prompt
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ids[-max_tokens:], after_newline
+
+
+class _LinesDone:
+    """Per-row stopping criterion: a row is done once it has written its first non-blank line."""
+
+    def __init__(self, tokenizer: Any, start: int, after_newline: Sequence[bool]) -> None:
+        self.tokenizer, self.start, self.after_newline = tokenizer, start, after_newline
+        self.done = [False] * len(after_newline)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        for row, finished in enumerate(self.done):
+            if not finished:
+                generated = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
+                self.done[row] = line_done(generated, after_newline=self.after_newline[row])
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+def complete_lines(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: Progress | None = None,
+) -> list[Completion]:
+    """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    limit = context_limit(model) - max_new_tokens
+    encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    settings = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+    device = model.device
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    results: list[Completion | None] = [None] * len(encoded)
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        width = max(len(encoded[i][0]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, index in enumerate(rows):
+            tokens = encoded[index][0]
+            if tokens:
+                ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, width - len(tokens) :] = 1
+        stop = _LinesDone(tokenizer, width, [encoded[i][1] for i in rows])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=settings,
+                stopping_criteria=StoppingCriteriaList([stop]),
+            )
+        for row, index in enumerate(rows):
+            tokens = out[row, width:].tolist()
+            ends = [tokens.index(token) for token in eos if token in tokens]
+            tokens = tokens[: min(ends)] if ends else tokens
+            after_newline = encoded[index][1]
+            results[index] = Completion(
+                text=answer_line(
+                    tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline
+                ),
+                raw=answer_line(
+                    tokenizer.decode(tokens, skip_special_tokens=False), after_newline=after_newline
+                ),
+            )
+        if progress is not None:
+            progress.advance(len(rows))
+    return [r for r in results if r is not None]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's end of sequence (training appends it to every example) and the model's own."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for token in configured if isinstance(configured, list) else [configured]:
+        if token is not None and token not in ids:
+            ids.append(token)
+    if not ids:
+        raise RepotuneError("the model's tokenizer has no end-of-sequence token to stop generation at")
+    return ids
+
+
+def context_limit(model: Any) -> int:
+    """Tokens the model can attend to (its position embeddings), or 2,048 where it does not say."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens ``[begin, end)`` of text ``text`` go through the model; those from ``score_from`` on that
+    are in ``scored`` count."""
+
+    text: int
+    begin: int
+    end: int
+    score_from: int
+
+
+def tokenized(texts: Sequence[ScoredText], tokenizer: Any) -> list[tuple[list[int], list[bool]]]:
+    """Each text with its file header as token ids, and which tokens are scored (they touch a span)."""
+    result = []
+    for item in texts:
+        header = file_header(item.path, tokenizer)
+        full = header + item.text
+        try:
+            encoding = tokenizer(
+                full, add_special_tokens=False, return_offsets_mapping=item.spans is not None
+            )
+        except NotImplementedError as err:  # slow (Python) tokenizers have no offsets
+            raise RepotuneError(
+                "scoring added lines needs a fast tokenizer (character offsets); this model's has none"
+            ) from err
+        ids = list(encoding.input_ids)
+        if item.spans is None:
+            scored = [True] * len(ids)
+        else:
+            shift = len(header)
+            spans = [(start + shift, end + shift) for start, end in item.spans]
+            scored = [
+                any(start < span_end and end > span_start for span_start, span_end in spans)
+                for start, end in encoding.offset_mapping
+            ]
+        result.append((ids, scored))
+    return result
+
+
+def windows(
+    tokens: Sequence[tuple[list[int], list[bool]]], seq_len: int, max_windows: int, seed: int
+) -> list[Window]:
+    """The windows that score at least one token, at most ``max_windows`` of them (a seeded draw)."""
+    stride = max(1, seq_len // 2)
+    found = []
+    for number, (ids, scored) in enumerate(tokens):
+        begin, previous_end = 0, 0
+        while begin < len(ids):
+            end = min(begin + seq_len, len(ids))
+            score_from = max(previous_end, begin + 1)  # a window's first token has nothing to predict it
+            if any(scored[score_from:end]):
+                found.append(Window(number, begin, end, score_from))
+            if end == len(ids):
+                break
+            previous_end, begin = end, begin + stride
+    if len(found) > max_windows:
+        chosen = sorted(random.Random(seed).sample(range(len(found)), max_windows))
+        found = [found[i] for i in chosen]
+    return found
+
+
+def window_nll(
+    model: Any,
+    tokens: Sequence[tuple[list[int], list[bool]]],
+    chosen: Sequence[Window],
+    *,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, scored tokens) of each window, ``batch_size`` at a time.
+
+    Rows are right-padded: causal attention never looks ahead, so padding after a row's tokens changes
+    nothing for them, and the positions count from the row's first token as they would alone.
+    """
+    import torch
+
+    device = model.device
+    results: list[tuple[float, int]] = []
+    for first in range(0, len(chosen), batch_size):
+        batch = chosen[first : first + batch_size]
+        width = max(w.end - w.begin for w in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, window in enumerate(batch):
+            text_ids, scored = tokens[window.text]
+            span = text_ids[window.begin : window.end]
+            ids[row, : len(span)] = torch.tensor(span, dtype=torch.long)
+            mask[row, : len(span)] = 1
+            for position in range(window.score_from, window.end):
+                if scored[position]:
+                    labels[row, position - window.begin] = text_ids[position]
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        target = labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none"
+        ).sum(dim=1)
+        counts = (target != -100).sum(dim=1)
+        results.extend((float(n), int(c)) for n, c in zip(nll.tolist(), counts.tolist(), strict=True))
+        if progress is not None:
+            progress.advance(len(batch))
+    return results

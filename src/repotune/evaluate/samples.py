@@ -1,0 +1,241 @@
+"""The questions every arm answers, drawn once from the held-out records and nothing else.
+
+Two kinds of held-out code records come from the clean stage:
+
+- temporal split: a file as it stands at the end revision, with ``meta["added_lines"]``, the
+  ``[first, last]`` line ranges (1-based, inclusive) that the repository added after the training cut.
+  Line and FIM samples are drawn from those lines only, with the file's own text before (and, for
+  FIM, after) as context, and perplexity counts their tokens only;
+- file split: a whole file the model never saw; any line of it may be a sample, and perplexity counts
+  all its tokens.
+
+Either kind may carry ``meta["seen_lines"]``: lines the clean stage's leak audit found in the training
+data (``repotune.clean.audit``). They are never a sample and their tokens never count for perplexity:
+completing them is recall of training text, not writing new code.
+
+A record may be of either kind in one eval set; the mode reported is ``temporal`` when any record
+carries ``added_lines``.
+"""
+
+from __future__ import annotations
+
+import random
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from repotune.data.transforms import commit_pair
+from repotune.errors import RepotuneError
+from repotune.records import Kind, Record
+
+if TYPE_CHECKING:
+    from repotune.evaluate.score import ScoringConfig
+
+FILE_KINDS = (Kind.CODE,)
+ADDED_LINES = "added_lines"
+"""The ``meta`` key of a temporal eval record: line ranges added after the cut."""
+SEEN_LINES = "seen_lines"
+"""The ``meta`` key of line ranges whose text training holds: never scored."""
+MIN_LINE_CHARS = 8
+"""Lines shorter than this, stripped (blank lines, lone brackets, ``else:``), say nothing about the
+project and are never a sample."""
+
+
+@dataclass(frozen=True)
+class LineSample:
+    """Complete the line that starts where ``prefix`` ends."""
+
+    path: str
+    prefix: str
+    """The file's text before the line (its last ``context_chars`` characters), ending in a newline."""
+    expected: str
+    """The line as the file has it, without its newline."""
+
+
+@dataclass(frozen=True)
+class FimSample:
+    """Fill in the rest of a line, between ``prefix`` and ``suffix``."""
+
+    path: str
+    prefix: str
+    middle: str
+    """What the file has between prefix and suffix: a line from a column on, without its newline."""
+    suffix: str
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    """A file whose tokens inside ``spans`` are scored for perplexity; the rest is conditioning context."""
+
+    path: str | None
+    text: str
+    spans: tuple[tuple[int, int], ...] | None
+    """Character ranges of ``text`` whose tokens count; None counts every token."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The tasks every arm answers: drawn once, from held-out records only."""
+
+    mode: str
+    """``temporal`` (scored on lines added after the cut) or ``file`` (scored on held-out files)."""
+    perplexity: list[ScoredText]
+    lines: list[LineSample]
+    fims: list[FimSample]
+    commits: list[tuple[str, str]]
+    """(diff, expected subject line)."""
+    general: list[ScoredText]
+    """General code outside the project, for the forgetting check."""
+
+
+def added_ranges(record: Record) -> list[tuple[int, int]] | None:
+    """The record's added line ranges, checked against its content; None when it has none (file split)."""
+    return _ranges(record, ADDED_LINES)
+
+
+def seen_ranges(record: Record) -> list[tuple[int, int]]:
+    """The record's line ranges that training holds (the leak audit's ``seen_lines``), checked."""
+    return _ranges(record, SEEN_LINES) or []
+
+
+def _ranges(record: Record, key: str) -> list[tuple[int, int]] | None:
+    if key not in record.meta:
+        return None
+    raw = record.meta[key]
+    where = f"eval record {record.id} ({record.file_path}): meta.{key}"
+    if not isinstance(raw, list):
+        raise RepotuneError(f"{where} must be a list of [first, last] line ranges, got {raw!r}")
+    count = len(line_spans(record.content))
+    ranges = []
+    for entry in raw:
+        if (
+            not isinstance(entry, list | tuple)
+            or len(entry) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in entry)
+            or not 1 <= entry[0] <= entry[1] <= count
+        ):
+            raise RepotuneError(
+                f"{where} holds {entry!r}: each range must be [first, last], 1-based and inclusive, "
+                f"within the file's {count} lines"
+            )
+        ranges.append((entry[0], entry[1]))
+    return sorted(ranges)
+
+
+def line_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each line of ``text``, the end before its newline.
+
+    Lines end at ``\n`` only, as git numbers them (``str.splitlines`` would also break at form feeds
+    and other separators that git keeps inside a line); a final newline starts no new line.
+    """
+    spans = []
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        spans.append((start, end))
+        start = end + 1
+    return spans
+
+
+def _eligible(record: Record) -> set[int]:
+    """1-based numbers of the lines that are scored: the added ones (every one in a file split), less
+    the ones training holds."""
+    ranges = added_ranges(record)
+    numbers = (
+        range(1, len(line_spans(record.content)) + 1)
+        if ranges is None
+        else (n for first, last in ranges for n in range(first, last + 1))
+    )
+    seen = {n for first, last in seen_ranges(record) for n in range(first, last + 1)}
+    return {n for n in numbers if n not in seen}
+
+
+def _scored_text(record: Record) -> ScoredText:
+    if added_ranges(record) is None and not seen_ranges(record):
+        return ScoredText(record.file_path, record.content, None)
+    # Whole lines, their newlines included: the tokens that write the scored lines, runs of
+    # consecutive lines as one span.
+    spans = line_spans(record.content)
+    size = len(record.content)
+    runs: list[list[int]] = []
+    for number in sorted(_eligible(record)):
+        if runs and runs[-1][1] + 1 == number:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ScoredText(
+        record.file_path,
+        record.content,
+        tuple((spans[first - 1][0], min(spans[last - 1][1] + 1, size)) for first, last in runs),
+    )
+
+
+def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Samples:
+    """Line, FIM and commit samples and perplexity texts, drawn with ``config.seed``."""
+    rng = random.Random(config.seed)
+    code = [r for r in eval_records if r.kind in FILE_KINDS and r.file_path]
+    temporal = any(ADDED_LINES in r.meta for r in code)
+    candidates: list[tuple[Record, int, int]] = []  # (record, line start, line end)
+    for record in code:
+        eligible = _eligible(record)
+        for number, (start, end) in enumerate(line_spans(record.content), start=1):
+            # The first line has nothing before it to complete from.
+            if number == 1 or number not in eligible:
+                continue
+            if len(record.content[start:end].strip()) >= MIN_LINE_CHARS:
+                candidates.append((record, start, end))
+    rng.shuffle(candidates)
+    context = config.context_chars
+    lines = [
+        LineSample(
+            record.file_path or "", record.content[max(0, start - context) : start], record.content[start:end]
+        )
+        for record, start, end in candidates[: config.line_samples]
+    ]
+    fims = []
+    for record, start, end in candidates[config.line_samples : config.line_samples + config.fim_samples]:
+        text = record.content
+        # The middle is the rest of a line from a random column: the completion an editor asks for.
+        column = start + rng.randrange(0, max(1, (end - start) // 2))
+        fims.append(
+            FimSample(
+                record.file_path or "",
+                text[max(0, column - context) : column],
+                text[column:end],
+                text[end : end + context],
+            )
+        )
+    commits = []
+    for record in (r for r in eval_records if r.kind is Kind.COMMIT):
+        diff, message = commit_pair(record)
+        subject = message.strip().split("\n", 1)[0].strip()
+        if diff and subject:
+            commits.append((diff[: context * 2], subject))
+    rng.shuffle(commits)
+    scored = [_scored_text(r) for r in code]
+    return Samples(
+        mode="temporal" if temporal else "file",
+        perplexity=[s for s in scored if s.spans is None or s.spans],
+        lines=lines,
+        fims=fims,
+        commits=commits[: config.commit_samples],
+        general=_general_texts(config, rng),
+    )
+
+
+def _general_texts(config: ScoringConfig, rng: random.Random) -> list[ScoredText]:
+    if config.forgetting_files == 0:
+        return []
+    root = Path(config.forgetting_source or sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise RepotuneError(f"forgetting_source {root} is not a folder")
+    files = sorted(p for p in root.glob("*.py") if p.is_file())  # top level only: small and general
+    rng.shuffle(files)
+    return [
+        ScoredText(path.name, path.read_text(encoding="utf-8", errors="replace")[:20_000], None)
+        for path in files[: config.forgetting_files]
+    ]

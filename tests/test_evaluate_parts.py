@@ -1,0 +1,270 @@
+"""The parts of evaluation that need no trained model: answers, samples, progress, the report."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from repotune.errors import RepotuneError
+from repotune.evaluate import ScoringConfig
+from repotune.evaluate.arms import Arm
+from repotune.evaluate.decide import Decision
+from repotune.evaluate.generate import Progress, answer_line, line_done, starts_like_training_format
+from repotune.evaluate.layout import EvaluateLayout
+from repotune.evaluate.metrics import Metric
+from repotune.evaluate.samples import draw_samples, line_spans
+from repotune.records import Kind, Record
+
+NO_FORGETTING = ScoringConfig(forgetting_files=0)
+
+
+@pytest.mark.parametrize(
+    ("generated", "after_newline", "answer"),
+    [
+        ("\n    return a + b\n", True, "    return a + b"),
+        ("\n\n\n    return a + b", True, "    return a + b"),  # blank lines are not an answer
+        ("  # tail of the line above\n    return x\n", True, "    return x"),
+        ("    return x", True, ""),  # never left the line above the cursor
+        ("\n   \n", True, ""),
+        ("a + b)\nnext line", False, "a + b)"),
+        ("\n\nfoo()\n", False, "foo()"),  # a leading newline is not an answer (CrossCodeEval)
+        ("", False, ""),
+    ],
+)
+def test_the_answer_is_the_first_non_blank_line(generated: str, after_newline: bool, answer: str) -> None:
+    assert answer_line(generated, after_newline=after_newline) == answer
+
+
+def test_a_row_is_done_once_its_first_non_blank_line_has_ended() -> None:
+    assert not line_done("\n", after_newline=True)
+    assert not line_done("\n    return", after_newline=True)
+    assert not line_done("\n\n   \n", after_newline=True)
+    assert line_done("\n    return x\n", after_newline=True)
+    assert not line_done("tail of the line above\n", after_newline=True)
+    assert line_done("a + b)\n", after_newline=False)
+    assert not line_done("\n\n", after_newline=False)
+
+
+def test_diff_lines_and_file_headers_are_training_format_artefacts() -> None:
+    assert starts_like_training_format("-    @click.option('--xml')", "    @click.option('--xml')")
+    assert starts_like_training_format("+x = 1", "x = 1")
+    assert starts_like_training_format("@@ -1,3 +1,4 @@", "import os")
+    assert starts_like_training_format("diff --git a/x b/x", "import os")
+    assert starts_like_training_format("<filename>src/app.py", "import os")
+    assert starts_like_training_format("# File: src/app.py", "import os")
+    assert not starts_like_training_format("    return x", "    return y")
+    # A YAML list item answered with a list item is code, not an artefact.
+    assert not starts_like_training_format("- name: web", "- name: api")
+
+
+def test_progress_reports_counts_and_time_left_every_few_seconds() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    progress = Progress(lines.append, "candidate: line completion", 40, every=5.0, clock=lambda: now[0])
+    progress.advance(8)  # at 0 s: too soon for a line
+    now[0] = 6.0
+    progress.advance(8)  # 16 done in 6 s: 24 left at that pace take 9 s
+    now[0] = 7.0
+    progress.advance(8)  # 1 s after the last line: quiet
+    now[0] = 20.0
+    progress.advance(16)
+    assert lines == [
+        "  candidate: line completion: 16/40, about 9 s left",
+        "  candidate: line completion: 40/40 in 20 s",
+    ]
+
+
+def code(path: str, content: str, **meta: object) -> Record:
+    return Record(content=content, kind=Kind.CODE, source="t", id=path, file_path=path, meta=dict(meta))
+
+
+FUTURE = "".join(f"def old_{i}(x):\n    return x + {i}\n" for i in range(20)) + "".join(
+    f"def new_{i}(values):\n    return sorted(values)[{i}]\n" for i in range(10)
+)
+ADDED = [[41, 60]]  # the ten new functions, lines 41 to 60
+
+
+def test_a_temporal_record_gives_samples_from_its_added_lines_only() -> None:
+    records = [code("src/future.py", FUTURE, added_lines=ADDED, cut="abc")]
+    samples = draw_samples(records, ScoringConfig(line_samples=10, fim_samples=5, forgetting_files=0))
+    assert samples.mode == "temporal"
+    spans = line_spans(FUTURE)
+    added = {FUTURE[start:end] for start, end in spans[40:60]}
+    assert len(samples.lines) == 10
+    for sample in samples.lines:
+        assert sample.expected in added
+        # The context is the file's own text right before the line.
+        offset = FUTURE.index(sample.prefix + sample.expected)
+        assert FUTURE[offset + len(sample.prefix) :].startswith(sample.expected + "\n")
+    assert len(samples.fims) == 5
+    for sample in samples.fims:
+        whole = sample.prefix + sample.middle + sample.suffix
+        assert whole in FUTURE and any(line.endswith(sample.middle) for line in added)
+    # Perplexity counts the added lines' characters only: from line 41 to the end of the file.
+    (scored,) = samples.perplexity
+    assert scored.spans == ((spans[40][0], len(FUTURE)),)
+
+
+def test_a_held_out_file_gives_samples_from_any_line() -> None:
+    samples = draw_samples([code("src/held.py", FUTURE)], ScoringConfig(line_samples=60, forgetting_files=0))
+    assert samples.mode == "file"
+    assert any(s.expected.startswith("def old_") for s in samples.lines)
+    assert samples.perplexity[0].spans is None
+    # Only non-trivial lines: every `def` and `return` line but the first (nothing before it).
+    assert len(samples.lines) == 59
+
+
+def test_lines_that_training_holds_are_never_scored() -> None:
+    # The leak audit lists the lines it found in training as seen_lines (and, in a temporal split,
+    # takes them out of added_lines too; a record made by hand may not, so both are checked).
+    spans = line_spans(FUTURE)
+    seen = {FUTURE[start:end] for start, end in spans[40:50]}
+    config = ScoringConfig(line_samples=60, fim_samples=0, forgetting_files=0)
+    temporal = draw_samples([code("src/f.py", FUTURE, added_lines=ADDED, seen_lines=[[41, 50]])], config)
+    held = draw_samples([code("src/h.py", FUTURE, seen_lines=[[1, 20], [41, 50]])], config)
+    assert len(temporal.lines) == 10 and not seen & {s.expected for s in temporal.lines}
+    assert temporal.perplexity[0].spans == ((spans[50][0], len(FUTURE)),)
+    assert len(held.lines) == 30 and not seen & {s.expected for s in held.lines}
+    assert held.perplexity[0].spans == ((spans[20][0], spans[40][0]), (spans[50][0], len(FUTURE)))
+    with pytest.raises(RepotuneError, match=r"src/h.py.*seen_lines"):
+        draw_samples([code("src/h.py", FUTURE, seen_lines=[[0, 1]])], config)
+
+
+def test_added_lines_that_do_not_fit_the_file_are_named() -> None:
+    for bad in ([[0, 3]], [[5, 2]], [[59, 61]], "41-60", [[1.0, 2]]):
+        with pytest.raises(RepotuneError, match=r"src/future.py.*added_lines"):
+            draw_samples([code("src/future.py", FUTURE, added_lines=bad)], NO_FORGETTING)
+
+
+def test_a_temporal_record_with_nothing_added_is_not_scored() -> None:
+    samples = draw_samples([code("src/future.py", FUTURE, added_lines=[])], NO_FORGETTING)
+    assert samples.mode == "temporal" and not samples.lines and not samples.perplexity
+
+
+def test_lines_are_numbered_as_git_numbers_them() -> None:
+    text = "a\fb\nc\r\nd"  # a form feed inside a line, a CRLF line, no final newline
+    assert [text[s:e] for s, e in line_spans(text)] == ["a\fb", "c\r", "d"]
+    assert line_spans("x\n") == [(0, 1)]
+
+
+def metric(
+    name: str, value: float, n: int = 30, ci: tuple[float, float] | None = None, higher: bool = True
+) -> Metric:
+    low, high = ci if ci is not None else (None, None)
+    return Metric(name, value, n, low, high, higher_is_better=higher)
+
+
+def a_result(tmp_path: Path):
+    from repotune.evaluate.stage import EvaluateResult
+
+    def arm_scores(es: float, em: float, marker: float) -> dict[str, Metric]:
+        return {
+            "line_exact_match": metric("line_exact_match", em, ci=(max(0.0, em - 0.03), em + 0.04)),
+            "line_edit_similarity": metric("line_edit_similarity", es, ci=(es - 0.05, es + 0.05)),
+            "line_diff_marker_share": metric(
+                "line_diff_marker_share", marker, ci=(0.0, marker + 0.05), higher=False
+            ),
+        }
+
+    models = {
+        "base": {
+            **arm_scores(0.206, 0.0, 0.0),
+            "perplexity": metric("perplexity", 11.06, 24, (10.1, 12.0), False),
+        },
+        "base_retrieval": arm_scores(0.222, 0.0, 0.0),
+        "candidate": {
+            **arm_scores(0.257, 0.033, 0.1),
+            "perplexity": metric("perplexity", 9.41, 24, (8.7, 10.2), False),
+            "fim_edit_similarity": metric("fim_edit_similarity", 0.09, 12),
+            "commit_rouge_l": metric("commit_rouge_l", 0.2, 8),
+        },
+        "candidate_retrieval": arm_scores(0.248, 0.0, 0.066),
+    }
+    decision = Decision(
+        False,
+        ("do not promote: candidate: line_diff_marker_share 0.100 vs base 0.00 (from 0): worse", "more"),
+        Arm("candidate"),
+        Arm("base", True),
+    )
+    split = {"mode": "temporal", "cut": {"commit": "0123456789abcdef", "date": "2025-08-01T10:00:00+00:00"},
+             "trained_on": "the repository at 0123456789ab",
+             "scored_on": "100 lines added by 42 later commits",
+             "reason": None, "rule": "the newest 10% of commits (the default)"}  # fmt: skip
+    result = EvaluateResult(EvaluateLayout(tmp_path), decision, models, tmp_path, None, split, 12.0)
+    context = {"data": str(tmp_path), "candidate": "m", "base": "b", "mode": "temporal",
+               "index": "built from train.jsonl", "retrieval_context_tokens": 96}  # fmt: skip
+    return result, context
+
+
+def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_path: Path) -> None:
+    from repotune.evaluate.report import render_markdown
+
+    result, context = a_result(tmp_path)
+    lines = render_markdown(result, context).splitlines()
+    assert lines[2].startswith("**Not promoted.** do not promote: candidate:")
+    text = "\n".join(lines)
+    assert (
+        "Temporal split at `0123456789ab` (2025-08-01), the newest 10% of commits (the default): scored"
+        " on code added after the training cut. Trained on the repository at 0123456789ab; scored on 100"
+        " lines added by 42 later commits." in text
+    )
+    header = next(line for line in lines if line.startswith("| arm |"))
+    assert header == (
+        "| arm | line exact match | line edit similarity | FIM edit similarity | perplexity of added code "
+        "| diff-marker share |"
+    )
+    table = lines[lines.index(header) + 2 : lines.index(header) + 6]
+    rows = {line.split(" | ")[0]: line for line in table}
+    assert set(rows) == {"| base", "| base + retrieval (reference)", "| candidate (best candidate arm)",
+                         "| candidate + retrieval"}  # fmt: skip
+    assert "| 0.257 [0.207, 0.307] n=30 |" in rows["| candidate (best candidate arm)"]
+    assert "0.0900 n=12, too few for an interval (under 20)" in rows["| candidate (best candidate arm)"]
+    assert "| commit_rouge_l | higher |" in text
+
+
+def test_the_report_says_when_it_fell_back_to_the_file_split(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from repotune.evaluate.report import provenance
+
+    result, context = a_result(tmp_path)
+    split = {"mode": "files", "cut": None, "trained_on": "40 files at 0123456",
+             "scored_on": "12 held-out files", "reason": "the source has no commit history"}  # fmt: skip
+    assert provenance(replace(result, split=split), context | {"mode": "file"}) == (
+        "File split (the source has no commit history): scored on held-out files, which training never saw. "
+        "Trained on 40 files at 0123456; scored on 12 held-out files."
+    )
+    assert provenance(replace(result, split=None), context | {"mode": "file"}).startswith("File split: ")
+
+
+def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval(tmp_path: Path) -> None:
+    from repotune.evaluate.report import render_html
+
+    result, context = a_result(tmp_path)
+    page = render_html(result, context)
+    assert "<table>" in page and "perplexity of added code" in page
+    assert "Trained on the repository at 0123456789ab" in page
+    charts = re.findall(r"<svg .*?</svg>", page, re.DOTALL)
+    assert len(charts) == 6  # five arm-table columns, and the commit metric
+    labels = 0
+    for chart in charts:
+        for bar in ET.fromstring(chart).iter("{http://www.w3.org/2000/svg}g"):
+            rect = bar.find("{http://www.w3.org/2000/svg}rect")
+            label = next(t for t in bar.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "label")
+            right = float(rect.get("x")) + float(rect.get("width"))
+            whisker = next(
+                (w for w in bar.iter("{http://www.w3.org/2000/svg}line") if w.get("class") == "whisker"), None
+            )
+            if whisker is not None:
+                right = max(right, float(whisker.get("x2")))
+                low, high = re.search(r"\[(.+), (.+)\]", label.text).groups()
+                assert float(low) <= float(high)
+            else:
+                assert "too few for an interval" in label.text
+            assert float(label.get("x")) > right
+            assert re.search(r"n=\d+", label.text)
+            labels += 1
+    assert labels == 3 * 4 + 2 + 1 + 1  # four arms in three charts, two in perplexity, one each FIM/commit
