@@ -193,15 +193,16 @@ def evaluate(
 
     from repotune import evaluate, storage
     from repotune import tracking as mlflow
-    from repotune.config import from_dict, from_struct
+    from repotune.config import from_struct
     from repotune.pipelines import credentials
 
     needed = credentials.needs("evaluate", artifacts_root=artifacts_root, tracking=tracking)
     credentials.require("evaluate", needed)
-    scoring = from_dict(evaluate.ScoringConfig, from_struct(settings), "evaluation settings")
+    scoring, policy = evaluate.settings_from(from_struct(settings), "evaluation settings")
     result = evaluate.run(evaluate.EvaluateConfig(
         model=Path(model.path), data=Path(dataset.path), output=Path(evaluation.path), scoring=scoring,
-        tracking_uri=mlflow.uri_from_env() if tracking else None, model_name=model_name,
+        policy=policy, index=Path(index.path), tracking_uri=mlflow.uri_from_env() if tracking else None,
+        model_name=model_name,
     ))  # fmt: skip
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

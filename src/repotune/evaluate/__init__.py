@@ -3,6 +3,14 @@
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.score import ScoringConfig
-from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run
+from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
-__all__ = ["EvaluateConfig", "EvaluateLayout", "EvaluateResult", "Policy", "ScoringConfig", "run"]
+__all__ = [
+    "EvaluateConfig",
+    "EvaluateLayout",
+    "EvaluateResult",
+    "Policy",
+    "ScoringConfig",
+    "run",
+    "settings_from",
+]

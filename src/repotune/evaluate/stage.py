@@ -34,6 +34,17 @@ from repotune.evaluate.score import ScoringConfig, metric_from_dict, metric_to_d
 from repotune.train.layout import TrainLayout
 
 
+def settings_from(settings: dict[str, Any], where: str) -> tuple[ScoringConfig, Policy]:
+    """The pipeline's ``evaluation`` settings (``--eval KEY=VALUE``) as scoring and promotion policy:
+    ``policy.KEY`` sets a :class:`Policy` field, any other key a :class:`ScoringConfig` field."""
+    from repotune.config import from_dict
+
+    prefix = "policy."
+    policy = {key.removeprefix(prefix): value for key, value in settings.items() if key.startswith(prefix)}
+    scoring = {key: value for key, value in settings.items() if not key.startswith(prefix)}
+    return from_dict(ScoringConfig, scoring, where), from_dict(Policy, policy, f"{where}: policy")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     model: Path

@@ -261,8 +261,8 @@ def run_local(
     output goes to ``RUN_DIR/run.log``. With a terminal ``console`` the running stage is a live line on
     it instead (:class:`repotune.pipelines.display.RunOutput`).
     """
-    from repotune.config import from_dict, from_struct
-    from repotune.evaluate import ScoringConfig
+    from repotune.config import from_struct
+    from repotune.evaluate import settings_from
     from repotune.pipelines.pipeline import build_pipeline
     from repotune.train import resolve_recipe
 
@@ -272,7 +272,7 @@ def run_local(
     pipeline = build_pipeline(config.recipe, retries=False)  # a bad recipe fails here, before any work
     # so do bad settings, which the train and evaluate steps would otherwise reject minutes in
     resolve_recipe(config.recipe, from_struct(config.training))
-    from_dict(ScoringConfig, dict(config.evaluation), "--eval")
+    settings_from(dict(config.evaluation), "--eval")
     workdir, run_dir = config.folders()
     tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
     root = config.published_root()

@@ -126,7 +126,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             max_steps: Optimizer steps to train; 0 to train for `epochs` instead (a positive value wins).
             epochs: Passes over the training data; used only when max_steps is 0.
             training: More recipe settings by dotted key, e.g. {"data.seq_len": 512}; they win over the above.
-            evaluation: Evaluation settings, e.g. {"line_samples": 30, "max_blocks": 32}.
+            evaluation: Evaluation settings, e.g. {"line_samples": 30}; "policy.KEY" sets the promotion rule.
             tracking: Log to MLflow and register the model (Secret repotune-mlflow); false: no MLflow.
             model_name: Registered model name in MLflow; the champion alias moves on promotion.
             deploy_name: Name of the KServe InferenceService the promoted model is served as.
