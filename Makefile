@@ -24,13 +24,19 @@ $(STAMP): pyproject.toml
 # The demo: the whole KFP pipeline on this machine (kfp.local, the same components a cluster runs):
 # resolve this checkout's commit, ingest its files and history, clean, fine-tune SmolLM2-135M (LoRA,
 # offline, a few minutes on 2 CPU cores), evaluate base against candidate, register it in a local
-# MLflow store, render the InferenceService when promoted; then serve the model with the KServe
-# predictor and ask it one completion through the OpenAI client. Artifacts, the step cache and
-# MLflow live in $(DEMO_DIR); a second `make demo` on the same commit reuses every cached step.
+# MLflow store, and render the InferenceService against the published model when promoted; then serve
+# the model with the KServe predictor and ask it one completion through the OpenAI client. Every
+# stage publishes its outputs to S3 as on a cluster: a SeaweedFS started for the run (--local-s3, data
+# in $(DEMO_DIR)/s3, stopped when the run ends), or the store of ARTIFACTS=s3://BUCKET/PREFIX with
+# the usual AWS_* / S3_ENDPOINT_URL variables. Artifacts, the step cache and MLflow live in
+# $(DEMO_DIR); a second `make demo` on the same commit reuses every cached step. A line per stage is
+# printed; the full log is $(DEMO_DIR)/run/run.log.
 DEMO_RECIPE ?= smollm2-135m-cpu
+ARTIFACTS ?=
 
 demo: $(STAMP)
 	$(BIN)/repotune run $(DEMO_SOURCE) --recipe $(DEMO_RECIPE) --workdir $(DEMO_DIR) -o $(DEMO_DIR)/run \
+		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS),--local-s3) \
 		--eval line_samples=30 --eval fim_samples=20 --eval max_blocks=32
 
 # Recompile the committed pipeline YAML after changing the pipeline or its components (CI checks it).
@@ -43,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -m 'unit or integration or slow'
+	$(BIN)/python -m pytest -m 'unit or integration or slow or faults'
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +26,7 @@ import httpx
 from tests.mlflow_server import free_port
 
 TOKEN = "test-token-0123456789"
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -47,16 +51,31 @@ class ApiProcess:
         raise AssertionError("no VmHWM in /proc status")
 
 
+# Where a process writes by default; left unset so that the API's own choices are what the tests see.
+_DEFAULT_PLACES = (
+    "REPOTUNE_HOME",
+    "REPOTUNE_CACHE",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "TMPDIR",
+    "MLFLOW_TRACKING_URI",
+)
+
+
 def api_env(root: Path, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPOTUNE_API_")}
+    """The environment of a test's API: its data under ``root``, and an empty ``root/home`` as HOME, so a
+    write anywhere outside the API's folders shows up there."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("REPOTUNE_API_") and k not in _DEFAULT_PLACES
+    }
+    (root / "home").mkdir(parents=True, exist_ok=True)
     env.update(
         {
             "REPOTUNE_API_TOKENS": f"{TOKEN},second-token",
             "REPOTUNE_API_STORE": str(root / "store"),
             "REPOTUNE_API_WORK_DIR": str(root / "work"),
             "REPOTUNE_API_DB": str(root / "api.sqlite3"),
-            # where `repotune run` keeps kfp.local artifacts and its MLflow store: not the real home
-            "REPOTUNE_HOME": str(root / "home"),
+            "HOME": str(root / "home"),
         }
     )
     env.update(overrides)
@@ -117,15 +136,60 @@ def tar_with_member(dest: Path, member: tarfile.TarInfo, data: bytes = b"") -> P
     return dest
 
 
-def zip_bomb(dest: Path, expanded_bytes: int) -> Path:
-    """A zip that is small on disk and expands to ``expanded_bytes`` of zeros."""
-    chunk = b"\0" * (1 << 20)
-    with (
-        zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
-        zf.open("project/zeros.txt", "w", force_zip64=True) as out,
-    ):
-        for _ in range(expanded_bytes // len(chunk)):
-            out.write(chunk)
+def _deflated_zeros(mib: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``mib`` MiB of zeros and its CRC-32, built in about a second for 1 GiB.
+
+    After a full flush the compressor starts afresh, so every MiB of zeros compresses to the same
+    bytes: one block is made once and repeated (compressing 1 GiB through zipfile takes 20 s here).
+    """
+    zeros = b"\0" * MIB
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    return block * mib + compressor.flush(), crc
+
+
+def write_zip(dest: Path, members: list[tuple[str, int, bytes, int, int]]) -> Path:
+    """A zip written field by field: ``(name, method, stored bytes, crc32, expanded size)`` per member
+    (method 0 stored, 8 deflated); for members too big to compress through zipfile in a test."""
+    local, central = bytearray(), bytearray()
+    for name, method, data, crc, size in members:
+        encoded = name.encode()
+        offset = len(local)
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, len(data), size,
+                             len(encoded), 0) + encoded + data  # fmt: skip
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, crc, len(data),
+                               size, len(encoded), 0, 0, 0, 0, 0, offset) + encoded  # fmt: skip
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(local), 0)
+    dest.write_bytes(bytes(local + central + end))
+    return dest
+
+
+def zip_bomb(dest: Path, expanded_bytes: int, *, padding_bytes: int = 0) -> Path:
+    """A zip that is small on disk and expands to ``expanded_bytes`` (whole MiB) of zeros; with
+    ``padding_bytes``, a second member of that many random (incompressible, stored) bytes, which keeps
+    the whole archive's ratio low while the zeros' member's stays a bomb's."""
+    data, crc = _deflated_zeros(expanded_bytes // MIB)
+    members = [("project/zeros.txt", 8, data, crc, expanded_bytes // MIB * MIB)]
+    if padding_bytes:
+        noise = os.urandom(padding_bytes)
+        members.insert(0, ("project/noise.bin", 0, noise, zlib.crc32(noise), len(noise)))
+    return write_zip(dest, members)
+
+
+def tar_gz_bomb(dest: Path, expanded_bytes: int) -> Path:
+    """A .tar.gz with one file of ``expanded_bytes`` (whole MiB) zeros, built from concatenated gzip
+    members (which gzip readers take as one stream): the tar header, then one small member per MiB."""
+    header = tarfile.TarInfo("project/zeros.txt")
+    header.size = expanded_bytes // MIB * MIB
+    zeros = gzip.compress(b"\0" * MIB, compresslevel=9, mtime=0)
+    with dest.open("wb") as out:
+        out.write(gzip.compress(header.tobuf(), mtime=0))
+        for _ in range(expanded_bytes // MIB):
+            out.write(zeros)
+        out.write(gzip.compress(b"\0" * 1024, mtime=0))  # the end-of-archive blocks
     return dest
 
 
@@ -153,25 +217,40 @@ def multipart_stream(filename: str, chunks: Iterator[bytes], boundary: str = "re
 
 
 @contextlib.contextmanager
-def echo_model_server() -> Iterator[tuple[str, list[dict]]]:
+def echo_model_server(token: str | None = None) -> Iterator[tuple[str, list[dict]]]:
     """An HTTP server on 127.0.0.1 that answers POST .../completions with an OpenAI-shaped completion
-    echoing the prompt; yields its base URL and the list of request bodies it received."""
+    echoing the prompt; yields its base URL and the list of request bodies it received (with the
+    request's ``authorization`` header, when it had one). With ``token``, a request without
+    ``Authorization: Bearer TOKEN`` is answered 401 as ``repotune serve`` answers it."""
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            received.append({"path": self.path, "body": body})
+            entry = {"path": self.path, "body": body}
+            if self.headers.get("Authorization") is not None:
+                entry["authorization"] = self.headers["Authorization"]
+            received.append(entry)
+            if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+                refusal = {"error": {"message": "invalid bearer token", "type": "invalid_request_error",
+                                     "param": None, "code": "invalid_api_key"}}  # fmt: skip
+                self._answer(401, refusal)
+                return
             prompt = body.get("prompt")
-            answer = {
-                "id": "cmpl-test",
-                "object": "text_completion",
-                "model": body.get("model", "echo"),
-                "choices": [{"index": 0, "text": f"echo: {prompt}", "finish_reason": "stop"}],
-            }
+            self._answer(
+                200,
+                {
+                    "id": "cmpl-test",
+                    "object": "text_completion",
+                    "model": body.get("model", "echo"),
+                    "choices": [{"index": 0, "text": f"echo: {prompt}", "finish_reason": "stop"}],
+                },
+            )
+
+        def _answer(self, status: int, answer: dict) -> None:
             data = json.dumps(answer).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -188,3 +267,24 @@ def echo_model_server() -> Iterator[tuple[str, list[dict]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread of this process (so a test can
+    reach into it); yields the base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("uvicorn did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

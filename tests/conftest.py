@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("integration", "slow")
+TIERS = ("integration", "slow", "faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -139,3 +139,20 @@ def cleaned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest.run(IngestConfig(source=str(root / "tree"), output=root / "ingest"))
     clean.run(CleanConfig(input=root / "ingest", output=root / "clean", workers=1))
     return root / "clean"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_s3_server():
+    """Stops the session's SeaweedFS (started by the first test that asks for S3) when the session ends."""
+    yield
+    from tests.s3_server import stop_shared_server
+
+    stop_shared_server()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's SeaweedFS S3 server (``repotune.pipelines.seaweedfs.S3Server``), started on first use."""
+    from tests.s3_server import shared_server
+
+    return shared_server()

@@ -1,5 +1,6 @@
 """A real ``mlflow server`` on 127.0.0.1 for integration tests: sqlite backend, and artifacts in a local
-folder or, with ``artifacts_destination``, proxied by the server into an S3 bucket (``--serve-artifacts``)."""
+folder or, with ``artifacts_destination``, proxied by the server into an S3 bucket (``--serve-artifacts``)
+of the session's SeaweedFS (``tests/s3_server.py``), through boto3 as on a cluster."""
 
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ def running_mlflow_server(
 
 @contextlib.contextmanager
 def running_mlflow_on_s3(tmp_path: Path, endpoint: str, artifacts_destination: str) -> Iterator[str]:
-    """``running_mlflow_server`` with artifacts proxied into the S3 test server at ``endpoint`` (the
-    destination bucket must exist). Only the server gets S3 credentials: clients upload through it."""
+    """``running_mlflow_server`` with artifacts proxied into the S3 test server (SeaweedFS) at ``endpoint``
+    (the destination bucket must exist). Only the server gets S3 credentials: clients upload through it."""
     from tests.s3_server import CREDENTIALS
 
     env = {**CREDENTIALS, "AWS_DEFAULT_REGION": CREDENTIALS["AWS_REGION"], "MLFLOW_S3_ENDPOINT_URL": endpoint}

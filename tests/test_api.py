@@ -12,6 +12,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -40,7 +42,8 @@ from repotune import storage
 from repotune.api.auth import token_matches
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
-from repotune.api.runs import LOST, Runs, choose_recipe, process_start, settle
+from repotune.api.recipes import choose_recipe
+from repotune.api.runs import LOST, Runs, process_start, settle
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, detect_format
 from repotune.errors import RepotuneError
@@ -48,6 +51,7 @@ from repotune.pipelines.status import RunStatus
 from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
+TEST_NET = "192.0.2.0/24"
 
 
 def _error(response: httpx.Response, status: int, code: str | None = None) -> str:
@@ -81,6 +85,8 @@ def api(
         REPOTUNE_API_MAX_UPLOAD_MB="64",
         REPOTUNE_API_MAX_EXPANDED_MB="80",
         REPOTUNE_API_MODEL_URL=model_server[0],
+        # This machine resolves no public name: repository URLs use TEST-NET-1 addresses, allowed here.
+        REPOTUNE_API_SOURCE_NETWORKS=TEST_NET,
     ) as server:
         yield server
 
@@ -270,22 +276,21 @@ def test_sources_in_an_s3_store_are_found_by_a_fresh_database(tmp_path: Path, pr
 def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None:
     with api.client() as client:
         first = client.post(
-            "/v1/sources", json={"repo_url": "https://example.com/team/project.git", "ref": "v1"}
+            "/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git", "ref": "v1"}
         )
         assert first.status_code == 201, first.text
         again = client.post(
-            "/v1/sources", json={"repo_url": "https://example.com/team/project.git", "ref": "v1"}
+            "/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git", "ref": "v1"}
         )
         assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-        other_ref = client.post("/v1/sources", json={"repo_url": "https://example.com/team/project.git"})
+        other_ref = client.post("/v1/sources", json={"repo_url": "https://192.0.2.10/team/project.git"})
         assert other_ref.json()["id"] != first.json()["id"]
         github = client.post("/v1/sources", json={"github": "octocat/hello-world"})
         assert github.status_code == 201 and github.json()["github"] == "octocat/hello-world"
         assert client.get(f"/v1/sources/{github.json()['id']}").json()["kind"] == "github"
-        scp = client.post("/v1/sources", json={"repo_url": "git@example.com:team/project.git"})
+        scp = client.post("/v1/sources", json={"repo_url": "git@192.0.2.11:team/project.git"})
         assert scp.status_code == 201, scp.text
         for bad in (
-            {"repo_url": "file:///etc"},
             {"repo_url": "/srv/repos/private"},
             {"repo_url": "https://user:secret@example.com/x.git"},
             {"repo_url": "--upload-pack=touch /tmp/x"},
@@ -296,6 +301,9 @@ def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None
         ):
             message = _error(client.post("/v1/sources", json=bad), 422, "invalid_request")
             assert message
+        # Well-formed, but refused by the server's policy: a scheme it does not allow, a private address.
+        for url in ("file:///etc", "https://10.0.0.5/team/project.git"):
+            _error(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
 
 
 @pytest.mark.integration
@@ -520,9 +528,45 @@ def test_formats_are_read_from_the_bytes(tmp_path: Path, project_tar: Path) -> N
     assert detect_format(tmp_path / "text") is None
 
 
+# Examples per operation and generation mode; REPOTUNE_FUZZ_EXAMPLES raises it for a longer run.
+FUZZ_EXAMPLES = int(os.environ.get("REPOTUNE_FUZZ_EXAMPLES", "25"))
+JSON_OPERATIONS = ("/v1/sources", "/v1/runs", "/v1/completions")
+
+
+def _hostile_bodies() -> st.SearchStrategy[tuple[str, bytes, str]]:
+    """(path, body, content type): nesting up to 20,000 levels, random JSON, bodies past the caps,
+    bytes that are not JSON at all, under JSON's and other content types."""
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    )
+    random_json = values.map(lambda value: json.dumps(value).encode())
+
+    def nested(depth: int, opener: bytes, key: str) -> bytes:
+        inner = opener * depth + b"1" + (b"]" if opener == b"[" else b"}") * depth
+        return b'{"' + key.encode() + b'": ' + inner + b"}"
+
+    deep = st.builds(
+        nested,
+        st.integers(1, 20_000),
+        st.sampled_from([b"[", b'{"a": ']),
+        st.sampled_from(["repo_url", "github", "prompt", "source_id", "overrides"]),
+    )
+    huge = st.sampled_from([64 * 1024 + 1, MIB, 16 * MIB + 1]).map(
+        lambda n: b'{"prompt": "' + b"x" * n + b'"}'
+    )
+    body = st.one_of(random_json, deep, deep, huge, st.binary(max_size=2000))
+    content_type = st.sampled_from(
+        ["application/json", "application/problem+json", "text/plain", "multipart/form-data; boundary=x", ""]
+    )
+    return st.tuples(st.sampled_from(JSON_OPERATIONS), body, content_type)
+
+
 @pytest.mark.integration
 def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
-    """Schemathesis cases (valid and invalid) for every operation of /openapi.json; none may get a 5xx.
+    """Schemathesis cases (valid and invalid) for every operation of /openapi.json, then hostile bodies
+    (deep, huge, random, not JSON) for the operations that read one; none may get a 5xx.
 
     Driven through hypothesis directly: schemathesis's pytest plugin (``from_fixture``) reads a pytest
     internal that pytest 9 no longer has. Source ids are SHA-256 digests, so generated runs name sources
@@ -531,15 +575,23 @@ def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     failures: list[str] = []
+    statuses: Counter[int] = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(
+                max_examples=FUZZ_EXAMPLES,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
             def check(case: schemathesis.Case) -> None:
-                case.call_and_validate(headers=auth, checks=[not_a_server_error])
+                response = case.call(headers=auth)
+                statuses[response.status_code] += 1
+                case.validate_response(response, checks=[not_a_server_error], headers=auth)
 
             try:
                 check()
@@ -547,7 +599,34 @@ def test_the_openapi_spec_holds_no_server_errors(api: ApiProcess) -> None:
                 pass  # no invalid input exists for an operation without parameters (GET /healthz)
             except Exception as exc:
                 failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {exc}")
+
+    with httpx.Client(base_url=api.url, headers=auth, timeout=120) as client:
+
+        @given(request=_hostile_bodies())
+        @settings(
+            max_examples=3 * FUZZ_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def hostile(request: tuple[str, bytes, str]) -> None:
+            path, body, content_type = request
+            response = client.post(path, content=body, headers={"Content-Type": content_type})
+            statuses[response.status_code] += 1
+            assert response.status_code < 500, (
+                f"POST {path} ({content_type}, {len(body)} bytes): {response.text}"
+            )
+            assert set(response.json()) == {"error"} or response.status_code < 300, response.text
+
+        try:
+            hostile()
+        except Exception as exc:
+            failures.append(f"hostile bodies: {exc}")
+    server_errors = sum(n for code, n in statuses.items() if code >= 500)
+    by_status = dict(sorted(statuses.items()))
+    print(f"random requests: {sum(statuses.values())}, 5xx: {server_errors}, by status: {by_status}")
     assert not failures, "\n\n".join(failures)
+    assert server_errors == 0 and sum(statuses.values()) >= 8 * FUZZ_EXAMPLES
 
 
 @pytest.mark.integration
@@ -574,12 +653,16 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
         _error(client.get(f"/v1/runs/{run_id}/report"), 404, "report_not_ready")
-        deadline = time.monotonic() + 300
-        while True:
-            run = client.get(f"/v1/runs/{run_id}").json()
-            if run["state"] != "running" or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        # A bound on waiting, not a measure: about a minute on an idle machine, five on a busy one.
+        deadline = time.monotonic() + 900
+        try:
+            while True:
+                run = client.get(f"/v1/runs/{run_id}").json()
+                if run["state"] != "running" or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+        finally:
+            _stop(created.json()["pid"])  # a run outlives the API on purpose; not the test
         log = client.get(f"/v1/runs/{run_id}/log").text
         assert run["state"] == "succeeded", f"{run}\n{log[-3000:]}"
         assert run["stages"] and run["stages"]["train"]["state"] in ("succeeded", "cached")
@@ -587,6 +670,22 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
         report = client.get(f"/v1/runs/{run_id}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
         assert report.text.strip()
+    # Everything the run wrote is in its folder under the API's work folder (or the API's cache
+    # folder); nothing went to the home folder (~/.repotune, ~/.cache) or elsewhere.
+    root = tmp_path / "api"
+    assert [p for p in (root / "home").rglob("*")] == []
+    home = root / "work" / "runs" / run_id
+    assert {p.name for p in home.iterdir()} == {"output", "work", "tmp", "run.log"}
+    assert (home / "work" / "kfp").is_dir() and (home / "work" / "mlflow.db").is_file()
+    assert (home / "output" / "status.json").is_file()
+    assert {p.name for p in root.iterdir()} <= {
+        "home",
+        "store",
+        "work",
+        "api.sqlite3",
+        *(p.name for p in root.glob("api-*.log")),
+    }
+    assert {p.name for p in (root / "work").iterdir()} <= {"runs", "tmp", "cache", "api.sqlite3"}
 
 
 @pytest.mark.integration
@@ -594,10 +693,15 @@ def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None
     """With REPOTUNE_KFP_HOST the run is submitted through the kfp SDK (to a stand-in of the KFP API)."""
     from tests.kfp_api import running_kfp_api
 
-    with running_kfp_api() as kfp, running_api(tmp_path / "api", REPOTUNE_KFP_HOST=kfp.url) as server:
+    with (
+        running_kfp_api() as kfp,
+        running_api(
+            tmp_path / "api", REPOTUNE_KFP_HOST=kfp.url, REPOTUNE_API_SOURCE_NETWORKS=TEST_NET
+        ) as server,
+    ):
         with server.client() as client:
             source = client.post(
-                "/v1/sources", json={"repo_url": "https://example.com/team/app.git", "ref": "v2"}
+                "/v1/sources", json={"repo_url": "https://192.0.2.20/team/app.git", "ref": "v2"}
             )
             started = client.post(
                 "/v1/runs",
@@ -606,7 +710,7 @@ def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None
             assert started.status_code == 202, started.text
         (submitted,) = kfp.runs.values()
         assert submitted["runtime_config"]["parameters"] == {
-            "source": "https://example.com/team/app.git",
+            "source": "https://192.0.2.20/team/app.git",
             "ref": "v2",
             "training": {"max_steps": 3},
         }

@@ -76,3 +76,153 @@ def test_help_lists_the_stages() -> None:
     done = repotune("--help")
     assert done.returncode == 0
     assert "ingest" in done.stdout and "clean" in done.stdout
+
+
+TEAM = "registry.example.com/ml/repotune"
+
+
+def _images(path: Path) -> dict[str, str]:
+    import yaml
+
+    spec = next(yaml.safe_load_all(path.read_text()))
+    return {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_compile_and_deploy_take_a_teams_images(tmp_path: Path) -> None:
+    import yaml
+
+    done = repotune("compile", "-o", str(tmp_path / "gpu.yaml"), "--recipe", "qwen2.5-coder-1.5b-gpu",
+                    "--image", f"{TEAM}:1.4.2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    images = _images(tmp_path / "gpu.yaml")
+    assert images.pop("exec-train") == images.pop("exec-evaluate") == f"{TEAM}-cuda:1.4.2"
+    assert set(images.values()) == {f"{TEAM}:1.4.2"}
+    done = repotune("compile", "-o", str(tmp_path / "cpu.yaml"), "--image", f"{TEAM}:1.4.2",
+                    "--cuda-image", "registry.example.com/gpu/trainer:7")  # fmt: skip
+    assert done.returncode == 0 and set(_images(tmp_path / "cpu.yaml").values()) == {f"{TEAM}:1.4.2"}
+    _one_line_error(
+        repotune("compile", "-o", str(tmp_path / "x.yaml"), "--image", f"{TEAM}:latest"),
+        "--image 'registry.example.com/ml/repotune:latest': the tag 'latest' names a channel",
+    )
+    assert not (tmp_path / "x.yaml").exists()
+
+    done = repotune("deploy", "s3://models/app", "--name", "app", "--namespace", "team-a",
+                    "--runtime", "repotune", "--dry-run", "--image", f"{TEAM}:1.4.2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    runtime = next(o for o in yaml.safe_load_all(done.stdout) if o["kind"] == "ServingRuntime")
+    assert runtime["spec"]["containers"][0]["image"] == f"{TEAM}:1.4.2"
+
+
+def test_submit_flags_reach_the_kfp_api() -> None:
+    """--service-account, --kfp-namespace, --skip-kfp-version-check and --image, through the real kfp SDK
+    against the KFP API stand-in."""
+    from tests.kfp_api import running_kfp_api
+
+    source = "https://git.example.com/team/app.git"
+    with running_kfp_api(tag_name="2.3.0") as kfp:
+        refused = repotune("submit", source, "--host", kfp.url)
+        _one_line_error(refused, f"the KFP backend at {kfp.url} is 2.3.0; this pipeline needs KFP 2.15.0")
+        assert "--skip-kfp-version-check" in refused.stderr and kfp.runs == {}
+
+        done = repotune("submit", source, "--host", kfp.url, "--skip-kfp-version-check", "--kfp-namespace",
+                        "team-a", "--namespace", "models", "--service-account", "team-a-runner", "--image",
+                        f"{TEAM}:1.4.2", "--set", "max_steps=5", "--run-name", "app-1")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (run,) = kfp.runs.values()
+        assert done.stderr.strip() == f"started run {run['run_id']} (app-1) on {kfp.url} as team-a-runner"
+        assert run["service_account"] == "team-a-runner"
+        assert kfp.experiments[run["experiment_id"]]["namespace"] == "team-a"
+        assert run["runtime_config"]["parameters"] == {
+            "source": source, "ref": "", "training": {"max_steps": 5}, "namespace": "models"
+        }  # fmt: skip
+        spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
+        assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
+            f"{TEAM}:1.4.2"
+        }
+
+    with running_kfp_api(tag_name="2.15.0") as kfp:
+        done = repotune("submit", source, "--host", kfp.url, "--service-account", "")
+        assert done.returncode == 0, done.stderr
+        (run,) = kfp.runs.values()
+        assert run.get("service_account") is None and "as KFP's default account" in done.stderr
+        done = repotune("submit", source, "--host", kfp.url)
+        assert done.returncode == 0 and "as repotune-pipeline-runner" in done.stderr
+
+
+def test_run_refuses_an_unreachable_tracking_server_in_one_line(tmp_path: Path) -> None:
+    from tests.s3_server import closed_port_url
+
+    dead = closed_port_url()
+    done = repotune("run", str(tmp_path), "--recipe", "tiny-cpu", "--workdir", str(tmp_path / "home"),
+                    "--tracking-uri", dead)  # fmt: skip
+    _one_line_error(done, f"cannot reach the MLflow tracking server at {dead}")
+    assert not (tmp_path / "home").exists()
+
+
+def _weed_running(folder: Path) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"weed" in command and str(folder).encode() in command:
+                return True
+    return False
+
+
+def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
+    """`make demo` on the tiny recipe: `repotune run --local-s3` starts SeaweedFS, publishes every stage's
+    outputs to it as on a cluster, renders the InferenceService against the published model, shows a
+    line per stage (the full log is in the run folder), and stops the store."""
+    import re
+
+    import yaml
+    from tests.conftest import git
+    from tests.test_pipeline import QUICK_EVAL, _project
+
+    from repotune import storage
+    from repotune.pipelines import seaweedfs
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _project(repo)
+    sha = git(repo, "rev-parse", "HEAD").strip()
+    home, run_dir = tmp_path / "home", tmp_path / "run"
+    quick = [arg for key, value in QUICK_EVAL.items() for arg in ("--eval", f"{key}={value}")]
+    done = repotune("run", str(repo), "--recipe", "tiny-cpu", "--workdir", str(home), "-o", str(run_dir),
+                    "--local-s3", "--no-query", "--set", "max_steps=20", *quick)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = done.stderr.splitlines()
+    # kfp.local printed about 550 lines (executor JSON, warnings, rules); a person sees a few dozen
+    assert len(shown) < 45 and done.stdout == "", done.stderr
+    assert (
+        "\x1b[" not in done.stderr and "executorInput" not in done.stderr and "Traceback" not in done.stderr
+    )
+    for stage in ("ingest", "clean", "train", "evaluate", "deploy"):
+        assert any(re.match(rf"^{stage} +succeeded +\S+", line) for line in shown), (stage, done.stderr)
+    assert sum(1 for line in shown if re.match(r"^train +step \d+/20 ", line)) == 4  # each quarter
+    assert f"full log: {run_dir / 'run.log'}" in shown
+    log = (run_dir / "run.log").read_text()
+    assert len(log.splitlines()) > 10 * len(shown) and "Executing task 'train'" in log
+    assert any(line.startswith("object store: SeaweedFS S3 at http://127.0.0.1:") for line in shown)
+    assert "| perplexity |" in done.stderr  # the evaluation table
+
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["artifacts"] == f"s3://repotune/runs/repo/{sha}"
+    isvc = next(o for o in yaml.safe_load_all((run_dir / status["manifest"]).read_text())
+                if o["kind"] == "InferenceService")  # fmt: skip
+    model_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert re.fullmatch(rf"s3://repotune/runs/repo/{sha}/[0-9a-f]+/model", model_uri)
+    assert f"InferenceService: {run_dir / 'inferenceservice.yaml'}" in shown
+
+    # the store was stopped with the run; what it holds is there for the next one
+    assert not _weed_running(home / "s3")
+    with seaweedfs.running(home / "s3") as server:
+        client = seaweedfs.client(server)
+        for uri in (f"s3://repotune/runs/repo/{sha}/ingest", f"s3://repotune/runs/repo/{sha}/clean",
+                    model_uri, model_uri.removesuffix("/model") + "/evaluation"):  # fmt: skip
+            assert storage.exists_complete(uri, client=client), uri
+        names = [o.object_name for o in client.list_objects("repotune", prefix="runs/", recursive=True)]
+        assert any("/checkpoints/checkpoint-" in name for name in names)
+    assert not _weed_running(home / "s3")

@@ -398,7 +398,7 @@ def test_models_uri_resolves_through_a_registry_and_gets_the_endpoint(api: KubeA
 
 @pytest.mark.slow
 def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path: Path) -> None:
-    """Against a real `mlflow server` that stores artifacts in a (moto) S3 bucket: the mapped s3:// URI
+    """Against a real `mlflow server` that stores artifacts in a (SeaweedFS) S3 bucket: the mapped s3:// URI
     is where the server put the files, so KServe's storage initializer finds them. About 30 s."""
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment

@@ -164,6 +164,32 @@ def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
         ingest_stage.run(IngestConfig(source=f"file://{tmp_path}/missing.git", output=tmp_path / "b"))
 
 
+@pytest.mark.integration
+def test_git_clone_errors_show_gits_reason_without_credentials(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = f"file://{tmp_path}/nonexistent.git"
+    done = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "ingest", missing, "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: cannot clone {missing}: '{tmp_path}/nonexistent.git' does not appear to be a git "
+        "repository; Could not read from remote repository."
+    )
+    # a token in the URL never reaches the message, whatever git says about the URL
+    from tests.s3_server import closed_port_url
+
+    with_token = closed_port_url().replace("http://", "http://ada:tok3n@") + "/o/r.git"
+    with pytest.raises(RepotuneError) as raised:
+        ingest_stage.run(IngestConfig(source=with_token, output=tmp_path / "b"))
+    message = str(raised.value)
+    assert "tok3n" not in message and "ada" not in message
+    assert message.startswith("cannot clone http://127.0.0.1:") and "Failed to connect" in message
+
+
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
@@ -289,3 +315,96 @@ def test_credentials_in_a_git_url_never_reach_the_output(sample_repo: Path, tmp_
     manifest, records = ingest(f"file://{sample_repo}", tmp_path / "out")
     assert manifest["source"] == f"file://{sample_repo}"
     assert all(r.source == f"file://{sample_repo}" for r in records.values())
+
+
+@pytest.fixture
+def shared_tmp(tmp_path: Path):
+    """A folder another user can enter: pytest's own tmp folders are private to the user running it."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="repotune-test-"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        for path in folder.rglob("*"):  # chmod 000 folders must be opened up again to be removed
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+NOBODY = 65534
+
+
+def as_unprivileged(work) -> str:
+    """Runs ``work()`` where permission bits bind: in a forked child that drops to ``nobody`` (uid
+    65534) when this process is root (tests often run as root in containers, and root reads any
+    file whatever its mode), in this process otherwise. Returns "ok" or the child's traceback.
+
+    The child cannot import anything new once it is ``nobody`` (the interpreter's files may be
+    private to root), so the caller warms ``work``'s imports up first.
+    """
+    import traceback
+
+    if os.geteuid() != 0:
+        work()
+        return "ok"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                work()
+                outcome = "ok"
+            except BaseException:
+                outcome = traceback.format_exc()
+            os.write(write, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.mark.integration
+def test_unreadable_folders_and_ignore_files_are_counted_skips(shared_tmp: Path, sample_tree: Path) -> None:
+    """Ingest over a tree with a folder, an ignore file and a file it may not read: each is a counted
+    ``unreadable`` skip, and the rest is ingested."""
+    tree = shared_tmp / "tree"
+    write_tree(
+        tree,
+        {
+            "src/app.py": "def main():\n    return 'readable'\n",
+            "private/keys.py": "TOKEN = 'must never be read'\n",
+            "docs/guide.md": "# Guide\n\nRead me.\n",
+            "docs/.gitignore": "secrets.env\n",
+            "docs/secrets.env": "PASSWORD=hunter2\n",
+            "src/locked.py": "x = 1\n",
+        },
+    )
+    ingest(sample_tree, shared_tmp / "warm-up")  # every import the walk needs, done before the fork
+    for path in (tree / "private", tree / "docs" / ".gitignore", tree / "src" / "locked.py"):
+        path.chmod(0)
+    for path in (tree, tree / "src", tree / "docs"):
+        path.chmod(0o755)
+    out = shared_tmp / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    outcome = as_unprivileged(lambda: ingest_stage.run(IngestConfig(source=str(tree), output=out)))
+    assert outcome == "ok", outcome
+    manifest = json.loads((out / "manifest.json").read_text())
+    records = {r.file_path: r for r in read_records(out / "records.jsonl")}
+    assert set(records) == {"src/app.py"}
+    # the private folder, the docs folder (its .gitignore unread, so walking it could take in what
+    # that file keeps out) and the locked file
+    assert manifest["skipped"]["unreadable"] == 3

@@ -24,7 +24,7 @@ import yaml
 from tests.kube_api import fails_after, never_ready, ready_after, running_kube_api
 
 from repotune import images, kube
-from repotune.deploy import DeploySettings, ModelSource, Runtime, S3Access, deploy
+from repotune.deploy import DeploySettings, ModelSource, Runtime, S3Access, roll_out
 from repotune.errors import RepotuneError
 from repotune.pipelines.submit import SERVICE_ACCOUNT
 from repotune.train.cluster_job import DEFAULT_SECRET_ENV, TRAINER_SERVICE_ACCOUNT, run_pytorchjob
@@ -334,10 +334,10 @@ def test_the_roles_grant_exactly_what_the_deploy_and_train_steps_call(rendered):
         api = kube.connect(host=server.url)
         settings = DeploySettings(name="assistant", namespace="team-a", runtime=Runtime.REPOTUNE)
         server.controller("inferenceservices", ready_after(2))
-        deploy(model, settings, timeout_s=10, poll_s=0.01, api=api)
+        roll_out(model, settings, timeout_s=10, poll_s=0.01, api=api)
         server.controller("inferenceservices", never_ready())
         with pytest.raises(RepotuneError, match="Rolled back"):
-            deploy(newer, settings, timeout_s=0.2, poll_s=0.02, api=api)
+            roll_out(newer, settings, timeout_s=0.2, poll_s=0.02, api=api)
         server.controller("pytorchjobs", ready_after(2, condition="Succeeded"))
         run_pytorchjob(job("train-ok"), timeout_s=10, poll_s=0.01, api=api)
         server.controller("pytorchjobs", fails_after(2))

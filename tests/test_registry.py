@@ -1,4 +1,4 @@
-"""The model registry against a real `mlflow server` whose artifacts live in an S3 bucket (moto)."""
+"""The model registry against a real `mlflow server` whose artifacts live in an S3 bucket (SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def test_register_is_idempotent_and_decisions_are_truncated(servers: Servers, tm
         registry.rollback()
 
     run_id, _ = train_run(MlflowTracker(url, "repotune-registry-tests"), tmp_path, 7, 9.0)
-    with pytest.raises(RepotuneError, match="no artifacts under 'missing'"):
+    with pytest.raises(RepotuneError, match="no logged model named 'missing' and no artifacts"):
         registry.register_candidate(run_id, "missing", provenance(7))
     first = registry.register_candidate(run_id, "model", provenance(7), metrics=metrics(9.0))
     again = registry.register_candidate(run_id, "model", {**provenance(7), RECIPE_HASH_TAG: "recipe-2"})
@@ -259,3 +259,137 @@ def test_promote_refuses_a_refusing_decision_before_any_call() -> None:
     registry = Registry(closed_port_url(), "any")
     with pytest.raises(ValueError, match="the caller"):
         registry.promote("1", Decision(False, ("do not promote: the caller must not ask",)))
+
+
+@pytest.mark.integration
+def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
+    servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logged model (the pyfunc flavor over the model folder) registered and promoted: MLflow's own
+    `models:/NAME@champion` loads and completes text, and KServe's S3 folder holds the model files."""
+    import mlflow.pyfunc
+    import torch
+    from tests.serving_helpers import make_serving_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repotune.deploy.uris import resolve_model_uri
+    from repotune.evaluate.registry import WEIGHTS_PATH_TAG
+
+    url = servers.mlflow_url
+    folder = make_serving_model(tmp_path / "model", fim=False)
+    (folder / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"\x00" * 64)
+    tracker = MlflowTracker(url, "repotune-registry-tests")
+    with tracker.start_run("evaluate") as run_id:
+        tracker.log_metrics({"candidate.perplexity": 8.0})
+        model_id = tracker.log_model(folder, exclude=("checkpoints",))
+    assert model_id is not None and run_id is not None
+    registry = Registry(url, "repotune-flavor")
+    version = registry.register_candidate(run_id, "model", provenance(1), metrics=metrics(8.0))
+    registry.promote(version, Decision(True, ("promote: test",)))
+
+    champion = registry.champion()
+    client = MlflowClient(url, registry_uri=url)
+    logged = client.get_logged_model(model_id)  # after registration: its tags name the version
+    assert logged.source_run_id == run_id and logged.name == "model"
+    assert champion is not None and champion.source == f"models:/{model_id}"
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [
+        {"name": "repotune-flavor", "version": version}
+    ]
+    assert champion.tags[WEIGHTS_PATH_TAG] == "artifacts/model"
+    assert champion.files_uri == f"{logged.artifact_location}/artifacts/model"
+    assert champion.files_uri.startswith("mlflow-artifacts:/")
+    assert {m.key: m.value for m in logged.metrics or []} == {"candidate.perplexity": 8.0}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    loaded = mlflow.pyfunc.load_model("models:/repotune-flavor@champion")
+    prompts = ["def add(a, b):", "class Greeter:"]
+    completions = loaded.predict(prompts, params={"max_tokens": 6})
+    # The same greedy completion as transformers gives on the original folder: the real model ran.
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    for prompt, completion in zip(prompts, completions, strict=True):
+        encoded = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id
+            )
+        expected = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert completion == expected and expected
+    assert len(loaded.predict(["x = "], params={"max_tokens": 2})) == 1
+
+    # What evaluation scores and KServe deploys: the plain Hugging Face folder, without checkpoints.
+    local = registry.download(version, tmp_path / "dl")
+    assert {p.name for p in local.iterdir()} == {p.name for p in folder.iterdir()} - {"checkpoints"}
+    assert (local / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    deployed = resolve_model_uri(
+        "models:/repotune-flavor@champion",
+        tracking_uri=url,
+        artifacts_s3=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}",
+    )
+    assert deployed.version == version and deployed.commit == f"{1:040x}"
+    bucket, key = deployed.storage_uri.removeprefix("s3://").split("/", 1)
+    with s3_environment(servers.s3_endpoint):
+        s3 = client_from_env()
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            size = s3.stat_object(bucket, f"{key}/{name}").size
+            assert size == (folder / name).stat().st_size, name
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's own model server (`mlflow models serve`, as MLflow's deployment tools run it) serves
+    the champion of a local registry: same completions as `mlflow.pyfunc` in process. About 20 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow.pyfunc
+    import requests
+    from tests.mlflow_server import free_port
+    from tests.serving_helpers import make_serving_model
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = make_serving_model(tmp_path / "model", fim=False)
+    tracker = MlflowTracker(tracking_uri, "serve-tests")
+    with tracker.start_run("evaluate") as run_id:
+        tracker.log_model(folder)
+    registry = Registry(tracking_uri, "repotune-served")
+    assert run_id is not None
+    registry.promote(registry.register_candidate(run_id, "model", {}), Decision(True, ("promote: test",)))
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # its uvicorn
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/repotune-served@champion"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        request = {"inputs": ["def add(a, b):", "x = "], "params": {"max_tokens": 4}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+        assert answer.status_code == 200, answer.text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    expected = mlflow.pyfunc.load_model("models:/repotune-served@champion").predict(
+        request["inputs"], params=request["params"]
+    )
+    assert answer.json() == {"predictions": expected}

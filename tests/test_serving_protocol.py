@@ -17,6 +17,7 @@ from starlette.routing import Route
 from tests.serving_helpers import make_serving_model
 
 from repotune.errors import RepotuneError
+from repotune.http_limits import json_depth_exceeds
 from repotune.serving.batching import Batcher, GenerationRequest
 from repotune.serving.errors import QueueFull, ServingError
 from repotune.serving.guards import BearerAuth, BodyGuard
@@ -26,7 +27,6 @@ from repotune.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     Instance,
-    json_depth_exceeds,
     validated,
 )
 from repotune.serving.server import bind

@@ -1,4 +1,4 @@
-"""repotune.storage and checkpoint sync against a real S3 API (moto's server on 127.0.0.1)."""
+"""repotune.storage and checkpoint sync against a real S3 API (SeaweedFS on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -166,8 +166,39 @@ def test_prefix_without_marker_is_absent(client, tmp_path):
 @pytest.mark.integration
 def test_missing_bucket_is_a_clear_error(client, tmp_path):
     write_files(tmp_path / "d", {"x": b"1"})
-    with pytest.raises(RepotuneError, match="bucket 'no-such-bucket' does not exist"):
+    with pytest.raises(storage.PublishError, match="bucket 'no-such-bucket' does not exist") as raised:
         storage.upload_dir(tmp_path / "d", "s3://no-such-bucket/x", client=client, retry=FAST)
+    assert raised.value.destination == "s3://no-such-bucket/x/"
+    with pytest.raises(storage.PublishError, match="bucket 'no-such-bucket' does not exist"):
+        storage.upload_file(tmp_path / "d" / "x", "s3://no-such-bucket/x/", client=client, retry=FAST)
+    # a local mistake is not a publishing failure
+    with pytest.raises(RepotuneError, match="is not a folder") as raised:
+        storage.upload_dir(tmp_path / "nothing", "s3://no-such-bucket/x", client=client)
+    assert not isinstance(raised.value, storage.PublishError)
+
+
+@pytest.mark.integration
+def test_publish_to_a_store_that_refuses_raises_a_publish_error(client, tmp_path):
+    """A stage's output that does not reach ``artifacts_root`` fails the stage, naming what and where."""
+    write_files(tmp_path / "model", NESTED)
+    with pytest.raises(storage.PublishError) as raised:
+        storage.publish(tmp_path / "model", "s3://no-such-bucket/runs", "/src/shop", "abc123", "model")
+    message = str(raised.value)
+    assert message.startswith("the model output was not published to s3://no-such-bucket/runs/")
+    assert f"it is complete at {tmp_path / 'model'}" in message and "does not exist" in message
+    assert raised.value.destination.startswith("s3://no-such-bucket/runs/") and message.count("\n") == 0
+    # the same call with a bucket that is there publishes
+    dest = storage.publish(
+        tmp_path / "model", f"s3://{BUCKET}/runs", "/src/shop", "abc123", "model", log=print
+    )
+    assert storage.exists_complete(dest, client=client)
+
+
+@pytest.mark.integration
+def test_publish_to_an_unreachable_store_raises_a_publish_error(tmp_path):
+    write_files(tmp_path / "data", {"a.jsonl": b"{}"})
+    with s3_environment(closed_port_url()), pytest.raises(storage.PublishError, match="cannot reach"):
+        storage.publish(tmp_path / "data", f"s3://{BUCKET}/runs", "/src/shop", "abc123", "clean")
 
 
 class FailFirst:
@@ -225,9 +256,24 @@ def test_permanent_failure_is_not_retried(client, tmp_path):
     assert not storage.exists_complete(f"s3://{BUCKET}/denied", client=client)
 
 
-def save_checkpoint(output_dir: Path, step: int) -> Path:
+def save_checkpoint(output_dir: Path, step: int, *, complete: bool = True) -> Path:
+    """A small checkpoint in the Trainer's file formats (safetensors, torch zips, JSON state)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from repotune.train import checkpoints
+
     folder = output_dir / f"checkpoint-{step}"
-    write_files(folder, {"adapter_model.safetensors": os.urandom(100), "trainer_state.json": b"{}"})
+    folder.mkdir(parents=True)
+    save_file(
+        {"lora_A": torch.randn(4, 8), "lora_B": torch.randn(8, 4)}, folder / "adapter_model.safetensors"
+    )
+    torch.save({"state": {0: {"exp_avg": torch.randn(4, 8)}}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    if complete:
+        checkpoints.mark_complete(folder, step)
     return folder
 
 
@@ -256,16 +302,50 @@ def test_checkpoint_upload_and_restore(client, tmp_path):
     storage.upload_file(
         save_checkpoint(output_dir, 30) / "trainer_state.json", f"{uri}/checkpoint-30/", client=client
     )
+    # a checkpoint whose upload finished but whose files do not load (uploaded by a version without
+    # the completeness check, or damaged in the store): complete for the store, not for a resume
+    damaged = save_checkpoint(output_dir, 40)
+    (damaged / "optimizer.pt").write_bytes(b"\0" * (damaged / "optimizer.pt").stat().st_size)
+    storage.upload_dir(damaged, f"{uri}/checkpoint-40", client=client)
 
-    # a new pod with an empty disk resumes from the newest complete checkpoint
+    # a new pod with an empty disk resumes from the newest checkpoint that is complete on arrival
     fresh = tmp_path / "pod-b" / "checkpoints"
-    restored = restore_latest_checkpoint(uri, fresh, client=client)
+    restored = restore_latest_checkpoint(uri, fresh, log=lines.append, client=client)
     assert restored == fresh / "checkpoint-20"
     assert read_files(restored) == read_files(output_dir / "checkpoint-20")
     assert [p.name for p in fresh.iterdir()] == ["checkpoint-20"]
-    # with a local checkpoint present there is nothing to restore; nor from an empty prefix
+    assert lines[-2:] == [
+        f"skipping {uri}/checkpoint-40/: optimizer.pt does not load (File is not a zip file)",
+        f"skipping {uri}/checkpoint-30/: its upload did not finish",
+    ]
+    # with a complete local checkpoint there is nothing to restore; nor from an empty prefix
     assert restore_latest_checkpoint(uri, fresh, client=client) is None
     assert restore_latest_checkpoint(f"s3://{BUCKET}/empty", tmp_path / "pod-c", client=client) is None
+    # an incomplete local checkpoint (a kill mid-save) does not count: the store's newest complete one comes
+    pod_d = tmp_path / "pod-d" / "checkpoints"
+    save_checkpoint(pod_d, 50, complete=False)
+    assert restore_latest_checkpoint(uri, pod_d, log=lines.append, client=client) == pod_d / "checkpoint-20"
+
+
+@pytest.mark.integration
+def test_only_complete_checkpoints_are_uploaded_and_the_report_says_what_got_there(client, tmp_path):
+    from repotune.train.checkpoint_sync import CheckpointUpload
+
+    uri = f"s3://{BUCKET}/runs/8/checkpoints"
+    lines: list[str] = []
+    callback = CheckpointUpload(uri, lines.append, client=client)
+    assert callback.report() == {"checkpoint_uri": uri, "uploaded": [], "failed": [], "ok": True}
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    save_checkpoint(tmp_path, 10)
+    callback.on_save(args, SimpleNamespace(global_step=10, is_world_process_zero=True), SimpleNamespace())
+    save_checkpoint(tmp_path, 20, complete=False)
+    callback.on_save(args, SimpleNamespace(global_step=20, is_world_process_zero=True), SimpleNamespace())
+    assert lines[-1].startswith("warning: checkpoint checkpoint-20 was not uploaded")
+    assert "not a complete checkpoint: it has no checkpoint_complete.json" in lines[-1]
+    assert storage.list_subprefixes(uri, client=client) == ["checkpoint-10/"]
+    report = callback.report()
+    assert report["uploaded"] == ["checkpoint-10"] and report["ok"] is False
+    assert [entry["checkpoint"] for entry in report["failed"]] == ["checkpoint-20"]
 
 
 @pytest.mark.integration

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,7 +15,23 @@ from mlflow import MlflowClient
 from tests.mlflow_server import MlflowServer, free_port, running_mlflow_server
 
 from repotune.errors import RepotuneError
-from repotune.tracking import MlflowTracker, NullTracker, Tracker, flatten, make_tracker
+from repotune.tracking import (
+    PARENT_RUN_TAG,
+    SUMMARY_RUN_ID_KEY,
+    TRAIN_RUN_TAG,
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    data_provenance,
+    evaluate_run,
+    flatten,
+    jsonl_dataset,
+    make_tracker,
+    recipe_label,
+    repository_label,
+    split_datasets,
+    stage_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -124,11 +142,14 @@ def test_null_tracker_when_off_or_not_rank_zero(uri: str | None, rank: int, tmp_
     tracker = make_tracker(uri, "repotune-tests", rank=rank)
     assert isinstance(tracker, NullTracker) and isinstance(tracker, Tracker)
     tracker.check()
+    (tmp_path / "eval.jsonl").write_text('{"content": "x"}\n')
     with tracker.start_run("nothing", {"a": 1}) as run_id:
         tracker.log_params({"a": {"b": 1}})
         tracker.log_metrics({"loss": 1.0}, step=1)
         tracker.log_artifact(tmp_path)
         tracker.set_tags({"x": "y"})
+        tracker.log_dataset(split_datasets(tmp_path)["evaluation"], "evaluation")
+        assert tracker.log_model(tmp_path) is None
     assert run_id is None and tracker.run_id is None
 
 
@@ -142,3 +163,112 @@ def test_flatten_nested_mappings_and_dataclasses() -> None:
         "empty": {},
         "list": [1, 2],
     }
+
+
+SHA = "3f2c1ab" + "0" * 33
+
+
+def cleaned_folder(root: Path, source: str = "github:org/myrepo", commit: str | None = SHA) -> Path:
+    """A clean stage's output as far as tracking reads it: the two splits and stats.json's source."""
+    root.mkdir(parents=True)
+    (root / "train.jsonl").write_text('{"content": "def add(a, b): ..."}\n{"content": "x = 1"}\n')
+    (root / "eval.jsonl").write_text('{"content": "def mul(a, b): ..."}\n')
+    stats = {"kept": 3, "source": {"source": source, "source_type": "github", "commit": commit}}
+    (root / "stats.json").write_text(json.dumps(stats))
+    return root
+
+
+def test_runs_are_named_by_repository_commit_and_recipe_linked_and_list_their_datasets(
+    mlflow_url: str, tmp_path: Path
+) -> None:
+    data = cleaned_folder(tmp_path / "data")
+    tracker = MlflowTracker(mlflow_url, "repotune-lineage")
+    with tracker.start_run(*stage_run("train", data_provenance(data), recipe_label("smollm2-135m", "lora"))):
+        for context, dataset in split_datasets(data).items():
+            tracker.log_dataset(dataset, context)
+        train_id = tracker.run_id
+    assert train_id is not None
+    # What evaluation reads back from the model folder's train_summary.json.
+    summary = {
+        "base_model": "smollm2-135m",
+        "method": "lora",
+        "data": {**data_provenance(data), "train_records": 2},
+        SUMMARY_RUN_ID_KEY: train_id,
+    }
+    with tracker.start_run(*evaluate_run(summary)) as evaluate_id:
+        tracker.log_dataset(split_datasets(data)["evaluation"], "evaluation")
+
+    client = MlflowClient(mlflow_url)
+    train, evaluate = client.get_run(train_id), client.get_run(evaluate_id)
+    assert train.info.run_name == "myrepo@3f2c1ab · smollm2-135m lora · train"
+    assert evaluate.info.run_name == "myrepo@3f2c1ab · smollm2-135m lora · evaluate"
+    for run in (train, evaluate):
+        assert run.data.tags["dataset.source"] == "github:org/myrepo"
+        assert run.data.tags["dataset.commit"] == SHA
+    assert evaluate.data.tags[PARENT_RUN_TAG] == evaluate.data.tags[TRAIN_RUN_TAG] == train_id
+    assert PARENT_RUN_TAG not in train.data.tags
+    # How the MLflow UI finds the runs nested under the train run.
+    children = client.search_runs([train.info.experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{train_id}'")
+    assert [child.info.run_id for child in children] == [evaluate_id]
+
+    def inputs(run) -> dict[str, tuple]:
+        found = {}
+        for item in run.inputs.dataset_inputs:
+            context = {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]
+            dataset = item.dataset
+            found[context] = (dataset.name, dataset.digest, dataset.source_type, json.loads(dataset.source))
+            found[context + ".rows"] = json.loads(dataset.profile)["num_rows"]
+        return found
+
+    tree = {"url": f"https://github.com/org/myrepo/tree/{SHA}"}
+    digest = hashlib.sha256((data / "train.jsonl").read_bytes()).hexdigest()[:16]
+    assert inputs(train) == {
+        "training": ("myrepo@3f2c1ab/train", digest, "http", tree),
+        "training.rows": 2,
+        "evaluation": ("myrepo@3f2c1ab/eval", jsonl_dataset(data / "eval.jsonl", {}).digest, "http", tree),
+        "evaluation.rows": 1,
+    }
+    assert inputs(evaluate) == {key: value for key, value in inputs(train).items() if "evaluation" in key}
+
+
+def test_an_untracked_training_leaves_the_evaluation_unlinked(tmp_path: Path) -> None:
+    summary = {"base_model": "/models/Qwen/Qwen2.5-Coder-0.5B/", "method": "full", "data": {}}
+    summary[SUMMARY_RUN_ID_KEY] = None
+    assert evaluate_run(summary) == (
+        "data · Qwen2.5-Coder-0.5B full · evaluate",
+        {"repotune.stage": "evaluate"},
+    )
+    assert data_provenance(tmp_path) == {} and split_datasets(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "commit", "label", "dataset_source"),
+    [
+        ("github:org/myrepo", SHA, "myrepo@3f2c1ab", f"https://github.com/org/myrepo/tree/{SHA}"),
+        (
+            "https://git.example.com/team/tool.git",
+            SHA,
+            "tool@3f2c1ab",
+            "https://git.example.com/team/tool.git",
+        ),
+        ("git@github.com:org/thing.git", None, "thing", "git@github.com:org/thing.git"),
+        ("/home/me/src/project.tar.gz", None, "project", "/home/me/src/project.tar.gz"),
+    ],
+)
+def test_datasets_name_their_repository_and_point_at_its_source(
+    tmp_path: Path, source: str, commit: str | None, label: str, dataset_source: str
+) -> None:
+    data = cleaned_folder(tmp_path / "data", source, commit)
+    provenance = data_provenance(data)
+    assert repository_label(provenance) == label
+    dataset = split_datasets(data)["training"]
+    assert (dataset.name, dataset.source, dataset.records, dataset.commit) == (
+        f"{label}/train",
+        dataset_source,
+        2,
+        commit,
+    )
+    entity = dataset.to_mlflow()._to_mlflow_entity()
+    assert entity.digest == dataset.digest and json.loads(entity.profile)["num_rows"] == 2
+    if not dataset_source.startswith("https://"):
+        assert (entity.source_type, json.loads(entity.source)) == ("code", {"tags": {"source": source}})

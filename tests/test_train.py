@@ -97,6 +97,10 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(cleaned: Path, tmp_pat
     assert summary["resumed_from"].endswith("checkpoint-4")
     assert summary["steps"] == 6
     assert any("resuming from" in line for line in lines)
+    # the whole run's numbers, not the resumed part's: the base loss and all six steps' losses
+    assert summary["base_eval_loss"] is not None
+    assert len(summary["first_losses"]) == 5 and summary["train_loss"] is not None
+    assert not any(line.startswith("base model eval loss") for line in lines)  # read, not scored again
 
 
 def test_bad_training_input_fails_before_any_work(cleaned: Path, tmp_path: Path) -> None:

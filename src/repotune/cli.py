@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +22,12 @@ from repotune.deploy import DeployConfig, to_yaml
 from repotune.errors import RepotuneError
 from repotune.evaluate import EvaluateConfig
 from repotune.ingest import IngestConfig
-from repotune.options import Setting, Values, build, settings
+from repotune.options import Setting, Values, build, help_of, settings
+from repotune.pipelines.config import CompileConfig, ImageSettings, SubmitConfig
 from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
 from repotune.serving.settings import ServeSettings
-from repotune.train import DEFAULT_RECIPE, TrainConfig
+from repotune.train import TrainConfig
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -67,6 +72,7 @@ def _parse_since(value: str | None) -> datetime | None:
     Setting("kinds", ("--include",), parse=parse_include),
     Setting("ref"),
     Setting("since", parse=_parse_since),
+    Setting("cut"),
     Setting("max_file_bytes"),
     Setting("max_commits"),
     Setting("max_diff_bytes"),
@@ -91,6 +97,15 @@ def ingest(values: Values) -> None:
     skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
     commit = f" at {result.commit[:12]}" if result.commit else ""
     say(f"ingested {result.records} records{commit}: {kept}")
+    split = result.split or {}
+    if split.get("mode") == "temporal":
+        cut = split["cut"]
+        say(
+            f"cut at {cut['commit'][:12]} ({cut['date']}, {split['rule']}): {split['future_lines']} lines "
+            f"in {split['future_files']} files and {split['commits_after_cut']} commits after it are held out"
+        )
+    elif split.get("reason"):
+        say(f"file split: {split['reason']}")
     say(f"skipped: {skipped}")
     say(f"wrote {result.output.records}")
 
@@ -119,6 +134,13 @@ def clean(values: Values) -> None:
     say(
         f"kept {kept} of {result.input_records} records ({result.train_records} train, "
         f"{result.eval_records} eval); dropped {dropped}; redacted {sum(result.redactions.values())} secrets"
+    )
+    say(f"trained on: {result.split.trained_on}")
+    say(f"scored on: {result.split.scored_on}")
+    leaks = result.leaks
+    say(
+        f"leak audit: {leaks.found} of {leaks.target_lines} held-out lines found in training, "
+        f"{leaks.set_aside} set aside (seen_lines), {leaks.scored_in_training} left to score"
     )
     say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
@@ -314,16 +336,20 @@ def deploy(
         typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
+    image: Annotated[str | None, typer.Option(help=help_of(ImageSettings, "image"))] = None,
+    cuda_image: Annotated[str | None, typer.Option(help=help_of(ImageSettings, "cuda_image"))] = None,
 ) -> None:
     """Serve a model as a KServe InferenceService; roll back to the previous one if it does not come up."""
-    from repotune import deploy
+    from repotune import deploy, images
     from repotune.deploy import S3Access
 
     s3 = values["settings"]["s3"]
     values["settings"]["s3"] = S3Access.from_url(s3_endpoint, **{**s3, "region": s3["region"] or None})
     for name in ("tracking_uri", "artifacts_s3"):
         values[name] = values[name] or None
-    result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
+    # the image of the predictor (--runtime repotune) is rendered from the choice
+    with images.use(ImageSettings(image, cuda_image).resolve()):
+        result = deploy.run(build(DeployConfig, {**values, "apply": not dry_run}), log=say)
     if dry_run:
         typer.echo(to_yaml(list(result.objects)), nl=False)
         return
@@ -358,6 +384,8 @@ def api(
     if not settings.tokens:
         say("warning: serving without authentication (--insecure-no-auth)")
     say(f"store {settings.store}; runs in {settings.work_dir / 'runs'}; database {settings.db_path}")
+    networks = ", ".join(str(n) for n in settings.source_networks) or "none (public addresses only)"
+    say(f"repository URLs: {', '.join(settings.source_schemes)}; private networks allowed: {networks}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -374,6 +402,7 @@ def api(
     Setting("workdir", envvar="REPOTUNE_HOME"),
     Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
     Setting("artifacts_root", ("--artifacts",)),
+    Setting("local_s3"),
     Setting("model_name"),
 )
 def run(
@@ -384,59 +413,116 @@ def run(
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local), with the components a cluster runs."""
     from repotune.pipelines.local import run_local
+    from repotune.pipelines.status import RunLayout
 
     config = build(RunConfig, values)
     _, run_dir = config.folders()
-    status = run_local(replace(config, run_dir=run_dir), log=say)
+    with _terminated_as_exit():
+        status = run_local(replace(config, run_dir=run_dir), log=say, console=console)
+    say("")
     _say_verdict_and_table(run_dir / str(status.report))
-    say("stages: " + ", ".join(f"{name} {entry.state}" for name, entry in status.stages.items()))
+    layout = RunLayout(run_dir)
     say(f"model: {status.model}")
-    say(f"run folder: {run_dir}")
+    if status.artifacts:
+        say(f"published: {status.artifacts}")
+    if status.manifest:
+        say(f"InferenceService: {layout.folder / status.manifest}")
+    say(f"run folder: {run_dir} (status.json, report.md, run.log)")
     if query:
         from repotune.pipelines.local import query_served_model
 
         query_served_model(Path(str(status.model)), run_dir, Path(str(status.dataset)), log=say)
 
 
+@contextlib.contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (a supervisor stopping the run) unwinds like Ctrl-C, so what the run started (the local
+    object store, kfp.local's step) is stopped and the status says it failed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command("compile")
-def compile_(
-    output: Annotated[Path, typer.Option("-o", "--output", help="IR YAML file to write.")] = Path(
-        "pipeline.yaml"
-    ),
-    recipe: Annotated[
-        str, typer.Option(help="Recipe the train step's image and resources come from.")
-    ] = DEFAULT_RECIPE,
-) -> None:
+@settings(
+    CompileConfig,
+    Setting("output", ("-o", "--output")),
+    Setting("recipe"),
+    Setting("images.image", ("--image",)),
+    Setting("images.cuda_image", ("--cuda-image",)),
+)
+def compile_(values: Values) -> None:
     """Compile the pipeline to KFP IR YAML for the KFP UI (Upload pipeline) or `kfp` tooling."""
     from repotune.pipelines.submit import compile_pipeline
 
-    say(f"wrote {compile_pipeline(output, recipe)}")
+    config = build(CompileConfig, values)
+    say(f"wrote {compile_pipeline(config.output, config.recipe, images=config.images.resolve())}")
 
 
 @app.command()
-def submit(
-    source: Annotated[str, typer.Argument(help="A git URL or github:OWNER/REPO the cluster can reach.")],
-    host: Annotated[
-        str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline:8888.")
-    ],
-    recipe: Annotated[str, typer.Option(help="Recipe: a shipped name or a .yaml path.")] = DEFAULT_RECIPE,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    set_: RecipeSettings = None,
-    namespace: Annotated[str, typer.Option(help="Namespace the model is deployed into.")] = "repotune",
-    run_name: Annotated[
-        str | None, typer.Option(help="Run name (default: repotune-<source>-<time>).")
-    ] = None,
-    experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "repotune",
-) -> None:
+@settings(
+    SubmitConfig,
+    Setting("source", argument=True),
+    Setting("host", envvar="KFP_HOST"),
+    Setting("recipe"),
+    Setting("ref"),
+    Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
+    Setting("namespace"),
+    Setting("kfp_namespace"),
+    Setting("run_name"),
+    Setting("experiment"),
+    Setting("service_account"),
+    Setting("skip_version_check", ("--skip-kfp-version-check",)),
+    Setting("images.image", ("--image",)),
+    Setting("images.cuda_image", ("--cuda-image",)),
+)
+def submit(values: Values) -> None:
     """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""
-    from repotune.pipelines.submit import submit_run
-    from repotune.sources.slug import source_slug
+    from repotune.pipelines.submit import submit as submit_config
 
-    name = run_name or f"repotune-{source_slug(source)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    arguments = {"source": source, "ref": ref or "", "training": _parse_overrides(set_ or [])}
-    arguments["namespace"] = namespace
-    run_id = submit_run(host, arguments, name, recipe=recipe, experiment=experiment)
-    say(f"started run {run_id} ({name}) on {host}")
+    config = build(SubmitConfig, values)
+    run_id, name = submit_config(config)
+    account = config.service_account or "KFP's default account"
+    say(f"started run {run_id} ({name}) on {config.host} as {account}")
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Folder written by `repotune train`.")],
+    hub: Annotated[str, typer.Option(metavar="ORG/NAME", help="Hugging Face Hub repository to push to.")],
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Folder written by `repotune evaluate`: its results go into the model card."
+        ),
+    ] = None,
+    adapter_only: Annotated[
+        bool, typer.Option(help="Push the LoRA adapter and tokenizer instead of the merged model.")
+    ] = False,
+    public: Annotated[bool, typer.Option(help="Create the repository public (private by default).")] = False,
+) -> None:
+    """Push a model, its tokenizer and a model card to the Hugging Face Hub (token: HF_TOKEN)."""
+    from repotune.export import TOKEN_ENV, ExportConfig, export_model
+
+    config = ExportConfig(
+        model_dir=model_dir,
+        repo_id=hub,
+        token=os.environ.get(TOKEN_ENV) or None,
+        evaluation_dir=evaluation,
+        adapter_only=adapter_only,
+        private=not public,
+    )
+    result = export_model(config, log=say)
+    say(f"pushed to {result.repo_url} ({'public' if public else 'private'}): {result.commit_url}")
 
 
 def main() -> None:

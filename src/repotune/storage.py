@@ -22,6 +22,7 @@ here sends the whole file again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -32,7 +33,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +69,19 @@ _TRANSIENT_CODES = frozenset(
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 T = TypeVar("T")
+
+
+class PublishError(RepotuneError):
+    """Output that was to go to object storage did not get there, after the retries the policy allows.
+
+    What was to be published is still complete where it was written; ``destination`` names where it
+    should have gone. Stages that publish let it through, so a run that was asked to publish and did
+    not ends with a non-zero exit (or a failed pipeline step) rather than a warning in a log.
+    """
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        super().__init__(message)
+        self.destination = destination
 
 
 @dataclass(frozen=True)
@@ -299,9 +314,10 @@ def upload_file(
     bucket, key = parse_s3_uri(uri)
     if not key or key.endswith("/"):
         key = f"{key}{path.name}"
-    client = _client(client)
-    _put_file(client, path, bucket, key, part_size, retry)
-    return f"{S3_SCHEME}{bucket}/{key}"
+    dest = f"{S3_SCHEME}{bucket}/{key}"
+    with _publishing(dest):
+        _put_file(_client(client), path, bucket, key, part_size, retry)
+    return dest
 
 
 def _put_file(client: Minio, path: Path, bucket: str, key: str, part_size: int, retry: RetryPolicy) -> None:
@@ -332,8 +348,20 @@ def upload_dir(
         raise RepotuneError(f"{root} is not a folder")
     bucket, prefix = parse_s3_uri(uri)
     prefix = _dir_prefix(prefix)
-    client = _client(client)
     files = _local_files(root)
+    with _publishing(f"{S3_SCHEME}{bucket}/{prefix}"):
+        return _upload_files(_client(client), root, files, bucket, prefix, part_size, retry)
+
+
+def _upload_files(
+    client: Minio,
+    root: Path,
+    files: list[tuple[str, int]],
+    bucket: str,
+    prefix: str,
+    part_size: int,
+    retry: RetryPolicy,
+) -> dict[str, Any]:
     _call(
         client,
         f"removing the old marker at s3://{bucket}/{prefix}{MARKER}",
@@ -357,6 +385,17 @@ def upload_dir(
         retry,
     )
     return marker
+
+
+@contextlib.contextmanager
+def _publishing(destination: str) -> Iterator[None]:
+    """Object-store failures inside become :class:`PublishError` (bad local input stays RepotuneError)."""
+    try:
+        yield
+    except PublishError:
+        raise
+    except RepotuneError as exc:
+        raise PublishError(str(exc), destination=destination) from exc
 
 
 def _local_files(root: Path) -> list[tuple[str, int]]:
@@ -519,19 +558,96 @@ def _inside(root: Path, relative: str, uri: str) -> Path:
     return dest
 
 
+# What rename(2) says when the target is already taken by a folder with files, or by the other type.
+_TAKEN = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+# Rounds of "move the old one aside, rename ours in" lost to other writers before giving up.
+_PLACE_ATTEMPTS = 50
+_COMPARE_CHUNK = 1 << 20  # bytes read at a time when comparing two copies
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
+    """Renames the complete folder ``staging`` to ``target``; safe with many writers (threads or processes)
+    placing the same target at once.
+
+    An absent target is taken in one rename. A target already there with the same content counts as
+    success and ``staging`` is dropped, so identical copies racing each other all succeed and readers
+    never find the target missing. Other content replaces it: a folder cannot be replaced in one rename,
+    so the old one is first moved aside under a name unique to this call (a crash between the two
+    renames leaves both copies on disk rather than neither), then removed.
+    """
+    for _ in range(_PLACE_ATTEMPTS):
+        try:
+            os.replace(staging, target)
+            return
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                raise
+        if _same_tree(staging, target):
+            _remove(staging)
+            return
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first; start over
+        try:
+            os.replace(staging, target)
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                os.replace(old, target)  # put the old one back rather than leave no target
+                raise
+            # another writer's complete copy landed between our two renames; compare with that one
+            continue
+        finally:
+            if old.exists() or old.is_symlink():
+                _remove(old)
         return
-    # A folder cannot be replaced in one rename; move the old one aside first so that a crash between
-    # the two renames leaves both copies on disk rather than neither.
-    old = target.with_name(f".{target.name}.{os.getpid()}.old")
-    os.replace(target, old)
-    os.replace(staging, target)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
+    raise RepotuneError(f"{target}: other writers kept replacing it; gave up after {_PLACE_ATTEMPTS} tries")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        old.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _same_tree(left: Path, right: Path) -> bool:
+    """True when two folders hold the same names, the same kinds and the same bytes (False when either
+    changes or goes away while they are compared)."""
+    try:
+        if not (left.is_dir() and right.is_dir()) or left.is_symlink() or right.is_symlink():
+            return False
+        listing = _listing(left)
+        if listing != _listing(right):
+            return False
+        return all(
+            _same_bytes(left / name, right / name) for name, (kind, _) in listing.items() if kind == "f"
+        )
+    except OSError:
+        return False
+
+
+def _listing(root: Path) -> dict[str, tuple[str, int]]:
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            kind = "l" if path.is_symlink() else "d" if path.is_dir() else "f"
+            found[path.relative_to(root).as_posix()] = (kind, info.st_size if kind == "f" else 0)
+    return found
+
+
+def _same_bytes(left: Path, right: Path) -> bool:
+    with left.open("rb") as a, right.open("rb") as b:
+        while True:
+            chunk = a.read(_COMPARE_CHUNK)
+            if chunk != b.read(_COMPARE_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def copy_to(
@@ -668,10 +784,19 @@ def publish(
     ``root`` is an ``s3://`` URI (or a local folder); ``key`` is the revision for data and the revision
     plus the recipe hash for models, so the prefix is stable for cached pipeline steps. On a cluster
     KFP already stores artifacts in its own bucket; this gives them a readable, per-repository place.
+    Raises :class:`PublishError` when the copy does not get there (an unreachable or refusing store,
+    a full disk), naming the stage, where its output is, and where it should have gone.
     """
     if not root:
         return ""
     dest = f"{output_prefix(root, source, key)}/{stage}"
-    copy_to(path, dest)
+    try:
+        copy_to(path, dest)
+    except (PublishError, OSError) as exc:  # a missing output stays the RepotuneError copy_to gives
+        reason = str(exc) if isinstance(exc, PublishError) else f"{type(exc).__name__}: {exc}"
+        raise PublishError(
+            f"the {stage} output was not published to {dest} (it is complete at {path}): {reason}",
+            destination=dest,
+        ) from exc
     log(f"published {stage} to {dest}")
     return dest

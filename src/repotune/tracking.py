@@ -5,21 +5,36 @@ Training code talks to a ``Tracker`` and never to MLflow directly, so tests of o
 
     tracker = make_tracker(os.environ.get("MLFLOW_TRACKING_URI"), "repotune", rank=rank)
     tracker.check()  # RepotuneError now, naming the URI, if the server cannot be reached
-    with tracker.start_run("train-myproject", {"source": "github:org/repo"}):
+    provenance = data_provenance(data_dir)  # {"dataset.source": "github:org/repo", "dataset.commit": ...}
+    name, tags = stage_run("train", provenance, recipe_label("smollm2-135m", "lora"))
+    with tracker.start_run(name, tags):  # "repo@3f2c1ab · smollm2-135m lora · train"
+        for context, dataset in split_datasets(data_dir).items():
+            tracker.log_dataset(dataset, context)  # MLflow's "Datasets used"
         tracker.log_params({"recipe": asdict(recipe)})
         tracker.log_metrics({"train/loss": 1.23}, step=10)
         tracker.log_artifact(Path("model/train_summary.json"))
+
+An evaluation run names itself from the model's ``train_summary.json`` (``evaluate_run``): the same
+repository, commit and recipe, and the train run (``SUMMARY_RUN_ID_KEY``) as its parent, so MLflow shows
+it nested under the run that trained the model. ``log_model`` logs a model folder as an MLflow model
+(the ``pyfunc`` flavor of ``repotune.pyfunc_model``) that ``mlflow.pyfunc.load_model`` loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +62,29 @@ MLFLOW_HTTP_DEFAULTS = {
 # Consecutive failed calls after which a run stops talking to the server. A refused connection fails in
 # milliseconds; a silent network costs at most this many times 2 x MLFLOW_HTTP_REQUEST_TIMEOUT.
 MAX_CONSECUTIVE_FAILURES = 3
+
+STAGE_TAG = "repotune.stage"
+SOURCE_KEY = "dataset.source"
+"""Provenance key (a run tag, and a key of ``train_summary.json``'s ``data``): the ingested source."""
+COMMIT_KEY = "dataset.commit"
+"""Provenance key: the commit SHA of that source, when it has one."""
+SOURCE_TYPE_KEY = "dataset.source_type"
+TRAIN_RUN_TAG = "repotune.train_run_id"
+"""On an evaluation run: the MLflow run that trained the model it evaluated."""
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's own tag for nested runs; the UI shows the run under its parent, with a link."""
+SUMMARY_RUN_ID_KEY = "mlflow_run_id"
+"""The key of ``train_summary.json`` that holds the train run's id (null without tracking)."""
+WEIGHTS_PATH_TAG = "repotune.weights_path"
+"""On a logged model: where, inside its artifacts, the Hugging Face model folder lies."""
+MODEL_ARTIFACT = "model"
+"""The pyfunc artifact name, and so the folder name, of the model files (``artifacts/model``)."""
+WEIGHTS_PATH = f"artifacts/{MODEL_ARTIFACT}"
+# What the MLflow model needs to load and serve; pinned to what logged it, so `mlflow models serve`
+# builds the same environment. Local version labels (torch's "+cpu") are not on PyPI: dropped.
+MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors")
+MAX_NEW_TOKENS = 64
+"""Default ``max_tokens`` of the pyfunc model's signature (``repotune.pyfunc_model.MAX_TOKENS`` too)."""
 
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /:]")
 _ERRNO = re.compile(r"\[Errno -?\d+\][^\"')]+")
@@ -89,6 +127,16 @@ class Tracker(Protocol):
         """Set run tags (values become strings)."""
         ...
 
+    def log_dataset(self, dataset: DatasetInfo, context: str) -> None:
+        """Record ``dataset`` as an input of the run (MLflow's "Datasets used"); ``context`` is its
+        role: ``training`` or ``evaluation``."""
+        ...
+
+    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
+        """Log the Hugging Face model ``folder`` (minus the glob patterns ``exclude``) as an MLflow model
+        of this run that ``mlflow.pyfunc.load_model`` loads; return its model id (None when not logged)."""
+        ...
+
 
 class NullTracker:
     """Tracking switched off: every call does nothing."""
@@ -112,6 +160,12 @@ class NullTracker:
         return None
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        return None
+
+    def log_dataset(self, dataset: DatasetInfo, context: str) -> None:
+        return None
+
+    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
         return None
 
 
@@ -278,6 +332,90 @@ class MlflowTracker:
 
         self._guard("setting tags", send)
 
+    def log_dataset(self, dataset: DatasetInfo, context: str) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        def send() -> None:
+            entity = dataset.to_mlflow()._to_mlflow_entity()
+            tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
+            self._client.log_inputs(self._run_id, datasets=[DatasetInput(entity, tags=tags)])
+
+        self._guard(f"logging dataset {dataset.name}", send)
+
+    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
+        """The MLflow 3 logged-model path of ``mlflow.pyfunc.log_model``, through this tracker's client
+        rather than MLflow's process-global run: create the logged model as an output of the run, save
+        the pyfunc model locally, upload it, mark it ready. Costs one local copy of ``folder`` (MLflow
+        copies pyfunc artifacts) for the length of the upload."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no Hugging Face model (config.json)")
+        model_id: list[str] = []
+
+        def send() -> None:
+            model_id.append(self._log_model(folder, exclude))
+
+        self._guard(f"logging the model {folder}", send)
+        return model_id[0] if model_id else None
+
+    def _log_model(self, folder: Path, exclude: tuple[str, ...]) -> str:
+        import mlflow.pyfunc
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+        from mlflow.models import Model
+
+        run = self._client.get_run(self._run_id)
+        model = self._client.create_logged_model(
+            run.info.experiment_id,
+            name=MODEL_ARTIFACT,
+            source_run_id=self._run_id,
+            params=dict(run.data.params),
+            tags={WEIGHTS_PATH_TAG: WEIGHTS_PATH},
+        )
+        self._client.log_outputs(self._run_id, [LoggedModelOutput(model.model_id, step=0)])
+        try:
+            # As mlflow's Model.log does: the run's metrics so far also become the model's, so the
+            # experiment's model list can compare models by them.
+            now_ms = int(time.time() * 1000)
+            metrics = [
+                Metric(key, value, now_ms, 0, run_id=self._run_id, model_id=model.model_id)
+                for key, value in run.data.metrics.items()
+            ]
+            for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                self._client.log_batch(self._run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+            with (
+                tempfile.TemporaryDirectory(prefix="repotune-mlflow-model-") as tmp,
+                warnings.catch_warnings(),
+            ):
+                # The signature is explicit; an input example would load the model once more only to
+                # check it. (MLflow's nudge towards predict() type hints cannot be silenced from here:
+                # type hints would replace the signature and drop its params.)
+                warnings.filterwarnings(
+                    "ignore", message=r".*input example was not provided", category=UserWarning
+                )
+                files = _linked_tree(folder, Path(tmp) / MODEL_ARTIFACT, exclude)
+                local = Path(tmp) / "mlflow-model"
+                mlflow.pyfunc.save_model(
+                    str(local),
+                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                    artifacts={MODEL_ARTIFACT: str(files)},
+                    signature=completion_signature(),
+                    pip_requirements=model_requirements(),
+                    mlflow_model=Model(
+                        artifact_path=model.artifact_location,
+                        run_id=self._run_id,
+                        model_id=model.model_id,
+                        model_uuid=model.model_id,
+                    ),
+                )
+                self._client.log_model_artifacts(model.model_id, str(local))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self._client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
@@ -295,6 +433,179 @@ def make_tracker(tracking_uri: str | None, experiment: str, rank: int = 0) -> Tr
     if not tracking_uri or rank != 0:
         return NullTracker()
     return MlflowTracker(tracking_uri, experiment)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """One JSONL split as MLflow lists it under "Datasets used": where its records came from and a
+    digest of the file, not the rows themselves."""
+
+    name: str
+    """``repo@3f2c1ab/train``: the repository, its commit and the split."""
+    source: str
+    """Where the records were read from: the repository's URL (a GitHub repository's tree at the
+    commit), or the local path or archive that was ingested."""
+    digest: str
+    """The first 16 hex digits of the file's SHA-256: the same records give the same digest."""
+    records: int
+    """Records (lines) in the file."""
+    commit: str | None = None
+
+    def to_mlflow(self) -> Any:
+        """This dataset as an ``mlflow.data`` dataset (a ``MetaDataset`` with a record-count profile)."""
+        from mlflow.data.meta_dataset import MetaDataset
+
+        info = self
+
+        class JsonlDataset(MetaDataset):
+            @property
+            def profile(self) -> dict[str, Any]:
+                return {"num_rows": info.records} | ({"commit": info.commit} if info.commit else {})
+
+            def to_dict(self) -> dict[str, str]:
+                return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+        return JsonlDataset(_dataset_source(self.source), name=self.name, digest=self.digest)
+
+
+def data_provenance(data_dir: Path) -> dict[str, str]:
+    """``{"dataset.source": ..., "dataset.source_type": ..., "dataset.commit": ...}`` from a cleaned data
+    folder's ``stats.json`` (keys whose value is unknown are left out; empty without ``stats.json``)."""
+    from repotune.clean.layout import CleanLayout
+
+    path = CleanLayout(Path(data_dir)).stats
+    if not path.is_file():
+        return {}
+    source = json.loads(path.read_text()).get("source") or {}
+    return {f"dataset.{key}": str(value) for key, value in source.items() if value}
+
+
+def split_datasets(data_dir: Path) -> dict[str, DatasetInfo]:
+    """The splits of a cleaned data folder by their MLflow input context: ``training`` (train.jsonl)
+    and ``evaluation`` (eval.jsonl), each present only when its file is."""
+    from repotune.clean.layout import CleanLayout
+
+    layout = CleanLayout(Path(data_dir))
+    provenance = data_provenance(data_dir)
+    found = {}
+    for context, file in (("training", layout.train), ("evaluation", layout.eval)):
+        if file.is_file():
+            found[context] = jsonl_dataset(file, provenance)
+    return found
+
+
+def jsonl_dataset(path: Path, provenance: Mapping[str, str]) -> DatasetInfo:
+    """A ``DatasetInfo`` for the JSONL file ``path``, from the source and commit in ``provenance``."""
+    digest = hashlib.sha256()
+    records = 0
+    with Path(path).open("rb") as handle:
+        for line in handle:
+            digest.update(line)
+            records += bool(line.strip())
+    source = provenance.get(SOURCE_KEY)
+    commit = provenance.get(COMMIT_KEY)
+    return DatasetInfo(
+        name=f"{repository_label(provenance)}/{Path(path).stem}",
+        source=_source_url(source, commit) if source else str(Path(path).resolve()),
+        digest=digest.hexdigest()[:16],
+        records=records,
+        commit=commit,
+    )
+
+
+def repository_label(provenance: Mapping[str, str]) -> str:
+    """``myrepo@3f2c1ab``: the source's last path component and the short commit (``myrepo`` without
+    a commit, ``data`` without a source)."""
+    source = provenance.get(SOURCE_KEY, "").rstrip("/")
+    name = re.split(r"[/:]", source)[-1] if source else "data"
+    for suffix in (".git", ".tar.gz", ".tgz", ".tar", ".zip"):
+        name = name.removesuffix(suffix)
+    commit = provenance.get(COMMIT_KEY)
+    return f"{name or 'data'}@{commit[:7]}" if commit else name or "data"
+
+
+def recipe_label(base_model: str, method: str) -> str:
+    """``smollm2-135m lora``: a recipe as a run name shows it (the base model's last path component)."""
+    return f"{str(base_model).rstrip('/').rsplit('/', 1)[-1]} {method}"
+
+
+def stage_run(
+    stage: str, provenance: Mapping[str, str], recipe: str, *, train_run_id: str | None = None
+) -> tuple[str, dict[str, str]]:
+    """The run name (``myrepo@3f2c1ab · smollm2-135m lora · train``) and tags (the stage, the data's
+    provenance and, for a stage after training, the train run as parent) of one stage's run."""
+    name = f"{repository_label(provenance)} · {recipe} · {stage}"
+    tags = {STAGE_TAG: stage, **{k: str(v) for k, v in provenance.items() if k.startswith("dataset.")}}
+    if train_run_id:
+        tags |= {TRAIN_RUN_TAG: train_run_id, PARENT_RUN_TAG: train_run_id}
+    return name, tags
+
+
+def evaluate_run(summary: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """``stage_run`` for the evaluation of the model that ``summary`` (its ``train_summary.json``)
+    describes: the same repository, commit and recipe, and the train run as parent when it was tracked."""
+    recipe = recipe_label(str(summary.get("base_model")), str(summary.get("method")))
+    return stage_run(
+        "evaluate", summary.get("data") or {}, recipe, train_run_id=summary.get(SUMMARY_RUN_ID_KEY)
+    )
+
+
+def completion_signature() -> Any:
+    """The MLflow signature of the pyfunc model: prompts (strings) in, completions out; the
+    ``max_tokens`` and ``temperature`` params (0: greedy)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = [ParamSpec("max_tokens", "long", MAX_NEW_TOKENS), ParamSpec("temperature", "double", 0.0)]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=ParamSchema(params)
+    )
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to the installed versions (skipping any not installed)."""
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name != "mlflow":
+                continue
+            version = metadata.version("mlflow-skinny")
+        pins.append(f"{name}=={version.split('+')[0]}")
+    return pins
+
+
+def _linked_tree(src: Path, dest: Path, exclude: tuple[str, ...]) -> Path:
+    """``src`` without ``exclude`` at ``dest``, hard-linked where the file system allows (no bytes
+    copied), copied where it does not."""
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*exclude), copy_function=link_or_copy)
+    return dest
+
+
+def _source_url(source: str, commit: str | None) -> str:
+    """A GitHub source as the web address of its tree at ``commit``; any other source as it is."""
+    if source.startswith("github:"):
+        url = f"https://github.com/{source.removeprefix('github:')}"
+        return f"{url}/tree/{commit}" if commit else url
+    return source
+
+
+def _dataset_source(source: str) -> Any:
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if source.startswith(("http://", "https://")):
+        return HTTPDatasetSource(source)
+    # A local folder, an archive or an ssh git URL: no MLflow source type fits; keep it as text.
+    return CodeDatasetSource({"source": source})
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

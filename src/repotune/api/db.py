@@ -28,10 +28,13 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code INTEGER,
     kfp_run_id TEXT,
     error TEXT,
-    status TEXT                     -- the last status.json (or KFP state) seen, JSON
+    status TEXT,                    -- the last status.json (or KFP state) seen, JSON
+    removed TEXT                    -- when retention removed the run's folder (UTC, ISO 8601)
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
 """
+# Columns added since the first schema, added to a database an earlier version created.
+ADDED_COLUMNS = {"runs": {"removed": "TEXT"}}
 
 
 class Database:
@@ -44,6 +47,12 @@ class Database:
         with self.connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            for table, columns in ADDED_COLUMNS.items():
+                present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():
+                    if name not in present:
+                        with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:

@@ -1,28 +1,39 @@
 """Pipeline runs: started as ``python -m repotune run`` subprocesses (or submitted to KFP), followed through
 their ``status.json``, with their state kept in SQLite so that runs outlive an API restart.
 
-A run's local folder (under ``REPOTUNE_API_WORK_DIR/runs/<id>/``) holds ``output/`` (the RUN_DIR given to
-``repotune run``, where it keeps ``status.json`` and its results) and ``run.log`` (its stdout and stderr).
+A run's local folder (under ``REPOTUNE_API_WORK_DIR/runs/<id>/``, see :class:`RunHome`) holds everything
+the run writes: ``output/`` (the RUN_DIR given to ``repotune run``, where it keeps ``status.json`` and its
+results), ``work/`` (its work folder: kfp.local's artifacts and step cache, and the local MLflow store
+unless MLFLOW_TRACKING_URI names a server), ``tmp/`` (its TMPDIR) and ``run.log`` (its stdout and stderr).
+Caches the runs share (converted base models, Hugging Face files) are under ``REPOTUNE_API_WORK_DIR/cache``.
+Finished runs' folders are removed after REPOTUNE_API_KEEP_RUNS newer ones or REPOTUNE_API_KEEP_DAYS days.
 The subprocess starts in its own session, so stopping the API does not stop it; an API started later
 finds it through its recorded pid and start time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from repotune import storage
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
+from repotune.api.policy import git_pins
+from repotune.api.recipes import RecipeChoice
+from repotune.api.schemas import RunInfo, StageInfo
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore, now
 from repotune.errors import RepotuneError
@@ -31,11 +42,36 @@ from repotune.pipelines.status import RunLayout, RunStatus
 FINAL_STATES = ("succeeded", "failed")
 LOST = "lost: the API restarted while it ran and no final status was written"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 LOG_TAIL_BYTES = 2000
-# Environment variables of the API that a run has no business seeing.
-_PRIVATE_ENV = ("REPOTUNE_API_TOKENS",)
+# The API's own settings (its tokens, the model's token among them): a run has no business seeing them.
+_PRIVATE_ENV_PREFIX = "REPOTUNE_API_"
+
+
+@dataclass(frozen=True)
+class RunHome:
+    """The folder of one local run: everything it writes, removed whole by retention."""
+
+    root: Path
+
+    @property
+    def output(self) -> Path:
+        """The RUN_DIR of ``repotune run``: status.json, the report, the run's results."""
+        return self.root / "output"
+
+    @property
+    def work(self) -> Path:
+        """The run's work folder (``--workdir``): kfp.local's artifacts and cache, a local MLflow store."""
+        return self.root / "work"
+
+    @property
+    def tmp(self) -> Path:
+        """The run's TMPDIR."""
+        return self.root / "tmp"
+
+    @property
+    def log(self) -> Path:
+        """The run's stdout and stderr."""
+        return self.root / "run.log"
 
 
 def process_start(pid: int) -> str | None:
@@ -105,6 +141,33 @@ def settle(status: RunStatus | None, exit_code: int | None, alive: bool) -> tupl
     return "failed", LOST
 
 
+def _when(timestamp: str | None) -> datetime:
+    """An ISO 8601 time from the database (naive ones are UTC); the distant past when there is none."""
+    if not timestamp:
+        return datetime.min.replace(tzinfo=UTC)
+    moment = datetime.fromisoformat(timestamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def expired(
+    rows: list[dict[str, Any]], keep_runs: int | None, keep_days: float | None, moment: datetime
+) -> list[str]:
+    """The finished runs among ``rows`` whose folders go: those with ``keep_runs`` newer finished runs,
+    and those that finished more than ``keep_days`` days before ``moment``. Running runs and runs
+    already removed are never chosen (and do not count among the kept)."""
+    finished = [r for r in rows if r["state"] in FINAL_STATES and not r.get("removed")]
+    finished.sort(key=lambda r: (_when(r["finished"] or r["created"]), r["id"]), reverse=True)
+    chosen = []
+    for position, row in enumerate(finished):
+        too_many = keep_runs is not None and position >= keep_runs
+        too_old = keep_days is not None and moment - _when(row["finished"] or row["created"]) > timedelta(
+            days=keep_days
+        )
+        if too_many or too_old:
+            chosen.append(row["id"])
+    return chosen
+
+
 def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of a run's log as text ("" when there is no log)."""
     try:
@@ -113,56 +176,6 @@ def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-@dataclass(frozen=True)
-class RecipeChoice:
-    """A recipe a client chose for a run: a file in one of the API's recipe folders. The recipe itself
-    is resolved by ``repotune run`` (``repotune.train.recipe.resolve_recipe``) from ``path``."""
-
-    name: str
-    """The recipe as the client named it (also what a KFP run is given)."""
-    path: Path
-    """The YAML file inside one of the configured recipe folders."""
-
-
-def choose_recipe(value: str, folders: tuple[Path, ...]) -> RecipeChoice:
-    """A shipped recipe by name (``tiny-cpu`` or ``tiny-cpu.yaml``), or an absolute path to a YAML file
-    inside one of ``folders``; any other path is refused, so a client cannot make a run read arbitrary
-    files."""
-    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-    hint = f"known recipes: {', '.join(known)}" if known else "no recipe folders are configured"
-    if value.startswith("/"):
-        path = Path(value).resolve()
-        if (
-            path.suffix in (".yaml", ".yml")
-            and path.is_file()
-            and any(path.is_relative_to(f) for f in folders)
-        ):
-            return RecipeChoice(path.stem, path)
-        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a file in a recipe folder; {hint}")
-    name = value.removesuffix(".yaml").removesuffix(".yml")
-    if not RECIPE_NAME.match(name) or ".." in name:
-        raise ApiError(422, "unknown_recipe", f"recipe {value!r} is not a recipe name; {hint}")
-    for folder in folders:
-        for suffix in (".yaml", ".yml"):
-            path = folder / f"{name}{suffix}"
-            if path.is_file():
-                return RecipeChoice(name, path.resolve())
-    raise ApiError(422, "unknown_recipe", f"no recipe named {name!r}; {hint}")
-
-
-def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
-    """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
-    from repotune.train import resolve_recipe
-
-    for key in overrides:
-        if not OVERRIDE_KEY.match(key):
-            raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
-    try:
-        resolve_recipe(str(recipe.path), overrides)
-    except RepotuneError as exc:
-        raise ApiError(422, "invalid_overrides", str(exc)) from None
 
 
 def _kfp_submit_module():
@@ -253,12 +266,38 @@ class Runs:
         finished = (status.finished if status else None) or now()
         with self.db.connect() as conn:
             # Only a running run changes; whichever of the waiting thread and a poll comes second is a no-op.
-            conn.execute(
+            changed = conn.execute(
                 "UPDATE runs SET state = ?, error = ?, finished = ?, exit_code = ?, "
                 "status = COALESCE(?, status) WHERE id = ? AND state = 'running'",
                 (state, error, finished, exit_code, json.dumps(status.to_dict()) if status else None, run_id),
-            )
-            return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+            ).rowcount
+            row = dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        if changed:
+            # A run finished: older ones may now be past retention. In the background: removing a
+            # model's folder can take a while, and this may be a GET's thread.
+            threading.Thread(target=self.prune, name="prune-runs", daemon=True).start()
+        return row
+
+    def prune(self, moment: datetime | None = None) -> list[str]:
+        """Removes the folders of finished runs past REPOTUNE_API_KEEP_RUNS / _KEEP_DAYS and marks their
+        records removed; returns their ids. Safe to run from several threads at once."""
+        with self.db.connect() as conn:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT id, state, created, finished, removed FROM runs "
+                    "WHERE state != 'running' AND removed IS NULL"
+                )
+            ]
+        chosen = expired(rows, self.settings.keep_runs, self.settings.keep_days, moment or datetime.now(UTC))
+        for run_id in chosen:
+            home = RunHome(self.home / run_id)
+            shutil.rmtree(home.root, ignore_errors=True)
+            if home.root.exists():
+                continue  # not all of it could be removed; tried again at the next prune
+            with self.db.connect() as conn:
+                conn.execute("UPDATE runs SET removed = ? WHERE id = ? AND removed IS NULL", (now(), run_id))
+        return chosen
 
     def active(self) -> int:
         with self.db.connect() as conn:
@@ -268,6 +307,12 @@ class Runs:
     def create(
         self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any]
     ) -> dict[str, Any]:
+        pins: dict[str, str] = {}
+        if source["kind"] == "git":
+            # Checked again now: the policy, or what the host name resolves to, may have changed since the
+            # source was added. A local run's git is then pinned to the addresses just checked.
+            parsed, addresses = self.sources.policy.check(source["repo_url"])
+            pins = git_pins(parsed, addresses, os.environ)
         submit = None
         if self.settings.kfp_host:
             # Checked before a run record exists: without these no KFP run can start at all.
@@ -302,14 +347,14 @@ class Runs:
                         json.dumps(overrides, sort_keys=True),
                         backend,
                         now(),
-                        str(run_home / "output") if backend == "local" else None,
+                        str(RunHome(run_home).output) if backend == "local" else None,
                     ),
                 )
         try:
             if submit is not None:
                 self._submit_kfp(submit, run_id, source, recipe, overrides)
             else:
-                self._launch(run_id, run_home, source, recipe, overrides)
+                self._launch(run_id, run_home, source, recipe, overrides, pins)
         except ApiError as exc:
             self._finish(run_id, "failed", exc.message, status=None, exit_code=None)
             raise
@@ -323,16 +368,33 @@ class Runs:
     def command(
         self, source: dict[str, Any], recipe: RecipeChoice, overrides: dict[str, Any], run_dir: Path
     ) -> list[str]:
-        """The ``repotune run`` command line for this run."""
-        argv = [sys.executable, "-m", "repotune", "run", self.sources.run_argument(source)]
+        """The ``repotune run`` command line for this run; ``run_dir`` is ``RUN_HOME/output``, and the
+        run's artifacts, step cache and local MLflow store go to ``RUN_HOME/work``."""
+        layout = RunHome(run_dir.parent)
         # --no-query: a local run's model server would stop with the run; completions go to a deployed one
-        argv += ["--recipe", str(recipe.path), "--output", str(run_dir), "--no-query"]
+        argv = [sys.executable, "-m", "repotune", "run", "--recipe", str(recipe.path)]
+        argv += ["--output", str(run_dir), "--workdir", str(layout.work), "--no-query"]
         if source.get("ref"):
             argv += ["--ref", source["ref"]]
         for key, value in sorted(overrides.items()):
             # JSON scalars are valid YAML, which is how `--set` reads values (strings stay strings).
             argv += ["--set", f"{key}={json.dumps(value)}"]
-        return argv
+        # The source last, after "--": whatever it looks like, it is never read as an option.
+        return [*argv, "--", self.sources.run_argument(source)]
+
+    def environment(self, run_home: Path, pins: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The run's environment: the API's, less its own REPOTUNE_API_* settings (its tokens among them),
+        with every place a run writes to by default moved under the run's folder (temporary files, the
+        pipeline's work folder) or the API's cache folder (models and Hugging Face files, shared by
+        runs) unless the API's environment names them; plus ``pins`` (see ``policy.git_pins``)."""
+        layout, cache = RunHome(run_home), self.settings.work_dir / "cache"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
+        env.update(PYTHONUNBUFFERED="1", TMPDIR=str(layout.tmp), REPOTUNE_HOME=str(layout.work))
+        env.setdefault("REPOTUNE_CACHE", str(cache / "repotune"))
+        env.setdefault("HF_HOME", str(cache / "huggingface"))
+        env.setdefault("XDG_CACHE_HOME", str(cache))
+        env.update(pins or {})
+        return env
 
     def _launch(
         self,
@@ -341,12 +403,14 @@ class Runs:
         source: dict[str, Any],
         recipe: RecipeChoice,
         overrides: dict[str, Any],
+        pins: Mapping[str, str],
     ) -> None:
-        run_home.mkdir(parents=True, exist_ok=True)
-        argv = self.command(source, recipe, overrides, run_home / "output")
-        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-        env["PYTHONUNBUFFERED"] = "1"
-        with (run_home / "run.log").open("ab") as log:
+        layout = RunHome(run_home)
+        for folder in (layout.root, layout.work, layout.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        argv = self.command(source, recipe, overrides, layout.output)
+        env = self.environment(run_home, pins)
+        with layout.log.open("ab") as log:
             process = subprocess.Popen(
                 argv,
                 cwd=run_home,
@@ -374,7 +438,7 @@ class Runs:
         assert decision is not None  # not alive
         state, error = decision
         if state == "failed" and status is None:
-            tail = log_tail(run_dir.parent / "run.log").strip()
+            tail = log_tail(RunHome(run_dir.parent).log).strip()
             error = f"{error}; last output:\n{tail}" if tail else error
         self._finish(run_id, state, error, status=status, exit_code=exit_code)
         self._children.pop(run_id, None)
@@ -423,8 +487,41 @@ class Runs:
         row["status"] = self._save_status(row["id"], status)
         return row
 
+    def view(self, row: dict[str, Any]) -> RunInfo:
+        """The run as the API shows it: its record with the last status folded in."""
+        status = stored_status(row) or RunStatus()
+        stages = {name: StageInfo(**dataclasses.asdict(stage)) for name, stage in status.stages.items()}
+        base = f"/v1/runs/{row['id']}"
+        return RunInfo(
+            id=row["id"],
+            source_id=row["source_id"],
+            recipe=row["recipe"],
+            overrides=json.loads(row["overrides"]),
+            backend=row["backend"],
+            state=row["state"],
+            created=row["created"],
+            started=status.started or row["created"],
+            finished=row["finished"] if row["state"] in FINAL_STATES else None,
+            error=row["error"] if row["state"] == "failed" else None,
+            stages=stages or None,
+            metrics=status.metrics,
+            promote=status.promote,
+            decision=status.decision,
+            model=status.model,
+            endpoint=status.endpoint,
+            report_url=f"{base}/report" if self.report(row) is not None else None,
+            log_url=f"{base}/log" if row["backend"] == "local" and not row.get("removed") else None,
+            pid=row["pid"],
+            run_dir=row["run_dir"],
+            kfp_run_id=row["kfp_run_id"],
+            removed=row.get("removed"),
+        )
+
     def report(self, row: dict[str, Any]) -> Path | None:
-        """The run's evaluation report (report.md) as a local file, or None while there is none."""
+        """The run's evaluation report (report.md) as a local file, or None while there is none (or no
+        longer: retention removed it)."""
+        if row.get("removed"):
+            return None
         status = stored_status(row)
         if row["state"] == "running":
             status = read_status(Path(row["run_dir"]) if row["run_dir"] else None) or status

@@ -13,6 +13,7 @@ the same upload or the same URL and ref twice give the same id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,9 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +31,11 @@ from typing import Any, Literal
 from repotune import storage
 from repotune.api.db import Database
 from repotune.api.errors import ApiError
+from repotune.api.policy import SourcePolicy
 from repotune.api.settings import ApiSettings
 from repotune.api.upload import Upload
 from repotune.errors import RepotuneError
-from repotune.sources.archive import ArchiveLimits, extract
+from repotune.sources.archive import ArchiveLimits, ArchiveSummary, scan
 
 SourceKind = Literal["archive", "git", "github"]
 SOURCE_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -81,6 +85,29 @@ class SourceStore:
         self.settings, self.db = settings, db
         self.tmp = settings.work_dir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.policy = SourcePolicy(settings.source_schemes, settings.source_hosts, settings.source_networks)
+        # One lock per source id being added, with the number of requests holding or awaiting it.
+        self._adding: dict[str, tuple[threading.Lock, int]] = {}
+        self._adding_guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, source_id: str) -> Iterator[None]:
+        """Requests adding the same source in this process take turns: the first checks and stores it,
+        the others then find it stored. (Other processes sharing the store are kept safe by
+        ``storage.copy_to``, which treats a target already there with the same content as success.)"""
+        with self._adding_guard:
+            lock, users = self._adding.get(source_id, (threading.Lock(), 0))
+            self._adding[source_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._adding_guard:
+                lock, users = self._adding[source_id]
+                if users == 1:
+                    del self._adding[source_id]
+                else:
+                    self._adding[source_id] = (lock, users - 1)
 
     def location(self, source_id: str) -> str:
         """Where the source's folder lives: a local path or an s3:// URI."""
@@ -130,91 +157,97 @@ class SourceStore:
         """Checks and stores an uploaded archive; returns its record and whether it is new. Removes the
         upload file in every case."""
         try:
-            existing = self.get(upload.sha256)
-            if existing is not None:
-                return existing, False
-            fmt = detect_format(upload.path)
-            if fmt is None:
-                raise ApiError(
-                    422,
-                    "not_an_archive",
-                    "the upload is not an archive: send a .zip, .tar, .tar.gz/.tgz, .tar.xz or .tar.bz2 file",
-                )
-            staging = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
-            try:
-                named = staging / _display_name(upload.filename, fmt)
-                os.replace(upload.path, named)
-                files, expanded = self._check(named, staging / "check")
-                package = staging / "package"
-                package.mkdir()
-                os.replace(named, package / f"archive{fmt}")
-                info = {
-                    "id": upload.sha256,
-                    "kind": "archive",
-                    "created": now(),
-                    "stored": self.location(upload.sha256),
-                    "filename": upload.filename or None,
-                    "format": fmt,
-                    "size_bytes": upload.size,
-                    "sha256": upload.sha256,
-                    "files": files,
-                    "expanded_bytes": expanded,
-                    "repo_url": None,
-                    "github": None,
-                    "ref": None,
-                }
-                self._publish(package, info)
-                return info, True
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            with self._one_at_a_time(upload.sha256):
+                return self._add_archive(upload)
         finally:
             upload.path.unlink(missing_ok=True)
 
-    def _check(self, archive: Path, dest: Path) -> tuple[int, int]:
-        """Extracts into ``dest`` with the configured bounds (then removes it); returns files and bytes."""
-        limits = ArchiveLimits(
-            max_members=self.settings.max_archive_files, max_total_bytes=self.settings.max_expanded_bytes
-        )
-        dest.mkdir()
+    def _add_archive(self, upload: Upload) -> tuple[dict[str, Any], bool]:
+        existing = self.get(upload.sha256)
+        if existing is not None:
+            return existing, False
+        fmt = detect_format(upload.path)
+        if fmt is None:
+            raise ApiError(
+                422,
+                "not_an_archive",
+                "the upload is not an archive: send a .zip, .tar, .tar.gz/.tgz, .tar.xz or .tar.bz2 file",
+            )
+        package = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
         try:
-            root = extract(archive, dest, limits)
-            files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
-            if not files:
-                raise ApiError(422, "empty_archive", f"archive {archive.name} holds no files")
-            return len(files), sum(p.stat().st_size for p in files)
+            # Named for its format (the reader goes by the suffix) and, in messages, like the client's file.
+            named = package / _display_name(upload.filename, fmt)
+            os.replace(upload.path, named)
+            summary = self._check(named)
+            os.replace(named, package / f"archive{fmt}")
+            info = {
+                "id": upload.sha256,
+                "kind": "archive",
+                "created": now(),
+                "stored": self.location(upload.sha256),
+                "filename": upload.filename or None,
+                "format": fmt,
+                "size_bytes": upload.size,
+                "sha256": upload.sha256,
+                "files": summary.files,
+                "expanded_bytes": summary.bytes,
+                "repo_url": None,
+                "github": None,
+                "ref": None,
+            }
+            self._publish(package, info)
+            return info, True
+        finally:
+            shutil.rmtree(package, ignore_errors=True)
+
+    def _check(self, archive: Path) -> ArchiveSummary:
+        """Reads the whole archive with the configured bounds, writing nothing (so a bomb costs reading
+        time up to the bounds, not disk); 422 for an unsafe, oversized or empty archive."""
+        limits = ArchiveLimits(
+            max_members=self.settings.max_archive_files,
+            max_total_bytes=self.settings.max_expanded_bytes,
+            max_ratio=self.settings.max_compression_ratio,
+        )
+        try:
+            summary = scan(archive, limits)
         except RepotuneError as exc:
             raise ApiError(422, "unsafe_or_invalid_archive", str(exc)) from None
-        finally:
-            shutil.rmtree(dest, ignore_errors=True)
+        if not summary.files:
+            raise ApiError(422, "empty_archive", f"archive {archive.name} holds no files")
+        return summary
 
     def add_repository(self, kind: SourceKind, location: str, ref: str | None) -> tuple[dict[str, Any], bool]:
         """Records a git URL (``kind="git"``) or a GitHub ``owner/repo`` (``kind="github"``); nothing is
-        cloned now: the run reads the repository."""
+        cloned now: the run reads the repository. A git URL must pass the server's source policy (its
+        host is resolved now, and again when a run starts)."""
+        if kind == "git":
+            self.policy.check(location)
         source_id = repo_source_id(kind, location, ref)
-        existing = self.get(source_id)
-        if existing is not None:
-            return existing, False
-        info = {
-            "id": source_id,
-            "kind": kind,
-            "created": now(),
-            "stored": self.location(source_id),
-            "filename": None,
-            "format": None,
-            "size_bytes": None,
-            "sha256": None,
-            "files": None,
-            "expanded_bytes": None,
-            "repo_url": location if kind == "git" else None,
-            "github": location if kind == "github" else None,
-            "ref": ref,
-        }
-        package = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
-        try:
-            self._publish(package, info)
-        finally:
-            shutil.rmtree(package, ignore_errors=True)
-        return info, True
+        with self._one_at_a_time(source_id):
+            existing = self.get(source_id)
+            if existing is not None:
+                return existing, False
+            info = {
+                "id": source_id,
+                "kind": kind,
+                "created": now(),
+                "stored": self.location(source_id),
+                "filename": None,
+                "format": None,
+                "size_bytes": None,
+                "sha256": None,
+                "files": None,
+                "expanded_bytes": None,
+                "repo_url": location if kind == "git" else None,
+                "github": location if kind == "github" else None,
+                "ref": ref,
+            }
+            package = Path(tempfile.mkdtemp(prefix="source-", dir=self.tmp))
+            try:
+                self._publish(package, info)
+            finally:
+                shutil.rmtree(package, ignore_errors=True)
+            return info, True
 
     def run_argument(self, info: dict[str, Any]) -> str:
         """The SOURCE argument of ``repotune run`` for this source on this machine: a local archive path

@@ -3,11 +3,14 @@
 Two streaming passes keep memory independent of the content size. The first filters and redacts each
 record, writes survivors to a scratch file and keeps only a small summary per record (split facts, a
 content hash and a MinHash signature). Between the passes the split and the duplicate decisions are
-made on those summaries; the second pass copies the survivors into ``train.jsonl`` and ``eval.jsonl``.
+made on those summaries; the second pass copies the survivors into ``train.jsonl`` and ``eval.jsonl``,
+taking a held-out file's sections out of training commits' diffs in the file split. A last read of the
+two outputs audits them for leaks (:mod:`repotune.clean.audit`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import multiprocessing
@@ -23,12 +26,26 @@ from pathlib import Path
 
 import numpy as np
 
-from repotune.atomic import atomic_open
-from repotune.clean import report
+from repotune.atomic import atomic_open, umask
+from repotune.clean import audit, report
 from repotune.clean.dedup import DedupConfig, NearDuplicateIndex, Signer, exact_key
 from repotune.clean.filters import FILE_KINDS, FilterConfig, drop_reason
 from repotune.clean.secrets import redact
-from repotune.clean.split import EVAL, TRAIN, SplitConfig, assign, date_cutoff, path_score, record_date
+from repotune.clean.split import (
+    EVAL,
+    TRAIN,
+    SplitConfig,
+    TimeCut,
+    assign,
+    assign_temporal,
+    date_cutoff,
+    drop_sections,
+    has_diff,
+    held_out_by_ingest,
+    path_score,
+    record_date,
+    remap_ranges,
+)
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 
@@ -45,6 +62,12 @@ class _Summary:
     signature: np.ndarray
     chars: int
     language: str | None
+    held_out: bool | None
+    """Ingest's verdict in a temporal split (see ``split.held_out_by_ingest``)."""
+    touched: tuple[str, ...]
+    """The paths a commit's diff touches (empty for other kinds)."""
+    added: int
+    """Lines added after the cut, for a file's future version (0 for anything else)."""
 
 
 _worker: tuple[FilterConfig, bool, Signer] | None = None
@@ -63,7 +86,12 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
     reason = drop_reason(record, filters)
     if reason is not None:
         return None, reason, Counter(), None
+    before = record.content
     record.content, found = redact(record.content, pii=pii)
+    spans = record.meta.get("added_lines")
+    if spans is not None and record.content.count("\n") != before.count("\n"):
+        # A multi-line secret became one placeholder: the added ranges must follow the lines.
+        spans = record.meta["added_lines"] = remap_ranges(before, record.content, spans)
     summary = _Summary(
         kind=record.kind,
         path=record.file_path,
@@ -73,6 +101,9 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
         signature=signer.sign(record.content),
         chars=len(record.content),
         language=record.language,
+        held_out=held_out_by_ingest(record),
+        touched=tuple(record.meta.get("files") or ()) if record.kind is Kind.COMMIT else (),
+        added=sum(last - first + 1 for first, last in spans) if spans else 0,
     )
     return record.to_json(), None, found, summary
 
@@ -205,8 +236,11 @@ def _first_pass(
     return count, summaries
 
 
-def _decide(summaries: list[_Summary], rules: Rules, dropped: Counter) -> list[str | None]:
-    """The split of each survivor, or ``None`` where it is a duplicate."""
+def _decide(summaries: list[_Summary], rules: Rules, dropped: Counter) -> tuple[list[str | None], set[str]]:
+    """The split of each survivor (``None`` where it is a duplicate), and the held-out paths whose
+    sections leave training commits' diffs (file split only)."""
+    if rules.cut is not None:
+        return _decide_temporal(summaries, rules, rules.cut, dropped), set()
     cutoff = date_cutoff(
         [s.date for s in summaries if s.date is not None and s.kind not in FILE_KINDS],
         rules.split.eval_fraction,
@@ -232,6 +266,31 @@ def _decide(summaries: list[_Summary], rules: Rules, dropped: Counter) -> list[s
             dropped["eval_overlap"] += 1
         else:
             dropped[f"{match}_duplicate"] += 1
+    held_paths = {s.path for s, split in zip(summaries, splits, strict=True) if split == EVAL and s.path}
+    return decisions, held_paths
+
+
+def _decide_temporal(
+    summaries: list[_Summary], rules: Rules, cut: TimeCut, dropped: Counter
+) -> list[str | None]:
+    """The temporal split: ingest's verdicts, dates against the cut's; each side deduplicated on its own.
+
+    Training holds only what stood at the cut, so a training record that resembles a held-out one
+    resembles the past, not the future: the file at the cut is a near copy of its version at the end,
+    whose added lines alone are scored. Future file versions are not deduplicated at all (one per path).
+    """
+    cut_date = _utc(cut.date) or cut.date
+    splits = [assign_temporal(s.kind, s.date, s.held_out, cut_date) for s in summaries]
+    decisions: list[str | None] = list(splits)
+    for side in (EVAL, TRAIN):
+        index = NearDuplicateIndex(rules.dedup)
+        for i, summary in enumerate(summaries):
+            if splits[i] != side or summary.added:
+                continue
+            twin = index.offer(str(i), summary.exact, summary.signature)
+            if twin is not None:
+                decisions[i] = None
+                dropped[f"{twin[0]}_duplicate"] += 1
     return decisions
 
 
@@ -244,6 +303,8 @@ class Rules:
     split: SplitConfig
     redact_pii: bool
     workers: int | None
+    cut: TimeCut | None = None
+    """The cut of a temporal split; ``None`` for the file split."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +315,13 @@ class Outcome:
     dropped: Counter[str]
     redactions: Counter[str]
     summary: report.Summary
+    dropped_sections: int
+    """``diff --git`` sections of held-out files taken out of training commits (file split)."""
+    scored_files: int
+    """Held-out file versions with lines added after the cut (temporal split)."""
+    scored_lines: int
+    """Lines added after the cut in those files."""
+    leaks: audit.LeakAudit
 
 
 def clean_records(
@@ -262,27 +330,83 @@ def clean_records(
     """Clean the JSONL file ``records`` into ``train`` and ``held_out`` (each written atomically)."""
     dropped: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
+    sections = scored_files = scored_lines = 0
     # Survivors wait in scratch files beside the outputs; they go whatever happens.
     scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=train.parent))
     try:
         input_count, summaries = _first_pass(rules, records, scratch, dropped, redactions, progress)
         if input_count == 0:
             raise RepotuneError(f"{records} holds no records")
-        decisions = _decide(summaries, rules, dropped)
+        decisions, held_paths = _decide(summaries, rules, dropped)
         summary = report.Summary()
-        with atomic_open(train) as train_out, atomic_open(held_out) as eval_out:
+        chunks = sorted(scratch.iterdir())
+        # Both sides go to scratch first: the audit reads them before eval.jsonl is final, which marks
+        # the held-out lines that training has (``seen_lines``) so that they are not scored.
+        train_tmp, eval_tmp = scratch / "train.out", scratch / "eval.out"
+        with (
+            train_tmp.open("w", encoding="utf-8") as train_out,
+            eval_tmp.open("w", encoding="utf-8") as eval_out,
+        ):
             position = 0
-            for chunk_file in sorted(scratch.iterdir()):
+            for chunk_file in chunks:
                 with chunk_file.open(encoding="utf-8") as survivors:
                     for line in survivors:
                         decision, facts = decisions[position], summaries[position]
                         position += 1
                         if decision is None:
                             continue
-                        (eval_out if decision == EVAL else train_out).write(line)
-                        summary.add(decision, facts.kind, facts.language, facts.path, facts.chars)
+                        if decision == EVAL:
+                            eval_out.write(line)
+                            continue
+                        chars = facts.chars
+                        if held_paths.intersection(facts.touched):
+                            line, chars, removed = _without_held_out(line, held_paths)
+                            sections += removed
+                            if line is None:
+                                dropped["held_out_diff"] += 1
+                                continue
+                        train_out.write(line)
+                        summary.add(TRAIN, facts.kind, facts.language, facts.path, chars)
             if position != len(summaries):
                 raise RuntimeError(f"scratch holds {position} survivors, expected {len(summaries)}")
+            train_out.flush()
+            os.fsync(train_out.fileno())
+        leaks, found = audit.audit(train_tmp, eval_tmp)
+        set_aside = 0
+        with atomic_open(held_out) as final, eval_tmp.open(encoding="utf-8") as pending:
+            for line in pending:
+                record = Record.from_dict(json.loads(line))
+                if found and record.kind in FILE_KINDS:
+                    moved = audit.set_aside(record, found)
+                    set_aside += moved
+                    if record.meta.get("added_lines") == []:
+                        dropped["seen_in_training"] += 1  # every line it added stood at the cut
+                        continue
+                    if moved:
+                        line = record.to_json() + "\n"
+                if "added_lines" in record.meta:
+                    scored_files += 1
+                    scored_lines += sum(last - first + 1 for first, last in record.meta["added_lines"])
+                final.write(line)
+                summary.add(EVAL, record.kind, record.language, record.file_path, len(record.content))
+        os.chmod(train_tmp, 0o666 & ~umask())
+        os.replace(train_tmp, train)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return Outcome(input_count, dropped, redactions, summary)
+    leaks = dataclasses.replace(leaks, set_aside=set_aside)
+    return Outcome(input_count, dropped, redactions, summary, sections, scored_files, scored_lines, leaks)
+
+
+def _without_held_out(line: str, held_paths: set[str]) -> tuple[str | None, int, int]:
+    """A training commit's JSON line without its diff sections of held-out files: (line, characters,
+    sections removed); the line is ``None`` when nothing of its diff is left (the message alone would
+    describe a held-out change)."""
+    record = Record.from_dict(json.loads(line))
+    content, removed = drop_sections(record.content, held_paths)
+    if not removed:
+        return line, len(record.content), 0
+    if not has_diff(content):
+        return None, 0, removed
+    record.content = content
+    record.meta["files"] = [path for path in record.meta.get("files", []) if path not in held_paths]
+    return record.to_json() + "\n", len(content), removed

@@ -79,6 +79,71 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _split_section(split: dict[str, Any] | None) -> list[str]:
+    if not split:
+        return []
+    if split["mode"] == "temporal":
+        cut, rule = split["cut"], split.get("rule") or "as given"
+        head = (
+            f"**Temporal split** at `{cut['commit'][:12]}` ({cut['date']}), {rule}: the model trains on "
+            "the repository as it stood then and is scored on what came after."
+        )
+    else:
+        head = f"**File split**: {split.get('reason') or 'as asked'}. Held-out files are chosen by path hash."
+    lines = [
+        "## Split",
+        "",
+        head,
+        "",
+        f"- Trained on: {split['trained_on']}",
+        f"- Scored on: {split['scored_on']}",
+    ]
+    if split.get("dropped_hunks"):
+        lines.append(
+            f"- {split['dropped_hunks']} diff sections of held-out files were taken out of training commits "
+            "(a commit left with no diff is dropped as `held_out_diff`)."
+        )
+    return [*lines, ""]
+
+
+def _leak_section(leaks: dict[str, Any] | None, mode: str | None) -> list[str]:
+    if not leaks:
+        return []
+    found, total = leaks["found_in_training"], leaks["target_lines"]
+    targets = "lines added after the cut" if mode == "temporal" else "lines of held-out files"
+    lines = [
+        "## Leak audit",
+        "",
+        f"**{found}** of {total:,} {targets} (of at least {leaks['min_chars']} characters) also appear in "
+        "training" + (":" if found else "."),
+    ]
+    if found:
+        by_kind = ", ".join(f"{n} in {kind} records" for kind, n in leaks["found_by_kind"].items())
+        lines[-1] += f" {by_kind}."
+        if mode == "temporal":
+            why = (
+                "Training reads nothing after the cut, so these lines stood in the repository at the cut "
+                "already (moved, copied or restored code)"
+            )
+        else:
+            why = (
+                "Diffs of held-out files are out of training commits, so these lines reach training through "
+                "another path (a file's old path before a move, a copy, a common line)"
+            )
+        if leaks.get("set_aside"):
+            why += f": {leaks['set_aside']} are set aside in `seen_lines`, not to be scored"
+        lines += ["", why + "."]
+        lines += [
+            "",
+            _table(
+                ["held-out file", "target lines", "found in training"],
+                [[f"`{f['file_path']}`", f["target_lines"], f["found"]] for f in leaks["files"]],
+            ),
+        ]
+    lines += ["", f"Scored lines found in training: **{leaks['scored_in_training']}**."]
+    return [*lines, ""]
+
+
 def render(stats: dict[str, Any]) -> str:
     """The human-readable clean report, in Markdown."""
     source = stats.get("source") or {}
@@ -95,6 +160,8 @@ def render(stats: dict[str, Any]) -> str:
         f"{stats['tokens_estimate']['eval']:,} held-out tokens (estimated at {CHARS_PER_TOKEN:g} characters "
         "a token).",
         "",
+        *_split_section(stats.get("split")),
+        *_leak_section(stats.get("leak_audit"), (stats.get("split") or {}).get("mode")),
         "## By kind",
         "",
         _table(

@@ -1,9 +1,16 @@
-"""Train/eval split that cannot leak.
+"""Train/eval split that cannot leak, in one of two modes.
 
-Files go by a deterministic hash of their path: a file is held out in every run and every later
-commit of the repository, so a model trained on one snapshot is never scored on a file it saw.
-Commits, issues and pull requests go by date: the newest share is held out, as a model is used on
-work that comes after its training data.
+**Temporal** (where ingest found history and cut it, :mod:`repotune.ingest.cut`): what ingest read
+up to the cut C trains (the tree at C, the commits up to C); what came after it is held out (each file
+that gained lines after C, as it stands at the end, with the added ranges in ``meta["added_lines"]``;
+the commits after C). Issues, pull requests and pages go by their creation date against C's date.
+Nothing after C is read into training, so nothing from the future can leak; the two sides are
+deduplicated each on its own, since the file at C is expected to be a near copy of its future version.
+
+**Files** (no history): files go by a deterministic hash of their path, so a file is held out in
+every run and every later commit of the repository; commits, issues and pull requests go by date (the
+newest share is held out). A training commit's diff of a held-out file would carry that file's lines
+into training: those ``diff --git`` sections are removed (:func:`drop_sections`).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
+from repotune.sources.git import diff_header_path
 
 TRAIN = "train"
 EVAL = "eval"
@@ -23,7 +31,8 @@ DATED_KINDS = frozenset({Kind.COMMIT, Kind.ISSUE, Kind.PULL_REQUEST, Kind.WIKI_P
 @dataclass(frozen=True)
 class SplitConfig:
     eval_fraction: float = 0.1
-    """Share of files (by path hash) and of the newest commits and issues held out for evaluation."""
+    """Share of files (by path hash) and of the newest commits and issues held out for evaluation, in
+    the file split (a source without history); a temporal split holds out what came after its cut."""
     seed: str = "repotune"
     """Salt of the path hash; change it to draw a different held-out set."""
 
@@ -61,3 +70,199 @@ def assign(
     if kind in DATED_KINDS and date is not None:
         return EVAL if cutoff is not None and date >= cutoff else TRAIN
     return EVAL if path_score(path or key, config.seed) < config.eval_fraction else TRAIN
+
+
+TEMPORAL = "temporal"
+FILES = "files"
+
+
+@dataclass(frozen=True)
+class TimeCut:
+    """The cut of a temporal split, as ingest's manifest states it."""
+
+    commit: str
+    date: str
+    """C's committer date, ISO 8601."""
+
+
+def cut_of(manifest: dict) -> tuple[TimeCut | None, str | None]:
+    """The manifest's cut, or ``None`` and the reason the file split applies."""
+    split = manifest.get("split")
+    if not split:
+        return None, "the ingest recorded no cut (an ingest older than the temporal split)"
+    if split.get("mode") != TEMPORAL or not split.get("cut"):
+        return None, split.get("reason") or "the ingest chose the file split"
+    return TimeCut(commit=split["cut"]["commit"], date=split["cut"]["date"]), None
+
+
+def assign_temporal(kind: Kind, date: str | None, held_out: bool | None, cut_date: str) -> str:
+    """``train`` or ``eval`` in a temporal split: ingest's verdict where it gave one (a file's future
+    version, a commit after the cut), else the creation date against the cut's (both UTC ISO)."""
+    if held_out is not None:
+        return EVAL if held_out else TRAIN
+    if kind in DATED_KINDS and date is not None:
+        return EVAL if date > cut_date else TRAIN
+    return TRAIN
+
+
+def held_out_by_ingest(record: Record) -> bool | None:
+    """Ingest's verdict on a record of a temporal split: a file's future version (it carries its added
+    lines) and a commit after the cut are held out, a commit up to it trains; ``None`` otherwise."""
+    if "added_lines" in record.meta:
+        return True
+    after = record.meta.get("after_cut")
+    return bool(after) if after is not None else None
+
+
+def drop_sections(content: str, paths: frozenset[str] | set[str]) -> tuple[str, int]:
+    """A commit's content without the ``diff --git`` sections of ``paths``, and how many went."""
+    kept: list[str] = []
+    dropped = 0
+    skipping = False
+    for line in content.splitlines(keepends=True):
+        if line.startswith("diff --git "):
+            skipping = diff_header_path(line) in paths
+            dropped += skipping
+        if not skipping:
+            kept.append(line)
+    if not dropped:
+        return content, 0
+    return "".join(kept).rstrip("\n"), dropped
+
+
+def has_diff(content: str) -> bool:
+    return content.startswith("diff --git ") or "\ndiff --git " in content
+
+
+def remap_ranges(before: str, after: str, ranges: list[list[int]]) -> list[list[int]]:
+    """``ranges`` (1-based, inclusive) of ``before``'s lines, moved onto ``after``, an edit of it (a
+    redaction that folded a multi-line secret into one placeholder): an unchanged line keeps its mark,
+    a replaced block is marked where any line of it was."""
+    import difflib
+
+    old, new = before.split("\n"), after.split("\n")
+    marked = {i for first, last in ranges for i in range(first - 1, last)}
+    hits: set[int] = set()
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "equal":
+            hits.update(j1 + k for k in range(i2 - i1) if i1 + k in marked)
+        elif marked.intersection(range(i1, i2)):
+            hits.update(range(j1, j2))
+    spans: list[list[int]] = []
+    for line in sorted(hits):
+        if spans and spans[-1][1] == line:
+            spans[-1][1] = line + 1
+        else:
+            spans.append([line + 1, line + 1])
+    return spans
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What the model was trained on and what it is scored on, in one line each (``stats.json``'s
+    ``split``, the report's first lines)."""
+
+    mode: str
+    """``temporal`` or ``files``."""
+    cut: dict[str, str] | None
+    """``commit`` and ``date`` of the cut; ``None`` in the file split."""
+    trained_on: str
+    scored_on: str
+    reason: str | None
+    """Why the file split applies; ``None`` in the temporal split."""
+    rule: str | None = None
+    """How the cut was chosen (``the newest 10% of commits (the default)``, ``revision v1.2``)."""
+    scored_files: int = 0
+    """Held-out file versions with lines added after the cut."""
+    scored_lines: int = 0
+    """Lines added after the cut in those files."""
+    dropped_hunks: int = 0
+    """Diff sections of held-out files taken out of training commits (file split)."""
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+_FILE_KIND_NAMES = (str(Kind.CODE), str(Kind.DOC))
+_DATED_OTHER = tuple(str(k) for k in (Kind.ISSUE, Kind.PULL_REQUEST, Kind.WIKI_PAGE))
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def describe(
+    counts: dict[tuple[str, str], int],
+    manifest_split: dict | None,
+    *,
+    cut: TimeCut | None,
+    reason: str | None,
+    commit: str | None,
+    eval_fraction: float,
+    scored_files: int,
+    scored_lines: int,
+    dropped_hunks: int,
+) -> SplitSummary:
+    """The split in words, from the records kept per (split, kind) and ingest's manifest."""
+
+    def kept(split: str, kinds: tuple[str, ...]) -> int:
+        return sum(counts.get((split, kind), 0) for kind in kinds)
+
+    commits = {side: kept(side, (str(Kind.COMMIT),)) for side in (TRAIN, EVAL)}
+    dated = {side: kept(side, _DATED_OTHER) for side in (TRAIN, EVAL)}
+    if cut is not None:
+        facts = manifest_split or {}
+        where = f"{cut.commit[:7]} ({cut.date[:10]})"
+        trained = [f"files at {where}"] if kept(TRAIN, _FILE_KIND_NAMES) else []
+        if commits[TRAIN]:
+            trained.append(f"{_count(commits[TRAIN], 'commit')} up to {'it' if trained else where}")
+        if dated[TRAIN]:
+            before = "it" if trained else where
+            trained.append(
+                f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}"
+            )
+        trained = trained or [f"nothing up to {where}"]
+        after = facts.get("commits_after_cut")
+        scored = []
+        if scored_files:
+            by = f" by {_count(after, 'commit')} after it" if after else " after it"
+            scored.append(f"{_count(scored_lines, 'line')} added to {_count(scored_files, 'file')}{by}")
+        if commits[EVAL]:
+            scored.append(_count(commits[EVAL], "held-out commit") + ("" if scored else " after it"))
+        if dated[EVAL]:
+            scored.append(f"{_count(dated[EVAL], 'issue or page', 'issues and pages')} created after it")
+        scored = scored or ["nothing after it"]
+        return SplitSummary(
+            mode=TEMPORAL,
+            cut={"commit": cut.commit, "date": cut.date},
+            trained_on=_join(trained),
+            scored_on=_join(scored),
+            reason=None,
+            rule=facts.get("rule"),
+            scored_files=scored_files,
+            scored_lines=scored_lines,
+        )
+    files = {side: kept(side, _FILE_KIND_NAMES) for side in (TRAIN, EVAL)}
+    trained = [f"{_count(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]
+    if commits[TRAIN]:
+        scrubbed = f" ({dropped_hunks} diff sections of held-out files removed)" if dropped_hunks else ""
+        trained.append(f"{_count(commits[TRAIN], 'older commit')}{scrubbed}")
+    if dated[TRAIN]:
+        trained.append(f"{_count(dated[TRAIN], 'older issue or page', 'older issues and pages')}")
+    scored = [f"{_count(files[EVAL], 'held-out file')} (about {eval_fraction:.0%} of paths, by path hash)"]
+    if commits[EVAL]:
+        scored.append(f"the {_count(commits[EVAL], 'newest commit')}")
+    if dated[EVAL]:
+        scored.append(f"the {_count(dated[EVAL], 'newest issue or page', 'newest issues and pages')}")
+    return SplitSummary(
+        mode=FILES,
+        cut=None,
+        trained_on=_join(trained),
+        scored_on=_join(scored),
+        reason=reason,
+        dropped_hunks=dropped_hunks,
+    )
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

@@ -3,8 +3,10 @@
     result = repotune.clean.run(CleanConfig(input=Path("in"), output=Path("data")))
     result.train_records, result.dropped, result.output.train
 
-The work is two streaming passes (:mod:`repotune.clean.passes`); this module names the folder's
-files, writes ``stats.json`` and ``report.md``, and returns what the next stages read.
+The work is two streaming passes (:mod:`repotune.clean.passes`) and a leak audit of their output
+(:mod:`repotune.clean.audit`); the split is temporal where ingest cut the history, by file path where
+it did not (:mod:`repotune.clean.split`). This module writes ``stats.json`` and ``report.md``, with the
+split in words (``split.trained_on``, ``split.scored_on``), and returns what the next stages read.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from repotune.atomic import atomic_open, write_json
+from repotune.clean.audit import LeakAudit
 from repotune.clean.dedup import DedupConfig
 from repotune.clean.filters import FilterConfig
 from repotune.clean.layout import CleanLayout
-from repotune.clean.split import SplitConfig
+from repotune.clean.split import SplitConfig, SplitSummary, cut_of, describe
 from repotune.errors import RepotuneError
 from repotune.ingest.layout import IngestLayout
 
@@ -34,7 +37,7 @@ class CleanConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Exact and near-duplicate removal."""
     split: SplitConfig = field(default_factory=SplitConfig)
-    """Which records are held out for evaluation."""
+    """Which records are held out for evaluation where ingest did not cut the history in time."""
     redact_pii: bool = False
     """Also redact e-mail and IP addresses."""
     workers: int | None = None
@@ -59,6 +62,10 @@ class CleanResult:
     """Secrets (and PII) replaced, per kind."""
     train_tokens_estimate: int
     """Training tokens, estimated from characters (the train stage counts real ones)."""
+    split: SplitSummary
+    """What trained and what is scored: the mode, the cut, one line for each side."""
+    leaks: LeakAudit
+    """Long lines of the scored targets that also appear in training (0 is the aim)."""
 
     @property
     def metrics(self) -> dict[str, int]:
@@ -70,6 +77,8 @@ class CleanResult:
             "dropped_records": sum(self.dropped.values()),
             "redactions": sum(self.redactions.values()),
             "train_tokens_estimate": self.train_tokens_estimate,
+            "scored_lines": self.split.scored_lines,
+            "leaked_lines": self.leaks.found,
         }
 
 
@@ -86,11 +95,25 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
     manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
     layout = CleanLayout(config.output)
     config.output.mkdir(parents=True, exist_ok=True)
-    rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers)
+    cut, reason = cut_of(manifest)
+    rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers, cut)
     outcome = clean_records(source.records, layout.train, layout.eval, rules, progress)
+    split = describe(
+        outcome.summary.records,
+        manifest.get("split"),
+        cut=cut,
+        reason=reason,
+        commit=manifest.get("commit"),
+        eval_fraction=config.split.eval_fraction,
+        scored_files=outcome.scored_files,
+        scored_lines=outcome.scored_lines,
+        dropped_hunks=outcome.dropped_sections,
+    )
     stats = outcome.summary.as_stats(
         input_count=outcome.input_records, dropped=outcome.dropped, redactions=outcome.redactions
     )
+    stats["split"] = split.as_dict()
+    stats["leak_audit"] = outcome.leaks.as_dict()
     stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit")}
     stats["ingest_skipped"] = manifest.get("skipped", {})
     stats["config"] = {
@@ -110,4 +133,6 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         dropped=stats["dropped"],
         redactions=stats["redactions"],
         train_tokens_estimate=stats["tokens_estimate"]["train"],
+        split=split,
+        leaks=outcome.leaks,
     )

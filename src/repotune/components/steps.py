@@ -7,9 +7,14 @@ is tested without KFP. The functions are plain here and become components in
 ``repotune.pipelines.pipeline``, which sets each one's image (the CUDA image for steps of a recipe
 that asks for accelerators). KFP runs a body on its own, so every import is inside it.
 
+Every body first checks that the environment holds the credentials its parameters call for
+(:mod:`repotune.pipelines.credentials`: on a cluster they come from optional Secrets, so a missing one
+fails the step at once, by name), and ends with one line ``STEP: ...`` that sums up what it did, which
+``repotune run`` shows beside the step's state.
+
 (No `from __future__ import annotations` here: KFP reads the annotations as types.)
-KFP parameters cannot be null: an empty string stands for "not set" at this boundary only and becomes
-``None`` before it reaches the library.
+KFP parameters cannot be null: an empty string or 0 stands for "not set" at this boundary only and
+becomes ``None`` before it reaches the library (:mod:`repotune.pipelines.parameters`).
 """
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
@@ -17,9 +22,13 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 
 def resolve_source(source: str, ref: str) -> str:
     """The source's revision now (a commit SHA or a fingerprint): the cache key of every later step."""
+    from repotune.pipelines import credentials
     from repotune.sources.revision import resolve_revision
 
-    return resolve_revision(source, ref or None)
+    credentials.require("resolve-source", credentials.needs("resolve-source", source=source))
+    revision = resolve_revision(source, ref or None)
+    print(f"resolve-source: {source} is at {revision}")
+    return revision
 
 
 def ingest(
@@ -33,8 +42,10 @@ def ingest(
     from pathlib import Path
 
     from repotune import ingest, storage
+    from repotune.pipelines import credentials
     from repotune.records import parse_include
 
+    credentials.require("ingest", credentials.needs("ingest", source=source, artifacts_root=artifacts_root))
     settings = {
         "kinds": parse_include(include or None),
         "max_commits": max_commits if max_commits > 0 else None,
@@ -43,9 +54,9 @@ def ingest(
         ingest.IngestConfig.pinned(source, revision, Path(records.path), **settings), log=print
     )
     commit = result.commit or revision
-    print(f"ingest: {result.records} records from {result.source} at {commit}")
     records.metadata.update({"source": source, "commit": commit, "records": result.records})
     records.metadata["published"] = storage.publish(records.path, artifacts_root, source, revision, "ingest")
+    print(f"ingest: {result.records} records from {result.source} at {commit}")
 
 
 def clean(
@@ -58,16 +69,20 @@ def clean(
     from pathlib import Path
 
     from repotune import clean, storage
+    from repotune.pipelines import credentials
 
+    credentials.require("clean", credentials.needs("clean", artifacts_root=artifacts_root))
     result = clean.run(clean.CleanConfig(input=Path(records.path), output=Path(dataset.path)))
     storage.copy_to(result.output.report, report.path)
     storage.copy_to(result.output.stats, stats.path)
-    print("clean: " + ", ".join(f"{k} {v}" for k, v in result.metrics.items()))
     for name, value in result.metrics.items():
         stats.log_metric(name, value)
     source, revision = records.metadata.get("source", ""), records.metadata.get("commit", "")
     dataset.metadata.update({**result.metrics, "source": source, "commit": revision})
     dataset.metadata["published"] = storage.publish(dataset.path, artifacts_root, source, revision, "clean")
+    kept = result.train_records + result.eval_records
+    print(f"clean: kept {kept} of {result.input_records} records ({result.train_records} train, "
+          f"{result.eval_records} held out), {sum(result.redactions.values())} secrets redacted")  # fmt: skip
 
 
 def train(
@@ -76,24 +91,29 @@ def train(
     base_model: str,
     learning_rate: float,
     lora_rank: int,
+    max_steps: int,
     epochs: float,
     overrides: dict,
+    tracking: bool,
     artifacts_root: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
     from pathlib import Path
 
-    from repotune import storage, tracking, train
+    from repotune import storage, train
+    from repotune import tracking as mlflow
     from repotune.atomic import write_json
-    from repotune.config import from_struct
+    from repotune.pipelines import credentials
+    from repotune.pipelines.parameters import train_settings
 
-    settings = {"base_model": base_model, "learning_rate": learning_rate, "lora.rank": lora_rank}
-    settings = from_struct({**settings, "epochs": epochs, **overrides})
+    credentials.require("train", credentials.needs("train", artifacts_root=artifacts_root, tracking=tracking))
+    settings = train_settings(base_model=base_model, learning_rate=learning_rate, lora_rank=lora_rank,
+                              max_steps=max_steps, epochs=epochs, overrides=overrides)  # fmt: skip
     source, commit = dataset.metadata.get("source", ""), dataset.metadata.get("commit", "")
     result = train.run(train.TrainConfig(
         data=Path(dataset.path), output=Path(model.path), recipe=train.resolve_recipe(recipe, settings)[0],
-        tracking_uri=tracking.uri_from_env(), keep_checkpoints=False, pytorchjob=True,
+        tracking_uri=mlflow.uri_from_env() if tracking else None, keep_checkpoints=False, pytorchjob=True,
         checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
         data_uri=dataset.uri, output_uri=model.uri,
     ))  # fmt: skip
@@ -104,6 +124,12 @@ def train(
     model.metadata["key"] = result.recipe_key
     key = f"{commit}/{result.recipe_key}"
     model.metadata["published"] = storage.publish(model.path, artifacts_root, source, key, "model")
+    held_out = (
+        f", held-out loss {result.base_eval_loss:.3f} -> {result.eval_loss:.3f}"
+        if result.base_eval_loss is not None and result.eval_loss is not None
+        else ""
+    )
+    print(f"train: {result.steps} steps of {result.method} on {result.base_model}{held_out}")
 
 
 def evaluate(
@@ -111,6 +137,7 @@ def evaluate(
     dataset: Input[Dataset],
     model_name: str,
     settings: dict,
+    tracking: bool,
     artifacts_root: str,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -120,13 +147,17 @@ def evaluate(
     """Scores base, candidate and champion; returns whether the candidate is promoted."""
     from pathlib import Path
 
-    from repotune import evaluate, storage, tracking
+    from repotune import evaluate, storage
+    from repotune import tracking as mlflow
     from repotune.config import from_dict, from_struct
+    from repotune.pipelines import credentials
 
+    needed = credentials.needs("evaluate", artifacts_root=artifacts_root, tracking=tracking)
+    credentials.require("evaluate", needed)
     scoring = from_dict(evaluate.ScoringConfig, from_struct(settings), "evaluation settings")
     result = evaluate.run(evaluate.EvaluateConfig(
         model=Path(model.path), data=Path(dataset.path), output=Path(evaluation.path), scoring=scoring,
-        tracking_uri=tracking.uri_from_env(), model_name=model_name,
+        tracking_uri=mlflow.uri_from_env() if tracking else None, model_name=model_name,
     ))  # fmt: skip
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
@@ -139,6 +170,10 @@ def evaluate(
     evaluation.metadata["published"] = storage.publish(
         evaluation.path, artifacts_root, source, key, "evaluation"
     )
+    registered = (
+        f"; registered {model_name} version {result.registered_version}" if result.registered_version else ""
+    )
+    print(f"evaluate: {'promote' if result.promote else 'keep the champion'}{registered}")
     return result.promote
 
 
@@ -151,13 +186,17 @@ def deploy(
     namespace: str,
     runtime: str,
     apply: bool,
+    tracking: bool,
     manifest: Output[Artifact],
 ) -> str:
     """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL."""
     from pathlib import Path
 
-    from repotune import deploy, storage, tracking, train
+    from repotune import deploy, storage, train
+    from repotune import tracking as mlflow
+    from repotune.pipelines import credentials
 
+    credentials.require("deploy", credentials.needs("deploy", tracking=tracking))
     settings = deploy.DeploySettings(
         name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
         s3=deploy.S3Access.from_url(storage.endpoint_url()),
@@ -166,6 +205,14 @@ def deploy(
     result = deploy.run(deploy.DeployConfig(
         model_uri=model.metadata.get("published") or model.uri, settings=settings, apply=apply,
         manifest=Path(manifest.path), registered=deploy.RegisteredVersion(model_name, version, commit),
-        only_champion=True, skip_unservable=True, tracking_uri=tracking.uri_from_env(),
+        only_champion=True, skip_unservable=True, tracking_uri=mlflow.uri_from_env() if tracking else None,
     ))  # fmt: skip
+    if result.skipped:
+        print(f"deploy: nothing deployed: {result.skipped}")
+    else:
+        done = (
+            f"serving at {result.url}" if result.url else "rendered (not applied)" if not apply else "applied"
+        )
+        model_uri = result.model.storage_uri if result.model else ""
+        print(f"deploy: InferenceService {namespace}/{name} for {model_uri}: {done}")
     return result.url or ""

@@ -3,9 +3,11 @@
 - ``s3://bucket/prefix``: as is.
 - ``minio://bucket/prefix``: a KFP artifact URI; the same object in S3 terms.
 - ``models:/NAME@ALIAS`` (``models:/NAME@champion``) or ``models:/NAME/VERSION``: looked up in the
-  MLflow model registry. A server that proxies artifacts registers ``mlflow-artifacts:/PATH`` sources;
-  they live at ``ARTIFACTS_S3/PATH``, where ``ARTIFACTS_S3`` is the server's ``--artifacts-destination``
-  (``REPOTUNE_MLFLOW_ARTIFACTS_S3``, e.g. ``s3://mlflow/artifacts``).
+  MLflow model registry. KServe gets the version's Hugging Face folder (``Registry``'s ``files_uri``:
+  inside a logged MLflow model, ``.../models/<model id>/artifacts/artifacts/model``). A server that
+  proxies artifacts stores them as ``mlflow-artifacts:/PATH``; they live at ``ARTIFACTS_S3/PATH``, where
+  ``ARTIFACTS_S3`` is the server's ``--artifacts-destination`` (``REPOTUNE_MLFLOW_ARTIFACTS_S3``, e.g.
+  ``s3://mlflow/artifacts``).
 
 A local folder cannot be deployed to a cluster: it has to be uploaded first.
 """
@@ -77,10 +79,10 @@ def resolve_model_uri(
     if not tracking_uri:
         raise RepotuneError(f"{uri}: a models:/ URI needs the MLflow registry; set --tracking-uri")
     name = match["name"]
-    version, source, tags = _lookup(tracking_uri, name, match["alias"], match["version"])
+    version, files_uri, tags = _lookup(tracking_uri, name, match["alias"], match["version"])
     return ModelSource(
         uri=uri,
-        storage_uri=artifact_to_s3(source, artifacts_s3 or os.environ.get(ARTIFACTS_S3_ENV)),
+        storage_uri=artifact_to_s3(files_uri, artifacts_s3 or os.environ.get(ARTIFACTS_S3_ENV)),
         model_name=name,
         version=version,
         commit=tags.get(COMMIT_TAG),
@@ -88,7 +90,7 @@ def resolve_model_uri(
 
 
 def artifact_to_s3(source: str, artifacts_s3: str | None) -> str:
-    """A registered version's ``source`` as an ``s3://`` URI.
+    """A registered version's model folder (``files_uri``) as an ``s3://`` URI.
 
     ``mlflow-artifacts:/1/RUN/artifacts/model`` (or ``mlflow-artifacts://host:port/1/...``) becomes
     ``ARTIFACTS_S3/1/RUN/artifacts/model``; ``s3://`` and ``minio://`` sources pass through.
@@ -115,7 +117,7 @@ def artifact_to_s3(source: str, artifacts_s3: str | None) -> str:
 def _lookup(
     tracking_uri: str, name: str, alias: str | None, version: str | None
 ) -> tuple[str, str, dict[str, str]]:
-    """(version, source, tags) of the registered version that the alias or number names."""
+    """(version, files_uri, tags) of the registered version that the alias or number names."""
     from mlflow.exceptions import MlflowException
 
     from repotune.evaluate.registry import Registry
@@ -127,7 +129,7 @@ def _lookup(
             champion = registry.champion()
             if champion is None:
                 raise RepotuneError(f"{target}: {name} has no champion yet at {tracking_uri}")
-            return champion.version, champion.source, dict(champion.tags)
+            return champion.version, champion.files_uri, dict(champion.tags)
         client = registry_client(tracking_uri)
         found = (
             client.get_model_version_by_alias(name, alias)
@@ -138,7 +140,8 @@ def _lookup(
         raise RepotuneError(
             f"{target} not found in the MLflow registry at {tracking_uri}: {err.message}"
         ) from err
-    return str(found.version), found.source, dict(found.tags or {})
+    info = registry.version_info(str(found.version))
+    return info.version, info.files_uri, dict(info.tags)
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:

@@ -2,10 +2,11 @@
 
 Every trained candidate becomes a new version of one registered model; the ``champion`` alias marks
 the version that is deployed. Evaluation reads the champion's metrics back from its tags, so a new
-candidate is compared with it without re-scoring, and downloads its weights from ``source``::
+candidate is compared with it without re-scoring, and downloads its weights from ``files_uri``::
 
     registry = Registry(os.environ["MLFLOW_TRACKING_URI"], "repotune-myproject")
     registry.check()  # RepotuneError now, naming the URI, if the registry cannot be reached
+    tracker.log_model(model_dir)  # inside the run: an MLflow model named "model"
     version = registry.register_candidate(
         run_id, "model", {SOURCE_TAG: "github:org/repo", COMMIT_TAG: sha}, metrics=candidate
     )
@@ -15,10 +16,18 @@ candidate is compared with it without re-scoring, and downloads its weights from
     if decision.promote:
         registry.promote(version, decision)
 
+A version registered from a logged MLflow model (``Tracker.log_model``) has the source
+``models:/<model id>``, as ``mlflow.register_model`` gives it, and loads with
+``mlflow.pyfunc.load_model("models:/NAME@champion")``; its
+Hugging Face folder (what KServe deploys and evaluation scores) lies at ``files_uri``, the artifact
+location plus ``repotune.weights_path`` (``artifacts/model``). A version registered from a bare
+folder of run artifacts (before models were logged as MLflow models) is that folder.
+
 Tag layout. On each model version:
 
 - ``repotune.source``, ``repotune.commit``, ``repotune.dataset_hash``, ``repotune.recipe_hash`` (and any
   other tags the caller passes): provenance, as given to ``register_candidate``.
+- ``repotune.weights_path``: for a logged MLflow model, the Hugging Face folder's path inside it.
 - ``metric.<name>.value``, ``.n``, ``.higher_is_better`` (``true``/``false``), ``.confidence`` and,
   when the metric has a confidence interval, ``.ci_low`` and ``.ci_high``. Floats are written with
   ``repr`` so they read back bit for bit; no CI means no ``ci_*`` tags.
@@ -53,7 +62,7 @@ from typing import Any
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Decision
 from repotune.evaluate.metrics import Metric
-from repotune.tracking import MLFLOW_HTTP_DEFAULTS, _reason
+from repotune.tracking import MLFLOW_HTTP_DEFAULTS, WEIGHTS_PATH_TAG, _reason
 
 CHAMPION_ALIAS = "champion"
 
@@ -75,6 +84,8 @@ RETRIEVAL_TAG = "repotune.retrieval"
 PREVIOUS_CHAMPION_TAG = "repotune.previous_champion"
 HISTORY_TAG = "repotune.champion_history"
 METRIC_TAG_PREFIX = "metric."
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
+"""MLflow's tag on a logged model: the registered versions made from it (a JSON list)."""
 
 # MLflow's API accepts registry tag values up to 100,000 characters, but its SQL stores keep registered
 # model tag values (and model version tags, before a recent schema migration) in VARCHAR(5000):
@@ -95,8 +106,12 @@ class ChampionInfo:
     model_name: str
     version: str
     source: str
-    """Artifact URI of the model folder (``mlflow-artifacts:/...`` behind a proxying server, or
-    ``s3://...``); ``Registry.download`` or ``mlflow.artifacts.download_artifacts`` fetches it."""
+    """The version's source as registered: ``models:/<model id>`` for a logged MLflow model, else the
+    artifact URI of a bare model folder."""
+    files_uri: str
+    """Artifact URI of the Hugging Face model folder (config.json, safetensors, tokenizer):
+    ``mlflow-artifacts:/...`` behind a proxying server, or ``s3://...``. ``Registry.download`` or
+    ``mlflow.artifacts.download_artifacts`` fetches it; ``deploy.uris`` maps it to S3 for KServe."""
     run_id: str | None
     """The MLflow run that trained it, when known."""
     tags: Mapping[str, str]
@@ -186,20 +201,43 @@ class Registry:
         all_tags = {**_checked_tags(tags), **metric_tags(metrics or {})}
         with self._calling(f"registering run {run_id} ({artifact_path}) as a version of {self.model_name}"):
             run = self._client.get_run(run_id)
-            if not self._client.list_artifacts(run_id, artifact_path):
+            model = self._logged_model(run, artifact_path)
+            if model is not None:
+                source, model_id = f"models:/{model.model_id}", model.model_id
+                if WEIGHTS_PATH_TAG in (model.tags or {}):
+                    all_tags[WEIGHTS_PATH_TAG] = model.tags[WEIGHTS_PATH_TAG]
+            elif self._client.list_artifacts(run_id, artifact_path):
+                source, model_id = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}", None
+            else:
                 raise RepotuneError(
-                    f"run {run_id} has no artifacts under {artifact_path!r} at {self.tracking_uri}; log the "
-                    "model folder before registering it"
+                    f"run {run_id} has no logged model named {artifact_path!r} and no artifacts under it at "
+                    f"{self.tracking_uri}; log the model (Tracker.log_model) before registering it"
                 )
-            source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}"
             self._ensure_registered_model()
             for existing in self._client.search_model_versions(f"run_id = '{run_id}'"):
                 if existing.name == self.model_name and existing.source == source:
                     for key, value in all_tags.items():
                         self._client.set_model_version_tag(self.model_name, existing.version, key, value)
                     return str(existing.version)
-            created = self._client.create_model_version(self.model_name, source, run_id=run_id, tags=all_tags)
+            with _use_tracking_uri(self.tracking_uri):
+                created = self._client.create_model_version(
+                    self.model_name, source, run_id=run_id, tags=all_tags, model_id=model_id
+                )
+            if model is not None:
+                # As mlflow.register_model does: the logged model lists the versions made from it.
+                versions = json.loads((model.tags or {}).get(MODEL_VERSIONS_TAG) or "[]")
+                versions.append({"name": self.model_name, "version": str(created.version)})
+                self._client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps(versions)})
             return str(created.version)
+
+    def _logged_model(self, run: Any, name: str) -> Any | None:
+        """The newest ready MLflow model named ``name`` among the run's outputs, or None."""
+        from mlflow.entities import LoggedModelStatus
+
+        outputs = run.outputs.model_outputs if run.outputs is not None else []
+        models = [self._client.get_logged_model(output.model_id) for output in outputs]
+        ready = [m for m in models if m.name == name and m.status == LoggedModelStatus.READY]
+        return max(ready, key=lambda m: m.creation_timestamp) if ready else None
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -235,18 +273,26 @@ class Registry:
         """The version behind the ``champion`` alias, or None when there is none (yet)."""
         with self._calling(f"reading the champion of {self.model_name}"):
             version, _ = self._state()
-            if version is None:
-                return None
+        return None if version is None else self.version_info(version)
+
+    def version_info(self, version: str) -> ChampionInfo:
+        """What ``champion()`` says of the champion, for any registered ``version``."""
+        with self._calling(f"reading {self.model_name} version {version}"):
             found = self._client.get_model_version(self.model_name, version)
-        tags = dict(found.tags or {})
+            tags = dict(found.tags or {})
+            # The registry's download location: for a `models:/<id>` source, the logged model's
+            # artifact location; for a folder source, the folder.
+            location = self._client.get_model_version_download_uri(self.model_name, version)
         try:
             metrics = metrics_from_tags(tags)
         except RepotuneError as err:
             raise RepotuneError(f"{self.model_name} version {version} at {self.tracking_uri}: {err}") from err
+        weights = tags.get(WEIGHTS_PATH_TAG, "").strip("/")
         return ChampionInfo(
             model_name=self.model_name,
-            version=version,
+            version=str(version),
             source=found.source,
+            files_uri=f"{location.rstrip('/')}/{weights}" if weights else location,
             run_id=found.run_id or None,
             tags=tags,
             metrics=metrics,
@@ -350,17 +396,29 @@ class Registry:
         self._client.set_registered_model_tag(self.model_name, HISTORY_TAG, text)
 
     def download(self, version: str, dst_dir: Path) -> Path:
-        """Download the model folder of ``version`` into ``dst_dir``; return the folder's local path."""
+        """Download the Hugging Face model folder of ``version`` (``files_uri``, not the MLflow model
+        around it) into ``dst_dir``; return the folder's local path."""
         import mlflow.artifacts
 
         dst_dir = Path(dst_dir)
         dst_dir.mkdir(parents=True, exist_ok=True)
+        files_uri = self.version_info(version).files_uri
         with self._calling(f"downloading {self.model_name} version {version}"):
-            source = self._client.get_model_version(self.model_name, version).source
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(dst_dir), tracking_uri=self.tracking_uri
+                artifact_uri=files_uri, dst_path=str(dst_dir), tracking_uri=self.tracking_uri
             )
         return Path(local)
+
+
+@contextlib.contextmanager
+def _use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's SQL registry store resolves a ``models:/<model id>`` source through the process-wide
+    tracking URI rather than its own (mlflow 3.x), so registering into a local ``sqlite:///`` registry
+    that is not also ``MLFLOW_TRACKING_URI`` fails without this. A server resolves it on its side."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use
+
+    with use(uri):
+        yield
 
 
 def champion_stack(history: list[ChampionChange]) -> list[str]:

@@ -202,7 +202,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     from repotune.evaluate.samples import draw_samples
     from repotune.models import resolve_base_model
     from repotune.records import read_records
-    from repotune.tracking import make_tracker
+    from repotune.tracking import evaluate_run, make_tracker, split_datasets
 
     model_dir, data_dir, scoring, policy = config.model, config.data, config.scoring, config.policy
     eval_path = CleanLayout(data_dir).eval
@@ -305,13 +305,14 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         return result
     arm = decision.arm or Arm("candidate")
     tracker = make_tracker(config.tracking_uri, config.experiment)
-    with tracker.start_run(run_name=f"evaluate-{model_dir.name}", tags={"repotune.stage": "evaluate"}):
+    with tracker.start_run(*evaluate_run(json.loads(TrainLayout(model_dir).summary.read_text()))):
+        tracker.log_dataset(split_datasets(data_dir)["evaluation"], "evaluation")
         for name, metrics in scores.items():
             tracker.log_metrics({f"{name}.{key}": metric.value for key, metric in metrics.items()})
         for path in (layout.metrics, layout.report_md, layout.report_html):
             tracker.log_artifact(path)
-        with tempfile.TemporaryDirectory(prefix="repotune-model-") as tmp:
-            tracker.log_artifact(_model_files(model_dir, Path(tmp) / "model"))
+        scratch = tuple(path.name for path in TrainLayout(model_dir).scratch)
+        tracker.log_model(model_dir, exclude=(*scratch, ".*"))
         # The chosen arm's own scores over the model's (perplexity, forgetting): what it is deployed as.
         tagged = {**scores.get(arm.without_retrieval.key, {}), **scores.get(arm.key, {})}
         version = registry.register_candidate(tracker.run_id, "model", _tags(summary), metrics=tagged)
@@ -381,15 +382,6 @@ def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, li
                     "answers": {arm: got[task][i] for arm, got in answers.items() if task in got},
                 }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _model_files(model_dir: Path, dest: Path) -> Path:
-    """The servable model folder without checkpoints and caches (what the registry should hold)."""
-    import shutil
-
-    scratch = [path.name for path in TrainLayout(model_dir).scratch]
-    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns(*scratch, ".*"))
-    return dest
 
 
 def _tags(summary: dict[str, Any]) -> dict[str, str]:

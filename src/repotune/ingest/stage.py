@@ -5,6 +5,11 @@ in object storage, as the upload API stores them), ``github:OWNER/REPO`` for iss
 requests, ``confluence:SPACE`` or ``notion:[ID]`` for wiki pages, or ``jira:PROJECT`` for Jira
 issues. Output is written atomically: an interrupted run leaves no half-written ``records.jsonl``.
 
+Where there is history, the records are cut in time (:mod:`repotune.ingest.cut`): the files of the
+tree at the cut C and the commits up to C, to train on; the commits after C, and each file that gained
+lines after C as it stands at the newest commit, with those lines' ranges in ``meta["added_lines"]``
+and C in ``meta["cut"]``, to score on. The manifest's ``split`` says which split applies and why.
+
     result = repotune.ingest.run(IngestConfig(source="https://github.com/org/repo.git", output=Path("in")))
     result.records, result.commit, IngestLayout(Path("in")).records
 """
@@ -12,6 +17,7 @@ issues. Output is written atomically: an interrupted run leaves no half-written 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,11 +28,12 @@ from typing import Any
 from repotune import __version__
 from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
+from repotune.ingest.cut import Cut, NoCut, choose, parse_cut
 from repotune.ingest.layout import IngestLayout
-from repotune.records import Kind, Record
+from repotune.records import Kind, Record, record_id
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
-from repotune.sources.local import WalkLimits, iter_tree
+from repotune.sources.local import IGNORE_FILES, WalkLimits, iter_tree
 
 GITHUB_PREFIX = "github:"
 CONFLUENCE_PREFIX = "confluence:"
@@ -55,6 +62,12 @@ class IngestConfig:
     """Cut each commit's diff after this many characters."""
     since: datetime | None = None
     """Only issues, PRs and commits since this ISO date (incremental runs)."""
+    cut: str | None = None
+    """Where evaluation's future begins in a git history: a revision (SHA, tag, branch), an ISO date
+    (the newest commit at or before it) or the newest share of commits (10%). Training gets the tree
+    and commits up to the cut; evaluation scores the lines added after it. Default: the newest 10% of
+    commits (at most 200), moved older until 400 lines were added after it; too short a history gets
+    the file split. HEAD trains on everything, with no score on future code."""
     github_base_url: str | None = None
     """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3."""
     github_token: str | None = field(default=None, repr=False)
@@ -83,6 +96,12 @@ class IngestConfig:
             raise RepotuneError("--ref applies only to a git URL source")
         if self.jira_jql is not None and not self.source.startswith(JIRA_PREFIX):
             raise RepotuneError("--jira-jql applies only to a jira: source")
+        if self.cut is not None:
+            parse_cut(self.cut)
+            if self.source.startswith(_SERVICE_PREFIXES):
+                raise RepotuneError(
+                    "--cut applies only to a source with git history (a checkout or a git URL)"
+                )
 
     @classmethod
     def pinned(cls, source: str, revision: str, output: Path, **settings: Any) -> IngestConfig:
@@ -108,6 +127,9 @@ class IngestResult:
     """Records per kind."""
     skipped: dict[str, int]
     """Entries skipped, per reason (``binary``, ``vendored``, ...)."""
+    split: dict[str, Any]
+    """The manifest's ``split``: ``mode`` (``temporal`` or ``files``), the ``cut`` (commit and date) or
+    the ``reason`` there is none, and what was read on each side of it."""
 
 
 def _wants(config: IngestConfig, *kinds: Kind) -> bool:
@@ -115,13 +137,22 @@ def _wants(config: IngestConfig, *kinds: Kind) -> bool:
 
 
 def _local_records(
-    root: Path, source: str, config: IngestConfig, stats: IngestStats, manifest: dict[str, Any]
+    root: Path, source: str, config: IngestConfig, stats: IngestStats, manifest: dict[str, Any], workdir: Path
 ) -> Iterator[Record]:
     revision = None
     is_repo = git.is_git_checkout(root) and git.has_commits(root)
     if is_repo:
         revision = git.head_sha(root)
         manifest["commit"] = revision
+        split = choose(root, revision, parse_cut(config.cut) if config.cut is not None else None)
+    elif config.cut is not None:
+        raise RepotuneError(f"--cut needs git history, and {config.source!r} has none (not a git checkout)")
+    else:
+        split = NoCut("the source has no git history (a plain folder or archive)")
+    manifest["split"] = _split_manifest(split)
+    if isinstance(split, Cut):
+        yield from _temporal_records(root, source, config, stats, manifest["split"], split, workdir)
+        return
     file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC, Kind.DIAGRAM}
     if _wants(config, Kind.CODE, Kind.DOC, Kind.DIAGRAM):
         yield from iter_tree(
@@ -144,6 +175,107 @@ def _local_records(
         )
 
 
+def _split_manifest(split: Cut | NoCut) -> dict[str, Any]:
+    if isinstance(split, NoCut):
+        return {"mode": "files", "cut": None, "reason": split.reason}
+    return {
+        "mode": "temporal",
+        "cut": {"commit": split.commit, "date": split.date},
+        "end": {"commit": split.end, "date": split.end_date},
+        "rule": split.rule,
+        "commits_before_cut": split.commits_before,
+        "commits_after_cut": split.commits_after,
+        "future_files": 0,
+        "future_lines": 0,
+        "reason": None,
+    }
+
+
+def _temporal_records(
+    root: Path,
+    source: str,
+    config: IngestConfig,
+    stats: IngestStats,
+    facts: dict[str, Any],
+    cut: Cut,
+    workdir: Path,
+) -> Iterator[Record]:
+    """The tree at the cut and the commits up to it (to train on), then the commits after the cut and
+    the files that gained lines after it, as they stand at the end (to score on)."""
+    limits = WalkLimits(max_file_bytes=config.max_file_bytes)
+    exclude = _inside(config.output, root)
+    file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC, Kind.DIAGRAM}
+    if _wants(config, Kind.CODE, Kind.DOC, Kind.DIAGRAM):
+        tree = workdir / "at-cut"
+        git.checkout_tree(root, cut.commit, tree)
+        yield from iter_tree(
+            tree,
+            source=source,
+            stats=stats,
+            kinds=file_kinds,
+            revision=cut.commit,
+            limits=limits,
+            exclude=exclude,
+        )
+        shutil.rmtree(tree)
+    if _wants(config, Kind.COMMIT):
+        for revisions, after in (((cut.commit,), False), ((cut.end, f"^{cut.commit}"), True)):
+            yield from git.iter_commits(
+                root,
+                source=source,
+                stats=stats,
+                max_commits=config.max_commits,
+                max_diff_bytes=config.max_diff_bytes,
+                since=config.since.isoformat() if config.since else None,
+                revisions=revisions,
+                meta={"after_cut": after},
+            )
+    if _wants(config, Kind.CODE, Kind.DOC):
+        future_kinds = frozenset({Kind.CODE, Kind.DOC}) & (config.kinds or frozenset({Kind.CODE, Kind.DOC}))
+        for record in _future_records(root, source, cut, future_kinds, limits, exclude, workdir):
+            stats.kept[str(record.kind)] += 1
+            facts["future_files"] += 1
+            facts["future_lines"] += sum(last - first + 1 for first, last in record.meta["added_lines"])
+            yield record
+
+
+def _future_records(
+    root: Path,
+    source: str,
+    cut: Cut,
+    kinds: frozenset[Kind],
+    limits: WalkLimits,
+    exclude: frozenset[str],
+    workdir: Path,
+) -> Iterator[Record]:
+    """Each code or doc file that gained lines after the cut, as it stands at the end, read with the
+    walker's rules (ignore files, vendored folders, binaries, ...) and marked with the added ranges.
+
+    Only the changed files (and the ignore files that rule on them) are checked out; the ranges are
+    small numbers per changed file.
+    """
+    ranges = dict(git.added_lines(root, cut.commit, cut.end))
+    if not ranges:
+        return
+    tree = workdir / "at-end"
+    git.checkout_tree(
+        root, cut.end, tree, keep=lambda path: path in ranges or path.rsplit("/", 1)[-1] in IGNORE_FILES
+    )
+    # The end's files are walked for the eval side only: their skips are not the training tree's.
+    walked = IngestStats()
+    for record in iter_tree(
+        tree, source=source, stats=walked, kinds=kinds, revision=cut.end, limits=limits, exclude=exclude
+    ):
+        spans = ranges.get(record.file_path or "")
+        if spans is None:
+            continue
+        record.id = record_id(source, record.kind, f"{record.file_path}@{cut.end}")
+        record.meta["added_lines"] = spans
+        record.meta["cut"] = cut.commit
+        yield record
+    shutil.rmtree(tree)
+
+
 def iter_source(
     config: IngestConfig,
     stats: IngestStats,
@@ -153,6 +285,8 @@ def iter_source(
 ) -> Iterator[Record]:
     """Records of ``config.source``; fills ``manifest`` with what was resolved (commit SHA, kind)."""
     spec = config.source
+    if spec.startswith(_SERVICE_PREFIXES):
+        manifest["split"] = _split_manifest(NoCut("the source has no git history (issues or pages only)"))
     if spec.startswith(GITHUB_PREFIX):
         from repotune.sources.github import iter_github  # PyGithub is slow to import; only when used
 
@@ -187,14 +321,14 @@ def iter_source(
         if not archive.is_archive(local):
             raise RepotuneError(f"source {spec!r} is not an archive ({', '.join(archive.ARCHIVE_SUFFIXES)})")
         root = archive.extract(local, workdir / "archive")
-        yield from _local_records(root, local.name, config, stats, manifest)
+        yield from _local_records(root, local.name, config, stats, manifest, workdir)
         return
     if git.is_git_url(spec):
         manifest["source_type"] = "git"
         checkout = workdir / "checkout"
         manifest["commit"] = git.clone(spec, checkout, config.ref)
         manifest["ref"] = config.ref
-        yield from _local_records(checkout, _strip_auth(spec), config, stats, manifest)
+        yield from _local_records(checkout, _strip_auth(spec), config, stats, manifest, workdir)
         return
     path = Path(spec).expanduser()
     if not path.exists():
@@ -208,10 +342,10 @@ def iter_source(
             )
         manifest["source_type"] = "archive"
         root = archive.extract(path, workdir / "archive")
-        yield from _local_records(root, path.name, config, stats, manifest)
+        yield from _local_records(root, path.name, config, stats, manifest, workdir)
         return
     manifest["source_type"] = "git" if git.is_git_checkout(path) else "folder"
-    yield from _local_records(path.resolve(), path.resolve().name, config, stats, manifest)
+    yield from _local_records(path.resolve(), path.resolve().name, config, stats, manifest, workdir)
 
 
 def _service_records(
@@ -270,6 +404,7 @@ def run(
         "source": _display_source(config.source),
         "source_type": None,
         "commit": None,
+        "split": None,
         "include": sorted(config.kinds) if config.kinds is not None else None,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "repotune_version": __version__,
@@ -298,6 +433,7 @@ def run(
         records=total,
         kept=manifest["kept"],
         skipped=manifest["skipped"],
+        split=manifest["split"],
     )
 
 

@@ -8,7 +8,16 @@ do that a cluster does: retries, resource requests, Kubernetes Secrets (the envi
 and parallel steps.
 
 The run's progress is written to ``RUN_DIR/status.json`` as the stages start and end (the upload API
-and scripts follow it), in the schema of :class:`repotune.pipelines.status.RunStatus`.
+and scripts follow it), in the schema of :class:`repotune.pipelines.status.RunStatus`. What kfp.local
+prints goes to ``RUN_DIR/run.log``; a person sees one line per stage, the training progress and the
+errors (:mod:`repotune.pipelines.display`).
+
+Before the first step, the run checks what its steps would otherwise find out minutes in: the
+credentials its source, artifacts root and tracking call for (:mod:`repotune.pipelines.credentials`,
+as each step checks them again on a cluster), and that the MLflow server and the object store answer.
+With ``local_s3`` it starts a SeaweedFS S3 server on 127.0.0.1 for the run
+(:mod:`repotune.pipelines.seaweedfs`), publishes every stage's outputs there as a cluster run would,
+and stops it when the run ends, however it ends.
 
     status = run_local(RunConfig(source="https://github.com/org/repo.git", recipe="tiny-cpu"))
 """
@@ -25,17 +34,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
+from repotune.pipelines.display import RunOutput
 from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
 from repotune.train import DEFAULT_RECIPE
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"^Executing task '([\w-]+)'")
 _FINISHED = re.compile(r"^Task '([\w-]+)' finished with status (\w+)")
 _CACHE_HIT = re.compile(r"^Task ([\w-]+) cache hit")
 _SKIPPED = re.compile(r"^Skipping conditional task ([\w-]+)")
+_OUTPUTS = re.compile(r"^Task '([\w-]+)' outputs:")
+_ARTIFACT = re.compile(r"(\w+): \w+\( name='[^']*',\s*uri='([^']*)'")
+LOCAL_S3_ROOT = "s3://repotune/runs"
+"""Where ``--local-s3`` publishes when ``--artifacts`` names no other place on it."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,9 @@ class RunConfig:
     """MLflow URI (default: a local store)."""
     artifacts_root: str | None = None
     """s3:// prefix that also receives each stage's outputs."""
+    local_s3: bool = False
+    """Start a SeaweedFS S3 server on 127.0.0.1 for the run (data in WORKDIR/s3) and publish every
+    stage's outputs to it, at --artifacts or s3://repotune/runs; stopped when the run ends."""
     model_name: str = "repotune"
     """Registered model name in MLflow."""
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +90,11 @@ class RunConfig:
         from repotune.records import parse_include
 
         parse_include(self.include)  # a wrong kind fails now, not minutes later in the ingest step
+        if self.local_s3 and self.artifacts_root and not self.artifacts_root.startswith("s3://"):
+            raise RepotuneError(
+                f"--artifacts {self.artifacts_root!r}: with --local-s3 it names a place on that store, "
+                "s3://BUCKET/PREFIX"
+            )
 
     def folders(self) -> tuple[Path, Path]:
         """The work folder and the run folder, absolute, with their defaults filled in."""
@@ -85,10 +110,15 @@ class RunConfig:
             "training": dict(self.training),
             "evaluation": dict(self.evaluation),
             "model_name": self.model_name,
+            "tracking": True,  # the run always has a tracking URI: given, or a local store
             "deploy_apply": False,  # no cluster here: deploy renders the InferenceService only
-            "artifacts_root": self.artifacts_root or "",
+            "artifacts_root": self.published_root() or "",
             **self.parameters,
         }
+
+    def published_root(self) -> str | None:
+        """Where stage outputs are published: ``artifacts_root``, or with ``local_s3`` the default place."""
+        return self.artifacts_root or (LOCAL_S3_ROOT if self.local_s3 else None)
 
 
 class StatusWriter(logging.Filter):
@@ -99,11 +129,15 @@ class StatusWriter(logging.Filter):
     leaves alone, is the one place to see them. The filter never drops a record.
     """
 
-    def __init__(self, path: Path, stages: tuple[str, ...], log: Callable[[str], None]) -> None:
+    def __init__(
+        self, path: Path, stages: tuple[str, ...], on_stage: Callable[[str, StageState], None] | None = None
+    ) -> None:
         super().__init__()
         self.path = path
-        self.log = log
+        self.on_stage = on_stage
         self.status = RunStatus.new(stages)
+        self.outputs: dict[str, dict[str, str]] = {}
+        """Each finished task's artifacts, name to local path, as kfp.local lists them."""
         self.save()
 
     def save(self) -> None:
@@ -119,13 +153,21 @@ class StatusWriter(logging.Filter):
             entry.finished = now()
         entry.state = state
         self.save()
+        if self.on_stage is not None:
+            self.on_stage(name, state)
+
+    def running(self) -> str | None:
+        """The stage running now, if any."""
+        return next((name for name, entry in self.status.stages.items() if entry.state == "running"), None)
 
     def failed(self, error: str) -> None:
         """The run ended without finishing: the running stage failed, the ones after it never ran."""
         self.status.state, self.status.finished, self.status.error = "failed", now(), error
-        for entry in self.status.stages.values():
+        for name, entry in self.status.stages.items():
             if entry.state == "running":
                 entry.state, entry.finished = "failed", now()
+                if self.on_stage is not None:
+                    self.on_stage(name, "failed")
         self.save()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -136,9 +178,10 @@ class StatusWriter(logging.Filter):
             self._task(match.group(1), "succeeded" if match.group(2) == "SUCCESS" else "failed")
         elif match := _CACHE_HIT.match(message):
             self._task(match.group(1), "cached")
-            self.log(f"{match.group(1)}: reused from an earlier run with the same inputs (kfp.local cache)")
         elif _SKIPPED.match(message):
             self.stage("deploy", "skipped")
+        elif match := _OUTPUTS.match(message):
+            self.outputs[match.group(1)] = dict(_ARTIFACT.findall(message))
         return True
 
     def _task(self, task: str, state: StageState) -> None:
@@ -185,13 +228,17 @@ def local_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
-def run_local(config: RunConfig, *, log: Callable[[str], None] = print) -> RunStatus:
+def run_local(
+    config: RunConfig, *, log: Callable[[str], None] = print, console: Console | None = None
+) -> RunStatus:
     """Run the pipeline for ``config.source`` under kfp.local; returns the final status (also in
     ``RUN_DIR/status.json``). MLflow goes to ``config.tracking_uri``, else ``MLFLOW_TRACKING_URI``,
     else a local store in the work folder.
-    """
-    from kfp import local
 
+    ``log`` gets what a person should see (a line per stage, training progress, errors); the full
+    output goes to ``RUN_DIR/run.log``. With a terminal ``console`` the running stage is a live line on
+    it instead (:class:`repotune.pipelines.display.RunOutput`).
+    """
     from repotune.config import from_dict, from_struct
     from repotune.evaluate import ScoringConfig
     from repotune.pipelines.pipeline import build_pipeline
@@ -203,30 +250,149 @@ def run_local(config: RunConfig, *, log: Callable[[str], None] = print) -> RunSt
     resolve_recipe(config.recipe, from_struct(config.training))
     from_dict(ScoringConfig, dict(config.evaluation), "--eval")
     workdir, run_dir = config.folders()
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
     tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
-    writer = StatusWriter(RunLayout(run_dir).status, STAGES, log)
-    log(f"run: {source} with recipe {config.recipe}; status in {writer.path}; MLflow at {tracking}")
-    with _environment({"MLFLOW_TRACKING_URI": tracking}), _inside(workdir), _watching(writer):
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),  # this Python, which has repotune installed
-            pipeline_root=str(workdir / "kfp"),
-            enable_caching=True,
-        )
-        try:
-            with warnings.catch_warnings():
-                # the image name does not contain "python"; the subprocess runner uses this Python anyway
-                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-                task = pipeline(source=source, **config.arguments())
-        except KeyboardInterrupt:
-            writer.failed("interrupted")
-            raise
-        except Exception as exc:  # kfp raises RuntimeError naming the failed task
-            writer.failed(_short(exc))
-            raise RepotuneError(f"the pipeline failed: {_short(exc)} (status in {writer.path})") from None
-    _collect(writer, task.outputs, run_dir)
+    root = config.published_root()
+    check_before_run(source, root, tracking, local_s3=config.local_s3)
+    with contextlib.ExitStack() as stack:
+        environment: dict[str, str | None] = {"MLFLOW_TRACKING_URI": tracking}
+        if config.local_s3:
+            from repotune import storage
+            from repotune.pipelines import seaweedfs
+
+            bucket, _ = storage.parse_s3_uri(str(root))
+            server = stack.enter_context(seaweedfs.running(workdir / "s3", buckets=[bucket]))
+            environment.update({**dict.fromkeys(_S3_ENV), **server.environment()})
+            log(f"object store: SeaweedFS S3 at {server.endpoint} for this run (data in {server.folder})")
+        stack.enter_context(_environment(environment))
+        if root is not None and root.startswith("s3://"):
+            check_object_store(root)
+        workdir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        layout = RunLayout(run_dir)
+        output = RunOutput(layout.log, log, console)
+        stack.callback(output.close)
+        writer = StatusWriter(layout.status, STAGES, output.stage)
+        published = f"; publishing to {root}" if root else ""
+        output.note(f"run: {source} with recipe {config.recipe}; MLflow at {tracking}{published}")
+        output.note(f"full log: {layout.log}")
+        task = _run_pipeline(pipeline, source, config, workdir, writer, output, stack)
+        _collect(writer, task.outputs, run_dir)
+        if root:
+            from repotune.storage import output_prefix
+
+            # ingest and clean under it, and the model and evaluation under the recipe's key
+            writer.status.artifacts = output_prefix(
+                root, source, task.outputs["model"].metadata.get("commit", "")
+            )
+            writer.save()
     return writer.status
+
+
+_S3_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE")  # a user's own AWS session must not reach the local store
+
+
+def _run_pipeline(
+    pipeline: Any,
+    source: str,
+    config: RunConfig,
+    workdir: Path,
+    writer: StatusWriter,
+    output: RunOutput,
+    stack: contextlib.ExitStack,
+) -> Any:
+    """The pipeline under kfp.local, its output into ``output``; a failure as one ``RepotuneError``."""
+    from kfp import local
+
+    stack.enter_context(_inside(workdir))
+    stack.enter_context(_watching(writer))
+    stack.enter_context(contextlib.redirect_stdout(output))
+    stack.enter_context(_warnings_into(output))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),  # this Python, which has repotune installed
+        pipeline_root=str(workdir / "kfp"),
+        enable_caching=True,
+    )
+    try:
+        # the image name does not contain "python"; the subprocess runner uses this Python anyway
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        return pipeline(source=source, **config.arguments())
+    except KeyboardInterrupt:
+        writer.failed("interrupted")
+        raise
+    except Exception as exc:  # kfp raises RuntimeError naming the failed task
+        stage = writer.running()
+        writer.failed(_short(exc))
+        reason = output.failures.get(stage or "", "") or _short(exc)
+        step = f"the {stage} step" if stage else "the pipeline"
+        raise RepotuneError(f"{step} failed: {reason} (full log: {output.log_path})") from None
+
+
+@contextlib.contextmanager
+def _warnings_into(stream: Any) -> Iterator[None]:
+    """Python warnings of this process go to ``stream`` (the run's log) rather than to the terminal."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: stream.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        yield
+
+
+def check_before_run(source: str, root: str | None, tracking: str, *, local_s3: bool = False) -> None:
+    """What the steps would find out minutes in, checked in a second: the credentials the source, the
+    artifacts root and MLflow call for in this environment (as each step checks them again), and
+    whether the MLflow server answers. (The object store is checked once it is known to be up:
+    :func:`check_object_store`.)"""
+    from repotune.pipelines import credentials
+
+    for step in credentials.STEPS:
+        # the local store brings its own keys, so only the source's S3 needs count then
+        needs = credentials.needs(
+            step, source=source, artifacts_root="" if local_s3 else root or "", tracking=True
+        )
+        credentials.require(step, needs, {**os.environ, "MLFLOW_TRACKING_URI": tracking}, cluster=False)
+    if tracking.startswith(("http://", "https://")):
+        check_tracking_server(tracking)
+
+
+def check_tracking_server(uri: str) -> None:
+    """One request to the MLflow server at ``uri``; a ``RepotuneError`` in one line when it does not
+    answer (MLflow's own retries and their warnings are kept short and quiet)."""
+    from repotune.tracking import MlflowTracker
+
+    quiet = logging.getLogger("urllib3.connectionpool")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        MlflowTracker(uri, "repotune").check()
+    except RepotuneError as exc:
+        raise RepotuneError(f"{exc} (checked before the first step)") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def check_object_store(root: str) -> None:
+    """That the store of ``root`` (s3://BUCKET/PREFIX) answers with these credentials and has the bucket."""
+    from repotune import storage
+
+    bucket, _ = storage.parse_s3_uri(root)
+    client = storage.client_from_env()  # its own check: a dead endpoint fails here, by name
+    try:
+        found = client.bucket_exists(bucket)
+    except Exception as exc:
+        raise RepotuneError(
+            f"--artifacts {root}: the object store at {storage.endpoint_url() or storage.DEFAULT_ENDPOINT} "
+            f"refused to look up bucket {bucket!r}: {storage_reason(exc)}"
+        ) from None
+    if not found:
+        raise RepotuneError(
+            f"--artifacts {root}: bucket {bucket!r} does not exist at "
+            f"{storage.endpoint_url() or storage.DEFAULT_ENDPOINT}; create it first"
+        )
+
+
+def storage_reason(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    return f"{code} ({getattr(exc, 'message', '')})" if code else str(exc).splitlines()[0]
 
 
 def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> None:
@@ -244,6 +410,10 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
     status.decision = {"promote": result.decision.promote, "reasons": list(result.decision.reasons)}
     status.report, status.model = report.name, outputs["model"].path
     status.dataset, status.registered_version = str(result.data), result.registered_version
+    manifest = writer.outputs.get("deploy", {}).get("manifest")
+    if manifest and Path(manifest).is_file():
+        shutil.copyfile(manifest, RunLayout(run_dir).manifest)
+        status.manifest = RunLayout(run_dir).manifest.name
     writer.save()
 
 
@@ -264,9 +434,14 @@ def _absolute_source(source: str) -> str:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """``values`` in the environment (None: removed) for the block, and the previous values after it."""
     previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:

@@ -12,22 +12,14 @@ Compile one pipeline per recipe: ``repotune compile --recipe configs/qwen2.5-cod
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Model
+from kfp.dsl import HTML, Artifact, Model
 
 from repotune import images
 from repotune.components import steps
+from repotune.pipelines.credentials import SERVICE_ACCOUNT, STEP_SECRETS
 from repotune.train import DEFAULT_RECIPE, Recipe, resolve_recipe
 
 PIPELINE_NAME = "repotune"
-
-# Kubernetes Secrets the steps read credentials from (manifests/ ships templates with these names).
-# They are optional: a cluster without GitHub issues or MLflow auth simply leaves them out.
-S3_SECRET = "repotune-s3"
-S3_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
-MLFLOW_SECRET = "repotune-mlflow"
-MLFLOW_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-GITHUB_SECRET = "repotune-github"
-GITHUB_KEYS = {"GITHUB_TOKEN": "GITHUB_TOKEN"}
 
 # steps that talk to the network (git remotes, GitHub, S3, MLflow, the Kubernetes API) retry
 RETRIES = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
@@ -35,6 +27,7 @@ RETRIES = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "
 
 class PipelineOutputs(NamedTuple):
     model: Model
+    report: HTML
     evaluation: Artifact
     promoted: bool
 
@@ -43,9 +36,14 @@ def _component(func, image: str):
     return dsl.component(func, base_image=image, install_kfp_package=False)
 
 
-def _secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str]]) -> dsl.PipelineTask:
-    for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)
+def _secrets(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
+    """Maps the Secrets ``step`` reads into its environment (repotune.pipelines.credentials). Optional:
+    a run that does not need one starts without it, and the step refuses at its start when its
+    parameters call for a key that is missing."""
+    for secret in STEP_SECRETS[step]:  # type: ignore[index]
+        kubernetes.use_secret_as_env(
+            task, secret_name=secret.name, secret_key_to_env=secret.env, optional=True
+        )
     return task
 
 
@@ -76,12 +74,12 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     train_op = _component(steps.train, train_image)
     evaluate_op = _component(steps.evaluate, gpu_image)
     deploy_op = _component(steps.deploy, cpu)
-    s3, mlflow, github = (S3_SECRET, S3_KEYS), (MLFLOW_SECRET, MLFLOW_KEYS), (GITHUB_SECRET, GITHUB_KEYS)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Fine-tune a language model on one repository's code, docs, issues and history, "
-        "evaluate it against the base and the champion, and deploy it as a KServe InferenceService.",
+        "evaluate it against the base and the champion, and deploy it as a KServe InferenceService. "
+        f"Run it as the service account {SERVICE_ACCOUNT} (the Roles of manifests/pipeline-namespace).",
     )
     def repotune(
         source: str,
@@ -91,9 +89,11 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         base_model: str = recipe.base_model,
         learning_rate: float = recipe.learning_rate,
         lora_rank: int = recipe.lora.rank,
+        max_steps: int = recipe.max_steps or 0,
         epochs: float = recipe.epochs,
         training: dict = {},  # noqa: B006 (KFP takes literal defaults; never mutated)
         evaluation: dict = {},  # noqa: B006
+        tracking: bool = True,
         model_name: str = "repotune",
         deploy_name: str = "repotune",
         namespace: str = "repotune",
@@ -101,18 +101,35 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         deploy_apply: bool = True,
         artifacts_root: str = "",
     ) -> PipelineOutputs:
-        """Args:
-        source: a git URL, ``github:OWNER/REPO``, or (on this machine) a folder or archive path.
-        ref: branch, tag or commit of a git URL; empty for the default branch.
-        include: record kinds, comma-separated (code,docs,commits,issues); empty for all.
-        max_commits: newest commits to read; 0 for the whole history.
-        training: more recipe settings by dotted key, e.g. {"max_steps": 40, "data.seq_len": 512}.
-        evaluation: evaluation settings, e.g. {"line_samples": 30, "max_blocks": 32}.
-        runtime: "huggingface" (KServe's vLLM runtime, GPUs) or "repotune" (this project's predictor).
-        deploy_apply: apply the InferenceService; false only renders it into the manifest artifact.
-        artifacts_root: s3:// prefix that also receives each stage's outputs; empty for none.
+        """Fine-tune, evaluate and deploy a model of one repository (the KFP UI shows these per parameter).
+
+        Args:
+            source: Git URL, github:OWNER/REPO, confluence:SPACE, jira:PROJECT, notion:ID or s3:// archive.
+            ref: Branch, tag or commit of a git URL; empty for the remote's default branch.
+            include: Record kinds, comma-separated (code,docs,commits,issues,wiki,diagrams); empty: all.
+            max_commits: Newest commits to read from the history; 0 for the whole history.
+            base_model: Model to fine-tune: a shipped alias, a Hugging Face id or an s3:// folder.
+            learning_rate: Peak learning rate of the cosine schedule.
+            lora_rank: LoRA rank r (adapter size); ignored by full fine-tuning.
+            max_steps: Optimizer steps to train; 0 to train for `epochs` instead (a positive value wins).
+            epochs: Passes over the training data; used only when max_steps is 0.
+            training: More recipe settings by dotted key, e.g. {"data.seq_len": 512}; they win over the above.
+            evaluation: Evaluation settings, e.g. {"line_samples": 30, "max_blocks": 32}.
+            tracking: Log to MLflow and register the model (Secret repotune-mlflow); false: no MLflow.
+            model_name: Registered model name in MLflow; the champion alias moves on promotion.
+            deploy_name: Name of the KServe InferenceService the promoted model is served as.
+            namespace: Namespace of the InferenceService (the profile namespace on multi-user Kubeflow).
+            runtime: huggingface (KServe's vLLM runtime, for GPUs) or repotune (this project's predictor).
+            deploy_apply: Apply the InferenceService and wait for Ready; false only renders its manifest.
+            artifacts_root: s3:// prefix that also receives each stage's outputs (Secret repotune-s3).
+
+        Returns:
+            model: The fine-tuned model folder (merged weights, adapter, tokenizer, train summary).
+            report: The evaluation report: base against candidate (and champion), with the decision.
+            evaluation: The evaluation folder: metrics.json, report.md and report.html.
+            promoted: Whether the candidate was promoted to champion (and deployed).
         """
-        resolved = _secrets(resolve_op(source=source, ref=ref), github)
+        resolved = _secrets(resolve_op(source=source, ref=ref), "resolve-source")
         resolved.set_display_name("resolve-source").set_caching_options(False).set_retry(**retry)
         ingested = ingest_op(
             source=source,
@@ -121,20 +138,22 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             max_commits=max_commits,
             artifacts_root=artifacts_root,
         )
-        _secrets(ingested, github, s3).set_display_name("ingest").set_retry(**retry)
+        _secrets(ingested, "ingest").set_display_name("ingest").set_retry(**retry)
         cleaned = clean_op(records=ingested.outputs["records"], artifacts_root=artifacts_root)
-        _secrets(cleaned, s3).set_display_name("clean")
+        _secrets(cleaned, "clean").set_display_name("clean")
         trained = train_op(
             dataset=cleaned.outputs["dataset"],
             recipe=recipe_text,
             base_model=base_model,
             learning_rate=learning_rate,
             lora_rank=lora_rank,
+            max_steps=max_steps,
             epochs=epochs,
             overrides=training,
+            tracking=tracking,
             artifacts_root=artifacts_root,
         )
-        _secrets(trained, s3, mlflow).set_display_name("train")
+        _secrets(trained, "train").set_display_name("train")
         if not launcher:
             _train_resources(trained, recipe)
         evaluated = evaluate_op(
@@ -142,10 +161,13 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             dataset=cleaned.outputs["dataset"],
             model_name=model_name,
             settings=evaluation,
+            tracking=tracking,
             artifacts_root=artifacts_root,
         )
-        _secrets(evaluated, s3, mlflow).set_display_name("evaluate").set_retry(**retry)
+        _secrets(evaluated, "evaluate").set_display_name("evaluate").set_retry(**retry)
         _train_resources(evaluated, recipe)
+        # kfp.local misreads a named output in a condition, so evaluate returns its decision as its
+        # single return value ("Output")
         with dsl.If(evaluated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition)
             deployed = deploy_op(
                 model=trained.outputs["model"],
@@ -156,11 +178,13 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
                 namespace=namespace,
                 runtime=runtime,
                 apply=deploy_apply,
+                tracking=tracking,
             )
-            _secrets(deployed, s3, mlflow).set_display_name("deploy").set_retry(**retry)
+            _secrets(deployed, "deploy").set_display_name("deploy").set_retry(**retry)
             deployed.set_caching_options(False)  # the cluster, not the inputs, decides what is live
         return PipelineOutputs(
             model=trained.outputs["model"],
+            report=evaluated.outputs["report"],
             evaluation=evaluated.outputs["evaluation"],
             promoted=evaluated.outputs["Output"],
         )

@@ -70,6 +70,16 @@ class RunLayout:
         return self.folder / "report.md"
 
     @property
+    def log(self) -> Path:
+        """Everything the run's steps printed (kfp.local's output, colour codes removed)."""
+        return self.folder / "run.log"
+
+    @property
+    def manifest(self) -> Path:
+        """The InferenceService the deploy step rendered (or why it deployed nothing), when it ran."""
+        return self.folder / "inferenceservice.yaml"
+
+    @property
     def serve_log(self) -> Path:
         """The model server's log of the closing query (``repotune run`` without ``--no-query``)."""
         return self.folder / "serve.log"
@@ -111,6 +121,10 @@ class RunStatus:
     """The candidate's version in the MLflow registry."""
     endpoint: str | None = None
     """URL of the deployed model, when deployed."""
+    artifacts: str | None = None
+    """The s3:// (or folder) prefix the stages published their outputs under, when they did."""
+    manifest: str | None = None
+    """The rendered InferenceService: a path relative to the run folder, when the deploy step ran."""
     query: dict[str, str] | None = None
     """The closing demo query of ``repotune run``: ``{"url", "prompt", "completion"}``."""
 
@@ -149,6 +163,8 @@ class RunStatus:
             dataset=_optional(data, "dataset", str),
             registered_version=_optional(data, "registered_version", str),
             endpoint=_optional(data, "endpoint", str),
+            artifacts=_optional(data, "artifacts", str),
+            manifest=_optional(data, "manifest", str),
             query=_optional(data, "query", dict),
         )
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from packaging.version import InvalidVersion, Version
 
 from repotune import images as images_module
 from repotune.errors import RepotuneError
+from repotune.pipelines.config import SubmitConfig
+from repotune.pipelines.credentials import SERVICE_ACCOUNT
 from repotune.pipelines.pipeline import DEFAULT_RECIPE, build_pipeline
 
 COMPILED = {
@@ -30,10 +33,6 @@ COMPILED = {
     "repotune-gpu.yaml": "qwen2.5-coder-1.5b-gpu",
 }
 KFP_TOKEN_ENV = "KFP_TOKEN"
-SERVICE_ACCOUNT = "repotune-pipeline-runner"
-"""The ServiceAccount a run's pods use (manifests/pipeline-namespace/rbac.yaml). It must exist in the
-namespace the steps run in: ``kubeflow`` for standalone KFP, the profile's namespace for multi-user
-Kubeflow. Runs started from the KFP UI name it in the run form's "Service Account" field."""
 
 PLATFORM_FIELDS_SINCE: dict[str, str] = {
     # Kubernetes platform-spec fields (kfp-kubernetes) -> the first KFP backend release known to accept
@@ -104,7 +103,11 @@ def _client(host: str):
     # A bearer token for clusters behind an auth proxy (e.g. Kubeflow's Dex/oauth2-proxy); never a flag,
     # so it stays out of shell history.
     try:
-        return kfp.Client(host=host, existing_token=os.environ.get(KFP_TOKEN_ENV) or None)
+        with warnings.catch_warnings():
+            # a notice on every construction that the client needs KFP 2.0.0-beta.2 or later; the
+            # backend's version is checked against what the pipeline needs instead (check_backend)
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline")
+            return kfp.Client(host=host, existing_token=os.environ.get(KFP_TOKEN_ENV) or None)
     except Exception as exc:  # the SDK retries healthz, then raises TimeoutError/ApiException
         raise RepotuneError(f"cannot reach the KFP API at {host}: {str(exc).splitlines()[0]}") from None
 
@@ -178,6 +181,23 @@ def submit_run(
         except Exception as exc:  # the SDK raises urllib3/ApiException types; the message is what helps
             raise RepotuneError(f"submitting to {host} failed: {str(exc).splitlines()[0]}") from None
     return result.run_id
+
+
+def submit(config: SubmitConfig) -> tuple[str, str]:
+    """``repotune submit``: the run of ``config`` started on its KFP; returns (run id, run name)."""
+    name = config.name()
+    run_id = submit_run(
+        config.host,
+        config.arguments(),
+        name,
+        recipe=config.recipe,
+        experiment=config.experiment,
+        namespace=config.kfp_namespace,
+        service_account=config.service_account or None,
+        check_version=not config.skip_version_check,
+        images=config.images.resolve(),
+    )
+    return run_id, name
 
 
 @contextlib.contextmanager

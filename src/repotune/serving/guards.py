@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from repotune import http_limits
 from repotune.api.auth import token_matches
-from repotune.serving.protocol import json_depth_exceeds
 
 # Health and readiness stay open: KServe's and Kubernetes' probes carry no token.
 _PROBES = re.compile(r"/|/v2/health/(live|ready)|/v1/models/[^/:]+|/v2/models/[^/]+(/versions/[^/]+)?/ready")
@@ -58,60 +58,9 @@ class BearerAuth:
         await _refuse(send, 401, message, "invalid_api_key", headers=((b"www-authenticate", b"Bearer"),))
 
 
-class BodyGuard:
-    """413 for request bodies over ``max_bytes``, 400 for JSON nested deeper than ``max_depth``.
-
-    The body is read (at most ``max_bytes`` + one chunk) before the app sees it, so a client that sends
-    a huge or endless body is refused early, whether or not it sent a Content-Length; its nesting is
-    counted on the bytes before any JSON parser recurses into it.
-    """
+class BodyGuard(http_limits.BodyGuard):
+    """413 for request bodies over ``max_bytes``, 400 for JSON nested deeper than ``max_depth`` (the
+    shared guard of ``repotune.http_limits``), refused with OpenAI's error body."""
 
     def __init__(self, app: Any, max_bytes: int, max_depth: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.max_depth = max_depth
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; the app sees the disconnect as it would have
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._too_large(send)
-                return
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if json_depth_exceeds(body, self.max_depth):
-            await _refuse(
-                send, 400, f"the request body nests arrays and objects deeper than {self.max_depth} levels",
-                "json_too_deep",
-            )  # fmt: skip
-            return
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send: Callable) -> None:
-        await _refuse(
-            send, 413, f"the request body is larger than this server's limit of {self.max_bytes} bytes",
-            "request_too_large",
-        )  # fmt: skip
+        super().__init__(app, max_bytes, max_depth, refuse=_refuse)

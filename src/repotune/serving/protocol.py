@@ -32,9 +32,6 @@ MAX_STOP_CHARS = 4096  # all stop strings of a request together, in characters
 _STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
 # OpenAI's field names; pydantic's union member tags are type names (`str`, `list[int]`, class names).
 _FIELD = re.compile(r"(?!(?:str|int|float|bool|dict|list|none)$)[a-z_][a-z0-9_]*")
-# Bytes outside JSON strings that open or close a level; everything else is deleted before counting.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 Request = TypeVar("Request", bound=BaseModel)
 
@@ -294,23 +291,3 @@ def request_schema(kind: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return inline(schema)
-
-
-def json_depth_exceeds(body: bytes, limit: int) -> bool:
-    """True when arrays and objects in ``body`` nest deeper than ``limit``.
-
-    Counted on the raw bytes, before any parser recurses into them: strings are cut out (a bracket
-    inside one does not count), then only brackets are kept. Linear in the body's size.
-    """
-    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    if brackets.count(b"[") + brackets.count(b"{") <= limit:
-        return False
-    depth = 0
-    for byte in brackets:
-        if byte in b"[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False

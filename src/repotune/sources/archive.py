@@ -1,11 +1,13 @@
 """Safe extraction of .zip and .tar.* archives into a temporary folder.
 
 Every member is checked before anything is written: absolute paths, ``..`` components, links and
-device files are rejected, and member count and expanded size are bounded against archive bombs.
+device files are rejected, and member count, expanded size and (when asked) compression ratio are
+bounded against archive bombs. ``scan`` reads an archive with the same checks and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tarfile
 import zipfile
@@ -16,6 +18,8 @@ from repotune.errors import RepotuneError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 _CHUNK = 1 << 20
+# Below this many expanded bytes a high ratio is a small repetitive file, not a bomb: not checked.
+RATIO_FLOOR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,18 @@ class ArchiveLimits:
     """Most entries an archive may hold."""
     max_total_bytes: int = 4 * 1024**3
     """Most bytes the archive may expand to (4 GiB), counted while extracting, not trusted from headers."""
+    max_ratio: float | None = None
+    """Most bytes expanded per byte in the archive, for each zip member and for the whole archive (a
+    tar is one compressed stream: checked as a whole); None: unchecked. Source code compresses about
+    3-10x; deflate tops out near 1,030x, which bombs reach. Checked past ``RATIO_FLOOR_BYTES`` only."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSummary:
+    files: int
+    """Files in the archive (a name given twice counts once, as extracting keeps the last)."""
+    bytes: int
+    """Bytes its files expand to, as counted while reading them."""
 
 
 def is_archive(path: Path) -> bool:
@@ -43,6 +59,8 @@ def _check_name(archive: Path, name: str) -> PurePosixPath:
 class _Budget:
     def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
         self.archive, self.limits, self.members, self.bytes = archive, limits, 0, 0
+        self.stored = archive.stat().st_size
+        self.files: set[PurePosixPath] = set()
 
     def member(self) -> None:
         self.members += 1
@@ -58,17 +76,35 @@ class _Budget:
                 f"archive {self.archive.name}: expands past {self.limits.max_total_bytes} bytes "
                 "(an archive bomb?); refusing it"
             )
+        self.check_ratio("the archive", self.bytes, self.stored)
+
+    def check_ratio(self, what: str, expanded: int, stored: int) -> None:
+        ratio = self.limits.max_ratio
+        if ratio is not None and expanded > RATIO_FLOOR_BYTES and expanded > ratio * max(stored, 1):
+            raise RepotuneError(
+                f"archive {self.archive.name}: {what} expands more than {ratio:g} times its "
+                f"{stored} stored bytes (an archive bomb?); refusing it"
+            )
 
 
-def _copy(src, dest: Path, budget: _Budget) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("wb") as out:
+def _copy(src, dest: Path | None, budget: _Budget, name: PurePosixPath, stored: int | None = None) -> None:
+    """Reads member ``name`` from ``src`` into ``dest`` (or only counts it, when ``dest`` is None);
+    ``stored``: the member's compressed size, when the format has one per member."""
+    budget.files.add(name)
+    if dest is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") if dest is not None else contextlib.nullcontext() as out:
+        expanded = 0
         while chunk := src.read(_CHUNK):
             budget.spend(len(chunk))
-            out.write(chunk)
+            expanded += len(chunk)
+            if stored is not None:
+                budget.check_ratio(f"member {str(name)!r}", expanded, stored)
+            if out is not None:
+                out.write(chunk)
 
 
-def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+def _extract_zip(archive: Path, dest: Path | None, budget: _Budget) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:
@@ -78,15 +114,16 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 raise RepotuneError(f"archive {archive.name}: member {info.filename!r} is a symlink")
         for info in infos:
             budget.member()
-            target = dest / _check_name(archive, info.filename)
+            rel = _check_name(archive, info.filename)
             if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
+                if dest is not None:
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
                 continue
             with zf.open(info) as src:
-                _copy(src, target, budget)
+                _copy(src, dest / rel if dest is not None else None, budget, rel, info.compress_size)
 
 
-def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+def _extract_tar(archive: Path, dest: Path | None, budget: _Budget) -> None:
     with tarfile.open(archive) as tf:
         # Streamed member by member: tarfile reads headers lazily, so a huge archive is never listed whole.
         for member in tf:
@@ -95,11 +132,12 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
             if member.issym() or member.islnk():
                 raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a link")
             if member.isdir():
-                (dest / rel).mkdir(parents=True, exist_ok=True)
+                if dest is not None:
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
             elif member.isfile():
                 src = tf.extractfile(member)
                 if src is not None:
-                    _copy(src, dest / rel, budget)
+                    _copy(src, dest / rel if dest is not None else None, budget, rel)
             else:
                 raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a device or fifo")
 
@@ -110,19 +148,31 @@ def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) 
     An archive holding a single top-level folder (as GitHub's and ``git archive --prefix`` do) has
     that folder as its root.
     """
-    budget = _Budget(archive, limits)
     try:
-        if archive.name.lower().endswith(".zip"):
-            _extract_zip(archive, dest, budget)
-        else:
-            _extract_tar(archive, dest, budget)
+        _read(archive, dest, limits)
     except RepotuneError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise RepotuneError(f"archive {archive.name} is corrupt or unreadable: {exc}") from None
     children = list(dest.iterdir())
     if len(children) == 1 and children[0].is_dir():
         return children[0]
     return dest
+
+
+def scan(archive: Path, limits: ArchiveLimits = ArchiveLimits()) -> ArchiveSummary:
+    """Reads every member of ``archive`` with the checks and bounds of :func:`extract`, writing nothing;
+    raises RepotuneError where ``extract`` would. Memory stays at one chunk whatever the sizes."""
+    budget = _read(archive, None, limits)
+    return ArchiveSummary(files=len(budget.files), bytes=budget.bytes)
+
+
+def _read(archive: Path, dest: Path | None, limits: ArchiveLimits) -> _Budget:
+    try:
+        budget = _Budget(archive, limits)
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, dest, budget)
+        else:
+            _extract_tar(archive, dest, budget)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise RepotuneError(f"archive {archive.name} is corrupt or unreadable: {exc}") from None
+    return budget

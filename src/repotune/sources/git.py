@@ -1,26 +1,34 @@
-"""Git: clone a URL at a ref, resolve the commit SHA, and stream commits as records.
+"""Git: clone a URL at a ref, resolve the commit SHA, stream commits as records, and read the history
+that temporal evaluation needs: a revision's tree, its date, and the lines added between two revisions.
 
 The ``git`` command line is the one dependency here: it speaks every transport (https, ssh, file)
-with the user's own credential helpers, which no Python reimplementation matches.
+with the user's own credential helpers, which no Python reimplementation matches. Nothing here writes
+to the repository: a past tree is checked out through a temporary index into a folder of its own.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record, record_id
 from repotune.sources.base import IngestStats
 
-_URL = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
+# Paths in diff headers as they are (UTF-8), not C-quoted octal escapes.
+_NO_QUOTING = ["-c", "core.quotePath=false"]
+# user@host:path: the user and host start with a letter, digit or "_", so "-uX@host:path" is no URL.
+_URL = re.compile(r"^(?:https?|ssh|git|file)://|^\w[\w.-]*@\w[\w.-]*:")
 # A marker no commit message contains, so one `git log` stream splits into commits reliably.
 _MARK = "\x1e\x1erepotune-commit\x1e"
 _FIELD = "\x1f"
+# The ``user:token@`` of a URL, wherever it appears in a message.
+_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 def is_git_url(spec: str) -> bool:
@@ -32,28 +40,52 @@ def _git_env() -> dict[str, str]:
     return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C"}
 
 
-def _run(args: list[str], cwd: Path | None = None) -> str:
+def strip_credentials(text: str) -> str:
+    """``text`` with the ``user:token@`` part of every URL in it removed, so no message carries a secret."""
+    return _USERINFO.sub(r"\g<scheme>", text)
+
+
+def _reason(stderr: str) -> str:
+    """What git says went wrong: its ``fatal:`` and ``error:`` lines, joined (the hints after them only
+    list the usual suspects), or its last line when it wrote neither."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.split(":", 1)[1].strip() for line in lines if line.startswith(("fatal:", "error:"))]
+    return strip_credentials("; ".join(errors or lines[-1:]) or "no error output")
+
+
+def _run(
+    args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str | None = None
+) -> str:
     if shutil.which("git") is None:
         raise RepotuneError("git is not installed (needed for git sources and commit history)")
     proc = subprocess.run(
-        ["git", *args], cwd=cwd, env=_git_env(), capture_output=True, text=True, check=False
+        ["git", *args],
+        cwd=cwd,
+        env={**_git_env(), **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise RepotuneError(f"git {args[0]} failed: {detail}")
+        raise RepotuneError(f"git {args[0]} failed: {_reason(proc.stderr)}")
     return proc.stdout
 
 
 def clone(url: str, dest: Path, ref: str | None) -> str:
     """Clone ``url`` into ``dest``, check out ``ref`` (branch, tag or SHA), return the commit SHA."""
     try:
-        _run(["clone", "--quiet", "--no-checkout", url, str(dest)])
+        # "--": a URL that looks like an option ("-u...", "--upload-pack=...") is still only a URL.
+        _run(["clone", "--quiet", "--no-checkout", "--", url, str(dest)])
     except RepotuneError as exc:
-        raise RepotuneError(f"cannot clone {url}: {exc}".replace(": git clone failed", "")) from None
+        reason = str(exc).removeprefix("git clone failed: ")
+        raise RepotuneError(f"cannot clone {strip_credentials(url)}: {reason}") from None
     try:
         _run(["checkout", "--quiet", "--detach", ref or "HEAD"], cwd=dest)
     except RepotuneError:
-        raise RepotuneError(f"--ref {ref!r} is not a branch, tag or commit of {url}") from None
+        raise RepotuneError(
+            f"--ref {ref!r} is not a branch, tag or commit of {strip_credentials(url)}"
+        ) from None
     return head_sha(dest)
 
 
@@ -86,20 +118,25 @@ def iter_commits(
     max_commits: int | None = 1000,
     max_diff_bytes: int = 20_000,
     since: str | None = None,
+    revisions: tuple[str, ...] = (),
+    meta: dict[str, object] | None = None,
 ) -> Iterator[Record]:
-    """Non-merge commits reachable from HEAD, newest first: message, then the diff (size-capped).
+    """Non-merge commits reachable from ``revisions`` (git log's revision arguments; none for HEAD,
+    ``(END, "^CUT")`` for the commits after a cut), newest first: message, then the diff (size-capped).
 
     Content is the message, a blank line, and the unified diff, so later stages find the diff at the
-    first line starting with ``diff --git``. Author e-mail addresses are left out on purpose.
+    first line starting with ``diff --git``. Author e-mail addresses are left out on purpose. ``meta``
+    is added to every record's meta.
     """
     args = [
-        "git", "log", "--no-merges", "--no-color", "--no-ext-diff", "--patch", "--no-renames",
+        "git", *_NO_QUOTING, "log", "--no-merges", "--no-color", "--no-ext-diff", "--patch", "--no-renames",
         f"--format={_MARK}%H{_FIELD}%an{_FIELD}%aI{_FIELD}%P{_FIELD}%B{_FIELD}",
     ]  # fmt: skip
     if max_commits is not None:
         args.append(f"--max-count={max_commits}")
     if since is not None:
         args.append(f"--since={since}")
+    args += [*revisions, "--"]
     proc = subprocess.Popen(args, cwd=repo, env=_git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     current: dict[str, object] | None = None
@@ -109,7 +146,7 @@ def iter_commits(
             line = raw.decode("utf-8", errors="replace")
             if line.startswith(_MARK):
                 if current is not None:
-                    yield _commit_record(current, source, stats)
+                    yield _commit_record(current, source, stats, meta)
                 current = None
                 header = [line[len(_MARK) :]]
             elif current is None:
@@ -131,7 +168,7 @@ def iter_commits(
                 }
                 header = []
         if current is not None:
-            yield _commit_record(current, source, stats)
+            yield _commit_record(current, source, stats, meta)
     finally:
         proc.stdout.close()
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -142,9 +179,9 @@ def iter_commits(
 
 def _append_diff(commit: dict, line: str, max_diff_bytes: int) -> None:
     if line.startswith("diff --git "):
-        parts = line.split(" b/", 1)
-        if len(parts) == 2:
-            commit["files"].append(parts[1].rstrip("\n"))
+        path = diff_header_path(line)
+        if path is not None:
+            commit["files"].append(path)
     if commit["truncated"]:
         return
     size = len(line)
@@ -156,7 +193,7 @@ def _append_diff(commit: dict, line: str, max_diff_bytes: int) -> None:
     commit["diff"].append(line)
 
 
-def _commit_record(commit: dict, source: str, stats: IngestStats) -> Record:
+def _commit_record(commit: dict, source: str, stats: IngestStats, extra: dict[str, object] | None) -> Record:
     diff = "".join(commit["diff"]).strip("\n")
     content = f"{commit['message']}\n\n{diff}" if diff else commit["message"]
     stats.kept[str(Kind.COMMIT)] += 1
@@ -173,5 +210,176 @@ def _commit_record(commit: dict, source: str, stats: IngestStats) -> Record:
             "parents": commit["parents"],
             "files": commit["files"],
             "diff_truncated": commit["truncated"],
+            **(extra or {}),
         },
     )
+
+
+def diff_header_path(line: str) -> str | None:
+    """The path of a ``diff --git a/P b/P`` header line (the new side's, for a rename); ``None`` when
+    the line is not one. A path with spaces is found exactly, quoted paths are unquoted."""
+    if not line.startswith("diff --git "):
+        return None
+    rest = line[len("diff --git ") :].rstrip("\n")
+    if rest.endswith('"'):
+        start = rest.rfind(' "b/')
+        return _unquote(rest[start + 1 :])[2:] if start >= 0 else None
+    half = (len(rest) - 5) // 2  # "a/P b/P" is 2 * len(P) + 5 characters when both sides are P
+    path = rest[2 : 2 + half]
+    if rest == f"a/{path} b/{path}":
+        return path
+    parts = rest.split(" b/", 1)
+    return parts[1] if len(parts) == 2 else None
+
+
+def _unquote(name: str) -> str:
+    """A path as git C-quotes it (``"a/caf\\303\\251.py"``), unquoted; any other text as it is."""
+    if len(name) < 2 or not (name.startswith('"') and name.endswith('"')):
+        return name
+    raw = codecs.escape_decode(name[1:-1].encode("utf-8"))[0]
+    return raw.decode("utf-8", errors="replace")
+
+
+def resolve_commit(repo: Path, revision: str) -> str | None:
+    """The commit SHA ``revision`` (a SHA, tag, branch, ``HEAD~3``) names in ``repo``; ``None`` if none."""
+    try:
+        out = _run(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"], cwd=repo
+        )
+    except RepotuneError:
+        return None
+    return out.strip() or None
+
+
+def commit_date(repo: Path, revision: str) -> str:
+    """The committer date of ``revision``, ISO 8601 with its offset: when it entered the branch."""
+    return _run(["show", "--no-patch", "--format=%cI", revision, "--"], cwd=repo).strip()
+
+
+def count_commits(repo: Path, *revisions: str) -> int:
+    """Non-merge commits that ``revisions`` select (``END``, or ``END ^CUT`` for those after a cut)."""
+    return int(_run(["rev-list", "--count", "--no-merges", *revisions, "--"], cwd=repo).strip())
+
+
+def first_parents(repo: Path, end: str) -> list[str]:
+    """``end`` and its first parents, newest first: the states the main line actually had."""
+    return _run(["rev-list", "--first-parent", end, "--"], cwd=repo).split()
+
+
+def newest_before(repo: Path, end: str, date: str) -> str | None:
+    """The newest first-parent commit of ``end`` committed at or before ``date`` (ISO); ``None`` if none."""
+    out = _run(["rev-list", "--first-parent", "--max-count=1", f"--before={date}", end, "--"], cwd=repo)
+    return out.strip() or None
+
+
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    proc = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", older, newer], cwd=repo, env=_git_env(), capture_output=True
+    )
+    return proc.returncode == 0
+
+
+def is_shallow(repo: Path) -> bool:
+    return _run(["rev-parse", "--is-shallow-repository"], cwd=repo).strip() == "true"
+
+
+def checkout_tree(repo: Path, revision: str, dest: Path, keep: Callable[[str], bool] | None = None) -> None:
+    """Write the files of ``revision`` under ``dest``: all of them, or those whose path ``keep`` keeps.
+
+    Goes through a temporary index beside ``dest``: the repository's own index and working tree are
+    left as they are, and unlike ``git archive`` no ``export-ignore`` attribute hides a file.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    index = dest.parent / f".{dest.name}.index"
+    env = {"GIT_INDEX_FILE": str(index.resolve())}
+    prefix = f"--prefix={dest.resolve()}/"
+    try:
+        _run(["read-tree", revision], cwd=repo, env=env)
+        if keep is None:
+            _run(["checkout-index", "--all", prefix], cwd=repo, env=env)
+            return
+        present = [p for p in _run(["ls-files", "-z"], cwd=repo, env=env).split("\0") if p and keep(p)]
+        if present:
+            _run(
+                ["checkout-index", "--stdin", "-z", prefix],
+                cwd=repo,
+                env=env,
+                stdin="\0".join(present) + "\0",
+            )
+    finally:
+        index.unlink(missing_ok=True)
+
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def added_lines(repo: Path, cut: str, end: str) -> Iterator[tuple[str, list[list[int]]]]:
+    """Each file of ``end`` that gained lines since ``cut``, with those lines' ``[first, last]`` ranges
+    (1-based, inclusive, in ``end``'s version), from ``git diff -M cut end``: the net change, so a line
+    added and removed again in between does not count, and a renamed file counts only what changed.
+
+    Streams the diff with no context lines; a file's ranges are yielded once its section ends.
+    """
+    args = [
+        "git", *_NO_QUOTING, "diff", "--find-renames", "--unified=0", "--no-color", "--no-ext-diff",
+        "--no-textconv", "--ignore-submodules", "--src-prefix=a/", "--dst-prefix=b/", cut, end, "--",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=repo, env=_git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    path: str | None = None
+    ranges: list[list[int]] = []
+    old_left = new_left = 0
+    try:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            if old_left or new_left:
+                # Inside a hunk the counts say which lines are its body: a body line may itself start
+                # with "+++ " or "diff --git ".
+                if line.startswith("-"):
+                    old_left -= 1
+                elif line.startswith("+"):
+                    new_left -= 1
+                continue
+            if line.startswith("diff --git "):
+                if path is not None and ranges:
+                    yield path, ranges
+                path, ranges = None, []
+            elif line.startswith("+++ "):
+                target = _unquote(line[4:].rstrip("\n").removesuffix("\t"))
+                path = target[2:] if target.startswith("b/") else None  # /dev/null: deleted
+            elif (hunk := _HUNK.match(line)) is not None:
+                old_left = int(hunk[1]) if hunk[1] is not None else 1
+                first = int(hunk[2])
+                new_left = int(hunk[3]) if hunk[3] is not None else 1
+                if new_left:
+                    last = first + new_left - 1
+                    if ranges and ranges[-1][1] + 1 >= first:
+                        ranges[-1][1] = max(ranges[-1][1], last)
+                    else:
+                        ranges.append([first, last])
+        if path is not None and ranges:
+            yield path, ranges
+    finally:
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        returncode = proc.wait()
+    if returncode != 0:
+        raise RepotuneError(f"git diff failed in {repo}: {stderr.strip().splitlines()[-1:]}")
+
+
+def added_line_counts(repo: Path, cut: str, end: str) -> Iterator[tuple[str, int]]:
+    """(path, lines added) for each file of ``end`` changed since ``cut`` (``git diff --numstat``, the
+    same net change as :func:`added_lines`, without reading the lines); binary files count 0."""
+    out = _run(
+        ["diff", "--find-renames", "--numstat", "-z", "--no-ext-diff", "--ignore-submodules", cut, end, "--"],
+        cwd=repo,
+    )
+    tokens = iter(out.split("\0"))
+    for token in tokens:
+        if not token:
+            continue
+        added, _, rest = token.split("\t", 2)
+        if not rest:  # a rename: the old and the new path follow as tokens of their own
+            next(tokens, None)
+            rest = next(tokens, "")
+        yield rest, int(added) if added.isdigit() else 0

@@ -156,6 +156,7 @@ class _IgnoreRules:
         self.specs = specs
 
     def enter(self, folder: Path, rel_folder: str) -> _IgnoreRules:
+        """The rules inside ``folder``; OSError when its ignore files cannot be checked or read."""
         lines: list[str] = []
         for name in IGNORE_FILES:
             path = folder / name
@@ -184,15 +185,14 @@ def iter_files(
     Yields (path relative to root with ``/`` separators, absolute path, lstat result), in sorted
     order so the same tree always gives the same records.
     """
-    root_rules = _IgnoreRules().enter(root, "")
-    git_exclude = root / ".git" / "info" / "exclude"
-    if git_exclude.is_file():
-        spec = pathspec.GitIgnoreSpec.from_lines(git_exclude.read_text(errors="replace").splitlines())
-        root_rules = _IgnoreRules((("", spec), *root_rules.specs))
-    stack: list[tuple[Path, str, _IgnoreRules]] = [(root, "", root_rules)]
+    # Each folder is entered with its parent's rules. A folder that cannot be listed, or whose ignore
+    # file cannot be read, is skipped whole as ``unreadable``: walking it without its ignore rules
+    # could take in what the project keeps out (a .env listed in that .gitignore).
+    stack: list[tuple[Path, str, _IgnoreRules | None]] = [(root, "", None)]
     while stack:
-        folder, rel_folder, rules = stack.pop()
+        folder, rel_folder, parent_rules = stack.pop()
         try:
+            rules = _root_rules(root) if parent_rules is None else parent_rules.enter(folder, rel_folder)
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             stats.skip("unreadable")
@@ -232,7 +232,17 @@ def iter_files(
                 continue
             yield rel, Path(entry.path), info
         for sub_path, sub_rel in reversed(subfolders):
-            stack.append((sub_path, sub_rel, rules.enter(sub_path, sub_rel)))
+            stack.append((sub_path, sub_rel, rules))
+
+
+def _root_rules(root: Path) -> _IgnoreRules:
+    """The root's ignore files, after git's own ``.git/info/exclude`` (which the root's files override)."""
+    rules = _IgnoreRules()
+    git_exclude = root / ".git" / "info" / "exclude"
+    if git_exclude.is_file():
+        spec = pathspec.GitIgnoreSpec.from_lines(git_exclude.read_text(errors="replace").splitlines())
+        rules = _IgnoreRules((("", spec),))
+    return rules.enter(root, "")
 
 
 def iter_tree(

@@ -75,7 +75,7 @@ def _remote_sha(url: str, ref: str | None) -> str:
     wanted = ref or "HEAD"
     if len(wanted) == 40 and all(c in "0123456789abcdef" for c in wanted.lower()):
         return wanted.lower()  # already a commit: ls-remote lists refs, not commits
-    out = git._run(["ls-remote", url, wanted])
+    out = git._run(["ls-remote", "--", url, wanted])  # "--": the URL is never read as an option
     lines = [line.split("\t") for line in out.splitlines() if line.strip()]
     # a branch and a tag may share a name; an annotated tag's peeled commit ends in ^{}
     preferred = [sha for sha, name in lines if name.endswith("^{}")] or [sha for sha, _ in lines]

@@ -1,9 +1,15 @@
-"""Trainer callbacks: progress with loss and ETA, a wall-clock budget, and tracking."""
+"""Trainer callbacks: progress with loss and ETA, a wall-clock budget, tracking, and the run's history.
+
+The Trainer's log history (``state.log_history``) is saved in every checkpoint's trainer_state.json and
+restored on resume: what a summary needs from the whole run (every step's loss, the base model's
+held-out loss) is read from there, so a resumed run reports what an uninterrupted one does.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -103,3 +109,35 @@ class Tracking(TrainerCallback):
             )
         self._last = (now, state.global_step)
         self.tracker.log_metrics(metrics, step=state.global_step)
+
+
+BASE_EVAL_LOSS = "base_eval_loss"
+
+
+class RunHistory(TrainerCallback):
+    """Puts the base model's held-out loss into the log history at step 0, unless a resume brought it."""
+
+    def __init__(self) -> None:
+        self.base_eval_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # on_train_begin comes after the Trainer has loaded a resumed checkpoint's state
+        if self.base_eval_loss is None or any(BASE_EVAL_LOSS in entry for entry in state.log_history):
+            return
+        state.log_history.insert(0, {BASE_EVAL_LOSS: self.base_eval_loss, "step": 0})
+
+
+def step_losses(log_history: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, training loss) for every logged step, in order; a resumed run's history includes the
+    steps before its checkpoint."""
+    return [(int(entry["step"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
+
+
+def mean_loss(losses: Sequence[tuple[int, float]]) -> float | None:
+    """The mean training loss per step over the whole run, the Trainer's ``training_loss`` of an
+    uninterrupted run (each logged loss is the mean over the steps since the previous log)."""
+    total, previous = 0.0, 0
+    for step, loss in losses:
+        total += loss * (step - previous)
+        previous = step
+    return total / previous if previous else None

@@ -27,7 +27,7 @@ from typing import Any
 from repotune import storage
 from repotune.config import from_dict
 from repotune.errors import RepotuneError
-from repotune.train.finetune import Distributed, run_training
+from repotune.train.finetune import Distributed, raise_if_unpublished, run_training
 from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe, load_recipe
 
@@ -59,6 +59,8 @@ def run_cluster_training(
         export = _export_tree(output, work_dir / "export")
         storage.copy_to(export, output_uri)
         say(f"uploaded the model to {output_uri}")
+    # after the model's upload: a checkpoint that did not reach checkpoint_uri costs the exit status only
+    raise_if_unpublished(summary, output)
     return summary
 
 

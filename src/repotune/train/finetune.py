@@ -185,7 +185,9 @@ def training_arguments(
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": recipe.save_every_steps,
-        "save_total_limit": recipe.save_total_limit,
+        # The Trainer's rotation deletes old checkpoints before the new one is complete; rotation is
+        # done by checkpoints.CheckpointCommit instead, after the new one is marked complete.
+        "save_total_limit": None,
         "eval_strategy": "steps" if recipe.eval_every_steps and has_eval else "no",
         "eval_steps": recipe.eval_every_steps,
         "bf16": precision == "bf16",
@@ -219,7 +221,7 @@ def run_training(
     precision = _precision(recipe)
 
     from repotune.models import resolve_base_model
-    from repotune.tracking import make_tracker
+    from repotune.tracking import SUMMARY_RUN_ID_KEY, make_tracker, recipe_label, split_datasets, stage_run
 
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
@@ -228,11 +230,10 @@ def run_training(
 
     import torch
     from transformers import PrinterCallback, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as hf_logging
 
     from repotune.data.packing import PackedDataset
-    from repotune.train import callbacks
+    from repotune.train import callbacks, checkpoints
 
     hf_logging.disable_progress_bar()  # weight-loading bars are noise in pipeline logs
     torch.manual_seed(recipe.seed)
@@ -275,20 +276,21 @@ def run_training(
         f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
     )
 
-    checkpoints = layout.checkpoints
+    checkpoint_dir = layout.checkpoints
     args = training_arguments(
-        recipe, checkpoints, total_steps, precision=precision, has_eval=eval_blocks is not None
+        recipe, checkpoint_dir, total_steps, precision=precision, has_eval=eval_blocks is not None
     )
     progress = callbacks.Progress(total_steps, tokens_per_step, say)
-    extra_callbacks = []
+    history = callbacks.RunHistory()
+    # CheckpointCommit first: the upload must only ever see a checkpoint marked complete.
+    save_callbacks: list[Any] = [checkpoints.CheckpointCommit(recipe.save_total_limit)]
+    upload = None
     if recipe.checkpoint_uri is not None:
-        from repotune.train.checkpoint_sync import CheckpointUpload, restore_latest_checkpoint
+        from repotune.train.checkpoint_sync import CheckpointUpload
 
-        extra_callbacks.append(CheckpointUpload(recipe.checkpoint_uri, say))
-        # A pod that lost its disk resumes from the newest complete checkpoint in object storage.
-        with args.main_process_first(desc="restore checkpoint"):
-            if dist.is_main and restore_latest_checkpoint(recipe.checkpoint_uri, checkpoints) is not None:
-                say(f"restored the newest checkpoint from {recipe.checkpoint_uri}")
+        upload = CheckpointUpload(recipe.checkpoint_uri, say)
+        save_callbacks.append(upload)
+    resume = _resume_point(args, checkpoint_dir, recipe.checkpoint_uri, say)
     trainer = Trainer(
         model=model,
         args=args,
@@ -296,28 +298,38 @@ def run_training(
         eval_dataset=PackedDataset(eval_blocks) if eval_blocks else None,
         callbacks=[
             progress,
+            history,
             callbacks.TimeBudget(recipe.max_minutes),
             callbacks.Tracking(tracker, tokens_per_step),
-            *extra_callbacks,
+            *save_callbacks,
         ],
     )
     # Progress lines come from callbacks.Progress; the Trainer's own printer would repeat them as dicts.
     trainer.remove_callback(PrinterCallback)
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     source = _dataset_source(data)
-    with tracker.start_run(run_name=output.name, tags={"repotune.stage": "train", **source}):
+    with tracker.start_run(*stage_run("train", source, recipe_label(recipe.base_model, recipe.method))):
+        for context, dataset in split_datasets(data_dir).items():
+            tracker.log_dataset(dataset, context)
         tracker.log_params({"recipe": to_dict(recipe), "data": source})
-        base_eval = None
-        if eval_blocks is not None and resume is None:
+        # A resumed run reads the base model's loss from its checkpoint's log history; a checkpoint
+        # without it gets it scored now, before train() loads the checkpoint: until then the model is
+        # the base one (LoRA's B matrices start at zero).
+        base_eval = checkpoints.logged(Path(resume), callbacks.BASE_EVAL_LOSS) if resume else None
+        if eval_blocks is not None and base_eval is None:
             base_eval = trainer.evaluate()["eval_loss"]
             say(f"base model eval loss {base_eval:.4f} ({len(eval_blocks)} held-out blocks)")
+        if base_eval is not None:
             tracker.log_metrics({"base_eval_loss": base_eval}, step=0)
+        history.base_eval_loss = base_eval
+        start_step = 0
         if resume is not None:
+            start_step = checkpoints.step_of(Path(resume)) or 0
             say(f"resuming from {resume}")
         started = time.monotonic()
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
         seconds = time.monotonic() - started
         final_eval = trainer.evaluate()["eval_loss"] if eval_blocks is not None else None
+        losses = callbacks.step_losses(trainer.state.log_history)
         if final_eval is not None:
             say(f"tuned model eval loss {final_eval:.4f}")
             tracker.log_metrics({"eval_loss": final_eval}, step=trainer.state.global_step)
@@ -339,23 +351,29 @@ def run_training(
             "planned_steps": total_steps,
             "stopped_by_time_budget": progress.stopped_early(trainer.state.global_step),
             "resumed_from": resume,
-            "train_loss": result.training_loss,
-            "first_losses": progress.losses[:5],
-            "last_losses": progress.losses[-5:],
+            # over every step, the ones before a resume included (their losses come back with the
+            # checkpoint's log history), so a resumed run reports what an uninterrupted one does
+            "train_loss": callbacks.mean_loss(losses),
+            "first_losses": [loss for _, loss in losses[:5]],
+            "last_losses": [loss for _, loss in losses[-5:]],
             "base_eval_loss": base_eval,
             "eval_loss": final_eval,
-            "train_seconds": round(seconds, 1),
-            # real (non-padding) tokens; includes checkpoint saves, so a little below the step rate
+            "train_seconds": round(seconds, 1),  # this process's share, after any resume
+            # real (non-padding) tokens of the steps this process ran; includes checkpoint saves, so a
+            # little below the step rate
             "tokens_per_second": round(
                 tokens_per_step
                 * train_blocks.real_token_fraction
-                * trainer.state.global_step
+                * (trainer.state.global_step - start_step)
                 / max(seconds, 1e-9),
                 1,
             ),
             "world_size": dist.world_size,
             "dataset_hash": _file_hash(data.train, data.eval),
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
+            SUMMARY_RUN_ID_KEY: tracker.run_id,
+            # checkpoint_uri's uploads: which reached the store, which failed and why; null when unset
+            "publish": upload.report() if upload is not None else None,
         }
         if dist.is_main:
             _save(trainer.model, tokenizer, output, recipe, summary)
@@ -364,6 +382,50 @@ def run_training(
             tracker.log_artifact(layout.summary)
         say(f"wrote {output}")
     return summary
+
+
+def _resume_point(args, checkpoint_dir: Path, checkpoint_uri: str | None, say) -> str | None:
+    """The newest complete checkpoint, locally or else restored from ``checkpoint_uri``; None for none.
+
+    Incomplete checkpoints (a save cut short by a kill, a truncated file) are skipped with their
+    reason and moved aside (see :mod:`repotune.train.checkpoints`). The processes that write
+    checkpoints (the Trainer's ``should_save``: the main one, or each node's with
+    ``save_on_each_node``) go first and alone move folders and download; the others then only look.
+    """
+    from repotune.train import checkpoints
+
+    with args.main_process_first(local=args.save_on_each_node, desc="finding the checkpoint to resume"):
+        latest = checkpoints.latest_complete(checkpoint_dir, say, move_aside=args.should_save)
+        if latest is None and checkpoint_uri is not None and args.should_save:
+            from repotune.train.checkpoint_sync import restore_latest_checkpoint
+
+            # A pod that lost its disk resumes from the newest complete checkpoint in object storage.
+            latest = restore_latest_checkpoint(checkpoint_uri, checkpoint_dir, log=say)
+            if latest is not None:
+                say(f"restored {latest.name} from {checkpoint_uri}")
+    return str(latest) if latest is not None else None
+
+
+def raise_if_unpublished(summary: dict[str, Any], output: Path) -> None:
+    """Raises PublishError when ``checkpoint_uri`` was set and the run's newest checkpoint is not there.
+
+    Called once the model is written (by the stage, and by each job process after its upload), so a
+    failed publish costs the exit status, never the trained model.
+    """
+    from repotune.storage import PublishError
+
+    publish = summary.get("publish")
+    if not publish or publish["ok"]:
+        return
+    newest = publish["failed"][-1]
+    attempts = len(publish["uploaded"]) + len(publish["failed"])
+    raise PublishError(
+        f"checkpoint_uri: {newest['checkpoint']}, the newest checkpoint, was not uploaded to "
+        f"{publish['checkpoint_uri']} ({len(publish['failed'])} of {attempts} checkpoint uploads failed; "
+        f"the model itself is complete in {output}, and train_summary.json lists each failure): "
+        f"{newest['error']}",
+        destination=publish["checkpoint_uri"],
+    )
 
 
 def adapt_model(model, recipe: Recipe, fim_ids: list[int]):

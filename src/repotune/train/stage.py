@@ -76,7 +76,7 @@ class TrainResult:
     eval_loss: float | None
     """Held-out loss of the tuned model; None without held-out data."""
     base_eval_loss: float | None
-    """Held-out loss of the base model before training; None without held-out data, or after a resume."""
+    """Held-out loss of the base model before training; None without held-out data."""
     tokens_per_second: float | None
 
     @classmethod
@@ -107,7 +107,12 @@ class TrainResult:
 
 
 def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``config.recipe`` on ``config.data`` into ``config.output``."""
+    """Train ``config.recipe`` on ``config.data`` into ``config.output``.
+
+    Raises ``repotune.storage.PublishError`` after the model is written when the recipe's
+    ``checkpoint_uri`` (or the one ``checkpoints_under`` gives) did not receive the run's newest
+    checkpoint; ``output.summary`` then lists every failed upload under ``publish``.
+    """
     recipe, key = config.recipe, recipe_key(config.recipe)
     under = config.checkpoints_under
     if under is not None and under.startswith("s3://") and recipe.checkpoint_uri is None:
@@ -134,4 +139,7 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
         summary = run_training(config.data, config.output, recipe, tracking_uri=config.tracking_uri, log=log)
     if not config.keep_checkpoints:
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    from repotune.train.finetune import raise_if_unpublished
+
+    raise_if_unpublished(summary, config.output)
     return TrainResult.from_summary(layout, summary, key)

@@ -1,0 +1,1 @@
+"""The API's routes, one router per resource; ``repotune.api.app`` mounts them."""

@@ -1,0 +1,89 @@
+"""Settings of ``repotune compile`` and ``repotune submit``: frozen dataclasses with a docstring per field,
+from which the command line builds its options (:mod:`repotune.options`). No KFP import here, so the
+command line can name these settings without loading the SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from repotune import images
+from repotune.errors import RepotuneError
+from repotune.pipelines.credentials import SERVICE_ACCOUNT
+from repotune.train import DEFAULT_RECIPE
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The images named on the command line (see :func:`repotune.images.for_run`)."""
+
+    image: str | None = None
+    """Component image REGISTRY/NAME:TAG (default: REPOTUNE_IMAGE, else the project's release image)."""
+    cuda_image: str | None = None
+    """Image of GPU steps (default: REPOTUNE_CUDA_IMAGE, else NAME-cuda:TAG beside --image)."""
+
+    def __post_init__(self) -> None:
+        self.resolve()  # a moving tag or an untagged name fails here, naming the flag
+
+    def resolve(self) -> images.Images:
+        return images.for_run(self.image, self.cuda_image)
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    output: Path = Path("pipeline.yaml")
+    """IR YAML file to write."""
+    recipe: str = DEFAULT_RECIPE
+    """Recipe the train step's image, resources and parameter defaults come from (name or .yaml path)."""
+    images: ImageSettings = field(default_factory=ImageSettings)
+    """The images the steps run."""
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    source: str
+    """A git URL or github:OWNER/REPO the cluster can reach (or an s3:// archive in its store)."""
+    host: str
+    """KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888 (a bearer token comes from KFP_TOKEN)."""
+    recipe: str = DEFAULT_RECIPE
+    """Recipe: a shipped name or a .yaml path."""
+    ref: str | None = None
+    """Branch, tag or commit of a git URL."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Recipe settings by dotted key, e.g. {"max_steps": 10} (`--set max_steps=10`)."""
+    namespace: str = "repotune"
+    """Namespace the InferenceService is deployed into."""
+    kfp_namespace: str | None = None
+    """Kubeflow profile namespace the run belongs to (multi-user Kubeflow); unset for standalone KFP."""
+    run_name: str | None = None
+    """Run name (default: repotune-<source>-<UTC time>)."""
+    experiment: str = "repotune"
+    """KFP experiment the run is filed under."""
+    service_account: str = SERVICE_ACCOUNT
+    """ServiceAccount every step of the run uses; empty for KFP's default (pipeline-runner)."""
+    skip_version_check: bool = False
+    """Submit even to a KFP backend older than the pipeline needs, or one that hides its version."""
+    images: ImageSettings = field(default_factory=ImageSettings)
+    """The images the steps run."""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise RepotuneError("--host (or KFP_HOST) is required: the KFP API endpoint")
+
+    def name(self) -> str:
+        """The run name: given, or repotune-<source>-<UTC time>."""
+        from repotune.sources.slug import source_slug
+
+        return self.run_name or f"repotune-{source_slug(self.source)}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+    def arguments(self) -> dict[str, Any]:
+        """The pipeline's parameters for this run (the rest keep the compiled defaults)."""
+        return {
+            "source": self.source,
+            "ref": self.ref or "",
+            "training": dict(self.training),
+            "namespace": self.namespace,
+        }

@@ -1,0 +1,227 @@
+"""What ``repotune run`` shows while the pipeline runs, and the full log it keeps in the run folder.
+
+kfp.local prints everything to standard output: each task's executor input as JSON, its streamed
+output (warnings and progress bars included), its outputs, horizontal rules and colour codes, about
+570 lines for the demo. :class:`RunOutput` takes that stream (``contextlib.redirect_stdout``), writes
+all of it, colour codes removed, to ``RUN_DIR/run.log``, and shows a person only:
+
+- one line per stage when it ends: its state, its time and the step's own summary (the last line a
+  step prints that starts with its name, ``train: 40 steps of lora ...``; see ``components/steps.py``);
+- progress of long steps: lines with ``N/M`` (``step 10/40  loss 2.91 ... ETA 2.1 min``) each time
+  they pass another quarter of M, and a step's ``estimate:`` line; on a terminal, the latest progress
+  line instead, updating beside a spinner and the stage's elapsed time;
+- for a failed step, the error it ended with.
+
+On a terminal the running stage is a rich live line; anywhere else (a file, CI, ``| tee``) the output is
+plain lines without colour or cursor codes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_FRACTION = re.compile(r"\b(\d+)/(\d+)\b")
+_ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit))\b:? ?(.*)$")
+# kfp.local's own lines in the stream: its log records (``12:00:00.123 - INFO - ...``), the task's
+# executor input, rules, and the outputs it lists; none is a step's own output.
+_KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
+_QUARTERS = 4
+_UNSTRUCTURED_PROGRESS_EVERY_S = 60.0
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3:07`` (minutes), ``1:02:09`` (hours)."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}:{seconds:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+class _Stage:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.summary = ""
+        self.tail: deque[str] = deque(maxlen=40)
+        self.shown_quarter = 0
+        self.last_unstructured = 0.0
+
+
+class RunOutput(io.TextIOBase):
+    """A text stream (for ``redirect_stdout``) that logs every line and shows the run condensed.
+
+    ``emit`` prints a line for a person (plain text); with a terminal ``console`` the running stage is
+    a live line on it instead, and finished stages are printed above it.
+    """
+
+    def __init__(self, log_path: Path, emit: Callable[[str], None], console: Console | None = None) -> None:
+        super().__init__()
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log: TextIO = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._emit = emit
+        self._buffer = ""
+        self._stage: _Stage | None = None
+        self.summaries: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if console is not None and console.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            # no stdout/stderr redirection of rich's own: this object already is standard output
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._progress.start()
+
+    # the stream
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False  # libraries that colour a terminal's output leave this stream plain
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        # a carriage return ends a line too: a progress bar's redraws become lines of their own
+        *lines, self._buffer = re.split(r"\r\n|\r|\n", self._buffer)
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._log.closed:
+            self._log.flush()
+
+    def close(self) -> None:
+        if self._buffer:
+            self._line(self._buffer)
+            self._buffer = ""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if not self._log.closed:
+            self._log.close()
+        super().close()
+
+    # what the run reports
+
+    def note(self, text: str) -> None:
+        """A line of the runner's own: shown and logged."""
+        self._write_log(text)
+        self._show(text)
+
+    def stage(self, name: str, state: str) -> None:
+        """A stage changed state (from :class:`repotune.pipelines.local.StatusWriter`)."""
+        if state == "running":
+            if self._stage is None or self._stage.name != name:
+                self._stage = _Stage(name)
+                if self._progress is not None:
+                    self._task = self._progress.add_task(f"{name:<9} running", total=None)
+            return
+        current = self._stage if self._stage is not None and self._stage.name == name else None
+        elapsed = time.monotonic() - current.started if current is not None else 0.0
+        if self._progress is not None and self._task is not None and current is not None:
+            self._progress.remove_task(self._task)
+            self._progress.refresh()  # else the line above is drawn again until the next refresh
+            self._task = None
+        detail = ""
+        if state == "cached":
+            detail = "reused: same inputs as an earlier run (kfp.local cache)"
+        elif state == "skipped":
+            detail = "the candidate was not promoted" if name == "deploy" else ""
+        elif current is not None:
+            if state == "failed":
+                error = self._error(current)
+                self.failures[name] = error
+                detail = error
+            else:
+                detail = current.summary
+                self.summaries[name] = detail
+        timing = duration(elapsed) if current is not None and state in ("succeeded", "failed") else ""
+        self._show(f"{name:<9} {state:<10} {timing:>7}  {detail}".rstrip())
+        if current is not None:
+            self._stage = None
+
+    # internals
+
+    def _write_log(self, line: str) -> None:
+        if not self._log.closed:
+            self._log.write(line + "\n")
+
+    def _show(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            self._emit(line)
+
+    def _line(self, raw: str) -> None:
+        line = ANSI.sub("", raw)
+        self._write_log(line)
+        stage = self._stage
+        if stage is None or _KFP_RECORD.match(line):
+            return
+        # kfp.local indents a task's streamed output by four spaces
+        text = line[4:] if line.startswith("    ") else line
+        text = text.strip()
+        if not text:
+            return
+        stage.tail.append(text)
+        if text.startswith(f"{stage.name}: "):
+            stage.summary = text[len(stage.name) + 2 :]
+        elif text.startswith("estimate: "):
+            self._progress_line(stage, text, force=True)
+        elif "ETA" in text or text.startswith("step "):
+            self._progress_line(stage, text)
+
+    def _progress_line(self, stage: _Stage, text: str, *, force: bool = False) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=f"{stage.name:<9} {text}", refresh=True)
+            return
+        fraction = _FRACTION.search(text)
+        if force:
+            pass
+        elif fraction is not None and int(fraction.group(2)) > 0:
+            done, total = int(fraction.group(1)), int(fraction.group(2))
+            quarter = min(_QUARTERS, done * _QUARTERS // total)
+            if quarter <= stage.shown_quarter:
+                return
+            stage.shown_quarter = quarter
+        else:
+            now = time.monotonic()
+            if now - stage.last_unstructured < _UNSTRUCTURED_PROGRESS_EVERY_S:
+                return
+            stage.last_unstructured = now
+        self._emit(f"{stage.name:<9} {text}")
+
+    @staticmethod
+    def _error(stage: _Stage) -> str:
+        """The exception a failed step ended with (its last ``...Error: message`` line)."""
+        for text in reversed(stage.tail):
+            match = _ERROR.match(text)
+            if match is not None and match.group(2):
+                return f"{match.group(1)}: {match.group(2)}"
+        return stage.tail[-1] if stage.tail else "(no output)"

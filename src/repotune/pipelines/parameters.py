@@ -1,0 +1,48 @@
+"""The pipeline's parameters as the stages take them: the KFP boundary, without KFP.
+
+KFP parameters cannot be null, so at this boundary only ``0`` (numbers) and ``""`` (text) stand for
+"not set", and become ``None`` before they reach the library; dict parameters arrive as protobuf
+Structs whose numbers are all floats (:func:`repotune.config.from_struct`). The component shims call
+these functions, so what a step does with its parameters is tested here without KFP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from repotune.config import from_struct
+from repotune.errors import RepotuneError
+
+
+def train_settings(
+    *,
+    base_model: str,
+    learning_rate: float,
+    lora_rank: int,
+    max_steps: int,
+    epochs: float,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Recipe settings (dotted keys) for the train step's parameters.
+
+    Precedence, from weakest: the recipe; the typed parameters; ``overrides`` (the ``training`` dict).
+    ``max_steps`` 0 means unset, and then ``epochs`` decides how long training runs; a positive
+    ``max_steps`` decides, and ``epochs`` has no effect (transformers' own rule). The pipeline's
+    defaults are the recipe's values, so a recipe with ``max_steps`` (the CPU demo's 40) trains 40
+    steps until a run sets ``max_steps`` to 0 and an ``epochs``.
+    """
+    if max_steps < 0:
+        raise RepotuneError(f"max_steps {max_steps}: give a number of steps, or 0 to train for `epochs`")
+    settings = {
+        "base_model": base_model,
+        "learning_rate": learning_rate,
+        "lora.rank": lora_rank,
+        "max_steps": max_steps or None,
+        "epochs": epochs,
+    }
+    return {**settings, **from_struct(overrides)}
+
+
+def optional(value: str) -> str | None:
+    """A text parameter, with ``""`` (KFP's stand-in for null) as None."""
+    return value or None

@@ -1,0 +1,74 @@
+"""The MLflow ``pyfunc`` face of a repotune model: text completions from its merged model folder.
+
+``tracking.MlflowTracker.log_model`` logs this file as an MLflow "model from code": MLflow copies the
+file into the logged model and runs it when the model is loaded, so loading needs mlflow, torch and
+transformers but not repotune. The model folder (config.json, safetensors, tokenizer, and the LoRA
+adapter in ``adapter/``) travels as the pyfunc artifact ``model``; KServe's Hugging Face runtime deploys
+that same folder. Once registered::
+
+    model = mlflow.pyfunc.load_model("models:/repotune@champion")
+    model.predict(["def add(a, b):"], params={"max_tokens": 32})  # -> ["\\n    return a + b", ...]
+
+and ``mlflow models serve -m models:/repotune@champion`` answers ``POST /invocations`` with
+``{"inputs": ["def add(a, b):"], "params": {"max_tokens": 32}}``.
+
+Importing this module registers the model with ``mlflow.models.set_model``, as MLflow requires of a
+model-from-code file; nothing else in repotune imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+ARTIFACT = "model"
+"""The pyfunc artifact that holds the Hugging Face model folder."""
+MAX_TOKENS = 64
+"""New tokens per completion when ``max_tokens`` is not given (the logged signature's default is the same,
+``repotune.tracking.MAX_NEW_TOKENS``; this file cannot import repotune)."""
+
+
+class CompletionModel(PythonModel):
+    """Greedy (or sampled, with ``temperature`` > 0) completion of each prompt, one prompt at a time."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = context.artifacts[ARTIFACT]
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
+
+    # No type hints here: MLflow reads them as the model's input schema, and the logged signature
+    # (prompts in, completions out, max_tokens and temperature) is the schema.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import torch
+
+        params = params or {}
+        max_tokens = int(params.get("max_tokens") or MAX_TOKENS)
+        temperature = float(params.get("temperature") or 0.0)
+        # The signature's one unnamed string column arrives as the first column of a DataFrame.
+        prompts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+        pad = self.tokenizer.pad_token_id
+        sampling = (
+            {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        )
+        completions = []
+        for prompt in prompts:
+            encoded = self.tokenizer(str(prompt), return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **encoded,
+                    max_new_tokens=max_tokens,
+                    pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
+                    **sampling,
+                )
+            new_tokens = output[0, encoded["input_ids"].shape[1] :]
+            completions.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+        return completions
+
+
+mlflow.models.set_model(CompletionModel())

@@ -1,0 +1,178 @@
+"""Checkpoints a crash can leave half-written: skipped with their reason, moved aside, never resumed from;
+a resumed run reports what an uninterrupted one does; a checkpoint_uri that receives nothing fails the run.
+
+One tiny training run (4 steps, a checkpoint every 2) gives real checkpoints; each test breaks a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.s3_server import running_s3_server, s3_environment
+
+from repotune import train
+from repotune.train import checkpoints
+from repotune.train.finetune import run_training
+from repotune.train.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny-cpu.yaml"
+SETTINGS = {"max_steps": 4, "save_every_steps": 2, "data.seq_len": 64, "micro_batch_size": 2}
+# Fields a resumed run must report as an uninterrupted one does (times and speeds differ by nature).
+SAME = ("steps", "train_loss", "first_losses", "last_losses", "base_eval_loss", "eval_loss")
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(cleaned: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder from an uninterrupted run, with its checkpoints (2 and 4) kept."""
+    out = tmp_path_factory.mktemp("trained") / "model"
+    run_training(cleaned, out, load_recipe(TINY, SETTINGS), log=lambda _: None)
+    return out
+
+
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    """The run as a crash would leave it: checkpoints and token cache, none of the final outputs."""
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("checkpoints", ".token-cache"):
+        shutil.copytree(trained / name, out / name)
+    return out
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def cut_save(checkpoint: Path) -> None:
+    # what a kill between the Trainer's weights and the rest of its save leaves (tests/test_faults.py
+    # kills a real process there)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", checkpoints.MARKER):
+        (checkpoint / name).unlink()
+
+
+BREAKS = {
+    "cut_save": (cut_save, "has no checkpoint_complete.json: its save was interrupted"),
+    "unmarked": (lambda c: (c / checkpoints.MARKER).unlink(), "its save was interrupted"),
+    "truncated_adapter": (
+        lambda c: truncate(c / "adapter_model.safetensors"),
+        "adapter_model.safetensors has",
+    ),
+    "empty_trainer_state": (lambda c: (c / "trainer_state.json").write_text(""), "trainer_state.json has 0"),
+    "truncated_optimizer": (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt has"),
+}
+
+
+@pytest.mark.parametrize("broken", BREAKS)
+def test_an_incomplete_newest_checkpoint_is_skipped_named_and_moved_aside(
+    trained: Path, tmp_path: Path, broken: str
+) -> None:
+    out = copy_of(trained, tmp_path)
+    folder = out / "checkpoints"
+    damage, reason = BREAKS[broken]
+    damage(folder / "checkpoint-4")
+    lines: list[str] = []
+    assert checkpoints.latest_complete(folder, lines.append) == folder / "checkpoint-2"
+    (line,) = lines
+    assert line.startswith("skipping checkpoint-4: ") and reason in line
+    assert line.endswith(f"moved it to {folder / 'incomplete' / 'checkpoint-4'}")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "incomplete"]
+    # the next run does not trip on it again
+    assert checkpoints.latest_complete(folder, lines.append) == folder / "checkpoint-2" and len(lines) == 1
+
+
+def test_file_checks_catch_damage_the_sizes_do_not_show(trained: Path, tmp_path: Path) -> None:
+    """Same size, wrong content (a disk that lost pages): the load checks still refuse it."""
+    out = copy_of(trained, tmp_path)
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    assert checkpoints.problem(checkpoint) is None
+    state = checkpoint / "trainer_state.json"
+    state.write_bytes(b"\0" * state.stat().st_size)
+    assert checkpoints.problem(checkpoint).startswith("trainer_state.json does not load")
+    shutil.copyfile(trained / "checkpoints" / "checkpoint-4" / "trainer_state.json", state)
+    optimizer = checkpoint / "optimizer.pt"
+    optimizer.write_bytes(b"\0" * optimizer.stat().st_size)
+    assert checkpoints.problem(checkpoint).startswith("optimizer.pt does not load")
+
+
+def same_weights(left: Path, right: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    mine, theirs = load_file(str(left)), load_file(str(right))
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[name], theirs[name]) for name in mine)
+
+
+def test_a_rerun_resumes_past_a_broken_checkpoint_to_the_same_model(
+    cleaned: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = copy_of(trained, tmp_path)
+    truncate(out / "checkpoints" / "checkpoint-4" / "optimizer.pt")
+    lines: list[str] = []
+    summary = run_training(cleaned, out, load_recipe(TINY, SETTINGS), log=lines.append)
+    assert summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-2")
+    assert any(line.startswith("skipping checkpoint-4: optimizer.pt has") for line in lines)
+    # on CPU the Trainer's resume is deterministic (optimizer, scheduler, RNG state and data order come
+    # back from the checkpoint), so the model is the uninterrupted run's, exactly
+    assert same_weights(out / "model.safetensors", trained / "model.safetensors")
+    assert same_weights(
+        out / "adapter" / "adapter_model.safetensors", trained / "adapter" / "adapter_model.safetensors"
+    )
+
+
+def test_a_resumed_run_reports_what_an_uninterrupted_one_does(
+    cleaned: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = copy_of(trained, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")  # killed before its last save began
+    result = train.run(
+        train.TrainConfig(data=cleaned, output=out, recipe=load_recipe(TINY, SETTINGS)), log=lambda _: None
+    )
+    summary = json.loads(result.output.summary.read_text())
+    reference = json.loads((trained / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-2")
+    assert {key: summary[key] for key in SAME} == {key: reference[key] for key in SAME}
+    assert len(summary["first_losses"]) == 4  # every step, the two before the resume included
+    assert result.base_eval_loss == reference["base_eval_loss"] is not None
+    assert "Held-out loss" in result.output.model_card.read_text()
+    assert result.output.model_card.read_text() == (trained / "README.md").read_text()
+
+
+def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
+    cleaned: Path, trained: Path, tmp_path: Path
+) -> None:
+    """The store is up and refuses every upload (a bucket that is not there): the model is written,
+    the summary lists the failures, and the command ends non-zero."""
+    # it resumes from checkpoint-4 on disk, so the store is first called for the upload of checkpoint-6
+    out = copy_of(trained, tmp_path)
+    uri = "s3://no-such-bucket/runs/1/checkpoints"
+    sets = [
+        "max_steps=6",
+        f"checkpoint_uri={uri}",
+        *(f"{k}={v}" for k, v in SETTINGS.items() if k != "max_steps"),
+    ]
+    with running_s3_server() as endpoint, s3_environment(endpoint):
+        done = subprocess.run(
+            [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(out),
+             "--recipe", str(TINY), *(arg for setting in sets for arg in ("--set", setting))],
+            capture_output=True, text=True, check=False, timeout=900,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "warning: checkpoint checkpoint-6 was not uploaded" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: checkpoint_uri: checkpoint-6, the newest checkpoint, was not uploaded to {uri}"
+    )
+    assert "no-such-bucket" in last and str(out) in last
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and (out / "model.safetensors").is_file()  # the model is not lost
+    publish = summary["publish"]
+    assert publish["ok"] is False and publish["uploaded"] == [] and publish["checkpoint_uri"] == uri
+    assert [entry["checkpoint"] for entry in publish["failed"]] == ["checkpoint-6"]
+    assert "does not exist" in publish["failed"][0]["error"]
