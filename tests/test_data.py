@@ -16,6 +16,8 @@ from repotune.data.packing import (
     pack,
     padded_batches,
     tokenize_records,
+    tokens_by_kind,
+    weighted_indices,
 )
 from repotune.data.transforms import (
     FIM_TOKENS,
@@ -274,6 +276,30 @@ def mixed_records() -> list[Record]:
         commit_record("Fix\n\ndiff --git a/x b/x\n+x"),
         thread_record(),
     ]
+
+
+def test_kind_weights_thin_repeat_and_drop_by_kind_the_same_way_every_time() -> None:
+    records = [
+        *(code_record(rid=f"code{i}") for i in range(50)),
+        *(Record(content="Fix\n", kind=Kind.COMMIT, source="t", id=f"commit{i}") for i in range(400)),
+        *(Record(content="# Doc\n", kind=Kind.DOC, source="t", id=f"doc{i}") for i in range(10)),
+    ]
+    weights = {"code": 2.0, "commit": 0.25, "doc": 0.0}
+    indices = weighted_indices(records, weights, seed=0)
+    kinds = [records[i].kind for i in indices]
+    assert kinds.count(Kind.CODE) == 100  # every code example twice
+    assert Kind.DOC not in kinds
+    assert 60 <= kinds.count(Kind.COMMIT) <= 140  # a quarter of 400, drawn
+    assert indices == sorted(indices)  # record order kept; copies side by side
+    assert weighted_indices(records, weights, seed=0) == indices
+    kept = {records[i].id for i in indices}
+    reordered = weighted_indices(list(reversed(records)), weights, seed=0)
+    assert {list(reversed(records))[i].id for i in reordered} == kept  # decided per record, not by place
+    assert weighted_indices(records, weights, seed=1) != indices
+    assert weighted_indices(records, {}, seed=0) == list(range(len(records)))  # missing kinds: weight 1
+
+    sequences = [np.zeros(3 if r.kind is Kind.CODE else 2, dtype=np.int32) for r in records]
+    assert tokens_by_kind(records, sequences) == {"commit": 800, "code": 150, "doc": 20}
 
 
 def test_tokenize_appends_eos_and_reuses_the_cache(tmp_path: Path) -> None:
