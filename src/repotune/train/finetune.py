@@ -117,7 +117,12 @@ def training_blocks(
     from repotune.data.transforms import TransformConfig
     from repotune.retrieval.config import RetrievalConfig
 
-    transforms = TransformConfig(fim_rate=fim_rate, spm_rate=recipe.data.spm_rate, seed=recipe.seed)
+    transforms = TransformConfig(
+        fim_rate=fim_rate,
+        spm_rate=recipe.data.spm_rate,
+        seed=recipe.seed,
+        fim_window_chars=recipe.data.fim_window_chars,
+    )
     retrieval = RetrievalConfig(max_context_tokens=recipe.data.retrieval_context_tokens)
     sequences = tokenize_records(
         records, tokenizer, transforms, cache, retrieval_rate=retrieval_rate, retrieval=retrieval

@@ -78,6 +78,11 @@ class DataSettings:
     """Share of code files turned into fill-in-the-middle examples, 0 to 1."""
     spm_rate: float = 0.5
     """Of the FIM examples, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)."""
+    fim_window_chars: int | None = None
+    """None: a FIM example is the whole file cut at two random characters (StarCoder's form). A number:
+    a window of the file around a short middle (the rest of a line, or a few lines), with up to this
+    many characters on each side; keep it within a block (about seq_len x 1.2 characters of code), so
+    the sentinels, the context and the middle land in the same block and the form can be learned."""
     max_eval_blocks: int | None = 64
     """Held-out blocks scored for eval loss (each costs a forward pass); None scores them all."""
     max_train_blocks: int | None = None
@@ -98,6 +103,8 @@ class DataSettings:
         for name in ("fim_rate", "spm_rate", "retrieval_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RepotuneError(f"data.{name} must be between 0 and 1")
+        if self.fim_window_chars is not None and self.fim_window_chars < 1:
+            raise RepotuneError("data.fim_window_chars must be at least 1 (or null for whole-file FIM)")
         if self.retrieval_context_tokens < 1:
             raise RepotuneError("data.retrieval_context_tokens must be at least 1")
         if self.retrieval_rate > 0 and 2 * self.retrieval_context_tokens >= self.seq_len:
