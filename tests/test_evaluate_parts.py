@@ -117,6 +117,22 @@ def test_a_held_out_file_gives_samples_from_any_line() -> None:
     assert len(samples.lines) == 59
 
 
+def test_lines_that_training_holds_are_never_scored() -> None:
+    # The leak audit lists the lines it found in training as seen_lines (and, in a temporal split,
+    # takes them out of added_lines too; a record made by hand may not, so both are checked).
+    spans = line_spans(FUTURE)
+    seen = {FUTURE[start:end] for start, end in spans[40:50]}
+    config = ScoringConfig(line_samples=60, fim_samples=0, forgetting_files=0)
+    temporal = draw_samples([code("src/f.py", FUTURE, added_lines=ADDED, seen_lines=[[41, 50]])], config)
+    held = draw_samples([code("src/h.py", FUTURE, seen_lines=[[1, 20], [41, 50]])], config)
+    assert len(temporal.lines) == 10 and not seen & {s.expected for s in temporal.lines}
+    assert temporal.perplexity[0].spans == ((spans[50][0], len(FUTURE)),)
+    assert len(held.lines) == 30 and not seen & {s.expected for s in held.lines}
+    assert held.perplexity[0].spans == ((spans[20][0], spans[40][0]), (spans[50][0], len(FUTURE)))
+    with pytest.raises(RepotuneError, match=r"src/h.py.*seen_lines"):
+        draw_samples([code("src/h.py", FUTURE, seen_lines=[[0, 1]])], config)
+
+
 def test_added_lines_that_do_not_fit_the_file_are_named() -> None:
     for bad in ([[0, 3]], [[5, 2]], [[59, 61]], "41-60", [[1.0, 2]]):
         with pytest.raises(RepotuneError, match=r"src/future.py.*added_lines"):
@@ -173,8 +189,10 @@ def a_result(tmp_path: Path):
         Arm("candidate"),
         Arm("base", True),
     )
-    split = {"mode": "temporal", "cut": "0123456789abcdef", "trained_on": "the repository at 0123456789ab",
-             "scored_on": "100 lines added by 42 later commits"}  # fmt: skip
+    split = {"mode": "temporal", "cut": {"commit": "0123456789abcdef", "date": "2025-08-01T10:00:00+00:00"},
+             "trained_on": "the repository at 0123456789ab",
+             "scored_on": "100 lines added by 42 later commits",
+             "reason": None, "rule": "the newest 10% of commits (the default)"}  # fmt: skip
     result = EvaluateResult(EvaluateLayout(tmp_path), decision, models, tmp_path, None, split, 12.0)
     context = {"data": str(tmp_path), "candidate": "m", "base": "b", "mode": "temporal",
                "index": "built from train.jsonl", "retrieval_context_tokens": 96}  # fmt: skip
@@ -188,7 +206,11 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
     lines = render_markdown(result, context).splitlines()
     assert lines[2].startswith("**Not promoted.** do not promote: candidate:")
     text = "\n".join(lines)
-    assert "Trained on the repository at 0123456789ab; scored on 100 lines added by 42 later commits" in text
+    assert (
+        "Temporal split at `0123456789ab` (2025-08-01), the newest 10% of commits (the default): scored"
+        " on code added after the training cut. Trained on the repository at 0123456789ab; scored on 100"
+        " lines added by 42 later commits." in text
+    )
     header = next(line for line in lines if line.startswith("| arm |"))
     assert header == (
         "| arm | line exact match | line edit similarity | FIM edit similarity | perplexity of added code "
@@ -201,6 +223,21 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
     assert "| 0.257 [0.207, 0.307] n=30 |" in rows["| candidate (best candidate arm)"]
     assert "0.0900 n=12, too few for an interval (under 20)" in rows["| candidate (best candidate arm)"]
     assert "| commit_rouge_l | higher |" in text
+
+
+def test_the_report_says_when_it_fell_back_to_the_file_split(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from repotune.evaluate.report import provenance
+
+    result, context = a_result(tmp_path)
+    split = {"mode": "files", "cut": None, "trained_on": "40 files at 0123456",
+             "scored_on": "12 held-out files", "reason": "the source has no commit history"}  # fmt: skip
+    assert provenance(replace(result, split=split), context | {"mode": "file"}) == (
+        "File split (the source has no commit history): scored on held-out files, which training never saw. "
+        "Trained on 40 files at 0123456; scored on 12 held-out files."
+    )
+    assert provenance(replace(result, split=None), context | {"mode": "file"}).startswith("File split: ")
 
 
 def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval(tmp_path: Path) -> None:

@@ -58,22 +58,21 @@ def verdict(result: EvaluateResult) -> str:
 
 
 def provenance(result: EvaluateResult, context: dict[str, Any]) -> str:
-    """What the model was trained on and what it was scored on, in one sentence."""
+    """Which split was scored, what the model was trained on and what it was scored on."""
     split = result.split
-    if split:
-        mode = split.get("mode")
-        cut = f" at `{str(split['cut'])[:12]}`" if split.get("cut") else ""
-        return (
-            f"Trained on {_words(split.get('trained_on'))}; scored on {_words(split.get('scored_on'))} "
-            f"({mode} split{cut})."
-        )
-    if context.get("mode") == "temporal":
-        return (
-            "Scored on lines added after the training cut (temporal split); the clean stage recorded no more."
-        )
-    return (
-        "Scored on held-out files, which training never saw (file split); the clean stage recorded no more."
-    )
+    temporal = (split.get("mode") if split else context.get("mode")) == "temporal"
+    if temporal:
+        cut = (split or {}).get("cut") or {}
+        where = f" at `{str(cut.get('commit', ''))[:12]}`" if cut.get("commit") else ""
+        date = f" ({str(cut['date'])[:10]})" if cut.get("date") else ""
+        rule = f", {split['rule']}" if split and split.get("rule") else ""
+        mode = f"Temporal split{where}{date}{rule}: scored on code added after the training cut."
+    else:
+        why = f" ({split['reason']})" if split and split.get("reason") else ""
+        mode = f"File split{why}: scored on held-out files, which training never saw."
+    if not split:
+        return f"{mode} The clean stage recorded no more."
+    return f"{mode} Trained on {_words(split.get('trained_on'))}; scored on {_words(split.get('scored_on'))}."
 
 
 def _words(value: Any) -> str:

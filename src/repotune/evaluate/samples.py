@@ -9,6 +9,10 @@ Two kinds of held-out code records come from the clean stage:
 - file split: a whole file the model never saw; any line of it may be a sample, and perplexity counts
   all its tokens.
 
+Either kind may carry ``meta["seen_lines"]``: lines the clean stage's leak audit found in the training
+data (``repotune.clean.audit``). They are never a sample and their tokens never count for perplexity:
+completing them is recall of training text, not writing new code.
+
 A record may be of either kind in one eval set; the mode reported is ``temporal`` when any record
 carries ``added_lines``.
 """
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
 FILE_KINDS = (Kind.CODE,)
 ADDED_LINES = "added_lines"
 """The ``meta`` key of a temporal eval record: line ranges added after the cut."""
+SEEN_LINES = "seen_lines"
+"""The ``meta`` key of line ranges whose text training holds: never scored."""
 MIN_LINE_CHARS = 8
 """Lines shorter than this, stripped (blank lines, lone brackets, ``else:``), say nothing about the
 project and are never a sample."""
@@ -86,10 +92,19 @@ class Samples:
 
 def added_ranges(record: Record) -> list[tuple[int, int]] | None:
     """The record's added line ranges, checked against its content; None when it has none (file split)."""
-    if ADDED_LINES not in record.meta:
+    return _ranges(record, ADDED_LINES)
+
+
+def seen_ranges(record: Record) -> list[tuple[int, int]]:
+    """The record's line ranges that training holds (the leak audit's ``seen_lines``), checked."""
+    return _ranges(record, SEEN_LINES) or []
+
+
+def _ranges(record: Record, key: str) -> list[tuple[int, int]] | None:
+    if key not in record.meta:
         return None
-    raw = record.meta[ADDED_LINES]
-    where = f"eval record {record.id} ({record.file_path}): meta.{ADDED_LINES}"
+    raw = record.meta[key]
+    where = f"eval record {record.id} ({record.file_path}): meta.{key}"
     if not isinstance(raw, list):
         raise RepotuneError(f"{where} must be a list of [first, last] line ranges, got {raw!r}")
     count = len(line_spans(record.content))
@@ -126,25 +141,36 @@ def line_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _eligible(record: Record) -> set[int] | None:
-    """1-based numbers of the lines that may be sampled; None for every line."""
+def _eligible(record: Record) -> set[int]:
+    """1-based numbers of the lines that are scored: the added ones (every one in a file split), less
+    the ones training holds."""
     ranges = added_ranges(record)
-    if ranges is None:
-        return None
-    return {n for first, last in ranges for n in range(first, last + 1)}
+    numbers = (
+        range(1, len(line_spans(record.content)) + 1)
+        if ranges is None
+        else (n for first, last in ranges for n in range(first, last + 1))
+    )
+    seen = {n for first, last in seen_ranges(record) for n in range(first, last + 1)}
+    return {n for n in numbers if n not in seen}
 
 
 def _scored_text(record: Record) -> ScoredText:
-    ranges = added_ranges(record)
-    if ranges is None:
+    if added_ranges(record) is None and not seen_ranges(record):
         return ScoredText(record.file_path, record.content, None)
-    # Whole lines, their newlines included: the tokens that write the added lines.
+    # Whole lines, their newlines included: the tokens that write the scored lines, runs of
+    # consecutive lines as one span.
     spans = line_spans(record.content)
     size = len(record.content)
+    runs: list[list[int]] = []
+    for number in sorted(_eligible(record)):
+        if runs and runs[-1][1] + 1 == number:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
     return ScoredText(
         record.file_path,
         record.content,
-        tuple((spans[first - 1][0], min(spans[last - 1][1] + 1, size)) for first, last in ranges),
+        tuple((spans[first - 1][0], min(spans[last - 1][1] + 1, size)) for first, last in runs),
     )
 
 
@@ -158,7 +184,7 @@ def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Sampl
         eligible = _eligible(record)
         for number, (start, end) in enumerate(line_spans(record.content), start=1):
             # The first line has nothing before it to complete from.
-            if number == 1 or (eligible is not None and number not in eligible):
+            if number == 1 or number not in eligible:
                 continue
             if len(record.content[start:end].strip()) >= MIN_LINE_CHARS:
                 candidates.append((record, start, end))

@@ -305,7 +305,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         return result
     arm = decision.arm or Arm("candidate")
     tracker = make_tracker(config.tracking_uri, config.experiment)
-    with tracker.start_run(*evaluate_run(json.loads(TrainLayout(model_dir).summary.read_text()))):
+    with tracker.start_run(*evaluate_run(summary)):
         tracker.log_dataset(split_datasets(data_dir)["evaluation"], "evaluation")
         for name, metrics in scores.items():
             tracker.log_metrics({f"{name}.{key}": metric.value for key, metric in metrics.items()})
