@@ -243,7 +243,6 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         times[stage] = time.monotonic() - started
         return result
 
-    quiet = (lambda _message: None) if not args.verbose else harness.log
     timed(
         "ingest", lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut))
     )
@@ -268,7 +267,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         "evaluate",
         lambda: repotune.evaluate.run(
             EvaluateConfig(model=work / "model", data=work / "clean", output=work / "eval", scoring=scoring),
-            log=harness.log if args.verbose else quiet,
+            log=harness.log,
         ),
     )
     summary = json.loads(trained.output.summary.read_text())
@@ -445,7 +444,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--work", type=Path, default=CACHE / "runs", help="run folders (default %(default)s)")
     parser.add_argument("--json", type=Path, help="write every result here")
-    parser.add_argument("--verbose", action="store_true", help="show the evaluate stage's progress")
     args = parser.parse_args(argv)
 
     import yaml
