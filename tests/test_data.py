@@ -16,6 +16,8 @@ from repotune.data.packing import (
     pack,
     padded_batches,
     tokenize_records,
+    tokens_by_kind,
+    weighted_indices,
 )
 from repotune.data.transforms import (
     FIM_TOKENS,
@@ -31,6 +33,7 @@ from repotune.data.transforms import (
     file_header,
     fim_example,
     fim_prompt,
+    fim_span_split,
     fim_split,
     fim_text,
     issue_messages,
@@ -274,6 +277,60 @@ def mixed_records() -> list[Record]:
         commit_record("Fix\n\ndiff --git a/x b/x\n+x"),
         thread_record(),
     ]
+
+
+def test_kind_weights_thin_repeat_and_drop_by_kind_the_same_way_every_time() -> None:
+    records = [
+        *(code_record(rid=f"code{i}") for i in range(50)),
+        *(Record(content="Fix\n", kind=Kind.COMMIT, source="t", id=f"commit{i}") for i in range(400)),
+        *(Record(content="# Doc\n", kind=Kind.DOC, source="t", id=f"doc{i}") for i in range(10)),
+    ]
+    weights = {"code": 2.0, "commit": 0.25, "doc": 0.0}
+    indices = weighted_indices(records, weights, seed=0)
+    kinds = [records[i].kind for i in indices]
+    assert kinds.count(Kind.CODE) == 100  # every code example twice
+    assert Kind.DOC not in kinds
+    assert 60 <= kinds.count(Kind.COMMIT) <= 140  # a quarter of 400, drawn
+    assert indices == sorted(indices)  # record order kept; copies side by side
+    assert weighted_indices(records, weights, seed=0) == indices
+    kept = {records[i].id for i in indices}
+    reordered = weighted_indices(list(reversed(records)), weights, seed=0)
+    assert {list(reversed(records))[i].id for i in reordered} == kept  # decided per record, not by place
+    assert weighted_indices(records, weights, seed=1) != indices
+    assert weighted_indices(records, {}, seed=0) == list(range(len(records)))  # missing kinds: weight 1
+
+    sequences = [np.zeros(3 if r.kind is Kind.CODE else 2, dtype=np.int32) for r in records]
+    assert tokens_by_kind(records, sequences) == {"commit": 800, "code": 150, "doc": 20}
+
+
+def test_fim_span_split_is_a_window_around_an_editor_sized_middle() -> None:
+    text = "".join(f"line_{i} = compute({i}, {i + 1})\n" for i in range(200)) + "\n\n"
+    for seed in range(200):
+        prefix, middle, suffix = fim_span_split(text, random.Random(seed), 120)
+        assert prefix + middle + suffix in text  # one slice of the file
+        assert len(prefix) <= 120 and len(suffix) <= 120
+        assert prefix == "" or prefix.startswith("line_")  # cut back to a line start
+        assert middle.strip() and not middle.endswith("\n") and middle.count("\n") <= 3
+        assert suffix.startswith("\n") or suffix == ""
+    assert fim_span_split("\n\n", random.Random(0), 10) == fim_split("\n\n", random.Random(0))
+
+
+def test_window_fim_examples_fit_a_block_and_whole_file_fim_does_not() -> None:
+    record = code_record(content="".join(f"value_{i} = {i} * 2\n" for i in range(300)))
+    window = TransformConfig(fim_rate=1.0, spm_rate=0.0, fim_window_chars=200)
+    whole = TransformConfig(fim_rate=1.0)
+    for seed in range(20):
+        rng = random.Random(seed)
+        short = example_text(record, None, window, rng)
+        assert short.startswith(FIM_TOKENS[0]) and len(short) <= 2 * 200 + 80 + 60
+        _order, prefix, middle, suffix = _parse_fim(short)
+        header = "# File: src/x.py\n"  # the path comes first, then the window
+        assert prefix.startswith(header) and middle.strip()
+        assert prefix.removeprefix(header) + middle + suffix in record.content
+    lengths = [len(example_text(record, None, whole, random.Random(seed))) for seed in range(20)]
+    assert min(lengths) > len(record.content)  # the whole file, every time
+    with pytest.raises(RepotuneError, match="fim_window_chars"):
+        TransformConfig(fim_window_chars=0)
 
 
 def test_tokenize_appends_eos_and_reuses_the_cache(tmp_path: Path) -> None:

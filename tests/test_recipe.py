@@ -31,6 +31,15 @@ def test_overrides_apply_with_types() -> None:
     assert recipe.lora.target_modules == ("q_proj",)
 
 
+def test_kind_weights_override_one_kind_and_name_every_record_kind() -> None:
+    from repotune.records import Kind
+
+    recipe = load_recipe(None, {"data.kind_weights.commit": 0.25})
+    weights = recipe.data.kind_weights.as_mapping()
+    assert weights["commit"] == 0.25 and weights["code"] == 1.0
+    assert set(weights) == {kind.value for kind in Kind}
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -49,6 +58,8 @@ def test_overrides_apply_with_types() -> None:
         ("resources:\n  memory: 64GB\n", "resources.memory '64GB' is not a Kubernetes quantity"),
         ("resources:\n  cpu: 8\n", "resources: cpu must be a string, got 8"),
         ("resources:\n  nodes: 0\n", "resources.nodes must be at least 1"),
+        ("data:\n  kind_weights:\n    commit: -1\n", "data.kind_weights.commit must be from 0 to 100"),
+        ("data:\n  kind_weights:\n    commits: 1\n", "unknown key 'commits' (did you mean 'commit'?)"),
     ],
 )
 def test_bad_recipes_name_the_setting(tmp_path: Path, text: str, message: str) -> None:

@@ -224,3 +224,40 @@ def test_two_process_ddp_on_cpu_with_gloo(cleaned: Path, tmp_path: Path) -> None
     assert summary["world_size"] == 2
     assert summary["steps"] == 4
     assert summary["eval_loss"] < summary["base_eval_loss"]
+
+
+def test_kind_weights_shape_the_training_blocks_and_the_reported_mix(tmp_path: Path) -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.records import Kind, Record
+    from repotune.train.finetune import training_blocks
+
+    records = [
+        *(
+            Record(content=text, kind=Kind.CODE, source="t", id=f"c{i}", file_path=path, language="python")
+            for i, (path, text) in enumerate(PROJECT.items())
+            if path.endswith(".py")
+        ),
+        *(
+            Record(
+                content=f"Fix {i}\n\ndiff --git a/x b/x\n+x = {i}\n" * 20,
+                kind=Kind.COMMIT,
+                source="t",
+                id=f"k{i}",
+            )
+            for i in range(30)
+        ),
+    ]
+    tokenizer = make_tiny_tokenizer()
+    plain = load_recipe(TINY, {"data.fim_rate": 0.0})
+    no_commits = load_recipe(TINY, {"data.fim_rate": 0.0, "data.kind_weights.commit": 0.0})
+    mix: dict[str, int] = {}
+    before = training_blocks(records, tokenizer, plain, 0.0, tmp_path, None, weighted=True, mix=mix)
+    assert set(mix) == {"code", "commit"} and sum(mix.values()) == before.real_tokens
+    commit_tokens = mix.pop("commit")
+    code_tokens = mix.pop("code")
+    after = training_blocks(records, tokenizer, no_commits, 0.0, tmp_path, None, weighted=True, mix=mix)
+    assert mix == {"code": code_tokens} and after.real_tokens == before.real_tokens - commit_tokens
+    assert "Fix 3" not in tokenizer.decode(after.input_ids.reshape(-1))
+    unweighted = training_blocks(records, tokenizer, no_commits, 0.0, tmp_path, None)
+    assert unweighted.real_tokens == before.real_tokens  # held-out blocks (weighted=False) keep every kind

@@ -17,7 +17,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,33 @@ def tokenize_records(
         with atomic_open(path, "wb") as handle:
             np.savez(handle, tokens=tokens, offsets=offsets)
     return sequences
+
+
+def weighted_indices(records: Sequence[Record], weights: Mapping[str, float], seed: int) -> list[int]:
+    """Indices into ``records`` with each record repeated or thinned by its kind's weight: ``int(weight)``
+    copies, and one more with probability ``weight - int(weight)``; in record order.
+
+    The draw is seeded by ``seed`` and the record's id, so a record is kept or dropped the same way on
+    every run and in any order. Copies of an example are identical token for token (a FIM example keeps
+    its cut); the Trainer shuffles the packed blocks, so they are not seen back to back. Kinds missing
+    from ``weights`` keep weight 1.
+    """
+    indices: list[int] = []
+    for index, record in enumerate(records):
+        weight = weights.get(record.kind.value, 1.0)
+        copies = int(weight)
+        if random.Random(f"{seed}:kind-weight:{record.id}").random() < weight - copies:
+            copies += 1
+        indices.extend([index] * copies)
+    return indices
+
+
+def tokens_by_kind(records: Sequence[Record], sequences: Sequence[np.ndarray]) -> dict[str, int]:
+    """Tokens of the examples of each kind, largest first (weighted or not, as given)."""
+    counts: dict[str, int] = {}
+    for record, sequence in zip(records, sequences, strict=True):
+        counts[record.kind.value] = counts.get(record.kind.value, 0) + len(sequence)
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _split(tokens: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:

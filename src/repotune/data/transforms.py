@@ -79,7 +79,21 @@ class TransformConfig:
     seed: int = 0
     """Seeds each record's own random choices (FIM or not, cut points, order), with the record's id."""
 
+    fim_window_chars: int | None = None
+    """None: a FIM example is the whole file cut at two random characters (``fim_split``). A number:
+    the example is a window of the file around a short middle, the rest of a line or a few whole
+    lines (``fim_span_split``), with up to this many characters of the file on each side; sized to
+    fit one packed block, so the sentinels, the context and the middle are trained together."""
+
     def __post_init__(self) -> None:
+        if self.fim_window_chars is not None and (
+            isinstance(self.fim_window_chars, bool)
+            or not isinstance(self.fim_window_chars, int)
+            or self.fim_window_chars < 1
+        ):
+            raise RepotuneError(
+                f"fim_window_chars must be a whole number of at least 1, got {self.fim_window_chars!r}"
+            )
         for name in ("fim_rate", "spm_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -197,6 +211,34 @@ def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
     return text[:first], text[first:second], text[second:]
 
 
+def fim_span_split(text: str, rng: random.Random, window: int) -> tuple[str, str, str]:
+    """Cut ``text`` around a middle of the kind an editor asks for, keeping ``window`` characters a side.
+
+    The middle starts at a random column of a random non-blank line and runs to that line's end (half
+    the time), or runs on to the end of one of the next three non-blank lines; the newline after it belongs
+    to the suffix, as in evaluation's FIM samples. The prefix is cut back to a line start within
+    ``window`` characters, the suffix at ``window`` characters. ``prefix + middle + suffix`` is a
+    slice of ``text``; a text with no non-blank line falls back to ``fim_split``.
+    """
+    lines: list[tuple[int, int]] = []  # (start, end) of each non-blank line, newline excluded
+    start = 0
+    for line in text.split("\n"):
+        if line.strip():
+            lines.append((start, start + len(line)))
+        start += len(line) + 1
+    if not lines:
+        return fim_split(text, rng)
+    pick = rng.randrange(len(lines))
+    line_start, line_end = lines[pick]
+    column = line_start + rng.randrange(0, max(1, (line_end - line_start) // 2))
+    end = line_end if rng.random() < 0.5 else lines[min(pick + rng.randint(1, 3), len(lines) - 1)][1]
+    first = max(0, column - window)
+    if first > 0:
+        newline = text.find("\n", first, column)
+        first = newline + 1 if newline >= 0 else first
+    return text[first:column], text[column:end], text[end : end + window]
+
+
 def fim_text(prefix: str, middle: str, suffix: str, order: FimOrder = FimOrder.PSM) -> str:
     """A fill-in-the-middle example; the middle comes last, so the model learns to write it.
 
@@ -235,14 +277,19 @@ def fim_example(
     spm_rate: float = 0.5,
     tokenizer: Any | None = None,
     context: ContextFn | None = None,
+    window: int | None = None,
 ) -> str:
     """A code file cut at two random characters (``fim_split``) into a FIM example.
 
+    With ``window``, the cut is ``fim_span_split``'s instead: a short middle in a window of the file.
     SPM with probability ``spm_rate``, else PSM. The file header stays in front of the prefix, so the
     model sees the path before the code in either order, as ``fim_prompt(path=...)`` gives it. With
     ``context``, its text for this prefix and suffix goes in front, as ``fim_prompt(context=...)`` puts it.
     """
-    prefix, middle, suffix = fim_split(record.content, rng)
+    if window is None:
+        prefix, middle, suffix = fim_split(record.content, rng)
+    else:
+        prefix, middle, suffix = fim_span_split(record.content, rng, window)
     order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
     lead = context(record, prefix, suffix) if context is not None else ""
     return lead + fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
@@ -372,7 +419,14 @@ def example_text(
     """
     if record.kind is Kind.CODE:
         if rng.random() < config.fim_rate:
-            return fim_example(record, rng, spm_rate=config.spm_rate, tokenizer=tokenizer, context=context)
+            return fim_example(
+                record,
+                rng,
+                spm_rate=config.spm_rate,
+                tokenizer=tokenizer,
+                context=context,
+                window=config.fim_window_chars,
+            )
         lead = context(record, None, None) if context is not None else ""
         return lead + code_text(record, tokenizer)
     if record.kind is Kind.DOC:

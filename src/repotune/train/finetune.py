@@ -106,16 +106,32 @@ def training_blocks(
     cache: Path,
     limit: int | None,
     retrieval_rate: float = 0.0,
+    *,
+    weighted: bool = False,
+    mix: dict[str, int] | None = None,
 ):
-    from repotune.data.packing import pack, tokenize_records
+    """Packed blocks of ``records``' examples. With ``weighted``, each example is repeated or thinned by
+    the recipe's ``data.kind_weights`` (training data only: held-out blocks are scored as they are);
+    ``mix``, when given, receives the tokens of each kind that went into the blocks (before ``limit``)."""
+    from repotune.data.packing import pack, tokenize_records, tokens_by_kind, weighted_indices
     from repotune.data.transforms import TransformConfig
     from repotune.retrieval.config import RetrievalConfig
 
-    transforms = TransformConfig(fim_rate=fim_rate, spm_rate=recipe.data.spm_rate, seed=recipe.seed)
+    transforms = TransformConfig(
+        fim_rate=fim_rate,
+        spm_rate=recipe.data.spm_rate,
+        seed=recipe.seed,
+        fim_window_chars=recipe.data.fim_window_chars,
+    )
     retrieval = RetrievalConfig(max_context_tokens=recipe.data.retrieval_context_tokens)
     sequences = tokenize_records(
         records, tokenizer, transforms, cache, retrieval_rate=retrieval_rate, retrieval=retrieval
     )
+    if weighted:
+        order = weighted_indices(records, recipe.data.kind_weights.as_mapping(), recipe.seed)
+        records, sequences = [records[i] for i in order], [sequences[i] for i in order]
+    if mix is not None:
+        mix.update(tokens_by_kind(records, sequences))
     blocks = pack(sequences, recipe.data.seq_len)
     return blocks if limit is None else blocks.head(limit)
 
@@ -240,6 +256,7 @@ def run_training(
     tokenizer, vocab_before, fim_ids = load_tokenizer(model_dir, recipe)
     cache = layout.token_cache
     # Retrieved context comes from an index over the training records alone (never held-out ones).
+    mix: dict[str, int] = {}
     train_blocks = training_blocks(
         train_records,
         tokenizer,
@@ -248,6 +265,8 @@ def run_training(
         cache,
         recipe.data.max_train_blocks,
         recipe.data.retrieval_rate,
+        weighted=True,
+        mix=mix,
     )
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
     # the FIM tokens, is scored on the same footing as the tuned one.
@@ -257,7 +276,7 @@ def run_training(
         else None
     )
     if len(train_blocks) == 0:
-        raise RepotuneError(f"{data.train} gave no training tokens")
+        raise RepotuneError(f"{data.train} gave no training tokens (with data.kind_weights applied)")
 
     model = load_model(
         recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
@@ -271,7 +290,9 @@ def run_training(
     total_steps = recipe.max_steps or max(1, math.ceil(steps_per_epoch * recipe.epochs))
     say(
         f"data: {len(train_blocks)} training blocks of {recipe.data.seq_len} tokens "
-        f"({train_blocks.real_token_fraction:.1%} real), "
+        f"({train_blocks.real_token_fraction:.1%} real; "
+        + ", ".join(f"{kind} {count / max(sum(mix.values()), 1):.0%}" for kind, count in mix.items())
+        + "), "
         f"{len(eval_blocks) if eval_blocks else 0} held-out blocks; "
         f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
     )
@@ -346,6 +367,8 @@ def run_training(
                 "train_blocks": len(train_blocks),
                 "eval_blocks": len(eval_blocks) if eval_blocks else 0,
                 "real_token_fraction": round(train_blocks.real_token_fraction, 4),
+                # training tokens of each kind after data.kind_weights (what the mix really was)
+                "tokens_by_kind": mix,
             },
             "steps": trainer.state.global_step,
             "planned_steps": total_steps,

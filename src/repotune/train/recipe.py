@@ -35,6 +35,42 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class KindWeights:
+    """How much of each kind of record the training stream carries, as a multiplier on its examples.
+
+    1 keeps every example of the kind once; 0.25 keeps a seeded quarter of them (the same ones on every
+    run with the same seed); 2 puts each in twice; 0 drops the kind. Retuning a mix is a matter of
+    weights, not of re-ingesting: a repository's history can outweigh its code many times over (a
+    project with 1,000 commits of diffs), and a model trained mostly on diffs writes diff lines.
+    """
+
+    code: float = 1.0
+    """Source files (plain or fill-in-the-middle examples)."""
+    doc: float = 1.0
+    """Documentation files."""
+    commit: float = 1.0
+    """Commits (diff, then message)."""
+    issue: float = 1.0
+    """Issue threads."""
+    pull_request: float = 1.0
+    """Pull request threads."""
+    wiki_page: float = 1.0
+    """Confluence and Notion pages."""
+    diagram: float = 1.0
+    """Architecture diagrams as text."""
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not 0.0 <= value <= 100.0:
+                raise RepotuneError(f"data.kind_weights.{item.name} must be from 0 to 100, got {value!r}")
+
+    def as_mapping(self) -> dict[str, float]:
+        """Kind name (``Kind`` value) to weight."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
 class DataSettings:
     seq_len: int = 512
     """Tokens per packed training block."""
@@ -42,6 +78,11 @@ class DataSettings:
     """Share of code files turned into fill-in-the-middle examples, 0 to 1."""
     spm_rate: float = 0.5
     """Of the FIM examples, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)."""
+    fim_window_chars: int | None = None
+    """None: a FIM example is the whole file cut at two random characters (StarCoder's form). A number:
+    a window of the file around a short middle (the rest of a line, or a few lines), with up to this
+    many characters on each side; keep it within a block (about seq_len x 1.2 characters of code), so
+    the sentinels, the context and the middle land in the same block and the form can be learned."""
     max_eval_blocks: int | None = 64
     """Held-out blocks scored for eval loss (each costs a forward pass); None scores them all."""
     max_train_blocks: int | None = None
@@ -53,6 +94,8 @@ class DataSettings:
     retrieval_context_tokens: int = 128
     """Budget of that context in tokens; under half of seq_len, so the file it precedes starts in the
     same block often enough to attend to it."""
+    kind_weights: KindWeights = field(default_factory=KindWeights)
+    """Multiplier per record kind on its training examples (held-out blocks are never weighted)."""
 
     def __post_init__(self) -> None:
         if self.seq_len < 16:
@@ -60,6 +103,8 @@ class DataSettings:
         for name in ("fim_rate", "spm_rate", "retrieval_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RepotuneError(f"data.{name} must be between 0 and 1")
+        if self.fim_window_chars is not None and self.fim_window_chars < 1:
+            raise RepotuneError("data.fim_window_chars must be at least 1 (or null for whole-file FIM)")
         if self.retrieval_context_tokens < 1:
             raise RepotuneError("data.retrieval_context_tokens must be at least 1")
         if self.retrieval_rate > 0 and 2 * self.retrieval_context_tokens >= self.seq_len:

@@ -1,0 +1,484 @@
+"""Does tuning help on a project's next code? The four arms on real projects, trained on one release and
+scored on what the next release added.
+
+This machine cannot reach GitHub, but the package registries keep every release of a package's source,
+and two releases make a real "before and after": the benchmark builds a git repository whose first
+commit is release X's source tree and whose second is release Y's (dated as released), ingests it with
+``cut`` at the first commit (training sees release X, its tree and the commit that made it; evaluation
+scores the lines release Y added, with the file as it stood in Y as context), cleans, trains with a
+recipe, and evaluates base, base + retrieval, candidate and candidate + retrieval on the same samples.
+
+    .venv/bin/python benchmarks/quality.py                               # itsdangerous, the CPU demo recipe
+    .venv/bin/python benchmarks/quality.py --projects all --samples 200
+    .venv/bin/python benchmarks/quality.py --projects semver --set data.retrieval_rate=0.5 --steps 60
+
+It prints, per project: what was trained on and scored on, the four arms side by side (line exact
+match and line edit similarity with 95% intervals and n, the share of completions that start like a
+diff line or a file header, FIM for the models that have FIM tokens), the perplexity of the added code
+under base and candidate, the paired relative change of the best candidate arm against base +
+retrieval, and each stage's wall time; then the targets of the quality issue as PASS/MISS. Nothing is
+asserted. Downloads, repositories and run folders stay under ``.bench/quality`` (gitignored); the
+packages are the registries' own source archives (``pip download --no-binary :all:``, ``npm pack``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".bench" / "quality"
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    date: str
+    """Release date (ISO, from the registry's upload time, to the day): the commit's author date."""
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    registry: str
+    """`pypi` (sdist from `pip download --no-binary :all:`) or `npm` (`npm pack`)."""
+    language: str
+    before: Release
+    """The release trained on (the cut)."""
+    after: Release
+    """The release whose added lines are scored."""
+
+
+# Chosen for pure source, a few thousand lines, and a few hundred code lines added between the two
+# releases (counted with `diff -rN` over .py/.js/.ts files): attrs 1,318, click 899, itsdangerous 314,
+# semver 295, commander 177.
+_TABLE = (  # name, registry, language, (version, date) trained on, (version, date) scored on
+    ("itsdangerous", "pypi", "python", ("2.1.2", "2022-03-24"), ("2.2.0", "2024-04-16")),
+    ("attrs", "pypi", "python", ("23.1.0", "2023-04-16"), ("23.2.0", "2023-12-31")),
+    ("click", "pypi", "python", ("8.1.3", "2022-04-28"), ("8.1.7", "2023-08-18")),
+    ("semver", "npm", "javascript", ("7.3.8", "2022-10-04"), ("7.6.0", "2024-01-31")),
+    ("commander", "npm", "javascript", ("10.0.1", "2023-04-15"), ("11.1.0", "2023-10-13")),
+)
+PROJECTS = {
+    name: Project(name, registry, language, Release(*before), Release(*after))
+    for name, registry, language, before, after in _TABLE
+}
+DEFAULT_PROJECTS = ("itsdangerous",)
+
+# The quality issue's targets (issue 15): what the deployed arm must show on every benchmark project.
+TARGET_RELATIVE_EDIT_SIMILARITY = 0.30
+TARGET_PERPLEXITY_CUT = 0.20
+TARGET_MIN_PAIRED_SAMPLES = 200
+TARGET_FORGETTING = 0.05
+
+
+def fetch(project: Project, release: Release, cache: Path = CACHE) -> Path:
+    """The release's source tree, downloaded and unpacked once under ``cache``."""
+    tree = cache / "src" / f"{project.name}-{release.version}"
+    if tree.is_dir():
+        return tree
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    if project.registry == "pypi":
+        spec = f"{project.name}=={release.version}"
+        harness.run_checked(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+             spec, "-d", str(downloads)], stdout=sys.stderr,
+        )  # fmt: skip
+        archives = sorted(downloads.glob(f"{project.name}-{release.version}.tar.gz"))
+    else:
+        harness.run_checked(
+            ["npm", "pack", f"{project.name}@{release.version}", "--silent", "--pack-destination",
+             str(downloads)], stdout=sys.stderr,
+        )  # fmt: skip
+        archives = sorted(downloads.glob(f"{project.name}-{release.version}.tgz"))
+    if not archives:
+        raise SystemExit(f"{project.name} {release.version}: the registry gave no source archive")
+    unpack(archives[0], tree)
+    return tree
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    """Extract a source archive's single top folder (``pkg-1.0/``, npm's ``package/``) as ``dest``."""
+    scratch = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch, filter="data")
+    tops = list(scratch.iterdir())
+    (tops[0] if len(tops) == 1 and tops[0].is_dir() else scratch).rename(dest.with_name(dest.name + ".tree"))
+    shutil.rmtree(scratch, ignore_errors=True)
+    dest.with_name(dest.name + ".tree").rename(dest)
+
+
+def _git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    )
+    return result.stdout.strip()
+
+
+def build_history(repo: Path, releases: Sequence[tuple[Path, str, str]]) -> list[str]:
+    """A git repository at ``repo`` with one commit per ``(tree, message, iso_date)``, oldest first.
+
+    Each commit's tree is exactly that folder's files (what the previous one had and this one lacks is
+    deleted), authored and committed at the date given. Returns the commit SHAs in order. An existing
+    ``repo`` is replaced.
+    """
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    _git(repo, "init", "--quiet", "--initial-branch=main")
+    shas = []
+    for tree, message, date in releases:
+        for entry in repo.iterdir():
+            if entry.name != ".git":
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        shutil.copytree(tree, repo, dirs_exist_ok=True, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "release",
+            "GIT_AUTHOR_EMAIL": "release@example.invalid",
+            "GIT_COMMITTER_NAME": "release",
+            "GIT_COMMITTER_EMAIL": "release@example.invalid",
+            "GIT_AUTHOR_DATE": f"{date}T12:00:00+00:00",
+            "GIT_COMMITTER_DATE": f"{date}T12:00:00+00:00",
+        }
+        _git(repo, "add", "--all", "--force", ".", env=env)
+        _git(repo, "commit", "--quiet", "--allow-empty", "--no-verify", "-m", message, env=env)
+        shas.append(_git(repo, "rev-parse", "HEAD"))
+    return shas
+
+
+def project_repo(project: Project, cache: Path = CACHE) -> tuple[Path, str]:
+    """The two-commit repository of ``project`` (built once) and the SHA of its cut (the first commit)."""
+    repo = cache / "repos" / f"{project.name}-{project.before.version}-{project.after.version}"
+    if (repo / ".git").is_dir():
+        commits = _git(repo, "rev-list", "--reverse", "HEAD").split()
+        if len(commits) == 2:
+            return repo, commits[0]
+    trees = [
+        (fetch(project, release, cache), f"{project.name} {release.version}", release.date)
+        for release in (project.before, project.after)
+    ]
+    return repo, build_history(repo, trees)[0]
+
+
+def kind_shares(train_jsonl: Path) -> dict[str, float]:
+    """Share of training characters by record kind (a proxy for tokens)."""
+    chars: dict[str, int] = {}
+    with train_jsonl.open() as handle:
+        for line in handle:
+            record = json.loads(line)
+            chars[record["kind"]] = chars.get(record["kind"], 0) + len(record["content"])
+    total = sum(chars.values()) or 1
+    return {kind: count / total for kind, count in sorted(chars.items(), key=lambda kv: -kv[1])}
+
+
+def relative_change(arm: Sequence[float], reference: Sequence[float]) -> dict[str, float] | None:
+    """mean(arm) / mean(reference) - 1 over paired samples, with its paired bootstrap 95% interval."""
+    import numpy as np
+
+    from repotune.evaluate.metrics import bootstrap_ci
+
+    if len(arm) != len(reference) or len(arm) < 2 or sum(reference) == 0:
+        return None
+    rows = np.column_stack([np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)])
+
+    def change(sample: np.ndarray) -> float:
+        base = sample[:, 1].mean()
+        return float(sample[:, 0].mean() / base - 1.0) if base > 0 else 0.0
+
+    low, high = bootstrap_ci(rows, statistic=change, seed=0)
+    return {"value": change(rows), "ci_low": low, "ci_high": high, "n": len(arm)}
+
+
+def per_sample_lines(completions: Path) -> dict[str, dict[str, list[float]]]:
+    """Each arm's line edit similarity and exact match per sample, from the stage's completions.jsonl."""
+    from repotune.evaluate.metrics import edit_similarity, exact_match
+
+    scores: dict[str, dict[str, list[float]]] = {}
+    with completions.open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["task"] != "line":
+                continue
+            for arm, answer in row["answers"].items():
+                mine = scores.setdefault(arm, {"edit_similarity": [], "exact_match": []})
+                mine["edit_similarity"].append(edit_similarity(answer, row["expected"]))
+                mine["exact_match"].append(exact_match(answer, row["expected"]))
+    return scores
+
+
+def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    import repotune.clean
+    import repotune.evaluate
+    import repotune.ingest
+    import repotune.train
+    from repotune.clean import CleanConfig
+    from repotune.evaluate import EvaluateConfig
+    from repotune.evaluate.score import ScoringConfig
+    from repotune.ingest import IngestConfig
+    from repotune.train import TrainConfig
+
+    repo, cut = project_repo(project)
+    work = args.work / project.name
+    shutil.rmtree(work, ignore_errors=True)
+    times: dict[str, float] = {}
+
+    def timed(stage: str, call: Any) -> Any:
+        harness.log(f"[{project.name}] {stage}")
+        started = time.monotonic()
+        result = call()
+        times[stage] = time.monotonic() - started
+        return result
+
+    timed(
+        "ingest", lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut))
+    )
+    cleaned = timed(
+        "clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=work / "clean"))
+    )
+    trained = timed(
+        "train",
+        lambda: repotune.train.run(
+            TrainConfig(data=work / "clean", output=work / "model", recipe=recipe, keep_checkpoints=False),
+            log=harness.log,
+        ),
+    )
+    scoring = ScoringConfig(
+        line_samples=args.samples,
+        fim_samples=args.fim_samples,
+        commit_samples=0,
+        forgetting_files=args.forgetting_files,
+        max_blocks=args.perplexity_windows,
+    )
+    evaluated = timed(
+        "evaluate",
+        lambda: repotune.evaluate.run(
+            EvaluateConfig(model=work / "model", data=work / "clean", output=work / "eval", scoring=scoring),
+            log=harness.log,
+        ),
+    )
+    summary = json.loads(trained.output.summary.read_text())
+    return {
+        "project": project.name,
+        "language": project.language,
+        "trained_on": f"{project.name} {project.before.version} ({project.before.date})",
+        "scored_on": f"lines {project.after.version} added ({project.after.date})",
+        "train_records": cleaned.train_records,
+        "eval_records": cleaned.eval_records,
+        "kind_shares": kind_shares(work / "clean" / "train.jsonl"),
+        "tokens_by_kind": summary["data"].get("tokens_by_kind"),
+        "split": evaluated.split,
+        "steps": trained.steps,
+        "train_blocks": summary["data"]["train_blocks"],
+        "tokens_seen_share": min(
+            1.0,
+            trained.steps
+            * recipe.micro_batch_size
+            * recipe.gradient_accumulation_steps
+            / max(summary["data"]["train_blocks"], 1),
+        ),
+        "eval_loss": [trained.base_eval_loss, trained.eval_loss],
+        "models": evaluated.models_as_dicts(),
+        "decision": {"promote": evaluated.promote, "arm": evaluated.arm.key if evaluated.arm else None},
+        "per_sample": per_sample_lines(evaluated.output.completions),
+        "seconds": times,
+    }
+
+
+ARMS = ("base", "base_retrieval", "candidate", "candidate_retrieval")
+SHOWN = (
+    ("line_exact_match", "line exact match"),
+    ("line_edit_similarity", "line edit similarity"),
+    ("line_diff_marker_share", "diff-marker share"),
+    ("fim_exact_match", "FIM exact match"),
+    ("fim_edit_similarity", "FIM edit similarity"),
+)
+
+
+def _cell(metric: dict[str, Any] | None) -> str:
+    if metric is None:
+        return "-"
+    value = f"{metric['value']:.3f}"
+    if metric.get("ci_low") is not None:
+        value += f" [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
+    return f"{value} n={metric['n']}"
+
+
+def best_candidate(result: dict[str, Any]) -> str:
+    """The candidate arm with the higher line edit similarity: what would be deployed."""
+    models = result["models"]
+    scored = [
+        arm for arm in ("candidate", "candidate_retrieval") if "line_edit_similarity" in models.get(arm, {})
+    ]
+    return (
+        max(scored, key=lambda arm: models[arm]["line_edit_similarity"]["value"]) if scored else "candidate"
+    )
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets for one project: (name, met, what was measured); None where not measured."""
+    models, per_sample = result["models"], result["per_sample"]
+    deployed = best_candidate(result)
+    rows: list[tuple[str, bool | None, str]] = []
+    mine, theirs = per_sample.get(deployed, {}), per_sample.get("base_retrieval", {})
+    change = relative_change(mine.get("edit_similarity", []), theirs.get("edit_similarity", []))
+    n = len(mine.get("edit_similarity", []))
+    if change is not None:
+        met = change["ci_low"] >= TARGET_RELATIVE_EDIT_SIMILARITY and n >= TARGET_MIN_PAIRED_SAMPLES
+        rows.append((
+            f"{deployed} vs base_retrieval: line edit similarity +{TARGET_RELATIVE_EDIT_SIMILARITY:.0%} "
+            f"relative (95% CI low end), n >= {TARGET_MIN_PAIRED_SAMPLES}",
+            met, f"{change['value']:+.1%} [{change['ci_low']:+.1%}, {change['ci_high']:+.1%}], n={n}",
+        ))  # fmt: skip
+    exact = models.get(deployed, {}).get("line_exact_match")
+    reference = models.get("base_retrieval", {}).get("line_exact_match")
+    if exact is not None and reference is not None:
+        rows.append((
+            f"{deployed} line exact match > 0 and > base_retrieval",
+            exact["value"] > 0 and exact["value"] > reference["value"],
+            f"{exact['value']:.3f} vs {reference['value']:.3f}",
+        ))  # fmt: skip
+    ppl_base = models.get("base", {}).get("perplexity")
+    ppl_cand = models.get("candidate", {}).get("perplexity")
+    if ppl_base and ppl_cand:
+        cut = 1 - ppl_cand["value"] / ppl_base["value"]
+        rows.append((f"candidate cuts perplexity of added code by >= {TARGET_PERPLEXITY_CUT:.0%}",
+                     cut >= TARGET_PERPLEXITY_CUT,
+                     f"{ppl_base['value']:.2f} -> {ppl_cand['value']:.2f} ({-cut:+.1%})"))  # fmt: skip
+    marks = models.get(deployed, {}).get("line_diff_marker_share")
+    base_marks = models.get("base", {}).get("line_diff_marker_share")
+    if marks is not None and base_marks is not None:
+        rows.append(("diff-marker share no more than base's", marks["value"] <= base_marks["value"],
+                     f"{marks['value']:.3f} vs base {base_marks['value']:.3f}"))  # fmt: skip
+    forget_base = models.get("base", {}).get("forgetting_perplexity")
+    forget_cand = models.get("candidate", {}).get("forgetting_perplexity")
+    if forget_base and forget_cand:
+        change_f = forget_cand["value"] / forget_base["value"] - 1
+        measured = f"{forget_base['value']:.2f} -> {forget_cand['value']:.2f} ({change_f:+.1%})"
+        rows.append((f"general-code perplexity within {TARGET_FORGETTING:.0%} of base",
+                     change_f <= TARGET_FORGETTING, measured))  # fmt: skip
+    return rows
+
+
+def print_project(result: dict[str, Any]) -> None:
+    models = result["models"]
+    print(f"\n## {result['project']} ({result['language']})")
+    print(f"trained on {result['trained_on']}; scored on the {result['scored_on']}")
+    shares = ", ".join(f"{kind} {share:.0%}" for kind, share in result["kind_shares"].items())
+    tokens = result.get("tokens_by_kind") or {}
+    mix = ", ".join(f"{kind} {count / max(sum(tokens.values()), 1):.0%}" for kind, count in tokens.items())
+    print(
+        f"training records {result['train_records']} (characters: {shares}; trained tokens after "
+        f"kind weights: {mix or 'not recorded'}); held-out records "
+        f"{result['eval_records']}; {result['steps']} steps over {result['train_blocks']} blocks "
+        f"(about {result['tokens_seen_share']:.0%} of one epoch)"
+    )
+    if result["eval_loss"][0] is not None and result["eval_loss"][1] is not None:
+        print(f"held-out loss {result['eval_loss'][0]:.3f} -> {result['eval_loss'][1]:.3f}")
+    rows = [["metric", *ARMS]]
+    for key, label in SHOWN:
+        if any(key in models.get(arm, {}) for arm in ARMS):
+            rows.append([label, *(_cell(models.get(arm, {}).get(key)) for arm in ARMS)])
+    ppl = [models.get(arm, {}).get("perplexity") for arm in ("base", "candidate")]
+    rows.append(["perplexity of added code", _cell(ppl[0]), "", _cell(ppl[1]), ""])
+    forgetting = [models.get(arm, {}).get("forgetting_perplexity") for arm in ("base", "candidate")]
+    if any(forgetting):
+        rows.append(["general-code perplexity", _cell(forgetting[0]), "", _cell(forgetting[1]), ""])
+    harness.print_table(rows[0], rows[1:])
+    seconds = result["seconds"]
+    ratio = seconds["evaluate"] / seconds["train"] if seconds.get("train") else float("nan")
+    print(
+        "wall time: "
+        + ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
+        + f"; evaluate/train {ratio:.2f}"
+    )
+    decision = result["decision"]
+    print(f"decision: {'promote' if decision['promote'] else 'keep the champion'} (arm {decision['arm']})")
+
+
+def print_targets(results: list[dict[str, Any]]) -> None:
+    print("\n## Targets (issue 15), per project")
+    for result in results:
+        for name, met, measured in targets(result):
+            verdict = "PASS" if met else "MISS"
+            print(f"{verdict}  {result['project']}: {name}: {measured}")
+
+
+def cpu_load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--projects", default=",".join(DEFAULT_PROJECTS),
+        help=f"comma list of {', '.join(PROJECTS)}, or all (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--samples", type=int, default=40, help="line samples per project (default 40)")
+    parser.add_argument("--fim-samples", type=int, default=20, help="FIM samples (default 20)")
+    parser.add_argument(
+        "--perplexity-windows", type=int, default=32, help="windows of added code for perplexity (default 32)"
+    )
+    parser.add_argument("--forgetting-files", type=int, default=8, help="general code files (default 8)")
+    parser.add_argument(
+        "--recipe", default="smollm2-135m-cpu", help="shipped name or .yaml (default %(default)s)"
+    )
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="recipe override, YAML value (data.retrieval_rate=0.5); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--work", type=Path, default=CACHE / "runs", help="run folders (default %(default)s)")
+    parser.add_argument("--json", type=Path, help="write every result here")
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    from repotune.train.recipe import resolve_recipe
+
+    names = list(PROJECTS) if args.projects == "all" else [n.strip() for n in args.projects.split(",")]
+    unknown = [name for name in names if name not in PROJECTS]
+    if unknown:
+        parser.error(f"unknown project(s) {', '.join(unknown)}; choose from {', '.join(PROJECTS)}")
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    if args.steps is not None:
+        overrides["max_steps"] = args.steps
+    recipe, _ = resolve_recipe(args.recipe, overrides)
+    print(f"# quality: recipe {args.recipe} {overrides or ''}; {args.samples} line samples per project")
+    print(f"# {json.dumps(harness.machine())}; {cpu_load()} at start")
+    results = []
+    for name in names:
+        result = run_project(PROJECTS[name], args, recipe)
+        result["load_after"] = cpu_load()
+        results.append(result)
+        print_project(result)
+        print(f"({result['load_after']} after this project)")
+        sys.stdout.flush()
+    print_targets(results)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "results": results},
+                                        indent=1, default=str))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    raise SystemExit(main())

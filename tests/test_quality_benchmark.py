@@ -1,0 +1,85 @@
+"""benchmarks/quality.py's pure parts: the release history it builds and the numbers it derives.
+
+The benchmark itself (downloads, training, evaluation) is run by hand, never by the suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling `harness` as a script would
+    try:
+        spec = importlib.util.spec_from_file_location("quality_benchmark", BENCHMARKS / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("quality_benchmark", None)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_two_releases_become_two_dated_commits_with_exact_trees(quality, tmp_path: Path) -> None:
+    before, after = tmp_path / "pkg-1.0", tmp_path / "pkg-1.1"
+    (before / "pkg").mkdir(parents=True)
+    (before / "pkg" / "core.py").write_text("def one():\n    return 1\n")
+    (before / "pkg" / "old.py").write_text("GONE = True\n")
+    (after / "pkg").mkdir(parents=True)
+    (after / "pkg" / "core.py").write_text("def one():\n    return 1\n\n\ndef two():\n    return 2\n")
+    (after / "pkg" / "new.py").write_text("NEW = True\n")
+
+    repo = tmp_path / "repo"
+    shas = quality.build_history(repo, [(before, "pkg 1.0", "2022-03-24"), (after, "pkg 1.1", "2024-04-16")])
+
+    assert len(shas) == 2 and _git(repo, "rev-list", "--reverse", "HEAD").split() == shas
+    assert _git(repo, "ls-tree", "-r", "--name-only", shas[0]).split() == ["pkg/core.py", "pkg/old.py"]
+    assert _git(repo, "ls-tree", "-r", "--name-only", shas[1]).split() == ["pkg/core.py", "pkg/new.py"]
+    assert _git(repo, "log", "-1", "--format=%aI %cI %s", shas[0]).split() == [
+        "2022-03-24T12:00:00+00:00", "2022-03-24T12:00:00+00:00", "pkg", "1.0",
+    ]  # fmt: skip
+    added = _git(repo, "diff", "--numstat", shas[0], shas[1], "--", "pkg/core.py").split()
+    assert added[:2] == ["4", "0"]
+
+    again = quality.build_history(repo, [(before, "pkg 1.0", "2022-03-24")])  # an existing repo is replaced
+    assert _git(repo, "rev-list", "HEAD").split() == again
+
+
+def test_unpack_takes_the_archive_top_folder(quality, tmp_path: Path) -> None:
+    source = tmp_path / "package"
+    source.mkdir()
+    (source / "index.js").write_text("module.exports = 1\n")
+    archive = tmp_path / "pkg-1.0.0.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="package")  # npm pack's layout
+    quality.unpack(archive, tmp_path / "out" / "pkg-1.0.0")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pkg-1.0.0"]
+    assert (tmp_path / "out" / "pkg-1.0.0" / "index.js").read_text() == "module.exports = 1\n"
+
+
+def test_relative_change_is_paired_and_honest_at_zero(quality) -> None:
+    change = quality.relative_change([0.6, 0.4, 0.5, 0.5], [0.5, 0.5, 0.25, 0.25])
+    assert change["value"] == pytest.approx(2.0 / 1.5 - 1)
+    assert change["ci_low"] <= change["value"] <= change["ci_high"] and change["n"] == 4
+    assert quality.relative_change([0.1, 0.2], [0.0, 0.0]) is None  # no relative change from zero
+
+
+def test_every_project_names_two_ordered_releases_and_a_non_python_one(quality) -> None:
+    projects = quality.PROJECTS.values()
+    assert len(projects) >= 4
+    assert any(project.language != "python" for project in projects)
+    assert all(project.before.date < project.after.date for project in projects)
