@@ -227,7 +227,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
     import repotune.train
     from repotune.clean import CleanConfig
     from repotune.evaluate import EvaluateConfig
-    from repotune.evaluate.score import ScoringConfig
+    from repotune.evaluate.settings import ScoringConfig
     from repotune.ingest import IngestConfig
     from repotune.train import TrainConfig
 

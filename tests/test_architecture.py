@@ -119,7 +119,7 @@ STAGES = ("ingest", "clean", "train", "evaluate", "deploy")
 # pipeline, and the upload API.
 CALLERS = ("repotune.cli", "repotune.components.steps", "repotune.pipelines", "repotune.api")
 # What a caller may call besides `run`: helpers that build a stage's config, not its work.
-CONFIG_HELPERS = {"resolve_recipe", "shipped_recipes_dir", "to_yaml"}
+CONFIG_HELPERS = {"resolve_recipe", "settings_from", "shipped_recipes_dir", "to_yaml"}
 
 
 def _exports(stage: str) -> set[str]:

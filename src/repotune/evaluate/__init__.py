@@ -2,7 +2,7 @@
 
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.layout import EvaluateLayout
-from repotune.evaluate.score import ScoringConfig
+from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
 __all__ = [

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from repotune.evaluate.arms import MODELS, Arm
+from repotune.evaluate.decide import Decision
 from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
 
-if TYPE_CHECKING:
-    from repotune.evaluate.stage import EvaluateResult
+
+class EvaluateResult(Protocol):
+    """What the report reads of :class:`repotune.evaluate.stage.EvaluateResult` (the stage renders
+    the report, so the report does not import the stage)."""
+
+    decision: Decision
+    models: dict[str, dict[str, Metric]]
+    split: dict[str, Any] | None
+    seconds: float | None
+
 
 ARM_COLUMNS = (
     ("line_exact_match", "line exact match"),

@@ -31,7 +31,7 @@ from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 
 if TYPE_CHECKING:
-    from repotune.evaluate.score import ScoringConfig
+    from repotune.evaluate.settings import ScoringConfig
 
 FILE_KINDS = (Kind.CODE,)
 ADDED_LINES = "added_lines"
