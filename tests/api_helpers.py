@@ -288,3 +288,19 @@ def serving_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def refused(response: httpx.Response, status: int, code: str | None = None) -> str:
+    """Asserts the refusal's status and error shape (and code); returns its message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]["message"]
+
+
+def upload(client: httpx.Client, path: Path) -> httpx.Response:
+    """``POST /v1/sources`` with the archive at ``path``."""
+    with path.open("rb") as handle:
+        return client.post("/v1/sources", files={"file": (path.name, handle, "application/gzip")})

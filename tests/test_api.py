@@ -30,8 +30,10 @@ from tests.api_helpers import (
     echo_model_server,
     make_tar_gz,
     multipart_stream,
+    refused,
     running_api,
     tar_with_member,
+    upload,
     zip_bomb,
     zip_with_symlink,
 )
@@ -52,21 +54,6 @@ from repotune.train.recipe import shipped_recipes_dir
 
 MIB = 1024 * 1024
 TEST_NET = "192.0.2.0/24"
-
-
-def _error(response: httpx.Response, status: int, code: str | None = None) -> str:
-    """Asserts the status and the error shape; returns the message."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]["message"]
-
-
-def _upload(client: httpx.Client, path: Path) -> httpx.Response:
-    with path.open("rb") as handle:
-        return client.post("/v1/sources", files={"file": (path.name, handle, "application/gzip")})
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +114,7 @@ def test_a_missing_or_wrong_token_is_401_with_a_challenge(api: ApiProcess, heade
             client.post("/v1/sources", content=b"{not json", headers={"Content-Type": "application/json"}),
             client.get("/v1/no-such-route"),
         ):
-            _error(response, 401, "unauthorized")
+            refused(response, 401, "unauthorized")
             assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
@@ -149,7 +136,7 @@ def test_a_50_mb_upload_streams_with_flat_memory_and_twice_gives_the_same_id(
     with api.client() as client:
         client.get("/v1/runs")  # the first request's imports and allocations are not the upload's
         before = api.peak_rss_kib()
-        first = _upload(client, archive)
+        first = upload(client, archive)
         assert first.status_code == 201, first.text
         grown_mib = (api.peak_rss_kib() - before) / 1024
         # The whole upload in memory would add 50+ MiB; chunks, hashing and a chunked extraction add little.
@@ -162,11 +149,11 @@ def test_a_50_mb_upload_streams_with_flat_memory_and_twice_gives_the_same_id(
         stored = Path(info["stored"]) / "archive.tar.gz"
         assert stored.read_bytes() == archive.read_bytes()
 
-        again = _upload(client, archive)
+        again = upload(client, archive)
         assert again.status_code == 200 and again.json()["id"] == info["id"]
         assert again.json()["created_now"] is False
         assert client.get(f"/v1/sources/{info['id']}").json()["files"] == 2
-        _error(client.get(f"/v1/sources/{'0' * 64}"), 404, "source_not_found")
+        refused(client.get(f"/v1/sources/{'0' * 64}"), 404, "source_not_found")
 
 
 @pytest.mark.integration
@@ -176,11 +163,11 @@ def test_an_upload_over_the_cap_is_413_and_leaves_nothing(small_api: ApiProcess,
         # Sent chunked (no Content-Length): the cap is found while streaming.
         body, content_type = multipart_stream("big.tar.gz", (b"x" * 65536 for _ in range(48)))
         response = client.post("/v1/sources", content=body, headers={"Content-Type": content_type})
-        assert "1 MiB" in _error(response, 413, "upload_too_large")
+        assert "1 MiB" in refused(response, 413, "upload_too_large")
         # With a Content-Length over the cap: refused before reading.
         big = tmp_path / "big.tar.gz"
         big.write_bytes(os.urandom(2 * MIB))
-        _error(_upload(client, big), 413, "upload_too_large")
+        refused(upload(client, big), 413, "upload_too_large")
         assert client.get("/healthz").status_code == 200
     assert list(tmp_folder.iterdir()) == []
     assert not (small_api_root(small_api) / "store" / "sources").exists()
@@ -195,7 +182,7 @@ def test_a_zip_bomb_is_refused(api: ApiProcess, tmp_path: Path) -> None:
     bomb = zip_bomb(tmp_path / "bomb.zip", 100 * MIB)  # the API allows 80 MiB expanded
     assert bomb.stat().st_size < MIB
     with api.client() as client:
-        message = _error(_upload(client, bomb), 422, "unsafe_or_invalid_archive")
+        message = refused(upload(client, bomb), 422, "unsafe_or_invalid_archive")
     assert "bomb" in message and "bomb.zip" in message
 
 
@@ -213,7 +200,7 @@ def test_members_that_escape_are_refused(api: ApiProcess, tmp_path: Path) -> Non
             (tar_with_member(tmp_path / "absolute.tar.gz", absolute, b"* * * * * root true\n"), "absolute"),
             (traversal_zip, "'..'"),
         ):
-            assert expected in _error(_upload(client, archive), 422, "unsafe_or_invalid_archive")
+            assert expected in refused(upload(client, archive), 422, "unsafe_or_invalid_archive")
     assert not (tmp_path.parent / "evil.sh").exists()
 
 
@@ -229,7 +216,7 @@ def test_link_members_are_refused(api: ApiProcess, tmp_path: Path) -> None:
             tar_with_member(tmp_path / "hardlink.tar.gz", hardlink),
             zip_with_symlink(tmp_path / "symlink.zip"),
         ):
-            assert "link" in _error(_upload(client, archive), 422, "unsafe_or_invalid_archive")
+            assert "link" in refused(upload(client, archive), 422, "unsafe_or_invalid_archive")
 
 
 @pytest.mark.integration
@@ -240,12 +227,12 @@ def test_bodies_that_are_not_archives_are_refused(api: ApiProcess, tmp_path: Pat
     with tarfile.open(empty, "w:gz"):
         pass
     with api.client() as client:
-        _error(_upload(client, text), 422, "not_an_archive")
-        _error(_upload(client, empty), 422, "empty_archive")
-        _error(client.post("/v1/sources", files={"other": ("a.zip", b"PK")}), 422, "missing_file")
-        _error(client.post("/v1/sources", content=b"abc", headers={"Content-Type": "text/plain"}), 415)
-        _error(client.post("/v1/sources", content=b"{", headers={"Content-Type": "application/json"}), 400)
-        _error(client.post("/v1/sources", json={"url": "https://example.com/x.git"}), 422, "invalid_request")
+        refused(upload(client, text), 422, "not_an_archive")
+        refused(upload(client, empty), 422, "empty_archive")
+        refused(client.post("/v1/sources", files={"other": ("a.zip", b"PK")}), 422, "missing_file")
+        refused(client.post("/v1/sources", content=b"abc", headers={"Content-Type": "text/plain"}), 415)
+        refused(client.post("/v1/sources", content=b"{", headers={"Content-Type": "application/json"}), 400)
+        refused(client.post("/v1/sources", json={"url": "https://example.com/x.git"}), 422, "invalid_request")
 
 
 @pytest.mark.integration
@@ -254,10 +241,10 @@ def test_sources_in_an_s3_store_are_found_by_a_fresh_database(tmp_path: Path, pr
     with running_s3_server() as endpoint, s3_environment(endpoint):
         storage.client_from_env().make_bucket("repotune-api")
         with running_api(tmp_path / "api", REPOTUNE_API_STORE=store_uri) as server, server.client() as client:
-            first = _upload(client, project_tar)
+            first = upload(client, project_tar)
             assert first.status_code == 201, first.text
             assert first.json()["stored"] == f"{store_uri}/sources/{first.json()['id']}"
-            assert _upload(client, project_tar).json()["id"] == first.json()["id"]
+            assert upload(client, project_tar).json()["id"] == first.json()["id"]
             github = client.post("/v1/sources", json={"github": "octocat/hello-world", "ref": "main"}).json()
         # Another API instance (or one whose database was lost) shares the store and finds both.
         settings = ApiSettings(
@@ -299,28 +286,28 @@ def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None
             {"github": "not a repo"},
             {"github": "owner/.."},
         ):
-            message = _error(client.post("/v1/sources", json=bad), 422, "invalid_request")
+            message = refused(client.post("/v1/sources", json=bad), 422, "invalid_request")
             assert message
         # Well-formed, but refused by the server's policy: a scheme it does not allow, a private address.
         for url in ("file:///etc", "https://10.0.0.5/team/project.git"):
-            _error(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
+            refused(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
 
 
 @pytest.mark.integration
 def test_runs_refuse_unknown_sources_recipes_and_overrides(api: ApiProcess) -> None:
     with api.client() as client:
         source = client.post("/v1/sources", json={"github": "octocat/spoon-knife"}).json()["id"]
-        _error(client.post("/v1/runs", json={"source_id": "0" * 64, "recipe": "tiny-cpu"}), 404)
+        refused(client.post("/v1/runs", json={"source_id": "0" * 64, "recipe": "tiny-cpu"}), 404)
         for recipe in ("no-such-recipe", "/etc/passwd", "../configs/tiny-cpu", "configs/tiny-cpu.yaml"):
-            message = _error(client.post("/v1/runs", json={"source_id": source, "recipe": recipe}), 422)
+            message = refused(client.post("/v1/runs", json={"source_id": source, "recipe": recipe}), 422)
             assert "tiny-cpu" in message  # the known recipes are listed
         for overrides, expected in (({"no_such_setting": 1}, "no_such_setting"), ({"max_steps": "many"}, "")):
             body = {"source_id": source, "recipe": "tiny-cpu", "overrides": overrides}
-            assert expected in _error(client.post("/v1/runs", json=body), 422, "invalid_overrides")
-        _error(client.post("/v1/runs", json={"source_id": source}), 422, "invalid_request")
-        _error(client.get(f"/v1/runs/{'0' * 32}"), 404, "run_not_found")
-        _error(client.get(f"/v1/runs/{'0' * 32}/report"), 404, "run_not_found")
-        _error(client.get("/v1/runs/not-an-id"), 422, "invalid_request")
+            assert expected in refused(client.post("/v1/runs", json=body), 422, "invalid_overrides")
+        refused(client.post("/v1/runs", json={"source_id": source}), 422, "invalid_request")
+        refused(client.get(f"/v1/runs/{'0' * 32}"), 404, "run_not_found")
+        refused(client.get(f"/v1/runs/{'0' * 32}/report"), 404, "run_not_found")
+        refused(client.get("/v1/runs/not-an-id"), 422, "invalid_request")
         assert client.get("/v1/runs").json() == {"runs": []}
 
 
@@ -339,16 +326,16 @@ def test_completions_are_forwarded_to_the_model(
             "path": "/openai/v1/completions",
             "body": {"prompt": "def add(", "max_tokens": 8, "temperature": 0},
         }
-        _error(
+        refused(
             client.post("/v1/completions", json={"prompt": "x", "stream": True}), 400, "stream_not_supported"
         )
-        _error(client.post("/v1/completions", json={"max_tokens": 8}), 422, "invalid_request")
+        refused(client.post("/v1/completions", json={"max_tokens": 8}), 422, "invalid_request")
 
 
 @pytest.mark.integration
 def test_completions_without_a_model_are_503(small_api: ApiProcess) -> None:
     with small_api.client() as client:
-        message = _error(client.post("/v1/completions", json={"prompt": "x"}), 503, "no_model")
+        message = refused(client.post("/v1/completions", json={"prompt": "x"}), 503, "no_model")
     assert "REPOTUNE_API_MODEL_URL" in message
 
 
@@ -370,7 +357,7 @@ def test_the_api_refuses_to_start_without_tokens(tmp_path: Path) -> None:
 def test_runs_survive_an_api_restart(tmp_path: Path, project_tar: Path) -> None:
     root = tmp_path / "restart"
     with running_api(root) as server, server.client() as client:
-        source = _upload(client, project_tar).json()["id"]
+        source = upload(client, project_tar).json()["id"]
         created = client.post("/v1/runs", json={"source_id": source, "recipe": "tiny-cpu"})
         assert created.status_code == 202, created.text
         run = created.json()
@@ -646,13 +633,13 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(sample_repo, arcname="repo")
     with running_api(tmp_path / "api") as server, server.client() as client:
-        source = _upload(client, archive).json()["id"]
+        source = upload(client, archive).json()["id"]
         created = client.post(
             "/v1/runs", json={"source_id": source, "recipe": "tiny-cpu", "overrides": {"max_steps": 4}}
         )
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
-        _error(client.get(f"/v1/runs/{run_id}/report"), 404, "report_not_ready")
+        refused(client.get(f"/v1/runs/{run_id}/report"), 404, "report_not_ready")
         # A bound on waiting, not a measure: about a minute on an idle machine, five on a busy one.
         deadline = time.monotonic() + 900
         try:

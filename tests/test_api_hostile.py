@@ -26,9 +26,11 @@ from tests.api_helpers import (
     ApiProcess,
     echo_model_server,
     make_tar_gz,
+    refused,
     running_api,
     serving_in_thread,
     tar_gz_bomb,
+    upload,
     zip_bomb,
 )
 from tests.conftest import write_tree
@@ -49,20 +51,6 @@ from repotune.sources.revision import resolve_revision
 from repotune.train import shipped_recipes_dir
 
 MIB = 1024 * 1024
-
-
-def _error(response: httpx.Response, status: int, code: str | None = None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]["message"]
-
-
-def _upload(client: httpx.Client, path: Path) -> httpx.Response:
-    with path.open("rb") as handle:
-        return client.post("/v1/sources", files={"file": (path.name, handle, "application/gzip")})
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +75,7 @@ def test_the_same_archive_uploaded_8_times_at_once_is_stored_once(api: ApiProces
         def upload(_: int, archive: Path = archive, start: threading.Barrier = start) -> httpx.Response:
             with api.client() as client:
                 start.wait()
-                return _upload(client, archive)
+                return upload(client, archive)
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(upload, range(8)))
@@ -108,7 +96,7 @@ def test_a_1_gib_zip_bomb_is_refused_by_the_default_limits(api: ApiProcess, tmp_
     bomb = zip_bomb(tmp_path / "bomb.zip", 1024 * MIB)
     assert bomb.stat().st_size < 1.1 * MIB
     with api.client() as client:
-        message = _error(_upload(client, bomb), 422, "unsafe_or_invalid_archive")
+        message = refused(upload(client, bomb), 422, "unsafe_or_invalid_archive")
         assert "bomb.zip" in message and "more than 100 times" in message
         assert client.get("/healthz").status_code == 200
     assert not (_root(api) / "store" / "sources" / hashlib.sha256(bomb.read_bytes()).hexdigest()).exists()
@@ -121,7 +109,7 @@ def test_one_bomb_member_among_incompressible_ones_is_refused(api: ApiProcess, t
     # for the zeros' member, and 230 MiB in all, under the 1 GiB expansion limit.
     mixed = zip_bomb(tmp_path / "mixed.zip", 200 * MIB, padding_bytes=30 * MIB)
     with api.client() as client:
-        message = _error(_upload(client, mixed), 422, "unsafe_or_invalid_archive")
+        message = refused(upload(client, mixed), 422, "unsafe_or_invalid_archive")
     assert "member 'project/zeros.txt'" in message
 
 
@@ -129,7 +117,7 @@ def test_one_bomb_member_among_incompressible_ones_is_refused(api: ApiProcess, t
 def test_a_tar_gz_bomb_is_refused_by_the_whole_streams_ratio(api: ApiProcess, tmp_path: Path) -> None:
     bomb = tar_gz_bomb(tmp_path / "bomb.tar.gz", 200 * MIB)
     with api.client() as client:
-        message = _error(_upload(client, bomb), 422, "unsafe_or_invalid_archive")
+        message = refused(upload(client, bomb), 422, "unsafe_or_invalid_archive")
     assert "the archive expands more than 100 times" in message
 
 
@@ -177,7 +165,7 @@ def test_health_is_answered_while_an_upload_is_being_checked(tmp_path: Path) -> 
 
         def upload() -> httpx.Response:
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-                return _upload(client, archive)
+                return upload(client, archive)
 
         pending = pool.submit(upload)
         try:
@@ -195,22 +183,22 @@ def test_deeply_nested_json_is_a_400_in_the_apis_error_body(api: ApiProcess) -> 
     json_type = {"Content-Type": "application/json"}
     with api.client() as client:
         for path in ("/v1/sources", "/v1/runs", "/v1/completions"):
-            assert "deeper than 32 levels" in _error(
+            assert "deeper than 32 levels" in refused(
                 client.post(path, content=deep, headers=json_type), 400, "json_too_deep"
             )
         # Brackets inside strings are text, not levels; 20 real levels are only a wrong body.
         text = {"repo_url": "[" * 5000, "ref": "main"}
-        _error(client.post("/v1/sources", json=text), 422, "invalid_request")
+        refused(client.post("/v1/sources", json=text), 422, "invalid_request")
         nested = b'{"source_id": ' + b"[" * 20 + b"]" * 20 + b', "recipe": "tiny-cpu"}'
-        _error(client.post("/v1/runs", content=nested, headers=json_type), 422, "invalid_request")
+        refused(client.post("/v1/runs", content=nested, headers=json_type), 422, "invalid_request")
         # A body past 16 MiB is refused before it is read whole, with or without a declared length.
         huge = b'{"prompt": "' + b"x" * (17 * MIB) + b'"}'
-        _error(client.post("/v1/completions", content=huge, headers=json_type), 413, "request_too_large")
+        refused(client.post("/v1/completions", content=huge, headers=json_type), 413, "request_too_large")
         chunks = (huge[i : i + MIB] for i in range(0, len(huge), MIB))
-        _error(client.post("/v1/completions", content=chunks, headers=json_type), 413, "request_too_large")
+        refused(client.post("/v1/completions", content=chunks, headers=json_type), 413, "request_too_large")
         assert client.get("/healthz").status_code == 200
     with api.client(token=None) as anonymous:  # the token is checked before the body is read
-        _error(anonymous.post("/v1/runs", content=deep, headers=json_type), 401, "unauthorized")
+        refused(anonymous.post("/v1/runs", content=deep, headers=json_type), 401, "unauthorized")
 
 
 OPTION_LOOKING = [
@@ -307,7 +295,7 @@ def test_the_real_resolver_is_asked_and_localhost_needs_its_network() -> None:
 def test_the_api_refuses_option_looking_and_internal_repository_urls(api: ApiProcess) -> None:
     with api.client() as client:
         for url in OPTION_LOOKING:
-            _error(client.post("/v1/sources", json={"repo_url": url}), 422, "invalid_request")
+            refused(client.post("/v1/sources", json={"repo_url": url}), 422, "invalid_request")
         for url in (
             "https://127.0.0.1:8080/team/app.git",
             "https://169.254.169.254/latest/meta-data/",
@@ -317,7 +305,7 @@ def test_the_api_refuses_option_looking_and_internal_repository_urls(api: ApiPro
             "http://93.184.216.34/team/app.git",
             "file:///etc",
         ):
-            _error(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
+            refused(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
         assert client.get("/v1/runs").json() == {"runs": []}
     assert not (_root(api) / "store" / "sources").exists() or all(
         json.loads((p / "source.json").read_text())["kind"] == "archive"
@@ -498,8 +486,8 @@ def test_retention_removes_old_run_folders_and_marks_their_records(tmp_path: Pat
     ):
         gone = c.get(f"/v1/runs/{'c' * 32}").json()
         assert gone["removed"] and gone["report_url"] is None and gone["log_url"] is None
-        assert "REPOTUNE_API_KEEP_RUNS" in _error(c.get(f"/v1/runs/{'c' * 32}/report"), 404, "run_removed")
-        _error(c.get(f"/v1/runs/{'d' * 32}/log"), 404, "run_removed")
+        assert "REPOTUNE_API_KEEP_RUNS" in refused(c.get(f"/v1/runs/{'c' * 32}/report"), 404, "run_removed")
+        refused(c.get(f"/v1/runs/{'d' * 32}/log"), 404, "run_removed")
         kept = c.get(f"/v1/runs/{'a' * 32}").json()
         assert kept["removed"] is None and kept["report_url"]
         assert c.get(f"/v1/runs/{'a' * 32}/report").text == "# report\n"
@@ -538,13 +526,13 @@ def test_completions_carry_the_models_token_which_is_never_logged(tmp_path: Path
             ) as wrong,
             wrong.client() as client,
         ):
-            message = _error(client.post("/v1/completions", json={"prompt": "x"}), 502, "model_auth_failed")
+            message = refused(client.post("/v1/completions", json={"prompt": "x"}), 502, "model_auth_failed")
         assert "refused the API's token" in message and "not-the-token" not in message
         with (
             running_api(tmp_path / "none", REPOTUNE_API_MODEL_URL=model) as tokenless,
             tokenless.client() as client,
         ):
-            message = _error(client.post("/v1/completions", json={"prompt": "x"}), 502, "model_auth_failed")
+            message = refused(client.post("/v1/completions", json={"prompt": "x"}), 502, "model_auth_failed")
         assert "REPOTUNE_API_MODEL_TOKEN" in message
     for log in (server.log, wrong.log):
         assert secret not in log.read_text() and "not-the-token" not in log.read_text()
