@@ -206,7 +206,8 @@ def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
     log = (run_dir / "run.log").read_text()
     assert len(log.splitlines()) > 10 * len(shown) and "Executing task 'train'" in log
     assert any(line.startswith("object store: SeaweedFS S3 at http://127.0.0.1:") for line in shown)
-    assert "| perplexity |" in done.stderr  # the evaluation table
+    # the evaluation's four-arm table
+    assert "| arm | line exact match |" in done.stderr and "| base + retrieval" in done.stderr
 
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "succeeded" and status["artifacts"] == f"s3://repotune/runs/repo/{sha}"

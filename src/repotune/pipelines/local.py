@@ -49,7 +49,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"^Executing task '([\w-]+)'")
 _FINISHED = re.compile(r"^Task '([\w-]+)' finished with status (\w+)")
 _CACHE_HIT = re.compile(r"^Task ([\w-]+) cache hit")
-_SKIPPED = re.compile(r"^Skipping conditional task ([\w-]+)")
+# Only the promotion condition (the pipeline's first dsl.If, so KFP names it condition-1) means deploy was
+# skipped; the Hub export's condition nested inside it (condition-2) is skipped on every run without
+# hub_repo, before or after deploy has run.
+_SKIPPED = re.compile(r"^Skipping conditional task condition-1\b")
 _OUTPUTS = re.compile(r"^Task '([\w-]+)' outputs:")
 _ARTIFACT = re.compile(r"(\w+): \w+\( name='[^']*',\s*uri='([^']*)'")
 LOCAL_S3_ROOT = "s3://repotune/runs"
