@@ -72,13 +72,13 @@ def test_the_same_archive_uploaded_8_times_at_once_is_stored_once(api: ApiProces
         archive = make_tar_gz(tree, tmp_path / f"project{round_}.tar.gz")
         start = threading.Barrier(8)
 
-        def upload(_: int, archive: Path = archive, start: threading.Barrier = start) -> httpx.Response:
+        def send(_: int, archive: Path = archive, start: threading.Barrier = start) -> httpx.Response:
             with api.client() as client:
                 start.wait()
                 return upload(client, archive)
 
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(upload, range(8)))
+            answers = list(pool.map(send, range(8)))
         assert [a.status_code for a in answers if a.status_code not in (200, 201)] == [], [
             a.text for a in answers
         ]
@@ -163,11 +163,11 @@ def test_health_is_answered_while_an_upload_is_being_checked(tmp_path: Path) -> 
     with serving_in_thread(app) as url, ThreadPoolExecutor(1) as pool:
         headers = {"Authorization": f"Bearer {TOKEN}"}
 
-        def upload() -> httpx.Response:
+        def send() -> httpx.Response:
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
                 return upload(client, archive)
 
-        pending = pool.submit(upload)
+        pending = pool.submit(send)
         try:
             assert entered.wait(60), "the upload never reached its check"
             health = httpx.get(f"{url}/healthz", timeout=10)
