@@ -249,10 +249,10 @@ def test_the_source_policy_refuses_internal_addresses_unless_their_network_is_al
         ("http://public.example/x.git", "REPOTUNE_API_SOURCE_SCHEMES"),
         ("file:///srv/git/app.git", "REPOTUNE_API_SOURCE_SCHEMES"),
     ]:
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(ApiError) as caught:
             policy.check(url)
-        assert (refused.value.status, refused.value.code) == (422, "source_not_allowed"), url
-        assert wanted in refused.value.message, (url, refused.value.message)
+        assert (caught.value.status, caught.value.code) == (422, "source_not_allowed"), url
+        assert wanted in caught.value.message, (url, caught.value.message)
 
     inside = SourcePolicy(
         ("https", "file"),
