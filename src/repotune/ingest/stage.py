@@ -221,14 +221,7 @@ def _local_records(
             exclude=_inside(config.output, root),
         )
     if is_repo and _wants(config, Kind.COMMIT):
-        yield from git.iter_commits(
-            root,
-            source=source,
-            stats=stats,
-            max_commits=config.max_commits,
-            max_diff_bytes=config.max_diff_bytes,
-            since=config.since.isoformat() if config.since else None,
-        )
+        yield from _commits(root, source, stats, config)
 
 
 def _split_manifest(split: Cut | NoCut) -> dict[str, Any]:
@@ -276,16 +269,7 @@ def _temporal_records(
         shutil.rmtree(tree)
     if _wants(config, Kind.COMMIT):
         for revisions, after in (((cut.commit,), False), ((cut.end, f"^{cut.commit}"), True)):
-            yield from git.iter_commits(
-                root,
-                source=source,
-                stats=stats,
-                max_commits=config.max_commits,
-                max_diff_bytes=config.max_diff_bytes,
-                since=config.since.isoformat() if config.since else None,
-                revisions=revisions,
-                meta={"after_cut": after},
-            )
+            yield from _commits(root, source, stats, config, revisions=revisions, meta={"after_cut": after})
     if _wants(config, Kind.CODE, Kind.DOC):
         future_kinds = frozenset({Kind.CODE, Kind.DOC}) & (config.kinds or frozenset({Kind.CODE, Kind.DOC}))
         for record in _future_records(root, source, cut, future_kinds, limits, exclude, workdir):
@@ -585,3 +569,19 @@ def _skip_summary(stats: IngestStats) -> str:
         return "the source is empty"
     top = ", ".join(f"{reason}: {count}" for reason, count in stats.skipped.most_common(5))
     return f"skipped {top}"
+
+
+def _commits(
+    root: Path, source: str, stats: IngestStats, config: IngestConfig, **more: Any
+) -> Iterator[Record]:
+    """The commit history under ``config``'s limits (``more``: revisions and meta of a temporal split)."""
+    since = config.since.isoformat() if config.since else None
+    yield from git.iter_commits(
+        root,
+        source=source,
+        stats=stats,
+        max_commits=config.max_commits,
+        max_diff_bytes=config.max_diff_bytes,
+        since=since,
+        **more,
+    )
