@@ -268,3 +268,28 @@ def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval
             assert re.search(r"n=\d+", label.text)
             labels += 1
     assert labels == 3 * 4 + 2 + 1 + 1  # four arms in three charts, two in perplexity, one each FIM/commit
+
+
+def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.pipelines.local import demo_query
+    from repotune.records import write_records
+
+    notes = code("docs/notes.md", "# Notes\n" * 12, added_lines=[[2, 12]], cut="abc")
+    with open(tmp_path / "eval.jsonl", "w") as handle:
+        # Of the new functions, only their (indented) return lines count as added.
+        returns = [[n, n] for n in range(42, 61, 2)]
+        write_records(handle, [notes, code("src/future.py", FUTURE, added_lines=returns, cut="abc")])
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<filename>"]})
+    query = demo_query(tmp_path, tokenizer)
+    # A Python line the repository added after the cut (the Markdown file comes second), cut after
+    # its indentation as an editor would, under the header training writes (<filename> is one token).
+    assert query.path == "src/future.py"
+    assert query.expected in FUTURE.splitlines()[40:60] and query.expected.startswith("    return sorted")
+    assert query.prompt.startswith("<filename>src/future.py\n") and query.prompt.endswith("\n    ")
+    body = query.prompt.removeprefix("<filename>src/future.py\n")
+    assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n") + 1 + 4
+    # Without held-out records there is still a question.
+    assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n"

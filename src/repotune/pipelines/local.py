@@ -504,6 +504,20 @@ def _short(exc: BaseException) -> str:
     return _ANSI.sub("", str(exc)).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
+DEMO_STOP = ("\n\n",)
+"""The demo query ends at a blank line, as an editor's multi-line completion does: the rest of a block."""
+DEMO_MAX_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    """The demo's closing question: a held-out file cut before a line, and that line as the file has it."""
+
+    prompt: str
+    expected: str | None
+    path: str | None
+
+
 def query_served_model(
     model: Path, run_dir: Path, data_dir: Path | None = None, *, log: Callable[[str], None] = print
 ) -> str:
@@ -517,37 +531,72 @@ def query_served_model(
 
     from repotune.serving.server import start_background
 
-    prompt = _demo_prompt(data_dir)
+    query = demo_query(data_dir, _tokenizer_of(model))
     layout = RunLayout(run_dir)
     log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes)")
     with start_background(model, log_path=layout.serve_log) as server:
         client = openai.OpenAI(base_url=server.openai_url, api_key="not-needed-locally", max_retries=0)
         reply = client.completions.create(
-            model=server.model_name, prompt=prompt, max_tokens=48, temperature=0
+            model=server.model_name,
+            prompt=query.prompt,
+            max_tokens=DEMO_MAX_TOKENS,
+            temperature=0,
+            stop=list(DEMO_STOP),
         )
         text = reply.choices[0].text
         status = RunStatus.read(layout.status) or RunStatus()
         # the server stops with this function, so the run has no endpoint to record, only the answer
-        status.query = {"url": f"{server.openai_url}/completions", "prompt": prompt, "completion": text}
+        status.query = {"url": f"{server.openai_url}/completions", "prompt": query.prompt, "completion": text}
+        if query.expected is not None:
+            status.query["expected"] = query.expected
         status.write(layout.status)
-    log(f"POST {server.openai_url}/completions  prompt: {prompt!r}")
+    tail = query.prompt[-200:]
+    log(f"POST {server.openai_url}/completions  (stop {list(DEMO_STOP)!r}), prompt ending: {tail!r}")
+    if query.expected is not None:
+        log(f"the file's next line ({query.path}): {query.expected!r}")
     log(f"completion: {text!r}")
     return text
 
 
-def _demo_prompt(data_dir: Path | None) -> str:
-    """The start of a held-out code file (Python first), framed as in training, so the answer shows
-    what was learned."""
+def _tokenizer_of(model: Path) -> Any | None:
+    """The trained model's tokenizer (it decides how a file header is written), if the folder has one."""
+    if not ((model / "tokenizer_config.json").is_file() or (model / "tokenizer.json").is_file()):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+def demo_query(
+    data_dir: Path | None, tokenizer: Any | None = None, *, context_chars: int = 1500
+) -> DemoQuery:
+    """A line-completion question from the held-out code (Python first), drawn as the evaluate stage
+    draws its line samples (in a temporal split, a line the repository added after the training cut)
+    and framed as training frames code (``code_prompt``), so the answer shows what was learned and can
+    be read against the line the file really has. Without held-out code: the start of a function."""
     from repotune.clean import CleanLayout
-    from repotune.data.transforms import file_header
-    from repotune.records import Kind, read_records
+    from repotune.data.transforms import code_prompt
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.settings import ScoringConfig
+    from repotune.records import read_records
 
     eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
     if eval_path is None or not eval_path.is_file():
-        return "def fibonacci(n):\n"
-    files = [r for r in read_records(eval_path) if r.kind == Kind.CODE and r.file_path]
-    files = [r for r in files if len(r.content.splitlines()) > 4]
-    if not files:
-        return "def fibonacci(n):\n"
-    record = min(files, key=lambda r: (r.language != "python", r.file_path))
-    return file_header(record.file_path) + "\n".join(record.content.splitlines()[:4]) + "\n"
+        return DemoQuery("def fibonacci(n):\n", None, None)
+    config = ScoringConfig(
+        line_samples=200, fim_samples=0, commit_samples=0, forgetting_files=0, context_chars=context_chars
+    )
+    lines = draw_samples(list(read_records(eval_path)), config).lines
+    # A line of code (not a comment or a docstring) with a few lines before it; Python first.
+    usable = [
+        s
+        for s in lines
+        if s.prefix.count("\n") >= 4 and not s.expected.lstrip().startswith(("#", '"', "'", "//", "*"))
+    ]
+    if not usable:
+        return DemoQuery("def fibonacci(n):\n", None, None)
+    sample = min(usable, key=lambda s: not s.path.endswith(".py"))
+    # The cursor after the line's indentation, where an editor puts it after Enter.
+    indent = sample.expected[: len(sample.expected) - len(sample.expected.lstrip())]
+    prompt = code_prompt(sample.prefix + indent, path=sample.path, tokenizer=tokenizer)
+    return DemoQuery(prompt, sample.expected, sample.path)
