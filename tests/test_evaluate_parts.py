@@ -293,3 +293,15 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
     assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n") + 1 + 4
     # Without held-out records there is still a question.
     assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n"
+
+
+def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:
+    from repotune.evaluate.stage import context_budget
+    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+
+    index = RetrievalIndex.build([code("src/future.py", FUTURE)], RetrievalConfig(max_context_tokens=200))
+    trained = {"recipe": {"data": {"retrieval_rate": 0.5, "retrieval_context_tokens": 96}}}
+    untrained = {"recipe": {"data": {"retrieval_rate": 0.0, "retrieval_context_tokens": 96}}}
+    assert context_budget(trained, index) == 96  # what the model learned to read
+    assert context_budget(untrained, index) == 200  # what serving takes from the shipped index
+    assert context_budget(untrained) == RetrievalConfig().max_context_tokens

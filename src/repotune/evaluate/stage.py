@@ -149,10 +149,11 @@ def _summary(model_dir: Path) -> dict[str, Any]:
     return json.loads(model.summary.read_text())
 
 
-def context_budget(summary: dict[str, Any]) -> int:
+def context_budget(summary: dict[str, Any], index: Any | None = None) -> int:
     """Tokens of retrieved context to put in front of a prompt: the budget the model was trained with
     (its recipe's ``data.retrieval_context_tokens``, where ``data.retrieval_rate`` gave training examples
-    context), else the retrieval default, which serving uses too.
+    context), else the budget of the index searched (its ``max_context_tokens``), else the retrieval
+    default: what serving puts in front of a request with the same model and index.
 
     A model trained without context learned no budget; the recipe's number then means nothing, and a
     small one (the demo's 96 tokens) fits no chunk of 20 lines of code, which would leave the
@@ -164,7 +165,7 @@ def context_budget(summary: dict[str, Any]) -> int:
     budget, rate = data.get("retrieval_context_tokens"), data.get("retrieval_rate") or 0
     if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 and rate > 0:
         return budget
-    return RetrievalConfig().max_context_tokens
+    return index.config.max_context_tokens if index is not None else RetrievalConfig().max_context_tokens
 
 
 def retrieval_index(config: EvaluateConfig, log: Callable[[str], None]) -> Any | None:
@@ -235,7 +236,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.general)} general files"
     )
     index = retrieval_index(config, log) if scoring.retrieval else None
-    budget = context_budget(summary)
+    budget = context_budget(summary, index)
     champion = registry.champion() if registry is not None else None
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:
         # (model, folder, retrieval budget, score the retrieval arm alone)
@@ -251,7 +252,9 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             if deployed_with_retrieval and index is None:
                 log("the champion is deployed with retrieval, but there is no index: scored without it")
             champion_budget = (
-                context_budget(_summary(folder)) if (folder / "train_summary.json").is_file() else budget
+                context_budget(_summary(folder), index)
+                if (folder / "train_summary.json").is_file()
+                else budget
             )
             models.append(
                 ("champion", folder, champion_budget, deployed_with_retrieval and index is not None)
