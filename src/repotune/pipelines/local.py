@@ -506,7 +506,7 @@ def _short(exc: BaseException) -> str:
 
 DEMO_STOP = ("\n\n",)
 """The demo query ends at a blank line, as an editor's multi-line completion does: the rest of a block."""
-DEMO_MAX_TOKENS = 48
+DEMO_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -596,7 +596,9 @@ def demo_query(
     if not usable:
         return DemoQuery("def fibonacci(n):\n", None, None)
     sample = min(usable, key=lambda s: not s.path.endswith(".py"))
-    # The cursor after the line's indentation, where an editor puts it after Enter.
-    indent = sample.expected[: len(sample.expected) - len(sample.expected.lstrip())]
-    prompt = code_prompt(sample.prefix + indent, path=sample.path, tokenizer=tokenizer)
+    # The cursor at the end of the line before: BPE tokenizers merge a newline with the indentation
+    # after it, so a prompt that ends in the newline (or in the indentation) stops at a token boundary
+    # the model never saw, and it answers with a fresh line at column 0. The evaluate stage holds the
+    # newline back for the same reason (``repotune.evaluate.generate.prompt_ids``).
+    prompt = code_prompt(sample.prefix.removesuffix("\n"), path=sample.path, tokenizer=tokenizer)
     return DemoQuery(prompt, sample.expected, sample.path)
