@@ -33,10 +33,11 @@ $(STAMP): pyproject.toml
 # printed; the full log is $(DEMO_DIR)/run/run.log.
 DEMO_RECIPE ?= smollm2-135m-cpu
 # Evaluation costs what its prompts cost (a forward pass per token, four arms): the demo keeps to 30
-# line and 16 FIM samples with 600 characters of the file before the cursor, 16 perplexity windows per
-# set and 6 commit subjects, so that it takes about half as long as training on 2 cores. Scoring on
-# a cluster or in benchmarks/quality.py uses the stage's defaults (1,500 characters of context).
-DEMO_EVAL ?= --eval line_samples=30 --eval fim_samples=16 --eval context_chars=600 --eval max_blocks=16 \
+# lines and 20 FIM spans with 600 characters of the file before the cursor, 20 perplexity windows per
+# set (20 is the fewest that get an interval) and 6 commit subjects; on 2 cores that is about as long
+# as training. Scoring on a cluster or in benchmarks/quality.py uses the stage's defaults (1,500
+# characters of context).
+DEMO_EVAL ?= --eval line_samples=30 --eval fim_samples=20 --eval context_chars=600 --eval max_blocks=20 \
 	--eval commit_samples=6 --eval forgetting_files=8
 ARTIFACTS ?=
 
