@@ -118,8 +118,10 @@ STAGES = ("ingest", "clean", "train", "evaluate", "deploy")
 # Where the stages are entered from: the command line, the KFP components, the local runner and the
 # pipeline, and the upload API.
 CALLERS = ("repotune.cli", "repotune.components.steps", "repotune.pipelines", "repotune.api")
-# What a caller may call besides `run`: helpers that build a stage's config, not its work.
-CONFIG_HELPERS = {"resolve_recipe", "settings_from", "shipped_recipes_dir", "to_yaml"}
+# What a caller may call besides `run`: helpers that build a stage's config, not its work, and
+# evaluate's `draw_samples`, which only reads held-out records (the demo asks the served model one of
+# the questions evaluation asks).
+CONFIG_HELPERS = {"resolve_recipe", "settings_from", "shipped_recipes_dir", "to_yaml", "draw_samples"}
 
 
 def _exports(stage: str) -> set[str]:

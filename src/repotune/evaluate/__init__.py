@@ -2,6 +2,7 @@
 
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.layout import EvaluateLayout
+from repotune.evaluate.samples import draw_samples
 from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
@@ -11,6 +12,7 @@ __all__ = [
     "EvaluateResult",
     "Policy",
     "ScoringConfig",
+    "draw_samples",
     "run",
     "settings_from",
 ]

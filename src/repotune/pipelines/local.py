@@ -576,8 +576,7 @@ def demo_query(
     be read against the line the file really has. Without held-out code: the start of a function."""
     from repotune.clean import CleanLayout
     from repotune.data.transforms import code_prompt
-    from repotune.evaluate.samples import draw_samples
-    from repotune.evaluate.settings import ScoringConfig
+    from repotune.evaluate import ScoringConfig, draw_samples
     from repotune.records import read_records
 
     eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
