@@ -285,13 +285,13 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
     tokenizer.add_special_tokens({"additional_special_tokens": ["<filename>"]})
     query = demo_query(tmp_path, tokenizer)
     # A Python line the repository added after the cut (the Markdown file comes second), under the
-    # header training writes (<filename> is one token); the cursor at the end of the line before it,
-    # the newline held back as evaluate holds it back.
+    # header training writes (<filename> is one token); the cursor after the line's indentation, where
+    # an editor puts it (the server holds the whitespace back and has the model write it).
     assert query.path == "src/future.py"
     assert query.expected in FUTURE.splitlines()[40:60] and query.expected.startswith("    return sorted")
-    assert query.prompt.startswith("<filename>src/future.py\n") and not query.prompt.endswith("\n")
+    assert query.prompt.startswith("<filename>src/future.py\n") and query.prompt.endswith("\n    ")
     body = query.prompt.removeprefix("<filename>src/future.py\n")
-    assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n")
+    assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n") + len("\n    ")
     # Without held-out records there is still a question.
     assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n"
 

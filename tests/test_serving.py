@@ -22,6 +22,7 @@ from repotune.data.transforms import fim_prompt
 from repotune.errors import RepotuneError
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
+from repotune.serving.healing import HealingProcessor, allowed, split_tail
 from repotune.serving.loading import load_model
 from repotune.serving.model import RepotuneModel, encode_prompt
 from repotune.serving.server import free_port, start_background
@@ -315,6 +316,68 @@ def test_stop_strings_cut_the_text_and_streams_hold_them_back(loaded: RepotuneMo
     pieces, result = asyncio.run(streamed())
     assert result.text == full.text[: full.text.find(stop)] and result.finish_reason == "stop"
     assert "".join(pieces) == result.text and stop not in "".join(pieces)
+
+
+def test_split_tail_holds_back_trailing_whitespace_only() -> None:
+    assert split_tail("def f():\n    ") == ("def f():", "\n    ")
+    assert split_tail("x = ") == ("x =", " ")
+    assert split_tail("a\n\n\t") == ("a", "\n\n\t")
+    assert split_tail("x = 1") == ("x = 1", "")
+    assert split_tail("   ") == ("   ", "")  # nothing would be left to prompt with
+    assert split_tail("") == ("", "")
+    texts = [(1, " "), (2, "\n"), (3, "\n   "), (4, "\n    "), (5, " for"), (6, "\n\n"), (7, "  ")]
+    assert allowed("\n    ", texts) == [2, 3, 4]  # prefixes of the held-back text
+    assert allowed(" ", texts) == [1, 5, 7]  # " " itself, or any token that starts with it
+    assert allowed("  ", texts) == [1, 7]
+
+
+@pytest.mark.parametrize("heal", ["\n    ", " ", "\n\n", "\n        "])
+def test_generation_writes_the_held_back_whitespace_first(loaded: RepotuneModel, heal: str) -> None:
+    """Random weights would rarely write an indentation by chance: the processor makes every greedy
+    continuation start with it, and the served text is what comes after it, streamed or whole."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    tokenizer, model = loaded.tokenizer, loaded.loaded.model
+    texts = loaded.batcher.token_texts
+    assert texts.supported  # the tests' tokenizer is byte-level BPE, like SmolLM2's and Qwen's
+    for head in ("def add(a, b):", "class Greeter:\n    def greet(self, name):", "x ="):
+        ids = encode_prompt(tokenizer, head)
+        processor = HealingProcessor([heal], len(ids), texts)
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                logits_processor=LogitsProcessorList([processor]),
+            )  # fmt: skip
+        written = tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+        assert written.startswith(heal), (head, written)
+
+        async def served(request: GenerationRequest) -> tuple[list[str], object]:
+            pieces, last = [], None
+            async for item in loaded.submit(request).stream():
+                if isinstance(item, str):
+                    pieces.append(item)
+                else:
+                    last = item
+            return pieces, last
+
+        pieces, result = asyncio.run(served(GenerationRequest(ids, 12, SamplingParams(0.0), heal=heal)))
+        assert result.text == written[len(heal) :] and "".join(pieces) == result.text
+
+
+def test_text_prompts_hold_back_their_trailing_whitespace(loaded: RepotuneModel) -> None:
+    tokenizer = loaded.tokenizer
+
+    def prompt(text: str, suffix: str | None = None):
+        return loaded.text_prompt(text, suffix, None, retrieval=False, max_tokens=4, default_max_tokens=None)
+
+    plain = prompt("def add(a, b):\n    ")
+    assert plain.ids == encode_prompt(tokenizer, "def add(a, b):") and plain.heal == "\n    "
+    assert prompt("def add(a, b):").heal == ""
+    fim = prompt("def add(a, b):\n    ", "\n")  # a FIM prompt ends in <fim_middle>: nothing to hold back
+    assert fim.heal == "" and fim.ids == encode_prompt(
+        tokenizer, fim_prompt("def add(a, b):\n    ", "\n", path=None, tokenizer=tokenizer)
+    )
 
 
 def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:

@@ -122,14 +122,17 @@ def test_retrieved_context_reaches_plain_and_fim_prompts_per_request(server, cli
     assert len(sources) == 1 and sources[0] and all(s.startswith("billing/") for s in sources[0])
     assert any(s.startswith("billing/invoice.py:") for s in sources[0])
 
-    # The prompt is the training transform's: context, then the file header, then the prefix.
+    # The prompt is the training transform's: context, then the file header, then the prefix (less its
+    # trailing space, which the server holds back for the model to write: repotune.serving.healing).
     index = RetrievalIndex.load(with_index / MODEL_INDEX_DIR)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(with_index)
     context = build_context(index, PREFIX, tokenizer=tokenizer, path=PATH)
     assert "def compute_invoice_total(" in context
-    expected = encode_prompt(tokenizer, code_prompt(PREFIX, path=PATH, tokenizer=tokenizer, context=context))
+    framed = code_prompt(PREFIX, path=PATH, tokenizer=tokenizer, context=context)
+    assert framed.endswith(" = ")
+    expected = encode_prompt(tokenizer, framed.removesuffix(" "))
     assert asked.usage.prompt_tokens == len(expected) > plain.usage.prompt_tokens
 
     fim_plain = _complete(client, server, prompt=PREFIX, suffix=SUFFIX, file_path=PATH, retrieval=False)
@@ -210,9 +213,9 @@ def test_odd_requests_get_no_server_error(server) -> None:
 
 def test_server_default_follows_the_setting_and_the_training(with_index: Path, tmp_path: Path) -> None:
     def prompt_tokens(model: RepotuneModel, retrieval: bool | None) -> tuple[int, bool]:
-        ids, found = model.text_prompt(PREFIX, None, PATH, retrieval=model.uses_retrieval(retrieval),
-                                       max_tokens=4, default_max_tokens=None)  # fmt: skip
-        return len(ids), bool(found.sources)
+        prompt = model.text_prompt(PREFIX, None, PATH, retrieval=model.uses_retrieval(retrieval),
+                                   max_tokens=4, default_max_tokens=None)  # fmt: skip
+        return len(prompt.ids), bool(prompt.retrieved.sources)
 
     on = RepotuneModel("on", with_index, settings=ServeSettings(retrieval=True))
     on.load()

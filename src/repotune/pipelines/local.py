@@ -504,9 +504,10 @@ def _short(exc: BaseException) -> str:
     return _ANSI.sub("", str(exc)).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
-DEMO_STOP = ("\n\n",)
-"""The demo query ends at a blank line, as an editor's multi-line completion does: the rest of a block."""
-DEMO_MAX_TOKENS = 64
+DEMO_STOP = ("\n",)
+"""The demo asks for the rest of one line, the unit the evaluate stage scores (and an editor's
+single-line completion); a 135M model asked for a block repeats its lines."""
+DEMO_MAX_TOKENS = 48
 
 
 @dataclass(frozen=True)
@@ -554,7 +555,8 @@ def query_served_model(
     log(f"POST {server.openai_url}/completions  (stop {list(DEMO_STOP)!r}), prompt ending: {tail!r}")
     if query.expected is not None:
         log(f"the file's next line ({query.path}): {query.expected!r}")
-    log(f"completion: {text!r}")
+    indent = query.prompt[len(query.prompt.rstrip(" \t")) :]
+    log(f"completion: {text!r}  (the line written: {indent + text!r})")
     return text
 
 
@@ -595,9 +597,9 @@ def demo_query(
     if not usable:
         return DemoQuery("def fibonacci(n):\n", None, None)
     sample = min(usable, key=lambda s: not s.path.endswith(".py"))
-    # The cursor at the end of the line before: BPE tokenizers merge a newline with the indentation
-    # after it, so a prompt that ends in the newline (or in the indentation) stops at a token boundary
-    # the model never saw, and it answers with a fresh line at column 0. The evaluate stage holds the
-    # newline back for the same reason (``repotune.evaluate.generate.prompt_ids``).
-    prompt = code_prompt(sample.prefix.removesuffix("\n"), path=sample.path, tokenizer=tokenizer)
+    # The cursor where an editor puts it on a fresh line: after the line's indentation. The server
+    # holds that trailing whitespace back from the prompt's tokens and has the model write it
+    # (``repotune.serving.healing``), as the evaluate stage holds back the newline.
+    indent = sample.expected[: len(sample.expected) - len(sample.expected.lstrip())]
+    prompt = code_prompt(sample.prefix + indent, path=sample.path, tokenizer=tokenizer)
     return DemoQuery(prompt, sample.expected, sample.path)

@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
+from repotune.serving.healing import HealingProcessor, TokenTexts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class GenerationRequest:
     """Strings that end the completion; the text is cut before the first one found."""
     timeout_s: float | None = None
     """Seconds from submission (queue wait included) after which the row is stopped and failed."""
+    heal: str = ""
+    """Text held back from the end of the prompt (its trailing whitespace, ``repotune.serving.healing``):
+    the first tokens generated must write it, and the completion is what comes after it."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,11 @@ class _Row:
             self._end("stop")
             return
         self.tokens.append(token)
-        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        heal = request.heal
+        # The held-back text is the prompt's: the completion starts after it (``HealingProcessor``
+        # holds the first tokens to it, so the text starts with it once it is all written).
+        self.text = text[len(heal) :] if text.startswith(heal) else ""
         for stop in request.stop:
             # A stop string can only be new if it ends within the newly decoded text.
             at = self.text.find(stop, max(0, self.sent - len(stop)))
@@ -260,6 +268,7 @@ class Batcher:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.token_texts = TokenTexts(tokenizer)
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.eos_ids = frozenset(eos_ids)
@@ -368,7 +377,7 @@ class Batcher:
 
     def _generate(self, batch: list[Handle]) -> None:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         # Counted when the batch starts: its rows' results reach clients before generate() returns.
         self.batches += 1
@@ -397,6 +406,10 @@ class Batcher:
             }
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
+        heals = [handle.request.heal for handle in batch]
+        if any(heals):
+            healing = HealingProcessor(heals, width, self.token_texts)
+            kwargs["logits_processor"] = LogitsProcessorList([healing])
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids.to(device),

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
@@ -53,6 +53,16 @@ from repotune.serving.retrieval import NOTHING, Retrieved, ServedRetrieval
 from repotune.serving.settings import ServeSettings
 
 __all__ = ["RepotuneModel", "ServeSettings", "encode_prompt"]
+
+
+class TextPrompt(NamedTuple):
+    """A text prompt as the model gets it."""
+
+    ids: list[int]
+    retrieved: Retrieved
+    """The context put in front of the prompt (``NOTHING`` when none)."""
+    heal: str = ""
+    """The prompt's trailing whitespace, held back from ``ids`` for the model to write."""
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -181,17 +191,18 @@ class RepotuneModel(kserve.Model):
         retrieval: bool,
         max_tokens: int | None,
         default_max_tokens: int | None,
-    ) -> tuple[list[int], Retrieved]:
-        """Token ids of a text prompt (``build_prompt``) and the context retrieved for it.
+    ) -> TextPrompt:
+        """Token ids of a text prompt (``build_prompt``), the context retrieved for it, and the trailing
+        whitespace held back from the ids for the model to write (``repotune.serving.healing``).
 
         The context gets what the window has left after the prompt and the completion (``max_tokens``,
         else the default the request will get): a prompt that fits without context still fits with it.
         """
         from repotune.data.transforms import file_header
 
-        ids = encode_prompt(self.tokenizer, self.build_prompt(prompt, suffix, file_path))
+        ids, heal = self._encode_text(self.build_prompt(prompt, suffix, file_path), healed=suffix is None)
         if not retrieval or self.retrieval is None:
-            return ids, NOTHING
+            return TextPrompt(ids, NOTHING, heal)
         wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
             default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
         room = self.context - len(ids) - wanted
@@ -200,15 +211,26 @@ class RepotuneModel(kserve.Model):
             room -= len(encode_prompt(self.tokenizer, file_header(file_path, self.tokenizer)))
         found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
         if not found.context:
-            return ids, found
-        with_context = encode_prompt(
-            self.tokenizer, self.build_prompt(prompt, suffix, file_path, found.context)
+            return TextPrompt(ids, found, heal)
+        with_context, heal = self._encode_text(
+            self.build_prompt(prompt, suffix, file_path, found.context), healed=suffix is None
         )
         if len(with_context) + wanted > self.context:
             # The header and a tokenizer's merges at block boundaries cost a few tokens more than the
             # context alone; rather than cut into the prompt, go without.
-            return ids, NOTHING
-        return with_context, found
+            return TextPrompt(ids, NOTHING, heal)
+        return TextPrompt(with_context, found, heal)
+
+    def _encode_text(self, text: str, *, healed: bool) -> tuple[list[int], str]:
+        """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held
+        back where the tokenizer allows it (a FIM prompt ends in ``<fim_middle>``, not in whitespace)."""
+        from repotune.serving.healing import split_tail
+
+        if healed and self.batcher is not None and self.batcher.token_texts.supported:
+            head, tail = split_tail(text)
+            if tail:
+                return encode_prompt(self.tokenizer, head), tail
+        return encode_prompt(self.tokenizer, text), ""
 
     def request(
         self,
@@ -219,6 +241,7 @@ class RepotuneModel(kserve.Model):
         sampling: SamplingParams | None = None,
         stop: tuple[str, ...] = (),
         param: str = "max_tokens",
+        heal: str = "",
     ) -> GenerationRequest:
         """A checked ``GenerationRequest``: the prompt fits the context and ``max_tokens`` is within
         (0, server cap] and fits after the prompt. ``max_tokens=None`` takes ``default_max_tokens``
@@ -255,6 +278,7 @@ class RepotuneModel(kserve.Model):
             sampling=sampling or SamplingParams(),
             stop=stop,
             timeout_s=self.settings.request_timeout_s,
+            heal=heal,
         )
 
     def submit(self, request: GenerationRequest) -> Handle:
@@ -288,9 +312,7 @@ class RepotuneModel(kserve.Model):
                 code="model_not_found",
             )
 
-    def _prompt_ids(
-        self, item: str | list[int], request: CompletionRequest, retrieval: bool
-    ) -> tuple[list[int], Retrieved]:
+    def _prompt_ids(self, item: str | list[int], request: CompletionRequest, retrieval: bool) -> TextPrompt:
         if isinstance(item, str):
             return self.text_prompt(
                 item, request.suffix, request.file_path, retrieval=retrieval, max_tokens=request.max_tokens,
@@ -301,7 +323,7 @@ class RepotuneModel(kserve.Model):
         vocab = len(self.tokenizer)
         if not all(0 <= t < vocab for t in item):
             raise bad_request(f"token ids in `prompt` must be integers from 0 to {vocab - 1}", param="prompt")
-        return list(item), NOTHING  # no text to search with
+        return TextPrompt(list(item), NOTHING)  # no text to search with, nor to hold back
 
     async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         """``/openai/v1/completions``: a ``Completion``, or its chunks for ``stream: true``."""
@@ -312,16 +334,15 @@ class RepotuneModel(kserve.Model):
         self.check_generations(len(items) * n, "n" if n > 1 else "prompt")
         retrieval = self.uses_retrieval(request.retrieval)
         built = [self._prompt_ids(item, request, retrieval) for item in items]
-        prompts = [ids for ids, _ in built]
         sampling, stop = request.sampling(default_temperature=1.0), request.stops()  # OpenAI's default
         rows = [
-            self.request(ids, max_tokens=request.max_tokens,
+            self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
                          default_max_tokens=self.settings.default_max_tokens, sampling=sampling, stop=stop)
-            for ids in prompts
+            for prompt in built
             for _ in range(n)
         ]  # fmt: skip
         handles = self.submit_all(rows, param="n" if n > 1 else "prompt")
-        prompt_tokens = sum(len(ids) for ids in prompts)
+        prompt_tokens = sum(len(prompt.ids) for prompt in built)
         echoed = [item if request.echo and isinstance(item, str) else "" for item in items for _ in range(n)]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
         if request.stream:
@@ -331,7 +352,7 @@ class RepotuneModel(kserve.Model):
             CompletionChoice(index=i, text=echoed[i] + r.text, finish_reason=r.finish_reason, logprobs=None)
             for i, r in enumerate(done)
         ]
-        extra = {"retrieval": [list(found.sources) for _, found in built]} if retrieval else {}
+        extra = {"retrieval": [list(prompt.retrieved.sources) for prompt in built]} if retrieval else {}
         return Completion(
             **head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens), **extra
         )
@@ -422,13 +443,14 @@ class RepotuneModel(kserve.Model):
             yield chunk([], usage(done, prompt_tokens))
 
     def _instance_row(self, instance: Instance) -> GenerationRequest:
-        ids, _ = self.text_prompt(
+        prompt = self.text_prompt(
             instance.prompt, instance.suffix, instance.file_path,
             retrieval=self.uses_retrieval(instance.retrieval), max_tokens=instance.max_tokens,
             default_max_tokens=self.settings.default_max_tokens,
         )  # fmt: skip
         return self.request(
-            ids,
+            prompt.ids,
+            heal=prompt.heal,
             max_tokens=instance.max_tokens,
             default_max_tokens=self.settings.default_max_tokens,
             sampling=instance.sampling(default_temperature=0.0),

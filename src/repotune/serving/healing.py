@@ -1,0 +1,110 @@
+"""Prompts that end in whitespace: the whitespace is held back and the model writes it.
+
+An editor asks for a completion where the cursor is, and on a fresh line the cursor sits after the
+indentation: the prompt ends in ``"\\n        "``. Byte-level BPE tokenizers (GPT-2's, SmolLM2's,
+Qwen's, StarCoder's) never end a token of real text there: they write that indentation as
+``"\\n       "`` and ``" for"``, the last space joined to the word after it. A prompt tokenized up to the
+cursor therefore ends at a boundary the model never saw in training, and it answers with what
+usually follows such a token (a new function at column 0, a blank line). This is the problem
+"token healing" solves (Microsoft's guidance library, transformers' ``token_healing``); transformers'
+version strips trailing whitespace from the prompt, which loses the indentation, so it cannot serve
+code.
+
+Here the prompt's trailing whitespace (``split_tail``) is left out of the prompt's tokens, and the
+first generated tokens are held to it (``HealingProcessor``): a token is allowed only while its text
+and what is left of the held-back whitespace agree (one is a prefix of the other), so the model writes
+the indentation with the tokens it would have used, and the word after it. What the client gets back
+starts after the held-back text. The evaluate stage does the same for the newline it holds back
+(``repotune.evaluate.generate.prompt_ids``).
+
+Only tokenizers that decode a single token to its own text, leading whitespace included, can be
+held to text this way (``TokenTexts.supported``); for others (SentencePiece drops the leading space of
+a lone token) prompts are tokenized whole, as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_TAIL = re.compile(r"\s+\Z")
+
+
+def split_tail(text: str) -> tuple[str, str]:
+    """``text`` without its trailing whitespace, and that whitespace (``""`` when there is none, or when
+    the text is nothing but whitespace: there is no prompt left to hold it back from)."""
+    found = _TAIL.search(text)
+    if found is None or found.start() == 0:
+        return text, ""
+    return text[: found.start()], found.group()
+
+
+class TokenTexts:
+    """Each vocabulary token's text, for the tokens that start with whitespace (the only ones a
+    whitespace tail can allow), computed once per tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._texts: list[tuple[int, str]] | None = None
+        self.supported = _decodes_alone(tokenizer)
+
+    @property
+    def texts(self) -> list[tuple[int, str]]:
+        if self._texts is None:
+            size = len(self.tokenizer)
+            decoded = self.tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+            special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+            self._texts = [
+                (i, text) for i, text in enumerate(decoded) if text and text[0].isspace() and i not in special
+            ]
+        return self._texts
+
+
+def _decodes_alone(tokenizer: Any) -> bool:
+    """Whether a lone token decodes to its own text, leading whitespace included (byte-level BPE)."""
+    try:
+        ids = tokenizer("\n    x", add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer.decode([i]) for i in ids]
+    except Exception:  # a tokenizer that cannot say is treated as one that cannot be held to text
+        return False
+    return "".join(pieces) == "\n    x"
+
+
+def allowed(remaining: str, texts: Sequence[tuple[int, str]]) -> list[int]:
+    """Tokens that agree with ``remaining``, the held-back text not yet written: the token's text is a
+    prefix of it, or it starts with all of it (the last of the whitespace joined to a word)."""
+    return [i for i, text in texts if remaining.startswith(text) or text.startswith(remaining)]
+
+
+class HealingProcessor:
+    """A transformers ``LogitsProcessor``: rows with held-back text may only write tokens that agree
+    with what is left of it, until it is all written.
+
+    ``heals[row]`` is the text row ``row`` must start with (``""``: unconstrained); the generated tokens
+    are those after column ``prompt_width`` (prompts are left-padded to one width).
+    """
+
+    def __init__(self, heals: Sequence[str], prompt_width: int, texts: TokenTexts) -> None:
+        self.heals = list(heals)
+        self.prompt_width = prompt_width
+        self.texts = texts
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for row, heal in enumerate(self.heals):
+            if not heal:
+                continue
+            written = self.texts.tokenizer.decode(input_ids[row, self.prompt_width :].tolist())
+            if len(written) >= len(heal):
+                self.heals[row] = ""  # all written: from here on the row is free
+                continue
+            keep = allowed(heal[len(written) :], self.texts.texts)
+            if not keep:  # nothing in the vocabulary agrees: leave the row free rather than stall it
+                self.heals[row] = ""
+                continue
+            mask = torch.full_like(scores[row], float("-inf"))
+            mask[keep] = 0.0
+            scores[row] = scores[row] + mask
+        return scores
