@@ -168,6 +168,15 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     together = window_nll(scorer.model, tokens, chosen, batch_size=7)
     assert [t for _, t in together] == [t for _, t in alone]
     assert [n for n, _ in together] == pytest.approx([n for n, _ in alone], rel=1e-5)
+    # Logits only at the scored positions give what the full output layer gives.
+    import repotune.evaluate.generate as generate
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "_keeps_logits", lambda model: False)
+        full = window_nll(scorer.model, tokens, chosen, batch_size=7)
+    assert generate._keeps_logits(scorer.model)
+    assert [t for _, t in full] == [t for _, t in together]
+    assert [n for n, _ in full] == pytest.approx([n for n, _ in together], rel=1e-5)
 
 
 def future_data(root: Path) -> tuple[Path, list[str]]:

@@ -306,3 +306,19 @@ def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> 
     assert context_budget(trained, index) == 96  # what the model learned to read
     assert context_budget(untrained, index) == 200  # what serving takes from the shipped index
     assert context_budget(untrained) == RetrievalConfig().max_context_tokens
+
+
+def test_generation_batches_group_prompts_of_like_length() -> None:
+    from repotune.evaluate.generate import length_batches
+
+    lengths = [100, 20, 95, 90, 300, 80, 99, 21]
+    batches = length_batches(lengths, 32)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each prompt once
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        padding = sum(width - lengths[i] for i in batch)
+        assert padding <= 0.25 * width * len(batch)
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    assert batches == [[4], [0, 6, 2, 3, 5, 7], [1]]  # 300 alone; 20 would make padding over a quarter
+    assert all(len(b) <= 2 for b in length_batches(lengths, 2))
+    assert length_batches([], 8) == []

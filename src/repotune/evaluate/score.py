@@ -89,7 +89,9 @@ class Scorer:
         tokens = tokenized(texts, self.tokenizer)
         chosen = windows(tokens, self.config.seq_len, self.config.max_blocks, self.config.seed)
         progress = Progress(log, what, len(chosen), every=self.config.progress_seconds, unit=" windows")
-        pairs = window_nll(self.model, tokens, chosen, batch_size=self.config.batch_size, progress=progress)
+        pairs = window_nll(
+            self.model, tokens, chosen, batch_size=self.config.window_batch_size, progress=progress
+        )
         return [pair for pair in pairs if pair[1] > 0]
 
     def complete(self, prompts: Sequence[str], what: str, log: Callable[[str], None]) -> list[Completion]:

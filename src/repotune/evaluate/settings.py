@@ -34,9 +34,11 @@ class ScoringConfig:
     retrieval: bool = True
     """Also score the base model and the candidate with context retrieved from the repository (from
     the training records only, or the index given to the stage)."""
-    batch_size: int = 8
-    """Prompts per `generate` call and perplexity windows per forward pass; 1 scores one at a time,
-    with the same numbers, slower."""
+    batch_size: int = 32
+    """Most prompts per `generate` call (prompts of very different lengths go in separate calls); 1
+    answers one at a time, with the same answers, slower."""
+    window_batch_size: int = 8
+    """Perplexity windows per forward pass; 1 scores one at a time, with the same numbers."""
     progress_seconds: float = 5.0
     """Seconds between progress lines (samples scored, time left)."""
     device: str | None = None
@@ -46,7 +48,7 @@ class ScoringConfig:
 
     def __post_init__(self) -> None:
         for name, minimum in (("seq_len", 2), ("max_blocks", 1), ("max_new_tokens", 1), ("batch_size", 1),
-                              ("context_chars", 1)):  # fmt: skip
+                              ("window_batch_size", 1), ("context_chars", 1)):  # fmt: skip
             _check_int(name, getattr(self, name), minimum)
         for name in ("line_samples", "fim_samples", "commit_samples", "forgetting_files", "seed"):
             _check_int(name, getattr(self, name), 0)
