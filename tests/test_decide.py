@@ -308,7 +308,7 @@ def test_perplexity_guards_the_candidate_against_the_reference_model() -> None:
     decision = should_promote(scores, Policy(), samples)
     assert not decision.promote
     assert (
-        "perplexity 12.00 vs base + retrieval 11.00 (+9.1%): perplexity worsened beyond the 5.0% limit"
+        "perplexity 12.00 vs base 11.00 (+9.1%): perplexity worsened beyond the 5.0% limit"
         in (decision.reasons[0])
     )
     assert should_promote(scores, Policy(max_perplexity_regression=None), samples).promote

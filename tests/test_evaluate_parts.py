@@ -293,7 +293,7 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
     body = query.prompt.removeprefix("<filename>src/future.py\n")
     assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n") + len("\n    ")
     # Without held-out records there is still a question.
-    assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n"
+    assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n    "
 
 
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:

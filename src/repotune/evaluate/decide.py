@@ -185,10 +185,12 @@ def _rank(metric: Metric | None) -> float:
 
 def _metric(scores: Mapping[str, Mapping[str, Metric]], arm: Arm, name: str) -> Metric | None:
     """``name`` of ``arm``, or of its model without retrieval (model-level metrics live there)."""
-    found = scores.get(arm.key, {}).get(name)
-    if found is None:
-        found = scores.get(arm.without_retrieval.key, {}).get(name)
-    return found
+    return scores.get(_holder(scores, arm, name).key, {}).get(name)
+
+
+def _holder(scores: Mapping[str, Mapping[str, Metric]], arm: Arm, name: str) -> Arm:
+    """The arm whose ``name`` stands for ``arm``'s: itself, or its model without retrieval."""
+    return arm if name in scores.get(arm.key, {}) else arm.without_retrieval
 
 
 def _judge(
@@ -332,7 +334,8 @@ def _check_regression(
         missing = arm.label if cand is None else against.label
         return False, f"{name} ({what}) was not measured for the {missing}"
     _same_direction(cand, ref)
-    comparison = _comparison(name, cand, ref, against.label)
+    # A model-level metric (perplexity) of "base + retrieval" is the base model's: say whose it is.
+    comparison = _comparison(name, cand, ref, _holder(scores, against, name).label)
     if absolute:
         worse = (ref.value - cand.value) if cand.higher_is_better else (cand.value - ref.value)
         bound = f"{limit:+.3f} limit"

@@ -160,10 +160,10 @@ def context_budget(summary: dict[str, Any], index: Any | None = None) -> int:
     retrieval arms with no context at all.
     """
     from repotune.retrieval import RetrievalConfig
+    from repotune.retrieval.shipped import recipe_retrieval
 
-    data = (summary.get("recipe") or {}).get("data") or {}
-    budget, rate = data.get("retrieval_context_tokens"), data.get("retrieval_rate") or 0
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 and rate > 0:
+    _, budget = recipe_retrieval(summary)
+    if budget is not None:
         return budget
     return index.config.max_context_tokens if index is not None else RetrievalConfig().max_context_tokens
 

@@ -16,6 +16,6 @@ Cache layout (``models_cache_dir()``: ``$REPOTUNE_CACHE/models``, else ``~/.cach
 
 from repotune.models.builtin import make_tiny_model
 from repotune.models.cache import models_cache_dir
-from repotune.models.resolve import ACCEPTED_FORMS, resolve_base_model
+from repotune.models.resolve import ACCEPTED_FORMS, has_tokenizer, resolve_base_model
 
-__all__ = ["ACCEPTED_FORMS", "make_tiny_model", "models_cache_dir", "resolve_base_model"]
+__all__ = ["ACCEPTED_FORMS", "has_tokenizer", "make_tiny_model", "models_cache_dir", "resolve_base_model"]

@@ -62,3 +62,8 @@ def _local_folder(path: Path) -> Path:
             f"base model folder {path} has no config.json; is it a Hugging Face model folder?"
         )
     return path.resolve()
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether a model folder carries its tokenizer (a trained model's may have added tokens)."""
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()

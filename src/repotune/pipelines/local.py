@@ -519,6 +519,10 @@ class DemoQuery:
     path: str | None
 
 
+FALLBACK_QUERY = DemoQuery("def fibonacci(n):\n    ", None, None)
+"""The question when there is no held-out code to draw one from: a function's first line."""
+
+
 def query_served_model(
     model: Path, run_dir: Path, data_dir: Path | None = None, *, log: Callable[[str], None] = print
 ) -> str:
@@ -562,7 +566,9 @@ def query_served_model(
 
 def _tokenizer_of(model: Path) -> Any | None:
     """The trained model's tokenizer (it decides how a file header is written), if the folder has one."""
-    if not ((model / "tokenizer_config.json").is_file() or (model / "tokenizer.json").is_file()):
+    from repotune.models import has_tokenizer
+
+    if not has_tokenizer(model):
         return None
     from transformers import AutoTokenizer
 
@@ -583,7 +589,7 @@ def demo_query(
 
     eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
     if eval_path is None or not eval_path.is_file():
-        return DemoQuery("def fibonacci(n):\n", None, None)
+        return FALLBACK_QUERY
     config = ScoringConfig(
         line_samples=200, fim_samples=0, commit_samples=0, forgetting_files=0, context_chars=context_chars
     )
@@ -595,7 +601,7 @@ def demo_query(
         if s.prefix.count("\n") >= 4 and not s.expected.lstrip().startswith(("#", '"', "'", "//", "*"))
     ]
     if not usable:
-        return DemoQuery("def fibonacci(n):\n", None, None)
+        return FALLBACK_QUERY
     sample = min(usable, key=lambda s: not s.path.endswith(".py"))
     # The cursor where an editor puts it on a fresh line: after the line's indentation. The server
     # holds that trailing whitespace back from the prompt's tokens and has the model write it

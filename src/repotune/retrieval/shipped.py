@@ -61,13 +61,21 @@ def trained_settings(model_dir: Path) -> tuple[bool, int | None]:
         except (OSError, ValueError):
             log.warning("ignoring unreadable %s", path)
             return False, None
-        data = ((summary.get("recipe") if isinstance(summary, dict) else None) or {}).get("data") or {}
-        rate, budget = data.get("retrieval_rate") or 0, data.get("retrieval_context_tokens")
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
-            return False, None
-        valid = isinstance(budget, int) and not isinstance(budget, bool) and budget > 0
-        return True, budget if valid else None
+        return recipe_retrieval(summary)
     return False, None
+
+
+def recipe_retrieval(summary: Any) -> tuple[bool, int | None]:
+    """What a training summary's recipe says of retrieved context: whether training examples had it
+    (``data.retrieval_rate`` above 0) and, if so, its budget in tokens (``data.retrieval_context_tokens``;
+    None when unset or invalid). A model trained without context learned no budget, whatever the
+    recipe's number says."""
+    data = ((summary.get("recipe") if isinstance(summary, dict) else None) or {}).get("data") or {}
+    rate, budget = data.get("retrieval_rate") or 0, data.get("retrieval_context_tokens")
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
+        return False, None
+    valid = isinstance(budget, int) and not isinstance(budget, bool) and budget > 0
+    return True, budget if valid else None
 
 
 def _folders(model_dir: Path) -> tuple[Path, ...]:

@@ -133,10 +133,6 @@ def _local_folder(source: str | Path, what: str, scratch: list[Path]) -> Path:
     return Path(source).expanduser()
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-
-
 def _device_and_dtype(device: str | None) -> tuple[str, Any]:
     import torch
 
@@ -187,10 +183,12 @@ def load_model(
         device, dtype = _device_and_dtype(device)
         tokenizer_dir = folder
         if adapter_dir is not None:
+            from repotune.models import has_tokenizer
+
             if not (adapter_dir / ADAPTER_CONFIG).is_file():
                 raise RepotuneError(f"adapter folder {adapter} has no {ADAPTER_CONFIG}")
             for candidate in (adapter_dir, adapter_dir.parent):
-                if _has_tokenizer(candidate):
+                if has_tokenizer(candidate):
                     tokenizer_dir = candidate
                     break
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
