@@ -429,6 +429,8 @@ def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment
 
+    from repotune.deploy import DeployConfig, DeploySettings, Runtime, run
+    from repotune.evaluate.arms import Arm
     from repotune.evaluate.decide import Decision
     from repotune.evaluate.registry import Registry
     from repotune.storage import client_from_env, parse_s3_uri
@@ -446,12 +448,29 @@ def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path
                 tracker.log_artifact(folder)
             registry = Registry(tracking_uri, "repotune-sample")
             version = registry.register_candidate(run_id, "model", {})
-            registry.promote(version, Decision(True, ("promote: test",)))
+            arm = Arm("candidate", retrieval=True)  # the evaluation chose the arm with retrieval
+            registry.promote(version, Decision(True, ("promote: test",), arm))
             champion = resolve_model_uri(
                 "models:/repotune-sample@champion",
                 tracking_uri=tracking_uri,
                 artifacts_s3="s3://mlflow/artifacts",
             )
+            assert champion.retrieval is True
+            # Deploying the champion serves the arm it was registered with, unless told otherwise.
+            for asked, args in ((None, ["--retrieval", "on"]), (False, ["--retrieval", "off"])):
+                config = DeployConfig(
+                    model_uri="models:/repotune-sample@champion",
+                    settings=DeploySettings(
+                        name="sample", namespace="team-a", runtime=Runtime.REPOTUNE, retrieval=asked
+                    ),
+                    tracking_uri=tracking_uri,
+                    artifacts_s3="s3://mlflow/artifacts",
+                    apply=False,
+                )
+                (service,) = [
+                    o for o in run(config, log=lambda _: None).objects if o["kind"] == "InferenceService"
+                ]
+                assert service["spec"]["predictor"]["model"]["args"] == args
         with s3_environment(endpoint):
             bucket, key = parse_s3_uri(champion.storage_uri)
             assert (

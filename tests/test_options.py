@@ -196,6 +196,7 @@ CONTRACT = {
         "--runtime",
         "--recipe",
         "--canary",
+        "--retrieval",
         "--timeout",
         "--service-account",
         "--s3-secret",

@@ -335,6 +335,14 @@ def serve(
     )
 
 
+def _switch(text: str, flag: str) -> bool | None:
+    """``on``, ``off`` or ``auto`` as True, False or None."""
+    try:
+        return Switch(text.strip().lower()).setting
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes on, off or auto, got {text!r}") from None
+
+
 def _recipe_resources(spec: str):
     from repotune import train
 
@@ -350,6 +358,7 @@ def _recipe_resources(spec: str):
     Setting("settings.runtime"),
     Setting("settings.resources", ("--recipe",), parse=_recipe_resources),
     Setting("settings.canary_percent", ("--canary",)),
+    Setting("settings.retrieval", metavar="on|off|auto", parse=lambda text: _switch(text, "--retrieval")),
     Setting("timeout_s", ("--timeout",)),
     Setting("settings.s3.service_account", ("--service-account",)),
     Setting("settings.s3.secret", ("--s3-secret",)),

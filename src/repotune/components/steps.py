@@ -249,9 +249,6 @@ def deploy(
         name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
         s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval,
     )  # fmt: skip
-    if retrieval and settings.runtime is deploy.Runtime.HUGGINGFACE:
-        print("deploy: the evaluated arm retrieves context, which only the repotune runtime serves; "
-              "the huggingface runtime serves the model without it")  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None
     result = deploy.run(deploy.DeployConfig(
         model_uri=model.metadata.get("published") or model.uri, settings=settings, apply=apply,

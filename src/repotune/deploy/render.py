@@ -136,9 +136,10 @@ class DeploySettings:
     """Credentials and endpoint for downloading the weights."""
     retrieval: bool | None = None
     """Whether the ``repotune`` runtime puts context retrieved from the model's index in front of
-    completion prompts (``repotune serve --retrieval on|off``): the evaluated arm's setting. None leaves
-    it to the model folder (on when it was trained with retrieved context). KServe's Hugging Face
-    runtime (vLLM) knows nothing of the index and serves without it."""
+    completion prompts (``repotune serve --retrieval on|off``): the evaluated arm's setting. None
+    (``auto``) takes it from the registry for a ``models:/`` URI (the arm the version was registered
+    with), else leaves it to the model folder (on when it was trained with retrieved context). KServe's
+    Hugging Face runtime (vLLM) knows nothing of the index and serves without it."""
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):

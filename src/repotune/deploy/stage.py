@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune.deploy.render import DeploySettings, render_manifests, to_yaml
+from repotune.deploy.render import DeploySettings, Runtime, render_manifests, to_yaml
 from repotune.deploy.rollout import Rollout, roll_out
 from repotune.deploy.uris import MODELS_SCHEME, ModelSource, resolve_model_uri
 from repotune.errors import RepotuneError
@@ -134,6 +134,14 @@ def run(
             if not config.skip_unservable:
                 raise RepotuneError(stale)
             return _skipped(config, f"# Nothing deployed: {stale}\n", stale, log)
+    if settings.retrieval is None and model.retrieval is not None:
+        # Serve the arm that was evaluated: with retrieved context when its evaluation chose it.
+        settings = dataclasses.replace(settings, retrieval=model.retrieval)
+        state = "on" if model.retrieval else "off"
+        log(f"retrieval {state}: the arm {model.uri} was evaluated and registered with")
+    if settings.retrieval and settings.runtime is Runtime.HUGGINGFACE:
+        log("the evaluated arm retrieves context, which only the repotune runtime (--runtime repotune) "
+            "serves; the huggingface runtime serves the model without it")  # fmt: skip
     objects = tuple(render_manifests(model, settings))
     if config.manifest is not None:
         config.manifest.write_text(to_yaml(list(objects)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from repotune.errors import RepotuneError
-from repotune.evaluate.registry import COMMIT_TAG
+from repotune.evaluate.registry import COMMIT_TAG, RETRIEVAL_TAG
 from repotune.storage import MINIO_SCHEME, minio_to_s3, parse_s3_uri
 
 ARTIFACTS_S3_ENV = "REPOTUNE_MLFLOW_ARTIFACTS_S3"
@@ -49,6 +49,9 @@ class ModelSource:
     """Registered version (the alias resolved to a number), when known."""
     commit: str | None = None
     """Commit SHA of the source repository the model was trained on, when known."""
+    retrieval: bool | None = None
+    """Whether the registered version is to be served with retrieved context (the arm its evaluation
+    chose, the registry's ``repotune.retrieval`` tag); None when the registry does not say."""
 
     def __post_init__(self) -> None:
         if not self.storage_uri.startswith("s3://"):
@@ -86,6 +89,7 @@ def resolve_model_uri(
         model_name=name,
         version=version,
         commit=tags.get(COMMIT_TAG),
+        retrieval={"true": True, "false": False}.get(tags.get(RETRIEVAL_TAG, "")),
     )
 
 
