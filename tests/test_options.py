@@ -182,6 +182,7 @@ CONTRACT = {
         "--fim-samples",
         "--max-blocks",
         "--batch-size",
+        "--window-batch-size",
         "--retrieval",
         "--no-retrieval",
         "--index",

@@ -228,6 +228,7 @@ def _say_verdict_and_table(report: Path) -> None:
     Setting("scoring.fim_samples"),
     Setting("scoring.max_blocks"),
     Setting("scoring.batch_size"),
+    Setting("scoring.window_batch_size"),
     Setting("scoring.retrieval"),
     Setting("index"),
     Setting("policy.min_relative_gain"),
