@@ -35,6 +35,7 @@ from repotune.evaluate.registry import (
     champion_stack,
     metric_tags,
     metrics_from_tags,
+    registered_retrieval,
 )
 from repotune.storage import client_from_env
 from repotune.tracking import MlflowTracker
@@ -203,6 +204,7 @@ def test_register_is_idempotent_and_decisions_are_truncated(servers: Servers, tm
     registry.record_decision(first, Decision(False, ("do not promote: a reason",), Arm("candidate", True)))
     tags = client.get_model_version("repotune-idempotent", first).tags
     assert (tags[ARM_TAG], tags[RETRIEVAL_TAG]) == ("candidate_retrieval", "true")
+    assert registered_retrieval(tags) is True  # what deploy and the next evaluation read back
 
     long = Decision(False, tuple(f"do not promote: reason {i} " + "x" * 1000 for i in range(10)))
     registry.record_decision(first, long)

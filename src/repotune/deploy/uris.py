@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from repotune.errors import RepotuneError
-from repotune.evaluate.registry import COMMIT_TAG, RETRIEVAL_TAG
+from repotune.evaluate.registry import COMMIT_TAG, registered_retrieval
 from repotune.storage import MINIO_SCHEME, minio_to_s3, parse_s3_uri
 
 ARTIFACTS_S3_ENV = "REPOTUNE_MLFLOW_ARTIFACTS_S3"
@@ -89,7 +89,7 @@ def resolve_model_uri(
         model_name=name,
         version=version,
         commit=tags.get(COMMIT_TAG),
-        retrieval={"true": True, "false": False}.get(tags.get(RETRIEVAL_TAG, "")),
+        retrieval=registered_retrieval(tags),
     )
 
 

@@ -99,6 +99,12 @@ _RUN_ID = re.compile(r"^[\w-]+$")
 _TRUE, _FALSE = "true", "false"
 
 
+def registered_retrieval(tags: Mapping[str, str]) -> bool | None:
+    """Whether a version's tags say it is served with retrieval (``RETRIEVAL_TAG``); None when they do
+    not say."""
+    return {_TRUE: True, _FALSE: False}.get(tags.get(RETRIEVAL_TAG, ""))
+
+
 @dataclass(frozen=True)
 class ChampionInfo:
     """The registered version behind the ``champion`` alias."""

@@ -210,7 +210,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate import report
     from repotune.evaluate.decide import should_promote
-    from repotune.evaluate.registry import RETRIEVAL_TAG, Registry
+    from repotune.evaluate.registry import Registry, registered_retrieval
     from repotune.evaluate.samples import draw_samples
     from repotune.models import resolve_base_model
     from repotune.records import read_records
@@ -245,7 +245,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             ("candidate", model_dir, budget, False),
         ]
         if champion is not None:
-            deployed_with_retrieval = champion.tags.get(RETRIEVAL_TAG) == "true"
+            deployed_with_retrieval = registered_retrieval(champion.tags) is True
             folder = registry.download(champion.version, Path(tmp))
             log(f"champion: {config.model_name} version {champion.version}" + (
                 " (deployed with retrieval)" if deployed_with_retrieval else ""))  # fmt: skip
