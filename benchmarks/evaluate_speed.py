@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Evaluation speed: batched scoring against one sample at a time, on SmolLM2-135M.
+"""Evaluation speed: how evaluate scores against transformers' ``generate`` and one sample at a time.
 
 The evaluate stage answers every line and FIM sample with the first non-blank line a model writes,
 and scores perplexity over windows of held-out code. This times both ways of doing it on the same
-samples in one process: up to ``--batch-size`` prompts per ``generate`` call (left padding, a per-row
-stop, prompts of like length together) and ``--window-batch-size`` windows per forward pass with
-logits only at the scored positions, against ``--baseline-batch-size`` (default 1, how evaluation
-first scored) with the whole output layer (``--baseline-batch-size 8``: how it scored before the
-output layer was cut and prompts were grouped by length). The two
+samples in one process. Evaluate's way: up to ``--batch-size`` prompts decoded together by
+``repotune.evaluate.generate.greedy_lines`` (on a CPU each prompt read alone, without padding; a
+row leaves the batch when its line is done), and ``--window-batch-size`` windows per forward pass
+with logits only at the scored positions. The baseline: transformers' own ``model.generate`` over
+left-padded batches of ``--baseline-batch-size`` prompts with a per-row stop (how evaluate decoded
+before ``greedy_lines``; ``--baseline-batch-size 32`` is that setup, the default 1 how evaluation
+first scored), and windows ``--baseline-batch-size`` at a time with the whole output layer. The two
 are interleaved (one round each, ``--rounds`` times) so a busy shared machine disturbs both alike;
 ratios are of CPU time, which such a machine disturbs least, and wall time is printed beside it.
 It also checks that both give the same completions, and prints the target (batched at least 2x
@@ -20,7 +22,7 @@ treated as held out. The base model is converted once into the model cache (abou
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/evaluate_speed.py
-    .venv/bin/python benchmarks/evaluate_speed.py --data .demo/clean --lines 30 --baseline-batch-size 8
+    .venv/bin/python benchmarks/evaluate_speed.py --data .demo/clean --lines 30 --baseline-batch-size 32
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ import torch
 
 from repotune.data.transforms import code_prompt
 from repotune.evaluate import ScoringConfig
-from repotune.evaluate.generate import complete_lines, tokenized, window_nll, windows
+from repotune.evaluate.generate import (
+    Completion,
+    answer_line,
+    complete_lines,
+    length_batches,
+    line_done,
+    prompt_ids,
+    tokenized,
+    window_nll,
+    windows,
+)
 from repotune.evaluate.samples import draw_samples
 from repotune.models import resolve_base_model
 from repotune.records import Kind, Record, read_records
@@ -57,6 +69,54 @@ def held_out(data: Path | None) -> list[Record]:
         )
         for p in files
     ]
+
+
+def generate_lines(
+    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int
+) -> list[Completion]:
+    """The baseline: ``model.generate`` greedily over left-padded batches of prompts of like length,
+    a row stopping once its first non-blank line is written (generate carries it on as padding until
+    the batch ends)."""
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    from repotune.evaluate.generate import _eos_ids, context_limit
+
+    encoded = [prompt_ids(p, tokenizer, context_limit(model) - max_new_tokens) for p in prompts]
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                pad_token_id=pad, eos_token_id=eos)  # fmt: skip
+    results: list[Completion | None] = [None] * len(prompts)
+    for rows in length_batches([len(ids) for ids, _ in encoded], batch_size):
+        width = max(len(encoded[i][0]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, index in enumerate(rows):
+            ids[row, width - len(encoded[index][0]) :] = torch.tensor(encoded[index][0])
+            mask[row, width - len(encoded[index][0]) :] = 1
+        after = [encoded[i][1] for i in rows]
+
+        def stop(input_ids, scores, width=width, after=after, **kwargs):
+            return torch.tensor([
+                line_done(tokenizer.decode(input_ids[row, width:], skip_special_tokens=True), after_newline=a)
+                for row, a in enumerate(after)
+            ])  # fmt: skip
+
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings,
+                                 stopping_criteria=StoppingCriteriaList([stop]))  # fmt: skip
+        for row, index in enumerate(rows):
+            tokens = out[row, width:].tolist()
+            tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]
+            results[index] = Completion(
+                text=answer_line(
+                    tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after[row]
+                ),
+                raw=answer_line(
+                    tokenizer.decode(tokens, skip_special_tokens=False), after_newline=after[row]
+                ),
+            )
+    return [r for r in results if r is not None]
 
 
 def timed(work) -> tuple[object, float, float]:
@@ -83,6 +143,11 @@ def main() -> int:
         "--context-chars", type=int, default=1500, help="file before the cursor (default 1500)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both (default 1)")
+    parser.add_argument(
+        "--retrieval", type=int, default=0, metavar="TOKENS",
+        help="also ask each line with up to TOKENS of context retrieved from --data's train.jsonl, as "
+        "the retrieval arms do (the demo: 512); default 0, none",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = ScoringConfig(
@@ -99,10 +164,22 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     prompts = [code_prompt(s.prefix, path=s.path, tokenizer=tokenizer) for s in samples.lines]
+    if args.retrieval:
+        if args.data is None:
+            parser.error("--retrieval needs --data (its train.jsonl is what is searched)")
+        from repotune.evaluate.score import retrieval_contexts
+        from repotune.retrieval import RetrievalIndex
+
+        index = RetrievalIndex.build(read_records(args.data / "train.jsonl"))
+        found = retrieval_contexts(index, samples, tokenizer, args.retrieval).lines
+        prompts += [code_prompt(s.prefix, path=s.path, tokenizer=tokenizer, context=context)
+                    for s, context in zip(samples.lines, found, strict=True)]  # fmt: skip
     tokens = tokenized(samples.perplexity, tokenizer)
     chosen = windows(tokens, config.seq_len, config.max_blocks, config.seed)
+    prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts)
     print(
-        f"{len(prompts)} line prompts, {len(chosen)} perplexity windows of up to {config.seq_len} tokens",
+        f"{len(prompts)} line prompts ({prompt_tokens:,} tokens), {len(chosen)} perplexity windows of up "
+        f"to {config.seq_len} tokens",
         file=sys.stderr,
     )
 
@@ -118,10 +195,11 @@ def main() -> int:
     answers, losses = {}, {}
     for _ in range(args.rounds):
         for name, (rows, window_rows, scored_logits) in setups.items():
+            decode = generate_lines if name == "baseline" else (
+                lambda model, tokenizer, prompts, rows, most: complete_lines(
+                    model, tokenizer, prompts, batch_size=rows, max_new_tokens=most))  # fmt: skip
             done, wall, cpu = timed(
-                lambda rows=rows: complete_lines(
-                    model, tokenizer, prompts, batch_size=rows, max_new_tokens=args.max_new_tokens
-                )
+                lambda rows=rows, decode=decode: decode(model, tokenizer, prompts, rows, args.max_new_tokens)
             )
             answers[name] = done
             totals["lines", name][0] += wall

@@ -128,6 +128,25 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
 
+def _generated_line(scorer, prompt: str, max_new_tokens: int) -> str:
+    """The first non-blank line `model.generate` writes for ``prompt`` alone, greedily: the reference
+    evaluation's own decoding must agree with."""
+    import torch
+
+    from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
+
+    ids, after_newline = prompt_ids(prompt, scorer.tokenizer, 2048)
+    eos = _eos_ids(scorer.model, scorer.tokenizer)
+    with torch.no_grad():
+        out = scorer.model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
+        )  # fmt: skip
+    tokens = out[0, len(ids) :].tolist()
+    tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]
+    return answer_line(scorer.tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline)
+
+
 @pytest.mark.integration
 def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, trained: Path) -> None:
     from repotune.evaluate.generate import complete_lines, tokenized, window_nll, windows
@@ -161,6 +180,12 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     batched = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12)
     assert batched == one
     assert all(c.text.strip() for c in one[-len(mid_line) :])  # real answers, not empty ones
+    # Read together, left-padded (the path off a CPU), the prompts get the same answers; and both are
+    # what transformers' own `generate` writes for each prompt alone.
+    padded = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,
+                            prefill_alone=False)  # fmt: skip
+    assert padded == one
+    assert [c.text for c in one] == [_generated_line(scorer, p, 12) for p in prompts]
 
     tokens = tokenized(samples.perplexity, scorer.tokenizer)
     chosen = windows(tokens, 48, 12, seed=0)

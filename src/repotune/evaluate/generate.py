@@ -1,10 +1,11 @@
 """Batched greedy completion and batched perplexity, with the same numbers as one sample at a time.
 
-Completion: prompts are left-padded into batches (the longest first) and each batch is one
-``generate`` call; transformers derives each row's position ids from the attention mask, so a padded
-row sees the positions it would see alone. A row stops once it has written its first non-blank line
-(``line_done``), or at end of sequence; the answer is that line (``answer_line``), the rule
-CrossCodeEval applies.
+Completion: prompts are grouped by length into batches of up to ``batch_size`` and decoded greedily
+together (``greedy_lines``, what ``model.generate`` does greedily, with the same answers): on a CPU
+each prompt is first read alone, without padding, and the caches are left-padded into one batch; a
+row's position ids count from its own first token, so it sees the positions it would see alone, and
+it leaves the batch once it has written its first non-blank line (``line_done``) or at end of
+sequence. The answer is that line (``answer_line``), the rule CrossCodeEval applies.
 
 Perplexity: each text is tokenized once with character offsets, so the scored tokens (the added
 lines of a temporal eval record, or all of a held-out file) are picked by where they are in the
@@ -16,6 +17,7 @@ at least ``seq_len / 2`` tokens of context where the text has them.
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -128,23 +130,6 @@ def prompt_ids(prompt: str, tokenizer: Any, max_tokens: int) -> tuple[list[int],
     return ids[-max_tokens:], after_newline
 
 
-class _LinesDone:
-    """Per-row stopping criterion: a row is done once it has written its first non-blank line."""
-
-    def __init__(self, tokenizer: Any, start: int, after_newline: Sequence[bool]) -> None:
-        self.tokenizer, self.start, self.after_newline = tokenizer, start, after_newline
-        self.done = [False] * len(after_newline)
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        for row, finished in enumerate(self.done):
-            if not finished:
-                generated = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
-                self.done[row] = line_done(generated, after_newline=self.after_newline[row])
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
-
-
 def complete_lines(
     model: Any,
     tokenizer: Any,
@@ -153,44 +138,32 @@ def complete_lines(
     batch_size: int,
     max_new_tokens: int,
     progress: Progress | None = None,
+    prefill_alone: bool | None = None,
 ) -> list[Completion]:
-    """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time."""
-    import torch
-    from transformers import GenerationConfig, StoppingCriteriaList
+    """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time.
 
+    ``prefill_alone``: read each prompt in a forward pass of its own (no padding) rather than the
+    batch's prompts left-padded together; None does so on a CPU, where a batch reads its prompts no
+    faster than one at a time and padding is paid for like text (``greedy_lines``).
+    """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    settings = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        pad_token_id=pad,
-        eos_token_id=eos,
-    )
-    device = model.device
+    alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     results: list[Completion | None] = [None] * len(encoded)
     for rows in length_batches([len(ids) for ids, _ in encoded], batch_size):
-        width = max(len(encoded[i][0]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):
-            tokens = encoded[index][0]
-            if tokens:
-                ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-                mask[row, width - len(tokens) :] = 1
-        stop = _LinesDone(tokenizer, width, [encoded[i][1] for i in rows])
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                generation_config=settings,
-                stopping_criteria=StoppingCriteriaList([stop]),
-            )
-        for row, index in enumerate(rows):
-            tokens = out[row, width:].tolist()
+        after = [encoded[i][1] for i in rows]
+
+        def done(row: int, generated: list[int], after: list[bool] = after) -> bool:
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            return line_done(text, after_newline=after[row])
+
+        written = greedy_lines(
+            model, [encoded[i][0] for i in rows], max_new_tokens=max_new_tokens, eos=eos, pad=pad,
+            done=done, prefill_alone=alone,
+        )  # fmt: skip
+        for tokens, index in zip(written, rows, strict=True):
             ends = [tokens.index(token) for token in eos if token in tokens]
             tokens = tokens[: min(ends)] if ends else tokens
             after_newline = encoded[index][1]
@@ -205,6 +178,113 @@ def complete_lines(
         if progress is not None:
             progress.advance(len(rows))
     return [r for r in results if r is not None]
+
+
+def greedy_lines(
+    model: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    eos: Sequence[int],
+    pad: int,
+    done: Callable[[int, list[int]], bool],
+    prefill_alone: bool,
+) -> list[list[int]]:
+    """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
+    sequence, or once ``done(row, tokens)`` says so, or after ``max_new_tokens``.
+
+    What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
+    prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
+    so no padding is computed; their caches are then left-padded into one batch to decode together,
+    where rows do share the cost of reading the weights. And a row that has finished leaves the batch
+    (``generate`` carries it to the end, writing padding): one long line no longer keeps every row
+    decoding. The attention mask hides the padding and each row's positions count from its own first
+    token, as they would alone.
+    """
+    import torch
+
+    device = model.device
+    groups = [[row] for row in range(len(prompts))] if prefill_alone else [list(range(len(prompts)))]
+    caches, masks, logits = [], [], []
+    for group in groups:
+        width = max(len(prompts[row]) for row in group)
+        ids = torch.full((len(group), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for line, row in enumerate(group):
+            if not prompts[row]:
+                raise RepotuneError("an empty prompt has nothing to continue")
+            ids[line, width - len(prompts[row]) :] = torch.tensor(prompts[row], dtype=torch.long)
+            mask[line, width - len(prompts[row]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                        **_last_logit_only(model))  # fmt: skip
+        caches.append(out.past_key_values)
+        masks.append(mask)
+        logits.append(out.logits[:, -1, :])
+    cache, mask = _left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
+    if cache is None:  # a cache that cannot be padded (a sliding window): read the prompts together
+        return greedy_lines(model, prompts, max_new_tokens=max_new_tokens, eos=eos, pad=pad, done=done,
+                            prefill_alone=False)  # fmt: skip
+    written: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))
+    following = torch.cat(logits).argmax(dim=-1)
+    positions = _positions(mask)[:, -1:]
+    stops = set(eos)
+    option = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    for step in range(max_new_tokens):
+        if step:
+            with torch.no_grad():
+                out = model(input_ids=following[:, None], attention_mask=mask, position_ids=positions,
+                            use_cache=True, **{option: cache}, **_last_logit_only(model))  # fmt: skip
+            following = out.logits[:, -1, :].argmax(dim=-1)
+        going = []
+        for line, (row, token) in enumerate(zip(live, following.tolist(), strict=True)):
+            written[row].append(token)
+            if token not in stops and not done(row, written[row]):
+                going.append(line)
+        if not going or step == max_new_tokens - 1:
+            break
+        if len(going) < len(live):
+            keep = torch.tensor(going, device=device)
+            cache.batch_select_indices(keep)
+            mask, following, positions = mask[keep], following[keep], positions[keep]
+            live = [live[line] for line in going]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        positions = positions + 1
+    return written
+
+
+def _positions(mask: Any) -> Any:
+    """Position ids of left-padded rows, as ``generate`` derives them: each row counts from its first
+    token (padding gets 1, which the mask hides)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def _last_logit_only(model: Any) -> dict[str, Any]:
+    return {"logits_to_keep": 1} if _keeps_logits(model) else {}
+
+
+def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
+    """The prompts' caches and masks as one batch, each left-padded to the widest; (None, None) when a
+    cache is not the plain kind (keys and values per layer) that padding on the left keeps intact."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if not all(type(layer) is DynamicLayer for cache in caches for layer in cache.layers):
+        return None, None
+    width = max(mask.shape[1] for mask in masks)
+    merged = DynamicCache()
+    for number in range(len(caches[0].layers)):
+        keys, values = (
+            torch.cat([F.pad(getattr(c.layers[number], part), (0, 0, width - m.shape[1], 0))
+                       for c, m in zip(caches, masks, strict=True)])
+            for part in ("keys", "values")
+        )  # fmt: skip
+        merged.update(keys, values, number)
+    mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks])
+    return merged, mask
 
 
 PADDING_SHARE = 0.25

@@ -35,7 +35,7 @@ class ScoringConfig:
     """Also score the base model and the candidate with context retrieved from the repository (from
     the training records only, or the index given to the stage)."""
     batch_size: int = 32
-    """Most prompts per `generate` call (prompts of very different lengths go in separate calls); 1
+    """Most prompts decoded together (prompts of very different lengths go in separate batches); 1
     answers one at a time, with the same answers, slower."""
     window_batch_size: int = 8
     """Perplexity windows per forward pass; 1 scores one at a time, with the same numbers."""
