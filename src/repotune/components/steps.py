@@ -218,7 +218,7 @@ def evaluate(
     registered = (
         f"; registered {model_name} version {result.registered_version}" if result.registered_version else ""
     )
-    print(f"evaluate: {'promote' if result.promote else 'keep the champion'}{registered}")
+    print(f"evaluate: {'promote' if result.promote else 'do not promote'}{registered}")
     return result.promote
 
 
