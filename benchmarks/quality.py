@@ -406,7 +406,7 @@ def print_project(result: dict[str, Any]) -> None:
         + f"; evaluate/train {ratio:.2f}"
     )
     decision = result["decision"]
-    print(f"decision: {'promote' if decision['promote'] else 'keep the champion'} (arm {decision['arm']})")
+    print(f"decision: {'promote' if decision['promote'] else 'do not promote'} (arm {decision['arm']})")
 
 
 def print_targets(results: list[dict[str, Any]]) -> None:
