@@ -288,18 +288,20 @@ def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]
 
 
 PADDING_SHARE = 0.25
-"""Most of a generation batch's prompt tokens that may be padding (padding is computed like text)."""
+"""Most of a generation batch's prompt tokens that may be padding: where prompts are read together
+(off a CPU) padding is computed like text; on a CPU it costs only in decoding, where the rows of a
+batch attend over its width."""
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of prompts grouped for ``generate``, the longest first: up to ``batch_size`` rows, and a
+    """Indices of prompts grouped for decoding together, the longest first: up to ``batch_size`` rows, and a
     batch closes before a prompt so short that padding it to the batch's width would make padding
     more than ``PADDING_SHARE`` of the batch.
 
     A decoding step reads every weight once however many rows it carries, so on a CPU (bound by
     memory bandwidth) 32 rows decode in about twice the time of 8 (benchmarks/evaluate_speed.py):
-    fewer, larger batches; but each padding token costs a prompt token's forward pass, so rows of
-    very different lengths do not share one.
+    fewer, larger batches; but padding is paid for (``PADDING_SHARE``), so rows of very different
+    lengths do not share one.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
