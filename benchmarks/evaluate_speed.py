@@ -39,7 +39,6 @@ from repotune.data.transforms import code_prompt
 from repotune.evaluate import ScoringConfig
 from repotune.evaluate.generate import (
     Completion,
-    answer_line,
     complete_lines,
     length_batches,
     line_done,
@@ -106,15 +105,8 @@ def generate_lines(
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings,
                                  stopping_criteria=StoppingCriteriaList([stop]))  # fmt: skip
         for row, index in enumerate(rows):
-            tokens = out[row, width:].tolist()
-            tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]
-            results[index] = Completion(
-                text=answer_line(
-                    tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after[row]
-                ),
-                raw=answer_line(
-                    tokenizer.decode(tokens, skip_special_tokens=False), after_newline=after[row]
-                ),
+            results[index] = Completion.from_tokens(
+                out[row, width:].tolist(), tokenizer, eos, after_newline=after[row]
             )
     return [r for r in results if r is not None]
 

@@ -79,6 +79,18 @@ class Completion:
     raw: str
     """The same line with special tokens kept (``<filename>`` is one), for the format check."""
 
+    @classmethod
+    def from_tokens(
+        cls, tokens: Sequence[int], tokenizer: Any, eos: Sequence[int], *, after_newline: bool
+    ) -> Completion:
+        """The answer in the tokens a model wrote, up to its first end of sequence."""
+        ends = [tokens.index(token) for token in eos if token in tokens]
+        tokens = tokens[: min(ends)] if ends else tokens
+        text, raw = (tokenizer.decode(tokens, skip_special_tokens=skip) for skip in (True, False))
+        return cls(
+            answer_line(text, after_newline=after_newline), answer_line(raw, after_newline=after_newline)
+        )
+
 
 class Progress:
     """``done/total`` with an ETA through ``log``, at most every ``every`` seconds, and when finished."""
@@ -164,17 +176,7 @@ def complete_lines(
             done=done, prefill_alone=alone,
         )  # fmt: skip
         for tokens, index in zip(written, rows, strict=True):
-            ends = [tokens.index(token) for token in eos if token in tokens]
-            tokens = tokens[: min(ends)] if ends else tokens
-            after_newline = encoded[index][1]
-            results[index] = Completion(
-                text=answer_line(
-                    tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline
-                ),
-                raw=answer_line(
-                    tokenizer.decode(tokens, skip_special_tokens=False), after_newline=after_newline
-                ),
-            )
+            results[index] = Completion.from_tokens(tokens, tokenizer, eos, after_newline=encoded[index][1])
         if progress is not None:
             progress.advance(len(rows))
     return [r for r in results if r is not None]
@@ -204,7 +206,10 @@ def greedy_lines(
     import torch
 
     device = model.device
-    groups = [[row] for row in range(len(prompts))] if prefill_alone else [list(range(len(prompts)))]
+    last_only = _last_logit_only(model)
+    # A cache other than plain keys and values per layer (a sliding window) is not padded: read together.
+    alone = prefill_alone and _paddable(model)
+    groups = [[row] for row in range(len(prompts))] if alone else [list(range(len(prompts)))]
     caches, masks, logits = [], [], []
     for group in groups:
         width = max(len(prompts[row]) for row in group)
@@ -218,14 +223,11 @@ def greedy_lines(
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                        **_last_logit_only(model))  # fmt: skip
+                        **last_only)  # fmt: skip
         caches.append(out.past_key_values)
         masks.append(mask)
         logits.append(out.logits[:, -1, :])
     cache, mask = _left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
-    if cache is None:  # a cache that cannot be padded (a sliding window): read the prompts together
-        return greedy_lines(model, prompts, max_new_tokens=max_new_tokens, eos=eos, pad=pad, done=done,
-                            prefill_alone=False)  # fmt: skip
     written: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))
     following = torch.cat(logits).argmax(dim=-1)
@@ -236,7 +238,7 @@ def greedy_lines(
         if step:
             with torch.no_grad():
                 out = model(input_ids=following[:, None], attention_mask=mask, position_ids=positions,
-                            use_cache=True, **{option: cache}, **_last_logit_only(model))  # fmt: skip
+                            use_cache=True, **{option: cache}, **last_only)  # fmt: skip
             following = out.logits[:, -1, :].argmax(dim=-1)
         going = []
         for line, (row, token) in enumerate(zip(live, following.tolist(), strict=True)):
@@ -265,15 +267,21 @@ def _last_logit_only(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if _keeps_logits(model) else {}
 
 
-def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
-    """The prompts' caches and masks as one batch, each left-padded to the widest; (None, None) when a
-    cache is not the plain kind (keys and values per layer) that padding on the left keeps intact."""
-    import torch
-    import torch.nn.functional as F
+def _paddable(model: Any) -> bool:
+    """Whether ``model``'s cache is plain keys and values per layer, which padding on the left keeps
+    intact (a sliding-window layer drops its oldest entries, and would drop real ones for padding)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    if not all(type(layer) is DynamicLayer for cache in caches for layer in cache.layers):
-        return None, None
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
+    """The prompts' caches (plain ones: ``_paddable``) and masks as one batch, each left-padded to the
+    widest."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicCache
+
     width = max(mask.shape[1] for mask in masks)
     merged = DynamicCache()
     for number in range(len(caches[0].layers)):
