@@ -67,7 +67,10 @@ class MlflowServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=root,
-            env={**os.environ, **(env or {})},
+            # Without it MLflow 3 starts a job runner (eight more Python processes, about 40 s of CPU
+            # in the first minute) for GenAI features repotune does not use; manifests/base/mlflow.yaml
+            # turns it off too.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         )
         self._root = root
 

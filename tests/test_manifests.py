@@ -552,6 +552,11 @@ def test_mlflow_keeps_runs_in_sqlite_or_postgres_and_proxies_artifacts_to_s3(ren
     assert not postgres.get("volumes") and not postgres["containers"][0].get("volumeMounts")
     assert "mlflow-data" not in by_kind(objects, "PersistentVolumeClaim")
 
+    # Without this, MLflow 3 starts eight job-runner processes beside the server: over its memory limit.
+    for spec in (sqlite["template"]["spec"], postgres):
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
 
 def test_the_serving_runtime_and_inference_service_are_valid_kserve_objects(rendered):
     runtime = build(
