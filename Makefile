@@ -55,8 +55,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test files are spread over one worker per core (pytest-xdist; a file's tests stay together, so its
+# module fixtures are built once); tests/conftest.py gives each worker its share of torch's threads.
 test: lint
-	$(BIN)/python -m pytest -m 'unit or integration or slow or faults'
+	$(BIN)/python -m pytest -m 'unit or integration or slow or faults' -n auto --dist loadfile
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -11,6 +11,13 @@ import pytest
 
 TIERS = ("integration", "slow", "faults")
 
+# Under pytest-xdist (`make test` runs `-n auto`), each worker gets its share of the cores for torch's
+# threads, and so do the processes its tests start (OMP_NUM_THREADS is inherited): two workers with
+# two threads each on a 2-core machine would oversubscribe it. Set before any test imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_share)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every test without a slower tier belongs to the default `unit` tier.
