@@ -296,6 +296,22 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
     assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n    "
 
 
+def test_the_demo_asks_for_a_line_of_code_not_the_middle_of_a_docstring(tmp_path: Path) -> None:
+    from repotune.pipelines.local import demo_query
+    from repotune.records import write_records
+
+    head = "".join(f"def old_{i}(x):\n    return x + {i}\n" for i in range(6))
+    prose = [f"    the {word} of the values, sorted and cut" for word in ("first", "second", "third")]
+    docstring = '    """The head.\n\n' + "\n".join(prose) + '\n    """\n'
+    text = head + "def new(values):\n" + docstring + "    return values[0]\n"
+    lines = text.splitlines()
+    added = [[n, n] for n, line in enumerate(lines, start=1) if line in prose or "return values" in line]
+    with open(tmp_path / "eval.jsonl", "w") as handle:
+        write_records(handle, [code("src/new.py", text, added_lines=added, cut="abc")])
+    # The docstring's lines do not start with a quote or '#'; only the code line is asked.
+    assert demo_query(tmp_path).expected == "    return values[0]"
+
+
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:
     from repotune.evaluate.stage import context_budget
     from repotune.retrieval import RetrievalConfig, RetrievalIndex

@@ -564,6 +564,33 @@ def query_served_model(
     return text
 
 
+def _string_lines(files: dict[str, str]) -> set[tuple[str, str]]:
+    """``(path, text)`` for each line inside a Python string that spans lines (a docstring's second line
+    on), ``text`` being the 200 characters before that line and the line itself: the demo's question
+    is a line of code, and the middle of a docstring is prose. Files Python cannot tokenize are skipped."""
+    import io
+    import tokenize
+
+    found: set[tuple[str, str]] = set()
+    for path, text in files.items():
+        if not path.endswith(".py"):
+            continue
+        starts = [0]
+        for line in text.splitlines(keepends=True):
+            starts.append(starts[-1] + len(line))
+        try:
+            tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+        except (tokenize.TokenError, SyntaxError):
+            continue
+        for token in tokens:
+            if token.type != tokenize.STRING or token.end[0] == token.start[0]:
+                continue
+            for number in range(token.start[0] + 1, token.end[0] + 1):  # 1-based lines after the first
+                start, end = starts[number - 1], starts[number]
+                found.add((path, text[max(0, start - 200) : start] + text[start:end].rstrip("\r\n")))
+    return found
+
+
 def _tokenizer_of(model: Path) -> Any | None:
     """The trained model's tokenizer (it decides how a file header is written), if the folder has one."""
     from repotune.models import has_tokenizer
@@ -593,12 +620,16 @@ def demo_query(
     config = ScoringConfig(
         line_samples=200, fim_samples=0, commit_samples=0, forgetting_files=0, context_chars=context_chars
     )
-    lines = draw_samples(list(read_records(eval_path)), config).lines
-    # A line of code (not a comment or a docstring) with a few lines before it; Python first.
+    records = list(read_records(eval_path))
+    lines = draw_samples(records, config).lines
+    prose = _string_lines({r.file_path: r.content for r in records if r.file_path})
+    # A line of code (not a comment, nor a line of a docstring) with a few lines before it; Python first.
     usable = [
         s
         for s in lines
-        if s.prefix.count("\n") >= 4 and not s.expected.lstrip().startswith(("#", '"', "'", "//", "*"))
+        if s.prefix.count("\n") >= 4
+        and not s.expected.lstrip().startswith(("#", '"', "'", "//", "*"))
+        and (s.path, s.prefix[-200:] + s.expected) not in prose
     ]
     if not usable:
         return FALLBACK_QUERY
