@@ -261,3 +261,27 @@ def test_kind_weights_shape_the_training_blocks_and_the_reported_mix(tmp_path: P
     assert "Fix 3" not in tokenizer.decode(after.input_ids.reshape(-1))
     unweighted = training_blocks(records, tokenizer, no_commits, 0.0, tmp_path, None)
     assert unweighted.real_tokens == before.real_tokens  # held-out blocks (weighted=False) keep every kind
+
+
+def test_activation_checkpointing_reaches_the_trainer_under_either_name(tmp_path: Path) -> None:
+    # transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing within
+    # 5.x; the pin allows both sides (a GPU image with transformers 5.17 refused the new name).
+    import dataclasses
+
+    from repotune.train.finetune import _checkpointing_argument, training_arguments
+
+    @dataclasses.dataclass
+    class Before:
+        gradient_checkpointing: bool = False
+
+    @dataclasses.dataclass
+    class After:
+        activation_checkpointing: bool = False
+        gradient_checkpointing: bool | None = None  # the deprecated alias
+
+    assert _checkpointing_argument(Before) == "gradient_checkpointing"
+    assert _checkpointing_argument(After) == "activation_checkpointing"
+    gpu = load_recipe(ROOT / "configs" / "qwen2.5-coder-0.5b-gpu.yaml")
+    assert gpu.gradient_checkpointing
+    arguments = training_arguments(gpu, tmp_path, 10, precision="fp32", has_eval=False, use_cpu=True)
+    assert getattr(arguments, _checkpointing_argument(type(arguments))) is True

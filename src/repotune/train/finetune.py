@@ -174,6 +174,16 @@ def load_model(
     return adapt_model(model, recipe, fim_ids)
 
 
+def _checkpointing_argument(arguments: type) -> str:
+    """TrainingArguments' name for activation checkpointing: ``activation_checkpointing`` in the
+    transformers releases that renamed it (``gradient_checkpointing`` stays as a deprecated alias, to be
+    removed in v6), ``gradient_checkpointing`` in the earlier 5.x releases the pin allows."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(arguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_arguments(
     recipe: Recipe,
     output_dir: Path,
@@ -207,7 +217,7 @@ def training_arguments(
         "eval_strategy": "steps" if recipe.eval_every_steps and has_eval else "no",
         "eval_steps": recipe.eval_every_steps,
         "bf16": precision == "bf16",
-        "activation_checkpointing": recipe.gradient_checkpointing,
+        _checkpointing_argument(TrainingArguments): recipe.gradient_checkpointing,
         "seed": recipe.seed,
         "data_seed": recipe.seed,
         "report_to": [],
