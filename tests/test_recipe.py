@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from repotune.errors import RepotuneError
 from repotune.train.recipe import Recipe, load_recipe
@@ -31,6 +32,16 @@ def test_overrides_apply_with_types() -> None:
     assert recipe.lora.target_modules == ("q_proj",)
 
 
+@pytest.mark.parametrize("written,value", [("1e-3", 1e-3), ("2.0e4", 2e4), ("5E+3", 5e3), ("1.0e-3", 1e-3)])
+def test_a_number_in_exponent_form_is_a_number(tmp_path: Path, written: str, value: float) -> None:
+    # PyYAML (YAML 1.1) reads `1e-3` and `2.0e4` as strings; a recipe or `--set learning_rate=1e-3` meant
+    # the number (the GPU benchmark run failed on exactly that override).
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"learning_rate: {written}\n")
+    assert load_recipe(path).learning_rate == value
+    assert load_recipe(None, {"learning_rate": yaml.safe_load(written)}).learning_rate == value
+
+
 def test_kind_weights_override_one_kind_and_name_every_record_kind() -> None:
     from repotune.records import Kind
 
@@ -46,6 +57,7 @@ def test_kind_weights_override_one_kind_and_name_every_record_kind() -> None:
         ("lerning_rate: 0.1\n", "unknown key 'lerning_rate' (did you mean 'learning_rate'?)"),
         ("data:\n  seq_lenght: 10\n", "data: unknown key 'seq_lenght' (did you mean 'seq_len'?)"),
         ("learning_rate: fast\n", "learning_rate must be a number, got 'fast'"),
+        ("learning_rate: 1e-3x\n", "learning_rate must be a number, got '1e-3x'"),
         ("max_steps: 2.5\n", "max_steps must be a whole number, got 2.5"),
         ("method: dpo\n", "method must be one of 'lora', 'qlora', 'full', got 'dpo'"),
         ("lora: 8\n", "lora must be a mapping of settings"),

@@ -15,6 +15,7 @@ import difflib
 import functools
 import inspect
 import json
+import re
 import textwrap
 import types
 import typing
@@ -58,6 +59,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     return cls(**values)
 
 
+# A number in exponent form that YAML 1.1 (PyYAML) reads as a string, wanting a '.' and a signed
+# exponent: `1e-4`, `2.0e4`, `5E+3`.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -96,6 +102,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise RepotuneError(f"{where} must be a whole number, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `1e-4`: a number in YAML 1.2 and JSON, a string to PyYAML (YAML 1.1)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RepotuneError(f"{where} must be a number, got {value!r}")
         return float(value)
