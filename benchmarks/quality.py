@@ -11,6 +11,7 @@ recipe, and evaluates base, base + retrieval, candidate and candidate + retrieva
     .venv/bin/python benchmarks/quality.py                               # itsdangerous, the CPU demo recipe
     .venv/bin/python benchmarks/quality.py --projects all --samples 200
     .venv/bin/python benchmarks/quality.py --projects semver --set data.retrieval_rate=0.5 --steps 60
+    python3 benchmarks/quality.py --reuse-data --recipe qwen2.5-coder-0.5b-gpu --samples 200  # a GPU host
 
 It prints, per project: what was trained on and scored on, the four arms side by side (line exact
 match and line edit similarity with 95% intervals and n, the share of completions that start like a
@@ -174,6 +175,11 @@ def project_repo(project: Project, cache: Path = CACHE) -> tuple[Path, str]:
     return repo, build_history(repo, trees)[0]
 
 
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
 def kind_shares(train_jsonl: Path) -> dict[str, float]:
     """Share of training characters by record kind (a proxy for tokens)."""
     chars: dict[str, int] = {}
@@ -231,9 +237,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
     from repotune.ingest import IngestConfig
     from repotune.train import TrainConfig
 
-    repo, cut = project_repo(project)
     work = args.work / project.name
-    shutil.rmtree(work, ignore_errors=True)
     times: dict[str, float] = {}
 
     def timed(stage: str, call: Any) -> Any:
@@ -243,16 +247,25 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         times[stage] = time.monotonic() - started
         return result
 
-    timed(
-        "ingest", lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut))
-    )
-    cleaned = timed(
-        "clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=work / "clean"))
-    )
+    clean = work / "clean"
+    if args.reuse_data and (clean / "train.jsonl").is_file() and (clean / "eval.jsonl").is_file():
+        harness.log(f"[{project.name}] reusing the cleaned data in {clean}")
+        for stale in ("model", "eval"):
+            shutil.rmtree(work / stale, ignore_errors=True)
+        records = {split: _count_lines(clean / f"{split}.jsonl") for split in ("train", "eval")}
+    else:
+        repo, cut = project_repo(project)
+        shutil.rmtree(work, ignore_errors=True)
+        timed(
+            "ingest",
+            lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut)),
+        )
+        cleaned = timed("clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=clean)))
+        records = {"train": cleaned.train_records, "eval": cleaned.eval_records}
     trained = timed(
         "train",
         lambda: repotune.train.run(
-            TrainConfig(data=work / "clean", output=work / "model", recipe=recipe, keep_checkpoints=False),
+            TrainConfig(data=clean, output=work / "model", recipe=recipe, keep_checkpoints=False),
             log=harness.log,
         ),
     )
@@ -266,7 +279,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
     evaluated = timed(
         "evaluate",
         lambda: repotune.evaluate.run(
-            EvaluateConfig(model=work / "model", data=work / "clean", output=work / "eval", scoring=scoring),
+            EvaluateConfig(model=work / "model", data=clean, output=work / "eval", scoring=scoring),
             log=harness.log,
         ),
     )
@@ -276,20 +289,17 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         "language": project.language,
         "trained_on": f"{project.name} {project.before.version} ({project.before.date})",
         "scored_on": f"lines {project.after.version} added ({project.after.date})",
-        "train_records": cleaned.train_records,
-        "eval_records": cleaned.eval_records,
-        "kind_shares": kind_shares(work / "clean" / "train.jsonl"),
+        "train_records": records["train"],
+        "eval_records": records["eval"],
+        "kind_shares": kind_shares(clean / "train.jsonl"),
         "tokens_by_kind": summary["data"].get("tokens_by_kind"),
         "split": evaluated.split,
         "steps": trained.steps,
         "train_blocks": summary["data"]["train_blocks"],
-        "tokens_seen_share": min(
-            1.0,
-            trained.steps
-            * recipe.micro_batch_size
-            * recipe.gradient_accumulation_steps
-            / max(summary["data"]["train_blocks"], 1),
-        ),
+        "epochs_seen": trained.steps
+        * recipe.micro_batch_size
+        * recipe.gradient_accumulation_steps
+        / max(summary["data"]["train_blocks"], 1),
         "eval_loss": [trained.base_eval_loss, trained.eval_loss],
         "models": evaluated.models_as_dicts(),
         "decision": {"promote": evaluated.promote, "arm": evaluated.arm.key if evaluated.arm else None},
@@ -384,7 +394,7 @@ def print_project(result: dict[str, Any]) -> None:
         f"training records {result['train_records']} (characters: {shares}; trained tokens after "
         f"kind weights: {mix or 'not recorded'}); held-out records "
         f"{result['eval_records']}; {result['steps']} steps over {result['train_blocks']} blocks "
-        f"(about {result['tokens_seen_share']:.0%} of one epoch)"
+        f"(about {result['epochs_seen']:.2g} epochs)"
     )
     if result["eval_loss"][0] is not None and result["eval_loss"][1] is not None:
         print(f"held-out loss {result['eval_loss'][0]:.3f} -> {result['eval_loss'][1]:.3f}")
@@ -443,6 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="recipe override, YAML value (data.retrieval_rate=0.5); repeatable",
     )  # fmt: skip
     parser.add_argument("--work", type=Path, default=CACHE / "runs", help="run folders (default %(default)s)")
+    parser.add_argument(
+        "--reuse-data", action="store_true",
+        help="keep each project's ingested and cleaned data under --work when it is there: another recipe on "
+        "the same data, or a machine without git or the registries (a GPU host) given the data made here",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
 
@@ -471,11 +486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_project(result)
         print(f"({result['load_after']} after this project)")
         sys.stdout.flush()
+        if args.json is not None:  # after each project: a run stopped part-way keeps what it finished
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            everything = {"recipe": args.recipe, "overrides": overrides, "results": results}
+            args.json.write_text(json.dumps(everything, indent=1, default=str))
     print_targets(results)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "results": results},
-                                        indent=1, default=str))  # fmt: skip
     return 0
 
 
