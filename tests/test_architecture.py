@@ -120,8 +120,15 @@ STAGES = ("ingest", "clean", "train", "evaluate", "deploy")
 CALLERS = ("repotune.cli", "repotune.components.steps", "repotune.pipelines", "repotune.api")
 # What a caller may call besides `run`: helpers that build a stage's config, not its work, and
 # evaluate's `draw_samples`, which only reads held-out records (the demo asks the served model one of
-# the questions evaluation asks).
-CONFIG_HELPERS = {"resolve_recipe", "settings_from", "shipped_recipes_dir", "to_yaml", "draw_samples"}
+# the questions evaluation asks), and `line_spans`, the lines of a text as those samples cut them.
+CONFIG_HELPERS = {
+    "resolve_recipe",
+    "settings_from",
+    "shipped_recipes_dir",
+    "to_yaml",
+    "draw_samples",
+    "line_spans",
+}
 
 
 def _exports(stage: str) -> set[str]:

@@ -296,20 +296,26 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
     assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n    "
 
 
-def test_the_demo_asks_for_a_line_of_code_not_the_middle_of_a_docstring(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "newline,feed", [("\n", ""), ("\r\n", ""), ("\n", "\x0c")], ids=["lf", "crlf", "form-feed"]
+)
+def test_the_demo_asks_for_a_line_of_code_not_the_middle_of_a_docstring(
+    tmp_path: Path, newline: str, feed: str
+) -> None:
     from repotune.pipelines.local import demo_query
     from repotune.records import write_records
 
-    head = "".join(f"def old_{i}(x):\n    return x + {i}\n" for i in range(6))
-    prose = [f"    the {word} of the values, sorted and cut" for word in ("first", "second", "third")]
-    docstring = '    """The head.\n\n' + "\n".join(prose) + '\n    """\n'
-    text = head + "def new(values):\n" + docstring + "    return values[0]\n"
-    lines = text.splitlines()
-    added = [[n, n] for n, line in enumerate(lines, start=1) if line in prose or "return values" in line]
+    head = "".join(f"def old_{i}(x):{newline}    return x + {i}{newline}" for i in range(6))
+    prose = [f"    the {word}{feed} of the values, sorted and cut" for word in ("first", "second", "third")]
+    docstring = f'    """The head.{newline}{newline}' + newline.join(prose) + f'{newline}    """{newline}'
+    text = head + f"def new(values):{newline}" + docstring + f"    return values[0]{newline}"
+    lines = text.split("\n")  # as git numbers lines: a form feed or a carriage return ends none
+    added = [[n, n] for n, line in enumerate(lines, 1) if line.rstrip("\r") in prose or "values[0]" in line]
     with open(tmp_path / "eval.jsonl", "w") as handle:
         write_records(handle, [code("src/new.py", text, added_lines=added, cut="abc")])
-    # The docstring's lines do not start with a quote or '#'; only the code line is asked.
-    assert demo_query(tmp_path).expected == "    return values[0]"
+    # The docstring's lines do not start with a quote or '#'; only the code line is asked, whatever
+    # ends the file's lines.
+    assert demo_query(tmp_path).expected.rstrip("\r") == "    return values[0]"
 
 
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:

@@ -2,7 +2,7 @@
 
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.layout import EvaluateLayout
-from repotune.evaluate.samples import draw_samples
+from repotune.evaluate.samples import draw_samples, line_spans
 from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
@@ -13,6 +13,7 @@ __all__ = [
     "Policy",
     "ScoringConfig",
     "draw_samples",
+    "line_spans",
     "run",
     "settings_from",
 ]

@@ -571,23 +571,24 @@ def _string_lines(files: dict[str, str]) -> set[tuple[str, str]]:
     import io
     import tokenize
 
+    from repotune.evaluate import line_spans
+
     found: set[tuple[str, str]] = set()
     for path, text in files.items():
         if not path.endswith(".py"):
             continue
-        starts = [0]
-        for line in text.splitlines(keepends=True):
-            starts.append(starts[-1] + len(line))
         try:
             tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
         except (tokenize.TokenError, SyntaxError):
             continue
+        # Lines cut as the evaluate samples cut them (at "\n" only, as tokenize numbers them), so that
+        # a line's key here is the sample's ``prefix[-200:] + expected``.
+        spans = line_spans(text)
         for token in tokens:
             if token.type != tokenize.STRING or token.end[0] == token.start[0]:
                 continue
-            for number in range(token.start[0] + 1, token.end[0] + 1):  # 1-based lines after the first
-                start, end = starts[number - 1], starts[number]
-                found.add((path, text[max(0, start - 200) : start] + text[start:end].rstrip("\r\n")))
+            for start, end in spans[token.start[0] : token.end[0]]:  # the lines after the string's first
+                found.add((path, text[max(0, start - 200) : start] + text[start:end]))
     return found
 
 
