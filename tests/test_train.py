@@ -285,3 +285,20 @@ def test_activation_checkpointing_reaches_the_trainer_under_either_name(tmp_path
     assert gpu.gradient_checkpointing
     arguments = training_arguments(gpu, tmp_path, 10, precision="fp32", has_eval=False, use_cpu=True)
     assert getattr(arguments, _checkpointing_argument(type(arguments))) is True
+
+
+def test_a_handful_of_steps_from_epochs_is_warned_about_and_max_steps_is_not() -> None:
+    from repotune.train.finetune import few_steps_warning
+
+    gpu = load_recipe(ROOT / "configs" / "qwen2.5-coder-0.5b-gpu.yaml")  # 8 x 4 blocks a step, 2 epochs
+    # semver on the GPU benchmark: 18 blocks of 2,048 tokens gave 2 steps
+    warning = few_steps_warning(gpu, 2, 18, 32)
+    assert warning is not None
+    assert "only 2 optimizer steps: 18 training blocks, 32 a step, for 2 epochs" in warning
+    assert "take smaller steps (--set gradient_accumulation_steps=1) or more epochs" in warning
+    one_block = load_recipe(None, {"epochs": 1, "micro_batch_size": 1, "gradient_accumulation_steps": 1})
+    assert "give it more epochs" in few_steps_warning(one_block, 5, 5, 1)
+    assert few_steps_warning(gpu, 120, 1920, 32) is None  # a repository the recipe was sized for
+    demo = load_recipe(ROOT / "configs" / "smollm2-135m-cpu.yaml")  # max_steps: 40, set by hand
+    assert demo.max_steps is not None and few_steps_warning(demo, demo.max_steps, 10, 4) is None
+    assert few_steps_warning(load_recipe(None, {"max_steps": 3}), 3, 10, 4) is None
