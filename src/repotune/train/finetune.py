@@ -318,11 +318,9 @@ def run_training(
         recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
     )
 
-    tokens_per_step = recipe.data.seq_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps
-    tokens_per_step *= dist.world_size
-    steps_per_epoch = math.ceil(
-        len(train_blocks) / (recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size)
-    )
+    blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
+    tokens_per_step = recipe.data.seq_len * blocks_per_step
+    steps_per_epoch = math.ceil(len(train_blocks) / blocks_per_step)
     total_steps = recipe.max_steps or max(1, math.ceil(steps_per_epoch * recipe.epochs))
     say(
         f"data: {len(train_blocks)} training blocks of {recipe.data.seq_len} tokens "
@@ -332,7 +330,6 @@ def run_training(
         f"{len(eval_blocks) if eval_blocks else 0} held-out blocks; "
         f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
     )
-    blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
     warning = few_steps_warning(recipe, total_steps, len(train_blocks), blocks_per_step)
     if warning:
         say(warning)
