@@ -77,6 +77,13 @@ def test_completions_and_chat_through_the_openai_client(server, client: openai.O
     assert 1 <= first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
     assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
     assert again.choices[0].text == choice.text  # greedy decoding is deterministic
+    # OpenAI's penalties are honoured (they were refused with a 400 before); the first token, with
+    # nothing written yet to penalize, is the greedy one.
+    penalized = client.completions.create(
+        model=server.model_name, prompt="def add(a, b):", max_tokens=8, temperature=0,
+        frequency_penalty=2.0, presence_penalty=1.0,
+    )  # fmt: skip
+    assert penalized.choices[0].text != choice.text and penalized.choices[0].text[:1] == choice.text[:1]
 
     two = client.completions.create(
         model=server.model_name, prompt=["a", "b"], n=2, max_tokens=3, temperature=0.8
@@ -289,6 +296,36 @@ def test_batched_rows_match_rows_generated_alone(loaded: RepotuneModel) -> None:
     assert [r.completion_tokens for r in batched] == [6, 7, 8, 9] or all(
         r.finish_reason == "stop" for r in batched if r.completion_tokens < 6
     )
+
+
+def test_penalties_lower_what_the_completion_wrote_row_by_row(loaded: RepotuneModel) -> None:
+    import torch
+
+    from repotune.serving.batching import PenaltyProcessor
+
+    # OpenAI's formula on the completion's tokens only (the prompt is the first 2 columns).
+    sampling = [SamplingParams(0.0, presence_penalty=0.5, frequency_penalty=1.0), SamplingParams(0.0)]
+    input_ids = torch.tensor([[5, 7, 3, 3, 4], [3, 3, 3, 3, 3]])
+    scores = torch.zeros((2, 8))
+    penalized = PenaltyProcessor(sampling, width=2)(input_ids, scores)
+    assert penalized[0].tolist() == [0, 0, 0, -2.5, -1.5, 0, 0, 0]  # 3 written twice, 4 once; 5, 7 prompt
+    assert penalized[1].tolist() == [0.0] * 8  # no penalty asked: untouched, in the same batch
+
+    # The tiny random model, greedy, writes one token over and over; a frequency penalty in the same
+    # batch turns only its own row away from what it wrote.
+    ids = encode_prompt(loaded.tokenizer, "x")
+
+    async def both() -> list:
+        rows = [SamplingParams(0.0), SamplingParams(0.0, frequency_penalty=2.0)]
+        handles = [loaded.submit(GenerationRequest(ids, max_new_tokens=16, sampling=s)) for s in rows]
+        return [await handle.result() for handle in handles]
+
+    batches = loaded.batcher.batches
+    plain, varied = asyncio.run(both())
+    assert loaded.batcher.batches == batches + 1  # one generate() for both rows
+    assert len(set(plain.text)) == 1 and len(plain.text) == 16
+    assert varied.text[0] == plain.text[0]  # the first token: nothing written yet to penalize
+    assert len(set(varied.text)) > 8
 
 
 def test_stop_strings_cut_the_text_and_streams_hold_them_back(loaded: RepotuneModel) -> None:

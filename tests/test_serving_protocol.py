@@ -66,6 +66,8 @@ BAD_OPTIONS = [
     ({"stop": ["x" * 5000]}, "stop"),
     ({"max_tokens": True}, "max_tokens"),
     ({"temperature": "0.5"}, "temperature"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
 ]
 
 

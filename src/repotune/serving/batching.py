@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,15 @@ class SamplingParams:
     """Nucleus sampling: sample from the smallest token set whose probability adds up to this (0 to 1]."""
     seed: int | None = None
     """Seeds the sampler for the batch (best effort: rows sampled in one batch share the generator)."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from the logit of every token the completion has already written (the
+    prompt's tokens do not count). Applied row by row, so it does not split batches."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once for each time the completion has written it."""
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def greedy(self) -> bool:
@@ -406,10 +415,14 @@ class Batcher:
             }
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
+        processors: list[Any] = []
         heals = [handle.request.heal for handle in batch]
         if any(heals):
-            healing = HealingProcessor(heals, width, self.token_texts)
-            kwargs["logits_processor"] = LogitsProcessorList([healing])
+            processors.append(HealingProcessor(heals, width, self.token_texts))
+        if any(handle.request.sampling.penalized for handle in batch):
+            processors.append(PenaltyProcessor([handle.request.sampling for handle in batch], width))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids.to(device),
@@ -424,6 +437,32 @@ class Batcher:
             if not row.done:  # generate stopped at max_new_tokens before the criterion did
                 row._end("length")
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows))
+
+
+class PenaltyProcessor:
+    """A transformers ``LogitsProcessor`` for OpenAI's ``presence_penalty`` and ``frequency_penalty``,
+    row by row: ``logit[t] -= frequency * count[t] + presence * (count[t] > 0)``, ``count`` being how
+    often the row's completion (its tokens after the prompt's ``width`` columns) has written ``t``. The
+    OpenAI API reference gives this formula; vLLM applies it the same way, to the output tokens only."""
+
+    def __init__(self, sampling: Sequence[SamplingParams], width: int) -> None:
+        import torch
+
+        self.width = width
+        self.presence = torch.tensor([s.presence_penalty for s in sampling], dtype=torch.float32)
+        self.frequency = torch.tensor([s.frequency_penalty for s in sampling], dtype=torch.float32)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        written = input_ids[:, self.width :]
+        if written.shape[1] == 0:
+            return scores
+        counts = torch.zeros(scores.shape, dtype=scores.dtype, device=scores.device)
+        counts.scatter_add_(1, written, torch.ones(written.shape, dtype=scores.dtype, device=scores.device))
+        frequency = self.frequency.to(scores.device, scores.dtype)[:, None]
+        presence = self.presence.to(scores.device, scores.dtype)[:, None]
+        return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Completed]]:

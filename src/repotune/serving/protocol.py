@@ -1,10 +1,12 @@
 """Typed requests for every route, with one set of generation options and one set of bounds.
 
-``GenerationOptions`` (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``) is the base of
+``GenerationOptions`` (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``,
+``presence_penalty``, ``frequency_penalty``) is the base of
 the OpenAI completions and chat requests and of a KServe v1 instance (or v2 request parameters), so a
 value one route refuses, every route refuses. Bounds are OpenAI's: temperature 0 to 2, top_p above 0
-and at most 1, seed a signed 64-bit integer. Stop strings are not limited to OpenAI's 4: editor plugins
-send a dozen or more (vLLM and llama.cpp take them), so the bound is on their number and total length.
+and at most 1, seed a signed 64-bit integer, penalties -2 to 2. Stop strings are not limited to
+OpenAI's 4: editor plugins send a dozen or more (vLLM and llama.cpp take them), so the bound is on
+their number and total length.
 
 Validation is strict (no strings for numbers, no booleans for integers, no NaN); fields a route does
 not know are ignored, as vLLM ignores them, since clients send vendor extensions. A refusal is a
@@ -47,6 +49,8 @@ class GenerationOptions(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
 
     @field_validator("stop")
     @classmethod
@@ -61,7 +65,11 @@ class GenerationOptions(BaseModel):
     def sampling(self, default_temperature: float) -> SamplingParams:
         temperature = default_temperature if self.temperature is None else self.temperature
         return SamplingParams(
-            temperature=temperature, top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed
+            temperature=temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
         )
 
     def stops(self) -> tuple[str, ...]:
@@ -83,16 +91,11 @@ class OpenAIRequest(GenerationOptions):
     n: int | None = Field(None, ge=1)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
     def refuse_unsupported(self) -> None:
         """Parameters this server cannot honour are refused by name rather than silently ignored."""
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise _unsupported(name)
         if self.logit_bias:
             raise _unsupported("logit_bias")
 
