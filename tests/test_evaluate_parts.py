@@ -316,6 +316,8 @@ def test_the_demo_asks_for_a_line_of_code_not_the_middle_of_a_docstring(
     # The docstring's lines do not start with a quote or '#'; only the code line is asked, whatever
     # ends the file's lines.
     assert demo_query(tmp_path).expected.rstrip("\r") == "    return values[0]"
+    # Also when the question carries less context than a docstring line's distance from the top.
+    assert demo_query(tmp_path, context_chars=170).expected.rstrip("\r") == "    return values[0]"
 
 
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:

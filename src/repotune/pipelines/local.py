@@ -564,10 +564,11 @@ def query_served_model(
     return text
 
 
-def _string_lines(files: dict[str, str]) -> set[tuple[str, str]]:
+def _string_lines(files: dict[str, str], context_chars: int) -> set[tuple[str, str]]:
     """``(path, text)`` for each line inside a Python string that spans lines (a docstring's second line
-    on), ``text`` being the 200 characters before that line and the line itself: the demo's question
-    is a line of code, and the middle of a docstring is prose. Files Python cannot tokenize are skipped."""
+    on), ``text`` being the ``context_chars`` characters before that line and the line itself, as a line
+    sample holds them (``prefix + expected``): the demo's question is a line of code, and the middle of
+    a docstring is prose. Files Python cannot tokenize are skipped."""
     import io
     import tokenize
 
@@ -582,13 +583,13 @@ def _string_lines(files: dict[str, str]) -> set[tuple[str, str]]:
         except (tokenize.TokenError, SyntaxError):
             continue
         # Lines cut as the evaluate samples cut them (at "\n" only, as tokenize numbers them), so that
-        # a line's key here is the sample's ``prefix[-200:] + expected``.
+        # a line's key here is the sample's ``prefix + expected``.
         spans = line_spans(text)
         for token in tokens:
             if token.type != tokenize.STRING or token.end[0] == token.start[0]:
                 continue
             for start, end in spans[token.start[0] : token.end[0]]:  # the lines after the string's first
-                found.add((path, text[max(0, start - 200) : start] + text[start:end]))
+                found.add((path, text[max(0, start - context_chars) : end]))
     return found
 
 
@@ -623,14 +624,14 @@ def demo_query(
     )
     records = list(read_records(eval_path))
     lines = draw_samples(records, config).lines
-    prose = _string_lines({r.file_path: r.content for r in records if r.file_path})
+    prose = _string_lines({r.file_path: r.content for r in records if r.file_path}, context_chars)
     # A line of code (not a comment, nor a line of a docstring) with a few lines before it; Python first.
     usable = [
         s
         for s in lines
         if s.prefix.count("\n") >= 4
         and not s.expected.lstrip().startswith(("#", '"', "'", "//", "*"))
-        and (s.path, s.prefix[-200:] + s.expected) not in prose
+        and (s.path, s.prefix + s.expected) not in prose
     ]
     if not usable:
         return FALLBACK_QUERY
