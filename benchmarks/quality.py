@@ -175,11 +175,6 @@ def project_repo(project: Project, cache: Path = CACHE) -> tuple[Path, str]:
     return repo, build_history(repo, trees)[0]
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(1 for _ in handle)
-
-
 def kind_shares(train_jsonl: Path) -> dict[str, float]:
     """Share of training characters by record kind (a proxy for tokens)."""
     chars: dict[str, int] = {}
@@ -231,7 +226,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
     import repotune.evaluate
     import repotune.ingest
     import repotune.train
-    from repotune.clean import CleanConfig
+    from repotune.clean import CleanConfig, CleanLayout
     from repotune.evaluate import EvaluateConfig
     from repotune.evaluate.settings import ScoringConfig
     from repotune.ingest import IngestConfig
@@ -248,11 +243,11 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         return result
 
     clean = work / "clean"
-    if args.reuse_data and (clean / "train.jsonl").is_file() and (clean / "eval.jsonl").is_file():
+    layout = CleanLayout(clean)
+    if args.reuse_data and all(path.is_file() for path in (layout.train, layout.eval, layout.stats)):
         harness.log(f"[{project.name}] reusing the cleaned data in {clean}")
         for stale in ("model", "eval"):
             shutil.rmtree(work / stale, ignore_errors=True)
-        records = {split: _count_lines(clean / f"{split}.jsonl") for split in ("train", "eval")}
     else:
         repo, cut = project_repo(project)
         shutil.rmtree(work, ignore_errors=True)
@@ -260,8 +255,8 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
             "ingest",
             lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut)),
         )
-        cleaned = timed("clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=clean)))
-        records = {"train": cleaned.train_records, "eval": cleaned.eval_records}
+        timed("clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=clean)))
+    kept = json.loads(layout.stats.read_text())["kept"]  # what the clean stage kept, either way
     trained = timed(
         "train",
         lambda: repotune.train.run(
@@ -289,9 +284,9 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         "language": project.language,
         "trained_on": f"{project.name} {project.before.version} ({project.before.date})",
         "scored_on": f"lines {project.after.version} added ({project.after.date})",
-        "train_records": records["train"],
-        "eval_records": records["eval"],
-        "kind_shares": kind_shares(clean / "train.jsonl"),
+        "train_records": kept["train"],
+        "eval_records": kept["eval"],
+        "kind_shares": kind_shares(layout.train),
         "tokens_by_kind": summary["data"].get("tokens_by_kind"),
         "split": evaluated.split,
         "steps": trained.steps,
