@@ -84,16 +84,23 @@ def load_baseline(folder: Path) -> tuple[Any, str]:
     Returns the function (prompt -> new tokens) and the device.
     """
     import torch
+    from transformers import LogitsProcessorList
 
+    from repotune.decoding import newline_tokens
+    from repotune.serving.batching import LinePenaltyProcessor
     from repotune.serving.loading import load_model
     from repotune.serving.model import encode_prompt
+    from repotune.serving.settings import ServeSettings
 
     loaded = load_model(folder)
     model, tokenizer = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
+    newlines = newline_tokens(tokenizer)
+    penalty = ServeSettings().line_repeat_penalty  # what the server decodes a request like ours with
 
     def generate(prompt: str, max_tokens: int) -> int:
         ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
+        processors = [LinePenaltyProcessor([penalty], ids.shape[1], newlines)] if penalty else []
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,
@@ -104,6 +111,7 @@ def load_baseline(folder: Path) -> tuple[Any, str]:
                 top_p=None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList(processors),
             )
         return out.shape[1] - ids.shape[1]
 

@@ -13,6 +13,7 @@ from repotune import clean, evaluate, ingest
 from repotune.clean import CleanConfig
 from repotune.clean.split import SplitConfig
 from repotune.data.transforms import code_prompt, fim_prompt
+from repotune.decoding import LINE_REPEAT_PENALTY
 from repotune.errors import RepotuneError
 from repotune.evaluate import EvaluateConfig, EvaluateResult, Policy, ScoringConfig
 from repotune.evaluate.arms import Arm
@@ -128,19 +129,25 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
 
-def _generated_line(scorer, prompt: str, max_new_tokens: int) -> str:
+def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: float = 0.0) -> str:
     """The first non-blank line `model.generate` writes for ``prompt`` alone, greedily: the reference
-    evaluation's own decoding must agree with."""
+    evaluation's own decoding must agree with. With ``line_penalty``, through the logits processor
+    ``repotune serve`` decodes with."""
     import torch
+    from transformers import LogitsProcessorList
 
+    from repotune.decoding import newline_tokens
     from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
+    from repotune.serving.batching import LinePenaltyProcessor
 
     ids, after_newline = prompt_ids(prompt, scorer.tokenizer, 2048)
     eos = _eos_ids(scorer.model, scorer.tokenizer)
+    served = LinePenaltyProcessor([line_penalty], len(ids), newline_tokens(scorer.tokenizer))
     with torch.no_grad():
         out = scorer.model.generate(
             torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
+            logits_processor=LogitsProcessorList([served] if line_penalty else []),
         )  # fmt: skip
     tokens = out[0, len(ids) :].tolist()
     tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]
@@ -186,6 +193,16 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
                             prefill_alone=False)  # fmt: skip
     assert padded == one
     assert [c.text for c in one] == [_generated_line(scorer, p, 12) for p in prompts]
+    # With the line repeat penalty (the stage's default), batched or not, the answers are the ones the
+    # server's logits processor gives `generate`: what is scored is what is served.
+    penalized = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,
+                               line_penalty=1.0)  # fmt: skip
+    assert penalized == complete_lines(
+        scorer.model, scorer.tokenizer, prompts, batch_size=1, max_new_tokens=12, line_penalty=1.0
+    )
+    assert [c.text for c in penalized] == [_generated_line(scorer, p, 12, line_penalty=1.0) for p in prompts]
+    assert penalized != one  # the tiny model repeats itself within a line, and the penalty turns it
+    assert scorer.config.line_repeat_penalty == LINE_REPEAT_PENALTY == 1.0
 
     tokens = tokenized(samples.perplexity, scorer.tokenizer)
     chosen = windows(tokens, 48, 12, seed=0)

@@ -78,12 +78,17 @@ def test_completions_and_chat_through_the_openai_client(server, client: openai.O
     assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
     assert again.choices[0].text == choice.text  # greedy decoding is deterministic
     # OpenAI's penalties are honoured (they were refused with a 400 before); the first token, with
-    # nothing written yet to penalize, is the greedy one.
+    # nothing written yet to penalize, is the greedy one. Setting one, even to 0, replaces the
+    # server's default line repeat penalty: 0 is plain greedy decoding.
+    unpenalized = client.completions.create(
+        model=server.model_name, prompt="def add(a, b):", max_tokens=8, temperature=0, frequency_penalty=0
+    ).choices[0]
     penalized = client.completions.create(
         model=server.model_name, prompt="def add(a, b):", max_tokens=8, temperature=0,
         frequency_penalty=2.0, presence_penalty=1.0,
     )  # fmt: skip
-    assert penalized.choices[0].text != choice.text and penalized.choices[0].text[:1] == choice.text[:1]
+    assert penalized.choices[0].text != unpenalized.text
+    assert penalized.choices[0].text[:1] == unpenalized.text[:1] == choice.text[:1]
 
     two = client.completions.create(
         model=server.model_name, prompt=["a", "b"], n=2, max_tokens=3, temperature=0.8
@@ -326,6 +331,46 @@ def test_penalties_lower_what_the_completion_wrote_row_by_row(loaded: RepotuneMo
     assert len(set(plain.text)) == 1 and len(plain.text) == 16
     assert varied.text[0] == plain.text[0]  # the first token: nothing written yet to penalize
     assert len(set(varied.text)) > 8
+
+
+def test_the_line_repeat_penalty_is_the_default_of_completions_only(loaded: RepotuneModel) -> None:
+    from repotune.decoding import LINE_REPEAT_PENALTY
+    from repotune.serving.protocol import CompletionRequest, Instance
+
+    # A request that sets no OpenAI penalty decodes with the server's line repeat penalty (what the
+    # evaluate stage scored); one that sets either, even to 0, gets OpenAI's semantics alone.
+    plain = CompletionRequest(model="tiny", prompt="x")
+    assert plain.sampling(1.0, line_penalty=LINE_REPEAT_PENALTY).line_penalty == LINE_REPEAT_PENALTY
+    assert (
+        CompletionRequest(model="tiny", prompt="x", frequency_penalty=0).sampling(1.0, 1.0).line_penalty == 0
+    )
+    assert Instance(prompt="x", presence_penalty=0.5).sampling(0.0, 1.0).line_penalty == 0
+    assert loaded.settings.line_repeat_penalty == LINE_REPEAT_PENALTY
+    with pytest.raises(RepotuneError, match="line_repeat_penalty"):
+        ServeSettings(line_repeat_penalty=-1)
+
+    # The tiny random model, greedy, writes one token over and over; the penalty, in the same batch,
+    # turns only its own row away from what it wrote on the line.
+    ids = encode_prompt(loaded.tokenizer, "x")
+
+    async def both() -> list:
+        rows = [SamplingParams(0.0), SamplingParams(0.0, line_penalty=2.0)]
+        handles = [loaded.submit(GenerationRequest(ids, max_new_tokens=16, sampling=s)) for s in rows]
+        return [await handle.result() for handle in handles]
+
+    batches = loaded.batcher.batches
+    looping, varied = asyncio.run(both())
+    assert loaded.batcher.batches == batches + 1
+    assert len(set(looping.text)) == 1 and len(looping.text) == 16
+    assert varied.text[0] == looping.text[0] and len(set(varied.text)) > 8
+
+    # Through KServe v1, which decodes greedily: the default penalty is on unless the instance says.
+    async def predicted(instance: dict) -> str:
+        return (await loaded.predict({"instances": [instance]}))["predictions"][0]
+
+    default = asyncio.run(predicted({"prompt": "x", "max_tokens": 16}))
+    assert len(set(default)) > 1
+    assert asyncio.run(predicted({"prompt": "x", "max_tokens": 16, "frequency_penalty": 0})) == looping.text
 
 
 def test_stop_strings_cut_the_text_and_streams_hold_them_back(loaded: RepotuneModel) -> None:

@@ -310,6 +310,16 @@ def serve(
             "auto (on when the model was trained with retrieved context); a request's `retrieval` wins."
         ),
     ] = Switch.AUTO,
+    line_repeat_penalty: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=2.0,
+            help="Taken off a token's logit for each time a completion wrote it since its last newline, "
+            "unless the request sets presence_penalty or frequency_penalty; evaluate scores with the "
+            "same default. 0: off.",
+        ),
+    ] = ServeSettings.line_repeat_penalty,
 ) -> None:
     """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol.
 
@@ -330,6 +340,7 @@ def serve(
         tokens=() if insecure_no_auth else tokens_from_env(),
         insecure_no_auth=insecure_no_auth,
         retrieval=retrieval.setting,
+        line_repeat_penalty=line_repeat_penalty,
     )
     run_server(
         model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, file_header
+from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
 
@@ -151,8 +152,10 @@ def complete_lines(
     max_new_tokens: int,
     progress: Progress | None = None,
     prefill_alone: bool | None = None,
+    line_penalty: float = 0.0,
 ) -> list[Completion]:
-    """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time.
+    """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time, with the line
+    repeat penalty ``line_penalty`` (``repotune.decoding``; 0: plain greedy).
 
     ``prefill_alone``: read each prompt in a forward pass of its own (no padding) rather than the
     batch's prompts left-padded together; None does so on a CPU, where a batch reads its prompts no
@@ -163,6 +166,7 @@ def complete_lines(
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
+    newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
     results: list[Completion | None] = [None] * len(encoded)
     for rows in length_batches([len(ids) for ids, _ in encoded], batch_size):
         after = [encoded[i][1] for i in rows]
@@ -173,7 +177,7 @@ def complete_lines(
 
         written = greedy_lines(
             model, [encoded[i][0] for i in rows], max_new_tokens=max_new_tokens, eos=eos, pad=pad,
-            done=done, prefill_alone=alone,
+            done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines,
         )  # fmt: skip
         for tokens, index in zip(written, rows, strict=True):
             results[index] = Completion.from_tokens(tokens, tokenizer, eos, after_newline=encoded[index][1])
@@ -191,9 +195,13 @@ def greedy_lines(
     pad: int,
     done: Callable[[int, list[int]], bool],
     prefill_alone: bool,
+    line_penalty: float = 0.0,
+    newlines: frozenset[int] = frozenset(),
 ) -> list[list[int]]:
     """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
-    sequence, or once ``done(row, tokens)`` says so, or after ``max_new_tokens``.
+    sequence, or once ``done(row, tokens)`` says so, or after ``max_new_tokens``. ``line_penalty``
+    comes off a token's logit for each time the row has written it since its last token in
+    ``newlines`` (``repotune.decoding``).
 
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
@@ -239,7 +247,9 @@ def greedy_lines(
             with torch.no_grad():
                 out = model(input_ids=following[:, None], attention_mask=mask, position_ids=positions,
                             use_cache=True, **{option: cache}, **last_only)  # fmt: skip
-            following = out.logits[:, -1, :].argmax(dim=-1)
+            scores = out.logits[:, -1, :]
+            scores = penalize_lines(scores, [written[row] for row in live], newlines, line_penalty)
+            following = scores.argmax(dim=-1)
         going = []
         for line, (row, token) in enumerate(zip(live, following.tolist(), strict=True)):
             written[row].append(token)

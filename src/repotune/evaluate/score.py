@@ -111,6 +111,7 @@ class Scorer:
             batch_size=self.config.batch_size,
             max_new_tokens=self.config.max_new_tokens,
             progress=progress,
+            line_penalty=self.config.line_repeat_penalty,
         )
         self._answered.update(zip(new, done, strict=True))
         return [self._answered[p] for p in prompts]

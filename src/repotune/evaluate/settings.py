@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from repotune.decoding import LINE_REPEAT_PENALTY
 from repotune.errors import RepotuneError
 
 
@@ -26,6 +27,10 @@ class ScoringConfig:
     """Characters of the file before (and, for FIM, after) the cursor given as context."""
     max_new_tokens: int = 32
     """Tokens a completion may take to write its first non-blank line (greedy)."""
+    line_repeat_penalty: float = LINE_REPEAT_PENALTY
+    """Taken off a token's logit for each time the completion has written it since its last newline
+    (``repotune.decoding``): what ``repotune serve`` decodes with when a request sets no penalty of
+    its own. 0 scores plain greedy decoding."""
     forgetting_files: int = 16
     """Files of general Python code (this interpreter's standard library) for the forgetting check; 0
     skips it."""
@@ -52,12 +57,15 @@ class ScoringConfig:
             _check_int(name, getattr(self, name), minimum)
         for name in ("line_samples", "fim_samples", "commit_samples", "forgetting_files", "seed"):
             _check_int(name, getattr(self, name), 0)
-        if not (isinstance(self.progress_seconds, int | float) and math.isfinite(self.progress_seconds)) or (
-            self.progress_seconds < 0
-        ):
-            raise RepotuneError(
-                f"progress_seconds must be a number of at least 0, got {self.progress_seconds!r}"
-            )
+        for name in ("progress_seconds", "line_repeat_penalty"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or (value < 0)
+            ):
+                raise RepotuneError(f"{name} must be a number of at least 0, got {value!r}")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from repotune.decoding import newline_tokens, penalize_lines
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
 
@@ -66,6 +67,9 @@ class SamplingParams:
     prompt's tokens do not count). Applied row by row, so it does not split batches."""
     frequency_penalty: float = 0.0
     """OpenAI's: subtracted from a token's logit once for each time the completion has written it."""
+    line_penalty: float = 0.0
+    """The line repeat penalty (``repotune.decoding``): like ``frequency_penalty``, but the counts start
+    again after each newline. The server's default for a request that sets neither OpenAI penalty."""
 
     @property
     def penalized(self) -> bool:
@@ -421,6 +425,9 @@ class Batcher:
             processors.append(HealingProcessor(heals, width, self.token_texts))
         if any(handle.request.sampling.penalized for handle in batch):
             processors.append(PenaltyProcessor([handle.request.sampling for handle in batch], width))
+        if any(handle.request.sampling.line_penalty for handle in batch):
+            penalties = [handle.request.sampling.line_penalty for handle in batch]
+            processors.append(LinePenaltyProcessor(penalties, width, newline_tokens(self.tokenizer)))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         with torch.inference_mode():
@@ -463,6 +470,17 @@ class PenaltyProcessor:
         frequency = self.frequency.to(scores.device, scores.dtype)[:, None]
         presence = self.presence.to(scores.device, scores.dtype)[:, None]
         return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+
+class LinePenaltyProcessor:
+    """A transformers ``LogitsProcessor`` for the line repeat penalty (``repotune.decoding``), row by
+    row: a row's completion is its tokens after the prompt's ``width`` columns."""
+
+    def __init__(self, penalties: Sequence[float], width: int, newlines: frozenset[int]) -> None:
+        self.penalties, self.width, self.newlines = list(penalties), width, newlines
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        return penalize_lines(scores, input_ids[:, self.width :].tolist(), self.newlines, self.penalties)
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Completed]]:

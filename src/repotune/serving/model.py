@@ -334,7 +334,9 @@ class RepotuneModel(kserve.Model):
         self.check_generations(len(items) * n, "n" if n > 1 else "prompt")
         retrieval = self.uses_retrieval(request.retrieval)
         built = [self._prompt_ids(item, request, retrieval) for item in items]
-        sampling, stop = request.sampling(default_temperature=1.0), request.stops()  # OpenAI's default
+        # OpenAI's default temperature; the line repeat penalty the evaluate stage scored with
+        sampling = request.sampling(default_temperature=1.0, line_penalty=self.settings.line_repeat_penalty)
+        stop = request.stops()
         rows = [
             self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
                          default_max_tokens=self.settings.default_max_tokens, sampling=sampling, stop=stop)
@@ -453,7 +455,9 @@ class RepotuneModel(kserve.Model):
             heal=prompt.heal,
             max_tokens=instance.max_tokens,
             default_max_tokens=self.settings.default_max_tokens,
-            sampling=instance.sampling(default_temperature=0.0),
+            sampling=instance.sampling(
+                default_temperature=0.0, line_penalty=self.settings.line_repeat_penalty
+            ),
             stop=instance.stops(),
         )
 

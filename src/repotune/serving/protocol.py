@@ -62,14 +62,18 @@ class GenerationOptions(BaseModel):
             raise ValueError(f"the stop strings may hold at most {MAX_STOP_CHARS} characters together")
         return stop
 
-    def sampling(self, default_temperature: float) -> SamplingParams:
+    def sampling(self, default_temperature: float, line_penalty: float = 0.0) -> SamplingParams:
+        """How to decode; ``line_penalty`` (the server's line repeat penalty) applies only when the
+        request sets neither OpenAI penalty: one that does, even to 0, decodes as OpenAI's API says."""
         temperature = default_temperature if self.temperature is None else self.temperature
+        own = self.presence_penalty is not None or self.frequency_penalty is not None
         return SamplingParams(
             temperature=temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
+            line_penalty=0.0 if own else line_penalty,
         )
 
     def stops(self) -> tuple[str, ...]:

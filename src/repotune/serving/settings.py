@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from repotune.decoding import LINE_REPEAT_PENALTY
 from repotune.errors import RepotuneError
 
 TOKENS_ENV = "REPOTUNE_SERVE_TOKENS"
@@ -62,6 +63,10 @@ class ServeSettings:
     ``insecure_no_auth``)."""
     insecure_no_auth: bool = False
     """Serve on a non-loopback address without tokens; set only by the explicit ``--insecure-no-auth``."""
+    line_repeat_penalty: float = LINE_REPEAT_PENALTY
+    """The line repeat penalty (``repotune.decoding``) of completions whose request sets neither
+    ``presence_penalty`` nor ``frequency_penalty``: the evaluate stage scores with the same default.
+    Chat replies are prose, and decode without it. 0 turns it off."""
     retrieval: bool | None = None
     """Put context retrieved from the model folder's index (``MODEL/retrieval/``) in front of completion
     prompts unless a request says otherwise: ``True`` (needs the index), ``False``, or ``None``: when the
@@ -73,6 +78,9 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RepotuneError(f"{name} must be a positive integer, got {value!r}")
+        penalty = self.line_repeat_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not 0 <= penalty <= 2:
+            raise RepotuneError(f"line_repeat_penalty must be a number from 0 to 2, got {penalty!r}")
         if self.batch_wait_ms < 0:
             raise RepotuneError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms!r}")
         if self.request_timeout_s <= 0:

@@ -1,0 +1,61 @@
+"""The line repeat penalty on fixed logits: counts restart after a newline, rows are penalized apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tests.serving_helpers import make_serving_model
+
+from repotune.decoding import LINE_REPEAT_PENALTY, newline_tokens, penalize_lines, since_newline
+
+NEWLINES = frozenset({9})
+
+
+def test_counts_restart_after_a_token_that_holds_a_newline() -> None:
+    assert list(since_newline([1, 2, 9, 3, 3], NEWLINES)) == [3, 3]
+    assert list(since_newline([1, 2, 2], NEWLINES)) == [1, 2, 2]  # no newline yet: all of it
+    assert list(since_newline([1, 9], NEWLINES)) == []  # a fresh line: nothing counts
+
+
+def test_each_row_loses_its_penalty_for_each_use_on_its_line() -> None:
+    logits = torch.zeros((3, 10))
+    written = [[1, 9, 3, 3, 4], [3, 3, 9], [5, 5]]
+    penalized = penalize_lines(logits, written, NEWLINES, [1.0, 1.0, 0.5])
+    assert penalized[0].tolist() == [0, 0, 0, -2, -1, 0, 0, 0, 0, 0]  # 1 was on the line before
+    assert penalized[1].tolist() == [0.0] * 10  # just wrote a newline
+    assert penalized[2].tolist() == [0, 0, 0, 0, 0, -1, 0, 0, 0, 0]
+    assert logits.abs().sum() == 0  # the caller's logits are left as they were
+    same = penalize_lines(logits, written, NEWLINES, 2.0)  # one penalty for every row
+    assert same[0, 3] == -4 and same[2, 5] == -4
+
+
+def test_no_penalty_or_nothing_written_returns_the_logits_unchanged() -> None:
+    logits = torch.randn((2, 10))
+    assert penalize_lines(logits, [[1, 1], [2]], NEWLINES, 0.0) is logits
+    assert penalize_lines(logits, [[], [1, 9]], NEWLINES, 1.0) is logits
+
+
+@pytest.mark.integration
+def test_newline_tokens_are_the_ones_whose_text_holds_one(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
+    found = newline_tokens(tokenizer)
+    assert found and all("\n" in tokenizer.decode([i]) for i in found)
+    assert tokenizer.encode("x = 1", add_special_tokens=False)[0] not in found
+    assert any(i in found for i in tokenizer.encode("a\nb", add_special_tokens=False))
+
+
+def test_evaluation_scores_with_the_penalty_serving_applies_by_default() -> None:
+    from repotune.errors import RepotuneError
+    from repotune.evaluate import ScoringConfig
+    from repotune.evaluate.stage import settings_from
+    from repotune.serving.settings import ServeSettings
+
+    assert ScoringConfig().line_repeat_penalty == ServeSettings().line_repeat_penalty == LINE_REPEAT_PENALTY
+    assert settings_from({"line_repeat_penalty": 0}, "--eval")[0].line_repeat_penalty == 0
+    for bad in (-1, float("nan"), True):
+        with pytest.raises(RepotuneError, match="line_repeat_penalty"):
+            ScoringConfig(line_repeat_penalty=bad)
