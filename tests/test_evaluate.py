@@ -115,6 +115,7 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     for label in ("| base |", "| base + retrieval (reference) |", "| candidate", "| candidate + retrieval"):
         assert label in report, label
     assert "File split" in report and "scored on held-out files, which training never saw" in report
+    assert "decoded greedily with a line repeat penalty of 1, as `repotune serve` decodes" in report
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count('<g class="bar" data-arm="candidate_retrieval">') >= 5
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

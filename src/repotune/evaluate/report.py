@@ -179,9 +179,15 @@ def _footer(context: dict[str, Any]) -> list[str]:
         code = "the added lines' tokens, the file before them as context"
     else:
         code = "every token of the held-out code files"
+    penalty = context.get("line_repeat_penalty")
+    decoding = (
+        f"decoded greedily with a line repeat penalty of {penalty:g}, as `repotune serve` decodes by default"
+        if penalty
+        else "decoded greedily"
+    )
     return [
-        f"{FOOTER} (a completion's answer is its first non-blank line), each with its 95% bootstrap",
-        "interval and sample count n; the decision compares arms pair by pair over those samples.",
+        f"{FOOTER} (a completion's answer is its first non-blank line, {decoding}), each with its 95%",
+        "bootstrap interval and sample count n; the decision compares arms pair by pair over those samples.",
         f"Perplexity is token-weighted over {code}, for models without retrieved context.",
         "The diff-marker share counts line completions that start like a diff line",
         "(`+`, `-`, `@@`, `diff --git`) or a file header (`<filename>`, `# File:`) where the file's line",

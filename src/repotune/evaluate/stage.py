@@ -288,6 +288,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             f"built from {CleanLayout(data_dir).train.name}" if index is not None else None),
         "retrieval_context_tokens": budget if index is not None else None,
         "samples_with_context": found or None,
+        "line_repeat_penalty": scoring.line_repeat_penalty,
     }  # fmt: skip
     layout = EvaluateLayout(config.output)
     result = EvaluateResult(layout, decision, scores, data_dir, None, split, seconds)
