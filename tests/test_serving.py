@@ -318,10 +318,17 @@ def test_penalties_lower_what_the_completion_wrote_row_by_row(loaded: RepotuneMo
 
     # The tiny random model, greedy, writes one token over and over; a frequency penalty in the same
     # batch turns only its own row away from what it wrote.
+    _turns_away_in_its_own_row(loaded, SamplingParams(0.0, frequency_penalty=2.0))
+
+
+def _turns_away_in_its_own_row(loaded: RepotuneModel, penalized: SamplingParams) -> str:
+    """Generate 16 tokens after "x" plain and with ``penalized``, in one batch: the tiny random model,
+    greedy, writes one token over and over, and only the penalized row turns away (after its first
+    token, when nothing written is there to penalize). Returns the plain row's text."""
     ids = encode_prompt(loaded.tokenizer, "x")
 
     async def both() -> list:
-        rows = [SamplingParams(0.0), SamplingParams(0.0, frequency_penalty=2.0)]
+        rows = [SamplingParams(0.0), penalized]
         handles = [loaded.submit(GenerationRequest(ids, max_new_tokens=16, sampling=s)) for s in rows]
         return [await handle.result() for handle in handles]
 
@@ -329,8 +336,8 @@ def test_penalties_lower_what_the_completion_wrote_row_by_row(loaded: RepotuneMo
     plain, varied = asyncio.run(both())
     assert loaded.batcher.batches == batches + 1  # one generate() for both rows
     assert len(set(plain.text)) == 1 and len(plain.text) == 16
-    assert varied.text[0] == plain.text[0]  # the first token: nothing written yet to penalize
-    assert len(set(varied.text)) > 8
+    assert varied.text[0] == plain.text[0] and len(set(varied.text)) > 8
+    return plain.text
 
 
 def test_the_line_repeat_penalty_is_the_default_of_completions_only(loaded: RepotuneModel) -> None:
@@ -349,20 +356,8 @@ def test_the_line_repeat_penalty_is_the_default_of_completions_only(loaded: Repo
     with pytest.raises(RepotuneError, match="line_repeat_penalty"):
         ServeSettings(line_repeat_penalty=-1)
 
-    # The tiny random model, greedy, writes one token over and over; the penalty, in the same batch,
-    # turns only its own row away from what it wrote on the line.
-    ids = encode_prompt(loaded.tokenizer, "x")
-
-    async def both() -> list:
-        rows = [SamplingParams(0.0), SamplingParams(0.0, line_penalty=2.0)]
-        handles = [loaded.submit(GenerationRequest(ids, max_new_tokens=16, sampling=s)) for s in rows]
-        return [await handle.result() for handle in handles]
-
-    batches = loaded.batcher.batches
-    looping, varied = asyncio.run(both())
-    assert loaded.batcher.batches == batches + 1
-    assert len(set(looping.text)) == 1 and len(looping.text) == 16
-    assert varied.text[0] == looping.text[0] and len(set(varied.text)) > 8
+    # The line penalty, too, turns only its own row away from what it wrote on the line.
+    looping = _turns_away_in_its_own_row(loaded, SamplingParams(0.0, line_penalty=2.0))
 
     # Through KServe v1, which decodes greedily: the default penalty is on unless the instance says.
     async def predicted(instance: dict) -> str:
@@ -370,7 +365,7 @@ def test_the_line_repeat_penalty_is_the_default_of_completions_only(loaded: Repo
 
     default = asyncio.run(predicted({"prompt": "x", "max_tokens": 16}))
     assert len(set(default)) > 1
-    assert asyncio.run(predicted({"prompt": "x", "max_tokens": 16, "frequency_penalty": 0})) == looping.text
+    assert asyncio.run(predicted({"prompt": "x", "max_tokens": 16, "frequency_penalty": 0})) == looping
 
 
 def test_stop_strings_cut_the_text_and_streams_hold_them_back(loaded: RepotuneModel) -> None:
