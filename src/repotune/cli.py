@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from repotune.clean import CleanConfig
+from repotune.decoding import MAX_LINE_REPEAT_PENALTY
 from repotune.deploy import DeployConfig, to_yaml
 from repotune.errors import RepotuneError
 from repotune.evaluate import EvaluateConfig
@@ -314,7 +315,7 @@ def serve(
         float,
         typer.Option(
             min=0.0,
-            max=2.0,
+            max=MAX_LINE_REPEAT_PENALTY,
             help="Taken off a token's logit for each time a completion wrote it since its last newline, "
             "unless the request sets presence_penalty or frequency_penalty; evaluate scores with the "
             "same default. 0: off.",

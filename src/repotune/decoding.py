@@ -22,9 +22,23 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+from repotune.errors import RepotuneError
+
 LINE_REPEAT_PENALTY = 1.0
 """Subtracted from a token's logit once for each time the completion has written it since its last
 newline; 0 turns the penalty off."""
+MAX_LINE_REPEAT_PENALTY = 2.0
+"""The largest penalty taken, as OpenAI's penalties go up to 2."""
+
+
+def check_line_penalty(value: object) -> None:
+    """Refuse a line repeat penalty that is not a number from 0 to ``MAX_LINE_REPEAT_PENALTY``: the one
+    check for the evaluate stage's setting and the server's."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 <= value <= MAX_LINE_REPEAT_PENALTY:
+        raise RepotuneError(
+            f"line_repeat_penalty must be a number from 0 to {MAX_LINE_REPEAT_PENALTY:g}, got {value!r}"
+        )
 
 
 @cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from repotune.decoding import LINE_REPEAT_PENALTY
+from repotune.decoding import LINE_REPEAT_PENALTY, check_line_penalty
 from repotune.errors import RepotuneError
 
 
@@ -57,15 +57,13 @@ class ScoringConfig:
             _check_int(name, getattr(self, name), minimum)
         for name in ("line_samples", "fim_samples", "commit_samples", "forgetting_files", "seed"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("progress_seconds", "line_repeat_penalty"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or (value < 0)
-            ):
-                raise RepotuneError(f"{name} must be a number of at least 0, got {value!r}")
+        if not (isinstance(self.progress_seconds, int | float) and math.isfinite(self.progress_seconds)) or (
+            self.progress_seconds < 0
+        ):
+            raise RepotuneError(
+                f"progress_seconds must be a number of at least 0, got {self.progress_seconds!r}"
+            )
+        check_line_penalty(self.line_repeat_penalty)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from repotune.decoding import LINE_REPEAT_PENALTY
+from repotune.decoding import LINE_REPEAT_PENALTY, check_line_penalty
 from repotune.errors import RepotuneError
 
 TOKENS_ENV = "REPOTUNE_SERVE_TOKENS"
@@ -78,9 +78,7 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RepotuneError(f"{name} must be a positive integer, got {value!r}")
-        penalty = self.line_repeat_penalty
-        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not 0 <= penalty <= 2:
-            raise RepotuneError(f"line_repeat_penalty must be a number from 0 to 2, got {penalty!r}")
+        check_line_penalty(self.line_repeat_penalty)
         if self.batch_wait_ms < 0:
             raise RepotuneError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms!r}")
         if self.request_timeout_s <= 0:
