@@ -121,7 +121,11 @@ CALLERS = ("repotune.cli", "repotune.components.steps", "repotune.pipelines", "r
 # What a caller may call besides `run`: helpers that build a stage's config, not its work, and
 # evaluate's `draw_samples`, which only reads held-out records (the demo asks the served model one of
 # the questions evaluation asks), and `line_spans`, the lines of a text as those samples cut them.
+# Evaluate has a second entry, `score_base`: the base model's share of its work, which needs no trained
+# model, so the pipeline runs it beside train (`base_scores_summary` reads what it wrote).
 CONFIG_HELPERS = {
+    "score_base",
+    "base_scores_summary",
     "resolve_recipe",
     "settings_from",
     "shipped_recipes_dir",

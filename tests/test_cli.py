@@ -96,6 +96,7 @@ def test_compile_and_deploy_take_a_teams_images(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     images = _images(tmp_path / "gpu.yaml")
     assert images.pop("exec-train") == images.pop("exec-evaluate") == f"{TEAM}-cuda:1.4.2"
+    assert images.pop("exec-score-base") == f"{TEAM}-cuda:1.4.2"
     assert set(images.values()) == {f"{TEAM}:1.4.2"}
     done = repotune("compile", "-o", str(tmp_path / "cpu.yaml"), "--image", f"{TEAM}:1.4.2",
                     "--cuda-image", "registry.example.com/gpu/trainer:7")  # fmt: skip

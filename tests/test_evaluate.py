@@ -329,6 +329,46 @@ def test_the_index_of_a_file_split_holds_no_held_out_file(
             assert not any(f"def price_{number}_" in f["content"] for f in files)
 
 
+@pytest.mark.integration
+def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
+    project: Path, trained: Path, tmp_path: Path
+) -> None:
+    """The score-base step's saved arms give the evaluation the numbers it would have scored itself;
+    other samples or settings are never mistaken for them."""
+    from dataclasses import replace
+
+    from repotune.evaluate import baseline
+    from repotune.evaluate.stage import retrieval_index
+
+    index = tmp_path / "index"
+    retrieval_index(EvaluateConfig(model=trained, data=project, output=tmp_path), lambda _: None).save(index)
+    summary = json.loads((trained / "train_summary.json").read_text())
+    shown: list[str] = []
+    saved = baseline.run(project, tmp_path / "base", summary["base_model"], scoring=QUICK,
+                         recipe=summary["recipe"], index=index, log=shown.append)  # fmt: skip
+    assert "base: line completion: 20/20" in "\n".join(shown)
+    assert baseline.summary(saved).startswith(f"{summary['base_model']}: line edit similarity base 0.")
+
+    whole = evaluate_model(trained, project, tmp_path / "whole", scoring=QUICK, index=index)
+    lines: list[str] = []
+    reused = evaluate_model(trained, project, tmp_path / "reused", scoring=replace(QUICK, batch_size=3),
+                            index=index, base_scores=tmp_path / "base", log=lines.append)  # fmt: skip
+    assert any(line.startswith("base arms: reused from ") for line in lines)
+    assert not any("base: line completion" in line for line in lines)  # the base model was not run
+    assert reused.models == whole.models and reused.decision == whole.decision
+    completions = [(tmp_path / name / "completions.jsonl").read_text() for name in ("whole", "reused")]
+    assert completions[0] == completions[1]
+    assert "(base arms scored in " in (tmp_path / "reused" / "report.md").read_text()
+
+    # Other samples (one more line): the saved arms are not theirs, so the base is scored here.
+    lines.clear()
+    evaluate_model(trained, project, tmp_path / "other", scoring=replace(QUICK, line_samples=21), index=index,
+                   base_scores=tmp_path / "base", log=lines.append)  # fmt: skip
+    assert any(line.startswith("base arms: scored here, not reused: ") for line in lines)
+    assert any("base: line completion: 21/21" in line for line in lines)
+    assert baseline.load(tmp_path / "nothing", "key")[1].endswith("base_scores.json does not exist")
+
+
 def test_bad_evaluation_input_is_named(project: Path, trained: Path, tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match=r"no eval\.jsonl"):
         evaluate_model(trained, tmp_path, tmp_path / "o", scoring=QUICK)

@@ -126,6 +126,36 @@ def test_the_retrieval_index_is_built_once_per_revision_and_ships_to_train_and_e
 
 
 @pytest.mark.parametrize("name", sorted(COMPILED))
+def test_the_base_model_is_scored_beside_training_and_its_scores_reach_evaluate(name: str) -> None:
+    spec, _ = _spec(name)
+    tasks = spec["root"]["dag"]["tasks"]
+    based = tasks["score-base"]
+    # It needs no trained model, so nothing orders it after train: a cluster runs the two together.
+    assert "train" not in based.get("dependentTasks", []) and "score-base" not in tasks["train"].get(
+        "dependentTasks", []
+    )
+    assert based["cachingOptions"]["enableCache"] is True
+    assert {a: v["taskOutputArtifact"]["producerTask"] for a, v in based["inputs"]["artifacts"].items()} == {
+        "dataset": "clean", "index": "retrieval-index"
+    }  # fmt: skip
+    # what decides the base model, its retrieval budget and the samples: the run's own parameters
+    params = based["inputs"]["parameters"]
+    assert params["base_model"]["componentInputParameter"] == "base_model"
+    assert params["overrides"]["componentInputParameter"] == "training"
+    assert params["settings"]["componentInputParameter"] == "evaluation"
+    source = tasks["evaluate"]["inputs"]["artifacts"]["base_scores"]["taskOutputArtifact"]
+    assert source == {"outputArtifactKey": "scores", "producerTask": "score-base"}
+    executors = spec["deploymentSpec"]["executors"]
+    # the base model is scored where the candidate is: the same image and resources
+    assert (
+        executors["exec-score-base"]["container"]["image"] == executors["exec-evaluate"]["container"]["image"]
+    )
+    assert executors["exec-score-base"]["container"].get("resources") == executors["exec-evaluate"][
+        "container"
+    ].get("resources")
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
 def test_the_hub_export_runs_only_after_a_promotion_and_only_with_a_hub_repo(name: str) -> None:
     spec, platform = _spec(name)
     params = spec["root"]["inputDefinitions"]["parameters"]
@@ -297,7 +327,7 @@ def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_para
         with pytest.raises(RepotuneError, match=f"create the Kubernetes Secret {secret} "):
             call()
     with pytest.raises(RepotuneError, match=r"evaluate: MLflow tracking .* needs MLFLOW_TRACKING_URI"):
-        steps.evaluate(None, None, None, "repotune", {}, True, "", None, None, None, None)
+        steps.evaluate(None, None, None, None, "repotune", {}, True, "", None, None, None, None)
     with pytest.raises(RepotuneError, match="retrieval-index: the artifacts root s3://runs/x needs"):
         steps.retrieval_index(None, "abc123", "s3://runs/x", None)
     with pytest.raises(RepotuneError, match="deploy: MLflow tracking"):
@@ -326,8 +356,8 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     emit("Skipping conditional task condition-1 (condition evaluated to False)")
     status = json.loads((tmp_path / "status.json").read_text())
     states = {name: entry["state"] for name, entry in status["stages"].items()}
-    assert states == {"ingest": "cached", "clean": "failed", "train": "pending", "evaluate": "pending",
-                      "deploy": "skipped"}  # fmt: skip
+    assert states == {"ingest": "cached", "clean": "failed", "score-base": "pending", "train": "pending",
+                      "evaluate": "pending", "deploy": "skipped"}  # fmt: skip
     assert status["stages"]["clean"]["finished"] is not None
     assert changes == [("ingest", "running"), ("ingest", "cached"), ("clean", "running"), ("clean", "failed"),
                        ("deploy", "skipped")]  # fmt: skip
@@ -361,7 +391,8 @@ def test_a_kfp_clusters_run_is_read_into_the_same_schema() -> None:
     status = RunStatus.from_kfp(raw)
     assert status.state == "running" and status.error is None
     assert {n: e.state for n, e in status.stages.items()} == {
-        "ingest": "cached", "clean": "pending", "train": "running", "evaluate": "pending", "deploy": "pending"
+        "ingest": "cached", "clean": "pending", "score-base": "pending", "train": "running",
+        "evaluate": "pending", "deploy": "pending",
     }  # fmt: skip
     failed = RunStatus.from_kfp({"state": "CANCELED", "error": "stopped by a person", "tasks": {}})
     assert (failed.state, failed.error) == ("failed", "stopped by a person")
@@ -455,14 +486,17 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             first = run("run1")
             assert first.state == "succeeded"
             assert {n: e.state for n, e in first.stages.items()} == {
-                "ingest": "succeeded", "clean": "succeeded", "train": "succeeded", "evaluate": "succeeded",
-                "deploy": "succeeded",
+                "ingest": "succeeded", "clean": "succeeded", "score-base": "succeeded", "train": "succeeded",
+                "evaluate": "succeeded", "deploy": "succeeded",
             }, first.decision  # fmt: skip
             assert first.promote is True
             on_disk = json.loads((tmp_path / "run1" / "status.json").read_text())
             assert on_disk["state"] == "succeeded" and on_disk["registered_version"] == "1"
             assert RunStatus.from_dict(on_disk) == first  # what status.json says is what was returned
-            assert (tmp_path / "run1" / "report.md").read_text().startswith("# ")
+            report = (tmp_path / "run1" / "report.md").read_text()
+            assert report.startswith("# ")
+            # evaluate scored the candidate only: the base arms came from the score-base step
+            assert "(base arms scored in " in report and " s by the score-base step)" in report
             assert first.metrics is not None
             assert (
                 first.metrics["candidate"]["perplexity"]["value"]
@@ -508,8 +542,8 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             # whose inputs include the retrieval index, is a hit only when the index step was one too)
             second = run("run2")
             assert {n: e.state for n, e in second.stages.items()} == {
-                "ingest": "cached", "clean": "cached", "train": "cached", "evaluate": "cached",
-                "deploy": "succeeded",
+                "ingest": "cached", "clean": "cached", "score-base": "cached", "train": "cached",
+                "evaluate": "cached", "deploy": "succeeded",
             }  # fmt: skip
             assert second.model == first.model
             assert len(list(registry._client.search_model_versions("name='repotune'"))) == 1

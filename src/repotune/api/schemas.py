@@ -154,7 +154,9 @@ class RunInfo(BaseModel):
     started: str | None = None
     finished: str | None = None
     error: str | None = None
-    stages: dict[str, StageInfo] | None = Field(None, description="ingest, clean, train, evaluate, deploy")
+    stages: dict[str, StageInfo] | None = Field(
+        None, description="ingest, clean, score-base, train, evaluate, deploy"
+    )
     metrics: dict[str, Any] | None = Field(None, description="The evaluation's metrics by model")
     promote: bool | None = Field(None, description="Whether evaluation chose to promote the candidate")
     decision: dict[str, Any] | None = Field(None, description="Why evaluation promoted or not")

@@ -175,10 +175,35 @@ def train(
     print(f"train: {result.steps} steps of {result.method} on {result.base_model}{held_out}")
 
 
+def score_base(
+    dataset: Input[Dataset],
+    index: Input[Artifact],
+    recipe: str,
+    base_model: str,
+    overrides: dict,
+    settings: dict,
+    scores: Output[Artifact],
+) -> None:
+    """Scores the base model (with and without retrieval) on the held-out data: it needs no trained
+    model, so it runs beside training, and its cache serves every run with the same inputs."""
+    from pathlib import Path
+
+    from repotune import train
+    from repotune.config import from_struct, to_dict
+    from repotune.evaluate import base_scores_summary, score_base, settings_from
+
+    scoring, _ = settings_from(from_struct(settings), "evaluation settings")
+    chosen = train.resolve_recipe(recipe, {"base_model": base_model, **from_struct(overrides)})[0]
+    saved = score_base(Path(dataset.path), Path(scores.path), chosen.base_model, scoring=scoring,
+                       recipe=to_dict(chosen), index=Path(index.path))  # fmt: skip
+    print(f"score-base: {base_scores_summary(saved)}")
+
+
 def evaluate(
     model: Input[Model],
     dataset: Input[Dataset],
     index: Input[Artifact],
+    base_scores: Input[Artifact],
     model_name: str,
     settings: dict,
     tracking: bool,
@@ -202,7 +227,7 @@ def evaluate(
     result = evaluate.run(evaluate.EvaluateConfig(
         model=Path(model.path), data=Path(dataset.path), output=Path(evaluation.path), scoring=scoring,
         policy=policy, index=Path(index.path), tracking_uri=mlflow.uri_from_env() if tracking else None,
-        model_name=model_name,
+        model_name=model_name, base_scores=Path(base_scores.path),
     ))  # fmt: skip
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

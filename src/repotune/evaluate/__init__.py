@@ -1,5 +1,7 @@
 """The evaluate stage: ``run(EvaluateConfig) -> EvaluateResult``; ``EvaluateLayout`` names its files."""
 
+from repotune.evaluate.baseline import run as score_base
+from repotune.evaluate.baseline import summary as base_scores_summary
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.samples import draw_samples, line_spans
@@ -12,8 +14,10 @@ __all__ = [
     "EvaluateResult",
     "Policy",
     "ScoringConfig",
+    "base_scores_summary",
     "draw_samples",
     "line_spans",
     "run",
+    "score_base",
     "settings_from",
 ]

@@ -168,6 +168,8 @@ def _setting_line(result: EvaluateResult, context: dict[str, Any]) -> str:
             retrieval += f", found for {found['lines']} lines and {found['fims']} FIM spans"
     champion = f"; champion version {context['champion']}" if context.get("champion") else ""
     timing = f"; scored in {result.seconds:.0f} s" if result.seconds is not None else ""
+    if timing and context.get("base_arms"):
+        timing += f" (base arms {context['base_arms']})"
     return (
         f"Held-out data `{context.get('data')}`; candidate `{context.get('candidate')}`; base "
         f"`{context.get('base')}`{champion}; {retrieval}{timing}."

@@ -246,6 +246,70 @@ def retrieval_contexts(
     return Contexts(lines, fims)
 
 
+def context_budget(summary: dict[str, Any], index: Any | None = None) -> int:
+    """Tokens of retrieved context to put in front of a prompt: the budget the model was trained with
+    (its recipe's ``data.retrieval_context_tokens``, where ``data.retrieval_rate`` gave training examples
+    context), else the budget of the index searched (its ``max_context_tokens``), else the retrieval
+    default: what serving puts in front of a request with the same model and index.
+
+    A model trained without context learned no budget; the recipe's number then means nothing, and a
+    small one (the demo's 96 tokens) fits no chunk of 20 lines of code, which would leave the
+    retrieval arms with no context at all.
+    """
+    from repotune.retrieval import RetrievalConfig
+    from repotune.retrieval.shipped import recipe_retrieval
+
+    _, budget = recipe_retrieval(summary)
+    if budget is not None:
+        return budget
+    return index.config.max_context_tokens if index is not None else RetrievalConfig().max_context_tokens
+
+
+def load_or_build_index(index_dir: Path | None, data: Path, log: Callable[[str], None]) -> Any | None:
+    """The index saved in ``index_dir``, else one built over the training records of the clean folder
+    ``data``; None when there is nothing to retrieve from."""
+    from repotune.clean.layout import CleanLayout
+    from repotune.records import read_records
+    from repotune.retrieval import RetrievalIndex
+
+    if index_dir is not None:
+        index = RetrievalIndex.load(index_dir)
+        log(f"retrieval index: {index_dir} ({len(index):,} chunks, revision {index.revision})")
+    else:
+        train = CleanLayout(data).train
+        if not train.is_file():
+            log(f"retrieval arms not scored: {data} has no {train.name} to build an index from")
+            return None
+        index = RetrievalIndex.build(read_records(train), log=log)
+    if len(index) == 0:
+        log("retrieval arms not scored: the index holds no code or doc chunks")
+        return None
+    return index
+
+
+def score_model(
+    name: str,
+    folder: Path,
+    samples: Any,
+    scoring: ScoringConfig,
+    index: Any | None,
+    budget: int,
+    retrieval_only: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[Arm, Any], Any]:
+    """The model's arms, and the contexts its retrieval arm was given (None without one)."""
+    scorer = Scorer(folder, scoring)
+    contexts = None
+    if index is not None:
+        limit = scorer.max_prompt_tokens
+        contexts = retrieval_contexts(index, samples, scorer.tokenizer, budget, max_prompt_tokens=limit)
+    scored = scorer.score(samples, name, log, contexts=contexts, retrieval_only=retrieval_only)
+    for arm, result in scored.items():
+        shown = [m for m in ("line_edit_similarity", "line_exact_match", "perplexity") if m in result.metrics]
+        log(f"  {arm.label}: " + "; ".join(result.metrics[m].describe() for m in shown))
+    return scored, contexts
+
+
 def metric_from_dict(name: str, values: dict[str, Any]) -> Metric:
     """The ``Metric`` that :func:`metric_to_dict` wrote (as in metrics.json)."""
     return Metric(

@@ -30,7 +30,14 @@ from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import Decision, Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.metrics import Metric
-from repotune.evaluate.score import ScoringConfig, metric_from_dict, metric_to_dict
+from repotune.evaluate.score import (
+    ScoringConfig,
+    context_budget,
+    load_or_build_index,
+    metric_from_dict,
+    metric_to_dict,
+    score_model,
+)
 from repotune.train.layout import TrainLayout
 
 
@@ -66,6 +73,10 @@ class EvaluateConfig:
     """Registered model name in MLflow."""
     experiment: str = "repotune"
     """MLflow experiment of the evaluation run."""
+    base_scores: Path | None = None
+    """A folder the score-base step wrote (``repotune.evaluate.baseline``): its base and base +
+    retrieval arms are used when they were scored on exactly what this evaluation would score (same
+    samples, settings, base model files, index and budget); otherwise the base model is scored here."""
 
 
 @dataclass(frozen=True)
@@ -149,45 +160,10 @@ def _summary(model_dir: Path) -> dict[str, Any]:
     return json.loads(model.summary.read_text())
 
 
-def context_budget(summary: dict[str, Any], index: Any | None = None) -> int:
-    """Tokens of retrieved context to put in front of a prompt: the budget the model was trained with
-    (its recipe's ``data.retrieval_context_tokens``, where ``data.retrieval_rate`` gave training examples
-    context), else the budget of the index searched (its ``max_context_tokens``), else the retrieval
-    default: what serving puts in front of a request with the same model and index.
-
-    A model trained without context learned no budget; the recipe's number then means nothing, and a
-    small one (the demo's 96 tokens) fits no chunk of 20 lines of code, which would leave the
-    retrieval arms with no context at all.
-    """
-    from repotune.retrieval import RetrievalConfig
-    from repotune.retrieval.shipped import recipe_retrieval
-
-    _, budget = recipe_retrieval(summary)
-    if budget is not None:
-        return budget
-    return index.config.max_context_tokens if index is not None else RetrievalConfig().max_context_tokens
-
-
 def retrieval_index(config: EvaluateConfig, log: Callable[[str], None]) -> Any | None:
     """The index the retrieval arms search: ``config.index``, else one built over the clean folder's
     training records (never the held-out ones); None when there is nothing to retrieve from."""
-    from repotune.clean.layout import CleanLayout
-    from repotune.records import read_records
-    from repotune.retrieval import RetrievalIndex
-
-    if config.index is not None:
-        index = RetrievalIndex.load(config.index)
-        log(f"retrieval index: {config.index} ({len(index):,} chunks, revision {index.revision})")
-    else:
-        train = CleanLayout(config.data).train
-        if not train.is_file():
-            log(f"retrieval arms not scored: {config.data} has no {train.name} to build an index from")
-            return None
-        index = RetrievalIndex.build(read_records(train), log=log)
-    if len(index) == 0:
-        log("retrieval arms not scored: the index holds no code or doc chunks")
-        return None
-    return index
+    return load_or_build_index(config.index, config.data, log)
 
 
 def _split(data: Path) -> dict[str, Any] | None:
@@ -263,11 +239,16 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         per_sample: dict[str, dict[str, list[float]]] = {}
         answers: dict[str, dict[str, list[str]]] = {}
         found: dict[str, int] = {}
+        reused = None
         for name, folder, tokens, retrieval_only in models:
-            log(f"scoring the {name} model ({folder})")
-            scored, contexts = _score_model(
-                name, folder, samples, scoring, index, tokens, retrieval_only, log
-            )
+            scored = None
+            if name == "base" and config.base_scores is not None:
+                scored, reused = _saved_base(config, samples, base_dir, tokens, index is not None, log)
+            if scored is None:
+                log(f"scoring the {name} model ({folder})")
+                scored, contexts = score_model(
+                    name, folder, samples, scoring, index, tokens, retrieval_only, log
+                )
             if name == "candidate" and contexts is not None:
                 found = {"lines": sum(map(bool, contexts.lines)), "fims": sum(map(bool, contexts.fims))}
             for arm, result in scored.items():
@@ -289,6 +270,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "retrieval_context_tokens": budget if index is not None else None,
         "samples_with_context": found or None,
         "line_repeat_penalty": scoring.line_repeat_penalty,
+        "base_arms": reused,
     }  # fmt: skip
     layout = EvaluateLayout(config.output)
     result = EvaluateResult(layout, decision, scores, data_dir, None, split, seconds)
@@ -342,29 +324,27 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     return EvaluateResult(layout, decision, scores, data_dir, version, split, seconds)
 
 
-def _score_model(
-    name: str,
-    folder: Path,
+def _saved_base(
+    config: EvaluateConfig,
     samples: Any,
-    scoring: ScoringConfig,
-    index: Any | None,
+    base_dir: Path,
     budget: int,
-    retrieval_only: bool,
+    indexed: bool,
     log: Callable[[str], None],
-) -> tuple[dict[Arm, Any], Any]:
-    """The model's arms, and the contexts its retrieval arm was given (None without one)."""
-    from repotune.evaluate.score import Scorer, retrieval_contexts
+) -> tuple[dict[Arm, Any] | None, str | None]:
+    """The base arms the score-base step saved in ``config.base_scores`` and where they came from, when
+    they were scored on what this evaluation scores; (None, None) otherwise, and the log says why."""
+    from repotune.evaluate import baseline
 
-    scorer = Scorer(folder, scoring)
-    contexts = None
-    if index is not None:
-        limit = scorer.max_prompt_tokens
-        contexts = retrieval_contexts(index, samples, scorer.tokenizer, budget, max_prompt_tokens=limit)
-    scored = scorer.score(samples, name, log, contexts=contexts, retrieval_only=retrieval_only)
-    for arm, result in scored.items():
-        shown = [m for m in ("line_edit_similarity", "line_exact_match", "perplexity") if m in result.metrics]
-        log(f"  {arm.label}: " + "; ".join(result.metrics[m].describe() for m in shown))
-    return scored, contexts
+    assert config.base_scores is not None
+    identity = baseline.index_identity(config.index, config.data) if indexed else None
+    key = baseline.base_key(samples, config.scoring, base_dir, budget, identity)
+    scored, found = baseline.load(config.base_scores, key)
+    if scored is None:
+        log(f"base arms: scored here, not reused: {found}")
+        return None, None
+    log(f"base arms: reused from {config.base_scores}, {found}")
+    return scored, found
 
 
 def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -> dict[str, Any]:

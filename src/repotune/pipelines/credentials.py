@@ -30,10 +30,19 @@ Kubeflow. KFP sets it per run, not per step (kfp-kubernetes has no per-task serv
 submit`` names it, and runs started from the KFP UI name it in the run form's "Service Account" field."""
 
 Step = Literal[
-    "resolve-source", "ingest", "clean", "retrieval-index", "train", "evaluate", "deploy", "export"
+    "resolve-source",
+    "ingest",
+    "clean",
+    "retrieval-index",
+    "score-base",
+    "train",
+    "evaluate",
+    "deploy",
+    "export",
 ]
 STEPS: tuple[Step, ...] = (
-    "resolve-source", "ingest", "clean", "retrieval-index", "train", "evaluate", "deploy", "export"
+    "resolve-source", "ingest", "clean", "retrieval-index", "score-base", "train", "evaluate", "deploy",
+    "export",
 )  # fmt: skip
 
 
@@ -81,6 +90,7 @@ STEP_SECRETS: dict[Step, tuple[Secret, ...]] = {
     "ingest": (S3, GITHUB, CONFLUENCE, JIRA, NOTION),
     "clean": (S3,),
     "retrieval-index": (S3,),
+    "score-base": (S3,),  # a base model given as an s3:// folder
     "train": (S3, MLFLOW),
     "evaluate": (S3, MLFLOW),
     "deploy": (S3, MLFLOW),

@@ -1,5 +1,6 @@
 """The pipeline: resolve -> ingest -> clean -> retrieval index -> train -> evaluate -> deploy and, with a
-``hub_repo``, export to the Hugging Face Hub (both only when evaluate promotes).
+``hub_repo``, export to the Hugging Face Hub (both only when evaluate promotes). Beside train, the
+score-base step scores the base model's arms, which evaluate then reuses (``repotune.evaluate.baseline``).
 
 The retrieval index of the repository at the training revision is built once per revision (its inputs
 are the revision and the clean dataset, so KFP's cache reuses it), evaluation scores the retrieval arms
@@ -79,6 +80,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     index_op = _component(steps.retrieval_index, cpu)
     export_op = _component(steps.export, cpu)
     train_op = _component(steps.train, train_image)
+    score_base_op = _component(steps.score_base, gpu_image)
     evaluate_op = _component(steps.evaluate, gpu_image)
     deploy_op = _component(steps.deploy, cpu)
 
@@ -163,6 +165,18 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             dataset=cleaned.outputs["dataset"], revision=resolved.output, artifacts_root=artifacts_root
         )
         _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
+        # The base model's arms need no trained model: on a cluster they are scored beside training, and
+        # the step's cache serves every later run on the same data, index, base model and settings.
+        based = score_base_op(
+            dataset=cleaned.outputs["dataset"],
+            index=indexed.outputs["index"],
+            recipe=recipe_text,
+            base_model=base_model,
+            overrides=training,
+            settings=evaluation,
+        )
+        _secrets(based, "score-base").set_display_name("score-base").set_retry(**retry)
+        _train_resources(based, recipe)
         trained = train_op(
             dataset=cleaned.outputs["dataset"],
             index=indexed.outputs["index"],
@@ -183,6 +197,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             model=trained.outputs["model"],
             dataset=cleaned.outputs["dataset"],
             index=indexed.outputs["index"],
+            base_scores=based.outputs["scores"],
             model_name=model_name,
             settings=evaluation,
             tracking=tracking,

@@ -22,8 +22,9 @@ from repotune.atomic import write_json
 
 RunState = Literal["running", "succeeded", "failed"]
 StageState = Literal["pending", "running", "succeeded", "failed", "cached", "skipped"]
-STAGES = ("ingest", "clean", "train", "evaluate", "deploy")
-"""The stages a person follows; the pipeline's ``resolve-source`` task counts as the start of ingest."""
+STAGES = ("ingest", "clean", "score-base", "train", "evaluate", "deploy")
+"""The stages a person follows; the pipeline's ``resolve-source`` task counts as the start of ingest.
+``score-base`` scores the base model for evaluate: on a cluster it runs beside train."""
 TASK_STAGE = {"resolve-source": "ingest", **{stage: stage for stage in STAGES}}
 """Which stage each pipeline task belongs to."""
 # KFP's task and run states (V2beta1RuntimeState), lower-cased, as this schema's.
@@ -102,7 +103,8 @@ class RunStatus:
     started: str | None = None
     finished: str | None = None
     stages: dict[str, StageStatus] = field(default_factory=dict)
-    """ingest, clean, train, evaluate, deploy (deploy is ``skipped`` when evaluate did not promote)."""
+    """ingest, clean, score-base, train, evaluate, deploy (deploy is ``skipped`` when evaluate did not
+    promote)."""
     error: str | None = None
     """Why the run failed (the failed task, in one line)."""
     promote: bool | None = None

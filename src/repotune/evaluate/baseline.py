@@ -1,0 +1,175 @@
+"""The base model's arms, scored apart from the candidate: nothing they answer depends on training.
+
+Base and base + retrieval answer the candidate's samples, but their scores depend only on the held-out
+data, the scoring settings, the retrieval index and its budget, and the base model's files. The
+pipeline scores them in a step of its own (``score-base``) that needs no trained model: on a cluster
+it runs beside training, and KFP's cache reuses it for every later run with the same inputs (a new
+recipe on the same revision scores only the new candidate). The evaluate stage takes the saved scores
+when their key, a hash of everything that decides them, is the key of what it would score; otherwise
+it scores the base model itself and says why.
+
+On one machine (``kfp.local``, the demo) the steps run one after the other, so the base model costs
+the same wall time as before: what moves is where it is paid, and what a second run reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from repotune.atomic import write_json
+from repotune.errors import RepotuneError
+from repotune.evaluate.arms import Arm
+
+BASE_SCORES = "base_scores.json"
+"""The file a base scoring writes into its folder."""
+FORMAT_VERSION = 1
+"""Bump when scoring changes what a saved score means: saved scores of another version are not used."""
+SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
+"""Scoring settings that change how fast, never what is scored (batched answers equal one-at-a-time
+ones: tests/test_evaluate.py), so they are not part of the key."""
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over every file under ``folder``: its path relative to ``folder`` and its bytes."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def index_identity(index_dir: Path | None, data: Path) -> str:
+    """The retrieval arms' index, as a hash: the files of ``index_dir``, or, where the index is built
+    from the clean folder ``data``, its training records."""
+    from repotune.clean.layout import CleanLayout
+
+    if index_dir is not None:
+        return folder_digest(index_dir)
+    train = CleanLayout(data).train
+    return "built from " + hashlib.sha256(train.read_bytes()).hexdigest()
+
+
+def base_key(samples: Any, scoring: Any, base_dir: Path, budget: int, index: str | None) -> str:
+    """What decides the base arms' scores, hashed: the samples drawn, the scoring settings that change
+    numbers, the base model's files, and the retrieval budget and ``index_identity`` (None: no
+    retrieval arm)."""
+    settings = {k: v for k, v in asdict(scoring).items() if k not in SAME_NUMBERS}
+    parts = {
+        "format": FORMAT_VERSION,
+        "samples": hashlib.sha256(repr(samples).encode()).hexdigest(),
+        "scoring": settings,
+        "base": folder_digest(base_dir),
+        "budget": budget if index is not None else None,
+        "index": index,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save(folder: Path, key: str, base_model: str, scored: dict[Arm, Any], seconds: float) -> Path:
+    """Write the base arms' scores (``ArmScores``) under ``key`` to ``folder/base_scores.json``."""
+    from repotune.evaluate.score import metric_to_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BASE_SCORES
+    write_json(path, {
+        "key": key,
+        "base_model": base_model,
+        "seconds": seconds,
+        "arms": {
+            arm.key: {
+                "metrics": {name: metric_to_dict(m) for name, m in result.metrics.items()},
+                "per_sample": result.per_sample,
+                "answers": result.answers,
+            }
+            for arm, result in scored.items()
+        },
+    })  # fmt: skip
+    return path
+
+
+def load(folder: Path, key: str) -> tuple[dict[Arm, Any] | None, str]:
+    """The base arms saved in ``folder`` when they were scored under ``key``, and what was found: None
+    and the reason when they cannot be used."""
+    from repotune.evaluate.score import ArmScores, metric_from_dict
+
+    path = Path(folder) / BASE_SCORES
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path} does not exist"
+    except (OSError, ValueError) as err:
+        return None, f"{path} is unreadable ({err})"
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None, (
+            f"{path} was scored on other samples, settings, base model or index than this evaluation's"
+        )
+    scored = {
+        Arm.from_key(name): ArmScores(
+            {metric: metric_from_dict(metric, values) for metric, values in arm["metrics"].items()},
+            arm["per_sample"],
+            arm["answers"],
+        )
+        for name, arm in saved["arms"].items()
+    }
+    return scored, f"scored in {saved.get('seconds', 0):.0f} s by the score-base step"
+
+
+def run(
+    data: Path,
+    output: Path,
+    base_model: str,
+    *,
+    scoring: Any,
+    recipe: dict[str, Any] | None = None,
+    index: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Score base and base + retrieval on the held-out records of the clean folder ``data`` and save
+    them to ``output``. ``recipe`` (as ``train_summary.json`` holds it) is the candidate's: the
+    budget of retrieved context its retrieval arm gets is the base's too. The path written."""
+    from repotune.clean.layout import CleanLayout
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.score import context_budget, load_or_build_index, score_model
+    from repotune.models import resolve_base_model
+    from repotune.records import read_records
+
+    eval_path = CleanLayout(data).eval
+    if not eval_path.is_file():
+        raise RepotuneError(f"{data} has no {eval_path.name}; run `repotune clean` into it first")
+    started = time.monotonic()
+    samples = draw_samples(list(read_records(eval_path)), scoring)
+    base_dir = resolve_base_model(base_model)
+    loaded = load_or_build_index(index, data, log) if scoring.retrieval else None
+    budget = context_budget({"recipe": recipe or {}}, loaded)
+    log(f"scoring the base model ({base_dir}) apart from the candidate")
+    scored, _ = score_model("base", base_dir, samples, scoring, loaded, budget, False, log)
+    key = base_key(samples, scoring, base_dir, budget, index_identity(index, data) if loaded else None)
+    seconds = round(time.monotonic() - started, 1)
+    path = save(Path(output), key, base_model, scored, seconds)
+    log(f"base arms scored in {seconds:.0f} s")
+    return path
+
+
+def summary(path: Path) -> str:
+    """One line on the saved scores at ``path``: each arm's line edit similarity, and the time taken."""
+    saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    shown = []
+    for name, arm in saved["arms"].items():
+        metric = arm["metrics"].get("line_edit_similarity")
+        if metric is not None:
+            shown.append(f"{Arm.from_key(name).label} {metric['value']:.3f}")
+    scored = f"line edit similarity {', '.join(shown)}; " if shown else ""
+    return f"{saved['base_model']}: {scored}scored in {saved['seconds']:.0f} s"
