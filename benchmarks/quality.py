@@ -227,6 +227,7 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
     import repotune.ingest
     import repotune.train
     from repotune.clean import CleanConfig, CleanLayout
+    from repotune.config import to_dict
     from repotune.evaluate import EvaluateConfig
     from repotune.evaluate.settings import ScoringConfig
     from repotune.ingest import IngestConfig
@@ -271,10 +272,22 @@ def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict
         forgetting_files=args.forgetting_files,
         max_blocks=args.perplexity_windows,
     )
+    # The base model's arms do not depend on the training run: scored as the pipeline's score-base step
+    # does, and with --reuse-data kept for every later recipe with the same base model, retrieval
+    # budget and scoring settings (score_base returns at once when the saved key is the same).
+    base = work / "base"
+    timed(
+        "score-base",
+        lambda: repotune.evaluate.score_base(
+            clean, base, recipe.base_model, scoring=scoring, recipe=to_dict(recipe), log=harness.log
+        ),
+    )
     evaluated = timed(
         "evaluate",
         lambda: repotune.evaluate.run(
-            EvaluateConfig(model=work / "model", data=clean, output=work / "eval", scoring=scoring),
+            EvaluateConfig(
+                model=work / "model", data=clean, output=work / "eval", scoring=scoring, base_scores=base
+            ),
             log=harness.log,
         ),
     )
@@ -408,7 +421,7 @@ def print_project(result: dict[str, Any]) -> None:
     print(
         "wall time: "
         + ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
-        + f"; evaluate/train {ratio:.2f}"
+        + f"; evaluate/train {ratio:.2f} (score-base runs beside train on a cluster, and once per data)"
     )
     decision = result["decision"]
     print(f"decision: {'promote' if decision['promote'] else 'do not promote'} (arm {decision['arm']})")

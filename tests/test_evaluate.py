@@ -347,6 +347,10 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     saved = baseline.run(project, tmp_path / "base", summary["base_model"], scoring=QUICK,
                          recipe=summary["recipe"], index=index, log=shown.append)  # fmt: skip
     assert "base: line completion: 20/20" in "\n".join(shown)
+    shown.clear()  # asked again for the same: what is saved stands, and no model is run
+    baseline.run(project, tmp_path / "base", summary["base_model"], scoring=QUICK, recipe=summary["recipe"],
+                 index=index, log=shown.append)  # fmt: skip
+    assert any("holds them already" in line for line in shown) and not any("scoring" in s for s in shown)
     assert baseline.summary(saved).startswith(f"{summary['base_model']}: line edit similarity base 0.")
 
     whole = evaluate_model(trained, project, tmp_path / "whole", scoring=QUICK, index=index)

@@ -567,7 +567,7 @@ def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "ingest" in status["error"]
     assert status["stages"]["ingest"]["state"] == "failed" and status["stages"]["train"]["state"] == "pending"
-    assert any(line.startswith("ingest    failed") and "yielded no records" in line for line in shown)
+    assert any(line.startswith("ingest     failed") and "yielded no records" in line for line in shown)
     assert "Traceback (most recent call last)" in (tmp_path / "run" / "run.log").read_text()
     assert not any("Traceback" in line for line in shown)
 
@@ -634,18 +634,18 @@ def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path)
         "evaluate",
         "deploy",
     ]
-    assert shown[0].startswith("ingest    succeeded") and shown[0].endswith(
+    assert shown[0].startswith("ingest     succeeded") and shown[0].endswith(
         "32 records from /repo at be56f3d"
     )
-    assert shown[1].startswith("clean     cached") and "reused" in shown[1]
-    progress = [line for line in shown if line.startswith("train     step")]
+    assert shown[1].startswith("clean      cached") and "reused" in shown[1]
+    progress = [line for line in shown if line.startswith("train      step")]
     assert [line.split()[2] for line in progress] == ["10/40", "20/40", "30/40", "40/40"]
-    assert any(line.startswith("train     estimate: 0.50 s a step") for line in shown)
-    assert shown[7].startswith("train     succeeded") and shown[7].endswith("held-out loss 3.100 -> 2.500")
-    assert shown[8].startswith("evaluate  failed") and shown[8].endswith(
+    assert any(line.startswith("train      estimate: 0.50 s a step") for line in shown)
+    assert shown[7].startswith("train      succeeded") and shown[7].endswith("held-out loss 3.100 -> 2.500")
+    assert shown[8].startswith("evaluate   failed") and shown[8].endswith(
         "RepotuneError: cannot reach the MLflow tracking server at http://x"
     )
-    assert shown[9].startswith("deploy    skipped") and "not promoted" in shown[9]
+    assert shown[9].startswith("deploy     skipped") and "not promoted" in shown[9]
     assert output.failures == {
         "evaluate": "RepotuneError: cannot reach the MLflow tracking server at http://x"
     }
@@ -673,7 +673,7 @@ def test_run_output_on_a_terminal_updates_one_line_and_keeps_the_stage_lines(tmp
         output.stage("train", "succeeded")
     output.close()
     text = screen.getvalue()
-    assert "train     succeeded" in text and "8 steps of lora on tiny" in text
+    assert "train      succeeded" in text and "8 steps of lora on tiny" in text
     assert "step 8/8" in text  # the live line showed the progress
     assert "step 8/8" in (tmp_path / "run.log").read_text()
 

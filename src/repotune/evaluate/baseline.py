@@ -139,7 +139,8 @@ def run(
 ) -> Path:
     """Score base and base + retrieval on the held-out records of the clean folder ``data`` and save
     them to ``output``. ``recipe`` (as ``train_summary.json`` holds it) is the candidate's: the
-    budget of retrieved context its retrieval arm gets is the base's too. The path written."""
+    budget of retrieved context its retrieval arm gets is the base's too. Scores ``output`` already
+    holds under the same key are kept, not scored again. The path written."""
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate.samples import draw_samples
     from repotune.evaluate.score import context_budget, load_or_build_index, score_model
@@ -154,9 +155,12 @@ def run(
     base_dir = resolve_base_model(base_model)
     loaded = load_or_build_index(index, data, log) if scoring.retrieval else None
     budget = context_budget({"recipe": recipe or {}}, loaded)
+    key = base_key(samples, scoring, base_dir, budget, index_identity(index, data) if loaded else None)
+    if load(Path(output), key)[0] is not None:
+        log(f"base arms: {Path(output) / BASE_SCORES} holds them already, for the same key")
+        return Path(output) / BASE_SCORES
     log(f"scoring the base model ({base_dir}) apart from the candidate")
     scored, _ = score_model("base", base_dir, samples, scoring, loaded, budget, False, log)
-    key = base_key(samples, scoring, base_dir, budget, index_identity(index, data) if loaded else None)
     seconds = round(time.monotonic() - started, 1)
     path = save(Path(output), key, base_model, scored, seconds)
     log(f"base arms scored in {seconds:.0f} s")

@@ -37,6 +37,8 @@ _ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit))\b:? 
 # executor input, rules, and the outputs it lists; none is a step's own output.
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
 _QUARTERS = 4
+_NAME = 10
+"""Width of the stage name column (``score-base``)."""
 _UNSTRUCTURED_PROGRESS_EVERY_S = 60.0
 
 
@@ -140,7 +142,7 @@ class RunOutput(io.TextIOBase):
             if self._stage is None or self._stage.name != name:
                 self._stage = _Stage(name)
                 if self._progress is not None:
-                    self._task = self._progress.add_task(f"{name:<9} running", total=None)
+                    self._task = self._progress.add_task(f"{name:<{_NAME}} running", total=None)
             return
         current = self._stage if self._stage is not None and self._stage.name == name else None
         elapsed = time.monotonic() - current.started if current is not None else 0.0
@@ -162,7 +164,7 @@ class RunOutput(io.TextIOBase):
                 detail = current.summary
                 self.summaries[name] = detail
         timing = duration(elapsed) if current is not None and state in ("succeeded", "failed") else ""
-        self._show(f"{name:<9} {state:<10} {timing:>7}  {detail}".rstrip())
+        self._show(f"{name:<{_NAME}} {state:<10} {timing:>7}  {detail}".rstrip())
         if current is not None:
             self._stage = None
 
@@ -199,7 +201,7 @@ class RunOutput(io.TextIOBase):
 
     def _progress_line(self, stage: _Stage, text: str, *, force: bool = False) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=f"{stage.name:<9} {text}", refresh=True)
+            self._progress.update(self._task, description=f"{stage.name:<{_NAME}} {text}", refresh=True)
             return
         fraction = _FRACTION.search(text)
         if force:
@@ -215,7 +217,7 @@ class RunOutput(io.TextIOBase):
             if now - stage.last_unstructured < _UNSTRUCTURED_PROGRESS_EVERY_S:
                 return
             stage.last_unstructured = now
-        self._emit(f"{stage.name:<9} {text}")
+        self._emit(f"{stage.name:<{_NAME}} {text}")
 
     @staticmethod
     def _error(stage: _Stage) -> str:
