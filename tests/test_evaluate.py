@@ -362,7 +362,18 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     assert reused.models == whole.models and reused.decision == whole.decision
     completions = [(tmp_path / name / "completions.jsonl").read_text() for name in ("whole", "reused")]
     assert completions[0] == completions[1]
-    assert "(base arms scored in " in (tmp_path / "reused" / "report.md").read_text()
+    assert (
+        f"(base arms reused from `{tmp_path / 'base'}`, scored there in "
+        in (tmp_path / "reused" / "report.md").read_text()
+    )
+    # Every evaluation leaves the base arms it used behind: the next one on the same data takes them.
+    assert (tmp_path / "whole" / "base_scores.json").is_file()
+    assert (tmp_path / "reused" / "base_scores.json").read_text() == saved.read_text()
+    lines.clear()
+    again = evaluate_model(trained, project, tmp_path / "again", scoring=QUICK, index=index,
+                           base_scores=tmp_path / "whole", log=lines.append)  # fmt: skip
+    assert any(line.startswith(f"base arms: reused from {tmp_path / 'whole'}") for line in lines)
+    assert again.models == whole.models
 
     # Other samples (one more line): the saved arms are not theirs, so the base is scored here.
     lines.clear()
@@ -468,3 +479,16 @@ def test_evaluate_from_the_command_line(project: Path, trained: Path, tmp_path: 
     assert "| arm | line exact match | line edit similarity |" in done.stderr
     assert "| base + retrieval (reference) |" in done.stderr
     assert (tmp_path / "e" / "report.html").is_file()
+    # the same again, given the first evaluation's folder: its base arms are taken, not scored again
+    quick = ["--line-samples", "4", "--fim-samples", "2", "--max-blocks", "8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "evaluate", str(trained), str(project),
+         "-o", str(tmp_path / "f"), *quick, "--base-scores", str(tmp_path / "e")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"base arms: reused from {tmp_path / 'e'}" in done.stderr
+    assert (
+        json.loads((tmp_path / "f" / "metrics.json").read_text())["models"]
+        == json.loads((tmp_path / "e" / "metrics.json").read_text())["models"]
+    )

@@ -496,7 +496,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             report = (tmp_path / "run1" / "report.md").read_text()
             assert report.startswith("# ")
             # evaluate scored the candidate only: the base arms came from the score-base step
-            assert "(base arms scored in " in report and " s by the score-base step)" in report
+            assert "(base arms reused from `" in report and "/score-base/scores`, scored there in " in report
             assert first.metrics is not None
             assert (
                 first.metrics["candidate"]["perplexity"]["value"]

@@ -99,10 +99,9 @@ def test_compile_and_submit_put_a_teams_own_images_in_every_step(tmp_path, monke
     path = compile_pipeline(tmp_path / "gpu.yaml", "qwen2.5-coder-1.5b-gpu", images=chosen)
     spec = next(yaml.safe_load_all(path.read_text()))
     found = executor_images(spec)
-    assert found["exec-train"] == found["exec-evaluate"] == f"{TEAM}-cuda:1.4.2"  # the recipe asks for GPUs
-    assert {image for name, image in found.items() if name not in ("exec-train", "exec-evaluate")} == {
-        f"{TEAM}:1.4.2"
-    }
+    gpu = ("exec-train", "exec-score-base", "exec-evaluate")  # the recipe asks for GPUs
+    assert {found[name] for name in gpu} == {f"{TEAM}-cuda:1.4.2"}
+    assert {image for name, image in found.items() if name not in gpu} == {f"{TEAM}:1.4.2"}
     assert images.cpu_image() == images.CPU_IMAGE  # the choice held for that compile only
 
     with running_kfp_api() as kfp:

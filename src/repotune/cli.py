@@ -232,6 +232,7 @@ def _say_verdict_and_table(report: Path) -> None:
     Setting("scoring.window_batch_size"),
     Setting("scoring.retrieval"),
     Setting("index"),
+    Setting("base_scores"),
     Setting("policy.min_relative_gain"),
     Setting("policy.require_significance"),
 )

@@ -26,9 +26,8 @@ from typing import Any
 from repotune.atomic import write_json
 from repotune.errors import RepotuneError
 from repotune.evaluate.arms import Arm
+from repotune.evaluate.layout import EvaluateLayout
 
-BASE_SCORES = "base_scores.json"
-"""The file a base scoring writes into its folder."""
 FORMAT_VERSION = 1
 """Bump when scoring changes what a saved score means: saved scores of another version are not used."""
 SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
@@ -79,11 +78,12 @@ def base_key(samples: Any, scoring: Any, base_dir: Path, budget: int, index: str
 
 
 def save(folder: Path, key: str, base_model: str, scored: dict[Arm, Any], seconds: float) -> Path:
-    """Write the base arms' scores (``ArmScores``) under ``key`` to ``folder/base_scores.json``."""
+    """Write the base arms' scores (``ArmScores``) under ``key`` to ``folder``'s ``base_scores.json``
+    (``EvaluateLayout.base_scores``: the score-base step's folder, or an evaluation's)."""
     from repotune.evaluate.score import metric_to_dict
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / BASE_SCORES
+    path = EvaluateLayout(folder).base_scores
     write_json(path, {
         "key": key,
         "base_model": base_model,
@@ -105,7 +105,7 @@ def load(folder: Path, key: str) -> tuple[dict[Arm, Any] | None, str]:
     and the reason when they cannot be used."""
     from repotune.evaluate.score import ArmScores, metric_from_dict
 
-    path = Path(folder) / BASE_SCORES
+    path = EvaluateLayout(Path(folder)).base_scores
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -124,7 +124,18 @@ def load(folder: Path, key: str) -> tuple[dict[Arm, Any] | None, str]:
         )
         for name, arm in saved["arms"].items()
     }
-    return scored, f"scored in {saved.get('seconds', 0):.0f} s by the score-base step"
+    return scored, f"scored there in {saved.get('seconds', 0):.0f} s"
+
+
+def copy(folder: Path, output: Path) -> None:
+    """Copy the base scores saved in ``folder`` into ``output`` (nothing when it is the same folder)."""
+    import shutil
+
+    source, target = EvaluateLayout(Path(folder)).base_scores, EvaluateLayout(Path(output)).base_scores
+    if target.exists() and source.samefile(target):
+        return
+    Path(output).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
 
 
 def run(
@@ -156,9 +167,10 @@ def run(
     loaded = load_or_build_index(index, data, log) if scoring.retrieval else None
     budget = context_budget({"recipe": recipe or {}}, loaded)
     key = base_key(samples, scoring, base_dir, budget, index_identity(index, data) if loaded else None)
+    path = EvaluateLayout(Path(output)).base_scores
     if load(Path(output), key)[0] is not None:
-        log(f"base arms: {Path(output) / BASE_SCORES} holds them already, for the same key")
-        return Path(output) / BASE_SCORES
+        log(f"base arms: {path} holds them already, for the same key")
+        return path
     log(f"scoring the base model ({base_dir}) apart from the candidate")
     scored, _ = score_model("base", base_dir, samples, scoring, loaded, budget, False, log)
     seconds = round(time.monotonic() - started, 1)

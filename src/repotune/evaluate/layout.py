@@ -23,6 +23,12 @@ class EvaluateLayout:
         return self.folder / "completions.jsonl"
 
     @property
+    def base_scores(self) -> Path:
+        """The base model's arms as scored (or reused) here, under their key: another evaluation given
+        this folder as ``base_scores`` takes them instead of scoring the base model again."""
+        return self.folder / "base_scores.json"
+
+    @property
     def report_md(self) -> Path:
         """The verdict and its reasons first, then the metric table, in Markdown."""
         return self.folder / "report.md"

@@ -26,6 +26,7 @@ from typing import Any
 
 from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
+from repotune.evaluate import baseline
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import Decision, Policy
 from repotune.evaluate.layout import EvaluateLayout
@@ -241,10 +242,12 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         found: dict[str, int] = {}
         reused = None
         for name, folder, tokens, retrieval_only in models:
-            scored = None
-            if name == "base" and config.base_scores is not None:
-                scored, reused = _saved_base(config, samples, base_dir, tokens, index is not None, log)
-            if scored is None:
+            contexts = None
+            if name == "base":
+                scored, reused = _base_arms(
+                    config, summary["base_model"], base_dir, samples, index, tokens, log
+                )
+            else:
                 log(f"scoring the {name} model ({folder})")
                 scored, contexts = score_model(
                     name, folder, samples, scoring, index, tokens, retrieval_only, log
@@ -324,27 +327,33 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     return EvaluateResult(layout, decision, scores, data_dir, version, split, seconds)
 
 
-def _saved_base(
+def _base_arms(
     config: EvaluateConfig,
-    samples: Any,
+    base_model: str,
     base_dir: Path,
+    samples: Any,
+    index: Any | None,
     budget: int,
-    indexed: bool,
     log: Callable[[str], None],
-) -> tuple[dict[Arm, Any] | None, str | None]:
-    """The base arms the score-base step saved in ``config.base_scores`` and where they came from, when
-    they were scored on what this evaluation scores; (None, None) otherwise, and the log says why."""
-    from repotune.evaluate import baseline
-
-    assert config.base_scores is not None
-    identity = baseline.index_identity(config.index, config.data) if indexed else None
+) -> tuple[dict[Arm, Any], str | None]:
+    """The base model's arms, and where they came from (None: scored here). Those saved in
+    ``config.base_scores`` (by the score-base step, or an earlier evaluation) are taken when they were
+    scored under this evaluation's key; otherwise the base model is scored here, and the log says why.
+    Either way they are saved into the output folder under that key, for the next evaluation."""
+    identity = baseline.index_identity(config.index, config.data) if index is not None else None
     key = baseline.base_key(samples, config.scoring, base_dir, budget, identity)
-    scored, found = baseline.load(config.base_scores, key)
-    if scored is None:
+    if config.base_scores is not None:
+        scored, found = baseline.load(config.base_scores, key)
+        if scored is not None:
+            log(f"base arms: reused from {config.base_scores}, {found}")
+            baseline.copy(config.base_scores, config.output)
+            return scored, f"reused from `{config.base_scores}`, {found}"
         log(f"base arms: scored here, not reused: {found}")
-        return None, None
-    log(f"base arms: reused from {config.base_scores}, {found}")
-    return scored, found
+    log(f"scoring the base model ({base_dir})")
+    started = time.monotonic()
+    scored, _ = score_model("base", base_dir, samples, config.scoring, index, budget, False, log)
+    baseline.save(config.output, key, base_model, scored, round(time.monotonic() - started, 1))
+    return scored, None
 
 
 def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -> dict[str, Any]:
