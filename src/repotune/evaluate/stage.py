@@ -75,9 +75,10 @@ class EvaluateConfig:
     experiment: str = "repotune"
     """MLflow experiment of the evaluation run."""
     base_scores: Path | None = None
-    """A folder the score-base step wrote (``repotune.evaluate.baseline``): its base and base +
-    retrieval arms are used when they were scored on exactly what this evaluation would score (same
-    samples, settings, base model files, index and budget); otherwise the base model is scored here."""
+    """A folder the score-base step (``repotune.evaluate.baseline``) or an earlier evaluation wrote: its
+    base and base + retrieval arms are used when they were scored on exactly what this evaluation would
+    score (same samples, settings, base model files, index and budget); otherwise the base model is
+    scored here."""
 
 
 @dataclass(frozen=True)
