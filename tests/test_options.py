@@ -186,6 +186,7 @@ CONTRACT = {
         "--retrieval",
         "--no-retrieval",
         "--index",
+        "--base-scores",
         "--min-relative-gain",
         "--require-significance",
         "--no-require-significance",
