@@ -346,3 +346,10 @@ def test_generation_batches_group_prompts_of_like_length() -> None:
     assert batches == [[4], [0, 6, 2, 3, 5, 7], [1]]  # 300 alone; 20 would make padding over a quarter
     assert all(len(b) <= 2 for b in length_batches(lengths, 2))
     assert length_batches([], 8) == []
+
+
+def test_progress_seconds_must_be_a_number_of_at_least_zero() -> None:
+    assert ScoringConfig(progress_seconds=0).progress_seconds == 0
+    for bad in (-1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(RepotuneError, match="progress_seconds must be a number of at least 0"):
+            ScoringConfig(progress_seconds=bad)

@@ -57,8 +57,12 @@ class ScoringConfig:
             _check_int(name, getattr(self, name), minimum)
         for name in ("line_samples", "fim_samples", "commit_samples", "forgetting_files", "seed"):
             _check_int(name, getattr(self, name), 0)
-        if not (isinstance(self.progress_seconds, int | float) and math.isfinite(self.progress_seconds)) or (
-            self.progress_seconds < 0
+        seconds = self.progress_seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or (seconds < 0)
         ):
             raise RepotuneError(
                 f"progress_seconds must be a number of at least 0, got {self.progress_seconds!r}"
