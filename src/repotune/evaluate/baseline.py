@@ -35,6 +35,13 @@ SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
 ones: tests/test_evaluate.py), so they are not part of the key."""
 
 
+def _feed(digest: Any, path: Path) -> None:
+    """Add the bytes of the file at ``path`` to ``digest``, a megabyte at a time (weights are large)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+
+
 def folder_digest(folder: Path) -> str:
     """SHA-256 over every file under ``folder``: its path relative to ``folder`` and its bytes."""
     digest = hashlib.sha256()
@@ -43,9 +50,7 @@ def folder_digest(folder: Path) -> str:
         for name in sorted(files):
             path = Path(root) / name
             digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
+            _feed(digest, path)
             digest.update(b"\0")
     return digest.hexdigest()
 
@@ -57,8 +62,9 @@ def index_identity(index_dir: Path | None, data: Path) -> str:
 
     if index_dir is not None:
         return folder_digest(index_dir)
-    train = CleanLayout(data).train
-    return "built from " + hashlib.sha256(train.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    _feed(digest, CleanLayout(data).train)
+    return "built from " + digest.hexdigest()
 
 
 def base_key(samples: Any, scoring: Any, base_dir: Path, budget: int, index: str | None) -> str:
@@ -98,6 +104,29 @@ def save(folder: Path, key: str, base_model: str, scored: dict[Arm, Any], second
         },
     })  # fmt: skip
     return path
+
+
+def score(
+    output: Path,
+    key: str,
+    base_model: str,
+    base_dir: Path,
+    samples: Any,
+    scoring: Any,
+    index: Any | None,
+    budget: int,
+    log: Callable[[str], None],
+    *,
+    started: float | None = None,
+) -> dict[Arm, Any]:
+    """Score base and base + retrieval (``index``: a loaded index, or None) and save them under ``key``
+    into ``output``; the seconds saved count from ``started`` (a ``time.monotonic()``), else from now."""
+    from repotune.evaluate.score import score_model
+
+    started = time.monotonic() if started is None else started
+    scored, _ = score_model("base", base_dir, samples, scoring, index, budget, False, log)
+    save(Path(output), key, base_model, scored, round(time.monotonic() - started, 1))
+    return scored
 
 
 def load(folder: Path, key: str) -> tuple[dict[Arm, Any] | None, str]:
@@ -154,7 +183,7 @@ def run(
     holds under the same key are kept, not scored again. The path written."""
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate.samples import draw_samples
-    from repotune.evaluate.score import context_budget, load_or_build_index, score_model
+    from repotune.evaluate.score import context_budget, load_or_build_index
     from repotune.models import resolve_base_model
     from repotune.records import read_records
 
@@ -172,10 +201,8 @@ def run(
         log(f"base arms: {path} holds them already, for the same key")
         return path
     log(f"scoring the base model ({base_dir}) apart from the candidate")
-    scored, _ = score_model("base", base_dir, samples, scoring, loaded, budget, False, log)
-    seconds = round(time.monotonic() - started, 1)
-    path = save(Path(output), key, base_model, scored, seconds)
-    log(f"base arms scored in {seconds:.0f} s")
+    score(output, key, base_model, base_dir, samples, scoring, loaded, budget, log, started=started)
+    log(f"base arms scored in {time.monotonic() - started:.0f} s")
     return path
 
 

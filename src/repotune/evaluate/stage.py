@@ -351,9 +351,9 @@ def _base_arms(
             return scored, f"reused from `{config.base_scores}`, {found}"
         log(f"base arms: scored here, not reused: {found}")
     log(f"scoring the base model ({base_dir})")
-    started = time.monotonic()
-    scored, _ = score_model("base", base_dir, samples, config.scoring, index, budget, False, log)
-    baseline.save(config.output, key, base_model, scored, round(time.monotonic() - started, 1))
+    scored = baseline.score(
+        config.output, key, base_model, base_dir, samples, config.scoring, index, budget, log
+    )
     return scored, None
 
 
