@@ -54,6 +54,23 @@ def resolve_base_model(spec: str, cache_dir: Path | None = None) -> Path:
     raise RepotuneError(f"unknown base model {spec!r}; use {ACCEPTED_FORMS}")
 
 
+def resolve_embedding_model(spec: str, cache_dir: Path | None = None) -> Path:
+    """The local folder of the sentence-transformers model named by ``spec``: a folder on disk, or an
+    ``s3://`` prefix copied into the model cache once. Nothing is fetched from a hub."""
+    spec = spec.strip()
+    if spec.startswith("s3://"):
+        from repotune.models.remote import download_s3
+
+        return download_s3(spec, models_cache_dir(cache_dir))
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise RepotuneError(
+            f"retrieval embedding model {spec} is not a folder; give the local folder (or an s3:// folder) "
+            "of a sentence-transformers model, such as all-MiniLM-L6-v2"
+        )
+    return path.resolve()
+
+
 def _local_folder(path: Path) -> Path:
     if not path.is_dir():
         raise RepotuneError(f"base model {path} is not a folder; give the folder that holds config.json")

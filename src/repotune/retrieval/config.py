@@ -39,6 +39,11 @@ class RetrievalConfig:
     """Chunks retrieved per query; fewer reach the prompt when the budget runs out."""
     max_context_tokens: int = 512
     """Budget for the retrieved context in front of a prompt, in tokens of the model's tokenizer."""
+    embedding_model: str | None = None
+    """A local folder of a sentence-transformers model (all-MiniLM-L6-v2, a code embedding model): the
+    index also embeds every chunk, ships a copy of the model, and a search fuses the BM25 ranking with
+    the ranking by cosine similarity (reciprocal rank fusion), so a query that shares no word with the
+    code it needs can still find it. None: BM25 alone. Needs ``pip install 'repotune[embeddings]'``."""
 
     def __post_init__(self) -> None:
         for name in ("window_lines", "stride_lines", "min_chunk_terms", "query_lines", "top_k"):
@@ -49,6 +54,13 @@ class RetrievalConfig:
             raise RepotuneError(
                 f"retrieval.stride_lines ({self.stride_lines}) must not exceed retrieval.window_lines "
                 f"({self.window_lines}): lines between windows would never be indexed"
+            )
+        if self.embedding_model is not None and (
+            not isinstance(self.embedding_model, str) or not self.embedding_model.strip()
+        ):
+            raise RepotuneError(
+                f"retrieval.embedding_model must be the folder of a sentence-transformers model or null, "
+                f"got {self.embedding_model!r}"
             )
         allowed = {str(Kind.CODE), str(Kind.DOC)}
         if not self.kinds or any(kind not in allowed for kind in self.kinds):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from repotune.retrieval.config import RetrievalConfig
 from repotune.retrieval.index import MANIFEST_NAME, RetrievalIndex
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,24 @@ def _folders(model_dir: Path) -> tuple[Path, ...]:
     return (model_dir, model_dir.parent) if (model_dir / "adapter_config.json").is_file() else (model_dir,)
 
 
+def index_config(recipe: Any) -> RetrievalConfig:
+    """The index settings a recipe (a dict, as ``train_summary.json`` records it) asks for: its
+    ``data.retrieval_embedding_model``, resolved to a local folder, beside BM25; the defaults otherwise."""
+    data = ((recipe if isinstance(recipe, dict) else {}) or {}).get("data") or {}
+    spec = data.get("retrieval_embedding_model")
+    if not spec:
+        return RetrievalConfig()
+    from repotune.models.resolve import resolve_embedding_model
+
+    return RetrievalConfig(embedding_model=str(resolve_embedding_model(str(spec))))
+
+
 def build_for_dataset(
-    data_dir: Path, output: Path, revision: str | None = None, log: Callable[[str], None] = print
+    data_dir: Path,
+    output: Path,
+    revision: str | None = None,
+    log: Callable[[str], None] = print,
+    config: RetrievalConfig | None = None,
 ) -> RetrievalIndex:
     """Build and save to ``output`` the index of a clean folder's training records (``train.jsonl``):
     the repository at the training revision, without what evaluation holds out, so that the retrieval
@@ -96,7 +113,7 @@ def build_for_dataset(
     train = CleanLayout(Path(data_dir)).train
     if not train.is_file():
         raise RepotuneError(f"{data_dir} has no {train.name}; give the folder `repotune clean` wrote")
-    index = RetrievalIndex.build(read_records(train), revision=revision or None, log=log)
+    index = RetrievalIndex.build(read_records(train), config, revision=revision or None, log=log)
     index.save(Path(output))
     return index
 
