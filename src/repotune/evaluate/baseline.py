@@ -55,15 +55,18 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def index_identity(index_dir: Path | None, data: Path) -> str:
-    """The retrieval arms' index, as a hash: the files of ``index_dir``, or, where the index is built
-    from the clean folder ``data``, its training records."""
+def index_identity(index_dir: Path | None, data: Path, index: Any = None) -> str:
+    """The retrieval arms' index, as a hash: the files of ``index_dir``, or, where the index ``index``
+    is built from the clean folder ``data``, its training records (and its embedding model's files)."""
     from repotune.clean.layout import CleanLayout
 
     if index_dir is not None:
         return folder_digest(index_dir)
     digest = hashlib.sha256()
     _feed(digest, CleanLayout(data).train)
+    embedder = getattr(getattr(index, "config", None), "embedding_model", None)
+    if embedder is not None:
+        digest.update(folder_digest(Path(embedder)).encode())
     return "built from " + digest.hexdigest()
 
 
@@ -193,9 +196,11 @@ def run(
     started = time.monotonic()
     samples = draw_samples(list(read_records(eval_path)), scoring)
     base_dir = resolve_base_model(base_model)
-    loaded = load_or_build_index(index, data, log) if scoring.retrieval else None
+    loaded = load_or_build_index(index, data, log, recipe) if scoring.retrieval else None
     budget = context_budget({"recipe": recipe or {}}, loaded)
-    key = base_key(samples, scoring, base_dir, budget, index_identity(index, data) if loaded else None)
+    key = base_key(
+        samples, scoring, base_dir, budget, index_identity(index, data, loaded) if loaded else None
+    )
     path = EvaluateLayout(Path(output)).base_scores
     if load(Path(output), key)[0] is not None:
         log(f"base arms: {path} holds them already, for the same key")

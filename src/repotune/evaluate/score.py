@@ -265,12 +265,16 @@ def context_budget(summary: dict[str, Any], index: Any | None = None) -> int:
     return index.config.max_context_tokens if index is not None else RetrievalConfig().max_context_tokens
 
 
-def load_or_build_index(index_dir: Path | None, data: Path, log: Callable[[str], None]) -> Any | None:
+def load_or_build_index(
+    index_dir: Path | None, data: Path, log: Callable[[str], None], recipe: Any = None
+) -> Any | None:
     """The index saved in ``index_dir``, else one built over the training records of the clean folder
-    ``data``; None when there is nothing to retrieve from."""
+    ``data`` with the index settings of ``recipe`` (a recipe dict: its embedding model, if it names
+    one); None when there is nothing to retrieve from."""
     from repotune.clean.layout import CleanLayout
     from repotune.records import read_records
     from repotune.retrieval import RetrievalIndex
+    from repotune.retrieval.shipped import index_config
 
     if index_dir is not None:
         index = RetrievalIndex.load(index_dir)
@@ -280,7 +284,7 @@ def load_or_build_index(index_dir: Path | None, data: Path, log: Callable[[str],
         if not train.is_file():
             log(f"retrieval arms not scored: {data} has no {train.name} to build an index from")
             return None
-        index = RetrievalIndex.build(read_records(train), log=log)
+        index = RetrievalIndex.build(read_records(train), index_config(recipe), log=log)
     if len(index) == 0:
         log("retrieval arms not scored: the index holds no code or doc chunks")
         return None

@@ -162,10 +162,11 @@ def _summary(model_dir: Path) -> dict[str, Any]:
     return json.loads(model.summary.read_text())
 
 
-def retrieval_index(config: EvaluateConfig, log: Callable[[str], None]) -> Any | None:
+def retrieval_index(config: EvaluateConfig, log: Callable[[str], None], recipe: Any = None) -> Any | None:
     """The index the retrieval arms search: ``config.index``, else one built over the clean folder's
-    training records (never the held-out ones); None when there is nothing to retrieve from."""
-    return load_or_build_index(config.index, config.data, log)
+    training records (never the held-out ones), with the candidate's ``recipe``'s embedding model if
+    it names one; None when there is nothing to retrieve from."""
+    return load_or_build_index(config.index, config.data, log, recipe)
 
 
 def _split(data: Path) -> dict[str, Any] | None:
@@ -213,7 +214,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.commits)} commits, {len(samples.perplexity)} files for perplexity, "
         f"{len(samples.general)} general files"
     )
-    index = retrieval_index(config, log) if scoring.retrieval else None
+    index = retrieval_index(config, log, summary.get("recipe")) if scoring.retrieval else None
     budget = context_budget(summary, index)
     champion = registry.champion() if registry is not None else None
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:
@@ -341,7 +342,7 @@ def _base_arms(
     ``config.base_scores`` (by the score-base step, or an earlier evaluation) are taken when they were
     scored under this evaluation's key; otherwise the base model is scored here, and the log says why.
     Either way they are saved into the output folder under that key, for the next evaluation."""
-    identity = baseline.index_identity(config.index, config.data) if index is not None else None
+    identity = baseline.index_identity(config.index, config.data, index) if index is not None else None
     key = baseline.base_key(samples, config.scoring, base_dir, budget, identity)
     if config.base_scores is not None:
         scored, found = baseline.load(config.base_scores, key)

@@ -162,7 +162,11 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         cleaned = clean_op(records=ingested.outputs["records"], artifacts_root=artifacts_root)
         _secrets(cleaned, "clean").set_display_name("clean")
         indexed = index_op(
-            dataset=cleaned.outputs["dataset"], revision=resolved.output, artifacts_root=artifacts_root
+            dataset=cleaned.outputs["dataset"],
+            revision=resolved.output,
+            recipe=recipe_text,
+            overrides=training,
+            artifacts_root=artifacts_root,
         )
         _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
         # The base model's arms need no trained model: on a cluster they are scored beside training, and

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,11 @@ def training_blocks(
         fim_window_chars=recipe.data.fim_window_chars,
     )
     retrieval = RetrievalConfig(max_context_tokens=recipe.data.retrieval_context_tokens)
+    if retrieval_rate > 0 and recipe.data.retrieval_embedding_model:
+        from repotune.models.resolve import resolve_embedding_model
+
+        embedder = resolve_embedding_model(recipe.data.retrieval_embedding_model)
+        retrieval = replace(retrieval, embedding_model=str(embedder))
     sequences = tokenize_records(
         records, tokenizer, transforms, cache, retrieval_rate=retrieval_rate, retrieval=retrieval
     )

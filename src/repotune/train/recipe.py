@@ -94,6 +94,10 @@ class DataSettings:
     retrieval_context_tokens: int = 128
     """Budget of that context in tokens; under half of seq_len, so the file it precedes starts in the
     same block often enough to attend to it."""
+    retrieval_embedding_model: str | None = None
+    """A sentence-transformers model (a local folder or an ``s3://`` folder) that embeds the retrieval
+    index's chunks beside BM25 (``RetrievalConfig.embedding_model``): the pipeline's index, training
+    examples' context, evaluation and serving all search with it. None: BM25 alone."""
     kind_weights: KindWeights = field(default_factory=KindWeights)
     """Multiplier per record kind on its training examples (held-out blocks are never weighted)."""
 
@@ -107,6 +111,12 @@ class DataSettings:
             raise RepotuneError("data.fim_window_chars must be at least 1 (or null for whole-file FIM)")
         if self.retrieval_context_tokens < 1:
             raise RepotuneError("data.retrieval_context_tokens must be at least 1")
+        spec = self.retrieval_embedding_model
+        if spec is not None and (not isinstance(spec, str) or not spec.strip()):
+            raise RepotuneError(
+                "data.retrieval_embedding_model must be a model folder or an s3:// folder, or null; "
+                f"got {spec!r}"
+            )
         if self.retrieval_rate > 0 and 2 * self.retrieval_context_tokens >= self.seq_len:
             raise RepotuneError(
                 f"data.retrieval_context_tokens ({self.retrieval_context_tokens}) must be under half of "
