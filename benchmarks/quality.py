@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,42 +221,60 @@ def per_sample_lines(completions: Path) -> dict[str, dict[str, list[float]]]:
     return scores
 
 
-def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
-    import repotune.clean
-    import repotune.evaluate
-    import repotune.ingest
-    import repotune.train
-    from repotune.clean import CleanConfig, CleanLayout
-    from repotune.config import to_dict
-    from repotune.evaluate import EvaluateConfig
-    from repotune.evaluate.settings import ScoringConfig
-    from repotune.ingest import IngestConfig
-    from repotune.train import TrainConfig
+def stage_timer(project: Project, times: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
+    """``timed(stage, call)``: logs the stage, runs ``call`` and records its wall time in ``times``."""
 
-    work = args.work / project.name
-    times: dict[str, float] = {}
-
-    def timed(stage: str, call: Any) -> Any:
+    def timed(stage: str, call: Callable[[], Any]) -> Any:
         harness.log(f"[{project.name}] {stage}")
         started = time.monotonic()
         result = call()
         times[stage] = time.monotonic() - started
         return result
 
+    return timed
+
+
+def prepare_data(project: Project, work: Path, reuse: bool, timed: Any, stale: Sequence[str] = ()) -> Path:
+    """The project's cleaned data in ``work/clean``: ingested at release X with the lines of release Y
+    held out, or, with ``reuse``, what an earlier run left there (``stale`` folders of ``work`` are
+    removed then; otherwise ``work`` starts empty). ``timed(stage, call)`` runs and times a stage."""
+    import repotune.clean
+    import repotune.ingest
+    from repotune.clean import CleanConfig, CleanLayout
+    from repotune.ingest import IngestConfig
+
     clean = work / "clean"
     layout = CleanLayout(clean)
-    if args.reuse_data and all(path.is_file() for path in (layout.train, layout.eval, layout.stats)):
+    if reuse and all(path.is_file() for path in (layout.train, layout.eval, layout.stats)):
         harness.log(f"[{project.name}] reusing the cleaned data in {clean}")
-        for stale in ("model", "eval"):
-            shutil.rmtree(work / stale, ignore_errors=True)
-    else:
-        repo, cut = project_repo(project)
-        shutil.rmtree(work, ignore_errors=True)
-        timed(
-            "ingest",
-            lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut)),
-        )
-        timed("clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=clean)))
+        for folder in stale:
+            shutil.rmtree(work / folder, ignore_errors=True)
+        return clean
+    repo, cut = project_repo(project)
+    shutil.rmtree(work, ignore_errors=True)
+    timed(
+        "ingest",
+        lambda: repotune.ingest.run(IngestConfig(source=str(repo), output=work / "ingest", cut=cut)),
+    )
+    timed("clean", lambda: repotune.clean.run(CleanConfig(input=work / "ingest", output=clean)))
+    return clean
+
+
+def run_project(project: Project, args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    import repotune.evaluate
+    import repotune.train
+    from repotune.clean import CleanLayout
+    from repotune.config import to_dict
+    from repotune.evaluate import EvaluateConfig
+    from repotune.evaluate.settings import ScoringConfig
+    from repotune.train import TrainConfig
+
+    work = args.work / project.name
+    times: dict[str, float] = {}
+    timed = stage_timer(project, times)
+
+    clean = prepare_data(project, work, args.reuse_data, timed, stale=("model", "eval"))
+    layout = CleanLayout(clean)
     kept = json.loads(layout.stats.read_text())["kept"]  # what the clean stage kept, either way
     trained = timed(
         "train",

