@@ -154,6 +154,28 @@ def test_the_recipe_turns_it_on_for_evaluation_and_training_context(tmp_path: Pa
     assert key != cache_key(records, tokenizer, transforms, 1.0, replace(expected, embedding_model=None))
 
 
+def test_the_pipelines_index_step_embeds_when_the_recipe_names_a_model(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from repotune.components import steps
+
+    data = tmp_path / "clean"
+    data.mkdir()
+    with CleanLayout(data).train.open("w", encoding="utf-8") as handle:
+        write_records(handle, repo_records())
+    dataset = SimpleNamespace(path=str(data), metadata={"source": "shop"})
+    for name, overrides, dimension in (
+        ("bm25", {}, 0),
+        ("embedded", {"data.retrieval_embedding_model": str(MODEL)}, 384),
+    ):
+        index = SimpleNamespace(path=str(tmp_path / name), metadata={})
+        steps.retrieval_index(dataset, "r1", "tiny-cpu", overrides, "", index)
+        assert index.metadata["embedding_dimension"] == dimension, name
+    hits = RetrievalIndex.load(tmp_path / "embedded").search(PARAPHRASE, k=1)
+    assert hits[0].path == "shipping/rates.py"
+    assert RetrievalIndex.load(tmp_path / "bm25").search(PARAPHRASE) == []
+
+
 @pytest.mark.integration
 def test_serving_searches_the_shipped_embedding_index(hybrid: RetrievalIndex, tmp_path: Path) -> None:
     import openai
