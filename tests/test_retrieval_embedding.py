@@ -152,6 +152,14 @@ def test_the_recipe_turns_it_on_for_evaluation_and_training_context(tmp_path: Pa
     key = cache_key(records, tokenizer, transforms, 1.0, expected)
     assert (tmp_path / "cache" / f"tokens-{key}.npz").is_file()
     assert key != cache_key(records, tokenizer, transforms, 1.0, replace(expected, embedding_model=None))
+    # A model replaced in the same folder retrieves other context: the key follows the files too.
+    folder = tmp_path / "embedder"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"one")
+    same_place = replace(expected, embedding_model=str(folder))
+    before = cache_key(records, tokenizer, transforms, 1.0, same_place)
+    (folder / "model.safetensors").write_bytes(b"two")
+    assert cache_key(records, tokenizer, transforms, 1.0, same_place) != before
 
 
 def test_the_pipelines_index_step_embeds_when_the_recipe_names_a_model(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from repotune.data.transforms import (
     has_fim_tokens,
     record_rng,
 )
+from repotune.digest import folder_digest
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 from repotune.retrieval.config import INDEX_FORMAT_VERSION, RetrievalConfig
@@ -73,12 +74,16 @@ def cache_key(
     retrieval: RetrievalConfig | None = None,
 ) -> str:
     """The cache key of one tokenization: the records (every field), the tokenizer, the config and format,
-    and with retrieval on, its rate, its config and the index format."""
+    and with retrieval on, its rate, its config, the index format and the embedding model's files (a
+    model replaced in its folder retrieves other context)."""
     digest = hashlib.sha256(f"repotune-tokens:{FORMAT_VERSION}\n".encode())
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     if retrieval_rate > 0:
-        settings = {"rate": retrieval_rate, "format": INDEX_FORMAT_VERSION}
-        settings["config"] = dataclasses.asdict(retrieval or RetrievalConfig())
+        retrieval = retrieval or RetrievalConfig()
+        settings: dict[str, Any] = {"rate": retrieval_rate, "format": INDEX_FORMAT_VERSION}
+        settings["config"] = dataclasses.asdict(retrieval)
+        if retrieval.embedding_model is not None:
+            settings["embedding_model_files"] = folder_digest(Path(retrieval.embedding_model))
         digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     for record in records:

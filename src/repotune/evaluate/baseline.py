@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from repotune.atomic import write_json
+from repotune.digest import feed_file, folder_digest
 from repotune.errors import RepotuneError
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.layout import EvaluateLayout
@@ -35,26 +35,6 @@ SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
 ones: tests/test_evaluate.py), so they are not part of the key."""
 
 
-def _feed(digest: Any, path: Path) -> None:
-    """Add the bytes of the file at ``path`` to ``digest``, a megabyte at a time (weights are large)."""
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-
-
-def folder_digest(folder: Path) -> str:
-    """SHA-256 over every file under ``folder``: its path relative to ``folder`` and its bytes."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-            _feed(digest, path)
-            digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def index_identity(index_dir: Path | None, data: Path, index: Any = None) -> str:
     """The retrieval arms' index, as a hash: the files of ``index_dir``, or, where the index ``index``
     is built from the clean folder ``data``, its training records (and its embedding model's files)."""
@@ -63,7 +43,7 @@ def index_identity(index_dir: Path | None, data: Path, index: Any = None) -> str
     if index_dir is not None:
         return folder_digest(index_dir)
     digest = hashlib.sha256()
-    _feed(digest, CleanLayout(data).train)
+    feed_file(digest, CleanLayout(data).train)
     embedder = getattr(getattr(index, "config", None), "embedding_model", None)
     if embedder is not None:
         digest.update(folder_digest(Path(embedder)).encode())
