@@ -128,6 +128,24 @@ def test_the_retrieval_index_is_built_once_per_revision_and_ships_to_train_and_e
     assert image == spec["deploymentSpec"]["executors"]["exec-clean"]["container"]["image"]  # no GPU
 
 
+def test_an_embedding_index_is_built_on_the_recipes_accelerator(tmp_path: Path) -> None:
+    """A recipe that names an embedding model has every chunk embedded: on the GPU image with the
+    recipe's accelerator, as train and evaluate run; without one the step stays on the CPU image."""
+    gpu = (ROOT / "configs" / "qwen2.5-coder-0.5b-gpu.yaml").read_text()
+    dense = gpu.replace("\ndata:\n", "\ndata:\n  retrieval_embedding_model: /models/minilm\n", 1)
+    assert dense != gpu
+    spec = yaml.safe_load(compile_pipeline(tmp_path / "dense.yaml", dense).read_text().split("\n---\n")[0])
+    executors = spec["deploymentSpec"]["executors"]
+    index = executors["exec-retrieval-index"]["container"]
+    assert (
+        index["image"]
+        == executors["exec-train"]["container"]["image"]
+        != executors["exec-clean"]["container"]["image"]
+    )
+    assert index["resources"] == executors["exec-train"]["container"]["resources"]
+    assert index["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
 @pytest.mark.parametrize("name", sorted(COMPILED))
 def test_the_base_model_is_scored_beside_training_and_its_scores_reach_evaluate(name: str) -> None:
     spec, _ = _spec(name)
@@ -510,9 +528,13 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
             assert summary["steps"] == 30 and summary["data"]["dataset.commit"] == sha
-            # the retrieval index of that commit ships in the model folder
+            # the retrieval index of the training revision ships in the model folder: the tree at the
+            # cut, an ancestor of the head, every file of it and none added after it
             shipped = json.loads((model / "retrieval" / "manifest.json").read_text())
-            assert shipped["revision"] == sha and shipped["chunks"] > 0
+            cut = shipped["revision"]
+            assert cut != sha and git(repo, "merge-base", "--is-ancestor", cut, sha) == ""
+            assert shipped["files"] == len(git(repo, "ls-tree", "-r", "--name-only", cut).split())
+            assert shipped["files"] < len(git(repo, "ls-tree", "-r", "--name-only", sha).split())
 
             # every stage's outputs were published under the repository and commit, marker last
             for stage in ("ingest", "clean", "retrieval"):

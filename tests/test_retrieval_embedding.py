@@ -213,3 +213,45 @@ def _transforms(recipe):
         seed=recipe.seed,
         fim_window_chars=recipe.data.fim_window_chars,
     )
+
+
+def test_repotune_index_writes_an_index_that_serving_finds_in_the_model_folder(tmp_path: Path) -> None:
+    """`repotune index` by hand: an embedding index written into a model folder, where `repotune
+    serve` looks for it (a base model served with retrieval and no fine-tuning); a folder that is not
+    a clean output is refused with what to give instead."""
+    import subprocess
+    import sys
+
+    from repotune.retrieval.shipped import model_index
+
+    data = tmp_path / "clean"
+    data.mkdir()
+    with CleanLayout(data).train.open("w", encoding="utf-8") as handle:
+        write_records(handle, repo_records())
+    model = make_serving_model(tmp_path / "model")
+
+    def index(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "repotune.cli", "index", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    done = index(
+        str(data), "-o", str(model / "retrieval"), "--embedding-model", str(MODEL), "--revision", "v1"
+    )
+    assert done.returncode == 0, done.stderr
+    built = RetrievalIndex.load(model / "retrieval")
+    files = len({record.file_path for record in repo_records()})
+    assert (
+        f"indexed {len(built):,} chunks of {files} files at v1, embeddings of 384 dimensions" in done.stderr
+    )
+    assert model_index(model) == model / "retrieval" and built.revision == "v1"
+    assert built.search(PARAPHRASE, k=1)[0].path == "shipping/rates.py"
+
+    done = index(str(data), "-o", str(tmp_path / "bm25"), "--recipe", "tiny-cpu")  # a recipe without one
+    assert done.returncode == 0, done.stderr
+    assert "embeddings" not in done.stderr and RetrievalIndex.load(tmp_path / "bm25").search(PARAPHRASE) == []
+
+    done = index(str(tmp_path), "-o", str(tmp_path / "nothing"))
+    assert (
+        done.returncode == 2 and "has no train.jsonl; give the folder `repotune clean` wrote" in done.stderr
+    )
+    assert not (tmp_path / "nothing").exists()

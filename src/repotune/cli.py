@@ -27,6 +27,7 @@ from repotune.options import Setting, Values, build, help_of, settings
 from repotune.pipelines.config import CompileConfig, ImageSettings, SubmitConfig
 from repotune.pipelines.local import RunConfig
 from repotune.records import parse_include
+from repotune.retrieval.stage import IndexConfig
 from repotune.serving.settings import ServeSettings, Switch
 from repotune.train import TrainConfig
 
@@ -247,6 +248,28 @@ def evaluate(values: Values) -> None:
     say(f"wrote {config.output}/metrics.json, report.md, report.html")
     if result.registered_version:
         say(f"registered version {result.registered_version} of {config.model_name}")
+
+
+@app.command()
+@settings(
+    IndexConfig,
+    Setting("data", argument=True, metavar="DIR"),
+    Setting("output", ("-o", "--output")),
+    Setting("recipe", parse=str),
+    Setting("embedding_model", parse=str),
+    Setting("revision", parse=str),
+)
+def index(values: Values) -> None:
+    """Build the retrieval index (BM25, with embeddings where asked) of a clean folder's training records."""
+    from repotune.retrieval import stage
+
+    result = stage.run(build(IndexConfig, values), log=say)
+    if not result.chunks:
+        say(f"warning: {result.output} holds no chunks: the training records have no code or doc files")
+    dense = f", embeddings of {result.embedding_dimension} dimensions" if result.embedding_dimension else ""
+    at = f" at {result.revision[:12]}" if result.revision else ""
+    say(f"indexed {result.chunks:,} chunks of {result.files:,} files{at}{dense} in {result.seconds:.1f} s")
+    say(f"wrote {result.output}")
 
 
 @app.command()

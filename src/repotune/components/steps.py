@@ -120,13 +120,15 @@ def retrieval_index(
     needed = credentials.needs("retrieval-index", artifacts_root=artifacts_root)
     credentials.require("retrieval-index", needed)
     config = index_config(to_dict(train.resolve_recipe(recipe, from_struct(overrides))[0]))
-    built = build_for_dataset(Path(dataset.path), Path(index.path), revision, log=print, config=config)
-    source = dataset.metadata.get("source", "")
-    index.metadata.update({"revision": built.revision or revision, "chunks": len(built), "source": source})
+    # The manifest names the revision the files are from (the records': the cut, where evaluation
+    # holds out what came after it), not the head that resolve-source found.
+    built = build_for_dataset(Path(dataset.path), Path(index.path), None, log=print, config=config)
+    source, at = dataset.metadata.get("source", ""), built.revision or revision
+    index.metadata.update({"revision": at, "chunks": len(built), "source": source})
     index.metadata["files"] = built.manifest["files"]
     index.metadata["embedding_dimension"] = built.manifest["embedding_dimension"] or 0
     index.metadata["published"] = storage.publish(index.path, artifacts_root, source, revision, "retrieval")
-    print(f"retrieval-index: {len(built):,} chunks of {built.manifest['files']:,} files at {revision}")
+    print(f"retrieval-index: {len(built):,} chunks of {built.manifest['files']:,} files at {at}")
 
 
 def train(

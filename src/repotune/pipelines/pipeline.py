@@ -77,7 +77,11 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     resolve_op = _component(steps.resolve_source, cpu)
     ingest_op = _component(steps.ingest, cpu)
     clean_op = _component(steps.clean, cpu)
-    index_op = _component(steps.retrieval_index, cpu)
+    # Embedding every chunk is work for the recipe's accelerator (minutes of CPU for a large
+    # repository); BM25 alone is not. An embedding model given only at run time (`training`) is
+    # embedded on the CPU image, which has the same libraries.
+    dense = bool(recipe.data.retrieval_embedding_model)
+    index_op = _component(steps.retrieval_index, gpu_image if dense else cpu)
     export_op = _component(steps.export, cpu)
     train_op = _component(steps.train, train_image)
     score_base_op = _component(steps.score_base, gpu_image)
@@ -169,6 +173,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             artifacts_root=artifacts_root,
         )
         _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
+        if dense:
+            _train_resources(indexed, recipe)
         # The base model's arms need no trained model: on a cluster they are scored beside training, and
         # the step's cache serves every later run on the same data, index, base model and settings.
         based = score_base_op(
