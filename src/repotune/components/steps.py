@@ -112,14 +112,15 @@ def retrieval_index(
     dataset and the recipe, so KFP reuses it for as long as they stay the same."""
     from pathlib import Path
 
-    from repotune import storage, train
-    from repotune.config import from_struct, to_dict
+    from repotune import storage
+    from repotune.config import from_struct
     from repotune.pipelines import credentials
-    from repotune.retrieval.shipped import build_for_dataset, index_config
+    from repotune.retrieval.shipped import build_for_dataset
+    from repotune.retrieval.stage import retrieval_config
 
     needed = credentials.needs("retrieval-index", artifacts_root=artifacts_root)
     credentials.require("retrieval-index", needed)
-    config = index_config(to_dict(train.resolve_recipe(recipe, from_struct(overrides))[0]))
+    config = retrieval_config(recipe, from_struct(overrides))
     # The manifest names the revision the files are from (the records': the cut, where evaluation
     # holds out what came after it), not the head that resolve-source found.
     built = build_for_dataset(Path(dataset.path), Path(index.path), None, log=print, config=config)

@@ -50,22 +50,15 @@ class IndexResult:
     seconds: float
 
 
-def retrieval_config(recipe: str | None, embedding_model: str | None) -> RetrievalConfig:
-    """The index settings of ``recipe`` (a shipped name, a .yaml path or YAML text; None: the defaults),
-    with ``embedding_model`` (resolved to a local folder) in place of the recipe's when given."""
+def retrieval_config(recipe: str | None, overrides: dict | None = None) -> RetrievalConfig:
+    """The index settings of ``recipe`` (a shipped name, a .yaml path or YAML text; None: the default
+    recipe) with ``overrides`` (``{"data.retrieval_embedding_model": FOLDER}``) applied, as the
+    pipeline's index step resolves them."""
     from repotune.config import to_dict
     from repotune.retrieval.shipped import index_config
+    from repotune.train import resolve_recipe
 
-    recipe_dict: dict = {}
-    if recipe is not None:
-        from repotune.train import resolve_recipe
-
-        recipe_dict = to_dict(resolve_recipe(recipe)[0])
-    if embedding_model is not None:
-        data = dict(recipe_dict.get("data") or {})
-        data["retrieval_embedding_model"] = embedding_model
-        recipe_dict = {**recipe_dict, "data": data}
-    return index_config(recipe_dict)
+    return index_config(to_dict(resolve_recipe(recipe, overrides)[0]))
 
 
 def run(config: IndexConfig, log: Callable[[str], None] = print) -> IndexResult:
@@ -73,7 +66,8 @@ def run(config: IndexConfig, log: Callable[[str], None] = print) -> IndexResult:
     from repotune.retrieval.shipped import build_for_dataset
 
     started = time.perf_counter()
-    settings = retrieval_config(config.recipe, config.embedding_model)
+    chosen = config.embedding_model
+    settings = retrieval_config(config.recipe, {"data.retrieval_embedding_model": chosen} if chosen else None)
     index: RetrievalIndex = build_for_dataset(
         Path(config.data), Path(config.output), config.revision, log=log, config=settings
     )
