@@ -261,6 +261,29 @@ def test_noise_that_overlaps_the_reference_pair_by_pair_does_not_promote() -> No
     assert not decision.promote
     assert "includes no gain: not significant" in decision.reasons[0]
     assert decision.arm == Arm("candidate")  # the best arm found, reported even when refused
+    # The candidate's mean is above base + retrieval's, so nothing says to serve retrieval alone.
+    assert not any("scored best of all arms" in r for r in decision.reasons)
+
+
+def test_when_base_with_retrieval_beats_every_candidate_arm_the_decision_says_to_serve_it() -> None:
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    # base + retrieval is difficulty + 0.02: the candidate's arms stay below it on every sample.
+    scores, samples = four_arms([v + 0.01 for v in difficulty], [v - 0.01 for v in difficulty])
+    decision = should_promote(scores, Policy(), samples)
+    assert not decision.promote and decision.arm == Arm("candidate")
+    assert decision.reasons[0].startswith("do not promote: candidate: line_edit_similarity")
+    assert decision.reasons[1].startswith(
+        "the base + retrieval scored best of all arms on line_edit_similarity: retrieval without "
+        "fine-tuning is what to serve"
+    )
+    # A champion is the reference once there is one: it is served already, and nothing is said.
+    scores["champion_retrieval"], samples["champion_retrieval"] = (
+        scores["base_retrieval"],
+        samples["base_retrieval"],
+    )
+    refused = should_promote(scores, Policy(), samples)
+    assert refused.reference == Arm("champion", True) and not refused.promote
+    assert not any("scored best of all arms" in r for r in refused.reasons)
 
 
 def test_an_arm_that_writes_diff_lines_more_often_than_base_is_refused_for_the_clean_one() -> None:

@@ -164,11 +164,31 @@ def should_promote(
     others = [f"also scored: {_summary(v)}" for v in ranked[1:]]
     reasons = (
         f"do not promote: {best.arm.label}: {best.blockers[0]}",
+        *_retrieval_alone_wins(reference, [v.arm for v in ranked], scores, policy.primary),
         *best.blockers[1:],
         *best.findings,
         *others,
     )
     return Decision(False, reasons, best.arm, reference)
+
+
+def _retrieval_alone_wins(
+    reference: Arm, candidates: Sequence[Arm], scores: Mapping[str, Mapping[str, Metric]], name: str
+) -> list[str]:
+    """The sentence that says what to serve when base + retrieval (the reference without a champion)
+    outscored every candidate arm on the primary metric: the base model with the index, no
+    fine-tuning. Nothing otherwise: a champion is already served, and base alone needs no advice."""
+    if reference != Arm("base", True):
+        return []
+    ref = _metric(scores, reference, name)
+    others = [_metric(scores, arm, name) for arm in candidates]
+    if ref is None or not all(m is not None and _gain(m, ref) < 0 for m in others):
+        return []
+    return [
+        f"the base + retrieval scored best of all arms on {name}: retrieval without fine-tuning is what "
+        "to serve until a candidate beats it (`repotune index` writes the index into a base model "
+        "folder; `repotune serve` that folder with `--retrieval on`)"
+    ]
 
 
 def _summary(verdict: _Verdict) -> str:
