@@ -9,11 +9,15 @@ FOLDER`` (a sentence-transformers model folder, such as a code embedding model).
 
     .venv/bin/python benchmarks/retrieval_quality.py                                   # itsdangerous
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100
+    .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --budgets 128,256,512
 
 It prints, per project: the index builds (chunks, seconds), the three arms side by side (line exact
 match and edit similarity, value [95% interval] n), the paired relative change of the fused context
 against BM25's and against none (with its paired bootstrap interval), how many prompts got any
-context, and the scoring time. Nothing is asserted. Work folders stay under ``.bench/quality/retrieval``.
+context, and the scoring time. ``--budgets 128,256,512`` asks another question with the same data: the
+base model with BM25's context at each of those token budgets, and without context, each paired against
+the budget serving uses by default (512 tokens). Nothing is asserted. Work folders stay under
+``.bench/quality/retrieval``.
 """
 
 from __future__ import annotations
@@ -96,6 +100,79 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
     }
 
 
+def run_budgets(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
+    """``--budgets``: the base model with BM25's context at each token budget, and without context,
+    on the same samples: how much retrieved context a model of this size can use."""
+    from repotune.clean import CleanLayout
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.score import score_model
+    from repotune.evaluate.settings import ScoringConfig
+    from repotune.models import resolve_base_model
+    from repotune.records import read_records
+    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+
+    work = args.work / project.name
+    times: dict[str, float] = {}
+    timed = quality.stage_timer(project, times)
+    layout = CleanLayout(quality.prepare_data(project, work, reuse=True, timed=timed))
+    index = timed("index: BM25", lambda: RetrievalIndex.build(list(read_records(layout.train))))
+    scoring = ScoringConfig(
+        line_samples=args.samples, fim_samples=0, commit_samples=0, forgetting_files=0, max_blocks=1
+    )
+    samples = draw_samples(list(read_records(layout.eval)), scoring)
+    base_dir = resolve_base_model("smollm2-135m")
+    arms: dict[str, Any] = {}
+    with_context: dict[str, int] = {}
+    for budget in args.budgets:
+        first = not arms
+        scored, contexts = timed(
+            f"score: base + BM25, {budget} tokens",
+            lambda b=budget, f=first: score_model(
+                "base", base_dir, samples, scoring, index, b, not f, harness.log
+            ),
+        )
+        for arm, result in scored.items():
+            arms[str(budget) if arm.retrieval else "none"] = result
+        with_context[str(budget)] = sum(1 for c in contexts.lines if c)
+    default = str(RetrievalConfig().max_context_tokens)
+    per_sample = {name: arm.per_sample["line_edit_similarity"] for name, arm in arms.items()}
+    reference = default if default in per_sample else "none"
+    return {
+        "project": project.name,
+        "language": project.language,
+        "chunks": len(index),
+        "samples": len(samples.lines),
+        "reference": reference,
+        "with_context": with_context,
+        "metrics": {
+            name: {metric: _metric(arm.metrics[metric]) for metric, _ in SHOWN} for name, arm in arms.items()
+        },
+        "vs_reference": {
+            name: quality.relative_change(values, per_sample[reference])
+            for name, values in per_sample.items()
+            if name != reference
+        },
+        "seconds": times,
+    }
+
+
+def print_budgets(result: dict[str, Any]) -> None:
+    reference = result["reference"]
+    print(f"\n## {result['project']} ({result['language']}): {result['chunks']:,} chunks, "
+          f"{result['samples']} lines; line edit similarity paired against "
+          f"{'no context' if reference == 'none' else reference + ' tokens'}")  # fmt: skip
+    print("| BM25 context | line exact match | line edit similarity | paired change | prompts with context |")
+    print("|---|---|---|---|---|")
+    for name, metrics in result["metrics"].items():
+        label = "none" if name == "none" else f"up to {name} tokens"
+        change = "(reference)" if name == reference else _change(result["vs_reference"].get(name))
+        cells = [quality._cell(metrics[metric]) for metric, _ in SHOWN]
+        print(f"| {label} | {cells[0]} | {cells[1]} | {change} | {result['with_context'].get(name, 0)} |")
+    print(
+        "wall time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result["seconds"].items())
+    )
+
+
 def _metric(metric: Any) -> dict[str, Any]:
     return {"value": metric.value, "ci_low": metric.ci_low, "ci_high": metric.ci_high, "n": metric.n}
 
@@ -124,6 +201,16 @@ def print_project(result: dict[str, Any]) -> None:
     )
 
 
+def _budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of token counts") from None
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError("budgets must be token counts of at least 1")
+    return budgets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -135,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--work", type=Path, default=quality.CACHE / "retrieval", help="work folders (default %(default)s)"
     )
+    parser.add_argument(
+        "--budgets", type=_budgets, metavar="N,N,...",
+        help="instead of embeddings against BM25: BM25's context at each token budget (128,256,512)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
     names = (
@@ -143,14 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in names if name not in quality.PROJECTS]
     if unknown:
         parser.error(f"unknown project(s) {', '.join(unknown)}; choose from {', '.join(quality.PROJECTS)}")
-    args.embedding_model = args.embedding_model or default_embedding_model()
+    if args.budgets is None:
+        args.embedding_model = args.embedding_model or default_embedding_model()
     print(f"# retrieval quality: base model smollm2-135m, {args.samples} line samples per project")
     print(f"# {json.dumps(harness.machine())}; {quality.cpu_load()} at start")
     results = []
     for name in names:
-        result = run_project(quality.PROJECTS[name], args)
+        if args.budgets is None:
+            result = run_project(quality.PROJECTS[name], args)
+            print_project(result)
+        else:
+            result = run_budgets(quality.PROJECTS[name], args)
+            print_budgets(result)
         results.append(result)
-        print_project(result)
         sys.stdout.flush()
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ The benchmark itself (downloads, training, evaluation) is run by hand, never by 
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -83,3 +84,55 @@ def test_every_project_names_two_ordered_releases_and_a_non_python_one(quality) 
     assert len(projects) >= 4
     assert any(project.language != "python" for project in projects)
     assert all(project.before.date < project.after.date for project in projects)
+
+
+@pytest.fixture()
+def retrieval_quality():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "retrieval_quality_benchmark", BENCHMARKS / "retrieval_quality.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("quality", None)
+        sys.modules.pop("harness", None)
+
+
+def test_the_budget_sweep_reads_its_budgets_and_prints_each_against_the_serving_default(
+    retrieval_quality, capsys
+) -> None:
+    assert retrieval_quality._budgets("128, 256,512") == [128, 256, 512]
+    for bad in ("", "0,128", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"budgets must be|not a comma list"):
+            retrieval_quality._budgets(bad)
+
+    def metric(value: float) -> dict:
+        return {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 100}
+
+    result = {
+        "project": "demo", "language": "python", "chunks": 1234, "samples": 100, "reference": "512",
+        "with_context": {"128": 30, "512": 100},
+        "metrics": {
+            "none": {"line_exact_match": metric(0.1), "line_edit_similarity": metric(0.4)},
+            "128": {"line_exact_match": metric(0.1), "line_edit_similarity": metric(0.42)},
+            "512": {"line_exact_match": metric(0.12), "line_edit_similarity": metric(0.44)},
+        },
+        "vs_reference": {
+            "none": {"value": -0.091, "ci_low": -0.15, "ci_high": -0.03, "n": 100},
+            "128": None,
+        },
+        "seconds": {"score": 1.0},
+    }  # fmt: skip
+    retrieval_quality.print_budgets(result)
+    out = capsys.readouterr().out
+    assert "1,234 chunks, 100 lines; line edit similarity paired against 512 tokens" in out
+    assert (
+        "| none | 0.100 [0.050, 0.150] n=100 | 0.400 [0.350, 0.450] n=100 | -9.1% [-15.0%, -3.0%] n=100 | 0 |"
+        in out
+    )
+    assert "| up to 128 tokens |" in out and "| - | 30 |" in out
+    assert "| up to 512 tokens |" in out and "| (reference) | 100 |" in out
