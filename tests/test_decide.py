@@ -276,6 +276,11 @@ def test_when_base_with_retrieval_beats_every_candidate_arm_the_decision_says_to
         "the base + retrieval scored best of all arms on line_edit_similarity: retrieval without "
         "fine-tuning is what to serve"
     )
+    # Where the base model alone did better still, retrieval earned nothing either: nothing is said.
+    samples_no_gain = {**samples, "base": arm([v + 0.03 for v in difficulty], [0.0] * 200)}
+    scores_no_gain = {**scores, "base": summarized(samples_no_gain["base"], models(ppl(11.0)))}
+    quiet = should_promote(scores_no_gain, Policy(), samples_no_gain)
+    assert not quiet.promote and not any("scored best of all arms" in r for r in quiet.reasons)
     # A champion is the reference once there is one: it is served already, and nothing is said.
     scores["champion_retrieval"], samples["champion_retrieval"] = (
         scores["base_retrieval"],

@@ -164,7 +164,7 @@ def should_promote(
     others = [f"also scored: {_summary(v)}" for v in ranked[1:]]
     reasons = (
         f"do not promote: {best.arm.label}: {best.blockers[0]}",
-        *_retrieval_alone_wins(reference, [v.arm for v in ranked], scores, policy.primary),
+        *_retrieval_alone_wins(reference, scores, policy.primary),
         *best.blockers[1:],
         *best.findings,
         *others,
@@ -172,16 +172,15 @@ def should_promote(
     return Decision(False, reasons, best.arm, reference)
 
 
-def _retrieval_alone_wins(
-    reference: Arm, candidates: Sequence[Arm], scores: Mapping[str, Mapping[str, Metric]], name: str
-) -> list[str]:
+def _retrieval_alone_wins(reference: Arm, scores: Mapping[str, Mapping[str, Metric]], name: str) -> list[str]:
     """The sentence that says what to serve when base + retrieval (the reference without a champion)
-    outscored every candidate arm on the primary metric: the base model with the index, no
-    fine-tuning. Nothing otherwise: a champion is already served, and base alone needs no advice."""
+    outscored every other arm on the primary metric: the base model with the index, no fine-tuning.
+    Nothing otherwise: a champion is already served, and where the base alone did as well, retrieval
+    earned nothing either."""
     if reference != Arm("base", True):
         return []
     ref = _metric(scores, reference, name)
-    others = [_metric(scores, arm, name) for arm in candidates]
+    others = [_metric(scores, Arm.from_key(key), name) for key in scores if key != reference.key]
     if ref is None or not all(m is not None and _gain(m, ref) < 0 for m in others):
         return []
     return [
