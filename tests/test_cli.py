@@ -212,6 +212,10 @@ def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
 
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "succeeded" and status["artifacts"] == f"s3://repotune/runs/repo/{sha}"
+    # the arm the closing query serves: the one evaluate chose, or the best candidate arm it found
+    decision = status["decision"]
+    assert decision["arm"] in ("candidate", "candidate_retrieval")
+    assert decision["retrieval"] is (decision["arm"] == "candidate_retrieval")
     isvc = next(o for o in yaml.safe_load_all((run_dir / status["manifest"]).read_text())
                 if o["kind"] == "InferenceService")  # fmt: skip
     model_uri = isvc["spec"]["predictor"]["model"]["storageUri"]

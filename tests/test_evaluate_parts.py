@@ -320,6 +320,18 @@ def test_the_demo_asks_for_a_line_of_code_not_the_middle_of_a_docstring(
     assert demo_query(tmp_path, context_chars=170).expected.rstrip("\r") == "    return values[0]"
 
 
+def test_the_demo_serves_the_arm_evaluation_chose() -> None:
+    from repotune.pipelines.local import served_arm
+
+    chosen = {"promote": True, "reasons": ["promote ..."], "arm": "candidate_retrieval", "retrieval": True}
+    assert served_arm(chosen) == (["--retrieval", "on"], "candidate + retrieval, the arm evaluation chose")
+    refused = {"promote": False, "reasons": ["do not promote ..."], "arm": "candidate", "retrieval": False}
+    assert served_arm(refused) == (["--retrieval", "off"], "candidate, the best candidate arm")
+    # A status written before the arm was recorded, or none: the server decides as the model was trained.
+    assert served_arm({"promote": False, "reasons": []}) == ([], "retrieval as the model was trained")
+    assert served_arm(None) == ([], "retrieval as the model was trained")
+
+
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:
     from repotune.evaluate.stage import context_budget
     from repotune.retrieval import RetrievalConfig, RetrievalIndex

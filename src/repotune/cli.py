@@ -507,7 +507,9 @@ def run(
     if query:
         from repotune.pipelines.local import query_served_model
 
-        query_served_model(Path(str(status.model)), run_dir, Path(str(status.dataset)), log=say)
+        query_served_model(
+            Path(str(status.model)), run_dir, Path(str(status.dataset)), decision=status.decision, log=say
+        )
 
 
 @contextlib.contextmanager

@@ -443,7 +443,13 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
         status.stages["deploy"].state = "skipped"
     status.state, status.finished, status.promote = "succeeded", now(), bool(outputs["promoted"])
     status.metrics = result.models_as_dicts()
-    status.decision = {"promote": result.decision.promote, "reasons": list(result.decision.reasons)}
+    arm = result.decision.arm
+    status.decision = {
+        "promote": result.decision.promote,
+        "reasons": list(result.decision.reasons),
+        "arm": arm.key if arm is not None else None,
+        "retrieval": arm.retrieval if arm is not None else None,
+    }
     status.report, status.model = report.name, outputs["model"].path
     status.dataset, status.registered_version = str(result.data), result.registered_version
     manifest = writer.outputs.get("deploy", {}).get("manifest")
@@ -523,11 +529,30 @@ FALLBACK_QUERY = DemoQuery("def fibonacci(n):\n    ", None, None)
 """The question when there is no held-out code to draw one from: a function's first line."""
 
 
+def served_arm(decision: dict[str, Any] | None) -> tuple[list[str], str]:
+    """The ``repotune serve`` options that serve the arm evaluation chose (or, not promoted, the best
+    candidate arm it found), as the deploy step serves it: ``--retrieval on`` for the candidate with
+    retrieval, ``off`` for the candidate alone; and words that say so. No options when the run
+    recorded no arm: the server then follows how the model was trained."""
+    retrieval = (decision or {}).get("retrieval")
+    if not isinstance(retrieval, bool):
+        return [], "retrieval as the model was trained"
+    chosen = "the arm evaluation chose" if (decision or {}).get("promote") else "the best candidate arm"
+    arm = "candidate + retrieval" if retrieval else "candidate"
+    return ["--retrieval", "on" if retrieval else "off"], f"{arm}, {chosen}"
+
+
 def query_served_model(
-    model: Path, run_dir: Path, data_dir: Path | None = None, *, log: Callable[[str], None] = print
+    model: Path,
+    run_dir: Path,
+    data_dir: Path | None = None,
+    *,
+    decision: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
 ) -> str:
-    """Serve ``model`` with ``repotune serve`` on 127.0.0.1, ask one completion with the ``openai``
-    client, record the endpoint in the status, and stop the server; returns the completion.
+    """Serve ``model`` with ``repotune serve`` on 127.0.0.1 as the arm of ``decision`` (the run's
+    status), ask one completion with the ``openai`` client, record the endpoint in the status, and stop
+    the server; returns the completion.
 
     On a cluster the deploy step puts the same predictor (or KServe's vLLM runtime) behind an
     InferenceService; here the server lives only as long as this query.
@@ -538,8 +563,9 @@ def query_served_model(
 
     query = demo_query(data_dir, _tokenizer_of(model))
     layout = RunLayout(run_dir)
-    log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes)")
-    with start_background(model, log_path=layout.serve_log) as server:
+    options, served = served_arm(decision)
+    log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes) as {served}")
+    with start_background(model, log_path=layout.serve_log, extra_args=options) as server:
         client = openai.OpenAI(base_url=server.openai_url, api_key="not-needed-locally", max_retries=0)
         reply = client.completions.create(
             model=server.model_name,

@@ -110,7 +110,8 @@ class RunStatus:
     promote: bool | None = None
     """Whether evaluation promoted the candidate."""
     decision: dict[str, Any] | None = None
-    """``{"promote": bool, "reasons": [...]}``: the decision and every finding behind it."""
+    """``{"promote": bool, "reasons": [...], "arm": "candidate_retrieval", "retrieval": bool}``: the
+    decision, every finding behind it, and the candidate arm chosen (or the best one found)."""
     metrics: dict[str, dict[str, dict[str, Any]]] | None = None
     """The evaluation's metrics by model and name, each ``{"value", "n", "ci_low", "ci_high", ...}``."""
     report: str | None = None
