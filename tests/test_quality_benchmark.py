@@ -6,29 +6,42 @@ The benchmark itself (downloads, training, evaluation) is run by hand, never by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def quality():
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling `harness` as a script would
+@contextlib.contextmanager
+def _benchmark(script: str) -> Iterator[Any]:
+    """``benchmarks/SCRIPT`` loaded as a module, with its folder on the path as when run as a script
+    (the benchmarks import their siblings, `harness` and `quality`, by name)."""
+    name = f"{Path(script).stem}_benchmark"
+    sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("quality_benchmark", BENCHMARKS / "quality.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / script)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
+        sys.modules[name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.path.remove(str(BENCHMARKS))
-        sys.modules.pop("quality_benchmark", None)
+        for loaded in (name, "quality", "harness"):
+            sys.modules.pop(loaded, None)
+
+
+@pytest.fixture(scope="module")
+def quality():
+    with _benchmark("quality.py") as module:
+        yield module
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -88,18 +101,8 @@ def test_every_project_names_two_ordered_releases_and_a_non_python_one(quality) 
 
 @pytest.fixture()
 def retrieval_quality():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "retrieval_quality_benchmark", BENCHMARKS / "retrieval_quality.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with _benchmark("retrieval_quality.py") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        sys.modules.pop("quality", None)
-        sys.modules.pop("harness", None)
 
 
 def test_the_budget_sweep_reads_its_budgets_and_prints_each_against_the_serving_default(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from repotune.errors import RepotuneError
 from repotune.evaluate.arms import Arm
@@ -96,6 +97,17 @@ class Decision:
     candidate arm was scored. ``arm.retrieval`` says whether serving must retrieve."""
     reference: Arm | None = None
     """What the arms were compared with: the champion's arm, base + retrieval, or base."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The decision as metrics.json and the run's status keep it: arms by their keys, and
+        ``retrieval``, whether the arm is served with retrieval."""
+        return {
+            "promote": self.promote,
+            "reasons": list(self.reasons),
+            "arm": self.arm.key if self.arm else None,
+            "retrieval": self.arm.retrieval if self.arm else None,
+            "reference": self.reference.key if self.reference else None,
+        }
 
 
 @dataclass

@@ -280,13 +280,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     layout = EvaluateLayout(config.output)
     result = EvaluateResult(layout, decision, scores, data_dir, None, split, seconds)
     saved: dict[str, Any] = {
-        "decision": {
-            "promote": decision.promote,
-            "reasons": list(decision.reasons),
-            "arm": decision.arm.key if decision.arm else None,
-            "retrieval": decision.arm.retrieval if decision.arm else None,
-            "reference": decision.reference.key if decision.reference else None,
-        },
+        "decision": decision.as_dict(),
         "models": result.models_as_dicts(),
         "paired": _paired(per_sample, decision),
         "split": split,

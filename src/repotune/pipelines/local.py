@@ -443,13 +443,7 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
         status.stages["deploy"].state = "skipped"
     status.state, status.finished, status.promote = "succeeded", now(), bool(outputs["promoted"])
     status.metrics = result.models_as_dicts()
-    arm = result.decision.arm
-    status.decision = {
-        "promote": result.decision.promote,
-        "reasons": list(result.decision.reasons),
-        "arm": arm.key if arm is not None else None,
-        "retrieval": arm.retrieval if arm is not None else None,
-    }
+    status.decision = result.decision.as_dict()
     status.report, status.model = report.name, outputs["model"].path
     status.dataset, status.registered_version = str(result.data), result.registered_version
     manifest = writer.outputs.get("deploy", {}).get("manifest")
@@ -534,12 +528,14 @@ def served_arm(decision: dict[str, Any] | None) -> tuple[list[str], str]:
     candidate arm it found), as the deploy step serves it: ``--retrieval on`` for the candidate with
     retrieval, ``off`` for the candidate alone; and words that say so. No options when the run
     recorded no arm: the server then follows how the model was trained."""
-    retrieval = (decision or {}).get("retrieval")
-    if not isinstance(retrieval, bool):
+    from repotune.evaluate.arms import Arm
+
+    key = (decision or {}).get("arm")
+    if not isinstance(key, str):
         return [], "retrieval as the model was trained"
+    arm = Arm.from_key(key)
     chosen = "the arm evaluation chose" if (decision or {}).get("promote") else "the best candidate arm"
-    arm = "candidate + retrieval" if retrieval else "candidate"
-    return ["--retrieval", "on" if retrieval else "off"], f"{arm}, {chosen}"
+    return ["--retrieval", "on" if arm.retrieval else "off"], f"{arm.label}, {chosen}"
 
 
 def query_served_model(

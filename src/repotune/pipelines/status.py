@@ -110,8 +110,9 @@ class RunStatus:
     promote: bool | None = None
     """Whether evaluation promoted the candidate."""
     decision: dict[str, Any] | None = None
-    """``{"promote": bool, "reasons": [...], "arm": "candidate_retrieval", "retrieval": bool}``: the
-    decision, every finding behind it, and the candidate arm chosen (or the best one found)."""
+    """``Decision.as_dict()``, as in metrics.json: ``{"promote": bool, "reasons": [...], "arm":
+    "candidate_retrieval", "retrieval": bool, "reference": "base_retrieval"}``, the decision, every
+    finding behind it, the candidate arm chosen (or the best one found) and what it was compared with."""
     metrics: dict[str, dict[str, dict[str, Any]]] | None = None
     """The evaluation's metrics by model and name, each ``{"value", "n", "ci_low", "ci_high", ...}``."""
     report: str | None = None
