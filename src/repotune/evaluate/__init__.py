@@ -1,5 +1,6 @@
 """The evaluate stage: ``run(EvaluateConfig) -> EvaluateResult``; ``EvaluateLayout`` names its files."""
 
+from repotune.evaluate.arms import Arm
 from repotune.evaluate.baseline import run as score_base
 from repotune.evaluate.baseline import summary as base_scores_summary
 from repotune.evaluate.decide import Policy
@@ -9,6 +10,7 @@ from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
 __all__ = [
+    "Arm",
     "EvaluateConfig",
     "EvaluateLayout",
     "EvaluateResult",

@@ -528,7 +528,7 @@ def served_arm(decision: dict[str, Any] | None) -> tuple[list[str], str]:
     candidate arm it found), as the deploy step serves it: ``--retrieval on`` for the candidate with
     retrieval, ``off`` for the candidate alone; and words that say so. No options when the run
     recorded no arm: the server then follows how the model was trained."""
-    from repotune.evaluate.arms import Arm
+    from repotune.evaluate import Arm
 
     key = (decision or {}).get("arm")
     if not isinstance(key, str):
