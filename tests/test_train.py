@@ -180,10 +180,13 @@ def test_train_from_the_command_line(cleaned: Path, tmp_path: Path) -> None:
 
     done = subprocess.run(
         [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "m"),
-         "--recipe", str(TINY), "--set", "max_steps=2", "--set", "data.seq_len=64"],
+         "--recipe", str(TINY), "--set", "max_steps=50", "--set", "max_epochs=0.1",
+         "--set", "data.seq_len=64"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # the tiny recipe's 64 training blocks, 4 a step: a tenth of a pass is 2 steps of the 50 asked for
+    assert "max_steps 50 held to 2: 0.1 passes over 64 training blocks, 4 a step" in done.stderr
     assert "step 2/2" in done.stderr and "held-out loss: base" in done.stderr
     assert json.loads((tmp_path / "m" / "train_summary.json").read_text())["recipe"]["data"]["seq_len"] == 64
     bad = subprocess.run(
@@ -302,3 +305,24 @@ def test_a_handful_of_steps_from_epochs_is_warned_about_and_max_steps_is_not() -
     demo = load_recipe(ROOT / "configs" / "smollm2-135m-cpu.yaml")  # max_steps: 40, set by hand
     assert demo.max_steps is not None and few_steps_warning(demo, demo.max_steps, 10, 4) is None
     assert few_steps_warning(load_recipe(None, {"max_steps": 3}), 3, 10, 4) is None
+
+
+def test_max_epochs_holds_max_steps_to_a_few_passes_over_a_small_repository() -> None:
+    from repotune.train.finetune import planned_steps
+
+    capped = load_recipe(None, {"max_steps": 40, "max_epochs": 1.5})
+    # 40 blocks, 4 a step: 10 steps a pass, so 1.5 passes are 15 steps, not 40
+    steps, note = planned_steps(capped, 40, 4)
+    assert steps == 15
+    assert note is not None and note.startswith("max_steps 40 held to 15: 1.5 passes over 40 training blocks")
+    # a repository big enough for max_steps runs them all, without a note
+    assert planned_steps(capped, 1000, 4) == (40, None)
+    # a part-filled last batch is a step: 41 blocks are 11 steps a pass
+    assert planned_steps(load_recipe(None, {"max_steps": 40, "max_epochs": 1}), 41, 4)[0] == 11
+    # no cap: max_steps as set, however small the data
+    assert planned_steps(load_recipe(None, {"max_steps": 40}), 8, 4) == (40, None)
+    # without max_steps, epochs decide and max_epochs has nothing to hold
+    assert planned_steps(load_recipe(None, {"epochs": 2, "max_epochs": 1}), 40, 4) == (20, None)
+    assert planned_steps(load_recipe(None, {"epochs": 0.01}), 40, 4) == (1, None)
+    with pytest.raises(RepotuneError, match="max_epochs must be positive"):
+        load_recipe(None, {"max_steps": 40, "max_epochs": 0})

@@ -27,7 +27,8 @@ def train_settings(
 
     Precedence, from weakest: the recipe; the typed parameters; ``overrides`` (the ``training`` dict).
     ``max_steps`` 0 means unset, and then ``epochs`` decides how long training runs; a positive
-    ``max_steps`` decides, and ``epochs`` has no effect (transformers' own rule). The pipeline's
+    ``max_steps`` decides (held to the recipe's ``max_epochs`` passes where it sets one), and ``epochs``
+    has no effect (transformers' own rule). The pipeline's
     defaults are the recipe's values, so a recipe with ``max_steps`` (the CPU demo's 40) trains 40
     steps until a run sets ``max_steps`` to 0 and an ``epochs``.
     """

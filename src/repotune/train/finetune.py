@@ -193,6 +193,25 @@ FEW_STEPS = 20
 """Fewer optimizer steps than this, derived from ``epochs``, earn a warning (see ``few_steps_warning``)."""
 
 
+def planned_steps(recipe: Recipe, blocks: int, blocks_per_step: int) -> tuple[int, str | None]:
+    """Optimizer steps for ``blocks`` training blocks, and a note when ``max_epochs`` cut ``max_steps``.
+
+    ``max_steps`` where set, held to ``max_epochs`` passes over the blocks; else ``epochs`` passes. A
+    part-filled last batch counts as a step, as the Trainer's data loader gives one."""
+    per_epoch = math.ceil(blocks / blocks_per_step)
+    if recipe.max_steps is None:
+        return max(1, math.ceil(per_epoch * recipe.epochs)), None
+    if recipe.max_epochs is not None:
+        cap = max(1, math.ceil(per_epoch * recipe.max_epochs))
+        if cap < recipe.max_steps:
+            return cap, (
+                f"max_steps {recipe.max_steps} held to {cap}: {recipe.max_epochs:g} passes over {blocks} "
+                f"training blocks, {blocks_per_step} a step (max_epochs). Trained over and over, a small "
+                "repository's model recalls it and forgets general code"
+            )
+    return recipe.max_steps, None
+
+
 def few_steps_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_per_step: int) -> str | None:
     """What to change when ``epochs`` gives the data only a handful of optimizer steps, else None.
 
@@ -325,8 +344,7 @@ def run_training(
 
     blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
     tokens_per_step = recipe.data.seq_len * blocks_per_step
-    steps_per_epoch = math.ceil(len(train_blocks) / blocks_per_step)
-    total_steps = recipe.max_steps or max(1, math.ceil(steps_per_epoch * recipe.epochs))
+    total_steps, held = planned_steps(recipe, len(train_blocks), blocks_per_step)
     say(
         f"data: {len(train_blocks)} training blocks of {recipe.data.seq_len} tokens "
         f"({train_blocks.real_token_fraction:.1%} real; "
@@ -335,9 +353,9 @@ def run_training(
         f"{len(eval_blocks) if eval_blocks else 0} held-out blocks; "
         f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
     )
-    warning = few_steps_warning(recipe, total_steps, len(train_blocks), blocks_per_step)
-    if warning:
-        say(warning)
+    for note in (held, few_steps_warning(recipe, total_steps, len(train_blocks), blocks_per_step)):
+        if note:
+            say(note)
 
     checkpoint_dir = layout.checkpoints
     args = training_arguments(

@@ -188,6 +188,9 @@ class Recipe:
     """Passes over the training blocks (when max_steps is None)."""
     max_steps: int | None = None
     """Optimizer steps to run; None derives them from epochs."""
+    max_epochs: float | None = None
+    """With max_steps: the most passes over the training blocks, so a small repository is not trained over
+    and over (fewer steps then run); None: no cap. Without max_steps, epochs decides and this is unused."""
     max_minutes: float | None = None
     """Wall-clock budget in minutes: training stops cleanly (and saves) when it runs out."""
     eval_every_steps: int | None = None
@@ -224,6 +227,8 @@ class Recipe:
             raise RepotuneError("warmup_ratio must be at least 0 and below 1")
         if self.epochs <= 0:
             raise RepotuneError("epochs must be positive")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise RepotuneError("max_epochs must be positive (or null for no cap)")
         if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
             raise RepotuneError("checkpoint_uri must be an s3:// URI (or null)")
 
