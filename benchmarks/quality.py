@@ -341,6 +341,8 @@ SHOWN = (
     ("line_diff_marker_share", "diff-marker share"),
     ("fim_exact_match", "FIM exact match"),
     ("fim_edit_similarity", "FIM edit similarity"),
+    ("fim_prefix_only_exact_match", "FIM EM, prefix alone"),
+    ("fim_prefix_only_edit_similarity", "FIM ES, prefix alone"),
 )
 
 

@@ -352,3 +352,32 @@ def test_the_champion_at_its_deployed_arm_is_the_reference() -> None:
     assert decision.reference == Arm("champion", True)
     assert not decision.promote
     assert decision.reasons[0].startswith("do not promote: candidate + retrieval: tie: line_edit_similarity")
+
+
+def test_the_decision_says_how_the_chosen_arm_fills_a_gap_best() -> None:
+    """``Decision.fim``: FIM prompts (the suffix in view) where the chosen arm filled the FIM spans at
+    least as well with them as from the prefix alone; serving follows it (``repotune serve --fim``)."""
+    from repotune.evaluate.decide import fills_with_fim
+
+    fim, alone = "fim_edit_similarity", "fim_prefix_only_edit_similarity"
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    gaps = per_sample(0.3, 0.2, seed=2)
+
+    def decided(fim_gain: float) -> Decision:
+        shifted = [min(1.0, max(0.0, v + fim_gain)) for v in gaps]
+        extra = {key: {alone: gaps} for key in ("base", "base_retrieval")} | {
+            key: {alone: gaps, fim: shifted} for key in ("candidate", "candidate_retrieval")
+        }
+        scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty], **extra)
+        return should_promote(scores, Policy(), samples)
+
+    worse, better = decided(-0.15), decided(+0.05)  # SmolLM2 after the CPU recipe: 0.146 against 0.335
+    assert worse.promote and worse.arm == Arm("candidate", True) and worse.fim is False
+    assert worse.as_dict()["fim"] is False
+    assert better.arm == Arm("candidate", True) and better.fim is True
+    es = lambda value: summarize("edit_similarity", [value] * 30, higher_is_better=True)  # noqa: E731
+    # a model without FIM tokens is scored from the prefix alone, and is served that way
+    assert fills_with_fim({"base": {alone: es(0.3)}}, Arm("base")) is False
+    # a retrieval arm with no scores of its own reads its model's
+    assert fills_with_fim({"candidate": {fim: es(0.3), alone: es(0.3)}}, Arm("candidate", True)) is True
+    assert fills_with_fim({"candidate": {}}, Arm("candidate")) is None  # no FIM spans scored

@@ -123,9 +123,12 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert saved["decision"]["arm"] == result.arm.key and saved["decision"]["reference"] == "base_retrieval"
     assert set(saved["paired"]) == {"candidate", "candidate_retrieval"}
     completions = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").open()]
-    assert [c["task"] for c in completions] == ["line"] * 20 + ["fim"] * 20
+    assert [c["task"] for c in completions] == ["line"] * 20 + ["fim"] * 20 + ["fim_prefix_only"] * 20
     assert set(completions[0]["answers"]) == ARMS
-    assert set(completions[-1]["answers"]) == {"candidate", "candidate_retrieval"}
+    # FIM prompts need FIM tokens (the candidate's); every arm answers the same gaps from the prefix alone
+    assert set(completions[20]["answers"]) == {"candidate", "candidate_retrieval"}
+    assert set(completions[-1]["answers"]) == ARMS
+    assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:]]
     assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 

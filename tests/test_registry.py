@@ -24,6 +24,7 @@ from repotune.evaluate.registry import (
     DATASET_HASH_TAG,
     DECISION_REASONS_TAG,
     DECISION_TAG,
+    FIM_TAG,
     HISTORY_TAG,
     MAX_TAG_VALUE_LENGTH,
     PREVIOUS_CHAMPION_TAG,
@@ -35,6 +36,7 @@ from repotune.evaluate.registry import (
     champion_stack,
     metric_tags,
     metrics_from_tags,
+    registered_fim,
     registered_retrieval,
 )
 from repotune.storage import client_from_env
@@ -205,6 +207,12 @@ def test_register_is_idempotent_and_decisions_are_truncated(servers: Servers, tm
     tags = client.get_model_version("repotune-idempotent", first).tags
     assert (tags[ARM_TAG], tags[RETRIEVAL_TAG]) == ("candidate_retrieval", "true")
     assert registered_retrieval(tags) is True  # what deploy and the next evaluation read back
+    assert FIM_TAG not in tags and registered_fim(tags) is None  # no FIM spans scored
+    registry.record_decision(
+        first, Decision(False, ("do not promote: a reason",), Arm("candidate"), fim=False)
+    )
+    tags = client.get_model_version("repotune-idempotent", first).tags
+    assert tags[FIM_TAG] == "false" and registered_fim(tags) is False
 
     long = Decision(False, tuple(f"do not promote: reason {i} " + "x" * 1000 for i in range(10)))
     registry.record_decision(first, long)

@@ -81,6 +81,9 @@ ARM_TAG = "repotune.arm"
 """The arm the decision chose for the version: ``candidate`` or ``candidate_retrieval``."""
 RETRIEVAL_TAG = "repotune.retrieval"
 """``true`` when the version is to be served with retrieval (its chosen arm uses it), else ``false``."""
+FIM_TAG = "repotune.fim"
+"""``true`` when the version fills gaps (requests with a suffix) better with FIM prompts than from the
+prefix alone (``Decision.fim``), ``false`` when not; absent when not measured."""
 PREVIOUS_CHAMPION_TAG = "repotune.previous_champion"
 HISTORY_TAG = "repotune.champion_history"
 METRIC_TAG_PREFIX = "metric."
@@ -103,6 +106,12 @@ def registered_retrieval(tags: Mapping[str, str]) -> bool | None:
     """Whether a version's tags say it is served with retrieval (``RETRIEVAL_TAG``); None when they do
     not say."""
     return {_TRUE: True, _FALSE: False}.get(tags.get(RETRIEVAL_TAG, ""))
+
+
+def registered_fim(tags: Mapping[str, str]) -> bool | None:
+    """Whether a version's tags say it answers a suffix with FIM prompts (``FIM_TAG``); None when they
+    do not say."""
+    return {_TRUE: True, _FALSE: False}.get(tags.get(FIM_TAG, ""))
 
 
 @dataclass(frozen=True)
@@ -315,6 +324,8 @@ class Registry:
         if decision.arm is not None:
             tags[ARM_TAG] = decision.arm.key
             tags[RETRIEVAL_TAG] = _TRUE if decision.arm.retrieval else _FALSE
+        if decision.fim is not None:
+            tags[FIM_TAG] = _TRUE if decision.fim else _FALSE
         with self._calling(f"recording the decision on {self.model_name} version {version}"):
             for key, value in tags.items():
                 self._client.set_model_version_tag(self.model_name, version, key, value)

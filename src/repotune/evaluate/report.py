@@ -27,6 +27,7 @@ ARM_COLUMNS = (
     ("line_edit_similarity", "line edit similarity"),
     ("fim_exact_match", "FIM exact match"),
     ("fim_edit_similarity", "FIM edit similarity"),
+    ("fim_prefix_only_edit_similarity", "FIM edit similarity, prefix alone"),
     ("perplexity", "perplexity of {code}"),
     ("line_diff_marker_share", "diff-marker share"),
 )
@@ -94,6 +95,26 @@ def _words(value: Any) -> str:
     return str(value) if value is not None else "(not recorded)"
 
 
+def gaps(result: EvaluateResult) -> str | None:
+    """How the chosen (or best) candidate arm fills a gap an editor asks about, as serving will; None
+    when no FIM samples were scored."""
+    decision = result.decision
+    if decision.arm is None or decision.fim is None:
+        return None
+    scores = result.models.get(decision.arm.key) or result.models.get(decision.arm.without_retrieval.key, {})
+    with_fim, alone = scores.get("fim_edit_similarity"), scores.get("fim_prefix_only_edit_similarity")
+    measured = ", ".join(
+        f"{format_value(m.value)} {how}"
+        for m, how in ((with_fim, "with FIM prompts"), (alone, "from the prefix alone"))
+        if m is not None
+    )
+    how = "with FIM prompts (the suffix in view)" if decision.fim else "from the code before the cursor alone"
+    return (
+        f"Gaps (requests with a suffix): {decision.arm.label} fills them best {how}, FIM edit similarity "
+        f"{measured}; served with `--fim {'on' if decision.fim else 'off'}`."
+    )
+
+
 def _columns(result: EvaluateResult, context: dict[str, Any]) -> list[tuple[str, str]]:
     code = "added code" if context.get("mode") == "temporal" else "held-out code"
     present = {name for scores in result.models.values() for name in scores}
@@ -154,7 +175,8 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
                 + " | ".join(cell(result.models[a.key].get(name)) for a in having)
                 + " |"
             )
-    lines += ["", _setting_line(result, context), "", *_footer(context)]
+    filled = gaps(result)
+    lines += [*(["", filled] if filled else []), "", _setting_line(result, context), "", *_footer(context)]
     return "\n".join(lines) + "\n"
 
 
@@ -266,7 +288,8 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         f"<h1>{html.escape(verdict(result))}</h1><ul>{reasons}</ul>"
         f"<p>{html.escape(provenance(result, context).replace('`', ''))}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p><small>{html.escape(_setting_line(result, context).replace('`', ''))}</small></p>"
+        + (f"<p>{html.escape(filled.replace('`', ''))}</p>" if (filled := gaps(result)) else "")
+        + f"<p><small>{html.escape(_setting_line(result, context).replace('`', ''))}</small></p>"
         + "".join(charts)
         + f"<p><small>{html.escape(' '.join(_footer(context)).replace('`', ''))}</small></p></body></html>\n"
     )

@@ -40,7 +40,16 @@ from repotune.evaluate.settings import ScoringConfig
 
 __all__ = ["ArmScores", "Scorer", "ScoringConfig", "draw_samples", "metric_from_dict", "metric_to_dict"]
 
-PAIRED_METRICS = ("line_exact_match", "line_edit_similarity", "fim_exact_match", "fim_edit_similarity")
+PREFIX_ONLY = "fim_prefix_only"
+"""The FIM samples' task answered from the prefix alone (no suffix, no FIM tokens)."""
+PAIRED_METRICS = (
+    "line_exact_match",
+    "line_edit_similarity",
+    "fim_exact_match",
+    "fim_edit_similarity",
+    f"{PREFIX_ONLY}_exact_match",
+    f"{PREFIX_ONLY}_edit_similarity",
+)
 """Completion metrics kept per sample, so arms can be compared pair by pair."""
 
 
@@ -174,6 +183,19 @@ class Scorer:
             ]
             metrics[MARKER_METRIC] = summarize(MARKER_METRIC, markers, higher_is_better=False)
             per_sample[MARKER_METRIC] = markers
+        if samples.fims:
+            # The same gaps asked without the suffix, as a model without FIM tokens is asked them (and
+            # as a server may ask any model): the line is continued from the code before the cursor.
+            middles = [s.middle for s in samples.fims]
+            prompts = [
+                code_prompt(
+                    s.prefix, path=s.path, tokenizer=tokenizer, context=contexts.fims[i] if contexts else ""
+                )
+                for i, s in enumerate(samples.fims)
+            ]
+            done = self.complete(prompts, f"{arm.label}: fill-in-the-middle from the prefix alone", log)
+            answers[PREFIX_ONLY] = [c.text for c in done]
+            metrics |= _scored(PREFIX_ONLY, answers[PREFIX_ONLY], middles, per_sample)
         if samples.fims and self.fim:
             prompts = [
                 fim_prompt(
@@ -187,7 +209,7 @@ class Scorer:
             ]
             done = self.complete(prompts, f"{arm.label}: fill-in-the-middle", log)
             answers["fim"] = [c.text for c in done]
-            metrics |= _scored("fim", answers["fim"], [s.middle for s in samples.fims], per_sample)
+            metrics |= _scored("fim", answers["fim"], middles, per_sample)
         if model_level and samples.commits:
             done = self.complete(
                 [commit_prompt(d) for d, _ in samples.commits], f"{arm.label}: commit subjects", log

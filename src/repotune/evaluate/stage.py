@@ -139,6 +139,7 @@ class EvaluateResult:
                 tuple(decision["reasons"]),
                 Arm.from_key(decision["arm"]) if decision.get("arm") else None,
                 Arm.from_key(decision["reference"]) if decision.get("reference") else None,
+                decision.get("fim"),
             ),
             models={
                 name: {key: metric_from_dict(key, values) for key, values in scores.items()}
@@ -371,8 +372,10 @@ def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -
 
 
 def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, list[str]]]) -> None:
+    from repotune.evaluate.score import PREFIX_ONLY
+
     with atomic_open(path) as handle:
-        for task, items in (("line", samples.lines), ("fim", samples.fims)):
+        for task, items in (("line", samples.lines), ("fim", samples.fims), (PREFIX_ONLY, samples.fims)):
             for i, sample in enumerate(items):
                 expected = sample.expected if task == "line" else sample.middle
                 row = {

@@ -111,8 +111,9 @@ class RunStatus:
     """Whether evaluation promoted the candidate."""
     decision: dict[str, Any] | None = None
     """``Decision.as_dict()``, as in metrics.json: ``{"promote": bool, "reasons": [...], "arm":
-    "candidate_retrieval", "retrieval": bool, "reference": "base_retrieval"}``, the decision, every
-    finding behind it, the candidate arm chosen (or the best one found) and what it was compared with."""
+    "candidate_retrieval", "retrieval": bool, "reference": "base_retrieval", "fim": bool}``, the
+    decision, every finding behind it, the candidate arm chosen (or the best one found), what it was
+    compared with, and whether it fills a gap best with FIM prompts (None: not measured)."""
     metrics: dict[str, dict[str, dict[str, Any]]] | None = None
     """The evaluation's metrics by model and name, each ``{"value", "n", "ci_low", "ci_high", ...}``."""
     report: str | None = None
