@@ -161,8 +161,8 @@ def test_repotune_runtime_with_a_recipes_resources() -> None:
     assert predictor.model.args is None  # retrieval as the model folder says
 
 
-def test_the_evaluated_arms_retrieval_setting_reaches_the_repotune_runtime(tmp_path: Path) -> None:
-    from repotune.retrieval.shipped import evaluated_retrieval
+def test_the_evaluated_arms_retrieval_and_fim_settings_reach_the_repotune_runtime(tmp_path: Path) -> None:
+    from repotune.retrieval.shipped import evaluated_setting
     from repotune.serving.settings import Switch
 
     for chosen, args in ((True, ["--retrieval", "on"]), (False, ["--retrieval", "off"])):
@@ -171,19 +171,24 @@ def test_the_evaluated_arms_retrieval_setting_reaches_the_repotune_runtime(tmp_p
         assert model.args == args
         # what `repotune serve` accepts (KServe appends the model's args to the runtime's)
         assert Switch(args[1]).setting is chosen
+    both = render_manifests("s3://bucket/model", settings(runtime="repotune", retrieval=True, fim=False))[-1]
+    assert both["spec"]["predictor"]["model"]["args"] == ["--retrieval", "on", "--fim", "off"]
+    fim_only = render_manifests("s3://bucket/model", settings(runtime="repotune", fim=True))[-1]
+    assert fim_only["spec"]["predictor"]["model"]["args"] == ["--fim", "on"]
     # vLLM knows nothing of the index: the Hugging Face runtime's args stay its own.
-    isvc = render_manifests("s3://bucket/model", settings(runtime="huggingface", retrieval=True))[-1]
+    hf = settings(runtime="huggingface", retrieval=True, fim=False)
+    isvc = render_manifests("s3://bucket/model", hf)[-1]
     assert isvc["spec"]["predictor"]["model"]["args"] == ["--backend=huggingface"]
 
-    assert evaluated_retrieval(tmp_path) is None  # no evaluation
-    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true, "retrieval": true}}')
-    assert evaluated_retrieval(tmp_path) is True
+    assert evaluated_setting(tmp_path, "retrieval") is None  # no evaluation
+    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true, "retrieval": true, "fim": false}}')
+    assert evaluated_setting(tmp_path, "retrieval") is True and evaluated_setting(tmp_path, "fim") is False
     (tmp_path / "metrics.json").write_text('{"decision": {"promote": true, "retrieval": null}}')
-    assert evaluated_retrieval(tmp_path) is None
-    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true}}')  # no retrieval arms
-    assert evaluated_retrieval(tmp_path) is None
+    assert evaluated_setting(tmp_path, "retrieval") is None
+    (tmp_path / "metrics.json").write_text('{"decision": {"promote": true}}')  # no retrieval arms, no FIM
+    assert evaluated_setting(tmp_path, "retrieval") is None and evaluated_setting(tmp_path, "fim") is None
     (tmp_path / "metrics.json").write_text("[1, 2]")
-    assert evaluated_retrieval(tmp_path) is None
+    assert evaluated_setting(tmp_path, "retrieval") is None
 
 
 def test_settings_refuse_what_kubernetes_would() -> None:
@@ -449,15 +454,19 @@ def test_a_proxying_mlflow_servers_champion_maps_to_where_its_files_are(tmp_path
             registry = Registry(tracking_uri, "repotune-sample")
             version = registry.register_candidate(run_id, "model", {})
             arm = Arm("candidate", retrieval=True)  # the evaluation chose the arm with retrieval
-            registry.promote(version, Decision(True, ("promote: test",), arm))
+            # ... and it filled gaps better from the prefix alone than with FIM prompts
+            registry.promote(version, Decision(True, ("promote: test",), arm, fim=False))
             champion = resolve_model_uri(
                 "models:/repotune-sample@champion",
                 tracking_uri=tracking_uri,
                 artifacts_s3="s3://mlflow/artifacts",
             )
-            assert champion.retrieval is True
+            assert champion.retrieval is True and champion.fim is False
             # Deploying the champion serves the arm it was registered with, unless told otherwise.
-            for asked, args in ((None, ["--retrieval", "on"]), (False, ["--retrieval", "off"])):
+            for asked, args in (
+                (None, ["--retrieval", "on", "--fim", "off"]),
+                (False, ["--retrieval", "off", "--fim", "off"]),
+            ):
                 config = DeployConfig(
                     model_uri="models:/repotune-sample@champion",
                     settings=DeploySettings(

@@ -327,6 +327,13 @@ def test_the_demo_serves_the_arm_evaluation_chose() -> None:
     assert served_arm(chosen) == (["--retrieval", "on"], "candidate + retrieval, the arm evaluation chose")
     refused = {"promote": False, "reasons": ["do not promote ..."], "arm": "candidate", "retrieval": False}
     assert served_arm(refused) == (["--retrieval", "off"], "candidate, the best candidate arm")
+    # and a suffix answered as the arm filled gaps best (decision.fim), as the deploy step serves it
+    worse_with_fim = {**refused, "fim": False}
+    assert served_arm(worse_with_fim) == (
+        ["--retrieval", "off", "--fim", "off"],
+        "candidate, the best candidate arm, gaps from the prefix alone",
+    )
+    assert served_arm({**chosen, "fim": True})[0] == ["--retrieval", "on", "--fim", "on"]
     # A status written before the arm was recorded, or none: the server decides as the model was trained.
     assert served_arm({"promote": False, "reasons": []}) == ([], "retrieval as the model was trained")
     assert served_arm(None) == ([], "retrieval as the model was trained")

@@ -199,6 +199,7 @@ CONTRACT = {
         "--recipe",
         "--canary",
         "--retrieval",
+        "--fim",
         "--timeout",
         "--service-account",
         "--s3-secret",

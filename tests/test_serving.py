@@ -494,16 +494,48 @@ def test_request_checks(loaded: RepotuneModel) -> None:
         loaded.request(list(range(loaded.context - 2)), max_tokens=3)
 
 
-def test_fim_needs_fim_tokens(tmp_path: Path) -> None:
+def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: Path) -> None:
+    """A request with a suffix becomes a FIM prompt only where the model has FIM tokens and is served with
+    them (``--fim on|auto``); otherwise it is answered from the code before the cursor, to the end of its
+    line, and an editor's own ``<fim_prefix>…<fim_suffix>…<fim_middle>`` prompt is read the same way."""
+    from repotune.serving.model import line_stops
+
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+
+    def gap(model: RepotuneModel, text: str, after: str | None = suffix):
+        return model.text_prompt(text, after, None, retrieval=False, max_tokens=4, default_max_tokens=None)
+
     plain = RepotuneModel("plain", make_serving_model(tmp_path / "plain", fim=False))
     plain.load()
+    with_tokens = make_serving_model(tmp_path / "fim")
+    served = {f: RepotuneModel("fim", with_tokens, settings=ServeSettings(fim=f)) for f in (None, False)}
+    for model in served.values():
+        model.load()
     try:
-        assert plain.build_prompt("a") == "a"
-        with pytest.raises(ServingError, match="no fill-in-the-middle tokens") as err:
-            plain.build_prompt("def f(", suffix=")")
-        assert err.value.status == 400 and err.value.param == "suffix"
+        alone = gap(plain, prefix, None)
+        assert not alone.line and alone.heal == " "  # no suffix: a plain prompt, no line stop
+        for model in (plain, served[False]):
+            assert not model.fim_prompts
+            answered = gap(model, prefix)
+            assert answered.ids == encode_prompt(model.tokenizer, prefix.rstrip()) and answered.line
+            assert answered.heal == " "
+            assert line_stops(("def",), answered) == ("def", "\n")
+        written = fim_prompt(prefix, suffix, tokenizer=served[False].tokenizer)
+        assert gap(served[False], written, None) == gap(served[False], prefix)
+        assert gap(served[False], "<fim_prefix>half a template", None).line is False
+        auto = served[None]
+        assert auto.fim_prompts and auto.fim
+        as_fim = gap(auto, prefix)
+        assert not as_fim.line and as_fim.heal == ""
+        expected = fim_prompt(prefix, suffix, tokenizer=auto.tokenizer)
+        assert as_fim.ids == encode_prompt(auto.tokenizer, expected)
+        assert line_stops(("def",), as_fim) == ("def",)
+        with pytest.raises(RepotuneError, match=r"--fim on: .* has no fill-in-the-middle tokens"):
+            RepotuneModel("plain", tmp_path / "plain", settings=ServeSettings(fim=True)).load()
     finally:
         plain.stop()
+        for model in served.values():
+            model.stop()
 
 
 def test_a_lora_adapter_is_merged_into_its_base(tiny: Path, tmp_path: Path) -> None:

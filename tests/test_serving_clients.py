@@ -108,6 +108,27 @@ def test_continue_autocomplete(widgets: BackgroundServer) -> None:
     assert as_continue.choices[0].text == as_fim.choices[0].text
 
 
+def test_continue_autocomplete_from_the_prefix_alone_with_fim_off(tmp_path: Path) -> None:
+    """Served with `--fim off` (evaluate's `decision.fim` false: the model fills gaps worse with the
+    suffix in view), Continue's rendered template is answered as its prefix alone, to the end of the
+    line: the same prompt tokens and text as the prefix sent with a newline stop, or with `suffix`."""
+    folder = make_serving_model(tmp_path / "model")
+    with start_background(folder, extra_args=["--fim", "off"]) as served:
+        client = openai.OpenAI(base_url=served.openai_url, api_key="none", max_retries=0, timeout=60)
+        ask = {"model": served.model_name, "max_tokens": 16, "temperature": 0}
+        as_continue = client.completions.create(
+            prompt=f"<fim_prefix>\n# {FILEPATH}\n{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>", **ask
+        )
+        by_hand = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", stop=["\n"], **ask)
+        as_suffix = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", suffix=SUFFIX, **ask)
+        unstopped = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", **ask)
+    texts = {answer.choices[0].text for answer in (as_continue, by_hand, as_suffix)}
+    assert len(texts) == 1 and "\n" not in texts.pop()
+    assert as_continue.usage.prompt_tokens == by_hand.usage.prompt_tokens == as_suffix.usage.prompt_tokens
+    # without a suffix nothing changes: the same prompt runs on past the line when the model goes on
+    assert unstopped.choices[0].text.startswith(by_hand.choices[0].text)
+
+
 def test_continue_chat(widgets: BackgroundServer) -> None:
     """Continue's chat with `provider: openai` (continuedev/continue): core/llm/llms/OpenAI.ts sends
     streamChat through the openai adapter (packages/openai-adapters/src/apis/OpenAI.ts), whose

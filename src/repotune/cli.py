@@ -335,6 +335,14 @@ def serve(
             "auto (on when the model was trained with retrieved context); a request's `retrieval` wins."
         ),
     ] = Switch.AUTO,
+    fim: Annotated[
+        Switch,
+        typer.Option(
+            help="Answer a request with a suffix as a fill-in-the-middle prompt (on), or from the code "
+            "before the cursor alone, to the end of its line (off); auto: FIM when the model has FIM "
+            "tokens. Evaluate's decision.fim says which the model does better.",
+        ),
+    ] = Switch.AUTO,
     line_repeat_penalty: Annotated[
         float,
         typer.Option(
@@ -365,6 +373,7 @@ def serve(
         tokens=() if insecure_no_auth else tokens_from_env(),
         insecure_no_auth=insecure_no_auth,
         retrieval=retrieval.setting,
+        fim=fim.setting,
         line_repeat_penalty=line_repeat_penalty,
     )
     run_server(
@@ -396,6 +405,7 @@ def _recipe_resources(spec: str):
     Setting("settings.resources", ("--recipe",), parse=_recipe_resources),
     Setting("settings.canary_percent", ("--canary",)),
     Setting("settings.retrieval", metavar="on|off|auto", parse=lambda text: _switch(text, "--retrieval")),
+    Setting("settings.fim", metavar="on|off|auto", parse=lambda text: _switch(text, "--fim")),
     Setting("timeout_s", ("--timeout",)),
     Setting("settings.s3.service_account", ("--service-account",)),
     Setting("settings.s3.secret", ("--s3-secret",)),

@@ -269,19 +269,19 @@ def deploy(
     manifest: Output[Artifact],
 ) -> str:
     """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL.
-    The ``repotune`` runtime serves with retrieval as the evaluated arm did."""
+    The ``repotune`` runtime serves with retrieval, and answers a suffix, as the evaluated arm did best."""
     from pathlib import Path
 
     from repotune import deploy, storage, train
     from repotune import tracking as mlflow
     from repotune.pipelines import credentials
-    from repotune.retrieval.shipped import evaluated_retrieval
+    from repotune.retrieval.shipped import evaluated_setting
 
     credentials.require("deploy", credentials.needs("deploy", tracking=tracking))
-    retrieval = evaluated_retrieval(Path(evaluation.path))
+    retrieval, fim = (evaluated_setting(Path(evaluation.path), key) for key in ("retrieval", "fim"))
     settings = deploy.DeploySettings(
         name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
-        s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval,
+        s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval, fim=fim,
     )  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None
     result = deploy.run(deploy.DeployConfig(

@@ -270,6 +270,18 @@ def fim_prompt(
     return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
 
 
+def split_fim_prompt(text: str) -> tuple[str, str] | None:
+    """The prefix and suffix of a PSM FIM prompt written out as text (``<fim_prefix>P<fim_suffix>S
+    <fim_middle>``, the template editors such as Continue send a model they do not know), else None."""
+    if not (text.startswith(FIM.prefix) and text.endswith(FIM.middle)):
+        return None
+    body = text[len(FIM.prefix) : -len(FIM.middle)]
+    if body.count(FIM.suffix) != 1 or FIM.prefix in body or FIM.middle in body:
+        return None
+    prefix, suffix = body.split(FIM.suffix)
+    return prefix, suffix
+
+
 def fim_example(
     record: Record,
     rng: random.Random,

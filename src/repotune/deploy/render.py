@@ -140,6 +140,11 @@ class DeploySettings:
     (``auto``) takes it from the registry for a ``models:/`` URI (the arm the version was registered
     with), else leaves it to the model folder (on when it was trained with retrieved context). KServe's
     Hugging Face runtime (vLLM) knows nothing of the index and serves without it."""
+    fim: bool | None = None
+    """Whether the ``repotune`` runtime answers a request with a suffix as a FIM prompt, or from the code
+    before the cursor alone (``repotune serve --fim on|off``): what the evaluation found the model does
+    better (``decision.fim``). None (``auto``) takes it from the registry for a ``models:/`` URI, else
+    FIM prompts when the model has FIM tokens."""
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):
@@ -268,9 +273,15 @@ def render_inference_service(model: ModelSource | str, settings: DeploySettings)
             model_spec["args"] = ["--backend=huggingface"]
     else:
         model_spec["runtime"] = PREDICTOR_RUNTIME
-        if settings.retrieval is not None:
-            # KServe appends the model's args to the ServingRuntime's (`repotune serve ...`).
-            model_spec["args"] = ["--retrieval", "on" if settings.retrieval else "off"]
+        # KServe appends the model's args to the ServingRuntime's (`repotune serve ...`).
+        args = [
+            arg
+            for flag, value in (("--retrieval", settings.retrieval), ("--fim", settings.fim))
+            if value is not None
+            for arg in (flag, "on" if value else "off")
+        ]
+        if args:
+            model_spec["args"] = args
     predictor: dict[str, Any] = {
         "serviceAccountName": settings.s3.service_account,
         "minReplicas": settings.min_replicas,

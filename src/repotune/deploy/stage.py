@@ -139,6 +139,10 @@ def run(
         settings = dataclasses.replace(settings, retrieval=model.retrieval)
         state = "on" if model.retrieval else "off"
         log(f"retrieval {state}: the arm {model.uri} was evaluated and registered with")
+    if settings.fim is None and model.fim is not None:
+        settings = dataclasses.replace(settings, fim=model.fim)
+        state = "on" if model.fim else "off"
+        log(f"fill-in-the-middle prompts {state}: what the evaluation of {model.uri} found works better")
     if settings.retrieval and settings.runtime is Runtime.HUGGINGFACE:
         log("the evaluated arm retrieves context, which only the repotune runtime (--runtime repotune) "
             "serves; the huggingface runtime serves the model without it")  # fmt: skip

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from repotune.errors import RepotuneError
-from repotune.evaluate.registry import COMMIT_TAG, registered_retrieval
+from repotune.evaluate.registry import COMMIT_TAG, registered_fim, registered_retrieval
 from repotune.storage import MINIO_SCHEME, minio_to_s3, parse_s3_uri
 
 ARTIFACTS_S3_ENV = "REPOTUNE_MLFLOW_ARTIFACTS_S3"
@@ -52,6 +52,9 @@ class ModelSource:
     retrieval: bool | None = None
     """Whether the registered version is to be served with retrieved context (the arm its evaluation
     chose, the registry's ``repotune.retrieval`` tag); None when the registry does not say."""
+    fim: bool | None = None
+    """Whether the registered version answers a suffix with FIM prompts (its evaluation's
+    ``decision.fim``, the registry's ``repotune.fim`` tag); None when the registry does not say."""
 
     def __post_init__(self) -> None:
         if not self.storage_uri.startswith("s3://"):
@@ -90,6 +93,7 @@ def resolve_model_uri(
         version=version,
         commit=tags.get(COMMIT_TAG),
         retrieval=registered_retrieval(tags),
+        fim=registered_fim(tags),
     )
 
 

@@ -526,8 +526,9 @@ FALLBACK_QUERY = DemoQuery("def fibonacci(n):\n    ", None, None)
 def served_arm(decision: dict[str, Any] | None) -> tuple[list[str], str]:
     """The ``repotune serve`` options that serve the arm evaluation chose (or, not promoted, the best
     candidate arm it found), as the deploy step serves it: ``--retrieval on`` for the candidate with
-    retrieval, ``off`` for the candidate alone; and words that say so. No options when the run
-    recorded no arm: the server then follows how the model was trained."""
+    retrieval, ``off`` for the candidate alone, and ``--fim on|off`` as the arm filled gaps best
+    (``decision.fim``); and words that say so. No options when the run recorded no arm: the server
+    then follows how the model was trained."""
     from repotune.evaluate import Arm
 
     key = (decision or {}).get("arm")
@@ -535,7 +536,12 @@ def served_arm(decision: dict[str, Any] | None) -> tuple[list[str], str]:
         return [], "retrieval as the model was trained"
     arm = Arm.from_key(key)
     chosen = "the arm evaluation chose" if (decision or {}).get("promote") else "the best candidate arm"
-    return ["--retrieval", "on" if arm.retrieval else "off"], f"{arm.label}, {chosen}"
+    options = ["--retrieval", "on" if arm.retrieval else "off"]
+    fim = (decision or {}).get("fim")
+    if isinstance(fim, bool):
+        options += ["--fim", "on" if fim else "off"]
+        chosen += ", gaps " + ("as FIM prompts" if fim else "from the prefix alone")
+    return options, f"{arm.label}, {chosen}"
 
 
 def query_served_model(

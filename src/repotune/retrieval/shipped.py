@@ -118,15 +118,16 @@ def build_for_dataset(
     return index
 
 
-def evaluated_retrieval(evaluation_dir: Path) -> bool | None:
-    """Whether the arm the evaluation in ``evaluation_dir`` chose serves with retrieval
-    (``metrics.json``: ``decision.retrieval``); None when it does not say (an evaluation that scored
-    no retrieval arms, or none at all)."""
+def evaluated_setting(evaluation_dir: Path, key: str) -> bool | None:
+    """How the arm the evaluation in ``evaluation_dir`` chose is to be served (``metrics.json``'s
+    ``decision``): ``key="retrieval"``, whether with retrieval; ``key="fim"``, whether a suffix makes a
+    FIM prompt. None when it does not say (an evaluation that scored no retrieval arms or no FIM spans,
+    or none at all)."""
     path = Path(evaluation_dir) / "metrics.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     decision = saved.get("decision") if isinstance(saved, dict) else None
-    chosen = decision.get("retrieval") if isinstance(decision, dict) else None
+    chosen = decision.get(key) if isinstance(decision, dict) else None
     return chosen if isinstance(chosen, bool) else None

@@ -29,6 +29,7 @@ from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
+from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
 from repotune.serving.batching import (
     Batcher,
@@ -63,6 +64,14 @@ class TextPrompt(NamedTuple):
     """The context put in front of the prompt (``NOTHING`` when none)."""
     heal: str = ""
     """The prompt's trailing whitespace, held back from ``ids`` for the model to write."""
+    line: bool = False
+    """A gap answered from the code before the cursor alone (``ServeSettings.fim`` off): the
+    completion ends with the line."""
+
+
+def line_stops(stops: tuple[str, ...], prompt: TextPrompt) -> tuple[str, ...]:
+    """A request's stop strings, and the end of the line for a gap answered from its prefix alone."""
+    return (*stops, "\n") if prompt.line and "\n" not in stops else stops
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -104,6 +113,7 @@ class RepotuneModel(kserve.Model):
         self.loaded: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.fim = False
+        self.fim_prompts = False
         self.context = 0
         self.retrieval: ServedRetrieval | None = None
 
@@ -115,6 +125,14 @@ class RepotuneModel(kserve.Model):
         self.name, self.aliases = names[0], tuple(names[1:])
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         self.fim = has_fim_tokens(tokenizer)
+        if self.settings.fim and not self.fim:
+            raise RepotuneError(
+                f"--fim on: {self.source} has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
+                "<fim_middle>); serve it with --fim off or auto (a suffix is then answered from the code "
+                "before the cursor alone)"
+            )
+        self.fim_prompts = self.fim if self.settings.fim is None else self.settings.fim
+        """Whether a gap (a request with a suffix) becomes a FIM prompt, or is answered from its prefix."""
         self.context = context_length(model, tokenizer)
         self.retrieval = ServedRetrieval.load(self.loaded.folder, self.settings.retrieval)
         self.batcher = Batcher(
@@ -149,7 +167,8 @@ class RepotuneModel(kserve.Model):
         self, prompt: str, suffix: str | None = None, file_path: str | None = None, context: str = ""
     ) -> str:
         """The text to complete: ``prompt`` as it is, or with ``suffix`` a fill-in-the-middle prompt
-        built by the training transform (``fim_prompt``); 400 when the model has no FIM tokens.
+        built by the training transform (``fim_prompt``; ``text_prompt`` passes a suffix only where
+        the model is served with FIM prompts, which ``load`` allows only with FIM tokens).
 
         Retrieved ``context`` goes in front as training puts it: ``code_prompt`` (the file header of
         ``file_path``, then the prompt) or ``fim_prompt(context=...)``.
@@ -161,13 +180,6 @@ class RepotuneModel(kserve.Model):
                 code_prompt(prompt, path=file_path, tokenizer=self.tokenizer, context=context)
                 if context
                 else prompt
-            )
-        if not self.fim:
-            raise bad_request(
-                f"model {self.name} has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
-                "<fim_middle>); send the request without `suffix`, or serve a model trained with FIM",
-                param="suffix",
-                code="fim_not_supported",
             )
         return fim_prompt(prompt, suffix, path=file_path, tokenizer=self.tokenizer, context=context)
 
@@ -198,28 +210,32 @@ class RepotuneModel(kserve.Model):
         The context gets what the window has left after the prompt and the completion (``max_tokens``,
         else the default the request will get): a prompt that fits without context still fits with it.
         """
-        from repotune.data.transforms import file_header
+        from repotune.data.transforms import file_header, split_fim_prompt
 
-        ids, heal = self._encode_text(self.build_prompt(prompt, suffix, file_path), healed=suffix is None)
+        if suffix is None and not self.fim_prompts and (written := split_fim_prompt(prompt)) is not None:
+            prompt, suffix = written  # an editor's own FIM template, for a model served with --fim off
+        line = suffix is not None and not self.fim_prompts
+        fim = suffix if self.fim_prompts else None  # the suffix still steers retrieval when not shown
+        ids, heal = self._encode_text(self.build_prompt(prompt, fim, file_path), healed=fim is None)
         if not retrieval or self.retrieval is None:
-            return TextPrompt(ids, NOTHING, heal)
+            return TextPrompt(ids, NOTHING, heal, line)
         wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
             default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
         room = self.context - len(ids) - wanted
-        if suffix is None and file_path is not None:
+        if fim is None and file_path is not None:
             # A plain prompt gets its file header only behind context (FIM prompts always have it).
             room -= len(encode_prompt(self.tokenizer, file_header(file_path, self.tokenizer)))
         found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
         if not found.context:
-            return TextPrompt(ids, found, heal)
+            return TextPrompt(ids, found, heal, line)
         with_context, heal = self._encode_text(
-            self.build_prompt(prompt, suffix, file_path, found.context), healed=suffix is None
+            self.build_prompt(prompt, fim, file_path, found.context), healed=fim is None
         )
         if len(with_context) + wanted > self.context:
             # The header and a tokenizer's merges at block boundaries cost a few tokens more than the
             # context alone; rather than cut into the prompt, go without.
-            return TextPrompt(ids, NOTHING, heal)
-        return TextPrompt(with_context, found, heal)
+            return TextPrompt(ids, NOTHING, heal, line)
+        return TextPrompt(with_context, found, heal, line)
 
     def _encode_text(self, text: str, *, healed: bool) -> tuple[list[int], str]:
         """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held
@@ -339,7 +355,8 @@ class RepotuneModel(kserve.Model):
         stop = request.stops()
         rows = [
             self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
-                         default_max_tokens=self.settings.default_max_tokens, sampling=sampling, stop=stop)
+                         default_max_tokens=self.settings.default_max_tokens, sampling=sampling,
+                         stop=line_stops(stop, prompt))
             for prompt in built
             for _ in range(n)
         ]  # fmt: skip
@@ -458,7 +475,7 @@ class RepotuneModel(kserve.Model):
             sampling=instance.sampling(
                 default_temperature=0.0, line_penalty=self.settings.line_repeat_penalty
             ),
-            stop=instance.stops(),
+            stop=line_stops(instance.stops(), prompt),
         )
 
     async def complete(self, options: dict[str, Any]) -> Completed:

@@ -155,7 +155,7 @@ def serve(
         log(
             f"loaded {source}{f' with adapter {adapter}' if adapter else ''} as {model.name!r}{aliases} on "
             f"{device} in {time.monotonic() - started:.1f} s (context {model.context} tokens, "
-            f"fill-in-the-middle {'on' if model.fim else 'off: no FIM tokens'})"
+            f"{_gaps(model)})"
         )
         if model.retrieval is not None:
             index = model.retrieval
@@ -216,6 +216,14 @@ def serve(
             log(f"stopped serving {model.name!r}")
     finally:
         sock.close()
+
+
+def _gaps(model: Any) -> str:
+    """How a request with a suffix is answered, for the start-up line."""
+    if model.fim_prompts:
+        return "a suffix makes a fill-in-the-middle prompt"
+    why = "--fim off" if model.fim else "no FIM tokens"
+    return f"a suffix is answered from the code before the cursor, to the end of its line ({why})"
 
 
 def _check_retrieval(source: str | Path, setting: bool | None) -> None:

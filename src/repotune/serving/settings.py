@@ -71,6 +71,12 @@ class ServeSettings:
     """Put context retrieved from the model folder's index (``MODEL/retrieval/``) in front of completion
     prompts unless a request says otherwise: ``True`` (needs the index), ``False``, or ``None``: when the
     model was trained with retrieved context."""
+    fim: bool | None = None
+    """How a completion request with a ``suffix`` (or a prompt in the ``<fim_prefix>…<fim_suffix>…
+    <fim_middle>`` form editors send) is answered: ``True``, as a FIM prompt (needs FIM tokens);
+    ``False``, from the code before the cursor alone, to the end of its line; ``None``: as a FIM prompt
+    when the model has FIM tokens. The evaluate stage says which the model does better
+    (``decision.fim``)."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_tokens", "default_max_tokens", "max_queue", "max_generations",
