@@ -255,6 +255,36 @@ def test_ensure_fim_tokens_adds_once_and_tokens_stay_whole() -> None:
     assert [ids[0], ids[2], ids[1]] == [t for t in encoded if t in ids]
 
 
+def test_a_tokenizer_with_fim_tokens_of_its_own_fills_with_them() -> None:
+    """Qwen2.5-Coder was pretrained on ``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>``: training,
+    evaluation and serving use those tokens, nothing is added, and no embedding row starts untrained."""
+    from repotune.data.transforms import fim_tokens, has_fim_tokens, split_fim_prompt
+
+    qwen = make_tiny_tokenizer()
+    native = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+    qwen.add_special_tokens({"additional_special_tokens": native})
+    before = len(qwen)
+    assert has_fim_tokens(qwen) and fim_tokens(qwen).names == tuple(native)
+    assert ensure_fim_tokens(qwen) == [qwen.convert_tokens_to_ids(t) for t in native] and len(qwen) == before
+    assert (
+        fim_prompt("def f(", "):\n", tokenizer=qwen) == "<|fim_prefix|>def f(<|fim_suffix|>):\n<|fim_middle|>"
+    )
+    record = Record(
+        id="a", kind=Kind.CODE, source="repo", content="def f(x):\n    return x\n", file_path="a.py"
+    )
+    example = fim_example(record, random.Random(0), spm_rate=0.0, tokenizer=qwen)
+    assert example.startswith("<|fim_prefix|>") and "<fim_prefix>" not in example
+    # a tokenizer with none gets StarCoder's, as before
+    plain = make_tiny_tokenizer()
+    assert not has_fim_tokens(plain) and fim_tokens(plain).names == FIM_TOKENS
+    assert fim_prompt("a", "c", tokenizer=plain) == fim_text("a", "", "c")
+    # an editor's template in either family is read back into prefix and suffix
+    for written in (fim_prompt("def f(", "):", tokenizer=qwen), fim_text("def f(", "", "):")):
+        assert split_fim_prompt(written) == ("def f(", "):")
+    assert split_fim_prompt("<|fim_prefix|>a<|fim_suffix|>b<|fim_suffix|>c<|fim_middle|>") is None
+    assert split_fim_prompt("def f(") is None
+
+
 class CountingTokenizer:
     """Delegates to a real tokenizer and counts encoding calls."""
 

@@ -530,6 +530,18 @@ def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: P
         expected = fim_prompt(prefix, suffix, tokenizer=auto.tokenizer)
         assert as_fim.ids == encode_prompt(auto.tokenizer, expected)
         assert line_stops(("def",), as_fim) == ("def",)
+        # A model with FIM tokens of its own fills with them, whichever family an editor's template used.
+        qwen = RepotuneModel("qwen", make_serving_model(tmp_path / "qwen", fim="qwen"))
+        qwen.load()
+        try:
+            own = gap(qwen, prefix)
+            assert qwen.fim_prompts and not own.line
+            assert own.ids == encode_prompt(
+                qwen.tokenizer, f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
+            )
+            assert gap(qwen, fim_prompt(prefix, suffix), None) == own  # Continue's default template
+        finally:
+            qwen.stop()
         with pytest.raises(RepotuneError, match=r"--fim on: .* has no fill-in-the-middle tokens"):
             RepotuneModel("plain", tmp_path / "plain", settings=ServeSettings(fim=True)).load()
     finally:

@@ -326,3 +326,21 @@ def test_max_epochs_holds_max_steps_to_a_few_passes_over_a_small_repository() ->
     assert planned_steps(load_recipe(None, {"epochs": 0.01}), 40, 4) == (1, None)
     with pytest.raises(RepotuneError, match="max_epochs must be positive"):
         load_recipe(None, {"max_steps": 40, "max_epochs": 0})
+
+
+def test_only_fim_tokens_added_to_the_vocabulary_get_trainable_rows(tmp_path: Path) -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.train.finetune import load_tokenizer
+
+    recipe = load_recipe(TINY)
+    plain, qwen = make_tiny_tokenizer(), make_tiny_tokenizer()
+    qwen.add_special_tokens(
+        {"additional_special_tokens": ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]}
+    )
+    for name, tokenizer in (("plain", plain), ("qwen", qwen)):
+        tokenizer.save_pretrained(tmp_path / name)
+    loaded, before, added = load_tokenizer(tmp_path / "plain", recipe)
+    assert len(added) == 3 and len(loaded) == before + 3 and min(added) >= before  # StarCoder's, new rows
+    loaded, before, added = load_tokenizer(tmp_path / "qwen", recipe)
+    assert added == [] and len(loaded) == before  # the model's own: pretrained rows, left as they are

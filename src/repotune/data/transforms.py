@@ -12,8 +12,11 @@ was trained on. The formats:
   and its lines, most relevant last; it goes in front of a code prompt (``code_prompt``), a FIM prompt
   (before ``<fim_prefix>``) and, with ``example_text(context=...)``, a code training example, so the
   model is trained on the context it is given at inference. ``repotune.retrieval`` chooses the chunks.
-- fill-in-the-middle: StarCoder's ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` tokens, PSM or
-  SPM order (see ``fim_text``); the file header is part of the prefix.
+- fill-in-the-middle: the model's own FIM tokens where its tokenizer has them (``fim_tokens``:
+  Qwen2.5-Coder's ``<|fim_prefix|>``/``<|fim_suffix|>``/``<|fim_middle|>``, which it was pretrained
+  with), else StarCoder's ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` (added by
+  ``ensure_fim_tokens`` where missing); PSM or SPM order (see ``fim_text``); the file header is part of
+  the prefix.
 - commits: the diff first, then ``Commit message:`` on its own line, then the message, so the model
   learns to write a message from a diff (``commit_prompt`` is everything up to the message).
 - issues and pull requests (GitHub's and Jira's, in one layout: ``repotune.sources.threads``): a
@@ -40,7 +43,7 @@ from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 
 # Bump when any rendering below changes, so cached token files made with the old format are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a tokenizer's own FIM tokens (fim_tokens)
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>")
 FILENAME_TOKEN = "<filename>"
@@ -56,8 +59,17 @@ class FimTokens:
     middle: str = FIM_TOKENS[1]
     suffix: str = FIM_TOKENS[2]
 
+    @property
+    def names(self) -> tuple[str, str, str]:
+        """(prefix, middle, suffix), the order ``ensure_fim_tokens`` returns their ids in."""
+        return self.prefix, self.middle, self.suffix
+
 
 FIM = FimTokens()
+FIM_FAMILIES = (FIM, FimTokens("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"))
+"""FIM sentinels models are pretrained with: StarCoder's (StarCoder 1 and 2, SantaCoder's successors,
+and what ``ensure_fim_tokens`` adds), and Qwen2.5-Coder's (also CodeGemma's and Granite's), the ones
+Continue's autocomplete templates write for those models."""
 
 
 class FimOrder(StrEnum):
@@ -117,23 +129,34 @@ def _is_single_token(tokenizer: Any, text: str) -> bool:
     return len(tokenizer.encode(text, add_special_tokens=False)) == 1
 
 
-def ensure_fim_tokens(tokenizer: Any) -> list[int]:
-    """Add the FIM tokens to ``tokenizer`` as special tokens where it lacks them; return their ids.
+def fim_tokens(tokenizer: Any | None) -> FimTokens:
+    """The FIM sentinels of ``tokenizer``: the first of ``FIM_FAMILIES`` it has, each as one token (a
+    model's own, which it was pretrained to fill with), else StarCoder's (``ensure_fim_tokens`` adds them)."""
+    if tokenizer is not None:
+        for family in FIM_FAMILIES:
+            if all(_is_single_token(tokenizer, token) for token in family.names):
+                return family
+    return FIM
 
-    The ids come in ``FIM_TOKENS`` order (prefix, middle, suffix). When tokens were added, the vocabulary
+
+def ensure_fim_tokens(tokenizer: Any) -> list[int]:
+    """Add StarCoder's FIM tokens to ``tokenizer`` as special tokens where it has no FIM tokens of its own
+    (``fim_tokens``); return the ids of the tokens it fills with.
+
+    The ids come in (prefix, middle, suffix) order. When tokens were added, the vocabulary
     grew: the caller must ``model.resize_token_embeddings(len(tokenizer))`` and train the new rows (their
     fresh embeddings mean nothing yet), e.g. with PEFT's ``LoraConfig(trainable_token_indices=...)``, or
     by training the embedding and output layers in full fine-tuning. The tokenizer saved with the model
     then carries the tokens to evaluation and serving.
     """
-    missing = [token for token in FIM_TOKENS if not _is_single_token(tokenizer, token)]
-    if missing:
+    if not has_fim_tokens(tokenizer):
+        missing = [token for token in FIM_TOKENS if not _is_single_token(tokenizer, token)]
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-    return [tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
+    return [tokenizer.convert_tokens_to_ids(token) for token in fim_tokens(tokenizer).names]
 
 
 def has_fim_tokens(tokenizer: Any) -> bool:
-    return all(_is_single_token(tokenizer, token) for token in FIM_TOKENS)
+    return any(all(_is_single_token(tokenizer, token) for token in family.names) for family in FIM_FAMILIES)
 
 
 def file_header(path: str | None, tokenizer: Any | None = None) -> str:
@@ -239,18 +262,21 @@ def fim_span_split(text: str, rng: random.Random, window: int) -> tuple[str, str
     return text[first:column], text[column:end], text[end : end + window]
 
 
-def fim_text(prefix: str, middle: str, suffix: str, order: FimOrder = FimOrder.PSM) -> str:
+def fim_text(
+    prefix: str, middle: str, suffix: str, order: FimOrder = FimOrder.PSM, tokens: FimTokens = FIM
+) -> str:
     """A fill-in-the-middle example; the middle comes last, so the model learns to write it.
 
     PSM: ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}``.
     SPM: ``<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}``.
+    With ``tokens`` (``fim_tokens(tokenizer)``), those sentinels instead of StarCoder's.
     """
     # SPM is the SantaCoder/StarCoder variant ("variant 2" of Bavarian et al. 2022, as in
     # bigcode-project/Megatron-LM): both sentinels lead, and the prefix runs straight into the middle, so
     # the middle continues the prefix as ordinary left-to-right text.
     if order is FimOrder.SPM:
-        return f"{FIM.prefix}{FIM.suffix}{suffix}{FIM.middle}{prefix}{middle}"
-    return f"{FIM.prefix}{prefix}{FIM.suffix}{suffix}{FIM.middle}{middle}"
+        return f"{tokens.prefix}{tokens.suffix}{suffix}{tokens.middle}{prefix}{middle}"
+    return f"{tokens.prefix}{prefix}{tokens.suffix}{suffix}{tokens.middle}{middle}"
 
 
 def fim_prompt(
@@ -267,19 +293,22 @@ def fim_prompt(
     It is the training example without its middle: the model's completion, up to EOS, is the middle.
     Retrieved ``context`` (from ``context_text``) goes in front of the FIM sentinels, as in training.
     """
-    return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order)
+    return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order, fim_tokens(tokenizer))
 
 
 def split_fim_prompt(text: str) -> tuple[str, str] | None:
-    """The prefix and suffix of a PSM FIM prompt written out as text (``<fim_prefix>P<fim_suffix>S
-    <fim_middle>``, the template editors such as Continue send a model they do not know), else None."""
-    if not (text.startswith(FIM.prefix) and text.endswith(FIM.middle)):
-        return None
-    body = text[len(FIM.prefix) : -len(FIM.middle)]
-    if body.count(FIM.suffix) != 1 or FIM.prefix in body or FIM.middle in body:
-        return None
-    prefix, suffix = body.split(FIM.suffix)
-    return prefix, suffix
+    """The prefix and suffix of a PSM FIM prompt written out as text in any of ``FIM_FAMILIES``
+    (``<fim_prefix>P<fim_suffix>S<fim_middle>``, the template Continue sends a model it does not know;
+    ``<|fim_prefix|>…`` for one it takes for Qwen), else None."""
+    for tokens in FIM_FAMILIES:
+        if not (text.startswith(tokens.prefix) and text.endswith(tokens.middle)):
+            continue
+        body = text[len(tokens.prefix) : -len(tokens.middle)]
+        if body.count(tokens.suffix) != 1 or tokens.prefix in body or tokens.middle in body:
+            return None
+        prefix, suffix = body.split(tokens.suffix)
+        return prefix, suffix
+    return None
 
 
 def fim_example(
@@ -304,7 +333,8 @@ def fim_example(
         prefix, middle, suffix = fim_span_split(record.content, rng, window)
     order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
     lead = context(record, prefix, suffix) if context is not None else ""
-    return lead + fim_text(file_header(record.file_path, tokenizer) + prefix, middle, suffix, order)
+    header = file_header(record.file_path, tokenizer)
+    return lead + fim_text(header + prefix, middle, suffix, order, fim_tokens(tokenizer))
 
 
 _DIFF_START = re.compile(r"^diff --git ", re.MULTILINE)

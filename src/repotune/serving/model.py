@@ -127,9 +127,9 @@ class RepotuneModel(kserve.Model):
         self.fim = has_fim_tokens(tokenizer)
         if self.settings.fim and not self.fim:
             raise RepotuneError(
-                f"--fim on: {self.source} has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
-                "<fim_middle>); serve it with --fim off or auto (a suffix is then answered from the code "
-                "before the cursor alone)"
+                f"--fim on: {self.source} has no fill-in-the-middle tokens (StarCoder's <fim_prefix>, "
+                "<fim_suffix>, <fim_middle> or Qwen's <|fim_prefix|>, ...); serve it with --fim off or auto "
+                "(a suffix is then answered from the code before the cursor alone)"
             )
         self.fim_prompts = self.fim if self.settings.fim is None else self.settings.fim
         """Whether a gap (a request with a suffix) becomes a FIM prompt, or is answered from its prefix."""
@@ -212,8 +212,10 @@ class RepotuneModel(kserve.Model):
         """
         from repotune.data.transforms import file_header, split_fim_prompt
 
-        if suffix is None and not self.fim_prompts and (written := split_fim_prompt(prompt)) is not None:
-            prompt, suffix = written  # an editor's own FIM template, for a model served with --fim off
+        if suffix is None and (written := split_fim_prompt(prompt)) is not None:
+            # An editor's own FIM template (in this model's FIM tokens or another family's): filled as
+            # this model fills a gap, with its own tokens or from the prefix alone.
+            prompt, suffix = written
         line = suffix is not None and not self.fim_prompts
         fim = suffix if self.fim_prompts else None  # the suffix still steers retrieval when not shown
         ids, heal = self._encode_text(self.build_prompt(prompt, fim, file_path), healed=fim is None)

@@ -144,7 +144,9 @@ def training_blocks(
 def load_tokenizer(model_dir: Path, recipe: Recipe) -> tuple[Any, int, list[int]]:
     """The base tokenizer with a pad token and, when the recipe uses FIM, the FIM tokens.
 
-    Returns the tokenizer, its vocabulary size before any token was added, and the FIM token ids.
+    Returns the tokenizer, its vocabulary size before any token was added, and the ids of the FIM tokens
+    that were added (their rows start untrained). A tokenizer with FIM tokens of its own (Qwen2.5-Coder's)
+    keeps them: its model was pretrained to fill with them.
     """
     from transformers import AutoTokenizer
 
@@ -155,7 +157,7 @@ def load_tokenizer(model_dir: Path, recipe: Recipe) -> tuple[Any, int, list[int]
         tokenizer.pad_token = tokenizer.eos_token
     vocab_before = len(tokenizer)
     fim_ids = ensure_fim_tokens(tokenizer) if recipe.data.fim_rate > 0 else []
-    return tokenizer, vocab_before, fim_ids
+    return tokenizer, vocab_before, [i for i in fim_ids if i >= vocab_before]
 
 
 def load_model(
