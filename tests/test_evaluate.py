@@ -88,11 +88,12 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
         assert result.models[key]["line_edit_similarity"].n == 20, key
     # Retrieval arms answer completions; perplexity and commits are the model's, scored without context.
     assert "perplexity" not in result.models["candidate_retrieval"]
-    # FIM is scored only for a model that has FIM tokens: the trained one, not the base.
-    assert (
-        "fim_edit_similarity" in candidate and "fim_edit_similarity" in result.models["candidate_retrieval"]
-    )
-    assert "fim_edit_similarity" not in base
+    # FIM prompts only for a model that has FIM tokens: the trained one, not the base. The candidate fills
+    # the spans both ways; its retrieval arm the way it did better, as it is served.
+    fim, alone = "fim_edit_similarity", "fim_prefix_only_edit_similarity"
+    assert fim in candidate and alone in candidate and fim not in base and alone in base
+    served = fim if result.decision.fim else alone
+    assert {fim, alone} & set(result.models["candidate_retrieval"]) == {served}
     assert candidate["perplexity"].n >= 20 and candidate["perplexity"].ci_low is not None
     assert candidate["perplexity"].value < base["perplexity"].value  # it learned the project
     assert result.decision.reference == Arm("base", True)  # no champion: what the team already has
@@ -100,7 +101,9 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     # Progress for every model and task, as it goes.
     for task in (
         "base: line completion: 20/20",
-        "candidate + retrieval: fill-in-the-middle: 20/20",
+        "candidate: fill-in-the-middle: 20/20",
+        "candidate: fill-in-the-middle from the prefix alone: 20/20",
+        "base + retrieval: fill-in-the-middle from the prefix alone: 20/20",
         "candidate: perplexity of held-out code:",
         # 20 new prompts: every line's retrieval prompt differs from its plain one (none reused).
         "base + retrieval: line completion: 20/20",
@@ -125,9 +128,12 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     completions = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").open()]
     assert [c["task"] for c in completions] == ["line"] * 20 + ["fim"] * 20 + ["fim_prefix_only"] * 20
     assert set(completions[0]["answers"]) == ARMS
-    # FIM prompts need FIM tokens (the candidate's); every arm answers the same gaps from the prefix alone
-    assert set(completions[20]["answers"]) == {"candidate", "candidate_retrieval"}
-    assert set(completions[-1]["answers"]) == ARMS
+    # FIM prompts need FIM tokens (the candidate's); the arms without retrieval answer the same gaps from
+    # the prefix alone too, and the candidate's retrieval arm only the way its model did better
+    with_fim = saved["decision"]["fim"]
+    assert isinstance(with_fim, bool) and with_fim is result.decision.fim
+    assert set(completions[20]["answers"]) == {"candidate"} | ({"candidate_retrieval"} if with_fim else set())
+    assert set(completions[-1]["answers"]) == ARMS - ({"candidate_retrieval"} if with_fim else set())
     assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:]]
     assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned

@@ -114,19 +114,27 @@ class Decision:
         }
 
 
+def fim_way(metrics: Mapping[str, Metric]) -> bool | None:
+    """Whether FIM prompts filled the FIM spans at least as well as the prefix alone did (edit
+    similarity over the same spans); False when only the prefix alone was scored (no FIM tokens), None
+    when neither was."""
+    with_fim, alone = metrics.get("fim_edit_similarity"), metrics.get("fim_prefix_only_edit_similarity")
+    if with_fim is None:
+        return False if alone is not None else None
+    return alone is None or with_fim.value >= alone.value
+
+
 def fills_with_fim(scores: Mapping[str, Mapping[str, Metric]], arm: Arm) -> bool | None:
-    """Whether ``arm`` filled the FIM samples' gaps at least as well with FIM prompts as from the prefix
-    alone (edit similarity over the same samples); False when only the prefix alone was scored (a
-    model without FIM tokens), None when neither was.
+    """Whether ``arm``'s model fills the FIM spans at least as well with FIM prompts as from the prefix
+    alone (``fim_way``), measured on its arm without retrieval where that arm was scored (it fills them
+    both ways), else on ``arm`` itself; False when only the prefix alone was scored (a model without
+    FIM tokens), None when neither was.
 
     A model that learned FIM in too few steps can do worse with the suffix in view than without it
     (SmolLM2-135M after the CPU recipe: 0.146 against 0.335 on itsdangerous); serving then answers
     requests with a suffix from the prefix alone (``repotune serve --fim off``)."""
-    with_fim = _metric(scores, arm, "fim_edit_similarity")
-    alone = _metric(scores, arm, "fim_prefix_only_edit_similarity")
-    if with_fim is None:
-        return False if alone is not None else None
-    return alone is None or with_fim.value >= alone.value
+    holder = arm.without_retrieval if arm.without_retrieval.key in scores else arm
+    return fim_way(scores.get(holder.key, {}))
 
 
 @dataclass

@@ -101,7 +101,13 @@ def gaps(result: EvaluateResult) -> str | None:
     decision = result.decision
     if decision.arm is None or decision.fim is None:
         return None
-    scores = result.models.get(decision.arm.key) or result.models.get(decision.arm.without_retrieval.key, {})
+    # measured both ways on the model's arm without retrieval, as ``fills_with_fim`` decides
+    arm = (
+        decision.arm.without_retrieval
+        if decision.arm.without_retrieval.key in result.models
+        else decision.arm
+    )
+    scores = result.models[arm.key]
     with_fim, alone = scores.get("fim_edit_similarity"), scores.get("fim_prefix_only_edit_similarity")
     measured = ", ".join(
         f"{format_value(m.value)} {how}"
@@ -110,7 +116,7 @@ def gaps(result: EvaluateResult) -> str | None:
     )
     how = "with FIM prompts (the suffix in view)" if decision.fim else "from the code before the cursor alone"
     return (
-        f"Gaps (requests with a suffix): {decision.arm.label} fills them best {how}, FIM edit similarity "
+        f"Gaps (requests with a suffix): the {arm.label} fills them best {how}, FIM edit similarity "
         f"{measured}; served with `--fim {'on' if decision.fim else 'off'}`."
     )
 

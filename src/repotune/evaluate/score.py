@@ -15,7 +15,7 @@ from typing import Any
 
 from repotune.data.transforms import code_prompt, commit_prompt, fim_prompt, has_fim_tokens
 from repotune.evaluate.arms import Arm
-from repotune.evaluate.decide import MARKER_METRIC
+from repotune.evaluate.decide import MARKER_METRIC, fim_way
 from repotune.evaluate.generate import (
     Completion,
     Progress,
@@ -136,13 +136,20 @@ class Scorer:
     ) -> dict[Arm, ArmScores]:
         """The arms of this model: without retrieval (every task), and with ``contexts`` when given
         (completion tasks only). ``retrieval_only`` scores the retrieval arm alone (a champion
-        deployed with retrieval), its model-level metrics (perplexity, forgetting, commits) included."""
+        deployed with retrieval), its model-level metrics (perplexity, forgetting, commits) included.
+
+        The FIM spans are filled both ways (FIM prompt, prefix alone) by the first arm scored; the
+        retrieval arm after it fills them only the way its model did better (``fim_way``), as serving
+        will ask it: the other way would cost the evaluate step a sixth more time for a number that
+        decides nothing."""
         arms: dict[Arm, ArmScores] = {}
+        way: bool | None = None
         if not retrieval_only:
-            arms[Arm(model)] = self._score_arm(samples, Arm(model), None, log, model_level=True)
+            alone = self._score_arm(samples, Arm(model), None, log, model_level=True)
+            arms[Arm(model)], way = alone, fim_way(alone.metrics)
         if contexts is not None:
             arm = Arm(model, True)
-            arms[arm] = self._score_arm(samples, arm, contexts, log, model_level=retrieval_only)
+            arms[arm] = self._score_arm(samples, arm, contexts, log, model_level=retrieval_only, fim=way)
         return arms
 
     def _score_arm(
@@ -153,7 +160,10 @@ class Scorer:
         log: Callable[[str], None],
         *,
         model_level: bool,
+        fim: bool | None = None,
     ) -> ArmScores:
+        """``fim``: fill the FIM spans with FIM prompts only (True) or from the prefix alone only (False);
+        None: both ways (FIM prompts where the model has FIM tokens)."""
         metrics: dict[str, Metric] = {}
         per_sample: dict[str, list[float]] = {}
         answers: dict[str, list[str]] = {}
@@ -183,10 +193,10 @@ class Scorer:
             ]
             metrics[MARKER_METRIC] = summarize(MARKER_METRIC, markers, higher_is_better=False)
             per_sample[MARKER_METRIC] = markers
-        if samples.fims:
+        middles = [s.middle for s in samples.fims]
+        if samples.fims and fim is not True:
             # The same gaps asked without the suffix, as a model without FIM tokens is asked them (and
             # as a server may ask any model): the line is continued from the code before the cursor.
-            middles = [s.middle for s in samples.fims]
             prompts = [
                 code_prompt(
                     s.prefix, path=s.path, tokenizer=tokenizer, context=contexts.fims[i] if contexts else ""
@@ -196,7 +206,7 @@ class Scorer:
             done = self.complete(prompts, f"{arm.label}: fill-in-the-middle from the prefix alone", log)
             answers[PREFIX_ONLY] = [c.text for c in done]
             metrics |= _scored(PREFIX_ONLY, answers[PREFIX_ONLY], middles, per_sample)
-        if samples.fims and self.fim:
+        if samples.fims and self.fim and fim is not False:
             prompts = [
                 fim_prompt(
                     s.prefix,
