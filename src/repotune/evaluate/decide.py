@@ -114,11 +114,15 @@ class Decision:
         }
 
 
+PREFIX_ONLY = "fim_prefix_only"
+"""The FIM samples' task answered from the prefix alone (no suffix, no FIM tokens)."""
+
+
 def fim_way(metrics: Mapping[str, Metric]) -> bool | None:
     """Whether FIM prompts filled the FIM spans at least as well as the prefix alone did (edit
     similarity over the same spans); False when only the prefix alone was scored (no FIM tokens), None
     when neither was."""
-    with_fim, alone = metrics.get("fim_edit_similarity"), metrics.get("fim_prefix_only_edit_similarity")
+    with_fim, alone = metrics.get("fim_edit_similarity"), metrics.get(f"{PREFIX_ONLY}_edit_similarity")
     if with_fim is None:
         return False if alone is not None else None
     return alone is None or with_fim.value >= alone.value
@@ -133,8 +137,13 @@ def fills_with_fim(scores: Mapping[str, Mapping[str, Metric]], arm: Arm) -> bool
     A model that learned FIM in too few steps can do worse with the suffix in view than without it
     (SmolLM2-135M after the CPU recipe: 0.146 against 0.335 on itsdangerous); serving then answers
     requests with a suffix from the prefix alone (``repotune serve --fim off``)."""
-    holder = arm.without_retrieval if arm.without_retrieval.key in scores else arm
-    return fim_way(scores.get(holder.key, {}))
+    return fim_way(scores.get(fim_holder(scores, arm).key, {}))
+
+
+def fim_holder(scores: Mapping[str, Any], arm: Arm) -> Arm:
+    """The arm whose FIM scores decide how ``arm``'s model fills gaps: its arm without retrieval where
+    that was scored (it fills the spans both ways), else ``arm`` itself."""
+    return arm.without_retrieval if arm.without_retrieval.key in scores else arm
 
 
 @dataclass

@@ -105,13 +105,17 @@ _TRUE, _FALSE = "true", "false"
 def registered_retrieval(tags: Mapping[str, str]) -> bool | None:
     """Whether a version's tags say it is served with retrieval (``RETRIEVAL_TAG``); None when they do
     not say."""
-    return {_TRUE: True, _FALSE: False}.get(tags.get(RETRIEVAL_TAG, ""))
+    return _flag(tags, RETRIEVAL_TAG)
 
 
 def registered_fim(tags: Mapping[str, str]) -> bool | None:
     """Whether a version's tags say it answers a suffix with FIM prompts (``FIM_TAG``); None when they
     do not say."""
-    return {_TRUE: True, _FALSE: False}.get(tags.get(FIM_TAG, ""))
+    return _flag(tags, FIM_TAG)
+
+
+def _flag(tags: Mapping[str, str], tag: str) -> bool | None:
+    return {_TRUE: True, _FALSE: False}.get(tags.get(tag, ""))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from repotune.evaluate.arms import MODELS, Arm
-from repotune.evaluate.decide import Decision
+from repotune.evaluate.decide import Decision, fim_holder
 from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
 
 
@@ -101,12 +101,7 @@ def gaps(result: EvaluateResult) -> str | None:
     decision = result.decision
     if decision.arm is None or decision.fim is None:
         return None
-    # measured both ways on the model's arm without retrieval, as ``fills_with_fim`` decides
-    arm = (
-        decision.arm.without_retrieval
-        if decision.arm.without_retrieval.key in result.models
-        else decision.arm
-    )
+    arm = fim_holder(result.models, decision.arm)  # the arm whose scores decided, as fills_with_fim reads
     scores = result.models[arm.key]
     with_fim, alone = scores.get("fim_edit_similarity"), scores.get("fim_prefix_only_edit_similarity")
     measured = ", ".join(

@@ -15,7 +15,7 @@ from typing import Any
 
 from repotune.data.transforms import code_prompt, commit_prompt, fim_prompt, has_fim_tokens
 from repotune.evaluate.arms import Arm
-from repotune.evaluate.decide import MARKER_METRIC, fim_way
+from repotune.evaluate.decide import MARKER_METRIC, PREFIX_ONLY, fim_way
 from repotune.evaluate.generate import (
     Completion,
     Progress,
@@ -40,8 +40,6 @@ from repotune.evaluate.settings import ScoringConfig
 
 __all__ = ["ArmScores", "Scorer", "ScoringConfig", "draw_samples", "metric_from_dict", "metric_to_dict"]
 
-PREFIX_ONLY = "fim_prefix_only"
-"""The FIM samples' task answered from the prefix alone (no suffix, no FIM tokens)."""
 PAIRED_METRICS = (
     "line_exact_match",
     "line_edit_similarity",

@@ -28,7 +28,7 @@ from repotune.atomic import atomic_open, write_json
 from repotune.errors import RepotuneError
 from repotune.evaluate import baseline
 from repotune.evaluate.arms import Arm
-from repotune.evaluate.decide import Decision, Policy
+from repotune.evaluate.decide import PREFIX_ONLY, Decision, Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.metrics import Metric
 from repotune.evaluate.score import (
@@ -372,8 +372,6 @@ def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -
 
 
 def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, list[str]]]) -> None:
-    from repotune.evaluate.score import PREFIX_ONLY
-
     with atomic_open(path) as handle:
         for task, items in (("line", samples.lines), ("fim", samples.fims), (PREFIX_ONLY, samples.fims)):
             for i, sample in enumerate(items):
