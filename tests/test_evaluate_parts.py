@@ -270,9 +270,7 @@ def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval
     assert labels == 3 * 4 + 2 + 1 + 1  # four arms in three charts, two in perplexity, one each FIM/commit
 
 
-def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -> None:
-    from tests.tiny_tokenizer import make_tiny_tokenizer
-
+def test_the_demo_asks_for_an_added_line_as_an_editor_asks(tmp_path: Path) -> None:
     from repotune.pipelines.local import demo_query
     from repotune.records import write_records
 
@@ -281,19 +279,20 @@ def test_the_demo_asks_for_an_added_line_framed_as_in_training(tmp_path: Path) -
         # Of the new functions, only their (indented) return lines count as added.
         returns = [[n, n] for n in range(42, 61, 2)]
         write_records(handle, [notes, code("src/future.py", FUTURE, added_lines=returns, cut="abc")])
-    tokenizer = make_tiny_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<filename>"]})
-    query = demo_query(tmp_path, tokenizer)
-    # A Python line the repository added after the cut (the Markdown file comes second), under the
-    # header training writes (<filename> is one token); the cursor after the line's indentation, where
-    # an editor puts it (the server holds the whitespace back and has the model write it).
+    query = demo_query(tmp_path)
+    # A Python line the repository added after the cut (the Markdown file comes second); the cursor
+    # after the line's indentation, where an editor puts it (the server holds the whitespace back and
+    # has the model write it); the file after the line as the suffix; the path for the file header.
     assert query.path == "src/future.py"
     assert query.expected in FUTURE.splitlines()[40:60] and query.expected.startswith("    return sorted")
-    assert query.prompt.startswith("<filename>src/future.py\n") and query.prompt.endswith("\n    ")
-    body = query.prompt.removeprefix("<filename>src/future.py\n")
-    assert FUTURE.index(body) + len(body) == FUTURE.index("\n" + query.expected + "\n") + len("\n    ")
+    assert query.prompt.endswith("\n    ") and query.suffix.startswith("\n")
+    assert query.prompt + query.expected.lstrip() + query.suffix == FUTURE  # all of it: under 1,500 a side
+    near = demo_query(tmp_path, context_chars=100)
+    assert len(near.prompt) == 100 + len("    ") and 0 < len(near.suffix) <= 100
+    assert near.prompt + near.expected.lstrip() + near.suffix in FUTURE
     # Without held-out records there is still a question.
-    assert demo_query(tmp_path / "missing").prompt == "def fibonacci(n):\n    "
+    fallback = demo_query(tmp_path / "missing")
+    assert fallback.prompt == "def fibonacci(n):\n    " and fallback.suffix is None and fallback.path is None
 
 
 @pytest.mark.parametrize(
@@ -337,6 +336,39 @@ def test_the_demo_serves_the_arm_evaluation_chose() -> None:
     # A status written before the arm was recorded, or none: the server decides as the model was trained.
     assert served_arm({"promote": False, "reasons": []}) == ([], "retrieval as the model was trained")
     assert served_arm(None) == ([], "retrieval as the model was trained")
+
+
+@pytest.mark.integration
+def test_the_demo_query_reaches_a_real_server_as_an_editor_sends_it(tmp_path: Path) -> None:
+    """The closing query goes through ``repotune serve`` with the suffix and the file's path, served as
+    the decision says (here: gaps answered from the prefix alone, to the end of the line)."""
+    import json
+
+    from tests.serving_helpers import make_serving_model
+
+    from repotune.pipelines.local import demo_query, query_served_model
+    from repotune.pipelines.status import RunLayout
+    from repotune.records import write_records
+
+    data = tmp_path / "clean"
+    data.mkdir()
+    with open(data / "eval.jsonl", "w") as handle:
+        write_records(handle, [code("src/future.py", FUTURE, added_lines=ADDED, cut="abc")])
+    model = make_serving_model(tmp_path / "model")  # with FIM tokens: "--fim off" is the decision's
+    run = tmp_path / "run"
+    run.mkdir()
+    decision = {"promote": False, "reasons": [], "arm": "candidate", "retrieval": False, "fim": False}
+    printed: list[str] = []
+    text = query_served_model(model, run, data, decision=decision, log=printed.append)
+
+    asked = demo_query(data)
+    query = json.loads(RunLayout(run).status.read_text())["query"]
+    assert query["prompt"] == asked.prompt and query["suffix"] == asked.suffix and asked.suffix
+    assert query["file_path"] == "src/future.py" and query["expected"] == asked.expected
+    assert query["completion"] == text and "\n" not in text  # one line: the server's line stop
+    assert "a suffix is answered from the code before the cursor" in RunLayout(run).serve_log.read_text()
+    assert any(f"suffix: {len(asked.suffix)} characters of the file after the line" in p for p in printed)
+    assert printed[0].endswith("as candidate, the best candidate arm, gaps from the prefix alone")
 
 
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:

@@ -18,7 +18,7 @@ import openai
 import pytest
 from tests.serving_helpers import make_serving_model
 
-from repotune.data.transforms import fim_prompt
+from repotune.data.transforms import code_prompt, fim_prompt
 from repotune.errors import RepotuneError
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
@@ -522,6 +522,15 @@ def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: P
             assert line_stops(("def",), answered) == ("def", "\n")
         written = fim_prompt(prefix, suffix, tokenizer=served[False].tokenizer)
         assert gap(served[False], written, None) == gap(served[False], prefix)
+        # With the file's path, the prefix is framed as the evaluate stage scored it (its header first),
+        # whether the request had a suffix or not.
+        tokenizer = served[False].tokenizer
+        framed = code_prompt(prefix, path="src/calc.py", tokenizer=tokenizer).rstrip()
+        for after in (suffix, None):
+            pathed = served[False].text_prompt(
+                prefix, after, "src/calc.py", retrieval=False, max_tokens=4, default_max_tokens=None
+            )
+            assert pathed.ids == encode_prompt(tokenizer, framed) and pathed.heal == " "
         assert gap(served[False], "<fim_prefix>half a template", None).line is False
         auto = served[None]
         assert auto.fim_prompts and auto.fim

@@ -134,6 +134,10 @@ def test_retrieved_context_reaches_plain_and_fim_prompts_per_request(server, cli
     assert framed.endswith(" = ")
     expected = encode_prompt(tokenizer, framed.removesuffix(" "))
     assert asked.usage.prompt_tokens == len(expected) > plain.usage.prompt_tokens
+    # Without context the file header is still there, as the evaluate stage's arms without retrieval
+    # frame a line.
+    alone = code_prompt(PREFIX, path=PATH, tokenizer=tokenizer).removesuffix(" ")
+    assert plain.usage.prompt_tokens == len(encode_prompt(tokenizer, alone))
 
     fim_plain = _complete(client, server, prompt=PREFIX, suffix=SUFFIX, file_path=PATH, retrieval=False)
     fim = _complete(client, server, prompt=PREFIX, suffix=SUFFIX, file_path=PATH, retrieval=True)

@@ -512,14 +512,20 @@ DEMO_MAX_TOKENS = 48
 
 @dataclass(frozen=True)
 class DemoQuery:
-    """The demo's closing question: a held-out file cut before a line, and that line as the file has it."""
+    """The demo's closing question, as an editor asks it: a held-out file's text before the cursor (at
+    the start of a line, after its indentation) and after that line, and the line as the file has it."""
 
     prompt: str
+    """The file's text before the cursor."""
+    suffix: str | None
+    """The file's text after the line (an editor sends it with every completion), ``None`` for none."""
     expected: str | None
     path: str | None
+    """The file's path, sent as ``file_path``: the server frames the prefix under the file's header, as
+    training and the evaluate stage do."""
 
 
-FALLBACK_QUERY = DemoQuery("def fibonacci(n):\n    ", None, None)
+FALLBACK_QUERY = DemoQuery("def fibonacci(n):\n    ", None, None, None)
 """The question when there is no held-out code to draw one from: a function's first line."""
 
 
@@ -563,10 +569,13 @@ def query_served_model(
 
     from repotune.serving.server import start_background
 
-    query = demo_query(data_dir, _tokenizer_of(model))
+    query = demo_query(data_dir)
     layout = RunLayout(run_dir)
     options, served = served_arm(decision)
     log(f"serving {model} on 127.0.0.1 (KServe model server, OpenAI-compatible routes) as {served}")
+    asked: dict[str, Any] = {"suffix": query.suffix} if query.suffix is not None else {}
+    if query.path is not None:
+        asked["extra_body"] = {"file_path": query.path}
     with start_background(model, log_path=layout.serve_log, extra_args=options) as server:
         client = openai.OpenAI(base_url=server.openai_url, api_key="not-needed-locally", max_retries=0)
         reply = client.completions.create(
@@ -575,16 +584,21 @@ def query_served_model(
             max_tokens=DEMO_MAX_TOKENS,
             temperature=0,
             stop=list(DEMO_STOP),
+            **asked,
         )
         text = reply.choices[0].text
         status = RunStatus.read(layout.status) or RunStatus()
         # the server stops with this function, so the run has no endpoint to record, only the answer
         status.query = {"url": f"{server.openai_url}/completions", "prompt": query.prompt, "completion": text}
-        if query.expected is not None:
-            status.query["expected"] = query.expected
+        for key, value in (("suffix", query.suffix), ("file_path", query.path), ("expected", query.expected)):
+            if value is not None:
+                status.query[key] = value
         status.write(layout.status)
-    tail = query.prompt[-200:]
-    log(f"POST {server.openai_url}/completions  (stop {list(DEMO_STOP)!r}), prompt ending: {tail!r}")
+    sent = f"file_path {query.path!r}, " if query.path is not None else ""
+    if query.suffix is not None:
+        sent += f"suffix: {len(query.suffix)} characters of the file after the line, "
+    log(f"POST {server.openai_url}/completions  ({sent}stop {list(DEMO_STOP)!r})")
+    log(f"prompt ending: {query.prompt[-200:]!r}")
     if query.expected is not None:
         log(f"the file's next line ({query.path}): {query.expected!r}")
     indent = query.prompt[len(query.prompt.rstrip(" \t")) :]
@@ -621,26 +635,13 @@ def _string_lines(files: dict[str, str], context_chars: int) -> set[tuple[str, s
     return found
 
 
-def _tokenizer_of(model: Path) -> Any | None:
-    """The trained model's tokenizer (it decides how a file header is written), if the folder has one."""
-    from repotune.models import has_tokenizer
-
-    if not has_tokenizer(model):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model)
-
-
-def demo_query(
-    data_dir: Path | None, tokenizer: Any | None = None, *, context_chars: int = 1500
-) -> DemoQuery:
+def demo_query(data_dir: Path | None, *, context_chars: int = 1500) -> DemoQuery:
     """A line-completion question from the held-out code (Python first), drawn as the evaluate stage
-    draws its line samples (in a temporal split, a line the repository added after the training cut)
-    and framed as training frames code (``code_prompt``), so the answer shows what was learned and can
+    draws its line samples (in a temporal split, a line the repository added after the training cut),
+    with up to ``context_chars`` of the file on either side of the line, as an editor sends them
+    (``prompt`` and ``suffix``) and as evaluation scores a gap. The answer shows what was learned and can
     be read against the line the file really has. Without held-out code: the start of a function."""
     from repotune.clean import CleanLayout
-    from repotune.data.transforms import code_prompt
     from repotune.evaluate import ScoringConfig, draw_samples
     from repotune.records import read_records
 
@@ -652,7 +653,8 @@ def demo_query(
     )
     records = list(read_records(eval_path))
     lines = draw_samples(records, config).lines
-    prose = _string_lines({r.file_path: r.content for r in records if r.file_path}, context_chars)
+    files = {r.file_path: r.content for r in records if r.file_path}
+    prose = _string_lines(files, context_chars)
     # A line of code (not a comment, nor a line of a docstring) with a few lines before it; Python first.
     usable = [
         s
@@ -668,5 +670,7 @@ def demo_query(
     # holds that trailing whitespace back from the prompt's tokens and has the model write it
     # (``repotune.serving.healing``), as the evaluate stage holds back the newline.
     indent = sample.expected[: len(sample.expected) - len(sample.expected.lstrip())]
-    prompt = code_prompt(sample.prefix + indent, path=sample.path, tokenizer=tokenizer)
-    return DemoQuery(prompt, sample.expected, sample.path)
+    text = files[sample.path]
+    # The line's end in its file: the sample holds the text before it (``prefix``) and the line.
+    end = text.index(sample.prefix + sample.expected) + len(sample.prefix + sample.expected)
+    return DemoQuery(sample.prefix + indent, text[end : end + context_chars], sample.expected, sample.path)

@@ -170,15 +170,16 @@ class RepotuneModel(kserve.Model):
         built by the training transform (``fim_prompt``; ``text_prompt`` passes a suffix only where
         the model is served with FIM prompts, which ``load`` allows only with FIM tokens).
 
-        Retrieved ``context`` goes in front as training puts it: ``code_prompt`` (the file header of
-        ``file_path``, then the prompt) or ``fim_prompt(context=...)``.
+        With a ``file_path`` or retrieved ``context``, a plain prompt is framed as training frames code
+        and the evaluate stage scores it: ``code_prompt`` (the context, the file header of
+        ``file_path``, then the prompt); a FIM prompt always is (``fim_prompt(context=...)``).
         """
         from repotune.data.transforms import code_prompt, fim_prompt
 
         if suffix is None:
             return (
                 code_prompt(prompt, path=file_path, tokenizer=self.tokenizer, context=context)
-                if context
+                if context or file_path
                 else prompt
             )
         return fim_prompt(prompt, suffix, path=file_path, tokenizer=self.tokenizer, context=context)
@@ -210,7 +211,7 @@ class RepotuneModel(kserve.Model):
         The context gets what the window has left after the prompt and the completion (``max_tokens``,
         else the default the request will get): a prompt that fits without context still fits with it.
         """
-        from repotune.data.transforms import file_header, split_fim_prompt
+        from repotune.data.transforms import split_fim_prompt
 
         if suffix is None and (written := split_fim_prompt(prompt)) is not None:
             # An editor's own FIM template (in this model's FIM tokens or another family's): filled as
@@ -224,9 +225,6 @@ class RepotuneModel(kserve.Model):
         wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
             default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
         room = self.context - len(ids) - wanted
-        if fim is None and file_path is not None:
-            # A plain prompt gets its file header only behind context (FIM prompts always have it).
-            room -= len(encode_prompt(self.tokenizer, file_header(file_path, self.tokenizer)))
         found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
         if not found.context:
             return TextPrompt(ids, found, heal, line)

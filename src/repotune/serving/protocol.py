@@ -112,8 +112,8 @@ class CompletionRequest(OpenAIRequest):
     """``POST /openai/v1/completions``.
 
     Extensions (send them with the openai client's ``extra_body``): ``file_path``, the path of the file
-    being completed: with ``suffix`` (or retrieved context) it puts the training file header in front of
-    the prefix, as ``fim_prompt`` / ``code_prompt`` do, and the file's own chunks are not retrieved;
+    being completed: it puts the training file header in front of the prefix, as ``code_prompt`` /
+    ``fim_prompt`` do in training and in the evaluate stage, and the file's own chunks are not retrieved;
     ``retrieval``, ``true`` or ``false`` to have retrieved cross-file context put in front of the prompt
     or not, whatever the server's default (``repotune.serving.retrieval``).
     """
