@@ -69,6 +69,22 @@ BREAKS = {
 }
 
 
+def test_checkpoints_carry_the_fim_rows_not_the_whole_embedding(trained: Path) -> None:
+    from safetensors import safe_open
+
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["fim_tokens_added"]  # the tiny recipe's tokenizer has none of its own
+    for step in (2, 4):
+        adapter = trained / "checkpoints" / f"checkpoint-{step}" / "adapter_model.safetensors"
+        with safe_open(adapter, "pt") as f:
+            names = list(f.keys())
+        assert any(name.endswith("embed_tokens.token_adapter.trainable_tokens_delta") for name in names)
+        assert any("lora_A" in name for name in names)
+        # PEFT's default would add the resized matrices themselves (base_layer.weight), vocabulary-sized
+        assert not [name for name in names if "embed_tokens" in name and "trainable_tokens" not in name]
+        assert not [name for name in names if "lm_head" in name and "trainable_tokens" not in name]
+
+
 @pytest.mark.parametrize("broken", BREAKS)
 def test_an_incomplete_newest_checkpoint_is_skipped_named_and_moved_aside(
     trained: Path, tmp_path: Path, broken: str

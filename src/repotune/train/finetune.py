@@ -13,6 +13,7 @@ writes outputs and logs to MLflow.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -534,6 +535,12 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
         trainable_token_indices={"embed_tokens": fim_ids} if fim_ids else None,
     )
     model = get_peft_model(model, config)
+    if fim_ids:
+        # The FIM rows live in the adapter as trainable tokens, so the Trainer's checkpoints need not
+        # carry the whole resized embedding and output matrices, which PEFT adds by default when the
+        # vocabulary grew (246 MB of a SmolLM2-135M checkpoint's 266 MB). A resumed run resizes the base
+        # model the same way (same seed, same tokens) before it loads a checkpoint.
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
