@@ -56,8 +56,15 @@ def test_diff_lines_and_file_headers_are_training_format_artefacts() -> None:
     assert starts_like_training_format("<filename>src/app.py", "import os")
     assert starts_like_training_format("# File: src/app.py", "import os")
     assert not starts_like_training_format("    return x", "    return y")
-    # A YAML list item answered with a list item is code, not an artefact.
+    # A YAML list item answered with a list item is code, not an artefact; so is one where the file
+    # before the cursor has such items, whatever its own line is.
     assert not starts_like_training_format("- name: web", "- name: api")
+    cases = "- case: one\n  main: |\n    x = 1\n- case: two\n  main: |\n"
+    assert not starts_like_training_format("- case: three", "    reveal_type(x)", cases)
+    assert starts_like_training_format("+    reveal_type(x)", "    reveal_type(x)", cases)
+    # A dash at the start of a line in a Python file whose lines never start with one is a diff line.
+    docstring = 'def f(a):\n    """Do it.\n\n    :param a: the thing\n'
+    assert starts_like_training_format("-   :param b: the other", "    :param b: the other", docstring)
 
 
 def test_progress_reports_counts_and_time_left_every_few_seconds() -> None:

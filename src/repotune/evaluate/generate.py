@@ -62,13 +62,20 @@ def line_done(generated: str, *, after_newline: bool) -> bool:
     return any(line.strip() for line in generated.split("\n")[:-1])
 
 
-def starts_like_training_format(answer: str, expected: str) -> bool:
-    """Whether a completion starts like a diff line or a file header where the file's own line does not.
+def starts_like_training_format(answer: str, expected: str, before: str = "") -> bool:
+    """Whether a completion starts like a diff line or a file header where the file does not: neither
+    its own line (``expected``) nor a line of the file before the cursor (``before``) starts that way.
 
-    A YAML list item (``- name: x``) or a Markdown one is code that starts with a dash: such a line
-    answered in kind is not an artefact.
+    A YAML list item (``- case: x``) or a Markdown or reStructuredText bullet is the file's syntax that
+    starts with a dash: in a file with such lines, a line answered in kind is not an artefact (base and
+    candidate alike wrote ``- case: ...`` after a mypy test case in attrs' ``tests/test_mypy.yml``).
     """
-    return any(answer.startswith(mark) and not expected.startswith(mark) for mark in TRAINING_FORMAT_STARTS)
+    return any(
+        answer.startswith(mark)
+        and not expected.startswith(mark)
+        and not any(line.startswith(mark) for line in before.splitlines())
+        for mark in TRAINING_FORMAT_STARTS
+    )
 
 
 @dataclass(frozen=True)

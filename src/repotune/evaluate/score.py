@@ -187,7 +187,8 @@ class Scorer:
             answers["line"] = [c.text for c in done]
             metrics |= _scored("line", answers["line"], expected, per_sample)
             markers = [
-                float(starts_like_training_format(c.raw, e)) for c, e in zip(done, expected, strict=True)
+                float(starts_like_training_format(c.raw, s.expected, s.prefix))
+                for c, s in zip(done, samples.lines, strict=True)
             ]
             metrics[MARKER_METRIC] = summarize(MARKER_METRIC, markers, higher_is_better=False)
             per_sample[MARKER_METRIC] = markers
