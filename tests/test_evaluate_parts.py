@@ -206,6 +206,27 @@ def a_result(tmp_path: Path):
     return result, context
 
 
+def test_the_report_says_how_gaps_are_filled_from_the_arm_whose_scores_decided(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from repotune.evaluate.report import gaps
+
+    result, _ = a_result(tmp_path)
+    assert gaps(result) is None  # the decision recorded no way (no FIM samples)
+    candidate = result.models["candidate"]
+    candidate["fim_prefix_only_edit_similarity"] = metric("fim_prefix_only_edit_similarity", 0.26, 12)
+    result.models["candidate_retrieval"]["fim_prefix_only_edit_similarity"] = metric(
+        "fim_prefix_only_edit_similarity", 0.31, 12
+    )
+    # candidate + retrieval chosen: its model's way was measured on the candidate arm, which filled both
+    chosen = replace(result, decision=replace(result.decision, arm=Arm("candidate", True), fim=False))
+    assert gaps(chosen) == (
+        "Gaps (requests with a suffix): the candidate fills them best from the code before the cursor "
+        "alone, FIM edit similarity 0.0900 with FIM prompts, 0.260 from the prefix alone; served with "
+        "`--fim off`."
+    )
+
+
 def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_path: Path) -> None:
     from repotune.evaluate.report import render_markdown
 

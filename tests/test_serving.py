@@ -502,8 +502,8 @@ def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: P
 
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
 
-    def gap(model: RepotuneModel, text: str, after: str | None = suffix):
-        return model.text_prompt(text, after, None, retrieval=False, max_tokens=4, default_max_tokens=None)
+    def gap(model: RepotuneModel, text: str, after: str | None = suffix, path: str | None = None):
+        return model.text_prompt(text, after, path, retrieval=False, max_tokens=4, default_max_tokens=None)
 
     plain = RepotuneModel("plain", make_serving_model(tmp_path / "plain", fim=False))
     plain.load()
@@ -527,9 +527,7 @@ def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: P
         tokenizer = served[False].tokenizer
         framed = code_prompt(prefix, path="src/calc.py", tokenizer=tokenizer).rstrip()
         for after in (suffix, None):
-            pathed = served[False].text_prompt(
-                prefix, after, "src/calc.py", retrieval=False, max_tokens=4, default_max_tokens=None
-            )
+            pathed = gap(served[False], prefix, after, "src/calc.py")
             assert pathed.ids == encode_prompt(tokenizer, framed) and pathed.heal == " "
         assert gap(served[False], "<fim_prefix>half a template", None).line is False
         auto = served[None]

@@ -118,11 +118,17 @@ PREFIX_ONLY = "fim_prefix_only"
 """The FIM samples' task answered from the prefix alone (no suffix, no FIM tokens)."""
 
 
+def fim_scores(metrics: Mapping[str, Metric]) -> tuple[Metric | None, Metric | None]:
+    """An arm's edit similarity over the FIM spans filled with FIM prompts, and from the prefix alone;
+    None for a way it was not scored."""
+    return metrics.get("fim_edit_similarity"), metrics.get(f"{PREFIX_ONLY}_edit_similarity")
+
+
 def fim_way(metrics: Mapping[str, Metric]) -> bool | None:
     """Whether FIM prompts filled the FIM spans at least as well as the prefix alone did (edit
     similarity over the same spans); False when only the prefix alone was scored (no FIM tokens), None
     when neither was."""
-    with_fim, alone = metrics.get("fim_edit_similarity"), metrics.get(f"{PREFIX_ONLY}_edit_similarity")
+    with_fim, alone = fim_scores(metrics)
     if with_fim is None:
         return False if alone is not None else None
     return alone is None or with_fim.value >= alone.value

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from repotune.evaluate.arms import MODELS, Arm
-from repotune.evaluate.decide import Decision, fim_holder
+from repotune.evaluate.decide import Decision, fim_holder, fim_scores
 from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
 
 
@@ -102,8 +102,7 @@ def gaps(result: EvaluateResult) -> str | None:
     if decision.arm is None or decision.fim is None:
         return None
     arm = fim_holder(result.models, decision.arm)  # the arm whose scores decided, as fills_with_fim reads
-    scores = result.models[arm.key]
-    with_fim, alone = scores.get("fim_edit_similarity"), scores.get("fim_prefix_only_edit_similarity")
+    with_fim, alone = fim_scores(result.models[arm.key])
     measured = ", ".join(
         f"{format_value(m.value)} {how}"
         for m, how in ((with_fim, "with FIM prompts"), (alone, "from the prefix alone"))
