@@ -15,7 +15,7 @@ from repotune.evaluate.decide import Decision
 from repotune.evaluate.generate import Progress, answer_line, line_done, starts_like_training_format
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.metrics import Metric
-from repotune.evaluate.samples import draw_samples, line_spans
+from repotune.evaluate.samples import ScoredText, draw_samples, line_spans
 from repotune.records import Kind, Record
 
 NO_FORGETTING = ScoringConfig(forgetting_files=0)
@@ -113,6 +113,38 @@ def test_a_temporal_record_gives_samples_from_its_added_lines_only() -> None:
     # Perplexity counts the added lines' characters only: from line 41 to the end of the file.
     (scored,) = samples.perplexity
     assert scored.spans == ((spans[40][0], len(FUTURE)),)
+
+
+def test_base_and_candidate_score_perplexity_on_the_same_tokens_and_windows() -> None:
+    """A candidate's tokenizer is its base's plus the FIM tokens training added. A file that writes a
+    sentinel out as text (a FIM tool's own code does) is still read by both as the same tokens, so the
+    perplexity windows, and the code each scores, are the same for both models."""
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.data.transforms import FIM_TOKENS, ensure_fim_tokens
+    from repotune.evaluate.generate import tokenized, windows
+
+    base = make_tiny_tokenizer()
+    base.add_special_tokens({"extra_special_tokens": ["<filename>"]})
+    candidate = make_tiny_tokenizer()
+    candidate.add_special_tokens({"extra_special_tokens": ["<filename>"]})
+    ensure_fim_tokens(candidate)
+    sentinels = "".join(f'    return "{token}"\n' for token in FIM_TOKENS) * 8
+    text = FUTURE[:200] + sentinels + FUTURE[200:]
+    record = code("src/fim.py", text, added_lines=[[3, 40]], cut="abc")
+    texts = [*draw_samples([record], NO_FORGETTING).perplexity, ScoredText("whole.py", text, None)]
+    # Encoded as prompts are, the candidate reads each sentinel as one token: the tokenizers differ.
+    assert len(candidate.encode(text)) < len(base.encode(text))
+
+    read = tokenized(texts, candidate)
+    assert read == tokenized(texts, base)
+    assert windows(read, 16, 1000, 0) == windows(tokenized(texts, base), 16, 1000, 0)
+    # The header is still markup, one token, and scored only where the whole text is.
+    header = candidate.convert_tokens_to_ids("<filename>")
+    for (ids, scored), item in zip(read, texts, strict=True):
+        assert ids[0] == header and ids.count(header) == 1
+        assert scored[0] is (item.spans is None)
+    assert candidate.convert_tokens_to_ids(FIM_TOKENS[0]) not in read[0][0]
 
 
 def test_a_held_out_file_gives_samples_from_any_line() -> None:

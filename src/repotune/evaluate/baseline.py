@@ -28,8 +28,9 @@ from repotune.errors import RepotuneError
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.layout import EvaluateLayout
 
-FORMAT_VERSION = 1
-"""Bump when scoring changes what a saved score means: saved scores of another version are not used."""
+FORMAT_VERSION = 2
+"""Bump when scoring changes what a saved score means: saved scores of another version are not used.
+2: perplexity reads a sentinel written in a file as text (``generate.tokenized``)."""
 SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
 """Scoring settings that change how fast, never what is scored (batched answers equal one-at-a-time
 ones: tests/test_evaluate.py), so they are not part of the key."""

@@ -371,27 +371,37 @@ class Window:
 
 
 def tokenized(texts: Sequence[ScoredText], tokenizer: Any) -> list[tuple[list[int], list[bool]]]:
-    """Each text with its file header as token ids, and which tokens are scored (they touch a span)."""
+    """Each text with its file header as token ids, and which tokens are scored (they touch a span).
+
+    The header is markup (``<filename>`` is a special token where the tokenizer has one); the text is
+    text: a literal ``<fim_prefix>`` in a file is encoded as the characters it is
+    (``split_special_tokens``), not as the sentinel. A candidate's tokenizer is its base's plus the
+    FIM tokens training added, so base and candidate then read a file as the same tokens, cut into
+    the same windows, and their perplexities pair up window by window. Parsed as markup, one such
+    literal in a file (this repository has hundreds) shifted every window after it, and the two models
+    were scored on different code.
+    """
     result = []
     for item in texts:
         header = file_header(item.path, tokenizer)
-        full = header + item.text
+        head = list(tokenizer(header, add_special_tokens=False).input_ids) if header else []
         try:
             encoding = tokenizer(
-                full, add_special_tokens=False, return_offsets_mapping=item.spans is not None
+                item.text,
+                add_special_tokens=False,
+                split_special_tokens=True,
+                return_offsets_mapping=item.spans is not None,
             )
         except NotImplementedError as err:  # slow (Python) tokenizers have no offsets
             raise RepotuneError(
                 "scoring added lines needs a fast tokenizer (character offsets); this model's has none"
             ) from err
-        ids = list(encoding.input_ids)
+        ids = head + list(encoding.input_ids)
         if item.spans is None:
             scored = [True] * len(ids)
         else:
-            shift = len(header)
-            spans = [(start + shift, end + shift) for start, end in item.spans]
-            scored = [
-                any(start < span_end and end > span_start for span_start, span_end in spans)
+            scored = [False] * len(head) + [
+                any(start < span_end and end > span_start for span_start, span_end in item.spans)
                 for start, end in encoding.offset_mapping
             ]
         result.append((ids, scored))
