@@ -342,6 +342,35 @@ def test_perplexity_guards_the_candidate_against_the_reference_model() -> None:
     assert should_promote(scores, Policy(max_perplexity_regression=None), samples).promote
 
 
+def test_perplexities_read_as_different_tokens_are_not_compared() -> None:
+    """A champion on another base model cuts the code into other tokens: its perplexity per token says
+    nothing about the candidate's, so the perplexity limit does not apply against it (and says so)."""
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty])
+    samples["champion_retrieval"] = arm([v + 0.04 for v in difficulty], [0.0] * 200)
+    read = {"candidate": "same", "base": "same"}
+
+    def decided(champion_tokens: str) -> Decision:
+        model_level = models(dataclasses.replace(ppl(5.0), tokens=champion_tokens))
+        scored = {key: dict(metrics) for key, metrics in scores.items()}
+        for key, tokens in read.items():
+            scored[key]["perplexity"] = dataclasses.replace(scored[key]["perplexity"], tokens=tokens)
+        scored["champion_retrieval"] = summarized(samples["champion_retrieval"], model_level)
+        return should_promote(scored, Policy(), samples)
+
+    # Read as the same tokens, the champion's 5.00 against the candidate's 9.40 holds promotion back.
+    same = decided("same")
+    assert same.reference == Arm("champion", True) and not same.promote
+    worse = "perplexity 9.40 vs champion + retrieval 5.00 (+88.0%): perplexity worsened beyond the 5.0% limit"
+    assert same.reasons[0].endswith(worse)
+    other = decided("other")
+    assert other.promote and other.arm == Arm("candidate", True)
+    assert (
+        "perplexity 9.40 vs champion + retrieval 5.00: not compared, the two models read the code as "
+        "different tokens (another tokenizer), so the perplexity limit does not apply"
+    ) in other.reasons
+
+
 def test_the_champion_at_its_deployed_arm_is_the_reference() -> None:
     difficulty = per_sample(0.25, 0.2, seed=1)
     scores, samples = four_arms([v + 0.06 for v in difficulty], [v + 0.10 for v in difficulty])

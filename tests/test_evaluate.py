@@ -96,6 +96,10 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert {fim, alone} & set(result.models["candidate_retrieval"]) == {served}
     assert candidate["perplexity"].n >= 20 and candidate["perplexity"].ci_low is not None
     assert candidate["perplexity"].value < base["perplexity"].value  # it learned the project
+    # The two read the same windows as the same tokens (the candidate's FIM tokens change nothing).
+    for name in ("perplexity", "forgetting_perplexity"):
+        assert candidate[name].tokens is not None and candidate[name].tokens == base[name].tokens, name
+    assert candidate["perplexity"].tokens != candidate["forgetting_perplexity"].tokens
     assert result.decision.reference == Arm("base", True)  # no champion: what the team already has
     assert result.arm in (Arm("candidate"), Arm("candidate", True))
     # Progress for every model and task, as it goes.

@@ -419,7 +419,16 @@ def _check_regression(
         return False, f"{name} ({what}) was not measured for the {missing}"
     _same_direction(cand, ref)
     # A model-level metric (perplexity) of "base + retrieval" is the base model's: say whose it is.
-    comparison = _comparison(name, cand, ref, _holder(scores, against, name).label)
+    holder = _holder(scores, against, name).label
+    if cand.tokens is not None and ref.tokens is not None and cand.tokens != ref.tokens:
+        # Another tokenizer (a champion on another base model) cuts the same code into other tokens
+        # and other windows: a perplexity per token of one says nothing about the other's.
+        return True, (
+            f"{name} {format_value(cand.value)} vs {holder} {format_value(ref.value)}: not compared, the "
+            f"two models read the code as different tokens (another tokenizer), so the {what} limit "
+            "does not apply"
+        )
+    comparison = _comparison(name, cand, ref, holder)
     if absolute:
         worse = (ref.value - cand.value) if cand.higher_is_better else (cand.value - ref.value)
         bound = f"{limit:+.3f} limit"

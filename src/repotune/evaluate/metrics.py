@@ -207,6 +207,10 @@ class Metric:
     """True for scores such as exact match, False for losses such as perplexity."""
     confidence: float = 0.95
     """Coverage of the interval, 0 to 1."""
+    tokens: str | None = None
+    """For a perplexity, a digest of the token ids it scored: per-token perplexities of two models
+    compare only where these are equal (a candidate and its base read the same windows as the same
+    tokens; a model with another tokenizer does not). None: not recorded."""
 
     def __post_init__(self) -> None:
         if math.isnan(self.value):

@@ -8,6 +8,8 @@ answers the same ones, so per-sample scores pair up across arms.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,16 +92,26 @@ class Scorer:
         self._answered: dict[str, Completion] = {}
 
     def perplexity(
-        self, texts: Sequence[ScoredText], what: str, log: Callable[[str], None]
-    ) -> list[tuple[float, int]]:
-        """(nll, tokens) per scored window of ``texts``; empty when no window scores a token."""
+        self, name: str, texts: Sequence[ScoredText], what: str, log: Callable[[str], None]
+    ) -> Metric | None:
+        """``name``, the perplexity of the scored windows of ``texts``, with a digest of the tokens it
+        scored (``Metric.tokens``); None when no window scores a token."""
         tokens = tokenized(texts, self.tokenizer)
         chosen = windows(tokens, self.config.seq_len, self.config.max_blocks, self.config.seed)
         progress = Progress(log, what, len(chosen), every=self.config.progress_seconds, unit=" windows")
         pairs = window_nll(
             self.model, tokens, chosen, batch_size=self.config.window_batch_size, progress=progress
         )
-        return [pair for pair in pairs if pair[1] > 0]
+        if not any(count for _, count in pairs):
+            return None
+        digest = hashlib.sha256()
+        for window in chosen:
+            ids, scored = tokens[window.text]
+            digest.update(
+                repr((ids[window.begin : window.end], scored[window.score_from : window.end])).encode()
+            )
+        metric = summarize_perplexity(name, [pair for pair in pairs if pair[1] > 0])
+        return dataclasses.replace(metric, tokens=digest.hexdigest()[:16])
 
     def complete(self, prompts: Sequence[str], what: str, log: Callable[[str], None]) -> list[Completion]:
         """Completions of ``prompts``; a prompt this model already answered is not generated again.
@@ -172,9 +184,11 @@ class Scorer:
                 ("perplexity", samples.perplexity, code),
                 ("forgetting_perplexity", samples.general, "general code"),
             ):
-                pairs = self.perplexity(texts, f"{arm.label}: perplexity of {what}", log) if texts else []
-                if pairs:
-                    metrics[name] = summarize_perplexity(name, pairs)
+                metric = (
+                    self.perplexity(name, texts, f"{arm.label}: perplexity of {what}", log) if texts else None
+                )
+                if metric is not None:
+                    metrics[name] = metric
         if samples.lines:
             prompts = [
                 code_prompt(
@@ -354,14 +368,16 @@ def metric_from_dict(name: str, values: dict[str, Any]) -> Metric:
         ci_low=values.get("ci_low"),
         ci_high=values.get("ci_high"),
         higher_is_better=bool(values["higher_is_better"]),
+        tokens=values.get("tokens"),
     )
 
 
 def metric_to_dict(metric: Metric) -> dict[str, Any]:
-    return {
+    values = {
         "value": metric.value,
         "n": metric.n,
         "ci_low": metric.ci_low,
         "ci_high": metric.ci_high,
         "higher_is_better": metric.higher_is_better,
     }
+    return values | ({"tokens": metric.tokens} if metric.tokens is not None else {})
