@@ -323,6 +323,28 @@ def test_temporal_data_is_scored_on_added_lines_with_an_index_of_the_past(
 
 
 @pytest.mark.integration
+def test_the_held_out_loss_of_a_temporal_split_is_taken_on_the_added_lines(tmp_path: Path) -> None:
+    # The files at the end revision are mostly what training saw at the cut: only their added lines
+    # (one run in each of the six files) are held out.
+    from transformers import AutoTokenizer
+
+    from repotune.records import read_records
+
+    data, added = future_data(tmp_path)
+    recipe = load_recipe(TINY, {"max_steps": 1, "data.max_eval_blocks": None})
+    summary = run_training(data, tmp_path / "model", recipe, log=lambda _: None)
+    assert summary["data"]["eval_records"] == 6
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    files = sum(len(tokenizer(r.content).input_ids) for r in read_records(data / "eval.jsonl"))
+    lines = sum(len(tokenizer(line + "\n").input_ids) for line in added)
+    held_out = summary["data"]["eval_blocks"] * recipe.data.seq_len
+    assert lines <= held_out < files / 2  # whole files would make over four times the blocks
+    assert summary["eval_loss"] is not None and summary["base_eval_loss"] is not None
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "blocks of held-out text the model never saw (6 pieces: held-out files, or in a temporal" in card
+
+
+@pytest.mark.integration
 def test_the_index_of_a_file_split_holds_no_held_out_file(
     project: Path, trained: Path, tmp_path: Path
 ) -> None:

@@ -172,6 +172,31 @@ def test_lines_that_training_holds_are_never_scored() -> None:
         draw_samples([code("src/h.py", FUTURE, seen_lines=[[0, 1]])], config)
 
 
+def test_held_out_text_is_what_no_training_example_holds() -> None:
+    """The train stage's held-out loss is taken on these: a temporal file's added lines, less those the
+    leak audit found in training, each run its own piece; a held-out file less its seen lines; a later
+    commit whole."""
+    from repotune.heldout import held_out_records
+
+    spans = line_spans(FUTURE)
+    temporal = code("src/f.py", FUTURE, added_lines=[[3, 4], [41, 60]], seen_lines=[[41, 50]], cut="abc")
+    held = code("src/h.py", FUTURE, seen_lines=[[1, 20]])
+    whole = code("src/w.py", FUTURE)
+    commit = Record(content="Fix\n\ndiff --git a/x b/x\n", kind=Kind.COMMIT, source="s", id="c1")
+    pieces = held_out_records([temporal, held, whole, commit])
+    assert [p.content for p in pieces] == [
+        FUTURE[spans[2][0] : spans[3][1] + 1],
+        FUTURE[spans[50][0] :],
+        FUTURE[spans[20][0] :],
+        FUTURE,
+        commit.content,
+    ]
+    assert [p.file_path for p in pieces] == ["src/f.py", "src/f.py", "src/h.py", "src/w.py", None]
+    assert len({p.id for p in pieces}) == 5
+    assert not any("added_lines" in p.meta or "seen_lines" in p.meta for p in pieces[:3])
+    assert held_out_records([code("src/f.py", FUTURE, added_lines=[], cut="abc")]) == []
+
+
 def test_added_lines_that_do_not_fit_the_file_are_named() -> None:
     for bad in ([[0, 3]], [[5, 2]], [[59, 61]], "41-60", [[1.0, 2]]):
         with pytest.raises(RepotuneError, match=r"src/future.py.*added_lines"):

@@ -28,16 +28,13 @@ from typing import TYPE_CHECKING
 
 from repotune.data.transforms import commit_pair
 from repotune.errors import RepotuneError
+from repotune.heldout import ADDED_LINES, line_spans, scored_lines, scored_spans
 from repotune.records import Kind, Record
 
 if TYPE_CHECKING:
     from repotune.evaluate.settings import ScoringConfig
 
 FILE_KINDS = (Kind.CODE,)
-ADDED_LINES = "added_lines"
-"""The ``meta`` key of a temporal eval record: line ranges added after the cut."""
-SEEN_LINES = "seen_lines"
-"""The ``meta`` key of line ranges whose text training holds: never scored."""
 MIN_LINE_CHARS = 8
 """Lines shorter than this, stripped (blank lines, lone brackets, ``else:``), say nothing about the
 project and are never a sample."""
@@ -90,88 +87,8 @@ class Samples:
     """General code outside the project, for the forgetting check."""
 
 
-def added_ranges(record: Record) -> list[tuple[int, int]] | None:
-    """The record's added line ranges, checked against its content; None when it has none (file split)."""
-    return _ranges(record, ADDED_LINES)
-
-
-def seen_ranges(record: Record) -> list[tuple[int, int]]:
-    """The record's line ranges that training holds (the leak audit's ``seen_lines``), checked."""
-    return _ranges(record, SEEN_LINES) or []
-
-
-def _ranges(record: Record, key: str) -> list[tuple[int, int]] | None:
-    if key not in record.meta:
-        return None
-    raw = record.meta[key]
-    where = f"eval record {record.id} ({record.file_path}): meta.{key}"
-    if not isinstance(raw, list):
-        raise RepotuneError(f"{where} must be a list of [first, last] line ranges, got {raw!r}")
-    count = len(line_spans(record.content))
-    ranges = []
-    for entry in raw:
-        if (
-            not isinstance(entry, list | tuple)
-            or len(entry) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in entry)
-            or not 1 <= entry[0] <= entry[1] <= count
-        ):
-            raise RepotuneError(
-                f"{where} holds {entry!r}: each range must be [first, last], 1-based and inclusive, "
-                f"within the file's {count} lines"
-            )
-        ranges.append((entry[0], entry[1]))
-    return sorted(ranges)
-
-
-def line_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) character offsets of each line of ``text``, the end before its newline.
-
-    Lines end at ``\n`` only, as git numbers them (``str.splitlines`` would also break at form feeds
-    and other separators that git keeps inside a line); a final newline starts no new line.
-    """
-    spans = []
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start)
-        if end < 0:
-            end = len(text)
-        spans.append((start, end))
-        start = end + 1
-    return spans
-
-
-def _eligible(record: Record) -> set[int]:
-    """1-based numbers of the lines that are scored: the added ones (every one in a file split), less
-    the ones training holds."""
-    ranges = added_ranges(record)
-    numbers = (
-        range(1, len(line_spans(record.content)) + 1)
-        if ranges is None
-        else (n for first, last in ranges for n in range(first, last + 1))
-    )
-    seen = {n for first, last in seen_ranges(record) for n in range(first, last + 1)}
-    return {n for n in numbers if n not in seen}
-
-
 def _scored_text(record: Record) -> ScoredText:
-    if added_ranges(record) is None and not seen_ranges(record):
-        return ScoredText(record.file_path, record.content, None)
-    # Whole lines, their newlines included: the tokens that write the scored lines, runs of
-    # consecutive lines as one span.
-    spans = line_spans(record.content)
-    size = len(record.content)
-    runs: list[list[int]] = []
-    for number in sorted(_eligible(record)):
-        if runs and runs[-1][1] + 1 == number:
-            runs[-1][1] = number
-        else:
-            runs.append([number, number])
-    return ScoredText(
-        record.file_path,
-        record.content,
-        tuple((spans[first - 1][0], min(spans[last - 1][1] + 1, size)) for first, last in runs),
-    )
+    return ScoredText(record.file_path, record.content, scored_spans(record))
 
 
 def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Samples:
@@ -181,7 +98,7 @@ def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Sampl
     temporal = any(ADDED_LINES in r.meta for r in code)
     candidates: list[tuple[Record, int, int]] = []  # (record, line start, line end)
     for record in code:
-        eligible = _eligible(record)
+        eligible = scored_lines(record)
         for number, (start, end) in enumerate(line_spans(record.content), start=1):
             # The first line has nothing before it to complete from.
             if number == 1 or number not in eligible:

@@ -332,7 +332,11 @@ def run_training(
         mix=mix,
     )
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
-    # the FIM tokens, is scored on the same footing as the tuned one.
+    # the FIM tokens, is scored on the same footing as the tuned one; and only what training does not
+    # hold: in a temporal split, the lines added after the cut, not the whole files they sit in.
+    from repotune.heldout import held_out_records
+
+    eval_records = held_out_records(eval_records)
     eval_blocks = (
         training_blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
         if eval_records
@@ -602,8 +606,8 @@ def _model_card(summary: dict[str, Any]) -> str:
     if summary["eval_loss"] is not None and summary["base_eval_loss"] is not None:
         lines += [
             f"Held-out loss: {summary['base_eval_loss']:.4f} (base) -> {summary['eval_loss']:.4f} (tuned), "
-            f"on {data['eval_blocks']} blocks from {data['eval_records']} held-out records the model "
-            "never saw.",
+            f"on {data['eval_blocks']} blocks of held-out text the model never saw ({data['eval_records']} "
+            "pieces: held-out files, or in a temporal split the runs of lines added after the cut).",
             "",
         ]
     lines += [
