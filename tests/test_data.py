@@ -309,6 +309,50 @@ def mixed_records() -> list[Record]:
     ]
 
 
+def test_a_special_tokens_name_written_in_text_is_read_as_text(tmp_path: Path) -> None:
+    """A FIM tool's own code writes its sentinels out: training, evaluation and serving read those as the
+    characters they are (as the base model does), and the only sentinels are the ones rendering places."""
+    from repotune.data.transforms import LITERAL, code_prompt, context_text, encode, literal
+
+    base = make_tiny_tokenizer()
+    base.add_special_tokens({"extra_special_tokens": ["<filename>"]})
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<filename>"]})
+    sentinels = ensure_fim_tokens(tokenizer)
+    header = tokenizer.convert_tokens_to_ids("<filename>")
+    content = 'FIM = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")\nname = "<filename>"\n'
+    record = Record(id="a", kind=Kind.CODE, source="repo", content=content, file_path="src/fim.py")
+
+    def as_text(text: str) -> list[int]:  # the ids the base model reads: nothing in ``text`` is markup
+        return base(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+    plain = code_text(record, tokenizer)
+    assert plain.replace(LITERAL, "") == "<filename>src/fim.py\n" + content
+    assert encode(tokenizer, plain) == [header, *as_text("src/fim.py\n" + content)]
+    # The split cuts a written-out name in two now and then (in SPM the two halves meet again).
+    for seed, spm in ((seed, spm) for seed in range(30) for spm in (0.0, 1.0)):
+        example = fim_example(record, random.Random(seed), spm_rate=spm, tokenizer=tokenizer)
+        ids = encode(tokenizer, example)
+        assert sorted(i for i in ids if i in sentinels) == sorted(sentinels) and ids.count(header) == 1
+    prompt = code_prompt(
+        content, path="x.py", tokenizer=tokenizer, context=context_text([("y.py", content)], tokenizer)
+    )
+    assert encode(tokenizer, prompt).count(header) == 2 and not set(sentinels) & set(
+        encode(tokenizer, prompt)
+    )
+    gap = encode(tokenizer, fim_prompt(content, content, path="x.py", tokenizer=tokenizer))
+    assert [i for i in gap if i in sentinels] == [sentinels[0], sentinels[2], sentinels[1]]
+    commit = Record(
+        id="c", kind=Kind.COMMIT, source="repo", content=f"Add FIM\n\ndiff --git a/x b/x\n+{content}"
+    )
+    assert not set(sentinels) & set(encode(tokenizer, commit_text(commit, tokenizer)))
+    # Training packs these ids; text without a special token's name renders and encodes as before.
+    (packed,) = tokenize_records([record], tokenizer, TransformConfig(fim_rate=0.0), tmp_path)
+    assert packed.tolist() == [*encode(tokenizer, plain), tokenizer.eos_token_id]
+    assert literal("x = 1\n", tokenizer) == "x = 1\n" and literal(f"a{LITERAL}b", None) == "ab"
+    assert encode(tokenizer, "<filename>a.py\nx = 1\n") == tokenizer("<filename>a.py\nx = 1\n").input_ids
+
+
 def test_kind_weights_thin_repeat_and_drop_by_kind_the_same_way_every_time() -> None:
     records = [
         *(code_record(rid=f"code{i}") for i in range(50)),

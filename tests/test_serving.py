@@ -18,7 +18,7 @@ import openai
 import pytest
 from tests.serving_helpers import make_serving_model
 
-from repotune.data.transforms import code_prompt, fim_prompt
+from repotune.data.transforms import FIM_TOKENS, code_prompt, fim_prompt
 from repotune.errors import RepotuneError
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
@@ -537,6 +537,12 @@ def test_a_gap_is_answered_from_its_prefix_where_fim_prompts_are_off(tmp_path: P
         expected = fim_prompt(prefix, suffix, tokenizer=auto.tokenizer)
         assert as_fim.ids == encode_prompt(auto.tokenizer, expected)
         assert line_stops(("def",), as_fim) == ("def",)
+        # A sentinel's name written in the code is read as text: each sentinel is in the prompt once.
+        sentinels = [auto.tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
+        written_out = 'TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")\n' + prefix
+        for after in (suffix, f'{suffix}END = "<fim_middle>"\n'):
+            ids = gap(auto, written_out, after, "src/calc.py").ids
+            assert sorted(i for i in ids if i in sentinels) == sorted(sentinels)
         # A model with FIM tokens of its own fills with them, whichever family an editor's template used.
         qwen = RepotuneModel("qwen", make_serving_model(tmp_path / "qwen", fim="qwen"))
         qwen.load()

@@ -30,7 +30,9 @@ from torch.utils.data import Dataset
 from repotune.atomic import atomic_open
 from repotune.data.transforms import (
     FORMAT_VERSION,
+    LITERAL,
     TransformConfig,
+    encode,
     example_text,
     has_fim_tokens,
     record_rng,
@@ -140,8 +142,13 @@ def tokenize_records(
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     sequences: list[np.ndarray] = []
     for start in range(0, len(texts), _ENCODE_BATCH):
-        batch = tokenizer(texts[start : start + _ENCODE_BATCH], add_special_tokens=False)["input_ids"]
-        for ids in batch:
+        chunk = texts[start : start + _ENCODE_BATCH]
+        # Text with a special token's name written in it (``literal``) is encoded on its own.
+        plain = [text if LITERAL not in text else "" for text in chunk]
+        batch = tokenizer(plain, add_special_tokens=False)["input_ids"]
+        for text, ids in zip(chunk, batch, strict=True):
+            if LITERAL in text:
+                ids = encode(tokenizer, text)
             # A chat template may already write the BOS token as text.
             lead = [bos] if bos is not None and ids[:1] != [bos] else []
             sequences.append(np.array([*lead, *ids, eos], dtype=np.int32))

@@ -28,6 +28,12 @@ was trained on. The formats:
 
 Every example ends without an end-of-sequence token; ``repotune.data.packing`` appends the
 tokenizer's EOS, which is also where generation is expected to stop.
+
+Text is text: the only special tokens in a rendered example or prompt are the ones placed here (the
+header's ``<filename>``, the FIM sentinels, a chat template's turns). A special token's name written
+out in a file, a commit or a request (a FIM tool's own source writes ``"<fim_prefix>"``) is wrapped by
+``literal`` when it is rendered, and ``encode`` reads it as its characters, as the base model was
+pretrained to; parsed as the token, it would put a sentinel in the middle of code.
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 
 # Bump when any rendering below changes, so cached token files made with the old format are not reused.
-FORMAT_VERSION = 2  # 2: a tokenizer's own FIM tokens (fim_tokens)
+FORMAT_VERSION = 3  # 2: a tokenizer's own FIM tokens (fim_tokens); 3: special tokens in text (literal)
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>")
 FILENAME_TOKEN = "<filename>"
 PLAIN_HEADER = "# File: {path}\n"
 COMMIT_MESSAGE_LABEL = "Commit message:\n"
+LITERAL = "\uffff"
+"""Wraps a special token's name written in text (``literal``) so that ``encode`` reads it as characters:
+U+FFFF is a Unicode noncharacter, never part of real text."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,63 @@ def has_fim_tokens(tokenizer: Any) -> bool:
     return any(all(_is_single_token(tokenizer, token) for token in family.names) for family in FIM_FAMILIES)
 
 
+def _special_texts(tokenizer: Any) -> list[str]:
+    """The strings ``tokenizer`` reads as one special token, longest first."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return sorted({token.content for token in decoder.values() if token.special}, key=len, reverse=True)
+
+
+def literal(text: str, tokenizer: Any | None) -> str:
+    """``text`` (a file's content, a request's code) with each special token's name in it wrapped in
+    ``LITERAL``, so that ``encode`` reads it as characters; ``text`` itself where it writes none (or
+    without a tokenizer, whose plain rendering has no special tokens)."""
+    text = text.replace(LITERAL, "") if LITERAL in text else text
+    if tokenizer is None:
+        return text
+    found = [special for special in _special_texts(tokenizer) if special in text]
+    if not found:
+        return text
+    pattern = re.compile("|".join(re.escape(special) for special in found))
+    return pattern.sub(lambda match: f"{LITERAL}{match.group(0)}{LITERAL}", text)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of rendered ``text``, no special tokens added: what ``tokenizer`` gives, except that a
+    special token's name that ``literal`` wrapped is encoded as its characters.
+
+    Text that ``literal`` left alone (nearly all) is encoded by the tokenizer in one call. Otherwise
+    the special tokens placed by rendering split the text, as the tokenizer itself splits it, and each
+    stretch between them, the wrapped names included, is encoded with ``split_special_tokens``.
+    """
+    if LITERAL not in text:
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    specials = _special_texts(tokenizer)
+    markup = (
+        re.compile("(" + "|".join(re.escape(special) for special in specials) + ")") if specials else None
+    )
+    ids: list[int] = []
+    stretch: list[str] = []
+
+    def flush() -> None:
+        if stretch:
+            joined = "".join(stretch)
+            ids.extend(tokenizer(joined, add_special_tokens=False, split_special_tokens=True).input_ids)
+            stretch.clear()
+
+    for number, part in enumerate(text.split(LITERAL)):
+        if number % 2 or markup is None:  # a wrapped name, or text with no special token to find
+            stretch.append(part)
+            continue
+        for index, piece in enumerate(markup.split(part)):
+            if index % 2:
+                flush()
+                ids.append(tokenizer.convert_tokens_to_ids(piece))
+            else:
+                stretch.append(piece)
+    flush()
+    return ids
+
+
 def file_header(path: str | None, tokenizer: Any | None = None) -> str:
     """The line that precedes a file's text: ``<filename>PATH\\n`` if the tokenizer knows the token.
 
@@ -185,7 +251,7 @@ def context_text(snippets: Iterable[tuple[str, str]], tokenizer: Any | None = No
     written. Training examples, evaluation prompts and served prompts all render context here.
     """
     return "".join(
-        file_header(path, tokenizer) + (text if text.endswith("\n") else text + "\n")
+        file_header(path, tokenizer) + literal(text if text.endswith("\n") else text + "\n", tokenizer)
         for path, text in snippets
     )
 
@@ -196,31 +262,32 @@ def code_prompt(
     """The inference prompt for continuing the file at ``path`` after ``prefix``: ``context`` (from
     ``context_text``), the file header, then the prefix; the code example (``code_text``) cut at the
     cursor."""
-    return context + file_header(path, tokenizer) + prefix
+    return context + file_header(path, tokenizer) + literal(prefix, tokenizer)
 
 
 def code_text(record: Record, tokenizer: Any | None = None) -> str:
     """A code file as training text: its header, then its content unchanged."""
-    return file_header(record.file_path, tokenizer) + record.content
+    return file_header(record.file_path, tokenizer) + literal(record.content, tokenizer)
 
 
 def doc_text(record: Record, tokenizer: Any | None = None) -> str:
     """A documentation file as training text; the same shape as code, but never cut for FIM."""
-    return file_header(record.file_path, tokenizer) + record.content
+    return file_header(record.file_path, tokenizer) + literal(record.content, tokenizer)
 
 
-def wiki_text(record: Record) -> str:
+def wiki_text(record: Record, tokenizer: Any | None = None) -> str:
     """A wiki page as training text: its breadcrumb (``Space / Parent / Page``) line, then its Markdown.
 
     The breadcrumb does for a page what the path does for a file: it says where the text belongs.
     """
     breadcrumb = " / ".join(str(part) for part in record.meta.get("breadcrumb") or [] if part)
-    return f"{breadcrumb}\n\n{record.content}" if breadcrumb else record.content
+    content = literal(record.content, tokenizer)
+    return literal(f"{breadcrumb}\n\n", tokenizer) + content if breadcrumb else content
 
 
 def diagram_text(record: Record, tokenizer: Any | None = None) -> str:
     """A diagram record as training text: its file header, then its components and relations."""
-    return file_header(record.file_path, tokenizer) + record.content
+    return file_header(record.file_path, tokenizer) + literal(record.content, tokenizer)
 
 
 def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
@@ -293,7 +360,13 @@ def fim_prompt(
     It is the training example without its middle: the model's completion, up to EOS, is the middle.
     Retrieved ``context`` (from ``context_text``) goes in front of the FIM sentinels, as in training.
     """
-    return context + fim_text(file_header(path, tokenizer) + prefix, "", suffix, order, fim_tokens(tokenizer))
+    return context + fim_text(
+        file_header(path, tokenizer) + literal(prefix, tokenizer),
+        "",
+        literal(suffix, tokenizer),
+        order,
+        fim_tokens(tokenizer),
+    )
 
 
 def split_fim_prompt(text: str) -> tuple[str, str] | None:
@@ -334,7 +407,14 @@ def fim_example(
     order = FimOrder.SPM if rng.random() < spm_rate else FimOrder.PSM
     lead = context(record, prefix, suffix) if context is not None else ""
     header = file_header(record.file_path, tokenizer)
-    return lead + fim_text(header + prefix, middle, suffix, order, fim_tokens(tokenizer))
+    tokens = fim_tokens(tokenizer)
+    if order is FimOrder.SPM:
+        # The prefix runs straight into the middle: a name cut in two by the split is whole again there.
+        return lead + fim_text(
+            header + literal(prefix + middle, tokenizer), "", literal(suffix, tokenizer), order, tokens
+        )
+    prefix, middle, suffix = (literal(part, tokenizer) for part in (prefix, middle, suffix))
+    return lead + fim_text(header + prefix, middle, suffix, order, tokens)
 
 
 _DIFF_START = re.compile(r"^diff --git ", re.MULTILINE)
@@ -351,19 +431,19 @@ def commit_pair(record: Record) -> tuple[str, str]:
     return record.content[match.start() :].strip("\n"), record.content[: match.start()].strip()
 
 
-def commit_prompt(diff: str) -> str:
+def commit_prompt(diff: str, tokenizer: Any | None = None) -> str:
     """Everything before the message: the diff, a blank line, ``Commit message:`` and a newline.
 
     No line of a git diff starts with ``Commit message:`` (each starts with a space, ``+``, ``-``, ``@``,
     ``\\`` or a git header word), so the label cannot be confused with the diff.
     """
-    return f"{diff}\n\n{COMMIT_MESSAGE_LABEL}" if diff else COMMIT_MESSAGE_LABEL
+    return f"{literal(diff, tokenizer)}\n\n{COMMIT_MESSAGE_LABEL}" if diff else COMMIT_MESSAGE_LABEL
 
 
-def commit_text(record: Record) -> str:
+def commit_text(record: Record, tokenizer: Any | None = None) -> str:
     """A commit as training text: ``commit_prompt(diff)`` followed by the message."""
     diff, message = commit_pair(record)
-    return commit_prompt(diff) + message
+    return commit_prompt(diff, tokenizer) + literal(message, tokenizer)
 
 
 # The thread layout written by repotune.sources.threads.thread_markdown: `#12` on GitHub, `ENG-7` on Jira.
@@ -432,6 +512,7 @@ def render_chat(
     The plain form is ``User:\\n{content}`` and ``Assistant:\\n{content}`` turns separated by a blank
     line; ``add_generation_prompt`` appends the opening of an assistant turn, for inference.
     """
+    messages = [{**message, "content": literal(message["content"], tokenizer)} for message in messages]
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -476,9 +557,9 @@ def example_text(
     if record.kind in (Kind.ISSUE, Kind.PULL_REQUEST):
         return issue_text(record, tokenizer)
     if record.kind is Kind.COMMIT:
-        return commit_text(record)
+        return commit_text(record, tokenizer)
     if record.kind is Kind.WIKI_PAGE:
-        return wiki_text(record)
+        return wiki_text(record, tokenizer)
     if record.kind is Kind.DIAGRAM:
         return diagram_text(record, tokenizer)
     raise RepotuneError(f"record {record.id}: no transform for kind {record.kind!r}")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, file_header
+from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
@@ -146,7 +146,7 @@ def prompt_ids(prompt: str, tokenizer: Any, max_tokens: int) -> tuple[list[int],
     """
     after_newline = prompt.endswith("\n")
     text = prompt[:-1] if after_newline else prompt
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    ids = encode(tokenizer, text)
     return ids[-max_tokens:], after_newline
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repotune.data.transforms import code_prompt, commit_prompt, fim_prompt, has_fim_tokens
+from repotune.data.transforms import code_prompt, commit_prompt, encode, fim_prompt, has_fim_tokens
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import MARKER_METRIC, PREFIX_ONLY, fim_way
 from repotune.evaluate.generate import (
@@ -235,7 +235,9 @@ class Scorer:
             metrics |= _scored("fim", answers["fim"], middles, per_sample)
         if model_level and samples.commits:
             done = self.complete(
-                [commit_prompt(d) for d, _ in samples.commits], f"{arm.label}: commit subjects", log
+                [commit_prompt(d, tokenizer) for d, _ in samples.commits],
+                f"{arm.label}: commit subjects",
+                log,
             )
             subjects = [subject for _, subject in samples.commits]
             for name, score in (("rouge_l", rouge_l), ("chrf", chrf)):
@@ -270,7 +272,7 @@ def retrieval_contexts(
     def budget(prompt: str) -> int:
         if max_prompt_tokens is None:
             return max_tokens
-        return min(max_tokens, max_prompt_tokens - len(tokenizer.encode(prompt, add_special_tokens=False)))
+        return min(max_tokens, max_prompt_tokens - len(encode(tokenizer, prompt)))
 
     lines = []
     for s in samples.lines:

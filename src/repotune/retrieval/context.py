@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from repotune.data.transforms import context_text
+from repotune.data.transforms import context_text, encode
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
 from repotune.retrieval.config import RetrievalConfig
@@ -30,7 +30,7 @@ def retrieval_query(prefix: str, suffix: str | None, config: RetrievalConfig) ->
 
 def token_count(text: str, tokenizer: Any) -> int:
     """Tokens of ``text`` as training and prompts tokenize it: no special tokens added."""
-    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
+    return len(encode(tokenizer, text)) if text else 0
 
 
 def fit_context(hits: Sequence[Hit], tokenizer: Any, max_tokens: int, *, seen: str = "") -> list[Hit]:

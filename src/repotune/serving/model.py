@@ -77,7 +77,9 @@ def line_stops(stops: tuple[str, ...], prompt: TextPrompt) -> tuple[str, ...]:
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a prompt, tokenized as ``repotune.data.packing`` tokenizes training text: no special
     tokens added, except a leading BOS for tokenizers that add one."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    from repotune.data.transforms import encode
+
+    ids = encode(tokenizer, text)
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
 
