@@ -27,6 +27,7 @@ from typing import Any
 from repotune.clean.layout import CleanLayout
 from repotune.config import to_dict
 from repotune.errors import RepotuneError
+from repotune.heldout import held_out_records
 from repotune.records import Record, read_records
 from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe
@@ -334,8 +335,6 @@ def run_training(
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
     # the FIM tokens, is scored on the same footing as the tuned one; and only what training does not
     # hold: in a temporal split, the lines added after the cut, not the whole files they sit in.
-    from repotune.heldout import held_out_records
-
     eval_records = held_out_records(eval_records)
     eval_blocks = (
         training_blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
