@@ -456,6 +456,15 @@ def test_pack_keeps_every_token_once_in_order_and_resets_positions() -> None:
     assert blocks.real_tokens == 19 and blocks.real_token_fraction == pytest.approx(19 / 24)
     assert len(blocks.head(2)) == 2 and blocks.head(2).real_token_fraction == 1.0
     assert pack([], seq_len=8).input_ids.shape == (0, 8)
+    # A sample of held-out blocks from every part of the stream, not its first examples only.
+    many = pack([np.arange(1, 80)], seq_len=8, pad_id=0)  # 10 blocks, the last one padded
+    assert [row[0] for row in many.spread(4).input_ids.tolist()] == [1, 25, 49, 73]  # blocks 0, 3, 6, 9
+    assert (
+        many.spread(4).real_tokens == 3 * 8 + 7
+        and many.spread(5).labels[-1].tolist() == many.labels[9].tolist()
+    )
+    assert many.spread(10) is many and many.spread(99) is many and many.spread(1).real_tokens == 8
+    assert many.spread(9).real_tokens == 79 - 8 and blocks.spread(2).real_tokens == 8 + 3
 
 
 def test_pack_long_and_empty_examples_and_default_padding() -> None:

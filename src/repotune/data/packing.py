@@ -223,6 +223,18 @@ class PackedBlocks:
         real = min(self.real_tokens, max(count, 0) * self.seq_len)
         return PackedBlocks(self.input_ids[:count], self.position_ids[:count], self.labels[:count], real)
 
+    def spread(self, count: int) -> PackedBlocks:
+        """``count`` blocks evenly spaced from the first to the last (all of them when there are fewer):
+        a sample of every part of the stream, where ``head`` would take its first examples only."""
+        if count >= len(self):
+            return self
+        if count < 2:
+            return self.head(count)
+        chosen = [round(index * (len(self) - 1) / (count - 1)) for index in range(count)]
+        # Real tokens fill the blocks from the start; only the final block has padding.
+        real = sum(min(self.seq_len, self.real_tokens - index * self.seq_len) for index in chosen)
+        return PackedBlocks(self.input_ids[chosen], self.position_ids[chosen], self.labels[chosen], real)
+
 
 def pack(sequences: Sequence[np.ndarray], seq_len: int, pad_id: int | None = None) -> PackedBlocks:
     """Lay ``sequences`` end to end in order and cut the stream into blocks of exactly ``seq_len``.

@@ -336,11 +336,10 @@ def run_training(
     # the FIM tokens, is scored on the same footing as the tuned one; and only what training does not
     # hold: in a temporal split, the lines added after the cut, not the whole files they sit in.
     eval_records = held_out_records(eval_records)
-    eval_blocks = (
-        training_blocks(eval_records, tokenizer, recipe, 0.0, cache, recipe.data.max_eval_blocks)
-        if eval_records
-        else None
-    )
+    # Blocks spread over all of it: the first blocks alone would be the first file or two.
+    eval_blocks = training_blocks(eval_records, tokenizer, recipe, 0.0, cache, None) if eval_records else None
+    if eval_blocks is not None and recipe.data.max_eval_blocks is not None:
+        eval_blocks = eval_blocks.spread(recipe.data.max_eval_blocks)
     if len(train_blocks) == 0:
         raise RepotuneError(f"{data.train} gave no training tokens (with data.kind_weights applied)")
 
