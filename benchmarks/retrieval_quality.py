@@ -10,13 +10,16 @@ FOLDER`` (a sentence-transformers model folder, such as a code embedding model).
     .venv/bin/python benchmarks/retrieval_quality.py                                   # itsdangerous
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --budgets 128,256,512
+    .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --code-only
 
 It prints, per project: the index builds (chunks, seconds), the three arms side by side (line exact
 match and edit similarity, value [95% interval] n), the paired relative change of the fused context
 against BM25's and against none (with its paired bootstrap interval), how many prompts got any
 context, and the scoring time. ``--budgets 128,256,512`` asks another question with the same data: the
 base model with BM25's context at each of those token budgets, and without context, each paired against
-the budget serving uses by default (512 tokens). Nothing is asserted. Work folders stay under
+the budget serving uses by default (512 tokens). ``--code-only`` asks a third: BM25 over the code chunks
+alone against BM25 over code and docs (the default index), with the share of answers that start like a
+diff line (a Markdown bullet copied from a doc chunk does). Nothing is asserted. Work folders stay under
 ``.bench/quality/retrieval``.
 """
 
@@ -34,6 +37,9 @@ import harness
 import quality
 
 SHOWN = (("line_exact_match", "line exact match"), ("line_edit_similarity", "line edit similarity"))
+MARKERS = ("line_diff_marker_share", "diff-marker share")
+"""Also shown against the second index: a doc chunk in front of code can be copied into it (a Markdown
+bullet reads as a diff line)."""
 
 
 def default_embedding_model() -> Path:
@@ -88,15 +94,14 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
 
     prepared = setup(project, args)
     plain, timed = prepared.plain, prepared.timed
-    config = RetrievalConfig(embedding_model=str(args.embedding_model))
-    fused = timed(
-        "index: BM25 + embeddings", lambda: RetrievalIndex.build(prepared.records, config, log=harness.log)
-    )
+    if args.code_only:
+        label, config = "BM25 over code only", RetrievalConfig(kinds=("code",))
+    else:
+        label, config = "BM25 + embeddings", RetrievalConfig(embedding_model=str(args.embedding_model))
+    fused = timed(f"index: {label}", lambda: RetrievalIndex.build(prepared.records, config, log=harness.log))
     budget = RetrievalConfig().max_context_tokens  # what serving puts in front of a request
     bm25_arms, bm25_contexts = timed("score: base, base + BM25", lambda: prepared.score(plain, budget, False))
-    fused_arms, fused_contexts = timed(
-        "score: base + BM25 + embeddings", lambda: prepared.score(fused, budget, True)
-    )
+    fused_arms, fused_contexts = timed(f"score: base + {label}", lambda: prepared.score(fused, budget, True))
     arms = {
         "base": next(v for k, v in bm25_arms.items() if not k.retrieval),
         "bm25": next(v for k, v in bm25_arms.items() if k.retrieval),
@@ -107,6 +112,7 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
         "project": project.name,
         "language": project.language,
         "embedding_model": str(args.embedding_model),
+        "second": label,
         "chunks": len(plain),
         "samples": len(prepared.samples.lines),
         "with_context": {
@@ -114,7 +120,8 @@ def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str,
             "fused": sum(1 for c in fused_contexts.lines if c),
         },
         "metrics": {
-            name: {metric: _metric(arm.metrics[metric]) for metric, _ in SHOWN} for name, arm in arms.items()
+            name: {metric: _metric(arm.metrics[metric]) for metric, _ in (*SHOWN, MARKERS)}
+            for name, arm in arms.items()
         },
         "fused_vs_bm25": quality.relative_change(per_sample["fused"], per_sample["bm25"]),
         "fused_vs_base": quality.relative_change(per_sample["fused"], per_sample["base"]),
@@ -191,17 +198,21 @@ def _change(change: dict[str, float] | None) -> str:
 
 
 def print_project(result: dict[str, Any]) -> None:
+    second = result.get("second", "BM25 + embeddings")
+    source = f"embeddings from {result['embedding_model']}" if "embeddings" in second else second
     print(f"\n## {result['project']} ({result['language']}): {result['chunks']:,} chunks, "
-          f"{result['samples']} lines, embeddings from {result['embedding_model']}")  # fmt: skip
-    print("| | base | base + BM25 | base + BM25 + embeddings |")
+          f"{result['samples']} lines, {source}")  # fmt: skip
+    print(f"| | base | base + BM25 | base + {second} |")
     print("|---|---|---|---|")
-    for metric, label in SHOWN:
+    for metric, label in (*SHOWN, MARKERS):
+        if metric not in result["metrics"]["base"]:
+            continue
         cells = [quality._cell(result["metrics"][arm][metric]) for arm in ("base", "bm25", "fused")]
         print(f"| {label} | " + " | ".join(cells) + " |")
     context = result["with_context"]
-    print(f"prompts with context: BM25 {context['bm25']}, fused {context['fused']} of {result['samples']}")
-    print(f"line edit similarity, paired: fused vs BM25 {_change(result['fused_vs_bm25'])}; "
-          f"fused vs base {_change(result['fused_vs_base'])}; "
+    print(f"prompts with context: BM25 {context['bm25']}, {second} {context['fused']} of {result['samples']}")
+    print(f"line edit similarity, paired: {second} vs BM25 {_change(result['fused_vs_bm25'])}; "
+          f"{second} vs base {_change(result['fused_vs_base'])}; "
           f"BM25 vs base {_change(result['bm25_vs_base'])}")  # fmt: skip
     print(
         "wall time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result["seconds"].items())
@@ -233,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budgets", type=_budgets, metavar="N,N,...",
         help="instead of embeddings against BM25: BM25's context at each token budget (128,256,512)",
     )  # fmt: skip
+    parser.add_argument(
+        "--code-only", action="store_true",
+        help="instead of embeddings against BM25: BM25 over code chunks only against code and docs",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
     names = (
@@ -241,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in names if name not in quality.PROJECTS]
     if unknown:
         parser.error(f"unknown project(s) {', '.join(unknown)}; choose from {', '.join(quality.PROJECTS)}")
-    if args.budgets is None:
+    if args.budgets is None and not args.code_only:
         args.embedding_model = args.embedding_model or default_embedding_model()
     print(f"# retrieval quality: base model smollm2-135m, {args.samples} line samples per project")
     print(f"# {json.dumps(harness.machine())}; {quality.cpu_load()} at start")

@@ -139,3 +139,30 @@ def test_the_budget_sweep_reads_its_budgets_and_prints_each_against_the_serving_
     )
     assert "| up to 128 tokens |" in out and "| - | 30 |" in out
     assert "| up to 512 tokens |" in out and "| (reference) | 100 |" in out
+
+
+def test_the_code_only_comparison_prints_its_index_and_the_diff_marker_share(
+    retrieval_quality, capsys
+) -> None:
+    def metric(value: float) -> dict:
+        return {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 100}
+
+    arms = {"base": (0.4, 0.0), "bm25": (0.44, 0.03), "fused": (0.45, 0.0)}
+    change = {"value": 0.023, "ci_low": -0.01, "ci_high": 0.05, "n": 100}
+    result = {
+        "project": "demo", "language": "python", "embedding_model": "None", "second": "BM25 over code only",
+        "chunks": 1234, "samples": 100, "with_context": {"bm25": 98, "fused": 95},
+        "metrics": {
+            name: {"line_exact_match": metric(0.1), "line_edit_similarity": metric(es),
+                   "line_diff_marker_share": metric(markers)}
+            for name, (es, markers) in arms.items()
+        },
+        "fused_vs_bm25": change, "fused_vs_base": change, "bm25_vs_base": change, "seconds": {"score": 1.0},
+    }  # fmt: skip
+    retrieval_quality.print_project(result)
+    out = capsys.readouterr().out
+    assert "## demo (python): 1,234 chunks, 100 lines, BM25 over code only\n" in out
+    assert "| | base | base + BM25 | base + BM25 over code only |" in out
+    assert "| diff-marker share | 0.000 [-0.050, 0.050] n=100 | 0.030 [-0.020, 0.080] n=100 |" in out
+    assert "prompts with context: BM25 98, BM25 over code only 95 of 100" in out
+    assert "BM25 over code only vs BM25 +2.3% [-1.0%, +5.0%] n=100" in out
