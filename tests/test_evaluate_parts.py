@@ -310,6 +310,28 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
     assert "| commit_rouge_l | higher |" in text
 
 
+def test_a_perplexity_read_as_other_tokens_is_marked_not_comparable(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from repotune.evaluate.report import OTHER_TOKENS, render_html, render_markdown
+
+    result, context = a_result(tmp_path)
+    models = result.models
+    for key in ("base", "candidate"):
+        models[key]["perplexity"] = replace(models[key]["perplexity"], tokens="aaaa")
+    # a champion tuned from another base model: its tokenizer cuts the added code into other tokens
+    models["champion"] = {"perplexity": metric("perplexity", 3.2, 24, (3.0, 3.4), False)}
+    models["champion"]["perplexity"] = replace(models["champion"]["perplexity"], tokens="bbbb")
+    text = render_markdown(result, context)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert f"3.20 [3.00, 3.40] n=24 ({OTHER_TOKENS})" in rows["| champion"]
+    assert OTHER_TOKENS not in rows["| base"] + rows["| candidate (best candidate arm)"]
+    page = render_html(result, context)
+    assert page.count(OTHER_TOKENS) == 2  # its table cell and its bar's label
+    models["champion"]["perplexity"] = replace(models["champion"]["perplexity"], tokens="aaaa")
+    assert OTHER_TOKENS not in render_markdown(result, context)
+
+
 def test_the_report_says_when_it_fell_back_to_the_file_split(tmp_path: Path) -> None:
     from dataclasses import replace
 

@@ -41,6 +41,9 @@ COLOURS = {
     "champion_retrieval": "#b8651b",
 }
 TOO_FEW = f"too few for an interval (under {MIN_SAMPLES_FOR_CI})"
+OTHER_TOKENS = "other tokens, not comparable"
+"""Said of a perplexity scored on other tokens than the candidate's (a champion on another tokenizer):
+the same code cut into other tokens has another perplexity, which says nothing of which model is better."""
 FOOTER = "Values are means over the same held-out samples"
 
 
@@ -58,6 +61,19 @@ def cell(metric: Metric | None) -> str:
         return f"{format_value(metric.value)} n={metric.n}, {TOO_FEW}"
     interval = f"[{format_value(metric.ci_low)}, {format_value(metric.ci_high)}]"
     return f"{format_value(metric.value)} {interval} n={metric.n}"
+
+
+def arm_cell(result: EvaluateResult, arm: Arm, name: str) -> str:
+    """``cell`` of ``arm``'s ``name``, marked where it was scored on other tokens than the candidate's."""
+    metric = result.models[arm.key].get(name)
+    reference = result.models.get("candidate", {}).get(name)
+    apart = (
+        metric is not None
+        and reference is not None
+        and None not in (metric.tokens, reference.tokens)
+        and metric.tokens != reference.tokens
+    )
+    return cell(metric) + (f" ({OTHER_TOKENS})" if apart else "")
 
 
 def verdict(result: EvaluateResult) -> str:
@@ -157,10 +173,9 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for arm in arms:
-        scores = result.models[arm.key]
         lines.append(
             f"| {arm.label}{_role(arm, result)} | "
-            + " | ".join(cell(scores.get(n)) for n, _ in columns)
+            + " | ".join(arm_cell(result, arm, n) for n, _ in columns)
             + " |"
         )
     others = _other_metrics(result)
@@ -172,7 +187,7 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
             some = next(result.models[a.key][name] for a in having if name in result.models[a.key])
             lines.append(
                 f"| {name} | {'higher' if some.higher_is_better else 'lower'} | "
-                + " | ".join(cell(result.models[a.key].get(name)) for a in having)
+                + " | ".join(arm_cell(result, a, name) for a in having)
                 + " |"
             )
     filled = gaps(result)
@@ -226,11 +241,12 @@ ROW_HEIGHT = 26
 LABEL_GAP = 8
 
 
-def _bars(name: str, metrics: list[tuple[Arm, Metric]]) -> str:
-    """One metric's horizontal bars, one per arm; each row's label sits right of its bar and whisker."""
-    top = max(max(m.value, m.ci_high if m.ci_high is not None else m.value) for _, m in metrics) or 1.0
+def _bars(name: str, metrics: list[tuple[Arm, Metric, str]]) -> str:
+    """One metric's horizontal bars, one per arm (with its cell's text); each row's label sits right of
+    its bar and whisker."""
+    top = max(max(m.value, m.ci_high if m.ci_high is not None else m.value) for _, m, _ in metrics) or 1.0
     rows = []
-    for row, (arm, metric) in enumerate(metrics):
+    for row, (arm, metric, text) in enumerate(metrics):
         y = 8 + row * ROW_HEIGHT
         width = BAR_WIDTH * metric.value / top
         right = BAR_X + width
@@ -251,7 +267,7 @@ def _bars(name: str, metrics: list[tuple[Arm, Metric]]) -> str:
             )
             right = max(right, x2)
         parts.append(
-            f'<text class="label" x="{right + LABEL_GAP:.1f}" y="{y + 13}">{html.escape(cell(metric))}</text>'
+            f'<text class="label" x="{right + LABEL_GAP:.1f}" y="{y + 13}">{html.escape(text)}</text>'
         )
         rows.append(f'<g class="bar" data-arm="{arm.key}">{"".join(parts)}</g>')
     height = 16 + ROW_HEIGHT * len(metrics)
@@ -269,13 +285,17 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
     body = "".join(
         f"<tr><th>{html.escape(arm.label + _role(arm, result))}</th>"
-        + "".join(f"<td>{html.escape(cell(result.models[arm.key].get(n)))}</td>" for n, _ in columns)
+        + "".join(f"<td>{html.escape(arm_cell(result, arm, n))}</td>" for n, _ in columns)
         + "</tr>"
         for arm in arms
     )
     charts = []
     for name, title in [*columns, *((n, n) for n in _other_metrics(result))]:
-        metrics = [(arm, result.models[arm.key][name]) for arm in arms if name in result.models[arm.key]]
+        metrics = [
+            (arm, result.models[arm.key][name], arm_cell(result, arm, name))
+            for arm in arms
+            if name in result.models[arm.key]
+        ]
         better = "higher is better" if metrics[0][1].higher_is_better else "lower is better"
         charts.append(f"<h3>{html.escape(title)} <small>({better})</small></h3>{_bars(name, metrics)}")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision.reasons)
