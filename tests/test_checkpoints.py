@@ -98,7 +98,7 @@ def test_an_incomplete_newest_checkpoint_is_skipped_named_and_moved_aside(
     (line,) = lines
     assert line.startswith("skipping checkpoint-4: ") and reason in line
     assert line.endswith(f"moved it to {folder / 'incomplete' / 'checkpoint-4'}")
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "incomplete"]
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "incomplete", checkpoints.RUN]
     # the next run does not trip on it again
     assert checkpoints.latest_complete(folder, lines.append) == folder / "checkpoint-2" and len(lines) == 1
 
@@ -158,6 +158,23 @@ def test_a_resumed_run_reports_what_an_uninterrupted_one_does(
     assert result.base_eval_loss == reference["base_eval_loss"] is not None
     assert "Held-out loss" in result.output.model_card.read_text()
     assert result.output.model_card.read_text() == (trained / "README.md").read_text()
+
+
+def test_checkpoints_of_a_run_on_other_data_are_not_resumed_from(
+    cleaned: Path, trained: Path, tmp_path: Path
+) -> None:
+    from repotune.errors import RepotuneError
+
+    out = copy_of(trained, tmp_path)
+    other = tmp_path / "other-data"
+    shutil.copytree(cleaned, other)
+    train_file = other / "train.jsonl"
+    train_file.write_text("".join(train_file.read_text().splitlines(keepends=True)[1:]))  # one record less
+    before = sorted(path.name for path in (out / "checkpoints").iterdir())
+    with pytest.raises(RepotuneError, match="holds checkpoints of another run \\(dataset_hash ") as raised:
+        run_training(other, out, load_recipe(TINY, SETTINGS), log=lambda _: None)
+    assert "train into another folder, or delete" in str(raised.value)
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before  # nothing moved
 
 
 def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(

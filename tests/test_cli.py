@@ -59,9 +59,8 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
         repotune("ingest", f"file://{tmp_path}/nothing.git", "-o", str(tmp_path / "o")), "cannot clone"
     )
     _one_line_error(repotune("ingest", "github:not-a-repo", "-o", str(tmp_path / "o")), "github:OWNER/REPO")
-    _one_line_error(
-        repotune("clean", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")), "no records.jsonl"
-    )
+    _one_line_error(repotune("clean", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")), "does not exist")
+    _one_line_error(repotune("clean", str(tmp_path), "-o", str(tmp_path / "o")), "no records.jsonl")
     _one_line_error(
         repotune("ingest", str(tmp_path), "-o", str(tmp_path / "o"), "--since", "last tuesday"), "--since"
     )
@@ -70,6 +69,29 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
         repotune("ingest", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "yielded no records"
     )
     assert not (tmp_path / "o" / "records.jsonl").exists()
+
+
+def test_a_stage_writes_only_into_a_new_or_empty_folder_or_its_own_earlier_output(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"  # `-o .` in a checkout: the stage's README.md would replace the project's
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    _one_line_error(
+        repotune("ingest", str(sample_repo), "-o", str(project)),
+        f"the output folder {project} is not empty (README.md) and holds no earlier ingest output",
+    )
+    assert [path.name for path in project.iterdir()] == ["README.md"]
+    _one_line_error(repotune("ingest", str(sample_repo), "-o", str(project / "README.md")), "is a file")
+    _one_line_error(
+        repotune("ingest", str(sample_repo), "-o", str(project / "README.md" / "out")),
+        "cannot create the output folder",
+    )
+    for _ in range(2):  # its own earlier output is written over
+        assert repotune("ingest", str(sample_repo), "-o", str(tmp_path / "in")).returncode == 0
+    _one_line_error(
+        repotune("clean", str(tmp_path / "in"), "-o", str(tmp_path / "in")), "holds no earlier clean output"
+    )
 
 
 def test_help_lists_the_stages() -> None:

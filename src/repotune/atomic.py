@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from repotune.errors import RepotuneError
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -44,3 +46,26 @@ def write_json(path: Path, data: Any) -> None:
     with atomic_open(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
+
+
+def prepare_output(folder: Path, ours: tuple[str, ...], what: str) -> None:
+    """Create ``folder`` for a stage's output, or take it as it is when it is empty or holds an earlier
+    output of the same stage (an entry named in ``ours``), which the stage then writes over.
+
+    Any other folder is refused before any work: ``-o .`` in a checkout would have the stage write
+    its ``README.md`` over the project's, and files of another kind would be mixed with its own.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise RepotuneError(f"the output {folder} is a file; give a folder for the {what} to go in")
+    if folder.is_dir():
+        entries = sorted(entry.name for entry in folder.iterdir())
+        if entries and not any(name in entries for name in ours):
+            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+            raise RepotuneError(
+                f"the output folder {folder} is not empty ({shown}) and holds no earlier {what}: "
+                f"writing there would overwrite or mix with those files; give a new or empty folder"
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RepotuneError(f"cannot create the output folder {folder}: {err.strerror or err}") from err

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from repotune.atomic import atomic_open, write_json
+from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.clean.audit import LeakAudit
 from repotune.clean.dedup import DedupConfig
 from repotune.clean.filters import FilterConfig
@@ -88,13 +88,15 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
     from repotune.clean.passes import Rules, clean_records
 
     source = IngestLayout(config.input)
+    if not config.input.exists():
+        raise RepotuneError(f"{config.input} does not exist; give the folder `repotune ingest` wrote")
     if not source.records.is_file():
         raise RepotuneError(
             f"{config.input} has no {source.records.name}; run `repotune ingest` into it first"
         )
     manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
     layout = CleanLayout(config.output)
-    config.output.mkdir(parents=True, exist_ok=True)
+    prepare_output(config.output, (layout.train.name, layout.eval.name, layout.stats.name), "clean output")
     cut, reason = cut_of(manifest)
     rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers, cut)
     outcome = clean_records(source.records, layout.train, layout.eval, rules, progress)

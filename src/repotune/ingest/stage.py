@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from repotune import __version__
-from repotune.atomic import atomic_open, write_json
+from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.errors import RepotuneError
 from repotune.ingest.cut import Cut, NoCut, choose, parse_cut
 from repotune.ingest.layout import IngestLayout
@@ -63,7 +63,7 @@ class IngestConfig:
     max_file_bytes: int = 1_000_000
     """Skip files larger than this many bytes (counted as too_large)."""
     max_commits: int | None = 1000
-    """Newest non-merge commits to read; None reads the whole history."""
+    """Newest non-merge commits to read, or `all` for the whole history (None in a config)."""
     max_diff_bytes: int = 20_000
     """Cut each commit's diff after this many characters."""
     since: datetime | None = None
@@ -77,20 +77,20 @@ class IngestConfig:
     github_base_url: str | None = None
     """GitHub Enterprise API root, e.g. https://ghe.example.com/api/v3."""
     github_token: str | None = field(default=None, repr=False)
-    """Token for the GitHub API; None reads GITHUB_TOKEN from the environment. Never logged."""
+    """Token for the GitHub API; unset, it is read from GITHUB_TOKEN. Never logged."""
     confluence_url: str | None = None
-    """Confluence site for ``confluence:`` (Cloud: https://SITE.atlassian.net/wiki); None reads
-    CONFLUENCE_URL. Credentials come from CONFLUENCE_USER/CONFLUENCE_TOKEN or CONFLUENCE_PAT only."""
+    """Confluence site for ``confluence:`` (Cloud: https://SITE.atlassian.net/wiki); unset, it is read
+    from CONFLUENCE_URL. Credentials come from CONFLUENCE_USER/CONFLUENCE_TOKEN or CONFLUENCE_PAT only."""
     confluence_comments: bool = False
     """Append each Confluence page's comments to its record."""
     jira_url: str | None = None
-    """Jira site for ``jira:`` (Cloud: https://SITE.atlassian.net); None reads JIRA_URL. Credentials
-    come from JIRA_USER/JIRA_TOKEN or JIRA_PAT only."""
+    """Jira site for ``jira:`` (Cloud: https://SITE.atlassian.net); unset, it is read from JIRA_URL.
+    Credentials come from JIRA_USER/JIRA_TOKEN or JIRA_PAT only."""
     jira_jql: str | None = None
     """A JQL query that replaces ``project = KEY`` for the ``jira:`` source (then ``jira:`` may name no
     project)."""
     notion_url: str | None = None
-    """Notion API root for ``notion:``; None is https://api.notion.com. The token comes from NOTION_TOKEN."""
+    """Notion API root for ``notion:``; unset, https://api.notion.com. The token comes from NOTION_TOKEN."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str):
@@ -107,7 +107,7 @@ class IngestConfig:
         if self.max_file_bytes <= 0:
             raise RepotuneError("--max-file-bytes must be a positive number of bytes")
         if self.max_commits is not None and self.max_commits <= 0:
-            raise RepotuneError("--max-commits must be positive (leave it unset for the whole history)")
+            raise RepotuneError("--max-commits must be positive (or `all` for the whole history)")
         if self.max_diff_bytes <= 0:
             raise RepotuneError("--max-diff-bytes must be a positive number of characters")
         git_urls = [spec for spec in self.sources if git.is_git_url(spec)]
@@ -456,7 +456,7 @@ def run(
         "repotune_version": __version__,
     }
     layout = IngestLayout(config.output)
-    config.output.mkdir(parents=True, exist_ok=True)
+    prepare_output(config.output, (layout.records.name, layout.manifest.name), "ingest output")
     fixes = None
     if any(spec.startswith(JIRA_PREFIX) for spec in specs):
         from repotune.ingest.links import FixIndex  # the Jira module is slow to import; only when used

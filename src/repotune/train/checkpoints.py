@@ -37,8 +37,12 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from repotune.atomic import write_json
+from repotune.errors import RepotuneError
 
 MARKER = "checkpoint_complete.json"
+RUN = "run.json"
+"""What the checkpoints of a folder were trained on (data digest, base model, method), written as the
+run starts (:func:`check_same_run`)."""
 TRAINER_STATE = "trainer_state.json"
 INCOMPLETE = "incomplete"
 """Folder under the checkpoints folder that receives incomplete checkpoints (never resumed from)."""
@@ -111,6 +115,28 @@ def _unloadable(path: Path) -> str | None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_same_run(folder: Path, identity: dict[str, str], *, write: bool) -> None:
+    """Refuses to resume from checkpoints that another run wrote (other data, base model or method);
+    with ``write``, records ``identity`` as the run the checkpoints under ``folder`` now belong to.
+
+    Training into a model folder resumes from its newest checkpoint: the folder of a run on other
+    data would otherwise go on from that run's weights, optimizer and step, and the model and its
+    summary would claim this data for steps trained on the other.
+    """
+    path = folder / RUN
+    if path.is_file() and checkpoint_folders(folder):
+        before = json.loads(path.read_text())
+        differ = [key for key in identity if before.get(key) != identity[key]]
+        if differ:
+            what = "; ".join(f"{key} {before.get(key)} there, {identity[key]} now" for key in differ)
+            raise RepotuneError(
+                f"{folder} holds checkpoints of another run ({what}): resuming from them would mix the "
+                f"two runs in one model; train into another folder, or delete {folder} to start over"
+            )
+    if write:
+        write_json(path, identity)
 
 
 def latest_complete(folder: Path, log: Callable[[str], None], *, move_aside: bool = True) -> Path | None:

@@ -376,6 +376,9 @@ def run_training(
 
         upload = CheckpointUpload(recipe.checkpoint_uri, say)
         save_callbacks.append(upload)
+    dataset_hash = _file_hash(data.train, data.eval)
+    identity = {"dataset_hash": dataset_hash, "base_model": recipe.base_model, "method": recipe.method}
+    checkpoints.check_same_run(checkpoint_dir, identity, write=args.should_save)
     resume = _resume_point(args, checkpoint_dir, recipe.checkpoint_uri, say)
     trainer = Trainer(
         model=model,
@@ -457,7 +460,7 @@ def run_training(
                 1,
             ),
             "world_size": dist.world_size,
-            "dataset_hash": _file_hash(data.train, data.eval),
+            "dataset_hash": dataset_hash,
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
             SUMMARY_RUN_ID_KEY: tracker.run_id,
             # checkpoint_uri's uploads: which reached the store, which failed and why; null when unset

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repotune.atomic import prepare_output
 from repotune.errors import RepotuneError
 from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe, recipe_key
@@ -119,6 +120,8 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
         checkpoint_uri = f"{under.rstrip('/')}/{key}/checkpoints"
         recipe = dataclasses.replace(recipe, checkpoint_uri=checkpoint_uri)
     layout = TrainLayout(config.output)
+    ours = (layout.summary.name, layout.checkpoints.name, layout.token_cache.name)
+    prepare_output(config.output, ours, "model (or checkpoints of one)")
     if config.pytorchjob and recipe.resources.nodes > 1:
         from repotune.train.cluster_job import train_as_pytorchjob
 
