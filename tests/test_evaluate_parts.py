@@ -289,7 +289,7 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
 
     result, context = a_result(tmp_path)
     lines = render_markdown(result, context).splitlines()
-    assert lines[2].startswith("**Not promoted.** do not promote: candidate:")
+    assert lines[2].startswith("**Not promoted.** candidate: line_diff_marker_share 0.100 vs base 0.00")
     text = "\n".join(lines)
     assert (
         "Temporal split at `0123456789ab` (2025-08-01), the newest 10% of commits (the default): scored"
@@ -511,3 +511,31 @@ def test_progress_seconds_must_be_a_number_of_at_least_zero() -> None:
     for bad in (-1, float("nan"), float("inf"), True, "5"):
         with pytest.raises(RepotuneError, match="progress_seconds must be a number of at least 0"):
             ScoringConfig(progress_seconds=bad)
+
+
+def test_an_evaluation_that_could_never_promote_is_refused_before_it_runs(tmp_path: Path) -> None:
+    from repotune.errors import RepotuneError
+    from repotune.evaluate import EvaluateConfig
+    from repotune.evaluate.decide import Policy
+    from repotune.evaluate.settings import ScoringConfig
+
+    folders = {"model": tmp_path / "m", "data": tmp_path / "d", "output": tmp_path / "o"}
+    with pytest.raises(RepotuneError, match="line_samples is 0, but the promotion policy decides on "):
+        EvaluateConfig(**folders, scoring=ScoringConfig(line_samples=0))
+    # deciding on FIM spans, lines need not be scored
+    EvaluateConfig(
+        **folders, scoring=ScoringConfig(line_samples=0), policy=Policy(primary="fim_edit_similarity")
+    )
+
+
+def test_the_headline_leaves_out_what_the_verdict_says() -> None:
+    from repotune.evaluate.report import headline
+
+    assert headline(
+        "promote candidate + retrieval: line_edit_similarity 0.343 vs base + retrieval 0.296"
+    ) == ("line_edit_similarity 0.343 vs base + retrieval 0.296")
+    assert (
+        headline("do not promote: candidate: forgetting_perplexity +10%")
+        == "candidate: forgetting_perplexity +10%"
+    )
+    assert headline("no candidate arm has the primary metric") == "no candidate arm has the primary metric"

@@ -350,3 +350,26 @@ def test_only_fim_tokens_added_to_the_vocabulary_get_trainable_rows(tmp_path: Pa
     assert len(added) == 3 and len(loaded) == before + 3 and min(added) >= before  # StarCoder's, new rows
     loaded, before, added = load_tokenizer(tmp_path / "qwen", recipe)
     assert added == [] and len(loaded) == before  # the model's own: pretrained rows, left as they are
+
+
+def test_progress_reports_the_rate_after_the_warm_up_as_its_estimate_does(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from repotune.train import callbacks
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    lines: list[str] = []
+    progress = callbacks.Progress(20, 1000, lines.append)
+    state = SimpleNamespace(global_step=0)
+    progress.on_train_begin(None, state, None)
+    for step in range(1, 11):
+        now[0] += 10.0 if step == 1 else 1.0  # the first step warms up: ten times a later one
+        state.global_step = step
+        progress.on_step_end(None, state, None)
+        if step in (2, 10):
+            progress.on_log(None, state, None, logs={"loss": 1.0, "learning_rate": 1e-3})
+    early, estimate, later = lines
+    assert early.endswith("182 tok/s  ETA 1.6 min")  # two steps in 11 s: all there is to go on
+    assert estimate == "estimate: 1.00 s a step, 1,000 tokens/s; 14 steps left, about 14 s"
+    assert later.endswith("1,000 tok/s  ETA 10 s")  # steps 4-10 at 1 s each, not the 19 s since the start

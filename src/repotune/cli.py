@@ -66,6 +66,15 @@ def _parse_since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _max_commits(value: str) -> int | None:
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RepotuneError(f"--max-commits {value!r}: expected a number of commits, or `all`") from None
+
+
 def _sources(values: list[str]) -> str | tuple[str, ...]:
     """SOURCE... as a config takes it: one source as text, several as a tuple."""
     return values[0] if len(values) == 1 else tuple(values)
@@ -91,7 +100,7 @@ SERVICE_SETTINGS = (
     Setting("since", parse=_parse_since),
     Setting("cut"),
     Setting("max_file_bytes"),
-    Setting("max_commits"),
+    Setting("max_commits", metavar="N|all", parse=_max_commits),
     Setting("max_diff_bytes"),
     Setting("github_base_url", ("--github-url",)),
     *SERVICE_SETTINGS,
@@ -163,21 +172,34 @@ def clean(values: Values) -> None:
     leaks = result.leaks
     say(
         f"leak audit: {leaks.found} of {leaks.target_lines} held-out lines found in training, "
-        f"{leaks.set_aside} set aside (seen_lines), {leaks.scored_in_training} left to score"
+        f"{leaks.set_aside} of them set aside (seen_lines, not scored), "
+        f"{leaks.scored_in_training} scored although training has them"
     )
+    if result.eval_records == 0:
+        say(
+            "warning: nothing is held out, so `repotune evaluate` has nothing to score and training "
+            "reports no held-out loss; a larger --eval-fraction, or a source with more files or history, "
+            "holds some out"
+        )
     say(f"wrote {config.output}/train.jsonl, eval.jsonl, stats.json, report.md")
 
 
-def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+def _parse_overrides(
+    pairs: list[str], option: str = "--set", example: str = "data.seq_len=256"
+) -> dict[str, object]:
     import yaml
 
     overrides: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise RepotuneError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set data.seq_len=256")
+            raise RepotuneError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} {example}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def _parse_evaluation(pairs: list[str]) -> dict[str, object]:
+    return _parse_overrides(pairs, "--eval", "line_samples=100")
 
 
 RecipeSettings = Annotated[
@@ -277,7 +299,7 @@ def serve(
     model: Annotated[
         str, typer.Argument(help="Folder written by `repotune train` (or a base model), or an s3:// URI.")
     ],
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(help="TCP port to listen on.", min=1, max=65535)] = 8080,
     host: Annotated[
         str,
         typer.Option(
@@ -444,7 +466,7 @@ def deploy(
 
 @app.command()
 def api(
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port to listen on.", min=1, max=65535)] = 8000,
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
@@ -482,7 +504,7 @@ def api(
     Setting("ref"),
     Setting("include"),
     Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
-    Setting("evaluation", ("--eval",), parse=_parse_overrides, multiple=True),
+    Setting("evaluation", ("--eval",), parse=_parse_evaluation, multiple=True),
     Setting("run_dir", ("-o", "--output")),
     Setting("workdir", envvar="REPOTUNE_HOME"),
     Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),

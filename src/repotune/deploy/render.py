@@ -93,7 +93,7 @@ class S3Access:
     use_https: bool = True
     """Whether the endpoint speaks TLS."""
     region: str | None = None
-    """The bucket's region; None leaves it to the server."""
+    """The bucket's region; unset, the server's own."""
 
     def __post_init__(self) -> None:
         for name in ("service_account", "secret"):
@@ -128,7 +128,7 @@ class DeploySettings:
     a .yaml path; default 2 CPUs, 8Gi); its nodes and torchrun settings do not apply to serving."""
     canary_percent: int | None = None
     """Share of traffic, 0 to 100, that the new revision gets while the previous one keeps the rest
-    (KServe Serverless mode); None sends it all traffic once Ready."""
+    (KServe Serverless mode); unset, it gets all traffic once Ready."""
     min_replicas: int = 1
     """Replicas kept running; 0 lets an idle service scale to zero (the next request waits minutes
     for a language model to load)."""
@@ -136,8 +136,8 @@ class DeploySettings:
     """Credentials and endpoint for downloading the weights."""
     retrieval: bool | None = None
     """Whether the ``repotune`` runtime puts context retrieved from the model's index in front of
-    completion prompts (``repotune serve --retrieval on|off``): the evaluated arm's setting. None
-    (``auto``) takes it from the registry for a ``models:/`` URI (the arm the version was registered
+    completion prompts (``repotune serve --retrieval on|off``): the evaluated arm's setting; unset
+    (``auto``), it is taken from the registry for a ``models:/`` URI (the arm the version was registered
     with), else leaves it to the model folder (on when it was trained with retrieved context). KServe's
     Hugging Face runtime (vLLM) knows nothing of the index and serves without it."""
     fim: bool | None = None

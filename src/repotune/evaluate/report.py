@@ -83,6 +83,16 @@ def verdict(result: EvaluateResult) -> str:
     return "Not promoted."
 
 
+def headline(reason: str) -> str:
+    """The decision's first reason without the lead the verdict already says (``promote ARM: ``,
+    ``do not promote: ``)."""
+    if reason.startswith("do not promote: "):
+        return reason.removeprefix("do not promote: ")
+    if reason.startswith("promote ") and ": " in reason:
+        return reason.split(": ", 1)[1]
+    return reason
+
+
 def provenance(result: EvaluateResult, context: dict[str, Any]) -> str:
     """Which split was scored, what the model was trained on and what it was scored on."""
     split = result.split
@@ -163,7 +173,7 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
     lines = [
         "# repotune evaluation",
         "",
-        f"**{verdict(result)}** {decision.reasons[0]}",
+        f"**{verdict(result)}** {headline(decision.reasons[0])}",
         "",
         *[f"- {reason}" for reason in decision.reasons[1:]],
         "",

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repotune.atomic import atomic_open, write_json
+from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.errors import RepotuneError
 from repotune.evaluate import baseline
 from repotune.evaluate.arms import Arm
@@ -67,7 +67,7 @@ class EvaluateConfig:
     """What a candidate arm must show to be promoted."""
     index: Path | None = None
     """A retrieval index folder (`RetrievalIndex.save`) of the repository at the training revision for
-    the retrieval arms; None builds one from the clean folder's train.jsonl."""
+    the retrieval arms; unset, one is built from the clean folder's train.jsonl."""
     tracking_uri: str | None = None
     """MLflow URI: register the candidate, move the champion."""
     model_name: str = "repotune"
@@ -79,6 +79,16 @@ class EvaluateConfig:
     base and base + retrieval arms are used when they were scored on exactly what this evaluation would
     score (same samples, settings, base model files, index and budget); otherwise the base model is
     scored here."""
+
+    def __post_init__(self) -> None:
+        primary = self.policy.primary
+        for task, count in (("line", self.scoring.line_samples), ("fim", self.scoring.fim_samples),
+                            ("commit", self.scoring.commit_samples)):  # fmt: skip
+            if primary.startswith(f"{task}_") and count == 0:
+                raise RepotuneError(
+                    f"{task}_samples is 0, but the promotion policy decides on {primary}, which only those "
+                    "samples measure, so nothing could be promoted: score some"
+                )
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,10 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     eval_records = list(read_records(eval_path))
     if not eval_records:
         raise RepotuneError(f"{eval_path} is empty: nothing held out to evaluate on")
+    out = EvaluateLayout(config.output)
+    prepare_output(
+        config.output, (out.metrics.name, out.completions.name, out.base_scores.name), "evaluation"
+    )
     registry = Registry(config.tracking_uri, config.model_name) if config.tracking_uri else None
     if registry is not None:
         registry.check()  # an unreachable registry fails the stage now, and nothing is deployed

@@ -173,6 +173,7 @@ def serve(
                 + ("--insecure-no-auth" if settings.insecure_no_auth else f"{host} only")
             )
 
+        _quiet_kserve()
         server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, grace_period=GRACE_PERIOD_S)
         app = model_server.app
         app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
@@ -216,6 +217,25 @@ def serve(
             log(f"stopped serving {model.name!r}")
     finally:
         sock.close()
+
+
+class _KServeNoise(logging.Filter):
+    """Drops KServe's "OpenAI endpoints not registered" (its own OpenAI routes need an extra that is not
+    installed): repotune registers its own, and announces them once listening."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "OpenAI endpoints not registered"
+
+
+def _quiet_kserve() -> None:
+    """What KServe says that a user of ``repotune serve`` cannot act on, left out."""
+    import warnings
+
+    kserve_logger = logging.getLogger("kserve")
+    if not any(isinstance(f, _KServeNoise) for f in kserve_logger.filters):
+        kserve_logger.addFilter(_KServeNoise())
+    # KServe's error handlers answer with FastAPI's ORJSONResponse, which FastAPI now deprecates.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 
 def _gaps(model: Any) -> str:

@@ -94,6 +94,8 @@ class ServeSettings:
                 f"max_generations ({self.max_generations}) must not exceed max_queue ({self.max_queue}): "
                 "a request that may ask for more than the queue holds could never be served"
             )
+        if self.device is not None:
+            check_device(self.device)
         if any(not token or token != token.strip() or "," in token for token in self.tokens):
             raise RepotuneError(f"{TOKENS_ENV} has an empty token or one with surrounding spaces")
 
@@ -106,6 +108,16 @@ class ServeSettings:
             "(comma-separated bearer tokens), or pass --insecure-no-auth when something in front of it "
             "(a service mesh, an authenticating proxy) checks callers"
         )
+
+
+def check_device(device: str) -> None:
+    """Refuses a device name torch does not know (``tpu``) before the model loads, not after."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise RepotuneError(f"--device {device}: not a torch device; use cpu, cuda or cuda:N") from None
 
 
 def tokens_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -17,17 +17,17 @@ from repotune.errors import RepotuneError
 @dataclass(frozen=True)
 class ServiceSettings:
     confluence_url: str | None = None
-    """Confluence site for confluence: sources (Cloud: https://SITE.atlassian.net/wiki); None reads
-    CONFLUENCE_URL (on a cluster: the Secret repotune-confluence)."""
+    """Confluence site for confluence: sources (Cloud: https://SITE.atlassian.net/wiki); unset, it is read
+    from CONFLUENCE_URL (on a cluster: the Secret repotune-confluence)."""
     confluence_comments: bool = False
     """Append each Confluence page's comments to its record."""
     jira_url: str | None = None
-    """Jira site for jira: sources (Cloud: https://SITE.atlassian.net); None reads JIRA_URL (on a
+    """Jira site for jira: sources (Cloud: https://SITE.atlassian.net); unset, it is read from JIRA_URL (on a
     cluster: the Secret repotune-jira)."""
     jira_jql: str | None = None
     """A JQL query that replaces ``project = KEY`` for the jira: source (then jira: may name no project)."""
     notion_url: str | None = None
-    """Notion API root for notion: sources; None is https://api.notion.com."""
+    """Notion API root for notion: sources; unset, https://api.notion.com."""
 
     def __post_init__(self) -> None:
         for name in ("confluence_url", "jira_url", "notion_url"):

@@ -60,8 +60,13 @@ class Progress(TrainerCallback):
         if not logs or "loss" not in logs or self._started is None:
             return
         self.losses.append(float(logs["loss"]))
-        done = max(state.global_step - self._first_step, 1)
-        elapsed = time.monotonic() - self._started
+        # Measured as the estimate is, from the end of the first few steps once they are done: those
+        # include the first batches' warm-up, several times a later step on a small model.
+        since, first = self._started, self._first_step
+        if self._estimate_at is not None and state.global_step > self._first_step + _ESTIMATE_AFTER_STEPS:
+            since, first = self._estimate_at, self._first_step + _ESTIMATE_AFTER_STEPS
+        done = max(state.global_step - first, 1)
+        elapsed = max(time.monotonic() - since, 1e-9)
         eta = elapsed / done * (self.total_steps - state.global_step)
         self.say(
             f"step {state.global_step}/{self.total_steps}  loss {logs['loss']:.4f}  "
