@@ -245,7 +245,9 @@ def describe(
     files = {side: kept(side, _FILE_KIND_NAMES) for side in (TRAIN, EVAL)}
     trained = [f"{_count(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]
     if commits[TRAIN]:
-        scrubbed = f" ({_count(dropped_hunks, 'diff section')} of held-out files removed)" if dropped_hunks else ""
+        scrubbed = (
+            f" ({_count(dropped_hunks, 'diff section')} of held-out files removed)" if dropped_hunks else ""
+        )
         trained.append(f"{_count(commits[TRAIN], 'older commit')}{scrubbed}")
     if dated[TRAIN]:
         trained.append(f"{_count(dated[TRAIN], 'older issue or page', 'older issues and pages')}")

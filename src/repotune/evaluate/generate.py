@@ -225,6 +225,8 @@ def greedy_lines(
     # A cache other than plain keys and values per layer (a sliding window) is not padded: read together.
     alone = prefill_alone and _paddable(model)
     groups = [[row] for row in range(len(prompts))] if alone else [list(range(len(prompts)))]
+    # transformers 5 calls the cache `cache` (``past_key_values`` still works, with a warning)
+    option = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     caches, masks, logits = [], [], []
     for group in groups:
         width = max(len(prompts[row]) for row in group)
@@ -239,7 +241,7 @@ def greedy_lines(
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                         **last_only)  # fmt: skip
-        caches.append(out.past_key_values)
+        caches.append(getattr(out, option))
         masks.append(mask)
         logits.append(out.logits[:, -1, :])
     cache, mask = _left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
@@ -248,7 +250,6 @@ def greedy_lines(
     following = torch.cat(logits).argmax(dim=-1)
     positions = _positions(mask)[:, -1:]
     stops = set(eos)
-    option = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for step in range(max_new_tokens):
         if step:
             with torch.no_grad():

@@ -78,7 +78,9 @@ class Scorer:
     def __init__(self, model_dir: Path, config: ScoringConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar of weights loaded, redrawn with \r, in every log
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:

@@ -194,6 +194,9 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar of weights loaded, redrawn with \r, in every log
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         if adapter_dir is not None:
             from peft import PeftModel

@@ -221,10 +221,13 @@ def serve(
 
 class _KServeNoise(logging.Filter):
     """Drops KServe's "OpenAI endpoints not registered" (its own OpenAI routes need an extra that is not
-    installed): repotune registers its own, and announces them once listening."""
+    installed: repotune registers its own, and announces them once listening) and "Time series
+    endpoints not registered" (there are none to have)."""
+
+    NOISE = frozenset({"OpenAI endpoints not registered", "Time series endpoints not registered"})
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "OpenAI endpoints not registered"
+        return record.getMessage() not in self.NOISE
 
 
 def _quiet_kserve() -> None:

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,7 +180,16 @@ def load_model(
         )
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if len(tokenizer) != vocab_before:
-        model.resize_token_embeddings(len(tokenizer))
+        from transformers.utils import logging as hf_logging
+
+        # The FIM tokens' rows start at the old embeddings' mean (transformers' mean_resizing, wanted
+        # here), which transformers announces as a warning on every run.
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model.resize_token_embeddings(len(tokenizer))
+        finally:
+            hf_logging.set_verbosity(level)
     return adapt_model(model, recipe, fim_ids)
 
 
@@ -539,7 +549,10 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
         # Rows of FIM tokens added to the vocabulary start untrained; only those rows train.
         trainable_token_indices={"embed_tokens": fim_ids} if fim_ids else None,
     )
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can change
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        model = get_peft_model(model, config)
     if fim_ids:
         # The FIM rows live in the adapter as trainable tokens, so the Trainer's checkpoints need not
         # carry the whole resized embedding and output matrices, which PEFT adds by default when the
