@@ -539,3 +539,30 @@ def test_the_headline_leaves_out_what_the_verdict_says() -> None:
         == "candidate: forgetting_perplexity +10%"
     )
     assert headline("no candidate arm has the primary metric") == "no candidate arm has the primary metric"
+
+
+def test_asking_for_more_lines_does_not_change_the_commits_and_general_files_scored() -> None:
+    from repotune.evaluate.samples import draw_samples
+    from repotune.evaluate.settings import ScoringConfig
+
+    files = [
+        Record(content="".join(f"value_{n}_{i} = compute({i}, {n})\n" for i in range(30)), kind=Kind.CODE,
+               source="t", id=f"f{n}", file_path=f"pkg/m{n}.py")
+        for n in range(3)
+    ]  # fmt: skip
+    commits = [
+        Record(
+            content=f"Change {n}\n\ndiff --git a/x b/x\n+x = {n}\n", kind=Kind.COMMIT, source="t", id=f"c{n}"
+        )
+        for n in range(12)
+    ]
+    drawn = [
+        draw_samples(files + commits, ScoringConfig(line_samples=lines, fim_samples=5, commit_samples=4,
+                                                    forgetting_files=3))
+        for lines in (5, 85)  # 87 lines to draw from: 5 FIM spans, then 2
+    ]  # fmt: skip
+    assert [len(s.fims) for s in drawn] == [5, 2] and drawn[0].eligible_lines == 87
+    assert drawn[0].commits == drawn[1].commits and len(drawn[0].commits) == 4
+    assert [t.path for t in drawn[0].general] == [t.path for t in drawn[1].general] and len(
+        drawn[0].general
+    ) == 3

@@ -85,6 +85,8 @@ class Samples:
     """(diff, expected subject line)."""
     general: list[ScoredText]
     """General code outside the project, for the forgetting check."""
+    eligible_lines: int = 0
+    """Held-out lines there were to draw line and FIM samples from (fewer than asked: all of them)."""
 
 
 def _scored_text(record: Record) -> ScoredText:
@@ -92,7 +94,10 @@ def _scored_text(record: Record) -> ScoredText:
 
 
 def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Samples:
-    """Line, FIM and commit samples and perplexity texts, drawn with ``config.seed``."""
+    """Line, FIM and commit samples and perplexity texts, drawn with ``config.seed``.
+
+    Commits and general files are drawn with generators of their own, so that asking for more or
+    fewer lines does not change which commits and general files are scored."""
     rng = random.Random(config.seed)
     code = [r for r in eval_records if r.kind in FILE_KINDS and r.file_path]
     temporal = any(ADDED_LINES in r.meta for r in code)
@@ -132,7 +137,7 @@ def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Sampl
         subject = message.strip().split("\n", 1)[0].strip()
         if diff and subject:
             commits.append((diff[: context * 2], subject))
-    rng.shuffle(commits)
+    random.Random(f"{config.seed}:commits").shuffle(commits)
     scored = [_scored_text(r) for r in code]
     return Samples(
         mode="temporal" if temporal else "file",
@@ -140,7 +145,8 @@ def draw_samples(eval_records: Sequence[Record], config: ScoringConfig) -> Sampl
         lines=lines,
         fims=fims,
         commits=commits[: config.commit_samples],
-        general=_general_texts(config, rng),
+        general=_general_texts(config, random.Random(f"{config.seed}:general")),
+        eligible_lines=len(candidates),
     )
 
 

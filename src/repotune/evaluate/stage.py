@@ -224,8 +224,14 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     base_dir = resolve_base_model(summary["base_model"])
     started = time.monotonic()
     samples = draw_samples(eval_records, scoring)
+    asked = scoring.line_samples + scoring.fim_samples
+    short = (
+        f" (the held-out code has {samples.eligible_lines} lines to draw from, {asked} were asked for)"
+        if samples.eligible_lines < asked
+        else ""
+    )
     log(
-        f"samples ({samples.mode} split): {len(samples.lines)} lines, {len(samples.fims)} FIM spans, "
+        f"samples ({samples.mode} split): {len(samples.lines)} lines, {len(samples.fims)} FIM spans{short}, "
         f"{len(samples.commits)} commits, {len(samples.perplexity)} files for perplexity, "
         f"{len(samples.general)} general files"
     )
