@@ -85,6 +85,10 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
     saved = json.loads((out / "train_summary.json").read_text())
     assert saved["eval_loss"] == summary["eval_loss"]
     assert "Held-out loss" in (out / "README.md").read_text()
+    # every file is readable as the others are (a server may run as another user)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in [*out.iterdir(), *(out / "adapter").iterdir()]
+             if path.is_file()}  # fmt: skip
+    assert modes["model.safetensors"] == modes["adapter_model.safetensors"] == modes["config.json"], modes
 
 
 @pytest.mark.integration

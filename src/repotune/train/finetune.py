@@ -584,7 +584,7 @@ def _dataset_source(data: CleanLayout) -> dict[str, str]:
 
 
 def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any]) -> None:
-    from repotune.atomic import atomic_open, write_json
+    from repotune.atomic import atomic_open, umask, write_json
 
     layout = TrainLayout(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -598,6 +598,11 @@ def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any
     else:
         merged = model
     merged.save_pretrained(output, safe_serialization=True)
+    # transformers writes weights 0600 (through a private temporary file); the model's other files are
+    # 0644, and a server running as another user (a KServe storage initializer, a shared volume) must
+    # be able to read them all.
+    for weights in [*output.glob("*.safetensors"), *layout.adapter.glob("*.safetensors")]:
+        weights.chmod(0o666 & ~umask())
     tokenizer.save_pretrained(output)
     write_json(layout.summary, summary)
     with atomic_open(layout.model_card) as handle:
