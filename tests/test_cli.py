@@ -98,6 +98,11 @@ def test_help_lists_the_stages() -> None:
     done = repotune("--help")
     assert done.returncode == 0
     assert "ingest" in done.stdout and "clean" in done.stdout
+    assert repotune("-h").stdout == done.stdout
+    assert repotune("train", "-h").returncode == 0
+    from repotune import __version__
+
+    assert repotune("--version").stdout == f"repotune {__version__}\n"
 
 
 TEAM = "registry.example.com/ml/repotune"
