@@ -175,6 +175,17 @@ def test_submit_flags_reach_the_kfp_api() -> None:
         assert run.get("service_account") is None and "as KFP's default account" in done.stderr
         done = repotune("submit", source, "--host", kfp.url)
         assert done.returncode == 0 and "as repotune-pipeline-runner" in done.stderr
+        # what the cluster would trip over, minutes or hours in, is refused before the run starts
+        started = len(kfp.runs)
+        _one_line_error(
+            repotune("submit", "/srv/app", "--host", kfp.url), "is not a place the cluster can read"
+        )
+        _one_line_error(repotune("submit", source, "--host", kfp.url, "--set", "max_stepz=3"), "max_stepz")
+        _one_line_error(
+            repotune("submit", source, "--host", kfp.url, "--namespace", "BAD_NS"),
+            "not a Kubernetes namespace",
+        )
+        assert len(kfp.runs) == started
 
 
 def test_run_refuses_an_unreachable_tracking_server_in_one_line(tmp_path: Path) -> None:

@@ -587,7 +587,8 @@ def test_a_failed_step_is_reported_in_the_status_and_by_the_error(tmp_path: Path
                   log=shown.append)  # fmt: skip
     # one line: the step, the error it ended with (not kfp's "Inner task failed"), and the full log
     message = str(failed.value)
-    assert message.startswith("the ingest step failed: RepotuneError: ") and "yielded no records" in message
+    assert message.startswith("the ingest step failed: ") and "yielded no records" in message
+    assert "RepotuneError" not in message  # worded for people: no class name
     assert message.endswith(f"(full log: {tmp_path / 'run' / 'run.log'})") and "\n" not in message
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "ingest" in status["error"]
@@ -668,12 +669,10 @@ def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path)
     assert any(line.startswith("train      estimate: 0.50 s a step") for line in shown)
     assert shown[7].startswith("train      succeeded") and shown[7].endswith("held-out loss 3.100 -> 2.500")
     assert shown[8].startswith("evaluate   failed") and shown[8].endswith(
-        "RepotuneError: cannot reach the MLflow tracking server at http://x"
+        "0 s  cannot reach the MLflow tracking server at http://x"
     )
     assert shown[9].startswith("deploy     skipped") and "not promoted" in shown[9]
-    assert output.failures == {
-        "evaluate": "RepotuneError: cannot reach the MLflow tracking server at http://x"
-    }
+    assert output.failures == {"evaluate": "cannot reach the MLflow tracking server at http://x"}
     log = (tmp_path / "run.log").read_text()
     assert "\x1b[" not in log and "Executing task 'ingest'" in log and '"parameterValues"' in log
     assert "step 7/40" in log and "Map: 50%" in log and "Traceback (most recent call last):" in log
@@ -711,9 +710,11 @@ def test_a_run_checks_credentials_and_servers_before_the_first_step(tmp_path: Pa
     from repotune.errors import RepotuneError
 
     folders = {"workdir": tmp_path / "h", "run_dir": tmp_path / "r"}
+    source = tmp_path / "project"  # the work folder is outside it
+    source.mkdir()
     dead = closed_port_url()
     with pytest.raises(RepotuneError) as refused:
-        run_local(RunConfig(str(tmp_path), "tiny-cpu", tracking_uri=dead, **folders))
+        run_local(RunConfig(str(source), "tiny-cpu", tracking_uri=dead, **folders))
     assert str(refused.value).startswith(f"cannot reach the MLflow tracking server at {dead}")
     assert str(refused.value).endswith("(checked before the first step)") and "\n" not in str(refused.value)
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
@@ -721,14 +722,45 @@ def test_a_run_checks_credentials_and_servers_before_the_first_step(tmp_path: Pa
                        "which is not set in this environment$"):  # fmt: skip
         run_local(RunConfig("github:psf/requests", "tiny-cpu", **folders))
     with s3_environment(dead), pytest.raises(RepotuneError, match=f"cannot reach the object store at {dead}"):
-        run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
+        run_local(RunConfig(str(source), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
     with s3_environment(dead):
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
         with pytest.raises(RepotuneError, match="s3://runs/x needs AWS_SECRET_ACCESS_KEY, which is not set"):
-            run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
+            run_local(RunConfig(str(source), "tiny-cpu", artifacts_root="s3://runs/x", **folders))
     with pytest.raises(RepotuneError, match="with --local-s3 it names a place on that store"):
-        RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="/tmp/out", local_s3=True)
+        RunConfig(str(source), "tiny-cpu", artifacts_root="/tmp/out", local_s3=True)
+    with pytest.raises(RepotuneError, match="expected s3://BUCKET/PREFIX or a local folder"):
+        RunConfig(str(source), "tiny-cpu", artifacts_root="http://x/y")
+    assert RunConfig(str(source), "tiny-cpu", artifacts_root="out").artifacts_root == str(Path.cwd() / "out")
+    # a local checkout is read as it is on disk: a ref would be ignored
+    with pytest.raises(
+        RepotuneError, match=r"--ref applies only to a git URL source; .* file:///path/to/repo"
+    ):
+        RunConfig(str(source), "tiny-cpu", ref="v1.0")
+    with pytest.raises(RepotuneError, match="line_samples is 0, but the promotion policy decides on"):
+        run_local(RunConfig(str(source), "tiny-cpu", evaluation={"line_samples": 0}, **folders))
     assert not (tmp_path / "r").exists() and not (tmp_path / "h").exists()
+
+
+def test_a_run_refuses_a_work_folder_its_source_would_read_and_a_file_for_a_folder(tmp_path: Path) -> None:
+    import subprocess
+
+    from repotune.errors import RepotuneError
+
+    source = tmp_path / "project"
+    source.mkdir()
+    subprocess.run(["git", "init", "-q", str(source)], check=True)
+    (source / "app.py").write_text("print('hi')\n")
+    with pytest.raises(RepotuneError, match=r"is inside the source .* which does not ignore it"):
+        run_local(RunConfig(str(source), "tiny-cpu", workdir=source / ".rt", run_dir=tmp_path / "r"))
+    (tmp_path / "afile").write_text("")
+    for folders in (
+        {"workdir": tmp_path / "afile"},
+        {"workdir": tmp_path / "h", "run_dir": tmp_path / "afile"},
+    ):
+        with pytest.raises(RepotuneError, match="is a file; give a folder"):
+            run_local(RunConfig(str(source), "tiny-cpu", **folders))
+    assert not (source / ".rt").exists()
 
 
 @pytest.mark.integration
@@ -737,12 +769,13 @@ def test_a_missing_bucket_is_refused_before_the_first_step(tmp_path: Path) -> No
 
     from repotune.errors import RepotuneError
 
+    (tmp_path / "project").mkdir()
     with (
         running_s3_server() as endpoint,
         s3_environment(endpoint),
         pytest.raises(RepotuneError, match=f"bucket 'nowhere' does not exist at {endpoint}; create it"),
     ):
-        run_local(RunConfig(str(tmp_path), "tiny-cpu", artifacts_root="s3://nowhere/x",
+        run_local(RunConfig(str(tmp_path / "project"), "tiny-cpu", artifacts_root="s3://nowhere/x",
                                 workdir=tmp_path / "h", run_dir=tmp_path / "r"))  # fmt: skip
     assert not (tmp_path / "r").exists()
 

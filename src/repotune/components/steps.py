@@ -69,7 +69,9 @@ def ingest(
         records.path, artifacts_root, source, dataset_key(revision), "ingest"
     )
     counts = "; ".join(f"{entry['source']}: {entry['records']}" for entry in result.sources)
-    print(f"ingest: {result.records} records from {result.source} at {commit}" + (
+    # a checkout with uncommitted changes is read as it is on disk, not as its HEAD commit
+    changed = " with uncommitted changes" if len(sources) == 1 and "-dirty-" in revision else ""
+    print(f"ingest: {result.records} records from {result.source} at {commit}{changed}" + (
         f" ({counts})" if len(result.sources) > 1 else ""))  # fmt: skip
 
 

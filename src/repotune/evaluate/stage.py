@@ -50,7 +50,22 @@ def settings_from(settings: dict[str, Any], where: str) -> tuple[ScoringConfig, 
     prefix = "policy."
     policy = {key.removeprefix(prefix): value for key, value in settings.items() if key.startswith(prefix)}
     scoring = {key: value for key, value in settings.items() if not key.startswith(prefix)}
-    return from_dict(ScoringConfig, scoring, where), from_dict(Policy, policy, f"{where}: policy")
+    chosen = from_dict(ScoringConfig, scoring, where), from_dict(Policy, policy, f"{where}: policy")
+    check_decidable(*chosen)
+    return chosen
+
+
+def check_decidable(scoring: ScoringConfig, policy: Policy) -> None:
+    """Refuses settings under which nothing could be promoted: no samples of the task whose metric the
+    policy decides on (``line_samples`` 0 with the default ``line_edit_similarity``)."""
+    primary = policy.primary
+    for task, count in (("line", scoring.line_samples), ("fim", scoring.fim_samples),
+                        ("commit", scoring.commit_samples)):  # fmt: skip
+        if primary.startswith(f"{task}_") and count == 0:
+            raise RepotuneError(
+                f"{task}_samples is 0, but the promotion policy decides on {primary}, which only those "
+                f"samples measure, so nothing could be promoted: set {task}_samples above 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,14 +96,7 @@ class EvaluateConfig:
     scored here."""
 
     def __post_init__(self) -> None:
-        primary = self.policy.primary
-        for task, count in (("line", self.scoring.line_samples), ("fim", self.scoring.fim_samples),
-                            ("commit", self.scoring.commit_samples)):  # fmt: skip
-            if primary.startswith(f"{task}_") and count == 0:
-                raise RepotuneError(
-                    f"{task}_samples is 0, but the promotion policy decides on {primary}, which only those "
-                    "samples measure, so nothing could be promoted: score some"
-                )
+        check_decidable(self.scoring, self.policy)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ command line can name these settings without loading the SDK.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,15 @@ class CompileConfig:
     images: ImageSettings = field(default_factory=ImageSettings)
     """The images the steps run."""
 
+    def __post_init__(self) -> None:
+        # KFP writes the pipeline's platform settings (Kubernetes secrets, volumes) only into YAML
+        if self.output.suffix not in (".yaml", ".yml") or self.output.is_dir():
+            raise RepotuneError(f"-o {self.output}: the compiled pipeline is a .yaml file; give a file name")
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A Kubernetes namespace name (DNS-1123 label), as the deploy step checks it once training is done."""
+
 
 @dataclass(frozen=True)
 class SubmitConfig:
@@ -54,7 +64,7 @@ class SubmitConfig:
     ref: str | None = None
     """Branch, tag or commit of a git URL."""
     training: dict[str, Any] = field(default_factory=dict)
-    """Recipe settings by dotted key, e.g. {"max_steps": 10} (`--set max_steps=10`)."""
+    """Recipe settings by dotted key (`--set max_steps=10 --set data.seq_len=512`)."""
     namespace: str = "repotune"
     """Namespace the InferenceService is deployed into."""
     kfp_namespace: str | None = None
@@ -71,6 +81,9 @@ class SubmitConfig:
     """The images the steps run."""
 
     def __post_init__(self) -> None:
+        from repotune.sources import git
+        from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
+
         if not self.host:
             raise RepotuneError("--host (or KFP_HOST) is required: the KFP API endpoint")
         if not isinstance(self.source, str):
@@ -78,6 +91,17 @@ class SubmitConfig:
             if not sources:
                 raise RepotuneError("give at least one source")
             object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
+        for spec in self.sources:
+            if not (
+                spec.startswith((GITHUB_PREFIX, *SERVICE_PREFIXES, "s3://", "minio://"))
+                or git.is_git_url(spec)
+            ):
+                raise RepotuneError(
+                    f"source {spec!r} is not a place the cluster can read: give a git URL it can reach, "
+                    "github:OWNER/REPO or an s3:// archive (`repotune run` trains on a local folder here)"
+                )
+        if not _NAMESPACE.match(self.namespace):
+            raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repotune.atomic import prepare_output
 from repotune.errors import RepotuneError
 from repotune.pipelines.display import RunOutput
 from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
@@ -71,9 +72,10 @@ class RunConfig:
     include: str | None = None
     """Record kinds, comma-separated: code,docs,commits,issues,wiki,diagrams."""
     training: dict[str, Any] = field(default_factory=dict)
-    """Recipe settings by dotted key, e.g. {"max_steps": 10} (`--set max_steps=10`)."""
+    """Recipe settings by dotted key (`--set max_steps=10 --set data.seq_len=512`)."""
     evaluation: dict[str, Any] = field(default_factory=dict)
-    """Evaluation settings, e.g. {"line_samples": 30} (`--eval line_samples=30`)."""
+    """Evaluation settings (`--eval line_samples=30`; `--eval policy.min_relative_gain=0.05` for the
+    promotion policy)."""
     run_dir: Path | None = None
     """Run folder for status.json and the report (default: WORKDIR/runs/<UTC time>)."""
     workdir: Path | None = None
@@ -81,7 +83,7 @@ class RunConfig:
     tracking_uri: str | None = None
     """MLflow URI (default: a local store)."""
     artifacts_root: str | None = None
-    """s3:// prefix that also receives each stage's outputs."""
+    """s3:// prefix (or a local folder) that also receives each stage's outputs."""
     local_s3: bool = False
     """Start a SeaweedFS S3 server on 127.0.0.1 for the run (data in WORKDIR/s3) and publish every
     stage's outputs to it, at --artifacts or s3://repotune/runs; stopped when the run ends."""
@@ -102,6 +104,19 @@ class RunConfig:
                 raise RepotuneError("give at least one source")
             object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
         parse_include(self.include)  # a wrong kind fails now, not minutes later in the ingest step
+        from repotune.sources import git
+
+        if self.ref is not None and not any(git.is_git_url(spec) for spec in self.sources):
+            # a local checkout is read as it is on disk: a ref would be silently ignored
+            raise RepotuneError(
+                f"--ref applies only to a git URL source; to train on {self.ref} of a local checkout, give "
+                f"it as file:///path/to/repo --ref {self.ref}"
+            )
+        root = self.artifacts_root
+        if root and "://" in root and not root.startswith("s3://"):
+            raise RepotuneError(f"--artifacts {root!r}: expected s3://BUCKET/PREFIX or a local folder")
+        if root and "://" not in root:
+            object.__setattr__(self, "artifacts_root", str(Path(root).expanduser().resolve()))
         if self.local_s3 and self.artifacts_root and not self.artifacts_root.startswith("s3://"):
             raise RepotuneError(
                 f"--artifacts {self.artifacts_root!r}: with --local-s3 it names a place on that store, "
@@ -280,6 +295,7 @@ def run_local(
     tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
     root = config.published_root()
     check_before_run(sources, root, tracking, local_s3=config.local_s3, given=config.services.environment())
+    _check_folders(workdir, run_dir, sources)
     with contextlib.ExitStack() as stack:
         environment: dict[str, str | None] = {"MLFLOW_TRACKING_URI": tracking}
         if config.local_s3:
@@ -294,8 +310,10 @@ def run_local(
         if root is not None and root.startswith("s3://"):
             check_object_store(root)
         workdir.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
         layout = RunLayout(run_dir)
+        prepare_output(run_dir, (layout.status.name, layout.log.name), "run folder")
+        for earlier in (layout.report, layout.manifest, layout.serve_log):  # a run before this one's
+            earlier.unlink(missing_ok=True)
         output = RunOutput(layout.log, log, console)
         stack.callback(output.close)
         writer = StatusWriter(layout.status, STAGES, output.stage)
@@ -451,6 +469,30 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
         shutil.copyfile(manifest, RunLayout(run_dir).manifest)
         status.manifest = RunLayout(run_dir).manifest.name
     writer.save()
+
+
+def _check_folders(workdir: Path, run_dir: Path, sources: tuple[str, ...]) -> None:
+    """Refuses a work or run folder that is a file, and a work folder inside a local source folder
+    that the source does not ignore: its files (the step cache, every artifact) would be read as the
+    project's own, and would change the source on every run."""
+    import subprocess
+
+    for folder, option in ((workdir, "--workdir"), (run_dir, "-o")):
+        if folder.exists() and not folder.is_dir():
+            raise RepotuneError(f"{option} {folder} is a file; give a folder")
+    for spec in sources:
+        source = Path(spec)
+        if not source.is_dir() or not workdir.is_relative_to(source):
+            continue
+        ignored = (
+            subprocess.run(["git", "-C", str(source), "check-ignore", "-q", f"{workdir}/"], check=False,
+                           capture_output=True).returncode == 0
+        )  # fmt: skip
+        if not ignored:
+            raise RepotuneError(
+                f"--workdir {workdir} is inside the source {source}, which does not ignore it: the run's own "
+                "files would be read as training data; give a folder outside it, or list it in its .gitignore"
+            )
 
 
 def _absolute_source(source: str) -> str:

@@ -185,6 +185,11 @@ def submit_run(
 
 def submit(config: SubmitConfig) -> tuple[str, str]:
     """``repotune submit``: the run of ``config`` started on its KFP; returns (run id, run name)."""
+    from repotune.config import from_struct
+    from repotune.train import resolve_recipe
+
+    # a bad setting fails here, not in the cluster's train step after the data steps
+    resolve_recipe(config.recipe, from_struct(config.training))
     name = config.name()
     run_id = submit_run(
         config.host,
