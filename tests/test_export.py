@@ -144,6 +144,8 @@ def test_bad_settings_are_refused_naming_the_flag(trained: Path, tmp_path: Path)
         config(token=None)
     with pytest.raises(RepotuneError, match="not a folder written by `repotune train`"):
         config(model_dir=tmp_path)
+    with pytest.raises(RepotuneError, match="does not exist"):  # said before a missing token
+        config(model_dir=tmp_path / "nowhere", token=None)
     with pytest.raises(RepotuneError, match="--evaluation"):
         config(evaluation_dir=tmp_path)
     full = tmp_path / "full"

@@ -660,7 +660,7 @@ def main() -> None:
         say(f"error: {exc}")
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted; no partial output was kept")
+        say("interrupted")
         sys.exit(130)
 
 

@@ -103,8 +103,8 @@ class ExportConfig:
             raise RepotuneError(
                 f"--hub {self.repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.'; up to 96 each)"
             )
-        if not self.token:
-            raise RepotuneError(f"set {TOKEN_ENV} to a Hugging Face access token with write access")
+        if not self.model_dir.exists():
+            raise RepotuneError(f"{self.model_dir} does not exist; give the folder `repotune train` wrote")
         if not (self.model_dir / "config.json").is_file() or not (self.model_dir / SUMMARY_FILE).is_file():
             raise RepotuneError(
                 f"{self.model_dir} is not a folder written by `repotune train` (config.json and "
@@ -120,6 +120,9 @@ class ExportConfig:
                 f"--evaluation {self.evaluation_dir}: no {METRICS_FILE}; give a folder written by "
                 "`repotune evaluate`"
             )
+        # last: a wrong folder or option is worth saying before a missing token
+        if not self.token:
+            raise RepotuneError(f"set {TOKEN_ENV} to a Hugging Face access token with write access")
 
 
 @dataclass(frozen=True)

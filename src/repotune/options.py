@@ -118,7 +118,7 @@ def _parameter(cls: type, setting: Setting) -> inspect.Parameter:
         info["envvar"] = setting.envvar
     if setting.parse is not None:
         hint, default = (list[str] | None) if setting.multiple else (str | None), None
-        if default_of(field) not in (None, inspect.Parameter.empty) and not setting.multiple:
+        if isinstance(default_of(field), int | float | str) and not setting.multiple:
             info["show_default"] = str(default_of(field))  # what leaving the option out gives
         if setting.argument and default_of(field) is inspect.Parameter.empty:
             default = inspect.Parameter.empty  # the field is required, and so is the argument

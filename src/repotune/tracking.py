@@ -201,7 +201,7 @@ class MlflowTracker:
     def _unreachable(self, err: Exception) -> RepotuneError:
         return RepotuneError(
             f"cannot reach the MLflow tracking server at {self.tracking_uri} ({_reason(err)}); start it, "
-            "or fix --tracking-uri (MLFLOW_TRACKING_URI), or leave both unset to run without tracking"
+            "or fix --tracking-uri (MLFLOW_TRACKING_URI)"
         )
 
     def check(self) -> None:

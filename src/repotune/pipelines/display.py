@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _FRACTION = re.compile(r"\b(\d+)/(\d+)\b")
 _ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit))\b:? ?(.*)$")
+_WORDED = frozenset({"RepotuneError", "PublishError", "RolledBack", "WaitFailed"})
+"""repotune's errors, whose messages say what went wrong and what to do (``repotune.errors``)."""
 # kfp.local's own lines in the stream: its log records (``12:00:00.123 - INFO - ...``), the task's
 # executor input, rules, and the outputs it lists; none is a step's own output.
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
@@ -221,9 +223,12 @@ class RunOutput(io.TextIOBase):
 
     @staticmethod
     def _error(stage: _Stage) -> str:
-        """The exception a failed step ended with (its last ``...Error: message`` line)."""
+        """The exception a failed step ended with (its last ``...Error: message`` line); repotune's own
+        errors, worded for people, without their class name."""
         for text in reversed(stage.tail):
             match = _ERROR.match(text)
             if match is not None and match.group(2):
+                if match.group(1) in _WORDED:
+                    return match.group(2)
                 return f"{match.group(1)}: {match.group(2)}"
         return stage.tail[-1] if stage.tail else "(no output)"
