@@ -376,6 +376,9 @@ def test_runs_survive_an_api_restart(tmp_path: Path, project_tar: Path) -> None:
             _stop(run["pid"])
             settled = client.get(f"/v1/runs/{run['id']}").json()
             assert settled["state"] == "failed" and settled["finished"], settled
+            # a report that will never come is not "not ready yet"
+            message = refused(client.get(f"/v1/runs/{run['id']}/report"), 404, "report_not_available")
+            assert "failed before its evaluation report" in message
     finally:
         _stop(run["pid"])
 

@@ -219,6 +219,9 @@ def test_storage_uris_map_to_s3_and_local_paths_are_refused(tmp_path: Path) -> N
             resolve_model_uri(local)
     with pytest.raises(RepotuneError, match="expected s3://, minio://"):
         resolve_model_uri("gs://bucket/model")
+    for bucket in ("s3://models", "s3://models/", "minio://mlpipeline"):  # KServe would fetch all of it
+        with pytest.raises(RepotuneError, match="is a whole bucket; give the model's folder in it"):
+            resolve_model_uri(bucket)
     with pytest.raises(RepotuneError, match="models:/NAME@ALIAS"):
         resolve_model_uri("models:/name/latest", tracking_uri="http://127.0.0.1:1")
     with pytest.raises(RepotuneError, match="needs the MLflow registry; set --tracking-uri"):

@@ -566,3 +566,20 @@ def test_asking_for_more_lines_does_not_change_the_commits_and_general_files_sco
     assert [t.path for t in drawn[0].general] == [t.path for t in drawn[1].general] and len(
         drawn[0].general
     ) == 3
+
+
+def test_a_champion_of_another_project_is_neither_compared_with_nor_replaced() -> None:
+    from repotune.evaluate.registry import SOURCE_TAG, ChampionInfo, check_same_project
+
+    def champion(source: str) -> ChampionInfo:
+        return ChampionInfo("repotune", "3", "models:/m-1", "s3://b/m", None, {SOURCE_TAG: source}, {})
+
+    check_same_project(champion("/home/ci/checkouts/shop"), "/srv/build/shop", "repotune")  # same repository
+    check_same_project(
+        champion("https://git.example.com/team/shop.git + jira:SHOP"), "github:team/shop", "repotune"
+    )
+    check_same_project(None, "/srv/build/shop", "repotune")
+    with pytest.raises(
+        RepotuneError, match=r"champion of repotune \(version 3\) was trained on /home/a/billing"
+    ):
+        check_same_project(champion("/home/a/billing"), "/srv/build/shop", "repotune")

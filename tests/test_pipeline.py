@@ -417,6 +417,15 @@ def test_a_kfp_clusters_run_is_read_into_the_same_schema() -> None:
     }  # fmt: skip
     failed = RunStatus.from_kfp({"state": "CANCELED", "error": "stopped by a person", "tasks": {}})
     assert (failed.state, failed.error) == ("failed", "stopped by a person")
+    # the tasks that lead into a stage show it running or failed, whatever order KFP lists them in
+    for tasks in ({"retrieval-index": "RUNNING", "score-base": "PENDING"},
+                  {"score-base": "PENDING", "retrieval-index": "RUNNING"}):  # fmt: skip
+        assert (
+            RunStatus.from_kfp({"state": "RUNNING", "tasks": tasks}).stages["score-base"].state == "running"
+        )
+    index_failed = {"retrieval-index": "FAILED", "resolve-source": "SUCCEEDED", "ingest": "SUCCEEDED"}
+    stages = RunStatus.from_kfp({"state": "FAILED", "tasks": index_failed}).stages
+    assert (stages["score-base"].state, stages["ingest"].state) == ("failed", "succeeded")
 
 
 def test_kfp_struct_numbers_become_ints_again() -> None:

@@ -64,7 +64,10 @@ class ModelSource:
 def from_storage_uri(uri: str) -> ModelSource:
     """A ``ModelSource`` for an ``s3://`` or ``minio://`` URI (no registry involved)."""
     if uri.startswith(("s3://", MINIO_SCHEME)):
-        parse_s3_uri(uri)  # a clear error for a malformed bucket name
+        _, prefix = parse_s3_uri(uri)  # a clear error for a malformed bucket name
+        if not prefix.strip("/"):
+            # KServe would download the whole bucket as the model
+            raise RepotuneError(f"{uri} is a whole bucket; give the model's folder in it, s3://BUCKET/PREFIX")
         return ModelSource(uri=uri, storage_uri=minio_to_s3(uri))
     return ModelSource(uri=uri, storage_uri=_refuse(uri))
 

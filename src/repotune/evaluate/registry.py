@@ -102,6 +102,28 @@ _RUN_ID = re.compile(r"^[\w-]+$")
 _TRUE, _FALSE = "true", "false"
 
 
+def check_same_project(champion: ChampionInfo | None, source: str | None, model_name: str) -> None:
+    """Refuses to weigh a candidate against, and perhaps replace, a champion of another project.
+
+    The registered model name is the project's: by default every run is ``repotune``, so a second
+    project's run in the same MLflow store would be scored against the first's champion and, promoted,
+    take its alias (and its deployment). Projects are told apart by their sources' names
+    (``source_slug``: the repository or folder name), as the object-store prefixes are.
+    """
+    from repotune.sources.slug import source_slug
+
+    theirs = champion.tags.get(SOURCE_TAG) if champion is not None else None
+    if champion is None or not theirs or not source:
+        return
+    first = [part.split(" + ", 1)[0] for part in (theirs, source)]
+    if source_slug(first[0]) != source_slug(first[1]):
+        raise RepotuneError(
+            f"the champion of {model_name} (version {champion.version}) was trained on {theirs}, and this "
+            f"candidate on {source}: a registered model holds one project's versions, so give this "
+            f"project its own --model-name (the champion of {model_name} is left as it is)"
+        )
+
+
 def registered_retrieval(tags: Mapping[str, str]) -> bool | None:
     """Whether a version's tags say it is served with retrieval (``RETRIEVAL_TAG``); None when they do
     not say."""

@@ -208,7 +208,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate import report
     from repotune.evaluate.decide import should_promote
-    from repotune.evaluate.registry import Registry, registered_retrieval
+    from repotune.evaluate.registry import Registry, check_same_project, registered_retrieval
     from repotune.evaluate.samples import draw_samples
     from repotune.models import resolve_base_model
     from repotune.records import read_records
@@ -243,9 +243,10 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.commits)} commits, {len(samples.perplexity)} files for perplexity, "
         f"{len(samples.general)} general files"
     )
+    champion = registry.champion() if registry is not None else None
+    check_same_project(champion, summary.get("data", {}).get("dataset.source"), config.model_name)
     index = retrieval_index(config, log, summary.get("recipe")) if scoring.retrieval else None
     budget = context_budget(summary, index)
-    champion = registry.champion() if registry is not None else None
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:
         # (model, folder, retrieval budget, score the retrieval arm alone)
         models: list[tuple[str, Path, int, bool]] = [

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from repotune.atomic import prepare_output
 from repotune.errors import RepotuneError
 from repotune.pipelines.display import RunOutput
-from repotune.pipelines.status import STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
+from repotune.pipelines.status import LEAD_TASKS, STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
 from repotune.sources.settings import ServiceSettings
 from repotune.train import DEFAULT_RECIPE
 
@@ -228,8 +228,8 @@ class StatusWriter(logging.Filter):
         stage = TASK_STAGE.get(task)
         if stage is None:
             return
-        if task == "resolve-source" and state in ("succeeded", "cached"):
-            return  # ingest itself ends the stage
+        if task in LEAD_TASKS and state in ("succeeded", "cached"):
+            return  # the stage's own task ends it
         self.stage(stage, state)
 
 

@@ -25,8 +25,15 @@ StageState = Literal["pending", "running", "succeeded", "failed", "cached", "ski
 STAGES = ("ingest", "clean", "score-base", "train", "evaluate", "deploy")
 """The stages a person follows; the pipeline's ``resolve-source`` task counts as the start of ingest.
 ``score-base`` scores the base model for evaluate: on a cluster it runs beside train."""
-TASK_STAGE = {"resolve-source": "ingest", **{stage: stage for stage in STAGES}}
+TASK_STAGE = {
+    "resolve-source": "ingest",
+    "retrieval-index": "score-base",
+    **{stage: stage for stage in STAGES},
+}
 """Which stage each pipeline task belongs to."""
+LEAD_TASKS = frozenset({"resolve-source", "retrieval-index"})
+"""Tasks that begin a stage's work without finishing it (the commit ingest reads, the index the base
+arms and evaluate search): they show their stage running, or failed, never done."""
 # KFP's task and run states (V2beta1RuntimeState), lower-cased, as this schema's.
 _KFP_TASK_STATES: dict[str, StageState] = {
     "pending": "pending",
@@ -188,10 +195,17 @@ class RunStatus:
         of each task by display name) in this schema."""
         state = _KFP_RUN_STATES.get(str(raw.get("state", "")).lower(), "running")
         stages = {name: StageStatus() for name in STAGES}
-        for task, task_state in (raw.get("tasks") or {}).items():
+        tasks = sorted((raw.get("tasks") or {}).items(), key=lambda item: str(item[0]) in LEAD_TASKS)
+        for task, task_state in tasks:  # a stage's own task first, then the ones that lead into it
             stage = TASK_STAGE.get(str(task))
-            if stage is not None:
-                stages[stage].state = _KFP_TASK_STATES.get(str(task_state).lower(), "pending")
+            if stage is None:
+                continue
+            mapped = _KFP_TASK_STATES.get(str(task_state).lower(), "pending")
+            if str(task) in LEAD_TASKS:
+                if mapped == "failed" or (mapped == "running" and stages[stage].state == "pending"):
+                    stages[stage].state = mapped
+                continue
+            stages[stage].state = mapped
         error = raw.get("error")
         return cls(state=state, stages=stages, error=str(error) if error else None)
 

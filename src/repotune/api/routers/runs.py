@@ -92,6 +92,10 @@ def get_report(run_id: RunId, runs: RunsDep) -> PlainTextResponse:
     row = _row(runs, run_id)
     _not_removed(row)
     path = runs.report(row)
+    if path is None and row.get("state") == "failed":
+        # a failed run will never have one: say so, and why it failed, rather than "not yet"
+        why = f": {row['error']}" if row.get("error") else ""
+        raise ApiError(404, "report_not_available", f"run {run_id} failed before its evaluation report{why}")
     if path is None:
         raise ApiError(404, "report_not_ready", f"run {run_id} has no evaluation report yet")
     return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
