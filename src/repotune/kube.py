@@ -32,6 +32,8 @@ FIELD_MANAGER = "repotune"
 """Who owns the fields repotune applies (``metadata.managedFields[].manager``)."""
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 REQUEST_TIMEOUT_S = (5.0, 60.0)
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A Kubernetes name that is a DNS-1123 label (a namespace, a Secret, a ServiceAccount)."""
 """(connect, read) seconds for one API request."""
 MAX_POLL_ERRORS = 3
 """Failed reads in a row after which ``wait_for_condition`` gives up (a single blip is ridden out)."""

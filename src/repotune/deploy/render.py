@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from repotune.deploy.uris import ModelSource, from_storage_uri
 from repotune.errors import RepotuneError
 from repotune.images import HF_RUNTIME, cpu_image, cuda_image
+from repotune.kube import DNS_1123_LABEL
 from repotune.train.recipe import ResourceSettings
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
@@ -69,7 +70,6 @@ S3_REGION_ANNOTATION = "serving.kserve.io/s3-region"
 # Kubernetes name rules: an InferenceService name becomes part of Services and host names (RFC 1035
 # label); a label value is at most 63 characters of [A-Za-z0-9_.-], alphanumeric at both ends.
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -97,7 +97,7 @@ class S3Access:
 
     def __post_init__(self) -> None:
         for name in ("service_account", "secret"):
-            if not _DNS_1123.match(getattr(self, name)):
+            if not DNS_1123_LABEL.match(getattr(self, name)):
                 raise RepotuneError(f"S3 {name} {getattr(self, name)!r} is not a Kubernetes name")
         if self.endpoint is not None and (not self.endpoint or "/" in self.endpoint):
             raise RepotuneError(f"S3 endpoint {self.endpoint!r}: give host[:port], without scheme or path")
@@ -152,7 +152,7 @@ class DeploySettings:
                 f"--name {self.name!r}: an InferenceService name is at most 63 lowercase letters, digits "
                 "and '-', starting with a letter"
             )
-        if not _DNS_1123.match(self.namespace):
+        if not DNS_1123_LABEL.match(self.namespace):
             raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
         if self.canary_percent is not None and not 0 <= self.canary_percent <= 100:
             raise RepotuneError(f"--canary {self.canary_percent}: a share of traffic from 0 to 100 percent")

@@ -112,8 +112,7 @@ def check_same_project(champion: ChampionInfo | None, source: str | None, model_
     """
     from repotune.sources.slug import source_slug
 
-    theirs = champion.tags.get(SOURCE_TAG) if champion is not None else None
-    if champion is None or not theirs or not source:
+    if champion is None or not source or not (theirs := champion.tags.get(SOURCE_TAG)):
         return
     first = [part.split(" + ", 1)[0] for part in (theirs, source)]
     if source_slug(first[0]) != source_slug(first[1]):

@@ -5,7 +5,6 @@ command line can name these settings without loading the SDK.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from repotune import images
 from repotune.errors import RepotuneError
+from repotune.kube import DNS_1123_LABEL
 from repotune.pipelines.credentials import SERVICE_ACCOUNT
 from repotune.train import DEFAULT_RECIPE
 
@@ -48,10 +48,6 @@ class CompileConfig:
             raise RepotuneError(f"-o {self.output}: the compiled pipeline is a .yaml file; give a file name")
 
 
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-"""A Kubernetes namespace name (DNS-1123 label), as the deploy step checks it once training is done."""
-
-
 @dataclass(frozen=True)
 class SubmitConfig:
     source: str | tuple[str, ...]
@@ -81,8 +77,7 @@ class SubmitConfig:
     """The images the steps run."""
 
     def __post_init__(self) -> None:
-        from repotune.sources import git
-        from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
+        from repotune.sources.slug import is_remote
 
         if not self.host:
             raise RepotuneError("--host (or KFP_HOST) is required: the KFP API endpoint")
@@ -92,15 +87,12 @@ class SubmitConfig:
                 raise RepotuneError("give at least one source")
             object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
         for spec in self.sources:
-            if not (
-                spec.startswith((GITHUB_PREFIX, *SERVICE_PREFIXES, "s3://", "minio://"))
-                or git.is_git_url(spec)
-            ):
+            if not is_remote(spec):
                 raise RepotuneError(
                     f"source {spec!r} is not a place the cluster can read: give a git URL it can reach, "
                     "github:OWNER/REPO or an s3:// archive (`repotune run` trains on a local folder here)"
                 )
-        if not _NAMESPACE.match(self.namespace):
+        if not DNS_1123_LABEL.match(self.namespace):
             raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
 
     @property

@@ -497,10 +497,9 @@ def _check_folders(workdir: Path, run_dir: Path, sources: tuple[str, ...]) -> No
 
 def _absolute_source(source: str) -> str:
     """Components run with another working directory, so a local source becomes an absolute path."""
-    from repotune.sources import git
-    from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
+    from repotune.sources.slug import is_remote
 
-    if source.startswith((GITHUB_PREFIX, *SERVICE_PREFIXES, "s3://", "minio://")) or git.is_git_url(source):
+    if is_remote(source):
         return source
     path = Path(source).expanduser()
     if not path.exists():

@@ -11,6 +11,13 @@ GITHUB_PREFIX = "github:"
 SERVICE_PREFIXES = ("confluence:", "notion:", "jira:")
 
 
+def is_remote(source: str) -> bool:
+    """Whether ``source`` is read from elsewhere (github:, a wiki or tracker, an object store, a git URL),
+    not a path on this machine."""
+    elsewhere = (GITHUB_PREFIX, *SERVICE_PREFIXES, "s3://", "minio://")
+    return source.startswith(elsewhere) or git.is_git_url(source)
+
+
 def source_slug(source: str) -> str:
     """A short, path-safe name for a source, for object-store prefixes (``owner-repo``, ``myproject``)."""
     if source.startswith(SERVICE_PREFIXES):
