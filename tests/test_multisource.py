@@ -419,7 +419,9 @@ def test_the_resolve_and_ingest_steps_take_several_sources_under_kfp_local(
     monkeypatch.chdir(tmp_path)
     resolve_op = dsl.component(steps.resolve_source, base_image="python:3.11", install_kfp_package=False)
     ingest_op = dsl.component(steps.ingest, base_image="python:3.11", install_kfp_package=False)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    # a workspace of the test's own: kfp.local removes the one it makes only after a whole pipeline
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               workspace_root=str(tmp_path / "kfp-workspace"))  # fmt: skip
     with FakeJira(
         {"PAY": "Payments"}, _issues(cloud=True), cloud=True, accepted={basic(EMAIL, API_TOKEN)}
     ) as jira:

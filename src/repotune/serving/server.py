@@ -284,6 +284,8 @@ class BackgroundServer:
     """The name the server lists on ``/openai/v1/models`` (set once it is ready)."""
     token: str | None = None
     """A bearer token the server accepts, when it was started with ``REPOTUNE_SERVE_TOKENS``."""
+    temporary_log: bool = False
+    """Whether ``log_path`` is a temporary file of ours, removed once the server has stopped."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -299,7 +301,7 @@ class BackgroundServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout_s`` seconds."""
+        """SIGTERM, then SIGKILL after ``timeout_s`` seconds; a temporary log is removed then."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -307,6 +309,8 @@ class BackgroundServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.temporary_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> BackgroundServer:
         return self
@@ -336,8 +340,9 @@ def start_background(
     replaces the subprocess's environment (default: this process's); a ``REPOTUNE_SERVE_TOKENS`` in it
     turns authentication on, and its first token becomes ``BackgroundServer.token``. Without
     ``model_name`` the server names the model itself (``served_names``), and ``model_name`` is read
-    back from ``/openai/v1/models``. Raises ``RepotuneError`` with the end of the server's log when it
-    exits or is not ready within ``ready_timeout_s`` seconds.
+    back from ``/openai/v1/models``. The server's output goes to ``log_path``, else to a temporary file
+    that ``stop()`` removes. Raises ``RepotuneError`` with the end of the server's log when it exits or
+    is not ready within ``ready_timeout_s`` seconds.
     """
     tokens = tokens_from_env(env)
     attempts = 3 if port is None else 1
@@ -372,14 +377,18 @@ def start_background(
         with open(log_file, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         server = BackgroundServer(
-            f"http://{host}:{chosen}", process, log_file, token=next(iter(tokens), None)
+            f"http://{host}:{chosen}",
+            process,
+            log_file,
+            token=next(iter(tokens), None),
+            temporary_log=log_path is None,
         )
         try:
             _wait_ready(server, ready_timeout_s)
             return server
         except RepotuneError:
-            server.stop()
             taken = f"port {chosen} on {host} is in use" in server.log_text()
+            server.stop()
             if not (taken and attempt + 1 < attempts):
                 raise
     raise RepotuneError("could not start the server")  # the loop returns or raises
