@@ -569,7 +569,7 @@ def test_asking_for_more_lines_does_not_change_the_commits_and_general_files_sco
 
 
 def test_a_champion_of_another_project_is_neither_compared_with_nor_replaced() -> None:
-    from repotune.evaluate.registry import SOURCE_TAG, ChampionInfo, check_same_project
+    from repotune.evaluate.registry import ROOT_COMMIT_TAG, SOURCE_TAG, ChampionInfo, check_same_project
 
     def champion(source: str) -> ChampionInfo:
         return ChampionInfo("repotune", "3", "models:/m-1", "s3://b/m", None, {SOURCE_TAG: source}, {})
@@ -583,3 +583,18 @@ def test_a_champion_of_another_project_is_neither_compared_with_nor_replaced() -
         RepotuneError, match=r"champion of repotune \(version 3\) was trained on /home/a/billing"
     ):
         check_same_project(champion("/home/a/billing"), "/srv/build/shop", "repotune")
+
+    def rooted(source: str, root: str) -> ChampionInfo:
+        return ChampionInfo(
+            "repotune", "3", "models:/m-1", "s3://b/m", None, {SOURCE_TAG: source, ROOT_COMMIT_TAG: root}, {}
+        )
+
+    # one repository: a checkout in any folder, a clone from its URL (the cluster's source)
+    check_same_project(rooted("/home/ada/work", "a1" * 20), "https://git.example.com/team/shop.git",
+                       "repotune", "a1" * 20)  # fmt: skip
+    with pytest.raises(RepotuneError, match="give this project its own --model-name"):
+        check_same_project(rooted("/home/a/shop", "b2" * 20), "/srv/build/shop", "repotune", "a1" * 20)
+    # a champion (or a source) without a root commit: told apart by name
+    check_same_project(champion("/home/ci/checkouts/shop"), "/srv/build/shop", "repotune", "a1" * 20)
+    with pytest.raises(RepotuneError, match="give this project its own --model-name"):
+        check_same_project(rooted("/home/a/billing", "b2" * 20), "/srv/build/shop", "repotune", None)

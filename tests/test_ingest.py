@@ -155,6 +155,23 @@ def test_git_url_with_ref_resolves_the_commit(sample_repo: Path, tmp_path: Path)
 
 
 @pytest.mark.integration
+def test_every_clone_of_a_repository_names_the_same_root_commit(sample_repo: Path, tmp_path: Path) -> None:
+    first_sha = git(sample_repo, "rev-list", "--max-parents=0", "HEAD").strip()
+    elsewhere = tmp_path / "another-folder-name"
+    git(tmp_path, "clone", "--quiet", str(sample_repo), str(elsewhere))
+    roots = [
+        ingest(source, tmp_path / f"out{i}", kinds=frozenset({Kind.CODE}))[0]["root_commit"]
+        for i, source in enumerate((sample_repo, elsewhere, f"file://{sample_repo}"))
+    ]
+    assert roots == [first_sha] * 3
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "--quiet", "--depth=1", f"file://{sample_repo}", str(shallow))
+    # a shallow clone's oldest commit is where the clone stopped, not where the project began
+    assert ingest(shallow, tmp_path / "out-shallow", kinds=frozenset({Kind.CODE}))[0]["root_commit"] is None
+    assert ingest(sample_repo / "src", tmp_path / "out-folder")[0]["root_commit"] is None
+
+
+@pytest.mark.integration
 def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="--ref 'no-such-tag' is not a branch, tag or commit"):
         ingest_stage.run(

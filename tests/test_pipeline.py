@@ -493,7 +493,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune.evaluate.registry import Registry
+    from repotune.evaluate.registry import ROOT_COMMIT_TAG, Registry
     from repotune.storage import client_from_env, exists_complete
 
     repo = tmp_path / "repo"
@@ -537,6 +537,8 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert not (model / "checkpoints").exists()
             summary = json.loads((model / "train_summary.json").read_text())
             assert summary["steps"] == 30 and summary["data"]["dataset.commit"] == sha
+            root = git(repo, "rev-list", "--max-parents=0", "HEAD").strip()
+            assert summary["data"]["dataset.root_commit"] == root  # the project, whatever its folder
             # the retrieval index of the training revision ships in the model folder: the tree at the
             # cut, an ancestor of the head, every file of it and none added after it
             shipped = json.loads((model / "retrieval" / "manifest.json").read_text())
@@ -571,6 +573,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
 
             registry = Registry(url, "repotune")
             assert registry.champion().version == "1"
+            assert registry.champion().tags[ROOT_COMMIT_TAG] == root
 
             # same commit again: everything but resolve-source and deploy comes from the cache (train,
             # whose inputs include the retrieval index, is a hit only when the index step was one too)

@@ -116,7 +116,7 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
     )
     stats["split"] = split.as_dict()
     stats["leak_audit"] = outcome.leaks.as_dict()
-    stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit")}
+    stats["source"] = {key: manifest.get(key) for key in ("source", "source_type", "commit", "root_commit")}
     stats["ingest_skipped"] = manifest.get("skipped", {})
     stats["config"] = {
         "filters": asdict(config.filters),

@@ -70,6 +70,8 @@ SOURCE_TAG = "repotune.source"
 """The source repository the candidate was trained on, e.g. ``github:org/repo``."""
 COMMIT_TAG = "repotune.commit"
 """The commit SHA of that repository."""
+ROOT_COMMIT_TAG = "repotune.root_commit"
+"""The first commit of that repository's main line: the same in each of its clones (the project)."""
 DATASET_HASH_TAG = "repotune.dataset_hash"
 """A hash of the cleaned training and eval data."""
 RECIPE_HASH_TAG = "repotune.recipe_hash"
@@ -102,20 +104,28 @@ _RUN_ID = re.compile(r"^[\w-]+$")
 _TRUE, _FALSE = "true", "false"
 
 
-def check_same_project(champion: ChampionInfo | None, source: str | None, model_name: str) -> None:
+def check_same_project(
+    champion: ChampionInfo | None, source: str | None, model_name: str, root_commit: str | None = None
+) -> None:
     """Refuses to weigh a candidate against, and perhaps replace, a champion of another project.
 
     The registered model name is the project's: by default every run is ``repotune``, so a second
     project's run in the same MLflow store would be scored against the first's champion and, promoted,
-    take its alias (and its deployment). Projects are told apart by their sources' names
-    (``source_slug``: the repository or folder name), as the object-store prefixes are.
+    take its alias (and its deployment). Projects are told apart by their repositories' root commits
+    (``ROOT_COMMIT_TAG``) when both runs know theirs: a checkout in any folder, and a clone of it from
+    any URL, is the same project. Otherwise by their sources' names (``source_slug``: the repository or
+    folder name), as the object-store prefixes are.
     """
     from repotune.sources.slug import source_slug
 
     if champion is None or not source or not (theirs := champion.tags.get(SOURCE_TAG)):
         return
-    first = [part.split(" + ", 1)[0] for part in (theirs, source)]
-    if source_slug(first[0]) != source_slug(first[1]):
+    if root_commit and (their_root := champion.tags.get(ROOT_COMMIT_TAG)):
+        same = their_root == root_commit
+    else:
+        first = [part.split(" + ", 1)[0] for part in (theirs, source)]
+        same = source_slug(first[0]) == source_slug(first[1])
+    if not same:
         raise RepotuneError(
             f"the champion of {model_name} (version {champion.version}) was trained on {theirs}, and this "
             f"candidate on {source}: a registered model holds one project's versions, so give this "

@@ -244,7 +244,10 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.general)} general files"
     )
     champion = registry.champion() if registry is not None else None
-    check_same_project(champion, summary.get("data", {}).get("dataset.source"), config.model_name)
+    trained_on = summary.get("data", {})
+    check_same_project(
+        champion, trained_on.get("dataset.source"), config.model_name, trained_on.get("dataset.root_commit")
+    )
     index = retrieval_index(config, log, summary.get("recipe")) if scoring.retrieval else None
     budget = context_budget(summary, index)
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:
@@ -423,6 +426,8 @@ def _tags(summary: dict[str, Any]) -> dict[str, str]:
         tags[reg.SOURCE_TAG] = str(data["dataset.source"])
     if data.get("dataset.commit"):
         tags[reg.COMMIT_TAG] = str(data["dataset.commit"])
+    if data.get("dataset.root_commit"):
+        tags[reg.ROOT_COMMIT_TAG] = str(data["dataset.root_commit"])
     recipe = json.dumps(summary.get("recipe"), sort_keys=True).encode()
     tags[reg.RECIPE_HASH_TAG] = hashlib.sha256(recipe).hexdigest()[:16]
     if summary.get("dataset_hash"):

@@ -200,6 +200,7 @@ def _local_records(
     if is_repo:
         revision = git.head_sha(root)
         manifest["commit"] = revision
+        manifest["root_commit"] = git.root_commit(root, revision)
         split = choose(root, revision, parse_cut(config.cut) if config.cut is not None else None)
     elif config.cut is not None:
         raise RepotuneError(f"--cut needs git history, and {config.source!r} has none (not a git checkout)")
@@ -450,6 +451,7 @@ def run(
         "source": " + ".join(entry["source"] for entry in entries),
         "source_type": None,
         "commit": None,
+        "root_commit": None,
         "split": None,
         "include": sorted(config.kinds) if config.kinds is not None else None,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -513,7 +515,13 @@ def run(
 
 
 def _source_entry(spec: str) -> dict[str, Any]:
-    return {"source": _display_source(spec), "source_type": None, "commit": None, "split": None}
+    return {
+        "source": _display_source(spec),
+        "source_type": None,
+        "commit": None,
+        "root_commit": None,
+        "split": None,
+    }
 
 
 def _merged(first: IngestStats, second: IngestStats) -> IngestStats:
@@ -521,8 +529,9 @@ def _merged(first: IngestStats, second: IngestStats) -> IngestStats:
 
 
 def _combined(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest's top-level ``source_type``, ``commit``, ``site`` and ``split`` from each source's:
-    one source's own; for several, ``multiple``, the first commit, and the first temporal split
+    """The manifest's top-level ``source_type``, ``commit``, ``root_commit``, ``site`` and ``split`` from
+    each source's: one source's own; for several, ``multiple``, the first commit (and its repository's
+    root commit), and the first temporal split
     (else the first source with a tree's file split, which names why there is no cut)."""
     if len(entries) == 1:
         return {key: value for key, value in entries[0].items() if key not in ("records", "kept", "skipped")}
@@ -530,9 +539,11 @@ def _combined(entries: list[dict[str, Any]]) -> dict[str, Any]:
     if split is None:
         trees = [e for e in entries if e["source_type"] not in _SERVICE_TYPES]
         split = (trees or entries)[0]["split"]
+    first = next((e for e in entries if e["commit"]), {})
     return {
         "source_type": "multiple",
-        "commit": next((e["commit"] for e in entries if e["commit"]), None),
+        "commit": first.get("commit"),
+        "root_commit": first.get("root_commit"),
         "split": split,
     }
 

@@ -272,6 +272,16 @@ def newest_before(repo: Path, end: str, date: str) -> str | None:
     return out.strip() or None
 
 
+def root_commit(repo: Path, end: str = "HEAD") -> str | None:
+    """The first commit of ``end``'s main line (first parents): the same in every full clone of a
+    repository, whatever its folder or URL, so it names the project. ``None`` in a shallow clone, whose
+    oldest commit is only where the clone stopped."""
+    if is_shallow(repo):
+        return None
+    out = _run(["rev-list", "--first-parent", "--max-parents=0", end, "--"], cwd=repo).split()
+    return out[-1] if out else None
+
+
 def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     proc = subprocess.run(
         ["git", "merge-base", "--is-ancestor", older, newer], cwd=repo, env=_git_env(), capture_output=True

@@ -14,7 +14,6 @@ writes outputs and logs to MLflow.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
@@ -311,7 +310,14 @@ def run_training(
     precision = _precision(recipe)
 
     from repotune.models import resolve_base_model
-    from repotune.tracking import SUMMARY_RUN_ID_KEY, make_tracker, recipe_label, split_datasets, stage_run
+    from repotune.tracking import (
+        SUMMARY_RUN_ID_KEY,
+        data_provenance,
+        make_tracker,
+        recipe_label,
+        split_datasets,
+        stage_run,
+    )
 
     tracker = make_tracker(tracking_uri, recipe.experiment, rank=dist.rank)
     tracker.check()  # an unreachable tracking server is an error now, not after an hour of training
@@ -405,7 +411,7 @@ def run_training(
     )
     # Progress lines come from callbacks.Progress; the Trainer's own printer would repeat them as dicts.
     trainer.remove_callback(PrinterCallback)
-    source = _dataset_source(data)
+    source = data_provenance(data_dir)
     with tracker.start_run(*stage_run("train", source, recipe_label(recipe.base_model, recipe.method))):
         for context, dataset in split_datasets(data_dir).items():
             tracker.log_dataset(dataset, context)
@@ -574,13 +580,6 @@ def _file_hash(*paths: Path) -> str:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()[:16]
-
-
-def _dataset_source(data: CleanLayout) -> dict[str, str]:
-    if not data.stats.is_file():
-        return {}
-    source = json.loads(data.stats.read_text()).get("source") or {}
-    return {f"dataset.{k}": str(v) for k, v in source.items() if v}
 
 
 def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any]) -> None:
