@@ -82,7 +82,8 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert set(result.models) == ARMS
     base, candidate = result.models["base"], result.models["candidate"]
     for name in ("perplexity", "forgetting_perplexity", "line_exact_match", "line_edit_similarity",
-                 "line_diff_marker_share", "commit_rouge_l", "commit_chrf"):  # fmt: skip
+                 "line_diff_marker_share", "line_repeats_line_above_share", "commit_rouge_l",
+                 "commit_chrf"):  # fmt: skip
         assert name in base and name in candidate, name
     for key in ARMS:  # every arm answered the same 20 lines
         assert result.models[key]["line_edit_similarity"].n == 20, key

@@ -67,6 +67,27 @@ def test_diff_lines_and_file_headers_are_training_format_artefacts() -> None:
     assert starts_like_training_format("-   :param b: the other", "    :param b: the other", docstring)
 
 
+def test_a_completion_that_writes_the_line_above_again_is_told_apart() -> None:
+    from repotune.evaluate import rewrites_line_above
+
+    before = '    _one_line_error(repotune("submit", "--set", "max_stepz=3"), "max_stepz")\n\n    '
+    assert rewrites_line_above(
+        '_one_line_error(repotune("submit", "--set", "max_stepz=3"), "max_stepz")', before
+    )
+    # one character in ten may differ, as in Continue's rule; a new argument is a new line
+    assert rewrites_line_above(
+        '_one_line_error(repotune("submit", "--set", "max_stepz=4"), "max_stepz")', before
+    )
+    assert not rewrites_line_above(
+        '_one_line_error(repotune("deploy", "--namespace", "Team"), "namespace")', before
+    )
+    assert rewrites_line_above("const x = 6;", "const x = 5;\n")  # Continue's own test cases
+    assert not rewrites_line_above("let y = 10;", "const x = 5;\n")
+    assert not rewrites_line_above("x=6", "x=5\n")  # four characters or fewer are not judged
+    assert not rewrites_line_above(")", "    )\n    ")  # the completion is what follows the cursor
+    assert not rewrites_line_above("", before) and not rewrites_line_above("anything", "")
+
+
 def test_progress_reports_counts_and_time_left_every_few_seconds() -> None:
     now = [0.0]
     lines: list[str] = []
@@ -453,6 +474,7 @@ def test_the_demo_query_reaches_a_real_server_as_an_editor_sends_it(tmp_path: Pa
 
     from tests.serving_helpers import make_serving_model
 
+    from repotune.evaluate import rewrites_line_above
     from repotune.pipelines.local import demo_query, query_served_model
     from repotune.pipelines.status import RunLayout
     from repotune.records import write_records
@@ -476,6 +498,9 @@ def test_the_demo_query_reaches_a_real_server_as_an_editor_sends_it(tmp_path: Pa
     assert "a suffix is answered from the code before the cursor" in RunLayout(run).serve_log.read_text()
     assert any(f"suffix: {len(asked.suffix)} characters of the file after the line" in p for p in printed)
     assert printed[0].endswith("as candidate, the best candidate arm, gaps from the prefix alone")
+    # a completion that writes the line above again is said to be one, and only such a one
+    repeated = any("the line above written again" in p for p in printed)
+    assert repeated == rewrites_line_above(text, asked.prompt)
 
 
 def test_the_retrieval_budget_is_the_trained_one_else_the_one_serving_uses() -> None:

@@ -4,6 +4,7 @@ from repotune.evaluate.arms import Arm
 from repotune.evaluate.baseline import run as score_base
 from repotune.evaluate.baseline import summary as base_scores_summary
 from repotune.evaluate.decide import Policy
+from repotune.evaluate.generate import rewrites_line_above
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.samples import draw_samples, line_spans
 from repotune.evaluate.settings import ScoringConfig
@@ -19,6 +20,7 @@ __all__ = [
     "base_scores_summary",
     "draw_samples",
     "line_spans",
+    "rewrites_line_above",
     "run",
     "score_base",
     "settings_from",

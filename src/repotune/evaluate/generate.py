@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rapidfuzz.distance import Levenshtein
+
 from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
@@ -76,6 +78,17 @@ def starts_like_training_format(answer: str, expected: str, before: str = "") ->
         and not any(line.startswith(mark) for line in before.splitlines())
         for mark in TRAINING_FORMAT_STARTS
     )
+
+
+def rewrites_line_above(answer: str, before: str) -> bool:
+    """Whether ``answer`` writes again the last non-blank line of ``before`` (the code above the
+    cursor), give or take one character in ten: Continue's autocomplete drops such a completion
+    (``rewritesLineAbove`` in its postprocessing), so a user of it is shown nothing. As there, a line
+    of four characters or fewer (a ``)``, an ``end``) is not judged."""
+    above = next((line for line in reversed(before.split("\n")) if line.strip()), "")
+    if len(above) <= 4 or len(answer) <= 4 or not answer.strip():
+        return False
+    return Levenshtein.distance(above.strip(), answer.strip()) / len(answer.strip()) < 0.1
 
 
 @dataclass(frozen=True)

@@ -240,8 +240,10 @@ def _footer(context: dict[str, Any]) -> list[str]:
         f"Perplexity is token-weighted over {code}, for models without retrieved context.",
         "The diff-marker share counts line completions that start like a diff line",
         "(`+`, `-`, `@@`, `diff --git`) or a file header (`<filename>`, `# File:`) where the file's line",
-        "does not. `forgetting_perplexity` is measured on general code outside the project (the Python",
-        "standard library) to catch a model that learned the project but lost everything else.",
+        "does not. `line_repeats_line_above_share` counts line completions that write the line above the",
+        "cursor again (Continue's editor plugin drops those). `forgetting_perplexity` is measured on general",
+        "code outside the project (the Python standard library) to catch a model that learned the project",
+        "but lost everything else.",
     ]
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from repotune.data.transforms import code_prompt, commit_prompt, encode, fim_prompt, has_fim_tokens
 from repotune.evaluate.arms import Arm
-from repotune.evaluate.decide import MARKER_METRIC, PREFIX_ONLY, fim_way
+from repotune.evaluate.decide import MARKER_METRIC, PREFIX_ONLY, REPEAT_METRIC, fim_way
 from repotune.evaluate.generate import (
     Completion,
     Progress,
     complete_lines,
     context_limit,
+    rewrites_line_above,
     starts_like_training_format,
     tokenized,
     window_nll,
@@ -208,6 +209,11 @@ class Scorer:
             ]
             metrics[MARKER_METRIC] = summarize(MARKER_METRIC, markers, higher_is_better=False)
             per_sample[MARKER_METRIC] = markers
+            repeats = [
+                float(rewrites_line_above(c.text, s.prefix)) for c, s in zip(done, samples.lines, strict=True)
+            ]
+            metrics[REPEAT_METRIC] = summarize(REPEAT_METRIC, repeats, higher_is_better=False)
+            per_sample[REPEAT_METRIC] = repeats
         middles = [s.middle for s in samples.fims]
         if samples.fims and fim is not True:
             # The same gaps asked without the suffix, as a model without FIM tokens is asked them (and

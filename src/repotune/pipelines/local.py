@@ -608,6 +608,7 @@ def query_served_model(
     """
     import openai
 
+    from repotune.evaluate import rewrites_line_above
     from repotune.serving.server import start_background
 
     query = demo_query(data_dir)
@@ -644,6 +645,9 @@ def query_served_model(
         log(f"the file's next line ({query.path}): {query.expected!r}")
     indent = query.prompt[len(query.prompt.rstrip(" \t")) :]
     log(f"completion: {text!r}  (the line written: {indent + text!r})")
+    if rewrites_line_above(text, query.prompt):
+        # said rather than hidden: the report's line_repeats_line_above_share counts how often it happens
+        log("  that is the line above written again: Continue's autocomplete would drop it and show nothing")
     return text
 
 
