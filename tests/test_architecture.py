@@ -132,6 +132,7 @@ CONFIG_HELPERS = {
     "to_yaml",
     "draw_samples",
     "line_spans",
+    "rewrites_line_above",  # the demo judges its closing completion as evaluation judges every answer
 }
 
 
