@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,18 @@ def test_torch_comes_from_the_right_pytorch_index():
 
 
 def test_the_build_context_leaves_out_local_state_but_keeps_what_the_wheel_needs():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert {".git", ".venv", ".demo", ".pytest_cache", "**/__pycache__"} <= ignored
-    # the wheel is built from these (configs/ is force-included into repotune/configs)
-    assert not {"src", "pyproject.toml", "README.md", "configs"} & ignored
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # an allowlist: everything out first, so a model folder, .env or MLflow store anywhere stays out
+    assert rules[0] == "*"
+    # the wheel is built from these (configs/ is force-included into repotune/configs), and only these
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    assert allowed == {"src", "pyproject.toml", "README.md", "configs"}
+    force_included = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
+    assert set(force_included["wheel"]["force-include"]) <= allowed
 
 
 def test_image_tags_are_the_package_version_not_a_moving_tag(monkeypatch):
