@@ -365,8 +365,14 @@ def test_mlflow_models_serve_answers_with_the_champion(
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     folder = make_serving_model(tmp_path / "model", fim=False)
     tracker = MlflowTracker(tracking_uri, "serve-tests")
+    elsewhere = tmp_path / "a-checkout"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     with tracker.start_run("evaluate") as run_id:
         tracker.log_model(folder)
+    # the weights went beside the database, not into ./mlruns of the folder the process ran in
+    assert list(elsewhere.iterdir()) == []
+    assert list((tmp_path / "mlruns" / "serve-tests").rglob("model.safetensors"))
     registry = Registry(tracking_uri, "repotune-served")
     assert run_id is not None
     registry.promote(registry.register_candidate(run_id, "model", {}), Decision(True, ("promote: test",)))

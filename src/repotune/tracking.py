@@ -216,7 +216,9 @@ class MlflowTracker:
         experiment = self._client.get_experiment_by_name(self.experiment)
         if experiment is None:
             try:
-                return self._client.create_experiment(self.experiment)
+                return self._client.create_experiment(
+                    self.experiment, artifact_location=beside_database(self.tracking_uri, self.experiment)
+                )
             except MlflowException as err:
                 # Another process (a parallel pipeline run) created it between our two calls.
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -466,6 +468,17 @@ class DatasetInfo:
                 return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
         return JsonlDataset(_dataset_source(self.source), name=self.name, digest=self.digest)
+
+
+def beside_database(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``mlruns/EXPERIMENT`` beside the
+    database. MLflow's default is ``./mlruns`` of whatever folder the process runs in, so a model logged
+    from inside a repository would put its weights there. None (MLflow decides) for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    folder = re.sub(r"[^\w.-]", "-", experiment).strip(".-") or "experiment"
+    return (database.parent / "mlruns" / folder).as_uri()
 
 
 def data_provenance(data_dir: Path) -> dict[str, str]:
