@@ -161,7 +161,8 @@ def test_submit_flags_reach_the_kfp_api() -> None:
         assert run["service_account"] == "team-a-runner"
         assert kfp.experiments[run["experiment_id"]]["namespace"] == "team-a"
         assert run["runtime_config"]["parameters"] == {
-            "source": source, "ref": "", "training": {"max_steps": 5}, "namespace": "models"
+            "source": source, "ref": "", "training": {"max_steps": 5}, "namespace": "models",
+            "artifacts_root": "s3://repotune/runs", "model_name": "repotune", "deploy_name": "repotune",
         }  # fmt: skip
         spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
         assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
@@ -175,6 +176,18 @@ def test_submit_flags_reach_the_kfp_api() -> None:
         assert run.get("service_account") is None and "as KFP's default account" in done.stderr
         done = repotune("submit", source, "--host", kfp.url)
         assert done.returncode == 0 and "as repotune-pipeline-runner" in done.stderr
+        # a second project's run: its own registered model, InferenceService, store prefix and data
+        done = repotune("submit", source, "jira:SHOP", "--host", kfp.url, "--model-name", "shop",
+                        "--deploy-name", "shop", "--artifacts", "s3://team-shop/runs", "--include",
+                        "code,issues", "--eval", "line_samples=50", "--jira-url",
+                        "https://jira.example.com")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert kfp.runs[done.stderr.split()[2]]["runtime_config"]["parameters"] == {
+            "source": source, "more_sources": ["jira:SHOP"], "ref": "", "training": {},
+            "include": "code,issues", "evaluation": {"line_samples": 50},
+            "source_settings": {"jira_url": "https://jira.example.com"}, "artifacts_root": "s3://team-shop/runs",
+            "model_name": "shop", "namespace": "repotune", "deploy_name": "shop",
+        }  # fmt: skip
         # what the cluster would trip over, minutes or hours in, is refused before the run starts
         started = len(kfp.runs)
         _one_line_error(
@@ -185,6 +198,14 @@ def test_submit_flags_reach_the_kfp_api() -> None:
             repotune("submit", source, "--host", kfp.url, "--namespace", "BAD_NS"),
             "not a Kubernetes namespace",
         )
+        for flag, value, message in (
+            ("--kfp-namespace", "Team_A", "not a Kubernetes namespace"),
+            ("--deploy-name", "Shop.v2", "not a Kubernetes resource name"),
+            ("--artifacts", "/srv/runs", "expected s3://BUCKET/PREFIX"),
+            ("--include", "code,binaries", "unknown kind 'binaries'"),
+            ("--eval", "lines=3", "--eval: unknown key 'lines'"),
+        ):
+            _one_line_error(repotune("submit", source, "--host", kfp.url, flag, value), message)
         assert len(kfp.runs) == started
 
 

@@ -917,7 +917,19 @@ def test_a_multi_node_train_step_runs_a_pytorchjob_and_fetches_its_model(tmp_pat
             pytorchjob=True, data_uri="minio://mlpipeline/v2/artifacts/run/clean/dataset",
             output_uri="minio://mlpipeline/v2/artifacts/run/train/model",
         ))  # fmt: skip
-    job = seen[0]
+        # A run that publishes (an artifacts root, the cluster default): the job reads the published
+        # dataset and writes beside the published outputs, in the store whose keys its pods hold.
+        storage.client_from_env().make_bucket("repotune")
+        job = seen.pop()  # the operator "trains" the first job it sees: now the next one
+        published = train.run(train.TrainConfig(
+            data=tmp_path / "unused", output=tmp_path / "published-model", recipe=recipe, pytorchjob=True,
+            data_uri="s3://repotune/runs/app/abc/clean", output_uri="minio://mlpipeline/v2/artifacts/run/m",
+            checkpoints_under="s3://repotune/runs/app/abc",
+        ))  # fmt: skip
+        second = seen[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        assert "s3://repotune/runs/app/abc/clean" in second["command"]
+        assert f"s3://repotune/runs/app/abc/{published.recipe_key}/model-pytorchjob" in second["command"]
+        assert not any("mlpipeline" in part for part in second["command"])
     assert job["metadata"]["namespace"] == "team-a"
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]

@@ -603,8 +603,13 @@ def compile_(values: Values) -> None:
     Setting("host", envvar="KFP_HOST"),
     Setting("recipe"),
     Setting("ref"),
+    Setting("include"),
     Setting("training", ("--set",), parse=_parse_overrides, multiple=True),
+    Setting("evaluation", ("--eval",), parse=_parse_evaluation, multiple=True),
+    Setting("artifacts_root", ("--artifacts",)),
+    Setting("model_name"),
     Setting("namespace"),
+    Setting("deploy_name"),
     Setting("kfp_namespace"),
     Setting("run_name"),
     Setting("experiment"),
@@ -612,6 +617,7 @@ def compile_(values: Values) -> None:
     Setting("skip_version_check", ("--skip-kfp-version-check",)),
     Setting("images.image", ("--image",)),
     Setting("images.cuda_image", ("--cuda-image",)),
+    *(replace(setting, path=f"services.{setting.path}") for setting in SERVICE_SETTINGS),
 )
 def submit(values: Values) -> None:
     """Start the pipeline on a Kubeflow Pipelines cluster (credentials come from Kubernetes Secrets)."""

@@ -166,7 +166,7 @@ def train(
         data=Path(dataset.path), output=Path(model.path), recipe=train.resolve_recipe(recipe, settings)[0],
         tracking_uri=mlflow.uri_from_env() if tracking else None, keep_checkpoints=False, pytorchjob=True,
         checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
-        data_uri=dataset.uri, output_uri=model.uri,
+        data_uri=dataset.metadata.get("published") or dataset.uri, output_uri=model.uri,
     ))  # fmt: skip
     write_json(Path(metrics.path), result.metrics)
     for name, value in result.metrics.items():

@@ -13,7 +13,8 @@ from typing import Any
 from repotune import images
 from repotune.errors import RepotuneError
 from repotune.kube import DNS_1123_LABEL
-from repotune.pipelines.credentials import SERVICE_ACCOUNT
+from repotune.pipelines.credentials import ARTIFACTS_ROOT, SERVICE_ACCOUNT
+from repotune.sources.settings import ServiceSettings
 from repotune.train import DEFAULT_RECIPE
 
 
@@ -59,10 +60,24 @@ class SubmitConfig:
     """Recipe: a shipped name or a .yaml path."""
     ref: str | None = None
     """Branch, tag or commit of a git URL."""
+    include: str | None = None
+    """Record kinds, comma-separated: code,docs,commits,issues,wiki,diagrams."""
     training: dict[str, Any] = field(default_factory=dict)
     """Recipe settings by dotted key (`--set max_steps=10 --set data.seq_len=512`)."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Evaluation settings (`--eval line_samples=30`; `--eval policy.min_relative_gain=0.05` for the
+    promotion policy)."""
+    artifacts_root: str = ARTIFACTS_ROOT
+    """s3:// prefix, in the store of the Secret repotune-s3, for each stage's outputs and the model
+    KServe serves; empty: KFP's artifact store only (serving from there needs repotune-s3 to name it)."""
+    model_name: str = "repotune"
+    """Registered model name in MLflow: one per project."""
     namespace: str = "repotune"
     """Namespace the InferenceService is deployed into."""
+    deploy_name: str = "repotune"
+    """Name of the InferenceService the promoted model is served as."""
+    services: ServiceSettings = field(default_factory=ServiceSettings)
+    """Where the wiki and tracker sources are and what to read of them (the ``source_settings``)."""
     kfp_namespace: str | None = None
     """Kubeflow profile namespace the run belongs to (multi-user Kubeflow); unset for standalone KFP."""
     run_name: str | None = None
@@ -94,6 +109,18 @@ class SubmitConfig:
                 )
         if not DNS_1123_LABEL.match(self.namespace):
             raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
+        if not DNS_1123_LABEL.match(self.deploy_name):
+            raise RepotuneError(f"--deploy-name {self.deploy_name!r} is not a Kubernetes resource name")
+        if self.kfp_namespace is not None and not DNS_1123_LABEL.match(self.kfp_namespace):
+            raise RepotuneError(f"--kfp-namespace {self.kfp_namespace!r} is not a Kubernetes namespace name")
+        if self.artifacts_root and not self.artifacts_root.startswith("s3://"):
+            raise RepotuneError(
+                f"--artifacts {self.artifacts_root!r}: expected s3://BUCKET/PREFIX in the store of the "
+                "Secret repotune-s3 (the cluster cannot publish to a folder of this machine)"
+            )
+        from repotune.records import parse_include
+
+        parse_include(self.include)  # a wrong kind fails now, not in the cluster's ingest step
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -110,10 +137,19 @@ class SubmitConfig:
     def arguments(self) -> dict[str, Any]:
         """The pipeline's parameters for this run (the rest keep the compiled defaults)."""
         more = {"more_sources": list(self.sources[1:])} if len(self.sources) > 1 else {}
+        optional = {
+            "include": self.include or "",
+            "evaluation": dict(self.evaluation),
+            "source_settings": self.services.parameters(),
+        }
         return {
             "source": self.sources[0],
             **more,
             "ref": self.ref or "",
             "training": dict(self.training),
+            **{name: value for name, value in optional.items() if value},
+            "artifacts_root": self.artifacts_root,
+            "model_name": self.model_name,
             "namespace": self.namespace,
+            "deploy_name": self.deploy_name,
         }

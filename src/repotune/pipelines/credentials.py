@@ -29,6 +29,12 @@ namespace the steps run in: ``kubeflow`` for standalone KFP, the profile's names
 Kubeflow. KFP sets it per run, not per step (kfp-kubernetes has no per-task service account): ``repotune
 submit`` names it, and runs started from the KFP UI name it in the run form's "Service Account" field."""
 
+ARTIFACTS_ROOT = "s3://repotune/runs"
+"""Where a run publishes each stage's outputs by default, through the ``repotune-s3`` Secret: the
+``repotune`` bucket the manifests' MinIO makes (an external store is told to make it too). The deploy
+step hands KServe the published model, which it fetches with the same Secret; KFP's own artifact
+store is another store with other keys."""
+
 Step = Literal[
     "resolve-source",
     "ingest",

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from repotune.atomic import prepare_output
 from repotune.errors import RepotuneError
+from repotune.pipelines.credentials import ARTIFACTS_ROOT
 from repotune.pipelines.display import RunOutput
 from repotune.pipelines.status import LEAD_TASKS, STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
 from repotune.sources.settings import ServiceSettings
@@ -56,8 +57,9 @@ _CACHE_HIT = re.compile(r"^Task ([\w-]+) cache hit")
 _SKIPPED = re.compile(r"^Skipping conditional task condition-1\b")
 _OUTPUTS = re.compile(r"^Task '([\w-]+)' outputs:")
 _ARTIFACT = re.compile(r"(\w+): \w+\( name='[^']*',\s*uri='([^']*)'")
-LOCAL_S3_ROOT = "s3://repotune/runs"
-"""Where ``--local-s3`` publishes when ``--artifacts`` names no other place on it."""
+LOCAL_S3_ROOT = ARTIFACTS_ROOT
+"""Where ``--local-s3`` publishes when ``--artifacts`` names no other place on it: where a cluster run
+publishes by default."""
 
 
 @dataclass(frozen=True)

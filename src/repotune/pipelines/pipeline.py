@@ -22,7 +22,7 @@ from kfp.dsl import HTML, Artifact, Model
 
 from repotune import images
 from repotune.components import steps
-from repotune.pipelines.credentials import SERVICE_ACCOUNT, STEP_SECRETS
+from repotune.pipelines.credentials import ARTIFACTS_ROOT, SERVICE_ACCOUNT, STEP_SECRETS
 from repotune.train import DEFAULT_RECIPE, Recipe, resolve_recipe
 
 PIPELINE_NAME = "repotune"
@@ -114,7 +114,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         namespace: str = "repotune",
         runtime: str = "huggingface",
         deploy_apply: bool = True,
-        artifacts_root: str = "",
+        artifacts_root: str = ARTIFACTS_ROOT,
         hub_repo: str = "",
     ) -> PipelineOutputs:
         """Fine-tune, evaluate and deploy a model of one repository (the KFP UI shows these per parameter).
@@ -139,7 +139,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             namespace: Namespace of the InferenceService (the profile namespace on multi-user Kubeflow).
             runtime: huggingface (KServe's vLLM runtime, for GPUs) or repotune (this project's predictor).
             deploy_apply: Apply the InferenceService and wait for Ready; false only renders its manifest.
-            artifacts_root: s3:// prefix that also receives each stage's outputs (Secret repotune-s3).
+            artifacts_root: s3:// prefix for each stage's outputs and the served model (Secret repotune-s3).
             hub_repo: Hugging Face Hub ORG/NAME to push a promoted model to, private (Secret repotune-hf).
 
         Returns:

@@ -186,10 +186,12 @@ def submit_run(
 def submit(config: SubmitConfig) -> tuple[str, str]:
     """``repotune submit``: the run of ``config`` started on its KFP; returns (run id, run name)."""
     from repotune.config import from_struct
+    from repotune.evaluate import settings_from
     from repotune.train import resolve_recipe
 
-    # a bad setting fails here, not in the cluster's train step after the data steps
+    # a bad setting fails here, not in the cluster's train or evaluate step after the data steps
     resolve_recipe(config.recipe, from_struct(config.training))
+    settings_from(dict(config.evaluation), "--eval")
     name = config.name()
     run_id = submit_run(
         config.host,

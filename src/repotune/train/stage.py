@@ -51,7 +51,8 @@ class TrainConfig:
     data_uri: str | None = None
     """Where `data` is in object storage (s3://, or KFP's minio://): the PyTorchJob reads it there."""
     output_uri: str | None = None
-    """Where `output` goes in object storage: the PyTorchJob writes its model beside it."""
+    """Where `output` goes in object storage: the PyTorchJob writes its model beside it, or beside the
+    checkpoints when `checkpoints_under` is an s3:// prefix."""
 
     def __post_init__(self) -> None:
         nodes = self.recipe.resources.nodes
@@ -126,11 +127,16 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
         from repotune.train.cluster_job import train_as_pytorchjob
 
         assert config.data_uri is not None and config.output_uri is not None  # checked on construction
+        job_output = config.output_uri
+        if under is not None and under.startswith("s3://"):
+            # The job's pods hold the keys of the published outputs' store (repotune-s3), not of KFP's
+            # artifact store: the job writes beside the run's published outputs.
+            job_output = f"{under.rstrip('/')}/{key}/model"
         train_as_pytorchjob(
             recipe,
             key,
             config.data_uri,
-            config.output_uri,
+            job_output,
             config.output,
             tracking_uri=config.tracking_uri,
             log=log,
