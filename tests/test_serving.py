@@ -240,6 +240,19 @@ BAD_REQUESTS = [
     ("completions", {"model": "M", "prompt": "x", "temperature": 5}, 400, "temperature"),
     ("completions", {"model": "M", "prompt": "x", "stream": "yes"}, 400, "stream"),
     ("completions", {"model": "M", "prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    ("completions", {"model": "M", "prompt": "x", "logprobs": 0}, 400, "logprobs"),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": "x"}], "retrieval": True},
+        400,
+        "retrieval",
+    ),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": "word " * 3000}]},
+        400,
+        "messages",
+    ),
     (
         "chat/completions",
         {"model": "M", "messages": [{"role": "bogus", "content": "x"}]},
@@ -275,6 +288,25 @@ def test_bad_requests_get_openai_style_4xx(server, client: openai.OpenAI) -> Non
         client.completions.create(model=server.model_name, prompt="x", max_tokens=MAX_TOKENS * 2)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.integration
+def test_echo_puts_the_prompt_in_front_whether_text_or_token_ids(
+    tiny: Path, server, client: openai.OpenAI
+) -> None:
+    from transformers import AutoTokenizer
+
+    text = "def add(a, b):"
+    ids = AutoTokenizer.from_pretrained(tiny)(text, add_special_tokens=False)["input_ids"]
+
+    def complete(prompt: str | list[int]) -> str:
+        answer = client.completions.create(
+            model=server.model_name, prompt=prompt, max_tokens=3, echo=True, temperature=0
+        )
+        return answer.choices[0].text
+
+    answers = [complete(text), complete(ids)]
+    assert answers[0] == answers[1] and answers[0].startswith(text) and len(answers[0]) > len(text)
 
 
 def test_batched_rows_match_rows_generated_alone(loaded: RepotuneModel) -> None:
@@ -466,7 +498,7 @@ def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:
         first = batcher.submit(GenerationRequest(ids, 2))
         with pytest.raises(QueueFull) as full:
             batcher.submit(GenerationRequest(ids, 2))
-        assert full.value.status == 429
+        assert full.value.status == 429 and full.value.headers() == {"Retry-After": "1"}
         await first.result()
         late = batcher.submit(GenerationRequest(ids, 2, timeout_s=0.01))  # expires in the 300 ms window
         with pytest.raises(Timeout) as timed_out:

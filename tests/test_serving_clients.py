@@ -60,8 +60,20 @@ def test_the_model_is_served_under_the_repository_name(widgets: BackgroundServer
         assert answer.model == "widgets"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="tiny", prompt="x", max_tokens=2)
+    # the SDK's retrieve (GET /models/{model}) answers for each name, and a 404 for another
+    assert [client.models.retrieve(name).id for name in ("widgets", "model")] == ["widgets", "model"]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.models.retrieve("tiny")
+    assert unknown.value.code == "model_not_found"
     with httpx.Client(base_url=widgets.url, headers=widgets.headers, timeout=60) as http:
-        assert http.post("/v1/models/widgets:predict", json={"instances": ["x"]}).status_code == 200
+        for name in ("widgets", "model"):  # KServe's own routes take the aliases too
+            assert http.post(f"/v1/models/{name}:predict", json={"instances": ["x"]}).status_code == 200
+        # any other path under the OpenAI prefix: a 404 a client can read, in OpenAI's error shape
+        missing = http.post("/openai/v1/embeddings", json={"model": "widgets", "input": "x"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+    log = widgets.log_text()
+    assert "authentication: a bearer token of 2 in REPOTUNE_SERVE_TOKENS" in log
+    assert "time:wall" not in log and "time:cpu" not in log  # one access line a request, no trace lines
 
 
 def test_continue_autocomplete(widgets: BackgroundServer) -> None:

@@ -31,6 +31,11 @@ class ServingError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of the answer: ``Retry-After`` for a busy server (the openai client waits that
+        long before it retries)."""
+        return {"Retry-After": "1"} if self.status in (429, 503) else {}
+
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ServingError:
     return ServingError(400, message, param=param, code=code)

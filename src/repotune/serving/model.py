@@ -259,6 +259,7 @@ class RepotuneModel(kserve.Model):
         sampling: SamplingParams | None = None,
         stop: tuple[str, ...] = (),
         param: str = "max_tokens",
+        prompt_param: str = "prompt",
         heal: str = "",
     ) -> GenerationRequest:
         """A checked ``GenerationRequest``: the prompt fits the context and ``max_tokens`` is within
@@ -267,12 +268,12 @@ class RepotuneModel(kserve.Model):
         cap = self.settings.max_tokens
         room = self.context - len(prompt_ids)
         if not prompt_ids:
-            raise bad_request("the prompt is empty", param="prompt")
+            raise bad_request("the prompt is empty", param=prompt_param)
         if room <= 0:
             raise bad_request(
                 f"this model's maximum context length is {self.context} tokens, and the prompt has "
                 f"{len(prompt_ids)} tokens; shorten the prompt",
-                param="messages" if param == "max_completion_tokens" else "prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         if max_tokens is None:
@@ -321,7 +322,12 @@ class RepotuneModel(kserve.Model):
                 code="too_many_generations",
             )
 
-    def _check_model(self, name: str) -> None:
+    def _echoed(self, item: str | list[int]) -> str:
+        """The prompt as ``echo`` puts it in front of the completion: the text, or the ids decoded."""
+        return item if isinstance(item, str) else self.tokenizer.decode(item, skip_special_tokens=False)
+
+    def check_model(self, name: str) -> None:
+        """404 in OpenAI's shape unless ``name`` is the model's name or one of its aliases."""
         if name != self.name and name not in self.aliases:
             raise ServingError(
                 404,
@@ -345,7 +351,7 @@ class RepotuneModel(kserve.Model):
 
     async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         """``/openai/v1/completions``: a ``Completion``, or its chunks for ``stream: true``."""
-        self._check_model(request.model)
+        self.check_model(request.model)
         request.refuse_unsupported()
         items = request.prompts()
         n = request.n or 1
@@ -364,7 +370,7 @@ class RepotuneModel(kserve.Model):
         ]  # fmt: skip
         handles = self.submit_all(rows, param="n" if n > 1 else "prompt")
         prompt_tokens = sum(len(prompt.ids) for prompt in built)
-        echoed = [item if request.echo and isinstance(item, str) else "" for item in items for _ in range(n)]
+        echoed = [self._echoed(item) if request.echo else "" for item in items for _ in range(n)]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
         if request.stream:
             return self._completion_chunks(head, handles, echoed, prompt_tokens, request.include_usage)
@@ -411,7 +417,7 @@ class RepotuneModel(kserve.Model):
         """``/openai/v1/chat/completions``: a ``ChatCompletion``, or its chunks for ``stream: true``."""
         from repotune.data.transforms import render_chat
 
-        self._check_model(request.model)
+        self.check_model(request.model)
         request.refuse_unsupported()
         messages = request.text_messages()
         try:
@@ -426,7 +432,7 @@ class RepotuneModel(kserve.Model):
         row = self.request(
             prompt_ids, max_tokens=request.limit, default_max_tokens=None,
             sampling=request.sampling(default_temperature=1.0), stop=request.stops(),
-            param=request.limit_param,
+            param=request.limit_param, prompt_param="messages",
         )  # fmt: skip
         handles = self.submit_all([row] * n, param="n")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}

@@ -1,5 +1,5 @@
 """OpenAI-compatible routes on KServe's FastAPI app: ``/openai/v1/completions`` (with fill in the
-middle), ``/openai/v1/chat/completions`` and ``/openai/v1/models``.
+middle), ``/openai/v1/chat/completions``, ``/openai/v1/models`` and ``/openai/v1/models/{model}``.
 
 kserve 0.21 ships OpenAI routes of its own, but they import vLLM's types and are skipped without vLLM
 (a CUDA-only package), so these routes are registered on ``kserve.model_server.app`` instead. They are
@@ -39,16 +39,33 @@ PREFIX = "/openai/v1"
 
 
 def error_response(err: ServingError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
 def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
-    """Add ``/openai/v1/models``, ``/openai/v1/completions`` and ``/openai/v1/chat/completions``."""
+    """Add ``/openai/v1/models`` (and each model), ``/openai/v1/completions`` and
+    ``/openai/v1/chat/completions``; any other path under ``/openai/v1`` is a 404 in OpenAI's shape."""
     router = APIRouter()
 
+    def card(name: str) -> dict[str, Any]:
+        return Model(id=name, created=int(time.time()), object="model", owned_by="repotune").model_dump(
+            mode="json"
+        )
+
     async def list_models() -> JSONResponse:
-        card = Model(id=model.name, created=int(time.time()), object="model", owned_by="repotune")
-        return JSONResponse({"object": "list", "data": [card.model_dump(mode="json")]})
+        return JSONResponse({"object": "list", "data": [card(model.name)]})
+
+    async def retrieve_model(name: str) -> JSONResponse:
+        try:
+            model.check_model(name)
+        except ServingError as err:
+            return error_response(err)
+        return JSONResponse(card(name))
+
+    async def unknown(path: str) -> JSONResponse:
+        return error_response(
+            ServingError(404, f"{PREFIX}/{path} is not a route of this server", code="unknown_url")
+        )
 
     async def completions(request: Request) -> Response:
         try:
@@ -65,6 +82,7 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
             return error_response(err)
 
     router.add_api_route(f"{PREFIX}/models", list_models, methods=["GET"])
+    router.add_api_route(f"{PREFIX}/models/{{name}}", retrieve_model, methods=["GET"])
     router.add_api_route(
         f"{PREFIX}/completions", completions, methods=["POST"], openapi_extra=_body(CompletionRequest)
     )
@@ -74,6 +92,11 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
         methods=["POST"],
         openapi_extra=_body(ChatCompletionRequest),
     )
+    # last: any other path under the prefix answers in OpenAI's error shape, not FastAPI's
+    router.add_api_route(
+        f"{PREFIX}/{{path:path}}", unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )  # fmt: skip
     app.include_router(router)
 
 

@@ -128,7 +128,7 @@ class CompletionRequest(OpenAIRequest):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs:
+        if self.logprobs is not None:  # 0 too: OpenAI then returns the chosen tokens' log probabilities
             raise _unsupported("logprobs")
         if (self.best_of or 1) > 1:
             raise _unsupported("best_of", "`best_of` greater than 1 is not supported")
@@ -186,9 +186,16 @@ class ChatCompletionRequest(OpenAIRequest):
     audio: Any = None
     prediction: Any = None
     web_search_options: Any = None
+    retrieval: bool | None = None
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
+        if self.retrieval:
+            raise _unsupported(
+                "retrieval",
+                "retrieved context is put in front of completions (/openai/v1/completions), not chat "
+                "conversations; send the chat request without `retrieval`",
+            )
         for name in ("tools", "functions", "audio", "prediction", "web_search_options"):
             if getattr(self, name):
                 raise _unsupported(name)

@@ -70,8 +70,8 @@ def _error_handlers(app: Any) -> None:
 
     def answer(request: Any, err: ServingError) -> JSONResponse:
         if request.url.path.startswith("/openai/"):
-            return JSONResponse(err.body(), status_code=err.status)
-        return JSONResponse({"error": err.message}, status_code=err.status)
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers())
 
     async def refused(request: Any, err: ServingError) -> JSONResponse:
         return answer(request, err)
@@ -167,7 +167,11 @@ def serve(
                 + (f"on ({index.why})" if index.default else index.why)
                 + "; a request's `retrieval` field wins"
             )
-        if not settings.tokens:
+        if settings.tokens:
+            count = len(settings.tokens)
+            log(f"authentication: a bearer token of {count} in REPOTUNE_SERVE_TOKENS on every route but "
+                "health and readiness")  # fmt: skip
+        else:
             log(
                 "no authentication: "
                 + ("--insecure-no-auth" if settings.insecure_no_auth else f"{host} only")
@@ -184,6 +188,8 @@ def serve(
         # ModelServer.start() would bind 0.0.0.0 itself; this is the same start for one worker without
         # gRPC, on the socket bound above.
         server._register_and_check_atleast_one_model_is_ready([model])
+        for alias in model.aliases:  # the KServe v1/v2 routes answer to every name the OpenAI ones do
+            server.registered_models.update(model, name=alias)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
             server.dataplane,
@@ -230,6 +236,15 @@ class _KServeNoise(logging.Filter):
         return record.getMessage() not in self.NOISE
 
 
+class _Timings(logging.Filter):
+    """Drops KServe's two timing lines a request (``time:wall``, and ``time:cpu``, which is the whole
+    process's CPU time, not the request's) beside uvicorn's access line, health probes included. A
+    filter, not a level: KServe and uvicorn configure the logger's level again as they start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 def _quiet_kserve() -> None:
     """What KServe says that a user of ``repotune serve`` cannot act on, left out."""
     import warnings
@@ -237,6 +252,9 @@ def _quiet_kserve() -> None:
     kserve_logger = logging.getLogger("kserve")
     if not any(isinstance(f, _KServeNoise) for f in kserve_logger.filters):
         kserve_logger.addFilter(_KServeNoise())
+    trace_logger = logging.getLogger("kserve.trace")
+    if not any(isinstance(f, _Timings) for f in trace_logger.filters):
+        trace_logger.addFilter(_Timings())
     # KServe's error handlers answer with FastAPI's ORJSONResponse, which FastAPI now deprecates.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 

@@ -83,16 +83,17 @@ class ServeSettings:
                      "max_body_bytes", "max_json_depth"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RepotuneError(f"{name} must be a positive integer, got {value!r}")
+                raise RepotuneError(f"{_flag(name)} must be a positive integer, got {value!r}")
         check_line_penalty(self.line_repeat_penalty)
         if self.batch_wait_ms < 0:
-            raise RepotuneError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms!r}")
+            raise RepotuneError(f"--batch-wait-ms must not be negative, got {self.batch_wait_ms!r}")
         if self.request_timeout_s <= 0:
-            raise RepotuneError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
+            raise RepotuneError(f"--request-timeout must be positive, got {self.request_timeout_s!r}")
         if self.max_generations > self.max_queue:
             raise RepotuneError(
-                f"max_generations ({self.max_generations}) must not exceed max_queue ({self.max_queue}): "
-                "a request that may ask for more than the queue holds could never be served"
+                f"--max-generations ({self.max_generations}) must not exceed --max-queue ({self.max_queue}): "
+                "a request that may ask for more than the queue holds could never be served; give "
+                f"--max-generations {self.max_queue} (or less) with it"
             )
         if self.device is not None:
             check_device(self.device)
@@ -134,3 +135,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_NO_FLAG = frozenset({"default_max_tokens", "max_json_depth"})
+
+
+def _flag(name: str) -> str:
+    """The ``repotune serve`` option that sets the field ``name`` (the field itself where none does)."""
+    return name if name in _NO_FLAG else "--" + name.replace("_", "-")
