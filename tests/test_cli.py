@@ -206,7 +206,15 @@ def test_submit_flags_reach_the_kfp_api() -> None:
             ("--eval", "lines=3", "--eval: unknown key 'lines'"),
         ):
             _one_line_error(repotune("submit", source, "--host", kfp.url, flag, value), message)
+        # a token in the URL would become a run parameter: refused, and never printed back
+        token = "https://x-access-token:ghp_secret1@github.com/acme/shop.git"
+        refused = repotune("submit", token, "--host", kfp.url)
+        _one_line_error(refused, "the URL carries credentials")
+        assert "ghp_secret1" not in refused.stderr
         assert len(kfp.runs) == started
+    unreachable = repotune("submit", source, "--host", "http://admin:kfpsecret@127.0.0.1:9")
+    _one_line_error(unreachable, "cannot reach the KFP API at http://127.0.0.1:9")
+    assert "kfpsecret" not in unreachable.stderr
 
 
 def test_run_refuses_an_unreachable_tracking_server_in_one_line(tmp_path: Path) -> None:

@@ -172,6 +172,46 @@ def test_every_clone_of_a_repository_names_the_same_root_commit(sample_repo: Pat
 
 
 @pytest.mark.integration
+def test_a_github_token_reaches_githubs_git_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private repository on a cluster is cloned by its plain URL: GITHUB_TOKEN (the Secret
+    repotune-github) goes to the GitHub server as an Authorization header, and to no other host."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from repotune.sources.revision import resolve_revision
+
+    seen: list[str | None] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret123")
+    try:
+        for server in (url, None):  # GitHub Enterprise at this address; then github.com (the default)
+            if server:
+                monkeypatch.setenv("GITHUB_SERVER_URL", server)
+            else:
+                monkeypatch.delenv("GITHUB_SERVER_URL")
+            with pytest.raises(RepotuneError) as failed:
+                resolve_revision(f"{url}/team/private.git")
+            assert "ghp_secret123" not in str(failed.value)
+    finally:
+        httpd.shutdown()
+    basic = base64.b64encode(b"x-access-token:ghp_secret123").decode()
+    assert seen[0] == f"basic {basic}" and seen[-1] is None
+
+
+@pytest.mark.integration
 def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="--ref 'no-such-tag' is not a branch, tag or commit"):
         ingest_stage.run(

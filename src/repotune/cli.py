@@ -663,7 +663,9 @@ def main() -> None:
     try:
         app()
     except RepotuneError as exc:
-        say(f"error: {exc}")
+        from repotune.sources.git import strip_credentials
+
+        say(f"error: {strip_credentials(str(exc))}")  # a URL given with user:password@ is shown without
         sys.exit(2)
     except KeyboardInterrupt:
         say("interrupted")

@@ -200,8 +200,8 @@ class MlflowTracker:
 
     def _unreachable(self, err: Exception) -> RepotuneError:
         return RepotuneError(
-            f"cannot reach the MLflow tracking server at {self.tracking_uri} ({_reason(err)}); start it, "
-            "or fix --tracking-uri (MLFLOW_TRACKING_URI)"
+            f"cannot reach the MLflow tracking server at {self.tracking_uri} ({short_reason(err)}); start "
+            "it, or fix --tracking-uri (MLFLOW_TRACKING_URI)"
         )
 
     def check(self) -> None:
@@ -273,7 +273,7 @@ class MlflowTracker:
                     "logging to MLflow after %d failures in a row",
                     self.tracking_uri,
                     what,
-                    _reason(err),
+                    short_reason(err),
                     self.max_failures,
                 )
             elif self._failures >= self.max_failures:
@@ -649,7 +649,7 @@ def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
     return {_key(str(key)): _text(value, MAX_TAG_VALUE_LENGTH) for key, value in tags.items()}
 
 
-def _reason(err: BaseException) -> str:
+def short_reason(err: BaseException) -> str:
     """A short reason: the OS error inside MLflow's long connection messages, else the first line."""
     if errno := _ERRNO.search(str(err)):
         return errno.group(0).rstrip()

@@ -62,7 +62,7 @@ from typing import Any
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Decision
 from repotune.evaluate.metrics import Metric
-from repotune.tracking import MLFLOW_HTTP_DEFAULTS, WEIGHTS_PATH_TAG, _reason
+from repotune.tracking import MLFLOW_HTTP_DEFAULTS, WEIGHTS_PATH_TAG, short_reason
 
 CHAMPION_ALIAS = "champion"
 
@@ -216,7 +216,7 @@ class Registry:
             self._client.search_registered_models(max_results=1)
         except Exception as err:
             raise RepotuneError(
-                f"cannot reach the MLflow model registry at {self.tracking_uri} ({_reason(err)}); start "
+                f"cannot reach the MLflow model registry at {self.tracking_uri} ({short_reason(err)}); start "
                 "the server or fix MLFLOW_TRACKING_URI"
             ) from err
 
@@ -229,7 +229,7 @@ class Registry:
             yield
         except MlflowException as err:
             raise RepotuneError(
-                f"MLflow registry at {self.tracking_uri}: {what} failed ({_reason(err)})"
+                f"MLflow registry at {self.tracking_uri}: {what} failed ({short_reason(err)})"
             ) from err
 
     def register_candidate(

@@ -92,6 +92,7 @@ class SubmitConfig:
     """The images the steps run."""
 
     def __post_init__(self) -> None:
+        from repotune.sources.git import strip_credentials
         from repotune.sources.slug import is_remote
 
         if not self.host:
@@ -106,6 +107,13 @@ class SubmitConfig:
                 raise RepotuneError(
                     f"source {spec!r} is not a place the cluster can read: give a git URL it can reach, "
                     "github:OWNER/REPO or an s3:// archive (`repotune run` trains on a local folder here)"
+                )
+            if "://" in spec and "@" in spec.split("://", 1)[1].split("/", 1)[0]:
+                # a run's parameters are shown in the KFP UI and kept with the run
+                raise RepotuneError(
+                    f"source {strip_credentials(spec)}: the URL carries credentials, which would become a "
+                    "run parameter; give the plain URL and the token in the Secret repotune-github "
+                    "(GITHUB_TOKEN, sent to GitHub's git only)"
                 )
         if not DNS_1123_LABEL.match(self.namespace):
             raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")

@@ -92,7 +92,8 @@ SECRETS: tuple[Secret, ...] = (S3, MLFLOW, GITHUB, CONFLUENCE, JIRA, NOTION, HF)
 
 # Which Secrets each step has mapped into its environment (the pipeline wires exactly these).
 STEP_SECRETS: dict[Step, tuple[Secret, ...]] = {
-    "resolve-source": (S3, CONFLUENCE, JIRA, NOTION),  # s3:// archives by ETag, services by newest edit
+    # s3:// archives by ETag, services by newest edit, a private GitHub repository's head (GITHUB_TOKEN)
+    "resolve-source": (S3, GITHUB, CONFLUENCE, JIRA, NOTION),
     "ingest": (S3, GITHUB, CONFLUENCE, JIRA, NOTION),
     "clean": (S3,),
     "retrieval-index": (S3,),

@@ -109,7 +109,9 @@ def _client(host: str):
             warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline")
             return kfp.Client(host=host, existing_token=os.environ.get(KFP_TOKEN_ENV) or None)
     except Exception as exc:  # the SDK retries healthz, then raises TimeoutError/ApiException
-        raise RepotuneError(f"cannot reach the KFP API at {host}: {str(exc).splitlines()[0]}") from None
+        from repotune.tracking import short_reason
+
+        raise RepotuneError(f"cannot reach the KFP API at {host}: {short_reason(exc)}") from None
 
 
 def backend_version(client: Any, host: str) -> str:

@@ -8,6 +8,7 @@ to the repository: a past tree is checked out through a temporary index into a f
 
 from __future__ import annotations
 
+import base64
 import codecs
 import os
 import re
@@ -37,7 +38,25 @@ def is_git_url(spec: str) -> bool:
 
 def _git_env() -> dict[str, str]:
     # Never prompt for a password in a pipeline: fail at once and report it instead.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C"}
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C", **_token_config()}
+
+
+def _token_config() -> dict[str, str]:
+    """With ``GITHUB_TOKEN`` set, git config (as environment variables, so nothing is written to disk or
+    to the remote URL) that sends it to GitHub's git over HTTPS as actions/checkout does: an
+    ``Authorization`` header for ``GITHUB_SERVER_URL`` (GitHub Enterprise; default https://github.com)
+    only, never to another host. A private repository is then cloned by its plain URL."""
+    token = os.environ.get("GITHUB_TOKEN")
+    if not token:
+        return {}
+    server = os.environ.get("GITHUB_SERVER_URL") or "https://github.com"
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    config = {f"http.{server.rstrip('/')}/.extraheader": f"Authorization: basic {basic}"}
+    count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)  # after any the environment already has
+    env = {"GIT_CONFIG_COUNT": str(count + len(config))}
+    for index, (key, value) in enumerate(config.items(), start=count):
+        env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    return env
 
 
 def strip_credentials(text: str) -> str:
