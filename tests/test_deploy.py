@@ -18,6 +18,7 @@ from tests.kube_api import APPLY, KubeApi, by_spec, never_ready, ready_after, ru
 
 from repotune import kube
 from repotune.deploy import (
+    ANNOTATION_ROLLED_BACK,
     DeploySettings,
     ModelSource,
     RolledBack,
@@ -329,9 +330,25 @@ def test_a_revision_that_never_gets_ready_is_rolled_back(api: KubeApi) -> None:
     assert after["spec"] == before["spec"]  # the canary field the bad deploy added is gone again
     assert "canaryTrafficPercent" not in after["spec"]["predictor"]
     assert after["metadata"]["labels"] == before["metadata"]["labels"]
-    assert after["metadata"]["annotations"] == before["metadata"]["annotations"]
+    # the restored object says which model did not come up
+    assert after["metadata"]["annotations"] == {
+        **before["metadata"]["annotations"],
+        ANNOTATION_ROLLED_BACK: "s3://models/v2-broken",
+    }
     assert after["metadata"]["generation"] == 3
     assert not any(r.method in ("POST", "PUT", "DELETE") for r in api.requests)
+
+    # KFP retries a failed deploy step: the retry refuses that model at once, writing nothing, rather
+    # than wait out the timeout and roll back again
+    writes = len([r for r in api.requests if r.method != "GET"])
+    with pytest.raises(RepotuneError, match="did not become Ready in an earlier attempt and was rolled back"):
+        roll_out(BAD, settings(canary_percent=10), timeout_s=0.3, poll_s=0.02, api=client,
+                 refuse_rolled_back=True)  # fmt: skip
+    assert len([r for r in api.requests if r.method != "GET"]) == writes
+    # another model is deployed as usual
+    assert (
+        roll_out(GOOD, settings(), timeout_s=10, poll_s=0.01, api=client, refuse_rolled_back=True).url == URL
+    )
 
 
 @pytest.mark.integration

@@ -289,7 +289,8 @@ def deploy(
     result = deploy.run(deploy.DeployConfig(
         model_uri=model.metadata.get("published") or model.uri, settings=settings, apply=apply,
         manifest=Path(manifest.path), registered=deploy.RegisteredVersion(model_name, version, commit),
-        only_champion=True, skip_unservable=True, tracking_uri=mlflow.uri_from_env() if tracking else None,
+        only_champion=True, skip_unservable=True, refuse_rolled_back=True,
+        tracking_uri=mlflow.uri_from_env() if tracking else None,
     ))  # fmt: skip
     if result.skipped:
         print(f"deploy: nothing deployed: {result.skipped}")

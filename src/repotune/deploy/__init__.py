@@ -21,7 +21,13 @@ from repotune.deploy.render import (
     render_serving_runtime,
     to_yaml,
 )
-from repotune.deploy.rollout import RolledBack, Rollout, inference_service_failure, roll_out
+from repotune.deploy.rollout import (
+    ANNOTATION_ROLLED_BACK,
+    RolledBack,
+    Rollout,
+    inference_service_failure,
+    roll_out,
+)
 from repotune.deploy.stage import DeployConfig, DeployResult, RegisteredVersion, no_longer_champion, run
 from repotune.deploy.uris import ModelSource, artifact_to_s3, from_storage_uri, resolve_model_uri
 
@@ -29,6 +35,7 @@ from repotune.deploy.uris import ModelSource, artifact_to_s3, from_storage_uri, 
 from repotune.evaluate.decide import Decision, Policy, should_promote
 
 __all__ = [
+    "ANNOTATION_ROLLED_BACK",
     "Decision",
     "DeployConfig",
     "DeployResult",

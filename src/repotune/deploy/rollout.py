@@ -36,6 +36,9 @@ ENDPOINT_TIME_TAG = "repotune.endpoint.time"
 DEPLOY_ERROR_TAG = "repotune.deploy.error"
 """On a version whose deploy failed: why (truncated)."""
 MAX_TAG_CHARS = 5000
+ANNOTATION_ROLLED_BACK = "repotune.io/rolled-back-model"
+"""On an InferenceService restored after a failed deploy: the storage URI that did not come up (the
+next deploy of another model drops it, as server-side apply drops what its manager no longer sets)."""
 # Annotations that belong to other tools and must not be re-applied as repotune's own.
 _FOREIGN_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 # KServe's model status when the new revision cannot load: no point waiting out the timeout.
@@ -103,9 +106,14 @@ def roll_out(
     api: ApiClient | None = None,
     tracking_uri: str | None = None,
     poll_s: float = 5.0,
+    refuse_rolled_back: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> Rollout:
     """Serve ``model`` as the InferenceService ``settings.name`` and wait until it is Ready.
+
+    ``refuse_rolled_back``: refuse at once a model that an earlier deploy rolled back (the live
+    object's ``ANNOTATION_ROLLED_BACK``), as a retried pipeline step must: applying it again would only
+    wait out the timeout and roll back once more.
 
     Raises ``RolledBack`` when the new revision is not Ready within ``timeout_s`` seconds (or KServe
     reports that it cannot load) and a previous spec was restored, and a plain RepotuneError when there
@@ -117,6 +125,13 @@ def roll_out(
     name, namespace = settings.name, settings.namespace
     where = f"InferenceService {namespace}/{name}"
     live = kube.get(group, version, plural, namespace, name, api=api)
+    failed_before = ((live or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROLLED_BACK)
+    if refuse_rolled_back and failed_before == model.storage_uri:
+        raise RepotuneError(
+            f"{where}: {model.uri} did not become Ready in an earlier attempt and was rolled back "
+            f"({_model_of(live or {})} serves); not applied again. Fix the cause (kubectl get events -n "
+            f"{namespace}), then deploy it with `repotune deploy`"
+        )
 
     *support, isvc = render_manifests(model, settings)
     for obj in support:
@@ -139,6 +154,7 @@ def roll_out(
                 "cause and deploy again, or delete it"
             ) from failure
         restored = previous_spec(live)
+        restored["metadata"].setdefault("annotations", {})[ANNOTATION_ROLLED_BACK] = model.storage_uri
         if restored["spec"] == applied["spec"]:
             raise RepotuneError(
                 f"{message}. Its spec did not change with this deploy, so there is nothing to roll back to"

@@ -59,6 +59,9 @@ class DeployConfig:
     skip_unservable: bool = False
     """Write why into `manifest` and deploy nothing, instead of failing, when the model is not in object
     storage (a local pipeline run without --artifacts) or, with `only_champion`, no longer champion."""
+    refuse_rolled_back: bool = False
+    """Fail at once when an earlier deploy of this model was rolled back, rather than apply it and wait
+    out the timeout again (the pipeline's deploy step, which KFP retries)."""
     tracking_uri: str | None = None
     """MLflow URI: resolve models:/ URIs, record the endpoint."""
     artifacts_s3: str | None = None
@@ -157,8 +160,9 @@ def run(
 
         api = connect(config.kube_host)
     rollout = roll_out(
-        model, settings, timeout_s=config.timeout_s, api=api, tracking_uri=config.tracking_uri, log=log
-    )
+        model, settings, timeout_s=config.timeout_s, api=api, tracking_uri=config.tracking_uri,
+        refuse_rolled_back=config.refuse_rolled_back, log=log,
+    )  # fmt: skip
     return DeployResult(model, objects, rollout)
 
 
