@@ -288,6 +288,12 @@ def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
     model_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
     assert re.fullmatch(rf"s3://repotune/runs/repo/{sha}/[0-9a-f]+/model", model_uri)
     assert f"InferenceService: {run_dir / 'inferenceservice.yaml'}" in shown
+    # how to serve the model as it was evaluated (the server alone follows how it was trained)
+    flags = ["--retrieval", "on" if decision["retrieval"] else "off"]
+    if isinstance(decision.get("fim"), bool):
+        flags += ["--fim", "on" if decision["fim"] else "off"]
+    command = " ".join(["repotune", "serve", str(status["model"]), *flags])
+    assert any(line.startswith("serve it as evaluated (") and line.endswith(command) for line in shown), shown
 
     # the store was stopped with the run; what it holds is there for the next one
     assert not _weed_running(home / "s3")

@@ -458,7 +458,12 @@ def deploy(
     values: Values,
     s3_endpoint: Annotated[
         str | None,
-        typer.Option(envvar="S3_ENDPOINT_URL", help="S3 endpoint URL as the cluster reaches it; unset: AWS."),
+        typer.Option(
+            envvar=["S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"],
+            help="S3 endpoint URL as the cluster reaches it (unset: AWS). It goes on the ServiceAccount, "
+            "which KServe reads only with an IRSA role; otherwise it takes the endpoint from the Secret's "
+            "own serving.kserve.io/s3-* annotations, which must name the same store.",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the manifests as YAML; touch nothing.")] = False,
     image: Annotated[str | None, typer.Option(help=help_of(ImageSettings, "image"))] = None,
@@ -554,6 +559,11 @@ def run(
     if status.manifest:
         say(f"InferenceService: {layout.folder / status.manifest}")
     say(f"run folder: {run_dir} (status.json, report.md, run.log)")
+    from repotune.pipelines.local import served_arm
+
+    options, served = served_arm(status.decision)
+    # the server alone follows how the model was trained, which is not always what scored best
+    say(f"serve it as evaluated ({served}): repotune serve {status.model} {' '.join(options)}".rstrip())
     if query:
         from repotune.pipelines.local import query_served_model
 

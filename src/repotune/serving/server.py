@@ -262,6 +262,8 @@ def _quiet_kserve() -> None:
 def _gaps(model: Any) -> str:
     """How a request with a suffix is answered, for the start-up line."""
     if model.fim_prompts:
+        if model.settings.fim is None:  # auto: the evaluation may have found the prefix alone better
+            return "a suffix makes a fill-in-the-middle prompt; --fim off answers from the prefix alone"
         return "a suffix makes a fill-in-the-middle prompt"
     why = "--fim off" if model.fim else "no FIM tokens"
     return f"a suffix is answered from the code before the cursor, to the end of its line ({why})"
