@@ -76,6 +76,10 @@ def test_a_multi_node_gpu_job_has_a_master_workers_and_one_process_per_gpu():
     }
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert {kind: spec["replicas"] for kind, spec in replicas.items()} == {"Master": 1, "Worker": 2}
+    for spec in replicas.values():  # every pod may go onto a tainted GPU node
+        assert spec["template"]["spec"]["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
     assert job["spec"]["nprocPerNode"] == "4"  # a string in the v1 API ("auto" is allowed too)
     for container in containers(job):
         assert container["name"] == "pytorch"  # the operator sets MASTER_ADDR etc. only in this one

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,16 @@ def test_repotune_runtime_with_a_recipes_resources() -> None:
     assert predictor.model.runtime == "repotune-predictor"
     assert predictor.model.storage_uri == "s3://mlpipeline/v2/artifacts/run-1/train/model"
     assert predictor.model.resources.limits == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}
+    assert [(t.key, t.operator, t.effect) for t in predictor.tolerations] == [
+        ("nvidia.com/gpu", "Exists", "NoSchedule")
+    ]  # the GPU pool's taint
+    untainted = replace(recipe.resources, gpu_toleration=False)
+    assert (
+        "tolerations"
+        not in render_inference_service("s3://bucket/model", settings(resources=untainted))["spec"][
+            "predictor"
+        ]
+    )
     assert predictor.min_replicas == 0
     assert account["kind"] == "ServiceAccount"
 

@@ -264,7 +264,7 @@ ENVIRONMENT = {
     ("train", "--tracking-uri"): "MLFLOW_TRACKING_URI",
     ("evaluate", "--tracking-uri"): "MLFLOW_TRACKING_URI",
     ("deploy", "--tracking-uri"): "MLFLOW_TRACKING_URI",
-    ("deploy", "--s3-endpoint"): "S3_ENDPOINT_URL",
+    ("deploy", "--s3-endpoint"): ["S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"],
     ("deploy", "--s3-region"): "AWS_REGION",
     ("deploy", "--artifacts-s3"): "REPOTUNE_MLFLOW_ARTIFACTS_S3",
     ("run", "--workdir"): "REPOTUNE_HOME",

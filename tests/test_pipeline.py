@@ -55,6 +55,19 @@ def test_gpu_pipeline_asks_for_accelerators_memory_with_units_and_the_cuda_image
     assert train["resources"]["resourceCpuLimit"] == "8"
     cpu = _spec("repotune-cpu.yaml")[0]["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert "accelerator" not in cpu["resources"] and cpu["resources"]["resourceMemoryLimit"] == "8Gi"
+    # GPU node pools are tainted (nvidia.com/gpu:NoSchedule on EKS and GKE): the GPU steps tolerate it
+    gpu_platform = _spec("repotune-gpu.yaml")[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    tolerated = {name for name, e in gpu_platform.items() if e.get("tolerations")}
+    assert tolerated == {"exec-train", "exec-score-base", "exec-evaluate"}
+    assert gpu_platform["exec-train"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    cpu_platform = _spec("repotune-cpu.yaml")[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert not any(e.get("tolerations") for e in cpu_platform.values())
+    # every other step states what it requests, as a namespace with a ResourceQuota requires
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources", {})
+        assert resources.get("cpuRequest") and resources.get("memoryRequest"), name
 
 
 def test_secrets_come_from_kubernetes_secrets_and_network_steps_retry() -> None:

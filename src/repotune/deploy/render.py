@@ -191,15 +191,6 @@ def metadata(name: str, namespace: str, model: ModelSource | None = None) -> dic
     return meta
 
 
-def resource_requirements(resources: ResourceSettings) -> dict[str, dict[str, str]]:
-    """Requests equal to limits (a Guaranteed pod: a model server that is throttled or evicted under
-    memory pressure drops requests); accelerators as the device plugin's extended resource."""
-    amounts = {"cpu": str(resources.cpu), "memory": str(resources.memory)}
-    if resources.gpus_per_node > 0:
-        amounts[resources.gpu_resource] = str(resources.gpus_per_node)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
-
-
 def render_service_account(settings: DeploySettings) -> dict[str, Any]:
     """The predictor's ServiceAccount: names the credentials Secret and says how to reach the store."""
     s3 = settings.s3
@@ -264,7 +255,8 @@ def render_inference_service(model: ModelSource | str, settings: DeploySettings)
         "name": "kserve-container",
         "modelFormat": {"name": MODEL_FORMAT},
         "storageUri": model.storage_uri,
-        "resources": resource_requirements(settings.resources),
+        # requests = limits: a model server throttled or evicted under memory pressure drops requests
+        "resources": settings.resources.requirements(),
     }
     if settings.runtime is Runtime.HUGGINGFACE:
         model_spec["runtime"] = HF_RUNTIME
@@ -289,6 +281,8 @@ def render_inference_service(model: ModelSource | str, settings: DeploySettings)
     }
     if settings.canary_percent is not None:
         predictor["canaryTrafficPercent"] = settings.canary_percent
+    if tolerations := settings.resources.tolerations():
+        predictor["tolerations"] = tolerations
     return {
         "apiVersion": ISVC_API_VERSION,
         "kind": "InferenceService",

@@ -53,12 +53,23 @@ def _secrets(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
     return task
 
 
+STEP_CPU, STEP_MEMORY = "500m", "1Gi"
+"""What each step without the recipe's resources asks for (requests only, no limits): a namespace with
+a ResourceQuota on requests admits only pods that state them."""
+
+
+def _small(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    return task.set_cpu_request(STEP_CPU).set_memory_request(STEP_MEMORY)
+
+
 def _train_resources(task: dsl.PipelineTask, recipe: Recipe) -> None:
     resources = recipe.resources
     task.set_cpu_request(resources.cpu).set_cpu_limit(resources.cpu)
     task.set_memory_request(resources.memory).set_memory_limit(resources.memory)
     if resources.gpus_per_node:
         task.set_accelerator_type(resources.gpu_resource).set_accelerator_limit(resources.gpus_per_node)
+    for toleration in resources.tolerations():
+        kubernetes.add_toleration(task, **toleration)
 
 
 def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
@@ -152,7 +163,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             resolve_op(source=source, ref=ref, more_sources=more_sources, source_settings=source_settings),
             "resolve-source",
         )
-        resolved.set_display_name("resolve-source").set_caching_options(False).set_retry(**retry)
+        _small(resolved).set_display_name("resolve-source").set_caching_options(False).set_retry(**retry)
         ingested = ingest_op(
             source=source,
             more_sources=more_sources,
@@ -162,9 +173,9 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             source_settings=source_settings,
             artifacts_root=artifacts_root,
         )
-        _secrets(ingested, "ingest").set_display_name("ingest").set_retry(**retry)
+        _small(_secrets(ingested, "ingest")).set_display_name("ingest").set_retry(**retry)
         cleaned = clean_op(records=ingested.outputs["records"], artifacts_root=artifacts_root)
-        _secrets(cleaned, "clean").set_display_name("clean")
+        _small(_secrets(cleaned, "clean")).set_display_name("clean")
         indexed = index_op(
             dataset=cleaned.outputs["dataset"],
             revision=resolved.output,
@@ -175,6 +186,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
         if dense:
             _train_resources(indexed, recipe)
+        else:
+            _small(indexed)
         # The base model's arms need no trained model: on a cluster they are scored beside training, and
         # the step's cache serves every later run on the same data, index, base model and settings.
         based = score_base_op(
@@ -229,7 +242,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
                 apply=deploy_apply,
                 tracking=tracking,
             )
-            _secrets(deployed, "deploy").set_display_name("deploy").set_retry(**retry)
+            _small(_secrets(deployed, "deploy")).set_display_name("deploy").set_retry(**retry)
             deployed.set_caching_options(False)  # the cluster, not the inputs, decides what is live
             with dsl.If(hub_repo != "", name="hub-export"):
                 exported = export_op(
@@ -237,7 +250,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
                     evaluation=evaluated.outputs["evaluation"],
                     hub_repo=hub_repo,
                 )
-                _secrets(exported, "export").set_display_name("export").set_retry(**retry)
+                _small(_secrets(exported, "export")).set_display_name("export").set_retry(**retry)
                 exported.set_caching_options(False)  # the Hub, not the inputs, decides what is there
         return PipelineOutputs(
             model=trained.outputs["model"],

@@ -45,6 +45,11 @@ PLATFORM_FIELDS_SINCE: dict[str, str] = {
     "secretAsEnv.secretName": "2.14.3",
     "secretAsEnv.secretNameParameter": "2.14.3",
     "secretAsEnv.optional": "2.15.0",
+    # kfp-kubernetes' add_toleration (2023): in the proto well before 2.14.3
+    "tolerations": "2.14.3",
+    "tolerations.key": "2.14.3",
+    "tolerations.operator": "2.14.3",
+    "tolerations.effect": "2.14.3",
 }
 MIN_KFP_BACKEND = max(PLATFORM_FIELDS_SINCE.values(), key=Version)
 """The oldest KFP backend the committed pipelines run on (README states it)."""

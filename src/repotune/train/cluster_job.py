@@ -133,15 +133,6 @@ def _env(
     return env
 
 
-def _resources(recipe: Recipe) -> dict[str, Any]:
-    res = recipe.resources
-    amounts: dict[str, str] = {"cpu": str(res.cpu), "memory": str(res.memory)}
-    if res.gpus_per_node > 0:
-        amounts[res.gpu_resource] = str(res.gpus_per_node)
-    # requests = limits: the Guaranteed QoS class, so a training pod is the last to be evicted
-    return {"requests": dict(amounts), "limits": dict(amounts)}
-
-
 def render_pytorchjob(
     recipe: Recipe,
     *,
@@ -206,7 +197,7 @@ def render_pytorchjob(
         "command": command,
         "env": _env(DEFAULT_SECRET_ENV if secret_env is None else secret_env, tracking_uri, extra_env or {}),
         "ports": [{"name": PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}],
-        "resources": _resources(recipe),
+        "resources": recipe.resources.requirements(),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -232,6 +223,7 @@ def render_pytorchjob(
             },
             "containers": [container],
             "volumes": volumes,
+            **({"tolerations": tolerations} if (tolerations := recipe.resources.tolerations()) else {}),
         },
     }
 

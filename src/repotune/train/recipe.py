@@ -141,6 +141,24 @@ class ResourceSettings:
     """CPU request and limit per node, a Kubernetes quantity ("8", "500m")."""
     memory: str = "8Gi"
     """Memory request and limit per node, with a unit ("64Gi", "512Mi"); a bare number means bytes."""
+    gpu_toleration: bool = True
+    """With GPUs: tolerate the NoSchedule taint GPU node pools carry under the accelerator's name
+    (`nvidia.com/gpu`, the taint EKS and GKE GPU pools use and Kubernetes' ExtendedResourceToleration
+    tolerates where it is on), so the steps, PyTorchJob pods and predictor can be placed there."""
+
+    def requirements(self) -> dict[str, dict[str, str]]:
+        """Kubernetes resource requirements of one pod: requests equal to limits (the Guaranteed QoS
+        class, the last evicted), accelerators as the device plugin's extended resource."""
+        amounts = {"cpu": str(self.cpu), "memory": str(self.memory)}
+        if self.gpus_per_node > 0:
+            amounts[self.gpu_resource] = str(self.gpus_per_node)
+        return {"requests": dict(amounts), "limits": dict(amounts)}
+
+    def tolerations(self) -> list[dict[str, str]]:
+        """The pod's tolerations: the GPU taint's (``gpu_toleration``) when it asks for GPUs."""
+        if self.gpus_per_node == 0 or not self.gpu_toleration:
+            return []
+        return [{"key": self.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
