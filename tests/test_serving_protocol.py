@@ -242,3 +242,36 @@ def test_a_taken_port_and_an_open_address_fail_in_one_line() -> None:
         ServeSettings().check_exposure(loopback)
     with pytest.raises(RepotuneError, match="surrounding spaces"):
         ServeSettings(tokens=(" t",))
+
+
+def test_a_stream_cut_short_ends_in_an_event_the_openai_client_raises_and_tabby_can_parse() -> None:
+    """The request's timeout mid-stream: one event with OpenAI's error (the SDK raises it) and a last
+    choice that finishes (Tabby parses every event as a chunk, and an error alone fails its parser)."""
+    import asyncio
+    import json
+
+    import httpx
+    import openai
+    from openai.types import Completion
+
+    from repotune.serving.errors import Timeout
+    from repotune.serving.openai_routes import respond
+
+    async def cut_short():
+        raise Timeout(3.0)
+        yield  # an async generator, as the model's stream is
+
+    async def body(chat: bool) -> str:
+        return "".join([part async for part in respond(cut_short(), chat=chat).body_iterator])
+
+    text = asyncio.run(body(chat=False))
+    event = json.loads(text.removeprefix("data: "))
+    assert event["error"]["code"] == "timeout" and "data: [DONE]" not in text
+    assert event["choices"] == [{"index": 0, "finish_reason": "length", "text": "", "logprobs": None}]
+    assert json.loads(asyncio.run(body(chat=True)).removeprefix("data: "))["choices"][0]["delta"] == {}
+    # what the openai client makes of it, read from the same bytes
+    client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9")
+    response = httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"},
+                              request=httpx.Request("POST", "http://127.0.0.1:9/completions"))  # fmt: skip
+    with pytest.raises(openai.APIError, match="did not finish within the server's timeout"):
+        list(openai.Stream(cast_to=Completion, response=response, client=client))

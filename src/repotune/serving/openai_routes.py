@@ -9,7 +9,7 @@ server-sent events ending with ``data: [DONE]`` when it streams.
 
 Every refusal is a 4xx (or 429/503/504) with OpenAI's error body ``{"error": {"message", "type",
 "param", "code"}}``. Once a stream has started, the only error left is the request's timeout, which
-arrives as an error event (the openai client raises it).
+arrives as an error event (the openai client raises it; its last choice finishes, for Tabby).
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
     async def completions(request: Request) -> Response:
         try:
             params = validated(CompletionRequest, parse_json(await request.body()))
-            return respond(await model.create_completion(params))
+            return respond(await model.create_completion(params), chat=False)
         except ServingError as err:
             return error_response(err)
 
     async def chat_completions(request: Request) -> Response:
         try:
             params = validated(ChatCompletionRequest, parse_json(await request.body()))
-            return respond(await model.create_chat_completion(params))
+            return respond(await model.create_chat_completion(params), chat=True)
         except ServingError as err:
             return error_response(err)
 
@@ -107,7 +107,7 @@ def _body(kind: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def respond(answer: BaseModel | AsyncIterator[BaseModel]) -> Response:
+def respond(answer: BaseModel | AsyncIterator[BaseModel], *, chat: bool = False) -> Response:
     """A whole answer as JSON; chunks as server-sent events, then ``data: [DONE]``."""
     if isinstance(answer, BaseModel):
         return JSONResponse(answer.model_dump(mode="json"))
@@ -119,12 +119,24 @@ def respond(answer: BaseModel | AsyncIterator[BaseModel]) -> Response:
                 async for chunk in chunks:
                     yield _sse(chunk)
         except ServingError as err:
-            # Headers are gone already: the error travels as an event, which the openai client raises.
-            yield _sse(err.body())
+            yield _sse(stream_error(err, chat=chat))
             return
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def stream_error(err: ServingError, *, chat: bool) -> dict[str, Any]:
+    """The event that ends a stream cut short (the request's timeout; headers are gone already): the
+    error, which the openai client raises, and a last choice that finishes, for clients that read only
+    ``choices`` (Tabby parses every event as a chunk, and an error alone would fail its parser)."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    choice |= {"delta": {}} if chat else {"text": "", "logprobs": None}
+    return {
+        **err.body(),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "choices": [choice],
+    }
 
 
 def _sse(payload: BaseModel | dict[str, Any]) -> str:
