@@ -511,6 +511,58 @@ def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:
         batcher.stop()
 
 
+def test_a_stopping_server_fails_running_and_waiting_requests_at_once(loaded: RepotuneModel) -> None:
+    """What the server does as its grace period ends: a stream that is generating and one still queued
+    both end in an error (which a client sees as a 503 or a stream's error event), not a cut connection."""
+    from repotune.serving.errors import Unavailable
+
+    tokenizer = loaded.tokenizer
+    batcher = Batcher(loaded.loaded.model, tokenizer, max_batch_size=1, max_queue=4, batch_wait_ms=0)
+    ids = encode_prompt(tokenizer, "def add(a, b):")
+    long = loaded.context - len(ids) - 1  # far more than it writes before the cut
+
+    async def stopped_midway() -> tuple[int, list[BaseException]]:
+        running = batcher.submit(GenerationRequest(ids, long, SamplingParams(0.0), stop=()))
+        waiting = batcher.submit(GenerationRequest(ids, long, SamplingParams(0.0), stop=()))
+        pieces, errors = 0, []
+        try:
+            async for item in running.stream():
+                pieces += isinstance(item, str)
+                if pieces == 1:
+                    batcher.cut("the server is stopping")
+        except Unavailable as err:
+            errors.append(err)
+        try:
+            await waiting.result()
+        except Unavailable as err:
+            errors.append(err)
+        return pieces, errors
+
+    try:
+        pieces, errors = asyncio.run(stopped_midway())
+        assert [(e.status, e.message) for e in errors] == [(503, "the server is stopping")] * 2
+        assert pieces < long // 2  # the running row stopped at the cut, not at its max_tokens
+
+        async def another() -> None:
+            batcher.submit(GenerationRequest(ids, 2))
+
+        with pytest.raises(Unavailable):  # and nothing new is taken
+            asyncio.run(another())
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.integration
+def test_sigterm_stops_the_server_as_ctrl_c_does(tiny: Path, tmp_path: Path) -> None:
+    """Kubernetes stops a pod with SIGTERM: the server shuts down gracefully and says so (uvicorn raises
+    the signal again after its shutdown, which the default handler would turn into a silent kill)."""
+    log = tmp_path / "serve.log"
+    running = start_background(tiny, log_path=log)
+    running.stop()
+    text = log.read_text()
+    assert "stopped serving" in text and running.process.returncode == 130, text[-2000:]
+
+
 def test_request_checks(loaded: RepotuneModel) -> None:
     ids = encode_prompt(loaded.tokenizer, "x")
     assert loaded.request(ids, max_tokens=None, default_max_tokens=16).max_new_tokens == 16

@@ -292,6 +292,7 @@ class Batcher:
         self.rows = 0  # requests generated so far
         self.largest_batch = 0
         self._pending: deque[Handle] = deque()
+        self._running: list[Handle] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="repotune-generate", daemon=True)
@@ -337,6 +338,19 @@ class Batcher:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
+    def cut(self, reason: str) -> None:
+        """Refuse new requests and fail every one now, waiting or running: a server whose grace period
+        is ending tells each client so (a stream ends with an error event) rather than have the
+        connection closed on it. Running rows stop at their next token."""
+        with self._cond:
+            self._stopping = True
+            handles = [*self._pending, *self._running]
+            self._pending.clear()
+            self._cond.notify_all()
+        for handle in handles:
+            handle._push(Unavailable(reason))
+            handle.cancel()
+
     def _next_batch(self) -> list[Handle] | None:
         with self._cond:
             while not self._pending and not self._stopping:
@@ -381,12 +395,17 @@ class Batcher:
                 return
             if not batch:
                 continue
+            with self._cond:
+                self._running = batch
             try:
                 self._generate(batch)
             except Exception as err:
                 log.exception("generation failed for a batch of %d", len(batch))
                 for handle in batch:
                     handle._push(ServingError(500, f"generation failed: {err}", type="server_error"))
+            finally:
+                with self._cond:
+                    self._running = []
 
     def _generate(self, batch: list[Handle]) -> None:
         import torch

@@ -18,10 +18,12 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,13 @@ logger = logging.getLogger(__name__)
 
 # Seconds a stopping server lets open requests (streams) finish before it closes them.
 GRACE_PERIOD_S = 5
+CUT_BEFORE_END_S = 1.5
+"""How long before the grace period ends the requests still open are failed, so that their error
+reaches the clients before the connections close."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -206,19 +215,36 @@ def serve(
                 await asyncio.sleep(0.05)
             log(f"listening on {url}: OpenAI API at {url}/openai/v1, KServe v1/v2 at {url}/v1 and {url}/v2")
 
+        async def cut_when_stopping() -> None:
+            # uvicorn lets open requests run for the grace period, then cancels them: a stream cut
+            # that way reaches its client as a bare end of the body. Just before, every request still
+            # open is failed instead, so each client gets a 503 or a stream's error event.
+            while not rest._server.should_exit:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(max(0.0, GRACE_PERIOD_S - CUT_BEFORE_END_S))
+            if model.batcher is not None:
+                model.batcher.cut("the server is stopping")
+
         async def run() -> None:
             server.setup_event_loop()
             rest.create_application()
             _error_handlers(app)  # after KServe's, which they replace
-            waiter = asyncio.create_task(announce())
+            waiters = [asyncio.create_task(announce()), asyncio.create_task(cut_when_stopping())]
             try:
                 await rest._server.serve(sockets=[sock])
             finally:
-                waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
 
+        # uvicorn stops gracefully on SIGTERM and then raises it again under the previous handler:
+        # the default one would end the process before the lines below.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
             asyncio.run(run())
         finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             model.stop()
             log(f"stopped serving {model.name!r}")
     finally:
