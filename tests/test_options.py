@@ -136,7 +136,7 @@ def test_the_command_line_shows_each_settings_own_default_and_help() -> None:
 
 # The flags and environment variables of the commands README documents, as they were before the
 # options were built from the configs: the command-line contract.
-# The wiki and tracker sources' settings, on both `ingest` and `run`.
+# The wiki and tracker sources' settings, on `ingest`, `run` and `submit`.
 SERVICE_FLAGS = (
     "--confluence-url",
     "--confluence-comments",
@@ -245,12 +245,7 @@ CONTRACT = {
         "--model-name",
         "--namespace",
         "--deploy-name",
-        "--confluence-url",
-        "--confluence-comments",
-        "--no-confluence-comments",
-        "--jira-url",
-        "--jql",
-        "--notion-url",
+        *SERVICE_FLAGS,
         "--kfp-namespace",
         "--run-name",
         "--experiment",
