@@ -85,3 +85,17 @@ def test_bad_recipes_name_the_setting(tmp_path: Path, text: str, message: str) -
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_serving_asks_for_its_own_resources_or_the_training_ones() -> None:
+    from repotune.train.recipe import resolve_recipe
+
+    gpu, _ = resolve_recipe("qwen2.5-coder-1.5b-gpu")
+    served = gpu.serving_resources()
+    assert (served.gpus_per_node, served.cpu, served.memory) == (1, "4", "16Gi")  # not training's 64Gi
+    assert served.requirements()["limits"]["nvidia.com/gpu"] == "1" and served.tolerations()
+    cpu, _ = resolve_recipe("smollm2-135m-cpu")
+    assert cpu.serving is None and cpu.serving_resources() == cpu.resources
+    assert resolve_recipe("qwen2.5-coder-1.5b-gpu", {"serving.memory": "24Gi"})[0].serving.memory == "24Gi"
+    with pytest.raises(RepotuneError, match=r"serving\.nodes must be 1"):
+        resolve_recipe("qwen2.5-coder-1.5b-gpu", {"serving.nodes": 2})

@@ -432,7 +432,7 @@ def _switch(text: str, flag: str) -> bool | None:
 def _recipe_resources(spec: str):
     from repotune import train
 
-    return train.resolve_recipe(spec)[0].resources
+    return train.resolve_recipe(spec)[0].serving_resources()
 
 
 @app.command()

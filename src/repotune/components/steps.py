@@ -281,8 +281,9 @@ def deploy(
 
     credentials.require("deploy", credentials.needs("deploy", tracking=tracking))
     retrieval, fim = (evaluated_setting(Path(evaluation.path), key) for key in ("retrieval", "fim"))
+    served = train.resolve_recipe(recipe)[0].serving_resources()  # one replica of the predictor
     settings = deploy.DeploySettings(
-        name=name, namespace=namespace, runtime=runtime, resources=train.resolve_recipe(recipe)[0].resources,
+        name=name, namespace=namespace, runtime=runtime, resources=served,
         s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval, fim=fim,
     )  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None

@@ -190,6 +190,9 @@ class Recipe:
     """How records become training blocks."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     """What the train step asks a cluster for (ignored on this machine)."""
+    serving: ResourceSettings | None = None
+    """What one replica of the deployed model asks for (the InferenceService's predictor); null: the
+    same as `resources`. Serving needs the GPU, not the optimizer's memory: the GPU recipes ask less."""
     micro_batch_size: int = 4
     """Blocks per forward pass on each device."""
     gradient_accumulation_steps: int = 1
@@ -249,6 +252,12 @@ class Recipe:
             raise RepotuneError("max_epochs must be positive (or null for no cap)")
         if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
             raise RepotuneError("checkpoint_uri must be an s3:// URI (or null)")
+        if self.serving is not None and self.serving.nodes != 1:
+            raise RepotuneError("serving.nodes must be 1: each replica of the model is one pod")
+
+    def serving_resources(self) -> ResourceSettings:
+        """What one predictor replica asks for: ``serving``, else the training ``resources``."""
+        return self.serving if self.serving is not None else self.resources
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
