@@ -136,8 +136,11 @@ def test_a_missing_crd_is_an_error_not_an_absent_object(api: KubeApi) -> None:
 @pytest.mark.integration
 def test_unreachable_api_server_names_the_host() -> None:
     url = closed_port_url()
-    with pytest.raises(RepotuneError, match=f"cannot reach the Kubernetes API at {url}"):
+    with pytest.raises(RepotuneError, match=f"cannot reach the Kubernetes API at {url}") as failed:
         kube.get(GROUP, VERSION, PLURAL, "team-a", "x", api=kube.connect(host=url))
+    assert str(failed.value).endswith("Connection refused)")  # the reason, not urllib3's retry story
+    with pytest.raises(RepotuneError, match="give the API server's URL"):
+        kube.connect(host="kube.example.com:6443")  # no scheme: refused before any request
 
 
 @pytest.mark.integration

@@ -49,6 +49,8 @@ def connect(host: str | None = None, *, context: str | None = None) -> ApiClient
 
     configuration = client.Configuration()
     if host is not None:
+        if not host.startswith(("http://", "https://")):
+            raise RepotuneError(f"--kube-host {host!r}: give the API server's URL, http(s)://HOST[:PORT]")
         configuration.host = host.rstrip("/")
         return client.ApiClient(configuration)
     try:
@@ -340,7 +342,10 @@ def _call(
             return None
         raise _api_error(err, what, host) from err
     except HTTPError as err:
-        raise RepotuneError(f"{what}: cannot reach the Kubernetes API at {host} ({err})") from err
+        from repotune.tracking import short_reason
+
+        reason = short_reason(err)  # the OS error, not urllib3's retry message around it
+        raise RepotuneError(f"{what}: cannot reach the Kubernetes API at {host} ({reason})") from err
 
 
 def _status(err: Any) -> dict[str, Any]:
