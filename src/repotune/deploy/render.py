@@ -124,8 +124,8 @@ class DeploySettings:
     runtime: Runtime = Runtime.HUGGINGFACE
     """KServe's Hugging Face runtime (vLLM on GPUs), or this project's predictor."""
     resources: ResourceSettings = field(default_factory=ResourceSettings)
-    """CPU, memory and accelerators of one predictor replica: a recipe's `resources` (a shipped name or
-    a .yaml path; default 2 CPUs, 8Gi); its nodes and torchrun settings do not apply to serving."""
+    """CPU, memory and accelerators of one predictor replica: a recipe's `serving` block, else its
+    `resources` (a shipped name or a .yaml path; default 2 CPUs, 8Gi)."""
     canary_percent: int | None = None
     """Share of traffic, 0 to 100, that the new revision gets while the previous one keeps the rest
     (KServe Serverless mode); unset, it gets all traffic once Ready."""
