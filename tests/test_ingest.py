@@ -368,6 +368,13 @@ def test_credentials_in_a_git_url_never_reach_the_output(sample_repo: Path, tmp_
     from repotune.ingest.stage import _display_source
 
     assert _display_source("https://user:ghp_secret@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert _display_source("https://git.example.com/o/r.git?access_token=glpat-x1&ref=main") == (
+        "https://git.example.com/o/r.git?access_token=***&ref=main"
+    )
+    with pytest.raises(RepotuneError) as failed:  # nor in the error of a clone that fails
+        ingest_stage.run(IngestConfig(source=f"file://{tmp_path}/missing.git?private_token=glpat-y2",
+                                      output=tmp_path / "failed"))  # fmt: skip
+    assert "glpat-y2" not in str(failed.value) and "private_token=***" in str(failed.value)
     assert _display_source(".") == str(Path(".").resolve())
     manifest, records = ingest(f"file://{sample_repo}", tmp_path / "out")
     assert manifest["source"] == f"file://{sample_repo}"

@@ -7,6 +7,7 @@ scanner (or `redact` itself) would flag as a live credential.
 
 from __future__ import annotations
 
+import base64
 import random
 import string
 import time
@@ -42,9 +43,9 @@ RSA_KEY = (
 
 # (kind, text with `§` where the secret goes, secret)
 CASES: list[tuple[str, str, str]] = [
-    ("aws_access_key", 'aws_access_key_id = "§"', "AKIA" + "IOSFODNN7EXAMPLE"),
+    ("aws_access_key", 'aws_access_key_id = "§"', "AKIA" + fake(16, string.ascii_uppercase + "234567", 7)),
     ("aws_access_key", "credentials: {AccessKeyId: §}", "ASIA" + fake(16, string.ascii_uppercase + "234567")),
-    ("aws_secret_key", "aws_secret_access_key = §", "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"),
+    ("aws_secret_key", "aws_secret_access_key = §", fake(40, B64, 7)),
     ("aws_secret_key", '{"SecretAccessKey": "§"}', fake(40, B64)),
     ("gcp_api_key", 'const mapsKey = "§";', "AIza" + fake(35, TOKEN)),
     ("gcp_service_account", '{"type": "service_account", "private_key_id": "§"}', fake(40, HEX)),
@@ -244,6 +245,98 @@ def test_leaves_non_secrets_alone(text: str) -> None:
     assert redact(text) == (text, Counter())
 
 
+PW = fake(12, ALNUM, 41)  # a password a generator picked: letters and digits, upper case first or not
+_PEM = "\n".join(
+    [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        fake(64, B64, 42),
+        fake(64, B64, 43),
+        "-----END RSA PRIVATE KEY-----\n",
+    ]
+)
+PEM_B64 = base64.b64encode(_PEM.encode()).decode()
+LEAKS = [
+    # (where, text, what must go): configuration files, whose values are literals, found by their path
+    ("config/database.yml", f"production:\n  adapter: postgresql\n  password: {PW.capitalize()}\n", PW),
+    ("src/main/resources/application.properties", f"spring.datasource.password={PW}\n", PW),
+    ("gradle.properties", f"ossrhPassword={PW}\nsigning.password={PW}x\n", PW),
+    ("setup.cfg", "[db]\npassword = letmein2024\n", "letmein2024"),
+    (".pypirc", "[pypi]\nusername = bot\npassword = hunter2x\n", "hunter2x"),
+    ("kustomization.yaml", f"secretGenerator:\n- name: db\n  literals:\n  - password={PW}\n", PW),
+    # Kubernetes Secrets as `kubectl get -o yaml` writes them, and the data of one in a diff
+    (
+        None,
+        "apiVersion: v1\nitems:\n- apiVersion: v1\n  data:\n    password: "
+        + base64.b64encode(PW.encode()).decode()
+        + "\n  kind: Secret\n  metadata:\n    name: db\nkind: List\n",
+        base64.b64encode(PW.encode()).decode(),
+    ),
+    (
+        None,
+        "diff --git a/s.yaml b/s.yaml\n--- a/s.yaml\n+++ b/s.yaml\n@@ -3,4 +3,4 @@\n"
+        " kind: Secret\n data:\n-  KEY: "
+        + base64.b64encode(b"old" + PW.encode()).decode()
+        + "\n+  KEY: "
+        + base64.b64encode(PW.encode()).decode()
+        + "\n",
+        base64.b64encode(PW.encode()).decode(),
+    ),
+    # a base64 private key (kubeconfig), and a deleted key whose diff stops before its END line
+    (None, f"users:\n- name: admin\n  user:\n    client-key-data: {PEM_B64}\n", PEM_B64[20:60]),
+    (
+        None,
+        "diff --git a/k b/k\n--- a/k\n+++ /dev/null\n@@ -1,9 +0,0 @@\n-----BEGIN RSA PRIVATE KEY-----\n-"
+        + fake(64, B64, 44)
+        + "\n-"
+        + fake(64, B64, 45)
+        + "\n[diff truncated]",
+        fake(64, B64, 45),
+    ),
+    # passwords on command lines and in credential files
+    (None, f"mysql -u root -p{PW} billing\n", PW),
+    (None, f"docker login -u acme -p {PW} registry.example.com\n", PW),
+    (None, f"sshpass -p '{PW}' ssh root@host\n", PW),
+    (None, f"PGPASSWORD={PW} psql -h db -U app\n", PW),
+    (None, f"+PGPASSWORD={PW} psql -h db -U app\n", PW),
+    (None, f"sqlcmd -S db -U sa -P {PW} -Q 'select 1'\n", PW),
+    (None, f"openssl pkcs12 -export -passout pass:{PW} -out a.p12\n", PW),
+    (None, f"keytool -importcert -storepass {PW} -keystore a.jks\n", PW),
+    (None, f"htpasswd -b -c .htpasswd admin {PW}\n", PW),
+    (None, f"machine api.heroku.com\n  login jane\n  password {PW}\n", PW),
+    (None, "admin:$apr1$ZxYq3w2e$" + fake(22, ALNUM, 46) + "\n", fake(22, ALNUM, 46)),
+    (None, f'curl -H "X-API-Key: {fake(32, ALNUM, 47)}" https://api.example.com\n', fake(32, ALNUM, 47)),
+    (None, f'<property name="password" value="{PW}"/>\n', PW),
+    (None, f"define( 'DB_PASSWORD', '{PW}' );\n", PW),
+    (None, f"ops: reset db\n\nnew db password: {PW.capitalize()}\n", PW.capitalize()),
+]
+
+
+@pytest.mark.parametrize(("path", "text", "hidden"), LEAKS)
+def test_secrets_in_configuration_files_commands_and_diffs_are_redacted(
+    path: str | None, text: str, hidden: str
+) -> None:
+    out, counts = redact(text, path=path)
+    assert hidden not in out and counts, out
+
+
+# What documentation and ordinary code write in a secret's place: kept as written.
+EXAMPLES = [
+    'aws_access_key_id = "AKIA' + 'IOSFODNN7EXAMPLE"',  # AWS's own documented key pair
+    "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY",
+    "GITHUB_TOKEN=ghp_" + "x" * 36,
+    'OPENAI_API_KEY="sk-' + "x" * 48 + '"',
+    "OPENAI_API_KEY=sk-...",
+    "def connect(azure_client_secret: Optional[str] = None): ...",
+    "    :param  password: string:",
+    "password = get_password\n",  # in code a name is a variable, even where a .yml would hold a literal
+]
+
+
+@pytest.mark.parametrize("text", EXAMPLES)
+def test_documented_examples_and_annotations_are_kept(text: str) -> None:
+    assert redact(text, path="src/app.py") == (text, Counter())
+
+
 def test_curl_user_and_password_as_the_issue_wrote_it() -> None:
     # "pass" is a stand-in in an assignment, but on a command line it is the password someone typed.
     assert redact("curl -u admin:pass https://ci.internal/api/json") == (
@@ -363,7 +456,7 @@ def test_noreply_address_with_a_user_name_is_redacted() -> None:
 
 
 def test_diff_lines() -> None:
-    aws_value = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    aws_value = fake(40, B64, 8)
     password = "pr0d-" + fake(12)
     diff = (
         "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1,3 +1,3 @@\n"

@@ -567,12 +567,13 @@ def _inside(output: Path, root: Path) -> frozenset[str]:
 
 
 def _strip_auth(url: str) -> str:
-    """Drop ``user:token@`` from a URL so a credential never lands in a manifest or a record."""
+    """Drop ``user:token@`` from a URL, and mask a token in its query string (``?access_token=***``), so
+    a credential never lands in a manifest or a record."""
     if "://" not in url:
         return url  # scp-like ``git@host:path``: the user name is not a secret
     scheme, _, rest = url.partition("://")
     host_and_path = rest.split("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
-    return f"{scheme}://{host_and_path}"
+    return git.strip_credentials(f"{scheme}://{host_and_path}")
 
 
 def _skip_summary(stats: IngestStats) -> str:

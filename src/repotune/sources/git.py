@@ -59,9 +59,17 @@ def _token_config() -> dict[str, str]:
     return env
 
 
+# A token in a URL's query string: `?access_token=...`, `&private_token=...` (GitLab), `&sig=...` (SAS).
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&](?:access_token|private_token|token|api_key|apikey|key|password|secret|sig)=)[^&\s'\"#]+",
+    re.IGNORECASE,
+)
+
+
 def strip_credentials(text: str) -> str:
-    """``text`` with the ``user:token@`` part of every URL in it removed, so no message carries a secret."""
-    return _USERINFO.sub(r"\g<scheme>", text)
+    """``text`` with the ``user:token@`` part of every URL in it removed, and the values of query
+    parameters that carry tokens masked, so no message carries a secret."""
+    return _QUERY_SECRET.sub(r"\g<name>***", _USERINFO.sub(r"\g<scheme>", text))
 
 
 def _reason(stderr: str) -> str:

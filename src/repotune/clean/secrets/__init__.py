@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 
 from repotune.clean.secrets.assignments import ASSIGNMENT_RULES
+from repotune.clean.secrets.checks import FILE_PATH
 from repotune.clean.secrets.context import CONTEXT_RULES
 from repotune.clean.secrets.engine import Ruleset, SecretRule
 from repotune.clean.secrets.pii import PII_RULES
@@ -32,9 +33,16 @@ _SECRETS = Ruleset(RULES)
 _WITH_PII = Ruleset(RULES + PII_RULES)
 
 
-def redact(text: str, *, pii: bool = False) -> tuple[str, Counter[str]]:
+def redact(text: str, *, pii: bool = False, path: str | None = None) -> tuple[str, Counter[str]]:
     """Replace secrets (and with ``pii``, e-mail and IP addresses) by typed placeholders.
 
+    ``path``: the file the text is, when it is one: in a configuration file (YAML, properties, INI,
+    .env; ``checks.is_config_path``) a value under a password-like key is a literal even where, in
+    code, it would read as a variable (``password: Qw7vLm2xR9tZ``). A diff names its own files.
     Returns the new text and the number of replacements per kind.
     """
-    return (_WITH_PII if pii else _SECRETS).redact(text)
+    token = FILE_PATH.set(path)
+    try:
+        return (_WITH_PII if pii else _SECRETS).redact(text)
+    finally:
+        FILE_PATH.reset(token)

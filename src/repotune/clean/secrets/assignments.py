@@ -23,6 +23,7 @@ from functools import partial
 
 from repotune.clean.secrets.checks import (
     CALL,
+    in_config_file,
     is_high_entropy,
     letters_and_digits,
     literal_ok,
@@ -93,11 +94,15 @@ _SNAKE_CASE = re.compile(r"_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 def _unquoted_ok(text: str, match: re.Match[str]) -> bool:
     strong = _strength(text, match)
     value = secret(text, match)
-    if strong is None or _CONSTANT.fullmatch(value) or _DTYPE.fullmatch(value):
-        return False  # another constant's name, or a dtype
+    if strong is None or _CONSTANT.fullmatch(value) or _DTYPE.fullmatch(value) or value.endswith(":"):
+        return False  # another constant's name, a dtype, or a label (`:param password: string:`)
     start, key = _key_name(text, match)
     parameter = start > 0 and text[start - 1] in "?&;"
-    if _IDENTIFIER.fullmatch(value) and not _random_identifier(value):
+    if (
+        _IDENTIFIER.fullmatch(value)
+        and not _random_identifier(value)
+        and not in_config_file(text, match.start())  # a configuration file holds literals, not code
+    ):
         # Reads as a variable or attribute, unless the key is upper case (.env, docker-compose), a
         # query or connection-string parameter (`?api_key=`, `;Password=`), or a YAML mapping whose
         # value has a digit (a Python annotation names a type, and types have none).
@@ -139,7 +144,9 @@ def _yaml_value(text: str, match: re.Match[str]) -> bool:
         match.group("sep") == ":"
         and any(c.isdigit() for c in value)
         and "." not in value
-        and not value[0].isupper()
+        # a type's name starts upper case and has a digit or two (`Ed25519PrivateKey`); a password
+        # that does goes back and forth between letters and digits
+        and (not value[0].isupper() or switches(value) >= 4)
         and not rest.startswith((",", ")"))
     )
 
@@ -176,6 +183,9 @@ def _header_ok(text: str, match: re.Match[str]) -> bool:
 
 
 def _strong_literal_ok(text: str, match: re.Match[str]) -> bool:
+    rest = text[match.end("secret") : match.end("secret") + 40].lstrip(" \t")
+    if rest.startswith("=") and not rest.startswith("=="):
+        return False  # `azure_client_secret: Optional[str] = None`: a type annotation, then a default
     return literal_ok(secret(text, match), weak=False)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from contextvars import ContextVar
 from itertools import pairwise
+from pathlib import PurePosixPath
 
 from repotune.clean.secrets.engine import Check
 
@@ -105,6 +107,7 @@ _STAND_INS = words(
     masked removed none null nil undefined true false notset not_set unset empty required optional
     todo fixme tbd default xxx xxxx xxxxx secret123 password1 letmein mypassword my_password
     yourpassword your_password mysecret my_secret yoursecret your_secret mytoken your_token
+    string str text
     """
 )
 MASK = re.compile(r"[*xX.#•_-]+|(.)\1+")
@@ -165,3 +168,35 @@ def literal_ok(value: str, *, weak: bool, upper_key: bool = False) -> bool:
         lower, upper, digit = classes(value)
         return digit and (lower or upper)
     return True
+
+
+FILE_PATH: ContextVar[str | None] = ContextVar("repotune_redacted_path", default=None)
+"""The path of the file whose text is being redacted, when the caller knows it (``redact(path=...)``)."""
+
+_CONFIG_SUFFIXES = words(
+    ".yml .yaml .properties .ini .cfg .conf .cnf .toml .env .tfvars .netrc .pypirc .npmrc"
+)
+_CONFIG_NAMES = words(
+    "credentials .git-credentials .netrc .pypirc .pgpass .npmrc .htpasswd gradle.properties"
+)
+_DIFF_PATH = re.compile(r"diff --git a/\S+ b/(\S+)")
+
+
+def is_config_path(path: str) -> bool:
+    """A configuration file, whose values are literals rather than code: YAML, properties, INI, TOML,
+    .env files, credential files (``.netrc``, ``.pypirc``, ``~/.aws/credentials``)."""
+    name = PurePosixPath(path.strip('"')).name.lower()
+    return name in _CONFIG_NAMES or name.startswith(".env") or PurePosixPath(name).suffix in _CONFIG_SUFFIXES
+
+
+def in_config_file(text: str, position: int) -> bool:
+    """Whether ``position`` of ``text`` lies in a configuration file: in a diff, the file of the
+    nearest ``diff --git`` header before it; otherwise the file being redacted (``FILE_PATH``)."""
+    header = text.rfind("diff --git ", 0, position)
+    while header > 0 and text[header - 1] != "\n":
+        header = text.rfind("diff --git ", 0, header)
+    if header >= 0:
+        found = _DIFF_PATH.match(text, header)
+        return found is not None and is_config_path(found.group(1))
+    path = FILE_PATH.get()
+    return path is not None and is_config_path(path)

@@ -21,6 +21,7 @@ from repotune.clean.secrets.checks import (
     bounded,
     classes,
     letters_and_digits,
+    literal_ok,
     secret,
     stand_in,
     words,
@@ -55,6 +56,122 @@ def _curl_ok(text: str, match: re.Match[str]) -> bool:
         or "$" in value
         or MASK.fullmatch(value)
     )
+
+
+def _command_value_ok(text: str, match: re.Match[str]) -> bool:
+    """A password given on a command line (`mysql -pS3cret`, `sshpass -p S3cret`), not one asked for
+    (`$DB_PASSWORD`, `<password>`, `{{ pw }}`) nor a stand-in."""
+    value = secret(text, match)
+    return not (
+        value.lower() in _COMMAND_STAND_INS or TEMPLATE.match(value) or "$" in value or stand_in(value)
+    )
+
+
+def _inline_env_ok(text: str, match: re.Match[str]) -> bool:
+    """`PGPASSWORD=S3cret psql ...`: an upper-case variable set for one command."""
+    return text[match.start("name") : match.end("name")].isupper() and _command_value_ok(text, match)
+
+
+def _htpasswd_ok(text: str, match: re.Match[str]) -> bool:
+    """`htpasswd -b FILE USER PASSWORD`: the password is an argument only with `-b`."""
+    return "b" in match.group("flags").replace("-", "") and _command_value_ok(text, match)
+
+
+def _netrc_value_ok(text: str, match: re.Match[str]) -> bool:
+    """A .netrc password as a literal would be judged (`pass1` in a parser's tests is a stand-in)."""
+    value = secret(text, match).strip("\"'")
+    return "\\" not in value and literal_ok(value, weak=False)  # `\xa1\xa2`: escapes in a test string
+
+
+_VALUE = r"(?P<q>[\"']?)(?P<secret>[^\s\"'`]{4,256})(?P=q)(?=[\s;|&)]|$)"
+"""A command-line argument, quoted or not, up to where it ends."""
+
+COMMAND_RULES: tuple[SecretRule, ...] = (
+    # `mysql -pS3cret` (`-p` with a space asks for it instead), and the tools that take the same flag.
+    _rule(
+        "password",
+        "mysql mariadb",
+        r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb|mariadb-dump)\b[^\n]*?[ \t]-p"
+        + r"(?P<q>[\"']?)(?P<secret>[^\s\"'`$<-][^\s\"'`]{3,255})(?P=q)(?=[\s;|&)]|$)",
+        check=_command_value_ok,
+        flags=re.MULTILINE,
+    ),
+    _rule("password", "sshpass", r"\bsshpass[ \t]+-p[ \t]*" + _VALUE, check=_command_value_ok),
+    _rule(
+        "password",
+        "docker podman",
+        r"\b(?:docker|podman)[ \t]+login\b[^\n]*?[ \t]-p[ \t]+" + _VALUE,
+        check=_command_value_ok,
+    ),
+    _rule("password", "sqlcmd", r"\bsqlcmd\b[^\n]*?[ \t]-p[ \t]*" + _VALUE, check=_command_value_ok),
+    # openssl's `-passin pass:S3cret` / `-passout pass:S3cret`
+    _rule(
+        "password",
+        "pass:",
+        r"-pass(?:in|out)?[ \t]+[\"']?pass:(?P<q>)(?P<secret>[^\s\"'`]{4,256})",
+        check=_command_value_ok,
+    ),
+    # keytool's `-storepass`, `-keypass`, `-srcstorepass`, `-deststorepass`, ...
+    _rule(
+        "password",
+        "storepass keypass",
+        r"-(?:src|dest)?(?:store|key)pass[ \t]+" + _VALUE,
+        check=_command_value_ok,
+    ),
+    _rule(
+        "password",
+        "htpasswd",
+        r"\bhtpasswd(?P<flags>(?:[ \t]+-[a-z]+)+)[ \t]+\S+[ \t]+\S+[ \t]+" + _VALUE,
+        check=_htpasswd_ok,
+    ),
+    # `PGPASSWORD=S3cret psql ...`, `MYSQL_PWD=S3cret mysql ...`: set for the one command that follows.
+    _rule(
+        "password",
+        "password passwd pwd token secret",
+        r"(?:^[+-]?|(?<=[\s;&|(]))(?P<name>[a-z][a-z0-9_]*(?:password|passwd|pwd|token|secret))="
+        + r"(?P<q>[\"']?)(?P<secret>[^\s\"'`$]{4,256})(?P=q)[ \t]+(?=[a-z./])",
+        check=_inline_env_ok,
+        flags=re.MULTILINE,
+    ),
+    # A .netrc entry: `machine HOST login USER password S3cret`, on one line or several.
+    _rule(
+        "password",
+        "machine",
+        r"\bmachine[ \t]+\S+(?:\s+[+-]?[ \t]*login[ \t]+\S+)?\s+[+-]?[ \t]*password[ \t]+"
+        r"(?P<q>)(?P<secret>\S{4,256})",
+        check=all_of(_command_value_ok, _netrc_value_ok),
+        whole_text=True,
+    ),
+    # Password hashes that can be cracked offline: .htpasswd's apr1/bcrypt, crypt(3)'s SHA-256/512.
+    _rule(
+        "password",
+        "$apr1$ $2a$ $2b$ $2y$ $5$ $6$",
+        r"\$(?:apr1|2[aby]|5|6)\$[./a-z0-9]{1,22}\$[./a-z0-9]{20,}",
+        check=bounded(),
+    ),
+    # `-H "X-API-Key: ..."`, `{"X-Api-Key": "..."}`
+    _rule(
+        "password",
+        "x-api-key",
+        r"x-api-key[\"']?[ \t]*[:=][ \t]*[\"']?(?P<secret>[a-z0-9._~+/-]{16,256})",
+        check=_command_value_ok,
+    ),
+    # `<property name="password" value="..."/>` (Spring, Maven, Ant)
+    _rule(
+        "password",
+        "pass secret",
+        r"name=[\"'][\w.-]*(?:password|passwd|secret)[\"'][ \t]+value=[\"'](?P<secret>[^\"'\s]{4,256})[\"']",
+        check=_command_value_ok,
+    ),
+    # PHP: `define('DB_PASSWORD', '...')`
+    _rule(
+        "password",
+        "define(",
+        r"define\([ \t]*[\"'][\w]*(?:password|pass|secret|key|token)[\"'][ \t]*,[ \t]*[\"']"
+        r"(?P<secret>[^\"'\n]{4,256})[\"']",
+        check=_command_value_ok,
+    ),
+)
 
 
 def _npmrc_ok(text: str, match: re.Match[str]) -> bool:
@@ -100,15 +217,20 @@ _PLACEHOLDER_NAME = re.compile(r"[A-Z]+(?:_[A-Z]+)*")
 @lru_cache(maxsize=1)
 def _secret_entries(text: str) -> frozenset[int]:
     """Where each entry of a `data:`, `stringData:` or `binaryData:` mapping starts, in the YAML
-    documents of ``text`` whose `kind` is `Secret`: one pass over the lines, once per text."""
+    documents of ``text`` that hold a `kind: Secret` (a Secret, or one in a `kind: List` as `kubectl get
+    -o yaml` writes it): one pass over the lines, once per text. In a diff, each line's `+`, `-` or
+    space is set aside first, so the Secret's old and new values are found as in the file."""
     entries: set[int] = set()
     position = 0
+    diff = text.startswith("diff --git") or "\ndiff --git " in text or "\n@@ " in text
     for document in re.split(r"(?<=\n)(?=---)", text):
         if _K8S_SECRET_KIND.search(document):
             section: int | None = None  # the section key's indentation while inside one
             entry: int | None = None  # its entries' indentation
             offset = position
-            for line in document.splitlines(keepends=True):
+            for raw in document.splitlines(keepends=True):
+                marked = diff and raw[:1] in ("+", "-", " ") and not raw.startswith(("+++", "---"))
+                line = raw[1:] if marked else raw
                 body = line.lstrip(" ")
                 indent = len(line) - len(body)
                 if body.strip() and not body.startswith("#"):
@@ -119,13 +241,15 @@ def _secret_entries(text: str) -> frozenset[int]:
                     else:
                         section = indent if body.rstrip() in _K8S_SECTIONS else None
                         entry = None
-                offset += len(line)
+                offset += len(raw)
         position += len(document)
     return frozenset(entries)
 
 
 _K8S_SECTIONS = frozenset({"data:", "stringData:", "binaryData:"})
-_K8S_SECRET_KIND = re.compile(r"^kind:[ \t]*[\"']?Secret[\"']?[ \t]*\r?$", re.MULTILINE)
+_K8S_SECRET_KIND = re.compile(
+    r"^[+ -]?[ \t]*(?:-[ \t]+)?kind:[ \t]*[\"']?Secret[\"']?[ \t]*\r?$", re.MULTILINE
+)
 _K8S_KEYWORDS = ("kind: secret", "kind: 'secret'", 'kind: "secret"')
 
 
@@ -254,7 +378,7 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
     _rule(
         "kubernetes_secret",
         _K8S_KEYWORDS,
-        r"^(?P<indent>[ \t]+)[\w.-]+:[ \t]*(?P<q>[\"']?)(?P<secret>[^\s#'\"|>][^\n]*?)(?P=q)[ \t]*\r?$",
+        r"^[+ -]?(?P<indent>[ \t]+)[\w.-]+:[ \t]*(?P<q>[\"']?)(?P<secret>[^\s#'\"|>][^\n]*?)(?P=q)[ \t]*\r?$",
         check=_k8s_secret_value_ok,
         fold=False,
         whole_text=True,
@@ -263,8 +387,8 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
     _rule(
         "kubernetes_secret",
         _K8S_KEYWORDS,
-        r"^(?P<indent>[ \t]+)[\w.-]+:[ \t]*[|>][-+]?[ \t]*\r?\n"
-        r"(?P<secret>(?P=indent)[ \t]+\S[^\n]*(?:\n(?P=indent)[ \t]+\S[^\n]*)*)",
+        r"^(?P<mark>[+ -]?)(?P<indent>[ \t]+)[\w.-]+:[ \t]*[|>][-+]?[ \t]*\r?\n"
+        r"(?P<secret>(?P=mark)(?P=indent)[ \t]+\S[^\n]*(?:\n(?P=mark)(?P=indent)[ \t]+\S[^\n]*)*)",
         check=_k8s_secret_value_ok,
         fold=False,
         whole_text=True,
@@ -279,4 +403,5 @@ CONTEXT_RULES: tuple[SecretRule, ...] = (
         check=all_of(bounded(), _curl_ok),
         whole_text=True,
     ),
+    *COMMAND_RULES,
 )

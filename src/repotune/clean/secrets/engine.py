@@ -26,6 +26,20 @@ Check = Callable[[str, re.Match[str]], bool]
 Block = tuple[int, int]
 
 _PLACEHOLDER = re.compile(r"<(?:SECRET|PII):[a-z0-9_]+>")
+_MASK_RUN = re.compile(r"[xX*#\u2022]{8,}")
+
+
+def documented_example(value: str) -> bool:
+    """A value that documentation writes in a secret's shape: AWS's `AKIAIOSFODNN7EXAMPLE`, a body of
+    x's or stars (`ghp_xxxxxxxx`, `sk_test_XXXXXXXX`), or one cut short with dots (`sk-...`, `hf_...`).
+    No random credential has "example" or eight x's in a row in it (a run of A's does start Twitter's
+    bearer tokens, so other letters are no sign)."""
+    return (
+        "example" in value.lower()
+        or "..." in value
+        or "\u2026" in value
+        or _MASK_RUN.search(value) is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,8 @@ class Ruleset:
                 if start == end or _overlaps(starts, ends, start, end):
                     continue
                 if rule.check is not None and not rule.check(text, match):
+                    continue
+                if rule.tag == "SECRET" and documented_example(text[start:end]):
                     continue
                 at = bisect_left(starts, start)
                 starts.insert(at, start)

@@ -49,8 +49,9 @@ PRIVATE_KEY_RULES: tuple[SecretRule, ...] = (
         re.compile(
             r"-----BEGIN[A-Z ]{0,24}PRIVATE KEY(?: BLOCK)?-----"
             r"(?:[\s\S]{0,16384}?-----END[A-Z ]{0,24}PRIVATE KEY(?: BLOCK)?-----"
-            # No END line (a truncated paste): take the base64 body, quoted or in `\n`-joined lines.
-            rf"|(?:(?:\\[nr]|[\s\"',])*+{_BASE64_RUN})++)"
+            # No END line (a truncated paste, or a diff cut at its size cap): take the base64 body,
+            # quoted, in `\n`-joined lines, or in a diff's `+`/`-` lines.
+            rf"|(?:(?:\\[nr]|\n[+-]|[\s\"',])*+{_BASE64_RUN})++)"
         ),
         ("-----begin",),
         check=_private_key_ok,
@@ -58,7 +59,29 @@ PRIVATE_KEY_RULES: tuple[SecretRule, ...] = (
     ),
 )
 
+
+def _encoded_private_key_ok(text: str, match: re.Match[str]) -> bool:
+    """Base64 that decodes to a PEM private key's header (a kubeconfig's `client-key-data`, a Secret's
+    `tls.key`), not a certificate's."""
+    import base64
+    import binascii
+
+    head = match.group(0)[:96]
+    try:
+        decoded = base64.b64decode(head[: len(head) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return False
+    return b"PRIVATE KEY" in decoded
+
+
 TOKEN_RULES: tuple[SecretRule, ...] = (
+    # A PEM private key in base64 ("-----BEGIN" is "LS0tLS1CRUdJTi"): kubeconfig, Secret data, Helm values.
+    rule(
+        "private_key",
+        ("ls0tls1crudjti",),
+        r"LS0tLS1CRUdJTi[A-Za-z0-9+/]{40,}+={0,2}",
+        check=all_of(bounded(), _encoded_private_key_ok),
+    ),
     # Source control and package registries.
     _token(
         "github_token",
