@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import shutil
 import statistics
@@ -115,7 +116,10 @@ def clean_seconds(redactor: Redact, records: Path, work: Path) -> float:
     """One `repotune.clean.run` over `records` (an ingest folder) with the pipeline using `redactor`."""
     output = work / "clean"
     shutil.rmtree(output, ignore_errors=True)
-    clean_passes.redact = redactor  # `_process` calls the module's `redact`; one worker runs here
+    # `_process` calls the module's `redact` (one worker runs here), with the record's path, which
+    # rules older than the path-aware ones do not take
+    takes_path = "path" in inspect.signature(redactor).parameters
+    clean_passes.redact = redactor if takes_path else (lambda text, *, path=None, **kw: redactor(text, **kw))
     try:
         start = time.perf_counter()
         repotune.clean.run(CleanConfig(input=records, output=output, workers=1))
