@@ -171,6 +171,15 @@ def test_every_clone_of_a_repository_names_the_same_root_commit(sample_repo: Pat
     assert ingest(sample_repo / "src", tmp_path / "out-folder")[0]["root_commit"] is None
 
 
+def test_the_file_split_of_a_checkout_reads_tracked_files_only(sample_repo: Path, tmp_path: Path) -> None:
+    (sample_repo / "notes-untracked.txt").write_text("db password is zzuntrackedzz\n")
+    (sample_repo / "README.md").write_text("# Sample\n\nEdited, not committed yet.\n")  # tracked, modified
+    manifest, records = ingest(sample_repo, tmp_path / "out", cut="HEAD")
+    assert manifest["split"]["mode"] == "files"
+    assert "notes-untracked.txt" not in records and manifest["skipped"]["untracked"] == 1
+    assert "Edited, not committed yet." in records["README.md"].content  # as on disk
+
+
 @pytest.mark.integration
 def test_a_github_token_reaches_githubs_git_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private repository on a cluster is cloned by its plain URL: GITHUB_TOKEN (the Secret

@@ -220,6 +220,8 @@ def _local_records(
             revision=revision,
             limits=WalkLimits(max_file_bytes=config.max_file_bytes),
             exclude=_inside(config.output, root),
+            # a checkout's files as they are on disk, but only those git tracks: not its scratch files
+            only=git.tracked_files(root) if is_repo else None,
         )
     if is_repo and _wants(config, Kind.COMMIT):
         yield from _commits(root, source, stats, config)

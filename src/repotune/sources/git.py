@@ -316,6 +316,11 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     return proc.returncode == 0
 
 
+def tracked_files(repo: Path) -> frozenset[str]:
+    """The paths git tracks in ``repo``'s index (committed or staged), relative, with ``/``."""
+    return frozenset(path for path in _run(["ls-files", "-z"], cwd=repo).split("\0") if path)
+
+
 def is_shallow(repo: Path) -> bool:
     return _run(["rev-parse", "--is-shallow-repository"], cwd=repo).strip() == "true"
 

@@ -254,6 +254,7 @@ def iter_tree(
     revision: str | None = None,
     limits: WalkLimits = WalkLimits(),
     exclude: frozenset[str] = frozenset(),
+    only: frozenset[str] | None = None,
 ) -> Iterator[Record]:
     """Records for the code, doc and diagram files under ``root`` (``kinds`` narrows them).
 
@@ -262,8 +263,13 @@ def iter_tree(
     text; each ```` ```mermaid ```` block of a Markdown file gives one more, next to the file's own
     ``doc`` record, whose meta lists the images it embeds (``images``: path and alt text).
     ``exclude`` holds folders (relative to ``root``) never to walk, such as ingest's own output.
+    ``only``: the files to read (a git checkout's tracked files); any other is skipped as
+    ``untracked``, so a scratch file that was never committed is not trained on.
     """
     for rel, path, info in iter_files(root, stats, limits, exclude):
+        if only is not None and rel not in only:
+            stats.skip("untracked")
+            continue
         name = path.name
         if name in LOCKFILES:
             stats.skip("lockfile")
