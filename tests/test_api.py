@@ -304,6 +304,16 @@ def test_runs_refuse_unknown_sources_recipes_and_overrides(api: ApiProcess) -> N
         for overrides, expected in (({"no_such_setting": 1}, "no_such_setting"), ({"max_steps": "many"}, "")):
             body = {"source_id": source, "recipe": "tiny-cpu", "overrides": overrides}
             assert expected in refused(client.post("/v1/runs", json=body), 422, "invalid_overrides")
+        # what the operator's recipe fixes: where checkpoints go, what is read as a model, the hardware
+        # and the time budget; a client tunes training only
+        fixed = {"checkpoint_uri": "s3://elsewhere/x", "base_model": "/etc", "resources.nodes": 64,
+                 "data.retrieval_embedding_model": "/etc/passwd", "resources.gpus_per_node": 8,
+                 "max_minutes": 1e9, "serving.memory": "1Ti"}  # fmt: skip
+        for key, value in fixed.items():
+            body = {"source_id": source, "recipe": "tiny-cpu", "overrides": {key: value}}
+            assert "is fixed by the server's recipe" in refused(
+                client.post("/v1/runs", json=body), 422, "invalid_overrides"
+            ), key
         refused(client.post("/v1/runs", json={"source_id": source}), 422, "invalid_request")
         refused(client.get(f"/v1/runs/{'0' * 32}"), 404, "run_not_found")
         refused(client.get(f"/v1/runs/{'0' * 32}/report"), 404, "run_not_found")

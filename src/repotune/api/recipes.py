@@ -14,6 +14,22 @@ from repotune.errors import RepotuneError
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
+TUNABLE = frozenset(
+    {
+        "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "epochs", "max_steps", "max_epochs",
+        "micro_batch_size", "gradient_accumulation_steps", "eval_every_steps", "seed",
+        "lora.rank", "lora.alpha", "lora.dropout",
+        "data.seq_len", "data.fim_rate", "data.spm_rate", "data.fim_window_chars", "data.max_eval_blocks",
+        "data.max_train_blocks", "data.retrieval_rate", "data.retrieval_context_tokens",
+    }
+)  # fmt: skip
+"""The recipe settings a client of the API may change: how the model trains, and on which blocks. What
+the operator's recipe fixes stays fixed: the base model (a name or a path to read), where checkpoints
+go (any bucket the server's keys reach), hardware and time budgets (resources, serving, max_minutes,
+max_memory_gb), the embedding model, and the experiment."""
+TUNABLE_GROUPS = ("data.kind_weights.",)
+"""Groups of tunable settings: every key below them is."""
+
 
 @dataclass(frozen=True)
 class RecipeChoice:
@@ -59,6 +75,13 @@ def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
     for key in overrides:
         if not OVERRIDE_KEY.match(key):
             raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
+        if key not in TUNABLE and not key.startswith(TUNABLE_GROUPS):
+            raise ApiError(
+                422,
+                "invalid_overrides",
+                f"override {key!r} is fixed by the server's recipe; a run may change "
+                f"{', '.join(sorted(TUNABLE))} and data.kind_weights.*",
+            )
     try:
         resolve_recipe(str(recipe.path), overrides)
     except RepotuneError as exc:
