@@ -689,6 +689,30 @@ def test_a_run_followed_to_its_report(tmp_path: Path, sample_repo: Path) -> None
 
 
 @pytest.mark.integration
+def test_a_run_is_cancelled_and_ends_failed_saying_so(tmp_path: Path, sample_repo: Path) -> None:
+    archive = tmp_path / "repo.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(sample_repo, arcname="repo")
+    with running_api(tmp_path / "api") as server, server.client() as client:
+        source = upload(client, archive).json()["id"]
+        created = client.post("/v1/runs", json={"source_id": source, "recipe": "tiny-cpu"})
+        assert created.status_code == 202, created.text
+        run_id = created.json()["id"]
+        try:
+            cancelled = client.post(f"/v1/runs/{run_id}/cancel")
+            assert cancelled.status_code == 202, cancelled.text
+            deadline = time.monotonic() + 120  # a bound on waiting: SIGTERM, then the run's own shutdown
+            while (run := client.get(f"/v1/runs/{run_id}").json())["state"] == "running":
+                assert time.monotonic() < deadline, run
+                time.sleep(0.5)
+        finally:
+            _stop(created.json()["pid"])
+        assert run["state"] == "failed" and run["error"].startswith("cancelled by a client"), run
+        refused(client.post(f"/v1/runs/{run_id}/cancel"), 409, "run_finished")
+        refused(client.post(f"/v1/runs/{'0' * 32}/cancel"), 404, "run_not_found")
+
+
+@pytest.mark.integration
 def test_runs_go_to_a_kfp_cluster_when_one_is_configured(tmp_path: Path) -> None:
     """With REPOTUNE_KFP_HOST the run is submitted through the kfp SDK (to a stand-in of the KFP API)."""
     from tests.kfp_api import running_kfp_api

@@ -13,14 +13,17 @@ finds it through its recorded pid and start time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -214,6 +217,10 @@ def _kfp_submit_module():
     return submit
 
 
+CANCEL_GRACE_S = 60.0
+"""Seconds a cancelled run has to stop on SIGTERM before it is killed."""
+
+
 class Runs:
     """Creates runs and answers what they are doing; every state change goes through SQLite."""
 
@@ -224,6 +231,37 @@ class Runs:
         # are known, and they are settled by their waiting thread, not by polling.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._cancelled: set[str] = set()
+
+    def cancel(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Stops a running local run: SIGTERM to its process group, which ends ``repotune run`` as Ctrl-C
+        does (the step stopped, the local object store shut down, the status saying so), then SIGKILL
+        if it is still there after ``CANCEL_GRACE_S``. Returns the row; 409 for a finished run or one on
+        KFP (terminated in the KFP UI)."""
+        row = self.refresh(row)
+        if row["state"] != "running":
+            raise ApiError(409, "run_finished", f"run {row['id']} has already {row['state']}")
+        if row["backend"] == "kfp":
+            raise ApiError(
+                409, "cancel_on_kfp", f"run {row['id']} runs on KFP as {row.get('kfp_run_id')}: stop it there"
+            )
+        pid = row["pid"]
+        if not is_alive(pid, row["pid_start"]):
+            return self.refresh(row)
+        self._cancelled.add(row["id"])
+        os.killpg(pid, signal.SIGTERM)  # the run was started in its own session: its group is its pid
+
+        def escalate() -> None:
+            deadline = time.monotonic() + CANCEL_GRACE_S
+            while time.monotonic() < deadline:
+                if not is_alive(pid, row["pid_start"]):
+                    return
+                time.sleep(0.5)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+        threading.Thread(target=escalate, name=f"cancel-{row['id']}", daemon=True).start()
+        return row
 
     def reconcile(self) -> list[str]:
         """Settles runs left "running" by an earlier API instance whose process is gone; returns their ids."""
@@ -286,6 +324,8 @@ class Runs:
         exit_code: int | None,
     ) -> dict[str, Any]:
         finished = (status.finished if status else None) or now()
+        if run_id in self._cancelled and state == "failed":
+            error = "cancelled by a client (POST /v1/runs/ID/cancel)"
         with self.db.connect() as conn:
             # Only a running run changes; whichever of the waiting thread and a poll comes second is a no-op.
             changed = conn.execute(

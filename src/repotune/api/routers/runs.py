@@ -83,6 +83,20 @@ def get_run(run_id: RunId, runs: RunsDep) -> RunInfo:
     return runs.view(_row(runs, run_id))
 
 
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=RunInfo,
+    status_code=202,
+    summary="Stop a running run (it ends failed, its error saying it was cancelled)",
+    responses={
+        404: {"model": ErrorBody, "description": "No such run"},
+        409: {"model": ErrorBody, "description": "The run has finished, or runs on KFP"},
+    },
+)
+def cancel_run(run_id: RunId, runs: RunsDep) -> RunInfo:
+    return runs.view(runs.cancel(_row(runs, run_id)))
+
+
 @router.get(
     "/runs/{run_id}/report",
     response_class=PlainTextResponse,
