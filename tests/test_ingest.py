@@ -303,14 +303,20 @@ def test_archives_with_escaping_members_are_rejected(tmp_path: Path, name: str, 
     assert not (tmp_path / "evil.py").exists()
 
 
-def test_archive_links_and_bombs_are_rejected(tmp_path: Path) -> None:
+def test_archive_links_are_skipped_and_bombs_rejected(tmp_path: Path) -> None:
     path = tmp_path / "links.tar"
     with tarfile.open(path, "w") as tf:
-        link = tarfile.TarInfo("proj/passwd")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tf.addfile(link)
-    with pytest.raises(RepotuneError, match="is a link"):
-        ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
+        code = tarfile.TarInfo("proj/app.py")
+        code.size = len(b"print('hi')\n")
+        tf.addfile(code, io.BytesIO(b"print('hi')\n"))
+        for name, kind, target in (("passwd", tarfile.SYMTYPE, "/etc/passwd"), ("alias.py", tarfile.LNKTYPE,
+                                   "proj/app.py")):  # fmt: skip
+            link = tarfile.TarInfo(f"proj/{name}")
+            link.type, link.linkname = kind, target
+            tf.addfile(link)
+    assert archive.scan(path).links == 2
+    _, records = ingest(path, tmp_path / "out")
+    assert set(records) == {"app.py"}  # the links were neither extracted nor followed
     bomb = _zip(tmp_path / "bomb.zip", {"zeros.txt": b"0" * 5_000_000})
     with pytest.raises(RepotuneError, match="archive bomb"):
         archive.extract(bomb, tmp_path / "x", archive.ArchiveLimits(max_total_bytes=1_000_000))

@@ -40,6 +40,8 @@ class ArchiveSummary:
     """Files in the archive (a name given twice counts once, as extracting keeps the last)."""
     bytes: int
     """Bytes its files expand to, as counted while reading them."""
+    links: int = 0
+    """Symbolic and hard links, skipped: never extracted, as a folder's links are never followed."""
 
 
 def is_archive(path: Path) -> bool:
@@ -61,6 +63,7 @@ class _Budget:
         self.archive, self.limits, self.members, self.bytes = archive, limits, 0, 0
         self.stored = archive.stat().st_size
         self.files: set[PurePosixPath] = set()
+        self.links = 0
 
     def member(self) -> None:
         self.members += 1
@@ -109,12 +112,13 @@ def _extract_zip(archive: Path, dest: Path | None, budget: _Budget) -> None:
         infos = zf.infolist()
         for info in infos:
             _check_name(archive, info.filename)
-            # Unix mode bits live in the high 16 bits; 0o120000 is a symbolic link.
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise RepotuneError(f"archive {archive.name}: member {info.filename!r} is a symlink")
         for info in infos:
             budget.member()
             rel = _check_name(archive, info.filename)
+            # Unix mode bits live in the high 16 bits; 0o120000 is a symbolic link: skipped.
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                budget.links += 1
+                continue
             if info.is_dir():
                 if dest is not None:
                     (dest / rel).mkdir(parents=True, exist_ok=True)
@@ -130,7 +134,8 @@ def _extract_tar(archive: Path, dest: Path | None, budget: _Budget) -> None:
             budget.member()
             rel = _check_name(archive, member.name)
             if member.issym() or member.islnk():
-                raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a link")
+                budget.links += 1  # skipped, never extracted: repositories hold links (`ln -s a.py b.py`)
+                continue
             if member.isdir():
                 if dest is not None:
                     (dest / rel).mkdir(parents=True, exist_ok=True)
@@ -163,7 +168,7 @@ def scan(archive: Path, limits: ArchiveLimits = ArchiveLimits()) -> ArchiveSumma
     """Reads every member of ``archive`` with the checks and bounds of :func:`extract`, writing nothing;
     raises RepotuneError where ``extract`` would. Memory stays at one chunk whatever the sizes."""
     budget = _read(archive, None, limits)
-    return ArchiveSummary(files=len(budget.files), bytes=budget.bytes)
+    return ArchiveSummary(files=len(budget.files), bytes=budget.bytes, links=budget.links)
 
 
 def _read(archive: Path, dest: Path | None, limits: ArchiveLimits) -> _Budget:
