@@ -279,8 +279,10 @@ def a_result(tmp_path: Path):
              "scored_on": "100 lines added by 42 later commits",
              "reason": None, "rule": "the newest 10% of commits (the default)"}  # fmt: skip
     result = EvaluateResult(EvaluateLayout(tmp_path), decision, models, tmp_path, None, split, 12.0)
+    model = {"base_model": "smollm2-135m", "method": "lora", "steps": 40, "commit": "fedcba9876543210",
+             "source": "https://git.example.com/team/shop.git"}  # fmt: skip
     context = {"data": str(tmp_path), "candidate": "m", "base": "b", "mode": "temporal",
-               "index": "built from train.jsonl", "retrieval_context_tokens": 96}  # fmt: skip
+               "index": "built from train.jsonl", "retrieval_context_tokens": 96, "model": model}  # fmt: skip
     return result, context
 
 
@@ -300,9 +302,11 @@ def test_the_report_says_how_gaps_are_filled_from_the_arm_whose_scores_decided(t
     chosen = replace(result, decision=replace(result.decision, arm=Arm("candidate", True), fim=False))
     assert gaps(chosen) == (
         "Gaps (requests with a suffix): the candidate fills them best from the code before the cursor "
-        "alone, FIM edit similarity 0.0900 with FIM prompts, 0.260 from the prefix alone; served with "
-        "`--fim off`."
+        "alone, FIM edit similarity 0.0900 with FIM prompts, 0.260 from the prefix alone; it would be "
+        "served with `--fim off`."
     )
+    promoted = replace(chosen, decision=replace(chosen.decision, promote=True))
+    assert gaps(promoted).endswith("; served with `--fim off`.")
 
 
 def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_path: Path) -> None:
@@ -328,7 +332,7 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
                          "| candidate + retrieval"}  # fmt: skip
     assert "| 0.257 [0.207, 0.307] n=30 |" in rows["| candidate (best candidate arm)"]
     assert "0.0900 n=12, too few for an interval (under 20)" in rows["| candidate (best candidate arm)"]
-    assert "| commit_rouge_l | higher |" in text
+    assert "| commit message ROUGE-L (`commit_rouge_l`) | higher |" in text
 
 
 def test_a_perplexity_read_as_other_tokens_is_marked_not_comparable(tmp_path: Path) -> None:
@@ -375,6 +379,10 @@ def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval
     page = render_html(result, context)
     assert "<table>" in page and "perplexity of added code" in page
     assert "Trained on the repository at 0123456789ab" in page
+    # the verdict and its first reason as the Markdown has them, code as code, and which model this is
+    assert "<h1>Not promoted.</h1><p>candidate: line_diff_marker_share 0.100 vs base 0.00" in page
+    assert "<code>https://git.example.com/team/shop.git</code> at <code>fedcba987654</code>" in page
+    assert "Candidate: lora of <code>smollm2-135m</code>, 40 steps" in page and "`" not in page
     charts = re.findall(r"<svg .*?</svg>", page, re.DOTALL)
     assert len(charts) == 6  # five arm-table columns, and the commit metric
     labels = 0

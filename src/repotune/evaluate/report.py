@@ -4,6 +4,7 @@ arm table; Markdown for people and the CLI, HTML (a table and a bar chart per me
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -135,9 +136,10 @@ def gaps(result: EvaluateResult) -> str | None:
         if m is not None
     )
     how = "with FIM prompts (the suffix in view)" if decision.fim else "from the code before the cursor alone"
+    served = "served" if decision.promote else "it would be served"
     return (
         f"Gaps (requests with a suffix): the {arm.label} fills them best {how}, FIM edit similarity "
-        f"{measured}; served with `--fim {'on' if decision.fim else 'off'}`."
+        f"{measured}; {served} with `--fim {'on' if decision.fim else 'off'}`."
     )
 
 
@@ -145,6 +147,34 @@ def _columns(result: EvaluateResult, context: dict[str, Any]) -> list[tuple[str,
     code = "added code" if context.get("mode") == "temporal" else "held-out code"
     present = {name for scores in result.models.values() for name in scores}
     return [(name, title.format(code=code)) for name, title in ARM_COLUMNS if name in present]
+
+
+OTHER_TITLES = {
+    "commit_chrf": "commit message chrF",
+    "commit_rouge_l": "commit message ROUGE-L",
+    "fim_prefix_only_exact_match": "FIM exact match, prefix alone",
+    "forgetting_perplexity": "perplexity of general code (forgetting)",
+    "line_repeats_line_above_share": "line completions that repeat the line above",
+}
+"""Titles of the metrics outside the arm table; the metric's own name follows each, as logged."""
+
+
+def other_title(name: str) -> str:
+    """``commit message chrF (`commit_chrf`)``: a person's title and the name MLflow logs it under."""
+    return f"{OTHER_TITLES[name]} (`{name}`)" if name in OTHER_TITLES else name
+
+
+def candidate_line(context: dict[str, Any]) -> str | None:
+    """What the candidate is: its base model and method, its steps, and the repository and commit its
+    data came from (``train_summary.json``); None when the context does not say."""
+    model = context.get("model") or {}
+    if not model.get("base_model"):
+        return None
+    steps = f", {model['steps']} steps" if model.get("steps") else ""
+    source = f" on `{model['source']}`" if model.get("source") else ""
+    commit = f" at `{str(model['commit'])[:12]}`" if model.get("commit") else ""
+    method = model.get("method") or "a fine-tune"
+    return f"Candidate: {method} of `{model['base_model']}`{steps}, trained{source}{commit}."
 
 
 def _other_metrics(result: EvaluateResult) -> list[str]:
@@ -177,6 +207,7 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
         "",
         *[f"- {reason}" for reason in decision.reasons[1:]],
         "",
+        *([line, ""] if (line := candidate_line(context)) else []),
         provenance(result, context),
         "",
         "| arm | " + " | ".join(title for _, title in columns) + " |",
@@ -196,7 +227,7 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
         for name in others:
             some = next(result.models[a.key][name] for a in having if name in result.models[a.key])
             lines.append(
-                f"| {name} | {'higher' if some.higher_is_better else 'lower'} | "
+                f"| {other_title(name)} | {'higher' if some.higher_is_better else 'lower'} | "
                 + " | ".join(arm_cell(result, a, name) for a in having)
                 + " |"
             )
@@ -302,7 +333,7 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         for arm in arms
     )
     charts = []
-    for name, title in [*columns, *((n, n) for n in _other_metrics(result))]:
+    for name, title in [*columns, *((n, OTHER_TITLES.get(n, n)) for n in _other_metrics(result))]:
         metrics = [
             (arm, result.models[arm.key][name], arm_cell(result, arm, name))
             for arm in arms
@@ -310,18 +341,29 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         ]
         better = "higher is better" if metrics[0][1].higher_is_better else "lower is better"
         charts.append(f"<h3>{html.escape(title)} <small>({better})</small></h3>{_bars(name, metrics)}")
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision.reasons)
+    reasons = "".join(f"<li>{_inline(r)}</li>" for r in decision.reasons[1:])
+    model = candidate_line(context)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>repotune evaluation</title><style>"
         "body{font-family:sans-serif;max-width:1100px;margin:2em}"
         "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;"
         "text-align:left;vertical-align:top}td{font-variant-numeric:tabular-nums}"
         "</style></head><body>"
-        f"<h1>{html.escape(verdict(result))}</h1><ul>{reasons}</ul>"
-        f"<p>{html.escape(provenance(result, context).replace('`', ''))}</p>"
+        f"<h1>{html.escape(verdict(result))}</h1><p>{_inline(headline(decision.reasons[0]))}</p>"
+        + (f"<ul>{reasons}</ul>" if reasons else "")
+        + (f"<p>{_inline(model)}</p>" if model else "")
+        + f"<p>{_inline(provenance(result, context))}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
-        + (f"<p>{html.escape(filled.replace('`', ''))}</p>" if (filled := gaps(result)) else "")
-        + f"<p><small>{html.escape(_setting_line(result, context).replace('`', ''))}</small></p>"
+        + (f"<p>{_inline(filled)}</p>" if (filled := gaps(result)) else "")
+        + f"<p><small>{_inline(_setting_line(result, context))}</small></p>"
         + "".join(charts)
-        + f"<p><small>{html.escape(' '.join(_footer(context)).replace('`', ''))}</small></p></body></html>\n"
+        + f"<p><small>{_inline(' '.join(_footer(context)))}</small></p></body></html>\n"
     )
+
+
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Markdown's inline code as HTML's (`--fim off` as <code>--fim off</code>), the rest escaped."""
+    return _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(text, quote=False))

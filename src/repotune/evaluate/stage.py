@@ -309,6 +309,9 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "samples_with_context": found or None,
         "line_repeat_penalty": scoring.line_repeat_penalty,
         "base_arms": reused,
+        "model": {"base_model": summary.get("base_model"), "method": summary.get("method"),
+                  "steps": summary.get("steps"), "source": trained_on.get("dataset.source"),
+                  "commit": trained_on.get("dataset.commit")},
     }  # fmt: skip
     layout = EvaluateLayout(config.output)
     result = EvaluateResult(layout, decision, scores, data_dir, None, split, seconds)
