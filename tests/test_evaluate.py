@@ -451,7 +451,7 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune.evaluate.registry import ARM_TAG, RETRIEVAL_TAG, Registry
+    from repotune.evaluate.registry import ARM_TAG, DECISION_TAG, RETRIEVAL_TAG, Registry
     from repotune.storage import client_from_env
 
     # Tiny models write poor lines: decide on perplexity, which 60 steps of training clearly lower.
@@ -499,6 +499,14 @@ def test_the_better_run_becomes_champion_and_a_worse_one_does_not(
                 second.registered_version,
                 third.registered_version,
             }
+            # The evaluation's own run: its settings as params, its verdict as tags (filterable in the
+            # runs view), and a duration that spans the scoring, which ran before the run was opened.
+            version = registry._client.get_model_version("repotune", third.registered_version)
+            run = registry._client.get_run(version.run_id)
+            assert run.data.params["scoring.line_samples"] == str(QUICK.line_samples)
+            assert "policy.primary" in run.data.params
+            assert run.data.tags[DECISION_TAG] == "reject" and run.data.tags[ARM_TAG] == third.arm.key
+            assert (run.info.end_time - run.info.start_time) / 1000 >= third.seconds
 
 
 @pytest.mark.integration

@@ -105,10 +105,11 @@ class Tracker(Protocol):
         ...
 
     def start_run(
-        self, run_name: str, tags: Mapping[str, Any] | None = None
+        self, run_name: str, tags: Mapping[str, Any] | None = None, *, started: float | None = None
     ) -> contextlib.AbstractContextManager[str | None]:
         """A context in which one run is active; it ends FINISHED, FAILED (exception) or KILLED
-        (KeyboardInterrupt). Yields the run id."""
+        (KeyboardInterrupt). Yields the run id. ``started``: when the work the run records began (epoch
+        seconds), for a run opened once that work is done; default now."""
         ...
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -147,7 +148,9 @@ class NullTracker:
         return None
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Iterator[str | None]:
+    def start_run(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, *, started: float | None = None
+    ) -> Iterator[str | None]:
         yield None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -232,11 +235,16 @@ class MlflowTracker:
         return experiment.experiment_id
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Iterator[str | None]:
+    def start_run(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, *, started: float | None = None
+    ) -> Iterator[str | None]:
         if self._run_id is not None:
             raise RuntimeError(f"MLflow run {self._run_id} is still active; runs do not nest")
+        start_time = int(started * 1000) if started is not None else None
         try:
-            run = self._client.create_run(self._experiment_id(), run_name=run_name, tags=_tags(tags or {}))
+            run = self._client.create_run(
+                self._experiment_id(), run_name=run_name, tags=_tags(tags or {}), start_time=start_time
+            )
         except RepotuneError:
             raise
         except Exception as err:

@@ -133,6 +133,21 @@ def check_same_project(
         )
 
 
+def decision_tags(decision: Decision) -> dict[str, str]:
+    """The verdict, its reasons, the arm it chose and how that arm fills gaps, as tags: on the
+    registered version, and on the evaluation's run, where the MLflow UI can filter runs by them."""
+    tags = {
+        DECISION_TAG: "promote" if decision.promote else "reject",
+        DECISION_REASONS_TAG: _truncate("\n".join(decision.reasons)),
+    }
+    if decision.arm is not None:
+        tags[ARM_TAG] = decision.arm.key
+        tags[RETRIEVAL_TAG] = _TRUE if decision.arm.retrieval else _FALSE
+    if decision.fim is not None:
+        tags[FIM_TAG] = _TRUE if decision.fim else _FALSE
+    return tags
+
+
 def registered_retrieval(tags: Mapping[str, str]) -> bool | None:
     """Whether a version's tags say it is served with retrieval (``RETRIEVAL_TAG``); None when they do
     not say."""
@@ -351,16 +366,7 @@ class Registry:
     def record_decision(self, version: str, decision: Decision) -> None:
         """Store the verdict, its reasons and the arm it chose on ``version``: call it for every candidate
         evaluated."""
-        tags = {
-            DECISION_TAG: "promote" if decision.promote else "reject",
-            DECISION_REASONS_TAG: _truncate("\n".join(decision.reasons)),
-            DECISION_TIME_TAG: _now(),
-        }
-        if decision.arm is not None:
-            tags[ARM_TAG] = decision.arm.key
-            tags[RETRIEVAL_TAG] = _TRUE if decision.arm.retrieval else _FALSE
-        if decision.fim is not None:
-            tags[FIM_TAG] = _TRUE if decision.fim else _FALSE
+        tags = {**decision_tags(decision), DECISION_TIME_TAG: _now()}
         with self._calling(f"recording the decision on {self.model_name} version {version}"):
             for key, value in tags.items():
                 self._client.set_model_version_tag(self.model_name, version, key, value)

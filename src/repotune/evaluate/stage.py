@@ -208,7 +208,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     from repotune.clean.layout import CleanLayout
     from repotune.evaluate import report
     from repotune.evaluate.decide import should_promote
-    from repotune.evaluate.registry import Registry, check_same_project, registered_retrieval
+    from repotune.evaluate.registry import Registry, check_same_project, decision_tags, registered_retrieval
     from repotune.evaluate.samples import draw_samples
     from repotune.models import resolve_base_model
     from repotune.records import read_records
@@ -337,8 +337,12 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         return result
     arm = decision.arm or Arm("candidate")
     tracker = make_tracker(config.tracking_uri, config.experiment)
-    with tracker.start_run(*evaluate_run(summary)):
+    # the run spans the scoring, which ran before it was opened (a registry that is down fails it
+    # before any scoring; a tracking server that is down only loses its log)
+    with tracker.start_run(*evaluate_run(summary), started=time.time() - seconds):
         tracker.log_dataset(split_datasets(data_dir)["evaluation"], "evaluation")
+        tracker.log_params({"scoring": saved["config"], "policy": saved["policy"]})
+        tracker.set_tags(decision_tags(decision))
         for name, metrics in scores.items():
             tracker.log_metrics({f"{name}.{key}": metric.value for key, metric in metrics.items()})
         for path in (layout.metrics, layout.report_md, layout.report_html):
