@@ -97,8 +97,12 @@ def test_health_needs_no_token_and_the_spec_is_served(api: ApiProcess) -> None:
     with api.client(token=None) as client:
         assert client.get("/healthz").json()["status"] == "ok"
         spec = client.get("/openapi.json").json()
-    assert {"/v1/sources", "/v1/runs", "/v1/runs/{run_id}/report", "/v1/completions"} <= set(spec["paths"])
+    assert {"/v1/sources", "/v1/runs", "/v1/runs/{run_id}/report", "/v1/completions",
+            "/v1/runs/{run_id}/cancel"} <= set(spec["paths"])  # fmt: skip
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # the body guard's answers are documented where a body is read
+    for path in ("/v1/runs", "/v1/completions", "/v1/sources"):
+        assert {"400", "413"} <= set(spec["paths"][path]["post"]["responses"]), path
 
 
 @pytest.mark.integration

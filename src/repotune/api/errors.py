@@ -71,6 +71,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The answers of the body guard in front of every JSON route (``middleware.BodyLimits``).
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "JSON nested deeper than the limit (json_too_deep)"},
+    413: {"model": ErrorBody, "description": "Body over the size limit (request_too_large)"},
+}
+
+
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     detail: dict[str, Any] = {"message": message, "code": code}
     if details is not None:

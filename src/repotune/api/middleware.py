@@ -48,7 +48,7 @@ def is_upload(scope: dict[str, Any]) -> bool:
 
 
 async def _refuse(send: Callable, status: int, message: str, code: str) -> None:
-    payload = json.dumps(error_body(code, message)).encode()
+    payload = json.dumps(error_body(code, message), separators=(",", ":")).encode()  # as JSONResponse
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from repotune.api.deps import Http, RunsDep, Settings
-from repotune.api.errors import ApiError, ErrorBody
+from repotune.api.errors import BODY_RESPONSES, ApiError, ErrorBody
 from repotune.api.runs import Runs
 from repotune.api.schemas import CompletionRequest
 
@@ -55,7 +55,8 @@ def model_url(runs: Runs, configured: str | None, run_id: str | None) -> str:
     "/completions",
     summary="Forward an OpenAI-style completions request to the deployed model",
     responses={
-        400: {"model": ErrorBody, "description": "Streaming requested"},
+        **BODY_RESPONSES,
+        400: {"model": ErrorBody, "description": "Streaming requested, or JSON nested too deep"},
         502: {"model": ErrorBody, "description": "The model is unreachable or failed"},
         503: {"model": ErrorBody, "description": "No model is deployed"},
         504: {"model": ErrorBody, "description": "The model did not answer in time"},

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from repotune.api.deps import RunsDep, Settings, Sources
-from repotune.api.errors import ApiError, ErrorBody
+from repotune.api.errors import BODY_RESPONSES, ApiError, ErrorBody
 from repotune.api.recipes import check_overrides, choose_recipe
 from repotune.api.runs import RunHome, Runs, log_tail
 from repotune.api.schemas import RunId, RunInfo, RunList, RunRequest
@@ -42,6 +42,7 @@ def _not_removed(row: dict[str, Any]) -> None:
     status_code=202,
     summary="Start a pipeline run over a source (or several, for one dataset)",
     responses={
+        **BODY_RESPONSES,
         409: {"model": ErrorBody, "description": "The store cannot serve a KFP cluster"},
         429: {"model": ErrorBody, "description": "REPOTUNE_API_MAX_ACTIVE_RUNS runs are in progress"},
         503: {"model": ErrorBody, "description": "KFP is configured but unavailable"},
