@@ -640,6 +640,32 @@ def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+def test_a_stage_that_another_interrupts_still_reports_its_time_and_summary(tmp_path: Path) -> None:
+    """retrieval-index starts the score-base stage; kfp.local may run train before score-base's own
+    task. The line score-base ends with still has its time and its step's summary."""
+    import contextlib
+    import re
+
+    from repotune.pipelines.display import RunOutput
+    from repotune.pipelines.local import StatusWriter
+    from repotune.pipelines.status import STAGES
+
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append)
+    writer = StatusWriter(tmp_path / "status.json", STAGES, output.stage)
+    with contextlib.redirect_stdout(output):
+        writer.stage("score-base", "running")  # the retrieval-index task
+        writer.stage("train", "running")
+        print("    train: 4 steps of lora on tiny, held-out loss 3.100 -> 2.500")
+        writer.stage("train", "succeeded")
+        writer.stage("score-base", "running")  # the score-base task itself
+        print("    score-base: line edit similarity base 0.285, base + retrieval 0.340; scored in 77 s")
+        writer.stage("score-base", "succeeded")
+    output.close()
+    line = next(line for line in shown if line.startswith("score-base"))
+    assert re.match(r"score-base +succeeded +\d+ s  line edit similarity base 0.285", line), line
+
+
 def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path) -> None:
     """kfp.local's stream as it prints it (log records, indented step output, colour codes) into the
     display: a person sees stage lines, quarter-step training progress and the step's error."""

@@ -182,7 +182,11 @@ class StatusWriter(logging.Filter):
     def stage(self, name: str, state: StageState) -> None:
         entry = self.status.stages[name]
         if state == "running" and entry.state == "running":
-            return  # resolve-source then ingest: one stage
+            # resolve-source then ingest: one stage. The display is told again, since another stage may
+            # have run in between (retrieval-index starts score-base, and train may run before it).
+            if self.on_stage is not None:
+                self.on_stage(name, state)
+            return
         if state == "running" or entry.started is None:
             entry.started = entry.started or now()
         if state != "running":
