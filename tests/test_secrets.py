@@ -261,6 +261,13 @@ LEAKS = [
     ("src/main/resources/application.properties", f"spring.datasource.password={PW}\n", PW),
     ("gradle.properties", f"ossrhPassword={PW}\nsigning.password={PW}x\n", PW),
     ("setup.cfg", "[db]\npassword = letmein2024\n", "letmein2024"),
+    # a diff names its files, a path with a space too
+    (
+        None,
+        "diff --git a/deploy/prod config.yml b/deploy/prod config.yml\n--- a/deploy/prod config.yml\n"
+        f"+++ b/deploy/prod config.yml\n@@ -1 +1 @@\n-password: old\n+password: {PW.capitalize()}\n",
+        PW,
+    ),
     (".pypirc", "[pypi]\nusername = bot\npassword = hunter2x\n", "hunter2x"),
     ("kustomization.yaml", f"secretGenerator:\n- name: db\n  literals:\n  - password={PW}\n", PW),
     # Kubernetes Secrets as `kubectl get -o yaml` writes them, and the data of one in a diff

@@ -573,9 +573,7 @@ def _strip_auth(url: str) -> str:
     a credential never lands in a manifest or a record."""
     if "://" not in url:
         return url  # scp-like ``git@host:path``: the user name is not a secret
-    scheme, _, rest = url.partition("://")
-    host_and_path = rest.split("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
-    return git.strip_credentials(f"{scheme}://{host_and_path}")
+    return git.strip_credentials(url)
 
 
 def _skip_summary(stats: IngestStats) -> str:

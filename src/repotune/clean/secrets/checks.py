@@ -10,6 +10,7 @@ from itertools import pairwise
 from pathlib import PurePosixPath
 
 from repotune.clean.secrets.engine import Check
+from repotune.sources.git import diff_header_path
 
 ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 TOKEN_CHARS = ALNUM | {"_", "-"}
@@ -179,13 +180,12 @@ _CONFIG_SUFFIXES = words(
 _CONFIG_NAMES = words(
     "credentials .git-credentials .netrc .pypirc .pgpass .npmrc .htpasswd gradle.properties"
 )
-_DIFF_PATH = re.compile(r"diff --git a/\S+ b/(\S+)")
 
 
 def is_config_path(path: str) -> bool:
     """A configuration file, whose values are literals rather than code: YAML, properties, INI, TOML,
     .env files, credential files (``.netrc``, ``.pypirc``, ``~/.aws/credentials``)."""
-    name = PurePosixPath(path.strip('"')).name.lower()
+    name = PurePosixPath(path).name.lower()
     return name in _CONFIG_NAMES or name.startswith(".env") or PurePosixPath(name).suffix in _CONFIG_SUFFIXES
 
 
@@ -196,7 +196,8 @@ def in_config_file(text: str, position: int) -> bool:
     while header > 0 and text[header - 1] != "\n":
         header = text.rfind("diff --git ", 0, header)
     if header >= 0:
-        found = _DIFF_PATH.match(text, header)
-        return found is not None and is_config_path(found.group(1))
+        end = text.find("\n", header)
+        path = diff_header_path(text[header : end if end >= 0 else len(text)])
+        return path is not None and is_config_path(path)
     path = FILE_PATH.get()
     return path is not None and is_config_path(path)
