@@ -553,14 +553,65 @@ def test_a_stopping_server_fails_running_and_waiting_requests_at_once(loaded: Re
 
 
 @pytest.mark.integration
-def test_sigterm_stops_the_server_as_ctrl_c_does(tiny: Path, tmp_path: Path) -> None:
-    """Kubernetes stops a pod with SIGTERM: the server shuts down gracefully and says so (uvicorn raises
-    the signal again after its shutdown, which the default handler would turn into a silent kill)."""
+def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: Path) -> None:
+    """Each OpenAI request leaves one line in the server's log: the answer's id (what the client got),
+    its token counts, how it finished, its time, and the ingress's X-Request-Id, whole answers and
+    streams alike. Kubernetes stops a pod with SIGTERM: the server shuts down gracefully and says so
+    (uvicorn raises the signal again after its shutdown, which the default handler would turn into a
+    silent kill)."""
     log = tmp_path / "serve.log"
-    running = start_background(tiny, log_path=log)
-    running.stop()
+    running = start_background(tiny, log_path=log, max_tokens=MAX_TOKENS)
+    try:
+        client = openai.OpenAI(base_url=running.openai_url, api_key="unused", max_retries=0, timeout=60)
+        whole = client.completions.create(
+            model=running.model_name, prompt="def add(a, b):", max_tokens=5, temperature=0,
+            extra_headers={"X-Request-Id": "req-7c1e"},
+        )  # fmt: skip
+        stream = client.chat.completions.create(
+            model=running.model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            temperature=0, stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = list(stream)
+    finally:
+        running.stop()
     text = log.read_text()
     assert "stopped serving" in text and running.process.returncode == 130, text[-2000:]
+    counts = whole.usage
+    line = next(x for x in text.splitlines() if whole.id in x)
+    assert (
+        f"{whole.id}: {counts.prompt_tokens} prompt + {counts.completion_tokens} completion tokens "
+        f"({whole.choices[0].finish_reason}) in " in line
+    )
+    assert re.search(r" in \d+\.\d\d s, x-request-id req-7c1e$", line), line
+    streamed = chunks[-1].usage
+    line = next(x for x in text.splitlines() if chunks[0].id in x)
+    assert f"{streamed.prompt_tokens} prompt + {streamed.completion_tokens} completion tokens" in line
+    assert "x-request-id" not in line
+
+
+def test_a_request_line_says_how_each_answer_ended() -> None:
+    """The request log's line for choices that finished, mixed, and for answers cut short by the
+    server (a timeout, a stop) or by the client going away."""
+    from repotune.serving.batching import Completed
+    from repotune.serving.model import REQUEST_ID, Served
+
+    served = Served("cmpl-1", 40, 0.0, retrieved=3)
+    served.done = [Completed("a", "stop", 40, 3), Completed("b", "length", 40, 16)]
+    served.done.append(Completed("c", "length", 40, 16))
+    assert served.line(None, 1.234) == (
+        "cmpl-1: 40 prompt + 35 completion tokens (3 choices: 2 length, 1 stop) in 1.23 s, 3 retrieved chunks"
+    )
+    token = REQUEST_ID.set("r-9")
+    try:
+        cut = Served("chatcmpl-2", 7, 0.0)
+    finally:
+        REQUEST_ID.reset(token)
+    assert cut.line(Timeout(30), 30.0) == (
+        "chatcmpl-2: 7 prompt tokens, cut short (504 the request did not finish within the server's "
+        "timeout of 30 s) after 30.00 s, x-request-id r-9"
+    )
+    assert "cut short (the client went away) after 0.50 s" in cut.line(asyncio.CancelledError(), 0.5)
+    assert "cut short (RuntimeError)" in cut.line(RuntimeError("boom"), 0.5)
 
 
 def test_request_checks(loaded: RepotuneModel) -> None:

@@ -17,9 +17,13 @@ the way training tokenized its examples (``encode_prompt``), so serving cannot d
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,7 +57,14 @@ from repotune.serving.protocol import ChatCompletionRequest, CompletionRequest, 
 from repotune.serving.retrieval import NOTHING, Retrieved, ServedRetrieval
 from repotune.serving.settings import ServeSettings
 
-__all__ = ["RepotuneModel", "ServeSettings", "encode_prompt"]
+__all__ = ["REQUEST_ID", "RepotuneModel", "ServeSettings", "encode_prompt"]
+
+# One line an OpenAI request, under KServe's request-trace logger (its handler and format, beside
+# uvicorn's access line): which answer it was, its token counts, how it finished and how long it took.
+request_log = logging.getLogger("kserve.trace.requests")
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("REQUEST_ID", default=None)
+"""The request's ``X-Request-Id`` (set by Istio/KServe's ingress, or the client), for the request's line."""
 
 
 class TextPrompt(NamedTuple):
@@ -351,6 +362,7 @@ class RepotuneModel(kserve.Model):
 
     async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         """``/openai/v1/completions``: a ``Completion``, or its chunks for ``stream: true``."""
+        started = time.monotonic()
         self.check_model(request.model)
         request.refuse_unsupported()
         items = request.prompts()
@@ -372,9 +384,11 @@ class RepotuneModel(kserve.Model):
         prompt_tokens = sum(len(prompt.ids) for prompt in built)
         echoed = [self._echoed(item) if request.echo else "" for item in items for _ in range(n)]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
+        served = Served(head["id"], prompt_tokens, started, sum(len(p.retrieved.sources) for p in built))
         if request.stream:
-            return self._completion_chunks(head, handles, echoed, prompt_tokens, request.include_usage)
-        done = await results(handles)
+            return self._completion_chunks(head, handles, echoed, served, request.include_usage)
+        with served:
+            done = served.done = await results(handles)
         choices = [
             CompletionChoice(index=i, text=echoed[i] + r.text, finish_reason=r.finish_reason, logprobs=None)
             for i, r in enumerate(done)
@@ -385,7 +399,7 @@ class RepotuneModel(kserve.Model):
         )
 
     async def _completion_chunks(
-        self, head: dict[str, Any], handles: list[Handle], echoed: list[str], prompt_tokens: int,
+        self, head: dict[str, Any], handles: list[Handle], echoed: list[str], served: Served,
         include_usage: bool,
     ) -> AsyncIterator[Completion]:  # fmt: skip
         def chunk(index: int, text: str, finish_reason: str | None) -> Completion:
@@ -396,19 +410,20 @@ class RepotuneModel(kserve.Model):
             )
             return Completion.model_construct(**head, choices=[choice], object="text_completion", usage=None)
 
-        done: list[Completed] = []
-        for index, text in enumerate(echoed):
-            if text:
-                yield chunk(index, text, None)
-        async for index, item in merged(handles):
-            if isinstance(item, str):
-                yield chunk(index, item, None)
-            else:
-                done.append(item)
-                yield chunk(index, "", item.finish_reason)
+        done = served.done
+        with served:
+            for index, text in enumerate(echoed):
+                if text:
+                    yield chunk(index, text, None)
+            async for index, item in merged(handles):
+                if isinstance(item, str):
+                    yield chunk(index, item, None)
+                else:
+                    done.append(item)
+                    yield chunk(index, "", item.finish_reason)
         if include_usage:
             yield Completion.model_construct(
-                **head, choices=[], object="text_completion", usage=usage(done, prompt_tokens)
+                **head, choices=[], object="text_completion", usage=usage(done, served.prompt_tokens)
             )
 
     async def create_chat_completion(
@@ -417,6 +432,7 @@ class RepotuneModel(kserve.Model):
         """``/openai/v1/chat/completions``: a ``ChatCompletion``, or its chunks for ``stream: true``."""
         from repotune.data.transforms import render_chat
 
+        started = time.monotonic()
         self.check_model(request.model)
         request.refuse_unsupported()
         messages = request.text_messages()
@@ -436,9 +452,11 @@ class RepotuneModel(kserve.Model):
         )  # fmt: skip
         handles = self.submit_all([row] * n, param="n")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
+        served = Served(head["id"], len(prompt_ids), started)
         if request.stream:
-            return self._chat_chunks(head, handles, len(prompt_ids), request.include_usage)
-        done = await results(handles)
+            return self._chat_chunks(head, handles, served, request.include_usage)
+        with served:
+            done = served.done = await results(handles)
         choices = [
             ChatChoice(
                 index=i,
@@ -452,22 +470,24 @@ class RepotuneModel(kserve.Model):
         )
 
     async def _chat_chunks(
-        self, head: dict[str, Any], handles: list[Handle], prompt_tokens: int, include_usage: bool
+        self, head: dict[str, Any], handles: list[Handle], served: Served, include_usage: bool
     ) -> AsyncIterator[ChatCompletionChunk]:
         def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(**head, choices=choices, object="chat.completion.chunk", usage=usage)
 
-        done: list[Completed] = []
-        for index in range(len(handles)):
-            yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
-        async for index, item in merged(handles):
-            if isinstance(item, str):
-                yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(content=item))])
-            else:
-                done.append(item)
-                yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=item.finish_reason)])
+        done = served.done
+        with served:
+            for index in range(len(handles)):
+                yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
+            async for index, item in merged(handles):
+                if isinstance(item, str):
+                    yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(content=item))])
+                else:
+                    done.append(item)
+                    finish = item.finish_reason
+                    yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finish)])
         if include_usage:
-            yield chunk([], usage(done, prompt_tokens))
+            yield chunk([], usage(done, served.prompt_tokens))
 
     def _instance_row(self, instance: Instance) -> GenerationRequest:
         prompt = self.text_prompt(
@@ -526,6 +546,48 @@ class RepotuneModel(kserve.Model):
 
     async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         raise ServingError(404, f"model {self.name} has no explainer", code="not_found")
+
+
+class Served:
+    """Writes a request's line to ``request_log`` when the block that answers it ends: the answer's id,
+    its token counts, each choice's finish reason (or why it was cut short: an error, or a streaming
+    client that went away), the retrieved chunks put in front of its prompts, and its time since the
+    request was parsed, with the ``X-Request-Id`` it came with."""
+
+    def __init__(self, answer_id: str, prompt_tokens: int, started: float, retrieved: int = 0) -> None:
+        self.answer_id, self.prompt_tokens, self.started, self.retrieved = (
+            answer_id, prompt_tokens, started, retrieved
+        )  # fmt: skip
+        self.done: list[Completed] = []
+        self.request_id = REQUEST_ID.get()
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
+        request_log.info(self.line(err, time.monotonic() - self.started))
+
+    def line(self, err: BaseException | None, seconds: float) -> str:
+        if err is None:
+            finishes = Counter(r.finish_reason for r in self.done)
+            choices = f"{len(self.done)} choices: " if len(self.done) > 1 else ""
+            how = ", ".join(f"{n} {reason}" if choices else reason for reason, n in finishes.most_common())
+            completion = sum(r.completion_tokens for r in self.done)
+            head = f"{self.prompt_tokens} prompt + {completion} completion tokens ({choices}{how}) in"
+        else:
+            if isinstance(err, ServingError):
+                why = f"{err.status} {err.message}"
+            elif isinstance(err, GeneratorExit | asyncio.CancelledError):
+                why = "the client went away"
+            else:
+                why = type(err).__name__
+            head = f"{self.prompt_tokens} prompt tokens, cut short ({why}) after"
+        parts = [f"{self.answer_id}: {head} {seconds:.2f} s"]
+        if self.retrieved:
+            parts.append(f"{self.retrieved} retrieved chunk{'s' if self.retrieved != 1 else ''}")
+        if self.request_id:
+            parts.append(f"x-request-id {self.request_id}")
+        return ", ".join(parts)
 
 
 def usage(done: list[Completed], prompt_tokens: int) -> CompletionUsage:

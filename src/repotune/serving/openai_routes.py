@@ -26,7 +26,7 @@ from openai.types import Model
 from pydantic import BaseModel
 
 from repotune.serving.errors import ServingError
-from repotune.serving.model import RepotuneModel
+from repotune.serving.model import REQUEST_ID, RepotuneModel
 from repotune.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -68,6 +68,7 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
         )
 
     async def completions(request: Request) -> Response:
+        REQUEST_ID.set(request.headers.get("x-request-id", "")[:128] or None)
         try:
             params = validated(CompletionRequest, parse_json(await request.body()))
             return respond(await model.create_completion(params), chat=False)
@@ -75,6 +76,7 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
             return error_response(err)
 
     async def chat_completions(request: Request) -> Response:
+        REQUEST_ID.set(request.headers.get("x-request-id", "")[:128] or None)
         try:
             params = validated(ChatCompletionRequest, parse_json(await request.body()))
             return respond(await model.create_chat_completion(params), chat=True)
