@@ -386,9 +386,21 @@ def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval
     charts = re.findall(r"<svg .*?</svg>", page, re.DOTALL)
     assert len(charts) == 6  # five arm-table columns, and the commit metric
     labels = 0
+    svg = "{http://www.w3.org/2000/svg}"
     for chart in charts:
-        for bar in ET.fromstring(chart).iter("{http://www.w3.org/2000/svg}g"):
-            rect = bar.find("{http://www.w3.org/2000/svg}rect")
+        tree = ET.fromstring(chart)
+        # the scale: ticks from 0 along the bars' axis, the last at or past every bar and whisker
+        ticks = [
+            (float(t.text), float(t.get("x"))) for t in tree.iter(f"{svg}text") if t.get("class") == "tick"
+        ]
+        assert ticks[0] == (0.0, 150.0) and 3 <= len(ticks) <= 7, ticks
+        per_unit = (ticks[-1][1] - ticks[0][1]) / ticks[-1][0]
+        for bar in (g for g in tree.iter(f"{svg}g") if g.get("class") == "bar"):
+            rect = bar.find(f"{svg}rect")
+            value = float(
+                next(t for t in bar.iter(f"{svg}text") if t.get("class") == "label").text.split()[0]
+            )
+            assert float(rect.get("width")) == pytest.approx(value * per_unit, abs=0.1)
             label = next(t for t in bar.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "label")
             right = float(rect.get("x")) + float(rect.get("width"))
             whisker = next(
@@ -404,6 +416,19 @@ def test_the_html_report_labels_each_bar_outside_its_whisker_with_n_and_interval
             assert re.search(r"n=\d+", label.text)
             labels += 1
     assert labels == 3 * 4 + 2 + 1 + 1  # four arms in three charts, two in perplexity, one each FIM/commit
+
+
+def test_chart_axes_run_from_zero_to_a_round_number_past_the_largest_value() -> None:
+    from repotune.evaluate.report import axis_ticks
+
+    assert axis_ticks(0.448) == [0.0, 0.2, 0.4, 0.6]
+    assert axis_ticks(33.78) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert axis_ticks(1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert axis_ticks(0.1) == [0.0, 0.025, 0.05, 0.075, 0.1]
+    assert axis_ticks(0.0) == [0.0, 1.0]  # every bar at zero: a scale all the same
+    for top in (0.0031, 0.07, 0.9999, 4.2, 11.06, 812.0):
+        ticks = axis_ticks(top)
+        assert ticks[0] == 0 and ticks[-1] >= top and 3 <= len(ticks) <= 6, (top, ticks)
 
 
 def test_the_demo_asks_for_an_added_line_as_an_editor_asks(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ arm table; Markdown for people and the CLI, HTML (a table and a bar chart per me
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -284,24 +285,41 @@ ROW_HEIGHT = 26
 LABEL_GAP = 8
 
 
+def axis_ticks(top: float) -> list[float]:
+    """Round ticks from 0 to a round number at or above ``top`` (three to six of them, a step of 1, 2,
+    2.5 or 5 times a power of ten): a chart's scale, so a bar's length reads as its value."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / 4
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    count = max(1, math.ceil(top / step - 1e-9))
+    return [round(step * i, 12) for i in range(count + 1)]
+
+
 def _bars(name: str, metrics: list[tuple[Arm, Metric, str]]) -> str:
-    """One metric's horizontal bars, one per arm (with its cell's text); each row's label sits right of
-    its bar and whisker."""
-    top = max(max(m.value, m.ci_high if m.ci_high is not None else m.value) for _, m, _ in metrics) or 1.0
+    """One metric's horizontal bars, one per arm (with its cell's text), over an axis from 0 with round
+    ticks and light grid lines; each row's label sits right of its bar and whisker."""
+    ticks = axis_ticks(
+        max(max(m.value, m.ci_high if m.ci_high is not None else m.value) for _, m, _ in metrics)
+    )
+    top = ticks[-1]
+
+    def x(value: float) -> float:
+        return BAR_X + BAR_WIDTH * value / top
+
     rows = []
     for row, (arm, metric, text) in enumerate(metrics):
         y = 8 + row * ROW_HEIGHT
-        width = BAR_WIDTH * metric.value / top
-        right = BAR_X + width
+        right = x(metric.value)
         parts = [
             f'<text class="arm" x="{BAR_X - 6}" y="{y + 13}" text-anchor="end">'
             f"{html.escape(arm.label)}</text>",
-            f'<rect class="value" x="{BAR_X}" y="{y}" width="{width:.1f}" height="18" '
+            f'<rect class="value" x="{BAR_X}" y="{y}" width="{right - BAR_X:.1f}" height="18" '
             f'fill="{COLOURS.get(arm.key, "#888")}"/>',
         ]
         if metric.ci_low is not None and metric.ci_high is not None:
-            x1 = BAR_X + BAR_WIDTH * metric.ci_low / top
-            x2 = BAR_X + BAR_WIDTH * metric.ci_high / top
+            x1, x2 = x(metric.ci_low), x(metric.ci_high)
             mid = y + 9
             parts.append(
                 f'<line class="whisker" x1="{x1:.1f}" x2="{x2:.1f}" y1="{mid}" y2="{mid}" stroke="#222"/>'
@@ -313,10 +331,20 @@ def _bars(name: str, metrics: list[tuple[Arm, Metric, str]]) -> str:
             f'<text class="label" x="{right + LABEL_GAP:.1f}" y="{y + 13}">{html.escape(text)}</text>'
         )
         rows.append(f'<g class="bar" data-arm="{arm.key}">{"".join(parts)}</g>')
-    height = 16 + ROW_HEIGHT * len(metrics)
+    bottom = 8 + ROW_HEIGHT * len(metrics)
+    axis = [f'<line x1="{BAR_X}" x2="{x(top):.1f}" y1="{bottom}" y2="{bottom}" stroke="#888"/>']
+    for tick in ticks:
+        at = x(tick)
+        axis.append(
+            f'<line class="grid" x1="{at:.1f}" x2="{at:.1f}" y1="4" y2="{bottom + 4}" stroke="#ddd"/>'
+            f'<text class="tick" x="{at:.1f}" y="{bottom + 16}" text-anchor="middle" fill="#555">'
+            f"{tick:g}</text>"
+        )
+    height = bottom + 22
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="820" height="{height}" role="img" '
-        f'aria-label="{html.escape(name)}" font-size="12" font-family="sans-serif">{"".join(rows)}</svg>'
+        f'aria-label="{html.escape(name)}" font-size="12" font-family="sans-serif">'
+        f'<g class="axis">{"".join(axis)}</g>{"".join(rows)}</svg>'
     )
 
 
