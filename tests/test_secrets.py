@@ -315,6 +315,24 @@ LEAKS = [
     (None, f'<property name="password" value="{PW}"/>\n', PW),
     (None, f"define( 'DB_PASSWORD', '{PW}' );\n", PW),
     (None, f"ops: reset db\n\nnew db password: {PW.capitalize()}\n", PW.capitalize()),
+    # an AWS key pair by position, the secret on the next line as black writes it
+    (
+        "app/aws.py",
+        'boto3.Session(\n    "AKIA'
+        + fake(16, string.ascii_uppercase + "234567", 48)
+        + '",\n    "'
+        + fake(40, B64, 49)
+        + '",\n)\n',
+        fake(40, B64, 49),
+    ),
+    # a table's password column: the file, and the diff that adds it
+    ("db/seed/users.csv", f"id,email,password\n1,a@example.org,{PW}\n", PW),
+    (
+        None,
+        "diff --git a/users.tsv b/users.tsv\nnew file mode 100644\n--- /dev/null\n+++ b/users.tsv\n"
+        f"@@ -0,0 +1,2 @@\n+login\tapi_key\n+bot\t{fake(32, ALNUM, 50)}\n",
+        fake(32, ALNUM, 50),
+    ),
 ]
 
 
@@ -324,6 +342,36 @@ def test_secrets_in_configuration_files_commands_and_diffs_are_redacted(
 ) -> None:
     out, counts = redact(text, path=path)
     assert hidden not in out and counts, out
+
+
+def test_a_tables_secret_columns_are_redacted_row_by_row_and_its_other_columns_kept() -> None:
+    """A ``.csv`` whose header names a password or token column: each row's value there goes (quoted
+    fields with the delimiter and doubled quotes inside too), stand-ins and empty cells stay, other
+    columns stay, and a word list's ``token`` column is words, not secrets. In a diff, a hunk at the
+    file's first line is read on both sides, a context row once."""
+    table = (
+        "id,user,password,api_token,email\n"
+        f'1,alice,{PW},tok_{fake(24, ALNUM, 51)},alice@example.org\n2,bob,"p,w""{PW}",,bob@example.org\n'
+        "3,carol,changeme,short,carol@example.org\r\n"
+    )
+    out, counts = redact(table, path="fixtures/users.csv")
+    assert out == (
+        "id,user,password,api_token,email\n"
+        "1,alice,<SECRET:password>,<SECRET:password>,alice@example.org\n"
+        '2,bob,"<SECRET:password>",,bob@example.org\n3,carol,changeme,short,carol@example.org\r\n'
+    )
+    assert counts == Counter({"password": 3})
+    words = "token,pos,lemma\nthe,DET,the\nrunning,VERB,run\n"
+    assert redact(words, path="data/tokens.csv") == (words, Counter())
+    assert redact(table, path="src/users.py")[0].count("<SECRET:") == 0  # not a table there
+    diff = (
+        "diff --git a/u.csv b/u.csv\n--- a/u.csv\n+++ b/u.csv\n@@ -1,3 +1,3 @@\n user,password\n"
+        f"-alice,{PW}1\n+alice,{PW}2\n bob,{PW}3\n"
+        "diff --git a/v.csv b/v.csv\n--- a/v.csv\n+++ b/v.csv\n@@ -8,1 +8,1 @@\n-dave,x1\n+dave,x2\n"
+    )
+    out, counts = redact(diff)
+    assert PW not in out and counts == Counter({"password": 3}), out
+    assert out.endswith("-dave,x1\n+dave,x2\n")  # a hunk without the header row: columns unknown
 
 
 # What documentation and ordinary code write in a secret's place: kept as written.

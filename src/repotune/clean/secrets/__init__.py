@@ -21,6 +21,8 @@ from repotune.clean.secrets.checks import FILE_PATH
 from repotune.clean.secrets.context import CONTEXT_RULES
 from repotune.clean.secrets.engine import Ruleset, SecretRule
 from repotune.clean.secrets.pii import PII_RULES
+from repotune.clean.secrets.tables import KIND as TABLE_KIND
+from repotune.clean.secrets.tables import redact_tables
 from repotune.clean.secrets.tokens import PRIVATE_KEY_RULES, TOKEN_RULES
 
 __all__ = ["PII_RULES", "RULES", "SecretRule", "redact"]
@@ -38,11 +40,16 @@ def redact(text: str, *, pii: bool = False, path: str | None = None) -> tuple[st
 
     ``path``: the file the text is, when it is one: in a configuration file (YAML, properties, INI,
     .env; ``checks.is_config_path``) a value under a password-like key is a literal even where, in
-    code, it would read as a variable (``password: Qw7vLm2xR9tZ``). A diff names its own files.
+    code, it would read as a variable (``password: Qw7vLm2xR9tZ``); in a table (``.csv``, ``.tsv``)
+    a column named like a secret holds one in every row (``tables``). A diff names its own files.
     Returns the new text and the number of replacements per kind.
     """
+    text, in_tables = redact_tables(text, path, f"<SECRET:{TABLE_KIND}>")
     token = FILE_PATH.set(path)
     try:
-        return (_WITH_PII if pii else _SECRETS).redact(text)
+        redacted, counts = (_WITH_PII if pii else _SECRETS).redact(text)
     finally:
         FILE_PATH.reset(token)
+    if in_tables:
+        counts[TABLE_KIND] += in_tables
+    return redacted, counts

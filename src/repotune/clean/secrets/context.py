@@ -22,6 +22,7 @@ from repotune.clean.secrets.checks import (
     classes,
     letters_and_digits,
     literal_ok,
+    mixed_case,
     secret,
     stand_in,
     words,
@@ -340,6 +341,17 @@ _NAMED: tuple[SecretRule, ...] = (
 
 CONTEXT_RULES: tuple[SecretRule, ...] = (
     _rule("gcp_service_account", "private_key_id", r"\"private_key_id\"\s*:\s*\"(?P<secret>[0-9a-f]{40})\""),
+    # An AWS key pair passed by position (`boto3.Session("AKIA...", "...")`, Java's
+    # `new BasicAWSCredentials("AKIA...", "...")`, Go's `NewStaticCredentials`): the secret is the
+    # literal right after the key id, on the same line or the next.
+    _rule(
+        "aws_secret_key",
+        "akia asia",
+        r"(?:akia|asia)[a-z0-9]{16}[\"'`][ \t]*,[ \t]*\r?\n?[ \t]*"
+        r"[bru]{0,2}[\"'`](?P<secret>[a-z0-9/+]{40})[\"'`]",
+        check=mixed_case,
+        whole_text=True,
+    ),
     # A Sentry DSN's key (and, in old DSNs, its secret) is the user part of the URL.
     _rule("sentry_dsn", "sentry dsn", r"://(?P<secret>[0-9a-f]{32}(?::[0-9a-f]{32})?)@"),
     # The password of any URL (`postgres://app:pw@db`, `https://user:tok#en@host`). "://" is in most
