@@ -322,6 +322,49 @@ def test_archive_links_are_skipped_and_bombs_rejected(tmp_path: Path) -> None:
         archive.extract(bomb, tmp_path / "x", archive.ArchiveLimits(max_total_bytes=1_000_000))
 
 
+def test_an_archived_repository_runs_nothing_of_its_own_config(make_repo, tmp_path: Path) -> None:
+    """An uploaded archive's .git is read for its history, but the programs its config names (a diff
+    driver's textconv, a filter's smudge, core.fsmonitor, a hook) never run; a .git file naming
+    another repository's git folder is no history at all."""
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    first = {".gitattributes": "*.py diff=evil filter=evil\n", "tool.py": "def tool():\n    return 0\n"}
+    commits = [("Add the tool", first, "2024-01-01T10:00:00+00:00")]
+    for day in range(2, 13):
+        body = f"def step_{day}(value):\n    return value + {day}\n"
+        commits.append((f"Add step {day}", {f"steps/s{day}.py": body}, f"2024-01-{day:02d}T10:00:00+00:00"))
+    repo = make_repo(commits, name="evil")
+    for key, program in (
+        ("diff.evil.textconv", f"sh -c 'touch {marks}/textconv; cat \"$0\"'"),
+        ("filter.evil.smudge", f"sh -c 'touch {marks}/smudge; cat'"),
+        ("core.fsmonitor", f"touch {marks}/fsmonitor; echo"),
+        ("core.hooksPath", str(tmp_path / "hooks")),
+    ):
+        git(repo, "config", key, program)
+    (tmp_path / "hooks").mkdir()
+    hook = tmp_path / "hooks" / "post-checkout"
+    hook.write_text(f"#!/bin/sh\ntouch {marks}/hook\n")
+    hook.chmod(0o755)
+    git(repo, "status")  # the repository's own git runs them: the test's programs work
+    assert {p.name for p in marks.iterdir()} >= {"fsmonitor"}
+    for mark in marks.iterdir():
+        mark.unlink()
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(repo, arcname="evil")
+    manifest, records = ingest(path, tmp_path / "out", cut="HEAD~3")  # files checked out at the cut
+    assert list(marks.iterdir()) == []
+    assert manifest["split"]["mode"] == "temporal", manifest["split"]
+    assert any(r.kind == "commit" for r in records.values())
+    (repo / ".git").rename(tmp_path / "real.git")
+    (repo / ".git").write_text(f"gitdir: {tmp_path / 'real.git'}\n")
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(repo, arcname="evil")
+    manifest, records = ingest(path, tmp_path / "out2")
+    assert not any(r.kind == "commit" for r in records.values()) and "tool.py" in records
+    assert list(marks.iterdir()) == []
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")

@@ -364,6 +364,7 @@ def iter_source(
         if not archive.is_archive(local):
             raise RepotuneError(f"source {spec!r} is not an archive ({', '.join(archive.ARCHIVE_SUFFIXES)})")
         root = archive.extract(local, workdir / "archive")
+        git.distrust(root)  # an uploaded repository's config could run programs when git reads it
         yield from _local_records(root, local.name, config, stats, manifest, workdir)
         return
     if git.is_git_url(spec):
@@ -385,6 +386,7 @@ def iter_source(
             )
         manifest["source_type"] = "archive"
         root = archive.extract(path, workdir / "archive")
+        git.distrust(root)
         yield from _local_records(root, path.name, config, stats, manifest, workdir)
         return
     manifest["source_type"] = "git" if git.is_git_checkout(path) else "folder"

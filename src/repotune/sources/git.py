@@ -38,20 +38,25 @@ def is_git_url(spec: str) -> bool:
 
 def _git_env() -> dict[str, str]:
     # Never prompt for a password in a pipeline: fail at once and report it instead.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C", **_token_config()}
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "LC_ALL": "C", **_config_env()}
 
 
-def _token_config() -> dict[str, str]:
-    """With ``GITHUB_TOKEN`` set, git config (as environment variables, so nothing is written to disk or
-    to the remote URL) that sends it to GitHub's git over HTTPS as actions/checkout does: an
-    ``Authorization`` header for ``GITHUB_SERVER_URL`` (GitHub Enterprise; default https://github.com)
-    only, never to another host. A private repository is then cloned by its plain URL."""
-    token = os.environ.get("GITHUB_TOKEN")
-    if not token:
-        return {}
-    server = os.environ.get("GITHUB_SERVER_URL") or "https://github.com"
-    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-    config = {f"http.{server.rstrip('/')}/.extraheader": f"Authorization: basic {basic}"}
+# Reading a repository runs nothing of its own: no hooks (a checkout's post-checkout) and no file
+# system monitor, whatever its config says (the environment's config wins over the repository's).
+_SAFE_CONFIG = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false"}
+
+
+def _config_env() -> dict[str, str]:
+    """Git config as environment variables (nothing is written to disk or to the remote URL):
+    ``_SAFE_CONFIG``, and with ``GITHUB_TOKEN`` set, what sends it to GitHub's git over HTTPS as
+    actions/checkout does: an ``Authorization`` header for ``GITHUB_SERVER_URL`` (GitHub Enterprise;
+    default https://github.com) only, never to another host. A private repository is then cloned by
+    its plain URL."""
+    config = dict(_SAFE_CONFIG)
+    if token := os.environ.get("GITHUB_TOKEN"):
+        server = os.environ.get("GITHUB_SERVER_URL") or "https://github.com"
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        config[f"http.{server.rstrip('/')}/.extraheader"] = f"Authorization: basic {basic}"
     count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)  # after any the environment already has
     env = {"GIT_CONFIG_COUNT": str(count + len(config))}
     for index, (key, value) in enumerate(config.items(), start=count):
@@ -120,6 +125,45 @@ def head_sha(repo: Path) -> str:
     return _run(["rev-parse", "HEAD"], cwd=repo).strip()
 
 
+# What of an untrusted repository's own config is kept: how its objects and refs are stored.
+_KEPT_CONFIG = ("core.repositoryformatversion", "extensions.objectformat", "extensions.refstorage")
+
+
+def distrust(root: Path) -> None:
+    """Make the repository at ``root/.git`` (an uploaded archive's) safe to read: its config can name
+    programs that git runs on reading (``core.fsmonitor``, a diff driver's ``textconv``, a filter's
+    ``smudge``, ``core.sshCommand``...), so the config is replaced by one that keeps only the object
+    and ref format; hooks go, and so do pointers out of the folder (``objects/info/alternates``, a
+    worktree's ``commondir``, a ``.git`` file naming another git folder: then there is no history)."""
+    dot_git = root / ".git"
+    if dot_git.is_symlink() or dot_git.is_file():
+        dot_git.unlink()
+        return
+    if not dot_git.is_dir():
+        return
+    config = dot_git / "config"
+    sections: dict[str, list[str]] = {"core": ["\tbare = false"]}
+    for key in _KEPT_CONFIG if config.is_file() and shutil.which("git") is not None else ():
+        # --file reads the file as data: no repository is opened, nothing is run.
+        proc = subprocess.run(
+            ["git", "config", "--file", str(config), "--get", key],
+            capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"},
+        )  # fmt: skip
+        value = proc.stdout.strip()
+        if proc.returncode == 0 and re.fullmatch(r"[\w-]{1,32}", value):
+            section, name = key.split(".", 1)
+            sections.setdefault(section, []).append(f"\t{name} = {value}")
+    config.unlink(missing_ok=True)
+    config.write_text("".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items()))
+    for path in ("hooks", "worktrees", "commondir", "config.worktree", "objects/info/alternates",
+                 "objects/info/http-alternates"):  # fmt: skip
+        target = dot_git / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
 def is_git_checkout(path: Path) -> bool:
     if not (path / ".git").exists() or shutil.which("git") is None:
         return False
@@ -156,7 +200,8 @@ def iter_commits(
     is added to every record's meta.
     """
     args = [
-        "git", *_NO_QUOTING, "log", "--no-merges", "--no-color", "--no-ext-diff", "--patch", "--no-renames",
+        "git", *_NO_QUOTING, "log", "--no-merges", "--no-color", "--no-ext-diff", "--no-textconv", "--patch",
+        "--no-renames",
         f"--format={_MARK}%H{_FIELD}%an{_FIELD}%aI{_FIELD}%P{_FIELD}%B{_FIELD}",
     ]  # fmt: skip
     if max_commits is not None:
