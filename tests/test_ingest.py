@@ -365,6 +365,54 @@ def test_an_archived_repository_runs_nothing_of_its_own_config(make_repo, tmp_pa
     assert list(marks.iterdir()) == []
 
 
+def test_what_the_walk_leaves_out_is_left_out_of_commit_diffs_too(make_repo, tmp_path: Path) -> None:
+    """A file kept out by .repotuneignore, a vendored folder, a lockfile or a minified bundle is not
+    read from the tree, and not from the commits that change it either (nor the ignore file itself,
+    which the walk skips too): their diff sections go
+    before the size cap (so junk does not crowd the real change out), counted by reason."""
+    secret_algo = "PROPRIETARY = 'do not train on this'\n" * 40
+    repo = make_repo(
+        [
+            (
+                "Add the service",
+                {
+                    ".repotuneignore": "internal/\n",
+                    "internal/algo.py": secret_algo,
+                    "vendor/lib/x.go": "package lib\n" * 200,
+                    "package-lock.json": '{"lockfileVersion": 3}\n' * 300,
+                    "web/app.min.js": "var a=1;" * 500 + "\n",
+                    "src/service.py": "def serve():\n    return 'ok'\n",
+                },
+                "2024-01-01T10:00:00+00:00",
+            )
+        ]
+    )
+    manifest, records = ingest(repo, tmp_path / "out", max_diff_bytes=2_000)
+    commit = next(r for r in records.values() if r.kind == "commit")
+    assert "PROPRIETARY" not in commit.content and "lockfileVersion" not in commit.content
+    assert "src/service.py" in commit.content and "[diff truncated]" not in commit.content
+    assert commit.meta["files"] == ["src/service.py"] and commit.meta["files_left_out"] == 5
+    skipped = manifest["skipped"]
+    assert (skipped["diff_ignored"], skipped["diff_vendored"], skipped["diff_lockfile"]) == (2, 1, 1)
+    assert skipped["diff_minified"] == 1
+    assert not any("PROPRIETARY" in r.content for r in records.values())
+
+
+def test_the_checkouts_ignore_files_rule_the_tree_read_at_a_cut(make_repo, tmp_path: Path) -> None:
+    """In the temporal split the tree is read as it was at the cut, but with the project's ignore
+    files as they are now: a rule added since (even uncommitted) keeps its files out of training."""
+    commits = [("Add mod1", {"mod1.py": "def one():\n    return 1\n"}, "2024-01-01T10:00:00+00:00")]
+    for day in range(2, 13):
+        commits.append((f"Add s{day}", {f"s{day}.py": f"def f{day}():\n    return {day}\n"},
+                        f"2024-01-{day:02d}T10:00:00+00:00"))  # fmt: skip
+    repo = make_repo(commits)
+    (repo / ".repotuneignore").write_text("mod1.py\n")
+    manifest, records = ingest(repo, tmp_path / "out", cut="HEAD~3")
+    assert manifest["split"]["mode"] == "temporal"
+    assert "mod1.py" not in records and "s2.py" in records
+    assert not any("def one" in r.content for r in records.values())
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")

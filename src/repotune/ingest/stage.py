@@ -36,7 +36,7 @@ from repotune.ingest.layout import IngestLayout
 from repotune.records import Kind, Record, record_id
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
-from repotune.sources.local import IGNORE_FILES, WalkLimits, iter_tree
+from repotune.sources.local import PathRules, WalkLimits, iter_tree
 
 GITHUB_PREFIX = "github:"
 CONFLUENCE_PREFIX = "confluence:"
@@ -268,6 +268,7 @@ def _temporal_records(
             revision=cut.commit,
             limits=limits,
             exclude=exclude,
+            rules_root=root,  # the project's ignore files as they are now, not as they were at the cut
         )
         shutil.rmtree(tree)
     if _wants(config, Kind.COMMIT):
@@ -301,14 +302,13 @@ def _future_records(
     if not ranges:
         return
     tree = workdir / "at-end"
-    git.checkout_tree(
-        root, cut.end, tree, keep=lambda path: path in ranges or path.rsplit("/", 1)[-1] in IGNORE_FILES
-    )
+    git.checkout_tree(root, cut.end, tree, keep=lambda path: path in ranges)
     # The end's files are walked for the eval side only: their skips are not the training tree's.
     walked = IngestStats()
     for record in iter_tree(
-        tree, source=source, stats=walked, kinds=kinds, revision=cut.end, limits=limits, exclude=exclude
-    ):
+        tree, source=source, stats=walked, kinds=kinds, revision=cut.end, limits=limits, exclude=exclude,
+        rules_root=root,
+    ):  # fmt: skip
         spans = ranges.get(record.file_path or "")
         if spans is None:
             continue
@@ -597,5 +597,6 @@ def _commits(
         max_commits=config.max_commits,
         max_diff_bytes=config.max_diff_bytes,
         since=since,
+        skip_path=PathRules(root).reason,  # a file the walk leaves out is left out of the diffs too
         **more,
     )

@@ -191,13 +191,16 @@ def iter_commits(
     since: str | None = None,
     revisions: tuple[str, ...] = (),
     meta: dict[str, object] | None = None,
+    skip_path: Callable[[str], str | None] | None = None,
 ) -> Iterator[Record]:
     """Non-merge commits reachable from ``revisions`` (git log's revision arguments; none for HEAD,
     ``(END, "^CUT")`` for the commits after a cut), newest first: message, then the diff (size-capped).
 
     Content is the message, a blank line, and the unified diff, so later stages find the diff at the
     first line starting with ``diff --git``. Author e-mail addresses are left out on purpose. ``meta``
-    is added to every record's meta.
+    is added to every record's meta. ``skip_path`` (the walk's rules: ``local.PathRules.reason``)
+    leaves out the diff of each file the walk would skip (``.repotuneignore``d, vendored, lockfiles,
+    minified...), before the size cap: counted as ``diff_<reason>`` and in ``meta.files_left_out``.
     """
     args = [
         "git", *_NO_QUOTING, "log", "--no-merges", "--no-color", "--no-ext-diff", "--no-textconv", "--patch",
@@ -224,7 +227,7 @@ def iter_commits(
             elif current is None:
                 header.append(line)
             else:
-                _append_diff(current, line, max_diff_bytes)
+                _append_diff(current, line, max_diff_bytes, skip_path)
             if current is None and header and _FIELD in header[-1] and "".join(header).count(_FIELD) >= 5:
                 sha, author, date, parents, message, _ = "".join(header).split(_FIELD, 5)
                 current = {
@@ -237,6 +240,8 @@ def iter_commits(
                     "diff_bytes": 0,
                     "truncated": False,
                     "files": [],
+                    "skipping": False,
+                    "left_out": [],
                 }
                 header = []
         if current is not None:
@@ -249,12 +254,18 @@ def iter_commits(
         raise RepotuneError(f"git log failed in {repo}: {stderr.strip().splitlines()[-1:]}")
 
 
-def _append_diff(commit: dict, line: str, max_diff_bytes: int) -> None:
+def _append_diff(
+    commit: dict, line: str, max_diff_bytes: int, skip_path: Callable[[str], str | None] | None = None
+) -> None:
     if line.startswith("diff --git "):
         path = diff_header_path(line)
-        if path is not None:
+        reason = skip_path(path) if skip_path is not None and path is not None else None
+        commit["skipping"] = reason is not None
+        if reason is not None:
+            commit["left_out"].append(reason)
+        elif path is not None:
             commit["files"].append(path)
-    if commit["truncated"]:
+    if commit["truncated"] or commit["skipping"]:
         return
     size = len(line)
     if commit["diff_bytes"] + size > max_diff_bytes:
@@ -269,6 +280,8 @@ def _commit_record(commit: dict, source: str, stats: IngestStats, extra: dict[st
     diff = "".join(commit["diff"]).strip("\n")
     content = f"{commit['message']}\n\n{diff}" if diff else commit["message"]
     stats.kept[str(Kind.COMMIT)] += 1
+    for reason in commit["left_out"]:
+        stats.skip(f"diff_{reason}")
     return Record(
         content=content,
         kind=Kind.COMMIT,
@@ -282,6 +295,7 @@ def _commit_record(commit: dict, source: str, stats: IngestStats, extra: dict[st
             "parents": commit["parents"],
             "files": commit["files"],
             "diff_truncated": commit["truncated"],
+            **({"files_left_out": len(commit["left_out"])} if commit["left_out"] else {}),
             **(extra or {}),
         },
     )

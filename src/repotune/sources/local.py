@@ -178,21 +178,32 @@ class _IgnoreRules:
 
 
 def iter_files(
-    root: Path, stats: IngestStats, limits: WalkLimits, exclude: frozenset[str] = frozenset()
+    root: Path,
+    stats: IngestStats,
+    limits: WalkLimits,
+    exclude: frozenset[str] = frozenset(),
+    rules_root: Path | None = None,
 ) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Every regular file under ``root`` that survives the folder-level and ignore-file rules.
 
     Yields (path relative to root with ``/`` separators, absolute path, lstat result), in sorted
-    order so the same tree always gives the same records.
+    order so the same tree always gives the same records. ``rules_root``: the folder whose ignore
+    files (and ``.git/info/exclude``) rule, where ``root`` is a tree checked out from history (the
+    project's rules as they are now, not as they were then); default ``root``.
     """
     # Each folder is entered with its parent's rules. A folder that cannot be listed, or whose ignore
     # file cannot be read, is skipped whole as ``unreadable``: walking it without its ignore rules
     # could take in what the project keeps out (a .env listed in that .gitignore).
+    rules_at = root if rules_root is None else rules_root
     stack: list[tuple[Path, str, _IgnoreRules | None]] = [(root, "", None)]
     while stack:
         folder, rel_folder, parent_rules = stack.pop()
         try:
-            rules = _root_rules(root) if parent_rules is None else parent_rules.enter(folder, rel_folder)
+            rules = (
+                _root_rules(rules_at)
+                if parent_rules is None
+                else parent_rules.enter(rules_at / rel_folder if rules_root is not None else folder, rel_folder)
+            )
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             stats.skip("unreadable")
@@ -212,12 +223,8 @@ def iter_files(
             if stat.S_ISDIR(info.st_mode):
                 if entry.name in CACHE_DIRS or rel in exclude:
                     continue  # version-control and tool caches are not content; not worth a count
-                if entry.name in VENDORED_DIRS:
-                    stats.skip("vendored")
-                elif entry.name in BUILD_DIRS:
-                    stats.skip("build_output")
-                elif rules.ignored(rel, is_dir=True):
-                    stats.skip("ignored")
+                if reason := _folder_reason(entry.name, rel, rules):
+                    stats.skip(reason)
                 else:
                     subfolders.append((Path(entry.path), rel))
                 continue
@@ -233,6 +240,63 @@ def iter_files(
             yield rel, Path(entry.path), info
         for sub_path, sub_rel in reversed(subfolders):
             stack.append((sub_path, sub_rel, rules))
+
+
+def _folder_reason(name: str, rel: str, rules: _IgnoreRules) -> str | None:
+    """Why the walk skips a folder (cache folders aside, which are not counted), or ``None``."""
+    if name in VENDORED_DIRS:
+        return "vendored"
+    if name in BUILD_DIRS:
+        return "build_output"
+    return "ignored" if rules.ignored(rel, is_dir=True) else None
+
+
+def _name_reason(name: str) -> str | None:
+    """Why the walk skips a file by its name alone, or ``None``."""
+    if name in LOCKFILES:
+        return "lockfile"
+    if _GENERATED_NAME.search(name):
+        return "generated"
+    suffix = name[name.rfind(".") :].lower() if name.rfind(".") > 0 else ""
+    return "binary" if suffix in BINARY_EXTENSIONS else None
+
+
+class PathRules:
+    """The walk's path rules (ignore files, vendored, build and cache folders, lockfiles, generated,
+    minified and binary names) for any path, with the ignore files of ``root`` as they are now: for
+    the diff sections of commits, whose paths the walk of one tree never sees. A path the walk would
+    skip gives its reason; the content checks (binary bytes, generator headers) need the file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, _IgnoreRules] = {}
+
+    def _rules(self, rel_folder: str) -> _IgnoreRules:
+        if rel_folder not in self._folders:
+            if not rel_folder:
+                rules = _root_rules(self.root)
+            else:
+                parent = self._rules(rel_folder.rpartition("/")[0])
+                rules = parent.enter(self.root / rel_folder, rel_folder)
+            self._folders[rel_folder] = rules
+        return self._folders[rel_folder]
+
+    def reason(self, rel_path: str) -> str | None:
+        parts = rel_path.split("/")
+        try:
+            for depth, name in enumerate(parts[:-1], start=1):
+                rel = "/".join(parts[:depth])
+                if name in CACHE_DIRS:
+                    return "ignored"
+                if reason := _folder_reason(name, rel, self._rules(rel.rpartition("/")[0])):
+                    return reason
+            if parts[-1] in IGNORE_FILES or self._rules("/".join(parts[:-1])).ignored(rel_path, is_dir=False):
+                return "ignored"
+        except OSError:
+            return "unreadable"  # an ignore file that cannot be read: what it keeps out is unknown
+        if _MINIFIED_NAME.search(parts[-1]):
+            return "minified"
+        return _name_reason(parts[-1])
 
 
 def _root_rules(root: Path) -> _IgnoreRules:
@@ -255,6 +319,7 @@ def iter_tree(
     limits: WalkLimits = WalkLimits(),
     exclude: frozenset[str] = frozenset(),
     only: frozenset[str] | None = None,
+    rules_root: Path | None = None,
 ) -> Iterator[Record]:
     """Records for the code, doc and diagram files under ``root`` (``kinds`` narrows them).
 
@@ -264,22 +329,16 @@ def iter_tree(
     ``doc`` record, whose meta lists the images it embeds (``images``: path and alt text).
     ``exclude`` holds folders (relative to ``root``) never to walk, such as ingest's own output.
     ``only``: the files to read (a git checkout's tracked files); any other is skipped as
-    ``untracked``, so a scratch file that was never committed is not trained on.
+    ``untracked``, so a scratch file that was never committed is not trained on. ``rules_root``: as
+    for ``iter_files``.
     """
-    for rel, path, info in iter_files(root, stats, limits, exclude):
+    for rel, path, info in iter_files(root, stats, limits, exclude, rules_root):
         if only is not None and rel not in only:
             stats.skip("untracked")
             continue
         name = path.name
-        if name in LOCKFILES:
-            stats.skip("lockfile")
-            continue
-        if _GENERATED_NAME.search(name):
-            stats.skip("generated")
-            continue
-        suffix = path.suffix.lower()
-        if suffix in BINARY_EXTENSIONS:
-            stats.skip("binary")
+        if reason := _name_reason(name):
+            stats.skip(reason)
             continue
         try:
             data = path.read_bytes()
