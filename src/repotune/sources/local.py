@@ -199,11 +199,11 @@ def iter_files(
     while stack:
         folder, rel_folder, parent_rules = stack.pop()
         try:
-            rules = (
-                _root_rules(rules_at)
-                if parent_rules is None
-                else parent_rules.enter(rules_at / rel_folder if rules_root is not None else folder, rel_folder)
-            )
+            if parent_rules is None:
+                rules = _root_rules(rules_at)
+            else:
+                rules_folder = folder if rules_root is None else rules_at / rel_folder
+                rules = parent_rules.enter(rules_folder, rel_folder)
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             stats.skip("unreadable")
