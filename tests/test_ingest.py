@@ -413,6 +413,26 @@ def test_the_checkouts_ignore_files_rule_the_tree_read_at_a_cut(make_repo, tmp_p
     assert not any("def one" in r.content for r in records.values())
 
 
+def test_a_folder_inside_a_repository_reads_only_what_git_tracks(make_repo, tmp_path: Path) -> None:
+    """A service's folder in a monorepo: its tracked files, not the scratch files and secrets beside
+    them that the repository's .gitignore keeps out; no history (that is read from the top). A folder
+    git tracks nothing of (an unpacked dump inside a checkout) is read as a plain folder."""
+    repo = make_repo([("Add the service", {".gitignore": "*.env\nsecrets/\n", "svc/app.py": "print('app')\n"},
+                       "2024-01-01T10:00:00+00:00")])  # fmt: skip
+    write_tree(
+        repo, {"svc/prod.env": "DB_PASSWORD=x\n", "svc/secrets/key.py": "KEY = 1\n", "svc/scratch.py": "1\n"}
+    )
+    manifest, records = ingest(repo / "svc", tmp_path / "out")
+    assert set(records) == {"app.py"} and manifest["skipped"]["untracked"] == 3, manifest["skipped"]
+    assert manifest["split"]["mode"] == "files" and "inside the git repository" in manifest["split"]["reason"]
+    assert manifest["repository"] == str(repo)
+    with pytest.raises(RepotuneError, match="inside the git repository"):
+        ingest(repo / "svc", tmp_path / "out2", cut="HEAD")
+    write_tree(repo, {"dump/notes.md": "# Notes\n\nWritten by hand, never committed.\n"})
+    manifest, records = ingest(repo / "dump", tmp_path / "out3")
+    assert set(records) == {"notes.md"} and "repository" not in manifest
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")

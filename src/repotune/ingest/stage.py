@@ -193,11 +193,27 @@ def _wants(config: IngestConfig, *kinds: Kind) -> bool:
 
 
 def _local_records(
-    root: Path, source: str, config: IngestConfig, stats: IngestStats, manifest: dict[str, Any], workdir: Path
+    root: Path,
+    source: str,
+    config: IngestConfig,
+    stats: IngestStats,
+    manifest: dict[str, Any],
+    workdir: Path,
+    enclosing: Path | None = None,
 ) -> Iterator[Record]:
+    """``enclosing``: the git work tree that the folder ``root`` lies inside (a service's folder in a
+    monorepo): its tracked files are read, not its scratch files, and there is no history."""
     revision = None
     is_repo = git.is_git_checkout(root) and git.has_commits(root)
-    if is_repo:
+    if enclosing is not None:
+        if config.cut is not None:
+            raise RepotuneError(
+                f"--cut needs git history, and {config.source!r} is a folder inside the git repository "
+                f"{enclosing}: ingest the repository for its history"
+            )
+        manifest["repository"] = str(enclosing)
+        split = NoCut(f"a folder inside the git repository {enclosing}; its history is read from the top")
+    elif is_repo:
         revision = git.head_sha(root)
         manifest["commit"] = revision
         manifest["root_commit"] = git.root_commit(root, revision)
@@ -221,7 +237,7 @@ def _local_records(
             limits=WalkLimits(max_file_bytes=config.max_file_bytes),
             exclude=_inside(config.output, root),
             # a checkout's files as they are on disk, but only those git tracks: not its scratch files
-            only=git.tracked_files(root) if is_repo else None,
+            only=git.tracked_files(root) if is_repo or enclosing is not None else None,
         )
     if is_repo and _wants(config, Kind.COMMIT):
         yield from _commits(root, source, stats, config)
@@ -390,7 +406,12 @@ def iter_source(
         yield from _local_records(root, path.name, config, stats, manifest, workdir)
         return
     manifest["source_type"] = "git" if git.is_git_checkout(path) else "folder"
-    yield from _local_records(path.resolve(), path.resolve().name, config, stats, manifest, workdir)
+    enclosing = None if manifest["source_type"] == "git" else git.enclosing_repository(path)
+    if enclosing is not None and not git.tracked_files(path):
+        enclosing = None  # a folder git tracks nothing of (an unpacked dump) is no part of the repository
+    yield from _local_records(
+        path.resolve(), path.resolve().name, config, stats, manifest, workdir, enclosing=enclosing
+    )
 
 
 def _service_records(

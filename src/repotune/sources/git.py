@@ -375,8 +375,21 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     return proc.returncode == 0
 
 
+def enclosing_repository(path: Path) -> Path | None:
+    """The top folder of the git work tree that ``path`` lies inside, below its top (a service's
+    folder in a monorepo); ``None`` for a work tree's top, or a folder no work tree holds."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        top = Path(_run(["rev-parse", "--show-toplevel"], cwd=path).strip())
+    except RepotuneError:
+        return None
+    return top if top.resolve() != path.resolve() else None
+
+
 def tracked_files(repo: Path) -> frozenset[str]:
-    """The paths git tracks in ``repo``'s index (committed or staged), relative, with ``/``."""
+    """The paths git tracks in ``repo``'s index (committed or staged), relative to ``repo`` (a work
+    tree's top, or a folder inside one), with ``/``."""
     return frozenset(path for path in _run(["ls-files", "-z"], cwd=repo).split("\0") if path)
 
 
