@@ -433,6 +433,21 @@ def test_a_folder_inside_a_repository_reads_only_what_git_tracks(make_repo, tmp_
     assert set(records) == {"notes.md"} and "repository" not in manifest
 
 
+def test_uncommitted_changes_are_read_from_disk_without_a_revision(make_repo, tmp_path: Path) -> None:
+    """A checkout with changes not committed (file split): the changed files are read as they are on
+    disk and name no commit, since HEAD does not hold them; the split counts them."""
+    repo = make_repo([("Add", {"a.py": "def a():\n    return 1\n", "b.py": "def b():\n    return 2\n"},
+                       "2024-01-01T10:00:00+00:00")])  # fmt: skip
+    head = git(repo, "rev-parse", "HEAD").strip()
+    write_tree(repo, {"a.py": "def a():\n    return 'changed'\n", "c.py": "def c():\n    return 3\n"})
+    git(repo, "add", "c.py")  # staged, never committed
+    manifest, records = ingest(repo, tmp_path / "out")
+    assert manifest["split"]["uncommitted_files"] == 2
+    assert (records["a.py"].revision, records["a.py"].meta["uncommitted"]) == (None, True)
+    assert "changed" in records["a.py"].content and records["c.py"].revision is None
+    assert records["b.py"].revision == head and "uncommitted" not in records["b.py"].meta
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")

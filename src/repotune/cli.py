@@ -157,6 +157,12 @@ def ingest(values: Values) -> None:
         )
     elif split.get("reason"):
         say(f"file split: {split['reason']}")
+    if changed := split.get("uncommitted_files"):
+        say(
+            f"note: {changed} tracked file{'s' * (changed != 1)} differ{'s' * (changed == 1)} from the "
+            f"commit{commit} (uncommitted changes): read as {'they are' if changed != 1 else 'it is'} on "
+            "disk, with no revision"
+        )
     say(f"skipped: {skipped}")
     say(f"wrote {result.output.records}")
 

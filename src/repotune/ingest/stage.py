@@ -227,8 +227,13 @@ def _local_records(
         yield from _temporal_records(root, source, config, stats, manifest["split"], split, workdir)
         return
     file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC, Kind.DIAGRAM}
+    # Files changed since HEAD are read as they are on disk: they carry no revision, and the split says
+    # how many there are, so nothing names a commit that does not hold what was read.
+    changed = git.uncommitted_files(root) if is_repo else frozenset()
+    if changed:
+        manifest["split"]["uncommitted_files"] = len(changed)
     if _wants(config, Kind.CODE, Kind.DOC, Kind.DIAGRAM):
-        yield from iter_tree(
+        for record in iter_tree(
             root,
             source=source,
             stats=stats,
@@ -238,7 +243,11 @@ def _local_records(
             exclude=_inside(config.output, root),
             # a checkout's files as they are on disk, but only those git tracks: not its scratch files
             only=git.tracked_files(root) if is_repo or enclosing is not None else None,
-        )
+        ):
+            if record.file_path in changed:
+                record.revision = None
+                record.meta["uncommitted"] = True
+            yield record
     if is_repo and _wants(config, Kind.COMMIT):
         yield from _commits(root, source, stats, config)
 

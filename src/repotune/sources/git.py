@@ -387,6 +387,13 @@ def enclosing_repository(path: Path) -> Path | None:
     return top if top.resolve() != path.resolve() else None
 
 
+def uncommitted_files(repo: Path) -> frozenset[str]:
+    """Tracked paths (relative to ``repo``'s top, with ``/``) whose working-tree or staged content
+    differs from HEAD's."""
+    out = _run(["diff", "HEAD", "--name-only", "-z", "--no-renames", "--ignore-submodules", "--"], cwd=repo)
+    return frozenset(path for path in out.split("\0") if path)
+
+
 def tracked_files(repo: Path) -> frozenset[str]:
     """The paths git tracks in ``repo``'s index (committed or staged), relative to ``repo`` (a work
     tree's top, or a folder inside one), with ``/``."""
