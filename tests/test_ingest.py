@@ -228,6 +228,42 @@ def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(RepotuneError, match="cannot clone"):
         ingest_stage.run(IngestConfig(source=f"file://{tmp_path}/missing.git", output=tmp_path / "b"))
+    empty = tmp_path / "empty"
+    git(tmp_path, "init", "--quiet", str(empty))
+    with pytest.raises(RepotuneError, match=r"^file://\S+/empty has no commits \(an empty repository\)$"):
+        ingest_stage.run(IngestConfig(source=f"file://{empty}", output=tmp_path / "c"))
+
+
+@pytest.mark.integration
+def test_git_url_ref_names_any_branch_tag_or_commit(sample_repo: Path, tmp_path: Path) -> None:
+    """A fresh clone has only the default branch locally: the others are found as origin/NAME."""
+    main = git(sample_repo, "rev-parse", "HEAD").strip()
+    first = git(sample_repo, "rev-list", "--max-parents=0", "HEAD").strip()
+    git(sample_repo, "tag", "v0.1", first)
+    git(sample_repo, "checkout", "--quiet", "-b", "feature", first)
+    write_tree(sample_repo, {"src/sample/feature.py": "def feature() -> int:\n    return 1\n"})
+    git(sample_repo, "add", "--all")
+    git(sample_repo, "commit", "--quiet", "--message", "Add the feature")
+    feature = git(sample_repo, "rev-parse", "HEAD").strip()
+    git(sample_repo, "checkout", "--quiet", "main")
+    expected = {
+        "feature": feature,
+        "refs/heads/feature": feature,
+        "origin/feature": feature,
+        "main": main,
+        "refs/heads/main": main,
+        "v0.1": first,
+        "refs/tags/v0.1": first,
+        first: first,
+        feature[:10]: feature,
+    }
+    for index, (ref, sha) in enumerate(expected.items()):
+        result = ingest_stage.run(
+            IngestConfig(source=f"file://{sample_repo}", output=tmp_path / str(index), ref=ref, cut="HEAD")
+        )
+        assert result.commit == sha, ref
+    files = {r.file_path for r in read_records(tmp_path / "0" / "records.jsonl")}
+    assert "src/sample/feature.py" in files
 
 
 @pytest.mark.integration

@@ -112,13 +112,28 @@ def clone(url: str, dest: Path, ref: str | None) -> str:
     except RepotuneError as exc:
         reason = str(exc).removeprefix("git clone failed: ")
         raise RepotuneError(f"cannot clone {strip_credentials(url)}: {reason}") from None
-    try:
-        _run(["checkout", "--quiet", "--detach", ref or "HEAD"], cwd=dest)
-    except RepotuneError:
-        raise RepotuneError(
-            f"--ref {ref!r} is not a branch, tag or commit of {strip_credentials(url)}"
-        ) from None
+    if not _run(["for-each-ref", "--count=1"], cwd=dest).strip():
+        raise RepotuneError(f"{strip_credentials(url)} has no commits (an empty repository)")
+    sha = _clone_commit(dest, ref)
+    if sha is None and ref is None:
+        raise RepotuneError(f"{strip_credentials(url)} has no default branch (HEAD names none): give --ref")
+    if sha is None:
+        raise RepotuneError(f"--ref {ref!r} is not a branch, tag or commit of {strip_credentials(url)}")
+    _run(["checkout", "--quiet", "--detach", sha], cwd=dest)
     return head_sha(dest)
+
+
+def _clone_commit(clone: Path, ref: str | None) -> str | None:
+    """The commit ``ref`` names in a fresh clone, where only the default branch is local: the others are
+    ``origin/NAME``, so ``feature`` and ``refs/heads/feature`` are looked up there too."""
+    if ref is None:
+        return resolve_commit(clone, "HEAD")
+    branch = ref.removeprefix("refs/heads/")
+    for candidate in (ref, f"refs/remotes/origin/{branch}"):
+        sha = resolve_commit(clone, candidate)
+        if sha is not None:
+            return sha
+    return None
 
 
 def head_sha(repo: Path) -> str:
