@@ -64,6 +64,10 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
     _one_line_error(
         repotune("ingest", str(tmp_path), "-o", str(tmp_path / "o"), "--since", "last tuesday"), "--since"
     )
+    subprocess.run(["git", "init", "--quiet", "--bare", str(tmp_path / "bare.git")], check=True)
+    _one_line_error(
+        repotune("ingest", str(tmp_path / "bare.git"), "-o", str(tmp_path / "o")), "is a bare git repository"
+    )
     (tmp_path / "empty").mkdir()
     _one_line_error(
         repotune("ingest", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "yielded no records"

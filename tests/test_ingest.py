@@ -292,6 +292,16 @@ def test_git_clone_errors_show_gits_reason_without_credentials(tmp_path: Path) -
     assert message.startswith("cannot clone http://127.0.0.1:") and "Failed to connect" in message
 
 
+@pytest.mark.integration
+def test_a_bare_repository_is_refused_not_read_as_git_internals(sample_repo: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "repo.git"
+    git(tmp_path, "clone", "--quiet", "--bare", str(sample_repo), str(bare))
+    for folder in (bare, sample_repo / ".git"):
+        with pytest.raises(RepotuneError, match=r"is a bare git repository .*: point at a checkout"):
+            ingest_stage.run(IngestConfig(source=str(folder), output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():

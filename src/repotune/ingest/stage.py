@@ -491,6 +491,8 @@ def run(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "repotune_version": __version__,
     }
+    for spec in specs:
+        _refuse_git_directory(spec)
     layout = IngestLayout(config.output)
     prepare_output(config.output, (layout.records.name, layout.manifest.name), "ingest output")
     fixes = None
@@ -546,6 +548,18 @@ def run(
         split=manifest["split"],
         sources=tuple(entries),
     )
+
+
+def _refuse_git_directory(spec: str) -> None:
+    """A bare repository (or a checkout's ``.git``) given as a folder would be read as its internals."""
+    if git.is_git_url(spec) or spec.startswith((*_SERVICE_PREFIXES, *S3_SCHEMES)):
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir() and git.is_git_directory(path):
+        raise RepotuneError(
+            f"source {spec!r} is a bare git repository (git's internals, no files to read): point at a "
+            f"checkout, or clone it first (git clone {spec} DIR)"
+        )
 
 
 def _source_entry(spec: str) -> dict[str, Any]:

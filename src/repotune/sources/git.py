@@ -188,6 +188,13 @@ def is_git_checkout(path: Path) -> bool:
         return False  # a .git folder git cannot read, or no commit yet
 
 
+def is_git_directory(path: Path) -> bool:
+    """Whether ``path`` is a repository's own database (a bare repository, or a checkout's ``.git``),
+    by the layout git itself looks for: a ``HEAD`` file beside ``objects/`` and ``refs/``. Its files are
+    git's internals (config, hooks, packs), not the project's."""
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
 def has_commits(repo: Path) -> bool:
     try:
         head_sha(repo)
