@@ -55,6 +55,12 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../escape.py", "print('escaped')\n")
     _one_line_error(repotune("ingest", str(evil), "-o", str(tmp_path / "o")), "escapes the archive")
+    renamed = tmp_path / "evil.tar.gz"  # a zip by another name: tarfile's reasons span five lines
+    renamed.write_bytes(evil.read_bytes())
+    _one_line_error(repotune("ingest", str(renamed), "-o", str(tmp_path / "o")), "looks like a zip archive")
+    with zipfile.ZipFile(tmp_path / "nothing.zip", "w"):
+        pass
+    _one_line_error(repotune("ingest", str(tmp_path / "nothing.zip"), "-o", str(tmp_path / "o")), "is empty")
     _one_line_error(
         repotune("ingest", f"file://{tmp_path}/nothing.git", "-o", str(tmp_path / "o")), "cannot clone"
     )

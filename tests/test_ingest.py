@@ -501,6 +501,34 @@ def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
         ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
 
 
+def test_an_empty_archive_is_a_clear_error(tmp_path: Path) -> None:
+    empty_zip = _zip(tmp_path / "empty.zip", {})
+    only_folders = tmp_path / "folders.tar.gz"
+    with tarfile.open(only_folders, "w:gz") as tf:
+        folder = tarfile.TarInfo("proj/src")
+        folder.type = tarfile.DIRTYPE
+        tf.addfile(folder)
+    for path in (empty_zip, only_folders):
+        with pytest.raises(RepotuneError, match=rf"^archive {path.name} is empty: it holds no files$"):
+            ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
+
+
+def test_an_archive_of_another_format_says_what_it_looks_like(tmp_path: Path) -> None:
+    a_zip = _zip(tmp_path / "proj.zip", {"proj/app.py": CODE})
+    as_tar = tmp_path / "proj.tar.gz"
+    as_tar.write_bytes(a_zip.read_bytes())
+    a_tar = _tar(tmp_path / "real.tar.gz", {"proj/app.py": CODE}, "w:gz")
+    as_zip = tmp_path / "real.zip"
+    as_zip.write_bytes(a_tar.read_bytes())
+    for path, message in (
+        (as_tar, "could not be read as .tar.gz: it looks like a zip archive, rename it to .zip"),
+        (as_zip, "could not be read as .zip: it looks like gzip-compressed data, rename it to .tar.gz"),
+    ):
+        with pytest.raises(RepotuneError) as failed:
+            ingest_stage.run(IngestConfig(source=str(path), output=tmp_path / "out"))
+        assert str(failed.value) == f"archive {path.name} {message}"
+
+
 def test_missing_source_and_plain_file_are_named(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match="does not exist"):
         ingest_stage.run(IngestConfig(source=str(tmp_path / "nope"), output=tmp_path / "out"))

@@ -154,7 +154,11 @@ def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) 
     that folder as its root.
     """
     try:
-        _read(archive, dest, limits)
+        dest.mkdir(parents=True, exist_ok=True)
+        budget = _read(archive, dest, limits)
+        if not budget.files:
+            links = f" ({budget.links} links, skipped)" if budget.links else ""
+            raise RepotuneError(f"archive {archive.name} is empty: it holds no files{links}")
     except RepotuneError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -179,5 +183,39 @@ def _read(archive: Path, dest: Path | None, limits: ArchiveLimits) -> _Budget:
         else:
             _extract_tar(archive, dest, budget)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise RepotuneError(f"archive {archive.name} is corrupt or unreadable: {exc}") from None
+        raise RepotuneError(_unreadable(archive, exc)) from None
     return budget
+
+
+# The first bytes of each format (file(1)'s magic numbers), and the suffixes whose reader takes it.
+_MAGIC = (
+    (b"PK\x03\x04", "a zip archive", (".zip",)),
+    (b"PK\x05\x06", "a zip archive", (".zip",)),
+    (b"\x1f\x8b", "gzip-compressed data", (".tar.gz", ".tgz")),
+    (b"\xfd7zXZ\x00", "xz-compressed data", (".tar.xz", ".txz")),
+    (b"BZh", "bzip2-compressed data", (".tar.bz2", ".tbz2")),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (not supported)", ()),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive (not supported)", ()),
+    (b"Rar!\x1a\x07", "a RAR archive (not supported)", ()),
+)
+
+
+def _unreadable(archive: Path, exc: Exception) -> str:
+    """One line for an archive its suffix's reader refused: what it looks like by its first bytes when
+    that is another format (a zip renamed .tar.gz), else the reader's own reason."""
+    name = archive.name.lower()
+    suffix = max((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), key=len, default=archive.suffix)
+    looks = None
+    with contextlib.suppress(OSError), archive.open("rb") as handle:
+        head = handle.read(512)
+        looks = next(((what, fits) for magic, what, fits in _MAGIC if head.startswith(magic)), None)
+        if looks is None and head[257:262] == b"ustar":
+            looks = ("an uncompressed tar", (".tar",))
+        elif looks is None and head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+            looks = ("an HTML page (a failed download?)", ())
+    if looks is not None and suffix not in looks[1]:
+        what, fits = looks
+        rename = f", rename it to {fits[0]}" if fits else ""
+        return f"archive {archive.name} could not be read as {suffix}: it looks like {what}{rename}"
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"archive {archive.name} is corrupt or unreadable: {reason}"
