@@ -96,6 +96,19 @@ def test_only_real_generator_headers_mark_a_file_generated(tmp_path: Path) -> No
     assert manifest["skipped"] == {"generated": len(GENERATED)}
 
 
+def test_git_lfs_pointers_are_skipped_with_their_own_reason(make_repo, tmp_path: Path) -> None:
+    pointer = (
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 12345\n"
+    )
+    files = {"models/weights.py": pointer, "data/table.csv": pointer, "app.py": "print('hi')\n"}
+    repo = make_repo([("Add the app and its LFS files", files, "2024-01-01T10:00:00+00:00")])
+    manifest, records = ingest(repo, tmp_path / "out", kinds=parse_include("code,docs"))
+    assert set(records) == {"app.py"}
+    assert manifest["skipped"]["lfs_pointer"] == 2
+
+
 def test_unknown_include_is_named() -> None:
     with pytest.raises(RepotuneError, match="--include: unknown kind 'source'"):
         parse_include("code,source")
