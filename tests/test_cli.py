@@ -48,6 +48,9 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
         repotune("ingest", str(tmp_path), "-o", str(tmp_path / "o"), "--include", "code,binaries"),
         "unknown kind 'binaries'",
     )
+    _one_line_error(
+        repotune("ingest", str(tmp_path), "-o", str(tmp_path / "o"), "--include", ""), "--include is empty"
+    )
     corrupt = tmp_path / "broken.zip"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
     _one_line_error(repotune("ingest", str(corrupt), "-o", str(tmp_path / "o")), "corrupt or unreadable")

@@ -112,6 +112,9 @@ def test_git_lfs_pointers_are_skipped_with_their_own_reason(make_repo, tmp_path:
 def test_unknown_include_is_named() -> None:
     with pytest.raises(RepotuneError, match="--include: unknown kind 'source'"):
         parse_include("code,source")
+    for empty in ("", " "):
+        with pytest.raises(RepotuneError, match=r"^--include is empty: give one or more of code, docs"):
+            parse_include(empty)
 
 
 def test_repotuneignore_and_nested_gitignore(sample_tree: Path, tmp_path: Path) -> None:

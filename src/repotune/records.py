@@ -40,9 +40,16 @@ INCLUDE_KINDS: dict[str, frozenset[Kind]] = {
 
 
 def parse_include(text: str | None) -> frozenset[Kind] | None:
-    """Parse ``--include code,docs`` into record kinds; ``None`` means every kind the source has."""
-    if text is None or not text.strip():
+    """Parse ``--include code,docs`` into record kinds; ``None`` means every kind the source has.
+
+    An empty value is refused: ``--include ''`` (an unset shell variable) reads as a narrowing to
+    nothing, and taking it for everything would hide the mistake."""
+    if text is None:
         return None
+    if not text.strip():
+        raise RepotuneError(
+            f"--include is empty: give one or more of {', '.join(INCLUDE_KINDS)}, or leave it out for all"
+        )
     kinds: set[Kind] = set()
     for name in (part.strip() for part in text.split(",")):
         if name not in INCLUDE_KINDS:
