@@ -109,6 +109,32 @@ def test_git_lfs_pointers_are_skipped_with_their_own_reason(make_repo, tmp_path:
     assert manifest["skipped"]["lfs_pointer"] == 2
 
 
+def test_include_of_kinds_a_tree_cannot_have_says_what_it_can_yield(
+    sample_tree: Path, sample_repo: Path, tmp_path: Path
+) -> None:
+    for source, include, expected in (
+        (
+            sample_tree,
+            "issues",
+            "has no issues: it is a folder, which can yield --include code,docs,diagrams",
+        ),
+        (
+            sample_tree,
+            "commits",
+            "has no commits: it is a folder, which can yield --include code,docs,diagrams",
+        ),
+        (
+            sample_repo,
+            "issues,wiki",
+            "has no issues or wiki: it is a git checkout, which can yield --include "
+            "code,docs,commits,diagrams",
+        ),
+    ):
+        with pytest.raises(RepotuneError) as failed:
+            ingest(source, tmp_path / "out", kinds=parse_include(include))
+        assert str(failed.value) == f"source {str(source)!r} {expected}"
+
+
 def test_unknown_include_is_named() -> None:
     with pytest.raises(RepotuneError, match="--include: unknown kind 'source'"):
         parse_include("code,source")

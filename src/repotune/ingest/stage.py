@@ -33,7 +33,7 @@ from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.errors import RepotuneError
 from repotune.ingest.cut import Cut, NoCut, choose, parse_cut
 from repotune.ingest.layout import IngestLayout
-from repotune.records import Kind, Record, record_id
+from repotune.records import INCLUDE_KINDS, Kind, Record, record_id
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
 from repotune.sources.local import PathRules, WalkLimits, iter_tree
@@ -525,10 +525,11 @@ def run(
                 entry["linked_to_commits"] = fixes.linked - linked_before
             totals = _merged(totals, stats)
             if count == 0:
+                why = _none_of_kinds(entry, config.kinds) or f"yielded no records ({_skip_summary(stats)})"
                 if len(specs) == 1:
-                    raise RepotuneError(f"source {spec!r} yielded no records ({_skip_summary(stats)})")
+                    raise RepotuneError(f"source {spec!r} {why}")
                 if log is not None:
-                    log(f"warning: source {spec!r} yielded no records ({_skip_summary(stats)})")
+                    log(f"warning: source {spec!r} {why}")
         if total == 0:
             raise RepotuneError(f"the sources yielded no records ({_skip_summary(totals)})")
     manifest.update(_combined(entries))
@@ -620,6 +621,23 @@ def _strip_auth(url: str) -> str:
     if "://" not in url:
         return url  # scp-like ``git@host:path``: the user name is not a secret
     return git.strip_credentials(url)
+
+
+_TREE_TYPES = {"folder": "a folder", "git": "a git checkout", "archive": "an archive"}
+
+
+def _none_of_kinds(entry: dict[str, Any], kinds: frozenset[Kind] | None) -> str | None:
+    """Why a tree source gave nothing, when ``--include`` asked only for kinds it cannot have (issues of
+    a folder): what it is and the ``--include`` values it can yield; ``None`` otherwise."""
+    what = _TREE_TYPES.get(entry["source_type"] or "")
+    if kinds is None or what is None:
+        return None
+    has = {Kind.CODE, Kind.DOC, Kind.DIAGRAM} | ({Kind.COMMIT} if entry["commit"] else set())
+    if kinds & has:
+        return None
+    asked = " or ".join(name for name, named in INCLUDE_KINDS.items() if named & kinds)
+    can = ",".join(name for name, named in INCLUDE_KINDS.items() if named & has)
+    return f"has no {asked}: it is {what}, which can yield --include {can}"
 
 
 def _skip_summary(stats: IngestStats) -> str:
