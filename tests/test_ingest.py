@@ -135,6 +135,20 @@ def test_include_of_kinds_a_tree_cannot_have_says_what_it_can_yield(
         assert str(failed.value) == f"source {str(source)!r} {expected}"
 
 
+def test_the_same_source_twice_is_refused_however_it_is_written(
+    sample_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(sample_tree.parent)
+    name = sample_tree.name
+    for second in (f"{name}/", f"./{name}", str(sample_tree), f"{name}/../{name}"):
+        with pytest.raises(RepotuneError, match=rf"^source '{name}' is given twice \(as '{name}' and "):
+            ingest_stage.run(IngestConfig(source=(name, second), output=tmp_path / "out"))
+    url = "https://git.example.com/team/app.git"
+    with pytest.raises(RepotuneError, match=r"is given twice"):
+        IngestConfig(source=(url, f"{url}/"), output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_include_is_named() -> None:
     with pytest.raises(RepotuneError, match="--include: unknown kind 'source'"):
         parse_include("code,source")

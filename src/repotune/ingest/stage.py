@@ -97,9 +97,13 @@ class IngestConfig:
             sources = tuple(self.source)
             if not sources:
                 raise RepotuneError("give at least one source")
-            repeated = sorted({s for s in sources if sources.count(s) > 1})
-            if repeated:
-                raise RepotuneError(f"source {repeated[0]!r} is given twice")
+            seen: dict[str, str] = {}
+            for spec in sources:
+                first = seen.get(key := _source_key(spec))
+                if first is not None:
+                    also = "" if first == spec else f" (as {first!r} and {spec!r})"
+                    raise RepotuneError(f"source {first!r} is given twice{also}")
+                seen[key] = spec
             # one source stays a string, so a one-source config reads as it always has
             object.__setattr__(self, "source", sources[0] if len(sources) == 1 else sources)
         if any(not spec.strip() for spec in self.sources):
@@ -604,6 +608,14 @@ def _display_source(spec: str) -> str:
     if spec.startswith((*_SERVICE_PREFIXES, *S3_SCHEMES)):
         return spec
     return str(Path(spec).expanduser().resolve())
+
+
+def _source_key(spec: str) -> str:
+    """What makes two sources the same one: ``./r`` and ``./r/`` (or ``r`` from its parent) are one
+    folder, a URL with and without its trailing slash one repository."""
+    if git.is_git_url(spec) or spec.startswith((*_SERVICE_PREFIXES, *S3_SCHEMES)):
+        return _display_source(spec).rstrip("/")
+    return _display_source(spec)
 
 
 def _inside(output: Path, root: Path) -> frozenset[str]:
