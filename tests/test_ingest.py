@@ -446,8 +446,9 @@ def test_archive_links_are_skipped_and_bombs_rejected(tmp_path: Path) -> None:
             link.type, link.linkname = kind, target
             tf.addfile(link)
     assert archive.scan(path).links == 2
-    _, records = ingest(path, tmp_path / "out")
+    manifest, records = ingest(path, tmp_path / "out")
     assert set(records) == {"app.py"}  # the links were neither extracted nor followed
+    assert manifest["skipped"]["symlink"] == 2  # and counted, as a folder's links are
     bomb = _zip(tmp_path / "bomb.zip", {"zeros.txt": b"0" * 5_000_000})
     with pytest.raises(RepotuneError, match="archive bomb"):
         archive.extract(bomb, tmp_path / "x", archive.ArchiveLimits(max_total_bytes=1_000_000))

@@ -392,7 +392,7 @@ def iter_source(
         local = storage.fetch(uri, workdir / "download" / uri.rsplit("/", 1)[-1])
         if not archive.is_archive(local):
             raise RepotuneError(f"source {spec!r} is not an archive ({', '.join(archive.ARCHIVE_SUFFIXES)})")
-        root = archive.extract(local, workdir / "archive")
+        root = archive.extract(local, workdir / "archive", stats=stats)
         git.distrust(root)  # an uploaded repository's config could run programs when git reads it
         yield from _local_records(root, local.name, config, stats, manifest, workdir)
         return
@@ -414,7 +414,7 @@ def iter_source(
                 f"source {spec!r} is a file but not an archive ({', '.join(archive.ARCHIVE_SUFFIXES)})"
             )
         manifest["source_type"] = "archive"
-        root = archive.extract(path, workdir / "archive")
+        root = archive.extract(path, workdir / "archive", stats=stats)
         git.distrust(root)
         yield from _local_records(root, path.name, config, stats, manifest, workdir)
         return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from repotune.errors import RepotuneError
+from repotune.sources.base import IngestStats
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 _CHUNK = 1 << 20
@@ -147,11 +148,13 @@ def _extract_tar(archive: Path, dest: Path | None, budget: _Budget) -> None:
                 raise RepotuneError(f"archive {archive.name}: member {member.name!r} is a device or fifo")
 
 
-def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+def extract(
+    archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits(), stats: IngestStats | None = None
+) -> Path:
     """Extract ``archive`` into ``dest`` and return the project root inside it.
 
     An archive holding a single top-level folder (as GitHub's and ``git archive --prefix`` do) has
-    that folder as its root.
+    that folder as its root. Its links, skipped, count in ``stats`` as ``symlink``, as a folder's do.
     """
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -162,6 +165,8 @@ def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) 
     except RepotuneError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    if stats is not None and budget.links:
+        stats.skipped["symlink"] += budget.links
     children = list(dest.iterdir())
     if len(children) == 1 and children[0].is_dir():
         return children[0]
