@@ -189,3 +189,48 @@ def test_clean_input_errors_are_named(tmp_path: Path) -> None:
     with pytest.raises(RepotuneError, match=r"records\.jsonl:1: a record lacks the field 'source'"):
         clean.run(CleanConfig(input=tmp_path, output=tmp_path / "out", workers=1))
     assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def _killed_inside_atomic_open(path: Path) -> None:
+    """A process killed (os._exit: no cleanup runs) while it writes ``path`` through ``atomic_open``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\nfrom pathlib import Path\nfrom repotune.atomic import atomic_open\n"
+        "with atomic_open(Path(sys.argv[1])) as handle:\n    handle.write('half')\n    os._exit(9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], check=False)
+    assert done.returncode == 9
+
+
+def test_a_rerun_after_a_hard_kill_takes_the_leftovers_as_its_own(tmp_path: Path) -> None:
+    import tempfile
+
+    from repotune.clean.layout import SCRATCH_PREFIX
+
+    _leaky_tree(tmp_path / "tree")
+    _killed_inside_atomic_open(tmp_path / "in" / "records.jsonl")
+    assert [p.name.endswith(".tmp") for p in (tmp_path / "in").iterdir()] == [True]
+    ingest.run(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["manifest.json", "records.jsonl"]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out))  # as clean's first pass makes it
+    (scratch / "000000.jsonl").write_text("{}\n")
+    _killed_inside_atomic_open(out / "eval.jsonl")
+    clean.run(CleanConfig(input=tmp_path / "in", output=out, workers=1))
+    assert not list(out.glob(".*"))
+    _killed_inside_atomic_open(out / "report.md")  # beside an earlier output: removed as well
+    clean.run(CleanConfig(input=tmp_path / "in", output=out, workers=1))
+    assert not list(out.glob(".*"))
+
+    # Leftovers do not make a folder of other files the stage's own.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    _killed_inside_atomic_open(foreign / "train.jsonl")
+    with pytest.raises(RepotuneError, match=r"not empty \(notes\.txt\) and holds no earlier clean output"):
+        clean.run(CleanConfig(input=tmp_path / "in", output=foreign, workers=1))
+    assert len(list(foreign.iterdir())) == 2

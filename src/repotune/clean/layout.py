@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SCRATCH_PREFIX = ".scratch-"
+"""Scratch folders of a clean in progress (a copy of the surviving records); a hard kill leaves one."""
+
 
 @dataclass(frozen=True)
 class CleanLayout:

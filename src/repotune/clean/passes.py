@@ -31,6 +31,7 @@ from repotune.atomic import atomic_open, umask
 from repotune.clean import audit, report
 from repotune.clean.dedup import DedupConfig, NearDuplicateIndex, Signer, exact_key
 from repotune.clean.filters import FILE_KINDS, FilterConfig, drop_reason
+from repotune.clean.layout import SCRATCH_PREFIX
 from repotune.clean.secrets import redact
 from repotune.clean.split import (
     EVAL,
@@ -336,7 +337,7 @@ def clean_records(
     redactions: Counter[str] = Counter()
     sections = scored_files = scored_lines = 0
     # Survivors wait in scratch files beside the outputs; they go whatever happens.
-    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=train.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=train.parent))
     try:
         input_count, summaries = _first_pass(rules, records, scratch, dropped, redactions, progress)
         if input_count == 0:

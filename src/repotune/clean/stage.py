@@ -20,7 +20,7 @@ from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.clean.audit import LeakAudit
 from repotune.clean.dedup import DedupConfig
 from repotune.clean.filters import FilterConfig
-from repotune.clean.layout import CleanLayout
+from repotune.clean.layout import SCRATCH_PREFIX, CleanLayout
 from repotune.clean.split import SplitConfig, SplitSummary, cut_of, describe
 from repotune.errors import RepotuneError
 from repotune.ingest.layout import IngestLayout
@@ -96,7 +96,13 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         )
     manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
     layout = CleanLayout(config.output)
-    prepare_output(config.output, (layout.train.name, layout.eval.name, layout.stats.name), "clean output")
+    prepare_output(
+        config.output,
+        (layout.train.name, layout.eval.name, layout.stats.name),
+        "clean output",
+        written=(layout.report.name,),
+        scratch=(SCRATCH_PREFIX,),
+    )
     cut, reason = cut_of(manifest)
     rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers, cut)
     outcome = clean_records(source.records, layout.train, layout.eval, rules, progress)

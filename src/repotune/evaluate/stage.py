@@ -223,7 +223,10 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         raise RepotuneError(f"{eval_path} is empty: nothing held out to evaluate on")
     out = EvaluateLayout(config.output)
     prepare_output(
-        config.output, (out.metrics.name, out.completions.name, out.base_scores.name), "evaluation"
+        config.output,
+        (out.metrics.name, out.completions.name, out.base_scores.name),
+        "evaluation",
+        written=(out.report_md.name, out.report_html.name),
     )
     registry = Registry(config.tracking_uri, config.model_name) if config.tracking_uri else None
     if registry is not None:

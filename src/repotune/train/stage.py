@@ -122,7 +122,7 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
         recipe = dataclasses.replace(recipe, checkpoint_uri=checkpoint_uri)
     layout = TrainLayout(config.output)
     ours = (layout.summary.name, layout.checkpoints.name, layout.token_cache.name)
-    prepare_output(config.output, ours, "model (or checkpoints of one)")
+    prepare_output(config.output, ours, "model (or checkpoints of one)", written=(layout.model_card.name,))
     if config.pytorchjob and recipe.resources.nodes > 1:
         from repotune.train.cluster_job import train_as_pytorchjob
 
