@@ -84,6 +84,32 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "records.jsonl").exists()
 
 
+def test_clean_names_a_broken_manifest_or_record_in_one_line(sample_repo: Path, tmp_path: Path) -> None:
+    assert repotune("ingest", str(sample_repo), "-o", str(tmp_path / "in")).returncode == 0
+    manifest_path, records_path = tmp_path / "in" / "manifest.json", tmp_path / "in" / "records.jsonl"
+    manifest, records = manifest_path.read_text(), records_path.read_text()
+
+    def clean() -> subprocess.CompletedProcess[str]:
+        return repotune("clean", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workers", "2")
+
+    manifest_path.write_text(manifest[:-20])
+    _one_line_error(clean(), "manifest.json: not valid JSON")
+    broken = json.loads(manifest)
+    broken["split"] = {"mode": "temporal", "cut": {"commit": "0" * 40}}
+    manifest_path.write_text(json.dumps(broken))
+    _one_line_error(clean(), "manifest.json: its temporal split's cut has no date (split.cut.date)")
+    manifest_path.write_text(manifest)
+    lines = records.splitlines()
+    wrong = json.loads(lines[1])
+    wrong["content"] = 5
+    records_path.write_text("\n".join([lines[0], json.dumps(wrong), *lines[2:]]) + "\n")
+    _one_line_error(clean(), "records.jsonl:2: not a repotune record (the field 'content' is a number (5)")
+    wrong["content"], wrong["meta"] = "text", ["not", "an", "object"]
+    records_path.write_text("\n".join([lines[0], json.dumps(wrong), *lines[2:]]) + "\n")
+    _one_line_error(clean(), "records.jsonl:2: not a repotune record (the field 'meta' is an array")
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
 def test_a_stage_writes_only_into_a_new_or_empty_folder_or_its_own_earlier_output(
     sample_repo: Path, tmp_path: Path
 ) -> None:

@@ -93,6 +93,17 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
+        """The record a JSON object holds; a missing field raises ``KeyError``, a field of the wrong
+        type ``TypeError`` naming it (a number where text belongs would fail far from its line)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a record is a JSON object, not {_json_type(data)}")
+        for name, optional in _TEXT_FIELDS:
+            value = data.get(name) if optional else data[name]
+            if not isinstance(value, str) and not (optional and value is None):
+                raise TypeError(f"the field '{name}' is {_json_type(value)}, not a string")
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"the field 'meta' is {_json_type(meta)}, not an object")
         return cls(
             content=data["content"],
             kind=Kind(data["kind"]),
@@ -101,8 +112,30 @@ class Record:
             file_path=data.get("file_path"),
             language=data.get("language"),
             revision=data.get("revision"),
-            meta=data.get("meta") or {},
+            meta=meta or {},
         )
+
+
+# The text fields of a record in the order they are checked, and whether each may be null.
+_TEXT_FIELDS = (
+    ("content", False),
+    ("kind", False),
+    ("source", False),
+    ("id", False),
+    ("file_path", True),
+    ("language", True),
+    ("revision", True),
+)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
 
 
 def read_records(path: Path) -> Iterator[Record]:

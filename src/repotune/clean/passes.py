@@ -178,8 +178,10 @@ def _process_chunk(task: tuple[Path, Path, _Chunk]) -> _ChunkResult:
             where = f"{source}:{chunk.first_line + offset}"
             try:
                 line, reason, found, summary = _process(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise RepotuneError(f"{where}: malformed JSON record ({exc})") from None
+            except (ValueError, TypeError) as exc:
+                raise RepotuneError(f"{where}: not a repotune record ({exc})") from None
             except KeyError as exc:
                 raise RepotuneError(f"{where}: a record lacks the field {exc}") from None
             result.records += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
@@ -86,13 +87,24 @@ class TimeCut:
 
 
 def cut_of(manifest: dict) -> tuple[TimeCut | None, str | None]:
-    """The manifest's cut, or ``None`` and the reason the file split applies."""
+    """The manifest's cut, or ``None`` and the reason the file split applies; a cut without its commit
+    or an ISO date raises ``RepotuneError`` (splitting by another rule would not be what ingest cut)."""
     split = manifest.get("split")
     if not split:
         return None, "the ingest recorded no cut (an ingest older than the temporal split)"
+    if not isinstance(split, dict):
+        raise RepotuneError(f"its split is {type(split).__name__}, not an object")
     if split.get("mode") != TEMPORAL or not split.get("cut"):
         return None, split.get("reason") or "the ingest chose the file split"
-    return TimeCut(commit=split["cut"]["commit"], date=split["cut"]["date"]), None
+    cut = split["cut"]
+    for key in ("commit", "date"):
+        if not isinstance(cut, dict) or not isinstance(cut.get(key), str):
+            raise RepotuneError(f"its temporal split's cut has no {key} (split.cut.{key})")
+    try:
+        datetime.fromisoformat(cut["date"])
+    except ValueError:
+        raise RepotuneError(f"its split.cut.date {cut['date']!r} is not an ISO date") from None
+    return TimeCut(commit=cut["commit"], date=cut["date"]), None
 
 
 def assign_temporal(kind: Kind, date: str | None, held_out: bool | None, cut_date: str) -> str:

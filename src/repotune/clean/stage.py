@@ -94,7 +94,7 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         raise RepotuneError(
             f"{config.input} has no {source.records.name}; run `repotune ingest` into it first"
         )
-    manifest = json.loads(source.manifest.read_text()) if source.manifest.is_file() else {}
+    manifest = _manifest(source.manifest)
     layout = CleanLayout(config.output)
     prepare_output(
         config.output,
@@ -103,7 +103,12 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         written=(layout.report.name,),
         scratch=(SCRATCH_PREFIX,),
     )
-    cut, reason = cut_of(manifest)
+    try:
+        cut, reason = cut_of(manifest)
+    except RepotuneError as err:
+        raise RepotuneError(
+            f"{source.manifest}: {err}; run `repotune ingest` into {config.input} again"
+        ) from None
     rules = Rules(config.filters, config.dedup, config.split, config.redact_pii, config.workers, cut)
     outcome = clean_records(source.records, layout.train, layout.eval, rules, progress)
     split = describe(
@@ -144,3 +149,18 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         split=split,
         leaks=outcome.leaks,
     )
+
+
+def _manifest(path: Path) -> dict:
+    """Ingest's manifest (``{}`` where there is none: records from elsewhere take the file split)."""
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RepotuneError(
+            f"{path}: not valid JSON ({exc}); run `repotune ingest` into its folder again"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise RepotuneError(f"{path}: not a JSON object; run `repotune ingest` into its folder again")
+    return manifest
