@@ -234,3 +234,17 @@ def test_a_rerun_after_a_hard_kill_takes_the_leftovers_as_its_own(tmp_path: Path
     with pytest.raises(RepotuneError, match=r"not empty \(notes\.txt\) and holds no earlier clean output"):
         clean.run(CleanConfig(input=tmp_path / "in", output=foreign, workers=1))
     assert len(list(foreign.iterdir())) == 2
+
+
+def test_clean_fails_when_nothing_is_left_to_train_on(tmp_path: Path) -> None:
+    """An empty train.jsonl only failed the train stage, far from the cause: clean names the cause."""
+    tree = {"a.py": GOOD_CODE, "b.py": GOOD_CODE, "c.py": "x = 1\n", "d.py": "y = 2\n", "e.py": ""}
+    write_tree(tmp_path / "tree", tree)
+    ingest.run(IngestConfig(source=str(tmp_path / "tree"), output=tmp_path / "in"))
+    with pytest.raises(RepotuneError) as raised:
+        clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    assert str(raised.value) == (
+        "no training records left of 5: 2 dropped as trivial, 1 as empty, 1 as eval_overlap, "
+        "1 held out for evaluation"
+    )
+    assert list((tmp_path / "out").iterdir()) == []  # no empty train.jsonl, no scratch

@@ -354,7 +354,7 @@ def clean_records(
             train_tmp.open("w", encoding="utf-8") as train_out,
             eval_tmp.open("w", encoding="utf-8") as eval_out,
         ):
-            position = 0
+            position = trained = 0
             for chunk_file in chunks:
                 with chunk_file.open(encoding="utf-8") as survivors:
                     for line in survivors:
@@ -373,9 +373,12 @@ def clean_records(
                                 dropped["held_out_diff"] += 1
                                 continue
                         train_out.write(line)
+                        trained += 1
                         summary.add(TRAIN, facts.kind, facts.language, facts.path, chars, facts.source)
             if position != len(summaries):
                 raise RuntimeError(f"scratch holds {position} survivors, expected {len(summaries)}")
+            if trained == 0:
+                raise RepotuneError(_nothing_trains(input_count, dropped, decisions.count(EVAL)))
             train_out.flush()
             os.fsync(train_out.fileno())
         leaks, found = audit.audit(train_tmp, eval_tmp)
@@ -404,6 +407,18 @@ def clean_records(
         shutil.rmtree(scratch, ignore_errors=True)
     leaks = dataclasses.replace(leaks, set_aside=set_aside)
     return Outcome(input_count, dropped, redactions, summary, sections, scored_files, scored_lines, leaks)
+
+
+def _nothing_trains(input_count: int, dropped: Counter[str], held_out: int) -> str:
+    """Why no record is left to train on, largest cause first (train.jsonl would be empty, and only the
+    next stage would fail, far from the cause)."""
+    causes = [
+        f"{n:,} {'dropped ' if i == 0 else ''}as {reason}"
+        for i, (reason, n) in enumerate(dropped.most_common())
+    ]
+    if held_out:
+        causes.append(f"{held_out:,} held out for evaluation")
+    return f"no training records left of {input_count:,}: {', '.join(causes)}"
 
 
 def _without_held_out(line: str, held_paths: set[str]) -> tuple[str | None, int, int]:
