@@ -476,3 +476,77 @@ def test_issues_and_pages_go_by_their_creation_against_the_cut() -> None:
         assign_temporal(Kind.CODE, None, True, cut) == EVAL
         and assign_temporal(Kind.CODE, None, None, cut) == TRAIN
     )
+
+
+def _thread(number: int, opened: int, updated: int, comments: list[tuple[int, str, dict]]) -> Record:
+    """A GitHub pull request as the source renders it, opened and last updated on those January days;
+    each comment is (day, body, review fields such as path and diff_hunk)."""
+    from repotune.sources.github import thread_text
+
+    def at(day: int) -> str:
+        return f"2024-01-{day:02d}T09:00:00Z"
+
+    item = {
+        "number": number,
+        "title": f"Thread {number}",
+        "state": "open",
+        "user": {"login": "asker"},
+        "created_at": at(opened),
+        "body": "What should the core compute next?",
+        "pull_request": {"merged_at": None},
+    }
+    rendered = [
+        {"user": {"login": "maintainer"}, "created_at": at(day), "body": text, **review}
+        for day, text, review in comments
+    ]
+    meta = {"number": number, "author": "asker", "created_at": at(opened), "updated_at": at(updated)}
+    return Record(
+        content=thread_text(item, rendered, is_pr=True),
+        kind=Kind.PULL_REQUEST,
+        source="github:o/r",
+        id=f"pr{number}",
+        language="markdown",
+        meta=meta,
+    )
+
+
+def test_a_thread_opened_before_the_cut_trains_without_its_later_comments(
+    history: dict, tmp_path: Path
+) -> None:
+    """Temporal leak through threads: a thread opened before the cut trained with every comment, also
+    those after it (pasting code added after the cut, a review comment whose hunk holds it)."""
+    _ingest(history["repo"], tmp_path / "in", cut="v1")  # the cut: 2024-01-10T00:00:00+00:00
+    future = body("future", 5).splitlines()
+    review = {"path": "src/app/core.py", "line": 23, "diff_hunk": f"@@ -1 +1 @@\n+{future[1]}"}
+    threads = [
+        _thread(
+            1,
+            opened=5,
+            updated=12,
+            comments=[
+                (6, "An early answer, kept.", {}),
+                (8, "Another early answer, kept.", {}),
+                (9, "An answer on the eve of the cut: its day may end after it.", {}),
+                (11, f"I added this after the cut:\n\n```python\n{future[0]}\n```", {}),
+                (12, "Looks right.", review),
+            ],
+        ),
+        _thread(2, opened=3, updated=9, comments=[(9, "Not updated since the cut: all of it trains.", {})]),
+        _thread(3, opened=11, updated=11, comments=[(11, f"Opened after the cut: {future[2]}", {})]),
+    ]
+    with (tmp_path / "in" / "records.jsonl").open("a", encoding="utf-8") as handle:
+        handle.writelines(thread.to_json() + "\n" for thread in threads)
+
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    train_text = result.output.train.read_text()
+    assert not any(line.strip() in train_text for line in future)
+    trained = {r.id: r.content for r in read_records(result.output.train) if r.kind is Kind.PULL_REQUEST}
+    assert set(trained) == {"pr1", "pr2"} and "pr3" in result.output.eval.read_text()
+    assert "An early answer, kept." in trained["pr1"] and "Another early answer, kept." in trained["pr1"]
+    assert "on the eve of the cut" not in trained["pr1"] and "Looks right" not in trained["pr1"]
+    assert trained["pr1"].endswith("Another early answer, kept.\n")
+    assert "all of it trains" in trained["pr2"]
+    split = json.loads(result.output.stats.read_text())["split"]
+    assert result.split.dropped_comments == split["dropped_comments"] == 3
+    assert split["trained_on"].endswith("2 issues and pages created before it (3 later comments removed)")
+    assert "- 3 comments posted after the cut were taken out" in result.output.report.read_text()

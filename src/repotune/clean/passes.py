@@ -40,6 +40,7 @@ from repotune.clean.split import (
     TimeCut,
     assign,
     assign_temporal,
+    comments_up_to,
     date_cutoff,
     drop_sections,
     has_diff,
@@ -324,6 +325,8 @@ class Outcome:
     summary: report.Summary
     dropped_sections: int
     """``diff --git`` sections of held-out files taken out of training commits (file split)."""
+    dropped_comments: int
+    """Comments posted after the cut taken out of training threads (temporal split)."""
     scored_files: int
     """Held-out file versions with lines added after the cut (temporal split)."""
     scored_lines: int
@@ -337,7 +340,7 @@ def clean_records(
     """Clean the JSONL file ``records`` into ``train`` and ``held_out`` (each written atomically)."""
     dropped: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
-    sections = scored_files = scored_lines = 0
+    sections = comments = scored_files = scored_lines = 0
     # Survivors wait in scratch files beside the outputs; they go whatever happens.
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=train.parent))
     try:
@@ -366,6 +369,9 @@ def clean_records(
                             eval_out.write(line)
                             continue
                         chars = facts.chars
+                        if rules.cut is not None and facts.kind in _THREAD_KINDS:
+                            line, chars, removed = _without_later_comments(line, chars, rules.cut)
+                            comments += removed
                         if held_paths.intersection(facts.touched):
                             line, chars, removed = _without_held_out(line, held_paths)
                             sections += removed
@@ -406,7 +412,9 @@ def clean_records(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     leaks = dataclasses.replace(leaks, set_aside=set_aside)
-    return Outcome(input_count, dropped, redactions, summary, sections, scored_files, scored_lines, leaks)
+    return Outcome(
+        input_count, dropped, redactions, summary, sections, comments, scored_files, scored_lines, leaks
+    )
 
 
 def _nothing_trains(input_count: int, dropped: Counter[str], held_out: int) -> str:
@@ -419,6 +427,20 @@ def _nothing_trains(input_count: int, dropped: Counter[str], held_out: int) -> s
     if held_out:
         causes.append(f"{held_out:,} held out for evaluation")
     return f"no training records left of {input_count:,}: {', '.join(causes)}"
+
+
+_THREAD_KINDS = frozenset({Kind.ISSUE, Kind.PULL_REQUEST})
+
+
+def _without_later_comments(line: str, chars: int, cut: TimeCut) -> tuple[str, int, int]:
+    """A training thread's JSON line without the comments posted after the cut: (line, characters,
+    comments removed)."""
+    record = Record.from_dict(json.loads(line))
+    content, removed = comments_up_to(record.content, record.meta.get("updated_at"), cut.date)
+    if not removed:
+        return line, chars, 0
+    record.content = content
+    return record.to_json() + "\n", len(content), removed
 
 
 def _without_held_out(line: str, held_paths: set[str]) -> tuple[str | None, int, int]:

@@ -122,6 +122,11 @@ def _split_section(split: dict[str, Any] | None) -> list[str]:
             f"- {split['dropped_hunks']} diff sections of held-out files were taken out of training commits "
             "(a commit left with no diff is dropped as `held_out_diff`)."
         )
+    if split.get("dropped_comments"):
+        lines.append(
+            f"- {split['dropped_comments']} comments posted after the cut were taken out of training issues "
+            "and pull requests opened before it."
+        )
     return [*lines, ""]
 
 

@@ -16,8 +16,9 @@ into training: those ``diff --git`` sections are removed (:func:`drop_sections`)
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
@@ -117,6 +118,54 @@ def assign_temporal(kind: Kind, date: str | None, held_out: bool | None, cut_dat
     return TRAIN
 
 
+# A comment's heading in ``sources.threads.thread_markdown``'s layout (GitHub and Jira threads alike,
+# read back by ``data.transforms.issue_messages``): ``### @AUTHOR on YYYY-MM-DD[ · NOTE]``.
+_COMMENT_HEADING = re.compile(
+    r"(?<=\n\n)### @\S+ on (?P<day>\d{4}-\d{2}-\d{2}|unknown date)(?: · [^\n]*)?$", re.MULTILINE
+)
+# A heading gives a comment's day in its tracker's offset (UTC on GitHub, the server's on Jira), so
+# that day's last moment may be up to 36 hours after its midnight in UTC (UTC-12).
+_DAY_SPAN = timedelta(hours=36)
+
+
+def comments_up_to(content: str, updated_at: object, cut_date: str) -> tuple[str, int]:
+    """A training thread (opened before the cut) without the comments posted after it, and how many
+    went: a comment after the cut, a review comment's diff line of code added after it, would train
+    on the future. A thread not updated since the cut (``meta["updated_at"]``) keeps every comment;
+    in one that was, a comment trains only when its whole day (its heading has no time) came before
+    the cut in any offset, and one of an unknown date does not train."""
+    cut = _utc_moment(cut_date)
+    updated = _utc_moment(updated_at)
+    if cut is None or (updated is not None and updated <= cut):
+        return content, 0
+    headings = list(_COMMENT_HEADING.finditer(content))
+    if not headings:
+        return content, 0
+    kept = [content[: headings[0].start()]]
+    dropped = 0
+    for index, heading in enumerate(headings):
+        end = headings[index + 1].start() if index + 1 < len(headings) else len(content)
+        day = _utc_moment(heading["day"])
+        if day is not None and day + _DAY_SPAN <= cut:
+            kept.append(content[heading.start() : end])
+        else:
+            dropped += 1
+    if not dropped:
+        return content, 0
+    return "".join(kept).rstrip("\n") + "\n", dropped
+
+
+def _utc_moment(value: object) -> datetime | None:
+    """An ISO date or time as an aware UTC moment (a naive one taken as UTC); ``None`` if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def held_out_by_ingest(record: Record) -> bool | None:
     """Ingest's verdict on a record of a temporal split: a file's future version (it carries its added
     lines) and a commit after the cut are held out, a commit up to it trains; ``None`` otherwise."""
@@ -190,6 +239,8 @@ class SplitSummary:
     """Lines added after the cut in those files."""
     dropped_hunks: int = 0
     """Diff sections of held-out files taken out of training commits (file split)."""
+    dropped_comments: int = 0
+    """Comments posted after the cut taken out of training threads opened before it (temporal split)."""
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -214,6 +265,7 @@ def describe(
     scored_files: int,
     scored_lines: int,
     dropped_hunks: int,
+    dropped_comments: int = 0,
 ) -> SplitSummary:
     """The split in words, from the records kept per (split, kind) and ingest's manifest."""
 
@@ -230,8 +282,9 @@ def describe(
             trained.append(f"{_count(commits[TRAIN], 'commit')} up to {'it' if trained else where}")
         if dated[TRAIN]:
             before = "it" if trained else where
+            later = f" ({_count(dropped_comments, 'later comment')} removed)" if dropped_comments else ""
             trained.append(
-                f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}"
+                f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}{later}"
             )
         trained = trained or [f"nothing up to {where}"]
         after = facts.get("commits_after_cut")
@@ -253,6 +306,7 @@ def describe(
             rule=facts.get("rule"),
             scored_files=scored_files,
             scored_lines=scored_lines,
+            dropped_comments=dropped_comments,
         )
     files = {side: kept(side, _FILE_KIND_NAMES) for side in (TRAIN, EVAL)}
     trained = [f"{_count(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]

@@ -121,6 +121,7 @@ def run(config: CleanConfig, *, progress: Callable[[int], None] | None = None) -
         scored_files=outcome.scored_files,
         scored_lines=outcome.scored_lines,
         dropped_hunks=outcome.dropped_sections,
+        dropped_comments=outcome.dropped_comments,
     )
     stats = outcome.summary.as_stats(
         input_count=outcome.input_records, dropped=outcome.dropped, redactions=outcome.redactions
