@@ -17,6 +17,7 @@ from tests.conftest import git, write_tree
 from repotune import clean, ingest
 from repotune.clean import CleanConfig
 from repotune.clean.split import path_score, remap_ranges
+from repotune.clean.split import renames as split_renames
 from repotune.errors import RepotuneError
 from repotune.ingest import IngestConfig
 from repotune.ingest import cut as cuts
@@ -550,3 +551,41 @@ def test_a_thread_opened_before_the_cut_trains_without_its_later_comments(
     assert result.split.dropped_comments == split["dropped_comments"] == 3
     assert split["trained_on"].endswith("2 issues and pages created before it (3 later comments removed)")
     assert "- 3 comments posted after the cut were taken out" in result.output.report.read_text()
+
+
+def test_the_file_split_drops_a_held_out_files_sections_under_its_earlier_name(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A held-out file renamed from a training path: its lines reached training through the sections of
+    the old path (the rename's deletion, and the older commits that grew it there)."""
+    names = [f"lib/unit{i}.py" for i in range(40)]
+    held = next(p for p in names if path_score(p, "repotune") < 0.1)
+    other = next(p for p in names if path_score(p, "repotune") >= 0.1)
+    old, older = (next(p for p in paths if path_score(p, "repotune") >= 0.1) for paths in (
+        [f"lib/old{i}.py" for i in range(100)], [f"lib/older{i}.py" for i in range(100)]
+    ))  # fmt: skip
+    first, grown = module("first", 8), module("grown", 6)
+    repo = make_repo([])
+    commit(repo, "Start", 1, {**{p: module(Path(p).stem, 4) for p in names if p != held}, older: first})
+    git(repo, "mv", older, old)
+    commit(repo, "Rename it once", 2)
+    commit(repo, "Grow it", 3, {old: first + grown})
+    git(repo, "mv", old, held)
+    commit(repo, "Rename it again and edit it", 4, {held: first + grown + "# edited\n"})
+    commit(repo, "Touch another unit", 5, {other: module("touched", 5)})
+    ingest.run(IngestConfig(source=str(repo), output=tmp_path / "in", max_diff_bytes=200_000))
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    assert result.split.mode == "files" and held in result.output.eval.read_text()
+    train_text = result.output.train.read_text()
+    assert "result_first_" not in train_text and "result_grown_" not in train_text
+    train = [r for r in read_records(result.output.train) if r.kind is Kind.COMMIT]
+    start = next(r for r in train if r.content.startswith("Start"))
+    assert older not in start.meta["files"] and other in start.meta["files"]
+    # The renames and the growth touched nothing else: no diff is left of them.
+    assert {r.content.split("\n", 1)[0] for r in train} == {"Start"}
+    assert result.dropped["held_out_diff"] == 3 and result.leaks.found == 0
+
+    # Git's own rename sections (`git show -M`) name both paths; with --no-renames, by the lines.
+    assert split_renames(git(repo, "show", "--find-renames", "--format=%s", "HEAD~1")) == [(old, held)]
+    assert split_renames(git(repo, "show", "--no-renames", "--format=%s", "HEAD~1")) == [(old, held)]
+    assert split_renames(git(repo, "show", "--no-renames", "--format=%s", "HEAD")) == []

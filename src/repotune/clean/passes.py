@@ -43,11 +43,13 @@ from repotune.clean.split import (
     comments_up_to,
     date_cutoff,
     drop_sections,
+    earlier_names,
     has_diff,
     held_out_by_ingest,
     path_score,
     record_date,
     remap_ranges,
+    renames,
 )
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
@@ -69,6 +71,8 @@ class _Summary:
     """Ingest's verdict in a temporal split (see ``split.held_out_by_ingest``)."""
     touched: tuple[str, ...]
     """The paths a commit's diff touches (empty for other kinds)."""
+    renames: tuple[tuple[str, str], ...]
+    """(old path, new path) of the files a commit's diff renames (empty for other kinds)."""
     added: int
     """Lines added after the cut, for a file's future version (0 for anything else)."""
     source: str
@@ -108,6 +112,7 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
         language=record.language,
         held_out=held_out_by_ingest(record),
         touched=tuple(record.meta.get("files") or ()) if record.kind is Kind.COMMIT else (),
+        renames=tuple(renames(record.content)) if record.kind is Kind.COMMIT else (),
         added=sum(last - first + 1 for first, last in spans) if spans else 0,
         source=sys.intern(record.source),  # a few distinct names across many records
     )
@@ -275,6 +280,8 @@ def _decide(summaries: list[_Summary], rules: Rules, dropped: Counter) -> tuple[
         else:
             dropped[f"{match}_duplicate"] += 1
     held_paths = {s.path for s, split in zip(summaries, splits, strict=True) if split == EVAL and s.path}
+    # A held-out file renamed from another path has its lines in that path's sections too.
+    held_paths = earlier_names(held_paths, [pair for s in summaries for pair in s.renames])
     return decisions, held_paths
 
 

@@ -191,6 +191,58 @@ def drop_sections(content: str, paths: frozenset[str] | set[str]) -> tuple[str, 
     return "".join(kept).rstrip("\n"), dropped
 
 
+def renames(content: str) -> list[tuple[str, str]]:
+    """The (old path, new path) pairs a commit's diff renames, so that a held-out file's earlier path
+    can leave training commits too (its sections hold the held-out file's lines under another name).
+
+    Git says ``rename from``/``rename to`` in a section where it detects renames; history as ingest
+    reads it (``git log --no-renames``) has a deleted file and an added one instead, taken for a rename
+    here as git would: when at least half of the lines (as a set) are the same on both sides.
+    """
+    pairs: list[tuple[str, str]] = []
+    deleted: dict[str, set[str]] = {}
+    added: dict[str, set[str]] = {}
+    path: str | None = None
+    lines: set[str] = set()
+    sign: str | None = None  # "-" in a deleted file's section, "+" in an added one's
+    for line in [*content.splitlines(), "diff --git "]:  # the sentinel closes the last section
+        if line.startswith("diff --git "):
+            lines.discard("")  # blank lines say nothing of where a file came from
+            if path is not None and sign is not None and lines:
+                (deleted if sign == "-" else added)[path] = lines
+            path, lines, sign = diff_header_path(line), set(), None
+        elif path is None:
+            continue
+        elif line.startswith("rename from "):
+            pairs.append((line[len("rename from ") :], path))
+        elif line.startswith(("deleted file mode ", "new file mode ")):
+            sign = "-" if line.startswith("deleted") else "+"
+        elif sign is not None and line.startswith(sign) and not line.startswith(sign * 3 + " "):
+            lines.add(line[1:].strip())
+    for new, new_lines in added.items():
+        best, score = None, 0.5
+        for old, old_lines in deleted.items():
+            shared = len(new_lines & old_lines) / max(len(new_lines), len(old_lines))
+            if shared >= score:
+                best, score = old, shared
+        if best is not None:
+            pairs.append((best, new))
+    return pairs
+
+
+def earlier_names(paths: set[str], pairs: list[tuple[str, str]]) -> set[str]:
+    """``paths`` and every path one of them had before a rename (or a chain of them) in ``pairs``."""
+    names = set(paths)
+    grown = True
+    while grown:
+        grown = False
+        for old, new in pairs:
+            if new in names and old not in names:
+                names.add(old)
+                grown = True
+    return names
+
+
 def has_diff(content: str) -> bool:
     return content.startswith("diff --git ") or "\ndiff --git " in content
 
