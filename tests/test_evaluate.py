@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -429,6 +430,35 @@ def test_bad_evaluation_input_is_named(project: Path, trained: Path, tmp_path: P
         evaluate_model(trained, tmp_path / "data", tmp_path / "o", scoring=QUICK)
     with pytest.raises(RepotuneError, match="holds no model"):
         evaluate_model(tmp_path, project, tmp_path / "o", scoring=QUICK)
+    # A model folder missing its weights or its tokenizer fails before the base model is scored.
+    lines: list[str] = []
+    for missing, message in (("model.safetensors", "has no model weights"), ("tokenizer.json", "tokenizer")):
+        broken = tmp_path / f"no-{missing}"
+        shutil.copytree(trained, broken, ignore=shutil.ignore_patterns("checkpoints", ".token-cache"))
+        (broken / missing).unlink()
+        with pytest.raises(RepotuneError, match=message):
+            evaluate_model(broken, project, tmp_path / "o", scoring=QUICK, log=lines.append)
+    assert not any("scoring" in line for line in lines), lines
+    # Held-out data of another project (another first commit) is refused; a dataset of the same
+    # project that the model was not trained on is scored with a note.
+    other = tmp_path / "other"
+    shutil.copytree(project, other)
+    stats = json.loads((other / "stats.json").read_text())
+    stats["source"]["root_commit"] = "f" * 40
+    (other / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(RepotuneError, match="trained on another project"):
+        evaluate_model(trained, other, tmp_path / "o", scoring=QUICK)
+    from repotune.evaluate.stage import _check_same_data
+
+    stats["source"]["root_commit"] = json.loads((project / "stats.json").read_text())["source"]["root_commit"]
+    (other / "stats.json").write_text(json.dumps(stats))
+    (other / "eval.jsonl").write_text((other / "eval.jsonl").read_text().splitlines(keepends=True)[0])
+    summary = json.loads((trained / "train_summary.json").read_text())
+    notes: list[str] = []
+    _check_same_data(trained, summary, other, notes.append)
+    assert len(notes) == 1 and "is not the dataset" in notes[0]
+    _check_same_data(trained, summary, project, notes.append)
+    assert len(notes) == 1  # its own dataset: nothing to say
 
 
 @pytest.mark.integration

@@ -181,6 +181,71 @@ def _summary(model_dir: Path) -> dict[str, Any]:
     return json.loads(model.summary.read_text())
 
 
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_loadable(model_dir: Path) -> None:
+    """The candidate's weights and tokenizer are there and its tokenizer loads, before any scoring (the
+    base model's arms take minutes): a folder missing either fails in one line, not in a traceback
+    after the base model was scored."""
+    weights = [model_dir / name for name in _WEIGHTS if (model_dir / name).is_file()]
+    if not weights:
+        raise RepotuneError(
+            f"{model_dir} has no model weights ({' or '.join(_WEIGHTS[::2])}); run `repotune train` "
+            "into it again"
+        )
+    if weights[0].name.endswith(".index.json"):
+        try:
+            shards = set(json.loads(weights[0].read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RepotuneError(f"{weights[0]} is not a readable weight index") from None
+        if missing := sorted(s for s in shards if not (model_dir / s).is_file()):
+            raise RepotuneError(
+                f"{model_dir} lacks {len(missing)} weight shard(s) its index names: {missing[0]}"
+            )
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # transformers raises OSError, ValueError... for a folder it cannot read
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RepotuneError(f"{model_dir}'s tokenizer does not load: {reason}") from None
+
+
+def _check_same_data(
+    model_dir: Path, summary: dict[str, Any], data_dir: Path, log: Callable[[str], None]
+) -> None:
+    """A model is scored on held-out data of its own project: a clean folder of another repository
+    (another root commit) is refused; one of the same project that is not the dataset the model was
+    trained on is scored, with a note (its held-out records may be training records of the other)."""
+    from repotune.clean.layout import CleanLayout
+    from repotune.digest import files_digest
+    from repotune.tracking import data_provenance
+
+    trained, here = summary.get("data", {}), data_provenance(data_dir)
+    theirs, ours = trained.get("dataset.root_commit"), here.get("dataset.root_commit")
+    if theirs and ours and theirs != ours:
+        their_source = trained.get("dataset.source", "unknown source")
+        our_source = here.get("dataset.source", "unknown source")
+        raise RepotuneError(
+            f"{model_dir} was trained on another project ({their_source}, first commit {theirs[:12]}) than "
+            f"{data_dir} holds ({our_source}, first commit {ours[:12]}): evaluate it on held-out data of "
+            "its own project"
+        )
+    layout = CleanLayout(data_dir)
+    if summary.get("dataset_hash") and summary["dataset_hash"] != files_digest(layout.train, layout.eval):
+        log(
+            f"note: {data_dir} is not the dataset {model_dir} was trained on (its files differ): if it "
+            "was cleaned with another cut or split, some of its held-out records may have been in that "
+            "training data"
+        )
+
+
 def retrieval_index(config: EvaluateConfig, log: Callable[[str], None], recipe: Any = None) -> Any | None:
     """The index the retrieval arms search: ``config.index``, else one built over the clean folder's
     training records (never the held-out ones), with the candidate's ``recipe``'s embedding model if
@@ -232,6 +297,8 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     if registry is not None:
         registry.check()  # an unreachable registry fails the stage now, and nothing is deployed
     summary = _summary(model_dir)
+    _check_loadable(model_dir)
+    _check_same_data(model_dir, summary, data_dir, log)
     base_dir = resolve_base_model(summary["base_model"])
     started = time.monotonic()
     samples = draw_samples(eval_records, scoring)
