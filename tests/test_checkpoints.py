@@ -209,3 +209,36 @@ def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
     assert publish["ok"] is False and publish["uploaded"] == [] and publish["checkpoint_uri"] == uri
     assert [entry["checkpoint"] for entry in publish["failed"]] == ["checkpoint-6"]
     assert "does not exist" in publish["failed"][0]["error"]
+
+
+def _stop_at_step_3(line: str) -> None:
+    if line.startswith("step 3/"):
+        raise KeyboardInterrupt  # Ctrl-C after checkpoint-2 was saved
+
+
+@pytest.mark.parametrize("place", ["checkpoints_under", "resume_under"])
+def test_a_rerun_into_a_new_output_folder_resumes_from_the_checkpoints_kept_outside_it(
+    cleaned: Path, tmp_path: Path, place: str
+) -> None:
+    """kfp.local gives every run of the train step a new output folder: the checkpoints go to a folder
+    that outlives it (a local --artifacts folder, or repotune run's work folder), where a rerun finds them."""
+    under = tmp_path / "kept"
+    where = {place: str(under) if place == "checkpoints_under" else under}
+
+    def config(name: str) -> train.TrainConfig:
+        recipe = load_recipe(TINY, SETTINGS)
+        return train.TrainConfig(data=cleaned, output=tmp_path / name, recipe=recipe, keep_checkpoints=False,
+                                 **where)  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config("first"), log=_stop_at_step_3)
+    assert not (tmp_path / "first" / "checkpoints").exists()  # no link left in the model folder
+    lines: list[str] = []
+    result = train.run(config("second"), log=lines.append)
+    kept = under / result.recipe_key / "checkpoints"
+    assert f"resuming from checkpoint-2 of an earlier run ({kept})" in lines
+    summary = json.loads(result.output.summary.read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 4
+    assert not (tmp_path / "second" / "checkpoints").exists()
+    # published checkpoints stay, as an s3:// prefix's do; the work folder's go once the model is made
+    assert (kept / "checkpoint-4").is_dir() == (place == "checkpoints_under")

@@ -729,6 +729,25 @@ def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path)
     assert "step 7/40" in log and "Map: 50%" in log and "Traceback (most recent call last):" in log
 
 
+def test_run_output_says_when_training_goes_on_from_an_earlier_runs_checkpoint(tmp_path: Path) -> None:
+    import contextlib
+
+    from repotune.pipelines.display import RunOutput
+
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append)
+    with contextlib.redirect_stdout(output):
+        output.stage("train", "running")
+        print("    resuming from checkpoint-20 of an earlier run (/w/checkpoints/repo/abc/1f2e/checkpoints)")
+        print("    resuming from /w/kfp/repotune-1/train/model/checkpoints/checkpoint-20")
+        print("    restored checkpoint-40 from s3://runs/repo/abc/1f2e/checkpoints")
+    output.close()
+    assert shown == [
+        "train      resuming from checkpoint-20 of an earlier run (/w/checkpoints/repo/abc/1f2e/checkpoints)",
+        "train      restored checkpoint-40 from s3://runs/repo/abc/1f2e/checkpoints",
+    ]
+
+
 def test_run_output_on_a_terminal_updates_one_line_and_keeps_the_stage_lines(tmp_path: Path) -> None:
     import contextlib
     import io

@@ -155,7 +155,7 @@ def train(
     from repotune import tracking as mlflow
     from repotune.atomic import write_json
     from repotune.pipelines import credentials
-    from repotune.pipelines.parameters import train_settings
+    from repotune.pipelines.parameters import resume_folder, train_settings
     from repotune.retrieval.shipped import add_to_model
 
     credentials.require("train", credentials.needs("train", artifacts_root=artifacts_root, tracking=tracking))
@@ -166,6 +166,7 @@ def train(
         data=Path(dataset.path), output=Path(model.path), recipe=train.resolve_recipe(recipe, settings)[0],
         tracking_uri=mlflow.uri_from_env() if tracking else None, keep_checkpoints=False, pytorchjob=True,
         checkpoints_under=storage.output_prefix(artifacts_root, source, commit) if artifacts_root else None,
+        resume_under=resume_folder(source, commit),
         data_uri=dataset.metadata.get("published") or dataset.uri, output_uri=model.uri,
     ))  # fmt: skip
     write_json(Path(metrics.path), result.metrics)

@@ -10,6 +10,7 @@ all of it, colour codes removed, to ``RUN_DIR/run.log``, and shows a person only
 - progress of long steps: lines with ``N/M`` (``step 10/40  loss 2.91 ... ETA 2.1 min``) each time
   they pass another quarter of M, and a step's ``estimate:`` line; on a terminal, the latest progress
   line instead, updating beside a spinner and the stage's elapsed time;
+- the checkpoint a train step resumes from, when it goes on from an earlier run's;
 - for a failed step, the error it ended with.
 
 On a terminal the running stage is a rich live line; anywhere else (a file, CI, ``| tee``) the output is
@@ -38,6 +39,9 @@ _WORDED = frozenset({"RepotuneError", "PublishError", "RolledBack", "WaitFailed"
 # kfp.local's own lines in the stream: its log records (``12:00:00.123 - INFO - ...``), the task's
 # executor input, rules, and the outputs it lists; none is a step's own output.
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
+# a train step that goes on from an earlier run's checkpoint (repotune.train.stage, or restored from
+# the object store by repotune.train.finetune): shown as it is said
+_RESUMED = re.compile(r"^(?:resuming from checkpoint-\d+ of an earlier run|restored checkpoint-\d+ from )")
 _QUARTERS = 4
 _NAME = 10
 """Width of the stage name column (``score-base``)."""
@@ -198,6 +202,8 @@ class RunOutput(io.TextIOBase):
             stage.summary = text[len(stage.name) + 2 :]
         elif text.startswith("estimate: "):
             self._progress_line(stage, text, force=True)
+        elif _RESUMED.match(text):
+            self._show(f"{stage.name:<{_NAME}} {text}")
         elif "ETA" in text or text.startswith("step "):
             self._progress_line(stage, text)
 

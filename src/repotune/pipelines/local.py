@@ -40,6 +40,7 @@ from repotune.atomic import prepare_output
 from repotune.errors import RepotuneError
 from repotune.pipelines.credentials import ARTIFACTS_ROOT
 from repotune.pipelines.display import RunOutput
+from repotune.pipelines.parameters import RESUME_ENV
 from repotune.pipelines.status import LEAD_TASKS, STAGES, TASK_STAGE, RunLayout, RunStatus, StageState, now
 from repotune.sources.settings import ServiceSettings
 from repotune.train import DEFAULT_RECIPE
@@ -303,7 +304,11 @@ def run_local(
     check_before_run(sources, root, tracking, local_s3=config.local_s3, given=config.services.environment())
     _check_folders(workdir, run_dir, sources)
     with contextlib.ExitStack() as stack:
-        environment: dict[str, str | None] = {"MLFLOW_TRACKING_URI": tracking}
+        # the train step's checkpoints outlive its output folder, which kfp.local makes anew every run
+        environment: dict[str, str | None] = {
+            "MLFLOW_TRACKING_URI": tracking,
+            RESUME_ENV: str(workdir / "checkpoints"),
+        }
         if config.local_s3:
             from repotune import storage
             from repotune.pipelines import seaweedfs

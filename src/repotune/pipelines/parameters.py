@@ -8,10 +8,16 @@ these functions, so what a step does with its parameters is tested here without 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from repotune.config import from_struct
 from repotune.errors import RepotuneError
+
+RESUME_ENV = "REPOTUNE_RESUME_UNDER"
+"""Set by `repotune run` to a folder of its work folder: kfp.local gives each run of the train step a
+new output folder, so its checkpoints are saved under this one, where a rerun finds them."""
 
 
 def train_settings(
@@ -47,3 +53,13 @@ def train_settings(
 def optional(value: str) -> str | None:
     """A text parameter, with ``""`` (KFP's stand-in for null) as None."""
     return value or None
+
+
+def resume_folder(source: str, commit: str) -> Path | None:
+    """Where the train step keeps its checkpoints for a rerun to resume from, for one source and commit
+    (``REPOTUNE_RESUME_UNDER/<repository>/<commit>``); None where nothing sets it (a cluster: a pod's
+    disk does not outlive it, and checkpoints go to ``artifacts_root`` instead)."""
+    from repotune.storage import output_prefix
+
+    root = os.environ.get(RESUME_ENV)
+    return Path(output_prefix(root, source, commit)) if root else None

@@ -39,9 +39,15 @@ class TrainConfig:
     tracking_uri: str | None = None
     """MLflow tracking URI; tracking is off when unset."""
     checkpoints_under: str | None = None
-    """Where the run's outputs are published: when it is an s3:// prefix and the recipe names no
-    checkpoint_uri, checkpoints go to PREFIX/<recipe key>/checkpoints as they are saved, so that a
-    retried pipeline step on a new pod resumes from there (a local folder does not outlive the pod)."""
+    """Where the run's outputs are published: checkpoints go to PREFIX/<recipe key>/checkpoints as they
+    are saved (an s3:// prefix, where the recipe names no checkpoint_uri: uploaded; a local folder:
+    saved there), so that a retried pipeline step, whose output folder is a new one, resumes from
+    there. They stay there after the run, as the published outputs do."""
+    resume_under: Path | None = None
+    """Where checkpoints are saved when ``checkpoints_under`` is not a local folder: one that outlives
+    ``output`` (`repotune run`'s work folder, where kfp.local gives every run a new output folder), at
+    FOLDER/<recipe key>/checkpoints, so that a rerun resumes from them; without ``keep_checkpoints``
+    they are removed once training has succeeded."""
     keep_checkpoints: bool = True
     """Keep the Trainer checkpoints after a successful run. The pipeline drops them: the model is what
     later steps and the registry need, and a large model's checkpoints would double what is stored."""
@@ -123,6 +129,56 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
     layout = TrainLayout(config.output)
     ours = (layout.summary.name, layout.checkpoints.name, layout.token_cache.name)
     prepare_output(config.output, ours, "model (or checkpoints of one)", written=(layout.model_card.name,))
+    in_process = not (config.pytorchjob and recipe.resources.nodes > 1)
+    kept = _kept_checkpoints(config, key) if in_process else None
+    if kept is not None:
+        _link_checkpoints(layout.checkpoints, kept, log)
+    try:
+        summary = _train(config, recipe, key, layout, log)
+    finally:
+        if layout.checkpoints.is_symlink():
+            layout.checkpoints.unlink()  # the model folder holds no link to a folder outside it
+    published = kept is not None and config.checkpoints_under is not None
+    if kept is not None and not published and not config.keep_checkpoints:
+        shutil.rmtree(kept, ignore_errors=True)
+    if not config.keep_checkpoints:
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    from repotune.train.finetune import raise_if_unpublished
+
+    raise_if_unpublished(summary, config.output)
+    return TrainResult.from_summary(layout, summary, key)
+
+
+def _kept_checkpoints(config: TrainConfig, key: str) -> Path | None:
+    """The local folder that outlives ``config.output`` where the checkpoints go, if any."""
+    under = config.checkpoints_under
+    if under is not None and "://" not in under:
+        return Path(under) / key / "checkpoints"
+    if config.resume_under is not None and (under is None or not under.startswith("s3://")):
+        return Path(config.resume_under) / key / "checkpoints"
+    return None
+
+
+def _link_checkpoints(checkpoints: Path, kept: Path, log: Callable[[str], None]) -> None:
+    """Has the Trainer save into ``kept`` (``checkpoints`` becomes a link to it), and says so when an
+    earlier run left a checkpoint there to resume from. A real ``checkpoints`` folder (the same output
+    folder trained into again) is left as it is: training resumes from it."""
+    if checkpoints.exists() and not checkpoints.is_symlink():
+        return
+    from repotune.train.checkpoints import latest_complete
+
+    kept.mkdir(parents=True, exist_ok=True)
+    checkpoints.unlink(missing_ok=True)
+    checkpoints.symlink_to(kept.resolve(), target_is_directory=True)
+    latest = latest_complete(kept, lambda _reason: None, move_aside=False)
+    if latest is not None:
+        log(f"resuming from {latest.name} of an earlier run ({kept})")
+
+
+def _train(
+    config: TrainConfig, recipe: Recipe, key: str, layout: TrainLayout, log: Callable[[str], None]
+) -> dict[str, Any]:
+    under = config.checkpoints_under
     if config.pytorchjob and recipe.resources.nodes > 1:
         from repotune.train.cluster_job import train_as_pytorchjob
 
@@ -141,14 +197,7 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
             tracking_uri=config.tracking_uri,
             log=log,
         )
-        summary = json.loads(layout.summary.read_text())
-    else:
-        from repotune.train.finetune import run_training
+        return json.loads(layout.summary.read_text())
+    from repotune.train.finetune import run_training
 
-        summary = run_training(config.data, config.output, recipe, tracking_uri=config.tracking_uri, log=log)
-    if not config.keep_checkpoints:
-        shutil.rmtree(layout.checkpoints, ignore_errors=True)
-    from repotune.train.finetune import raise_if_unpublished
-
-    raise_if_unpublished(summary, config.output)
-    return TrainResult.from_summary(layout, summary, key)
+    return run_training(config.data, config.output, recipe, tracking_uri=config.tracking_uri, log=log)
