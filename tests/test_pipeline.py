@@ -122,16 +122,22 @@ def test_the_retrieval_index_is_built_once_per_revision_and_ships_to_train_and_e
     spec, _ = _spec(name)
     tasks = spec["root"]["dag"]["tasks"]
     index = tasks["retrieval-index"]
-    # Its inputs are the revision, the dataset of that revision and the recipe (which may name an
-    # embedding model): the cache key follows them.
+    # Its inputs are the revision, the dataset of that revision and the recipe's embedding model (the
+    # base-settings step picks it out of the recipe and `training`): the cache key follows them.
     assert index["cachingOptions"]["enableCache"] is True
     assert (
         index["inputs"]["parameters"]["revision"]["taskOutputParameter"]["producerTask"] == "resolve-source"
     )
     assert index["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "clean"
-    assert set(index["inputs"]["parameters"]) == {"revision", "recipe", "overrides", "artifacts_root"}
+    assert set(index["inputs"]["parameters"]) == {"revision", "recipe_settings", "artifacts_root"}
+    assert index["inputs"]["parameters"]["recipe_settings"]["taskOutputParameter"] == {
+        "outputParameterKey": "index", "producerTask": "base-settings"
+    }  # fmt: skip
     for name in ("recipe", "overrides"):
-        assert index["inputs"]["parameters"][name] == tasks["train"]["inputs"]["parameters"][name], name
+        assert (
+            tasks["base-settings"]["inputs"]["parameters"][name]
+            == tasks["train"]["inputs"]["parameters"][name]
+        ), name
     outputs = spec["components"]["comp-retrieval-index"]["outputDefinitions"]["artifacts"]
     assert outputs["index"]["artifactType"]["schemaTitle"] == "system.Artifact"
     for consumer in ("train", "evaluate"):
@@ -172,10 +178,16 @@ def test_the_base_model_is_scored_beside_training_and_its_scores_reach_evaluate(
     assert {a: v["taskOutputArtifact"]["producerTask"] for a, v in based["inputs"]["artifacts"].items()} == {
         "dataset": "clean", "index": "retrieval-index"
     }  # fmt: skip
-    # what decides the base model, its retrieval budget and the samples: the run's own parameters
+    # what decides the base model, its retrieval budget and the samples: the run's own parameters, of
+    # the recipe's only those it reads (picked by base-settings), so that a training change reuses it
     params = based["inputs"]["parameters"]
-    assert params["base_model"]["componentInputParameter"] == "base_model"
-    assert params["overrides"]["componentInputParameter"] == "training"
+    assert set(params) == {"recipe_settings", "settings"}
+    assert params["recipe_settings"]["taskOutputParameter"] == {
+        "outputParameterKey": "scoring", "producerTask": "base-settings"
+    }  # fmt: skip
+    picked = tasks["base-settings"]["inputs"]["parameters"]
+    assert picked["base_model"]["componentInputParameter"] == "base_model"
+    assert picked["overrides"]["componentInputParameter"] == "training"
     assert params["settings"]["componentInputParameter"] == "evaluation"
     source = tasks["evaluate"]["inputs"]["artifacts"]["base_scores"]["taskOutputArtifact"]
     assert source == {"outputArtifactKey": "scores", "producerTask": "score-base"}
@@ -363,7 +375,7 @@ def test_the_step_shims_refuse_at_their_start_without_the_credentials_their_para
     with pytest.raises(RepotuneError, match=r"evaluate: MLflow tracking .* needs MLFLOW_TRACKING_URI"):
         steps.evaluate(None, None, None, None, "repotune", {}, True, "", None, None, None, None)
     with pytest.raises(RepotuneError, match="retrieval-index: the artifacts root s3://runs/x needs"):
-        steps.retrieval_index(None, "abc123", "", {}, "s3://runs/x", None)
+        steps.retrieval_index(None, "abc123", {}, "s3://runs/x", None)
     with pytest.raises(RepotuneError, match="deploy: MLflow tracking"):
         steps.deploy(None, None, "", "repotune", "repotune", "repotune", "huggingface", True, True, None)
 
@@ -439,6 +451,22 @@ def test_a_kfp_clusters_run_is_read_into_the_same_schema() -> None:
     index_failed = {"retrieval-index": "FAILED", "resolve-source": "SUCCEEDED", "ingest": "SUCCEEDED"}
     stages = RunStatus.from_kfp({"state": "FAILED", "tasks": index_failed}).stages
     assert (stages["score-base"].state, stages["ingest"].state) == ("failed", "succeeded")
+
+
+def test_score_base_and_the_index_get_the_same_settings_when_only_training_changes() -> None:
+    """What reaches score-base and retrieval-index (and so their kfp.local and KFP cache keys) holds the
+    base model, the retrieval budget and the embedding model, not the training settings."""
+    from repotune.pipelines.parameters import as_recipe, base_settings
+
+    first = base_settings("tiny-cpu", "tiny", {"max_steps": 40.0})
+    training = {"max_steps": 120, "save_every_steps": 20, "lora.rank": 4}
+    assert base_settings("tiny-cpu", "tiny", training) == first
+    assert first["scoring"]["base_model"] == "tiny"
+    assert set(first["index"]) <= {"data.retrieval_embedding_model"}
+    assert base_settings("tiny-cpu", "other", {})["scoring"] != first["scoring"]
+    budget = {"data.retrieval_rate": 0.5, "data.retrieval_context_tokens": 24.0}
+    changed = base_settings("tiny-cpu", "tiny", budget)["scoring"]
+    assert as_recipe(changed)["data"] == {"retrieval_rate": 0.5, "retrieval_context_tokens": 24}
 
 
 def test_kfp_struct_numbers_become_ints_again() -> None:
@@ -521,9 +549,9 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
         client.make_bucket("models")
         with running_mlflow_on_s3(tmp_path / "mlflow", endpoint, "s3://models/mlflow") as url:
 
-            def run(name: str) -> RunStatus:
+            def run(name: str, **changes) -> RunStatus:
                 config = RunConfig(str(repo), "tiny-cpu", workdir=tmp_path / "home", run_dir=tmp_path / name,
-                                   tracking_uri=url, **settings)  # fmt: skip
+                                   tracking_uri=url, **{**settings, **changes})  # fmt: skip
                 return run_local(config, log=lambda _: None)
 
             first = run("run1")
@@ -597,6 +625,14 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             }  # fmt: skip
             assert second.model == first.model
             assert len(list(registry._client.search_model_versions("name='repotune'"))) == 1
+
+            # a training setting changed on the same commit: only the new candidate is trained and
+            # scored; the base model's scores (and the index) come from the cache
+            third = run("run3", training={"max_steps": 20})
+            assert {n: e.state for n, e in third.stages.items()} == {
+                "ingest": "cached", "clean": "cached", "score-base": "cached", "train": "succeeded",
+                "evaluate": "succeeded", "deploy": third.stages["deploy"].state,
+            }  # fmt: skip
 
 
 @pytest.mark.integration

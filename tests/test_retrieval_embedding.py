@@ -177,7 +177,8 @@ def test_the_pipelines_index_step_embeds_when_the_recipe_names_a_model(tmp_path:
         ("embedded", {"data.retrieval_embedding_model": str(MODEL)}, 384),
     ):
         index = SimpleNamespace(path=str(tmp_path / name), metadata={})
-        steps.retrieval_index(dataset, "r1", "tiny-cpu", overrides, "", index)
+        picked = steps.base_settings("tiny-cpu", "tiny", overrides).index  # as the pipeline picks them
+        steps.retrieval_index(dataset, "r1", picked, "", index)
         assert index.metadata["embedding_dimension"] == dimension, name
     hits = RetrievalIndex.load(tmp_path / "embedded").search(PARAPHRASE, k=1)
     assert hits[0].path == "shipping/rates.py"

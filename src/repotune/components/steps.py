@@ -17,6 +17,8 @@ KFP parameters cannot be null: an empty string or 0 stands for "not set" at this
 becomes ``None`` before it reaches the library (:mod:`repotune.pipelines.parameters`).
 """
 
+from typing import NamedTuple
+
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
@@ -101,28 +103,39 @@ def clean(
           f"{result.eval_records} held out), {sum(result.redactions.values())} secrets redacted")  # fmt: skip
 
 
+def base_settings(recipe: str, base_model: str, overrides: dict) -> NamedTuple(
+    "BaseSettings", [("scoring", dict), ("index", dict)]
+):
+    """The recipe settings score-base and retrieval-index read, apart from the others: their inputs,
+    and so their cache keys, stay the same when a run changes only what training does."""
+    from collections import namedtuple
+
+    from repotune.pipelines.parameters import base_settings
+
+    chosen = base_settings(recipe, base_model, overrides)
+    return namedtuple("BaseSettings", ["scoring", "index"])(chosen["scoring"], chosen["index"])
+
+
 def retrieval_index(
     dataset: Input[Dataset],
     revision: str,
-    recipe: str,
-    overrides: dict,
+    recipe_settings: dict,
     artifacts_root: str,
     index: Output[Artifact],
 ) -> None:
     """Builds the BM25 index of the repository at the training revision (the training records), with
     embeddings beside it where the recipe names an embedding model; its inputs are the revision, its
-    dataset and the recipe, so KFP reuses it for as long as they stay the same."""
+    dataset and that model, so KFP reuses it for as long as they stay the same."""
     from pathlib import Path
 
     from repotune import storage
-    from repotune.config import from_struct
     from repotune.pipelines import credentials
-    from repotune.retrieval.shipped import build_for_dataset
-    from repotune.retrieval.stage import retrieval_config
+    from repotune.pipelines.parameters import as_recipe
+    from repotune.retrieval.shipped import build_for_dataset, index_config
 
     needed = credentials.needs("retrieval-index", artifacts_root=artifacts_root)
     credentials.require("retrieval-index", needed)
-    config = retrieval_config(recipe, from_struct(overrides))
+    config = index_config(as_recipe(recipe_settings))
     # The manifest names the revision the files are from (the records': the cut, where evaluation
     # holds out what came after it), not the head that resolve-source found.
     built = build_for_dataset(Path(dataset.path), Path(index.path), None, log=print, config=config)
@@ -190,24 +203,23 @@ def train(
 def score_base(
     dataset: Input[Dataset],
     index: Input[Artifact],
-    recipe: str,
-    base_model: str,
-    overrides: dict,
+    recipe_settings: dict,
     settings: dict,
     scores: Output[Artifact],
 ) -> None:
     """Scores the base model (with and without retrieval) on the held-out data: it needs no trained
-    model, so it runs beside training, and its cache serves every run with the same inputs."""
+    model, so it runs beside training, and its cache serves every run with the same inputs (the recipe
+    settings it reads are the base model and the retrieval budget: ``base_settings``)."""
     from pathlib import Path
 
-    from repotune import train
-    from repotune.config import from_struct, to_dict
+    from repotune.config import from_struct
     from repotune.evaluate import base_scores_summary, score_base, settings_from
+    from repotune.pipelines.parameters import as_recipe
 
     scoring, _ = settings_from(from_struct(settings), "evaluation settings")
-    chosen = train.resolve_recipe(recipe, {"base_model": base_model, **from_struct(overrides)})[0]
-    saved = score_base(Path(dataset.path), Path(scores.path), chosen.base_model, scoring=scoring,
-                       recipe=to_dict(chosen), index=Path(index.path))  # fmt: skip
+    chosen = as_recipe(recipe_settings)
+    saved = score_base(Path(dataset.path), Path(scores.path), chosen["base_model"], scoring=scoring,
+                       recipe=chosen, index=Path(index.path))  # fmt: skip
     print(f"score-base: {base_scores_summary(saved)}")
 
 

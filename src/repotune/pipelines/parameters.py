@@ -50,6 +50,48 @@ def train_settings(
     return {**settings, **from_struct(overrides)}
 
 
+SCORING_SETTINGS = ("base_model", "data.retrieval_rate", "data.retrieval_context_tokens")
+"""The recipe settings the base model's scores depend on: the model, and the budget of retrieved context
+its retrieval arm gets (the candidate's, where training gave examples context)."""
+INDEX_SETTINGS = ("data.retrieval_embedding_model",)
+"""The recipe settings the retrieval index depends on."""
+
+
+def base_settings(recipe: str, base_model: str, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The recipe settings of a run that the score-base and retrieval-index steps read, by dotted key
+    (``{"scoring": {...}, "index": {...}}``; unset ones left out), and nothing else: KFP's cache keys
+    a step by its inputs, so a run that changes only what training does reuses their outputs."""
+    from repotune.config import to_dict
+    from repotune.train import resolve_recipe
+
+    chosen = to_dict(resolve_recipe(recipe, {"base_model": base_model, **from_struct(overrides)})[0])
+
+    def pick(keys: tuple[str, ...]) -> dict[str, Any]:
+        values = {key: _dotted(chosen, key) for key in keys}
+        return {key: value for key, value in values.items() if value is not None}
+
+    return {"scoring": pick(SCORING_SETTINGS), "index": pick(INDEX_SETTINGS)}
+
+
+def as_recipe(settings: dict[str, Any]) -> dict[str, Any]:
+    """Dotted settings (one of :func:`base_settings`'s) as the recipe dict that ``train_summary.json``
+    holds and the scoring and retrieval code reads: ``{"base_model": ..., "data": {...}}``."""
+    recipe: dict[str, Any] = {}
+    for key, value in from_struct(settings).items():
+        *parents, name = key.split(".")
+        place = recipe
+        for parent in parents:
+            place = place.setdefault(parent, {})
+        place[name] = value
+    return recipe
+
+
+def _dotted(values: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None  # type: ignore[assignment]
+    return values
+
+
 def optional(value: str) -> str | None:
     """A text parameter, with ``""`` (KFP's stand-in for null) as None."""
     return value or None

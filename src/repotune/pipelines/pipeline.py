@@ -86,6 +86,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     launcher = recipe.resources.nodes > 1
     train_image = cpu if launcher else gpu_image
     resolve_op = _component(steps.resolve_source, cpu)
+    settings_op = _component(steps.base_settings, cpu)
     ingest_op = _component(steps.ingest, cpu)
     clean_op = _component(steps.clean, cpu)
     # Embedding every chunk is work for the recipe's accelerator (minutes of CPU for a large
@@ -176,11 +177,14 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         _small(_secrets(ingested, "ingest")).set_display_name("ingest").set_retry(**retry)
         cleaned = clean_op(records=ingested.outputs["records"], artifacts_root=artifacts_root)
         _small(_secrets(cleaned, "clean")).set_display_name("clean")
+        # Only the settings the index and the base scores depend on reach those steps, so that a run
+        # that changes what training does finds both in the cache.
+        chosen = settings_op(recipe=recipe_text, base_model=base_model, overrides=training)
+        _small(chosen).set_display_name("base-settings")
         indexed = index_op(
             dataset=cleaned.outputs["dataset"],
             revision=resolved.output,
-            recipe=recipe_text,
-            overrides=training,
+            recipe_settings=chosen.outputs["index"],
             artifacts_root=artifacts_root,
         )
         _secrets(indexed, "retrieval-index").set_display_name("retrieval-index")
@@ -193,9 +197,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         based = score_base_op(
             dataset=cleaned.outputs["dataset"],
             index=indexed.outputs["index"],
-            recipe=recipe_text,
-            base_model=base_model,
-            overrides=training,
+            recipe_settings=chosen.outputs["scoring"],
             settings=evaluation,
         )
         _secrets(based, "score-base").set_display_name("score-base").set_retry(**retry)
