@@ -344,3 +344,39 @@ def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
         names = [o.object_name for o in client.list_objects("repotune", prefix="runs/", recursive=True)]
         assert any("/checkpoints/checkpoint-" in name for name in names)
     assert not _weed_running(home / "s3")
+
+
+def test_ctrl_c_says_interrupted_in_one_line_and_exits_130(tmp_path: Path, monkeypatch, capsys) -> None:
+    """typer turns a KeyboardInterrupt into a silent exit 130 before the command line's own handler."""
+    from repotune import cli
+    from repotune.pipelines import submit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submit, "compile_pipeline", interrupted)
+    monkeypatch.setattr(sys, "argv", ["repotune", "compile", "-o", str(tmp_path / "p.yaml")])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["interrupted"]
+
+
+def test_ctrl_c_in_training_says_how_to_resume(cleaned: Path, tmp_path: Path) -> None:
+    import signal
+
+    command = [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "model"),
+               "--recipe", "tiny-cpu", "--set", "max_steps=200", "--set", "save_every_steps=2",
+               "--set", "data.seq_len=64", "--set", "max_epochs=null"]  # fmt: skip
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("step 3/"):  # checkpoint-2 is saved
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        process.wait(timeout=120)
+    assert process.returncode == 130, rest
+    last = rest.strip().splitlines()[-1]
+    assert last == "interrupted; rerun the same command to resume from the newest checkpoint"
+    assert "Traceback" not in rest

@@ -414,6 +414,61 @@ def test_status_writer_follows_kfp_local_log_lines(tmp_path: Path) -> None:
     }
 
 
+def test_an_interrupted_run_fails_only_the_stage_whose_task_was_running(tmp_path: Path) -> None:
+    """Ctrl-C during training: retrieval-index had shown score-base running, but kfp.local ran train
+    first, so score-base never started; it is not reported failed, on the console nor in status.json."""
+    import contextlib
+
+    from repotune.pipelines.display import RunOutput
+
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append)
+    writer = StatusWriter(tmp_path / "status.json", STAGES, output.stage)
+    with contextlib.redirect_stdout(output):
+        for task in ("resolve-source", "ingest", "clean", "retrieval-index"):
+            writer.filter(_record(f"Executing task '{task}'"))
+            writer.filter(_record(f"Task '{task}' finished with status SUCCESS"))
+        writer.filter(_record("Executing task 'train'"))
+        print("    step 30/120  loss 2.5  ETA 1.0 min")
+        print("    }")
+        output.interrupted()
+        writer.failed("interrupted")
+    output.close()
+    assert writer.culprit() == "train"  # not score-base, which comes first in the list
+    status = json.loads((tmp_path / "status.json").read_text())
+    states = {name: entry["state"] for name, entry in status["stages"].items()}
+    assert states == {"ingest": "succeeded", "clean": "succeeded", "score-base": "pending", "train": "failed",
+                      "evaluate": "pending", "deploy": "pending"}  # fmt: skip
+    assert status["stages"]["score-base"]["started"] is None and status["error"] == "interrupted"
+    assert not [line for line in shown if line.startswith("score-base")]
+    assert [line.split(maxsplit=1)[1].split()[0] for line in shown if line.startswith("train")] == [
+        "step", "failed"
+    ]  # fmt: skip
+    assert shown[-1].startswith("train      failed") and shown[-1].endswith("  interrupted")
+
+
+def test_a_failed_step_without_an_error_line_never_shows_kfps_json_as_its_error(tmp_path: Path) -> None:
+    import contextlib
+
+    from repotune.pipelines.display import RunOutput
+
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append)
+    with contextlib.redirect_stdout(output):
+        output.stage("evaluate", "running")
+        print("    candidate: line completion: 16/30, about 40 s left")
+        for line in ('{"inputs": {', '"parameterValues": {', '"settings": {}', "},", "}", "]"):
+            print(f"    {line}")
+        output.stage("evaluate", "failed")
+    output.close()
+    assert shown[-1].endswith("  candidate: line completion: 16/30, about 40 s left")
+    assert not output.failures["evaluate"].startswith(("{", "}", '"'))
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("kfp", logging.INFO, __file__, 0, message, None, None)
+
+
 def test_the_run_status_schema_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
     status = RunStatus.new()
     status.stages["train"].state = "cached"

@@ -246,9 +246,11 @@ def train(values: Values, set_: RecipeSettings = None) -> None:
     from repotune import train
 
     values["recipe"], _ = train.resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))
-    result = train.run(
-        build(TrainConfig, {**values, "tracking_uri": values["tracking_uri"] or None}), log=say
-    )
+    config = build(TrainConfig, {**values, "tracking_uri": values["tracking_uri"] or None})
+    try:
+        result = train.run(config, log=say)
+    except KeyboardInterrupt:
+        raise _Interrupted(_resume_hint(config.output)) from None
     if (
         os.environ.get("RANK", "0") == "0"
         and result.eval_loss is not None
@@ -676,6 +678,31 @@ def export(
     say(f"pushed to {result.repo_url} ({'public' if public else 'private'}): {result.commit_url}")
 
 
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM in `run`), with what to do next: typer itself turns a KeyboardInterrupt into a
+    silent exit 130, so a command that has more to say raises this instead."""
+
+
+def _resume_hint(output: Path) -> str:
+    from repotune.train import TrainLayout
+
+    # which of them is complete, the rerun finds out (and says); this only says whether there are any
+    saved = any(path.is_dir() for path in TrainLayout(output).checkpoints.glob("checkpoint-*"))
+    return "rerun the same command to resume from the newest checkpoint" if saved else ""
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` comes of a KeyboardInterrupt (typer's ``Exit(130)`` is raised from it)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
@@ -684,9 +711,16 @@ def main() -> None:
 
         say(f"error: {strip_credentials(str(exc))}")  # a URL given with user:password@ is shown without
         sys.exit(2)
+    except _Interrupted as exc:
+        say(f"interrupted; {exc}" if str(exc) else "interrupted")
+        sys.exit(130)
     except KeyboardInterrupt:
         say("interrupted")
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):
+            say("interrupted")
+        raise
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ all of it, colour codes removed, to ``RUN_DIR/run.log``, and shows a person only
   they pass another quarter of M, and a step's ``estimate:`` line; on a terminal, the latest progress
   line instead, updating beside a spinner and the stage's elapsed time;
 - the checkpoint a train step resumes from, when it goes on from an earlier run's;
-- for a failed step, the error it ended with.
+- for a failed step, the error it ended with (or "interrupted", when the run was stopped).
 
 On a terminal the running stage is a rich live line; anywhere else (a file, CI, ``| tee``) the output is
 plain lines without colour or cursor codes.
@@ -42,6 +42,9 @@ _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
 # a train step that goes on from an earlier run's checkpoint (repotune.train.stage, or restored from
 # the object store by repotune.train.finetune): shown as it is said
 _RESUMED = re.compile(r"^(?:resuming from checkpoint-\d+ of an earlier run|restored checkpoint-\d+ from )")
+# what a step's stream holds besides its own words: kfp's executor JSON, a line at a time ("}", "],",
+# '"parameterValues": {'), which is no error message
+_DEBRIS = re.compile(r"""^(?:[\[\]{}(),:\s]*|"[^"]*"\s*:.*|[\[{].*)$""")
 _QUARTERS = 4
 _NAME = 10
 """Width of the stage name column (``score-base``)."""
@@ -89,6 +92,7 @@ class RunOutput(io.TextIOBase):
         self.failures: dict[str, str] = {}
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._interrupted = False
         if console is not None and console.is_terminal:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -142,6 +146,10 @@ class RunOutput(io.TextIOBase):
         self._write_log(text)
         self._show(text)
 
+    def interrupted(self) -> None:
+        """The run was stopped (Ctrl-C, SIGTERM): a stage that fails now says so, not its last line."""
+        self._interrupted = True
+
     def stage(self, name: str, state: str) -> None:
         """A stage changed state (from :class:`repotune.pipelines.local.StatusWriter`)."""
         if state == "running":
@@ -163,7 +171,7 @@ class RunOutput(io.TextIOBase):
             detail = "the candidate was not promoted" if name == "deploy" else ""
         elif current is not None:
             if state == "failed":
-                error = self._error(current)
+                error = "interrupted" if self._interrupted else self._error(current)
                 self.failures[name] = error
                 detail = error
             else:
@@ -237,4 +245,5 @@ class RunOutput(io.TextIOBase):
                 if match.group(1) in _WORDED:
                     return match.group(2)
                 return f"{match.group(1)}: {match.group(2)}"
-        return stage.tail[-1] if stage.tail else "(no output)"
+        said = (text for text in reversed(stage.tail) if not _DEBRIS.match(text))
+        return next(said, f"no error message (see {stage.name}'s output in the full log)")

@@ -175,6 +175,8 @@ class StatusWriter(logging.Filter):
         self.status = RunStatus.new(stages)
         self.outputs: dict[str, dict[str, str]] = {}
         """Each finished task's artifacts, name to local path, as kfp.local lists them."""
+        self._active: dict[str, str] = {}
+        """The tasks started and not yet ended, each with its stage."""
         self.save()
 
     def save(self) -> None:
@@ -202,19 +204,28 @@ class StatusWriter(logging.Filter):
         return next((name for name, entry in self.status.stages.items() if entry.state == "running"), None)
 
     def culprit(self) -> str | None:
-        """The stage a failure belongs to: the one running, else one kfp already reported failed."""
-        return self.running() or next(
+        """The stage a failure belongs to: the one whose task is running, else one kfp already reported
+        failed (not one that a finished task only led into)."""
+        return next(iter(self._active.values()), None) or next(
             (name for name, entry in self.status.stages.items() if entry.state == "failed"), None
         )
 
     def failed(self, error: str) -> None:
-        """The run ended without finishing: the running stage failed, the ones after it never ran."""
+        """The run ended without finishing: the running stage failed, the ones after it never ran.
+
+        A stage whose own task never started is not one of the failed, though a task leading into it
+        ran (retrieval-index shows score-base running, and kfp.local may run train first): it goes back
+        to pending, as a stage that was not run."""
         self.status.state, self.status.finished, self.status.error = "failed", now(), error
         for name, entry in self.status.stages.items():
-            if entry.state == "running":
-                entry.state, entry.finished = "failed", now()
-                if self.on_stage is not None:
-                    self.on_stage(name, "failed")
+            if entry.state != "running":
+                continue
+            if name not in self._active.values():
+                entry.state, entry.started = "pending", None
+                continue
+            entry.state, entry.finished = "failed", now()
+            if self.on_stage is not None:
+                self.on_stage(name, "failed")
         self.save()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -235,6 +246,10 @@ class StatusWriter(logging.Filter):
         stage = TASK_STAGE.get(task)
         if stage is None:
             return
+        if state == "running":
+            self._active[task] = stage
+        else:
+            self._active.pop(task, None)
         if task in LEAD_TASKS and state in ("succeeded", "cached"):
             return  # the stage's own task ends it
         self.stage(stage, state)
@@ -374,6 +389,7 @@ def _run_pipeline(
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         return pipeline(source=config.sources[0], **config.arguments())
     except KeyboardInterrupt:
+        output.interrupted()
         writer.failed("interrupted")
         raise
     except Exception as exc:  # kfp raises RuntimeError naming the failed task
