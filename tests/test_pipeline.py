@@ -863,6 +863,46 @@ def test_run_output_on_a_terminal_updates_one_line_and_keeps_the_stage_lines(tmp
     assert "step 8/8" in (tmp_path / "run.log").read_text()
 
 
+def test_scoring_progress_is_shown_every_30_seconds_and_on_a_terminals_live_line(tmp_path: Path) -> None:
+    """score-base and evaluate run for minutes (3 on the demo): their progress reaches the console,
+    not only run.log, without a line for each of their counters' updates."""
+    import contextlib
+    import io
+
+    from rich.console import Console
+
+    from repotune.pipelines.display import RunOutput
+
+    now = [0.0]
+    shown: list[str] = []
+    output = RunOutput(tmp_path / "run.log", shown.append, clock=lambda: now[0])
+    with contextlib.redirect_stdout(output):
+        for stage in ("score-base", "evaluate"):
+            output.stage(stage, "running")
+            for arm in ("base", "base + retrieval"):
+                for done in range(1, 16):  # a line every 5 s, 75 s an arm
+                    now[0] += 5
+                    print(f"      {arm}: line completion: {done}/15, about {5 * (15 - done)} s left")
+                print(f"      {arm}: line completion: 15/15 in 1 min 15 s")
+            output.stage(stage, "succeeded")
+    output.close()
+    for stage in ("score-base", "evaluate"):
+        progress = [line for line in shown if line.startswith(stage) and "line completion" in line]
+        assert len(progress) == 5, progress  # 150 s: one at the start, then one every 30 s
+        assert progress[0] == f"{stage:<10} base: line completion: 1/15, about 70 s left"
+    assert len((tmp_path / "run.log").read_text().splitlines()) >= 64  # every line is in the log
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    live = RunOutput(tmp_path / "live.log", lambda line: pytest.fail(f"printed plainly: {line}"), console)
+    with contextlib.redirect_stdout(live):
+        live.stage("evaluate", "running")
+        print("      candidate: line completion: 16/30, about 40 s left")
+        live.stage("evaluate", "succeeded")
+    live.close()
+    assert "candidate: line completion: 16/30" in screen.getvalue()
+
+
 def test_a_run_checks_credentials_and_servers_before_the_first_step(tmp_path: Path, monkeypatch) -> None:
     """Each of these used to fail only in its step, minutes in, with a traceback; now in one line,
     before anything is created."""

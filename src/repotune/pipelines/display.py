@@ -10,6 +10,8 @@ all of it, colour codes removed, to ``RUN_DIR/run.log``, and shows a person only
 - progress of long steps: lines with ``N/M`` (``step 10/40  loss 2.91 ... ETA 2.1 min``) each time
   they pass another quarter of M, and a step's ``estimate:`` line; on a terminal, the latest progress
   line instead, updating beside a spinner and the stage's elapsed time;
+- the scoring progress of score-base and evaluate (``candidate: line completion: 16/30, about 40 s
+  left``), at most one line every 30 seconds; on a terminal, the latest, on the live line;
 - the checkpoint a train step resumes from, when it goes on from an earlier run's;
 - for a failed step, the error it ended with (or "interrupted", when the run was stopped).
 
@@ -49,6 +51,12 @@ _QUARTERS = 4
 _NAME = 10
 """Width of the stage name column (``score-base``)."""
 _UNSTRUCTURED_PROGRESS_EVERY_S = 60.0
+# The scoring steps' progress (repotune.evaluate.generate.Progress: ``candidate: line completion:
+# 16/30, about 40 s left``, ``... 30/30 in 1 min 02 s``): one counter per arm and task, each several
+# lines a minute, so a stage shows one of them every so often rather than quarters of each.
+_SCORING_STAGES = frozenset({"score-base", "evaluate"})
+_SCORED = re.compile(r"\b\d+/\d+\b[^,]*(?:, about .+ left| in \d.*)$")
+_SCORING_PROGRESS_EVERY_S = 30.0
 
 
 def duration(seconds: float) -> str:
@@ -64,13 +72,14 @@ def duration(seconds: float) -> str:
 
 
 class _Stage:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, started: float) -> None:
         self.name = name
-        self.started = time.monotonic()
+        self.started = started
         self.summary = ""
         self.tail: deque[str] = deque(maxlen=40)
         self.shown_quarter = 0
         self.last_unstructured = 0.0
+        self.last_scoring = float("-inf")
 
 
 class RunOutput(io.TextIOBase):
@@ -80,8 +89,16 @@ class RunOutput(io.TextIOBase):
     a live line on it instead, and finished stages are printed above it.
     """
 
-    def __init__(self, log_path: Path, emit: Callable[[str], None], console: Console | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        emit: Callable[[str], None],
+        console: Console | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
+        self._clock = clock
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: TextIO = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
@@ -154,12 +171,12 @@ class RunOutput(io.TextIOBase):
         """A stage changed state (from :class:`repotune.pipelines.local.StatusWriter`)."""
         if state == "running":
             if self._stage is None or self._stage.name != name:
-                self._stage = _Stage(name)
+                self._stage = _Stage(name, self._clock())
                 if self._progress is not None:
                     self._task = self._progress.add_task(f"{name:<{_NAME}} running", total=None)
             return
         current = self._stage if self._stage is not None and self._stage.name == name else None
-        elapsed = time.monotonic() - current.started if current is not None else 0.0
+        elapsed = self._clock() - current.started if current is not None else 0.0
         if self._progress is not None and self._task is not None and current is not None:
             self._progress.remove_task(self._task)
             self._progress.refresh()  # else the line above is drawn again until the next refresh
@@ -214,6 +231,18 @@ class RunOutput(io.TextIOBase):
             self._show(f"{stage.name:<{_NAME}} {text}")
         elif "ETA" in text or text.startswith("step "):
             self._progress_line(stage, text)
+        elif stage.name in _SCORING_STAGES and _SCORED.search(text):
+            self._scoring_line(stage, text)
+
+    def _scoring_line(self, stage: _Stage, text: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=f"{stage.name:<{_NAME}} {text}", refresh=True)
+            return
+        now = self._clock()
+        if now - stage.last_scoring < _SCORING_PROGRESS_EVERY_S:
+            return
+        stage.last_scoring = now
+        self._emit(f"{stage.name:<{_NAME}} {text}")
 
     def _progress_line(self, stage: _Stage, text: str, *, force: bool = False) -> None:
         if self._progress is not None and self._task is not None:
@@ -229,7 +258,7 @@ class RunOutput(io.TextIOBase):
                 return
             stage.shown_quarter = quarter
         else:
-            now = time.monotonic()
+            now = self._clock()
             if now - stage.last_unstructured < _UNSTRUCTURED_PROGRESS_EVERY_S:
                 return
             stage.last_unstructured = now
