@@ -16,6 +16,7 @@ import pytest
 from tests.s3_server import running_s3_server, s3_environment
 
 from repotune import train
+from repotune.errors import RepotuneError
 from repotune.train import checkpoints
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
@@ -163,18 +164,72 @@ def test_a_resumed_run_reports_what_an_uninterrupted_one_does(
 def test_checkpoints_of_a_run_on_other_data_are_not_resumed_from(
     cleaned: Path, trained: Path, tmp_path: Path
 ) -> None:
-    from repotune.errors import RepotuneError
-
     out = copy_of(trained, tmp_path)
     other = tmp_path / "other-data"
     shutil.copytree(cleaned, other)
     train_file = other / "train.jsonl"
     train_file.write_text("".join(train_file.read_text().splitlines(keepends=True)[1:]))  # one record less
     before = sorted(path.name for path in (out / "checkpoints").iterdir())
-    with pytest.raises(RepotuneError, match="holds checkpoints of another run \\(dataset_hash ") as raised:
+    with pytest.raises(RepotuneError, match=r"holds checkpoints of another run \(dataset_hash ") as raised:
         run_training(other, out, load_recipe(TINY, SETTINGS), log=lambda _: None)
-    assert "train into another folder, or delete" in str(raised.value)
+    assert f"train into a new -o folder, or delete {out / 'checkpoints'} to start over" in str(raised.value)
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before  # nothing moved
+
+
+def test_checkpoints_of_another_recipe_are_refused_in_one_line_naming_what_changed(
+    cleaned: Path, trained: Path, tmp_path: Path
+) -> None:
+    """A changed model shape would fail to load (a traceback), a changed learning rate or batch would
+    go on with the old one, a changed max_steps with the old schedule: each is refused, before any work."""
+    out = copy_of(trained, tmp_path)
+    before = sorted(path.name for path in (out / "checkpoints").iterdir())
+    changes = {
+        ("lora.rank", 4): "lora.rank 8 -> 4",
+        ("learning_rate", 0.1): "learning_rate 0.003 -> 0.1",
+        ("data.seq_len", 128): "data.seq_len 64 -> 128",
+        ("max_steps", 12): "max_steps 4 -> 12",
+        ("data.kind_weights.commit", 0.0): "data.kind_weights.commit 1.0 -> 0.0",
+    }
+    for (key, value), shown in changes.items():
+        with pytest.raises(RepotuneError, match=r"holds checkpoints of another run \(") as raised:
+            run_training(cleaned, out, load_recipe(TINY, {**SETTINGS, key: value}), log=lambda _: None)
+        assert f"({shown}): resuming from them would mix" in str(raised.value), key
+    two = {**SETTINGS, "max_steps": 30, "micro_batch_size": 4}
+    with pytest.raises(RepotuneError, match=r"\(micro_batch_size 2 -> 4, max_steps 4 -> 30\)"):
+        run_training(cleaned, out, load_recipe(TINY, two), log=lambda _: None)
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before
+    assert not (out / "model.safetensors").exists()
+
+    # on the command line: one line, exit 2, as other input errors
+    sets = [f"{k}={v}" for k, v in {**SETTINGS, "lora.rank": 4}.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(out),
+         "--recipe", str(TINY), *(arg for setting in sets for arg in ("--set", setting))],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: {out / 'checkpoints'} holds checkpoints of another run (lora.rank 8 -> 4)"
+    )
+
+
+def test_a_checkpoint_restored_from_the_store_is_checked_against_the_run(
+    trained: Path, tmp_path: Path
+) -> None:
+    checkpoint = trained / "checkpoints" / "checkpoint-4"
+    run = json.loads((checkpoint / checkpoints.RUN).read_text())
+    assert (
+        checkpoints.problem(checkpoint) is None
+        and checkpoints.RUN in json.loads((checkpoint / checkpoints.MARKER).read_text())["files"]
+    )  # listed in the marker: an upload carries it
+    checkpoints.check_checkpoint_run(checkpoint, run)  # the same run: resumed from
+    with pytest.raises(
+        RepotuneError, match=r"checkpoint-4 holds checkpoints of another run \(max_steps 4 -> 8\)"
+    ):
+        checkpoints.check_checkpoint_run(checkpoint, {**run, "max_steps": 8})
+    # a record written before a setting was recorded is judged on what it has
+    checkpoints.check_checkpoint_run(checkpoint, {**run, "new_setting": 1})
 
 
 def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
@@ -182,14 +237,11 @@ def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
 ) -> None:
     """The store is up and refuses every upload (a bucket that is not there): the model is written,
     the summary lists the failures, and the command ends non-zero."""
-    # it resumes from checkpoint-4 on disk, so the store is first called for the upload of checkpoint-6
+    # it resumes from checkpoint-2 on disk, so the store is first called for the upload of checkpoint-4
     out = copy_of(trained, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
     uri = "s3://no-such-bucket/runs/1/checkpoints"
-    sets = [
-        "max_steps=6",
-        f"checkpoint_uri={uri}",
-        *(f"{k}={v}" for k, v in SETTINGS.items() if k != "max_steps"),
-    ]
+    sets = [f"checkpoint_uri={uri}", *(f"{k}={v}" for k, v in SETTINGS.items())]
     with running_s3_server() as endpoint, s3_environment(endpoint):
         done = subprocess.run(
             [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(out),
@@ -197,17 +249,17 @@ def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
             capture_output=True, text=True, check=False, timeout=900,
         )  # fmt: skip
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "warning: checkpoint checkpoint-6 was not uploaded" in done.stderr
+    assert "warning: checkpoint checkpoint-4 was not uploaded" in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        f"error: checkpoint_uri: checkpoint-6, the newest checkpoint, was not uploaded to {uri}"
+        f"error: checkpoint_uri: checkpoint-4, the newest checkpoint, was not uploaded to {uri}"
     )
     assert "no-such-bucket" in last and str(out) in last
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 6 and (out / "model.safetensors").is_file()  # the model is not lost
+    assert summary["steps"] == 4 and (out / "model.safetensors").is_file()  # the model is not lost
     publish = summary["publish"]
     assert publish["ok"] is False and publish["uploaded"] == [] and publish["checkpoint_uri"] == uri
-    assert [entry["checkpoint"] for entry in publish["failed"]] == ["checkpoint-6"]
+    assert [entry["checkpoint"] for entry in publish["failed"]] == ["checkpoint-4"]
     assert "does not exist" in publish["failed"][0]["error"]
 
 

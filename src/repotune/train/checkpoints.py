@@ -41,8 +41,8 @@ from repotune.errors import RepotuneError
 
 MARKER = "checkpoint_complete.json"
 RUN = "run.json"
-"""What the checkpoints of a folder were trained on (data digest, base model, method), written as the
-run starts (:func:`check_same_run`)."""
+"""What the checkpoints of a folder were trained on (data digest and every setting that shapes
+training), written as the run starts (:func:`check_same_run`) and into each checkpoint it saves."""
 TRAINER_STATE = "trainer_state.json"
 INCOMPLETE = "incomplete"
 """Folder under the checkpoints folder that receives incomplete checkpoints (never resumed from)."""
@@ -117,26 +117,52 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def check_same_run(folder: Path, identity: dict[str, str], *, write: bool) -> None:
-    """Refuses to resume from checkpoints that another run wrote (other data, base model or method);
-    with ``write``, records ``identity`` as the run the checkpoints under ``folder`` now belong to.
+def check_same_run(folder: Path, identity: dict[str, Any], *, write: bool) -> None:
+    """Refuses to resume from checkpoints that another run wrote (other data, or other settings that
+    shape training: see ``repotune.train.finetune.run_identity``); with ``write``, records ``identity``
+    as the run the checkpoints under ``folder`` now belong to.
 
     Training into a model folder resumes from its newest checkpoint: the folder of a run on other
-    data would otherwise go on from that run's weights, optimizer and step, and the model and its
-    summary would claim this data for steps trained on the other.
+    data or with another recipe would otherwise go on from that run's weights, optimizer, schedule and
+    step (or fail to load them, when the model's shape changed), and the model and its summary would
+    claim this run's settings for steps trained with the other's.
     """
     path = folder / RUN
     if path.is_file() and checkpoint_folders(folder):
-        before = json.loads(path.read_text())
-        differ = [key for key in identity if before.get(key) != identity[key]]
-        if differ:
-            what = "; ".join(f"{key} {before.get(key)} there, {identity[key]} now" for key in differ)
-            raise RepotuneError(
-                f"{folder} holds checkpoints of another run ({what}): resuming from them would mix the "
-                f"two runs in one model; train into another folder, or delete {folder} to start over"
-            )
+        _refuse_other_run(folder, json.loads(path.read_text()), identity)
     if write:
         write_json(path, identity)
+
+
+def check_checkpoint_run(checkpoint: Path, identity: dict[str, Any]) -> None:
+    """Refuses to resume from ``checkpoint`` when the run it records (its own ``run.json``, which
+    travels with it to and from ``checkpoint_uri``) is another run than ``identity``."""
+    path = checkpoint / RUN
+    if path.is_file():
+        _refuse_other_run(checkpoint, json.loads(path.read_text()), identity)
+
+
+def _refuse_other_run(where: Path, before: dict[str, Any], identity: dict[str, Any]) -> None:
+    # Only what the earlier run recorded is compared: a folder written before a setting was recorded
+    # is judged on the rest.
+    differ = [key for key in identity if key in before and before[key] != identity[key]]
+    if differ:
+        what = ", ".join(f"{key} {_shown(before[key])} -> {_shown(identity[key])}" for key in differ)
+        folder = where if step_of(where) is None else where.parent
+        raise RepotuneError(
+            f"{where} holds checkpoints of another run ({what}): resuming from them would mix the two runs "
+            f"in one model; train into a new -o folder, or delete {folder} to start over"
+        )
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if value is None or isinstance(value, list | dict) else str(value)
+
+
+def write_run(checkpoint: Path, identity: dict[str, Any]) -> None:
+    """Records in ``checkpoint`` the run that wrote it, before it is marked complete (so the marker
+    lists it, and an upload to ``checkpoint_uri`` carries it)."""
+    write_json(checkpoint / RUN, identity)
 
 
 def latest_complete(folder: Path, log: Callable[[str], None], *, move_aside: bool = True) -> Path | None:
@@ -216,11 +242,14 @@ def rotate(folder: Path, keep: int) -> list[Path]:
 class CheckpointCommit(TrainerCallback):
     """Marks each checkpoint complete once the Trainer has written all of it, then rotates old ones.
 
-    Must come before any callback that reads the checkpoint (the S3 upload): callbacks run in order.
+    With ``run``, the checkpoint first gets the run's record (:func:`write_run`), so a resume from it
+    (here or after a restore from ``checkpoint_uri``) can tell whether it is the same run. Must come
+    before any callback that reads the checkpoint (the S3 upload): callbacks run in order.
     """
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, run: dict[str, Any] | None = None) -> None:
         self.keep = keep
+        self.run = run
 
     def on_save(self, args, state, control, **kwargs):
         # Under DDP each rank writes its own RNG state into the folder: wait for every rank first.
@@ -231,5 +260,7 @@ class CheckpointCommit(TrainerCallback):
         if not args.should_save:  # the processes that write checkpoints (the Trainer's own rule)
             return
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.run is not None:
+            write_run(checkpoint, self.run)
         mark_complete(checkpoint, state.global_step)
         rotate(Path(args.output_dir), self.keep)

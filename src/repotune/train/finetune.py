@@ -247,6 +247,47 @@ def few_steps_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_per_
     )
 
 
+NOT_TRAINING = frozenset(
+    {
+        "save_every_steps",
+        "save_total_limit",
+        "checkpoint_uri",
+        "eval_every_steps",
+        "data.max_eval_blocks",
+        "max_minutes",
+        "max_memory_gb",
+        "experiment",
+        "resources",
+        "serving",
+        # recomputes the same activations in the backward pass: memory and time, not what is trained
+        "gradient_checkpointing",
+    }
+)
+"""Recipe settings (and groups) that change neither what is trained nor how: where and how often
+checkpoints go, held-out scoring, budgets, tracking and cluster requests. A resume may change them
+(a run stopped by ``max_minutes`` goes on with a larger budget)."""
+
+
+def run_identity(recipe: Recipe, dataset_hash: str, world_size: int) -> dict[str, Any]:
+    """What checkpoints must share with a run that resumes from them: the data's digest, every recipe
+    setting that shapes training (``lora.rank``, ``learning_rate``, ``data.seq_len``, ``max_steps``...,
+    dotted, all but ``NOT_TRAINING``) and the number of processes (the global batch is per device)."""
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return {prefix[:-1]: value}
+        return {
+            key: item for name, sub in value.items() for key, item in flat(f"{prefix}{name}.", sub).items()
+        }
+
+    settings = {
+        key: value
+        for key, value in flat("", to_dict(recipe)).items()
+        if not {key, key.split(".")[0]} & NOT_TRAINING
+    }
+    return {"dataset_hash": dataset_hash, **settings, "world_size": world_size}
+
+
 def training_arguments(
     recipe: Recipe,
     output_dir: Path,
@@ -308,6 +349,12 @@ def run_training(
     train_records, eval_records = load_split(data_dir)
     _check_method(recipe)
     precision = _precision(recipe)
+    dataset_hash = _file_hash(data.train, data.eval)
+    identity = run_identity(recipe, dataset_hash, dist.world_size)
+    from repotune.train import checkpoints
+
+    # before any work: checkpoints of another run or recipe in the folder are refused in seconds
+    checkpoints.check_same_run(layout.checkpoints, identity, write=False)
 
     from repotune.models import resolve_base_model
     from repotune.tracking import (
@@ -329,7 +376,7 @@ def run_training(
     from transformers.utils import logging as hf_logging
 
     from repotune.data.packing import PackedDataset
-    from repotune.train import callbacks, checkpoints
+    from repotune.train import callbacks
 
     hf_logging.disable_progress_bar()  # weight-loading bars are noise in pipeline logs
     torch.manual_seed(recipe.seed)
@@ -385,17 +432,17 @@ def run_training(
     progress = callbacks.Progress(total_steps, tokens_per_step, say)
     history = callbacks.RunHistory()
     # CheckpointCommit first: the upload must only ever see a checkpoint marked complete.
-    save_callbacks: list[Any] = [checkpoints.CheckpointCommit(recipe.save_total_limit)]
+    save_callbacks: list[Any] = [checkpoints.CheckpointCommit(recipe.save_total_limit, identity)]
     upload = None
     if recipe.checkpoint_uri is not None:
         from repotune.train.checkpoint_sync import CheckpointUpload
 
         upload = CheckpointUpload(recipe.checkpoint_uri, say)
         save_callbacks.append(upload)
-    dataset_hash = _file_hash(data.train, data.eval)
-    identity = {"dataset_hash": dataset_hash, "base_model": recipe.base_model, "method": recipe.method}
     checkpoints.check_same_run(checkpoint_dir, identity, write=args.should_save)
     resume = _resume_point(args, checkpoint_dir, recipe.checkpoint_uri, say)
+    if resume is not None:  # restored from checkpoint_uri, it may be another run's
+        checkpoints.check_checkpoint_run(Path(resume), identity)
     trainer = Trainer(
         model=model,
         args=args,
