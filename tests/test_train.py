@@ -11,7 +11,7 @@ import pytest
 
 from repotune import train
 from repotune.errors import RepotuneError
-from repotune.train import TrainConfig
+from repotune.train import TrainConfig, checkpoints
 from repotune.train.finetune import run_training
 from repotune.train.recipe import load_recipe
 
@@ -96,8 +96,10 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
 def test_a_restarted_run_resumes_from_its_last_checkpoint(cleaned: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     settings = {"max_steps": 6, "save_every_steps": 2}
-    run_training(cleaned, out, load_recipe(TINY, settings), log=lambda _: None)
+    whole = run_training(cleaned, out, load_recipe(TINY, settings), log=lambda _: None)
     shutil.rmtree(out / "checkpoints" / "checkpoint-6")  # killed before its last save
+    before_resume = checkpoints.train_seconds(out / "checkpoints" / "checkpoint-4")
+    assert 0 < before_resume <= whole["train_seconds"]
     lines: list[str] = []
     # how often to save and the time budget may change on a resume: they do not shape what is trained
     again = load_recipe(TINY, {**settings, "save_every_steps": 3, "max_minutes": 60})
@@ -109,6 +111,35 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(cleaned: Path, tmp_pat
     assert summary["base_eval_loss"] is not None
     assert len(summary["first_losses"]) == 5 and summary["train_loss"] is not None
     assert not any(line.startswith("base model eval loss") for line in lines)  # read, not scored again
+    # the time of the steps before the resume counts, and so do their tokens and passes
+    assert summary["train_seconds"] == pytest.approx(
+        before_resume + summary["train_seconds_this_run"], abs=0.1
+    )
+    assert summary["train_seconds"] > summary["train_seconds_this_run"]
+    assert (summary["tokens_seen"], summary["epochs_seen"]) == (whole["tokens_seen"], whole["epochs_seen"])
+    assert summary["tokens_per_second"] == pytest.approx(
+        summary["tokens_seen"] / summary["train_seconds"], rel=0.02
+    )
+
+    # Rerun as is, it has nothing left to train: the model and summary stay the finished run's.
+    written = {path: path.read_bytes() for path in (out / "train_summary.json", out / "model.safetensors")}
+    lines.clear()
+    assert run_training(cleaned, out, again, log=lines.append) == summary
+    assert lines[-1].startswith("already trained: 6 steps (") and lines[-1].endswith("; nothing to do")
+    assert not any("step 6/6" in line or "eval loss" in line for line in lines)
+    assert {path: path.read_bytes() for path in written} == written
+
+
+@pytest.mark.integration
+def test_the_summary_counts_the_tokens_and_passes_the_steps_held(cleaned: Path, tmp_path: Path) -> None:
+    """epochs in the recipe is unused under max_steps: the summary says how often the data was seen."""
+    recipe = load_recipe(TINY, {"max_steps": 5, "data.max_train_blocks": 6, "save_every_steps": 50})
+    summary = run_training(cleaned, tmp_path / "m", recipe, log=lambda _: None)
+    assert summary["data"]["train_blocks"] == 6 and summary["recipe"]["epochs"] == 1.0
+    # 6 blocks, 4 a step: a pass is a step of 4 and one of the 2 left, so 5 steps are 2.5 passes
+    assert summary["epochs_seen"] == 2.5
+    real = (4 + 2 + 4 + 2 + 4) * 128 * summary["data"]["real_token_fraction"]
+    assert summary["tokens_seen"] == pytest.approx(real, rel=1e-3)
 
 
 def test_bad_training_input_fails_before_any_work(cleaned: Path, tmp_path: Path) -> None:

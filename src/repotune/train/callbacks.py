@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from repotune.tracking import Tracker
 
@@ -114,6 +115,27 @@ class Tracking(TrainerCallback):
             )
         self._last = (now, state.global_step)
         self.tracker.log_metrics(metrics, step=state.global_step)
+
+
+class TrainClock(TrainerCallback, ExportableState):
+    """Seconds spent training, over every run that went into the model: the Trainer saves the total in
+    each checkpoint's trainer_state.json (its stateful callbacks), and a resumed run starts from it
+    (``checkpoints.train_seconds``), so its summary's time covers the steps before the resume too."""
+
+    def __init__(self, seconds_before: float = 0.0) -> None:
+        self.seconds_before = seconds_before
+        self._started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        ran = time.monotonic() - self._started if self._started is not None else 0.0
+        return self.seconds_before + ran
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"seconds_before": self.seconds}, "attributes": {}}
 
 
 BASE_EVAL_LOSS = "base_eval_loss"

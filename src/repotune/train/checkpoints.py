@@ -204,6 +204,16 @@ def logged(checkpoint: Path, key: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def train_seconds(checkpoint: Path) -> float:
+    """Seconds of training that went into ``checkpoint`` (``callbacks.TrainClock``'s saved state), or 0
+    for a checkpoint written before they were recorded."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        return float(state["stateful_callbacks"]["TrainClock"]["args"]["seconds_before"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def mark_complete(checkpoint: Path, step: int) -> dict[str, Any]:
     """Flushes every file of ``checkpoint`` to disk, then writes its marker (itself flushed); returns it.
 

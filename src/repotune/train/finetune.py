@@ -14,10 +14,10 @@ writes outputs and logs to MLflow.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import shutil
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -268,10 +268,11 @@ checkpoints go, held-out scoring, budgets, tracking and cluster requests. A resu
 (a run stopped by ``max_minutes`` goes on with a larger budget)."""
 
 
-def run_identity(recipe: Recipe, dataset_hash: str, world_size: int) -> dict[str, Any]:
+def run_identity(recipe: Recipe | dict[str, Any], dataset_hash: str, world_size: int) -> dict[str, Any]:
     """What checkpoints must share with a run that resumes from them: the data's digest, every recipe
     setting that shapes training (``lora.rank``, ``learning_rate``, ``data.seq_len``, ``max_steps``...,
-    dotted, all but ``NOT_TRAINING``) and the number of processes (the global batch is per device)."""
+    dotted, all but ``NOT_TRAINING``) and the number of processes (the global batch is per device).
+    ``recipe`` may be a recipe as a summary records it (``to_dict``)."""
 
     def flat(prefix: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -282,7 +283,7 @@ def run_identity(recipe: Recipe, dataset_hash: str, world_size: int) -> dict[str
 
     settings = {
         key: value
-        for key, value in flat("", to_dict(recipe)).items()
+        for key, value in flat("", recipe if isinstance(recipe, dict) else to_dict(recipe)).items()
         if not {key, key.split(".")[0]} & NOT_TRAINING
     }
     return {"dataset_hash": dataset_hash, **settings, "world_size": world_size}
@@ -326,6 +327,9 @@ def training_arguments(
         "data_seed": recipe.seed,
         "report_to": [],
         "disable_tqdm": True,
+        # tokens of the batches actually trained on (a step may hold fewer blocks than the batch size),
+        # kept in the Trainer's state and so in each checkpoint
+        "include_num_input_tokens_seen": "all",
         "remove_unused_columns": False,
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
@@ -406,10 +410,6 @@ def run_training(
     if len(train_blocks) == 0:
         raise RepotuneError(f"{data.train} gave no training tokens (with data.kind_weights applied)")
 
-    model = load_model(
-        recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
-    )
-
     blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
     tokens_per_step = recipe.data.seq_len * blocks_per_step
     total_steps, held = planned_steps(recipe, len(train_blocks), blocks_per_step)
@@ -443,6 +443,17 @@ def run_training(
     resume = _resume_point(args, checkpoint_dir, recipe.checkpoint_uri, say)
     if resume is not None:  # restored from checkpoint_uri, it may be another run's
         checkpoints.check_checkpoint_run(Path(resume), identity)
+    # A rerun of a finished run has nothing to train: its model and summary stay as they are. (One
+    # process alone decides: under torchrun every process would have to agree.)
+    finished = _finished_summary(layout, resume, total_steps, identity) if dist.world_size == 1 else None
+    if finished is not None:
+        say(f"already trained: {finished['steps']} steps ({layout.summary} is this run's); nothing to do")
+        return finished
+    model = load_model(
+        recipe, model_dir, tokenizer, precision=precision, fim_ids=fim_ids, vocab_before=vocab_before
+    )
+    # Training time over every run that went into the checkpoint resumed from, kept in it.
+    clock = callbacks.TrainClock(checkpoints.train_seconds(Path(resume)) if resume else 0.0)
     trainer = Trainer(
         model=model,
         args=args,
@@ -452,6 +463,7 @@ def run_training(
             progress,
             history,
             callbacks.TimeBudget(recipe.max_minutes),
+            clock,
             callbacks.Tracking(tracker, tokens_per_step),
             *save_callbacks,
         ],
@@ -473,13 +485,13 @@ def run_training(
         if base_eval is not None:
             tracker.log_metrics({"base_eval_loss": base_eval}, step=0)
         history.base_eval_loss = base_eval
-        start_step = 0
         if resume is not None:
-            start_step = checkpoints.step_of(Path(resume)) or 0
             say(f"resuming from {resume}")
-        started = time.monotonic()
         trainer.train(resume_from_checkpoint=resume)
-        seconds = time.monotonic() - started
+        train_seconds = clock.seconds
+        # the Trainer counts every token of each batch (padding too), restored with a checkpoint;
+        # padding is only in the final block, taken out here at its share of all blocks
+        tokens_seen = round(trainer.state.num_input_tokens_seen * train_blocks.real_token_fraction)
         final_eval = trainer.evaluate()["eval_loss"] if eval_blocks is not None else None
         losses = callbacks.step_losses(trainer.state.log_history)
         if final_eval is not None:
@@ -512,16 +524,17 @@ def run_training(
             "last_losses": [loss for _, loss in losses[-5:]],
             "base_eval_loss": base_eval,
             "eval_loss": final_eval,
-            "train_seconds": round(seconds, 1),  # this process's share, after any resume
-            # real (non-padding) tokens of the steps this process ran; includes checkpoint saves, so a
-            # little below the step rate
-            "tokens_per_second": round(
-                tokens_per_step
-                * train_blocks.real_token_fraction
-                * (trainer.state.global_step - start_step)
-                / max(seconds, 1e-9),
-                1,
-            ),
+            # training time of every step in the model, the runs before a resume included (up to
+            # the checkpoint resumed from); and this run's part of it
+            "train_seconds": round(train_seconds, 1),
+            "train_seconds_this_run": round(train_seconds - clock.seconds_before, 1),
+            # real (non-padding) tokens the steps held, over all processes and every run
+            "tokens_seen": tokens_seen,
+            # passes over the training blocks (the Trainer's count; more than epochs when max_steps
+            # asks for more steps than one pass has)
+            "epochs_seen": round(trainer.state.epoch or 0.0, 2),
+            # tokens_seen over train_seconds; includes checkpoint saves, so a little below the step rate
+            "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),
             "world_size": dist.world_size,
             "dataset_hash": dataset_hash,
             "fim_tokens_added": len(fim_ids) > 0 and len(tokenizer) != vocab_before,
@@ -536,6 +549,24 @@ def run_training(
             tracker.log_artifact(layout.summary)
         say(f"wrote {output}")
     return summary
+
+
+def _finished_summary(
+    layout: TrainLayout, resume: str | None, total_steps: int, identity: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The summary in ``layout`` when it is the finished run of ``identity`` and ``resume``, its last
+    checkpoint, leaves no step to train; else None (train, or resume, as usual)."""
+    from repotune.train import checkpoints
+
+    step = checkpoints.step_of(Path(resume)) if resume is not None else None
+    if step is None or step < total_steps or not layout.config.is_file():
+        return None
+    try:
+        summary = json.loads(layout.summary.read_text())
+        ran = run_identity(summary["recipe"], summary["dataset_hash"], summary["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return summary if summary.get("steps") == step and ran == identity else None
 
 
 def _resume_point(args, checkpoint_dir: Path, checkpoint_uri: str | None, say) -> str | None:
