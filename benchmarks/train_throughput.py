@@ -226,11 +226,10 @@ def run_trainer(model, recipe: Any, dataset, total_steps: int, work: Path, devic
     from repotune.tracking import NullTracker
     from repotune.train import callbacks
 
-    tokens_per_step = recipe.data.seq_len * recipe.micro_batch_size
     args = training_arguments(
         recipe, work / "checkpoints", total_steps, use_cpu=not device.cuda, sequential=sequential
     )
-    progress = callbacks.Progress(total_steps, tokens_per_step, lambda _line: None)
+    progress = callbacks.Progress(total_steps, lambda _line: None)
     timer = make_step_timer(device)
     trainer = Trainer(
         model=model,
@@ -239,7 +238,7 @@ def run_trainer(model, recipe: Any, dataset, total_steps: int, work: Path, devic
         callbacks=[
             progress,
             callbacks.TimeBudget(None),
-            callbacks.Tracking(NullTracker(), tokens_per_step),
+            callbacks.Tracking(NullTracker()),
             timer,
         ],
     )

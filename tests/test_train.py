@@ -396,12 +396,13 @@ def test_progress_reports_the_rate_after_the_warm_up_as_its_estimate_does(monkey
     now = [0.0]
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
     lines: list[str] = []
-    progress = callbacks.Progress(20, 1000, lines.append)
-    state = SimpleNamespace(global_step=0)
+    progress = callbacks.Progress(20, lines.append)
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0)
     progress.on_train_begin(None, state, None)
     for step in range(1, 11):
         now[0] += 10.0 if step == 1 else 1.0  # the first step warms up: ten times a later one
         state.global_step = step
+        state.num_input_tokens_seen += 1000  # the Trainer's count of the batch's tokens
         progress.on_step_end(None, state, None)
         if step in (2, 10):
             progress.on_log(None, state, None, logs={"loss": 1.0, "learning_rate": 1e-3})
@@ -409,3 +410,61 @@ def test_progress_reports_the_rate_after_the_warm_up_as_its_estimate_does(monkey
     assert early.endswith("182 tok/s  ETA 1.6 min")  # two steps in 11 s: all there is to go on
     assert estimate == "estimate: 1.00 s a step, 1,000 tokens/s; 14 steps left, about 14 s"
     assert later.endswith("1,000 tok/s  ETA 10 s")  # steps 4-10 at 1 s each, not the 19 s since the start
+
+
+def test_progress_counts_the_tokens_a_step_holds_not_the_batch_size(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from repotune.train import callbacks
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    lines: list[str] = []
+    # one block of 128 tokens, half of it padding, in every step of a batch of 4
+    progress = callbacks.Progress(8, lines.append, real_token_fraction=0.5)
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0)
+    progress.on_train_begin(None, state, None)
+    for step in range(1, 8):
+        now[0] += 1.0
+        state.global_step, state.num_input_tokens_seen = step, state.num_input_tokens_seen + 128
+        progress.on_step_end(None, state, None)
+    progress.on_log(None, state, None, logs={"loss": 1.0, "learning_rate": 1e-3})
+    assert lines[0] == "estimate: 1.00 s a step, 64 tokens/s; 2 steps left, about 2 s"
+    assert lines[1].endswith("  64 tok/s  ETA 1 s")
+
+
+def test_the_plan_says_what_a_step_holds_and_warns_of_many_passes() -> None:
+    from repotune.train.finetune import many_passes_warning, planned_passes, steps_line
+
+    assert steps_line(20, 1, 4, 128) == "20 steps of 1 block (128 tokens), 20 passes over the data"
+    assert steps_line(20, 15, 4, 128) == "20 steps of up to 4 blocks (512 tokens), 5 passes over the data"
+    assert steps_line(2, 64, 4, 128) == "2 steps of 4 blocks (512 tokens), 0.125 passes over the data"
+    assert planned_passes(5, 6, 4) == 2.5  # a step of 4, one of the 2 left, and so on
+    recipe = load_recipe(TINY)  # max_steps 20, no max_epochs
+    warning = many_passes_warning(recipe, 20, 1, 4)
+    assert warning is not None and warning.startswith(
+        "warning: 20 steps pass over the 1 training block 20 times (4 blocks a step)."
+    )
+    assert "--set max_epochs=3" in warning
+    assert many_passes_warning(recipe, 20, 8, 4) is None  # 10 passes: not many
+    assert many_passes_warning(load_recipe(TINY, {"max_epochs": 50.0}), 20, 1, 4) is None  # asked for
+    assert many_passes_warning(load_recipe(TINY, {"max_steps": None, "epochs": 20.0}), 20, 1, 4) is None
+
+
+@pytest.mark.integration
+def test_one_small_record_trains_one_block_a_step_and_is_counted_so(cleaned: Path, tmp_path: Path) -> None:
+    data = tmp_path / "one"
+    data.mkdir()
+    record = json.loads((cleaned / "train.jsonl").read_text().splitlines()[0])
+    record["content"] = "def add(a, b):\n    return a + b\n"
+    (data / "train.jsonl").write_text(json.dumps(record) + "\n")
+    lines: list[str] = []
+    recipe = load_recipe(TINY, {"max_steps": 12, "data.fim_rate": 0.0})
+    summary = run_training(data, tmp_path / "m", recipe, log=lines.append)
+    (plan,) = [line for line in lines if line.startswith("data: ")]
+    assert "data: 1 training block of 128 tokens" in plan
+    assert "12 steps of 1 block (128 tokens), 12 passes over the data" in plan
+    assert any(line.startswith("warning: 12 steps pass over the 1 training block 12 times") for line in lines)
+    assert summary["data"]["train_blocks"] == 1 and summary["epochs_seen"] == 12.0
+    real = round(128 * summary["data"]["real_token_fraction"])
+    assert real < 64 and summary["tokens_seen"] == 12 * real  # not 12 x 4 blocks x 128

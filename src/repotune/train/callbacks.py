@@ -29,31 +29,48 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def real_tokens(state, real_token_fraction: float) -> float:
+    """Real tokens trained on so far: the Trainer's count of the tokens in the batches it actually ran
+    (``num_input_tokens_seen``: a step holds fewer blocks than the batch size when the data has fewer,
+    and a pass's last step holds what is left), all processes' together, with padding (only in the
+    final block) taken out at its share of the blocks."""
+    return state.num_input_tokens_seen * real_token_fraction
+
+
 class Progress(TrainerCallback):
     """One line per logged step (loss, learning rate, tokens/s, ETA) and an early time estimate."""
 
-    def __init__(self, total_steps: int, tokens_per_step: int, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, total_steps: int, say: Callable[[str], None], real_token_fraction: float = 1.0
+    ) -> None:
         self.total_steps = total_steps
-        self.tokens_per_step = tokens_per_step
         self.say = say
+        self.real_token_fraction = real_token_fraction
         self.losses: list[float] = []
-        self._started: float | None = None
+        self._started: tuple[float, float] | None = None
+        """(time, tokens) when this run's training began."""
         self._first_step = 0
-        self._estimate_at: float | None = None
+        self._estimate_at: tuple[float, float] | None = None
+        """(time, tokens) once the first steps, which include warm-up costs, are done."""
+
+    def _tokens(self, state) -> float:
+        return real_tokens(state, self.real_token_fraction)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._started = time.monotonic()
+        self._started = (time.monotonic(), self._tokens(state))
         self._first_step = state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         done = state.global_step - self._first_step
         if done == _ESTIMATE_AFTER_STEPS:
-            self._estimate_at = time.monotonic()
+            self._estimate_at = (time.monotonic(), self._tokens(state))
         elif done == 2 * _ESTIMATE_AFTER_STEPS and self._estimate_at is not None:
-            per_step = (time.monotonic() - self._estimate_at) / _ESTIMATE_AFTER_STEPS
+            seconds = time.monotonic() - self._estimate_at[0]
+            per_step = seconds / _ESTIMATE_AFTER_STEPS
+            rate = (self._tokens(state) - self._estimate_at[1]) / max(seconds, 1e-9)
             left = self.total_steps - state.global_step
             self.say(
-                f"estimate: {per_step:.2f} s a step, {self.tokens_per_step / per_step:,.0f} tokens/s; "
+                f"estimate: {per_step:.2f} s a step, {rate:,.0f} tokens/s; "
                 f"{left} steps left, about {_duration(left * per_step)}"
             )
 
@@ -63,15 +80,15 @@ class Progress(TrainerCallback):
         self.losses.append(float(logs["loss"]))
         # Measured as the estimate is, from the end of the first few steps once they are done: those
         # include the first batches' warm-up, several times a later step on a small model.
-        since, first = self._started, self._first_step
+        (since, tokens), first = self._started, self._first_step
         if self._estimate_at is not None and state.global_step > self._first_step + _ESTIMATE_AFTER_STEPS:
-            since, first = self._estimate_at, self._first_step + _ESTIMATE_AFTER_STEPS
+            (since, tokens), first = self._estimate_at, self._first_step + _ESTIMATE_AFTER_STEPS
         done = max(state.global_step - first, 1)
         elapsed = max(time.monotonic() - since, 1e-9)
         eta = elapsed / done * (self.total_steps - state.global_step)
         self.say(
             f"step {state.global_step}/{self.total_steps}  loss {logs['loss']:.4f}  "
-            f"lr {logs.get('learning_rate', 0):.2e}  {self.tokens_per_step * done / elapsed:,.0f} tok/s  "
+            f"lr {logs.get('learning_rate', 0):.2e}  {(self._tokens(state) - tokens) / elapsed:,.0f} tok/s  "
             f"ETA {_duration(eta)}"
         )
 
@@ -98,22 +115,19 @@ class TimeBudget(TrainerCallback):
 class Tracking(TrainerCallback):
     """Sends the Trainer's logs (loss, eval loss, learning rate) and tokens/s to the tracker."""
 
-    def __init__(self, tracker: Tracker, tokens_per_step: int) -> None:
+    def __init__(self, tracker: Tracker, real_token_fraction: float = 1.0) -> None:
         self.tracker = tracker
-        self.tokens_per_step = tokens_per_step
-        self._last: tuple[float, int] | None = None
+        self.real_token_fraction = real_token_fraction
+        self._last: tuple[float, int, float] | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
         metrics = {key: float(value) for key, value in logs.items() if isinstance(value, int | float)}
-        now = time.monotonic()
+        now, tokens = time.monotonic(), real_tokens(state, self.real_token_fraction)
         if self._last is not None and state.global_step > self._last[1]:
-            seconds = now - self._last[0]
-            metrics["tokens_per_second"] = (
-                self.tokens_per_step * (state.global_step - self._last[1]) / seconds
-            )
-        self._last = (now, state.global_step)
+            metrics["tokens_per_second"] = (tokens - self._last[2]) / max(now - self._last[0], 1e-9)
+        self._last = (now, state.global_step, tokens)
         self.tracker.log_metrics(metrics, step=state.global_step)
 
 

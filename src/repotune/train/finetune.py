@@ -289,6 +289,47 @@ def run_identity(recipe: Recipe | dict[str, Any], dataset_hash: str, world_size:
     return {"dataset_hash": dataset_hash, **settings, "world_size": world_size}
 
 
+MANY_PASSES = 10
+"""More passes than this over the training blocks, derived from ``max_steps``, earn a warning."""
+
+
+def planned_passes(total_steps: int, blocks: int, blocks_per_step: int) -> float:
+    """Passes over ``blocks`` training blocks that ``total_steps`` steps make (a pass's last step holds
+    what is left, as the Trainer's data loader gives it)."""
+    return total_steps / math.ceil(blocks / blocks_per_step)
+
+
+def steps_line(total_steps: int, blocks: int, blocks_per_step: int, seq_len: int) -> str:
+    """``20 steps of 4 blocks (512 tokens), 5 passes over the data``: the blocks a step actually holds,
+    fewer than the batch size when there are fewer blocks, and "up to" when a pass ends part-filled."""
+    held = min(blocks, blocks_per_step)
+    up_to = "up to " if blocks > blocks_per_step and blocks % blocks_per_step else ""
+    passes = planned_passes(total_steps, blocks, blocks_per_step)
+    return (
+        f"{_count(total_steps, 'step')} of {up_to}{_count(held, 'block')} ({held * seq_len} tokens), "
+        f"{passes:.3g} pass{'es' if passes != 1 else ''} over the data"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def many_passes_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_per_step: int) -> str | None:
+    """What to change when ``max_steps`` would pass over the training blocks more than ``MANY_PASSES``
+    times, else None. ``max_epochs`` holds the steps to a number of passes (it is then taken as meant),
+    and so does ``epochs`` when ``max_steps`` is unset."""
+    passes = planned_passes(total_steps, blocks, blocks_per_step)
+    if recipe.max_steps is None or recipe.max_epochs is not None or passes <= MANY_PASSES:
+        return None
+    return (
+        f"warning: {_count(total_steps, 'step')} pass over the {_count(blocks, 'training block')} "
+        f"{passes:.3g} times ({blocks_per_step} blocks a step). Trained over and over, a small repository's "
+        "model recalls it and forgets general code: hold it to a few passes (--set max_epochs=3) or give it "
+        "more data"
+    )
+
+
 def training_arguments(
     recipe: Recipe,
     output_dir: Path,
@@ -411,17 +452,22 @@ def run_training(
         raise RepotuneError(f"{data.train} gave no training tokens (with data.kind_weights applied)")
 
     blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
-    tokens_per_step = recipe.data.seq_len * blocks_per_step
     total_steps, held = planned_steps(recipe, len(train_blocks), blocks_per_step)
     say(
-        f"data: {len(train_blocks)} training blocks of {recipe.data.seq_len} tokens "
+        f"data: {_count(len(train_blocks), 'training block')} of {recipe.data.seq_len} tokens "
         f"({train_blocks.real_token_fraction:.1%} real; "
         + ", ".join(f"{kind} {count / max(sum(mix.values()), 1):.0%}" for kind, count in mix.items())
         + "), "
-        f"{len(eval_blocks) if eval_blocks else 0} held-out blocks; "
-        f"{total_steps} steps of {tokens_per_step} tokens; estimated memory {memory_gb:.1f} GB"
+        f"{_count(len(eval_blocks) if eval_blocks else 0, 'held-out block')}; "
+        f"{steps_line(total_steps, len(train_blocks), blocks_per_step, recipe.data.seq_len)}; "
+        f"estimated memory {memory_gb:.1f} GB"
     )
-    for note in (held, few_steps_warning(recipe, total_steps, len(train_blocks), blocks_per_step)):
+    notes = (
+        held,
+        few_steps_warning(recipe, total_steps, len(train_blocks), blocks_per_step),
+        many_passes_warning(recipe, total_steps, len(train_blocks), blocks_per_step),
+    )
+    for note in notes:
         if note:
             say(note)
 
@@ -429,7 +475,7 @@ def run_training(
     args = training_arguments(
         recipe, checkpoint_dir, total_steps, precision=precision, has_eval=eval_blocks is not None
     )
-    progress = callbacks.Progress(total_steps, tokens_per_step, say)
+    progress = callbacks.Progress(total_steps, say, train_blocks.real_token_fraction)
     history = callbacks.RunHistory()
     # CheckpointCommit first: the upload must only ever see a checkpoint marked complete.
     save_callbacks: list[Any] = [checkpoints.CheckpointCommit(recipe.save_total_limit, identity)]
@@ -464,7 +510,7 @@ def run_training(
             history,
             callbacks.TimeBudget(recipe.max_minutes),
             clock,
-            callbacks.Tracking(tracker, tokens_per_step),
+            callbacks.Tracking(tracker, train_blocks.real_token_fraction),
             *save_callbacks,
         ],
     )
@@ -489,9 +535,7 @@ def run_training(
             say(f"resuming from {resume}")
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = clock.seconds
-        # the Trainer counts every token of each batch (padding too), restored with a checkpoint;
-        # padding is only in the final block, taken out here at its share of all blocks
-        tokens_seen = round(trainer.state.num_input_tokens_seen * train_blocks.real_token_fraction)
+        tokens_seen = round(callbacks.real_tokens(trainer.state, train_blocks.real_token_fraction))
         final_eval = trainer.evaluate()["eval_loss"] if eval_blocks is not None else None
         losses = callbacks.step_losses(trainer.state.log_history)
         if final_eval is not None:
