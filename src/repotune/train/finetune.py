@@ -26,6 +26,7 @@ from typing import Any
 
 from repotune.clean.layout import CleanLayout
 from repotune.config import to_dict
+from repotune.digest import files_digest
 from repotune.errors import RepotuneError
 from repotune.heldout import held_out_records
 from repotune.records import Record, read_records
@@ -394,7 +395,7 @@ def run_training(
     train_records, eval_records = load_split(data_dir)
     _check_method(recipe)
     precision = _precision(recipe)
-    dataset_hash = _file_hash(data.train, data.eval)
+    dataset_hash = files_digest(data.train, data.eval)  # evaluate compares it with the data it scores
     identity = run_identity(recipe, dataset_hash, dist.world_size)
     from repotune.train import checkpoints
 
@@ -690,18 +691,6 @@ def adapt_model(model, recipe: Recipe, fim_ids: list[int]):
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
-
-
-def _file_hash(*paths: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in paths:
-        if path.is_file():
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _save(model, tokenizer, output: Path, recipe: Recipe, summary: dict[str, Any]) -> None:
