@@ -447,13 +447,18 @@ def test_an_interrupted_run_fails_only_the_stage_whose_task_was_running(tmp_path
     assert shown[-1].startswith("train      failed") and shown[-1].endswith("  interrupted")
 
 
-def test_a_failed_step_without_an_error_line_never_shows_kfps_json_as_its_error(tmp_path: Path) -> None:
-    import contextlib
-
+def _run_output(tmp_path: Path):
+    """A ``RunOutput`` writing to ``tmp_path/run.log``, and the list of the lines it shows."""
     from repotune.pipelines.display import RunOutput
 
     shown: list[str] = []
-    output = RunOutput(tmp_path / "run.log", shown.append)
+    return RunOutput(tmp_path / "run.log", shown.append), shown
+
+
+def test_a_failed_step_without_an_error_line_never_shows_kfps_json_as_its_error(tmp_path: Path) -> None:
+    import contextlib
+
+    output, shown = _run_output(tmp_path)
     with contextlib.redirect_stdout(output):
         output.stage("evaluate", "running")
         print("    candidate: line completion: 16/30, about 40 s left")
@@ -823,10 +828,7 @@ def test_run_output_shows_one_line_per_stage_and_logs_everything(tmp_path: Path)
 def test_run_output_says_when_training_goes_on_from_an_earlier_runs_checkpoint(tmp_path: Path) -> None:
     import contextlib
 
-    from repotune.pipelines.display import RunOutput
-
-    shown: list[str] = []
-    output = RunOutput(tmp_path / "run.log", shown.append)
+    output, shown = _run_output(tmp_path)
     with contextlib.redirect_stdout(output):
         output.stage("train", "running")
         print("    resuming from checkpoint-20 of an earlier run (/w/checkpoints/repo/abc/1f2e/checkpoints)")
