@@ -368,7 +368,12 @@ def test_ctrl_c_in_training_says_how_to_resume(cleaned: Path, tmp_path: Path) ->
     command = [sys.executable, "-m", "repotune.cli", "train", str(cleaned), "-o", str(tmp_path / "model"),
                "--recipe", "tiny-cpu", "--set", "max_steps=200", "--set", "save_every_steps=2",
                "--set", "data.seq_len=64", "--set", "max_epochs=null"]  # fmt: skip
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as process:
+    # A shell without job control starts a background job with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: the child gets the default back, as a terminal's foreground job has it.
+    with subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as process:  # fmt: skip
         assert process.stderr is not None
         for line in process.stderr:
             if line.startswith("step 3/"):  # checkpoint-2 is saved
