@@ -321,7 +321,8 @@ def test_git_url_errors_are_one_line(sample_repo: Path, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_git_url_ref_names_any_branch_tag_or_commit(sample_repo: Path, tmp_path: Path) -> None:
-    """A fresh clone has only the default branch locally: the others are found as origin/NAME."""
+    """A fresh clone has only the default branch locally: the others are found as origin/NAME, and a
+    ref (or a SHA) no branch or tag reaches is fetched."""
     main = git(sample_repo, "rev-parse", "HEAD").strip()
     first = git(sample_repo, "rev-list", "--max-parents=0", "HEAD").strip()
     git(sample_repo, "tag", "v0.1", first)
@@ -331,7 +332,12 @@ def test_git_url_ref_names_any_branch_tag_or_commit(sample_repo: Path, tmp_path:
     git(sample_repo, "commit", "--quiet", "--message", "Add the feature")
     feature = git(sample_repo, "rev-parse", "HEAD").strip()
     git(sample_repo, "checkout", "--quiet", "main")
+    # A pull request's head, which no branch or tag reaches: a plain clone lacks it, so it is fetched.
+    pull = git(sample_repo, "commit-tree", f"{feature}^{{tree}}", "-p", feature, "-m", "Review fix").strip()
+    git(sample_repo, "update-ref", "refs/pull/7/head", pull)
     expected = {
+        "refs/pull/7/head": pull,
+        pull: pull,
         "feature": feature,
         "refs/heads/feature": feature,
         "origin/feature": feature,

@@ -125,7 +125,8 @@ def clone(url: str, dest: Path, ref: str | None) -> str:
 
 def _clone_commit(clone: Path, ref: str | None) -> str | None:
     """The commit ``ref`` names in a fresh clone, where only the default branch is local: the others are
-    ``origin/NAME``, so ``feature`` and ``refs/heads/feature`` are looked up there too."""
+    ``origin/NAME``, so ``feature`` and ``refs/heads/feature`` are looked up there too; any other ref
+    or SHA the remote serves is fetched."""
     if ref is None:
         return resolve_commit(clone, "HEAD")
     branch = ref.removeprefix("refs/heads/")
@@ -133,7 +134,15 @@ def _clone_commit(clone: Path, ref: str | None) -> str | None:
         sha = resolve_commit(clone, candidate)
         if sha is not None:
             return sha
-    return None
+    if ref.startswith("-"):
+        return None
+    # A commit no branch or tag reaches (a pull request's `refs/pull/7/head`, or its SHA) is not in a
+    # plain clone: fetched by name, as CI systems fetch a pull request's head.
+    try:
+        _run(["fetch", "--quiet", "origin", "--", ref], cwd=clone)
+    except RepotuneError:
+        return None
+    return resolve_commit(clone, "FETCH_HEAD")
 
 
 def head_sha(repo: Path) -> str:
