@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from datetime import UTC, datetime
@@ -158,6 +159,7 @@ def test_reads_every_issue_and_pull_request_across_pages(fake):
         "closed_at": "2024-01-05T10:00:00Z",
         "comments": 2,
         "url": "https://github.com/acme/widgets/issues/1",
+        "comment_times": ["2024-01-03T08:00:00Z", "2024-01-04T08:00:00Z"],
         "linked_prs": [3],
     }
     assert records[2].meta["linked_prs"] == [3]
@@ -178,6 +180,10 @@ def test_reads_every_issue_and_pull_request_across_pages(fake):
     assert pr.meta["merged_at"] == "2024-01-05T10:00:00Z"
     assert pr.meta["comments"] == 1
     assert pr.meta["review_comments"] == 2
+    # Each comment's time, in the thread's order: a temporal split cuts the thread at the cut's moment.
+    times = pr.meta["comment_times"]
+    assert len(times) == 3 and all(len(t) == len("2024-01-04T10:00:00Z") for t in times)
+    assert [t[:10] for t in times] == re.findall(r"^### @\S+ on (\S+)", pr.content, re.MULTILINE)
     assert pr.meta["url"] == "https://github.com/acme/widgets/pull/3"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -286,6 +287,9 @@ def test_data_center_issues_through_offsets_with_wiki_markup(datacenter):
         {"type": "is duplicated by", "key": "PAY-8"},
     ]
     assert bug.meta["status_category"] == "done" and bug.meta["comments"] == 5
+    times = bug.meta["comment_times"]  # each comment's time, in the thread's order
+    assert len(times) == 5 and all(t.startswith("2024-") and "T" in t for t in times)
+    assert [t[:10] for t in times] == re.findall(r"^### @\S+ on (\S+)", bug.content, re.MULTILINE)
     assert bug.meta["url"] == f"{datacenter.url}/browse/PAY-7"
     everything = "\n".join(r.content + repr(r.meta) for r in records.values())
     for name in ("Margaret Hamilton", "Linus Torvalds", "Barbara Liskov", "mhamilton", "linus@example.com"):

@@ -479,13 +479,21 @@ def test_issues_and_pages_go_by_their_creation_against_the_cut() -> None:
     )
 
 
-def _thread(number: int, opened: int, updated: int, comments: list[tuple[int, str, dict]]) -> Record:
+def _thread(
+    number: int,
+    opened: int,
+    updated: int,
+    comments: list[tuple[int | str, str, dict]],
+    comment_times: bool = False,
+) -> Record:
     """A GitHub pull request as the source renders it, opened and last updated on those January days;
-    each comment is (day, body, review fields such as path and diff_hunk)."""
+    each comment is (day or time, body, review fields such as path and diff_hunk). The source records
+    each comment's time in ``meta["comment_times"]``; without ``comment_times`` the record is one of an
+    ingest that did not, whose comments carry only their day."""
     from repotune.sources.github import thread_text
 
-    def at(day: int) -> str:
-        return f"2024-01-{day:02d}T09:00:00Z"
+    def at(day: int | str) -> str:
+        return day if isinstance(day, str) else f"2024-01-{day:02d}T09:00:00Z"
 
     item = {
         "number": number,
@@ -500,7 +508,9 @@ def _thread(number: int, opened: int, updated: int, comments: list[tuple[int, st
         {"user": {"login": "maintainer"}, "created_at": at(day), "body": text, **review}
         for day, text, review in comments
     ]
-    meta = {"number": number, "author": "asker", "created_at": at(opened), "updated_at": at(updated)}
+    meta: dict = {"number": number, "author": "asker", "created_at": at(opened), "updated_at": at(updated)}
+    if comment_times:
+        meta["comment_times"] = [c["created_at"] for c in rendered]
     return Record(
         content=thread_text(item, rendered, is_pr=True),
         kind=Kind.PULL_REQUEST,
@@ -551,6 +561,37 @@ def test_a_thread_opened_before_the_cut_trains_without_its_later_comments(
     assert result.split.dropped_comments == split["dropped_comments"] == 3
     assert split["trained_on"].endswith("2 issues and pages created before it (3 later comments removed)")
     assert "- 3 comments posted after the cut were taken out" in result.output.report.read_text()
+
+
+def test_a_thread_is_cut_at_the_moment_of_the_cut_where_its_comments_carry_their_time(
+    history: dict, tmp_path: Path
+) -> None:
+    """With each comment's time recorded (``meta["comment_times"]``), a comment minutes before the cut
+    trains and one a second after it does not; the day alone would have dropped both."""
+    _ingest(history["repo"], tmp_path / "in", cut="v1")  # the cut: 2024-01-10T00:00:00+00:00
+    future = body("future", 5).splitlines()
+    thread = _thread(
+        1,
+        opened=5,
+        updated=12,
+        comments=[
+            (6, "An early answer, kept.", {}),
+            ("2024-01-09T23:50:00-00:00", "Ten minutes before the cut, kept.", {}),
+            ("2024-01-10T01:00:00+02:00", "An hour before the cut in UTC+2, kept.", {}),
+            ("2024-01-10T00:00:01Z", f"A second after the cut:\n\n```python\n{future[0]}\n```", {}),
+            ("2024-01-09T20:00:00-05:00", f"After the cut in UTC-5: {future[1]}", {}),
+        ],
+        comment_times=True,
+    )
+    with (tmp_path / "in" / "records.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(thread.to_json() + "\n")
+
+    result = clean.run(CleanConfig(input=tmp_path / "in", output=tmp_path / "out", workers=1))
+    assert not any(line.strip() in result.output.train.read_text() for line in future)
+    (trained,) = [r.content for r in read_records(result.output.train) if r.kind is Kind.PULL_REQUEST]
+    assert trained.endswith("An hour before the cut in UTC+2, kept.\n")
+    assert "Ten minutes before the cut, kept." in trained and "An early answer, kept." in trained
+    assert result.split.dropped_comments == 2
 
 
 def test_the_file_split_drops_a_held_out_files_sections_under_its_earlier_name(

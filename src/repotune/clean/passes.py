@@ -443,7 +443,9 @@ def _without_later_comments(line: str, chars: int, cut: TimeCut) -> tuple[str, i
     """A training thread's JSON line without the comments posted after the cut: (line, characters,
     comments removed)."""
     record = Record.from_dict(json.loads(line))
-    content, removed = comments_up_to(record.content, record.meta.get("updated_at"), cut.date)
+    content, removed = comments_up_to(
+        record.content, record.meta.get("updated_at"), cut.date, record.meta.get("comment_times")
+    )
     if not removed:
         return line, chars, 0
     record.content = content

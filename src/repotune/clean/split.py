@@ -124,16 +124,21 @@ _COMMENT_HEADING = re.compile(
     r"(?<=\n\n)### @\S+ on (?P<day>\d{4}-\d{2}-\d{2}|unknown date)(?: · [^\n]*)?$", re.MULTILINE
 )
 # A heading gives a comment's day in its tracker's offset (UTC on GitHub, the server's on Jira), so
-# that day's last moment may be up to 36 hours after its midnight in UTC (UTC-12).
+# that day's last moment may be up to 36 hours after its midnight in UTC (UTC-12). Only threads
+# ingested without each comment's time (``meta["comment_times"]``) are cut by day.
 _DAY_SPAN = timedelta(hours=36)
 
 
-def comments_up_to(content: str, updated_at: object, cut_date: str) -> tuple[str, int]:
+def comments_up_to(
+    content: str, updated_at: object, cut_date: str, comment_times: object = None
+) -> tuple[str, int]:
     """A training thread (opened before the cut) without the comments posted after it, and how many
     went: a comment after the cut, a review comment's diff line of code added after it, would train
-    on the future. A thread not updated since the cut (``meta["updated_at"]``) keeps every comment;
-    in one that was, a comment trains only when its whole day (its heading has no time) came before
-    the cut in any offset, and one of an unknown date does not train."""
+    on the future. A thread not updated since the cut (``meta["updated_at"]``) keeps every comment.
+    In one that was, a comment trains when its time (``meta["comment_times"]``, one per comment in
+    the thread's order, as the sources record it) is not after the cut; a thread without those times
+    (an ingest older than them) falls back to the headings' days: a comment trains only when its whole
+    day came before the cut in any offset. A comment of an unknown time or date does not train."""
     cut = _utc_moment(cut_date)
     updated = _utc_moment(updated_at)
     if cut is None or (updated is not None and updated <= cut):
@@ -141,12 +146,18 @@ def comments_up_to(content: str, updated_at: object, cut_date: str) -> tuple[str
     headings = list(_COMMENT_HEADING.finditer(content))
     if not headings:
         return content, 0
+    times = comment_times if isinstance(comment_times, list) and len(comment_times) == len(headings) else None
     kept = [content[: headings[0].start()]]
     dropped = 0
     for index, heading in enumerate(headings):
         end = headings[index + 1].start() if index + 1 < len(headings) else len(content)
-        day = _utc_moment(heading["day"])
-        if day is not None and day + _DAY_SPAN <= cut:
+        if times is not None:
+            moment = _utc_moment(times[index])
+            before = moment is not None and moment <= cut
+        else:
+            day = _utc_moment(heading["day"])
+            before = day is not None and day + _DAY_SPAN <= cut
+        if before:
             kept.append(content[heading.start() : end])
         else:
             dropped += 1

@@ -118,6 +118,9 @@ def iter_github(
 
             comments = _thread_comments(client, repo, item, is_pr)
             meta = _meta(item, is_pr)
+            # Each comment's time, in the thread's order: the headings carry only its day, and a
+            # temporal split cuts the thread at the cut's moment (clean.split.comments_up_to).
+            meta["comment_times"] = [c.get("created_at") for c in comments]
             if is_pr:
                 meta["linked_issues"] = linked
                 meta["review_comments"] = sum(1 for c in comments if c.get("path"))

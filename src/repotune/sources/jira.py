@@ -305,6 +305,8 @@ def _record(
         "created_at": fields.get("created"),
         "updated_at": fields.get("updated"),
         "comments": len(thread),
+        # Each comment's time, in the thread's order (the headings carry only its day).
+        "comment_times": [c.get("created") for c in comments],
         "url": f"{client.url}/browse/{key}",
     }
     return Record(
