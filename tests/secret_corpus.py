@@ -5,8 +5,8 @@ Every value is generated here from a seeded random generator in the real format 
 scanner would flag. Each sample is rendered into every place that suits it: source code, ``.env``,
 YAML, JSON with escaped newlines, a notebook (``.ipynb`` JSON), a Dockerfile, a Kubernetes Secret
 (``stringData:`` in plain text and ``data:`` in base64), a README, a commit message and the diff of
-an old commit. A placement is redacted when no part of its secret survives ``redact`` (no run of 12
-characters of it, or the whole of a shorter one).
+an old commit; a token also in pieces (``"ghp_..." + "..."``). A placement is redacted when no
+part of its secret survives ``redact`` (no run of 12 characters of it, or the whole of a shorter one).
 
 ``python -m tests.secret_corpus`` prints the figure; ``tests/test_secret_corpus.py`` holds it.
 """
@@ -540,6 +540,10 @@ def placements(sample: Sample) -> Iterator[Placement]:
         yield "k8s data", _k8s("data", f"  {name}: {_b64(v)}\n"), (*hidden, _b64(v))
         yield "diff", _diff("settings.py", f'{name} = os.environ["{name}"]', f'{name} = "{v}"'), hidden
     if sample.style == "token":
+        # In pieces, as code writes a token to get past a push-protection scanner.
+        head, tail = v[: len(v) // 2], v[len(v) // 2 :]
+        yield "source, split literal", f'{name} = (\n    "{head}"\n    "{tail}"\n)\n', (head, tail)
+        yield "JavaScript, joined with +", f'const {key} = "{head}" +\n  "{tail}";\n', (head, tail)
         yield (
             "README",
             f"Try it:\n\n```sh\ncurl -H 'X-Api-Key: {v}' https://api.acme.dev/v1/items\n```\n",

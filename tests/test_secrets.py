@@ -463,6 +463,36 @@ def test_a_token_inside_an_assignment_is_counted_once_under_its_own_kind() -> No
     assert redact(f'token = "{secret}"') == ('token = "<SECRET:github_token>"', Counter({"github_token": 1}))
 
 
+def test_a_token_written_in_pieces_is_redacted_piece_by_piece_and_counted_once() -> None:
+    """Code splits a token across literals to get past push protection; no piece holds all of it."""
+    secret = "ghp_" + fake(36, seed=7)
+    head, tail = secret[:14], secret[14:]
+    text = f'BASE = "https://api.github.com/"\nTOKEN = (\n    "{head}"  # rotated yearly\n    "{tail}"\n)\n'
+    # A comment between the pieces ends the chain: only what a compiler would join is joined.
+    assert head in redact(text)[0]
+    text = f'BASE = "https://api.github.com/"\nURL = BASE + "v3/" + "{head}" +\n    "{tail}" + "/repos"\n'
+    out, counts = redact(text)
+    assert out == (
+        'BASE = "https://api.github.com/"\n'
+        'URL = BASE + "v3/" + "<SECRET:github_token>" +\n    "<SECRET:github_token>" + "/repos"\n'
+    )
+    assert counts == Counter({"github_token": 1})
+    assert redact(out) == (out, Counter())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'greeting = "hello, " + "world"\n',
+        'NOTE = ("Tokens start with ghp_ " "and hold 36 more characters")\n',
+        'prefix = "ghp_" + suffix\n',  # a piece in a variable: nothing to join
+        'KEY = "sk_live_" + "xxxxxxxxxxxxxxxxxxxxxxxx"\n',  # a documentation stand-in
+    ],
+)
+def test_joined_literals_without_a_token_are_kept(text: str) -> None:
+    assert redact(text) == (text, Counter())
+
+
 def test_idempotent() -> None:
     text = "\n".join(template.replace("§", secret) for _, template, secret in CASES)
     text += "\nmail jane.doe@gmail.com from 81.2.69.142\n"
@@ -572,8 +602,21 @@ def test_rules_are_compiled_once_with_unique_placeholders() -> None:
         ("1." * 100_000) + "1",
         ":" * 100_000 + "a" * 1000,
         "\n".join(f"key_{i} = 'value {i}'" for i in range(20_000)),
+        '"sk" + x; ' * 30_000,
+        '"sk" "sk" ' * 30_000,
     ],
-    ids=["letters", "keys", "unterminated-key", "at-signs", "escapes", "dots", "colons", "assignments"],
+    ids=[
+        "letters",
+        "keys",
+        "unterminated-key",
+        "at-signs",
+        "escapes",
+        "dots",
+        "colons",
+        "assignments",
+        "keywords-beside-pieces",
+        "one-long-chain",
+    ],
 )
 def test_adversarial_inputs_take_linear_time(text: str) -> None:
     # Catastrophic backtracking would take minutes on these; linear regexes take milliseconds.

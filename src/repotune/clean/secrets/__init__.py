@@ -20,6 +20,7 @@ from repotune.clean.secrets.assignments import ASSIGNMENT_RULES
 from repotune.clean.secrets.checks import FILE_PATH
 from repotune.clean.secrets.context import CONTEXT_RULES
 from repotune.clean.secrets.engine import Ruleset, SecretRule
+from repotune.clean.secrets.joined import JOINED
 from repotune.clean.secrets.pii import PII_RULES
 from repotune.clean.secrets.tables import KIND as TABLE_KIND
 from repotune.clean.secrets.tables import redact_tables
@@ -31,8 +32,8 @@ __all__ = ["PII_RULES", "RULES", "SecretRule", "redact"]
 # known by their context, generic assignments and entropy last (an overlapping later match is dropped).
 RULES: tuple[SecretRule, ...] = PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES + ASSIGNMENT_RULES
 
-_SECRETS = Ruleset(RULES)
-_WITH_PII = Ruleset(RULES + PII_RULES)
+_SECRETS = Ruleset(RULES, finders=(JOINED,))
+_WITH_PII = Ruleset(RULES + PII_RULES, finders=(JOINED,))
 
 
 def redact(text: str, *, pii: bool = False, path: str | None = None) -> tuple[str, Counter[str]]:
@@ -41,7 +42,8 @@ def redact(text: str, *, pii: bool = False, path: str | None = None) -> tuple[st
     ``path``: the file the text is, when it is one: in a configuration file (YAML, properties, INI,
     .env; ``checks.is_config_path``) a value under a password-like key is a literal even where, in
     code, it would read as a variable (``password: Qw7vLm2xR9tZ``); in a table (``.csv``, ``.tsv``)
-    a column named like a secret holds one in every row (``tables``). A diff names its own files.
+    a column named like a secret holds one in every row (``tables``). A diff names its own files. A
+    token written in pieces (``"ghp_" + "..."``) is found in the pieces joined (``joined``).
     Returns the new text and the number of replacements per kind.
     """
     text, in_tables = redact_tables(text, path, f"<SECRET:{TABLE_KIND}>")

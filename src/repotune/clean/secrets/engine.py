@@ -94,14 +94,34 @@ def rule(
     )
 
 
-class Ruleset:
-    """Rules in the order they take precedence, with one automaton over all their keywords."""
+Pieces = tuple[Block, ...]
 
-    def __init__(self, rules: Sequence[SecretRule]) -> None:
+
+@dataclass(frozen=True)
+class Finder:
+    """Secrets that no one regex can match (a token written in pieces): ``find(text, positions)``
+    gets the text and the sorted positions of its keywords there, and gives each secret it finds as
+    the spans it lies in and the rule that names it. Finders run before the rules, and a rule's match
+    that overlaps their spans is dropped; each secret is counted once, however many spans it has."""
+
+    keywords: tuple[str, ...]
+    find: Callable[[str, list[int]], list[tuple[Pieces, SecretRule]]]
+
+
+class Ruleset:
+    """Rules in the order they take precedence, with one automaton over all their keywords (and the
+    finders')."""
+
+    def __init__(self, rules: Sequence[SecretRule], finders: Sequence[Finder] = ()) -> None:
         self.rules = tuple(rules)
-        keywords = sorted({keyword for rule in self.rules for keyword in rule.keywords})
+        self.finders = tuple(finders)
+        keywords = sorted(
+            {keyword for rule in self.rules for keyword in rule.keywords}
+            | {keyword for finder in self.finders for keyword in finder.keywords}
+        )
         index = {keyword: i for i, keyword in enumerate(keywords)}
         self._rule_keywords = [tuple(sorted(index[k] for k in rule.keywords)) for rule in self.rules]
+        self._finder_keywords = [tuple(sorted(index[k] for k in finder.keywords)) for finder in self.finders]
         # keyword -> the rules it triggers; rules found by a `lines` pattern are tried on every text.
         self._triggers: list[list[int]] = [[] for _ in keywords]
         for i, rule_keywords in enumerate(self._rule_keywords):
@@ -113,12 +133,28 @@ class Ruleset:
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         counts: Counter[str] = Counter()
-        if not text:
+        found = self._find(text)
+        if not found:
             return text, counts
-        lower = text.lower()
-        if len(lower) != len(text):
-            # "İ" is the one character whose lower case is two; spans in `lower` must index `text`.
-            lower = text.replace("\u0130", "I").lower()
+        parts: list[str] = []
+        position = 0
+        for start, end, rule, counted in found:
+            parts.append(text[position:start])
+            parts.append(rule.placeholder)
+            counts[rule.kind] += counted
+            position = end
+        parts.append(text[position:])
+        return "".join(parts), counts
+
+    def find(self, text: str) -> list[tuple[int, int, SecretRule]]:
+        """Each secret's (start, end, rule) in ``text``, in text order and disjoint."""
+        return [(start, end, rule) for start, end, rule, _ in self._find(text)]
+
+    def _find(self, text: str) -> list[tuple[int, int, SecretRule, bool]]:
+        """(start, end, rule, whether it counts: only a secret's first span does), in text order."""
+        if not text:
+            return []
+        lower = _lower(text)
         hits: dict[int, list[int]] = {}
         for keyword, start, _ in self._automaton.find_matches_as_indexes(lower, overlapping=True):
             if keyword in hits:
@@ -131,11 +167,23 @@ class Ruleset:
 
         starts: list[int] = []
         ends: list[int] = []
-        found: list[tuple[int, int, SecretRule]] = []
+        found: list[tuple[int, int, SecretRule, bool]] = []
         if "<SECRET:" in text or "<PII:" in text:
             for match in _PLACEHOLDER.finditer(text):
                 starts.append(match.start())
                 ends.append(match.end())
+        for finder, finder_keywords in zip(self.finders, self._finder_keywords, strict=True):
+            positions = sorted(p for k in finder_keywords for p in hits.get(k, ()))
+            if not positions:
+                continue
+            for spans, rule in finder.find(text, positions):
+                if any(_overlaps(starts, ends, start, end) for start, end in spans):
+                    continue
+                for i, (start, end) in enumerate(spans):
+                    at = bisect_left(starts, start)
+                    starts.insert(at, start)
+                    ends.insert(at, end)
+                    found.append((start, end, rule, i == 0))
         blocks: dict[tuple[int, ...], list[Block]] = {}
         for index in sorted(triggered):
             rule = self.rules[index]
@@ -150,19 +198,17 @@ class Ruleset:
                 at = bisect_left(starts, start)
                 starts.insert(at, start)
                 ends.insert(at, end)
-                found.append((start, end, rule))
-        if not found:
-            return text, counts
+                found.append((start, end, rule, True))
         found.sort(key=lambda item: item[0])
-        parts: list[str] = []
-        position = 0
-        for start, end, rule in found:
-            parts.append(text[position:start])
-            parts.append(rule.placeholder)
-            counts[rule.kind] += 1
-            position = end
-        parts.append(text[position:])
-        return "".join(parts), counts
+        return found
+
+
+def _lower(text: str) -> str:
+    lower = text.lower()
+    if len(lower) != len(text):
+        # "İ" is the one character whose lower case is two; spans in `lower` must index `text`.
+        lower = text.replace("\u0130", "I").lower()
+    return lower
 
 
 def _matches(
