@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import git
-from tests.secret_corpus import SAMPLES, Sample, fake, measure, placements, survives
+from tests.secret_corpus import SAMPLES, Sample, fake, measure, password, placements, survives
 
 import repotune.clean
 import repotune.ingest
@@ -159,6 +159,18 @@ def test_planted_secrets_survive_neither_files_nor_history(tmp_path: Path, make_
     (repo / "keys.txt").unlink()
     git(repo, "add", "--all")
     git(repo, "commit", "-qm", "Remove the key again", date="2024-01-03T00:00:00+00:00")
+    # A table with a password column, and a later commit that adds rows at its end: that diff's hunk
+    # starts far below the header row that names the column.
+    seed_rows = [f"user{i},{password(i)}" for i in range(40)]
+    (repo / "db" / "seed").mkdir(parents=True)
+    (repo / "db" / "seed" / "users.csv").write_text("name,password\n" + "\n".join(seed_rows) + "\n")
+    git(repo, "add", "--all")
+    git(repo, "commit", "-qm", "Seed the users", date="2024-01-03T12:00:00+00:00")
+    late = [password(100), password(101)]
+    rows = [*seed_rows[:-1], f"user39,{late[0]}", f"user40,{late[1]}"]  # a change and an addition
+    (repo / "db" / "seed" / "users.csv").write_text("name,password\n" + "\n".join(rows) + "\n")
+    git(repo, "add", "--all")
+    git(repo, "commit", "-qm", "Add a user", date="2024-01-03T13:00:00+00:00")
     for day in range(4, 10):
         (repo / "CHANGES.md").write_text(f"# Changes\n\nRelease {day} makes the handlers faster again.\n")
         git(repo, "add", "--all")
@@ -181,5 +193,8 @@ def test_planted_secrets_survive_neither_files_nor_history(tmp_path: Path, make_
         hidden = base64.b64encode(sample.value.encode()).decode() if name == "k8s" else sample.hidden
         assert survives(hidden, raw_in), f"{name} was not ingested"
         assert not survives(hidden, raw_out), f"{name} survived clean"
+    for value in (password(0), password(39), *late):
+        assert value in raw_in and value not in raw_out, value
+    assert '"table_headers":{"db/seed/users.csv":"name,password"}' in raw_in
     assert result.redactions["age_secret_key"] >= 2  # the diff that added it, and the message
     assert result.train_records + result.eval_records >= 8

@@ -372,6 +372,14 @@ def test_a_tables_secret_columns_are_redacted_row_by_row_and_its_other_columns_k
     out, counts = redact(diff)
     assert PW not in out and counts == Counter({"password": 3}), out
     assert out.endswith("-dave,x1\n+dave,x2\n")  # a hunk without the header row: columns unknown
+    # ... unless ingest recorded the table's header row for the commit (meta["table_headers"]).
+    later = (
+        "diff --git a/v.csv b/v.csv\n--- a/v.csv\n+++ b/v.csv\n@@ -8,2 +8,2 @@\n"
+        f" carol,{PW}4\n-dave,{PW}5\n+dave,{PW}6\n"
+    )
+    out, counts = redact(later, table_headers={"v.csv": "user,password"})
+    assert PW not in out and counts == Counter({"password": 3}), out
+    assert redact(later, table_headers={"w.csv": "user,password"})[0] == later  # another table's header
 
 
 # What documentation and ordinary code write in a secret's place: kept as written.

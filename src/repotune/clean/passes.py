@@ -96,7 +96,9 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
     if reason is not None:
         return None, reason, Counter(), None
     before = record.content
-    record.content, found = redact(record.content, pii=pii, path=record.file_path)
+    headers = record.meta.get("table_headers")
+    headers = headers if isinstance(headers, dict) else None
+    record.content, found = redact(record.content, pii=pii, path=record.file_path, table_headers=headers)
     spans = record.meta.get("added_lines")
     if spans is not None and record.content.count("\n") != before.count("\n"):
         # A multi-line secret became one placeholder: the added ranges must follow the lines.

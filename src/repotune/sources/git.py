@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record, record_id
@@ -252,7 +252,7 @@ def iter_commits(
             line = raw.decode("utf-8", errors="replace")
             if line.startswith(_MARK):
                 if current is not None:
-                    yield _commit_record(current, source, stats, meta)
+                    yield _commit_record(current, source, stats, meta, _table_headers(repo, current))
                 current = None
                 header = [line[len(_MARK) :]]
             elif current is None:
@@ -276,7 +276,7 @@ def iter_commits(
                 }
                 header = []
         if current is not None:
-            yield _commit_record(current, source, stats, meta)
+            yield _commit_record(current, source, stats, meta, _table_headers(repo, current))
     finally:
         proc.stdout.close()
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -307,7 +307,61 @@ def _append_diff(
     commit["diff"].append(line)
 
 
-def _commit_record(commit: dict, source: str, stats: IngestStats, extra: dict[str, object] | None) -> Record:
+TABLE_SUFFIXES = frozenset({".csv", ".tsv"})
+"""Tables: a header row names each column (``clean.secrets.tables`` reads secret columns by it)."""
+
+
+def is_table_path(path: str | None) -> bool:
+    return path is not None and PurePosixPath(path).suffix.lower() in TABLE_SUFFIXES
+
+
+def _table_headers(repo: Path, commit: dict) -> dict[str, str]:
+    """The header row of each table (``.csv``, ``.tsv``) whose diff this commit keeps from below its
+    first line: the redaction of secret columns (``clean.secrets.tables``) needs a hunk's column
+    names, and a hunk that does not start at the header row does not show them. Read from the file
+    as the commit left it (as its parent had it, where the commit deleted it); none where neither
+    has it."""
+    headers: dict[str, str] = {}
+    for path in commit["files"]:
+        if not is_table_path(path):
+            continue
+        for revision in (commit["sha"], *commit["parents"][:1]):
+            header = _first_line(repo, f"{revision}:{path}")
+            if header is not None:
+                headers[path] = header
+                break
+    return headers
+
+
+def _first_line(repo: Path, blob: str) -> str | None:
+    """The first line of ``REV:PATH`` (at most 64 KiB of it), read without the rest of the file;
+    ``None`` when there is no such file."""
+    proc = subprocess.Popen(
+        ["git", "cat-file", "-p", blob],
+        cwd=repo,
+        env=_git_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline(65536)
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        returncode = proc.wait()
+    if not line and returncode != 0:
+        return None
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _commit_record(
+    commit: dict,
+    source: str,
+    stats: IngestStats,
+    extra: dict[str, object] | None,
+    table_headers: dict[str, str] | None = None,
+) -> Record:
     diff = "".join(commit["diff"]).strip("\n")
     content = f"{commit['message']}\n\n{diff}" if diff else commit["message"]
     stats.kept[str(Kind.COMMIT)] += 1
@@ -327,6 +381,7 @@ def _commit_record(commit: dict, source: str, stats: IngestStats, extra: dict[st
             "files": commit["files"],
             "diff_truncated": commit["truncated"],
             **({"files_left_out": len(commit["left_out"])} if commit["left_out"] else {}),
+            **({"table_headers": table_headers} if table_headers else {}),
             **(extra or {}),
         },
     )

@@ -15,6 +15,7 @@ near zero on text that lacks its keywords.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from repotune.clean.secrets.assignments import ASSIGNMENT_RULES
 from repotune.clean.secrets.checks import FILE_PATH
@@ -36,17 +37,21 @@ _SECRETS = Ruleset(RULES, finders=(JOINED,))
 _WITH_PII = Ruleset(RULES + PII_RULES, finders=(JOINED,))
 
 
-def redact(text: str, *, pii: bool = False, path: str | None = None) -> tuple[str, Counter[str]]:
+def redact(
+    text: str, *, pii: bool = False, path: str | None = None, table_headers: Mapping[str, str] | None = None
+) -> tuple[str, Counter[str]]:
     """Replace secrets (and with ``pii``, e-mail and IP addresses) by typed placeholders.
 
     ``path``: the file the text is, when it is one: in a configuration file (YAML, properties, INI,
     .env; ``checks.is_config_path``) a value under a password-like key is a literal even where, in
     code, it would read as a variable (``password: Qw7vLm2xR9tZ``); in a table (``.csv``, ``.tsv``)
-    a column named like a secret holds one in every row (``tables``). A diff names its own files. A
+    a column named like a secret holds one in every row (``tables``). A diff names its own files;
+    ``table_headers`` (path -> header row, a commit's ``meta["table_headers"]``) gives the columns
+    of a table's hunk that does not start at its header row. A
     token written in pieces (``"ghp_" + "..."``) is found in the pieces joined (``joined``).
     Returns the new text and the number of replacements per kind.
     """
-    text, in_tables = redact_tables(text, path, f"<SECRET:{TABLE_KIND}>")
+    text, in_tables = redact_tables(text, path, f"<SECRET:{TABLE_KIND}>", table_headers)
     token = FILE_PATH.set(path)
     try:
         redacted, counts = (_WITH_PII if pii else _SECRETS).redact(text)

@@ -3,23 +3,23 @@ lists) whose header names a column ``password``, ``api_key``, ``secret``... hold
 column of every row, with no key beside the value for the line-by-line rules to see.
 
 Found by the file's path (``redact(path=...)``), or, in a commit's diff, by the path in its
-``diff --git`` header, for a hunk that starts at the file's first line (its header row): the diff
-that adds the file, or one that rewrites its top. Fields are split as CSV writes them (a quoted field
-may hold the delimiter and doubled quotes); a quoted field that runs across lines is left alone.
+``diff --git`` header: a hunk that starts at the file's first line (its header row: the diff that
+adds the file, or one that rewrites its top) is read by that row, any other by the header row ingest
+recorded for the commit (``meta["table_headers"]``, ``redact(table_headers=...)``). Fields are split
+as CSV writes them (a quoted field may hold the delimiter and doubled quotes); a quoted field that
+runs across lines is left alone.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import PurePosixPath
+from collections.abc import Iterator, Mapping
 
 from repotune.clean.secrets.checks import diff_header_path, literal_ok
+from repotune.sources.git import is_table_path
 
 KIND = "password"
 """The placeholder's kind, as for a value under a password-like key."""
-
-TABLE_SUFFIXES = frozenset({".csv", ".tsv"})
 
 _SECRET_COLUMN = re.compile(
     r"pass(?:word|wd|phrase)|pwd|secret|api[_ -]?key|private[_ -]?key|access[_ -]?key|token|credential",
@@ -39,18 +39,17 @@ Field = tuple[int, int]
 """A field's value as (start, end) in its line: inside the quotes of a quoted field."""
 
 
-def is_table_path(path: str | None) -> bool:
-    return path is not None and PurePosixPath(path).suffix.lower() in TABLE_SUFFIXES
-
-
-def redact_tables(text: str, path: str | None, placeholder: str) -> tuple[str, int]:
+def redact_tables(
+    text: str, path: str | None, placeholder: str, headers: Mapping[str, str] | None = None
+) -> tuple[str, int]:
     """``text`` with each value in a secret column replaced by ``placeholder``, and how many were.
     ``path`` is the file ``text`` is (a table when it ends in ``.csv`` or ``.tsv``); otherwise only
-    the tables in a diff are read."""
+    the tables in a diff are read, each hunk by the header row above it: its own first line, or the
+    table's header row in ``headers`` (path -> row, as ingest records them for a commit)."""
     if is_table_path(path):
         spans = list(_table_values(_lines(text), prefix=0))
     elif "diff --git " in text and (".csv" in text or ".tsv" in text):
-        spans = list(set(_diff_values(_lines(text))))  # a context line is on both sides
+        spans = list(set(_diff_values(_lines(text), headers or {})))  # a context line is on both sides
     else:
         return text, 0
     if not spans:
@@ -101,24 +100,27 @@ def _table_values(rows: list[Line], *, prefix: int) -> Iterator[Field]:
                 yield start + prefix + a, start + prefix + b
 
 
-def _diff_values(lines: list[Line]) -> Iterator[Field]:
-    """Secret values in the hunks of a diff's tables that start at the table's header row, on either
-    side (``-`` and context lines are the old file, ``+`` and context lines the new)."""
-    table = False
+def _diff_values(lines: list[Line], headers: Mapping[str, str]) -> Iterator[Field]:
+    """Secret values in the hunks of a diff's tables, on either side (``-`` and context lines are the
+    old file, ``+`` and context lines the new): read by the hunk's first line where it starts at the
+    table's header row, else by the table's row in ``headers``."""
+    table: str | None = None
     i = 0
     while i < len(lines):
         line = lines[i][1]
         if line.startswith("diff --git "):
-            table = is_table_path(diff_header_path(line))
-        elif table and (hunk := _HUNK.match(line)):
+            path = diff_header_path(line)
+            table = path if is_table_path(path) else None
+        elif table is not None and (hunk := _HUNK.match(line)):
             end = i + 1
             while end < len(lines) and lines[end][1][:1] in ("+", "-", " "):
                 end += 1
             for side, first in (("-", hunk.group(1)), ("+", hunk.group(2))):
+                rows = [r for r in lines[i + 1 : end] if r[1][:1] in (side, " ")]
                 if first == "1":
-                    yield from _table_values(
-                        [r for r in lines[i + 1 : end] if r[1][:1] in (side, " ")], prefix=1
-                    )
+                    yield from _table_values(rows, prefix=1)
+                elif first != "0" and table in headers:
+                    yield from _table_values([(-1, " " + headers[table]), *rows], prefix=1)
             i = end
             continue
         i += 1
