@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +35,7 @@ from tests.api_helpers import (
     multipart_stream,
     refused,
     running_api,
+    serving_in_thread,
     tar_with_member,
     upload,
     zip_bomb,
@@ -41,8 +45,10 @@ from tests.conftest import SAMPLE_FILES, write_tree
 from tests.s3_server import running_s3_server, s3_environment
 
 from repotune import storage
+from repotune.api.app import create_app
 from repotune.api.auth import token_matches
 from repotune.api.db import Database
+from repotune.api.deps import get_runs
 from repotune.api.errors import ApiError
 from repotune.api.recipes import choose_recipe
 from repotune.api.runs import LOST, Runs, process_start, settle
@@ -716,6 +722,68 @@ def test_a_run_is_cancelled_and_ends_failed_saying_so(tmp_path: Path, sample_rep
         assert run["state"] == "failed" and run["error"].startswith("cancelled by a client"), run
         refused(client.post(f"/v1/runs/{run_id}/cancel"), 409, "run_finished")
         refused(client.post(f"/v1/runs/{'0' * 32}/cancel"), 404, "run_not_found")
+
+
+@pytest.mark.integration
+def test_a_run_being_started_is_running_to_every_other_request(tmp_path: Path, sample_repo: Path) -> None:
+    """Between its record and its process a run has no pid. Held there on purpose (the launch below
+    waits for the test's signal before it starts the process), the run must be "running" to every other
+    request: listed and shown so, not settled as lost; counted against REPOTUNE_API_MAX_ACTIVE_RUNS; and
+    not cancellable until it has a process. Once started, it is followed and cancelled as any other."""
+    api_settings = ApiSettings(
+        store=str(tmp_path / "store"),
+        work_dir=tmp_path / "work",
+        db_path=tmp_path / "db.sqlite3",
+        tokens=(TOKEN,),
+        recipe_dirs=(shipped_recipes_dir(),),
+        max_active_runs=1,
+    )
+    entered, release = threading.Event(), threading.Event()
+
+    class HeldRuns(Runs):
+        def _launch(self, *args: Any, **kwargs: Any) -> None:
+            entered.set()
+            assert release.wait(60), "the test never let the launch go on"
+            super()._launch(*args, **kwargs)
+
+    archive = tmp_path / "repo.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(sample_repo, arcname="repo")
+    app = create_app(api_settings)
+    held = HeldRuns(api_settings, Database(api_settings.db_path), app.state.sources)
+    app.dependency_overrides[get_runs] = lambda: held
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        serving_in_thread(app) as url,
+        httpx.Client(base_url=url, headers=headers, timeout=60) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        source = upload(client, archive).json()["id"]
+        body = {"source_id": source, "recipe": "tiny-cpu"}
+        pending = pool.submit(client.post, "/v1/runs", json=body)
+        try:
+            assert entered.wait(60), "the run never reached its launch"
+            (listed,) = client.get("/v1/runs").json()["runs"]
+            shown = client.get(f"/v1/runs/{listed['id']}").json()
+            assert listed["state"] == shown["state"] == "running" and shown["error"] is None, shown
+            refused(client.post("/v1/runs", json=body), 429, "too_many_runs")
+            refused(client.post(f"/v1/runs/{listed['id']}/cancel"), 409, "run_starting")
+        finally:
+            release.set()
+            created = pending.result()
+        run = created.json()
+        try:
+            assert created.status_code == 202, created.text
+            assert run["id"] == listed["id"] and run["state"] == "running" and run["pid"], run
+            assert client.post(f"/v1/runs/{run['id']}/cancel").status_code == 202
+            deadline = time.monotonic() + 120  # a bound on waiting: SIGTERM, then the run's own shutdown
+            while (run := client.get(f"/v1/runs/{run['id']}").json())["state"] == "running":
+                assert time.monotonic() < deadline, run
+                time.sleep(0.5)
+        finally:
+            if created.json().get("pid"):
+                _stop(created.json()["pid"])  # a run outlives the API on purpose; not the test
+        assert run["state"] == "failed" and run["error"].startswith("cancelled by a client"), run
 
 
 @pytest.mark.integration

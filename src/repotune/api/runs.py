@@ -232,6 +232,9 @@ class Runs:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._cancelled: set[str] = set()
+        # Runs this API instance is starting, by id: recorded "running" but with no process yet (no pid,
+        # not in _children). Never settled meanwhile: a poll would find no process and call them lost.
+        self._starting: set[str] = set()
 
     def cancel(self, row: dict[str, Any]) -> dict[str, Any]:
         """Stops a running local run: SIGTERM to its process group, which ends ``repotune run`` as Ctrl-C
@@ -241,6 +244,10 @@ class Runs:
         row = self.refresh(row)
         if row["state"] != "running":
             raise ApiError(409, "run_finished", f"run {row['id']} has already {row['state']}")
+        if row["id"] in self._starting:
+            raise ApiError(
+                409, "run_starting", f"run {row['id']} is still starting; cancel it again in a moment"
+            )
         if row["backend"] == "kfp":
             raise ApiError(
                 409, "cancel_on_kfp", f"run {row['id']} runs on KFP as {row.get('kfp_run_id')}: stop it there"
@@ -296,7 +303,8 @@ class Runs:
             return self._refresh_kfp(row)
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
         status = read_status(run_dir)
-        if row["id"] in self._children:
+        # _starting is looked at first: a run leaves it only once it is in _children (or has finished).
+        if row["id"] in self._starting or row["id"] in self._children:
             if status is not None:
                 row["status"] = self._save_status(row["id"], status)
             return row
@@ -416,6 +424,7 @@ class Runs:
             run_id = uuid.uuid4().hex
             backend = "local" if submit is None else "kfp"
             run_home = self.home / run_id
+            self._starting.add(run_id)  # before the row exists: no poll may see it without its process
             with self.db.connect() as conn:
                 conn.execute(
                     "INSERT INTO runs (id, source_id, recipe, overrides, backend, state, created, run_dir, "
@@ -442,6 +451,9 @@ class Runs:
         except Exception as exc:  # whatever stopped the start, the record must not stay "running"
             self._finish(run_id, "failed", f"could not start the run: {exc}", status=None, exit_code=None)
             raise ApiError(502, "run_not_started", f"could not start the run: {exc}") from None
+        finally:
+            with self._lock:
+                self._starting.discard(run_id)
         found = self.get(run_id)
         assert found is not None  # inserted above
         return found

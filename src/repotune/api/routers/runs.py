@@ -91,7 +91,7 @@ def get_run(run_id: RunId, runs: RunsDep) -> RunInfo:
     summary="Stop a running run (it ends failed, its error saying it was cancelled)",
     responses={
         404: {"model": ErrorBody, "description": "No such run"},
-        409: {"model": ErrorBody, "description": "The run has finished, or runs on KFP"},
+        409: {"model": ErrorBody, "description": "The run has finished, runs on KFP, or is still starting"},
     },
 )
 def cancel_run(run_id: RunId, runs: RunsDep) -> RunInfo:
