@@ -270,12 +270,14 @@ def echo_model_server(token: str | None = None) -> Iterator[tuple[str, list[dict
 
 
 @contextlib.contextmanager
-def serving_in_thread(app) -> Iterator[str]:
+def serving_in_thread(app, **config: object) -> Iterator[str]:
     """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread of this process (so a test can
-    reach into it); yields the base URL."""
+    reach into it), with ``config`` given to ``uvicorn.Config`` (``root_path``, say); yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **config)  # type: ignore[arg-type]
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

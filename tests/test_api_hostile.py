@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from tests.api_helpers import (
     TOKEN,
     ApiProcess,
@@ -199,6 +202,35 @@ def test_deeply_nested_json_is_a_400_in_the_apis_error_body(api: ApiProcess) -> 
         assert client.get("/healthz").status_code == 200
     with api.client(token=None) as anonymous:  # the token is checked before the body is read
         refused(anonymous.post("/v1/runs", content=deep, headers=json_type), 401, "unauthorized")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("style", ["root_path", "mount"])
+def test_the_token_is_needed_under_a_path_prefix(tmp_path: Path, style: str) -> None:
+    """Served under /repotune (uvicorn's root_path behind a proxy that strips it, or mounted in another
+    app), the path the middleware sees starts with the prefix: /v1 must still need the token, and an
+    upload must still stream past the JSON body limits (a .tar's bytes, unlike gzip's, hold its files'
+    text: 100 levels of brackets here)."""
+    app = create_app(_settings(tmp_path))
+    if style == "mount":
+        served, prefix, config = Starlette(routes=[Mount("/repotune", app=app)]), "/repotune", {}
+    else:
+        served, prefix, config = app, "", {"root_path": "/repotune"}
+    tree = tmp_path / "tree"
+    write_tree(tree, {"README.md": "# brackets\n", "data.json": "[" * 100 + "]" * 100})
+    archive = tmp_path / "brackets.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname="project")
+    with serving_in_thread(served, **config) as url:
+        with httpx.Client(base_url=url + prefix) as anonymous:
+            assert anonymous.get("/healthz").status_code == 200
+            refused(anonymous.get("/v1/runs"), 401, "unauthorized")
+            refused(upload(anonymous, archive), 401, "unauthorized")
+        with httpx.Client(base_url=url + prefix, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            assert client.get("/v1/runs").json() == {"runs": []}
+            stored = upload(client, archive)
+            assert stored.status_code == 201, stored.text
+            assert stored.json()["files"] == 2
 
 
 OPTION_LOOKING = [

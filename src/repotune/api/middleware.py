@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +21,13 @@ from repotune.http_limits import MAX_JSON_DEPTH, BodyGuard
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app's routes are matched against: ``scope["path"]`` less the root path, which holds
+    the prefix when the app is served under one (uvicorn's ``root_path``, or mounted in another app).
+    Starlette's router's own function, so that what is checked here is what is routed."""
+    return get_route_path(scope)
+
+
 class BearerAuth:
     """Checks the token on /v1/* before anything else happens; /healthz and /openapi.json stay open."""
 
@@ -27,7 +35,7 @@ class BearerAuth:
         self.app, self.settings = app, settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and route_path(scope).startswith("/v1/"):
             try:
                 check_bearer(Request(scope), self.settings.tokens, self.settings.allow_no_auth)
             except ApiError as exc:
@@ -42,7 +50,7 @@ def is_upload(scope: dict[str, Any]) -> bool:
     content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
     return (
         scope["method"] == "POST"
-        and scope["path"] == "/v1/sources"
+        and route_path(scope) == "/v1/sources"
         and content_type.split(b";")[0].strip().lower() == b"multipart/form-data"
     )
 
