@@ -326,6 +326,12 @@ def test_runs_refuse_unknown_sources_recipes_and_overrides(api: ApiProcess) -> N
             assert "is fixed by the server's recipe" in refused(
                 client.post("/v1/runs", json=body), 422, "invalid_overrides"
             ), key
+        # Not JSON, but Python's parser reads them; a run would only fail on them minutes later.
+        template = '{"source_id": "%s", "recipe": "tiny-cpu", "overrides": {"learning_rate": %s}}'
+        for number in ("NaN", "Infinity", "-Infinity", "1e999"):
+            raw = template % (source, number)
+            response = client.post("/v1/runs", content=raw, headers={"Content-Type": "application/json"})
+            assert "'learning_rate'" in refused(response, 422, "invalid_overrides"), number
         refused(client.post("/v1/runs", json={"source_id": source}), 422, "invalid_request")
         refused(client.get(f"/v1/runs/{'0' * 32}"), 404, "run_not_found")
         refused(client.get(f"/v1/runs/{'0' * 32}/report"), 404, "run_not_found")

@@ -3,6 +3,7 @@ recipe folders, and the overrides it accepts; checked before any process starts.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
     """Refuses overrides the recipe does not accept, before any process starts (422 naming the key)."""
     from repotune.train import resolve_recipe
 
-    for key in overrides:
+    for key, value in overrides.items():
         if not OVERRIDE_KEY.match(key):
             raise ApiError(422, "invalid_overrides", f"override key {key!r} must look like data.seq_len")
         if key not in TUNABLE and not key.startswith(TUNABLE_GROUPS):
@@ -82,6 +83,9 @@ def check_overrides(recipe: RecipeChoice, overrides: dict[str, Any]) -> None:
                 f"override {key!r} is fixed by the server's recipe; a run may change "
                 f"{', '.join(sorted(TUNABLE))} and data.kind_weights.*",
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON has no NaN or Infinity, but Python's parser reads them (and 1e999 as Infinity).
+            raise ApiError(422, "invalid_overrides", f"override {key!r} is {value}: give a finite number")
     try:
         resolve_recipe(str(recipe.path), overrides)
     except RepotuneError as exc:
