@@ -303,6 +303,18 @@ def test_repository_sources_are_recorded_by_description(api: ApiProcess) -> None
         # Well-formed, but refused by the server's policy: a scheme it does not allow, a private address.
         for url in ("file:///etc", "https://10.0.0.5/team/project.git"):
             refused(client.post("/v1/sources", json={"repo_url": url}), 422, "source_not_allowed")
+        # A token in the query (GitLab's private_token, a proxy's access_token) would be stored, shown by
+        # GET /v1/sources/ID and written to the run's log; the server's git credentials are the place.
+        for url in (
+            "https://192.0.2.10/team/project.git?access_token=SEKRET123",
+            "https://192.0.2.10/team/project.git?private_token=SEKRET123",
+            "https://192.0.2.10/team/project.git#SEKRET123",
+            "ssh://git@192.0.2.11/team/project.git?token=SEKRET123",
+            "git@192.0.2.11:team/project.git?token=SEKRET123",
+        ):
+            response = client.post("/v1/sources", json={"repo_url": url})
+            assert "configure credentials on the server" in refused(response, 422, "invalid_request"), url
+            assert "SEKRET123" not in response.text
 
 
 @pytest.mark.integration

@@ -6,7 +6,8 @@ Two layers:
 
 - Syntax (:func:`parse_repo_url`, no network): one of the known schemes; a host that is a host name
   or an IP literal; a user name, host and path that cannot be read as a command-line option (git is
-  also always called with ``--`` before a URL); no password; no user for http(s).
+  also always called with ``--`` before a URL); no password; no user for http(s); no query or fragment
+  (where tokens hide: ``?access_token=...``).
 - Policy (:class:`SourcePolicy`, with the settings and DNS): the scheme is one the server allows
   (``REPOTUNE_API_SOURCE_SCHEMES``); the host is listed (``REPOTUNE_API_SOURCE_HOSTS``, when set);
   every address the host resolves to is public, or inside a network the server allows
@@ -84,6 +85,13 @@ def parse_repo_url(url: str) -> RepoUrl:
         raise ValueError("repo_url must not contain spaces or control characters")
     if url.startswith("-"):
         raise ValueError("repo_url must not start with '-'")
+    if "?" in url or "#" in url:
+        # git has no use for a query; one is most often a token (?access_token=...), which the source's
+        # record and the run's log would show. The URL itself is not repeated here, for the same reason.
+        raise ValueError(
+            "repo_url must not have a query or fragment ('?', '#'); "
+            "configure credentials on the server instead"
+        )
     scp = _SCP.match(url) if "://" not in url else None
     if scp is not None:
         if not _NAME.match(scp["user"]):
