@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -185,6 +186,56 @@ def test_an_upload_over_the_cap_is_413_and_leaves_nothing(small_api: ApiProcess,
 
 def small_api_root(server: ApiProcess) -> Path:
     return server.log.parent
+
+
+@contextlib.contextmanager
+def upload_cut_short(server: ApiProcess) -> Iterator[Path]:
+    """An upload of which the server has written part of the file to disk (yields that file); the
+    client's connection is closed on exit, the rest never sent."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/sources HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: multipart/form-data; boundary=cut\r\nContent-Length: {8 * MIB}\r\n\r\n"
+        '--cut\r\nContent-Disposition: form-data; name="file"; filename="cut.tar.gz"\r\n\r\n'
+    )
+    folder = small_api_root(server) / "work" / "tmp"
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(head.encode() + os.urandom(256 * 1024))
+        deadline = time.monotonic() + 30
+        while not (partial := list(folder.glob("upload-*.part"))) or not partial[0].stat().st_size:
+            assert time.monotonic() < deadline, "the server never wrote the upload's first bytes"
+            time.sleep(0.05)
+        yield partial[0]
+
+
+@pytest.mark.integration
+def test_a_client_gone_mid_upload_is_one_line_in_the_log_and_leaves_nothing(api: ApiProcess) -> None:
+    start = api.log.stat().st_size
+    with upload_cut_short(api) as partial:
+        pass
+    deadline = time.monotonic() + 30
+    while "the client disconnected" not in (logged := api.log.read_bytes()[start:].decode()):
+        assert time.monotonic() < deadline, logged
+        time.sleep(0.05)
+    assert "Traceback" not in logged and "unhandled error" not in logged, logged
+    assert not partial.exists()
+    with api.client() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.integration
+def test_partial_uploads_of_a_killed_api_are_removed_at_its_next_start(tmp_path: Path) -> None:
+    root = tmp_path / "api"
+    with running_api(root) as server, upload_cut_short(server) as partial:
+        server.process.kill()  # as kill -9: nothing of the API's own cleanup runs
+        server.process.wait()
+    assert partial.exists()
+    others = [partial.parent / name for name in ("upload-notes.txt", "mine.part")]
+    for other in others:
+        other.write_text("not an upload of the API's\n")
+    with running_api(root):
+        assert not partial.exists()
+        assert all(other.exists() for other in others)
 
 
 @pytest.mark.integration

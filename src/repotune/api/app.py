@@ -33,13 +33,15 @@ from repotune.api.routers import completions, health, runs, sources
 from repotune.api.runs import Runs
 from repotune.api.settings import ApiSettings
 from repotune.api.store import SourceStore
+from repotune.api.upload import remove_partial_uploads
 
 log = logging.getLogger("repotune.api")
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Settles runs left running by an earlier instance, and holds the HTTP client completions use."""
+    """Settles runs left running by an earlier instance and removes the partial uploads it left, and
+    holds the HTTP client completions use."""
     settings: ApiSettings = app.state.settings
     settled = await run_in_threadpool(app.state.runs.reconcile)
     if settled:
@@ -47,6 +49,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     removed = await run_in_threadpool(app.state.runs.prune)
     if removed:
         log.info("removed the folders of %d finished run(s) past retention", len(removed))
+    partial = remove_partial_uploads(app.state.sources.tmp)
+    if partial:
+        log.warning("removed %d partial upload(s) left by an earlier API instance", len(partial))
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(settings.completions_timeout_s, connect=5.0)
     ) as client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -18,10 +19,16 @@ from typing import IO
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from repotune.api.errors import ApiError
 
+log = logging.getLogger("repotune.api")
+
 FILE_FIELD = "file"
+# An upload being received is the file PARTIAL_PREFIX*PARTIAL_SUFFIX in the upload folder: removed when
+# it fails and renamed when it is stored, so only a killed API leaves one behind.
+PARTIAL_PREFIX, PARTIAL_SUFFIX = "upload-", ".part"
 # Room for the multipart envelope (boundaries, part headers, small fields) beyond the file itself.
 ENVELOPE_BYTES = 64 * 1024
 # After an upload passes the cap, up to this many more bytes are read and discarded so the client gets
@@ -99,7 +106,7 @@ class _Receiver:
             raise ApiError(400, "invalid_multipart", "send one archive per request (one 'file' part)")
         raw_name = options.get(b"filename", b"").decode("utf-8", "replace")
         self.filename = PurePosixPath(raw_name.replace("\\", "/")).name[:255]
-        fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.folder)
+        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, dir=self.folder)
         self.file, self.path, self.in_file = os.fdopen(fd, "wb"), Path(tmp), True
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -178,6 +185,11 @@ async def receive_archive(
     except FormParserError as exc:
         receiver.discard()
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+    except ClientDisconnect:
+        # Not the server's error: one line in its log, and an answer that no one will read.
+        receiver.discard()
+        log.warning("an upload stopped after %d bytes: the client disconnected; nothing was kept", total)
+        raise ApiError(400, "client_disconnected", "the client disconnected during the upload") from None
     except BaseException:
         receiver.discard()
         raise
@@ -193,3 +205,16 @@ async def receive_archive(
         receiver.discard()
         raise ApiError(400, "invalid_multipart", "the body ended before the 'file' part was complete")
     return Upload(receiver.path, receiver.filename, receiver.size, receiver.digest.hexdigest())
+
+
+def remove_partial_uploads(folder: Path) -> list[Path]:
+    """Removes the partial uploads an API killed while receiving them left in ``folder`` (its files
+    named as :class:`_Receiver` names them, nothing else); returns them. For the API's start, before
+    it receives anything."""
+    removed = []
+    for path in folder.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
