@@ -243,6 +243,21 @@ def test_the_best_arm_that_beats_base_with_retrieval_pair_by_pair_is_chosen() ->
     assert any(r.startswith("also scored: candidate: line_edit_similarity") for r in decision.reasons)
 
 
+def test_where_retrieval_hurts_the_base_model_the_candidate_must_beat_the_base_alone() -> None:
+    """A team without fine-tuning serves the base model the better way: where the retrieved context
+    only distracts it, beating base + retrieval is no gain over what the team has."""
+    difficulty = per_sample(0.25, 0.2, seed=1)
+    scores, samples = four_arms([v + 0.04 for v in difficulty], [v + 0.03 for v in difficulty])
+    assert should_promote(scores, Policy(), samples).promote  # +0.02 over base + retrieval, the better
+    samples["base"] = arm([v + 0.05 for v in difficulty], [0.0] * 200)
+    scores["base"] = summarized(samples["base"], models(ppl(11.0)))
+    decision = should_promote(scores, Policy(), samples)
+    assert not decision.promote and decision.reference == Arm("base")
+    assert decision.reasons[0].startswith(
+        "do not promote: candidate: line_edit_similarity 0.284 vs base 0.294"
+    )
+
+
 def test_the_arm_without_retrieval_is_chosen_when_it_is_the_better_one() -> None:
     difficulty = per_sample(0.25, 0.2, seed=1)
     scores, samples = four_arms([v + 0.08 for v in difficulty], [v + 0.01 for v in difficulty])
@@ -276,11 +291,13 @@ def test_when_base_with_retrieval_beats_every_candidate_arm_the_decision_says_to
         "the base + retrieval scored best of all arms on line_edit_similarity: retrieval without "
         "fine-tuning is what to serve"
     )
-    # Where the base model alone did better still, retrieval earned nothing either: nothing is said.
+    # Where the base model alone did better still, retrieval earned nothing either: it is the one to keep.
     samples_no_gain = {**samples, "base": arm([v + 0.03 for v in difficulty], [0.0] * 200)}
     scores_no_gain = {**scores, "base": summarized(samples_no_gain["base"], models(ppl(11.0)))}
     quiet = should_promote(scores_no_gain, Policy(), samples_no_gain)
-    assert not quiet.promote and not any("scored best of all arms" in r for r in quiet.reasons)
+    assert not quiet.promote and quiet.reference == Arm("base")
+    assert not any("base + retrieval scored best" in r for r in quiet.reasons)
+    assert any(r.startswith("the base model alone scored best of all arms") for r in quiet.reasons)
     # A champion is the reference once there is one: it is served already, and nothing is said.
     scores["champion_retrieval"], samples["champion_retrieval"] = (
         scores["base_retrieval"],

@@ -2,8 +2,9 @@
 
 ``should_promote`` is a pure function of the arms' summarized metrics, their per-sample scores and a
 ``Policy``. The arms it may choose are the candidate with and without retrieval; the reference is the
-champion at the arm it was deployed with, or, without a champion, the base model with retrieval (what
-a team has without fine-tuning), or the base model alone where no retrieval arm was scored. An arm
+champion at the arm it was deployed with, or, without a champion, the better of the base model with
+retrieval and without on the primary metric (what a team has without fine-tuning), or the base
+model alone where no retrieval arm was scored. An arm
 must beat the reference on the primary completion metric, significantly by a paired bootstrap over
 the same samples, and by a margin; it must not lose significantly on the other completion metrics;
 and perplexity, forgetting and the training-format check guard it. Of the arms that pass, the best on
@@ -163,12 +164,22 @@ class _Verdict:
     findings: list[str] = field(default_factory=list)
 
 
-def reference_arm(arms: Sequence[Arm]) -> Arm | None:
-    """The champion's arm if a champion was scored, else base + retrieval, else base."""
+def reference_arm(
+    arms: Sequence[Arm], scores: Mapping[str, Mapping[str, Metric]] | None = None, primary: str = ""
+) -> Arm | None:
+    """The champion's arm if a champion was scored; else the better base arm on ``primary`` (what a
+    team has without fine-tuning is the base model served either way: with the index where retrieval
+    helps it, without where the retrieved context only distracts it), base + retrieval on a tie or
+    without scores; else base."""
     for arm in sorted(arms):
         if arm.model == "champion":
             return arm
-    for arm in (Arm("base", True), Arm("base", False)):
+    with_index, alone = Arm("base", True), Arm("base", False)
+    if with_index in arms and alone in arms and scores is not None:
+        indexed, plain = _metric(scores, with_index, primary), _metric(scores, alone, primary)
+        if indexed is not None and plain is not None and _rank(plain) > _rank(indexed):
+            return alone
+    for arm in (with_index, alone):
         if arm in arms:
             return arm
     return None
@@ -203,7 +214,7 @@ def should_promote(
     since each sample's difficulty cancels out. Otherwise the two arms' own intervals must not overlap.
     """
     arms = {Arm.from_key(key) for key in scores}
-    reference = reference_arm(list(arms))
+    reference = reference_arm(list(arms), scores, policy.primary)
     candidates = [a for a in CANDIDATE_ARMS if a in arms and (policy.allow_retrieval or not a.retrieval)]
     if reference is None or not candidates:
         missing = (
@@ -241,16 +252,20 @@ def _decide(
 
 
 def _retrieval_alone_wins(reference: Arm, scores: Mapping[str, Mapping[str, Metric]], name: str) -> list[str]:
-    """The sentence that says what to serve when base + retrieval (the reference without a champion)
-    outscored every other arm on the primary metric: the base model with the index, no fine-tuning.
-    Nothing otherwise: a champion is already served, and where the base alone did as well, retrieval
-    earned nothing either."""
-    if reference != Arm("base", True):
+    """The sentence that says what to serve when a base arm (the reference without a champion)
+    outscored every other arm on the primary metric: the base model, with the index where that arm
+    had it, no fine-tuning. Nothing otherwise: a champion is already served."""
+    if reference.model != "base":
         return []
     ref = _metric(scores, reference, name)
     others = [_metric(scores, Arm.from_key(key), name) for key in scores if key != reference.key]
     if ref is None or not all(m is not None and _gain(m, ref) < 0 for m in others):
         return []
+    if not reference.retrieval:
+        return [
+            f"the base model alone scored best of all arms on {name}: neither fine-tuning nor the "
+            "retrieved context helped here, so keep serving the base model as it is"
+        ]
     return [
         f"the base + retrieval scored best of all arms on {name}: retrieval without fine-tuning is what "
         "to serve until a candidate beats it (`repotune index` writes the index into a base model "
