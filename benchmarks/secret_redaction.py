@@ -116,10 +116,10 @@ def clean_seconds(redactor: Redact, records: Path, work: Path) -> float:
     """One `repotune.clean.run` over `records` (an ingest folder) with the pipeline using `redactor`."""
     output = work / "clean"
     shutil.rmtree(output, ignore_errors=True)
-    # `_process` calls the module's `redact` (one worker runs here), with the record's path, which
-    # rules older than the path-aware ones do not take
-    takes_path = "path" in inspect.signature(redactor).parameters
-    clean_passes.redact = redactor if takes_path else (lambda text, *, path=None, **kw: redactor(text, **kw))
+    # `_process` calls the module's `redact` (one worker runs here), with the record's path and a
+    # commit's table headers, which older rules do not take: those get only what they know.
+    known = inspect.signature(redactor).parameters
+    clean_passes.redact = lambda text, **kw: redactor(text, **{k: v for k, v in kw.items() if k in known})
     try:
         start = time.perf_counter()
         repotune.clean.run(CleanConfig(input=records, output=output, workers=1))
