@@ -193,6 +193,23 @@ def tar_gz_bomb(dest: Path, expanded_bytes: int) -> Path:
     return dest
 
 
+def long_name_bomb(dest: Path, name_bytes: int) -> Path:
+    """A .tar.gz whose first header is a GNU long-name header of ``name_bytes`` (whole MiB) of name, then
+    one small member: a few hundred KiB on disk, and as much memory as the name to a reader that holds it."""
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = tarfile.GNUTYPE_LONGNAME, name_bytes // MIB * MIB
+    name = gzip.compress(b"a" * MIB, compresslevel=9, mtime=0)
+    member = tarfile.TarInfo("project/app.py")
+    member.size = 4
+    with dest.open("wb") as out:
+        out.write(gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT), mtime=0))
+        for _ in range(name_bytes // MIB):
+            out.write(name)
+        end = member.tobuf() + b"x=1\n".ljust(tarfile.BLOCKSIZE, b"\0") + b"\0" * 1024
+        out.write(gzip.compress(end, mtime=0))
+    return dest
+
+
 def zip_with_symlink(dest: Path) -> Path:
     with zipfile.ZipFile(dest, "w") as zf:
         zf.writestr("project/README.md", "hello\n")

@@ -28,6 +28,7 @@ from tests.api_helpers import (
     TOKEN,
     ApiProcess,
     echo_model_server,
+    long_name_bomb,
     make_tar_gz,
     refused,
     running_api,
@@ -122,6 +123,20 @@ def test_a_tar_gz_bomb_is_refused_by_the_whole_streams_ratio(api: ApiProcess, tm
     with api.client() as client:
         message = refused(upload(client, bomb), 422, "unsafe_or_invalid_archive")
     assert "the archive expands more than 100 times" in message
+
+
+@pytest.mark.integration
+def test_a_long_name_header_bomb_is_refused_in_little_memory(api: ApiProcess, tmp_path: Path) -> None:
+    # 256 MiB of one member's name in 260 KB: read whole, it took 2 bytes of memory a byte of name, and
+    # the upload was accepted (4 bytes of files); the header is refused before it is read.
+    bomb = long_name_bomb(tmp_path / "longname.tar.gz", 256 * MIB)
+    with api.client() as client:
+        client.get("/v1/runs")
+        before = api.peak_rss_kib()
+        message = refused(upload(client, bomb), 422, "unsafe_or_invalid_archive")
+        grown_mib = (api.peak_rss_kib() - before) / 1024
+    assert message.startswith(f"archive longname.tar.gz: a GNU long-name header declares {256 * MIB} bytes")
+    assert grown_mib < 50, f"server peak memory grew by {grown_mib:.0f} MiB checking a 260 KB upload"
 
 
 def test_a_scan_counts_what_extracting_writes_and_writes_nothing(tmp_path: Path) -> None:

@@ -21,6 +21,21 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.
 _CHUNK = 1 << 20
 # Below this many expanded bytes a high ratio is a small repetitive file, not a bomb: not checked.
 RATIO_FLOOR_BYTES = 1 << 20
+# tarfile reads a GNU long-name or long-link header (its data is the name, NUL-terminated) and a pax
+# header (long names, times, extended attributes, git's commit id) whole into memory, whatever size
+# the header declares: bounded before they are read. A path is at most 4,096 bytes on Linux.
+MAX_LONG_NAME_BYTES = 8 * 1024
+MAX_PAX_BYTES = 64 * 1024
+# Extension headers in a row before one member: tarfile follows them by recursion, holding each; a
+# member has at most a global pax, a pax, a long-name and a long-link header.
+_MAX_EXTENSIONS = 8
+_EXTENSIONS = {
+    tarfile.GNUTYPE_LONGNAME: ("GNU long-name", MAX_LONG_NAME_BYTES),
+    tarfile.GNUTYPE_LONGLINK: ("GNU long-link", MAX_LONG_NAME_BYTES),
+    tarfile.XHDTYPE: ("pax", MAX_PAX_BYTES),
+    tarfile.XGLTYPE: ("pax global", MAX_PAX_BYTES),
+    tarfile.SOLARIS_XHDTYPE: ("pax", MAX_PAX_BYTES),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +43,9 @@ class ArchiveLimits:
     max_members: int = 200_000
     """Most entries an archive may hold."""
     max_total_bytes: int = 4 * 1024**3
-    """Most bytes the archive may expand to (4 GiB), counted while extracting, not trusted from headers."""
+    """Most bytes the archive may expand to (4 GiB), counted while extracting, not trusted from headers: its
+    files' bytes and, for a tar, its headers' (a header block, 512 bytes, a member, and the long names
+    and pax records of extension headers)."""
     max_ratio: float | None = None
     """Most bytes expanded per byte in the archive, for each zip member and for the whole archive (a
     tar is one compressed stream: checked as a whole); None: unchecked. Source code compresses about
@@ -65,6 +82,8 @@ class _Budget:
         self.stored = archive.stat().st_size
         self.files: set[PurePosixPath] = set()
         self.links = 0
+        self.header_bytes = 0
+        """A tar's header blocks and extension headers' data: not files' bytes, but expanded all the same."""
 
     def member(self) -> None:
         self.members += 1
@@ -73,14 +92,18 @@ class _Budget:
                 f"archive {self.archive.name}: more than {self.limits.max_members} members; refusing it"
             )
 
-    def spend(self, size: int) -> None:
-        self.bytes += size
-        if self.bytes > self.limits.max_total_bytes:
+    def spend(self, size: int, *, header: bool = False) -> None:
+        if header:
+            self.header_bytes += size
+        else:
+            self.bytes += size
+        expanded = self.bytes + self.header_bytes
+        if expanded > self.limits.max_total_bytes:
             raise RepotuneError(
                 f"archive {self.archive.name}: expands past {self.limits.max_total_bytes} bytes "
                 "(an archive bomb?); refusing it"
             )
-        self.check_ratio("the archive", self.bytes, self.stored)
+        self.check_ratio("the archive", expanded, self.stored)
 
     def check_ratio(self, what: str, expanded: int, stored: int) -> None:
         ratio = self.limits.max_ratio
@@ -128,8 +151,65 @@ def _extract_zip(archive: Path, dest: Path | None, budget: _Budget) -> None:
                 _copy(src, dest / rel if dest is not None else None, budget, rel, info.compress_size)
 
 
+class _TarInfo(tarfile.TarInfo):
+    """tarfile's header, shown to the archive's budget before tarfile reads what follows it."""
+
+    def _proc_member(self, tar: _TarFile) -> tarfile.TarInfo:
+        tar.header(self)
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_10(self, member: tarfile.TarInfo, pax_headers: dict[str, str], tar: _TarFile) -> None:
+        # GNU sparse format 1.0 (a pax header names it): tarfile would read the map, of as many entries
+        # as its first line says, from the member's data into a list. The 0.x formats' maps are in the
+        # pax header, bounded with it, and the old GNU format's is refused with its header.
+        tar.refuse_sparse(pax_headers.get("GNU.sparse.name", member.name))
+
+
+class _TarFile(tarfile.TarFile):
+    tarinfo = _TarInfo
+
+    def __init__(self, *args, budget: _Budget, **kwargs) -> None:
+        self.budget = budget
+        self.extensions = 0
+        """Extension headers read since the last member's header."""
+        super().__init__(*args, **kwargs)
+
+    def header(self, info: tarfile.TarInfo) -> None:
+        """Counts the header's bytes, and refuses an extension header that tarfile would read whole
+        into memory past its bound, and a sparse member (its map is read whole too)."""
+        name = self.budget.archive.name
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            self.refuse_sparse(info.name)  # its map continues in as many 512-byte blocks as it chains
+        extension = _EXTENSIONS.get(info.type)
+        if extension is None:
+            self.extensions = 0
+            self.budget.spend(tarfile.BLOCKSIZE, header=True)
+            return
+        what, most = extension
+        if not 0 <= info.size <= most:
+            raise RepotuneError(
+                f"archive {name}: a {what} header declares {info.size} bytes, where at most {most} are "
+                "allowed (an archive bomb?); refusing it"
+            )
+        self.extensions += 1
+        if self.extensions > _MAX_EXTENSIONS:
+            raise RepotuneError(
+                f"archive {name}: more than {_MAX_EXTENSIONS} extension headers in a row "
+                "(an archive bomb?); refusing it"
+            )
+        blocks = -(-info.size // tarfile.BLOCKSIZE)
+        self.budget.spend((1 + blocks) * tarfile.BLOCKSIZE, header=True)
+
+    def refuse_sparse(self, member: str) -> None:
+        # Sparse files are disk images and databases, not sources: refused rather than bounded.
+        raise RepotuneError(
+            f"archive {self.budget.archive.name}: member {member!r} is a sparse file (tar --sparse), "
+            "which is not supported; refusing it"
+        )
+
+
 def _extract_tar(archive: Path, dest: Path | None, budget: _Budget) -> None:
-    with tarfile.open(archive) as tf:
+    with _TarFile.open(archive, budget=budget) as tf:
         # Streamed member by member: tarfile reads headers lazily, so a huge archive is never listed whole.
         for member in tf:
             budget.member()
