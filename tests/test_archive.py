@@ -1,15 +1,18 @@
-"""Archive headers that a reader would hold whole in memory: a tar's long-name, pax and sparse headers are
-bounded before they are read, with real bombs built small on disk here; and the archives that real
-tools write (git archive, GNU tar, Python's tarfile) still extract."""
+"""Archive headers that a reader would hold whole in memory: a tar's long-name, pax and sparse headers and
+a zip's central directory are bounded before they are read, with real bombs built small on disk here;
+and the archives that real tools write (git archive, GNU tar, Python's tarfile) still extract."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import struct
 import subprocess
 import tarfile
 import tracemalloc
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,3 +212,57 @@ def test_python_tarfile_archives_extract_in_every_format(tmp_path: Path) -> None
         assert summary.files == 4 and summary.bytes == sum(len(v.encode()) for v in files.values()) + 3
         root = extract(path, tmp_path / f"out-{fmt}")
         assert _files(root) == files | {long_name: "a=1"}
+
+
+def _listing_zip(dest: Path, entries: int, *, zip64: bool = False) -> Path:
+    """A zip of one small file whose central directory lists it ``entries`` times under other names: 46
+    bytes on disk an entry, some 500 in memory once parsed. Its end record declares at most 65,535
+    entries, as the format allows (a zip64 end record, with ``zip64``, declares them all)."""
+    data = b"x = 1\n"
+    crc, size = zlib.crc32(data), len(data)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, size, size, 6, 0) + b"app.py" + data
+    names = (b"%x" % i for i in range(entries))
+    directory = b"".join(
+        struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc, size, size, len(n), 0, 0, 0, 0, 0, 0
+        )
+        + n
+        for n in names
+    )
+    where, length = len(local), len(directory)
+    tail = b""
+    if zip64:
+        tail += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, length, where)
+        tail += struct.pack("<4sLQL", b"PK\x06\x07", 0, where + length, 1)
+        entries, length, where = 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF
+    comment = b"built to be refused"
+    count = min(entries, 0xFFFF)
+    tail += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, length, where, len(comment)) + comment
+    dest.write_bytes(local + directory + tail)
+    return dest
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_a_zip_listing_too_many_entries_is_refused_before_zipfile_parses_it(
+    tmp_path: Path, zip64: bool
+) -> None:
+    bomb = _listing_zip(tmp_path / "listing.zip", 250_000, zip64=zip64)
+    assert bomb.stat().st_size < 15 * MIB
+    message, peak = scan_with_peak(bomb)
+    assert peak < PEAK_LIMIT, f"reading the bomb peaked at {peak / MIB:.0f} MiB"
+    assert message == "archive listing.zip: more than 200000 members; refusing it"
+
+
+def test_zips_that_zipfile_writes_are_counted_as_it_reads_them(tmp_path: Path) -> None:
+    # 65,536 entries: zipfile writes zip64 end records.
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(65_536):
+            zf.writestr(f"project/{i}.py", b"")
+        zf.comment = b"a comment: the end record is not the last 22 bytes"
+    assert scan(path, ArchiveLimits(max_members=65_536)).files == 65_536
+    with pytest.raises(RepotuneError, match="more than 65535 members"):
+        scan(path, ArchiveLimits(max_members=65_535))
+    small = _listing_zip(tmp_path / "small.zip", 3)
+    with pytest.raises(RepotuneError, match="corrupt or unreadable: File name in directory"):
+        scan(small)  # within the limits, zipfile reads it, and finds its entries name another file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import struct
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -87,7 +88,10 @@ class _Budget:
 
     def member(self) -> None:
         self.members += 1
-        if self.members > self.limits.max_members:
+        self.check_count(self.members)
+
+    def check_count(self, members: int) -> None:
+        if members > self.limits.max_members:
             raise RepotuneError(
                 f"archive {self.archive.name}: more than {self.limits.max_members} members; refusing it"
             )
@@ -131,7 +135,77 @@ def _copy(src, dest: Path | None, budget: _Budget, name: PurePosixPath, stored: 
                 out.write(chunk)
 
 
+# The zip records zipfile reads to find the central directory (APPNOTE.TXT 4.3.12-4.3.16).
+_ZIP_END = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ZIP_ENTRY_SIZE = 46  # a central-directory entry's fixed part; its name, extra field and comment follow
+
+
+def _zip_directory(handle) -> tuple[int, int, int] | None:
+    """Where the central directory starts, its size in bytes, and the entries its end record declares,
+    found as ``zipfile`` finds them (the end record is last, or within the 64 KiB comment before the
+    end; a zip64 end record precedes it); None where zipfile finds none, or refuses the zip64 one."""
+    size = handle.seek(0, 2)
+    if size < _ZIP_END.size:
+        return None
+    handle.seek(size - _ZIP_END.size)
+    record = handle.read(_ZIP_END.size)
+    if record[:4] == b"PK\x05\x06" and record[-2:] == b"\0\0":
+        at = size - _ZIP_END.size
+    else:
+        start = max(size - (1 << 16) - _ZIP_END.size, 0)
+        handle.seek(start)
+        tail = handle.read()
+        found = tail.rfind(b"PK\x05\x06")
+        if found < 0 or len(tail) - found < _ZIP_END.size:
+            return None
+        at, record = start + found, tail[found : found + _ZIP_END.size]
+    entries, cd_size = _ZIP_END.unpack(record)[4:6]
+    if at < _ZIP64_LOCATOR.size:
+        return at - cd_size, cd_size, entries
+    handle.seek(at - _ZIP64_LOCATOR.size)
+    signature, disk, _, disks = _ZIP64_LOCATOR.unpack(handle.read(_ZIP64_LOCATOR.size))
+    if signature != b"PK\x06\x07":
+        return at - cd_size, cd_size, entries
+    zip64_at = at - _ZIP64_LOCATOR.size - _ZIP64_END.size
+    if disk != 0 or disks > 1 or zip64_at < 0:
+        return None
+    handle.seek(zip64_at)
+    zip64 = _ZIP64_END.unpack(handle.read(_ZIP64_END.size))
+    if zip64[0] != b"PK\x06\x06":
+        return at - cd_size, cd_size, entries
+    entries, cd_size = zip64[7], zip64[8]
+    return zip64_at - cd_size, cd_size, entries
+
+
+def _check_zip_entries(archive: Path, budget: _Budget) -> None:
+    """Counts the central directory's entries before ``zipfile`` parses it, which it does whole (about
+    500 bytes of memory an entry, from 46 bytes on disk) before any member can be counted. The count the
+    end record declares is not trusted: zipfile reads entries for as many bytes as the directory has."""
+    with archive.open("rb") as handle:
+        directory = _zip_directory(handle)
+        if directory is None:
+            return  # not a zip that zipfile can read: it says why
+        start, size, declared = directory
+        budget.check_count(declared)
+        if start < 0 or size <= _ZIP_ENTRY_SIZE * budget.limits.max_members:
+            return  # zipfile refuses the offset; or too small to hold more entries than the limit
+        handle.seek(start)
+        count = read = 0
+        while read < size:
+            entry = handle.read(_ZIP_ENTRY_SIZE)
+            if len(entry) != _ZIP_ENTRY_SIZE or entry[:4] != b"PK\x01\x02":
+                return  # zipfile stops here too, and refuses the zip as corrupt
+            skip = sum(struct.unpack_from("<3H", entry, 28))  # name, extra field and comment lengths
+            handle.seek(skip, 1)
+            read += _ZIP_ENTRY_SIZE + skip
+            count += 1
+            budget.check_count(count)
+
+
 def _extract_zip(archive: Path, dest: Path | None, budget: _Budget) -> None:
+    _check_zip_entries(archive, budget)
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:
