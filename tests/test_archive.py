@@ -161,6 +161,18 @@ def test_a_tars_headers_count_toward_its_expanded_size(tmp_path: Path) -> None:
         scan(path, ArchiveLimits(max_total_bytes=3 * 512))
 
 
+def test_a_tar_of_many_members_is_read_without_keeping_them(tmp_path: Path) -> None:
+    # tarfile keeps every member it has read, about 800 bytes each with its name's path object here: 160
+    # MiB at the 200,000-member limit. Read and forgotten, each costs its name's string.
+    path = tmp_path / "many.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(20_000):
+            tf.addfile(tarfile.TarInfo(f"project/src/module_{i // 100}/file_{i}.py"), io.BytesIO())
+    message, peak = scan_with_peak(path)
+    assert message == ""
+    assert peak < 10 * MIB, f"reading 20,000 members peaked at {peak / MIB:.0f} MiB"
+
+
 LONG = "/".join(["a_folder_name_of_fifty_characters_to_make_it_long_"] * 6) + "/deep.py"  # 314 bytes
 
 

@@ -81,7 +81,8 @@ class _Budget:
     def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
         self.archive, self.limits, self.members, self.bytes = archive, limits, 0, 0
         self.stored = archive.stat().st_size
-        self.files: set[PurePosixPath] = set()
+        self.files: set[str] = set()
+        """The files' names, as strings: a path object takes several times their memory, for each of them."""
         self.links = 0
         self.header_bytes = 0
         """A tar's header blocks and extension headers' data: not files' bytes, but expanded all the same."""
@@ -121,7 +122,7 @@ class _Budget:
 def _copy(src, dest: Path | None, budget: _Budget, name: PurePosixPath, stored: int | None = None) -> None:
     """Reads member ``name`` from ``src`` into ``dest`` (or only counts it, when ``dest`` is None);
     ``stored``: the member's compressed size, when the format has one per member."""
-    budget.files.add(name)
+    budget.files.add(str(name))
     if dest is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") if dest is not None else contextlib.nullcontext() as out:
@@ -284,8 +285,10 @@ class _TarFile(tarfile.TarFile):
 
 def _extract_tar(archive: Path, dest: Path | None, budget: _Budget) -> None:
     with _TarFile.open(archive, budget=budget) as tf:
-        # Streamed member by member: tarfile reads headers lazily, so a huge archive is never listed whole.
-        for member in tf:
+        # Streamed member by member: tarfile reads headers lazily, so a huge archive is never listed whole;
+        # it also keeps each member it has read (for getmember), which nothing here asks for.
+        while (member := tf.next()) is not None:
+            tf.members.clear()
             budget.member()
             rel = _check_name(archive, member.name)
             if member.issym() or member.islnk():
