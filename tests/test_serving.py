@@ -436,8 +436,46 @@ def test_split_tail_holds_back_trailing_whitespace_only() -> None:
     assert split_tail("") == ("", "")
     texts = [(1, " "), (2, "\n"), (3, "\n   "), (4, "\n    "), (5, " for"), (6, "\n\n"), (7, "  ")]
     assert allowed("\n    ", texts) == [2, 3, 4]  # prefixes of the held-back text
-    assert allowed(" ", texts) == [1, 5, 7]  # " " itself, or any token that starts with it
+    assert allowed(" ", texts) == [1, 5]  # " " itself, or " " and a word; "  " would write more
     assert allowed("  ", texts) == [1, 7]
+    assert allowed("\n", texts) == [2]  # "\n   " and "\n\n" would write whitespace the prompt lacks
+
+
+def test_held_back_whitespace_is_written_once_not_more(loaded: RepotuneModel) -> None:
+    """A token that writes all of the held-back whitespace and goes on with more (``"  "`` for a held-back
+    ``" "``, ``"\\n  "`` for ``"\\n"``) indents the completion twice: SmolLM2 answered
+    ``"def f():\\n    "`` with ``"    return None"``, 58 of the 63 tokens allowed there writing more
+    whitespace. The tests' tokenizer has such tokens; here a processor stands for a model that prefers
+    them, as SmolLM2 did, and the first token is still one that writes the whitespace once."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    tokenizer, model = loaded.tokenizer, loaded.loaded.model
+    texts = loaded.batcher.token_texts.texts
+    ids = encode_prompt(tokenizer, "x =")
+    for heal in (" ", "\n"):
+        more = [
+            i
+            for i, text in texts
+            if len(text) > len(heal) and text.startswith(heal) and text[len(heal)].isspace()
+        ]
+        assert more, "the tokenizer should have tokens that write more whitespace"
+        assert not set(more) & set(allowed(heal, texts))
+
+        def prefer(input_ids: torch.Tensor, scores: torch.Tensor, more: list[int] = more) -> torch.Tensor:
+            scores[:, more] += 1000.0
+            return scores
+
+        processors = LogitsProcessorList(
+            [prefer, HealingProcessor([heal], len(ids), loaded.batcher.token_texts)]
+        )
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                logits_processor=processors,
+            )  # fmt: skip
+        first = tokenizer.decode(out[0, len(ids) :].tolist())
+        assert first.startswith(heal) and not first[len(heal) :][:1].isspace(), (heal, first)
 
 
 @pytest.mark.parametrize("heal", ["\n    ", " ", "\n\n", "\n        "])

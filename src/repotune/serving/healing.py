@@ -10,11 +10,12 @@ usually follows such a token (a new function at column 0, a blank line). This is
 version strips trailing whitespace from the prompt, which loses the indentation, so it cannot serve
 code.
 
-Here the prompt's trailing whitespace (``split_tail``) is left out of the prompt's tokens, and the
-first generated tokens are held to it (``HealingProcessor``): a token is allowed only while its text
-and what is left of the held-back whitespace agree (one is a prefix of the other), so the model writes
-the indentation with the tokens it would have used, and the word after it. What the client gets back
-starts after the held-back text. The evaluate stage does the same for the newline it holds back
+Here the prompt's trailing whitespace (``split_tail``) is left out of the prompt's tokens, and the first
+generated tokens are held to it (``HealingProcessor``): a token is allowed only while its text and what is
+left of the held-back whitespace agree (one is a prefix of the other, and a token longer than what is left
+goes on with a word, not with more whitespace), so the model writes the indentation with the tokens it
+would have used, then the word after it, and no more indentation than the prompt had. What the client gets
+back starts after the held-back text. The evaluate stage does the same for the newline it holds back
 (``repotune.evaluate.generate.prompt_ids``).
 
 Only tokenizers that decode a single token to its own text, leading whitespace included, can be
@@ -73,8 +74,15 @@ def _decodes_alone(tokenizer: Any) -> bool:
 
 def allowed(remaining: str, texts: Sequence[tuple[int, str]]) -> list[int]:
     """Tokens that agree with ``remaining``, the held-back text not yet written: the token's text is a
-    prefix of it, or it starts with all of it (the last of the whitespace joined to a word)."""
-    return [i for i, text in texts if remaining.startswith(text) or text.startswith(remaining)]
+    prefix of it (all of it included), or it is all of it and then a word (the last of the whitespace
+    joined to what follows). A token that goes on with more whitespace is not allowed: it would write
+    more indentation than the prompt had (``"\\n        "`` for a held-back ``"\\n    "``), and the
+    completion would come back indented twice."""
+    return [
+        i
+        for i, text in texts
+        if remaining.startswith(text) or (text.startswith(remaining) and not text[len(remaining)].isspace())
+    ]
 
 
 class HealingProcessor:
