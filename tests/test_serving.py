@@ -527,6 +527,46 @@ def test_text_prompts_hold_back_their_trailing_whitespace(loaded: RepotuneModel)
     )
 
 
+def test_whitespace_no_token_writes_is_not_held_back(loaded: RepotuneModel) -> None:
+    """The tests' byte-level tokenizer, like SmolLM2's, has no token for U+2028 or U+3000 alone (their
+    bytes are written one at a time, and a lone byte decodes to U+FFFD): held back, they could never be
+    written, and the completion came back empty. Only what follows the last such character is held back;
+    and a row whose held-back text no token can write still gets its completion."""
+    tokenizer = loaded.tokenizer
+
+    def prompt(text: str):
+        return loaded.text_prompt(text, None, None, retrieval=False, max_tokens=4, default_max_tokens=None)
+
+    for text, heal in [("x = 1\u2028", ""), ("x = 1 \u3000", ""), ("x = 1\u3000 ", " "), ("x = 1\n ", "\n ")]:
+        built = prompt(text)
+        assert built.heal == heal and built.ids == encode_prompt(tokenizer, text[: len(text) - len(heal)])
+
+    ids = encode_prompt(tokenizer, "x = 1")
+
+    async def both() -> list:
+        rows = [GenerationRequest(ids, 6, SamplingParams(0.0), heal=heal) for heal in ("", "\u2028")]
+        return [await loaded.submit(row).result() for row in rows]
+
+    plain, healed = asyncio.run(both())
+    # Nothing agrees with "\u2028" from the first token on: the row goes free, as if nothing were held.
+    assert plain.text and healed.text == plain.text
+
+
+@pytest.mark.integration
+def test_a_prompt_ending_in_whitespace_no_token_writes_is_completed(
+    tiny: Path, server, client: openai.OpenAI
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    for text in ("x = 1\u2028", "x = 1 \u3000"):
+        ask = {"model": server.model_name, "max_tokens": 6, "temperature": 0, "frequency_penalty": 0}
+        served = client.completions.create(prompt=text, **ask).choices[0].text
+        # token ids are never held back from: the prompt as the model reads it, whole
+        whole = client.completions.create(prompt=encode_prompt(tokenizer, text), **ask).choices[0].text
+        assert served == whole and served, (text, served, whole)
+
+
 def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:
     tokenizer = loaded.tokenizer
     batcher = Batcher(loaded.loaded.model, tokenizer, max_batch_size=8, max_queue=1, batch_wait_ms=300)

@@ -197,10 +197,11 @@ class _Row:
             return
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        heal = request.heal
         # The held-back text is the prompt's: the completion starts after it (``HealingProcessor``
-        # holds the first tokens to it, so the text starts with it once it is all written).
-        self.text = text[len(heal) :] if text.startswith(heal) else ""
+        # holds the first tokens to it, so the text starts with it once it is all written). Where the
+        # processor let the row go before (no token could write the rest), the completion starts after
+        # the part written.
+        self.text = text[_agreed(text, request.heal) :]
         for stop in request.stop:
             # A stop string can only be new if it ends within the newly decoded text.
             at = self.text.find(stop, max(0, self.sent - len(stop)))
@@ -238,6 +239,14 @@ class _Row:
                 completion_tokens=len(self.tokens),
             )
         )
+
+
+def _agreed(text: str, heal: str) -> int:
+    """How many characters ``text`` starts with that agree with ``heal``."""
+    same = 0
+    while same < min(len(text), len(heal)) and text[same] == heal[same]:
+        same += 1
+    return same
 
 
 class _RowStopper:

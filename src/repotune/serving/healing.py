@@ -48,6 +48,7 @@ class TokenTexts:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._texts: list[tuple[int, str]] | None = None
+        self._singles: frozenset[str] | None = None
         self.supported = _decodes_alone(tokenizer)
 
     @property
@@ -60,6 +61,20 @@ class TokenTexts:
                 (i, text) for i, text in enumerate(decoded) if text and text[0].isspace() and i not in special
             ]
         return self._texts
+
+    def writable(self, tail: str) -> str:
+        """The end of ``tail`` (a prompt's trailing whitespace) that this vocabulary can write: what follows
+        the last character no token writes alone. A byte-level vocabulary that never merged the bytes of
+        ``"\\u2028"`` or ``"\\u3000"`` writes them a byte at a time, and a lone byte of a character
+        decodes to U+FFFD, which agrees with no held-back text: held back, such a character would never
+        be written, and the completion would never start. With a token for each character held back,
+        some token always agrees with what is left of it (``allowed``)."""
+        if self._singles is None:
+            self._singles = frozenset(text for _, text in self.texts if len(text) == 1)
+        keep = len(tail)
+        while keep and tail[keep - 1] in self._singles:
+            keep -= 1
+        return tail[keep:]
 
 
 def _decodes_alone(tokenizer: Any) -> bool:

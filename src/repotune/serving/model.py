@@ -252,13 +252,14 @@ class RepotuneModel(kserve.Model):
 
     def _encode_text(self, text: str, *, healed: bool) -> tuple[list[int], str]:
         """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held
-        back where the tokenizer allows it (a FIM prompt ends in ``<fim_middle>``, not in whitespace)."""
+        back where the tokenizer allows it, as much of it as the vocabulary can write again
+        (``TokenTexts.writable``; a FIM prompt ends in ``<fim_middle>``, not in whitespace)."""
         from repotune.serving.healing import split_tail
 
         if healed and self.batcher is not None and self.batcher.token_texts.supported:
-            head, tail = split_tail(text)
+            tail = self.batcher.token_texts.writable(split_tail(text)[1])
             if tail:
-                return encode_prompt(self.tokenizer, head), tail
+                return encode_prompt(self.tokenizer, text[: -len(tail)]), tail
         return encode_prompt(self.tokenizer, text), ""
 
     def request(
