@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 from tests.serving_helpers import make_serving_model
+from tests.tiny_tokenizer import make_tiny_tokenizer
 
 from repotune.data.transforms import fim_prompt
 from repotune.serving.server import BackgroundServer, start_background
@@ -134,6 +135,16 @@ def test_continue_autocomplete_from_the_prefix_alone_with_fim_off(tmp_path: Path
         by_hand = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", stop=["\n"], **ask)
         as_suffix = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", suffix=SUFFIX, **ask)
         unstopped = client.completions.create(prompt=f"\n# {FILEPATH}\n{PREFIX}", **ask)
+        # A gap at the very start of a file has an empty prefix: it starts where a document starts in
+        # training, after EOS, as OpenAI's models start an empty prompt (it was a 400, "the prompt is
+        # empty", though the same request is answered on a FIM model).
+        at_top = [
+            client.completions.create(prompt="", suffix=SUFFIX, **ask),
+            client.completions.create(prompt=f"<fim_prefix><fim_suffix>{SUFFIX}<fim_middle>", **ask),
+            client.completions.create(prompt=[make_tiny_tokenizer().eos_token_id], stop=["\n"], **ask),
+        ]
+    assert len({answer.choices[0].text for answer in at_top}) == 1
+    assert [answer.usage.prompt_tokens for answer in at_top] == [1, 1, 1]
     texts = {answer.choices[0].text for answer in (as_continue, by_hand, as_suffix)}
     assert len(texts) == 1 and "\n" not in texts.pop()
     assert as_continue.usage.prompt_tokens == by_hand.usage.prompt_tokens == as_suffix.usage.prompt_tokens

@@ -197,7 +197,7 @@ def test_odd_requests_get_no_server_error(server) -> None:
         ({"prompt": PREFIX, "retrieval": "yes"}, 400),
         ({"prompt": PREFIX, "retrieval": 1}, 400),
         ({"prompt": [1, 2, 3], "retrieval": True}, 200),  # token ids: nothing to search with
-        ({"prompt": "", "retrieval": True}, 400),
+        ({"prompt": "", "retrieval": True}, 200),  # an empty prompt starts from EOS, as OpenAI's do
         ({"prompt": "   \n\n", "retrieval": True}, 200),
         ({"prompt": ")))(((", "retrieval": True, "file_path": "../../etc/passwd"}, 200),
         ({"prompt": ["def a():", "compute_invoice_total("], "retrieval": True, "n": 2}, 200),

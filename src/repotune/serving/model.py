@@ -95,6 +95,16 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
 
 
+def document_start(tokenizer: Any) -> list[int]:
+    """The ids of an empty text prompt (say a gap at the very start of a file, answered from its prefix
+    alone): the token a document follows in training, where examples are packed one after another,
+    each ended by EOS (``repotune.data.packing``), as OpenAI's models start an empty prompt from
+    ``<|endoftext|>``; BOS where the tokenizer has no EOS (``encode_prompt`` already gives BOS to
+    tokenizers that add it). Empty when it has neither: the request is then refused."""
+    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    return [] if start is None else [start]
+
+
 class RepotuneModel(kserve.Model):
     """A causal LM behind a ``Batcher``, served by ``kserve.ModelServer``.
 
@@ -260,7 +270,7 @@ class RepotuneModel(kserve.Model):
             tail = self.batcher.token_texts.writable(split_tail(text)[1])
             if tail:
                 return encode_prompt(self.tokenizer, text[: -len(tail)]), tail
-        return encode_prompt(self.tokenizer, text), ""
+        return encode_prompt(self.tokenizer, text) or document_start(self.tokenizer), ""
 
     def request(
         self,
