@@ -184,6 +184,18 @@ def test_kserve_protocols_health_and_metrics(server) -> None:
             f"/v1/models/{name}:predict", json={"instances": [{"prompt": "x", "max_tokens": 0}]}
         )
         assert bad_v1.status_code == 400
+        # JSON under another content type (curl -d sends a form's), which KServe hands over unparsed
+        body = json.dumps({"instances": ["def f("]})
+        for kind in ("application/x-www-form-urlencoded", "application/json; charset=utf-8", "text/plain"):
+            typed = http.post(f"/v1/models/{name}:predict", content=body, headers={"content-type": kind})
+            assert typed.status_code == 200, (kind, typed.text)
+            assert typed.json()["predictions"] == v1.json()["predictions"][:1]
+        form = http.post(
+            f"/v1/models/{name}:predict",
+            content=b"prompt=def",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 400 and "not valid JSON" in form.json()["error"], form.text
         assert http.get("/v2/health/ready").json() == {"ready": True}
         assert http.get("/v2/health/live").status_code == 200
         assert http.get(f"/v2/models/{name}/ready").status_code == 200

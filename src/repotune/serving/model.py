@@ -53,7 +53,13 @@ from repotune.serving.loading import (
     load_model,
     served_names,
 )
-from repotune.serving.protocol import ChatCompletionRequest, CompletionRequest, Instance, validated
+from repotune.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Instance,
+    parse_json,
+    validated,
+)
 from repotune.serving.retrieval import NOTHING, Retrieved, ServedRetrieval
 from repotune.serving.settings import ServeSettings
 
@@ -523,7 +529,7 @@ class RepotuneModel(kserve.Model):
         return (await results(self.submit_all([row])))[0]
 
     async def predict(
-        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
+        self, payload: dict[str, Any] | bytes | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | InferResponse:
         """KServe v1 (a dict with ``instances``) or v2 (an ``InferRequest``); greedy unless asked.
 
@@ -542,6 +548,10 @@ class RepotuneModel(kserve.Model):
             return InferResponse(
                 response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=[output]
             )
+        if isinstance(payload, bytes | str):
+            # KServe parses only bodies sent as application/json (exactly); curl's default form type, or
+            # "application/json; charset=utf-8", reaches here as the raw body.
+            payload = parse_json(payload)
         raw = payload.get("instances") if isinstance(payload, dict) else None
         if not isinstance(raw, list) or not raw:
             raise bad_request(

@@ -248,7 +248,7 @@ def _unsupported(param: str, message: str | None = None) -> ServingError:
     )
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | str) -> Any:
     """The request body as JSON; 400 when it is not (the depth was checked before, by ``BodyGuard``)."""
     try:
         return json.loads(body)
