@@ -662,6 +662,15 @@ def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: 
             temperature=0, stream=True, stream_options={"include_usage": True},
         )  # fmt: skip
         chunks = list(stream)
+        # Refusals leave their line too: the status and reason the client got, and the request's id.
+        with httpx.Client(base_url=running.openai_url, timeout=60) as http:
+            over = {"model": running.model_name, "prompt": "x", "max_tokens": MAX_TOKENS + 1}
+            nope = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+            refused = [
+                http.post("/completions", json=over, headers={"X-Request-Id": "r-400"}),
+                http.post("/chat/completions", json=nope, headers={"X-Request-Id": "r-404"}),
+            ]
+        assert [answer.status_code for answer in refused] == [400, 404]
     finally:
         running.stop()
     text = log.read_text()
@@ -677,6 +686,15 @@ def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: 
     line = next(x for x in text.splitlines() if chunks[0].id in x)
     assert f"{streamed.prompt_tokens} prompt + {streamed.completion_tokens} completion tokens" in line
     assert "x-request-id" not in line
+    refusals = {
+        x.rsplit(" ", 1)[-1]: x for x in text.splitlines() if "kserve.trace.requests" in x and "refused" in x
+    }
+    assert sorted(refusals) == ["r-400", "r-404"], text[-3000:]
+    assert refusals["r-400"].endswith(
+        f"/openai/v1/completions: refused (400 max_tokens is {MAX_TOKENS + 1}, more than this server's cap "
+        f"of {MAX_TOKENS} tokens), x-request-id r-400"
+    )
+    assert "/openai/v1/chat/completions: refused (404 the model 'nope' does not exist" in refusals["r-404"]
 
 
 def test_a_request_line_says_how_each_answer_ended() -> None:
@@ -702,6 +720,10 @@ def test_a_request_line_says_how_each_answer_ended() -> None:
     )
     assert "cut short (the client went away) after 0.50 s" in cut.line(asyncio.CancelledError(), 0.5)
     assert "cut short (RuntimeError)" in cut.line(RuntimeError("boom"), 0.5)
+    # An error that cut an answer short has had its line: the route does not write another as a refusal.
+    with pytest.raises(Timeout) as timed_out, Served("cmpl-3", 7, 0.0):
+        raise Timeout(30)
+    assert timed_out.value.logged and not Timeout(30).logged
 
 
 def test_request_checks(loaded: RepotuneModel) -> None:

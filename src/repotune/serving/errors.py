@@ -27,6 +27,9 @@ class ServingError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.logged = False
+        """Whether the request's line in the request log already says how it ended (an answer cut short
+        writes its own, ``repotune.serving.model.Served``); a refusal's is written as it is answered."""
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

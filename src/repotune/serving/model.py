@@ -66,7 +66,8 @@ from repotune.serving.settings import ServeSettings
 __all__ = ["REQUEST_ID", "RepotuneModel", "ServeSettings", "encode_prompt"]
 
 # One line an OpenAI request, under KServe's request-trace logger (its handler and format, beside
-# uvicorn's access line): which answer it was, its token counts, how it finished and how long it took.
+# uvicorn's access line): which answer it was, its token counts, how it finished and how long it took;
+# or, for a request refused, why (``refusal_line``).
 request_log = logging.getLogger("kserve.trace.requests")
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("REQUEST_ID", default=None)
@@ -587,6 +588,8 @@ class Served:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
         request_log.info(self.line(err, time.monotonic() - self.started))
+        if isinstance(err, ServingError):
+            err.logged = True
 
     def line(self, err: BaseException | None, seconds: float) -> str:
         if err is None:
@@ -609,6 +612,13 @@ class Served:
         if self.request_id:
             parts.append(f"x-request-id {self.request_id}")
         return ", ".join(parts)
+
+
+def refusal_line(path: str, err: ServingError, request_id: str | None) -> str:
+    """The request log's line for a request refused before anything was generated (a 400, 404, 405,
+    429...): the path, the status and the reason the client got, and the ``X-Request-Id``."""
+    line = " ".join(f"{path}: refused ({err.status} {err.message})".split())  # one line, whatever was sent
+    return f"{line}, x-request-id {request_id}" if request_id else line
 
 
 def usage(done: list[Completed], prompt_tokens: int) -> CompletionUsage:

@@ -8,8 +8,9 @@ model's ``create_completion`` / ``create_chat_completion``, and write its answer
 server-sent events ending with ``data: [DONE]`` when it streams.
 
 Every refusal is a 4xx (or 429/503/504) with OpenAI's error body ``{"error": {"message", "type",
-"param", "code"}}``. Once a stream has started, the only error left is the request's timeout, which
-arrives as an error event (the openai client raises it; its last choice finishes, for Tabby).
+"param", "code"}}``, and a line in the request log. Once a stream has started, the only error left is
+the request's timeout, which arrives as an error event (the openai client raises it; its last choice
+finishes, for Tabby).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from openai.types import Model
 from pydantic import BaseModel
 
 from repotune.serving.errors import ServingError
-from repotune.serving.model import REQUEST_ID, RepotuneModel
+from repotune.serving.model import REQUEST_ID, RepotuneModel, refusal_line, request_log
 from repotune.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -42,6 +43,19 @@ def error_response(err: ServingError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
+def request_id(request: Request) -> str | None:
+    """The request's ``X-Request-Id`` (set by Istio/KServe's ingress, or the client), for its line."""
+    return request.headers.get("x-request-id", "")[:128] or None
+
+
+def refused(request: Request, err: ServingError) -> JSONResponse:
+    """The refusal in OpenAI's shape, and its line in the request log (an answer cut short has written
+    its own)."""
+    if not err.logged:
+        request_log.info(refusal_line(request.url.path, err, request_id(request)))
+    return error_response(err)
+
+
 def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
     """Add ``/openai/v1/models`` (and each model), ``/openai/v1/completions`` and
     ``/openai/v1/chat/completions``; any other path under ``/openai/v1`` is a 404 in OpenAI's shape."""
@@ -55,33 +69,33 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
     async def list_models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [card(model.name)]})
 
-    async def retrieve_model(name: str) -> JSONResponse:
+    async def retrieve_model(request: Request, name: str) -> JSONResponse:
         try:
             model.check_model(name)
         except ServingError as err:
-            return error_response(err)
+            return refused(request, err)
         return JSONResponse(card(name))
 
-    async def unknown(path: str) -> JSONResponse:
-        return error_response(
-            ServingError(404, f"{PREFIX}/{path} is not a route of this server", code="unknown_url")
+    async def unknown(request: Request, path: str) -> JSONResponse:
+        return refused(
+            request, ServingError(404, f"{PREFIX}/{path} is not a route of this server", code="unknown_url")
         )
 
     async def completions(request: Request) -> Response:
-        REQUEST_ID.set(request.headers.get("x-request-id", "")[:128] or None)
+        REQUEST_ID.set(request_id(request))
         try:
             params = validated(CompletionRequest, parse_json(await request.body()))
             return respond(await model.create_completion(params), chat=False)
         except ServingError as err:
-            return error_response(err)
+            return refused(request, err)
 
     async def chat_completions(request: Request) -> Response:
-        REQUEST_ID.set(request.headers.get("x-request-id", "")[:128] or None)
+        REQUEST_ID.set(request_id(request))
         try:
             params = validated(ChatCompletionRequest, parse_json(await request.body()))
             return respond(await model.create_chat_completion(params), chat=True)
         except ServingError as err:
-            return error_response(err)
+            return refused(request, err)
 
     router.add_api_route(f"{PREFIX}/models", list_models, methods=["GET"])
     router.add_api_route(f"{PREFIX}/models/{{name}}", retrieve_model, methods=["GET"])
