@@ -296,6 +296,18 @@ def test_bad_requests_get_openai_style_4xx(server, client: openai.OpenAI) -> Non
             assert error["param"] == param, (body[:80], error)
         too_big = http.post("/completions", content=b"x" * 1_100_000)
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+        # a route asked with a method it does not take: 405 naming the one it does, not "no such route"
+        misdirected = [
+            ("GET", "/completions", "POST"),
+            ("GET", "/chat/completions", "POST"),
+            ("POST", "/models", "GET"),
+            ("DELETE", f"/models/{server.model_name}", "GET"),
+        ]
+        for method, route, allow in misdirected:
+            response = http.request(method, route)
+            assert response.status_code == 405 and response.headers["allow"] == allow, (method, route)
+            assert response.json()["error"]["code"] == "method_not_allowed", response.text
+        assert http.get("/embeddings").json()["error"]["code"] == "unknown_url"
     with pytest.raises(openai.BadRequestError, match="cap"):
         client.completions.create(model=server.model_name, prompt="x", max_tokens=MAX_TOKENS * 2)
     with pytest.raises(openai.NotFoundError):
@@ -669,8 +681,9 @@ def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: 
             refused = [
                 http.post("/completions", json=over, headers={"X-Request-Id": "r-400"}),
                 http.post("/chat/completions", json=nope, headers={"X-Request-Id": "r-404"}),
+                http.get("/completions", headers={"X-Request-Id": "r-405"}),
             ]
-        assert [answer.status_code for answer in refused] == [400, 404]
+        assert [answer.status_code for answer in refused] == [400, 404, 405]
     finally:
         running.stop()
     text = log.read_text()
@@ -689,12 +702,16 @@ def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: 
     refusals = {
         x.rsplit(" ", 1)[-1]: x for x in text.splitlines() if "kserve.trace.requests" in x and "refused" in x
     }
-    assert sorted(refusals) == ["r-400", "r-404"], text[-3000:]
+    assert sorted(refusals) == ["r-400", "r-404", "r-405"], text[-3000:]
     assert refusals["r-400"].endswith(
         f"/openai/v1/completions: refused (400 max_tokens is {MAX_TOKENS + 1}, more than this server's cap "
         f"of {MAX_TOKENS} tokens), x-request-id r-400"
     )
     assert "/openai/v1/chat/completions: refused (404 the model 'nope' does not exist" in refusals["r-404"]
+    assert (
+        "/openai/v1/completions: refused (405 /openai/v1/completions takes POST, not GET)"
+        in refusals["r-405"]
+    )
 
 
 def test_a_request_line_says_how_each_answer_ended() -> None:

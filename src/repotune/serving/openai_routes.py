@@ -23,8 +23,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from openai.types import Model
 from pydantic import BaseModel
+from starlette.routing import Match
 
 from repotune.serving.errors import ServingError
 from repotune.serving.model import REQUEST_ID, RepotuneModel, refusal_line, request_log
@@ -39,8 +41,8 @@ from repotune.serving.protocol import (
 PREFIX = "/openai/v1"
 
 
-def error_response(err: ServingError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+def error_response(err: ServingError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers={**err.headers(), **(headers or {})})
 
 
 def request_id(request: Request) -> str | None:
@@ -48,17 +50,18 @@ def request_id(request: Request) -> str | None:
     return request.headers.get("x-request-id", "")[:128] or None
 
 
-def refused(request: Request, err: ServingError) -> JSONResponse:
+def refused(request: Request, err: ServingError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The refusal in OpenAI's shape, and its line in the request log (an answer cut short has written
     its own)."""
     if not err.logged:
         request_log.info(refusal_line(request.url.path, err, request_id(request)))
-    return error_response(err)
+    return error_response(err, headers)
 
 
 def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
     """Add ``/openai/v1/models`` (and each model), ``/openai/v1/completions`` and
-    ``/openai/v1/chat/completions``; any other path under ``/openai/v1`` is a 404 in OpenAI's shape."""
+    ``/openai/v1/chat/completions``; another method on one of them is a 405 that names the one it takes,
+    and any other path under ``/openai/v1`` a 404, both in OpenAI's shape."""
     router = APIRouter()
 
     def card(name: str) -> dict[str, Any]:
@@ -77,6 +80,19 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
         return JSONResponse(card(name))
 
     async def unknown(request: Request, path: str) -> JSONResponse:
+        # A route of this server asked with another method matches the route's path only (PARTIAL).
+        allow = sorted(
+            {
+                method
+                for route in routes
+                if route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods
+            }
+        )
+        if allow:
+            message = f"{PREFIX}/{path} takes {' or '.join(allow)}, not {request.method}"
+            err = ServingError(405, message, code="method_not_allowed")
+            return refused(request, err, {"Allow": ", ".join(allow)})
         return refused(
             request, ServingError(404, f"{PREFIX}/{path} is not a route of this server", code="unknown_url")
         )
@@ -108,7 +124,8 @@ def register_openai_routes(app: FastAPI, model: RepotuneModel) -> None:
         methods=["POST"],
         openapi_extra=_body(ChatCompletionRequest),
     )
-    # last: any other path under the prefix answers in OpenAI's error shape, not FastAPI's
+    routes = [route for route in router.routes if isinstance(route, APIRoute)]
+    # last: any other path or method under the prefix answers in OpenAI's error shape, not FastAPI's
     router.add_api_route(
         f"{PREFIX}/{{path:path}}", unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
