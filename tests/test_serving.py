@@ -714,6 +714,42 @@ def test_requests_are_logged_and_sigterm_stops_the_server(tiny: Path, tmp_path: 
     )
 
 
+@pytest.mark.integration
+def test_a_client_that_goes_away_stops_its_whole_answer(tiny: Path, tmp_path: Path) -> None:
+    """A whole (not streamed) answer stops generating when its client leaves. The openai client retries
+    a request that timed out twice: one slow request was generated three times over, each to its last
+    token, and the log said each finished. Greedy and without penalties, the tiny model writes one token
+    over and over and never ends, so each try would run to ``max_tokens``."""
+    long = 1000  # the tiny model's context is 1024 tokens
+    log = tmp_path / "serve.log"
+    with start_background(tiny, log_path=log, max_tokens=long) as running:
+
+        def generated() -> float:
+            return _metric(httpx.get(f"{running.url}/metrics").text, "repotune_generated_tokens_total")
+
+        before = generated()
+        impatient = openai.OpenAI(base_url=running.openai_url, api_key="unused", max_retries=2, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.completions.create(
+                model=running.model_name, prompt="x", max_tokens=long, temperature=0, frequency_penalty=0,
+                extra_headers={"X-Request-Id": "gone-1"},
+            )  # fmt: skip
+        instance = {"prompt": "x", "max_tokens": long, "frequency_penalty": 0}
+        with pytest.raises(httpx.ReadTimeout):  # KServe's v1 route, the same way
+            httpx.post(
+                f"{running.url}/v1/models/{running.model_name}:predict",
+                json={"instances": [instance]},
+                timeout=0.5,
+            )
+        # A sampled request never joins a greedy batch: once it is answered, every row before it has ended.
+        probe = openai.OpenAI(base_url=running.openai_url, api_key="unused", max_retries=0, timeout=300)
+        probe.completions.create(model=running.model_name, prompt="x", max_tokens=1, temperature=1)
+        spent = generated() - before
+    lines = [line for line in log.read_text().splitlines() if line.endswith("x-request-id gone-1")]
+    assert len(lines) == 3 and all("cut short (the client went away)" in line for line in lines), lines
+    assert spent < 4 * long, f"{spent:g} tokens generated for 4 requests whose clients left"
+
+
 def test_a_request_line_says_how_each_answer_ended() -> None:
     """The request log's line for choices that finished, mixed, and for answers cut short by the
     server (a timeout, a stop) or by the client going away."""

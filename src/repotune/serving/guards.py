@@ -1,4 +1,5 @@
-"""ASGI middleware in front of every route of the model server: bearer tokens, body size, JSON depth.
+"""ASGI middleware in front of every route of the model server: bearer tokens, body size, JSON depth,
+and clients that go away before their answer starts.
 
 They sit outside KServe's routes and this project's alike, so one check covers the OpenAI routes, the
 KServe v1/v2 routes and whatever KServe adds. Their refusals carry OpenAI's error body.
@@ -6,6 +7,7 @@ KServe v1/v2 routes and whatever KServe adds. Their refusals carry OpenAI's erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -64,3 +66,63 @@ class BodyGuard(http_limits.BodyGuard):
 
     def __init__(self, app: Any, max_bytes: int, max_depth: int) -> None:
         super().__init__(app, max_bytes, max_depth, refuse=_refuse)
+
+
+class CancelOnDisconnect:
+    """Cancels a request whose client goes away before its answer starts.
+
+    A whole (not streamed) answer is generated while its client waits for the first byte, and neither
+    Starlette nor KServe looks at the connection meanwhile: a client that timed out would have its
+    request generated to the end all the same (the openai client tries twice more: three times over),
+    and the request log would say it finished. Once the app has read the body, the next ``receive``
+    returns only when the client disconnects (or the answer is complete); that wait runs here beside
+    the app, and a disconnect before the answer starts cancels the request's task: the model's rows
+    stop at their next token or never start, and the request's line says the client went away. A
+    stream has started its answer, and is left to Starlette, which ends it when the client goes.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        answering = cut = False
+        after_body: dict[str, Any] = {"type": "http.disconnect"}
+        arrived = asyncio.Event()
+        watcher: asyncio.Task | None = None
+
+        async def watch() -> None:
+            nonlocal after_body, cut
+            after_body = await receive()
+            arrived.set()
+            if after_body["type"] == "http.disconnect" and not answering and task is not None:
+                cut = True
+                task.cancel()
+
+        async def relay() -> dict[str, Any]:
+            nonlocal watcher
+            if watcher is not None:  # the body is read: the watcher holds the one receive left
+                await arrived.wait()
+                return after_body
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.create_task(watch())
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, relay, sending)
+        except asyncio.CancelledError:
+            # Nobody is left to answer; a cancellation from elsewhere (the server stopping) goes on.
+            if not cut or task is None or task.uncancel() > 0:
+                raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()

@@ -1,11 +1,12 @@
 """The model server: ``kserve.ModelServer`` with the repotune model and the OpenAI-compatible routes.
 
 ``serve`` is what ``repotune serve MODEL`` runs: it loads the model, adds the OpenAI routes and the
-guards (``repotune.serving.guards``: bearer tokens, body size, JSON depth) to KServe's FastAPI app, and
-runs KServe's REST server (v1/v2 protocol, health, ``/metrics``) on ``host:port``. KServe binds 0.0.0.0
-by itself; here the host is an option and defaults to 127.0.0.1, so a model is not exposed to the
-network by accident, and another address needs bearer tokens (``REPOTUNE_SERVE_TOKENS``) or an explicit
-``--insecure-no-auth``. gRPC is off: the routes people use (OpenAI, v1, v2) are all HTTP.
+guards (``repotune.serving.guards``: bearer tokens, body size, JSON depth, clients that go away) to
+KServe's FastAPI app, and runs KServe's REST server (v1/v2 protocol, health, ``/metrics``) on
+``host:port``. KServe binds 0.0.0.0 by itself; here the host is an option and defaults to 127.0.0.1, so
+a model is not exposed to the network by accident, and another address needs bearer tokens
+(``REPOTUNE_SERVE_TOKENS``) or an explicit ``--insecure-no-auth``. gRPC is off: the routes people use
+(OpenAI, v1, v2) are all HTTP.
 
 ``start_background`` runs ``repotune serve`` as a subprocess on a free port and returns once it
 answers ready, for code (``repotune run``, tests, benchmarks) that needs a live server.
@@ -151,7 +152,7 @@ def serve(
     sock = bind(host, port)
     try:
         from repotune.serving._kserve import FASTAPI_APP_IMPORT_STRING, RESTServer, kserve, model_server
-        from repotune.serving.guards import BearerAuth, BodyGuard
+        from repotune.serving.guards import BearerAuth, BodyGuard, CancelOnDisconnect
         from repotune.serving.model import RepotuneModel
         from repotune.serving.openai_routes import register_openai_routes
 
@@ -189,6 +190,7 @@ def serve(
         _quiet_kserve()
         server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, grace_period=GRACE_PERIOD_S)
         app = model_server.app
+        app.add_middleware(CancelOnDisconnect)  # innermost: it sees the body BodyGuard has read
         app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
         if settings.tokens:
             app.add_middleware(BearerAuth, tokens=settings.tokens)  # outside BodyGuard: no body read first
