@@ -612,6 +612,7 @@ def test_rules_are_compiled_once_with_unique_placeholders() -> None:
         "\n".join(f"key_{i} = 'value {i}'" for i in range(20_000)),
         '"sk" + x; ' * 30_000,
         '"sk" "sk" ' * 30_000,
+        ("x = (\n" + "".join(f'    "sk_{"ab1" * 300}"\n' for _ in range(16)) + ")\n") * 20,
     ],
     ids=[
         "letters",
@@ -624,6 +625,7 @@ def test_rules_are_compiled_once_with_unique_placeholders() -> None:
         "assignments",
         "keywords-beside-pieces",
         "one-long-chain",
+        "long-pieces",
     ],
 )
 def test_adversarial_inputs_take_linear_time(text: str) -> None:

@@ -35,6 +35,8 @@ _MOST_PIECES = 16
 """Pieces of one chain looked at: each run of them is joined on its own."""
 _SHORTEST_TOKEN = 16
 """Joined pieces shorter than this hold no token of any family."""
+_LONGEST_TOKEN = 2048
+"""No token is longer: a run of pieces whose inner ones hold more is not joined further."""
 
 _TOKENS = Ruleset(TOKEN_RULES)
 
@@ -109,6 +111,8 @@ def _split_tokens(pieces: list[str]) -> list[tuple[int, int, SecretRule]]:
             joined = "".join(pieces[first : last + 1])
             if len(joined) < _SHORTEST_TOKEN:
                 continue
+            if len(joined) - len(pieces[first]) - len(pieces[last]) > _LONGEST_TOKEN:
+                break  # the pieces between are longer than any token
             head, tail = len(pieces[first]), len(joined) - len(pieces[last])
             spans = _TOKENS.find(joined)
             hit = next((rule for start, end, rule in spans if start < head and end > tail), None)
