@@ -316,11 +316,11 @@ def is_table_path(path: str | None) -> bool:
 
 
 def _table_headers(repo: Path, commit: dict) -> dict[str, str]:
-    """The header row of each table (``.csv``, ``.tsv``) whose diff this commit keeps from below its
-    first line: the redaction of secret columns (``clean.secrets.tables``) needs a hunk's column
-    names, and a hunk that does not start at the header row does not show them. Read from the file
-    as the commit left it (as its parent had it, where the commit deleted it); none where neither
-    has it."""
+    """The header row of each table (``.csv``, ``.tsv``) this commit changes: the redaction of
+    secret columns (``clean.secrets.tables``) needs a hunk's column names, and a hunk that does not
+    start at the header row does not show them. Read from the file as the commit left it (as its
+    parent had it, where the commit deleted it); none where neither has it. One short ``git
+    cat-file`` per table, and commits that change no table cost nothing."""
     headers: dict[str, str] = {}
     for path in commit["files"]:
         if not is_table_path(path):
