@@ -22,7 +22,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ from repotune.clean.split import (
     record_date,
     remap_ranges,
     renames,
+    utc_moment,
 )
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record
@@ -123,15 +123,8 @@ def _process(line: str) -> tuple[str | None, str | None, Counter[str], _Summary 
 
 def _utc(value: str | None) -> str | None:
     """ISO dates with mixed offsets compare correctly only once they are all in UTC."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat()
+    moment = utc_moment(value)
+    return moment.isoformat() if moment is not None else None
 
 
 # The input is cut into chunks of about this many bytes, each cleaned by one worker process that

@@ -139,8 +139,8 @@ def comments_up_to(
     the thread's order, as the sources record it) is not after the cut; a thread without those times
     (an ingest older than them) falls back to the headings' days: a comment trains only when its whole
     day came before the cut in any offset. A comment of an unknown time or date does not train."""
-    cut = _utc_moment(cut_date)
-    updated = _utc_moment(updated_at)
+    cut = utc_moment(cut_date)
+    updated = utc_moment(updated_at)
     if cut is None or (updated is not None and updated <= cut):
         return content, 0
     headings = list(_COMMENT_HEADING.finditer(content))
@@ -152,10 +152,10 @@ def comments_up_to(
     for index, heading in enumerate(headings):
         end = headings[index + 1].start() if index + 1 < len(headings) else len(content)
         if times is not None:
-            moment = _utc_moment(times[index])
+            moment = utc_moment(times[index])
             before = moment is not None and moment <= cut
         else:
-            day = _utc_moment(heading["day"])
+            day = utc_moment(heading["day"])
             before = day is not None and day + _DAY_SPAN <= cut
         if before:
             kept.append(content[heading.start() : end])
@@ -166,7 +166,7 @@ def comments_up_to(
     return "".join(kept).rstrip("\n") + "\n", dropped
 
 
-def _utc_moment(value: object) -> datetime | None:
+def utc_moment(value: object) -> datetime | None:
     """An ISO date or time as an aware UTC moment (a naive one taken as UTC); ``None`` if it is not one."""
     if not isinstance(value, str):
         return None
