@@ -100,7 +100,7 @@ def load_baseline(folder: Path) -> tuple[Any, str]:
 
     def generate(prompt: str, max_tokens: int) -> int:
         ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-        processors = [LinePenaltyProcessor([penalty], ids.shape[1], newlines)] if penalty else []
+        processors = [LinePenaltyProcessor([penalty], [ids.shape[1]], newlines)] if penalty else []
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,

@@ -158,7 +158,7 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
 
     ids, after_newline = prompt_ids(prompt, scorer.tokenizer, 2048)
     eos = _eos_ids(scorer.model, scorer.tokenizer)
-    served = LinePenaltyProcessor([line_penalty], len(ids), newline_tokens(scorer.tokenizer))
+    served = LinePenaltyProcessor([line_penalty], [len(ids)], newline_tokens(scorer.tokenizer))
     with torch.no_grad():
         out = scorer.model.generate(
             torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),

@@ -368,7 +368,7 @@ def test_penalties_lower_what_the_completion_wrote_row_by_row(loaded: RepotuneMo
     sampling = [SamplingParams(0.0, presence_penalty=0.5, frequency_penalty=1.0), SamplingParams(0.0)]
     input_ids = torch.tensor([[5, 7, 3, 3, 4], [3, 3, 3, 3, 3]])
     scores = torch.zeros((2, 8))
-    penalized = PenaltyProcessor(sampling, width=2)(input_ids, scores)
+    penalized = PenaltyProcessor(sampling, starts=[2, 2])(input_ids, scores)
     assert penalized[0].tolist() == [0, 0, 0, -2.5, -1.5, 0, 0, 0]  # 3 written twice, 4 once; 5, 7 prompt
     assert penalized[1].tolist() == [0.0] * 8  # no penalty asked: untouched, in the same batch
 
@@ -589,6 +589,96 @@ def test_a_prompt_ending_in_whitespace_no_token_writes_is_completed(
         # token ids are never held back from: the prompt as the model reads it, whole
         whole = client.completions.create(prompt=encode_prompt(tokenizer, text), **ask).choices[0].text
         assert served == whole and served, (text, served, whole)
+
+
+def _arrives_during(batcher: Batcher, first: GenerationRequest, second: GenerationRequest) -> list:
+    """``first``, then ``second`` once ``first`` has streamed its first text: the two ``Completed`` rows
+    and, for each, how many pieces ``first`` had streamed when it ended."""
+
+    async def run() -> list:
+        running = batcher.submit(first)
+        order: list = []
+        later: asyncio.Task | None = None
+        streamed = 0
+
+        async def wait(handle) -> None:
+            result = await handle.result()
+            order.append(("second", result, streamed))
+
+        async for item in running.stream():
+            if isinstance(item, str):
+                streamed += 1
+                if later is None:
+                    later = asyncio.create_task(wait(batcher.submit(second)))
+            else:
+                order.append(("first", item, streamed))
+        assert later is not None
+        await later
+        return order
+
+    return asyncio.run(run())
+
+
+def test_a_long_answer_gives_way_to_a_request_that_arrives_behind_it(loaded: RepotuneModel) -> None:
+    """A tab completion asked while a chat answer is being written: without turns it waits for the
+    whole answer; with them it is answered after ``turn_tokens`` more tokens, and the long answer
+    resumes and comes out as it would have in one go (greedy, and sampled with the same penalties)."""
+    tokenizer = loaded.tokenizer
+    ids = encode_prompt(tokenizer, "def add(a, b):")
+    long_tokens = 48
+    # Sampling settings unlike the short request's, so the two can never share a batch; a frequency
+    # penalty, whose counts must carry over a turn (the tiny model, greedy, repeats one token).
+    chat = SamplingParams(0.0, frequency_penalty=1.5)
+    first = GenerationRequest(ids, long_tokens, chat, stop=())
+    second = GenerationRequest(encode_prompt(tokenizer, "x"), 3, SamplingParams(0.7, seed=1), stop=())
+
+    def served(turn_tokens: int) -> tuple[list, Batcher]:
+        batcher = Batcher(loaded.loaded.model, tokenizer, batch_wait_ms=0, turn_tokens=turn_tokens)
+        try:
+            return _arrives_during(batcher, first, second), batcher
+        finally:
+            batcher.stop()
+
+    assert ServeSettings().turn_tokens == 32  # the server's default: turns on
+    for bad in (-1, 1.5, True):
+        with pytest.raises(RepotuneError, match="--turn-tokens"):
+            ServeSettings(turn_tokens=bad)
+    waited, plain = served(0)
+    assert [name for name, _, _ in waited] == ["first", "second"]  # the short one waited for all 48
+    assert plain.turns_given == 0
+
+    turns, batcher = served(8)
+    names = [name for name, _, _ in turns]
+    assert names == ["second", "first"], names
+    answered_after = turns[0][2]
+    assert answered_after < long_tokens // 2  # pieces of the long answer streamed before it
+    assert batcher.turns_given >= 1 and batcher.rows == 2  # a turn given is not a new request
+    long_alone, long_with_turns = waited[0][1], turns[1][1]
+    assert long_with_turns.completion_tokens == long_alone.completion_tokens == long_tokens
+    assert long_with_turns.text == long_alone.text and len(set(long_alone.text)) > 4  # penalized
+
+
+def test_a_stopping_server_finishes_rows_that_gave_way(loaded: RepotuneModel) -> None:
+    """``stop`` lets the running batch finish: rows waiting for their next turn belong to it."""
+    tokenizer = loaded.tokenizer
+    batcher = Batcher(loaded.loaded.model, tokenizer, max_batch_size=1, batch_wait_ms=0, turn_tokens=4)
+    ids = encode_prompt(tokenizer, "def add(a, b):")
+    requests = [GenerationRequest(ids, 24, SamplingParams(0.0), stop=()) for _ in range(2)]
+
+    async def run() -> list:
+        handles = [batcher.submit(r) for r in requests]
+        results = [asyncio.create_task(handle.result()) for handle in handles]
+        while batcher.turns_given < 2:  # both started, and each has given way once
+            await asyncio.sleep(0.005)
+        await asyncio.to_thread(batcher.stop, 30.0)
+        return [await result for result in results]
+
+    try:
+        done = asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert [r.completion_tokens for r in done] == [24, 24]
+    assert done[0].text == done[1].text
 
 
 def test_a_full_queue_and_a_timeout_are_refused(loaded: RepotuneModel) -> None:

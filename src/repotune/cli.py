@@ -361,6 +361,14 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option(help="Milliseconds to wait for more requests before starting a batch.")
     ] = ServeSettings.batch_wait_ms,
+    turn_tokens: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Tokens a running batch writes before it lets requests waiting behind it go first "
+            "(its rows resume after them); 0: a batch runs to its end.",
+        ),
+    ] = ServeSettings.turn_tokens,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a request may take, queue wait included; then a 504.")
     ] = ServeSettings.request_timeout_s,
@@ -416,6 +424,7 @@ def serve(
         max_queue=max_queue,
         max_generations=max_generations,
         batch_wait_ms=batch_wait_ms,
+        turn_tokens=turn_tokens,
         request_timeout_s=request_timeout,
         max_body_bytes=max_body_bytes,
         device=device,

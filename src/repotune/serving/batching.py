@@ -11,6 +11,13 @@ to ``max_batch_size``) in one ``generate`` call. Each row stops on its own (end 
 string, its own ``max_new_tokens``, cancellation or its deadline) through a per-row stopping
 criterion, which also streams each row's new text to its handle as the tokens come. The event loop
 only awaits handles, so it never blocks on generation.
+
+A running batch takes no new rows, so a request that arrives while it runs would wait for its longest
+row: a tab completion behind a 500-token chat answer. A batch that others wait behind gives way after
+``turn_tokens`` tokens (once every row has written the whitespace it holds back): its unfinished rows go
+to the back of the queue and take their turn again later, each with the tokens it wrote so far fed back
+as prompt (a greedy row writes what it would have written in one go; what a row already streamed
+stays sent). That costs one prefill of those rows per turn given, and only when someone is waiting.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +129,8 @@ class Handle:
         self.request = request
         self.deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
         self.cancelled = False
+        self.row: _Row | None = None
+        """Its decoding state once it has started; kept while the row waits for its next turn."""
         self._loop = loop
         self._events: asyncio.Queue[str | Completed | BaseException] = asyncio.Queue()
         self._closed = False
@@ -183,6 +192,14 @@ class _Row:
         stops = handle.request.stop
         # Text that could still grow into a stop string is held back from streaming.
         self.hold = max((len(s) for s in stops), default=1) - 1
+        self.healed = not handle.request.heal
+        """Whether the held-back text is written (a row gives way only then: ``HealingProcessor``
+        holds a row's first tokens to it, and a row that resumes starts free)."""
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """What the model reads before the row's next token: the prompt and the tokens written so far."""
+        return self.handle.request.prompt_ids + self.tokens
 
     def add(self, token: int, eos_ids: frozenset[int]) -> None:
         request = self.handle.request
@@ -197,6 +214,7 @@ class _Row:
             return
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.healed = self.healed or len(text) >= len(request.heal)
         # The held-back text is the prompt's: the completion starts after it (``HealingProcessor``
         # holds the first tokens to it, so the text starts with it once it is all written). Where the
         # processor let the row go before (no token could write the rest), the completion starts after
@@ -253,13 +271,24 @@ class _RowStopper:
     """A ``StoppingCriteria`` that feeds each row its new token and says, per row, whether it is done.
 
     ``generate`` calls it after every decoding step with the whole sequence so far; rows it reports as
-    done get padding from then on, and ``generate`` returns once every row is done.
+    done get padding from then on, and ``generate`` returns once every row is done. After
+    ``turn_tokens`` steps (0: never) it ends the whole batch early when ``others_wait()`` says requests
+    wait behind it (``gave_way``): the rows not done are to be queued again.
     """
 
-    def __init__(self, rows: list[_Row], prompt_width: int, eos_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        rows: list[_Row],
+        eos_ids: frozenset[int],
+        turn_tokens: int = 0,
+        others_wait: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.rows = rows
-        self.prompt_width = prompt_width
         self.eos_ids = eos_ids
+        self.turn_tokens = turn_tokens
+        self.others_wait = others_wait
+        self.steps = 0
+        self.gave_way = False
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
@@ -268,7 +297,18 @@ class _RowStopper:
         for row, token in zip(self.rows, last, strict=True):
             if not row.done:
                 row.add(token, self.eos_ids)
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+        self.steps += 1
+        done = [row.done for row in self.rows]
+        if (
+            self.turn_tokens
+            and self.steps >= self.turn_tokens
+            and not all(done)
+            and all(row.healed for row in self.rows if not row.done)
+            and self.others_wait()
+        ):
+            self.gave_way = True
+            done = [True] * len(self.rows)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class Batcher:
@@ -284,9 +324,12 @@ class Batcher:
         batch_wait_ms: float = 5.0,
         eos_ids: Iterable[int] = (),
         model_name: str = "model",
+        turn_tokens: int = 32,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be at least 1, batch_wait_ms not negative")
+        if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0 or turn_tokens < 0:
+            raise ValueError(
+                "max_batch_size and max_queue must be at least 1, batch_wait_ms and turn_tokens not negative"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -297,8 +340,10 @@ class Batcher:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
+        self.turn_tokens = turn_tokens
         self.batches = 0  # generate() calls so far
         self.rows = 0  # requests generated so far
+        self.turns_given = 0  # batches that gave way to requests waiting behind them
         self.largest_batch = 0
         self._pending: deque[Handle] = deque()
         self._running: list[Handle] = []
@@ -336,11 +381,12 @@ class Batcher:
             return len(self._pending)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Refuse new requests, fail the waiting ones, and let the running batch finish."""
+        """Refuse new requests, fail the waiting ones, and let the running batch finish (with the rows
+        that gave way to others and wait for their next turn)."""
         with self._cond:
             self._stopping = True
-            waiting = list(self._pending)
-            self._pending.clear()
+            waiting = [handle for handle in self._pending if handle.row is None]
+            self._pending = deque(handle for handle in self._pending if handle.row is not None)
             self._cond.notify_all()
         for handle in waiting:
             handle._push(Unavailable("the server is stopping"))
@@ -364,7 +410,7 @@ class Batcher:
         with self._cond:
             while not self._pending and not self._stopping:
                 self._cond.wait()
-            if self._stopping:
+            if not self._pending:  # stopping, and no row waits for its next turn
                 return None
             # Requests that arrive within the wait window join this batch instead of the next one.
             window_end = time.monotonic() + self.batch_wait_s
@@ -407,7 +453,12 @@ class Batcher:
             with self._cond:
                 self._running = batch
             try:
-                self._generate(batch)
+                unfinished = self._generate(batch)
+                with self._cond:
+                    # Behind the requests that waited: they get the next turn.
+                    self._pending.extend(unfinished)
+                    self._running = []
+                    QUEUED.labels(self.model_name).set(len(self._pending))
             except Exception as err:
                 log.exception("generation failed for a batch of %d", len(batch))
                 for handle in batch:
@@ -416,25 +467,32 @@ class Batcher:
                 with self._cond:
                     self._running = []
 
-    def _generate(self, batch: list[Handle]) -> None:
+    def _generate(self, batch: list[Handle]) -> list[Handle]:
+        """Runs ``batch`` through one ``generate``; returns the rows that gave way, not done."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        fresh = [handle for handle in batch if handle.row is None]
+        for handle in fresh:
+            handle.row = _Row(handle, self.tokenizer)
+        rows = [handle.row for handle in batch if handle.row is not None]
         # Counted when the batch starts: its rows' results reach clients before generate() returns.
         self.batches += 1
-        self.rows += len(batch)
+        self.rows += len(fresh)
         self.largest_batch = max(self.largest_batch, len(batch))
         BATCHES.labels(self.model_name).inc()
-        ROWS.labels(self.model_name).inc(len(batch))
+        ROWS.labels(self.model_name).inc(len(fresh))
         BATCH_SIZE.labels(self.model_name).observe(len(batch))
-        prompts = [handle.request.prompt_ids for handle in batch]
+        written_before = sum(len(row.tokens) for row in rows)
+        prompts = [row.prompt_ids for row in rows]
         width = max(len(ids) for ids in prompts)
-        # Left padding: every row's next token lands in the same column.
+        # Left padding: every row's next token lands in the same column. A row that resumes has its
+        # tokens so far at the end of its prompt: its completion starts that many columns earlier.
+        starts = [width - len(row.tokens) for row in rows]
         input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in prompts])
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
         device = next(self.model.parameters()).device
-        rows = [_Row(handle, self.tokenizer) for handle in batch]
-        stopper = _RowStopper(rows, width, self.eos_ids)
+        stopper = _RowStopper(rows, self.eos_ids, self.turn_tokens, lambda: bool(self._pending))
         sampling = batch[0].request.sampling
         kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not sampling.greedy:
@@ -445,56 +503,62 @@ class Batcher:
                 "top_p": sampling.top_p,
                 "top_k": 0,
             }
-            if sampling.seed is not None:
+            if sampling.seed is not None and fresh:  # a batch of resumed rows goes on with the generator
                 torch.manual_seed(sampling.seed)
         processors: list[Any] = []
-        heals = [handle.request.heal for handle in batch]
+        # A resumed row wrote its held-back text before it gave way (``_RowStopper``).
+        heals = ["" if row.tokens else row.handle.request.heal for row in rows]
         if any(heals):
             processors.append(HealingProcessor(heals, width, self.token_texts))
         if any(handle.request.sampling.penalized for handle in batch):
-            processors.append(PenaltyProcessor([handle.request.sampling for handle in batch], width))
+            processors.append(PenaltyProcessor([handle.request.sampling for handle in batch], starts))
         if any(handle.request.sampling.line_penalty for handle in batch):
             penalties = [handle.request.sampling.line_penalty for handle in batch]
-            processors.append(LinePenaltyProcessor(penalties, width, newline_tokens(self.tokenizer)))
+            processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                max_new_tokens=max(handle.request.max_new_tokens for handle in batch),
+                max_new_tokens=max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows),
                 stopping_criteria=StoppingCriteriaList([stopper]),
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.eos_ids) or None,
                 **kwargs,
             )
+        TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
+        if stopper.gave_way:
+            self.turns_given += 1
+            return [row.handle for row in rows if not row.done]
         for row in rows:
             if not row.done:  # generate stopped at max_new_tokens before the criterion did
                 row._end("length")
-        TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows))
+        return []
 
 
 class PenaltyProcessor:
     """A transformers ``LogitsProcessor`` for OpenAI's ``presence_penalty`` and ``frequency_penalty``,
     row by row: ``logit[t] -= frequency * count[t] + presence * (count[t] > 0)``, ``count`` being how
-    often the row's completion (its tokens after the prompt's ``width`` columns) has written ``t``. The
+    often the row's completion (its tokens from column ``starts[row]`` on) has written ``t``. The
     OpenAI API reference gives this formula; vLLM applies it the same way, to the output tokens only."""
 
-    def __init__(self, sampling: Sequence[SamplingParams], width: int) -> None:
+    def __init__(self, sampling: Sequence[SamplingParams], starts: Sequence[int]) -> None:
         import torch
 
-        self.width = width
+        self.starts = torch.tensor(list(starts), dtype=torch.long)
         self.presence = torch.tensor([s.presence_penalty for s in sampling], dtype=torch.float32)
         self.frequency = torch.tensor([s.frequency_penalty for s in sampling], dtype=torch.float32)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        written = input_ids[:, self.width :]
-        if written.shape[1] == 0:
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+        written = (columns[None, :] >= self.starts.to(input_ids.device)[:, None]).to(scores.dtype)
+        if not written.any():
             return scores
         counts = torch.zeros(scores.shape, dtype=scores.dtype, device=scores.device)
-        counts.scatter_add_(1, written, torch.ones(written.shape, dtype=scores.dtype, device=scores.device))
+        counts.scatter_add_(1, input_ids, written)
         frequency = self.frequency.to(scores.device, scores.dtype)[:, None]
         presence = self.presence.to(scores.device, scores.dtype)[:, None]
         return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
@@ -502,13 +566,14 @@ class PenaltyProcessor:
 
 class LinePenaltyProcessor:
     """A transformers ``LogitsProcessor`` for the line repeat penalty (``repotune.decoding``), row by
-    row: a row's completion is its tokens after the prompt's ``width`` columns."""
+    row: a row's completion is its tokens from column ``starts[row]`` on."""
 
-    def __init__(self, penalties: Sequence[float], width: int, newlines: frozenset[int]) -> None:
-        self.penalties, self.width, self.newlines = list(penalties), width, newlines
+    def __init__(self, penalties: Sequence[float], starts: Sequence[int], newlines: frozenset[int]) -> None:
+        self.penalties, self.starts, self.newlines = list(penalties), list(starts), newlines
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        return penalize_lines(scores, input_ids[:, self.width :].tolist(), self.newlines, self.penalties)
+        written = [ids[start:] for ids, start in zip(input_ids.tolist(), self.starts, strict=True)]
+        return penalize_lines(scores, written, self.newlines, self.penalties)
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Completed]]:

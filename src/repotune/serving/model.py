@@ -171,6 +171,7 @@ class RepotuneModel(kserve.Model):
             max_batch_size=self.settings.max_batch_size,
             max_queue=self.settings.max_queue,
             batch_wait_ms=self.settings.batch_wait_ms,
+            turn_tokens=self.settings.turn_tokens,
             eos_ids=eos_token_ids(model, tokenizer),
             model_name=self.name,
         )

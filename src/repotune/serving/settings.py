@@ -44,6 +44,9 @@ class ServeSettings:
     """``max_tokens`` of a completions request that sets none (OpenAI's default), in tokens."""
     batch_wait_ms: float = 5.0
     """How long the worker waits for more requests before it starts a batch, in milliseconds."""
+    turn_tokens: int = 32
+    """Tokens a running batch writes before it gives way to requests waiting behind it (its unfinished
+    rows resume after them, ``repotune.serving.batching``); 0: a batch runs to its end however long."""
     max_queue: int = 256
     """Most generations waiting for a batch; a request that does not fit whole gets a 429."""
     max_generations: int = 32
@@ -87,6 +90,9 @@ class ServeSettings:
         check_line_penalty(self.line_repeat_penalty)
         if self.batch_wait_ms < 0:
             raise RepotuneError(f"--batch-wait-ms must not be negative, got {self.batch_wait_ms!r}")
+        turn = self.turn_tokens
+        if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+            raise RepotuneError(f"--turn-tokens must be 0 or a positive integer, got {self.turn_tokens!r}")
         if self.request_timeout_s <= 0:
             raise RepotuneError(f"--request-timeout must be positive, got {self.request_timeout_s!r}")
         if self.max_generations > self.max_queue:
