@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,16 @@ def write_records(handle, records: Iterable[Record]) -> int:
         handle.write("\n")
         count += 1
     return count
+
+
+def utc_moment(value: object) -> datetime | None:
+    """An ISO 8601 date or time (``2024-01-02``, ``...T09:00:00Z``, Atlassian's ``...T09:00:00.000+0000``)
+    as an aware UTC moment, a naive one taken as UTC; ``None`` if it is not one. The one parser of the
+    times records and sources carry."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

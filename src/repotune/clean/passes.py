@@ -49,10 +49,9 @@ from repotune.clean.split import (
     record_date,
     remap_ranges,
     renames,
-    utc_moment,
 )
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record
+from repotune.records import Kind, Record, utc_moment
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record
+from repotune.records import Kind, Record, utc_moment
 from repotune.sources.git import diff_header_path
 
 TRAIN = "train"
@@ -164,17 +164,6 @@ def comments_up_to(
     if not dropped:
         return content, 0
     return "".join(kept).rstrip("\n") + "\n", dropped
-
-
-def utc_moment(value: object) -> datetime | None:
-    """An ISO date or time as an aware UTC moment (a naive one taken as UTC); ``None`` if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def held_out_by_ingest(record: Record) -> bool | None:

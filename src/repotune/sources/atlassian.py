@@ -195,17 +195,6 @@ def connection_reason(exc: BaseException) -> str:
     return match.group(1).strip().lower() if match else "connection failed"
 
 
-def parse_time(value: str | None) -> datetime | None:
-    """An Atlassian timestamp (``2024-01-02T09:00:00.000+0000`` or ISO 8601 with ``Z``) in UTC."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 

@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id
-from repotune.sources.atlassian import AtlassianClient, credentials, parse_time, stamp, utc
+from repotune.records import Kind, Record, record_id, utc_moment
+from repotune.sources.atlassian import AtlassianClient, credentials, stamp, utc
 from repotune.sources.base import IngestStats
 from repotune.sources.xhtml import storage_to_markdown
 
@@ -107,7 +107,7 @@ def iter_confluence(
                 stats.skip("duplicate")
                 continue
             seen.add(page_id)
-            modified = parse_time((page.get("version") or {}).get("when"))
+            modified = utc_moment((page.get("version") or {}).get("when"))
             if since is not None and modified is not None and modified < since:
                 continue
             read += 1
@@ -143,7 +143,7 @@ def confluence_revision(space: str, url: str | None = None, timeout_s: int = 30)
     finally:
         client.close()
     results = answer.get("results") or []
-    newest = parse_time((results[0].get("version") or {}).get("when")) if results else None
+    newest = utc_moment((results[0].get("version") or {}).get("when")) if results else None
     total = answer.get("totalSize", answer.get("size", len(results)))
     return f"confluence-{stamp(newest)}-n{total}"
 

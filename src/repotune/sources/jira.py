@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id
+from repotune.records import Kind, Record, record_id, utc_moment
 from repotune.sources.adf import adf_to_markdown, wiki_to_markdown
-from repotune.sources.atlassian import AtlassianClient, credentials, parse_time, stamp, utc
+from repotune.sources.atlassian import AtlassianClient, credentials, stamp, utc
 from repotune.sources.base import IngestStats
 from repotune.sources.threads import ThreadComment, day, pseudonym, thread_markdown
 
@@ -96,7 +96,7 @@ def iter_jira(
                 continue
             seen.add(key)
             fields = issue.get("fields") or {}
-            updated = parse_time(fields.get("updated"))
+            updated = utc_moment(fields.get("updated"))
             if since_utc is not None and updated is not None and updated < since_utc:
                 continue
             read += 1
@@ -122,7 +122,7 @@ def jira_revision(project: str, url: str | None = None, jql: str | None = None, 
     finally:
         client.close()
     issues = page.get("issues") or []
-    newest = parse_time((issues[0].get("fields") or {}).get("updated")) if issues else None
+    newest = utc_moment((issues[0].get("fields") or {}).get("updated")) if issues else None
     total = page.get("total")
     return f"jira-{stamp(newest)}" + (f"-n{total}" if total is not None else "")
 

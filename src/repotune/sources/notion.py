@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id
-from repotune.sources.atlassian import parse_time, stamp, utc
+from repotune.records import Kind, Record, record_id, utc_moment
+from repotune.sources.atlassian import stamp, utc
 from repotune.sources.base import IngestStats
 from repotune.sources.ratelimit import RateLimitWaits
 
@@ -108,7 +108,7 @@ def notion_revision(target: str, base_url: str | None = None, timeout_s: int = 3
     finally:
         api.close()
     results = answer.get("results") or []
-    newest = parse_time(results[0].get("last_edited_time")) if results else None
+    newest = utc_moment(results[0].get("last_edited_time")) if results else None
     return f"notion-{stamp(newest)}"
 
 
@@ -242,7 +242,7 @@ class _Walker:
             filter={"property": "object", "value": "page"},
             sort={"direction": "descending", "timestamp": "last_edited_time"},
         ):
-            edited = parse_time(page.get("last_edited_time"))
+            edited = utc_moment(page.get("last_edited_time"))
             if self.since is not None and edited is not None and edited < self.since:
                 return  # newest first: everything after this is older
             if page.get("in_trash") or page.get("archived") or not self._first_visit(page["id"]):
@@ -321,7 +321,7 @@ class _Walker:
         """One page as a record; child pages and databases found in it are appended to ``children``."""
         page_id = page["id"]
         title = _page_title(page)
-        edited = parse_time(page.get("last_edited_time"))
+        edited = utc_moment(page.get("last_edited_time"))
         found: list[tuple[str, str]] = []
         lines = self._blocks(page_id, 0, found)
         if children is not None:
