@@ -593,11 +593,13 @@ def test_a_prompt_ending_in_whitespace_no_token_writes_is_completed(
 
 def _arrives_during(batcher: Batcher, first: GenerationRequest, second: GenerationRequest) -> list:
     """``first``, then ``second`` once ``first`` has streamed its first text: the two ``Completed`` rows
-    and, for each, how many pieces ``first`` had streamed when it ended."""
+    in the order they ended and, for each, how many pieces ``first`` had streamed by then. Checks that
+    ``first``'s pieces add up to its text."""
 
     async def run() -> list:
         running = batcher.submit(first)
         order: list = []
+        pieces: list[str] = []
         later: asyncio.Task | None = None
         streamed = 0
 
@@ -608,10 +610,12 @@ def _arrives_during(batcher: Batcher, first: GenerationRequest, second: Generati
         async for item in running.stream():
             if isinstance(item, str):
                 streamed += 1
+                pieces.append(item)
                 if later is None:
                     later = asyncio.create_task(wait(batcher.submit(second)))
             else:
                 order.append(("first", item, streamed))
+                assert "".join(pieces) == item.text  # nothing streamed twice or lost over a turn
         assert later is not None
         await later
         return order
