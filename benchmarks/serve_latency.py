@@ -151,13 +151,25 @@ def run_server_level(
     return summary("server", clients, [r[0] for r in results], sum(r[1] for r in results), wall)
 
 
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="tiny", help="tiny, smollm2-135m, a model folder, or any base model spec"
+    )
+
+
+def model_folder(spec: str) -> Path:
+    """The model ``--model`` names, as a folder (``repotune.models.resolve_base_model``)."""
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+    from repotune.models import resolve_base_model
+
+    return resolve_base_model(spec)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument(
-        "--model", default="tiny", help="tiny, smollm2-135m, a model folder, or any base model spec"
-    )
+    add_model_argument(p)
     p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request")
     p.add_argument("--requests", type=int, default=32, help="requests per variant and concurrency level")
     p.add_argument("--concurrency", default="1,16", help="client counts to measure, comma-separated")
@@ -169,13 +181,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT / "src"))
+    folder = model_folder(args.model)
     import openai
 
-    from repotune.models import resolve_base_model
     from repotune.serving.server import start_background
 
-    folder = resolve_base_model(args.model)
     levels = sorted({1, *(int(c) for c in args.concurrency.split(","))})
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
     say(f"model {folder}; {args.requests} requests of {args.max_tokens} tokens per level")

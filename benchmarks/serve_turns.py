@@ -39,22 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from serve_latency import add_model_argument, model_folder, percentile, say
+
 GAIN_TARGET = 3.0  # completion p50 at least 3x faster with turns while an answer is written
 COST_TARGET = 0.15  # turns (their prefills) cost the answer at most 15 %
 
 CHAT = "Explain how a hash map handles collisions."
 FILE = "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        "
 COMPLETIONS = [FILE, "def fibonacci(n):\n    ", "class Stack:\n    def __init__(self):\n        "]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def completion_s(client: Any, name: str, prompt: str, max_tokens: int) -> float:
@@ -107,9 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument(
-        "--model", default="tiny", help="tiny, smollm2-135m, a model folder, or any base model spec"
-    )
+    add_model_argument(p)
     p.add_argument("--chat-tokens", type=int, default=256, help="tokens of the long answer")
     p.add_argument("--completion-tokens", type=int, default=16, help="most tokens of a tab completion")
     p.add_argument("--turn-tokens", type=int, default=32, help="the second server's --turn-tokens")
@@ -121,13 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT / "src"))
+    folder = model_folder(args.model)
     import openai
 
-    from repotune.models import resolve_base_model
     from repotune.serving.server import start_background
 
-    folder = resolve_base_model(args.model)
     limit = max(args.chat_tokens, args.completion_tokens)
     variants = {"no turns": 0, f"turns of {args.turn_tokens}": args.turn_tokens}
     say(f"model {folder}; answers of {args.chat_tokens} tokens, {args.rounds} rounds per server")
@@ -169,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "server": name,
                 "completions": len(got["latencies"]),
-                "completion_p50_ms": 1000 * percentile(latencies, 0.5),
-                "completion_p95_ms": 1000 * percentile(latencies, 0.95),
+                "completion_p50_ms": 1000 * percentile(latencies, 50),
+                "completion_p95_ms": 1000 * percentile(latencies, 95),
                 "answer_s": wall,
                 "answer_tokens_per_s": statistics.median(
                     t / w for t, w in zip(got["tokens"], got["walls"], strict=True)
