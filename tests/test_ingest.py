@@ -387,9 +387,15 @@ def test_git_clone_errors_show_gits_reason_without_credentials(tmp_path: Path) -
 def test_a_bare_repository_is_refused_not_read_as_git_internals(sample_repo: Path, tmp_path: Path) -> None:
     bare = tmp_path / "repo.git"
     git(tmp_path, "clone", "--quiet", "--bare", str(sample_repo), str(bare))
-    for folder in (bare, sample_repo / ".git"):
-        with pytest.raises(RepotuneError, match=r"is a bare git repository .*: point at a checkout"):
-            ingest_stage.run(IngestConfig(source=str(folder), output=tmp_path / "out"))
+    with pytest.raises(RepotuneError, match=r"is a bare git repository .*: point at a checkout"):
+        ingest_stage.run(IngestConfig(source=str(bare), output=tmp_path / "out"))
+    # A checkout's own .git is not a bare repository: the message names the checkout to give instead.
+    with pytest.raises(RepotuneError) as raised:
+        ingest_stage.run(IngestConfig(source=str(sample_repo / ".git"), output=tmp_path / "out"))
+    message = str(raised.value)
+    assert "is a bare git repository" not in message
+    assert f"is the .git folder of the checkout {sample_repo.resolve()}" in message
+    assert message.endswith(f"give the checkout itself, {sample_repo.resolve()}")
     assert not (tmp_path / "out").exists()
 
 

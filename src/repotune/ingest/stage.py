@@ -561,6 +561,12 @@ def _refuse_git_directory(spec: str) -> None:
         return
     path = Path(spec).expanduser()
     if path.is_dir() and git.is_git_directory(path):
+        checkout = path.resolve().parent
+        if path.resolve().name == ".git" and git.is_git_checkout(checkout):
+            raise RepotuneError(
+                f"source {spec!r} is the .git folder of the checkout {checkout} (git's internals, no files "
+                f"to read): give the checkout itself, {checkout}"
+            )
         raise RepotuneError(
             f"source {spec!r} is a bare git repository (git's internals, no files to read): point at a "
             f"checkout, or clone it first (git clone {spec} DIR)"
