@@ -592,6 +592,47 @@ def test_uncommitted_changes_are_read_from_disk_without_a_revision(make_repo, tm
     assert records["b.py"].revision == head and "uncommitted" not in records["b.py"].meta
 
 
+@pytest.mark.integration
+def test_a_temporal_split_leaves_uncommitted_changes_out_and_says_so(
+    make_repo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The temporal split reads commits only: a checkout's uncommitted edit is not read, and ingest (and
+    the pipeline's ingest step) says so, rather than print that it trained 'with uncommitted changes'."""
+    import subprocess
+    import sys
+
+    from kfp.dsl import Dataset
+
+    from repotune.components import steps
+    from repotune.sources.revision import resolve_revision
+
+    # a hundred lines a commit: enough added lines for the default (temporal) cut
+    body = "".join(f"    total += {n}  # step {n} of the sum\n" for n in range(100))
+    commits = [(f"Add s{day}", {f"s{day}.py": f"def f{day}():\n    total = 0\n{body}    return total\n"},
+                f"2024-01-{day:02d}T10:00:00+00:00") for day in range(1, 13)]  # fmt: skip
+    repo = make_repo(commits)
+    write_tree(repo, {"s1.py": "def f1():\n    return 'edited, never committed'\n"})
+    manifest, records = ingest(repo, tmp_path / "out")
+    assert manifest["split"]["mode"] == "temporal" and manifest["split"]["uncommitted_files"] == 1
+    assert not any("never committed" in r.content for r in records.values())
+
+    done = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "ingest", str(repo), "-o", str(tmp_path / "cli")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 tracked file differs from the commit" in done.stderr
+    assert "not read: the temporal split trains and scores on commits only" in done.stderr
+    assert "read as it is on disk" not in done.stderr
+
+    revision = resolve_revision(str(repo))
+    assert "-dirty-" in revision
+    steps.ingest(str(repo), [], revision, "", 0, {}, "", Dataset(name="r", uri=str(tmp_path / "step")))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("ingest: ") and "with uncommitted changes" not in line, line
+    assert line.endswith("; uncommitted changes to 1 file not read (the temporal split reads commits only)")
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip")

@@ -158,10 +158,14 @@ def ingest(values: Values) -> None:
     elif split.get("reason"):
         say(f"file split: {split['reason']}")
     if changed := split.get("uncommitted_files"):
+        read = (
+            "not read: the temporal split trains and scores on commits only (commit them to use them)"
+            if split.get("mode") == "temporal"
+            else f"read as {'they are' if changed != 1 else 'it is'} on disk, with no revision"
+        )
         say(
             f"note: {changed} tracked file{'s' * (changed != 1)} differ{'s' * (changed == 1)} from the "
-            f"commit{commit} (uncommitted changes): read as {'they are' if changed != 1 else 'it is'} on "
-            "disk, with no revision"
+            f"commit{commit} (uncommitted changes): {read}"
         )
     say(f"skipped: {skipped}")
     say(f"wrote {result.output.records}")

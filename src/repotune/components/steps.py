@@ -71,8 +71,16 @@ def ingest(
         records.path, artifacts_root, source, dataset_key(revision), "ingest"
     )
     counts = "; ".join(f"{entry['source']}: {entry['records']}" for entry in result.sources)
-    # a checkout with uncommitted changes is read as it is on disk, not as its HEAD commit
-    changed = " with uncommitted changes" if len(sources) == 1 and "-dirty-" in revision else ""
+    # a checkout's uncommitted changes: read as they are on disk in the file split, left out (the
+    # commits alone are read) in the temporal split; said as ingest found them, not as the revision reads
+    changed = ""
+    if len(sources) == 1 and (count := (result.split or {}).get("uncommitted_files")):
+        files = f"{count} file{'s' * (count != 1)}"
+        changed = (
+            f"; uncommitted changes to {files} not read (the temporal split reads commits only)"
+            if result.split.get("mode") == "temporal"
+            else f" with uncommitted changes to {files}, read as on disk"
+        )
     print(f"ingest: {result.records} records from {result.source} at {commit}{changed}" + (
         f" ({counts})" if len(result.sources) > 1 else ""))  # fmt: skip
 

@@ -227,15 +227,16 @@ def _local_records(
     else:
         split = NoCut("the source has no git history (a plain folder or archive)")
     manifest["split"] = _split_manifest(split)
+    # Files changed since HEAD: the file split reads them as they are on disk (they carry no revision),
+    # the temporal split reads commits only and leaves the changes out. Either way the split says how
+    # many there are, so that what was read (or not) is said, not guessed from the revision.
+    changed = git.uncommitted_files(root) if is_repo else frozenset()
+    if changed:
+        manifest["split"]["uncommitted_files"] = len(changed)
     if isinstance(split, Cut):
         yield from _temporal_records(root, source, config, stats, manifest["split"], split, workdir)
         return
     file_kinds = None if config.kinds is None else config.kinds & {Kind.CODE, Kind.DOC, Kind.DIAGRAM}
-    # Files changed since HEAD are read as they are on disk: they carry no revision, and the split says
-    # how many there are, so nothing names a commit that does not hold what was read.
-    changed = git.uncommitted_files(root) if is_repo else frozenset()
-    if changed:
-        manifest["split"]["uncommitted_files"] = len(changed)
     if _wants(config, Kind.CODE, Kind.DOC, Kind.DIAGRAM):
         for record in iter_tree(
             root,
