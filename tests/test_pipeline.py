@@ -736,6 +736,38 @@ def test_a_bad_recipe_or_source_fails_before_any_step(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+def test_a_champion_of_another_project_is_refused_before_any_step(sample_repo: Path, tmp_path: Path) -> None:
+    """The evaluate step refuses to weigh a candidate against another project's champion (the default
+    model name is shared by every run in a store): a local checkout's project is known before the first
+    step, so the run stops there, not after training."""
+    from mlflow import MlflowClient
+
+    from repotune.errors import RepotuneError
+    from repotune.evaluate.decide import Decision
+    from repotune.evaluate.registry import ROOT_COMMIT_TAG, SOURCE_TAG, Registry
+    from repotune.pipelines.local import check_champion_project
+    from repotune.sources.git import root_commit
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.create_run(client.create_experiment("runs", artifact_location=tmp_path.as_uri()))
+    client.create_registered_model("repotune")
+    tags = {SOURCE_TAG: "/home/ada/billing", ROOT_COMMIT_TAG: "f" * 40}
+    version = client.create_model_version("repotune", "s3://models/1", run_id=run.info.run_id, tags=tags)
+    Registry(tracking_uri, "repotune").promote(str(version.version), Decision(True, ("promote: first",)))
+
+    folders = {"workdir": tmp_path / "h", "run_dir": tmp_path / "r"}
+    config = RunConfig(str(sample_repo), "tiny-cpu", tracking_uri=tracking_uri, **folders)
+    with pytest.raises(RepotuneError, match=r"trained on /home/ada/billing.* give this project its own "
+                       r"--model-name .*\(checked before the first step\)$"):  # fmt: skip
+        run_local(config)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "h").exists()
+    # its own project (the same first commit, wherever it is checked out) and another name go on
+    client.set_model_version_tag("repotune", version.version, ROOT_COMMIT_TAG, root_commit(sample_repo))
+    check_champion_project((str(sample_repo),), tracking_uri, "repotune")
+    check_champion_project((str(sample_repo),), tracking_uri, "billing-free")
+
+
 def test_a_stage_that_another_interrupts_still_reports_its_time_and_summary(tmp_path: Path) -> None:
     """retrieval-index starts the score-base stage; kfp.local may run train before score-base's own
     task. The line score-base ends with still has its time and its step's summary."""

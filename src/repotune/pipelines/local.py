@@ -14,7 +14,8 @@ errors (:mod:`repotune.pipelines.display`).
 
 Before the first step, the run checks what its steps would otherwise find out minutes in: the
 credentials its source, artifacts root and tracking call for (:mod:`repotune.pipelines.credentials`,
-as each step checks them again on a cluster), and that the MLflow server and the object store answer.
+as each step checks them again on a cluster), that the MLflow server and the object store answer, and
+that a local source is of the project of the registered model's champion (:func:`check_champion_project`).
 With ``local_s3`` it starts a SeaweedFS S3 server on 127.0.0.1 for the run
 (:mod:`repotune.pipelines.seaweedfs`), publishes every stage's outputs there as a cluster run would,
 and stops it when the run ends, however it ends.
@@ -318,6 +319,7 @@ def run_local(
     root = config.published_root()
     check_before_run(sources, root, tracking, local_s3=config.local_s3, given=config.services.environment())
     _check_folders(workdir, run_dir, sources)
+    check_champion_project(sources, tracking, config.model_name)
     with contextlib.ExitStack() as stack:
         # the train step's checkpoints outlive its output folder, which kfp.local makes anew every run
         environment: dict[str, str | None] = {
@@ -449,6 +451,37 @@ def check_tracking_server(uri: str) -> None:
         raise RepotuneError(f"{exc} (checked before the first step)") from None
     finally:
         quiet.setLevel(level)
+
+
+def check_champion_project(sources: tuple[str, ...], tracking: str, model_name: str) -> None:
+    """The evaluate step refuses a candidate of another project than the registered model's champion;
+    a local source's project is known now, so a run that would be refused after training is refused
+    before it. Only where the answer is the step's own: a single folder, told apart by its first commit
+    (a checkout's top) or its name (a plain folder), as :func:`repotune.evaluate.registry.check_same_project`
+    does; a git URL or an archive is known only once read, and left to the step."""
+    from repotune.sources import git
+
+    if len(sources) != 1 or not Path(sources[0]).is_dir():
+        return
+    folder = Path(sources[0])
+    if git.is_git_checkout(folder) and git.has_commits(folder):
+        root_commit = git.root_commit(folder)
+    elif git.enclosing_repository(folder) is None and not (folder / ".git").exists():
+        root_commit = None
+    else:
+        return
+    if tracking.startswith("sqlite:///") and not Path(tracking.removeprefix("sqlite:///")).is_file():
+        return  # a local store not made yet holds no champion
+    from repotune.evaluate.registry import Registry, check_same_project
+
+    try:
+        champion = Registry(tracking, model_name).champion()
+    except RepotuneError:
+        return  # an unreadable registry is the evaluate step's to report, as it always was
+    try:
+        check_same_project(champion, str(folder), model_name, root_commit)
+    except RepotuneError as exc:
+        raise RepotuneError(f"{exc} (checked before the first step)") from None
 
 
 def check_object_store(root: str) -> None:
