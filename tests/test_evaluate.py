@@ -132,15 +132,24 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert saved["decision"]["arm"] == result.arm.key and saved["decision"]["reference"] == "base_retrieval"
     assert set(saved["paired"]) == {"candidate", "candidate_retrieval"}
     completions = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").open()]
-    assert [c["task"] for c in completions] == ["line"] * 20 + ["fim"] * 20 + ["fim_prefix_only"] * 20
+    commits = base["commit_chrf"].n
+    assert commits > 0
+    assert [c["task"] for c in completions] == (
+        ["line"] * 20 + ["fim"] * 20 + ["fim_prefix_only"] * 20 + ["commit"] * commits
+    )
     assert set(completions[0]["answers"]) == ARMS
+    # the commit subjects scored (commit_chrf, commit_rouge_l) are there too, each model's answer beside
+    # the subject written, so a score of 0.00 can be looked at
+    for row in completions[-commits:]:
+        assert row["path"] is None and row["expected"].strip()
+        assert set(row["answers"]) == {"base", "candidate"}
     # FIM prompts need FIM tokens (the candidate's); the arms without retrieval answer the same gaps from
     # the prefix alone too, and the candidate's retrieval arm only the way its model did better
     with_fim = saved["decision"]["fim"]
     assert isinstance(with_fim, bool) and with_fim is result.decision.fim
     assert set(completions[20]["answers"]) == {"candidate"} | ({"candidate_retrieval"} if with_fim else set())
-    assert set(completions[-1]["answers"]) == ARMS - ({"candidate_retrieval"} if with_fim else set())
-    assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:]]
+    assert set(completions[59]["answers"]) == ARMS - ({"candidate_retrieval"} if with_fim else set())
+    assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:60]]
     assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 

@@ -248,8 +248,9 @@ class Scorer:
                 log,
             )
             subjects = [subject for _, subject in samples.commits]
+            answers["commit"] = [c.text.strip() for c in done]
             for name, score in (("rouge_l", rouge_l), ("chrf", chrf)):
-                values = [score(c.text.strip(), e) for c, e in zip(done, subjects, strict=True)]
+                values = [score(c, e) for c, e in zip(answers["commit"], subjects, strict=True)]
                 metrics[f"commit_{name}"] = summarize(f"commit_{name}", values, higher_is_better=True)
         return ArmScores(metrics, per_sample, answers)
 

@@ -492,6 +492,15 @@ def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, li
                     "answers": {arm: got[task][i] for arm, got in answers.items() if task in got},
                 }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # commit subjects, written from each diff (no file: the path is null)
+        for i, (_, subject) in enumerate(samples.commits):
+            row = {
+                "task": "commit",
+                "path": None,
+                "expected": subject,
+                "answers": {arm: got["commit"][i] for arm, got in answers.items() if "commit" in got},
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _tags(summary: dict[str, Any]) -> dict[str, str]:
