@@ -133,6 +133,7 @@ CONFIG_HELPERS = {
     "draw_samples",
     "line_spans",
     "rewrites_line_above",  # the demo judges its closing completion as evaluation judges every answer
+    "check_same_project",  # run refuses before the first step the champion evaluate would refuse
 }
 
 

@@ -6,6 +6,7 @@ from repotune.evaluate.baseline import summary as base_scores_summary
 from repotune.evaluate.decide import Policy
 from repotune.evaluate.generate import rewrites_line_above
 from repotune.evaluate.layout import EvaluateLayout
+from repotune.evaluate.registry import Registry, check_same_project
 from repotune.evaluate.samples import draw_samples, line_spans
 from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
@@ -16,8 +17,10 @@ __all__ = [
     "EvaluateLayout",
     "EvaluateResult",
     "Policy",
+    "Registry",
     "ScoringConfig",
     "base_scores_summary",
+    "check_same_project",
     "draw_samples",
     "line_spans",
     "rewrites_line_above",

@@ -472,7 +472,7 @@ def check_champion_project(sources: tuple[str, ...], tracking: str, model_name: 
         return
     if tracking.startswith("sqlite:///") and not Path(tracking.removeprefix("sqlite:///")).is_file():
         return  # a local store not made yet holds no champion
-    from repotune.evaluate.registry import Registry, check_same_project
+    from repotune.evaluate import Registry, check_same_project
 
     try:
         champion = Registry(tracking, model_name).champion()
