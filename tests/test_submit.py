@@ -12,6 +12,8 @@ from packaging.version import Version
 from tests.kfp_api import running_kfp_api
 
 from repotune import images
+from repotune.deploy import DeploySettings, Runtime
+from repotune.deploy.render import render_serving_runtime
 from repotune.errors import RepotuneError
 from repotune.pipelines.submit import (
     COMPILED,
@@ -23,6 +25,8 @@ from repotune.pipelines.submit import (
     platform_fields,
     submit_run,
 )
+from repotune.train import resolve_recipe
+from repotune.train.cluster_job import render_pytorchjob
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGUMENTS = {"source": "https://git.example.com/team/app.git", "ref": "main"}
@@ -109,3 +113,32 @@ def test_compile_and_submit_put_a_teams_own_images_in_every_step(tmp_path, monke
             kfp.url, dict(ARGUMENTS), "repotune-app-1", recipe="smollm2-135m-cpu", images=chosen
         )
         assert set(executor_images(kfp.runs[run_id]["pipeline_spec"]).values()) == {f"{TEAM}:1.4.2"}
+
+
+def test_steps_that_create_pods_name_the_images_the_pipeline_was_compiled_with(tmp_path, monkeypatch):
+    # The deploy step applies the repotune-predictor ServingRuntime and a multi-node train step a
+    # PyTorchJob, each naming an image resolved inside the step's pod: without the compiled-in images
+    # there, they would pull the project's own from ghcr.io, not the team's registry.
+    monkeypatch.delenv(images.IMAGE_ENV, raising=False)
+    monkeypatch.delenv(images.CUDA_IMAGE_ENV, raising=False)
+    chosen = images.for_run(f"{TEAM}:1.4.2")
+    path = compile_pipeline(tmp_path / "gpu.yaml", "qwen2.5-coder-1.5b-gpu", images=chosen)
+    executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+    for name in ("exec-deploy", "exec-train"):
+        env = {e["name"]: e["value"] for e in executors[name]["container"].get("env", [])}
+        assert env == {images.IMAGE_ENV: f"{TEAM}:1.4.2", images.CUDA_IMAGE_ENV: f"{TEAM}-cuda:1.4.2"}, name
+
+    # what those steps then render, in a pod with that environment
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    recipe = resolve_recipe("qwen2.5-coder-1.5b-gpu")[0]
+    runtime = render_serving_runtime(
+        DeploySettings(name="chat", namespace="team-a", runtime=Runtime.REPOTUNE, resources=recipe.resources)
+    )
+    assert runtime["spec"]["containers"][0]["image"] == f"{TEAM}-cuda:1.4.2"
+    job = render_pytorchjob(
+        recipe, name="j", namespace="team-a", data_uri="s3://runs/d", output_uri="s3://runs/m"
+    )
+    pods = [spec["template"]["spec"] for spec in job["spec"]["pytorchReplicaSpecs"].values()]
+    assert {c["image"] for pod in pods for c in pod["containers"]} == {f"{TEAM}-cuda:1.4.2"}

@@ -136,15 +136,29 @@ def use(images: Images) -> Iterator[Images]:
         _chosen.reset(token)
 
 
+def current() -> Images:
+    """The images in use: the ones :func:`use` chose, else as :func:`for_run` resolves them."""
+    return _chosen.get() or for_run()
+
+
+def environment(chosen: Images) -> dict[str, str]:
+    """``chosen`` as the variables :func:`for_run` reads: what a pipeline step that names an image
+    itself (the deploy step's ServingRuntime, the multi-node train step's PyTorchJob) is given, so that
+    it names the images its pipeline was compiled with rather than the project's own."""
+    env = {IMAGE_ENV: chosen.cpu}
+    if chosen.cuda is not None:
+        env[CUDA_IMAGE_ENV] = chosen.cuda
+    return env
+
+
 def cpu_image() -> str:
     """The CPU image: the one :func:`use` chose, else ``REPOTUNE_IMAGE``, else :data:`CPU_IMAGE`."""
-    chosen = _chosen.get()
-    return chosen.cpu if chosen is not None else for_run().cpu
+    return current().cpu
 
 
 def cuda_image() -> str:
     """The CUDA image: the one :func:`use` chose, else as :func:`for_run` resolves it."""
-    chosen = _chosen.get() or for_run()
+    chosen = current()
     if chosen.cuda is None:
         raise RepotuneError(
             f"the image {chosen.cpu!r} is pinned by digest, which names that image only, and this recipe "

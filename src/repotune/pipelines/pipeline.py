@@ -72,6 +72,15 @@ def _train_resources(task: dsl.PipelineTask, recipe: Recipe) -> None:
         kubernetes.add_toleration(task, **toleration)
 
 
+def _images_env(task: dsl.PipelineTask, chosen: images.Images) -> dsl.PipelineTask:
+    """The compiled-in images as ``REPOTUNE_IMAGE`` / ``REPOTUNE_CUDA_IMAGE`` for a step that names an
+    image in what it creates (the ServingRuntime, the PyTorchJob): without them it would resolve the
+    project's own images inside its pod, not the registry the pipeline was compiled for."""
+    for name, value in images.environment(chosen).items():
+        task.set_env_variable(name, value)
+    return task
+
+
 def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     """The pipeline function for a recipe (a shipped name, a .yaml path or YAML text).
 
@@ -80,7 +89,8 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
     """
     retry = RETRIES if retries else {"num_retries": 0}
     recipe, recipe_text = resolve_recipe(recipe_spec)
-    cpu = images.cpu_image()
+    run_images = images.current()
+    cpu = run_images.cpu
     gpu_image = images.cuda_image() if recipe.resources.gpus_per_node else cpu
     # Above one node the train step only launches and follows a PyTorchJob: it needs no accelerator.
     launcher = recipe.resources.nodes > 1
@@ -215,7 +225,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             tracking=tracking,
             artifacts_root=artifacts_root,
         )
-        _secrets(trained, "train").set_display_name("train")
+        _images_env(_secrets(trained, "train"), run_images).set_display_name("train")
         if not launcher:
             _train_resources(trained, recipe)
         evaluated = evaluate_op(
@@ -244,6 +254,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
                 apply=deploy_apply,
                 tracking=tracking,
             )
+            _images_env(deployed, run_images)
             _small(_secrets(deployed, "deploy")).set_display_name("deploy").set_retry(**retry)
             deployed.set_caching_options(False)  # the cluster, not the inputs, decides what is live
             with dsl.If(hub_repo != "", name="hub-export"):
