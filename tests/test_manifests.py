@@ -25,6 +25,7 @@ from tests.kube_api import fails_after, never_ready, ready_after, running_kube_a
 
 from repotune import images, kube
 from repotune.deploy import DeploySettings, ModelSource, Runtime, S3Access, roll_out
+from repotune.deploy.render import PREDICTOR_ARGS, PREDICTOR_COMMAND
 from repotune.errors import RepotuneError
 from repotune.pipelines.submit import SERVICE_ACCOUNT
 from repotune.train.cluster_job import DEFAULT_SECRET_ENV, TRAINER_SERVICE_ACCOUNT, run_pytorchjob
@@ -565,10 +566,10 @@ def test_the_serving_runtime_and_inference_service_are_valid_kserve_objects(rend
         "runtime",
     )
     container = runtime.spec.containers[0]
-    assert (container.command, container.args) == (
-        ["repotune"],
-        ["serve", "/mnt/models", "--port", "8080", "--host", "0.0.0.0", "--insecure-no-auth"],
-    )
+    # The same server as the runtime `repotune deploy --runtime repotune` applies: in particular the model
+    # is served under the InferenceService's name (KServe fills in {{.Name}}), which clients send.
+    assert (container.command, container.args) == (list(PREDICTOR_COMMAND), list(PREDICTOR_ARGS))
+    assert container.args[-2:] == ["--model-name", "{{.Name}}"]
     formats = {f.name for f in runtime.spec.supported_model_formats}
 
     (service,) = [build(obj, "V1beta1InferenceService", "isvc") for obj in rendered["examples"]]
