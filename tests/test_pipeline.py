@@ -296,6 +296,32 @@ def test_each_step_maps_exactly_the_secrets_it_checks_and_the_templates_define_t
         )
 
 
+def test_every_key_the_readme_names_for_a_secret_reaches_the_steps() -> None:
+    # README's "On a cluster" table is what a platform engineer puts into each Secret; a key it names
+    # that no step has mapped is silently missing from every pod (GITHUB_SERVER_URL was).
+    import re
+
+    from repotune.pipelines import credentials
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(repotune-[a-z0-9-]+)` \(`[a-z0-9]+`\) \| ([^|]+) \|", readme, re.M)
+    by_name = {secret.name: secret for secret in credentials.SECRETS}
+    assert {name for name, _ in rows} >= {"repotune-s3", "repotune-mlflow", "repotune-github", "repotune-hf"}
+    for name, keys in rows:
+        named = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", keys))
+        assert named and named <= set(by_name[name].keys), (name, named - set(by_name[name].keys))
+    for name in COMPILED:
+        executors = _spec(name)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for step in ("resolve-source", "ingest"):
+            (github,) = [
+                m for m in executors[f"exec-{step}"]["secretAsEnv"] if m["secretName"] == "repotune-github"
+            ]
+            assert {k["envVar"] for k in github["keyToEnv"]} == {"GITHUB_TOKEN", "GITHUB_SERVER_URL"}, (
+                name,
+                step,
+            )
+
+
 def test_a_step_names_the_secret_and_key_it_lacks_for_what_the_run_asked() -> None:
     from repotune.errors import RepotuneError
     from repotune.pipelines.credentials import message, missing, needs, require

@@ -77,7 +77,8 @@ MLFLOW = Secret(
     ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
     "mlflow",
 )
-GITHUB = Secret("repotune-github", ("GITHUB_TOKEN",), "github")
+# GITHUB_SERVER_URL: the GitHub Enterprise server git sends the token to (repotune.sources.git)
+GITHUB = Secret("repotune-github", ("GITHUB_TOKEN", "GITHUB_SERVER_URL"), "github")
 # the wiki and tracker sources read these (repotune.sources.atlassian.credentials, sources.notion)
 CONFLUENCE = Secret(
     "repotune-confluence",
