@@ -70,6 +70,26 @@ def test_gpu_pipeline_asks_for_accelerators_memory_with_units_and_the_cuda_image
         assert resources.get("cpuRequest") and resources.get("memoryRequest"), name
 
 
+def test_a_multi_node_train_step_launches_on_the_cpu_image_and_still_states_its_requests(
+    tmp_path: Path,
+) -> None:
+    # Above one node the train step only launches and follows a PyTorchJob: no accelerator, but like
+    # every step it states its requests, which a namespace with a ResourceQuota requires.
+    from repotune import images
+
+    text = (ROOT / "configs" / "qwen2.5-coder-1.5b-gpu.yaml").read_text()
+    assert "\n  nodes: 1 " in text
+    recipe = tmp_path / "two-nodes.yaml"
+    recipe.write_text(text.replace("\n  nodes: 1 ", "\n  nodes: 2 "))
+    spec = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", str(recipe)).read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["image"] == images.for_run().cpu
+    # what every small step asks (deploy's), and no accelerator
+    assert train.get("resources") == executors["exec-deploy"]["container"]["resources"]
+    assert train["resources"].get("cpuRequest") and train["resources"].get("memoryRequest")
+
+
 def test_secrets_come_from_kubernetes_secrets_and_network_steps_retry() -> None:
     spec, platform = _spec("repotune-cpu.yaml")
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

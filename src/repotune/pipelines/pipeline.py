@@ -226,7 +226,9 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             artifacts_root=artifacts_root,
         )
         _images_env(_secrets(trained, "train"), run_images).set_display_name("train")
-        if not launcher:
+        if launcher:
+            _small(trained)  # it only submits and follows the PyTorchJob, whose pods get the resources
+        else:
             _train_resources(trained, recipe)
         evaluated = evaluate_op(
             model=trained.outputs["model"],
