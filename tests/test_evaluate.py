@@ -439,6 +439,8 @@ def test_bad_evaluation_input_is_named(project: Path, trained: Path, tmp_path: P
         evaluate_model(trained, tmp_path / "data", tmp_path / "o", scoring=QUICK)
     with pytest.raises(RepotuneError, match="holds no model"):
         evaluate_model(tmp_path, project, tmp_path / "o", scoring=QUICK)
+    with pytest.raises(RepotuneError, match="does not exist"):  # a typo is not a folder without a model
+        evaluate_model(tmp_path / "modle", project, tmp_path / "o", scoring=QUICK)
     # A model folder missing its weights or its tokenizer fails before the base model is scored.
     lines: list[str] = []
     for missing, message in (("model.safetensors", "has no model weights"), ("tokenizer.json", "tokenizer")):

@@ -672,6 +672,7 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert RunStatus.from_dict(on_disk) == first  # what status.json says is what was returned
             report = (tmp_path / "run1" / "report.md").read_text()
             assert report.startswith("# ")
+            assert (tmp_path / "run1" / "report.html").read_text().startswith("<!doctype html>")
             # evaluate scored the candidate only: the base arms came from the score-base step
             assert "(base arms reused from `" in report and "/score-base/scores`, scored there in " in report
             assert first.metrics is not None

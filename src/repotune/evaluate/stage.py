@@ -172,6 +172,8 @@ class EvaluateResult:
 
 def _summary(model_dir: Path) -> dict[str, Any]:
     model = TrainLayout(model_dir)
+    if not model_dir.exists():
+        raise RepotuneError(f"{model_dir} does not exist: give the folder `repotune train -o` wrote")
     if not model.config.is_file():
         raise RepotuneError(f"{model_dir} holds no model (config.json); run `repotune train` into it first")
     if not model.summary.is_file():

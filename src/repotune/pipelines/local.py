@@ -340,7 +340,8 @@ def run_local(
         workdir.mkdir(parents=True, exist_ok=True)
         layout = RunLayout(run_dir)
         prepare_output(run_dir, (layout.status.name, layout.log.name), "run folder")
-        for earlier in (layout.report, layout.manifest, layout.serve_log):  # a run before this one's
+        # what a run before this one left
+        for earlier in (layout.report, layout.report_html, layout.manifest, layout.serve_log):
             earlier.unlink(missing_ok=True)
         output = RunOutput(layout.log, log, console)
         stack.callback(output.close)
@@ -516,6 +517,8 @@ def _collect(writer: StatusWriter, outputs: dict[str, Any], run_dir: Path) -> No
     result = EvaluateResult.load(Path(outputs["evaluation"].path))
     report = RunLayout(run_dir).report
     shutil.copyfile(result.output.report_md, report)
+    if result.output.report_html.is_file():
+        shutil.copyfile(result.output.report_html, RunLayout(run_dir).report_html)
     status = writer.status
     if status.stages["deploy"].state == "pending":
         status.stages["deploy"].state = "skipped"

@@ -78,6 +78,11 @@ class RunLayout:
         return self.folder / "report.md"
 
     @property
+    def report_html(self) -> Path:
+        """The same report as one HTML page (its charts inline), copied here beside it."""
+        return self.folder / "report.html"
+
+    @property
     def log(self) -> Path:
         """Everything the run's steps printed (kfp.local's output, colour codes removed)."""
         return self.folder / "run.log"
