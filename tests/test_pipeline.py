@@ -813,6 +813,15 @@ def test_a_champion_of_another_project_is_refused_before_any_step(sample_repo: P
     client.set_model_version_tag("repotune", version.version, ROOT_COMMIT_TAG, root_commit(sample_repo))
     check_champion_project((str(sample_repo),), tracking_uri, "repotune")
     check_champion_project((str(sample_repo),), tracking_uri, "billing-free")
+    # Before any version is promoted, the newest one says whose project the registered model is.
+    client.create_registered_model("unpromoted")
+    client.create_model_version("unpromoted", "s3://models/1", run_id=run.info.run_id, tags=tags)
+    with pytest.raises(RepotuneError, match=r"^the newest version \(none is champion yet\) of unpromoted "
+                       r"\(version 1\) was trained on /home/ada/billing"):  # fmt: skip
+        check_champion_project((str(sample_repo),), tracking_uri, "unpromoted")
+    ours = {SOURCE_TAG: str(sample_repo), ROOT_COMMIT_TAG: root_commit(sample_repo)}
+    client.create_model_version("unpromoted", "s3://models/2", run_id=run.info.run_id, tags=ours)
+    check_champion_project((str(sample_repo),), tracking_uri, "unpromoted")
 
 
 def test_a_stage_that_another_interrupts_still_reports_its_time_and_summary(tmp_path: Path) -> None:

@@ -315,11 +315,17 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.commits)} commits, {len(samples.perplexity)} files for perplexity, "
         f"{len(samples.general)} general files"
     )
-    champion = registry.champion() if registry is not None else None
+    holder = registry.holder() if registry is not None else None
+    champion = holder[0] if holder is not None and holder[1] == "the champion" else None
     trained_on = summary.get("data", {})
-    check_same_project(
-        champion, trained_on.get("dataset.source"), config.model_name, trained_on.get("dataset.root_commit")
-    )
+    if holder is not None:
+        check_same_project(
+            holder[0],
+            trained_on.get("dataset.source"),
+            config.model_name,
+            trained_on.get("dataset.root_commit"),
+            role=holder[1],
+        )
     index = retrieval_index(config, log, summary.get("recipe")) if scoring.retrieval else None
     budget = context_budget(summary, index)
     with tempfile.TemporaryDirectory(prefix="repotune-champion-") as tmp:

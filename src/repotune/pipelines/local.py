@@ -455,11 +455,12 @@ def check_tracking_server(uri: str) -> None:
 
 
 def check_champion_project(sources: tuple[str, ...], tracking: str, model_name: str) -> None:
-    """The evaluate step refuses a candidate of another project than the registered model's champion;
-    a local source's project is known now, so a run that would be refused after training is refused
-    before it. Only where the answer is the step's own: a single folder, told apart by its first commit
-    (a checkout's top) or its name (a plain folder), as :func:`repotune.evaluate.registry.check_same_project`
-    does; a git URL or an archive is known only once read, and left to the step."""
+    """The evaluate step refuses a candidate of another project than the registered model's (its
+    champion's or, before one, its newest version's); a local source's project is known now, so a run
+    that would be refused after training is refused before it. Only where the answer is the step's own:
+    a single folder, told apart by its first commit (a checkout's top) or its name (a plain folder), as
+    :func:`repotune.evaluate.registry.check_same_project` does; a git URL or an archive is known only
+    once read, and left to the step."""
     from repotune.sources import git
 
     if len(sources) != 1 or not Path(sources[0]).is_dir():
@@ -476,11 +477,13 @@ def check_champion_project(sources: tuple[str, ...], tracking: str, model_name: 
     from repotune.evaluate import Registry, check_same_project
 
     try:
-        champion = Registry(tracking, model_name).champion()
+        holder = Registry(tracking, model_name).holder()
     except RepotuneError:
         return  # an unreadable registry is the evaluate step's to report, as it always was
+    if holder is None:
+        return
     try:
-        check_same_project(champion, str(folder), model_name, root_commit)
+        check_same_project(holder[0], str(folder), model_name, root_commit, role=holder[1])
     except RepotuneError as exc:
         raise RepotuneError(f"{exc} (checked before the first step)") from None
 
