@@ -142,7 +142,8 @@ def test_too_small_different_or_missing_eval_sets_do_not_promote() -> None:
     decision = by_perplexity(models(small), base=models(ppl(10.0, n=7)), require_significance=False)
     assert decision.reasons[0] == (
         "do not promote: candidate: eval set too small (n=7 < 20) for a confidence interval; "
-        "not promoting on noise"
+        "not promoting on noise (hold out more: an earlier ingest --cut, or clean's --eval-fraction where "
+        "there is no history; or ask for more: evaluate's --line-samples, run's --eval line_samples=N)"
     )
     other_set = by_perplexity(models(ppl(8.0, ci=(7.8, 8.2))), models(ppl(8.60, ci=(8.40, 8.80), n=80)))
     assert "different eval sets (n=100 vs n=80)" in other_set.reasons[0]

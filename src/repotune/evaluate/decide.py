@@ -363,7 +363,9 @@ def _check_primary(
     if cand.n < MIN_SAMPLES_FOR_CI:
         return False, (
             f"eval set too small (n={cand.n} < {MIN_SAMPLES_FOR_CI}) for a confidence interval; "
-            "not promoting on noise"
+            "not promoting on noise (hold out more: an earlier ingest --cut, or clean's --eval-fraction "
+            "where there is no history; or ask for more: evaluate's --line-samples, run's --eval "
+            "line_samples=N)"
         )
     if not cand.reliable:
         return (
