@@ -23,6 +23,7 @@ from repotune.clean.secrets.context import CONTEXT_RULES
 from repotune.clean.secrets.engine import Ruleset, SecretRule
 from repotune.clean.secrets.joined import JOINED
 from repotune.clean.secrets.pii import PII_RULES
+from repotune.clean.secrets.prose import PROSE_RULES
 from repotune.clean.secrets.tables import KIND as TABLE_KIND
 from repotune.clean.secrets.tables import redact_tables
 from repotune.clean.secrets.tokens import PRIVATE_KEY_RULES, TOKEN_RULES
@@ -30,8 +31,11 @@ from repotune.clean.secrets.tokens import PRIVATE_KEY_RULES, TOKEN_RULES
 __all__ = ["PII_RULES", "RULES", "SecretRule", "redact"]
 
 # The widest and most specific first: a key block, then tokens that name themselves, then secrets
-# known by their context, generic assignments and entropy last (an overlapping later match is dropped).
-RULES: tuple[SecretRule, ...] = PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES + ASSIGNMENT_RULES
+# known by their context, generic assignments and entropy, and credentials stated in prose last (an
+# overlapping later match is dropped).
+RULES: tuple[SecretRule, ...] = (
+    PRIVATE_KEY_RULES + TOKEN_RULES + CONTEXT_RULES + ASSIGNMENT_RULES + PROSE_RULES
+)
 
 _SECRETS = Ruleset(RULES, finders=(JOINED,))
 _WITH_PII = Ruleset(RULES + PII_RULES, finders=(JOINED,))
