@@ -408,6 +408,87 @@ def test_curl_user_and_password_as_the_issue_wrote_it() -> None:
     )
 
 
+# Credentials stated in prose, as issue threads, wiki pages and commit messages state them: (text,
+# what must go). Random-looking values are concatenated so that this file holds none whole.
+PROSE = [
+    ("To log in to staging use the password Tr0ub4dor&3 and user admin.", "Tr0ub4dor&3"),
+    ("The admin password is hunter2x9Q, please rotate it.", "hunter2x9Q"),
+    ("the secret key is `9aF3kL0pQz7X" + "vB2mN5tR8wY1` \u2014 do not share", "9aF3kL0pQz7XvB2mN5tR8wY1"),
+    (
+        "Here's my token: 8f14e45fceea167a" + "5a36dedd4bea2543 (works locally)",
+        "8f14e45fceea167a5a36dedd4bea2543",
+    ),
+    ("The password for the staging DB is now Xk4!mQ9z.", "Xk4!mQ9z"),
+    ("the DB_PASSWORD is Tr0ub4dor&3", "Tr0ub4dor&3"),
+    ("API key: " + fake(24, ALNUM, 60), fake(24, ALNUM, 60)),
+    ('the access key was changed to "AbC9dEf2GhI5"', "AbC9dEf2GhI5"),
+    ("the password was hunter2", "hunter2"),
+    ("log in with the admin password S3cure!Pass and the user ops", "S3cure!Pass"),
+    ("the password is: W1nter-2024!", "W1nter-2024"),
+]
+
+
+@pytest.mark.parametrize(("text", "hidden"), PROSE)
+def test_credentials_stated_in_prose_are_redacted(text: str, hidden: str) -> None:
+    out, counts = redact(text)
+    assert hidden not in out and counts == Counter({"password": 1}), out
+    assert out == text.replace(hidden, "<SECRET:password>")
+
+
+# What technical prose and code comments say a credential is like, not what it is: kept as written.
+PROSE_NOT_SECRETS = [
+    "the password is required",
+    "the token is invalid",
+    "the password is hashed with bcrypt",
+    "password is md5",
+    "the API key is stored in Vault",
+    "token is None",
+    "the password is `${DB_PASSWORD}`",
+    "password is <redacted>",
+    "token: string",
+    "the password is too short (8 chars)",
+    f"The token fix landed in commit {fake(40, HEX, 61)}.",
+    f"The commit for the token is {fake(40, HEX, 61)}",
+    f"Token refresh: {fake(40, HEX, 61)} (revert)",
+    f"the hash of the password is {fake(32, HEX, 62)}",
+    "the password is SHA256 hashed",
+    "the token is base64url-encoded",
+    "the secret key is 32-byte random data",
+    "the secret key is 32-bytes.",
+    "the access token is OAuth2.",
+    "the password is utf8mb4 encoded",
+    "the token is int64",
+    "the password is v1.2.3",
+    "the password is at least 12 characters long",
+    "The password is 8-64 characters.",
+    "The API key is a 32-character hex string.",
+    "the API key is X-API-Key",
+    "the token type is Bearer",
+    "# the password is read from ~/.pgpass",
+    "the password is $DB_PASSWORD",
+    "the password is changeme",
+    "password is ***",
+    "password is [REDACTED]",
+    "the credentials are admin/admin",
+    "the password is 'Passwort'",
+    "the token is `self.token`",
+    "the password is `settings.DB_PASSWORD`",
+    "use the password field",
+    "with password authentication2 enabled",
+    "the secret is out",
+    "if token is tok2:",
+    "assert password is sentinel2",
+    "password = secret2",
+    "self.password is pw_1",
+    "max_tokens = 4096",
+]
+
+
+@pytest.mark.parametrize("text", PROSE_NOT_SECRETS)
+def test_prose_about_credentials_is_kept(text: str) -> None:
+    assert redact(text) == (text, Counter())
+
+
 def test_git_shas_and_uuids_in_commit_messages_are_kept() -> None:
     sha = fake(40, HEX)
     message = (
@@ -612,6 +693,8 @@ def test_rules_are_compiled_once_with_unique_placeholders() -> None:
         "\n".join(f"key_{i} = 'value {i}'" for i in range(20_000)),
         '"sk" + x; ' * 30_000,
         '"sk" "sk" ' * 30_000,
+        "the password is " * 20_000,
+        "token:" * 30_000,
         ("x = (\n" + "".join(f'    "sk_{"ab1" * 300}"\n' for _ in range(16)) + ")\n") * 20,
     ],
     ids=[
@@ -625,6 +708,8 @@ def test_rules_are_compiled_once_with_unique_placeholders() -> None:
         "assignments",
         "keywords-beside-pieces",
         "one-long-chain",
+        "prose-links",
+        "prose-colons",
         "long-pieces",
     ],
 )
