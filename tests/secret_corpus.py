@@ -5,8 +5,10 @@ Every value is generated here from a seeded random generator in the real format 
 scanner would flag. Each sample is rendered into every place that suits it: source code, ``.env``,
 YAML, JSON with escaped newlines, a notebook (``.ipynb`` JSON), a Dockerfile, a Kubernetes Secret
 (``stringData:`` in plain text and ``data:`` in base64), a README, a commit message and the diff of
-an old commit; a token also in pieces (``"ghp_..." + "..."``). A placement is redacted when no
-part of its secret survives ``redact`` (no run of 12 characters of it, or the whole of a shorter one).
+an old commit; a token also in pieces (``"ghp_..." + "..."``), and a generic credential also stated
+in prose (an issue comment, a wiki page, a commit message: ``the database password is ...``). A
+placement is redacted when no part of its secret survives ``redact`` (no run of 12 characters of it,
+or the whole of a shorter one).
 
 ``python -m tests.secret_corpus`` prints the figure; ``tests/test_secret_corpus.py`` holds it.
 """
@@ -92,6 +94,8 @@ class Sample:
     """The part that must disappear; empty: the whole value."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """More places: (name, text with ``{value}``)."""
+    said: str = ""
+    """How prose names it (``database password``): where set, it is also stated in prose."""
 
     @property
     def hidden(self) -> str:
@@ -332,12 +336,17 @@ def _samples() -> list[Sample]:
         extra = (("discord.js", 'client.login("{value}");\n'),) if kind == "discord_token" else ()
         token(fmt, kind, value, name, style="keyed", extra=extra)
     # Generic credentials: a key says what the value is.
-    for fmt, value, name in [
-        ("database password", password(1), "DB_PASSWORD"),
-        ("API key without a provider", fake(32, seed=9), "PAYMENTS_API_KEY"),
-        ("Django secret key", "django-insecure-" + fake(40, ALNUM + "!@#%^&*-_=+"), "SECRET_KEY"),
+    for fmt, value, name, said in [
+        ("database password", password(1), "DB_PASSWORD", "database password"),
+        ("API key without a provider", fake(32, seed=9), "PAYMENTS_API_KEY", "payments API key"),
+        (
+            "Django secret key",
+            "django-insecure-" + fake(40, ALNUM + "!@#%^&*-_=+"),
+            "SECRET_KEY",
+            "secret key",
+        ),
     ]:
-        token(fmt, "password", value, name, style="keyed")
+        token(fmt, "password", value, name, style="keyed", said=said)
     # URLs and connection strings.
     pw = password(2)
     for fmt, kind, value, secret, name in [
@@ -583,6 +592,20 @@ def placements(sample: Sample) -> Iterator[Placement]:
         yield "README", f"Check access:\n\n```sh\n{v}\n```\n", hidden
         yield "commit message", f"Document the health check\n\nRun `{v}` to try it.\n", hidden
         yield "diff", _diff("scripts/check.sh", "echo skipped", v), hidden
+    if sample.said:
+        # As people state a credential in an issue thread, on a wiki page or in a commit message.
+        said = sample.said
+        yield "issue comment", f"Staging is down again. The {said} is {v}, can someone check?\n", hidden
+        yield (
+            "wiki page",
+            f"h2. Staging access\n\nTo log in, use the {said} `{v}` and the user admin.\n",
+            hidden,
+        )
+        yield (
+            "commit message, prose",
+            f"Rotate the staging credentials\n\nThe {said} for staging is now {v}.\n",
+            hidden,
+        )
     for place, template in sample.extra:
         yield place, template.replace("{value}", v), hidden
 

@@ -59,6 +59,8 @@ def test_the_corpus_figure() -> None:
         "README",
         "commit message",
         "diff",
+        "issue comment",
+        "wiki page",
     } <= places
 
 
