@@ -425,6 +425,7 @@ PROSE = [
     ("the password was hunter2", "hunter2"),
     ("log in with the admin password S3cure!Pass and the user ops", "S3cure!Pass"),
     ("the password is: W1nter-2024!", "W1nter-2024"),
+    ("the password is P@ssw0rd!", "P@ssw0rd"),
 ]
 
 
@@ -481,6 +482,9 @@ PROSE_NOT_SECRETS = [
     "password = secret2",
     "self.password is pw_1",
     "max_tokens = 4096",
+    "The secret is db-creds-v2 in the prod namespace.",
+    "the password is 2fa-enabled.",
+    "the token is 0x1f2e3d4c5b6a7988" + "1f2e3d4c",
 ]
 
 

@@ -6,10 +6,10 @@ and the count per kind.
 
 The engine (``engine``) is apart from the rules, which are data: provider tokens with a known prefix
 (``tokens``, gitleaks' families), secrets known by their context (``context``: a provider's name,
-URLs, commands, Kubernetes Secrets), values assigned to a password-like name (``assignments``) and
-personal data (``pii``). Adding a family is adding one table entry and its
-corpus case (``tests/secret_corpus.py``); the engine's keyword prefilter keeps the cost of a rule
-near zero on text that lacks its keywords.
+URLs, commands, Kubernetes Secrets), values assigned to a password-like name (``assignments``),
+credentials stated in prose (``prose``: ``the admin password is ...``) and personal data (``pii``).
+Adding a family is adding one table entry and its corpus case (``tests/secret_corpus.py``); the
+engine's keyword prefilter keeps the cost of a rule near zero on text that lacks its keywords.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ often what a password *is like* than what it is (``the password is required``, `
 bcrypt``, ``is too short (8 chars)``, ``is stored in Vault``), so a value counts only where it looks
 like a credential: ``checks.literal_ok`` (no stand-in, placeholder, template, path, URL, name or
 number), letters with a digit or a symbol, no algorithm, encoding, type, version or size
-(``SHA256``, ``base64``, ``int64``, ``32-byte``), and a bare value must end its clause
-(``hunter2x9Q, please``, not ``SHA256 hashed``). ``token`` and ``credentials`` name lexer tokens and
-auth plumbing as often as secrets, so their values must also be random (``checks.is_high_entropy``).
+(``SHA256``, ``base64``, ``int64``, ``32-byte``), no lower-case name (``db-creds-v2``), and a bare
+value must end its clause (``hunter2x9Q, please``, not ``SHA256 hashed``). ``token`` and
+``credentials`` name lexer tokens and auth plumbing as often as secrets, so their values must also be
+random (``checks.is_high_entropy``).
 A hex value (a git SHA in prose) counts only right after the credential word, and never where the
 line speaks of a commit or a hash. Code is not prose: a bare identifier after ``:`` or ``=``
 (``password = secret2``), a condition (``if token is tok2``) and a key that is part of a longer
@@ -89,7 +90,11 @@ _TECHNICAL = re.compile(
     r"(?:[-_.]?[a-z]+)?(?:[-_.]?\d+)?"
     r"|v?\d+(?:\.\d+)+(?:[-+.]?[a-z0-9]+)?"
     r"|\d+(?:[-+x.]\d+)?[-+_]?[a-z]{1,12}"
+    r"|0x[0-9a-f]+"
 )
+# A name in lower case with a word in it, as Kubernetes, DNS and packages name things: `the secret is
+# db-creds-v2 in the prod namespace`, `the password is 2fa-enabled`.
+_SLUG = re.compile(r"(?=[a-z0-9.-]*[a-z]{3})[a-z0-9]+(?:[-.][a-z0-9]+)+")
 _HEX = re.compile(r"[0-9a-f]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
 # A word before the credential's that makes it something else: `the hash of the password is ...`.
@@ -161,7 +166,7 @@ def _prose_ok(text: str, match: re.Match[str]) -> bool:
     if not literal_ok(value, weak=weak) or not _credential_like(value):
         return False
     low = value.lower()
-    if _TECHNICAL.fullmatch(low) or (weak and not is_high_entropy(value)):
+    if _TECHNICAL.fullmatch(low) or _SLUG.fullmatch(value) or (weak and not is_high_entropy(value)):
         return False
     if _HEX.fullmatch(low):
         # A git SHA in prose: only right after the credential word, and never near a commit.
