@@ -580,7 +580,8 @@ def run(
         say(f"published: {status.artifacts}")
     if status.manifest:
         say(f"InferenceService: {layout.folder / status.manifest}")
-    say(f"run folder: {run_dir} (status.json, report.md, run.log)")
+    shown = [layout.status, layout.report, layout.report_html, layout.log]
+    say(f"run folder: {run_dir} ({', '.join(path.name for path in shown if path.is_file())})")
     from repotune.pipelines.local import served_arm
 
     options, served = served_arm(status.decision)
