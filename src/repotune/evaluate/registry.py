@@ -109,11 +109,12 @@ def check_same_project(
     source: str | None,
     model_name: str,
     root_commit: str | None = None,
-    role: str = "the champion",
+    *,
+    promoted: bool = True,
 ) -> None:
     """Refuses to weigh a candidate against, and perhaps replace, a champion of another project, or
-    to register it beside another project's versions (``Registry.holder``: the champion, else the
-    newest version, named by ``role``).
+    to register it beside another project's versions (``Registry.holder``: the champion, else, not
+    ``promoted``, the newest version).
 
     The registered model name is the project's: by default every run is ``repotune``, so a second
     project's run in the same MLflow store would be scored against the first's champion and, promoted,
@@ -133,7 +134,8 @@ def check_same_project(
         same = source_slug(first[0]) == source_slug(first[1])
     if not same:
         raise RepotuneError(
-            f"{role} of {model_name} (version {champion.version}) was trained on {theirs}, and this "
+            f"{'the champion' if promoted else 'the newest version (none is champion yet)'} of "
+            f"{model_name} (version {champion.version}) was trained on {theirs}, and this "
             f"candidate on {source}: a registered model holds one project's versions, so give this "
             f"project its own --model-name ({model_name} is left as it is)"
         )
@@ -346,18 +348,19 @@ class Registry:
             version, _ = self._state()
         return None if version is None else self.version_info(version)
 
-    def holder(self) -> tuple[ChampionInfo, str] | None:
-        """The version that says whose project this registered model is, and which it is: the
-        champion, else (nothing promoted yet) the newest version; None when none is registered."""
+    def holder(self) -> tuple[ChampionInfo, bool] | None:
+        """The version that says whose project this registered model is, and whether it is the
+        champion: the champion, else (nothing promoted yet) the newest version; None when none is
+        registered."""
         champion = self.champion()
         if champion is not None:
-            return champion, "the champion"
+            return champion, True
         with self._calling(f"listing the versions of {self.model_name}"):
             versions = self._client.search_model_versions(f"name = '{self.model_name}'")
         if not versions:
             return None
         newest = max(int(found.version) for found in versions)
-        return self.version_info(str(newest)), "the newest version (none is champion yet)"
+        return self.version_info(str(newest)), False
 
     def version_info(self, version: str) -> ChampionInfo:
         """What ``champion()`` says of the champion, for any registered ``version``."""

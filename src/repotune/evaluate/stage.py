@@ -316,7 +316,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         f"{len(samples.general)} general files"
     )
     holder = registry.holder() if registry is not None else None
-    champion = holder[0] if holder is not None and holder[1] == "the champion" else None
+    champion = holder[0] if holder is not None and holder[1] else None
     trained_on = summary.get("data", {})
     if holder is not None:
         check_same_project(
@@ -324,7 +324,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             trained_on.get("dataset.source"),
             config.model_name,
             trained_on.get("dataset.root_commit"),
-            role=holder[1],
+            promoted=holder[1],
         )
     index = retrieval_index(config, log, summary.get("recipe")) if scoring.retrieval else None
     budget = context_budget(summary, index)

@@ -483,7 +483,7 @@ def check_champion_project(sources: tuple[str, ...], tracking: str, model_name: 
     if holder is None:
         return
     try:
-        check_same_project(holder[0], str(folder), model_name, root_commit, role=holder[1])
+        check_same_project(holder[0], str(folder), model_name, root_commit, promoted=holder[1])
     except RepotuneError as exc:
         raise RepotuneError(f"{exc} (checked before the first step)") from None
 
