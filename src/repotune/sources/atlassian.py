@@ -23,12 +23,13 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import requests
 
 from repotune.errors import RepotuneError
+from repotune.records import as_utc
 from repotune.sources.ratelimit import RateLimitWaits
 
 
@@ -195,10 +196,6 @@ def connection_reason(exc: BaseException) -> str:
     return match.group(1).strip().lower() if match else "connection failed"
 
 
-def utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def stamp(moment: datetime | None) -> str:
     """A path-safe UTC time for revision strings: ``20240301T101500Z``."""
-    return utc(moment).strftime("%Y%m%dT%H%M%SZ") if moment is not None else "none"
+    return as_utc(moment).strftime("%Y%m%dT%H%M%SZ") if moment is not None else "none"

@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id, utc_moment
-from repotune.sources.atlassian import AtlassianClient, credentials, stamp, utc
+from repotune.records import Kind, Record, as_utc, record_id, utc_moment
+from repotune.sources.atlassian import AtlassianClient, credentials, stamp
 from repotune.sources.base import IngestStats
 from repotune.sources.xhtml import storage_to_markdown
 
@@ -77,7 +77,7 @@ def iter_confluence(
             raise RepotuneError(f"{source}: {client.url} did not answer like the Confluence REST API")
         space_name = space_info.get("name") or space
         if since is not None:
-            since = utc(since)
+            since = as_utc(since)
             # CQL compares in the server's (or the user's) time zone and to the minute: ask from a day
             # earlier, then keep exactly what changed since `since`.
             after = (since - timedelta(days=1)).strftime("%Y/%m/%d %H:%M")

@@ -29,7 +29,7 @@ import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id
+from repotune.records import Kind, Record, as_utc, record_id
 from repotune.sources.base import IngestStats
 from repotune.sources.ratelimit import RateLimitWaits
 from repotune.sources.threads import ThreadComment, day, thread_markdown
@@ -90,7 +90,7 @@ def iter_github(
         client.get(f"/repos/{repo}")  # fails early, and clearly, on a wrong name or a bad token
         params: dict[str, Any] = {"state": "all", "per_page": _PER_PAGE}
         if since is not None:
-            params["since"] = _utc(since).strftime("%Y-%m-%dT%H:%M:%SZ")
+            params["since"] = as_utc(since).strftime("%Y-%m-%dT%H:%M:%SZ")
             say(f"{source}: reading issues and pull requests updated since {params['since']}")
         else:
             say(f"{source}: reading issues and pull requests")
@@ -378,10 +378,6 @@ def _login(item: dict[str, Any]) -> str:
 
 def _day(timestamp: str | None) -> str:
     return day(timestamp)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _no_log(_: str) -> None:

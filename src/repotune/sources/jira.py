@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id, utc_moment
+from repotune.records import Kind, Record, as_utc, record_id, utc_moment
 from repotune.sources.adf import adf_to_markdown, wiki_to_markdown
-from repotune.sources.atlassian import AtlassianClient, credentials, stamp, utc
+from repotune.sources.atlassian import AtlassianClient, credentials, stamp
 from repotune.sources.base import IngestStats
 from repotune.sources.threads import ThreadComment, day, pseudonym, thread_markdown
 
@@ -86,7 +86,7 @@ def iter_jira(
             )
         query = _query(project, jql, since)
         say(f"{source}: reading issues ({query})")
-        since_utc = utc(since) if since is not None else None
+        since_utc = as_utc(since) if since is not None else None
         seen: set[str] = set()
         read = 0
         for issue in _search(client, cloud, query, page_size, source):
@@ -171,7 +171,7 @@ def _query(
         base, order = base[: match.start()].strip(), base[match.start() :].strip()
     if since is not None:
         # JQL compares in the user's time zone, to the minute: ask from a day earlier, filter exactly here.
-        after = (utc(since) - timedelta(days=1)).strftime("%Y/%m/%d %H:%M")
+        after = (as_utc(since) - timedelta(days=1)).strftime("%Y/%m/%d %H:%M")
         base = f'({base}) AND updated >= "{after}"'
     return f"{base} {order}"
 

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record, record_id, utc_moment
-from repotune.sources.atlassian import stamp, utc
+from repotune.records import Kind, Record, as_utc, record_id, utc_moment
+from repotune.sources.atlassian import stamp
 from repotune.sources.base import IngestStats
 from repotune.sources.ratelimit import RateLimitWaits
 
@@ -71,7 +71,7 @@ def iter_notion(
     say = log or _no_log
     source = f"{PREFIX}{target.strip()}"
     api = _Api(source, base_url, max_wait_s, say, timeout_s)
-    since_utc = utc(since) if since is not None else None
+    since_utc = as_utc(since) if since is not None else None
     walker = _Walker(api, source, stats, since_utc)
     try:
         if target_id is None:
