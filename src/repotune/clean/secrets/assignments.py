@@ -23,11 +23,13 @@ from functools import partial
 
 from repotune.clean.secrets.checks import (
     CALL,
+    IDENTIFIER,
     in_config_file,
     is_high_entropy,
     letters_and_digits,
     literal_ok,
     mixed_case,
+    random_identifier,
     secret,
     stand_in,
     switches,
@@ -87,7 +89,6 @@ def _assignment_ok(text: str, match: re.Match[str]) -> bool:
 
 _CONSTANT = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DTYPE = re.compile(r"u?int\d+|float\d+|complex\d+|bfloat16")
-_IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
 _SNAKE_CASE = re.compile(r"_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 
 
@@ -99,8 +100,8 @@ def _unquoted_ok(text: str, match: re.Match[str]) -> bool:
     start, key = _key_name(text, match)
     parameter = start > 0 and text[start - 1] in "?&;"
     if (
-        _IDENTIFIER.fullmatch(value)
-        and not _random_identifier(value)
+        IDENTIFIER.fullmatch(value)
+        and not random_identifier(value)
         and not in_config_file(text, match.start())  # a configuration file holds literals, not code
     ):
         # Reads as a variable or attribute, unless the key is upper case (.env, docker-compose), a
@@ -128,12 +129,6 @@ def _value_ends_entry(text: str, end: int) -> bool:
         or stripped.startswith(("#", "//", ",", ";", "&"))
         or rest.startswith(("\\n", "\\r", "\\t"))
     )
-
-
-def _random_identifier(value: str) -> bool:
-    """Random, not a name: `Xk3j9Lm2Qp8Rz7Wv4Ty1` switches between letters and digits far more often
-    than a type name with a number in it (`Ed25519PrivateKey`, `PKCS7PrivateKeyTypes`)."""
-    return switches(value) >= 4 and is_high_entropy(value)
 
 
 def _yaml_value(text: str, match: re.Match[str]) -> bool:

@@ -96,6 +96,16 @@ def switches(value: str) -> int:
     return sum(1 for a, b in pairwise(value) if a.isdigit() != b.isdigit())
 
 
+# A name as code writes one: `secret2`, `config.token`, `tok_type2`.
+IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def random_identifier(value: str) -> bool:
+    """Random, not a name: `Xk3j9Lm2Qp8Rz7Wv4Ty1` switches between letters and digits far more often
+    than a type name with a number in it (`Ed25519PrivateKey`, `PKCS7PrivateKeyTypes`)."""
+    return switches(value) >= 4 and is_high_entropy(value)
+
+
 def words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 

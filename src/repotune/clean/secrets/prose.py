@@ -25,10 +25,11 @@ import re
 from functools import partial
 
 from repotune.clean.secrets.checks import (
+    IDENTIFIER,
     is_high_entropy,
     literal_ok,
+    random_identifier,
     secret,
-    switches,
 )
 from repotune.clean.secrets.engine import SecretRule, rule
 
@@ -96,7 +97,6 @@ _TECHNICAL = re.compile(
 # db-creds-v2 in the prod namespace`, `the password is 2fa-enabled`.
 _SLUG = re.compile(r"(?=[a-z0-9.-]*[a-z]{3})[a-z0-9]+(?:[-.][a-z0-9]+)+")
 _HEX = re.compile(r"[0-9a-f]+")
-_IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
 # A word before the credential's that makes it something else: `the hash of the password is ...`.
 _NOT_SECRET_BEFORE = re.compile(
     r"(?:public|publishable|hash(?:ed|es)?|digest|checksum|fingerprint|md5|sha\d*|salt|length|size"
@@ -176,11 +176,7 @@ def _prose_ok(text: str, match: re.Match[str]) -> bool:
     if quoted:
         return True
     link = (match.groupdict().get("link") or "").strip()
-    if (
-        link in (":", "=")
-        and _IDENTIFIER.fullmatch(value)
-        and not (switches(value) >= 4 and is_high_entropy(value))
-    ):
+    if link in (":", "=") and IDENTIFIER.fullmatch(value) and not random_identifier(value):
         return False  # `password = secret2`, `token: tok_type2`: code's names, unless random
     return _ends_clause(text, match.end())
 
