@@ -30,6 +30,7 @@ from repotune.records import parse_include
 from repotune.retrieval.stage import IndexConfig
 from repotune.serving.settings import ServeSettings, Switch
 from repotune.train import TrainConfig
+from repotune.wording import counted
 
 app = typer.Typer(
     help="Fine-tune a language model on one software project's own knowledge.",
@@ -152,8 +153,9 @@ def ingest(values: Values) -> None:
     if split.get("mode") == "temporal":
         cut = split["cut"]
         say(
-            f"cut at {cut['commit'][:12]} ({cut['date']}, {split['rule']}): {split['future_lines']} lines "
-            f"in {split['future_files']} files and {split['commits_after_cut']} commits after it are held out"
+            f"cut at {cut['commit'][:12]} ({cut['date']}, {split['rule']}): "
+            f"{counted(split['future_lines'], 'line')} in {counted(split['future_files'], 'file')} and "
+            f"{counted(split['commits_after_cut'], 'commit')} after it are held out"
         )
     elif split.get("reason"):
         say(f"file split: {split['reason']}")
@@ -194,7 +196,8 @@ def clean(values: Values) -> None:
     kept, dropped = result.train_records + result.eval_records, sum(result.dropped.values())
     say(
         f"kept {kept} of {result.input_records} records ({result.train_records} train, "
-        f"{result.eval_records} eval); dropped {dropped}; redacted {sum(result.redactions.values())} secrets"
+        f"{result.eval_records} eval); dropped {dropped}; "
+        f"redacted {counted(sum(result.redactions.values()), 'secret')}"
     )
     say(f"trained on: {result.split.trained_on}")
     say(f"scored on: {result.split.scored_on}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from repotune.records import Kind
+from repotune.wording import counted
 
 # A rough, tokenizer-free estimate for code and English prose (BPE tokenizers of code models land
 # between 3 and 4.5 characters per token); the train stage counts real tokens.
@@ -188,7 +189,8 @@ def render(stats: dict[str, Any]) -> str:
         f"Source: `{source.get('source')}`" + (f" at `{commit[:12]}`" if commit else ""),
         "",
         f"**{kept['total']}** of {stats['input_records']} records kept: {kept['train']} train, "
-        f"{kept['eval']} eval; {sum(dropped.values())} dropped; {sum(redactions.values())} secrets redacted. "
+        f"{kept['eval']} eval; {sum(dropped.values())} dropped; "
+        f"{counted(sum(redactions.values()), 'secret')} redacted. "
         f"About {stats['tokens_estimate']['train']:,} training tokens and "
         f"{stats['tokens_estimate']['eval']:,} held-out tokens (estimated at {CHARS_PER_TOKEN:g} characters "
         "a token).",

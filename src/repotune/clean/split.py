@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from repotune.errors import RepotuneError
 from repotune.records import Kind, Record, utc_moment
 from repotune.sources.git import diff_header_path
+from repotune.wording import counted
 
 TRAIN = "train"
 EVAL = "eval"
@@ -302,10 +303,6 @@ _FILE_KIND_NAMES = (str(Kind.CODE), str(Kind.DOC))
 _DATED_OTHER = tuple(str(k) for k in (Kind.ISSUE, Kind.PULL_REQUEST, Kind.WIKI_PAGE))
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
-
-
 def describe(
     counts: dict[tuple[str, str], int],
     manifest_split: dict | None,
@@ -331,23 +328,23 @@ def describe(
         where = f"{cut.commit[:7]} ({cut.date[:10]})"
         trained = [f"files at {where}"] if kept(TRAIN, _FILE_KIND_NAMES) else []
         if commits[TRAIN]:
-            trained.append(f"{_count(commits[TRAIN], 'commit')} up to {'it' if trained else where}")
+            trained.append(f"{counted(commits[TRAIN], 'commit')} up to {'it' if trained else where}")
         if dated[TRAIN]:
             before = "it" if trained else where
-            later = f" ({_count(dropped_comments, 'later comment')} removed)" if dropped_comments else ""
+            later = f" ({counted(dropped_comments, 'later comment')} removed)" if dropped_comments else ""
             trained.append(
-                f"{_count(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}{later}"
+                f"{counted(dated[TRAIN], 'issue or page', 'issues and pages')} created before {before}{later}"
             )
         trained = trained or [f"nothing up to {where}"]
         after = facts.get("commits_after_cut")
         scored = []
         if scored_files:
-            by = f" by {_count(after, 'commit')} after it" if after else " after it"
-            scored.append(f"{_count(scored_lines, 'line')} added to {_count(scored_files, 'file')}{by}")
+            by = f" by {counted(after, 'commit')} after it" if after else " after it"
+            scored.append(f"{counted(scored_lines, 'line')} added to {counted(scored_files, 'file')}{by}")
         if commits[EVAL]:
-            scored.append(_count(commits[EVAL], "held-out commit") + ("" if scored else " after it"))
+            scored.append(counted(commits[EVAL], "held-out commit") + ("" if scored else " after it"))
         if dated[EVAL]:
-            scored.append(f"{_count(dated[EVAL], 'issue or page', 'issues and pages')} created after it")
+            scored.append(f"{counted(dated[EVAL], 'issue or page', 'issues and pages')} created after it")
         scored = scored or ["nothing after it"]
         return SplitSummary(
             mode=TEMPORAL,
@@ -361,19 +358,19 @@ def describe(
             dropped_comments=dropped_comments,
         )
     files = {side: kept(side, _FILE_KIND_NAMES) for side in (TRAIN, EVAL)}
-    trained = [f"{_count(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]
+    trained = [f"{counted(files[TRAIN], 'file')}" + (f" at {commit[:7]}" if commit else "")]
     if commits[TRAIN]:
         scrubbed = (
-            f" ({_count(dropped_hunks, 'diff section')} of held-out files removed)" if dropped_hunks else ""
+            f" ({counted(dropped_hunks, 'diff section')} of held-out files removed)" if dropped_hunks else ""
         )
-        trained.append(f"{_count(commits[TRAIN], 'older commit')}{scrubbed}")
+        trained.append(f"{counted(commits[TRAIN], 'older commit')}{scrubbed}")
     if dated[TRAIN]:
-        trained.append(f"{_count(dated[TRAIN], 'older issue or page', 'older issues and pages')}")
-    scored = [f"{_count(files[EVAL], 'held-out file')} (about {eval_fraction:.0%} of paths, by path hash)"]
+        trained.append(f"{counted(dated[TRAIN], 'older issue or page', 'older issues and pages')}")
+    scored = [f"{counted(files[EVAL], 'held-out file')} (about {eval_fraction:.0%} of paths, by path hash)"]
     if commits[EVAL]:
-        scored.append(f"the {_count(commits[EVAL], 'newest commit')}")
+        scored.append(f"the {counted(commits[EVAL], 'newest commit')}")
     if dated[EVAL]:
-        scored.append(f"the {_count(dated[EVAL], 'newest issue or page', 'newest issues and pages')}")
+        scored.append(f"the {counted(dated[EVAL], 'newest issue or page', 'newest issues and pages')}")
     return SplitSummary(
         mode=FILES,
         cut=None,

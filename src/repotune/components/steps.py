@@ -96,6 +96,7 @@ def clean(
 
     from repotune import clean, storage
     from repotune.pipelines import credentials
+    from repotune.wording import counted
 
     credentials.require("clean", credentials.needs("clean", artifacts_root=artifacts_root))
     result = clean.run(clean.CleanConfig(input=Path(records.path), output=Path(dataset.path)))
@@ -107,8 +108,9 @@ def clean(
     dataset.metadata.update({**result.metrics, "source": source, "commit": revision})
     dataset.metadata["published"] = storage.publish(dataset.path, artifacts_root, source, revision, "clean")
     kept = result.train_records + result.eval_records
+    secrets = counted(sum(result.redactions.values()), "secret")
     print(f"clean: kept {kept} of {result.input_records} records ({result.train_records} train, "
-          f"{result.eval_records} held out), {sum(result.redactions.values())} secrets redacted")  # fmt: skip
+          f"{result.eval_records} held out), {secrets} redacted")  # fmt: skip
 
 
 def base_settings(recipe: str, base_model: str, overrides: dict) -> NamedTuple(

@@ -62,6 +62,7 @@ from repotune.serving.protocol import (
 )
 from repotune.serving.retrieval import NOTHING, Retrieved, ServedRetrieval
 from repotune.serving.settings import ServeSettings
+from repotune.wording import counted
 
 __all__ = ["REQUEST_ID", "RepotuneModel", "ServeSettings", "encode_prompt"]
 
@@ -609,7 +610,7 @@ class Served:
             head = f"{self.prompt_tokens} prompt tokens, cut short ({why}) after"
         parts = [f"{self.answer_id}: {head} {seconds:.2f} s"]
         if self.retrieved:
-            parts.append(f"{self.retrieved} retrieved chunk{'s' if self.retrieved != 1 else ''}")
+            parts.append(counted(self.retrieved, "retrieved chunk"))
         if self.request_id:
             parts.append(f"x-request-id {self.request_id}")
         return ", ".join(parts)

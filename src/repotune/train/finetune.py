@@ -32,6 +32,7 @@ from repotune.heldout import held_out_records
 from repotune.records import Record, read_records
 from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe
+from repotune.wording import counted
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,8 @@ def few_steps_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_per_
         smaller = None
     advice = f"take smaller steps ({smaller}) or more epochs" if smaller else "give it more epochs"
     return (
-        f"warning: only {total_steps} optimizer step{'s' if total_steps != 1 else ''}: {blocks} training "
-        f"blocks, {blocks_per_step} a step, for {recipe.epochs:g} epochs. A model learns little in so few "
+        f"warning: only {counted(total_steps, 'optimizer step')}: {counted(blocks, 'training block')}, "
+        f"{blocks_per_step} a step, for {recipe.epochs:g} epochs. A model learns little in so few "
         f"steps; for a repository this small, {advice}"
     )
 
@@ -307,13 +308,9 @@ def steps_line(total_steps: int, blocks: int, blocks_per_step: int, seq_len: int
     up_to = "up to " if blocks > blocks_per_step and blocks % blocks_per_step else ""
     passes = planned_passes(total_steps, blocks, blocks_per_step)
     return (
-        f"{_count(total_steps, 'step')} of {up_to}{_count(held, 'block')} ({held * seq_len} tokens), "
+        f"{counted(total_steps, 'step')} of {up_to}{counted(held, 'block')} ({held * seq_len} tokens), "
         f"{passes:.3g} pass{'es' if passes != 1 else ''} over the data"
     )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def many_passes_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_per_step: int) -> str | None:
@@ -324,7 +321,7 @@ def many_passes_warning(recipe: Recipe, total_steps: int, blocks: int, blocks_pe
     if recipe.max_steps is None or recipe.max_epochs is not None or passes <= MANY_PASSES:
         return None
     return (
-        f"warning: {_count(total_steps, 'step')} pass over the {_count(blocks, 'training block')} "
+        f"warning: {counted(total_steps, 'step')} pass over the {counted(blocks, 'training block')} "
         f"{passes:.3g} times ({blocks_per_step} blocks a step). Trained over and over, a small repository's "
         "model recalls it and forgets general code: hold it to a few passes (--set max_epochs=3) or give it "
         "more data"
@@ -455,11 +452,11 @@ def run_training(
     blocks_per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * dist.world_size
     total_steps, held = planned_steps(recipe, len(train_blocks), blocks_per_step)
     say(
-        f"data: {_count(len(train_blocks), 'training block')} of {recipe.data.seq_len} tokens "
+        f"data: {counted(len(train_blocks), 'training block')} of {recipe.data.seq_len} tokens "
         f"({train_blocks.real_token_fraction:.1%} real; "
         + ", ".join(f"{kind} {count / max(sum(mix.values()), 1):.0%}" for kind, count in mix.items())
         + "), "
-        f"{_count(len(eval_blocks) if eval_blocks else 0, 'held-out block')}; "
+        f"{counted(len(eval_blocks) if eval_blocks else 0, 'held-out block')}; "
         f"{steps_line(total_steps, len(train_blocks), blocks_per_step, recipe.data.seq_len)}; "
         f"estimated memory {memory_gb:.1f} GB"
     )
