@@ -596,8 +596,9 @@ def test_uncommitted_changes_are_read_from_disk_without_a_revision(make_repo, tm
 def test_a_temporal_split_leaves_uncommitted_changes_out_and_says_so(
     make_repo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The temporal split reads commits only: a checkout's uncommitted edit is not read, and ingest (and
-    the pipeline's ingest step) says so, rather than print that it trained 'with uncommitted changes'."""
+    """The temporal split reads commits only: a checkout's uncommitted edit is not read, ingest (and
+    the pipeline's ingest step) says so, rather than print that it trained 'with uncommitted changes',
+    and the revision (every step's cache key) is the commit's, so the edit does not run them again."""
     import subprocess
     import sys
 
@@ -625,8 +626,9 @@ def test_a_temporal_split_leaves_uncommitted_changes_out_and_says_so(
     assert "not read: the temporal split trains and scores on commits only" in done.stderr
     assert "read as it is on disk" not in done.stderr
 
+    # the edit is not read, so it is not in the steps' cache key either: the run is the commit's
     revision = resolve_revision(str(repo))
-    assert "-dirty-" in revision
+    assert revision == git(repo, "rev-parse", "HEAD").strip()
     steps.ingest(str(repo), [], revision, "", 0, {}, "", Dataset(name="r", uri=str(tmp_path / "step")))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("ingest: ") and "with uncommitted changes" not in line, line

@@ -20,8 +20,8 @@ from repotune.clean.split import path_score, remap_ranges
 from repotune.clean.split import renames as split_renames
 from repotune.errors import RepotuneError
 from repotune.ingest import IngestConfig
-from repotune.ingest import cut as cuts
 from repotune.records import Kind, Record, read_records
+from repotune.sources import cut as cuts
 from repotune.sources import git as gitsrc
 
 

@@ -1,6 +1,6 @@
 """Train/eval split that cannot leak, in one of two modes.
 
-**Temporal** (where ingest found history and cut it, :mod:`repotune.ingest.cut`): what ingest read
+**Temporal** (where ingest found history and cut it, :mod:`repotune.sources.cut`): what ingest read
 up to the cut C trains (the tree at C, the commits up to C); what came after it is held out (each file
 that gained lines after C, as it stands at the end, with the added ranges in ``meta["added_lines"]``;
 the commits after C). Issues, pull requests and pages go by their creation date against C's date.

@@ -52,6 +52,7 @@ def ingest(
     from repotune.records import parse_include
     from repotune.sources.revision import dataset_key
     from repotune.sources.settings import ServiceSettings, sources_of
+    from repotune.wording import counted
 
     sources, services = sources_of(source, more_sources), ServiceSettings.from_parameters(source_settings)
     credentials.require_for_sources("ingest", sources, services.environment(), artifacts_root=artifacts_root)
@@ -75,7 +76,7 @@ def ingest(
     # commits alone are read) in the temporal split; said as ingest found them, not as the revision reads
     changed = ""
     if len(sources) == 1 and (count := (result.split or {}).get("uncommitted_files")):
-        files = f"{count} file{'s' * (count != 1)}"
+        files = counted(count, "file")
         changed = (
             f"; uncommitted changes to {files} not read (the temporal split reads commits only)"
             if result.split.get("mode") == "temporal"

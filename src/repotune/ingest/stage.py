@@ -8,7 +8,7 @@ its source in ``source``, the manifest counts each one in ``sources``, and a res
 kept with the commits that name its key (:mod:`repotune.ingest.links`). Output is written
 atomically: an interrupted run leaves no half-written ``records.jsonl``.
 
-Where there is history, the records are cut in time (:mod:`repotune.ingest.cut`): the files of the
+Where there is history, the records are cut in time (:mod:`repotune.sources.cut`): the files of the
 tree at the cut C and the commits up to C, to train on; the commits after C, and each file that gained
 lines after C as it stands at the newest commit, with those lines' ranges in ``meta["added_lines"]``
 and C in ``meta["cut"]``, to score on. The manifest's ``split`` says which split applies and why.
@@ -31,11 +31,11 @@ from typing import Any
 from repotune import __version__
 from repotune.atomic import atomic_open, prepare_output, write_json
 from repotune.errors import RepotuneError
-from repotune.ingest.cut import Cut, NoCut, choose, parse_cut
 from repotune.ingest.layout import IngestLayout
 from repotune.records import INCLUDE_KINDS, Kind, Record, record_id
 from repotune.sources import archive, git
 from repotune.sources.base import IngestStats
+from repotune.sources.cut import Cut, NoCut, choose, parse_cut
 from repotune.sources.local import PathRules, WalkLimits, iter_tree
 
 GITHUB_PREFIX = "github:"

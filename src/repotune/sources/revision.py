@@ -13,6 +13,7 @@ from pathlib import Path
 
 from repotune.errors import RepotuneError
 from repotune.sources import archive, git
+from repotune.sources.cut import Cut, choose
 from repotune.sources.settings import ServiceSettings
 from repotune.sources.slug import GITHUB_PREFIX, SERVICE_PREFIXES
 
@@ -21,7 +22,9 @@ def resolve_revision(source: str, ref: str | None = None, settings: ServiceSetti
     """A commit SHA for git URLs and clean checkouts; a content fingerprint for everything else.
 
     - git URL: the SHA ``ref`` (default: the remote's HEAD) points at, by ``git ls-remote`` (no clone).
-    - local git checkout: HEAD's SHA, plus ``-dirty-<hash>`` of the uncommitted changes if any.
+    - local git checkout: HEAD's SHA, plus ``-dirty-<hash>`` of the uncommitted changes if any and the
+      split reads them: the file split does, the temporal split (:func:`repotune.sources.cut.choose`
+      with no ``--cut``, as the pipeline cuts) reads commits only.
     - folder: a hash of every file's path, size and modification time (no file is read).
     - archive: the SHA-256 of the file; an archive in object storage (``s3://``), its ETag.
     - ``github:OWNER/REPO``: issues change without commits, so the key is the UTC date: issues are
@@ -55,7 +58,11 @@ def resolve_revision(source: str, ref: str | None = None, settings: ServiceSetti
     if git.is_git_checkout(path) and git.has_commits(path):
         sha = git.head_sha(path)
         changes = _uncommitted(path)
-        return f"{sha}-dirty-{changes}" if changes else sha
+        if changes is None or isinstance(choose(path, sha, None), Cut):
+            # the temporal split (the pipeline's, wherever the history allows it) reads commits only:
+            # uncommitted changes are not read, so they do not make the steps run again
+            return sha
+        return f"{sha}-dirty-{changes}"
     return "tree-" + _tree_fingerprint(path)
 
 

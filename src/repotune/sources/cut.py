@@ -28,6 +28,7 @@ from repotune.errors import RepotuneError
 from repotune.sources import git
 from repotune.sources.languages import BINARY_EXTENSIONS
 from repotune.sources.local import BUILD_DIRS, CACHE_DIRS, LOCKFILES, VENDORED_DIRS
+from repotune.wording import counted
 
 DEFAULT_SHARE = 10.0
 """Percent of the non-merge commits after the default cut."""
@@ -120,7 +121,7 @@ def choose(repo: Path, end: str, spec: CutSpec | None) -> Cut | NoCut:
         if total < MIN_COMMITS:
             shallow = " (a shallow clone)" if git.is_shallow(repo) else ""
             return NoCut(
-                f"{total} commit{'s' * (total != 1)} of history{shallow}: temporal evaluation needs at "
+                f"{counted(total, 'commit')} of history{shallow}: temporal evaluation needs at "
                 f"least {MIN_COMMITS}"
             )
         return _default(repo, end, total)
