@@ -20,6 +20,7 @@ from tests.serving_helpers import make_serving_model
 
 from repotune.data.transforms import FIM_TOKENS, code_prompt, fim_prompt
 from repotune.errors import RepotuneError
+from repotune.kvcache import shared_prefix
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
 from repotune.serving.healing import HealingProcessor, allowed, split_tail
@@ -204,6 +205,21 @@ def test_kserve_protocols_health_and_metrics(server) -> None:
         metrics = http.get("/metrics").text
     assert _metric(metrics, "repotune_generate_requests_total") >= 4
     assert "request_predict_seconds" in metrics  # KServe's own histograms sit beside ours
+
+
+@pytest.mark.integration
+def test_an_editor_asking_twice_about_a_file_reuses_the_first_prompt(server, client: openai.OpenAI) -> None:
+    """Through the server, as an editor asks: the second completion's prompt starts as the first's did,
+    and /metrics counts the prompt tokens that were not read again."""
+    body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(10))
+
+    def reused() -> float:
+        return _metric(httpx.get(f"{server.url}/metrics").text, "repotune_prefix_cache_tokens_total")
+
+    before = reused()
+    for tail in ("def g(", "def g(a"):
+        client.completions.create(model=server.model_name, prompt=body + tail, max_tokens=4, temperature=0)
+    assert reused() - before > 100
 
 
 @pytest.mark.integration
@@ -660,6 +676,47 @@ def test_a_long_answer_gives_way_to_a_request_that_arrives_behind_it(loaded: Rep
     long_alone, long_with_turns = waited[0][1], turns[1][1]
     assert long_with_turns.completion_tokens == long_alone.completion_tokens == long_tokens
     assert long_with_turns.text == long_alone.text and len(set(long_alone.text)) > 4  # penalized
+
+
+def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded: RepotuneModel) -> None:
+    """An editor's second request on the same file: the keys and values of the first prompt are reused
+    up to the tokens the two share, and the answers are those of prompts read whole. Only the last
+    prompt is kept: one that starts otherwise (another file) is read whole, and is kept in its turn."""
+    tokenizer = loaded.tokenizer
+    body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(12))
+    prompts = [
+        encode_prompt(tokenizer, body + "def g("),
+        encode_prompt(tokenizer, body + "def h(x"),  # typed on: the same file, a new last line
+        encode_prompt(tokenizer, "import os\n" + body),  # another file
+        encode_prompt(tokenizer, "import os\n" + body + "x"),  # that file, typed on
+    ]
+
+    def answers(prefix_cache_tokens: int) -> tuple[list[str], Batcher]:
+        batcher = Batcher(
+            loaded.loaded.model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=prefix_cache_tokens
+        )
+
+        async def one_by_one() -> list:
+            request = [GenerationRequest(ids, 12, SamplingParams(0.0), stop=()) for ids in prompts]
+            return [await batcher.submit(r).result() for r in request]
+
+        try:
+            done = asyncio.run(one_by_one())
+        finally:
+            batcher.stop()
+        return [d.text for d in done], batcher
+
+    assert ServeSettings().prefix_cache_tokens == 16  # the server's default: on
+    for bad in (-1, 1.5, True):
+        with pytest.raises(RepotuneError, match="--prefix-cache-tokens"):
+            ServeSettings(prefix_cache_tokens=bad)
+    whole, plain = answers(0)
+    reused, cached = answers(16)
+    assert plain.prefix_cache is None
+    assert reused == whole and len(set(whole)) > 1
+    shared = [shared_prefix(prompts[0], prompts[1]), shared_prefix(prompts[2], prompts[3])]
+    assert min(shared) > len(prompts[1]) // 2 and shared_prefix(prompts[1], prompts[2]) < 16
+    assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (2, sum(shared))
 
 
 def test_a_stopping_server_finishes_rows_that_gave_way(loaded: RepotuneModel) -> None:

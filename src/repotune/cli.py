@@ -376,6 +376,15 @@ def serve(
             "(its rows resume after them); 0: a batch runs to its end.",
         ),
     ] = ServeSettings.turn_tokens,
+    prefix_cache_tokens: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Reuse the keys and values of the prompt before when a request served alone shares at "
+            "least this many tokens with it (an editor asking about the same file): only the rest is "
+            "read. 0: read every prompt whole.",
+        ),
+    ] = ServeSettings.prefix_cache_tokens,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a request may take, queue wait included; then a 504.")
     ] = ServeSettings.request_timeout_s,
@@ -432,6 +441,7 @@ def serve(
         max_generations=max_generations,
         batch_wait_ms=batch_wait_ms,
         turn_tokens=turn_tokens,
+        prefix_cache_tokens=prefix_cache_tokens,
         request_timeout_s=request_timeout,
         max_body_bytes=max_body_bytes,
         device=device,

@@ -17,7 +17,6 @@ at least ``seq_len / 2`` tokens of context where the text has them.
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
+from repotune.kvcache import cache_argument, plain_cache
 
 TRAINING_FORMAT_STARTS = ("diff --git", "@@", "+", "-", FILENAME_TOKEN, PLAIN_HEADER.split("{", 1)[0])
 """How a line of a commit diff or a file header starts: a code completion that starts so writes the
@@ -236,10 +236,9 @@ def greedy_lines(
     device = model.device
     last_only = _last_logit_only(model)
     # A cache other than plain keys and values per layer (a sliding window) is not padded: read together.
-    alone = prefill_alone and _paddable(model)
+    alone = prefill_alone and plain_cache(model)
     groups = [[row] for row in range(len(prompts))] if alone else [list(range(len(prompts)))]
-    # transformers 5 calls the cache `cache` (``past_key_values`` still works, with a warning)
-    option = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    option = cache_argument(model)
     caches, masks, logits = [], [], []
     for group in groups:
         width = max(len(prompts[row]) for row in group)
@@ -298,16 +297,8 @@ def _last_logit_only(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if _keeps_logits(model) else {}
 
 
-def _paddable(model: Any) -> bool:
-    """Whether ``model``'s cache is plain keys and values per layer, which padding on the left keeps
-    intact (a sliding-window layer drops its oldest entries, and would drop real ones for padding)."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
-
-
 def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
-    """The prompts' caches (plain ones: ``_paddable``) and masks as one batch, each left-padded to the
+    """The prompts' caches (plain ones: ``plain_cache``) and masks as one batch, each left-padded to the
     widest."""
     import torch
     import torch.nn.functional as F

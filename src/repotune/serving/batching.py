@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.decoding import newline_tokens, penalize_lines
+from repotune.kvcache import PrefixCache, plain_cache
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
 
@@ -48,6 +49,11 @@ REJECTED = Counter(
     "repotune_rejected_requests", "requests refused or stopped early", ["model_name", "reason"]
 )
 QUEUED = Gauge("repotune_queued_requests", "requests waiting for a batch", ["model_name"])
+PREFIX_TOKENS = Counter(
+    "repotune_prefix_cache_tokens",
+    "prompt tokens whose keys and values were reused, not read again",
+    ["model_name"],
+)
 BATCH_SIZE = Histogram(
     "repotune_batch_size", "rows per generate() call", ["model_name"], buckets=(1, 2, 4, 8, 16, 32, 64)
 )
@@ -325,10 +331,12 @@ class Batcher:
         eos_ids: Iterable[int] = (),
         model_name: str = "model",
         turn_tokens: int = 32,
+        prefix_cache_tokens: int = 0,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0 or turn_tokens < 0:
+        if max_batch_size < 1 or max_queue < 1 or min(batch_wait_ms, turn_tokens, prefix_cache_tokens) < 0:
             raise ValueError(
-                "max_batch_size and max_queue must be at least 1, batch_wait_ms and turn_tokens not negative"
+                "max_batch_size and max_queue must be at least 1, batch_wait_ms, turn_tokens and "
+                "prefix_cache_tokens not negative"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -341,6 +349,12 @@ class Batcher:
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
         self.turn_tokens = turn_tokens
+        # A batch of one row (the usual case of one person's editor) reuses the keys and values of the
+        # prompt before it, up to the tokens the two share (``repotune.kvcache``); batches of several
+        # rows are left-padded, and read whole.
+        self.prefix_cache = (
+            PrefixCache(model, prefix_cache_tokens) if prefix_cache_tokens and plain_cache(model) else None
+        )
         self.batches = 0  # generate() calls so far
         self.rows = 0  # requests generated so far
         self.turns_given = 0  # batches that gave way to requests waiting behind them
@@ -517,6 +531,11 @@ class Batcher:
             processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
+        cache = None
+        if self.prefix_cache is not None and len(rows) == 1:
+            cache, reused = self.prefix_cache.take(prompts[0])
+            kwargs[self.prefix_cache.argument] = cache
+            PREFIX_TOKENS.labels(self.model_name).inc(reused)
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids.to(device),
@@ -527,6 +546,8 @@ class Batcher:
                 eos_token_id=sorted(self.eos_ids) or None,
                 **kwargs,
             )
+        if cache is not None:
+            self.prefix_cache.keep(cache, prompts[0])
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
         if stopper.gave_way:
             self.turns_given += 1

@@ -173,6 +173,7 @@ class RepotuneModel(kserve.Model):
             max_queue=self.settings.max_queue,
             batch_wait_ms=self.settings.batch_wait_ms,
             turn_tokens=self.settings.turn_tokens,
+            prefix_cache_tokens=self.settings.prefix_cache_tokens,
             eos_ids=eos_token_ids(model, tokenizer),
             model_name=self.name,
         )

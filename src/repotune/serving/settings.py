@@ -47,6 +47,10 @@ class ServeSettings:
     turn_tokens: int = 32
     """Tokens a running batch writes before it gives way to requests waiting behind it (its unfinished
     rows resume after them, ``repotune.serving.batching``); 0: a batch runs to its end however long."""
+    prefix_cache_tokens: int = 16
+    """Fewest prompt tokens a request served alone must share with the one served alone before it for
+    their keys and values to be reused, the rest of the prompt only being read (``repotune.kvcache``);
+    0: every prompt is read whole."""
     max_queue: int = 256
     """Most generations waiting for a batch; a request that does not fit whole gets a 429."""
     max_generations: int = 32
@@ -93,6 +97,9 @@ class ServeSettings:
         turn = self.turn_tokens
         if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
             raise RepotuneError(f"--turn-tokens must be 0 or a positive integer, got {self.turn_tokens!r}")
+        shared = self.prefix_cache_tokens
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
+            raise RepotuneError(f"--prefix-cache-tokens must be 0 or a positive integer, got {shared!r}")
         if self.request_timeout_s <= 0:
             raise RepotuneError(f"--request-timeout must be positive, got {self.request_timeout_s!r}")
         if self.max_generations > self.max_queue:

@@ -1,0 +1,95 @@
+"""Keys and values kept between forward passes: what evaluation's batched decoding and the server's
+prefix cache share.
+
+``PrefixCache`` is the server's: an editor asks about the same file again and again, and each
+completion's prompt is the one before with a few tokens changed near the cursor (the retrieved context
+and the code above it stay). Reading that prompt again (the prefill) is most of a completion's time on
+a CPU: ``benchmarks/serve_prefix_cache.py`` measures what keeping it saves. The keys and values of the
+last prompt served alone are kept; the next prompt served alone reads only the tokens after the ones
+the two share, as llama.cpp's server (``cache_prompt``) and vLLM's automatic prefix caching do. A prompt
+read in two pieces gives the same logits as one read whole, up to the rounding of the matrix products
+(the greedy answers of the tests and the benchmark are the same).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which ``model`` takes a cache: transformers 5 calls it ``cache``
+    (``past_key_values`` still works, with a warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def plain_cache(model: Any) -> bool:
+    """Whether ``model``'s cache is plain keys and values per layer, which can be padded on the left and
+    cut back to a prefix (a sliding-window layer drops its oldest entries; a recurrent state has none to
+    cut)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from their start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """The cache of the last prompt served alone, for the next prompt served alone that starts the same.
+
+    ``take(ids)`` before ``generate`` gives the cache to pass it: the kept one cut back to the tokens it
+    shares with ``ids`` (at least ``min_tokens`` of them, and never all of ``ids``: the last prompt token
+    is read to predict the first new one), or a new empty one. ``keep(cache, ids)`` after ``generate``
+    cuts the generated tokens off and keeps the prompt's keys and values. What ``take`` hands out is no
+    longer kept, so a ``generate`` that fails leaves nothing half-written behind.
+    """
+
+    def __init__(self, model: Any, min_tokens: int) -> None:
+        if min_tokens < 1:
+            raise ValueError("min_tokens must be at least 1")
+        self.model = model
+        self.min_tokens = min_tokens
+        self.argument = cache_argument(model)
+        self._ids: tuple[int, ...] = ()
+        self._cache: Any = None
+        self.hits = 0
+        """Prompts that reused a kept prefix."""
+        self.reused_tokens = 0
+        """Prompt tokens not read again, over all hits."""
+
+    def take(self, ids: Sequence[int]) -> tuple[Any, int]:
+        """A cache for the prompt ``ids`` and how many of its tokens it holds already."""
+        from transformers.cache_utils import DynamicCache
+
+        cache, kept = self._cache, self._ids
+        self._cache, self._ids = None, ()
+        shared = min(shared_prefix(kept, ids), len(ids) - 1)
+        if cache is None or shared < self.min_tokens:
+            return DynamicCache(config=self.model.config), 0
+        extra = cache.get_seq_length() - shared
+        if extra > 0:
+            cache.crop(-extra)  # a negative count: tokens to remove from the end
+        self.hits += 1
+        self.reused_tokens += shared
+        return cache, shared
+
+    def keep(self, cache: Any, ids: Sequence[int]) -> None:
+        """Keep ``cache``, which ``generate`` filled from the prompt ``ids`` and then some."""
+        extra = cache.get_seq_length() - len(ids)
+        if extra < 0:  # not the cache of this prompt: keep nothing rather than something wrong
+            return
+        if extra > 0:
+            cache.crop(-extra)
+        self._cache, self._ids = cache, tuple(ids)
+
+    def clear(self) -> None:
+        self._cache, self._ids = None, ()

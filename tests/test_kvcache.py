@@ -1,0 +1,72 @@
+"""The server's prefix cache on a real (tiny, random) Llama: a prompt read after the kept prefix of the
+one before gives the logits of the prompt read whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.serving_helpers import make_serving_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from repotune.kvcache import PrefixCache, cache_argument, plain_cache, shared_prefix
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    folder = make_serving_model(tmp_path_factory.mktemp("kvcache") / "tiny")
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def _read(model, ids: list[int], cache=None) -> torch.Tensor:
+    """The next-token logits after ``ids`` (those not in ``cache`` yet are read into it)."""
+    options = {} if cache is None else {cache_argument(model): cache}
+    start = 0 if cache is None else cache.get_seq_length()
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids[start:]]), use_cache=True, **options)
+    return out.logits[0, -1]
+
+
+def test_a_kept_prefix_gives_the_logits_of_the_prompt_read_whole(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    assert plain_cache(model)
+    body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(8))
+    first, second = (tokenizer(body + tail)["input_ids"] for tail in ("def g(", "def h(x, y"))
+    shared = shared_prefix(first, second)
+    assert 16 <= shared < min(len(first), len(second))
+
+    kept = PrefixCache(model, min_tokens=16)
+    cache, reused = kept.take(first)
+    assert reused == 0 and cache.get_seq_length() == 0  # nothing kept yet: a new, empty cache
+    _read(model, first, cache)
+    _read(model, [*first, 5, 6, 7], cache)  # as generate() leaves it: the prompt and what it wrote
+    kept.keep(cache, first)
+
+    cache, reused = kept.take(second)
+    # what the two prompts share, no more: the cache is cut back to it, and the rest is read
+    assert reused == shared and cache.get_seq_length() == shared
+    assert (kept.hits, kept.reused_tokens) == (1, shared)
+    assert torch.allclose(_read(model, second, cache), _read(model, second), atol=1e-5)
+    kept.keep(cache, second)
+
+    # the same prompt again: all but its last token, which must be read to predict the next
+    cache, reused = kept.take(second)
+    assert reused == len(second) - 1
+    assert torch.allclose(_read(model, second, cache), _read(model, second), atol=1e-5)
+    kept.keep(cache, second)
+
+    other = tokenizer("import os\n" + body)["input_ids"]
+    assert shared_prefix(second, other) < 16
+    cache, reused = kept.take(other)  # another file: read whole
+    assert reused == 0 and cache.get_seq_length() == 0 and kept.hits == 2
+
+
+def test_a_cache_that_is_not_the_prompts_is_not_kept(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    ids = tokenizer("def f(a, b):\n    return a + b\n" * 4)["input_ids"]
+    kept = PrefixCache(model, min_tokens=4)
+    cache, _ = kept.take(ids)
+    _read(model, ids[:8], cache)  # shorter than the prompt: a generate() cut short before it read it all
+    kept.keep(cache, ids)
+    assert kept.take(ids)[1] == 0
+    with pytest.raises(ValueError, match="min_tokens"):
+        PrefixCache(model, min_tokens=0)
