@@ -11,7 +11,8 @@ window's start moves as the cursor does, each prompt starts differently, and the
 reuse: this measures the case it serves, a file that fits.
 
 Two servers run the same model (``repotune serve``): ``--prefix-cache-tokens 0`` (every prompt read
-whole) and the default (the prompt before's keys and values reused up to the tokens the two share).
+whole) and the default (the keys and values of the closest of the last sequences served reused up to
+the tokens they share).
 They answer the same prompts in turn, request by request, so load from elsewhere on the machine falls
 on both alike (an idle server uses no CPU). Printed: latency p50 and p95 per variant, the ratio of
 p50s, how many answers differ (greedy decoding: a prompt read in two pieces gives the same logits up

@@ -37,14 +37,13 @@ def test_a_kept_prefix_gives_the_logits_of_the_prompt_read_whole(model_and_token
     kept = PrefixCache(model, min_tokens=16)
     cache, reused = kept.take(first)
     assert reused == 0 and cache.get_seq_length() == 0  # nothing kept yet: a new, empty cache
-    _read(model, first, cache)
     _read(model, [*first, 5, 6, 7], cache)  # as generate() leaves it: the prompt and what it wrote
-    kept.keep(cache, first)
+    kept.keep(cache, [*first, 5, 6, 7, 8])  # (the last token written is never read)
 
     cache, reused = kept.take(second)
     # what the two prompts share, no more: the cache is cut back to it, and the rest is read
     assert reused == shared and cache.get_seq_length() == shared
-    assert (kept.hits, kept.reused_tokens) == (1, shared)
+    assert (kept.hits, kept.reused_tokens, len(kept)) == (1, shared, 0)
     assert torch.allclose(_read(model, second, cache), _read(model, second), atol=1e-5)
     kept.keep(cache, second)
 
@@ -56,17 +55,40 @@ def test_a_kept_prefix_gives_the_logits_of_the_prompt_read_whole(model_and_token
 
     other = tokenizer("import os\n" + body)["input_ids"]
     assert shared_prefix(second, other) < 16
-    cache, reused = kept.take(other)  # another file: read whole
-    assert reused == 0 and cache.get_seq_length() == 0 and kept.hits == 2
+    cache, reused = kept.take(other)  # another file: read whole, and the first file's cache stays
+    assert reused == 0 and cache.get_seq_length() == 0 and kept.hits == 2 and len(kept) == 1
 
 
-def test_a_cache_that_is_not_the_prompts_is_not_kept(model_and_tokenizer) -> None:
+def test_what_was_written_is_kept_too_and_the_least_recently_used_goes(model_and_tokenizer) -> None:
+    """An accepted completion, or a row that resumes after giving way, goes on from what was written:
+    the kept sequence holds it. Of ``entries`` caches, the least recently used is dropped first."""
+    model, tokenizer = model_and_tokenizer
+    body = "def f(a, b):\n    return a + b\n" * 3
+    files = [tokenizer(f"# {n}: a file\n" + body)["input_ids"] for n in range(3)]
+    kept = PrefixCache(model, min_tokens=8, entries=2)
+    for ids in files:
+        cache, _ = kept.take(ids)
+        _read(model, [*ids, 40, 41], cache)
+        kept.keep(cache, [*ids, 40, 41, 42])
+    assert len(kept) == 2
+    assert kept.take([*files[0], 40])[1] == 0  # the oldest was dropped
+    cache, reused = kept.take([*files[2], 40, 41, 43, 44])  # the answer accepted, and typed on
+    assert reused == len(files[2]) + 2
+    assert torch.allclose(
+        _read(model, [*files[2], 40, 41, 43, 44], cache), _read(model, [*files[2], 40, 41, 43, 44]), atol=1e-5
+    )
+
+
+def test_a_cache_that_is_not_the_sequences_is_not_kept(model_and_tokenizer) -> None:
     model, tokenizer = model_and_tokenizer
     ids = tokenizer("def f(a, b):\n    return a + b\n" * 4)["input_ids"]
     kept = PrefixCache(model, min_tokens=4)
     cache, _ = kept.take(ids)
-    _read(model, ids[:8], cache)  # shorter than the prompt: a generate() cut short before it read it all
-    kept.keep(cache, ids)
-    assert kept.take(ids)[1] == 0
+    _read(model, ids, cache)
+    kept.keep(cache, ids[:8])  # holds more than the sequence it is said to be of
+    short, _ = kept.take(ids)
+    _read(model, ids[:3], short)
+    kept.keep(short, ids[:3])  # fewer tokens than a prompt must share to reuse any
+    assert len(kept) == 0 and kept.take(ids)[1] == 0
     with pytest.raises(ValueError, match="min_tokens"):
         PrefixCache(model, min_tokens=0)

@@ -5,8 +5,9 @@ prefix cache share.
 completion's prompt is the one before with a few tokens changed near the cursor (the retrieved context
 and the code above it stay). Reading that prompt again (the prefill) is most of a completion's time on
 a CPU: ``benchmarks/serve_prefix_cache.py`` measures what keeping it saves. The keys and values of the
-last prompt served alone are kept; the next prompt served alone reads only the tokens after the ones
-the two share, as llama.cpp's server (``cache_prompt``) and vLLM's automatic prefix caching do. A prompt
+last few sequences served alone are kept; the next prompt served alone reads only the tokens after the
+ones it shares with the closest of them, as llama.cpp's server (``cache_prompt``) and vLLM's automatic
+prefix caching do. A prompt
 read in two pieces gives the same logits as one read whole, up to the rounding of the matrix products
 (the greedy answers of the tests and the benchmark are the same).
 """
@@ -44,37 +45,48 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PrefixCache:
-    """The cache of the last prompt served alone, for the next prompt served alone that starts the same.
+    """The caches of the last few token sequences served alone, for the next prompt served alone that
+    starts as one of them does.
 
-    ``take(ids)`` before ``generate`` gives the cache to pass it: the kept one cut back to the tokens it
-    shares with ``ids`` (at least ``min_tokens`` of them, and never all of ``ids``: the last prompt token
-    is read to predict the first new one), or a new empty one. ``keep(cache, ids)`` after ``generate``
-    cuts the generated tokens off and keeps the prompt's keys and values. What ``take`` hands out is no
-    longer kept, so a ``generate`` that fails leaves nothing half-written behind.
+    ``take(ids)`` before ``generate`` gives the cache to pass it: the kept one that shares the most
+    tokens with the prompt ``ids`` (at least ``min_tokens``), cut back to them (never all of ``ids``:
+    the last prompt token is read to predict the first new one), or a new empty one. ``keep(cache,
+    sequence)`` after ``generate`` keeps it with the tokens it holds: the prompt and what was written
+    (all of it but the last token, which was never read). A sequence, not only its prompt: the next
+    prompt of an editor often holds the completion its user accepted, and a row that gave way to others
+    (``repotune.serving.batching``) resumes with its prompt and what it wrote. ``entries`` caches are
+    kept, the least recently used dropped first; what ``take`` hands out is no longer kept, so a
+    ``generate`` that fails leaves nothing half-written behind.
     """
 
-    def __init__(self, model: Any, min_tokens: int) -> None:
-        if min_tokens < 1:
-            raise ValueError("min_tokens must be at least 1")
+    def __init__(self, model: Any, min_tokens: int, entries: int = 4) -> None:
+        if min_tokens < 1 or entries < 1:
+            raise ValueError("min_tokens and entries must be at least 1")
         self.model = model
         self.min_tokens = min_tokens
+        self.entries = entries
         self.argument = cache_argument(model)
-        self._ids: tuple[int, ...] = ()
-        self._cache: Any = None
+        self._kept: list[tuple[tuple[int, ...], Any]] = []  # most recently used first
         self.hits = 0
         """Prompts that reused a kept prefix."""
         self.reused_tokens = 0
         """Prompt tokens not read again, over all hits."""
 
+    def __len__(self) -> int:
+        return len(self._kept)
+
     def take(self, ids: Sequence[int]) -> tuple[Any, int]:
         """A cache for the prompt ``ids`` and how many of its tokens it holds already."""
         from transformers.cache_utils import DynamicCache
 
-        cache, kept = self._cache, self._ids
-        self._cache, self._ids = None, ()
-        shared = min(shared_prefix(kept, ids), len(ids) - 1)
-        if cache is None or shared < self.min_tokens:
+        best, shared = None, 0
+        for number, (kept, _) in enumerate(self._kept):
+            common = min(shared_prefix(kept, ids), len(ids) - 1)
+            if common > shared:
+                best, shared = number, common
+        if best is None or shared < self.min_tokens:
             return DynamicCache(config=self.model.config), 0
+        _, cache = self._kept.pop(best)
         extra = cache.get_seq_length() - shared
         if extra > 0:
             cache.crop(-extra)  # a negative count: tokens to remove from the end
@@ -82,14 +94,10 @@ class PrefixCache:
         self.reused_tokens += shared
         return cache, shared
 
-    def keep(self, cache: Any, ids: Sequence[int]) -> None:
-        """Keep ``cache``, which ``generate`` filled from the prompt ``ids`` and then some."""
-        extra = cache.get_seq_length() - len(ids)
-        if extra < 0:  # not the cache of this prompt: keep nothing rather than something wrong
+    def keep(self, cache: Any, sequence: Sequence[int]) -> None:
+        """Keep ``cache``, which ``generate`` filled from ``sequence`` (the prompt and what it wrote)."""
+        held = cache.get_seq_length()
+        if held > len(sequence) or held < self.min_tokens:  # not this sequence's, or too short to reuse
             return
-        if extra > 0:
-            cache.crop(-extra)
-        self._cache, self._ids = cache, tuple(ids)
-
-    def clear(self) -> None:
-        self._cache, self._ids = None, ()
+        self._kept.insert(0, (tuple(sequence[:held]), cache))
+        del self._kept[self.entries :]

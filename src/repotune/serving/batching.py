@@ -17,7 +17,9 @@ row: a tab completion behind a 500-token chat answer. A batch that others wait b
 ``turn_tokens`` tokens (once every row has written the whitespace it holds back): its unfinished rows go
 to the back of the queue and take their turn again later, each with the tokens it wrote so far fed back
 as prompt (a greedy row writes what it would have written in one go; what a row already streamed
-stays sent). That costs one prefill of those rows per turn given, and only when someone is waiting.
+stays sent). That costs one prefill of those rows per turn given, and only when someone is waiting; a
+row alone in its batch (a chat answer beside tab completions, which never share its sampling settings)
+resumes from its kept keys and values instead (``repotune.kvcache``), and reads one token.
 """
 
 from __future__ import annotations
@@ -349,9 +351,9 @@ class Batcher:
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
         self.turn_tokens = turn_tokens
-        # A batch of one row (the usual case of one person's editor) reuses the keys and values of the
-        # prompt before it, up to the tokens the two share (``repotune.kvcache``); batches of several
-        # rows are left-padded, and read whole.
+        # A batch of one row (the usual case of one person's editor) reuses the keys and values of a
+        # sequence served before it, up to the tokens they share (``repotune.kvcache``); batches of
+        # several rows are left-padded, and read whole.
         self.prefix_cache = (
             PrefixCache(model, prefix_cache_tokens) if prefix_cache_tokens and plain_cache(model) else None
         )
@@ -537,7 +539,7 @@ class Batcher:
             kwargs[self.prefix_cache.argument] = cache
             PREFIX_TOKENS.labels(self.model_name).inc(reused)
         with torch.inference_mode():
-            self.model.generate(
+            sequences = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows),
@@ -547,7 +549,7 @@ class Batcher:
                 **kwargs,
             )
         if cache is not None:
-            self.prefix_cache.keep(cache, prompts[0])
+            self.prefix_cache.keep(cache, sequences[0].tolist())
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
         if stopper.gave_way:
             self.turns_given += 1
