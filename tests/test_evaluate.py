@@ -239,9 +239,9 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     import repotune.evaluate.generate as generate
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(generate, "_keeps_logits", lambda model: False)
+        patch.setattr(generate, "keeps_logits", lambda model: False)
         full = window_nll(scorer.model, tokens, chosen, batch_size=7)
-    assert generate._keeps_logits(scorer.model)
+    assert generate.keeps_logits(scorer.model)
     assert [t for _, t in full] == [t for _, t in together]
     assert [n for n, _ in full] == pytest.approx([n for n, _ in together], rel=1e-5)
 

@@ -679,9 +679,10 @@ def test_a_long_answer_gives_way_to_a_request_that_arrives_behind_it(loaded: Rep
 
 
 def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded: RepotuneModel) -> None:
-    """An editor's second request on the same file: the keys and values of the first prompt are reused
-    up to the tokens the two share, and the answers are those of prompts read whole. Only the last
-    prompt is kept: one that starts otherwise (another file) is read whole, and is kept in its turn."""
+    """An editor's second request on the same file: the keys and values of the first are reused up to
+    the tokens the two share, and the answers are those of prompts read whole; a prompt that starts
+    otherwise (another file) is read whole. Several rows in one batch each read their prompt alone after
+    their kept prefix and decode together, writing what the batch read whole writes."""
     tokenizer = loaded.tokenizer
     body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(12))
     prompts = [
@@ -690,33 +691,41 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
         encode_prompt(tokenizer, "import os\n" + body),  # another file
         encode_prompt(tokenizer, "import os\n" + body + "x"),  # that file, typed on
     ]
+    requests = [GenerationRequest(ids, 12, SamplingParams(0.0), stop=()) for ids in prompts]
 
-    def answers(prefix_cache_tokens: int) -> tuple[list[str], Batcher]:
-        batcher = Batcher(
-            loaded.loaded.model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=prefix_cache_tokens
-        )
+    async def one_by_one(batcher: Batcher) -> list[str]:
+        return [(await batcher.submit(r).result()).text for r in requests]
 
-        async def one_by_one() -> list:
-            request = [GenerationRequest(ids, 12, SamplingParams(0.0), stop=()) for ids in prompts]
-            return [await batcher.submit(r).result() for r in request]
-
-        try:
-            done = asyncio.run(one_by_one())
-        finally:
-            batcher.stop()
-        return [d.text for d in done], batcher
+    async def together(batcher: Batcher) -> list[str]:
+        return [(await handle.result()).text for handle in batcher.submit_all(requests)]
 
     assert ServeSettings().prefix_cache_tokens == 16  # the server's default: on
     for bad in (-1, 1.5, True):
         with pytest.raises(RepotuneError, match="--prefix-cache-tokens"):
             ServeSettings(prefix_cache_tokens=bad)
-    whole, plain = answers(0)
-    reused, cached = answers(16)
-    assert plain.prefix_cache is None
-    assert reused == whole and len(set(whole)) > 1
-    shared = [shared_prefix(prompts[0], prompts[1]), shared_prefix(prompts[2], prompts[3])]
-    assert min(shared) > len(prompts[1]) // 2 and shared_prefix(prompts[1], prompts[2]) < 16
-    assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (2, sum(shared))
+    model = loaded.loaded.model
+    plain = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=0)
+    cached = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=16)
+    padded = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=0)
+    padded.prefill_alone = False  # as on a GPU: a batch is read whole, left-padded
+    try:
+        whole = asyncio.run(one_by_one(plain))
+        assert plain.prefix_cache is None and len(set(whole)) > 1
+        assert asyncio.run(one_by_one(cached)) == whole
+        shared = [shared_prefix(prompts[0], prompts[1]), shared_prefix(prompts[2], prompts[3])]
+        assert min(shared) > len(prompts[1]) // 2 and shared_prefix(prompts[1], prompts[2]) < 16
+        assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (2, sum(shared))
+
+        assert asyncio.run(together(padded)) == whole and padded.largest_batch == len(prompts)
+        assert asyncio.run(together(plain)) == whole and plain.largest_batch == len(prompts)  # read alone
+        assert asyncio.run(together(cached)) == whole and cached.largest_batch == len(prompts)
+        # one sequence of each file was kept (the one of its last request, which took the first's):
+        # it serves the first row of that file in the batch (all of it but its last token at most)
+        again = [min(shared[0], len(prompts[0]) - 1), min(shared[1], len(prompts[2]) - 1)]
+        assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (4, sum(shared) + sum(again))
+    finally:
+        for batcher in (plain, cached, padded):
+            batcher.stop()
 
 
 def test_a_stopping_server_finishes_rows_that_gave_way(loaded: RepotuneModel) -> None:

@@ -34,6 +34,44 @@ def plain_cache(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
+def keeps_logits(model: Any) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (positions whose logits it computes)."""
+    supports = getattr(model, "_supports_logits_to_keep", None)
+    return bool(supports()) if callable(supports) else False
+
+
+def left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
+    """The prompts' caches (plain ones: ``plain_cache``) and masks as one batch, each left-padded to the
+    widest."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicCache
+
+    width = max(mask.shape[1] for mask in masks)
+    merged = DynamicCache()
+    for number in range(len(caches[0].layers)):
+        keys, values = (
+            torch.cat([F.pad(getattr(c.layers[number], part), (0, 0, width - m.shape[1], 0))
+                       for c, m in zip(caches, masks, strict=True)])
+            for part in ("keys", "values")
+        )  # fmt: skip
+        merged.update(keys, values, number)
+    mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks])
+    return merged, mask
+
+
+def row_cache(cache: Any, row: int, start: int) -> Any:
+    """Row ``row`` of a left-padded batch's cache from column ``start`` on (its padding cut off), as a
+    cache of its own: a copy, so that keeping it does not keep the whole batch's."""
+    from transformers.cache_utils import DynamicCache
+
+    own = DynamicCache()
+    for number, layer in enumerate(cache.layers):
+        keys, values = (part[row : row + 1, :, start:, :].clone() for part in (layer.keys, layer.values))
+        own.update(keys, values, number)
+    return own
+
+
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many tokens ``a`` and ``b`` share from their start."""
     n = 0
@@ -65,7 +103,6 @@ class PrefixCache:
         self.model = model
         self.min_tokens = min_tokens
         self.entries = entries
-        self.argument = cache_argument(model)
         self._kept: list[tuple[tuple[int, ...], Any]] = []  # most recently used first
         self.hits = 0
         """Prompts that reused a kept prefix."""

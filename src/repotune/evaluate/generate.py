@@ -29,7 +29,7 @@ from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
-from repotune.kvcache import cache_argument, plain_cache
+from repotune.kvcache import cache_argument, keeps_logits, left_padded, plain_cache
 
 TRAINING_FORMAT_STARTS = ("diff --git", "@@", "+", "-", FILENAME_TOKEN, PLAIN_HEADER.split("{", 1)[0])
 """How a line of a commit diff or a file header starts: a code completion that starts so writes the
@@ -256,7 +256,7 @@ def greedy_lines(
         caches.append(getattr(out, option))
         masks.append(mask)
         logits.append(out.logits[:, -1, :])
-    cache, mask = _left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
+    cache, mask = left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
     written: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))
     following = torch.cat(logits).argmax(dim=-1)
@@ -294,27 +294,7 @@ def _positions(mask: Any) -> Any:
 
 
 def _last_logit_only(model: Any) -> dict[str, Any]:
-    return {"logits_to_keep": 1} if _keeps_logits(model) else {}
-
-
-def _left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
-    """The prompts' caches (plain ones: ``plain_cache``) and masks as one batch, each left-padded to the
-    widest."""
-    import torch
-    import torch.nn.functional as F
-    from transformers.cache_utils import DynamicCache
-
-    width = max(mask.shape[1] for mask in masks)
-    merged = DynamicCache()
-    for number in range(len(caches[0].layers)):
-        keys, values = (
-            torch.cat([F.pad(getattr(c.layers[number], part), (0, 0, width - m.shape[1], 0))
-                       for c, m in zip(caches, masks, strict=True)])
-            for part in ("keys", "values")
-        )  # fmt: skip
-        merged.update(keys, values, number)
-    mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks])
-    return merged, mask
+    return {"logits_to_keep": 1} if keeps_logits(model) else {}
 
 
 PADDING_SHARE = 0.25
@@ -470,7 +450,7 @@ def window_nll(
         # on SmolLM2) is a fifth of the forward pass, and half of an overlapping window is not scored.
         target = labels[:, 1:]
         keep = (target != -100).any(dim=0).nonzero().flatten()
-        options: dict[str, Any] = {"logits_to_keep": keep.to(device)} if _keeps_logits(model) else {}
+        options: dict[str, Any] = {"logits_to_keep": keep.to(device)} if keeps_logits(model) else {}
         with torch.no_grad():
             logits = model(
                 input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **options
@@ -485,9 +465,3 @@ def window_nll(
         if progress is not None:
             progress.advance(len(batch))
     return results
-
-
-def _keeps_logits(model: Any) -> bool:
-    """Whether ``model``'s forward takes ``logits_to_keep`` (positions whose logits it computes)."""
-    supports = getattr(model, "_supports_logits_to_keep", None)
-    return bool(supports()) if callable(supports) else False

@@ -37,7 +37,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.decoding import newline_tokens, penalize_lines
-from repotune.kvcache import PrefixCache, plain_cache
+from repotune.kvcache import PrefixCache, cache_argument, keeps_logits, left_padded, plain_cache, row_cache
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
 
@@ -351,12 +351,20 @@ class Batcher:
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
         self.turn_tokens = turn_tokens
-        # A batch of one row (the usual case of one person's editor) reuses the keys and values of a
-        # sequence served before it, up to the tokens they share (``repotune.kvcache``); batches of
-        # several rows are left-padded, and read whole.
+        # A row reuses the keys and values of a sequence served before it, up to the tokens they share
+        # (``repotune.kvcache``), one kept for each row a batch can hold and a few more.
+        plain = plain_cache(model)
         self.prefix_cache = (
-            PrefixCache(model, prefix_cache_tokens) if prefix_cache_tokens and plain_cache(model) else None
+            PrefixCache(model, prefix_cache_tokens, entries=max(4, max_batch_size))
+            if prefix_cache_tokens and plain
+            else None
         )
+        self.device = next(model.parameters()).device
+        # On a CPU, arithmetic is the limit: the rows of a batch read their prompts alone, computing no
+        # padding, and are decoded together (``_start_cache``), as evaluation's ``greedy_lines`` does.
+        self.prefill_alone = plain and self.device.type == "cpu"
+        self.cache_argument = cache_argument(model)
+        self.last_logit_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
         self.batches = 0  # generate() calls so far
         self.rows = 0  # requests generated so far
         self.turns_given = 0  # batches that gave way to requests waiting behind them
@@ -533,12 +541,10 @@ class Batcher:
             processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
-        cache = None
-        if self.prefix_cache is not None and len(rows) == 1:
-            cache, reused = self.prefix_cache.take(prompts[0])
-            kwargs[self.prefix_cache.argument] = cache
-            PREFIX_TOKENS.labels(self.model_name).inc(reused)
         with torch.inference_mode():
+            cache = self._start_cache(prompts)
+            if cache is not None:
+                kwargs[self.cache_argument] = cache
             sequences = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -548,8 +554,11 @@ class Batcher:
                 eos_token_id=sorted(self.eos_ids) or None,
                 **kwargs,
             )
-        if cache is not None:
-            self.prefix_cache.keep(cache, sequences[0].tolist())
+        if cache is not None and self.prefix_cache is not None:
+            for row, ids in enumerate(prompts):
+                start = width - len(ids)  # the row's left padding, in the cache as in the sequences
+                kept = cache if len(prompts) == 1 else row_cache(cache, row, start)
+                self.prefix_cache.keep(kept, sequences[row, start:].tolist())
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
         if stopper.gave_way:
             self.turns_given += 1
@@ -558,6 +567,40 @@ class Batcher:
             if not row.done:  # generate stopped at max_new_tokens before the criterion did
                 row._end("length")
         return []
+
+    def _start_cache(self, prompts: list[list[int]]) -> Any:
+        """The cache ``generate`` starts from; None: it reads the prompts whole, left-padded together.
+
+        One row: the prefix cache's (``PrefixCache.take``), and ``generate`` reads the rest of the
+        prompt. Several rows on a CPU: each row's kept prefix, the rest of its prompt but the last token
+        read alone, and the rows' caches left-padded into one, so that ``generate`` reads the last
+        column; the answers are those of the batch read whole (``tests/test_serving.py``)."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        if len(prompts) == 1:
+            return self._taken(prompts[0]) if self.prefix_cache is not None else None
+        if not self.prefill_alone or min(len(ids) for ids in prompts) < 2:
+            return None
+        caches, masks = [], []
+        for ids in prompts:
+            cache = (
+                self._taken(ids) if self.prefix_cache is not None else DynamicCache(config=self.model.config)
+            )
+            held = cache.get_seq_length()
+            if held < len(ids) - 1:
+                rest = torch.tensor([ids[held:-1]], device=self.device)
+                self.model(
+                    input_ids=rest, use_cache=True, **{self.cache_argument: cache}, **self.last_logit_only
+                )
+            caches.append(cache)
+            masks.append(torch.ones((1, len(ids) - 1), dtype=torch.long, device=self.device))
+        return left_padded(caches, masks)[0]
+
+    def _taken(self, ids: list[int]) -> Any:
+        cache, reused = self.prefix_cache.take(ids)
+        PREFIX_TOKENS.labels(self.model_name).inc(reused)
+        return cache
 
 
 class PenaltyProcessor:
