@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.serving_helpers import make_serving_model
 from repotune.data.transforms import FIM_TOKENS, code_prompt, fim_prompt
 from repotune.errors import RepotuneError
 from repotune.kvcache import shared_prefix
+from repotune.serving import batching
 from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
 from repotune.serving.healing import HealingProcessor, allowed, split_tail
@@ -682,7 +684,8 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
     """An editor's second request on the same file: the keys and values of the first are reused up to
     the tokens the two share, and the answers are those of prompts read whole; a prompt that starts
     otherwise (another file) is read whole. Several rows in one batch each read their prompt alone after
-    their kept prefix and decode together, writing what the batch read whole writes."""
+    their kept prefix where that costs less, and decode together, writing what the batch read whole
+    writes."""
     tokenizer = loaded.tokenizer
     body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(12))
     prompts = [
@@ -698,6 +701,14 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
 
     async def together(batcher: Batcher) -> list[str]:
         return [(await handle.result()).text for handle in batcher.submit_all(requests)]
+
+    def idle(batcher: Batcher) -> Batcher:
+        """``batcher`` once its worker is done with the batch whose answers came (it keeps the rows'
+        caches after their last token is sent)."""
+        deadline = time.monotonic() + 30
+        while batcher._running and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return batcher
 
     assert ServeSettings().prefix_cache_tokens == 16  # the server's default: on
     for bad in (-1, 1.5, True):
@@ -717,12 +728,28 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
         assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (2, sum(shared))
 
         assert asyncio.run(together(padded)) == whole and padded.largest_batch == len(prompts)
-        assert asyncio.run(together(plain)) == whole and plain.largest_batch == len(prompts)  # read alone
+        # four prompts of about one length, none kept: a pass each would cost more than the padding
+        assert not plain._cheaper_alone(prompts) and plain._start_cache(prompts) is None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(batching, "PASS_TOKENS", 0)  # passes for free: each row is read alone
+            assert plain._cheaper_alone(prompts)
+            assert asyncio.run(together(plain)) == whole and plain.largest_batch == len(prompts)
+        assert idle(cached)._cheaper_alone(prompts)  # mostly kept: each row reads only what is new
         assert asyncio.run(together(cached)) == whole and cached.largest_batch == len(prompts)
         # one sequence of each file was kept (the one of its last request, which took the first's):
         # it serves the first row of that file in the batch (all of it but its last token at most)
         again = [min(shared[0], len(prompts[0]) - 1), min(shared[1], len(prompts[2]) - 1)]
         assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (4, sum(shared) + sum(again))
+
+        # a batch read together, left-padded, with the cache on: each row's part is kept all the same
+        fresh = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=16)
+        try:
+            assert not fresh._cheaper_alone(prompts)
+            assert asyncio.run(together(fresh)) == whole
+            assert len(idle(fresh).prefix_cache) == len(prompts)
+            assert asyncio.run(one_by_one(fresh)) == whole and fresh.prefix_cache.hits == len(prompts)
+        finally:
+            fresh.stop()
     finally:
         for batcher in (plain, cached, padded):
             batcher.stop()

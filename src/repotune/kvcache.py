@@ -1,15 +1,14 @@
-"""Keys and values kept between forward passes: what evaluation's batched decoding and the server's
-prefix cache share.
+"""Keys and values kept between forward passes: what evaluation's batched decoding and the server
+share (``left_padded``: rows read alone, decoded as one batch) and the server's prefix cache.
 
 ``PrefixCache`` is the server's: an editor asks about the same file again and again, and each
 completion's prompt is the one before with a few tokens changed near the cursor (the retrieved context
 and the code above it stay). Reading that prompt again (the prefill) is most of a completion's time on
 a CPU: ``benchmarks/serve_prefix_cache.py`` measures what keeping it saves. The keys and values of the
-last few sequences served alone are kept; the next prompt served alone reads only the tokens after the
-ones it shares with the closest of them, as llama.cpp's server (``cache_prompt``) and vLLM's automatic
-prefix caching do. A prompt
-read in two pieces gives the same logits as one read whole, up to the rounding of the matrix products
-(the greedy answers of the tests and the benchmark are the same).
+last few sequences served are kept; the next prompt reads only the tokens after the ones it shares
+with the closest of them, as llama.cpp's server (``cache_prompt``) and vLLM's automatic prefix caching
+do. A prompt read in two pieces gives the same logits as one read whole, up to the rounding of the
+matrix products (the greedy answers of the tests and the benchmark are the same).
 """
 
 from __future__ import annotations
@@ -112,16 +111,16 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._kept)
 
+    def reusable(self, ids: Sequence[int]) -> int:
+        """How many tokens of the prompt ``ids`` ``take`` would hand out kept (0: none)."""
+        return self._closest(ids)[1]
+
     def take(self, ids: Sequence[int]) -> tuple[Any, int]:
         """A cache for the prompt ``ids`` and how many of its tokens it holds already."""
         from transformers.cache_utils import DynamicCache
 
-        best, shared = None, 0
-        for number, (kept, _) in enumerate(self._kept):
-            common = min(shared_prefix(kept, ids), len(ids) - 1)
-            if common > shared:
-                best, shared = number, common
-        if best is None or shared < self.min_tokens:
+        best, shared = self._closest(ids)
+        if best is None:
             return DynamicCache(config=self.model.config), 0
         _, cache = self._kept.pop(best)
         extra = cache.get_seq_length() - shared
@@ -130,6 +129,16 @@ class PrefixCache:
         self.hits += 1
         self.reused_tokens += shared
         return cache, shared
+
+    def _closest(self, ids: Sequence[int]) -> tuple[int | None, int]:
+        """The kept entry that shares the most tokens with ``ids`` (at least ``min_tokens``; never all
+        of them) and how many, or ``(None, 0)``."""
+        best, shared = None, 0
+        for number, (kept, _) in enumerate(self._kept):
+            common = min(shared_prefix(kept, ids), len(ids) - 1)
+            if common > shared:
+                best, shared = number, common
+        return (best, shared) if shared >= self.min_tokens else (None, 0)
 
     def keep(self, cache: Any, sequence: Sequence[int]) -> None:
         """Keep ``cache``, which ``generate`` filled from ``sequence`` (the prompt and what it wrote)."""

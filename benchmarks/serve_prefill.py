@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""A batch's prompts on a CPU: read together, left-padded, against read as the server chooses.
+
+On a CPU a forward pass is bound by arithmetic once it reads more than a few tokens, so the left
+padding of a batch costs as much as text: sixteen prompts of 100 to 800 tokens read together compute
+sixteen times 800. The server (``repotune.serving.batching``) reads them one by one instead where that
+costs less than the passes it adds (``PASS_TOKENS``), and decodes them together. This measures both
+ways on the same batches, in this process, with the server's ``Batcher`` (no HTTP), the prefix cache
+off so that nothing is reused:
+
+* ``short``: sixteen short code openings (``serve_latency.py``'s), a few tokens each: read together,
+  as the server chooses for them;
+* ``long``: sixteen prompts of 400 to 3,100 characters of a real file: read alone.
+
+Each batch is run ``--rounds`` times per variant, the variants alternating. Printed: wall time per
+batch (median), the ratio, the way the server chose, and whether the answers (greedy, ``--max-tokens``)
+are the same.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/serve_prefill.py                       # the tiny model: a quick check
+    .venv/bin/python benchmarks/serve_prefill.py --model smollm2-135m  # the demo's base model
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+
+from serve_latency import PROMPTS, REPO_ROOT, add_model_argument, model_folder, say
+
+
+def batches(rows: int) -> dict[str, list[str]]:
+    text = (REPO_ROOT / "src/repotune/serving/batching.py").read_text(encoding="utf-8")
+    return {
+        "short": [PROMPTS[i % len(PROMPTS)] for i in range(rows)],
+        "long": [text[: 400 + 180 * i] for i in range(rows)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_argument(p)
+    p.add_argument("--rows", type=int, default=16, help="prompts a batch")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens each row writes")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each batch per variant")
+    args = p.parse_args(argv)
+    folder = model_folder(args.model)
+
+    from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
+    from repotune.serving.loading import load_model
+    from repotune.serving.model import encode_prompt
+
+    loaded = load_model(folder, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    say(f"model {folder}; batches of {args.rows} rows, {args.max_tokens} tokens each, {args.rounds} rounds")
+
+    def run(prompts: list[list[int]], server_way: bool) -> tuple[float, list[str]]:
+        batcher = Batcher(model, tokenizer, max_batch_size=args.rows, batch_wait_ms=0, prefix_cache_tokens=0)
+        batcher.prefill_alone = server_way  # False: read together, left-padded, whatever the cost
+        requests = [GenerationRequest(ids, args.max_tokens, SamplingParams(0.0), stop=()) for ids in prompts]
+
+        async def answered() -> list[str]:
+            return [(await handle.result()).text for handle in batcher.submit_all(requests)]
+
+        try:
+            started = time.perf_counter()
+            texts = asyncio.run(answered())
+            return time.perf_counter() - started, texts
+        finally:
+            batcher.stop()
+
+    print(f"serve_prefill: {args.model} on cpu ({platform.machine()}, {os.cpu_count()} CPUs)")
+    print(
+        f"{'batch':>6}  {'tokens':>13}  {'together_s':>10}  {'server_s':>8}  {'ratio':>6}  server's way  same"
+    )
+    for name, texts in batches(args.rows).items():
+        prompts = [encode_prompt(tokenizer, text) for text in texts]
+        way = Batcher(model, tokenizer, max_batch_size=args.rows, prefix_cache_tokens=0)
+        alone = way._cheaper_alone(prompts)
+        way.stop()
+        times: dict[bool, list[float]] = {False: [], True: []}
+        answers: dict[bool, list[str]] = {}
+        for _ in range(args.rounds):
+            for server_way in (False, True):
+                seconds, answers[server_way] = run(prompts, server_way)
+                times[server_way].append(seconds)
+        together, server = (statistics.median(times[k]) for k in (False, True))
+        lengths = f"{min(map(len, prompts))}-{max(map(len, prompts))}"
+        print(
+            f"{name:>6}  {lengths:>13}  {together:>10.2f}  {server:>8.2f}  {together / server:>5.2f}x  "
+            f"{'alone' if alone else 'together':>12}  {answers[False] == answers[True]}"
+        )
+    print("\nratio: together / the server's way (above 1: the server's way is faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
