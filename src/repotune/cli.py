@@ -380,9 +380,9 @@ def serve(
         int,
         typer.Option(
             min=0,
-            help="Reuse the keys and values of one of the last prompts and answers when a request served "
-            "alone shares at least this many tokens with it (an editor asking about the same file): only "
-            "the rest is read. 0: read every prompt whole.",
+            help="Reuse the keys and values of one of the last prompts and answers when a request shares "
+            "at least this many tokens with it (an editor asking about the same file): only the rest is "
+            "read. 0: read every prompt whole.",
         ),
     ] = ServeSettings.prefix_cache_tokens,
     request_timeout: Annotated[

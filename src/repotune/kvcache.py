@@ -82,8 +82,8 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PrefixCache:
-    """The caches of the last few token sequences served alone, for the next prompt served alone that
-    starts as one of them does.
+    """The caches of the last few token sequences served, for the next prompts that start as one of
+    them does.
 
     ``take(ids)`` before ``generate`` gives the cache to pass it: the kept one that shares the most
     tokens with the prompt ``ids`` (at least ``min_tokens``), cut back to them (never all of ``ids``:

@@ -70,7 +70,7 @@ PASS_TOKENS = 32
 once. SmolLM2-135M on 2 cores: a pass over a few tokens takes about 60 ms, each prompt token about
 1.7 ms more. A batch's prompts are read one by one only where that saves more than their passes cost
 (``Batcher._cheaper_alone``): 16 prompts of about ten tokens read together took 2.2 s against 3.3 s
-alone; 16 of 100 to 800 tokens, 41 s together against 16 s alone."""
+alone; 16 of 88 to 778 tokens, 35.8 s together against 18.5 s alone (``benchmarks/serve_prefill.py``)."""
 
 # Dividing logits by a temperature this small overflows them to infinities, and sampling from the
 # resulting NaNs fails; it is greedy decoding in all but name (vLLM draws the same line, at 1e-5).

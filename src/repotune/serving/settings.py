@@ -48,9 +48,9 @@ class ServeSettings:
     """Tokens a running batch writes before it gives way to requests waiting behind it (its unfinished
     rows resume after them, ``repotune.serving.batching``); 0: a batch runs to its end however long."""
     prefix_cache_tokens: int = 16
-    """Fewest prompt tokens a request served alone must share with one of the last sequences served
-    alone for their keys and values to be reused, the rest of the prompt only being read
-    (``repotune.kvcache``); 0: every prompt is read whole."""
+    """Fewest prompt tokens a request must share with one of the last sequences served for their keys
+    and values to be reused, the rest of the prompt only being read (``repotune.kvcache``); 0: every
+    prompt is read whole."""
     max_queue: int = 256
     """Most generations waiting for a batch; a request that does not fit whole gets a 429."""
     max_generations: int = 32
