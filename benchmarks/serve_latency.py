@@ -151,10 +151,15 @@ def run_server_level(
     return summary("server", clients, [r[0] for r in results], sum(r[1] for r in results), wall)
 
 
-def add_model_argument(p: argparse.ArgumentParser) -> None:
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A serving benchmark's command line: its docstring's first paragraph, and ``--model``."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument(
         "--model", default="tiny", help="tiny, smollm2-135m, a model folder, or any base model spec"
     )
+    return p
 
 
 def model_folder(spec: str) -> Path:
@@ -166,10 +171,7 @@ def model_folder(spec: str) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_model_argument(p)
+    p = model_parser(__doc__)
     p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request")
     p.add_argument("--requests", type=int, default=32, help="requests per variant and concurrency level")
     p.add_argument("--concurrency", default="1,16", help="client counts to measure, comma-separated")

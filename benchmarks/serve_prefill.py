@@ -24,7 +24,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
@@ -32,7 +31,7 @@ import statistics
 import sys
 import time
 
-from serve_latency import PROMPTS, REPO_ROOT, add_model_argument, model_folder, say
+from serve_latency import PROMPTS, REPO_ROOT, model_folder, model_parser, say
 
 
 def batches(rows: int) -> dict[str, list[str]]:
@@ -44,10 +43,7 @@ def batches(rows: int) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_model_argument(p)
+    p = model_parser(__doc__)
     p.add_argument("--rows", type=int, default=16, help="prompts a batch")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens each row writes")
     p.add_argument("--rounds", type=int, default=2, help="runs of each batch per variant")

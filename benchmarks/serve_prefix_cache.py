@@ -27,7 +27,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -39,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from serve_latency import REPO_ROOT, add_model_argument, model_folder, percentile, say
+from serve_latency import REPO_ROOT, model_folder, model_parser, percentile, say
 
 SPEEDUP_TARGET = 2.0
 FILES = ("batching.py", "model.py", "server.py", "protocol.py")
@@ -70,10 +69,7 @@ def reused_tokens(url: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_model_argument(p)
+    p = model_parser(__doc__)
     p.add_argument(
         "--files",
         type=Path,

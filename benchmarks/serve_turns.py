@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_latency import add_model_argument, model_folder, percentile, say
+from serve_latency import model_folder, model_parser, percentile, say
 
 GAIN_TARGET = 3.0  # completion p50 at least 3x faster with turns while an answer is written
 COST_TARGET = 0.15  # turns (their prefills) cost the answer at most 15 %
@@ -96,10 +96,7 @@ def one_round(client: Any, name: str, args: argparse.Namespace) -> tuple[list[fl
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_model_argument(p)
+    p = model_parser(__doc__)
     p.add_argument("--chat-tokens", type=int, default=256, help="tokens of the long answer")
     p.add_argument("--completion-tokens", type=int, default=16, help="most tokens of a tab completion")
     p.add_argument("--turn-tokens", type=int, default=32, help="the second server's --turn-tokens")
