@@ -219,9 +219,24 @@ def test_an_editor_asking_twice_about_a_file_reuses_the_first_prompt(server, cli
         return _metric(httpx.get(f"{server.url}/metrics").text, "repotune_prefix_cache_tokens_total")
 
     before = reused()
-    for tail in ("def g(", "def g(a"):
+    first, second = (
         client.completions.create(model=server.model_name, prompt=body + tail, max_tokens=4, temperature=0)
-    assert reused() - before > 100
+        for tail in ("import os\n", "import os\nimport re\n")
+    )
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # no request before began so
+    assert first.usage.prompt_tokens < cached < second.usage.prompt_tokens  # all of the first, at least
+    assert reused() - before == cached
+    # a chat asked again, streamed with the usage chunk at the end (include_usage) and two choices: one
+    # row finds the first answer's prompt kept, the other reads it; a prompt counts its best row's
+    chat = {"model": server.model_name, "messages": [{"role": "user", "content": body}], "max_tokens": 4}
+    asked = client.chat.completions.create(**chat, temperature=0)
+    stream = client.chat.completions.create(
+        **chat, temperature=0, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    last = list(stream)[-1]
+    assert last.usage.prompt_tokens == asked.usage.prompt_tokens
+    assert last.usage.prompt_tokens_details.cached_tokens == asked.usage.prompt_tokens - 1
 
 
 @pytest.mark.integration
@@ -729,7 +744,7 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
 
         assert asyncio.run(together(padded)) == whole and padded.largest_batch == len(prompts)
         # four prompts of about one length, none kept: a pass each would cost more than the padding
-        assert not plain._cheaper_alone(prompts) and plain._start_cache(prompts) is None
+        assert not plain._cheaper_alone(prompts) and plain._start_cache(prompts) == (None, [0] * 4)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(batching, "PASS_TOKENS", 0)  # passes for free: each row is read alone
             assert plain._cheaper_alone(prompts)

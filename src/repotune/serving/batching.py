@@ -135,6 +135,8 @@ class Completed:
     """``stop`` (end of sequence or a stop string) or ``length`` (``max_new_tokens`` reached)."""
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens whose keys and values the prefix cache held: not read again."""
 
 
 class Handle:
@@ -207,6 +209,7 @@ class _Row:
         self.tokens: list[int] = []
         self.text = ""
         self.sent = 0  # characters of self.text already pushed to the handle
+        self.cached = 0  # prompt tokens the prefix cache held when the row started
         self.done = False
         stops = handle.request.stop
         # Text that could still grow into a stop string is held back from streaming.
@@ -274,6 +277,7 @@ class _Row:
                 finish_reason=reason,
                 prompt_tokens=len(self.handle.request.prompt_ids),
                 completion_tokens=len(self.tokens),
+                cached_tokens=self.cached,
             )
         )
 
@@ -553,7 +557,10 @@ class Batcher:
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         with torch.inference_mode():
-            cache = self._start_cache(prompts)
+            cache, reused = self._start_cache(prompts)
+            for row, tokens in zip(rows, reused, strict=True):
+                if not row.tokens:  # the request's prompt, not a turn's
+                    row.cached = tokens
             if cache is not None:
                 kwargs[self.cache_argument] = cache
             sequences = self.model.generate(
@@ -579,9 +586,9 @@ class Batcher:
                 row._end("length")
         return []
 
-    def _start_cache(self, prompts: list[list[int]]) -> Any:
-        """The cache ``generate`` starts from; None: it reads the prompts whole, left-padded together,
-        into a cache of its own.
+    def _start_cache(self, prompts: list[list[int]]) -> tuple[Any, list[int]]:
+        """The cache ``generate`` starts from (None: it reads the prompts whole, left-padded together,
+        into a cache of its own), and how many tokens of each prompt it holds.
 
         One row: the prefix cache's (``PrefixCache.take``), and ``generate`` reads the rest of the
         prompt. Several rows on a CPU, where reading them alone costs less (``_cheaper_alone``): each
@@ -592,16 +599,20 @@ class Batcher:
         import torch
         from transformers.cache_utils import DynamicCache
 
+        nothing = [0] * len(prompts)
         if len(prompts) == 1:
-            return self._taken(prompts[0]) if self.prefix_cache is not None else None
+            return self._taken(prompts[0]) if self.prefix_cache is not None else (None, nothing)
         if not self._cheaper_alone(prompts):
-            return DynamicCache(config=self.model.config) if self.prefix_cache is not None else None
-        caches, masks = [], []
+            return DynamicCache(config=self.model.config) if self.prefix_cache is not None else None, nothing
+        caches, masks, reused = [], [], []
         for ids in prompts:
             cache = (
-                self._taken(ids) if self.prefix_cache is not None else DynamicCache(config=self.model.config)
+                self._taken(ids)[0]
+                if self.prefix_cache is not None
+                else DynamicCache(config=self.model.config)
             )
             held = cache.get_seq_length()
+            reused.append(held)
             if held < len(ids) - 1:
                 rest = torch.tensor([ids[held:-1]], device=self.device)
                 self.model(
@@ -609,7 +620,7 @@ class Batcher:
                 )
             caches.append(cache)
             masks.append(torch.ones((1, len(ids) - 1), dtype=torch.long, device=self.device))
-        return left_padded(caches, masks)[0]
+        return left_padded(caches, masks)[0], reused
 
     def _cheaper_alone(self, prompts: list[list[int]]) -> bool:
         """Whether reading a batch's prompts one by one (after their kept prefixes) costs less than
@@ -622,10 +633,10 @@ class Batcher:
         alone = sum(PASS_TOKENS + len(ids) - 1 - kept(ids) for ids in prompts)
         return alone < PASS_TOKENS + len(prompts) * max(len(ids) for ids in prompts)
 
-    def _taken(self, ids: list[int]) -> Any:
+    def _taken(self, ids: list[int]) -> tuple[Any, list[int]]:
         cache, reused = self.prefix_cache.take(ids)
         PREFIX_TOKENS.labels(self.model_name).inc(reused)
-        return cache
+        return cache, [reused]
 
 
 class PenaltyProcessor:

@@ -32,6 +32,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.completion_usage import PromptTokensDetails
 
 from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
@@ -407,7 +408,7 @@ class RepotuneModel(kserve.Model):
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
         served = Served(head["id"], prompt_tokens, started, sum(len(p.retrieved.sources) for p in built))
         if request.stream:
-            return self._completion_chunks(head, handles, echoed, served, request.include_usage)
+            return self._completion_chunks(head, handles, echoed, served, request.include_usage, n)
         with served:
             done = served.done = await results(handles)
         choices = [
@@ -416,12 +417,12 @@ class RepotuneModel(kserve.Model):
         ]
         extra = {"retrieval": [list(prompt.retrieved.sources) for prompt in built]} if retrieval else {}
         return Completion(
-            **head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens), **extra
+            **head, choices=choices, object="text_completion", usage=usage(done, prompt_tokens, n), **extra
         )
 
     async def _completion_chunks(
         self, head: dict[str, Any], handles: list[Handle], echoed: list[str], served: Served,
-        include_usage: bool,
+        include_usage: bool, n: int,
     ) -> AsyncIterator[Completion]:  # fmt: skip
         def chunk(index: int, text: str, finish_reason: str | None) -> Completion:
             # OpenAI streams completion chunks as Completion objects whose finish_reason is null until
@@ -432,6 +433,7 @@ class RepotuneModel(kserve.Model):
             return Completion.model_construct(**head, choices=[choice], object="text_completion", usage=None)
 
         done = served.done
+        finished: dict[int, Completed] = {}  # by choice: ``usage`` takes them prompt by prompt
         with served:
             for index, text in enumerate(echoed):
                 if text:
@@ -441,11 +443,11 @@ class RepotuneModel(kserve.Model):
                     yield chunk(index, item, None)
                 else:
                     done.append(item)
+                    finished[index] = item
                     yield chunk(index, "", item.finish_reason)
         if include_usage:
-            yield Completion.model_construct(
-                **head, choices=[], object="text_completion", usage=usage(done, served.prompt_tokens)
-            )
+            totals = usage([finished[i] for i in sorted(finished)], served.prompt_tokens, n)
+            yield Completion.model_construct(**head, choices=[], object="text_completion", usage=totals)
 
     async def create_chat_completion(
         self, request: ChatCompletionRequest
@@ -487,7 +489,7 @@ class RepotuneModel(kserve.Model):
             for i, r in enumerate(done)
         ]
         return ChatCompletion(
-            **head, choices=choices, object="chat.completion", usage=usage(done, len(prompt_ids))
+            **head, choices=choices, object="chat.completion", usage=usage(done, len(prompt_ids), len(done))
         )
 
     async def _chat_chunks(
@@ -508,7 +510,7 @@ class RepotuneModel(kserve.Model):
                     finish = item.finish_reason
                     yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finish)])
         if include_usage:
-            yield chunk([], usage(done, served.prompt_tokens))
+            yield chunk([], usage(done, served.prompt_tokens, len(done)))
 
     def _instance_row(self, instance: Instance) -> GenerationRequest:
         prompt = self.text_prompt(
@@ -624,11 +626,18 @@ def refusal_line(path: str, err: ServingError, request_id: str | None) -> str:
     return f"{line}, x-request-id {request_id}" if request_id else line
 
 
-def usage(done: list[Completed], prompt_tokens: int) -> CompletionUsage:
-    """Token counts; prompts count once each (as OpenAI counts them), however many choices they have."""
+def usage(done: list[Completed], prompt_tokens: int, n: int = 1) -> CompletionUsage:
+    """Token counts; prompts count once each (as OpenAI counts them), however many choices they have
+    (``done`` holds ``n`` choices a prompt, prompt by prompt). ``prompt_tokens_details.cached_tokens``:
+    what the prefix cache held of the prompts, as OpenAI reports its prompt caching (a prompt's best
+    choice: one of its rows may have found it kept, another not)."""
     completion = sum(r.completion_tokens for r in done)
+    cached = sum(max(r.cached_tokens for r in done[at : at + n]) for at in range(0, len(done), n))
     return CompletionUsage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
 
 
