@@ -952,6 +952,20 @@ def test_a_client_that_goes_away_stops_its_whole_answer(tiny: Path, tmp_path: Pa
     assert spent < 4 * long, f"{spent:g} tokens generated for 4 requests whose clients left"
 
 
+def test_usage_counts_a_prompts_cached_tokens_once_however_many_choices_it_has() -> None:
+    from repotune.serving.batching import Completed
+    from repotune.serving.model import usage
+
+    # two prompts (10 and 7 tokens), two choices each: of the first's rows one found it kept (9 tokens)
+    done = [Completed("a", "stop", 10, 2, 9), Completed("b", "stop", 10, 2, 0)]
+    done += [Completed("c", "stop", 7, 1, 3), Completed("d", "length", 7, 4, 3)]
+    counted = usage(done, 17, 2)
+    assert (counted.prompt_tokens, counted.completion_tokens, counted.total_tokens) == (17, 9, 26)
+    assert counted.prompt_tokens_details.cached_tokens == 9 + 3
+    assert usage(done, 17, 1).prompt_tokens_details.cached_tokens == 15  # four prompts of one choice
+    assert usage([], 5, 0).prompt_tokens_details.cached_tokens == 0
+
+
 def test_a_request_line_says_how_each_answer_ended() -> None:
     """The request log's line for choices that finished, mixed, and for answers cut short by the
     server (a timeout, a stop) or by the client going away."""

@@ -632,7 +632,8 @@ def usage(done: list[Completed], prompt_tokens: int, n: int = 1) -> CompletionUs
     what the prefix cache held of the prompts, as OpenAI reports its prompt caching (a prompt's best
     choice: one of its rows may have found it kept, another not)."""
     completion = sum(r.completion_tokens for r in done)
-    cached = sum(max(r.cached_tokens for r in done[at : at + n]) for at in range(0, len(done), n))
+    step = max(1, n)
+    cached = sum(max(r.cached_tokens for r in done[at : at + step]) for at in range(0, len(done), step))
     return CompletionUsage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
