@@ -601,16 +601,15 @@ class Batcher:
 
         nothing = [0] * len(prompts)
         if len(prompts) == 1:
-            return self._taken(prompts[0]) if self.prefix_cache is not None else (None, nothing)
+            if self.prefix_cache is None:
+                return None, nothing
+            cache = self._row_cache(prompts[0])
+            return cache, [cache.get_seq_length()]
         if not self._cheaper_alone(prompts):
             return DynamicCache(config=self.model.config) if self.prefix_cache is not None else None, nothing
         caches, masks, reused = [], [], []
         for ids in prompts:
-            cache = (
-                self._taken(ids)[0]
-                if self.prefix_cache is not None
-                else DynamicCache(config=self.model.config)
-            )
+            cache = self._row_cache(ids)
             held = cache.get_seq_length()
             reused.append(held)
             if held < len(ids) - 1:
@@ -633,10 +632,16 @@ class Batcher:
         alone = sum(PASS_TOKENS + len(ids) - 1 - kept(ids) for ids in prompts)
         return alone < PASS_TOKENS + len(prompts) * max(len(ids) for ids in prompts)
 
-    def _taken(self, ids: list[int]) -> tuple[Any, list[int]]:
+    def _row_cache(self, ids: list[int]) -> Any:
+        """The cache a row starts from: what the prefix cache kept of its prompt ``ids`` (counted on
+        ``/metrics``), or a new, empty one."""
+        from transformers.cache_utils import DynamicCache
+
+        if self.prefix_cache is None:
+            return DynamicCache(config=self.model.config)
         cache, reused = self.prefix_cache.take(ids)
         PREFIX_TOKENS.labels(self.model_name).inc(reused)
-        return cache, [reused]
+        return cache
 
 
 class PenaltyProcessor:
