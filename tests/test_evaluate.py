@@ -181,10 +181,18 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
 
 @pytest.mark.integration
 def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, trained: Path) -> None:
-    from repotune.evaluate.generate import complete_lines, tokenized, window_nll, windows
+    from repotune.evaluate.generate import (
+        KEPT_PROMPTS,
+        PREFIX_MIN_TOKENS,
+        complete_lines,
+        tokenized,
+        window_nll,
+        windows,
+    )
     from repotune.evaluate.samples import draw_samples
     from repotune.evaluate.score import Scorer, retrieval_contexts
     from repotune.evaluate.stage import retrieval_index
+    from repotune.kvcache import PrefixCache
     from repotune.records import read_records
 
     config = ScoringConfig(line_samples=6, fim_samples=4, forgetting_files=0, max_new_tokens=12)
@@ -212,6 +220,14 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     batched = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12)
     assert batched == one
     assert all(c.text.strip() for c in one[-len(mid_line) :])  # real answers, not empty ones
+    # Each prompt read from the cache of an earlier one that starts alike (a mid-line prompt starts as
+    # its line's prompt does; the scorer keeps such caches on a CPU): the same answers.
+    kept = PrefixCache(scorer.model, PREFIX_MIN_TOKENS, entries=KEPT_PROMPTS)
+    reusing = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,
+                             prefixes=kept)  # fmt: skip
+    assert reusing == one
+    assert kept.hits >= len(mid_line) // 2 and kept.reused_tokens > 0
+    assert isinstance(scorer.prefixes, PrefixCache)
     # Read together, left-padded (the path off a CPU), the prompts get the same answers; and both are
     # what transformers' own `generate` writes for each prompt alone.
     padded = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,

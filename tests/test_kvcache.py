@@ -7,6 +7,7 @@ import pytest
 import torch
 from tests.serving_helpers import make_serving_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache
 
 from repotune.kvcache import PrefixCache, cache_argument, plain_cache, shared_prefix
 
@@ -92,3 +93,24 @@ def test_a_cache_that_is_not_the_sequences_is_not_kept(model_and_tokenizer) -> N
     assert len(kept) == 0 and kept.take(ids)[1] == 0
     with pytest.raises(ValueError, match="min_tokens"):
         PrefixCache(model, min_tokens=0)
+
+
+def test_a_borrowed_prefix_is_a_copy_and_the_entry_stays_kept(model_and_tokenizer) -> None:
+    """The evaluate stage reads many prompts that start alike (a retrieval arm's chunks in front of the
+    lines of one file): ``borrow`` hands out a copy of the shared tokens and keeps the entry."""
+    model, tokenizer = model_and_tokenizer
+    body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(6))
+    first, second, third = (tokenizer(body + tail)["input_ids"] for tail in ("def g(", "def h(x", "class K:"))
+    kept = PrefixCache(model, min_tokens=16)
+    assert kept.borrow(first) == (None, 0)  # nothing kept: the caller reads the prompt whole
+    cache = DynamicCache(config=model.config)
+    _read(model, first, cache)
+    kept.keep(cache, first)
+    keys = [layer.keys.clone() for layer in cache.layers]
+
+    for ids in (second, third):  # both start from the first prompt's cache, which stays as it was
+        borrowed, reused = kept.borrow(ids)
+        assert reused == shared_prefix(first, ids) >= 16 and borrowed.get_seq_length() == reused
+        assert torch.allclose(_read(model, ids, borrowed), _read(model, ids), atol=1e-5)
+        assert len(kept) == 1 and all(torch.equal(a, b.keys) for a, b in zip(keys, cache.layers, strict=True))
+    assert (kept.hits, kept.reused_tokens) == (2, shared_prefix(first, second) + shared_prefix(first, third))

@@ -71,6 +71,17 @@ def row_cache(cache: Any, row: int, start: int) -> Any:
     return own
 
 
+def prefix_of(cache: Any, tokens: int) -> Any:
+    """The first ``tokens`` positions of a plain cache as a cache of their own, which reading on from
+    leaves ``cache`` as it was (a plain layer's ``update`` makes new tensors; it writes in none)."""
+    from transformers.cache_utils import DynamicCache
+
+    own = DynamicCache()
+    for number, layer in enumerate(cache.layers):
+        own.update(layer.keys[:, :, :tokens], layer.values[:, :, :tokens], number)
+    return own
+
+
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many tokens ``a`` and ``b`` share from their start."""
     n = 0
@@ -129,6 +140,21 @@ class PrefixCache:
         self.hits += 1
         self.reused_tokens += shared
         return cache, shared
+
+    def borrow(self, ids: Sequence[int]) -> tuple[Any, int]:
+        """What ``take`` gives, but the kept entry stays kept (as the most recently used) and the cache
+        handed out holds a copy of its shared tokens (``prefix_of``); ``(None, 0)`` when nothing kept
+        shares enough. For a caller that reads many prompts starting alike, one after another: the
+        evaluate stage, whose retrieval arms put the same retrieved chunks in front of the lines of a
+        file."""
+        best, shared = self._closest(ids)
+        if best is None:
+            return None, 0
+        entry = self._kept.pop(best)
+        self._kept.insert(0, entry)
+        self.hits += 1
+        self.reused_tokens += shared
+        return prefix_of(entry[1], shared), shared
 
     def _closest(self, ids: Sequence[int]) -> tuple[int | None, int]:
         """The kept entry that shares the most tokens with ``ids`` (at least ``min_tokens``; never all

@@ -29,7 +29,7 @@ from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
-from repotune.kvcache import cache_argument, keeps_logits, left_padded, plain_cache
+from repotune.kvcache import PrefixCache, cache_argument, keeps_logits, left_padded, plain_cache
 
 TRAINING_FORMAT_STARTS = ("diff --git", "@@", "+", "-", FILENAME_TOKEN, PLAIN_HEADER.split("{", 1)[0])
 """How a line of a commit diff or a file header starts: a code completion that starts so writes the
@@ -163,6 +163,15 @@ def prompt_ids(prompt: str, tokenizer: Any, max_tokens: int) -> tuple[list[int],
     return ids[-max_tokens:], after_newline
 
 
+KEPT_PROMPTS = 32
+"""Prompts whose caches a model's scorer keeps (``PrefixCache``) for the prompts read after them, on a
+CPU: a retrieval arm puts the same chunks in front of many lines, and its FIM spans are asked after
+its 30 to 40 lines. SmolLM2-135M's cache takes 46 KB a token in float32, so 32 prompts of 700 tokens
+hold about 1 GB."""
+PREFIX_MIN_TOKENS = 16
+"""The fewest tokens a prompt must share with a kept one to start from its cache."""
+
+
 def complete_lines(
     model: Any,
     tokenizer: Any,
@@ -173,13 +182,15 @@ def complete_lines(
     progress: Progress | None = None,
     prefill_alone: bool | None = None,
     line_penalty: float = 0.0,
+    prefixes: PrefixCache | None = None,
 ) -> list[Completion]:
     """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time, with the line
     repeat penalty ``line_penalty`` (``repotune.decoding``; 0: plain greedy).
 
     ``prefill_alone``: read each prompt in a forward pass of its own (no padding) rather than the
     batch's prompts left-padded together; None does so on a CPU, where a batch reads its prompts no
-    faster than one at a time and padding is paid for like text (``greedy_lines``).
+    faster than one at a time and padding is paid for like text (``greedy_lines``). ``prefixes``: the
+    caches of prompts read before, for prompts read alone that start as one of them does.
     """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
@@ -197,7 +208,7 @@ def complete_lines(
 
         written = greedy_lines(
             model, [encoded[i][0] for i in rows], max_new_tokens=max_new_tokens, eos=eos, pad=pad,
-            done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines,
+            done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines, prefixes=prefixes,
         )  # fmt: skip
         for tokens, index in zip(written, rows, strict=True):
             results[index] = Completion.from_tokens(tokens, tokenizer, eos, after_newline=encoded[index][1])
@@ -217,6 +228,7 @@ def greedy_lines(
     prefill_alone: bool,
     line_penalty: float = 0.0,
     newlines: frozenset[int] = frozenset(),
+    prefixes: PrefixCache | None = None,
 ) -> list[list[int]]:
     """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
     sequence, or once ``done(row, tokens)`` says so, or after ``max_new_tokens``. ``line_penalty``
@@ -230,6 +242,10 @@ def greedy_lines(
     (``generate`` carries it to the end, writing padding): one long line no longer keeps every row
     decoding. The attention mask hides the padding and each row's positions count from its own first
     token, as they would alone.
+
+    ``prefixes``: prompts read alone start from the cache of the earlier prompt that shares the most
+    tokens with them (``PrefixCache.borrow``), and are kept there in turn; the logits are those of the
+    prompt read whole, up to the rounding of the matrix products.
     """
     import torch
 
@@ -239,6 +255,7 @@ def greedy_lines(
     alone = prefill_alone and plain_cache(model)
     groups = [[row] for row in range(len(prompts))] if alone else [list(range(len(prompts)))]
     option = cache_argument(model)
+    kept = prefixes if alone else None
     caches, masks, logits = [], [], []
     for group in groups:
         width = max(len(prompts[row]) for row in group)
@@ -249,14 +266,21 @@ def greedy_lines(
                 raise RepotuneError("an empty prompt has nothing to continue")
             ids[line, width - len(prompts[row]) :] = torch.tensor(prompts[row], dtype=torch.long)
             mask[line, width - len(prompts[row]) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        positions = _positions(mask)
+        # A prompt read alone starts from what an earlier prompt's cache holds of it, and reads the rest.
+        past, start = kept.borrow(prompts[group[0]]) if kept is not None else (None, 0)
+        options = {option: past} if past is not None else {}
+        ids, mask, positions = ids[:, start:].to(device), mask.to(device), positions[:, start:].to(device)
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                        **last_only)  # fmt: skip
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **options, **last_only)  # fmt: skip
         caches.append(getattr(out, option))
+        if kept is not None:
+            kept.keep(caches[-1], prompts[group[0]])
         masks.append(mask)
         logits.append(out.logits[:, -1, :])
-    cache, mask = left_padded(caches, masks) if len(groups) > 1 else (caches[0], masks[0])
+    # Rows read alone are copied into one batch, so that the caches kept for later prompts stay as read.
+    cache, mask = left_padded(caches, masks) if alone else (caches[0], masks[0])
     written: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))
     following = torch.cat(logits).argmax(dim=-1)

@@ -19,6 +19,8 @@ from repotune.data.transforms import code_prompt, commit_prompt, encode, fim_pro
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.decide import MARKER_METRIC, PREFIX_ONLY, REPEAT_METRIC, fim_way
 from repotune.evaluate.generate import (
+    KEPT_PROMPTS,
+    PREFIX_MIN_TOKENS,
     Completion,
     Progress,
     complete_lines,
@@ -40,6 +42,7 @@ from repotune.evaluate.metrics import (
 )
 from repotune.evaluate.samples import Samples, ScoredText, draw_samples
 from repotune.evaluate.settings import ScoringConfig
+from repotune.kvcache import PrefixCache, plain_cache
 
 __all__ = ["ArmScores", "Scorer", "ScoringConfig", "draw_samples", "metric_from_dict", "metric_to_dict"]
 
@@ -93,6 +96,9 @@ class Scorer:
         self.max_prompt_tokens = context_limit(self.model) - config.max_new_tokens
         """The longest prompt the model can take and still write ``max_new_tokens``."""
         self._answered: dict[str, Completion] = {}
+        plain = plain_cache(self.model)
+        self.prefixes = PrefixCache(self.model, PREFIX_MIN_TOKENS, entries=KEPT_PROMPTS) if plain else None
+        """The caches of the last prompts read alone (on a CPU), for the next that start as one does."""
 
     def perplexity(
         self, name: str, texts: Sequence[ScoredText], what: str, log: Callable[[str], None]
@@ -134,6 +140,7 @@ class Scorer:
             max_new_tokens=self.config.max_new_tokens,
             progress=progress,
             line_penalty=self.config.line_repeat_penalty,
+            prefixes=self.prefixes,
         )
         self._answered.update(zip(new, done, strict=True))
         return [self._answered[p] for p in prompts]
