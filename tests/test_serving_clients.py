@@ -174,8 +174,13 @@ def test_continue_chat(widgets: BackgroundServer) -> None:
                       timeout=120) as response:  # fmt: skip
         events = [ChatCompletionChunk.model_validate(event) for event in _events(response)]
     assert events[0].choices[0].delta.role == "assistant"
-    assert any(e.choices and e.choices[0].finish_reason for e in events)
-    assert events[-1].usage is not None and 1 <= events[-1].usage.completion_tokens <= CONTINUE_MAX_TOKENS
+    finish = [e.choices[0].finish_reason for e in events if e.choices and e.choices[0].finish_reason]
+    text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    usage = events[-1].usage
+    assert len(finish) == 1 and usage is not None and usage.completion_tokens <= CONTINUE_MAX_TOKENS
+    # Continue sets no temperature, so the answer is sampled, and the tiny model's first draw can be its
+    # end of sequence (a CI run drew it): then nothing was written, and the answer stopped.
+    assert usage.completion_tokens >= 1 if text else finish == ["stop"]
 
 
 @pytest.mark.parametrize("suffix", [SUFFIX, None])
