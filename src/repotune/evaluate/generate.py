@@ -167,7 +167,7 @@ KEPT_PROMPTS = 32
 """Prompts whose caches a model's scorer keeps (``PrefixCache``) for the prompts read after them, on a
 CPU: a retrieval arm puts the same chunks in front of many lines, and its FIM spans are asked after
 its 30 to 40 lines. SmolLM2-135M's cache takes 46 KB a token in float32, so 32 prompts of 700 tokens
-hold about 1 GB."""
+hold about 1 GB (the demo's evaluate step peaked 0.3 GB higher with them, benchmarks/README.md)."""
 PREFIX_MIN_TOKENS = 16
 """The fewest tokens a prompt must share with a kept one to start from its cache."""
 
