@@ -593,3 +593,22 @@ def test_evaluate_from_the_command_line(project: Path, trained: Path, tmp_path: 
         json.loads((tmp_path / "f" / "metrics.json").read_text())["models"]
         == json.loads((tmp_path / "e" / "metrics.json").read_text())["models"]
     )
+    # Settings without an option of their own (README: `--eval line_repeat_penalty=0`), after the options;
+    # a misspelt one is refused with the key it was probably meant to be.
+    command = [sys.executable, "-m", "repotune.cli", "evaluate", str(trained), str(project)]
+    done = subprocess.run(
+        [*command, "-o", str(tmp_path / "g"), *quick, "--no-retrieval", "--eval", "line_repeat_penalty=0",
+         "--eval", "line_samples=3", "--eval", "policy.min_relative_gain=0.5"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert saved["config"]["line_repeat_penalty"] == 0 and saved["config"]["line_samples"] == 3
+    assert saved["config"]["fim_samples"] == 2 and saved["config"]["retrieval"] is False
+    assert saved["policy"]["min_relative_gain"] == 0.5
+    done = subprocess.run(
+        [*command, "-o", str(tmp_path / "h"), "--eval", "line_repeat_penalti=0"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2  # the CLI's exit status for a refused input
+    assert "unknown key 'line_repeat_penalti' (did you mean 'line_repeat_penalty'?)" in done.stderr

@@ -190,6 +190,7 @@ CONTRACT = {
         "--min-relative-gain",
         "--require-significance",
         "--no-require-significance",
+        "--eval",
     },
     "deploy": {
         "MODEL_URI",

@@ -293,11 +293,27 @@ def _say_verdict_and_table(report: Path) -> None:
     Setting("policy.min_relative_gain"),
     Setting("policy.require_significance"),
 )
-def evaluate(values: Values) -> None:
+def evaluate(
+    values: Values,
+    eval_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--eval",
+            help="Any other evaluation setting, as `repotune run --eval` takes it, applied after the "
+            "options above: --eval context_chars=600 --eval line_repeat_penalty=0 "
+            "--eval policy.min_relative_gain=0.05.",
+        ),
+    ] = None,
+) -> None:
     """Score base and candidate, each with and without retrieval, and the champion on held-out data;
     decide; register in MLflow."""
     from repotune import evaluate
 
+    if eval_:
+        from repotune.evaluate.stage import settings_from
+
+        given = {**values["scoring"], **{f"policy.{key}": value for key, value in values["policy"].items()}}
+        values["scoring"], values["policy"] = settings_from({**given, **_parse_evaluation(eval_)}, "--eval")
     config = build(EvaluateConfig, {**values, "tracking_uri": values["tracking_uri"] or None})
     result = evaluate.run(config, log=say)
     _say_verdict_and_table(result.output.report_md)
