@@ -9,6 +9,9 @@ last few sequences served are kept; the next prompt reads only the tokens after 
 with the closest of them, as llama.cpp's server (``cache_prompt``) and vLLM's automatic prefix caching
 do. A prompt read in two pieces gives the same logits as one read whole, up to the rounding of the
 matrix products (the greedy answers of the tests and the benchmark are the same).
+
+The evaluate stage keeps one too, on a CPU (``PrefixCache.borrow``, which leaves the entry kept): a
+retrieval arm puts the same chunks in front of several lines (``benchmarks/evaluate_speed.py``).
 """
 
 from __future__ import annotations
