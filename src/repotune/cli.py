@@ -310,10 +310,9 @@ def evaluate(
     from repotune import evaluate
 
     if eval_:
-        from repotune.evaluate.stage import settings_from
-
         given = {**values["scoring"], **{f"policy.{key}": value for key, value in values["policy"].items()}}
-        values["scoring"], values["policy"] = settings_from({**given, **_parse_evaluation(eval_)}, "--eval")
+        merged = {**given, **_parse_evaluation(eval_)}
+        values["scoring"], values["policy"] = evaluate.settings_from(merged, "--eval")
     config = build(EvaluateConfig, {**values, "tracking_uri": values["tracking_uri"] or None})
     result = evaluate.run(config, log=say)
     _say_verdict_and_table(result.output.report_md)
