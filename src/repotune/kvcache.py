@@ -42,6 +42,12 @@ def keeps_logits(model: Any) -> bool:
     return bool(supports()) if callable(supports) else False
 
 
+def last_logit_only(model: Any) -> dict[str, Any]:
+    """The forward arguments that compute the logits of the last position alone, where ``model`` takes
+    them (``keeps_logits``): a prompt read to write what follows it needs no others."""
+    return {"logits_to_keep": 1} if keeps_logits(model) else {}
+
+
 def left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
     """The prompts' caches (plain ones: ``plain_cache``) and masks as one batch, each left-padded to the
     widest."""
@@ -65,23 +71,24 @@ def left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
 def row_cache(cache: Any, row: int, start: int) -> Any:
     """Row ``row`` of a left-padded batch's cache from column ``start`` on (its padding cut off), as a
     cache of its own: a copy, so that keeping it does not keep the whole batch's."""
-    from transformers.cache_utils import DynamicCache
-
-    own = DynamicCache()
-    for number, layer in enumerate(cache.layers):
-        keys, values = (part[row : row + 1, :, start:, :].clone() for part in (layer.keys, layer.values))
-        own.update(keys, values, number)
-    return own
+    return _copied(cache, (slice(row, row + 1), slice(None), slice(start, None)))
 
 
 def prefix_of(cache: Any, tokens: int) -> Any:
     """The first ``tokens`` positions of a plain cache as a cache of their own, which reading on from
-    leaves ``cache`` as it was (a plain layer's ``update`` makes new tensors; it writes in none)."""
+    leaves ``cache`` as it was."""
+    return _copied(cache, (slice(None), slice(None), slice(None, tokens)))
+
+
+def _copied(cache: Any, part: tuple[slice, ...]) -> Any:
+    """``part`` of every layer's keys and values (``[batch, heads, positions, ...]``) as a new cache. A
+    copy: a plain layer's ``update`` concatenates what it is given onto its own (empty) tensor, and
+    never writes in the tensors it was given or returned."""
     from transformers.cache_utils import DynamicCache
 
     own = DynamicCache()
     for number, layer in enumerate(cache.layers):
-        own.update(layer.keys[:, :, :tokens], layer.values[:, :, :tokens], number)
+        own.update(layer.keys[part], layer.values[part], number)
     return own
 
 

@@ -29,7 +29,14 @@ from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_
 from repotune.decoding import newline_tokens, penalize_lines
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
-from repotune.kvcache import PrefixCache, cache_argument, keeps_logits, left_padded, plain_cache
+from repotune.kvcache import (
+    PrefixCache,
+    cache_argument,
+    keeps_logits,
+    last_logit_only,
+    left_padded,
+    plain_cache,
+)
 
 TRAINING_FORMAT_STARTS = ("diff --git", "@@", "+", "-", FILENAME_TOKEN, PLAIN_HEADER.split("{", 1)[0])
 """How a line of a commit diff or a file header starts: a code completion that starts so writes the
@@ -250,7 +257,7 @@ def greedy_lines(
     import torch
 
     device = model.device
-    last_only = _last_logit_only(model)
+    last_only = last_logit_only(model)
     # A cache other than plain keys and values per layer (a sliding window) is not padded: read together.
     alone = prefill_alone and plain_cache(model)
     groups = [[row] for row in range(len(prompts))] if alone else [list(range(len(prompts)))]
@@ -315,10 +322,6 @@ def _positions(mask: Any) -> Any:
     """Position ids of left-padded rows, as ``generate`` derives them: each row counts from its first
     token (padding gets 1, which the mask hides)."""
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-
-
-def _last_logit_only(model: Any) -> dict[str, Any]:
-    return {"logits_to_keep": 1} if keeps_logits(model) else {}
 
 
 PADDING_SHARE = 0.25

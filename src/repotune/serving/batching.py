@@ -41,7 +41,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.decoding import newline_tokens, penalize_lines
-from repotune.kvcache import PrefixCache, cache_argument, keeps_logits, left_padded, plain_cache, row_cache
+from repotune.kvcache import PrefixCache, cache_argument, last_logit_only, left_padded, plain_cache, row_cache
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
 
@@ -379,7 +379,7 @@ class Batcher:
         # padding, and are decoded together (``_start_cache``), as evaluation's ``greedy_lines`` does.
         self.prefill_alone = plain and self.device.type == "cpu"
         self.cache_argument = cache_argument(model)
-        self.last_logit_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
+        self.last_logit_only = last_logit_only(model)
         self.batches = 0  # generate() calls so far
         self.rows = 0  # requests generated so far
         self.turns_given = 0  # batches that gave way to requests waiting behind them
