@@ -59,3 +59,61 @@ def test_evaluation_scores_with_the_penalty_serving_applies_by_default() -> None
     for bad in (-1, float("nan"), True):
         with pytest.raises(RepotuneError, match="line_repeat_penalty"):
             ScoringConfig(line_repeat_penalty=bad)
+
+
+@pytest.mark.parametrize(
+    ("generated", "after_newline"),
+    [
+        ("\n    return x\n", True),
+        ("x)\n\n    return x\nmore", True),
+        ("only the line before", True),
+        ("\n  \n", False),
+        ("rest of the line\nnext", False),
+        ("", False),
+    ],
+)
+def test_answer_span_is_where_the_answer_line_is(generated: str, after_newline: bool) -> None:
+    from repotune.decoding import answer_span
+    from repotune.evaluate.generate import answer_line
+
+    span = answer_span(generated, after_newline=after_newline)
+    answer = answer_line(generated, after_newline=after_newline)
+    assert (generated[span[0] : span[1]] if span else "") == answer
+
+
+def test_runner_up_is_the_second_best_token_and_an_end_of_sequence_never_wins_a_retry() -> None:
+    from repotune.decoding import runner_up
+
+    scores = torch.tensor([[0.0, 3.0, 2.5, 1.0], [5.0, 1.0, 4.0, 4.5]])
+    margins, runners = runner_up(scores, scores.argmax(dim=-1))
+    assert runners == [2, 3] and margins == pytest.approx([0.5, 0.5])
+    margins, runners = runner_up(scores, scores.argmax(dim=-1), refused=frozenset({3}))
+    assert margins[0] == pytest.approx(0.5) and margins[1] == float("inf")  # row 1's runner-up is EOS
+
+
+@pytest.mark.integration
+def test_the_token_decoded_again_is_the_least_certain_one_that_writes_the_line(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from repotune.decoding import answer_span, least_certain
+
+    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
+    tokens = tokenizer.encode("x)\n    from a import b\n", add_special_tokens=False)
+    text = tokenizer.decode(tokens)
+    span = answer_span(text, after_newline=True)
+    assert text[span[0] : span[1]] == "    from a import b"
+    ends = [len(tokenizer.decode(tokens[: i + 1])) for i in range(len(tokens))]
+    starts = [0, *ends[:-1]]
+    in_line = [
+        i
+        for i in range(len(tokens))
+        if text[max(starts[i], span[0]) : min(ends[i], span[1])].strip()  # writes a non-blank character
+    ]
+    assert 0 < len(in_line) < len(tokens)  # "x)", the indentation and the newlines are not in it
+    for least in range(len(tokens)):  # whichever token is least certain, only the line's own are taken
+        margins = [1.0 + i for i in range(len(tokens))]
+        margins[least] = 0.1
+        expected = least if least in in_line else in_line[0]
+        assert least_certain(tokens, margins, tokenizer, span) == expected
+    margins = [float("inf")] * len(tokens)  # every runner-up an end of sequence
+    assert least_certain(tokens, margins, tokenizer, span) is None

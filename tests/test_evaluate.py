@@ -181,6 +181,7 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
 
 @pytest.mark.integration
 def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, trained: Path) -> None:
+    from repotune.decoding import rewrites_line_above
     from repotune.evaluate.generate import (
         KEPT_PROMPTS,
         PREFIX_MIN_TOKENS,
@@ -244,6 +245,22 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     assert [c.text for c in penalized] == [_generated_line(scorer, p, 12, line_penalty=1.0) for p in prompts]
     assert penalized != one  # the tiny model repeats itself within a line, and the penalty turns it
     assert scorer.config.line_repeat_penalty == LINE_REPEAT_PENALTY == 1.0
+    # An answer that writes the line above again is decoded again from its least certain token. Judged
+    # against itself as the line above, every answer of five characters or more is a copy: those that
+    # another line replaced are neither blank nor a copy, the rest are the first answers, and batched
+    # or not, with kept caches or not, they are the same (tests/test_serving.py: and what is served).
+    befores = [c.text for c in penalized]
+    again = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,
+                           line_penalty=1.0, befores=befores)  # fmt: skip
+    assert sum(c.retried for c in again) >= len(prompts) // 4
+    for first, second, before in zip(penalized, again, befores, strict=True):
+        if second.retried:
+            assert second.text.strip() and not rewrites_line_above(second.text, before)
+        else:
+            assert second == first
+    kept = PrefixCache(scorer.model, PREFIX_MIN_TOKENS, entries=KEPT_PROMPTS)
+    assert again == complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=1, max_new_tokens=12,
+                                   line_penalty=1.0, befores=befores, prefixes=kept)  # fmt: skip
 
     tokens = tokenized(samples.perplexity, scorer.tokenizer)
     chosen = windows(tokens, 48, 12, seed=0)

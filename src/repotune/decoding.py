@@ -18,9 +18,12 @@ and ``frequency_penalty`` 1.0 scored alike; longer completions were not measured
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
+
+from rapidfuzz.distance import Levenshtein
 
 from repotune.errors import RepotuneError
 
@@ -78,3 +81,77 @@ def penalize_lines(
         amounts = torch.full(ids.shape, -float(amount), dtype=logits.dtype, device=logits.device)
         penalized[row].index_add_(0, ids, amounts)
     return logits if penalized is None else penalized
+
+
+# Writing the line above again. Greedy decoding of small code models copies the line above the cursor
+# (2.5 to 4% of the demo's held-out lines at 200 samples, verbatim or one word off: an import line, a
+# ``print``, an item of a list), mostly where the line to write starts like it (``from x import b``
+# under ``from x import a``) and the model, having the right start, copies on. A penalty on tokens
+# written cannot tell the copy from the right line until its last token. So the copy is decoded again
+# instead: from the token of the line that won by the smallest margin over its runner-up, with the
+# runner-up in its place, greedy after it. Continue's autocomplete drops a completion that rewrites the
+# line above (its ``rewritesLineAbove``), so a copy shows the user nothing; the line decoded again is
+# kept only if it is neither blank nor a copy too. The evaluate stage scores so (``retry_line_above``),
+# and ``repotune serve`` decodes so by default. It halves the copies and leaves line exact match and
+# edit similarity where they were (``benchmarks/line_above.py``, benchmarks/README.md).
+
+
+def runner_up(
+    scores: Any, chosen: Any, refused: frozenset[int] = frozenset()
+) -> tuple[list[float], list[int]]:
+    """Per row of ``scores`` (the logits a token was chosen from, after every penalty): how far the
+    chosen token ``chosen[row]`` is above the runner-up, and the runner-up. A runner-up in ``refused``
+    (an end of sequence: decoding again from it would write nothing) gives an infinite margin, so that
+    its step is never the one decoded again."""
+    best = scores.gather(1, chosen[:, None])[:, 0]
+    second = scores.scatter(1, chosen[:, None], float("-inf")).max(dim=-1)
+    margins = (best - second.values).tolist()
+    runners = second.indices.tolist()
+    return [math.inf if r in refused else m for m, r in zip(margins, runners, strict=True)], runners
+
+
+def least_certain(
+    tokens: Sequence[int], margins: Sequence[float], tokenizer: Any, span: tuple[int, int]
+) -> int | None:
+    """The step (an index into ``tokens``) to decode again from: among the tokens that write a
+    non-blank character of ``span`` (characters of ``tokens`` decoded, special tokens skipped), the one
+    chosen by the smallest finite margin; None when there is none."""
+    found, begin = None, 0
+    text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+    for step in range(len(tokens)):
+        end = len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
+        first, last = max(begin, span[0]), min(end, span[1])
+        writes = first < last and text[first:last].strip() and math.isfinite(margins[step])
+        if writes and (found is None or margins[step] < margins[found]):
+            found = step
+        begin = max(begin, end)
+    return found
+
+
+def answer_span(generated: str, *, after_newline: bool) -> tuple[int, int] | None:
+    """Where ``answer_line`` is in ``generated``: its first and its end character (before its
+    newline); None when there is no non-blank line."""
+    at = 0
+    if after_newline:
+        at = generated.find("\n") + 1
+        if not at:
+            return None
+    while True:
+        end = generated.find("\n", at)
+        end = len(generated) if end < 0 else end
+        if generated[at:end].strip():
+            return at, end
+        if end == len(generated):
+            return None
+        at = end + 1
+
+
+def rewrites_line_above(answer: str, before: str) -> bool:
+    """Whether ``answer`` writes again the last non-blank line of ``before`` (the code above the
+    cursor), give or take one character in ten: Continue's autocomplete drops such a completion
+    (``rewritesLineAbove`` in its postprocessing), so a user of it is shown nothing. As there, a line
+    of four characters or fewer (a ``)``, an ``end``) is not judged."""
+    above = next((line for line in reversed(before.split("\n")) if line.strip()), "")
+    if len(above) <= 4 or len(answer) <= 4 or not answer.strip():
+        return False
+    return Levenshtein.distance(above.strip(), answer.strip()) / len(answer.strip()) < 0.1

@@ -17,16 +17,22 @@ at least ``seq_len / 2`` tokens of context where the text has them.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
-
 from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
-from repotune.decoding import newline_tokens, penalize_lines
+from repotune.decoding import (
+    answer_span,
+    least_certain,
+    newline_tokens,
+    penalize_lines,
+    rewrites_line_above,
+    runner_up,
+)
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
 from repotune.kvcache import (
@@ -50,15 +56,8 @@ def answer_line(generated: str, *, after_newline: bool) -> str:
     is still on the line before the cursor; what it writes before its first newline finishes that line
     and is not the answer. A leading newline, or a blank line, is not an answer either.
     """
-    if after_newline:
-        cut = generated.find("\n")
-        if cut < 0:
-            return ""
-        generated = generated[cut + 1 :]
-    for line in generated.split("\n"):
-        if line.strip():
-            return line
-    return ""
+    span = answer_span(generated, after_newline=after_newline)
+    return generated[span[0] : span[1]] if span is not None else ""
 
 
 def line_done(generated: str, *, after_newline: bool) -> bool:
@@ -87,17 +86,6 @@ def starts_like_training_format(answer: str, expected: str, before: str = "") ->
     )
 
 
-def rewrites_line_above(answer: str, before: str) -> bool:
-    """Whether ``answer`` writes again the last non-blank line of ``before`` (the code above the
-    cursor), give or take one character in ten: Continue's autocomplete drops such a completion
-    (``rewritesLineAbove`` in its postprocessing), so a user of it is shown nothing. As there, a line
-    of four characters or fewer (a ``)``, an ``end``) is not judged."""
-    above = next((line for line in reversed(before.split("\n")) if line.strip()), "")
-    if len(above) <= 4 or len(answer) <= 4 or not answer.strip():
-        return False
-    return Levenshtein.distance(above.strip(), answer.strip()) / len(answer.strip()) < 0.1
-
-
 @dataclass(frozen=True)
 class Completion:
     """One model's answer to one prompt."""
@@ -106,17 +94,28 @@ class Completion:
     """The first non-blank line, special tokens removed: what is scored."""
     raw: str
     """The same line with special tokens kept (``<filename>`` is one), for the format check."""
+    retried: bool = False
+    """The first answer wrote the line above again, and this one was decoded again in its place
+    (``complete_lines``)."""
 
     @classmethod
     def from_tokens(
-        cls, tokens: Sequence[int], tokenizer: Any, eos: Sequence[int], *, after_newline: bool
+        cls,
+        tokens: Sequence[int],
+        tokenizer: Any,
+        eos: Sequence[int],
+        *,
+        after_newline: bool,
+        retried: bool = False,
     ) -> Completion:
         """The answer in the tokens a model wrote, up to its first end of sequence."""
         ends = [tokens.index(token) for token in eos if token in tokens]
         tokens = tokens[: min(ends)] if ends else tokens
         text, raw = (tokenizer.decode(tokens, skip_special_tokens=skip) for skip in (True, False))
         return cls(
-            answer_line(text, after_newline=after_newline), answer_line(raw, after_newline=after_newline)
+            answer_line(text, after_newline=after_newline),
+            answer_line(raw, after_newline=after_newline),
+            retried,
         )
 
 
@@ -190,6 +189,7 @@ def complete_lines(
     prefill_alone: bool | None = None,
     line_penalty: float = 0.0,
     prefixes: PrefixCache | None = None,
+    befores: Sequence[str] | None = None,
 ) -> list[Completion]:
     """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time, with the line
     repeat penalty ``line_penalty`` (``repotune.decoding``; 0: plain greedy).
@@ -198,6 +198,10 @@ def complete_lines(
     batch's prompts left-padded together; None does so on a CPU, where a batch reads its prompts no
     faster than one at a time and padding is paid for like text (``greedy_lines``). ``prefixes``: the
     caches of prompts read before, for prompts read alone that start as one of them does.
+
+    ``befores``: the text above each prompt's cursor. An answer that writes its last non-blank line
+    again is decoded again from its least certain token (``repotune.decoding``, "Writing the line above
+    again"), and the new answer replaces it unless it is blank or a copy too. None: no answer is.
     """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
@@ -205,23 +209,57 @@ def complete_lines(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
+
+    def decode(jobs: Sequence[tuple[int, list[int]]]) -> list[Written]:
+        """One batch: each job's prompt, ``(index, begun)``, is prompt ``index`` with ``begun`` written."""
+
+        def done(row: int, generated: list[int]) -> bool:
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            return line_done(text, after_newline=encoded[jobs[row][0]][1])
+
+        return greedy_lines(
+            model, [encoded[index][0] + begun for index, begun in jobs], max_new_tokens=max_new_tokens,
+            eos=eos, pad=pad, done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines,
+            prefixes=prefixes, begun=[begun for _, begun in jobs],
+        )  # fmt: skip
+
+    def answer(index: int, tokens: list[int], retried: bool = False) -> Completion:
+        return Completion.from_tokens(
+            tokens, tokenizer, eos, after_newline=encoded[index][1], retried=retried
+        )
+
     results: list[Completion | None] = [None] * len(encoded)
     for rows in length_batches([len(ids) for ids, _ in encoded], batch_size):
-        after = [encoded[i][1] for i in rows]
-
-        def done(row: int, generated: list[int], after: list[bool] = after) -> bool:
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            return line_done(text, after_newline=after[row])
-
-        written = greedy_lines(
-            model, [encoded[i][0] for i in rows], max_new_tokens=max_new_tokens, eos=eos, pad=pad,
-            done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines, prefixes=prefixes,
-        )  # fmt: skip
-        for tokens, index in zip(written, rows, strict=True):
-            results[index] = Completion.from_tokens(tokens, tokenizer, eos, after_newline=encoded[index][1])
+        again = []
+        for index, row in zip(rows, decode([(index, []) for index in rows]), strict=True):
+            results[index] = first = answer(index, row.tokens)
+            if befores is not None and rewrites_line_above(first.text, befores[index]):
+                begun = _retried_start(row, tokenizer, eos, after_newline=encoded[index][1])
+                if begun is not None and len(begun) < max_new_tokens:
+                    again.append((index, begun))
+        # Right after their batch, while the kept caches (``prefixes``) still hold their prompts.
+        for redo in length_batches(
+            [len(encoded[index][0]) + len(begun) for index, begun in again], batch_size
+        ):
+            jobs = [again[i] for i in redo]
+            for (index, _), row in zip(jobs, decode(jobs), strict=True):
+                completion = answer(index, row.tokens, retried=True)
+                if completion.text.strip() and not rewrites_line_above(completion.text, befores[index]):
+                    results[index] = completion
         if progress is not None:
             progress.advance(len(rows))
-    return [r for r in results if r is not None]
+    return [c for c in results if c is not None]
+
+
+def _retried_start(
+    row: Written, tokenizer: Any, eos: Sequence[int], *, after_newline: bool
+) -> list[int] | None:
+    """What a copied line is decoded again after: the tokens before its least certain one, and that
+    token's runner-up; None when no token of the line can be changed."""
+    tokens = row.tokens[: min([row.tokens.index(t) for t in eos if t in row.tokens], default=len(row.tokens))]
+    span = answer_span(tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline)
+    step = least_certain(tokens, row.margins, tokenizer, span) if span is not None else None
+    return None if step is None else [*tokens[:step], row.runners[step]]
 
 
 def greedy_lines(
@@ -236,11 +274,14 @@ def greedy_lines(
     line_penalty: float = 0.0,
     newlines: frozenset[int] = frozenset(),
     prefixes: PrefixCache | None = None,
-) -> list[list[int]]:
+    begun: Sequence[list[int]] | None = None,
+) -> list[Written]:
     """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
-    sequence, or once ``done(row, tokens)`` says so, or after ``max_new_tokens``. ``line_penalty``
-    comes off a token's logit for each time the row has written it since its last token in
-    ``newlines`` (``repotune.decoding``).
+    sequence, or once ``done(row, tokens)`` says so, or once it holds ``max_new_tokens``.
+    ``line_penalty`` comes off a token's logit for each time the row has written it since its last
+    token in ``newlines`` (``repotune.decoding``). ``begun``: tokens each row's completion already
+    holds, the last of its prompt (a line decoded again, ``complete_lines``): they count for the
+    penalty, ``done`` and ``max_new_tokens``, and start the row's tokens.
 
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
@@ -288,25 +329,30 @@ def greedy_lines(
         logits.append(out.logits[:, -1, :])
     # Rows read alone are copied into one batch, so that the caches kept for later prompts stay as read.
     cache, mask = left_padded(caches, masks) if alone else (caches[0], masks[0])
-    written: list[list[int]] = [[] for _ in prompts]
+    rows = [
+        Written(list(tokens), [math.inf] * len(tokens), list(tokens))
+        for tokens in begun or [[] for _ in prompts]
+    ]
     live = list(range(len(prompts)))
-    following = torch.cat(logits).argmax(dim=-1)
+    scores, following = torch.cat(logits), None
     positions = _positions(mask)[:, -1:]
-    stops = set(eos)
+    stops = frozenset(eos)
     for step in range(max_new_tokens):
         if step:
             with torch.no_grad():
                 out = model(input_ids=following[:, None], attention_mask=mask, position_ids=positions,
                             use_cache=True, **{option: cache}, **last_only)  # fmt: skip
             scores = out.logits[:, -1, :]
-            scores = penalize_lines(scores, [written[row] for row in live], newlines, line_penalty)
-            following = scores.argmax(dim=-1)
+        scores = penalize_lines(scores, [rows[row].tokens for row in live], newlines, line_penalty)
+        following = scores.argmax(dim=-1)
+        margins, runners = runner_up(scores, following, stops)
         going = []
         for line, (row, token) in enumerate(zip(live, following.tolist(), strict=True)):
-            written[row].append(token)
-            if token not in stops and not done(row, written[row]):
+            rows[row].add(token, margins[line], runners[line])
+            tokens = rows[row].tokens
+            if token not in stops and not done(row, tokens) and len(tokens) < max_new_tokens:
                 going.append(line)
-        if not going or step == max_new_tokens - 1:
+        if not going:
             break
         if len(going) < len(live):
             keep = torch.tensor(going, device=device)
@@ -315,7 +361,23 @@ def greedy_lines(
             live = [live[line] for line in going]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         positions = positions + 1
-    return written
+    return rows
+
+
+@dataclass
+class Written:
+    """What greedy decoding wrote for one prompt, step by step."""
+
+    tokens: list[int]
+    margins: list[float]
+    """How far each token's logit (penalties taken off) was above the runner-up's (``runner_up``)."""
+    runners: list[int]
+    """The runner-up of each step."""
+
+    def add(self, token: int, margin: float, runner: int) -> None:
+        self.tokens.append(token)
+        self.margins.append(margin)
+        self.runners.append(runner)
 
 
 def _positions(mask: Any) -> Any:

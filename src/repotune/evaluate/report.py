@@ -266,6 +266,8 @@ def _footer(context: dict[str, Any]) -> list[str]:
         if penalty
         else "decoded greedily"
     )
+    if context.get("retry_line_above"):
+        decoding += "; one that wrote the line above again, decoded again from its least certain token"
     return [
         f"{FOOTER} (a completion's answer is its first non-blank line, {decoding}), each with its 95%",
         "bootstrap interval and sample count n; the decision compares arms pair by pair over those samples.",
@@ -273,9 +275,9 @@ def _footer(context: dict[str, Any]) -> list[str]:
         "The diff-marker share counts line completions that start like a diff line",
         "(`+`, `-`, `@@`, `diff --git`) or a file header (`<filename>`, `# File:`) where the file's line",
         "does not. `line_repeats_line_above_share` counts line completions that write the line above the",
-        "cursor again (Continue's editor plugin drops those). `forgetting_perplexity` is measured on general",
-        "code outside the project (the Python standard library) to catch a model that learned the project",
-        "but lost everything else.",
+        "cursor again (Continue's editor plugin drops those) even so. `forgetting_perplexity` is measured on",
+        "general code outside the project (the Python standard library) to catch a model that learned the",
+        "project but lost everything else.",
     ]
 
 

@@ -122,12 +122,21 @@ class Scorer:
         metric = summarize_perplexity(name, [pair for pair in pairs if pair[1] > 0])
         return dataclasses.replace(metric, tokens=digest.hexdigest()[:16])
 
-    def complete(self, prompts: Sequence[str], what: str, log: Callable[[str], None]) -> list[Completion]:
+    def complete(
+        self,
+        prompts: Sequence[str],
+        what: str,
+        log: Callable[[str], None],
+        befores: Sequence[str] | None = None,
+    ) -> list[Completion]:
         """Completions of ``prompts``; a prompt this model already answered is not generated again.
 
         Greedy decoding gives one answer per prompt, batched or not, so a retrieval arm's prompt that
         found no context (the same text as without retrieval) reuses the answer it already has.
+        ``befores``: the code above each prompt's cursor, whose last line an answer must not write
+        again (``retry_line_above``).
         """
+        above = dict(zip(prompts, befores, strict=True)) if befores and self.config.retry_line_above else None
         new = list(dict.fromkeys(p for p in prompts if p not in self._answered))
         if len(new) < len(prompts):
             log(f"  {what}: {len(prompts) - len(new)} of {len(prompts)} prompts asked before, answers reused")
@@ -141,7 +150,11 @@ class Scorer:
             progress=progress,
             line_penalty=self.config.line_repeat_penalty,
             prefixes=self.prefixes,
+            befores=[above[p] for p in new] if above is not None else None,
         )
+        retried = sum(c.retried for c in done)
+        if retried:
+            log(f"  {what}: {retried} answers that wrote the line above again were decoded again")
         self._answered.update(zip(new, done, strict=True))
         return [self._answered[p] for p in prompts]
 
@@ -206,7 +219,8 @@ class Scorer:
                 )
                 for i, s in enumerate(samples.lines)
             ]
-            done = self.complete(prompts, f"{arm.label}: line completion", log)
+            befores = [s.prefix for s in samples.lines]
+            done = self.complete(prompts, f"{arm.label}: line completion", log, befores)
             expected = [s.expected for s in samples.lines]
             answers["line"] = [c.text for c in done]
             metrics |= _scored("line", answers["line"], expected, per_sample)
@@ -231,7 +245,10 @@ class Scorer:
                 )
                 for i, s in enumerate(samples.fims)
             ]
-            done = self.complete(prompts, f"{arm.label}: fill-in-the-middle from the prefix alone", log)
+            befores = [s.prefix for s in samples.fims]
+            done = self.complete(
+                prompts, f"{arm.label}: fill-in-the-middle from the prefix alone", log, befores
+            )
             answers[PREFIX_ONLY] = [c.text for c in done]
             metrics |= _scored(PREFIX_ONLY, answers[PREFIX_ONLY], middles, per_sample)
         if samples.fims and self.fim and fim is not False:
@@ -245,7 +262,9 @@ class Scorer:
                 )
                 for i, s in enumerate(samples.fims)
             ]
-            done = self.complete(prompts, f"{arm.label}: fill-in-the-middle", log)
+            done = self.complete(
+                prompts, f"{arm.label}: fill-in-the-middle", log, [s.prefix for s in samples.fims]
+            )
             answers["fim"] = [c.text for c in done]
             metrics |= _scored("fim", answers["fim"], middles, per_sample)
         if model_level and samples.commits:

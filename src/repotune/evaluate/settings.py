@@ -31,6 +31,10 @@ class ScoringConfig:
     """Taken off a token's logit for each time the completion has written it since its last newline
     (``repotune.decoding``): what ``repotune serve`` decodes with when a request sets no penalty of
     its own. 0 scores plain greedy decoding."""
+    retry_line_above: bool = True
+    """Decode an answer that writes the line above the cursor again a second time, from its least
+    certain token (``repotune.decoding``): what ``repotune serve`` does by default. False scores the
+    first answers."""
     forgetting_files: int = 16
     """Files of general Python code (this interpreter's standard library) for the forgetting check; 0
     skips it."""

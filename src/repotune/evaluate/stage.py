@@ -386,6 +386,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "retrieval_context_tokens": budget if index is not None else None,
         "samples_with_context": found or None,
         "line_repeat_penalty": scoring.line_repeat_penalty,
+        "retry_line_above": scoring.retry_line_above,
         "base_arms": reused,
         "model": {"base_model": summary.get("base_model"), "method": summary.get("method"),
                   "steps": summary.get("steps"), "source": trained_on.get("dataset.source"),
