@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import subprocess
@@ -1355,3 +1356,104 @@ def test_random_requests_get_no_server_error(server) -> None:
     print(f"\nrandom requests: {tally['requests']} sent, {tally['5xx']} answered 5xx")
     assert tally["requests"] >= 120
     assert not failures, "\n".join(failures[:20])
+
+
+def _fed(
+    row, texts: list[str], margins: list[float], tokenizer, eos: frozenset[int], runner: int = 7
+) -> None:
+    """Feed ``row`` the tokens of ``texts``, each text's chosen by its margin, with runner-up ``runner``."""
+    for text, margin in zip(texts, margins, strict=True):
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            row.chosen = (margin, runner)
+            row.add(token, eos)
+
+
+def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back() -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.serving.batching import Handle, _Row
+
+    tokenizer = make_tiny_tokenizer()
+    eos = frozenset({tokenizer.eos_token_id})
+    loop = asyncio.new_event_loop()
+    try:
+        request = GenerationRequest([1, 2], 12, SamplingParams(0.0), line_above="x = 1\nreturn a\n")
+        handle = Handle(request, loop)
+        outcomes: list[str] = []
+        row = _Row(handle, tokenizer, outcomes.append)
+        # "return a" then a newline: the line above again. Nothing was streamed; the row is set back to
+        # before its least certain token that writes the line (" a", margin 0.2, not the newline's 0.1),
+        # with that token's runner-up in its place (here " a" again, so that the line copies again).
+        (a,) = tokenizer.encode(" a", add_special_tokens=False)
+        _fed(row, ["return", " a", "\n"], [1.0, 0.2, 0.1], tokenizer, eos, runner=a)
+        assert row.rewound and not row.done and row.judging and row.sent == 0
+        assert row.tokens == tokenizer.encode("return a", add_special_tokens=False)
+        # Decoded again (the batcher queues it again, its tokens fed back), it copies again: the first
+        # answer stands, and it goes on from there.
+        row.rewound = False
+        _fed(row, ["\n"], [0.5], tokenizer, eos)
+        assert row.rewound and not row.judging and outcomes == ["kept"]
+        assert tokenizer.decode(row.tokens) == "return a\n"
+        row.rewound = False
+        _fed(row, [" b"], [1.0], tokenizer, eos)
+        row.add(tokenizer.eos_token_id, eos)
+        assert row.done
+
+        # A first line that is not a copy is streamed as soon as it is whole.
+        asked = GenerationRequest([1], 12, SamplingParams(0.0), line_above="x = 1")
+        other = _Row(Handle(asked, loop), tokenizer, outcomes.append)
+        _fed(other, ["return", " a"], [1.0, 1.0], tokenizer, eos)
+        assert other.sent == 0 and other.judging  # not whole: held back
+        _fed(other, ["\n"], [1.0], tokenizer, eos)
+        assert other.sent > 0 and not other.judging and outcomes == ["kept"]  # nothing decoded again
+
+        async def events(handle) -> list:
+            return [item async for item in handle.stream()]
+
+        pieces = loop.run_until_complete(events(handle))
+        assert "".join(p for p in pieces if isinstance(p, str)) == "return a\n b" == pieces[-1].text
+    finally:
+        loop.close()
+
+
+@pytest.mark.integration
+def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneModel) -> None:
+    from repotune.evaluate.generate import complete_lines
+
+    model, tokenizer = loaded.loaded.model, loaded.tokenizer
+    prompts = ["x", "def add(a, b):", "import os", "class Greeter:", "y = 2"]
+    greedy = SamplingParams(0.0, line_penalty=1.0)
+
+    async def served(prompt: str, line_above: str = "") -> tuple[list[str], str]:
+        request = GenerationRequest(encode_prompt(tokenizer, prompt), 8, greedy, line_above=line_above)
+        pieces = [item async for item in loaded.submit(request).stream()]
+        return [p for p in pieces if isinstance(p, str)], pieces[-1].text
+
+    first = [asyncio.run(served(p))[1] for p in prompts]
+    # The tiny random model ends no line in 8 tokens: its whole text is its first line. Judged against
+    # itself as the line above, every answer is a copy, and is decoded again.
+    before = dict(loaded.batcher.line_above)
+    again = [asyncio.run(served(p, line_above=text)) for p, text in zip(prompts, first, strict=True)]
+    changed = [text != old for (_, text), old in zip(again, first, strict=True)]
+    assert all("".join(pieces) == text for pieces, text in again)  # the copy was never streamed
+    assert loaded.batcher.line_above["replaced"] - before["replaced"] == sum(changed) >= 3
+    # The evaluate stage, asked the same with the same line above, scores the same answers.
+    scored = complete_lines(model, tokenizer, prompts, batch_size=1, max_new_tokens=8, line_penalty=1.0,
+                            befores=first)  # fmt: skip
+    assert [c.text for c in scored] == [text for _, text in again]
+    assert [c.retried for c in scored] == changed
+
+    # Completions judge against the code before the cursor (a FIM prompt's prefix), greedy ones only,
+    # unless the server is told not to.
+    prompt = loaded.text_prompt(
+        "a = 1\nb = ", "\nc = 3\n", None, retrieval=False, max_tokens=4, default_max_tokens=4
+    )
+    assert prompt.before == "a = 1\nb = "
+    written = loaded.text_prompt("<fim_prefix>a = 1\n<fim_suffix>c = 3\n<fim_middle>", None, None,
+                                 retrieval=False, max_tokens=4, default_max_tokens=4)  # fmt: skip
+    assert written.before == "a = 1\n"
+    assert loaded.request(prompt.ids, max_tokens=4, sampling=greedy, before="a = 1\n").line_above == "a = 1\n"
+    assert loaded.request(prompt.ids, max_tokens=4, sampling=SamplingParams(0.7), before="a").line_above == ""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loaded, "settings", dataclasses.replace(loaded.settings, retry_line_above=False))
+        assert loaded.request(prompt.ids, max_tokens=4, sampling=greedy, before="a = 1\n").line_above == ""

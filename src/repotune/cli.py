@@ -441,6 +441,14 @@ def serve(
             "same default. 0: off.",
         ),
     ] = ServeSettings.line_repeat_penalty,
+    retry_line_above: Annotated[
+        bool,
+        typer.Option(
+            help="Decode a greedy completion whose first line writes the line above the cursor again a "
+            "second time, from its least certain token; evaluate scores so by default. The first line "
+            "is streamed once it is judged.",
+        ),
+    ] = ServeSettings.retry_line_above,
 ) -> None:
     """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol.
 
@@ -465,6 +473,7 @@ def serve(
         retrieval=retrieval.setting,
         fim=fim.setting,
         line_repeat_penalty=line_repeat_penalty,
+        retry_line_above=retry_line_above,
     )
     run_server(
         model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say

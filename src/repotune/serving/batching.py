@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -40,7 +41,14 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from repotune.decoding import newline_tokens, penalize_lines
+from repotune.decoding import (
+    answer_span,
+    least_certain,
+    newline_tokens,
+    penalize_lines,
+    rewrites_line_above,
+    runner_up,
+)
 from repotune.kvcache import PrefixCache, cache_argument, last_logit_only, left_padded, plain_cache, row_cache
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
@@ -59,6 +67,12 @@ PREFIX_TOKENS = Counter(
     "repotune_prefix_cache_tokens",
     "prompt tokens whose keys and values were reused, not read again",
     ["model_name"],
+)
+LINE_ABOVE = Counter(
+    "repotune_line_above_retries",
+    "greedy completions whose first line wrote the line above again, decoded again from their least certain "
+    "token: replaced (by another line) or kept (the line decoded again was blank or a copy too)",
+    ["model_name", "outcome"],
 )
 BATCH_SIZE = Histogram(
     "repotune_batch_size", "rows per generate() call", ["model_name"], buckets=(1, 2, 4, 8, 16, 32, 64)
@@ -124,6 +138,10 @@ class GenerationRequest:
     heal: str = ""
     """Text held back from the end of the prompt (its trailing whitespace, ``repotune.serving.healing``):
     the first tokens generated must write it, and the completion is what comes after it."""
+    line_above: str = ""
+    """The code above the cursor, for a greedy completion: a first line that writes its last line again
+    is decoded again from its least certain token (``repotune.decoding``), and the first line is held
+    back from the stream until it is judged. Empty: never."""
 
 
 @dataclass(frozen=True)
@@ -203,9 +221,13 @@ class Handle:
 class _Row:
     """Decoding state of one row of a running batch."""
 
-    def __init__(self, handle: Handle, tokenizer: Any) -> None:
+    def __init__(
+        self, handle: Handle, tokenizer: Any, judged: Callable[[str], None] = lambda outcome: None
+    ) -> None:
         self.handle = handle
         self.tokenizer = tokenizer
+        self.judged = judged
+        """Told ``replaced`` or ``kept`` once a copied first line decoded again is judged."""
         self.tokens: list[int] = []
         self.text = ""
         self.sent = 0  # characters of self.text already pushed to the handle
@@ -217,6 +239,20 @@ class _Row:
         self.healed = not handle.request.heal
         """Whether the held-back text is written (a row gives way only then: ``HealingProcessor``
         holds a row's first tokens to it, and a row that resumes starts free)."""
+        self.margins: list[float] = []
+        """How far each token won over its runner-up (``runner_up``), for a row that judges its first
+        line (``GenerationRequest.line_above``)."""
+        self.runners: list[int] = []
+        self.chosen: tuple[float, int] = (math.inf, -1)
+        """The margin and runner-up of the token ``add`` gets next (``RunnerUpRecorder``)."""
+        self.judging = bool(handle.request.line_above)
+        """The first line is still to be judged, and is held back from the stream until it is."""
+        self.first: tuple[list[int], str, str | None] | None = None
+        """While a copied first line is decoded again: the first answer's tokens, text, and how it ended
+        (None: it went on), to go back to where the line decoded again is no better."""
+        self.rewound = False
+        """Its tokens were set back (to decode a copied line again): it leaves the batch and is queued
+        again, its tokens fed back as prompt as a row that gave way is."""
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -232,9 +268,12 @@ class _Row:
             self._end(None, Timeout(request.timeout_s or 0.0))
             return
         if token in eos_ids:
-            self._end("stop")
+            if not self._judged(ending="stop"):
+                self._end("stop")
             return
         self.tokens.append(token)
+        self.margins.append(self.chosen[0])
+        self.runners.append(self.chosen[1])
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         self.healed = self.healed or len(text) >= len(request.heal)
         # The held-back text is the prompt's: the completion starts after it (``HealingProcessor``
@@ -247,11 +286,15 @@ class _Row:
             at = self.text.find(stop, max(0, self.sent - len(stop)))
             if at >= 0:
                 self.text = self.text[:at]
-                self._end("stop")
+                if not self._judged(ending="stop"):
+                    self._end("stop")
                 return
         if len(self.tokens) >= request.max_new_tokens:
-            self._end("length")
+            if not self._judged(ending="length"):
+                self._end("length")
             return
+        if self.judging and (self._judged(ending=None) or self.judging):
+            return  # set back to decode the line again, or not whole yet: the line is not sent
         end = len(self.text) - self.hold
         # A trailing U+FFFD is half of a multi-byte character whose other bytes come with later tokens.
         while end > self.sent and self.text[end - 1] == "\ufffd":
@@ -259,6 +302,56 @@ class _Row:
         if end > self.sent:
             self.handle._push(self.text[self.sent : end])
             self.sent = end
+
+    def _judged(self, ending: str | None) -> bool:
+        """Judge the first line once it is whole (or the row ends, ``ending`` saying how): True when
+        the row was set back to decode it again (``rewound``), or ended with the first answer."""
+        if not self.judging:
+            return False
+        span = answer_span(self.text, after_newline=False)
+        if span is None or (ending is None and "\n" not in self.text[span[1] :]):
+            if ending is None:  # the line is not whole yet
+                return False
+            if self.first is not None:  # the line decoded again wrote nothing
+                return self._back_to_first()
+            self.judging = False  # no line to judge
+            return False
+        if not rewrites_line_above(self.text[span[0] : span[1]], self.handle.request.line_above):
+            self.judging = False
+            if self.first is not None:
+                self.judged("replaced")
+            return False
+        if self.first is not None:
+            return self._back_to_first()
+        # The text starts after the held-back prompt text: the span's characters in the tokens decoded.
+        shift = _agreed(
+            self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.handle.request.heal
+        )
+        step = least_certain(self.tokens, self.margins, self.tokenizer, (span[0] + shift, span[1] + shift))
+        if step is None or step + 1 >= self.handle.request.max_new_tokens:
+            self.judging = False
+            return False
+        self.first = (list(self.tokens), self.text, ending)
+        self._set_back([*self.tokens[:step], self.runners[step]], [*self.margins[:step], math.inf])
+        return True
+
+    def _back_to_first(self) -> bool:
+        """The line decoded again was blank or a copy too: the first answer stands, ended as it ended or
+        going on from its tokens."""
+        assert self.first is not None
+        tokens, text, ending = self.first
+        self.judging = False
+        self.judged("kept")
+        if ending is not None:
+            self.tokens, self.text = tokens, text
+            self._end(ending)
+        else:
+            self._set_back(tokens, [math.inf] * len(tokens))
+        return True
+
+    def _set_back(self, tokens: list[int], margins: list[float]) -> None:
+        self.tokens, self.margins, self.runners = tokens, margins, tokens[:]
+        self.text, self.rewound = "", True
 
     def _end(self, reason: str | None, error: BaseException | None = None) -> None:
         self.done = True
@@ -318,10 +411,10 @@ class _RowStopper:
 
         last = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, last, strict=True):
-            if not row.done:
+            if not row.done and not row.rewound:
                 row.add(token, self.eos_ids)
         self.steps += 1
-        done = [row.done for row in self.rows]
+        done = [row.done or row.rewound for row in self.rows]
         if (
             self.turn_tokens
             and self.steps >= self.turn_tokens
@@ -383,6 +476,7 @@ class Batcher:
         self.batches = 0  # generate() calls so far
         self.rows = 0  # requests generated so far
         self.turns_given = 0  # batches that gave way to requests waiting behind them
+        self.line_above = {"replaced": 0, "kept": 0}  # copied first lines decoded again, by outcome
         self.largest_batch = 0
         self._pending: deque[Handle] = deque()
         self._running: list[Handle] = []
@@ -507,13 +601,14 @@ class Batcher:
                     self._running = []
 
     def _generate(self, batch: list[Handle]) -> list[Handle]:
-        """Runs ``batch`` through one ``generate``; returns the rows that gave way, not done."""
+        """Runs ``batch`` through one ``generate``; returns the rows to queue again: those that gave way,
+        not done, or those set back to decode a copied first line again (``_Row.judging``)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         fresh = [handle for handle in batch if handle.row is None]
         for handle in fresh:
-            handle.row = _Row(handle, self.tokenizer)
+            handle.row = _Row(handle, self.tokenizer, self._judged)
         rows = [handle.row for handle in batch if handle.row is not None]
         # Counted when the batch starts: its rows' results reach clients before generate() returns.
         self.batches += 1
@@ -554,6 +649,8 @@ class Batcher:
         if any(handle.request.sampling.line_penalty for handle in batch):
             penalties = [handle.request.sampling.line_penalty for handle in batch]
             processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
+        if any(row.judging for row in rows):
+            processors.append(RunnerUpRecorder(rows, self.eos_ids))  # last: it sees the scores chosen from
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         with torch.inference_mode():
@@ -578,13 +675,21 @@ class Batcher:
                 kept = cache if len(prompts) == 1 else row_cache(cache, row, start)
                 self.prefix_cache.keep(kept, sequences[row, start:].tolist())
         TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
+        again = [row for row in rows if row.rewound]
+        for row in again:
+            row.rewound = False
         if stopper.gave_way:
             self.turns_given += 1
             return [row.handle for row in rows if not row.done]
         for row in rows:
-            if not row.done:  # generate stopped at max_new_tokens before the criterion did
+            if not row.done and row not in again:  # generate stopped at max_new_tokens before the criterion
                 row._end("length")
-        return []
+        return [row.handle for row in again]
+
+    def _judged(self, outcome: str) -> None:
+        """Counts a copied first line decoded again by ``outcome`` (before its row's result is sent)."""
+        LINE_ABOVE.labels(self.model_name, outcome).inc()
+        self.line_above[outcome] += 1
 
     def _start_cache(self, prompts: list[list[int]]) -> tuple[Any, list[int]]:
         """The cache ``generate`` starts from (None: it reads the prompts whole, left-padded together,
@@ -669,6 +774,22 @@ class PenaltyProcessor:
         frequency = self.frequency.to(scores.device, scores.dtype)[:, None]
         presence = self.presence.to(scores.device, scores.dtype)[:, None]
         return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+
+class RunnerUpRecorder:
+    """A transformers ``LogitsProcessor`` that changes nothing: it gives each row that judges its first
+    line (``_Row.judging``) the margin and runner-up of the token greedy decoding picks from these
+    scores (``runner_up``), for ``_Row.add``. It must come last, after every processor that changes
+    the scores."""
+
+    def __init__(self, rows: Sequence[_Row], eos_ids: frozenset[int]) -> None:
+        self.rows, self.eos_ids = rows, eos_ids
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        margins, runners = runner_up(scores, scores.argmax(dim=-1), self.eos_ids)
+        for row, margin, runner in zip(self.rows, margins, runners, strict=True):
+            row.chosen = (margin, runner)
+        return scores
 
 
 class LinePenaltyProcessor:

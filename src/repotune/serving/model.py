@@ -87,6 +87,8 @@ class TextPrompt(NamedTuple):
     line: bool = False
     """A gap answered from the code before the cursor alone (``ServeSettings.fim`` off): the
     completion ends with the line."""
+    before: str = ""
+    """The code before the cursor (the prompt as the client sent it, or its FIM prefix)."""
 
 
 def line_stops(stops: tuple[str, ...], prompt: TextPrompt) -> tuple[str, ...]:
@@ -255,21 +257,21 @@ class RepotuneModel(kserve.Model):
         fim = suffix if self.fim_prompts else None  # the suffix still steers retrieval when not shown
         ids, heal = self._encode_text(self.build_prompt(prompt, fim, file_path), healed=fim is None)
         if not retrieval or self.retrieval is None:
-            return TextPrompt(ids, NOTHING, heal, line)
+            return TextPrompt(ids, NOTHING, heal, line, prompt)
         wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
             default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
         room = self.context - len(ids) - wanted
         found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
         if not found.context:
-            return TextPrompt(ids, found, heal, line)
+            return TextPrompt(ids, found, heal, line, prompt)
         with_context, heal = self._encode_text(
             self.build_prompt(prompt, fim, file_path, found.context), healed=fim is None
         )
         if len(with_context) + wanted > self.context:
             # The header and a tokenizer's merges at block boundaries cost a few tokens more than the
             # context alone; rather than cut into the prompt, go without.
-            return TextPrompt(ids, NOTHING, heal, line)
-        return TextPrompt(with_context, found, heal, line)
+            return TextPrompt(ids, NOTHING, heal, line, prompt)
+        return TextPrompt(with_context, found, heal, line, prompt)
 
     def _encode_text(self, text: str, *, healed: bool) -> tuple[list[int], str]:
         """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held
@@ -294,10 +296,13 @@ class RepotuneModel(kserve.Model):
         param: str = "max_tokens",
         prompt_param: str = "prompt",
         heal: str = "",
+        before: str = "",
     ) -> GenerationRequest:
         """A checked ``GenerationRequest``: the prompt fits the context and ``max_tokens`` is within
         (0, server cap] and fits after the prompt. ``max_tokens=None`` takes ``default_max_tokens``
-        (``None``: as many as the cap and the context allow)."""
+        (``None``: as many as the cap and the context allow). ``before``: the code before the cursor of
+        a completion, whose last line a greedy answer's first line must not write again
+        (``ServeSettings.retry_line_above``)."""
         cap = self.settings.max_tokens
         room = self.context - len(prompt_ids)
         if not prompt_ids:
@@ -324,13 +329,16 @@ class RepotuneModel(kserve.Model):
                 param=param,
                 code="context_length_exceeded",
             )
+        sampling = sampling or SamplingParams()
+        judged = before if sampling.greedy and self.settings.retry_line_above else ""
         return GenerationRequest(
             prompt_ids=prompt_ids,
             max_new_tokens=max_tokens,
-            sampling=sampling or SamplingParams(),
+            sampling=sampling,
             stop=stop,
             timeout_s=self.settings.request_timeout_s,
             heal=heal,
+            line_above=judged,
         )
 
     def submit(self, request: GenerationRequest) -> Handle:
@@ -398,7 +406,7 @@ class RepotuneModel(kserve.Model):
         rows = [
             self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
                          default_max_tokens=self.settings.default_max_tokens, sampling=sampling,
-                         stop=line_stops(stop, prompt))
+                         stop=line_stops(stop, prompt), before=prompt.before)
             for prompt in built
             for _ in range(n)
         ]  # fmt: skip
@@ -527,6 +535,7 @@ class RepotuneModel(kserve.Model):
                 default_temperature=0.0, line_penalty=self.settings.line_repeat_penalty
             ),
             stop=line_stops(instance.stops(), prompt),
+            before=prompt.before,
         )
 
     async def complete(self, options: dict[str, Any]) -> Completed:

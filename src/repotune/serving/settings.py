@@ -74,6 +74,10 @@ class ServeSettings:
     """The line repeat penalty (``repotune.decoding``) of completions whose request sets neither
     ``presence_penalty`` nor ``frequency_penalty``: the evaluate stage scores with the same default.
     Chat replies are prose, and decode without it. 0 turns it off."""
+    retry_line_above: bool = True
+    """Decode a greedy completion whose first line writes the line above the cursor again a second time,
+    from its least certain token (``repotune.decoding``), as the evaluate stage scores by default; the
+    first line is streamed once it is judged. False: never."""
     retrieval: bool | None = None
     """Put context retrieved from the model folder's index (``MODEL/retrieval/``) in front of completion
     prompts unless a request says otherwise: ``True`` (needs the index), ``False``, or ``None``: when the
