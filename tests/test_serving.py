@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY
 from tests.serving_helpers import make_serving_model
 
 from repotune.data.transforms import FIM_TOKENS, code_prompt, fim_prompt
@@ -1424,23 +1425,39 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
     prompts = ["x", "def add(a, b):", "import os", "class Greeter:", "y = 2"]
     greedy = SamplingParams(0.0, line_penalty=1.0)
 
-    async def served(prompt: str, line_above: str = "") -> tuple[list[str], str]:
+    async def served(prompt: str, line_above: str = "") -> tuple[list[str], str, int]:
         request = GenerationRequest(encode_prompt(tokenizer, prompt), 8, greedy, line_above=line_above)
-        pieces = [item async for item in loaded.submit(request).stream()]
-        return [p for p in pieces if isinstance(p, str)], pieces[-1].text
+        handle = loaded.submit(request)
+        pieces = [item async for item in handle.stream()]
+        assert pieces[-1].completion_tokens == len(handle.row.tokens)
+        return [p for p in pieces if isinstance(p, str)], pieces[-1].text, handle.row.generated
+
+    def generated_tokens() -> float:
+        """``repotune_generated_tokens`` once the batch that answered last has returned (it is counted
+        after its rows' results are sent)."""
+        deadline = time.monotonic() + 10
+        while loaded.batcher._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return REGISTRY.get_sample_value(
+            "repotune_generated_tokens_total", {"model_name": loaded.batcher.model_name}
+        )
 
     first = [asyncio.run(served(p))[1] for p in prompts]
     # The tiny random model ends no line in 8 tokens: its whole text is its first line. Judged against
     # itself as the line above, every answer is a copy, and is decoded again.
-    before = dict(loaded.batcher.line_above)
+    before, tokens_before = dict(loaded.batcher.line_above), generated_tokens()
     again = [asyncio.run(served(p, line_above=text)) for p, text in zip(prompts, first, strict=True)]
-    changed = [text != old for (_, text), old in zip(again, first, strict=True)]
-    assert all("".join(pieces) == text for pieces, text in again)  # the copy was never streamed
+    changed = [text != old for (_, text, _), old in zip(again, first, strict=True)]
+    assert all("".join(pieces) == text for pieces, text, _ in again)  # the copy was never streamed
     assert loaded.batcher.line_above["replaced"] - before["replaced"] == sum(changed) >= 3
+    # The tokens set back were generated too (all 8 of the copy, then those after the token decoded
+    # again), and count on /metrics.
+    assert all(generated > 8 for (_, _, generated), retried in zip(again, changed, strict=True) if retried)
+    assert generated_tokens() - tokens_before == sum(generated for _, _, generated in again)
     # The evaluate stage, asked the same with the same line above, scores the same answers.
     scored = complete_lines(model, tokenizer, prompts, batch_size=1, max_new_tokens=8, line_penalty=1.0,
                             befores=first)  # fmt: skip
-    assert [c.text for c in scored] == [text for _, text in again]
+    assert [c.text for c in scored] == [text for _, text, _ in again]
     assert [c.retried for c in scored] == changed
 
     # Completions judge against the code before the cursor (a FIM prompt's prefix), greedy ones only,

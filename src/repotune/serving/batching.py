@@ -229,6 +229,8 @@ class _Row:
         self.judged = judged
         """Told ``replaced`` or ``kept`` once a copied first line decoded again is judged."""
         self.tokens: list[int] = []
+        self.generated = 0
+        """Tokens generated for it, those set back (``rewound``) too: ``repotune_generated_tokens``."""
         self.text = ""
         self.sent = 0  # characters of self.text already pushed to the handle
         self.cached = 0  # prompt tokens the prefix cache held when the row started
@@ -272,6 +274,7 @@ class _Row:
                 self._end("stop")
             return
         self.tokens.append(token)
+        self.generated += 1
         self.margins.append(self.chosen[0])
         self.runners.append(self.chosen[1])
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
@@ -617,7 +620,7 @@ class Batcher:
         BATCHES.labels(self.model_name).inc()
         ROWS.labels(self.model_name).inc(len(fresh))
         BATCH_SIZE.labels(self.model_name).observe(len(batch))
-        written_before = sum(len(row.tokens) for row in rows)
+        generated_before = sum(row.generated for row in rows)
         prompts = [row.prompt_ids for row in rows]
         width = max(len(ids) for ids in prompts)
         # Left padding: every row's next token lands in the same column. A row that resumes has its
@@ -674,7 +677,7 @@ class Batcher:
                 start = width - len(ids)  # the row's left padding, in the cache as in the sequences
                 kept = cache if len(prompts) == 1 else row_cache(cache, row, start)
                 self.prefix_cache.keep(kept, sequences[row, start:].tolist())
-        TOKENS.labels(self.model_name).inc(sum(len(row.tokens) for row in rows) - written_before)
+        TOKENS.labels(self.model_name).inc(sum(row.generated for row in rows) - generated_before)
         again = [row for row in rows if row.rewound]
         for row in again:
             row.rewound = False
