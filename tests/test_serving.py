@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import subprocess
 import sys
@@ -557,6 +558,18 @@ def test_generation_writes_the_held_back_whitespace_first(loaded: RepotuneModel,
             )  # fmt: skip
         written = tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
         assert written.startswith(heal), (head, written)
+        # A row that goes on from tokens it wrote (set back to decode its first line again) is held to
+        # what is left: its tokens so far, at the end of its prompt, count from its own start column.
+        begun = tokenizer.encode(heal[:1], add_special_tokens=False)
+        processor = HealingProcessor(["", heal], [len(ids) + len(begun), len(ids)], texts)
+        batch = torch.tensor([ids + begun, ids + begun])
+        with torch.no_grad():
+            out = model.generate(
+                batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                logits_processor=LogitsProcessorList([processor]),
+            )  # fmt: skip
+        resumed = tokenizer.decode(out[1, len(ids) :].tolist(), skip_special_tokens=True)
+        assert resumed.startswith(heal), (head, resumed)
 
         async def served(request: GenerationRequest) -> tuple[list[str], object]:
             pieces, last = [], None
@@ -1399,6 +1412,19 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         _fed(row, [" b"], [1.0], tokenizer, eos)
         row.add(tokenizer.eos_token_id, eos)
         assert row.done
+
+        # A row set back to before the end of its held-back text must write the rest of it again (the
+        # batcher gives ``HealingProcessor`` what is left of it).
+        healing = GenerationRequest([1], 12, SamplingParams(0.0), heal="\n  ", line_above="x")
+        held = _Row(Handle(healing, loop), tokenizer, outcomes.append)
+        assert not held.healed
+        _fed(held, ["\n  ", "return"], [1.0, 1.0], tokenizer, eos)
+        assert held.healed
+        held._set_back(tokenizer.encode("\n", add_special_tokens=False), [math.inf])
+        assert not held.healed and held.rewound
+        begun = tokenizer.encode("\n  x", add_special_tokens=False)
+        held._set_back(begun, [math.inf] * len(begun))
+        assert held.healed
 
         # A first line that is not a copy is streamed as soon as it is whole.
         asked = GenerationRequest([1], 12, SamplingParams(0.0), line_above="x = 1")

@@ -355,6 +355,9 @@ class _Row:
     def _set_back(self, tokens: list[int], margins: list[float]) -> None:
         self.tokens, self.margins, self.runners = tokens, margins, tokens[:]
         self.text, self.rewound = "", True
+        # The token put in place may write less of the held-back text than the one it replaces.
+        heal = self.handle.request.heal
+        self.healed = len(self.tokenizer.decode(tokens, skip_special_tokens=True)) >= len(heal)
 
     def _end(self, reason: str | None, error: BaseException | None = None) -> None:
         self.done = True
@@ -643,10 +646,11 @@ class Batcher:
             if sampling.seed is not None and fresh:  # a batch of resumed rows goes on with the generator
                 torch.manual_seed(sampling.seed)
         processors: list[Any] = []
-        # A resumed row wrote its held-back text before it gave way (``_RowStopper``).
-        heals = ["" if row.tokens else row.handle.request.heal for row in rows]
+        # A row that gave way wrote its held-back text before (``_RowStopper``); one set back to decode its
+        # first line again may have to finish writing it.
+        heals = ["" if row.healed else row.handle.request.heal for row in rows]
         if any(heals):
-            processors.append(HealingProcessor(heals, width, self.token_texts))
+            processors.append(HealingProcessor(heals, starts, self.token_texts))
         if any(handle.request.sampling.penalized for handle in batch):
             processors.append(PenaltyProcessor([handle.request.sampling for handle in batch], starts))
         if any(handle.request.sampling.line_penalty for handle in batch):

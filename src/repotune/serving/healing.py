@@ -104,13 +104,14 @@ class HealingProcessor:
     """A transformers ``LogitsProcessor``: rows with held-back text may only write tokens that agree
     with what is left of it, until it is all written.
 
-    ``heals[row]`` is the text row ``row`` must start with (``""``: unconstrained); the generated tokens
-    are those after column ``prompt_width`` (prompts are left-padded to one width).
+    ``heals[row]`` is the text row ``row`` must start with (``""``: unconstrained); its generated tokens
+    are those from column ``starts[row]`` on (one column for every row: prompts are left-padded to one
+    width; a row that goes on from tokens it wrote before has them at the end of its prompt).
     """
 
-    def __init__(self, heals: Sequence[str], prompt_width: int, texts: TokenTexts) -> None:
+    def __init__(self, heals: Sequence[str], starts: int | Sequence[int], texts: TokenTexts) -> None:
         self.heals = list(heals)
-        self.prompt_width = prompt_width
+        self.starts = [starts] * len(self.heals) if isinstance(starts, int) else list(starts)
         self.texts = texts
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -119,7 +120,7 @@ class HealingProcessor:
         for row, heal in enumerate(self.heals):
             if not heal:
                 continue
-            written = self.texts.tokenizer.decode(input_ids[row, self.prompt_width :].tolist())
+            written = self.texts.tokenizer.decode(input_ids[row, self.starts[row] :].tolist())
             if len(written) >= len(heal):
                 self.heals[row] = ""  # all written: from here on the row is free
                 continue
