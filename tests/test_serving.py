@@ -498,12 +498,16 @@ def test_split_tail_holds_back_trailing_whitespace_only() -> None:
     assert allowed("\n    ", texts) == [2, 3, 4]  # prefixes of the held-back text
     assert allowed(" ", texts) == [1, 5]  # " " itself, or " " and a word; "  " would write more
     assert allowed("  ", texts) == [1, 7]
-    assert allowed("\n", texts) == [2]  # "\n   " and "\n\n" would write whitespace the prompt lacks
+    assert allowed("  \n   ", texts) == [1, 7]  # the held-back text's first two spaces
+    # At the start of an empty line its indentation is still to be written: "\n   " may write it, but
+    # "\n\n" would leave the cursor's line blank.
+    assert allowed("\n", texts) == [2, 3, 4]
+    assert allowed("\n\n", texts) == [2, 6]
 
 
 def test_held_back_whitespace_is_written_once_not_more(loaded: RepotuneModel) -> None:
     """A token that writes all of the held-back whitespace and goes on with more (``"  "`` for a held-back
-    ``" "``, ``"\\n  "`` for ``"\\n"``) indents the completion twice: SmolLM2 answered
+    ``" "``, ``"\\n      "`` for ``"\\n    "``) indents the completion twice: SmolLM2 answered
     ``"def f():\\n    "`` with ``"    return None"``, 58 of the 63 tokens allowed there writing more
     whitespace. The tests' tokenizer has such tokens; here a processor stands for a model that prefers
     them, as SmolLM2 did, and the first token is still one that writes the whitespace once."""
@@ -513,7 +517,7 @@ def test_held_back_whitespace_is_written_once_not_more(loaded: RepotuneModel) ->
     tokenizer, model = loaded.tokenizer, loaded.loaded.model
     texts = loaded.batcher.token_texts.texts
     ids = encode_prompt(tokenizer, "x =")
-    for heal in (" ", "\n"):
+    for heal in (" ", "\n "):
         more = [
             i
             for i, text in texts
@@ -531,11 +535,31 @@ def test_held_back_whitespace_is_written_once_not_more(loaded: RepotuneModel) ->
         )
         with torch.no_grad():
             out = model.generate(
-                torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.eos_token_id,
-                logits_processor=processors,
+                torch.tensor([ids]), max_new_tokens=len(heal), do_sample=False,
+                pad_token_id=tokenizer.eos_token_id, logits_processor=processors,
             )  # fmt: skip
-        first = tokenizer.decode(out[0, len(ids) :].tolist())
+        # The tokens up to the one that writes the last of the held-back text (free after it).
+        tokens = out[0, len(ids) :].tolist()
+        upto = next(k for k in range(1, len(tokens) + 1) if len(tokenizer.decode(tokens[:k])) >= len(heal))
+        first = tokenizer.decode(tokens[:upto])
         assert first.startswith(heal) and not first[len(heal) :][:1].isspace(), (heal, first)
+
+    # At the start of an empty line (a held-back "\n") the line's indentation is still to be written:
+    # a model that prefers to write it with the newline, as BPE models do, may.
+    indentations = [i for i, text in texts if len(text) > 1 and text[0] == "\n" and not text[1:].strip(" ")]
+    assert set(indentations) <= set(allowed("\n", texts)) and indentations
+
+    def indent(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, indentations] += 1000.0
+        return scores
+
+    processors = LogitsProcessorList([indent, HealingProcessor(["\n"], len(ids), loaded.batcher.token_texts)])
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+            logits_processor=processors,
+        )  # fmt: skip
+    assert out[0, -1].item() in indentations
 
 
 @pytest.mark.parametrize("heal", ["\n    ", " ", "\n\n", "\n        "])

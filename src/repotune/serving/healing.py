@@ -92,11 +92,22 @@ def allowed(remaining: str, texts: Sequence[tuple[int, str]]) -> list[int]:
     prefix of it (all of it included), or it is all of it and then a word (the last of the whitespace
     joined to what follows). A token that goes on with more whitespace is not allowed: it would write
     more indentation than the prompt had (``"\\n        "`` for a held-back ``"\\n    "``), and the
-    completion would come back indented twice."""
+    completion would come back indented twice.
+
+    Except after a newline: a prompt that ends with one has the cursor at the start of an empty line,
+    whose indentation is still to be written, so a token that writes the newline and then spaces or tabs
+    (``"\\n        "``, the token BPE writes a newline and an indentation with) is allowed, as the
+    evaluate stage lets the model write the newline it holds back and the line after it. More newlines
+    are not: the completion is of the line the cursor is on."""
+    at_line_start = remaining.endswith("\n")
+
+    def goes_on(after: str) -> bool:
+        return not after[0].isspace() or (at_line_start and after.lstrip(" \t")[:1] not in ("\n", "\r"))
+
     return [
         i
         for i, text in texts
-        if remaining.startswith(text) or (text.startswith(remaining) and not text[len(remaining)].isspace())
+        if remaining.startswith(text) or (text.startswith(remaining) and goes_on(text[len(remaining) :]))
     ]
 
 
