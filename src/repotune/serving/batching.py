@@ -240,7 +240,8 @@ class _Row:
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.healed = not handle.request.heal
         """Whether the held-back text is written (a row gives way only then: ``HealingProcessor``
-        holds a row's first tokens to it, and a row that resumes starts free)."""
+        holds a row's first tokens to it, and a row that gave way resumes free; one set back to decode
+        its first line again is held to what is left of it, ``_set_back``)."""
         self.margins: list[float] = []
         """How far each token won over its runner-up (``runner_up``), for a row that judges its first
         line (``GenerationRequest.line_above``)."""

@@ -14,8 +14,9 @@ Here the prompt's trailing whitespace (``split_tail``) is left out of the prompt
 generated tokens are held to it (``HealingProcessor``): a token is allowed only while its text and what is
 left of the held-back whitespace agree (one is a prefix of the other, and a token longer than what is left
 goes on with a word, not with more whitespace), so the model writes the indentation with the tokens it
-would have used, then the word after it, and no more indentation than the prompt had. What the client gets
-back starts after the held-back text. The evaluate stage does the same for the newline it holds back
+would have used, then the word after it, and no more indentation than the prompt had; where the prompt
+ends with a newline, the empty line's indentation is the model's to write (``allowed``). What the client
+gets back starts after the held-back text. The evaluate stage does the same for the newline it holds back
 (``repotune.evaluate.generate.prompt_ids``).
 
 Only tokenizers that decode a single token to its own text, leading whitespace included, can be
