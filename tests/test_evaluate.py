@@ -104,15 +104,16 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert candidate["perplexity"].tokens != candidate["forgetting_perplexity"].tokens
     assert result.decision.reference == Arm("base", True)  # no champion: what the team already has
     assert result.arm in (Arm("candidate"), Arm("candidate", True))
-    # Progress for every model and task, as it goes.
+    # Progress for every arm, as it goes: what it asks, and its completions (an arm's tasks share
+    # decoding batches).
+    commits = base["commit_chrf"].n
     for task in (
-        "base: line completion: 20/20",
-        "candidate: fill-in-the-middle: 20/20",
-        "candidate: fill-in-the-middle from the prefix alone: 20/20",
-        "base + retrieval: fill-in-the-middle from the prefix alone: 20/20",
+        f"base: 20 lines, 20 FIM spans from the prefix alone, {commits} commit subjects",
+        f"candidate: 20 lines, 20 FIM spans from the prefix alone, 20 FIM spans with their suffix, {commits}",
+        f"base: completions: {40 + commits}/{40 + commits}",
         "candidate: perplexity of held-out code:",
-        # 20 new prompts: every line's retrieval prompt differs from its plain one (none reused).
-        "base + retrieval: line completion: 20/20",
+        # 40 new prompts: every retrieval prompt differs from its plain one (none reused).
+        "base + retrieval: completions: 40/40",
     ):
         assert any(task in line for line in lines), task
 
@@ -425,7 +426,7 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     shown: list[str] = []
     saved = baseline.run(project, tmp_path / "base", summary["base_model"], scoring=QUICK,
                          recipe=summary["recipe"], index=index, log=shown.append)  # fmt: skip
-    assert "base: line completion: 20/20" in "\n".join(shown)
+    assert "base: completions: " in "\n".join(shown)
     shown.clear()  # asked again for the same: what is saved stands, and no model is run
     baseline.run(project, tmp_path / "base", summary["base_model"], scoring=QUICK, recipe=summary["recipe"],
                  index=index, log=shown.append)  # fmt: skip
@@ -437,7 +438,7 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     reused = evaluate_model(trained, project, tmp_path / "reused", scoring=replace(QUICK, batch_size=3),
                             index=index, base_scores=tmp_path / "base", log=lines.append)  # fmt: skip
     assert any(line.startswith("base arms: reused from ") for line in lines)
-    assert not any("base: line completion" in line for line in lines)  # the base model was not run
+    assert not any("base: completions" in line for line in lines)  # the base model was not run
     assert reused.models == whole.models and reused.decision == whole.decision
     completions = [(tmp_path / name / "completions.jsonl").read_text() for name in ("whole", "reused")]
     assert completions[0] == completions[1]
@@ -459,7 +460,7 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     evaluate_model(trained, project, tmp_path / "other", scoring=replace(QUICK, line_samples=21), index=index,
                    base_scores=tmp_path / "base", log=lines.append)  # fmt: skip
     assert any(line.startswith("base arms: scored here, not reused: ") for line in lines)
-    assert any("base: line completion: 21/21" in line for line in lines)
+    assert any("base: 21 lines, " in line for line in lines)
     assert baseline.load(tmp_path / "nothing", "key")[1].endswith("base_scores.json does not exist")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -562,6 +563,32 @@ def test_generation_batches_group_prompts_of_like_length() -> None:
     assert batches == [[4], [0, 6, 2, 3, 5, 7], [1]]  # 300 alone; 20 would make padding over a quarter
     assert all(len(b) <= 2 for b in length_batches(lengths, 2))
     assert length_batches([], 8) == []
+    # Prompts read alone (a CPU) pay for padding only in decoding: a number of tokens bounds it.
+    assert length_batches(lengths, 32, max_padding=10_000) == [[4, 0, 6, 2, 3, 5, 7, 1]]
+    capped = length_batches(lengths, 32, max_padding=500)  # 300 with 100 and 99 pads 401; 95 would add 205
+    assert capped == [[4, 0, 6], [2, 3, 5, 7, 1]]
+    for batch in capped:
+        assert sum(lengths[batch[0]] - lengths[i] for i in batch) <= 500
+
+
+def test_the_padding_budget_is_what_the_weights_weigh_in_cache_tokens(tmp_path: Path) -> None:
+    import torch
+    from tests.serving_helpers import make_serving_model
+    from transformers import AutoModelForCausalLM
+
+    from repotune.evaluate.generate import padding_budget
+
+    model = AutoModelForCausalLM.from_pretrained(make_serving_model(tmp_path / "tiny"))
+    config = model.config
+    with torch.no_grad():  # what one token of cache takes, read off a real cache
+        cache = model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True).past_key_values
+    per_token = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) // 3
+    weights = sum(p.nbytes for p in model.parameters())
+    assert padding_budget(model) == weights // per_token
+    assert config.num_hidden_layers >= 2  # several layers are counted, not one
+    # A config that does not give the cache's size (another architecture's names): the share rules.
+    other = SimpleNamespace(config=SimpleNamespace(n_layer=2, n_head=4), parameters=model.parameters)
+    assert padding_budget(other) is None
 
 
 def test_progress_seconds_must_be_a_number_of_at_least_zero() -> None:

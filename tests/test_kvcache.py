@@ -9,7 +9,8 @@ from tests.serving_helpers import make_serving_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache
 
-from repotune.kvcache import PrefixCache, cache_argument, plain_cache, shared_prefix
+from repotune.kvcache import PrefixCache, cache_argument, left_padded, plain_cache, shared_prefix
+from repotune.roomy_cache import RoomyLayer
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,58 @@ def test_a_borrowed_prefix_is_a_copy_and_the_entry_stays_kept(model_and_tokenize
         assert torch.allclose(_read(model, ids, borrowed), _read(model, ids), atol=1e-5)
         assert len(kept) == 1 and all(torch.equal(a, b.keys) for a, b in zip(keys, cache.layers, strict=True))
     assert (kept.hits, kept.reused_tokens) == (2, shared_prefix(first, second) + shared_prefix(first, third))
+
+
+def test_a_batch_with_room_decodes_as_a_plain_one_writing_in_place(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    texts = ("def add(a, b):\n    return a", "import os\nimport sys\n\nprint(os.sep", "x = 1")
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
+    option = cache_argument(model)
+
+    def read_alone() -> list[DynamicCache]:
+        caches = []
+        for ids in prompts:
+            cache = DynamicCache(config=model.config)
+            with torch.inference_mode():
+                model(input_ids=torch.tensor([ids]), use_cache=True, **{option: cache})
+            caches.append(cache)
+        return caches
+
+    masks = [torch.ones((1, len(ids)), dtype=torch.long) for ids in prompts]
+    plain, mask = left_padded(read_alone(), masks)
+    roomy, same = left_padded(read_alone(), masks, room=3)
+    assert torch.equal(mask, same) and mask.shape == (3, max(map(len, prompts)))
+    assert all(type(layer) is RoomyLayer for layer in roomy.layers)
+    assert roomy.get_seq_length() == plain.get_seq_length() == mask.shape[1]
+    where = roomy.layers[0].keys.data_ptr()
+    positions = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
+    following = torch.tensor([[5], [6], [7]])
+
+    def step() -> None:
+        nonlocal mask, positions, following
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        positions = positions + 1
+        with torch.inference_mode():
+            outs = [model(input_ids=following, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{option: cache}).logits[:, -1] for cache in (plain, roomy)]  # fmt: skip
+        assert torch.equal(outs[0], outs[1])  # the same keys and values, attended the same way
+        for a, b in zip(plain.layers, roomy.layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        following = outs[0].argmax(-1, keepdim=True)
+
+    for _ in range(3):  # within the room: each token written where the prompts are
+        step()
+        assert roomy.layers[0].keys.data_ptr() == where
+    step()  # out of room: it grows, and decodes on the same
+    assert roomy.layers[0].keys.data_ptr() != where
+    keep = torch.tensor([0, 2])  # a row has finished and leaves the batch
+    for cache in (plain, roomy):
+        cache.batch_select_indices(keep)
+    mask, positions, following = mask[keep], positions[keep], following[keep]
+    step()
+    for cache in (plain, roomy):
+        cache.crop(-2)
+    assert roomy.get_seq_length() == plain.get_seq_length() == mask.shape[1] - 2
+    mask = mask[:, :-2]
+    positions = positions - 2
+    step()

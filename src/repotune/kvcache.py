@@ -48,24 +48,42 @@ def last_logit_only(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if keeps_logits(model) else {}
 
 
-def left_padded(caches: Sequence[Any], masks: Sequence[Any]) -> tuple[Any, Any]:
+def left_padded(caches: Sequence[Any], masks: Sequence[Any], room: int = 0) -> tuple[Any, Any]:
     """The prompts' caches (plain ones: ``plain_cache``) and masks as one batch, each left-padded to the
-    widest."""
+    widest. ``room``: positions the batch's layers hold ready for the tokens it will decode
+    (``repotune.roomy_cache``); 0 gives plain layers, which copy themselves whole on each token."""
     import torch
     import torch.nn.functional as F
     from transformers.cache_utils import DynamicCache
+
+    from repotune.roomy_cache import RoomyLayer
 
     width = max(mask.shape[1] for mask in masks)
     merged = DynamicCache()
     for number in range(len(caches[0].layers)):
         keys, values = (
-            torch.cat([F.pad(getattr(c.layers[number], part), (0, 0, width - m.shape[1], 0))
-                       for c, m in zip(caches, masks, strict=True)])
+            _stacked([getattr(c.layers[number], part) for c in caches], width, room)
             for part in ("keys", "values")
-        )  # fmt: skip
-        merged.update(keys, values, number)
+        )
+        if room:
+            merged.layers.append(RoomyLayer(keys, values, width))
+        else:
+            merged.update(keys, values, number)
     mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks])
     return merged, mask
+
+
+def _stacked(parts: Sequence[Any], width: int, room: int) -> Any:
+    """Tensors ``[rows, heads, length, dim]`` as one ``[all rows, heads, width + room, dim]``, each
+    part's positions ending at ``width`` and zeros around them: padding, which the mask hides (a zero,
+    unlike what an uninitialized tensor may hold, gives no NaN when attention weighs it by 0)."""
+    first = parts[0]
+    out = first.new_zeros((sum(p.shape[0] for p in parts), first.shape[1], width + room, first.shape[3]))
+    row = 0
+    for part in parts:
+        out[row : row + part.shape[0], :, width - part.shape[2] : width] = part
+        row += part.shape[0]
+    return out
 
 
 def row_cache(cache: Any, row: int, start: int) -> Any:

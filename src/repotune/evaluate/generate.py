@@ -2,10 +2,11 @@
 
 Completion: prompts are grouped by length into batches of up to ``batch_size`` and decoded greedily
 together (``greedy_lines``, what ``model.generate`` does greedily, with the same answers): on a CPU
-each prompt is first read alone, without padding, and the caches are left-padded into one batch; a
-row's position ids count from its own first token, so it sees the positions it would see alone, and
-it leaves the batch once it has written its first non-blank line (``line_done``) or at end of
-sequence. The answer is that line (``answer_line``), the rule CrossCodeEval applies.
+each prompt is first read alone, without padding, and the caches are left-padded into one batch,
+with room for the tokens to come (``repotune.roomy_cache``); a row's position ids count from its own
+first token, so it sees the positions it would see alone, and it leaves the batch once it has written
+its first non-blank line (``line_done``) or at end of sequence. The answer is that line
+(``answer_line``), the rule CrossCodeEval applies.
 
 Perplexity: each text is tokenized once with character offsets, so the scored tokens (the added
 lines of a temporal eval record, or all of a held-out file) are picked by where they are in the
@@ -189,7 +190,7 @@ def complete_lines(
     prefill_alone: bool | None = None,
     line_penalty: float = 0.0,
     prefixes: PrefixCache | None = None,
-    befores: Sequence[str] | None = None,
+    befores: Sequence[str | None] | None = None,
 ) -> list[Completion]:
     """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time, with the line
     repeat penalty ``line_penalty`` (``repotune.decoding``; 0: plain greedy).
@@ -201,7 +202,8 @@ def complete_lines(
 
     ``befores``: the text above each prompt's cursor. An answer that writes its last non-blank line
     again is decoded again from its least certain token (``repotune.decoding``, "Writing the line above
-    again"), and the new answer replaces it unless it is blank or a copy too. None: no answer is.
+    again"), and the new answer replaces it unless it is blank or a copy too. None (for all prompts, or
+    for one): no answer is.
     """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
@@ -228,23 +230,26 @@ def complete_lines(
             tokens, tokenizer, eos, after_newline=encoded[index][1], retried=retried
         )
 
+    aboves = list(befores) if befores is not None else [None] * len(encoded)
     results: list[Completion | None] = [None] * len(encoded)
-    for rows in length_batches([len(ids) for ids, _ in encoded], batch_size):
+    padding = padding_budget(model) if alone else None
+    for rows in length_batches([len(ids) for ids, _ in encoded], batch_size, padding):
         again = []
         for index, row in zip(rows, decode([(index, []) for index in rows]), strict=True):
             results[index] = first = answer(index, row.tokens)
-            if befores is not None and rewrites_line_above(first.text, befores[index]):
+            above = aboves[index]
+            if above is not None and rewrites_line_above(first.text, above):
                 begun = _retried_start(row, tokenizer, eos, after_newline=encoded[index][1])
                 if begun is not None and len(begun) < max_new_tokens:
-                    again.append((index, begun))
+                    again.append((index, begun, above))
         # Right after their batch, while the kept caches (``prefixes``) still hold their prompts.
         for redo in length_batches(
-            [len(encoded[index][0]) + len(begun) for index, begun in again], batch_size
+            [len(encoded[index][0]) + len(begun) for index, begun, _ in again], batch_size, padding
         ):
             jobs = [again[i] for i in redo]
-            for (index, _), row in zip(jobs, decode(jobs), strict=True):
+            for (index, _, above), row in zip(jobs, decode([job[:2] for job in jobs]), strict=True):
                 completion = answer(index, row.tokens, retried=True)
-                if completion.text.strip() and not rewrites_line_above(completion.text, befores[index]):
+                if completion.text.strip() and not rewrites_line_above(completion.text, above):
                     results[index] = completion
         if progress is not None:
             progress.advance(len(rows))
@@ -286,10 +291,11 @@ def greedy_lines(
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
     so no padding is computed; their caches are then left-padded into one batch to decode together,
-    where rows do share the cost of reading the weights. And a row that has finished leaves the batch
-    (``generate`` carries it to the end, writing padding): one long line no longer keeps every row
-    decoding. The attention mask hides the padding and each row's positions count from its own first
-    token, as they would alone.
+    where rows do share the cost of reading the weights, in layers with room for ``max_new_tokens``
+    (``repotune.roomy_cache``: a token is written in place, not the cache copied). And a row that has
+    finished leaves the batch (``generate`` carries it to the end, writing padding): one long line no
+    longer keeps every row decoding. The attention mask hides the padding and each row's positions
+    count from its own first token, as they would alone.
 
     ``prefixes``: prompts read alone start from the cache of the earlier prompt that shares the most
     tokens with them (``PrefixCache.borrow``), and are kept there in turn; the logits are those of the
@@ -328,7 +334,7 @@ def greedy_lines(
         masks.append(mask)
         logits.append(out.logits[:, -1, :])
     # Rows read alone are copied into one batch, so that the caches kept for later prompts stay as read.
-    cache, mask = left_padded(caches, masks) if alone else (caches[0], masks[0])
+    cache, mask = left_padded(caches, masks, room=max_new_tokens) if alone else (caches[0], masks[0])
     rows = [
         Written(list(tokens), [math.inf] * len(tokens), list(tokens))
         for tokens in begun or [[] for _ in prompts]
@@ -387,33 +393,53 @@ def _positions(mask: Any) -> Any:
 
 
 PADDING_SHARE = 0.25
-"""Most of a generation batch's prompt tokens that may be padding: where prompts are read together
-(off a CPU) padding is computed like text; on a CPU it costs only in decoding, where the rows of a
-batch attend over its width."""
+"""Most of a generation batch's prompt tokens that may be padding where prompts are read together (off
+a CPU): there padding is computed like text."""
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], batch_size: int, max_padding: int | None = None
+) -> list[list[int]]:
     """Indices of prompts grouped for decoding together, the longest first: up to ``batch_size`` rows, and a
     batch closes before a prompt so short that padding it to the batch's width would make padding
-    more than ``PADDING_SHARE`` of the batch.
+    more than ``PADDING_SHARE`` of the batch, or, given ``max_padding``, more than that many tokens.
 
     A decoding step reads every weight once however many rows it carries, so on a CPU (bound by
-    memory bandwidth) 32 rows decode in about twice the time of 8 (benchmarks/evaluate_speed.py):
-    fewer, larger batches; but padding is paid for (``PADDING_SHARE``), so rows of very different
-    lengths do not share one.
+    memory bandwidth) fewer, larger batches take fewer steps (benchmarks/evaluate_speed.py). Prompts
+    read alone (on a CPU) pay for padding only in decoding, where each step attends over it too:
+    ``padding_budget`` gives the most worth paying there.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for index in order:
         batch = batches[-1] if batches else None
         if batch is not None and len(batch) < batch_size:
-            width = lengths[batch[0]]
-            tokens = sum(lengths[i] for i in batch) + lengths[index]
-            if width * (len(batch) + 1) - tokens <= PADDING_SHARE * width * (len(batch) + 1):
+            rows = len(batch) + 1
+            padding = lengths[batch[0]] * rows - sum(lengths[i] for i in batch) - lengths[index]
+            if padding <= (PADDING_SHARE * lengths[batch[0]] * rows if max_padding is None else max_padding):
                 batch.append(index)
                 continue
         batches.append([index])
     return batches
+
+
+def padding_budget(model: Any) -> int | None:
+    """Padding tokens whose keys and values take as many bytes as the model's weights: a decoding step
+    reads both, so a batch padded by more would spend longer on its padding than a batch of its own
+    spends on reading the weights again (SmolLM2-135M: about 11,700). None where the model's config
+    does not give the size of its cache."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads
+        if getattr(config, "hidden_size", None) and heads
+        else None
+    )
+    if not (heads and layers and head_dim):
+        return None
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(weights // (2 * layers * heads * head_dim * next(model.parameters()).element_size()))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -44,8 +44,9 @@ class ScoringConfig:
     """Also score the base model and the candidate with context retrieved from the repository (from
     the training records only, or the index given to the stage)."""
     batch_size: int = 32
-    """Most prompts decoded together (prompts of very different lengths go in separate batches); 1
-    answers one at a time, with the same answers, slower."""
+    """Most prompts decoded together: an arm's lines, FIM spans and commit subjects share batches, and
+    prompts of very different lengths go in separate ones (``repotune.evaluate.generate.length_batches``);
+    1 answers one at a time, with the same answers, slower."""
     window_batch_size: int = 8
     """Perplexity windows per forward pass; 1 scores one at a time, with the same numbers."""
     progress_seconds: float = 5.0
