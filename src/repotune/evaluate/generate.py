@@ -241,15 +241,15 @@ def complete_lines(
             if above is not None and rewrites_line_above(first.text, above):
                 begun = _retried_start(row, tokenizer, eos, after_newline=encoded[index][1])
                 if begun is not None and len(begun) < max_new_tokens:
-                    again.append((index, begun, above))
+                    again.append((index, begun))
         # Right after their batch, while the kept caches (``prefixes``) still hold their prompts.
         for redo in length_batches(
-            [len(encoded[index][0]) + len(begun) for index, begun, _ in again], batch_size, padding
+            [len(encoded[index][0]) + len(begun) for index, begun in again], batch_size, padding
         ):
             jobs = [again[i] for i in redo]
-            for (index, _, above), row in zip(jobs, decode([job[:2] for job in jobs]), strict=True):
+            for (index, _), row in zip(jobs, decode(jobs), strict=True):
                 completion = answer(index, row.tokens, retried=True)
-                if completion.text.strip() and not rewrites_line_above(completion.text, above):
+                if completion.text.strip() and not rewrites_line_above(completion.text, aboves[index]):
                     results[index] = completion
         if progress is not None:
             progress.advance(len(rows))
