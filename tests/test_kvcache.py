@@ -7,9 +7,9 @@ import pytest
 import torch
 from tests.serving_helpers import make_serving_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
-from repotune.kvcache import PrefixCache, cache_argument, left_padded, plain_cache, shared_prefix
+from repotune.kvcache import PrefixCache, cache_argument, left_padded, plain_cache, shared_prefix, with_room
 from repotune.roomy_cache import RoomyLayer
 
 
@@ -170,3 +170,51 @@ def test_a_batch_with_room_decodes_as_a_plain_one_writing_in_place(model_and_tok
     mask = mask[:, :-2]
     positions = positions - 2
     step()
+
+
+def test_generate_writes_in_the_room_given_and_answers_as_with_its_own_cache(model_and_tokenizer) -> None:
+    """The server hands ``generate`` a cache with room (``with_room``): an empty one, or a kept prefix
+    that the rest of the prompt is read onto. Every token is written in place, and the answer is the
+    one ``generate`` gives with a cache of its own."""
+    model, tokenizer = model_and_tokenizer
+    ids = tokenizer("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return")["input_ids"]
+    option, new = cache_argument(model), 6
+
+    def generated(cache=None) -> list[int]:
+        options = {} if cache is None else {option: cache}
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+                **options,
+            )
+        return out[0, len(ids) :].tolist()
+
+    own = generated()
+    empty = with_room(DynamicCache(config=model.config), len(ids) + new)
+    assert all(type(layer) is RoomyLayer and layer.room == len(ids) + new for layer in empty.layers)
+    assert generated(empty) == own
+    assert empty.layers[0].capacity == len(ids) + new  # made at the first update: no growth after it
+    assert empty.get_seq_length() == len(ids) + new - 1  # the last token written is never read
+
+    kept = DynamicCache(config=model.config)
+    _read(model, ids[:10], kept)  # a kept prefix: plain layers, as a PrefixCache may hand out
+    where = kept.layers[0].keys
+    roomy = with_room(kept, len(ids) - 10 + new)
+    assert roomy is kept and roomy.get_seq_length() == 10 and torch.equal(roomy.layers[0].keys, where)
+    start = roomy.layers[0].keys.data_ptr()
+    assert generated(roomy) == own
+    assert roomy.layers[0].keys.data_ptr() == start and roomy.layers[0].capacity == len(ids) + new
+    roomy.crop(-(len(ids) + new - 1 - 12))  # kept again and cut back for a prompt sharing 12 tokens
+    assert roomy.layers[0].room == len(ids) + new - 12
+    assert with_room(roomy, 3).layers[0].capacity == len(ids) + new  # room enough: nothing copied
+    assert with_room(roomy, len(ids) + new).layers[0].capacity == 12 + len(ids) + new
+
+    sliding = DynamicCache()
+    sliding.layers.append(DynamicSlidingWindowLayer(sliding_window=4))
+    with pytest.raises(ValueError, match="not plain keys and values"):
+        with_room(sliding, 4)

@@ -782,8 +782,12 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
         assert (cached.prefix_cache.hits, cached.prefix_cache.reused_tokens) == (2, sum(shared))
 
         assert asyncio.run(together(padded)) == whole and padded.largest_batch == len(prompts)
-        # four prompts of about one length, none kept: a pass each would cost more than the padding
-        assert not plain._cheaper_alone(prompts) and plain._start_cache(prompts) == (None, [0] * 4)
+        # four prompts of about one length, none kept: a pass each would cost more than the padding;
+        # generate reads them together into an empty cache with room for them and the tokens to come
+        assert not plain._cheaper_alone(prompts)
+        empty, reused = plain._start_cache(prompts, 12)
+        assert reused == [0] * 4 and empty.get_seq_length() == 0
+        assert all(layer.room == max(map(len, prompts)) + 12 for layer in empty.layers)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(batching, "PASS_TOKENS", 0)  # passes for free: each row is read alone
             assert plain._cheaper_alone(prompts)

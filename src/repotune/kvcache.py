@@ -73,6 +73,30 @@ def left_padded(caches: Sequence[Any], masks: Sequence[Any], room: int = 0) -> t
     return merged, mask
 
 
+def with_room(cache: Any, room: int) -> Any:
+    """``cache`` (a plain one: ``plain_cache``), its layers made ``RoomyLayer``s with room for ``room``
+    positions after those they hold (an empty layer: for ``room`` in all), which ``generate`` then
+    writes in place. A layer that holds positions is copied once into its room; the cache is changed
+    and returned."""
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicLayer
+
+    from repotune.roomy_cache import RoomyLayer
+
+    for number, layer in enumerate(cache.layers):
+        if type(layer) not in (DynamicLayer, RoomyLayer):
+            raise ValueError(f"layer {number} is a {type(layer).__name__}, not plain keys and values")
+        if isinstance(layer, RoomyLayer):
+            layer.reserve(room)
+        elif not layer.is_initialized:
+            cache.layers[number] = RoomyLayer(room=room)
+        else:
+            held = layer.keys.shape[2]
+            keys, values = (F.pad(part, (0, 0, 0, room)) for part in (layer.keys, layer.values))
+            cache.layers[number] = RoomyLayer(keys, values, held)
+    return cache
+
+
 def _stacked(parts: Sequence[Any], width: int, room: int) -> Any:
     """Tensors ``[rows, heads, length, dim]`` as one ``[all rows, heads, width + room, dim]``, each
     part's positions ending at ``width`` and zeros around them: padding, which the mask hides (a zero,

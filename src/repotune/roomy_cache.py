@@ -17,16 +17,31 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 GROWTH = 64
-"""Positions added beyond what an update needs when a layer runs out of room."""
+"""Positions added beyond what an update needs when a layer runs out of room (at least)."""
 
 
 class RoomyLayer(DynamicLayer):
     """A plain layer (a ``DynamicLayer`` to transformers) over ``keys`` and ``values`` of shape
     ``[batch, heads, capacity, dim]``, holding their first ``length`` positions; ``self.keys`` and
-    ``self.values`` are views of them, as long as what is held."""
+    ``self.values`` are views of them, as long as what is held.
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+    Without ``keys`` and ``values``, an empty layer (as transformers' own before their first update):
+    its first update makes room for ``room`` positions, or for what it writes and ``GROWTH`` more."""
+
+    def __init__(
+        self,
+        keys: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+        length: int = 0,
+        room: int = 0,
+    ) -> None:
         super().__init__()
+        self._wanted = room
+        self._length = 0
+        if keys is None or values is None:
+            if keys is not values or length:
+                raise ValueError("an empty layer takes neither keys nor values nor a length")
+            return
         if keys.shape != values.shape or not 0 <= length <= keys.shape[2]:
             raise ValueError(f"keys {tuple(keys.shape)}, values {tuple(values.shape)}, length {length}")
         self.device, self.is_initialized = keys.device, True
@@ -47,14 +62,35 @@ class RoomyLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self._length + key_states.shape[2]
-        if end > self._room[0].shape[2]:
-            more = end - self._room[0].shape[2] + GROWTH
-            self._room = tuple(torch.nn.functional.pad(t, (0, 0, 0, more)) for t in self._room)
+        if end > self.capacity:
+            self._grow(self._wanted if self._wanted >= end else end + GROWTH)
         for held, new in zip(self._room, (key_states, value_states), strict=True):
             held[:, :, self._length : end] = new
         self._length = end
         self._show()
         return self.keys, self.values
+
+    @property
+    def capacity(self) -> int:
+        """Positions the layer can hold before it grows (0 before its first update)."""
+        return self._room[0].shape[2] if self.is_initialized else 0
+
+    @property
+    def room(self) -> int:
+        """Positions the layer can take before it grows (before its first update: the room it will make,
+        or 0 for what it writes and ``GROWTH`` more)."""
+        return self.capacity - self._length if self.is_initialized else self._wanted
+
+    def reserve(self, room: int) -> None:
+        """Makes room for ``room`` positions after those held, growing (one copy) where there is less."""
+        if not self.is_initialized:
+            self._wanted = max(self._wanted, room)
+        elif self._length + room > self.capacity:
+            self._grow(self._length + room)
+
+    def _grow(self, capacity: int) -> None:
+        more = capacity - self.capacity
+        self._room = tuple(torch.nn.functional.pad(t, (0, 0, 0, more)) for t in self._room)
 
     def reset(self) -> None:
         super().reset()

@@ -49,7 +49,15 @@ from repotune.decoding import (
     rewrites_line_above,
     runner_up,
 )
-from repotune.kvcache import PrefixCache, cache_argument, last_logit_only, left_padded, plain_cache, row_cache
+from repotune.kvcache import (
+    PrefixCache,
+    cache_argument,
+    last_logit_only,
+    left_padded,
+    plain_cache,
+    row_cache,
+    with_room,
+)
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
 from repotune.serving.healing import HealingProcessor, TokenTexts
 
@@ -468,16 +476,20 @@ class Batcher:
         self.turn_tokens = turn_tokens
         # A row reuses the keys and values of a sequence served before it, up to the tokens they share
         # (``repotune.kvcache``), one kept for each row a batch can hold and a few more.
-        plain = plain_cache(model)
+        self.plain = plain_cache(model)
         self.prefix_cache = (
             PrefixCache(model, prefix_cache_tokens, entries=max(4, max_batch_size))
-            if prefix_cache_tokens and plain
+            if prefix_cache_tokens and self.plain
             else None
         )
         self.device = next(model.parameters()).device
         # On a CPU, arithmetic is the limit: the rows of a batch read their prompts alone, computing no
         # padding, and are decoded together (``_start_cache``), as evaluation's ``greedy_lines`` does.
-        self.prefill_alone = plain and self.device.type == "cpu"
+        self.prefill_alone = self.plain and self.device.type == "cpu"
+        # A plain cache decodes in place, in room made for the tokens to come (``_start_cache``); False
+        # gives transformers' own layers, which copy themselves whole on each token (the benchmark's
+        # baseline: ``benchmarks/serve_prefill.py``).
+        self.decode_room = self.plain
         self.cache_argument = cache_argument(model)
         self.last_logit_only = last_logit_only(model)
         self.batches = 0  # generate() calls so far
@@ -661,8 +673,9 @@ class Batcher:
             processors.append(RunnerUpRecorder(rows, self.eos_ids))  # last: it sees the scores chosen from
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
+        new_tokens = max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows)
         with torch.inference_mode():
-            cache, reused = self._start_cache(prompts)
+            cache, reused = self._start_cache(prompts, new_tokens)
             for row, tokens in zip(rows, reused, strict=True):
                 if not row.tokens:  # the request's prompt, not a turn's
                     row.cached = tokens
@@ -671,7 +684,7 @@ class Batcher:
             sequences = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                max_new_tokens=max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows),
+                max_new_tokens=new_tokens,
                 stopping_criteria=StoppingCriteriaList([stopper]),
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.eos_ids) or None,
@@ -699,7 +712,7 @@ class Batcher:
         LINE_ABOVE.labels(self.model_name, outcome).inc()
         self.line_above[outcome] += 1
 
-    def _start_cache(self, prompts: list[list[int]]) -> tuple[Any, list[int]]:
+    def _start_cache(self, prompts: list[list[int]], new_tokens: int) -> tuple[Any, list[int]]:
         """The cache ``generate`` starts from (None: it reads the prompts whole, left-padded together,
         into a cache of its own), and how many tokens of each prompt it holds.
 
@@ -707,19 +720,29 @@ class Batcher:
         prompt. Several rows on a CPU, where reading them alone costs less (``_cheaper_alone``): each
         row's kept prefix, the rest of its prompt but the last token read alone, and the rows' caches
         left-padded into one, so that ``generate`` reads the last column; the answers are those of the
-        batch read whole (``tests/test_serving.py``). Else, with the prefix cache on, an empty cache
-        that ``generate`` fills left-padded, and each row's part is kept from it afterwards."""
+        batch read whole (``tests/test_serving.py``). Else an empty cache that ``generate`` fills
+        left-padded (with the prefix cache on, each row's part is kept from it afterwards).
+
+        A plain cache (``plain_cache``) has room for the rest of the prompts and the ``new_tokens`` to
+        decode (``repotune.roomy_cache``): each token is written in place, where transformers' layers
+        copy the whole cache (every row's prompt) on every token (``benchmarks/serve_prefill.py``)."""
         import torch
         from transformers.cache_utils import DynamicCache
 
         nothing = [0] * len(prompts)
+        if not self.plain:  # a sliding window or a recurrent state: generate's own cache, read together
+            return None, nothing
+
+        def roomy(cache: Any, room: int) -> Any:
+            return with_room(cache, room) if self.decode_room else cache
+
         if len(prompts) == 1:
-            if self.prefix_cache is None:
-                return None, nothing
             cache = self._row_cache(prompts[0])
-            return cache, [cache.get_seq_length()]
+            held = cache.get_seq_length()
+            return roomy(cache, len(prompts[0]) - held + new_tokens), [held]
         if not self._cheaper_alone(prompts):
-            return DynamicCache(config=self.model.config) if self.prefix_cache is not None else None, nothing
+            width = max(len(ids) for ids in prompts)
+            return roomy(DynamicCache(config=self.model.config), width + new_tokens), nothing
         caches, masks, reused = [], [], []
         for ids in prompts:
             cache = self._row_cache(ids)
@@ -732,7 +755,7 @@ class Batcher:
                 )
             caches.append(cache)
             masks.append(torch.ones((1, len(ids) - 1), dtype=torch.long, device=self.device))
-        return left_padded(caches, masks)[0], reused
+        return left_padded(caches, masks, room=1 + new_tokens if self.decode_room else 0)[0], reused
 
     def _cheaper_alone(self, prompts: list[list[int]]) -> bool:
         """Whether reading a batch's prompts one by one (after their kept prefixes) costs less than
