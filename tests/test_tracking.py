@@ -272,3 +272,24 @@ def test_datasets_name_their_repository_and_point_at_its_source(
     assert entity.digest == dataset.digest and json.loads(entity.profile)["num_rows"] == 2
     if not dataset_source.startswith("https://"):
         assert (entity.source_type, json.loads(entity.source)) == ("code", {"tags": {"source": source}})
+
+
+def test_logging_a_model_leaves_no_warning_or_progress_bar_in_the_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An evaluate step's log shows no MLflow nudge towards type hints on predict() (which would drop
+    the signature's params) and no 'Downloading artifacts' bar from copying the model's files."""
+    import warnings
+
+    from tests.serving_helpers import make_serving_model
+
+    folder = make_serving_model(tmp_path / "model", fim=False)
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "quiet")
+    capfd.readouterr()
+    warnings.onceregistry.clear()  # MLflow shows the nudge once a process: this test sees it again
+    with warnings.catch_warnings(record=True) as caught, tracker.start_run("evaluate"):
+        warnings.simplefilter("always")
+        assert tracker.log_model(folder) is not None
+    assert [str(w.message) for w in caught if "type hints" in str(w.message)] == []
+    printed = capfd.readouterr()
+    assert "Downloading artifacts" not in printed.err + printed.out

@@ -52,12 +52,22 @@ MAX_METRICS_PER_BATCH = 1000
 # MLflow retries each HTTP request 7 times with exponential backoff (2 s factor) and a 120 s timeout by
 # default: minutes per call against a dead server. One immediate retry (urllib3 waits nothing before
 # the first) rides out a dropped keep-alive connection; 10 s is ample for a healthy server to answer.
-# Only defaults: a value already in the environment wins.
-MLFLOW_HTTP_DEFAULTS = {
+# Logging a model copies its files with a tqdm bar per call ("Downloading artifacts"), which in a
+# pipeline step's log is twenty lines of carriage returns saying nothing; repotune's stages report
+# their own progress. Only defaults: a value already in the environment wins.
+MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+
+
+def mlflow_env_defaults() -> None:
+    """Set ``MLFLOW_ENV_DEFAULTS`` in this process where the environment does not set them already."""
+    for name, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
 
 # Consecutive failed calls after which a run stops talking to the server. A refused connection fails in
 # milliseconds; a silent network costs at most this many times 2 x MLFLOW_HTTP_REQUEST_TIMEOUT.
@@ -177,7 +187,7 @@ class MlflowTracker:
     store such as ``sqlite:///mlflow.db``), into the experiment named ``experiment`` (created if missing).
 
     Uses ``MlflowClient`` with explicit run ids rather than MLflow's process-global active run, and
-    sets shorter MLflow HTTP retry and timeout defaults for this process (``MLFLOW_HTTP_DEFAULTS``).
+    sets shorter MLflow HTTP retry and timeout defaults for this process (``MLFLOW_ENV_DEFAULTS``).
     Inside a run, a failing call logs one warning (per run) and is skipped; after
     ``max_failures`` failures in a row the run stops calling the server at all.
     """
@@ -185,8 +195,7 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, *, max_failures: int = MAX_CONSECUTIVE_FAILURES):
         if not tracking_uri:
             raise ValueError("MlflowTracker needs a tracking URI; use make_tracker() to switch tracking off")
-        for name, value in MLFLOW_HTTP_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        mlflow_env_defaults()
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -398,8 +407,7 @@ class MlflowTracker:
                 warnings.catch_warnings(),
             ):
                 # The signature is explicit; an input example would load the model once more only to
-                # check it. (MLflow's nudge towards predict() type hints cannot be silenced from here:
-                # type hints would replace the signature and drop its params.)
+                # check it. (MLflow colours its warnings, so the pattern starts with ".*".)
                 warnings.filterwarnings(
                     "ignore", message=r".*input example was not provided", category=UserWarning
                 )

@@ -159,10 +159,9 @@ def registry_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` for the registry at ``tracking_uri``, with repotune's short HTTP timeouts."""
     from mlflow import MlflowClient
 
-    from repotune.tracking import MLFLOW_HTTP_DEFAULTS
+    from repotune.tracking import mlflow_env_defaults
 
-    for key, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    mlflow_env_defaults()
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

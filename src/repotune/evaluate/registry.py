@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import posixpath
 import re
 from collections.abc import Iterator, Mapping
@@ -62,7 +61,7 @@ from typing import Any
 from repotune.errors import RepotuneError
 from repotune.evaluate.decide import Decision
 from repotune.evaluate.metrics import Metric
-from repotune.tracking import MLFLOW_HTTP_DEFAULTS, WEIGHTS_PATH_TAG, short_reason
+from repotune.tracking import WEIGHTS_PATH_TAG, mlflow_env_defaults, short_reason
 
 CHAMPION_ALIAS = "champion"
 
@@ -225,8 +224,7 @@ class Registry:
         if not model_name or "'" in model_name or '"' in model_name:
             # The name goes into MLflow search filters, which have no escaping for quotes.
             raise RepotuneError(f"registered model name {model_name!r} must be non-empty and without quotes")
-        for name, value in MLFLOW_HTTP_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        mlflow_env_defaults()
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
