@@ -390,6 +390,9 @@ def _run_pipeline(
     try:
         # the image name does not contain "python"; the subprocess runner uses this Python anyway
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # each step's CPU and memory requests are for a cluster; a local run has no use for them and
+        # kfp.local says so twice a step in run.log
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         return pipeline(source=config.sources[0], **config.arguments())
     except KeyboardInterrupt:
         output.interrupted()
