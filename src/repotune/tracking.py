@@ -187,7 +187,8 @@ class MlflowTracker:
     store such as ``sqlite:///mlflow.db``), into the experiment named ``experiment`` (created if missing).
 
     Uses ``MlflowClient`` with explicit run ids rather than MLflow's process-global active run, and
-    sets shorter MLflow HTTP retry and timeout defaults for this process (``MLFLOW_ENV_DEFAULTS``).
+    sets MLflow's environment defaults for this process (``MLFLOW_ENV_DEFAULTS``: shorter HTTP retries
+    and timeouts, no progress bars).
     Inside a run, a failing call logs one warning (per run) and is skipped; after
     ``max_failures`` failures in a row the run stops calling the server at all.
     """
