@@ -152,6 +152,12 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert set(completions[59]["answers"]) == ARMS - ({"candidate_retrieval"} if with_fim else set())
     assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:60]]
     assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
+    # the completions each format check counted are in the context, as many as its share says
+    for check in ("line_diff_marker_share", "line_repeats_line_above_share"):
+        for key in ARMS:
+            share = result.models[key][check]
+            flagged = saved["context"]["flagged"].get(check, {}).get(key, {"count": 0})
+            assert flagged["count"] == round(share.value * share.n), (check, key)
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
 

@@ -336,6 +336,78 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
     assert "| commit message ROUGE-L (`commit_rouge_l`) | higher |" in text
 
 
+def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_path: Path) -> None:
+    """A share of 0.02 refuses a promotion; the report names the two lines, as the arm wrote them."""
+    from repotune.evaluate.report import flagged_completions, render_html, render_markdown
+    from repotune.evaluate.samples import LineSample
+
+    lines = [
+        LineSample("src/attr/_make.py", "    ...\n", "    :param callable | None field_transformer:"),
+        LineSample("tests/test_x.py", "x = 1\n", "y = 2"),
+        LineSample("src/attr/_make.py", "    ...\n", "       .. seealso::"),
+        LineSample("tests/test_x.py", "x = 1\n", "z = `tick` | 3"),
+    ]
+    per_sample = {
+        "base": {"line_diff_marker_share": [0.0] * 4, "line_repeats_line_above_share": [0.0] * 4},
+        "candidate": {
+            "line_diff_marker_share": [1.0, 0.0, 1.0, 0.0],
+            "line_repeats_line_above_share": [0.0, 0.0, 0.0, 1.0],
+        },
+        "candidate_retrieval": {"line_diff_marker_share": [0.0, 0.0, 0.0, 1.0]},
+    }
+    said = ["- :param bool | None getstate_setstate:", "y = 2", "- :attr.s:", "x = 1"]
+    answers = {
+        "base": {"line": ["a", "b", "c", "d"]},
+        "candidate": {"line": said, "line_raw": said},
+        # the text has special tokens removed; the raw answer is what the check read
+        "candidate_retrieval": {"line": ["a", "b", "c", "src/x.py"],
+                                "line_raw": ["a", "b", "c", "<filename>src/x.py"]},
+    }  # fmt: skip
+    flagged = flagged_completions(lines, per_sample, answers, limit=1)
+    assert set(flagged) == {"line_diff_marker_share", "line_repeats_line_above_share"}
+    markers = flagged["line_diff_marker_share"]
+    assert set(markers) == {"candidate", "candidate_retrieval"}  # base flagged none: left out
+    assert markers["candidate"] == {
+        "count": 2,
+        "of": 4,
+        "examples": [
+            {
+                "path": "src/attr/_make.py",
+                "line": "    :param callable | None field_transformer:",
+                "answer": "- :param bool | None getstate_setstate:",
+            }
+        ],
+    }
+    assert markers["candidate_retrieval"]["examples"][0]["answer"] == "<filename>src/x.py"
+    del answers["candidate_retrieval"]["line_raw"]  # base scores cached before the raw answers were kept
+    assert (
+        flagged_completions(lines, per_sample, answers)["line_diff_marker_share"]["candidate_retrieval"][
+            "examples"
+        ][0]["answer"]
+        == "src/x.py"
+    )
+
+    result, context = a_result(tmp_path)
+    assert "format checks" not in render_markdown(result, context)  # nothing flagged, no section
+    context["flagged"] = flagged_completions(lines, per_sample, answers)
+    text = render_markdown(result, context)
+    section = text.split("## Completions the format checks counted\n", 1)[1]
+    assert (
+        "candidate: 2 of 4 line completions started like a diff line or a file header "
+        "(`line_diff_marker_share`):\n\n"
+        "- `src/attr/_make.py`: wrote `- :param bool | None getstate_setstate:` where the file has "
+        "`    :param callable | None field_transformer:`\n"
+        "- `src/attr/_make.py`: wrote `- :attr.s:` where the file has `       .. seealso::`\n"
+    ) in section
+    # a line with backticks is one code span all the same
+    assert "wrote `x = 1` where the file has ``z = `tick` | 3``" in section
+    assert section.index("line_diff_marker_share") < section.index("line_repeats_line_above_share")
+    page = render_html(result, context)
+    assert "<h2>Completions the format checks counted</h2>" in page
+    assert "<td><code>- :param bool | None getstate_setstate:</code></td>" in page
+    assert "<code>z = `tick` | 3</code>" in page
+
+
 def test_a_perplexity_read_as_other_tokens_is_marked_not_comparable(tmp_path: Path) -> None:
     from dataclasses import replace
 

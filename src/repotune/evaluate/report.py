@@ -6,11 +6,11 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from repotune.evaluate.arms import MODELS, Arm
-from repotune.evaluate.decide import Decision, fim_holder, fim_scores
+from repotune.evaluate.decide import MARKER_METRIC, REPEAT_METRIC, Decision, fim_holder, fim_scores
 from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
 
 
@@ -144,6 +144,102 @@ def gaps(result: EvaluateResult) -> str | None:
     )
 
 
+FLAG_CHECKS = (
+    (MARKER_METRIC, "started like a diff line or a file header"),
+    (REPEAT_METRIC, "wrote the line above the cursor again"),
+)
+"""The format checks whose completions the report shows, and what a flagged completion did."""
+FLAGGED_SHOWN = 5
+"""Completions shown per arm and check; the share in the table counts them all."""
+FLAGGED_CHARS = 160
+
+
+def flagged_completions(
+    lines: Sequence[Any],
+    per_sample: dict[str, dict[str, list[float]]],
+    answers: dict[str, dict[str, list[str]]],
+    limit: int = FLAGGED_SHOWN,
+) -> dict[str, dict[str, Any]]:
+    """The line completions each format check counted, by check and arm: ``{"count", "of", "examples"}``
+    with up to ``limit`` examples of ``{"path", "line", "answer"}`` (the file's line and the arm's
+    answer, special tokens kept where the arm recorded them: a ``<filename>`` header is what the check
+    saw). A share of 0.02 refuses a promotion; the report shows which two lines, so a person can judge
+    them. Arms with none flagged are left out."""
+    flagged: dict[str, dict[str, Any]] = {}
+    for metric, _ in FLAG_CHECKS:
+        for arm, scores in per_sample.items():
+            flags = scores.get(metric) or []
+            hits = [i for i, flag in enumerate(flags) if flag]
+            if not hits:
+                continue
+            got = answers.get(arm, {})
+            said = got.get("line_raw") or got.get("line") or []
+            examples = [
+                {"path": lines[i].path, "line": lines[i].expected, "answer": said[i] if i < len(said) else ""}
+                for i in hits[:limit]
+            ]
+            flagged.setdefault(metric, {})[arm] = {"count": len(hits), "of": len(flags), "examples": examples}
+    return flagged
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= FLAGGED_CHARS else text[: FLAGGED_CHARS - 3] + "..."
+
+
+def _code(text: str) -> str:
+    """``text`` as one Markdown code span, whatever backticks it holds (CommonMark: a longer fence, and
+    a space inside where the text starts or ends with a backtick); an empty answer says so."""
+    if not text:
+        return "(nothing)"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def flagged_markdown(context: dict[str, Any]) -> list[str]:
+    """The report's section of flagged completions (``context["flagged"]``), or no lines when none."""
+    flagged = context.get("flagged") or {}
+    out: list[str] = []
+    for metric, did in FLAG_CHECKS:
+        for arm in ordered_arms(flagged.get(metric, {})):
+            entry = flagged[metric][arm.key]
+            shown = len(entry["examples"])
+            more = f", the first {shown}" if shown < entry["count"] else ""
+            out += [
+                "",
+                f"{arm.label}: {entry['count']} of {entry['of']} line completions {did} (`{metric}`{more}):",
+                "",
+            ]
+            out += [
+                f"- `{e['path']}`: wrote {_code(_clip(e['answer']))} "
+                f"where the file has {_code(_clip(e['line']))}"
+                for e in entry["examples"]
+            ]
+    return ["", "## Completions the format checks counted", *out] if out else []
+
+
+def flagged_html(context: dict[str, Any]) -> str:
+    """The same section as an HTML table per check, for the KFP UI; empty when nothing was flagged."""
+    flagged = context.get("flagged") or {}
+    parts = []
+    for metric, did in FLAG_CHECKS:
+        rows = "".join(
+            f"<tr><th>{html.escape(arm.label)}<br><small>{flagged[metric][arm.key]['count']} of "
+            f"{flagged[metric][arm.key]['of']}</small></th><td><code>{html.escape(e['path'])}</code></td>"
+            f"<td><code>{html.escape(_clip(e['answer']))}</code></td><td><code>{html.escape(_clip(e['line']))}"
+            "</code></td></tr>"
+            for arm in ordered_arms(flagged.get(metric, {}))
+            for e in flagged[metric][arm.key]["examples"]
+        )
+        if rows:
+            parts.append(
+                f"<h3>Line completions that {html.escape(did)} <small>(<code>{metric}</code>)</small></h3>"
+                "<table><thead><tr><th>arm</th><th>file</th><th>answer</th><th>the file's line</th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>"
+            )
+    return "<h2>Completions the format checks counted</h2>" + "".join(parts) if parts else ""
+
+
 def _columns(result: EvaluateResult, context: dict[str, Any]) -> list[tuple[str, str]]:
     code = "added code" if context.get("mode") == "temporal" else "held-out code"
     present = {name for scores in result.models.values() for name in scores}
@@ -233,7 +329,8 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
                 + " |"
             )
     filled = gaps(result)
-    lines += [*(["", filled] if filled else []), "", _setting_line(result, context), "", *_footer(context)]
+    lines += [*(["", filled] if filled else []), *flagged_markdown(context)]
+    lines += ["", _setting_line(result, context), "", *_footer(context)]
     return "\n".join(lines) + "\n"
 
 
@@ -385,6 +482,7 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         + f"<p>{_inline(provenance(result, context))}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f"<p>{_inline(filled)}</p>" if (filled := gaps(result)) else "")
+        + flagged_html(context)
         + f"<p><small>{_inline(_setting_line(result, context))}</small></p>"
         + "".join(charts)
         + f"<p><small>{_inline(' '.join(_footer(context)))}</small></p></body></html>\n"

@@ -73,7 +73,8 @@ class ArmScores:
     per_sample: dict[str, list[float]] = field(default_factory=dict)
     """Per-sample scores of the completion metrics, in sample order (the same order in every arm)."""
     answers: dict[str, list[str]] = field(default_factory=dict)
-    """``line`` and ``fim``: each sample's answer, in sample order."""
+    """``line`` and ``fim``: each sample's answer, in sample order; ``line_raw``: the line answers with
+    special tokens kept, as the format check read them."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ class Scorer:
         done = self._complete_all(asks, arm.label, log)
         if "line" in asks:
             answers["line"] = [c.text for c in done["line"]]
+            answers["line_raw"] = [c.raw for c in done["line"]]  # what the format check read
             metrics |= _scored("line", answers["line"], [s.expected for s in samples.lines], per_sample)
             markers = [
                 float(starts_like_training_format(c.raw, s.expected, s.prefix))

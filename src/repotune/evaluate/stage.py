@@ -388,6 +388,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "line_repeat_penalty": scoring.line_repeat_penalty,
         "retry_line_above": scoring.retry_line_above,
         "base_arms": reused,
+        "flagged": report.flagged_completions(samples.lines, per_sample, answers),
         "model": {"base_model": summary.get("base_model"), "method": summary.get("method"),
                   "steps": summary.get("steps"), "source": trained_on.get("dataset.source"),
                   "commit": trained_on.get("dataset.commit")},
