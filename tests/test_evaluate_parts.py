@@ -405,6 +405,9 @@ def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_p
     page = render_html(result, context)
     assert "<h2>Completions the format checks counted</h2>" in page
     assert "<td><code>- :param bool | None getstate_setstate:</code></td>" in page
+    # the indentation shows: the answer has none where the file's line has four spaces
+    assert "<td><code>    :param callable | None field_transformer:</code></td>" in page
+    assert "<table class='flagged'>" in page and ".flagged code{white-space:pre-wrap}" in page
     assert "<code>z = `tick` | 3</code>" in page
 
 

@@ -234,7 +234,8 @@ def flagged_html(context: dict[str, Any]) -> str:
         if rows:
             parts.append(
                 f"<h3>Line completions that {html.escape(did)} <small>(<code>{metric}</code>)</small></h3>"
-                "<table><thead><tr><th>arm</th><th>file</th><th>answer</th><th>the file's line</th></tr>"
+                "<table class='flagged'><thead><tr><th>arm</th><th>file</th><th>answer</th>"
+                "<th>the file's line</th></tr>"
                 f"</thead><tbody>{rows}</tbody></table>"
             )
     return "<h2>Completions the format checks counted</h2>" + "".join(parts) if parts else ""
@@ -475,6 +476,7 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         "body{font-family:sans-serif;max-width:1100px;margin:2em}"
         "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;"
         "text-align:left;vertical-align:top}td{font-variant-numeric:tabular-nums}"
+        ".flagged code{white-space:pre-wrap}"  # a line's indentation is part of the answer
         "</style></head><body>"
         f"<h1>{html.escape(verdict(result))}</h1><p>{_inline(headline(decision.reasons[0]))}</p>"
         + (f"<ul>{reasons}</ul>" if reasons else "")
