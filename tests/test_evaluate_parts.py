@@ -345,7 +345,7 @@ def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_p
         LineSample("src/attr/_make.py", "    ...\n", "    :param callable | None field_transformer:"),
         LineSample("tests/test_x.py", "x = 1\n", "y = 2"),
         LineSample("src/attr/_make.py", "    ...\n", "       .. seealso::"),
-        LineSample("tests/test_x.py", "x = 1\n", "z = `tick` | 3"),
+        LineSample("tests/test_x.py", "    x = 1\n\n", "z = `tick` | 3"),
     ]
     per_sample = {
         "base": {"line_diff_marker_share": [0.0] * 4, "line_repeats_line_above_share": [0.0] * 4},
@@ -400,7 +400,9 @@ def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_p
         "- `src/attr/_make.py`: wrote `- :attr.s:` where the file has `       .. seealso::`\n"
     ) in section
     # a line with backticks is one code span all the same
-    assert "wrote `x = 1` where the file has ``z = `tick` | 3``" in section
+    assert "wrote `x = 1` where the file has ``z = `tick` | 3``, below `    x = 1`\n" in section
+    # the repeated line above is said for a repeat only
+    assert section.count(", below ") == 1
     assert section.index("line_diff_marker_share") < section.index("line_repeats_line_above_share")
     page = render_html(result, context)
     assert "<h2>Completions the format checks counted</h2>" in page
@@ -408,7 +410,7 @@ def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_p
     # the indentation shows: the answer has none where the file's line has four spaces
     assert "<td><code>    :param callable | None field_transformer:</code></td>" in page
     assert "<table class='flagged'>" in page and ".flagged code{white-space:pre-wrap}" in page
-    assert "<code>z = `tick` | 3</code>" in page
+    assert "<code>z = `tick` | 3</code><br><small>below</small> <code>    x = 1</code>" in page
 
 
 def test_a_perplexity_read_as_other_tokens_is_marked_not_comparable(tmp_path: Path) -> None:

@@ -146,12 +146,17 @@ def answer_span(generated: str, *, after_newline: bool) -> tuple[int, int] | Non
         at = end + 1
 
 
+def line_above(before: str) -> str:
+    """The last non-blank line of ``before`` (the code above the cursor); ``""`` when there is none."""
+    return next((line for line in reversed(before.split("\n")) if line.strip()), "")
+
+
 def rewrites_line_above(answer: str, before: str) -> bool:
     """Whether ``answer`` writes again the last non-blank line of ``before`` (the code above the
     cursor), give or take one character in ten: Continue's autocomplete drops such a completion
     (``rewritesLineAbove`` in its postprocessing), so a user of it is shown nothing. As there, a line
     of four characters or fewer (a ``)``, an ``end``) is not judged."""
-    above = next((line for line in reversed(before.split("\n")) if line.strip()), "")
+    above = line_above(before)
     if len(above) <= 4 or len(answer) <= 4 or not answer.strip():
         return False
     return Levenshtein.distance(above.strip(), answer.strip()) / len(answer.strip()) < 0.1

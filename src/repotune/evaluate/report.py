@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from repotune.decoding import line_above
 from repotune.evaluate.arms import MODELS, Arm
 from repotune.evaluate.decide import MARKER_METRIC, REPEAT_METRIC, Decision, fim_holder, fim_scores
 from repotune.evaluate.metrics import MIN_SAMPLES_FOR_CI, Metric, format_value
@@ -163,8 +164,9 @@ def flagged_completions(
     """The line completions each format check counted, by check and arm: ``{"count", "of", "examples"}``
     with up to ``limit`` examples of ``{"path", "line", "answer"}`` (the file's line and the arm's
     answer, special tokens kept where the arm recorded them: a ``<filename>`` header is what the check
-    saw). A share of 0.02 refuses a promotion; the report shows which two lines, so a person can judge
-    them. Arms with none flagged are left out."""
+    saw), and for a repeat the line above the cursor that it repeated (``above``). A share of 0.02
+    refuses a promotion; the report shows which two lines, so a person can judge them. Arms with none
+    flagged are left out."""
     flagged: dict[str, dict[str, Any]] = {}
     for metric, _ in FLAG_CHECKS:
         for arm, scores in per_sample.items():
@@ -176,6 +178,7 @@ def flagged_completions(
             said = got.get("line_raw") or got.get("line") or []
             examples = [
                 {"path": lines[i].path, "line": lines[i].expected, "answer": said[i] if i < len(said) else ""}
+                | ({"above": line_above(lines[i].prefix)} if metric == REPEAT_METRIC else {})
                 for i in hits[:limit]
             ]
             flagged.setdefault(metric, {})[arm] = {"count": len(hits), "of": len(flags), "examples": examples}
@@ -213,6 +216,7 @@ def flagged_markdown(context: dict[str, Any]) -> list[str]:
             out += [
                 f"- `{e['path']}`: wrote {_code(_clip(e['answer']))} "
                 f"where the file has {_code(_clip(e['line']))}"
+                + (f", below {_code(_clip(e['above']))}" if "above" in e else "")
                 for e in entry["examples"]
             ]
     return ["", "## Completions the format checks counted", *out] if out else []
@@ -227,7 +231,13 @@ def flagged_html(context: dict[str, Any]) -> str:
             f"<tr><th>{html.escape(arm.label)}<br><small>{flagged[metric][arm.key]['count']} of "
             f"{flagged[metric][arm.key]['of']}</small></th><td><code>{html.escape(e['path'])}</code></td>"
             f"<td><code>{html.escape(_clip(e['answer']))}</code></td><td><code>{html.escape(_clip(e['line']))}"
-            "</code></td></tr>"
+            "</code>"
+            + (
+                f"<br><small>below</small> <code>{html.escape(_clip(e['above']))}</code>"
+                if "above" in e
+                else ""
+            )
+            + "</td></tr>"
             for arm in ordered_arms(flagged.get(metric, {}))
             for e in flagged[metric][arm.key]["examples"]
         )
