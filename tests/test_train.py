@@ -93,6 +93,48 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
 
 
 @pytest.mark.integration
+def test_full_fine_tuning_moves_every_weight_writes_no_adapter_and_resumes_to_the_same_model(
+    cleaned: Path, tmp_path: Path
+) -> None:
+    """The CPU demo recipe's method: the whole model trains, norms and embeddings too; the folder is
+    the model (no ``adapter/``, and the model card does not point at one); a kill before the last save
+    resumes to the weights an uninterrupted run ends with."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from repotune.models import resolve_base_model
+
+    settings = {"method": "full", "learning_rate": 1e-3, "max_steps": 4, "save_every_steps": 2}
+    recipe = load_recipe(TINY, settings)
+    whole = run_training(cleaned, tmp_path / "whole", recipe, log=lambda _: None)
+    assert whole["method"] == "full" and whole["steps"] == 4
+    assert whole["last_losses"][-1] < whole["first_losses"][0]
+    assert not (tmp_path / "whole" / "adapter").exists()
+    card = (tmp_path / "whole" / "README.md").read_text()
+    assert "method: full" in card and "adapter" not in card
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_model("tiny")).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"):
+        assert not torch.equal(base[name], tuned[name]), name  # LoRA leaves the norm as it was
+
+    out = tmp_path / "resumed"
+    run_training(cleaned, out, recipe, log=lambda _: None)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")  # killed before its last save
+    lines: list[str] = []
+    summary = run_training(cleaned, out, recipe, log=lines.append)
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 4
+    assert any("resuming from" in line for line in lines)
+    resumed, uninterrupted = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tmp_path / "whole" / "model.safetensors")),
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
+
+
+@pytest.mark.integration
 def test_a_restarted_run_resumes_from_its_last_checkpoint(cleaned: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     settings = {"max_steps": 6, "save_every_steps": 2}

@@ -736,8 +736,8 @@ def _model_card(summary: dict[str, Any]) -> str:
             "pieces: held-out files, or in a temporal split the runs of lines added after the cut).",
             "",
         ]
-    lines += [
-        "Load it with `AutoModelForCausalLM.from_pretrained(<this folder>)`; the LoRA adapter alone is in",
-        "`adapter/`. Made by `repotune train`; `train_summary.json` has the full recipe and numbers.",
-    ]
+    # full fine-tuning writes no adapter: the folder's weights are the whole of the model
+    adapter = "." if summary["method"] == "full" else "; the LoRA adapter alone is in `adapter/`."
+    lines.append(f"Load it with `AutoModelForCausalLM.from_pretrained(<this folder>)`{adapter}")
+    lines.append("Made by `repotune train`; `train_summary.json` has the full recipe and numbers.")
     return "\n".join(lines) + "\n"
