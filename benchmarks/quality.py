@@ -455,6 +455,55 @@ def print_targets(results: list[dict[str, Any]]) -> None:
             print(f"{verdict}  {result['project']}: {name}: {measured}")
 
 
+COMPARED_ARMS = ("candidate", "candidate_retrieval")
+
+
+def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two ``--json`` files of runs on the same samples (another recipe with ``--reuse-data``), paired
+    sample by sample: per project and candidate arm, and over every project's samples together, the
+    relative change of ``mine`` against ``theirs`` in line edit similarity with its paired 95%
+    interval. Projects whose base arms did not score the same (other samples, other settings) are
+    refused, as pairing them would compare different lines."""
+    ours = {result["project"]: result for result in mine["results"]}
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, tuple[list[float], list[float]]] = {arm: ([], []) for arm in COMPARED_ARMS}
+    for other in theirs["results"]:
+        name, result = other["project"], ours.get(other["project"])
+        if result is None:
+            continue
+        for base in ("base", "base_retrieval"):
+            if result["per_sample"].get(base) != other["per_sample"].get(base):
+                raise SystemExit(
+                    f"{name}: the two runs' {base} arms scored differently: not the same samples"
+                )
+        for arm in COMPARED_ARMS:
+            a = result["per_sample"].get(arm, {}).get("edit_similarity", [])
+            b = other["per_sample"].get(arm, {}).get("edit_similarity", [])
+            change = relative_change(a, b)
+            if change is not None:
+                rows.append({"project": name, "arm": arm, "mine": sum(a) / len(a), "theirs": sum(b) / len(b),
+                             **change})  # fmt: skip
+                pooled[arm][0].extend(a)
+                pooled[arm][1].extend(b)
+    for arm, (a, b) in pooled.items():
+        change = relative_change(a, b)
+        if change is not None:
+            rows.append(
+                {"project": "all", "arm": arm, "mine": sum(a) / len(a), "theirs": sum(b) / len(b), **change}
+            )
+    return rows
+
+
+def print_comparison(rows: list[dict[str, Any]], mine: Path, theirs: Path) -> None:
+    print(f"line edit similarity, {mine} against {theirs} (paired, 95% bootstrap interval)")
+    print(f"{'project':<14} {'arm':<20} {'mine':>6} {'theirs':>6}  change")
+    for row in rows:
+        print(
+            f"{row['project']:<14} {row['arm']:<20} {row['mine']:6.3f} {row['theirs']:6.3f}  "
+            f"{row['value']:+.1%} [{row['ci_low']:+.1%}, {row['ci_high']:+.1%}] n={row['n']}"
+        )
+
+
 def cpu_load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
@@ -487,7 +536,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the same data, or a machine without git or the registries (a GPU host) given the data made here",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result here")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("MINE", "THEIRS"),
+        help="run nothing: compare two --json files of runs on the same samples, arm by arm, paired",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        mine, theirs = (json.loads(path.read_text()) for path in args.compare)
+        print_comparison(compare_runs(mine, theirs), *args.compare)
+        return 0
 
     import yaml
 

@@ -92,6 +92,42 @@ def test_relative_change_is_paired_and_honest_at_zero(quality) -> None:
     assert quality.relative_change([0.1, 0.2], [0.0, 0.0]) is None  # no relative change from zero
 
 
+def _run(*projects: tuple[str, list[float], list[float]]) -> dict[str, Any]:
+    """A ``--json`` file's shape: per project, the base arms' and the two candidate arms' scores."""
+    results = [
+        {"project": name, "per_sample": {
+            "base": {"edit_similarity": [0.5, 0.5, 0.5, 0.5]},
+            "base_retrieval": {"edit_similarity": [0.6, 0.4, 0.6, 0.4]},
+            "candidate": {"edit_similarity": candidate},
+            "candidate_retrieval": {"edit_similarity": with_retrieval},
+        }}
+        for name, candidate, with_retrieval in projects
+    ]  # fmt: skip
+    return {"results": results}
+
+
+def test_two_recipes_are_compared_sample_by_sample_and_over_every_project(quality, capsys) -> None:
+    mine = _run(("a", [0.6, 0.6, 0.6, 0.6], [0.5, 0.5, 0.5, 0.5]), ("b", [1.0, 1.0, 0.0, 0.0], [0.2] * 4))
+    theirs = _run(("a", [0.3, 0.3, 0.3, 0.3], [0.5, 0.5, 0.5, 0.5]), ("b", [0.5] * 4, [0.4] * 4))
+    rows = {(row["project"], row["arm"]): row for row in quality.compare_runs(mine, theirs)}
+    assert rows["a", "candidate"]["value"] == pytest.approx(1.0)  # 0.6 against 0.3: twice as good
+    assert rows["a", "candidate_retrieval"]["value"] == pytest.approx(0.0)
+    assert rows["b", "candidate"]["value"] == pytest.approx(0.0)
+    # over both projects' 8 samples: (0.6 * 4 + 2.0) / (0.3 * 4 + 2.0) - 1
+    assert rows["all", "candidate"]["value"] == pytest.approx(4.4 / 3.2 - 1)
+    assert rows["all", "candidate"]["n"] == 8
+    assert rows["all", "candidate_retrieval"]["value"] == pytest.approx(2.8 / 3.6 - 1)
+    low, high = rows["all", "candidate"]["ci_low"], rows["all", "candidate"]["ci_high"]
+    assert low < rows["all", "candidate"]["value"] < high
+    quality.print_comparison(list(rows.values()), Path("full.json"), Path("lora.json"))
+    assert "all            candidate             0.550  0.400  +37.5% [" in capsys.readouterr().out
+
+    other_samples = _run(("a", [0.3] * 4, [0.5] * 4))
+    other_samples["results"][0]["per_sample"]["base"]["edit_similarity"] = [0.4] * 4
+    with pytest.raises(SystemExit, match="a: the two runs' base arms scored differently"):
+        quality.compare_runs(mine, other_samples)
+
+
 def test_every_project_names_two_ordered_releases_and_a_non_python_one(quality) -> None:
     projects = quality.PROJECTS.values()
     assert len(projects) >= 4
