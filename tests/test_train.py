@@ -96,7 +96,7 @@ def test_tiny_recipe_learns_and_only_the_adapter_moves(cleaned: Path, tmp_path: 
 def test_full_fine_tuning_moves_every_weight_writes_no_adapter_and_resumes_to_the_same_model(
     cleaned: Path, tmp_path: Path
 ) -> None:
-    """The CPU demo recipe's method: the whole model trains, norms and embeddings too; the folder is
+    """The CPU demo recipe's method: the whole model trains, layer norms too; the folder is
     the model (no ``adapter/``, and the model card does not point at one); a kill before the last save
     resumes to the weights an uninterrupted run ends with."""
     import torch
