@@ -479,19 +479,21 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
         for arm in COMPARED_ARMS:
             a = result["per_sample"].get(arm, {}).get("edit_similarity", [])
             b = other["per_sample"].get(arm, {}).get("edit_similarity", [])
-            change = relative_change(a, b)
-            if change is not None:
-                rows.append({"project": name, "arm": arm, "mine": sum(a) / len(a), "theirs": sum(b) / len(b),
-                             **change})  # fmt: skip
+            if (row := _compared(name, arm, a, b)) is not None:
+                rows.append(row)
                 pooled[arm][0].extend(a)
                 pooled[arm][1].extend(b)
-    for arm, (a, b) in pooled.items():
-        change = relative_change(a, b)
-        if change is not None:
-            rows.append(
-                {"project": "all", "arm": arm, "mine": sum(a) / len(a), "theirs": sum(b) / len(b), **change}
-            )
+    rows += [row for arm, (a, b) in pooled.items() if (row := _compared("all", arm, a, b)) is not None]
     return rows
+
+
+def _compared(project: str, arm: str, mine: list[float], theirs: list[float]) -> dict[str, Any] | None:
+    """One row of ``compare_runs``: both means and the paired relative change; None when unpaired."""
+    change = relative_change(mine, theirs)
+    if change is None:
+        return None
+    means = {"mine": sum(mine) / len(mine), "theirs": sum(theirs) / len(theirs)}
+    return {"project": project, "arm": arm, **means, **change}
 
 
 def print_comparison(rows: list[dict[str, Any]], mine: Path, theirs: Path) -> None:
