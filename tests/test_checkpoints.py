@@ -263,6 +263,27 @@ def test_a_run_whose_checkpoints_never_reach_checkpoint_uri_fails(
     assert "does not exist" in publish["failed"][0]["error"]
 
 
+def test_checkpoint_uri_keeps_as_many_checkpoints_as_the_disk(cleaned: Path, tmp_path: Path) -> None:
+    """A real run against a real store, ``save_total_limit: 1``: the store ends with the newest
+    checkpoint alone, as the disk does, and the summary says which were deleted from it."""
+    from repotune import storage
+
+    uri = "s3://ckpts/runs/1/checkpoints"
+    lines: list[str] = []
+    recipe = load_recipe(TINY, {**SETTINGS, "save_total_limit": 1, "checkpoint_uri": uri})
+    with running_s3_server() as endpoint, s3_environment(endpoint):
+        storage.client_from_env().make_bucket("ckpts")
+        summary = run_training(cleaned, tmp_path / "model", recipe, log=lines.append)
+        in_store = sorted({key.split("/")[0] for key in storage.prefix_etags(uri)})
+    assert in_store == ["checkpoint-4"]
+    assert [p.name for p in checkpoints.checkpoint_folders(tmp_path / "model" / "checkpoints")] == [
+        "checkpoint-4"
+    ]
+    assert summary["publish"]["uploaded"] == ["checkpoint-2", "checkpoint-4"]
+    assert summary["publish"]["deleted"] == ["checkpoint-2"] and summary["publish"]["ok"] is True
+    assert f"deleted checkpoint-2 from {uri} (keeping the newest 1)" in lines
+
+
 def _stop_at_step_3(line: str) -> None:
     if line.startswith("step 3/"):
         raise KeyboardInterrupt  # Ctrl-C after checkpoint-2 was saved

@@ -256,8 +256,9 @@ def test_permanent_failure_is_not_retried(client, tmp_path):
     assert not storage.exists_complete(f"s3://{BUCKET}/denied", client=client)
 
 
-def save_checkpoint(output_dir: Path, step: int, *, complete: bool = True) -> Path:
-    """A small checkpoint in the Trainer's file formats (safetensors, torch zips, JSON state)."""
+def save_checkpoint(output_dir: Path, step: int, *, complete: bool = True, run: dict | None = None) -> Path:
+    """A small checkpoint in the Trainer's file formats (safetensors, torch zips, JSON state), with the
+    ``run.json`` of ``run`` when given."""
     import json
 
     import torch
@@ -272,6 +273,8 @@ def save_checkpoint(output_dir: Path, step: int, *, complete: bool = True) -> Pa
     )
     torch.save({"state": {0: {"exp_avg": torch.randn(4, 8)}}}, folder / "optimizer.pt")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    if run is not None:
+        checkpoints.write_run(folder, run)
     if complete:
         checkpoints.mark_complete(folder, step)
     return folder
@@ -334,7 +337,13 @@ def test_only_complete_checkpoints_are_uploaded_and_the_report_says_what_got_the
     uri = f"s3://{BUCKET}/runs/8/checkpoints"
     lines: list[str] = []
     callback = CheckpointUpload(uri, lines.append, client=client)
-    assert callback.report() == {"checkpoint_uri": uri, "uploaded": [], "failed": [], "ok": True}
+    assert callback.report() == {
+        "checkpoint_uri": uri,
+        "uploaded": [],
+        "failed": [],
+        "deleted": [],
+        "ok": True,
+    }
     args = SimpleNamespace(output_dir=str(tmp_path))
     save_checkpoint(tmp_path, 10)
     callback.on_save(args, SimpleNamespace(global_step=10, is_world_process_zero=True), SimpleNamespace())
@@ -346,6 +355,98 @@ def test_only_complete_checkpoints_are_uploaded_and_the_report_says_what_got_the
     report = callback.report()
     assert report["uploaded"] == ["checkpoint-10"] and report["ok"] is False
     assert [entry["checkpoint"] for entry in report["failed"]] == ["checkpoint-20"]
+
+
+@pytest.mark.integration
+def test_remove_dir_deletes_one_folder_marker_first(client, tmp_path, monkeypatch):
+    write_files(tmp_path / "a", NESTED)
+    storage.upload_dir(tmp_path / "a", f"s3://{BUCKET}/runs/a", client=client)
+    storage.upload_dir(tmp_path / "a", f"s3://{BUCKET}/runs/a-b", client=client)  # shares the name's start
+    assert storage.remove_dir(f"s3://{BUCKET}/runs/a", client=client) == len(NESTED) + 1
+    assert storage.prefix_etags(f"s3://{BUCKET}/runs", client=client).keys() == {
+        f"a-b/{k}" for k in NESTED
+    } | {"a-b/_COMPLETE"}
+    assert storage.exists_complete(f"s3://{BUCKET}/runs/a-b", client=client)
+    assert storage.remove_dir(f"s3://{BUCKET}/runs/a", client=client) == 0
+    with pytest.raises(RepotuneError, match="refusing to delete the whole bucket"):
+        storage.remove_dir(f"s3://{BUCKET}", client=client)
+
+    # the server refuses the batch delete after the marker is gone: the folder reads as unfinished
+    monkeypatch.setattr(client, "remove_objects", refuse_deletes)
+    with pytest.raises(RepotuneError, match=r"runs/a-b/: 4 objects not deleted, the first .* \(AccessDenied"):
+        storage.remove_dir(f"s3://{BUCKET}/runs/a-b", client=client)
+    assert not storage.exists_complete(f"s3://{BUCKET}/runs/a-b", client=client)
+    assert storage.prefix_etags(f"s3://{BUCKET}/runs/a-b", client=client).keys() == NESTED.keys()
+
+
+@pytest.mark.integration
+def test_checkpoint_upload_rotates_the_store_as_the_disk_is(client, tmp_path, monkeypatch):
+    from repotune.train.checkpoint_sync import CheckpointUpload
+
+    uri = f"s3://{BUCKET}/runs/9/checkpoints"
+    ours, theirs = {"seed": 0, "max_steps": 40}, {"seed": 1, "max_steps": 40}
+    lines: list[str] = []
+    callback = CheckpointUpload(uri, lines.append, keep=2, run=ours, client=client)
+    output_dir = tmp_path / "pod"
+
+    def stored() -> list[str]:  # the checkpoints holding objects (SeaweedFS lists emptied folders too)
+        return sorted({key.split("/")[0] for key in storage.prefix_etags(uri, client=client)})
+
+    def save(step: int) -> None:
+        save_checkpoint(output_dir, step, run=ours)
+        state = SimpleNamespace(global_step=step, is_world_process_zero=True)
+        callback.on_save(SimpleNamespace(output_dir=str(output_dir)), state, SimpleNamespace())
+
+    # another run's checkpoint under the same prefix, and an upload of ours that a lost pod cut short
+    storage.upload_dir(
+        save_checkpoint(tmp_path / "other", 5, run=theirs), f"{uri}/checkpoint-5", client=client
+    )
+    storage.upload_file(
+        save_checkpoint(tmp_path / "lost", 15) / "optimizer.pt", f"{uri}/checkpoint-15/", client=client
+    )
+    save(10)
+    save(20)
+    # two complete checkpoints of ours are within keep=2; the unfinished upload is older than 20: gone
+    assert stored() == ["checkpoint-10", "checkpoint-20", "checkpoint-5"]
+    assert lines[-2:] == [
+        f"kept {uri}/checkpoint-5/ in the store: it records another run (seed)",
+        f"deleted checkpoint-15 from {uri} (keeping the newest 2)",
+    ]
+    save(30)
+    assert stored() == ["checkpoint-20", "checkpoint-30", "checkpoint-5"]
+    assert lines[-1] == f"deleted checkpoint-10 from {uri} (keeping the newest 2)"
+    assert sum("another run" in line for line in lines) == 1  # said once
+    # the newest checkpoint is what a new pod restores
+    from repotune.train.checkpoint_sync import restore_latest_checkpoint
+
+    assert (
+        restore_latest_checkpoint(uri, tmp_path / "new-pod", client=client)
+        == tmp_path / "new-pod" / "checkpoint-30"
+    )
+
+    # a store that refuses deletes costs a warning and one checkpoint too many, not the run
+    real_remove_objects = client.remove_objects
+    monkeypatch.setattr(client, "remove_objects", refuse_deletes)
+    save(40)
+    assert lines[-1].startswith(f"warning: older checkpoints under {uri} were not deleted: ")
+    assert "AccessDenied" in lines[-1]
+    # checkpoint-20 lost its marker before the refusal: it reads as unfinished, and the next rotation
+    # that the store allows removes it
+    assert stored() == ["checkpoint-20", "checkpoint-30", "checkpoint-40", "checkpoint-5"]
+    monkeypatch.setattr(client, "remove_objects", real_remove_objects)
+    save(50)
+    assert stored() == ["checkpoint-40", "checkpoint-5", "checkpoint-50"]
+    report = callback.report()
+    assert report["ok"] is True and report["failed"] == []
+    assert report["uploaded"] == [f"checkpoint-{step}" for step in (10, 20, 30, 40, 50)]
+    assert report["deleted"] == ["checkpoint-15", "checkpoint-10", "checkpoint-20", "checkpoint-30"]
+
+
+def refuse_deletes(bucket, objects):
+    """``Minio.remove_objects`` of a store whose policy forbids batch deletes: an error for each object."""
+    from minio.deleteobjects import DeleteError
+
+    return [DeleteError("AccessDenied", "Access Denied.", obj.name, None) for obj in objects]
 
 
 @pytest.mark.integration

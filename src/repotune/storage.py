@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from repotune.errors import RepotuneError
@@ -435,7 +436,17 @@ def read_marker(
 ) -> dict[str, Any] | None:
     """The ``_COMPLETE`` marker of the prefix ``uri``, or None when the prefix is absent or unfinished."""
     bucket, prefix = parse_s3_uri(uri)
-    key = f"{_dir_prefix(prefix)}{MARKER}"
+    marker = read_json(f"{S3_SCHEME}{bucket}/{_dir_prefix(prefix)}{MARKER}", client=client, retry=retry)
+    if marker is not None and (not isinstance(marker, dict) or not isinstance(marker.get("files"), list)):
+        raise RepotuneError(
+            f"s3://{bucket}/{_dir_prefix(prefix)}{MARKER} has no file list; was it written by repotune?"
+        )
+    return marker
+
+
+def read_json(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> Any | None:
+    """The JSON document in the object ``uri``, or None when there is no such object (or bucket)."""
+    bucket, key = parse_s3_uri(uri)
     client = _client(client)
 
     def get() -> bytes | None:
@@ -455,12 +466,41 @@ def read_marker(
     if data is None:
         return None
     try:
-        marker = json.loads(data)
+        return json.loads(data)
     except ValueError:
         raise RepotuneError(f"s3://{bucket}/{key} is not JSON; was it written by repotune?") from None
-    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
-        raise RepotuneError(f"s3://{bucket}/{key} has no file list; was it written by repotune?")
-    return marker
+
+
+def remove_dir(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> int:
+    """Deletes the folder at the prefix ``uri``; returns how many objects it held (0: nothing there).
+
+    The ``_COMPLETE`` marker goes first, so that a reader never takes a half-deleted folder for a
+    finished upload (one cut short reads as an unfinished upload, which readers skip), then every
+    other object under the prefix, in batches of up to 1,000 (S3's DeleteObjects).
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _dir_prefix(prefix)
+    if not prefix:
+        raise RepotuneError(f"refusing to delete the whole bucket s3://{bucket}/: name a folder in it")
+    client = _client(client)
+    keys = [obj.object_name for obj in _list_objects(client, bucket, prefix, retry, recursive=True)]
+    if not keys:
+        return 0
+    marker = f"{prefix}{MARKER}"
+    if marker in keys:
+        _call(client, f"removing s3://{bucket}/{marker}", lambda: client.remove_object(bucket, marker), retry)
+
+    def remove_rest() -> None:
+        rest = [DeleteObject(key) for key in keys if key != marker]
+        errors = list(client.remove_objects(bucket, rest))  # lazy: the requests go out as it is read
+        if errors:
+            raise RepotuneError(
+                f"removing s3://{bucket}/{prefix}: {len(errors)} objects not deleted, the first "
+                f"{errors[0].name} ({errors[0].code}: {errors[0].message})"
+            )
+
+    _call(client, f"removing s3://{bucket}/{prefix}", remove_rest, retry)
+    return len(keys)
 
 
 def exists_complete(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> bool:

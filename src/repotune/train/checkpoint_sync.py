@@ -4,6 +4,11 @@ Every checkpoint the Trainer saves, once :class:`repotune.train.checkpoints.Chec
 marked it complete, goes to ``{uri}/checkpoint-{step}/`` with the store's ``_COMPLETE`` marker written
 last (see ``repotune.storage``); on start, :func:`restore_latest_checkpoint` brings back the newest one
 that is complete both in the store and on arrival (the same check a local resume makes).
+
+The store is rotated as the disk is (``save_total_limit``): once a checkpoint has reached it, all but
+the newest ``keep`` complete checkpoints there are deleted, and so are older uploads that never
+finished. A full fine-tuning checkpoint of a 135M model is 1.6 GB (weights and both AdamW moments), so
+a run that saved every 50 steps would otherwise leave gigabytes behind per run.
 """
 
 from __future__ import annotations
@@ -33,16 +38,34 @@ class CheckpointUpload(TrainerCallback):
     otherwise delete a folder that a background upload is still reading. A failed upload is logged as
     a warning and training goes on (the local checkpoint is still there); :meth:`report` says at the
     end whether the newest checkpoint reached the store, which decides whether the run published.
+
+    With ``keep``, each upload that succeeds is followed by :meth:`rotate`. With ``run`` (the run's
+    identity, as ``checkpoints.write_run`` records it), a checkpoint in the store that records another
+    run is never deleted: ``checkpoint_uri`` may be a prefix that several runs were pointed at.
     """
 
-    def __init__(self, uri: str, log: Callable[[str], None], *, client: Minio | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        log: Callable[[str], None],
+        *,
+        keep: int | None = None,
+        run: dict[str, Any] | None = None,
+        client: Minio | None = None,
+    ) -> None:
         storage.parse_s3_uri(uri)  # a malformed URI is the user's to fix before training starts
+        if keep is not None and keep < 1:
+            raise RepotuneError(f"keep must be at least 1 (got {keep})")
         self.uri = uri
         self.log = log
+        self.keep = keep
+        self.run = run
         # made on first use, so that building the callback on every rank touches no credentials
         self._client = client
         self.uploaded: list[str] = []
         self.failed: dict[str, str] = {}
+        self.deleted: list[str] = []
+        self._foreign: set[int] = set()
         self._last: str | None = None
 
     def on_save(self, args, state, control, **kwargs):
@@ -65,15 +88,78 @@ class CheckpointUpload(TrainerCallback):
             return
         self.uploaded.append(name)
         self.log(f"uploaded {name} to {dest} ({len(marker['files'])} files, {_size(marker['total_bytes'])})")
+        if self.keep is not None:
+            self.rotate(state.global_step)
+
+    def rotate(self, newest: int) -> list[str]:
+        """Deletes from the store all but the newest ``keep`` complete checkpoints up to step ``newest``
+        (the one just uploaded), and every unfinished upload older than ``newest``; returns their names.
+
+        Checkpoints newer than ``newest`` are not touched (they are not this upload's to judge), nor is
+        one whose ``run.json`` records another run than ``run``. A deletion that fails is a warning:
+        the store keeps one checkpoint too many, and training goes on.
+        """
+        try:
+            if self._client is None:
+                self._client = storage.client_from_env()
+            client = self._client
+            stored = {step: done for step, done in _stored(self.uri, client).items() if step <= newest}
+            complete = sorted(step for step, done in stored.items() if done)
+            doomed = [step for step, done in stored.items() if not done]
+            doomed += complete[: max(len(complete) - (self.keep or len(complete)), 0)]
+            removed = []
+            for step in sorted(doomed):
+                other = self._other_run(step)
+                if other:
+                    if step not in self._foreign:  # said once, not at every save
+                        self.log(f"kept {self._at(step)} in the store: it records another run ({other})")
+                        self._foreign.add(step)
+                    continue
+                storage.remove_dir(self._at(step), client=client)
+                removed.append(f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        except RepotuneError as exc:
+            self.log(f"warning: older checkpoints under {self.uri} were not deleted: {exc}")
+            return []
+        if removed:
+            self.deleted += removed
+            self.log(f"deleted {', '.join(removed)} from {self.uri} (keeping the newest {self.keep})")
+        return removed
+
+    def _at(self, step: int) -> str:
+        return _join(self.uri, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+    def _other_run(self, step: int) -> str:
+        """The settings in which the checkpoint at ``step`` in the store records another run; "" if none."""
+        if self.run is None:
+            return ""
+        before = storage.read_json(f"{self._at(step)}{checkpoints.RUN}", client=self._client)
+        if not isinstance(before, dict):
+            return ""  # written before runs were recorded, or an upload cut short before run.json
+        return ", ".join(checkpoints.run_differences(before, self.run))
 
     def report(self) -> dict[str, Any]:
-        """What reached the store: ``ok`` is false when the newest checkpoint of this run did not."""
+        """What reached the store: ``ok`` is false when the newest checkpoint of this run did not;
+        ``deleted`` names the older checkpoints the rotation removed from it."""
         return {
             "checkpoint_uri": self.uri,
             "uploaded": list(self.uploaded),
             "failed": [{"checkpoint": name, "error": error} for name, error in self.failed.items()],
+            "deleted": list(self.deleted),
             "ok": self._last is None or self._last in self.uploaded,
         }
+
+
+def _stored(uri: str, client: Minio) -> dict[int, bool]:
+    """The steps of the checkpoints under ``uri`` that hold any object, each with whether its upload
+    finished (its ``_COMPLETE`` marker is there), from one listing. A folder whose objects were all
+    deleted is not one (SeaweedFS, unlike MinIO and AWS, lists such empty folders)."""
+    stored: dict[int, bool] = {}
+    for key in storage.prefix_etags(uri, client=client):
+        name, _, rest = key.partition("/")
+        step = checkpoints.step_of(Path(name))
+        if step is not None and rest:
+            stored[step] = stored.get(step, False) or rest == storage.MARKER
+    return stored
 
 
 def _size(n_bytes: int) -> str:
@@ -101,15 +187,10 @@ def restore_latest_checkpoint(
     if any(checkpoints.problem(path) is None for path in local):
         return None
     client = client if client is not None else storage.client_from_env()
-    steps = []
-    for sub in storage.list_subprefixes(uri, client=client):
-        step = checkpoints.step_of(Path(sub.rstrip("/")))
-        if step is not None:
-            steps.append(step)
-    for step in sorted(steps, reverse=True):
+    for step, complete in sorted(_stored(uri, client).items(), reverse=True):
         name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
         source = _join(uri, name)
-        if not storage.exists_complete(source, client=client):
+        if not complete:
             log(f"skipping {source}: its upload did not finish")
             continue
         restored = storage.download_dir(source, local_checkpoints_dir / name, client=client)

@@ -142,10 +142,17 @@ def check_checkpoint_run(checkpoint: Path, identity: dict[str, Any]) -> None:
         _refuse_other_run(checkpoint, json.loads(path.read_text()), identity)
 
 
+def run_differences(before: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """The settings in which the run ``before`` (a ``run.json``) is another run than ``identity``.
+
+    Only what the earlier run recorded is compared: a folder written before a setting was recorded is
+    judged on the rest.
+    """
+    return [key for key in identity if key in before and before[key] != identity[key]]
+
+
 def _refuse_other_run(where: Path, before: dict[str, Any], identity: dict[str, Any]) -> None:
-    # Only what the earlier run recorded is compared: a folder written before a setting was recorded
-    # is judged on the rest.
-    differ = [key for key in identity if key in before and before[key] != identity[key]]
+    differ = run_differences(before, identity)
     if differ:
         what = ", ".join(f"{key} {_shown(before[key])} -> {_shown(identity[key])}" for key in differ)
         folder = where if step_of(where) is None else where.parent

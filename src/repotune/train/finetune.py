@@ -481,7 +481,7 @@ def run_training(
     if recipe.checkpoint_uri is not None:
         from repotune.train.checkpoint_sync import CheckpointUpload
 
-        upload = CheckpointUpload(recipe.checkpoint_uri, say)
+        upload = CheckpointUpload(recipe.checkpoint_uri, say, keep=recipe.save_total_limit, run=identity)
         save_callbacks.append(upload)
     checkpoints.check_same_run(checkpoint_dir, identity, write=args.should_save)
     resume = _resume_point(args, checkpoint_dir, recipe.checkpoint_uri, say)

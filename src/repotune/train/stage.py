@@ -42,7 +42,8 @@ class TrainConfig:
     """Where the run's outputs are published: checkpoints go to PREFIX/<recipe key>/checkpoints as they
     are saved (an s3:// prefix, where the recipe names no checkpoint_uri: uploaded; a local folder:
     saved there), so that a retried pipeline step, whose output folder is a new one, resumes from
-    there. They stay there after the run, as the published outputs do."""
+    there. The newest ``save_total_limit`` of them stay there after the run, as the published outputs
+    do (older ones are deleted as newer ones arrive)."""
     resume_under: Path | None = None
     """Where checkpoints are saved when ``checkpoints_under`` is not a local folder: one that outlives
     ``output`` (`repotune run`'s work folder, where kfp.local gives every run a new output folder), at
