@@ -444,3 +444,65 @@ def test_search_is_deterministic_under_ties() -> None:
     index = RetrievalIndex.build(records, SMALL)
     hits = index.search("shared_helper(offset_amount)", k=3)
     assert [h.path for h in hits] == [r.file_path for r in records[:3]]  # equal scores: index order
+
+
+LEDGER = """def post_entry(ledger, account, amount_cents):
+    balance = ledger.setdefault(account, 0)
+    ledger[account] = balance + amount_cents
+    return ledger[account]
+
+
+def closing_balance(ledger, account):
+    return ledger.get(account, 0)
+"""
+ROUNDING = """import os
+
+LEDGER_TOKEN = "{token}"
+
+
+def quantize_ledger_balance(balance_cents, step_cents):
+    remainder = balance_cents % step_cents
+    return balance_cents - remainder
+"""
+
+
+@pytest.mark.integration
+def test_an_index_of_the_head_serves_code_added_after_the_training_cut(make_repo, tmp_path: Path) -> None:
+    """README's way to let a model trained up to C retrieve the newest code: ingest at HEAD, clean
+    without holding anything out, index into the model folder. Secrets stay out of it, as they stay out
+    of training: the index is built from cleaned records."""
+    import subprocess
+    import sys
+
+    token = "ghp_" + "Qm7Rk2Xw9Lp4Tz8Vn3Hb6Jc1Fd5Gs0Ay2Ue"
+    repo = make_repo(
+        [
+            ("Add the ledger", {"ledger.py": LEDGER}, "2024-01-01T10:00:00+00:00"),
+            ("Round balances", {"rounding.py": ROUNDING.format(token=token)}, "2024-06-01T10:00:00+00:00"),
+        ]
+    )
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    model = tmp_path / "model"
+
+    def repotune(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "repotune.cli", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def index_at(cut: str, name: str, *clean_args: str) -> RetrievalIndex:
+        repotune("ingest", str(repo), "-o", str(tmp_path / name / "raw"), "--cut", cut)
+        repotune("clean", str(tmp_path / name / "raw"), "-o", str(tmp_path / name / "clean"), *clean_args)
+        repotune("index", str(tmp_path / name / "clean"), "-o", str(model / "retrieval"))
+        return RetrievalIndex.load(model / "retrieval")
+
+    query = "def round_down(balance_cents):\n    return quantize_ledger_balance(balance_cents, 100)\n"
+    trained = index_at(first, "at-cut")  # what the pipeline ships: the repository at the training cut
+    assert trained.revision == first and {hit.path for hit in trained.search(query)} == {"ledger.py"}
+    fresh = index_at("HEAD", "at-head", "--eval-fraction", "0")
+    assert fresh.revision == head
+    assert fresh.search(query)[0].path == "rounding.py"
+    shipped = (model / "retrieval" / "files.jsonl").read_text(encoding="utf-8")
+    assert "quantize_ledger_balance" in shipped and token not in shipped
+    assert token in (repo / "rounding.py").read_text()
