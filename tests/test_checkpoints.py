@@ -315,3 +315,12 @@ def test_a_rerun_into_a_new_output_folder_resumes_from_the_checkpoints_kept_outs
     assert not (tmp_path / "second" / "checkpoints").exists()
     # published checkpoints stay, as an s3:// prefix's do; the work folder's go once the model is made
     assert (kept / "checkpoint-4").is_dir() == (place == "checkpoints_under")
+    # until the pipeline's train step has published the model: then the published ones go too
+    lines.clear()
+    result.drop_published_checkpoints(log=lines.append)
+    assert not kept.exists()
+    if place == "checkpoints_under":
+        assert result.published_checkpoints == str(kept)
+        assert lines == [f"deleted checkpoint-2, checkpoint-4 from {kept}: the model is published"]
+    else:
+        assert result.published_checkpoints is None and lines == []

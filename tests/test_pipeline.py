@@ -705,8 +705,15 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             assert any(name.endswith("/model/config.json") for name in models)
             assert any(name.endswith("/model/retrieval/manifest.json") for name in models)
             assert any(name.endswith("/evaluation/report.md") for name in models)
-            # checkpoints went to the store as they were saved (a retried pod resumes from there)
-            assert any("/checkpoints/checkpoint-" in name for name in models)
+            # checkpoints went to the store as they were saved (a retried pod resumes from there), the
+            # store kept the newest two (save_total_limit), and once the model was published they went
+            log = (tmp_path / "run1" / "run.log").read_text()
+            key = next(n for n in models if n.endswith("/model/config.json")).split("/")[-3]  # the recipe's
+            checkpoints = f"s3://runs/repotune/repo/{sha}/{key}/checkpoints"
+            assert f"uploaded checkpoint-30 to {checkpoints}/checkpoint-30/" in log
+            assert f"deleted checkpoint-10 from {checkpoints} (keeping the newest 2)" in log
+            assert f"deleted checkpoint-20, checkpoint-30 from {checkpoints}: the model is published" in log
+            assert not any("/checkpoints/" in name for name in models)
 
             # the deploy step rendered an InferenceService pointing at the published model; the run
             # folder has a copy, and the status says where everything went

@@ -442,6 +442,36 @@ def test_checkpoint_upload_rotates_the_store_as_the_disk_is(client, tmp_path, mo
     assert report["deleted"] == ["checkpoint-15", "checkpoint-10", "checkpoint-20", "checkpoint-30"]
 
 
+@pytest.mark.integration
+def test_published_checkpoints_go_once_the_model_is_published(client, tmp_path, monkeypatch):
+    from repotune.train import TrainLayout, TrainResult
+
+    uri = f"s3://{BUCKET}/runs/app/abc/1f2e/checkpoints"
+    for step in (20, 30):
+        storage.upload_dir(save_checkpoint(tmp_path, step), f"{uri}/checkpoint-{step}", client=client)
+    storage.upload_file(
+        save_checkpoint(tmp_path, 40) / "optimizer.pt", f"{uri}/checkpoint-40/", client=client
+    )
+    storage.upload_dir(
+        save_checkpoint(tmp_path / "model", 30), f"s3://{BUCKET}/runs/app/abc/1f2e/model", client=client
+    )
+    result = TrainResult(
+        TrainLayout(tmp_path / "model"), "tiny", "lora", "1f2e", 30, 1.0, None, None, None, uri
+    )
+    lines: list[str] = []
+    monkeypatch.setattr(client, "remove_objects", refuse_deletes)
+    monkeypatch.setattr(storage, "client_from_env", lambda **_: client)  # the client that refuses
+    result.drop_published_checkpoints(log=lines.append)
+    assert lines[0].startswith(f"warning: the run's checkpoints were not deleted from {uri}: ")
+    monkeypatch.undo()  # a store that deletes again
+    result.drop_published_checkpoints(log=lines.append)
+    assert (
+        lines[1] == f"deleted checkpoint-20, checkpoint-30, checkpoint-40 from {uri}: the model is published"
+    )
+    assert storage.prefix_etags(uri, client=client) == {}
+    assert storage.exists_complete(f"s3://{BUCKET}/runs/app/abc/1f2e/model", client=client)  # beside it: kept
+
+
 def refuse_deletes(bucket, objects):
     """``Minio.remove_objects`` of a store whose policy forbids batch deletes: an error for each object."""
     from minio.deleteobjects import DeleteError

@@ -203,6 +203,8 @@ def train(
     model.metadata["key"] = result.recipe_key
     key = f"{commit}/{result.recipe_key}"
     model.metadata["published"] = storage.publish(model.path, artifacts_root, source, key, "model")
+    if model.metadata["published"]:  # the checkpoints were for resuming a run that failed before this
+        result.drop_published_checkpoints()
     held_out = (
         f", held-out loss {result.base_eval_loss:.3f} -> {result.eval_loss:.3f}"
         if result.base_eval_loss is not None and result.eval_loss is not None

@@ -149,6 +149,16 @@ class CheckpointUpload(TrainerCallback):
         }
 
 
+def remove_checkpoints(uri: str, *, client: Minio | None = None) -> list[str]:
+    """Deletes every checkpoint under ``uri``, finished or not, each marker first; returns their names."""
+    client = client if client is not None else storage.client_from_env()
+    removed = []
+    for step in sorted(_stored(uri, client)):
+        storage.remove_dir(_join(uri, f"{PREFIX_CHECKPOINT_DIR}-{step}"), client=client)
+        removed.append(f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    return removed
+
+
 def _stored(uri: str, client: Minio) -> dict[int, bool]:
     """The steps of the checkpoints under ``uri`` that hold any object, each with whether its upload
     finished (its ``_COMPLETE`` marker is there), from one listing. A folder whose objects were all

@@ -42,8 +42,9 @@ class TrainConfig:
     """Where the run's outputs are published: checkpoints go to PREFIX/<recipe key>/checkpoints as they
     are saved (an s3:// prefix, where the recipe names no checkpoint_uri: uploaded; a local folder:
     saved there), so that a retried pipeline step, whose output folder is a new one, resumes from
-    there. The newest ``save_total_limit`` of them stay there after the run, as the published outputs
-    do (older ones are deleted as newer ones arrive)."""
+    there. The newest ``save_total_limit`` of them stay there after the run (older ones are deleted as
+    newer ones arrive) until :meth:`TrainResult.drop_published_checkpoints`: the pipeline's train step
+    calls it once the model is published."""
     resume_under: Path | None = None
     """Where checkpoints are saved when ``checkpoints_under`` is not a local folder: one that outlives
     ``output`` (`repotune run`'s work folder, where kfp.local gives every run a new output folder), at
@@ -87,10 +88,17 @@ class TrainResult:
     base_eval_loss: float | None
     """Held-out loss of the base model before training; None without held-out data."""
     tokens_per_second: float | None
+    published_checkpoints: str | None = None
+    """Where the run's checkpoints were kept beside its published outputs (``checkpoints_under``: an
+    s3:// prefix or a local folder); None when there is no such place, or the recipe named its own
+    ``checkpoint_uri``, which may hold other runs' checkpoints and is left to its owner."""
 
     @classmethod
-    def from_summary(cls, output: TrainLayout, summary: dict[str, Any], key: str) -> TrainResult:
+    def from_summary(
+        cls, output: TrainLayout, summary: dict[str, Any], key: str, published_checkpoints: str | None = None
+    ) -> TrainResult:
         return cls(
+            published_checkpoints=published_checkpoints,
             output=output,
             base_model=summary["base_model"],
             method=summary["method"],
@@ -114,6 +122,31 @@ class TrainResult:
         }
         return {name: float(value) for name, value in values.items() if value is not None}
 
+    def drop_published_checkpoints(self, log: Callable[[str], None] = print) -> None:
+        """Deletes the checkpoints kept beside the published outputs, once the model itself is
+        published: they were there to resume a failed run, and a full fine-tuning checkpoint (weights
+        and both AdamW moments) is three times the size of the model. Each checkpoint in a store goes
+        marker first (an interrupted delete leaves what reads as an unfinished upload, never resumed
+        from). A delete that fails is a warning: the model is published, and that is what counts."""
+        where = self.published_checkpoints
+        if where is None:
+            return
+        if where.startswith("s3://"):
+            from repotune.train.checkpoint_sync import remove_checkpoints
+
+            try:
+                removed = remove_checkpoints(where)
+            except RepotuneError as exc:
+                log(f"warning: the run's checkpoints were not deleted from {where}: {exc}")
+                return
+        else:
+            from repotune.train.checkpoints import checkpoint_folders
+
+            removed = [path.name for path in checkpoint_folders(Path(where))]
+            shutil.rmtree(where, ignore_errors=True)
+        if removed:
+            log(f"deleted {', '.join(removed)} from {where}: the model is published")
+
 
 def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
     """Train ``config.recipe`` on ``config.data`` into ``config.output``.
@@ -124,9 +157,10 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
     """
     recipe, key = config.recipe, recipe_key(config.recipe)
     under = config.checkpoints_under
+    published_checkpoints = None
     if under is not None and under.startswith("s3://") and recipe.checkpoint_uri is None:
-        checkpoint_uri = f"{under.rstrip('/')}/{key}/checkpoints"
-        recipe = dataclasses.replace(recipe, checkpoint_uri=checkpoint_uri)
+        published_checkpoints = f"{under.rstrip('/')}/{key}/checkpoints"
+        recipe = dataclasses.replace(recipe, checkpoint_uri=published_checkpoints)
     layout = TrainLayout(config.output)
     ours = (layout.summary.name, layout.checkpoints.name, layout.token_cache.name)
     prepare_output(config.output, ours, "model (or checkpoints of one)", written=(layout.model_card.name,))
@@ -140,6 +174,8 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
         if layout.checkpoints.is_symlink():
             layout.checkpoints.unlink()  # the model folder holds no link to a folder outside it
     published = kept is not None and config.checkpoints_under is not None
+    if published:
+        published_checkpoints = str(kept)
     if kept is not None and not published and not config.keep_checkpoints:
         shutil.rmtree(kept, ignore_errors=True)
     if not config.keep_checkpoints:
@@ -147,7 +183,7 @@ def run(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResu
     from repotune.train.finetune import raise_if_unpublished
 
     raise_if_unpublished(summary, config.output)
-    return TrainResult.from_summary(layout, summary, key)
+    return TrainResult.from_summary(layout, summary, key, published_checkpoints)
 
 
 def _kept_checkpoints(config: TrainConfig, key: str) -> Path | None:
