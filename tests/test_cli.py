@@ -344,7 +344,11 @@ def test_a_demo_run_with_a_local_object_store(tmp_path: Path) -> None:
                     model_uri, model_uri.removesuffix("/model") + "/evaluation"):  # fmt: skip
             assert storage.exists_complete(uri, client=client), uri
         names = [o.object_name for o in client.list_objects("repotune", prefix="runs/", recursive=True)]
-        assert any("/checkpoints/checkpoint-" in name for name in names)
+        # the checkpoints were uploaded as they were saved, and deleted once the model was published
+        assert not any("/checkpoints/" in name for name in names)
+    checkpoints = model_uri.removesuffix("/model") + "/checkpoints"
+    assert f"uploaded checkpoint-20 to {checkpoints}/checkpoint-20/" in log
+    assert f"from {checkpoints}: the model is published" in log
     assert not _weed_running(home / "s3")
 
 

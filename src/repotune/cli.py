@@ -249,7 +249,8 @@ RecipeSettings = Annotated[
     Setting("tracking_uri", envvar="MLFLOW_TRACKING_URI"),
 )
 def train(values: Values, set_: RecipeSettings = None) -> None:
-    """Fine-tune the base model on the cleaned data (LoRA by default) and write the model."""
+    """Fine-tune the base model on the cleaned data (LoRA, QLoRA or every weight, as the recipe says) and
+    write the model."""
     from repotune import train
 
     values["recipe"], _ = train.resolve_recipe(values.get("recipe"), _parse_overrides(set_ or []))

@@ -32,7 +32,7 @@ class TrainConfig:
     data: Path
     """Folder written by `repotune clean`."""
     output: Path
-    """Folder for the adapter, merged model, summary."""
+    """Folder for the model (merged; with LoRA its adapter too), its summary and card."""
     recipe: Recipe = field(default_factory=Recipe)
     """The training recipe, given as a shipped name (configs/NAME.yaml), a .yaml path or YAML text
     (default: the SmolLM2-135M CPU settings)."""
