@@ -1096,7 +1096,9 @@ def _weed_processes(folder: Path) -> list[int]:
 def test_the_local_object_store_serves_s3_keeps_its_data_and_stops_what_it_started(tmp_path: Path) -> None:
     """SeaweedFS as ``repotune run --local-s3`` and the test fixture start it."""
     import io
+    import os
     import socket
+    import time
 
     from minio import Minio
     from minio.error import S3Error
@@ -1123,8 +1125,22 @@ def test_the_local_object_store_serves_s3_keeps_its_data_and_stops_what_it_start
     # a second start on the same folder serves what the first stored, under a new key
     with seaweedfs.running(folder) as again:
         assert again.access_key != server.access_key
-        assert seaweedfs.client(again).get_object("repotune", "runs/a.txt").read() == b"kept"
+        client = seaweedfs.client(again)
+        assert client.get_object("repotune", "runs/a.txt").read() == b"kept"
+        # what is deleted gives its disk space back when the server stops (the master's vacuum)
+        client.put_object("repotune", "runs/big.bin", io.BytesIO(os.urandom(24 * 2**20)), 24 * 2**20)
+        client.remove_object("repotune", "runs/big.bin")
+        time.sleep(5)  # the filer deletes an object's chunks in the background (the demo's, minutes before)
+        on_disk = _disk_bytes(folder / "data")
+        assert on_disk > 24 * 2**20  # deleted, but still in its volume file
+    assert _disk_bytes(folder / "data") < on_disk - 20 * 2**20
     assert _weed_processes(folder) == []
+    with seaweedfs.running(folder) as third:
+        assert seaweedfs.client(third).get_object("repotune", "runs/a.txt").read() == b"kept"
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def test_the_local_object_store_says_how_to_install_it(monkeypatch, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,4 +253,22 @@ def running(
             log(f"SeaweedFS S3 on {server.endpoint} (data in {folder / 'data'}, log {server.log_path})")
         yield server
     finally:
+        if process.poll() is None:
+            _vacuum(ports["master"])
         stop(process, numbers)
+
+
+def _vacuum(master_port: int, timeout_s: float = 30.0) -> None:
+    """Has the master compact the volumes now, so that deleted objects give their disk space back.
+
+    SeaweedFS only marks a deleted object in its volume file; the space returns when the master
+    vacuums (on its own every 15 minutes, for volumes past 30% garbage), which a server that lives for
+    one run never reaches: the demo's store kept the 1.6 GB of a deleted checkpoint (2.1 GB on disk
+    against 0.5 GB after a vacuum, which took a second). Best effort: a failure leaves the store as is.
+    """
+    url = f"http://127.0.0.1:{master_port}/vol/vacuum?garbageThreshold=0.01"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("SeaweedFS vacuum at %s failed: %s", url, exc)
