@@ -42,6 +42,12 @@ def write_files(root: Path, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def folders(uri: str, client) -> list[str]:
+    """The folders one level below the prefix ``uri`` that hold any object (SeaweedFS also lists
+    folders whose objects were all deleted), sorted."""
+    return sorted({key.split("/")[0] for key in storage.prefix_etags(uri, client=client) if "/" in key})
+
+
 def read_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -110,7 +116,7 @@ def test_folder_round_trip(client, tmp_path):
     assert [f["path"] for f in marker["files"]] == sorted(NESTED)
     assert marker["total_bytes"] == sum(len(data) for data in NESTED.values())
     assert storage.exists_complete(uri, client=client)
-    assert storage.list_subprefixes(f"s3://{BUCKET}/runs/1", client=client) == ["model/"]
+    assert folders(f"s3://{BUCKET}/runs/1", client) == ["model"]
 
     out = storage.download_dir(uri + "/", tmp_path / "out" / "model", client=client)
     assert read_files(out) == NESTED
@@ -299,7 +305,7 @@ def test_checkpoint_upload_and_restore(client, tmp_path):
     save_checkpoint(output_dir, 25)
     other_rank = SimpleNamespace(global_step=25, is_world_process_zero=False)
     callback.on_save(SimpleNamespace(output_dir=str(output_dir)), other_rank, SimpleNamespace())
-    assert "checkpoint-25/" not in storage.list_subprefixes(uri, client=client)
+    assert "checkpoint-25" not in folders(uri, client)
 
     # an upload cut short: files of checkpoint-30 but no marker
     storage.upload_file(
@@ -351,7 +357,7 @@ def test_only_complete_checkpoints_are_uploaded_and_the_report_says_what_got_the
     callback.on_save(args, SimpleNamespace(global_step=20, is_world_process_zero=True), SimpleNamespace())
     assert lines[-1].startswith("warning: checkpoint checkpoint-20 was not uploaded")
     assert "not a complete checkpoint: it has no checkpoint_complete.json" in lines[-1]
-    assert storage.list_subprefixes(uri, client=client) == ["checkpoint-10/"]
+    assert folders(uri, client) == ["checkpoint-10"]
     report = callback.report()
     assert report["uploaded"] == ["checkpoint-10"] and report["ok"] is False
     assert [entry["checkpoint"] for entry in report["failed"]] == ["checkpoint-20"]
@@ -389,9 +395,6 @@ def test_checkpoint_upload_rotates_the_store_as_the_disk_is(client, tmp_path, mo
     callback = CheckpointUpload(uri, lines.append, keep=2, run=ours, client=client)
     output_dir = tmp_path / "pod"
 
-    def stored() -> list[str]:  # the checkpoints holding objects (SeaweedFS lists emptied folders too)
-        return sorted({key.split("/")[0] for key in storage.prefix_etags(uri, client=client)})
-
     def save(step: int) -> None:
         save_checkpoint(output_dir, step, run=ours)
         state = SimpleNamespace(global_step=step, is_world_process_zero=True)
@@ -407,13 +410,13 @@ def test_checkpoint_upload_rotates_the_store_as_the_disk_is(client, tmp_path, mo
     save(10)
     save(20)
     # two complete checkpoints of ours are within keep=2; the unfinished upload is older than 20: gone
-    assert stored() == ["checkpoint-10", "checkpoint-20", "checkpoint-5"]
+    assert folders(uri, client) == ["checkpoint-10", "checkpoint-20", "checkpoint-5"]
     assert lines[-2:] == [
         f"kept {uri}/checkpoint-5/ in the store: it records another run (seed)",
         f"deleted checkpoint-15 from {uri} (keeping the newest 2)",
     ]
     save(30)
-    assert stored() == ["checkpoint-20", "checkpoint-30", "checkpoint-5"]
+    assert folders(uri, client) == ["checkpoint-20", "checkpoint-30", "checkpoint-5"]
     assert lines[-1] == f"deleted checkpoint-10 from {uri} (keeping the newest 2)"
     assert sum("another run" in line for line in lines) == 1  # said once
     # the newest checkpoint is what a new pod restores
@@ -432,10 +435,10 @@ def test_checkpoint_upload_rotates_the_store_as_the_disk_is(client, tmp_path, mo
     assert "AccessDenied" in lines[-1]
     # checkpoint-20 lost its marker before the refusal: it reads as unfinished, and the next rotation
     # that the store allows removes it
-    assert stored() == ["checkpoint-20", "checkpoint-30", "checkpoint-40", "checkpoint-5"]
+    assert folders(uri, client) == ["checkpoint-20", "checkpoint-30", "checkpoint-40", "checkpoint-5"]
     monkeypatch.setattr(client, "remove_objects", real_remove_objects)
     save(50)
-    assert stored() == ["checkpoint-40", "checkpoint-5", "checkpoint-50"]
+    assert folders(uri, client) == ["checkpoint-40", "checkpoint-5", "checkpoint-50"]
     report = callback.report()
     assert report["ok"] is True and report["failed"] == []
     assert report["uploaded"] == [f"checkpoint-{step}" for step in (10, 20, 30, 40, 50)]

@@ -436,11 +436,10 @@ def read_marker(
 ) -> dict[str, Any] | None:
     """The ``_COMPLETE`` marker of the prefix ``uri``, or None when the prefix is absent or unfinished."""
     bucket, prefix = parse_s3_uri(uri)
-    marker = read_json(f"{S3_SCHEME}{bucket}/{_dir_prefix(prefix)}{MARKER}", client=client, retry=retry)
+    where = f"{S3_SCHEME}{bucket}/{_dir_prefix(prefix)}{MARKER}"
+    marker = read_json(where, client=client, retry=retry)
     if marker is not None and (not isinstance(marker, dict) or not isinstance(marker.get("files"), list)):
-        raise RepotuneError(
-            f"s3://{bucket}/{_dir_prefix(prefix)}{MARKER} has no file list; was it written by repotune?"
-        )
+        raise RepotuneError(f"{where} has no file list; was it written by repotune?")
     return marker
 
 
@@ -507,17 +506,6 @@ def exists_complete(uri: str, *, client: Minio | None = None, retry: RetryPolicy
     """True when the prefix ``uri`` holds a finished upload (its ``_COMPLETE`` marker exists)."""
     bucket, prefix = parse_s3_uri(uri)
     return _object_exists(_client(client), bucket, f"{_dir_prefix(prefix)}{MARKER}", retry)
-
-
-def list_subprefixes(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> list[str]:
-    """The "folders" one level below the prefix ``uri``, relative and sorted: ``["checkpoint-10/", ...]``.
-
-    Complete or not: check each with :func:`exists_complete`.
-    """
-    bucket, prefix = parse_s3_uri(uri)
-    prefix = _dir_prefix(prefix)
-    objects = _list_objects(_client(client), bucket, prefix, retry, recursive=False)
-    return sorted(obj.object_name[len(prefix) :] for obj in objects if obj.is_dir)
 
 
 def prefix_etags(uri: str, *, client: Minio | None = None, retry: RetryPolicy = RETRY) -> dict[str, str]:

@@ -31,6 +31,10 @@ def _join(uri: str, name: str) -> str:
     return f"{uri.rstrip('/')}/{name}/"
 
 
+def _checkpoint(uri: str, step: int) -> str:
+    return _join(uri, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
 class CheckpointUpload(TrainerCallback):
     """Uploads each complete checkpoint right after the Trainer saves it, from the main process only.
 
@@ -109,13 +113,16 @@ class CheckpointUpload(TrainerCallback):
             doomed += complete[: max(len(complete) - (self.keep or len(complete)), 0)]
             removed = []
             for step in sorted(doomed):
+                if step in self._foreign:  # found at an earlier save, and said then
+                    continue
                 other = self._other_run(step)
                 if other:
-                    if step not in self._foreign:  # said once, not at every save
-                        self.log(f"kept {self._at(step)} in the store: it records another run ({other})")
-                        self._foreign.add(step)
+                    self.log(
+                        f"kept {_checkpoint(self.uri, step)} in the store: it records another run ({other})"
+                    )
+                    self._foreign.add(step)
                     continue
-                storage.remove_dir(self._at(step), client=client)
+                storage.remove_dir(_checkpoint(self.uri, step), client=client)
                 removed.append(f"{PREFIX_CHECKPOINT_DIR}-{step}")
         except RepotuneError as exc:
             self.log(f"warning: older checkpoints under {self.uri} were not deleted: {exc}")
@@ -125,14 +132,11 @@ class CheckpointUpload(TrainerCallback):
             self.log(f"deleted {', '.join(removed)} from {self.uri} (keeping the newest {self.keep})")
         return removed
 
-    def _at(self, step: int) -> str:
-        return _join(self.uri, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-
     def _other_run(self, step: int) -> str:
         """The settings in which the checkpoint at ``step`` in the store records another run; "" if none."""
         if self.run is None:
             return ""
-        before = storage.read_json(f"{self._at(step)}{checkpoints.RUN}", client=self._client)
+        before = storage.read_json(f"{_checkpoint(self.uri, step)}{checkpoints.RUN}", client=self._client)
         if not isinstance(before, dict):
             return ""  # written before runs were recorded, or an upload cut short before run.json
         return ", ".join(checkpoints.run_differences(before, self.run))
@@ -154,7 +158,7 @@ def remove_checkpoints(uri: str, *, client: Minio | None = None) -> list[str]:
     client = client if client is not None else storage.client_from_env()
     removed = []
     for step in sorted(_stored(uri, client)):
-        storage.remove_dir(_join(uri, f"{PREFIX_CHECKPOINT_DIR}-{step}"), client=client)
+        storage.remove_dir(_checkpoint(uri, step), client=client)
         removed.append(f"{PREFIX_CHECKPOINT_DIR}-{step}")
     return removed
 
