@@ -205,7 +205,8 @@ def relative_change(arm: Sequence[float], reference: Sequence[float]) -> dict[st
 
 
 def per_sample_lines(completions: Path) -> dict[str, dict[str, list[float]]]:
-    """Each arm's line edit similarity and exact match per sample, from the stage's completions.jsonl."""
+    """Each arm's line edit similarity, exact match and confidence per sample, from the stage's
+    completions.jsonl."""
     from repotune.evaluate.metrics import edit_similarity, exact_match
 
     scores: dict[str, dict[str, list[float]]] = {}
@@ -215,9 +216,10 @@ def per_sample_lines(completions: Path) -> dict[str, dict[str, list[float]]]:
             if row["task"] != "line":
                 continue
             for arm, answer in row["answers"].items():
-                mine = scores.setdefault(arm, {"edit_similarity": [], "exact_match": []})
+                mine = scores.setdefault(arm, {"edit_similarity": [], "exact_match": [], "confidence": []})
                 mine["edit_similarity"].append(edit_similarity(answer, row["expected"]))
                 mine["exact_match"].append(exact_match(answer, row["expected"]))
+                mine["confidence"].append(row.get("confidence", {}).get(arm, 0.0))
     return scores
 
 
@@ -445,9 +447,38 @@ def print_project(result: dict[str, Any]) -> None:
     )
     decision = result["decision"]
     print(f"decision: {'promote' if decision['promote'] else 'do not promote'} (arm {decision['arm']})")
+    print_confidence(result["project"], [result])
+
+
+def print_confidence(title: str, results: list[dict[str, Any]]) -> None:
+    """Line exact match and edit similarity of every completion, the most confident half and quarter,
+    per arm, over the lines of ``results`` together (one threshold for all, as a server would use)."""
+    from repotune.evaluate.report import confidence_markdown
+    from repotune.evaluate.score import CONFIDENCE, confidence_summary
+
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for result in results:
+        for arm, scores in result["per_sample"].items():
+            if not scores.get("confidence"):
+                continue
+            mine = pooled.setdefault(
+                arm, {CONFIDENCE: [], "line_exact_match": [], "line_edit_similarity": []}
+            )
+            mine[CONFIDENCE] += scores["confidence"]
+            mine["line_exact_match"] += scores["exact_match"]
+            mine["line_edit_similarity"] += scores["edit_similarity"]
+    table = confidence_markdown({"confidence": confidence_summary(pooled)})
+    if table:
+        lines = len(next(iter(pooled.values()))[CONFIDENCE])
+        print(f"\n{title}, {lines} lines: if only confident completions were shown (exact match / edit")
+        print("similarity of those shown; the first column: how often a right line was more confident)")
+        print("\n".join(table[5:]))
 
 
 def print_targets(results: list[dict[str, Any]]) -> None:
+    if len(results) > 1:
+        print("\n## Every project's lines together")
+        print_confidence("all projects", results)
     print("\n## Targets (issue 15), per project")
     for result in results:
         for name, met, measured in targets(result):
@@ -472,7 +503,7 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
         if result is None:
             continue
         for base in ("base", "base_retrieval"):
-            if result["per_sample"].get(base) != other["per_sample"].get(base):
+            if scored_differently(result["per_sample"].get(base), other["per_sample"].get(base)):
                 raise SystemExit(
                     f"{name}: the two runs' {base} arms scored differently: not the same samples"
                 )
@@ -485,6 +516,13 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
                 pooled[arm][1].extend(b)
     rows += [row for arm, (a, b) in pooled.items() if (row := _compared("all", arm, a, b)) is not None]
     return rows
+
+
+def scored_differently(mine: dict[str, list[float]] | None, theirs: dict[str, list[float]] | None) -> bool:
+    """Whether two runs' per-sample scores of an arm differ (their confidences, which a run before
+    they were recorded lacks, aside)."""
+    scores = ("edit_similarity", "exact_match")
+    return {k: (mine or {}).get(k) for k in scores} != {k: (theirs or {}).get(k) for k in scores}
 
 
 def _compared(project: str, arm: str, mine: list[float], theirs: list[float]) -> dict[str, Any] | None:

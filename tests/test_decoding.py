@@ -117,3 +117,37 @@ def test_the_token_decoded_again_is_the_least_certain_one_that_writes_the_line(t
         assert least_certain(tokens, margins, tokenizer, span) == expected
     margins = [float("inf")] * len(tokens)  # every runner-up an end of sequence
     assert least_certain(tokens, margins, tokenizer, span) is None
+
+
+def test_chosen_logprobs_are_the_log_softmax_of_the_chosen_tokens() -> None:
+    from repotune.decoding import chosen_logprobs
+
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    got = chosen_logprobs(scores, torch.tensor([1, 0]))
+    assert got == pytest.approx([-1.3862944, 2.0 - 2.3407530], abs=1e-5)  # log 1/4; 2 - log(e^2 + 3)
+
+
+@pytest.mark.integration
+def test_a_lines_confidence_is_the_geometric_mean_over_its_own_tokens_and_newline(tmp_path: Path) -> None:
+    import math
+
+    from transformers import AutoTokenizer
+
+    from repotune.decoding import answer_span, line_confidence
+
+    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
+    tokens = tokenizer.encode("x)\n    return b\n\nlater", add_special_tokens=False)
+    text = tokenizer.decode(tokens)
+    span = answer_span(text, after_newline=True)
+    assert text[span[0] : span[1]] == "    return b"
+    ends = [len(tokenizer.decode(tokens[: i + 1])) for i in range(len(tokens))]
+    starts = [0, *ends[:-1]]
+    # The tokens that write a character of the line or the newline that ends it.
+    mine = [i for i in range(len(tokens)) if max(starts[i], span[0]) < min(ends[i], span[1] + 1)]
+    assert 0 < len(mine) < len(tokens)  # "x)" before it and "later" after it are not its own
+    logprobs = [math.log(0.5) if i in mine else math.log(0.01) for i in range(len(tokens))]
+    assert line_confidence(tokens, logprobs, tokenizer, span) == pytest.approx(0.5)
+    logprobs[mine[-1]] = math.log(0.125)  # the newline (or the token holding it) less sure
+    expected = math.exp(((len(mine) - 1) * math.log(0.5) + math.log(0.125)) / len(mine))
+    assert line_confidence(tokens, logprobs, tokenizer, span) == pytest.approx(expected)
+    assert line_confidence([], [], tokenizer, (0, 3)) == 0.0

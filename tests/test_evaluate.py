@@ -158,6 +158,25 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
             share = result.models[key][check]
             flagged = saved["context"]["flagged"].get(check, {}).get(key, {"count": 0})
             assert flagged["count"] == round(share.value * share.n), (check, key)
+    # Each line answer's confidence, and what showing only the confident ones would have shown: at full
+    # coverage, every answer, so the arm's own line scores.
+    assert all(set(row["confidence"]) == ARMS for row in completions[:20])
+    assert all(0 <= value <= 1 for row in completions[:20] for value in row["confidence"].values())
+    assert "confidence" not in completions[20]  # FIM spans: none
+    summary = saved["context"]["confidence"]
+    assert set(summary) == ARMS
+    for key in ARMS:
+        whole, half, quarter = summary[key]["shown"]
+        assert whole["shown"] == 1.0 and whole["threshold"] == min(
+            r["confidence"][key] for r in completions[:20]
+        )
+        assert whole["line_edit_similarity"] == pytest.approx(
+            result.models[key]["line_edit_similarity"].value
+        )
+        assert half["shown"] >= 0.5 and quarter["shown"] >= 0.25  # more where answers tie at a threshold
+        assert quarter["threshold"] >= half["threshold"] >= whole["threshold"]
+    assert "## Showing only confident completions" in report and "| candidate + retrieval | " in report
+    assert "<h2>Showing only confident completions</h2>" in page
     assert EvaluateResult.load(tmp_path / "eval") == result  # what metrics.json says is what was returned
 
 
@@ -228,12 +247,16 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     batched = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12)
     assert batched == one
     assert all(c.text.strip() for c in one[-len(mid_line) :])  # real answers, not empty ones
+    # The same tokens, the same confidence, up to the rounding of the matrix products.
+    assert [c.confidence for c in batched] == pytest.approx([c.confidence for c in one], rel=1e-4)
+    assert all(0 < c.confidence <= 1 for c in one[-len(mid_line) :])
     # Each prompt read from the cache of an earlier one that starts alike (a mid-line prompt starts as
     # its line's prompt does; the scorer keeps such caches on a CPU): the same answers.
     kept = PrefixCache(scorer.model, PREFIX_MIN_TOKENS, entries=KEPT_PROMPTS)
     reusing = complete_lines(scorer.model, scorer.tokenizer, prompts, batch_size=5, max_new_tokens=12,
                              prefixes=kept)  # fmt: skip
     assert reusing == one
+    assert [c.confidence for c in reusing] == pytest.approx([c.confidence for c in one], rel=1e-4)
     assert kept.hits >= len(mid_line) // 2 and kept.reused_tokens > 0
     assert isinstance(scorer.prefixes, PrefixCache)
     # Read together, left-padded (the path off a CPU), the prompts get the same answers; and both are
@@ -446,8 +469,18 @@ def test_base_arms_scored_apart_are_reused_only_for_what_they_were_scored_on(
     assert any(line.startswith("base arms: reused from ") for line in lines)
     assert not any("base: completions" in line for line in lines)  # the base model was not run
     assert reused.models == whole.models and reused.decision == whole.decision
-    completions = [(tmp_path / name / "completions.jsonl").read_text() for name in ("whole", "reused")]
+    completions = [
+        [json.loads(line) for line in (tmp_path / name / "completions.jsonl").open()]
+        for name in ("whole", "reused")
+    ]
+    confidences = [[row.pop("confidence", None) for row in rows] for rows in completions]
     assert completions[0] == completions[1]
+    # Other batches round other last digits of the candidate's probabilities; the base's are the saved ones.
+    for whole_row, reused_row in zip(*confidences, strict=True):
+        assert (whole_row is None) == (reused_row is None)
+        if whole_row is not None:
+            assert whole_row["base"] == reused_row["base"]
+            assert whole_row == pytest.approx(reused_row, abs=1e-3)
     assert (
         f"(base arms reused from `{tmp_path / 'base'}`, scored there in "
         in (tmp_path / "reused" / "report.md").read_text()

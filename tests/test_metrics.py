@@ -218,3 +218,28 @@ def test_vectorized_bootstrap_of_the_mean_gives_the_same_interval_as_a_loop() ->
     assert bootstrap_ci(values) == pytest.approx(
         bootstrap_ci(values, lambda row: float(np.mean(row))), abs=1e-12
     )
+
+
+def test_ranked_above_is_how_often_a_right_answer_is_more_confident_than_a_wrong_one() -> None:
+    from repotune.evaluate.metrics import ranked_above
+
+    assert ranked_above([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == 1.0
+    assert ranked_above([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    # right at .9 and .3; wrong at .5 and .3: .9 beats both, .3 ties one and loses one -> (2 + .5) / 4
+    assert ranked_above([0.9, 0.3, 0.5, 0.3], [1, 1, 0, 0]) == pytest.approx(0.625)
+    assert ranked_above([0.9, 0.3], [1, 1]) is None and ranked_above([0.9, 0.3], [0, 0]) is None
+
+
+def test_selective_scores_the_most_confident_share_at_its_threshold() -> None:
+    from repotune.evaluate.metrics import selective
+
+    confidences = [0.9, 0.1, 0.7, 0.4, 0.4, 0.2, 0.8, 0.3]
+    right = [1, 0, 1, 0, 1, 0, 0, 0]
+    whole, half, quarter = selective(confidences, {"em": right})
+    assert whole == {"coverage": 1.0, "threshold": 0.1, "shown": 1.0, "em": 3 / 8}
+    # the fourth most confident is one of two at 0.4: a threshold shows both, five of eight
+    assert half == {"coverage": 0.5, "threshold": 0.4, "shown": 5 / 8, "em": 3 / 5}
+    assert quarter == {"coverage": 0.25, "threshold": 0.8, "shown": 2 / 8, "em": 1 / 2}
+    assert selective([], {"em": []}) == []
+    with pytest.raises(ValueError, match="coverage"):
+        selective([0.5], {"em": [1]}, coverages=[0])

@@ -110,22 +110,33 @@ def runner_up(
     return [math.inf if r in refused else m for m, r in zip(margins, runners, strict=True)], runners
 
 
+def span_steps(tokens: Sequence[int], tokenizer: Any, span: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The steps (indices into ``tokens``) whose token writes a character of ``span`` (characters of
+    ``tokens`` decoded, special tokens skipped), each with the first and the end character of ``span``
+    it writes."""
+    found, begin = [], 0
+    for step in range(len(tokens)):
+        end = len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
+        first, last = max(begin, span[0]), min(end, span[1])
+        if first < last:
+            found.append((step, first, last))
+        begin = max(begin, end)
+    return found
+
+
 def least_certain(
     tokens: Sequence[int], margins: Sequence[float], tokenizer: Any, span: tuple[int, int]
 ) -> int | None:
     """The step (an index into ``tokens``) to decode again from: among the tokens that write a
     non-blank character of ``span`` (characters of ``tokens`` decoded, special tokens skipped), the one
     chosen by the smallest finite margin; None when there is none."""
-    found, begin = None, 0
     text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-    for step in range(len(tokens)):
-        end = len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
-        first, last = max(begin, span[0]), min(end, span[1])
-        writes = first < last and text[first:last].strip() and math.isfinite(margins[step])
-        if writes and (found is None or margins[step] < margins[found]):
-            found = step
-        begin = max(begin, end)
-    return found
+    steps = [
+        step
+        for step, first, last in span_steps(tokens, tokenizer, span)
+        if text[first:last].strip() and math.isfinite(margins[step])
+    ]
+    return min(steps, key=lambda step: margins[step], default=None)
 
 
 def answer_span(generated: str, *, after_newline: bool) -> tuple[int, int] | None:
@@ -160,3 +171,32 @@ def rewrites_line_above(answer: str, before: str) -> bool:
     if len(above) <= 4 or len(answer) <= 4 or not answer.strip():
         return False
     return Levenshtein.distance(above.strip(), answer.strip()) / len(answer.strip()) < 0.1
+
+
+# How sure the model was of a line. An editor shows a completion or nothing, and a wrong one costs the
+# user a read; greedy decoding knows, token by token, how much probability it gave what it wrote. The
+# geometric mean of those probabilities over the tokens of the line (its newline included: a model
+# that would rather have gone on is less sure the line is whole) ranks right answers above wrong ones
+# better than the smallest margin over a runner-up does: on the quality benchmark's projects, a
+# completion shown only above the median confidence is right about twice as often
+# (``benchmarks/quality.py``, benchmarks/README.md).
+
+
+def chosen_logprobs(scores: Any, chosen: Any) -> list[float]:
+    """Per row of ``scores`` (the logits a token was chosen from, after every penalty), the log
+    probability of the chosen token ``chosen[row]``, in float32 whatever the logits' type."""
+    import torch
+
+    return torch.log_softmax(scores.float(), dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
+
+
+def line_confidence(
+    tokens: Sequence[int], logprobs: Sequence[float], tokenizer: Any, span: tuple[int, int]
+) -> float:
+    """The geometric mean of the probabilities of the tokens that write ``span`` (characters of
+    ``tokens`` decoded, special tokens skipped) and the character after it, its newline; 0.0 when no
+    token writes it. ``logprobs[step]``: the log probability of ``tokens[step]`` (``chosen_logprobs``)."""
+    steps = [step for step, _, _ in span_steps(tokens, tokenizer, (span[0], span[1] + 1))]
+    if not steps:
+        return 0.0
+    return math.exp(sum(logprobs[step] for step in steps) / len(steps))

@@ -22,13 +22,15 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
 from repotune.decoding import (
     answer_span,
+    chosen_logprobs,
     least_certain,
+    line_confidence,
     newline_tokens,
     penalize_lines,
     rewrites_line_above,
@@ -98,6 +100,12 @@ class Completion:
     retried: bool = False
     """The first answer wrote the line above again, and this one was decoded again in its place
     (``complete_lines``)."""
+    confidence: float = field(default=0.0, compare=False)
+    """How sure the model was of ``text``: the geometric mean of the probabilities it gave the tokens
+    that wrote it and its newline (``repotune.decoding.line_confidence``); 0.0 without an answer, or
+    when the tokens' probabilities were not recorded. Not compared: the same answer decoded in another
+    batch has the same tokens, but their probabilities differ in the last digits (the rounding of the
+    matrix products)."""
 
     @classmethod
     def from_tokens(
@@ -108,15 +116,22 @@ class Completion:
         *,
         after_newline: bool,
         retried: bool = False,
+        logprobs: Sequence[float] | None = None,
     ) -> Completion:
-        """The answer in the tokens a model wrote, up to its first end of sequence."""
+        """The answer in the tokens a model wrote, up to its first end of sequence; ``logprobs``: the
+        log probability of each token (``Written.logprobs``), for its ``confidence``."""
         ends = [tokens.index(token) for token in eos if token in tokens]
         tokens = tokens[: min(ends)] if ends else tokens
         text, raw = (tokenizer.decode(tokens, skip_special_tokens=skip) for skip in (True, False))
+        span = answer_span(text, after_newline=after_newline)
+        confidence = 0.0
+        if span is not None and logprobs is not None:
+            confidence = line_confidence(tokens, logprobs, tokenizer, span)
         return cls(
             answer_line(text, after_newline=after_newline),
             answer_line(raw, after_newline=after_newline),
             retried,
+            confidence,
         )
 
 
@@ -212,7 +227,7 @@ def complete_lines(
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
 
-    def decode(jobs: Sequence[tuple[int, list[int]]]) -> list[Written]:
+    def decode(jobs: Sequence[tuple[int, Written | None]]) -> list[Written]:
         """One batch: each job's prompt, ``(index, begun)``, is prompt ``index`` with ``begun`` written."""
 
         def done(row: int, generated: list[int]) -> bool:
@@ -220,14 +235,19 @@ def complete_lines(
             return line_done(text, after_newline=encoded[jobs[row][0]][1])
 
         return greedy_lines(
-            model, [encoded[index][0] + begun for index, begun in jobs], max_new_tokens=max_new_tokens,
-            eos=eos, pad=pad, done=done, prefill_alone=alone, line_penalty=line_penalty, newlines=newlines,
-            prefixes=prefixes, begun=[begun for _, begun in jobs],
+            model, [encoded[index][0] + (begun.tokens if begun else []) for index, begun in jobs],
+            max_new_tokens=max_new_tokens, eos=eos, pad=pad, done=done, prefill_alone=alone,
+            line_penalty=line_penalty, newlines=newlines, prefixes=prefixes, begun=[b for _, b in jobs],
         )  # fmt: skip
 
-    def answer(index: int, tokens: list[int], retried: bool = False) -> Completion:
+    def answer(index: int, row: Written, retried: bool = False) -> Completion:
         return Completion.from_tokens(
-            tokens, tokenizer, eos, after_newline=encoded[index][1], retried=retried
+            row.tokens,
+            tokenizer,
+            eos,
+            after_newline=encoded[index][1],
+            retried=retried,
+            logprobs=row.logprobs,
         )
 
     aboves = list(befores) if befores is not None else [None] * len(encoded)
@@ -235,20 +255,20 @@ def complete_lines(
     padding = padding_budget(model) if alone else None
     for rows in length_batches([len(ids) for ids, _ in encoded], batch_size, padding):
         again = []
-        for index, row in zip(rows, decode([(index, []) for index in rows]), strict=True):
-            results[index] = first = answer(index, row.tokens)
+        for index, row in zip(rows, decode([(index, None) for index in rows]), strict=True):
+            results[index] = first = answer(index, row)
             above = aboves[index]
             if above is not None and rewrites_line_above(first.text, above):
                 begun = _retried_start(row, tokenizer, eos, after_newline=encoded[index][1])
-                if begun is not None and len(begun) < max_new_tokens:
+                if begun is not None and len(begun.tokens) < max_new_tokens:
                     again.append((index, begun))
         # Right after their batch, while the kept caches (``prefixes``) still hold their prompts.
         for redo in length_batches(
-            [len(encoded[index][0]) + len(begun) for index, begun in again], batch_size, padding
+            [len(encoded[index][0]) + len(begun.tokens) for index, begun in again], batch_size, padding
         ):
             jobs = [again[i] for i in redo]
             for (index, _), row in zip(jobs, decode(jobs), strict=True):
-                completion = answer(index, row.tokens, retried=True)
+                completion = answer(index, row, retried=True)
                 if completion.text.strip() and not rewrites_line_above(completion.text, aboves[index]):
                     results[index] = completion
         if progress is not None:
@@ -258,13 +278,21 @@ def complete_lines(
 
 def _retried_start(
     row: Written, tokenizer: Any, eos: Sequence[int], *, after_newline: bool
-) -> list[int] | None:
+) -> Written | None:
     """What a copied line is decoded again after: the tokens before its least certain one, and that
-    token's runner-up; None when no token of the line can be changed."""
+    token's runner-up; None when no token of the line can be changed. The runner-up's log probability
+    is the chosen token's less the margin between them (both of the same logits)."""
     tokens = row.tokens[: min([row.tokens.index(t) for t in eos if t in row.tokens], default=len(row.tokens))]
     span = answer_span(tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline)
     step = least_certain(tokens, row.margins, tokenizer, span) if span is not None else None
-    return None if step is None else [*tokens[:step], row.runners[step]]
+    if step is None:
+        return None
+    return Written(
+        [*tokens[:step], row.runners[step]],
+        [*row.margins[:step], math.inf],
+        [*row.runners[:step], row.runners[step]],
+        [*row.logprobs[:step], row.logprobs[step] - row.margins[step]],
+    )
 
 
 def greedy_lines(
@@ -279,14 +307,14 @@ def greedy_lines(
     line_penalty: float = 0.0,
     newlines: frozenset[int] = frozenset(),
     prefixes: PrefixCache | None = None,
-    begun: Sequence[list[int]] | None = None,
+    begun: Sequence[Written | None] | None = None,
 ) -> list[Written]:
     """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
     sequence, or once ``done(row, tokens)`` says so, or once it holds ``max_new_tokens``.
     ``line_penalty`` comes off a token's logit for each time the row has written it since its last
-    token in ``newlines`` (``repotune.decoding``). ``begun``: tokens each row's completion already
-    holds, the last of its prompt (a line decoded again, ``complete_lines``): they count for the
-    penalty, ``done`` and ``max_new_tokens``, and start the row's tokens.
+    token in ``newlines`` (``repotune.decoding``). ``begun``: what each row's completion already
+    holds (None: nothing), the last tokens of its prompt (a line decoded again, ``complete_lines``):
+    they count for the penalty, ``done`` and ``max_new_tokens``, and start the row's ``Written``.
 
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
@@ -336,8 +364,10 @@ def greedy_lines(
     # Rows read alone are copied into one batch, so that the caches kept for later prompts stay as read.
     cache, mask = left_padded(caches, masks, room=max_new_tokens) if alone else (caches[0], masks[0])
     rows = [
-        Written(list(tokens), [math.inf] * len(tokens), list(tokens))
-        for tokens in begun or [[] for _ in prompts]
+        Written([], [], [], [])
+        if b is None
+        else Written(list(b.tokens), list(b.margins), list(b.runners), list(b.logprobs))
+        for b in (begun or [None] * len(prompts))
     ]
     live = list(range(len(prompts)))
     scores, following = torch.cat(logits), None
@@ -352,9 +382,10 @@ def greedy_lines(
         scores = penalize_lines(scores, [rows[row].tokens for row in live], newlines, line_penalty)
         following = scores.argmax(dim=-1)
         margins, runners = runner_up(scores, following, stops)
+        chosen = chosen_logprobs(scores, following)
         going = []
         for line, (row, token) in enumerate(zip(live, following.tolist(), strict=True)):
-            rows[row].add(token, margins[line], runners[line])
+            rows[row].add(token, margins[line], runners[line], chosen[line])
             tokens = rows[row].tokens
             if token not in stops and not done(row, tokens) and len(tokens) < max_new_tokens:
                 going.append(line)
@@ -379,11 +410,14 @@ class Written:
     """How far each token's logit (penalties taken off) was above the runner-up's (``runner_up``)."""
     runners: list[int]
     """The runner-up of each step."""
+    logprobs: list[float]
+    """The log probability of each token, of the same logits (``chosen_logprobs``)."""
 
-    def add(self, token: int, margin: float, runner: int) -> None:
+    def add(self, token: int, margin: float, runner: int, logprob: float) -> None:
         self.tokens.append(token)
         self.margins.append(margin)
         self.runners.append(runner)
+        self.logprobs.append(logprob)
 
 
 def _positions(mask: Any) -> Any:

@@ -301,3 +301,43 @@ def summarize_perplexity(
         higher_is_better=False,
         confidence=confidence,
     )
+
+
+COVERAGES = (1.0, 0.5, 0.25)
+"""The shares of completions ``selective`` reports: all of them, the most confident half, quarter."""
+
+
+def ranked_above(confidences: Sequence[float], right: Sequence[float]) -> float | None:
+    """How often a right answer (``right[i]`` 1) is more confident than a wrong one (0), a tie counting
+    half: the area under the ROC curve of ``confidences`` as a test of rightness (0.5: no better than
+    chance, 1: every right answer above every wrong one). None when all are right or all wrong."""
+    scores, labels = np.asarray(confidences, dtype=float), np.asarray(right, dtype=float) > 0.5
+    good, bad = scores[labels], scores[~labels]
+    if not len(good) or not len(bad):
+        return None
+    above = (good[:, None] > bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean()
+    return float(above)
+
+
+def selective(
+    confidences: Sequence[float], scores: dict[str, Sequence[float]], coverages: Sequence[float] = COVERAGES
+) -> list[dict[str, float]]:
+    """What a user would see if only confident completions were shown: for each share in ``coverages``,
+    the threshold that shows that share (the confidence of the last completion in it, most confident
+    first), the share the threshold shows (more where completions tie at it), and the mean of each of
+    ``scores`` (per-sample, in the order of ``confidences``) over the completions shown."""
+    values = np.asarray(confidences, dtype=float)
+    if not len(values):
+        return []
+    ordered = np.sort(values)[::-1]
+    rows = []
+    for coverage in coverages:
+        if not 0 < coverage <= 1:
+            raise ValueError(f"a coverage must be above 0 and at most 1, got {coverage}")
+        threshold = float(ordered[max(1, math.ceil(coverage * len(values))) - 1])
+        shown = values >= threshold
+        row = {"coverage": coverage, "threshold": threshold, "shown": float(shown.mean())}
+        for name, per_sample in scores.items():
+            row[name] = float(np.asarray(per_sample, dtype=float)[shown].mean())
+        rows.append(row)
+    return rows

@@ -251,6 +251,70 @@ def flagged_html(context: dict[str, Any]) -> str:
     return "<h2>Completions the format checks counted</h2>" + "".join(parts) if parts else ""
 
 
+CONFIDENCE_TITLES = ("all lines", "the most confident half", "the most confident quarter")
+"""Column titles of the confidence table, one per share of ``metrics.COVERAGES``."""
+CONFIDENCE_NOTE = (
+    "A completion's confidence is the geometric mean of the probabilities its model gave the tokens of "
+    "its line. An editor that showed only completions at or above a threshold would have shown these "
+    "(line exact match / edit similarity of the completions shown, the threshold in brackets); the "
+    "second column says how often a right line was more confident than a wrong one (0.5: chance)."
+)
+
+
+def confidence_rows(context: dict[str, Any]) -> list[tuple[Arm, list[str]]]:
+    """The confidence table's cells by arm (``context["confidence"]``, ``score.confidence_summary``)."""
+    rows = []
+    summary = context.get("confidence") or {}
+    for arm in ordered_arms(summary):
+        entry = summary[arm.key]
+        ranked = entry.get("ranked_above")
+        cells = ["-" if ranked is None else f"{ranked:.2f}"]
+        for shown in entry["shown"]:
+            cell = f"{shown['line_exact_match']:.3f} / {shown['line_edit_similarity']:.3f}"
+            if shown["coverage"] < 1:
+                cell += f" ({shown['shown']:.0%} shown, >= {shown['threshold']:.2f})"
+            cells.append(cell)
+        rows.append((arm, cells))
+    return rows
+
+
+def confidence_markdown(context: dict[str, Any]) -> list[str]:
+    """The report's confidence section, or no lines when no arm recorded confidences."""
+    rows = confidence_rows(context)
+    if not rows:
+        return []
+    titles = ["a right line above a wrong one", *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
+    return [
+        "",
+        "## Showing only confident completions",
+        "",
+        CONFIDENCE_NOTE,
+        "",
+        "| arm | " + " | ".join(titles) + " |",
+        "|---|" + "---|" * len(titles),
+        *(f"| {arm.label} | " + " | ".join(cells) + " |" for arm, cells in rows),
+    ]
+
+
+def confidence_html(context: dict[str, Any]) -> str:
+    """The same section as an HTML table; empty when no arm recorded confidences."""
+    rows = confidence_rows(context)
+    if not rows:
+        return ""
+    titles = ["a right line above a wrong one", *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
+    body = "".join(
+        f"<tr><th>{html.escape(arm.label)}</th>"
+        + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        + "</tr>"
+        for arm, cells in rows
+    )
+    return (
+        f"<h2>Showing only confident completions</h2><p>{html.escape(CONFIDENCE_NOTE)}</p>"
+        f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def _columns(result: EvaluateResult, context: dict[str, Any]) -> list[tuple[str, str]]:
     code = "added code" if context.get("mode") == "temporal" else "held-out code"
     present = {name for scores in result.models.values() for name in scores}
@@ -340,7 +404,7 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
                 + " |"
             )
     filled = gaps(result)
-    lines += [*(["", filled] if filled else []), *flagged_markdown(context)]
+    lines += [*(["", filled] if filled else []), *confidence_markdown(context), *flagged_markdown(context)]
     lines += ["", _setting_line(result, context), "", *_footer(context)]
     return "\n".join(lines) + "\n"
 
@@ -494,6 +558,7 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         + f"<p>{_inline(provenance(result, context))}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f"<p>{_inline(filled)}</p>" if (filled := gaps(result)) else "")
+        + confidence_html(context)
         + flagged_html(context)
         + f"<p><small>{_inline(_setting_line(result, context))}</small></p>"
         + "".join(charts)

@@ -36,7 +36,9 @@ from repotune.evaluate.metrics import (
     chrf,
     edit_similarity,
     exact_match,
+    ranked_above,
     rouge_l,
+    selective,
     summarize,
     summarize_perplexity,
 )
@@ -44,7 +46,15 @@ from repotune.evaluate.samples import Samples, ScoredText, draw_samples
 from repotune.evaluate.settings import ScoringConfig
 from repotune.kvcache import PrefixCache, plain_cache
 
-__all__ = ["ArmScores", "Scorer", "ScoringConfig", "draw_samples", "metric_from_dict", "metric_to_dict"]
+__all__ = [
+    "ArmScores",
+    "Scorer",
+    "ScoringConfig",
+    "confidence_summary",
+    "draw_samples",
+    "metric_from_dict",
+    "metric_to_dict",
+]
 
 PAIRED_METRICS = (
     "line_exact_match",
@@ -55,6 +65,9 @@ PAIRED_METRICS = (
     f"{PREFIX_ONLY}_edit_similarity",
 )
 """Completion metrics kept per sample, so arms can be compared pair by pair."""
+CONFIDENCE = "line_confidence"
+"""How sure the model was of each line completion (``Completion.confidence``), kept per sample beside
+its scores: what showing only confident completions would have shown (``confidence_summary``)."""
 
 TASKS = {
     "line": "lines",
@@ -238,6 +251,7 @@ class Scorer:
             ]
             metrics[REPEAT_METRIC] = summarize(REPEAT_METRIC, repeats, higher_is_better=False)
             per_sample[REPEAT_METRIC] = repeats
+            per_sample[CONFIDENCE] = [c.confidence for c in done["line"]]
         middles = [s.middle for s in samples.fims]
         for task in (PREFIX_ONLY, "fim"):
             if task in asks:
@@ -322,6 +336,23 @@ def _scored(
         per_sample[f"{task}_{name}"] = values
         metrics[f"{task}_{name}"] = summarize(f"{task}_{name}", values, True)
     return metrics
+
+
+def confidence_summary(per_sample: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """For each arm with line confidences: how often a right line was more confident than a wrong one
+    (``ranked_above``, None where every line was right or every one wrong), and its line exact match
+    and edit similarity over all its completions, the most confident half and quarter (``selective``)."""
+    summary = {}
+    for arm, scores in per_sample.items():
+        confidences = scores.get(CONFIDENCE)
+        if not confidences:
+            continue
+        shown = {name: scores[name] for name in ("line_exact_match", "line_edit_similarity")}
+        summary[arm] = {
+            "ranked_above": ranked_above(confidences, scores["line_exact_match"]),
+            "shown": selective(confidences, shown),
+        }
+    return summary
 
 
 def retrieval_contexts(

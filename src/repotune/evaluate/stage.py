@@ -32,7 +32,9 @@ from repotune.evaluate.decide import PREFIX_ONLY, Decision, Policy
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.metrics import Metric
 from repotune.evaluate.score import (
+    CONFIDENCE,
     ScoringConfig,
+    confidence_summary,
     context_budget,
     load_or_build_index,
     metric_from_dict,
@@ -389,6 +391,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "retry_line_above": scoring.retry_line_above,
         "base_arms": reused,
         "flagged": report.flagged_completions(samples.lines, per_sample, answers),
+        "confidence": confidence_summary(per_sample),
         "model": {"base_model": summary.get("base_model"), "method": summary.get("method"),
                   "steps": summary.get("steps"), "source": trained_on.get("dataset.source"),
                   "commit": trained_on.get("dataset.commit")},
@@ -407,7 +410,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
     }
     config.output.mkdir(parents=True, exist_ok=True)
     write_json(layout.metrics, saved)
-    _write_completions(layout.completions, samples, answers)
+    _write_completions(layout.completions, samples, answers, per_sample)
     with atomic_open(layout.report_md) as handle:
         handle.write(report.render_markdown(result, context))
     with atomic_open(layout.report_html) as handle:
@@ -490,7 +493,13 @@ def _paired(per_sample: dict[str, dict[str, list[float]]], decision: Decision) -
     return result
 
 
-def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, list[str]]]) -> None:
+def _write_completions(
+    path: Path,
+    samples: Any,
+    answers: dict[str, dict[str, list[str]]],
+    per_sample: dict[str, dict[str, list[float]]],
+) -> None:
+    """Every sample's answers, a JSON line each; a line sample's with each arm's confidence in it."""
     with atomic_open(path) as handle:
         for task, items in (("line", samples.lines), ("fim", samples.fims), (PREFIX_ONLY, samples.fims)):
             for i, sample in enumerate(items):
@@ -501,6 +510,12 @@ def _write_completions(path: Path, samples: Any, answers: dict[str, dict[str, li
                     "expected": expected,
                     "answers": {arm: got[task][i] for arm, got in answers.items() if task in got},
                 }
+                if task == "line":
+                    row["confidence"] = {
+                        arm: round(scores[CONFIDENCE][i], 4)
+                        for arm, scores in per_sample.items()
+                        if CONFIDENCE in scores
+                    }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         # commit subjects, written from each diff (no file: the path is null)
         for i, (_, subject) in enumerate(samples.commits):
