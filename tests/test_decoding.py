@@ -133,7 +133,7 @@ def test_a_lines_confidence_is_the_geometric_mean_over_its_own_tokens_and_newlin
 
     from transformers import AutoTokenizer
 
-    from repotune.decoding import answer_span, line_confidence
+    from repotune.decoding import answer_span, decoded_ends, line_confidence
 
     tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
     tokens = tokenizer.encode("x)\n    return b\n\nlater", add_special_tokens=False)
@@ -146,8 +146,8 @@ def test_a_lines_confidence_is_the_geometric_mean_over_its_own_tokens_and_newlin
     mine = [i for i in range(len(tokens)) if max(starts[i], span[0]) < min(ends[i], span[1] + 1)]
     assert 0 < len(mine) < len(tokens)  # "x)" before it and "later" after it are not its own
     logprobs = [math.log(0.5) if i in mine else math.log(0.01) for i in range(len(tokens))]
-    assert line_confidence(tokens, logprobs, tokenizer, span) == pytest.approx(0.5)
+    assert line_confidence(logprobs, decoded_ends(tokens, tokenizer), span) == pytest.approx(0.5)
     logprobs[mine[-1]] = math.log(0.125)  # the newline (or the token holding it) less sure
     expected = math.exp(((len(mine) - 1) * math.log(0.5) + math.log(0.125)) / len(mine))
-    assert line_confidence(tokens, logprobs, tokenizer, span) == pytest.approx(expected)
-    assert line_confidence([], [], tokenizer, (0, 3)) == 0.0
+    assert line_confidence(logprobs, decoded_ends(tokens, tokenizer), span) == pytest.approx(expected)
+    assert line_confidence([], [], (0, 3)) == 0.0

@@ -171,6 +171,14 @@ def test_fill_in_the_middle_uses_the_training_transform(server, client: openai.O
     )
     assert fim.choices[0].text == raw.choices[0].text
     assert fim.usage.prompt_tokens == raw.usage.prompt_tokens
+    # The openai client's extra_body carries a confidence threshold: 1 cuts every line (no line of the
+    # tiny model is certain), 0 none.
+    for threshold, cut in ((1.0, True), (0.0, False)):
+        gated = client.completions.create(
+            model=server.model_name, prompt="def add(a, b):\n    return ", max_tokens=8, temperature=0,
+            extra_body={"min_confidence": threshold},
+        )  # fmt: skip
+        assert (gated.choices[0].text.strip() == "") is cut, threshold
 
 
 @pytest.mark.integration
@@ -1401,12 +1409,20 @@ def test_random_requests_get_no_server_error(server) -> None:
 
 
 def _fed(
-    row, texts: list[str], margins: list[float], tokenizer, eos: frozenset[int], runner: int = 7
+    row,
+    texts: list[str],
+    margins: list[float],
+    tokenizer,
+    eos: frozenset[int],
+    runner: int = 7,
+    probabilities: list[float] | None = None,
 ) -> None:
-    """Feed ``row`` the tokens of ``texts``, each text's chosen by its margin, with runner-up ``runner``."""
-    for text, margin in zip(texts, margins, strict=True):
+    """Feed ``row`` the tokens of ``texts``, each text's chosen by its margin, with runner-up ``runner``
+    and the probability of ``probabilities`` (1 where not given)."""
+    for i, (text, margin) in enumerate(zip(texts, margins, strict=True)):
+        logprob = math.log(probabilities[i]) if probabilities else 0.0
         for token in tokenizer.encode(text, add_special_tokens=False):
-            row.chosen = (margin, runner)
+            row.chosen = (margin, runner, logprob)
             row.add(token, eos)
 
 
@@ -1448,10 +1464,10 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         assert not held.healed
         _fed(held, ["\n  ", "return"], [1.0, 1.0], tokenizer, eos)
         assert held.healed
-        held._set_back(tokenizer.encode("\n", add_special_tokens=False), [math.inf])
+        held._set_back(tokenizer.encode("\n", add_special_tokens=False), [math.inf], [0.0])
         assert not held.healed and held.rewound
         begun = tokenizer.encode("\n  x", add_special_tokens=False)
-        held._set_back(begun, [math.inf] * len(begun))
+        held._set_back(begun, [math.inf] * len(begun), [0.0] * len(begun))
         assert held.healed
 
         # A first line that is not a copy is streamed as soon as it is whole.
@@ -1469,6 +1485,91 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         assert "".join(p for p in pieces if isinstance(p, str)) == "return a\n b" == pieces[-1].text
     finally:
         loop.close()
+
+
+def test_a_completion_ends_before_its_first_line_the_model_was_unsure_of() -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.serving.batching import Handle, _Row
+
+    tokenizer = make_tiny_tokenizer()
+    eos = frozenset({tokenizer.eos_token_id})
+    loop = asyncio.new_event_loop()
+
+    async def events(handle) -> list:
+        return [item async for item in handle.stream()]
+
+    try:
+        gated = GenerationRequest([1], 40, SamplingParams(0.0), min_confidence=0.5)
+        handle = Handle(gated, loop)
+        row = _Row(handle, tokenizer)
+        _fed(row, ["return", " a"], [1.0, 1.0], tokenizer, eos, probabilities=[0.9, 0.8])
+        assert row.sent == 0  # not whole: held back until judged
+        _fed(row, ["\n", "\n"], [1.0, 1.0], tokenizer, eos, probabilities=[0.7, 0.01])  # a blank line passes
+        assert row.sent == len("return a\n\n") and not row.done
+        # " b" (one token) at 0.6 and its newline at 0.4: a geometric mean of 0.49, below 0.5.
+        assert len(tokenizer.encode(" b", add_special_tokens=False)) == 1
+        _fed(row, [" b", "\n"], [1.0, 1.0], tokenizer, eos, probabilities=[0.6, 0.4])
+        assert row.done
+        pieces = loop.run_until_complete(events(handle))
+        assert "".join(p for p in pieces if isinstance(p, str)) == "return a\n\n" == pieces[-1].text
+        assert pieces[-1].finish_reason == "stop"
+
+        # The last line is judged when the row ends, without its newline; a cut there says "stop", not
+        # "length".
+        limit = len(tokenizer.encode("return\n b", add_special_tokens=False))  # ends at the token limit
+        short = Handle(GenerationRequest([1], limit, SamplingParams(0.0), min_confidence=0.5), loop)
+        ended = _Row(short, tokenizer)
+        _fed(ended, ["return", "\n", " b"], [1.0] * 3, tokenizer, eos, probabilities=[0.9, 0.9, 0.3])
+        pieces = loop.run_until_complete(events(short))
+        assert pieces[-1].text == "return\n" and pieces[-1].finish_reason == "stop"
+        # Sure enough of every line: the whole text, streamed line by line, ended as it ended.
+        sure = Handle(GenerationRequest([1], limit, SamplingParams(0.0), min_confidence=0.5), loop)
+        whole = _Row(sure, tokenizer)
+        _fed(whole, ["return", "\n", " b"], [1.0] * 3, tokenizer, eos, probabilities=[0.9, 0.9, 0.6])
+        pieces = loop.run_until_complete(events(sure))
+        assert [p for p in pieces if isinstance(p, str)] == ["return\n", " b"]
+        assert pieces[-1].text == "return\n b" and pieces[-1].finish_reason == "length"
+    finally:
+        loop.close()
+
+
+@pytest.mark.integration
+def test_the_server_gates_lines_on_the_confidence_evaluation_reports(loaded: RepotuneModel) -> None:
+    from repotune.evaluate.generate import complete_lines
+    from repotune.serving.protocol import CompletionRequest, validated
+
+    model, tokenizer = loaded.loaded.model, loaded.tokenizer
+    prompts = ["x", "def add(a, b):", "import os", "class Greeter:", "y = 2"]
+    greedy = SamplingParams(0.0, line_penalty=1.0)
+
+    async def served(prompt: str, threshold: float) -> str:
+        request = GenerationRequest(encode_prompt(tokenizer, prompt), 8, greedy, min_confidence=threshold)
+        handle = loaded.submit(request)
+        pieces = [item async for item in handle.stream()]
+        assert "".join(p for p in pieces if isinstance(p, str)) == pieces[-1].text  # nothing unsure streamed
+        return pieces[-1].text
+
+    # The tiny random model ends no line in 8 tokens: its whole answer is one line, and its confidence
+    # what the evaluate stage records for it.
+    scored = complete_lines(model, tokenizer, prompts, batch_size=1, max_new_tokens=8, line_penalty=1.0)
+    assert all(0 < c.confidence < 1 for c in scored)
+    for prompt, completion in zip(prompts, scored, strict=True):
+        assert asyncio.run(served(prompt, completion.confidence * 0.999)).strip() == completion.text.strip()
+        assert asyncio.run(served(prompt, min(1.0, completion.confidence * 1.001))).strip() == ""
+
+    # The request's threshold, else the server's, for greedy completions only.
+    ids = encode_prompt(tokenizer, "x")
+    assert loaded.request(ids, max_tokens=4, sampling=greedy, min_confidence=0.3).min_confidence == 0.3
+    assert (
+        loaded.request(ids, max_tokens=4, sampling=SamplingParams(0.7), min_confidence=0.3).min_confidence
+        == 0
+    )
+    with pytest.raises(ServingError) as refused:
+        validated(CompletionRequest, {"model": "tiny", "prompt": "x", "min_confidence": 1.5})
+    assert refused.value.status == 400 and refused.value.param == "min_confidence"
+    with pytest.raises(RepotuneError, match="--min-confidence must be a number from 0 to 1"):
+        dataclasses.replace(loaded.settings, min_confidence=-0.1)
 
 
 @pytest.mark.integration

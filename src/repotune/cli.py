@@ -450,6 +450,17 @@ def serve(
             "is streamed once it is judged.",
         ),
     ] = ServeSettings.retry_line_above,
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="End a greedy completion before its first line whose confidence (the geometric mean of "
+            "its tokens' probabilities) is below this, so an editor shows only lines the model was sure "
+            "of; a request's min_confidence overrides it. The evaluate report gives the thresholds of "
+            "the most confident half and quarter. 0: off.",
+        ),
+    ] = ServeSettings.min_confidence,
 ) -> None:
     """Serve MODEL with KServe: OpenAI-compatible /openai/v1 routes and the KServe v1/v2 protocol.
 
@@ -475,6 +486,7 @@ def serve(
         fim=fim.setting,
         line_repeat_penalty=line_repeat_penalty,
         retry_line_above=retry_line_above,
+        min_confidence=min_confidence,
     )
     run_server(
         model, port=port, host=host, model_name=model_name, adapter=adapter, settings=settings, log=say

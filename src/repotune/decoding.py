@@ -110,13 +110,19 @@ def runner_up(
     return [math.inf if r in refused else m for m, r in zip(margins, runners, strict=True)], runners
 
 
-def span_steps(tokens: Sequence[int], tokenizer: Any, span: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """The steps (indices into ``tokens``) whose token writes a character of ``span`` (characters of
-    ``tokens`` decoded, special tokens skipped), each with the first and the end character of ``span``
-    it writes."""
+def decoded_ends(tokens: Sequence[int], tokenizer: Any) -> list[int]:
+    """Per step, how many characters ``tokens`` up to that step's decode to (special tokens skipped)."""
+    return [
+        len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
+        for step in range(len(tokens))
+    ]
+
+
+def span_steps(ends: Sequence[int], span: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The steps whose token writes a character of ``span`` (``ends``: ``decoded_ends`` of the tokens),
+    each with the first and the end character of ``span`` it writes."""
     found, begin = [], 0
-    for step in range(len(tokens)):
-        end = len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
+    for step, end in enumerate(ends):
         first, last = max(begin, span[0]), min(end, span[1])
         if first < last:
             found.append((step, first, last))
@@ -133,7 +139,7 @@ def least_certain(
     text = tokenizer.decode(list(tokens), skip_special_tokens=True)
     steps = [
         step
-        for step, first, last in span_steps(tokens, tokenizer, span)
+        for step, first, last in span_steps(decoded_ends(tokens, tokenizer), span)
         if text[first:last].strip() and math.isfinite(margins[step])
     ]
     return min(steps, key=lambda step: margins[step], default=None)
@@ -182,6 +188,13 @@ def rewrites_line_above(answer: str, before: str) -> bool:
 # (``benchmarks/quality.py``, benchmarks/README.md).
 
 
+def check_confidence(value: object, name: str) -> None:
+    """Refuse a confidence threshold that is not a number from 0 to 1."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 <= value <= 1:
+        raise RepotuneError(f"{name} must be a number from 0 to 1, got {value!r}")
+
+
 def chosen_logprobs(scores: Any, chosen: Any) -> list[float]:
     """Per row of ``scores`` (the logits a token was chosen from, after every penalty), the log
     probability of the chosen token ``chosen[row]``, in float32 whatever the logits' type."""
@@ -190,13 +203,11 @@ def chosen_logprobs(scores: Any, chosen: Any) -> list[float]:
     return torch.log_softmax(scores.float(), dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
 
 
-def line_confidence(
-    tokens: Sequence[int], logprobs: Sequence[float], tokenizer: Any, span: tuple[int, int]
-) -> float:
-    """The geometric mean of the probabilities of the tokens that write ``span`` (characters of
-    ``tokens`` decoded, special tokens skipped) and the character after it, its newline; 0.0 when no
-    token writes it. ``logprobs[step]``: the log probability of ``tokens[step]`` (``chosen_logprobs``)."""
-    steps = [step for step, _, _ in span_steps(tokens, tokenizer, (span[0], span[1] + 1))]
+def line_confidence(logprobs: Sequence[float], ends: Sequence[int], span: tuple[int, int]) -> float:
+    """The geometric mean of the probabilities of the tokens that write ``span`` and the character after
+    it, its newline (``ends``: ``decoded_ends`` of the tokens; ``logprobs[step]``: the log probability
+    of the token of that step, ``chosen_logprobs``); 0.0 when no token writes it."""
+    steps = [step for step, _, _ in span_steps(ends, (span[0], span[1] + 1))]
     if not steps:
         return 0.0
     return math.exp(sum(logprobs[step] for step in steps) / len(steps))

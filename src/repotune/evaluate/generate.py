@@ -29,6 +29,7 @@ from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_
 from repotune.decoding import (
     answer_span,
     chosen_logprobs,
+    decoded_ends,
     least_certain,
     line_confidence,
     newline_tokens,
@@ -126,7 +127,7 @@ class Completion:
         span = answer_span(text, after_newline=after_newline)
         confidence = 0.0
         if span is not None and logprobs is not None:
-            confidence = line_confidence(tokens, logprobs, tokenizer, span)
+            confidence = line_confidence(logprobs, decoded_ends(tokens, tokenizer), span)
         return cls(
             answer_line(text, after_newline=after_newline),
             answer_line(raw, after_newline=after_newline),

@@ -404,8 +404,9 @@ def render_markdown(result: EvaluateResult, context: dict[str, Any]) -> str:
                 + " |"
             )
     filled = gaps(result)
-    lines += [*(["", filled] if filled else []), *confidence_markdown(context), *flagged_markdown(context)]
-    lines += ["", _setting_line(result, context), "", *_footer(context)]
+    lines += [*(["", filled] if filled else []), *flagged_markdown(context)]
+    # After the notes on the method, where `repotune evaluate` and `run` stop printing the report.
+    lines += ["", _setting_line(result, context), "", *_footer(context), *confidence_markdown(context)]
     return "\n".join(lines) + "\n"
 
 
@@ -558,11 +559,12 @@ def render_html(result: EvaluateResult, context: dict[str, Any]) -> str:
         + f"<p>{_inline(provenance(result, context))}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f"<p>{_inline(filled)}</p>" if (filled := gaps(result)) else "")
-        + confidence_html(context)
         + flagged_html(context)
         + f"<p><small>{_inline(_setting_line(result, context))}</small></p>"
         + "".join(charts)
-        + f"<p><small>{_inline(' '.join(_footer(context)))}</small></p></body></html>\n"
+        + f"<p><small>{_inline(' '.join(_footer(context)))}</small></p>"
+        + confidence_html(context)
+        + "</body></html>\n"
     )
 
 

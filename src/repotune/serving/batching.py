@@ -43,7 +43,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.decoding import (
     answer_span,
+    chosen_logprobs,
+    decoded_ends,
     least_certain,
+    line_confidence,
     newline_tokens,
     penalize_lines,
     rewrites_line_above,
@@ -150,6 +153,11 @@ class GenerationRequest:
     """The code above the cursor, for a greedy completion: a first line that writes its last line again
     is decoded again from its least certain token (``repotune.decoding``), and the first line is held
     back from the stream until it is judged. Empty: never."""
+    min_confidence: float = 0.0
+    """For a greedy completion: it ends before its first line whose confidence (the geometric mean of
+    its tokens' probabilities, ``repotune.decoding.line_confidence``) is below this, so an editor shows
+    only lines the model was sure of, or nothing; each line is held back from the stream until it is
+    whole and judged. 0: never."""
 
 
 @dataclass(frozen=True)
@@ -254,13 +262,21 @@ class _Row:
         """How far each token won over its runner-up (``runner_up``), for a row that judges its first
         line (``GenerationRequest.line_above``)."""
         self.runners: list[int] = []
-        self.chosen: tuple[float, int] = (math.inf, -1)
-        """The margin and runner-up of the token ``add`` gets next (``RunnerUpRecorder``)."""
+        self.logprobs: list[float] = []
+        """The log probability of each token, for a row that gates its lines (``min_confidence``)."""
+        self.ends: list[int] = []
+        """How many characters the tokens up to each step decode to (``decoded_ends``)."""
+        self.chosen: tuple[float, int, float] = (math.inf, -1, 0.0)
+        """The margin, runner-up and log probability of the token ``add`` gets next (``RunnerUpRecorder``)."""
+        self.gating = handle.request.min_confidence > 0
+        self.gated = 0
+        """Characters of ``text`` in whole lines judged confident enough: streamed up to there only."""
         self.judging = bool(handle.request.line_above)
         """The first line is still to be judged, and is held back from the stream until it is."""
-        self.first: tuple[list[int], str, str | None] | None = None
-        """While a copied first line is decoded again: the first answer's tokens, text, and how it ended
-        (None: it went on), to go back to where the line decoded again is no better."""
+        self.first: tuple[list[int], list[float], str, str | None] | None = None
+        """While a copied first line is decoded again: the first answer's tokens, their log
+        probabilities, its text, and how it ended (None: it went on), to go back to where the line
+        decoded again is no better."""
         self.rewound = False
         """Its tokens were set back (to decode a copied line again): it leaves the batch and is queued
         again, its tokens fed back as prompt as a row that gave way is."""
@@ -286,7 +302,9 @@ class _Row:
         self.generated += 1
         self.margins.append(self.chosen[0])
         self.runners.append(self.chosen[1])
+        self.logprobs.append(self.chosen[2])
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.ends.append(len(text))
         self.healed = self.healed or len(text) >= len(request.heal)
         # The held-back text is the prompt's: the completion starts after it (``HealingProcessor``
         # holds the first tokens to it, so the text starts with it once it is all written). Where the
@@ -307,7 +325,10 @@ class _Row:
             return
         if self.judging and (self._judged(ending=None) or self.judging):
             return  # set back to decode the line again, or not whole yet: the line is not sent
-        end = len(self.text) - self.hold
+        if self.gating and self._gate(whole=False):
+            self._end("stop")
+            return
+        end = min(len(self.text) - self.hold, self.gated if self.gating else len(self.text))
         # A trailing U+FFFD is half of a multi-byte character whose other bytes come with later tokens.
         while end > self.sent and self.text[end - 1] == "\ufffd":
             end -= 1
@@ -343,33 +364,63 @@ class _Row:
         if step is None or step + 1 >= self.handle.request.max_new_tokens:
             self.judging = False
             return False
-        self.first = (list(self.tokens), self.text, ending)
-        self._set_back([*self.tokens[:step], self.runners[step]], [*self.margins[:step], math.inf])
+        self.first = (list(self.tokens), list(self.logprobs), self.text, ending)
+        # The runner-up's log probability: the chosen token's less the margin (of the same logits).
+        self._set_back(
+            [*self.tokens[:step], self.runners[step]],
+            [*self.margins[:step], math.inf],
+            [*self.logprobs[:step], self.logprobs[step] - self.margins[step]],
+        )
         return True
 
     def _back_to_first(self) -> bool:
         """The line decoded again was blank or a copy too: the first answer stands, ended as it ended or
         going on from its tokens."""
         assert self.first is not None
-        tokens, text, ending = self.first
+        tokens, logprobs, text, ending = self.first
         self.judging = False
         self.judged("kept")
         if ending is not None:
-            self.tokens, self.text = tokens, text
+            self.tokens, self.logprobs, self.text = tokens, logprobs, text
+            self.ends = decoded_ends(tokens, self.tokenizer)
             self._end(ending)
         else:
-            self._set_back(tokens, [math.inf] * len(tokens))
+            self._set_back(tokens, [math.inf] * len(tokens), logprobs)
         return True
 
-    def _set_back(self, tokens: list[int], margins: list[float]) -> None:
-        self.tokens, self.margins, self.runners = tokens, margins, tokens[:]
-        self.text, self.rewound = "", True
+    def _set_back(self, tokens: list[int], margins: list[float], logprobs: list[float]) -> None:
+        self.tokens, self.margins, self.runners, self.logprobs = tokens, margins, tokens[:], logprobs
+        self.ends = decoded_ends(tokens, self.tokenizer)
+        self.text, self.rewound, self.gated = "", True, 0
         # The token put in place may write less of the held-back text than the one it replaces.
         heal = self.handle.request.heal
         self.healed = len(self.tokenizer.decode(tokens, skip_special_tokens=True)) >= len(heal)
 
+    def _gate(self, *, whole: bool) -> bool:
+        """Judge the lines of ``text`` that are whole and not judged yet (``whole``: the row has ended, so
+        its last line is whole too): True, ``text`` cut before it, at the first line whose confidence is
+        below ``min_confidence``. Blank lines pass unjudged."""
+        shift = None
+        while self.gated < len(self.text):
+            cut = self.text.find("\n", self.gated)
+            if cut < 0 and not whole:
+                return False
+            end = len(self.text) if cut < 0 else cut
+            if self.text[self.gated : end].strip():
+                if shift is None:  # the text starts after the held-back prompt text (``add``)
+                    decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+                    shift = _agreed(decoded, self.handle.request.heal)
+                span = (self.gated + shift, end + shift)
+                if line_confidence(self.logprobs, self.ends, span) < self.handle.request.min_confidence:
+                    self.text = self.text[: self.gated]
+                    return True
+            self.gated = end + 1 if cut >= 0 else end
+        return False
+
     def _end(self, reason: str | None, error: BaseException | None = None) -> None:
         self.done = True
+        if reason is not None and error is None and self.gating and self._gate(whole=True):
+            reason = "stop"  # cut before an unconfident line, not at the token limit
         if error is not None:
             self.handle._push(error)
             return
@@ -669,7 +720,7 @@ class Batcher:
         if any(handle.request.sampling.line_penalty for handle in batch):
             penalties = [handle.request.sampling.line_penalty for handle in batch]
             processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
-        if any(row.judging for row in rows):
+        if any(row.judging or row.gating for row in rows):
             processors.append(RunnerUpRecorder(rows, self.eos_ids))  # last: it sees the scores chosen from
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
@@ -809,17 +860,20 @@ class PenaltyProcessor:
 
 class RunnerUpRecorder:
     """A transformers ``LogitsProcessor`` that changes nothing: it gives each row that judges its first
-    line (``_Row.judging``) the margin and runner-up of the token greedy decoding picks from these
-    scores (``runner_up``), for ``_Row.add``. It must come last, after every processor that changes
-    the scores."""
+    line (``_Row.judging``) or gates its lines (``_Row.gating``) the margin, runner-up and log
+    probability of the token greedy decoding picks from these scores (``runner_up``,
+    ``chosen_logprobs``), for ``_Row.add``. It must come last, after every processor that changes the
+    scores."""
 
     def __init__(self, rows: Sequence[_Row], eos_ids: frozenset[int]) -> None:
         self.rows, self.eos_ids = rows, eos_ids
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        margins, runners = runner_up(scores, scores.argmax(dim=-1), self.eos_ids)
-        for row, margin, runner in zip(self.rows, margins, runners, strict=True):
-            row.chosen = (margin, runner)
+        chosen = scores.argmax(dim=-1)
+        margins, runners = runner_up(scores, chosen, self.eos_ids)
+        logprobs = chosen_logprobs(scores, chosen)
+        for row, margin, runner, logprob in zip(self.rows, margins, runners, logprobs, strict=True):
+            row.chosen = (margin, runner, logprob)
         return scores
 
 

@@ -297,12 +297,14 @@ class RepotuneModel(kserve.Model):
         prompt_param: str = "prompt",
         heal: str = "",
         before: str = "",
+        min_confidence: float = 0.0,
     ) -> GenerationRequest:
         """A checked ``GenerationRequest``: the prompt fits the context and ``max_tokens`` is within
         (0, server cap] and fits after the prompt. ``max_tokens=None`` takes ``default_max_tokens``
         (``None``: as many as the cap and the context allow). ``before``: the code before the cursor of
         a completion, whose last line a greedy answer's first line must not write again
-        (``ServeSettings.retry_line_above``)."""
+        (``ServeSettings.retry_line_above``). ``min_confidence``: a greedy completion ends before its
+        first line less sure than this (``GenerationRequest.min_confidence``); sampled ones are not cut."""
         cap = self.settings.max_tokens
         room = self.context - len(prompt_ids)
         if not prompt_ids:
@@ -339,6 +341,7 @@ class RepotuneModel(kserve.Model):
             timeout_s=self.settings.request_timeout_s,
             heal=heal,
             line_above=judged,
+            min_confidence=min_confidence if sampling.greedy else 0.0,
         )
 
     def submit(self, request: GenerationRequest) -> Handle:
@@ -403,10 +406,11 @@ class RepotuneModel(kserve.Model):
         # OpenAI's default temperature; the line repeat penalty the evaluate stage scored with
         sampling = request.sampling(default_temperature=1.0, line_penalty=self.settings.line_repeat_penalty)
         stop = request.stops()
+        gate = self.settings.min_confidence if request.min_confidence is None else request.min_confidence
         rows = [
             self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
                          default_max_tokens=self.settings.default_max_tokens, sampling=sampling,
-                         stop=line_stops(stop, prompt), before=prompt.before)
+                         stop=line_stops(stop, prompt), before=prompt.before, min_confidence=gate)
             for prompt in built
             for _ in range(n)
         ]  # fmt: skip
@@ -536,6 +540,9 @@ class RepotuneModel(kserve.Model):
             ),
             stop=line_stops(instance.stops(), prompt),
             before=prompt.before,
+            min_confidence=self.settings.min_confidence
+            if instance.min_confidence is None
+            else instance.min_confidence,
         )
 
     async def complete(self, options: dict[str, Any]) -> Completed:

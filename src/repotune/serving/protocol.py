@@ -115,7 +115,9 @@ class CompletionRequest(OpenAIRequest):
     being completed: it puts the training file header in front of the prefix, as ``code_prompt`` /
     ``fim_prompt`` do in training and in the evaluate stage, and the file's own chunks are not retrieved;
     ``retrieval``, ``true`` or ``false`` to have retrieved cross-file context put in front of the prompt
-    or not, whatever the server's default (``repotune.serving.retrieval``).
+    or not, whatever the server's default (``repotune.serving.retrieval``); ``min_confidence``, from 0
+    to 1: a greedy completion ends before its first line the model was less sure of (the server's
+    ``--min-confidence`` otherwise; ``ServeSettings.min_confidence``).
     """
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -125,6 +127,7 @@ class CompletionRequest(OpenAIRequest):
     logprobs: int | None = Field(None, ge=0)
     file_path: str | None = None
     retrieval: bool | None = None
+    min_confidence: float | None = Field(None, ge=0, le=1)
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
@@ -240,6 +243,7 @@ class Instance(GenerationOptions):
     suffix: str | None = None
     file_path: str | None = None
     retrieval: bool | None = None
+    min_confidence: float | None = Field(None, ge=0, le=1)
 
 
 def _unsupported(param: str, message: str | None = None) -> ServingError:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from repotune.decoding import LINE_REPEAT_PENALTY, check_line_penalty
+from repotune.decoding import LINE_REPEAT_PENALTY, check_confidence, check_line_penalty
 from repotune.errors import RepotuneError
 
 TOKENS_ENV = "REPOTUNE_SERVE_TOKENS"
@@ -78,6 +78,12 @@ class ServeSettings:
     """Decode a greedy completion whose first line writes the line above the cursor again a second time,
     from its least certain token (``repotune.decoding``), as the evaluate stage scores by default; the
     first line is streamed once it is judged. False: never."""
+    min_confidence: float = 0.0
+    """End a greedy completion before its first line whose confidence (the geometric mean of its
+    tokens' probabilities) is below this, unless the request sets its own ``min_confidence``: an
+    editor then shows only the lines the model was sure of, or nothing. The evaluate report's
+    "Showing only confident completions" table gives the thresholds of the most confident half and
+    quarter, with their exact match. 0: off."""
     retrieval: bool | None = None
     """Put context retrieved from the model folder's index (``MODEL/retrieval/``) in front of completion
     prompts unless a request says otherwise: ``True`` (needs the index), ``False``, or ``None``: when the
@@ -96,6 +102,7 @@ class ServeSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RepotuneError(f"{_flag(name)} must be a positive integer, got {value!r}")
         check_line_penalty(self.line_repeat_penalty)
+        check_confidence(self.min_confidence, "--min-confidence")
         if self.batch_wait_ms < 0:
             raise RepotuneError(f"--batch-wait-ms must not be negative, got {self.batch_wait_ms!r}")
         turn = self.turn_tokens
