@@ -91,19 +91,29 @@ def test_runner_up_is_the_second_best_token_and_an_end_of_sequence_never_wins_a_
     assert margins[0] == pytest.approx(0.5) and margins[1] == float("inf")  # row 1's runner-up is EOS
 
 
-@pytest.mark.integration
-def test_the_token_decoded_again_is_the_least_certain_one_that_writes_the_line(tmp_path: Path) -> None:
+def _written(folder: Path, written: str, line: str):
+    """The tiny serving model's tokenizer, ``written`` as its tokens and their text, where its answer
+    line (after the first newline) is, and each token's first and end character."""
     from transformers import AutoTokenizer
 
-    from repotune.decoding import answer_span, least_certain
+    from repotune.decoding import answer_span
 
-    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
-    tokens = tokenizer.encode("x)\n    from a import b\n", add_special_tokens=False)
+    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(folder))
+    tokens = tokenizer.encode(written, add_special_tokens=False)
     text = tokenizer.decode(tokens)
     span = answer_span(text, after_newline=True)
-    assert text[span[0] : span[1]] == "    from a import b"
+    assert text[span[0] : span[1]] == line
     ends = [len(tokenizer.decode(tokens[: i + 1])) for i in range(len(tokens))]
-    starts = [0, *ends[:-1]]
+    return tokenizer, tokens, text, span, [0, *ends[:-1]], ends
+
+
+@pytest.mark.integration
+def test_the_token_decoded_again_is_the_least_certain_one_that_writes_the_line(tmp_path: Path) -> None:
+    from repotune.decoding import least_certain
+
+    tokenizer, tokens, text, span, starts, ends = _written(
+        tmp_path / "tiny", "x)\n    from a import b\n", "    from a import b"
+    )
     in_line = [
         i
         for i in range(len(tokens))
@@ -131,17 +141,11 @@ def test_chosen_logprobs_are_the_log_softmax_of_the_chosen_tokens() -> None:
 def test_a_lines_confidence_is_the_geometric_mean_over_its_own_tokens_and_newline(tmp_path: Path) -> None:
     import math
 
-    from transformers import AutoTokenizer
+    from repotune.decoding import decoded_ends, line_confidence
 
-    from repotune.decoding import answer_span, decoded_ends, line_confidence
-
-    tokenizer = AutoTokenizer.from_pretrained(make_serving_model(tmp_path / "tiny"))
-    tokens = tokenizer.encode("x)\n    return b\n\nlater", add_special_tokens=False)
-    text = tokenizer.decode(tokens)
-    span = answer_span(text, after_newline=True)
-    assert text[span[0] : span[1]] == "    return b"
-    ends = [len(tokenizer.decode(tokens[: i + 1])) for i in range(len(tokens))]
-    starts = [0, *ends[:-1]]
+    tokenizer, tokens, _, span, starts, ends = _written(
+        tmp_path / "tiny", "x)\n    return b\n\nlater", "    return b"
+    )
     # The tokens that write a character of the line or the newline that ends it.
     mine = [i for i in range(len(tokens)) if max(starts[i], span[0]) < min(ends[i], span[1] + 1)]
     assert 0 < len(mine) < len(tokens)  # "x)" before it and "later" after it are not its own
