@@ -187,6 +187,10 @@ def test_the_evaluated_arms_retrieval_and_fim_settings_reach_the_repotune_runtim
     assert both["spec"]["predictor"]["model"]["args"] == ["--retrieval", "on", "--fim", "off"]
     fim_only = render_manifests("s3://bucket/model", settings(runtime="repotune", fim=True))[-1]
     assert fim_only["spec"]["predictor"]["model"]["args"] == ["--fim", "on"]
+    gated = render_manifests("s3://bucket/model", settings(runtime="repotune", min_confidence=0.35))[-1]
+    assert gated["spec"]["predictor"]["model"]["args"] == ["--min-confidence", "0.35"]
+    with pytest.raises(RepotuneError, match="--min-confidence must be a number from 0 to 1"):
+        settings(runtime="repotune", min_confidence=1.5)
     # vLLM knows nothing of the index: the Hugging Face runtime's args stay its own.
     hf = settings(runtime="huggingface", retrieval=True, fim=False)
     isvc = render_manifests("s3://bucket/model", hf)[-1]

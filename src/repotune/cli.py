@@ -518,6 +518,7 @@ def _recipe_resources(spec: str):
     Setting("settings.canary_percent", ("--canary",)),
     Setting("settings.retrieval", metavar="on|off|auto", parse=lambda text: _switch(text, "--retrieval")),
     Setting("settings.fim", metavar="on|off|auto", parse=lambda text: _switch(text, "--fim")),
+    Setting("settings.min_confidence"),
     Setting("timeout_s", ("--timeout",)),
     Setting("settings.s3.service_account", ("--service-account",)),
     Setting("settings.s3.secret", ("--s3-secret",)),

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from repotune.decoding import check_confidence
 from repotune.deploy.uris import ModelSource, from_storage_uri
 from repotune.errors import RepotuneError
 from repotune.images import HF_RUNTIME, cpu_image, cuda_image
@@ -145,6 +146,10 @@ class DeploySettings:
     before the cursor alone (``repotune serve --fim on|off``): what the evaluation found the model does
     better (``decision.fim``). None (``auto``) takes it from the registry for a ``models:/`` URI, else
     FIM prompts when the model has FIM tokens."""
+    min_confidence: float = 0.0
+    """The ``repotune`` runtime ends a greedy completion before its first line less sure than this
+    (``repotune serve --min-confidence``; the evaluation report's confidence table gives thresholds and
+    what they showed). 0: off. KServe's Hugging Face runtime has no such setting."""
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):
@@ -158,6 +163,7 @@ class DeploySettings:
             raise RepotuneError(f"--canary {self.canary_percent}: a share of traffic from 0 to 100 percent")
         if self.min_replicas < 0:
             raise RepotuneError("min_replicas must be 0 or more")
+        check_confidence(self.min_confidence, "--min-confidence")
         # A KFP parameter arrives as a plain string.
         try:
             object.__setattr__(self, "runtime", Runtime(self.runtime))
@@ -272,6 +278,8 @@ def render_inference_service(model: ModelSource | str, settings: DeploySettings)
             if value is not None
             for arg in (flag, "on" if value else "off")
         ]
+        if settings.min_confidence:
+            args += ["--min-confidence", f"{settings.min_confidence:g}"]
         if args:
             model_spec["args"] = args
     predictor: dict[str, Any] = {
