@@ -336,6 +336,34 @@ def test_the_markdown_report_leads_with_the_decision_and_has_the_arm_table(tmp_p
     assert "| commit message ROUGE-L (`commit_rouge_l`) | higher |" in text
 
 
+def test_the_report_shows_what_showing_only_confident_completions_would_show(tmp_path: Path) -> None:
+    from repotune.evaluate.report import render_html, render_markdown
+    from repotune.evaluate.score import CONFIDENCE, confidence_summary
+
+    result, context = a_result(tmp_path)
+    assert "confident" not in render_markdown(result, context)  # no confidences recorded: no section
+    right = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    per_sample = {
+        "candidate": {CONFIDENCE: [0.9, 0.2, 0.8, 0.1, 0.6, 0.3, 0.4, 0.5], "line_exact_match": right,
+                      "line_edit_similarity": [1.0, 0.2, 1.0, 0.4, 0.5, 0.1, 0.3, 0.6]},
+        "base": {CONFIDENCE: [0.5] * 8, "line_exact_match": [0.0] * 8, "line_edit_similarity": [0.25] * 8},
+    }  # fmt: skip
+    context["confidence"] = confidence_summary(per_sample)
+    text = render_markdown(result, context)
+    # After the notes on the method (where the command line stops printing the report).
+    assert text.index("Values are means") < text.index("## Showing only confident completions")
+    assert "| base | - (no line right) | 0.000 / 0.250 | 0.000 / 0.250 (100% shown, >= 0.50) |" in text
+    # Both right lines are the two most confident: the top half and quarter hold every one of them.
+    assert (
+        "| candidate | 1.00 | 0.250 / 0.512 | 0.500 / 0.775 (50% shown, >= 0.50) | "
+        "1.000 / 1.000 (25% shown, >= 0.80) |" in text
+    )
+    page = render_html(result, context)
+    assert "<h2>Showing only confident completions</h2>" in page
+    assert "<td>1.000 / 1.000 (25% shown, &gt;= 0.80)</td>" in page
+    assert "<code>repotune serve --min-confidence</code>" in page
+
+
 def test_the_report_shows_the_line_completions_that_a_format_check_counted(tmp_path: Path) -> None:
     """A share of 0.02 refuses a promotion; the report names the two lines, as the arm wrote them."""
     from repotune.evaluate.report import flagged_completions, render_html, render_markdown

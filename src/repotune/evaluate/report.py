@@ -255,10 +255,12 @@ CONFIDENCE_TITLES = ("all lines", "the most confident half", "the most confident
 """Column titles of the confidence table, one per share of ``metrics.COVERAGES``."""
 CONFIDENCE_NOTE = (
     "A completion's confidence is the geometric mean of the probabilities its model gave the tokens of "
-    "its line. An editor that showed only completions at or above a threshold would have shown these "
-    "(line exact match / edit similarity of the completions shown, the threshold in brackets); the "
-    "second column says how often a right line was more confident than a wrong one (0.5: chance)."
+    "its line, newline included. An editor that showed only completions at or above a threshold would "
+    "have shown these: line exact match / edit similarity of the completions shown, then the share shown "
+    "and the threshold (`repotune serve --min-confidence`). The second column says how often a right "
+    "line was more confident than a wrong one (0.5: chance; 1: every right line above every wrong one)."
 )
+RANKED_TITLE = "right line more confident than a wrong one"
 
 
 def confidence_rows(context: dict[str, Any]) -> list[tuple[Arm, list[str]]]:
@@ -268,7 +270,11 @@ def confidence_rows(context: dict[str, Any]) -> list[tuple[Arm, list[str]]]:
     for arm in ordered_arms(summary):
         entry = summary[arm.key]
         ranked = entry.get("ranked_above")
-        cells = ["-" if ranked is None else f"{ranked:.2f}"]
+        if ranked is None:  # every line wrong, or every one right
+            right = entry["shown"][0]["line_exact_match"] if entry["shown"] else 0.0
+            cells = ["- (no line right)" if right == 0 else "- (every line right)"]
+        else:
+            cells = [f"{ranked:.2f}"]
         for shown in entry["shown"]:
             cell = f"{shown['line_exact_match']:.3f} / {shown['line_edit_similarity']:.3f}"
             if shown["coverage"] < 1:
@@ -283,7 +289,7 @@ def confidence_markdown(context: dict[str, Any]) -> list[str]:
     rows = confidence_rows(context)
     if not rows:
         return []
-    titles = ["a right line above a wrong one", *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
+    titles = [RANKED_TITLE, *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
     return [
         "",
         "## Showing only confident completions",
@@ -301,7 +307,7 @@ def confidence_html(context: dict[str, Any]) -> str:
     rows = confidence_rows(context)
     if not rows:
         return ""
-    titles = ["a right line above a wrong one", *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
+    titles = [RANKED_TITLE, *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
     head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
     body = "".join(
         f"<tr><th>{html.escape(arm.label)}</th>"
@@ -310,7 +316,7 @@ def confidence_html(context: dict[str, Any]) -> str:
         for arm, cells in rows
     )
     return (
-        f"<h2>Showing only confident completions</h2><p>{html.escape(CONFIDENCE_NOTE)}</p>"
+        f"<h2>Showing only confident completions</h2><p>{_inline(CONFIDENCE_NOTE)}</p>"
         f"<table><thead><tr><th>arm</th>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
