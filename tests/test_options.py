@@ -201,6 +201,7 @@ CONTRACT = {
         "--canary",
         "--retrieval",
         "--fim",
+        "--min-confidence",
         "--timeout",
         "--service-account",
         "--s3-secret",
