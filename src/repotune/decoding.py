@@ -182,10 +182,12 @@ def rewrites_line_above(answer: str, before: str) -> bool:
 # How sure the model was of a line. An editor shows a completion or nothing, and a wrong one costs the
 # user a read; greedy decoding knows, token by token, how much probability it gave what it wrote. The
 # geometric mean of those probabilities over the tokens of the line (its newline included: a model
-# that would rather have gone on is less sure the line is whole) ranks right answers above wrong ones
-# better than the smallest margin over a runner-up does: on the quality benchmark's projects, a
-# completion shown only above the median confidence is right about twice as often
-# (``benchmarks/quality.py``, benchmarks/README.md).
+# that would rather have gone on is less sure the line is whole) ranks right lines above wrong ones:
+# on the quality benchmark's itsdangerous and attrs (400 lines the next releases added), a right line
+# of the demo recipe's candidate was more confident than a wrong one 94% of the time, and its most
+# confident half held every right line, exact match 0.235 against 0.117 over all lines
+# (``benchmarks/quality.py``, README). The smallest margin over a runner-up, tried on the same lines,
+# ranked as well on attrs (0.91 against 0.90) and worse on itsdangerous (0.91 against 0.97).
 
 
 def check_confidence(value: object, name: str) -> None:
