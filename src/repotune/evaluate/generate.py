@@ -288,12 +288,10 @@ def _retried_start(
     step = least_certain(tokens, row.margins, tokenizer, span) if span is not None else None
     if step is None:
         return None
-    return Written(
-        [*tokens[:step], row.runners[step]],
-        [*row.margins[:step], math.inf],
-        [*row.runners[:step], row.runners[step]],
-        [*row.logprobs[:step], row.logprobs[step] - row.margins[step]],
-    )
+    begun = [*tokens[:step], row.runners[step]]
+    # Not decoded again a second time: its margins are infinite, its runners-up its own tokens.
+    margins = [math.inf] * len(begun)
+    return Written(begun, margins, begun[:], [*row.logprobs[:step], row.logprobs[step] - row.margins[step]])
 
 
 def greedy_lines(
