@@ -453,7 +453,7 @@ def print_project(result: dict[str, Any]) -> None:
 def print_confidence(title: str, results: list[dict[str, Any]]) -> None:
     """Line exact match and edit similarity of every completion, the most confident half and quarter,
     per arm, over the lines of ``results`` together (one threshold for all, as a server would use)."""
-    from repotune.evaluate.report import confidence_markdown
+    from repotune.evaluate.report import confidence_table
     from repotune.evaluate.score import CONFIDENCE, confidence_summary
 
     pooled: dict[str, dict[str, list[float]]] = {}
@@ -467,12 +467,12 @@ def print_confidence(title: str, results: list[dict[str, Any]]) -> None:
             mine[CONFIDENCE] += scores["confidence"]
             mine["line_exact_match"] += scores["exact_match"]
             mine["line_edit_similarity"] += scores["edit_similarity"]
-    table = confidence_markdown({"confidence": confidence_summary(pooled)})
+    table = confidence_table({"confidence": confidence_summary(pooled)})
     if table:
         lines = len(next(iter(pooled.values()))[CONFIDENCE])
         print(f"\n{title}, {lines} lines: if only confident completions were shown (exact match / edit")
         print("similarity of those shown; the first column: how often a right line was more confident)")
-        print("\n".join(table[5:]))
+        print("\n".join(table))
 
 
 def print_targets(results: list[dict[str, Any]]) -> None:

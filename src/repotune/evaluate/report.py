@@ -263,8 +263,9 @@ CONFIDENCE_NOTE = (
 RANKED_TITLE = "right line more confident than a wrong one"
 
 
-def confidence_rows(context: dict[str, Any]) -> list[tuple[Arm, list[str]]]:
-    """The confidence table's cells by arm (``context["confidence"]``, ``score.confidence_summary``)."""
+def confidence_cells(context: dict[str, Any]) -> tuple[list[str], list[tuple[Arm, list[str]]]]:
+    """The confidence table's column titles and its cells by arm (``context["confidence"]``,
+    ``score.confidence_summary``); no rows when no arm recorded confidences."""
     rows = []
     summary = context.get("confidence") or {}
     for arm in ordered_arms(summary):
@@ -281,33 +282,34 @@ def confidence_rows(context: dict[str, Any]) -> list[tuple[Arm, list[str]]]:
                 cell += f" ({shown['shown']:.0%} shown, >= {shown['threshold']:.2f})"
             cells.append(cell)
         rows.append((arm, cells))
-    return rows
+    titles = [RANKED_TITLE, *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]] if rows else []
+    return titles, rows
 
 
-def confidence_markdown(context: dict[str, Any]) -> list[str]:
-    """The report's confidence section, or no lines when no arm recorded confidences."""
-    rows = confidence_rows(context)
+def confidence_table(context: dict[str, Any]) -> list[str]:
+    """The confidence table as Markdown lines (benchmarks/quality.py prints it too); none when no arm
+    recorded confidences."""
+    titles, rows = confidence_cells(context)
     if not rows:
         return []
-    titles = [RANKED_TITLE, *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
     return [
-        "",
-        "## Showing only confident completions",
-        "",
-        CONFIDENCE_NOTE,
-        "",
         "| arm | " + " | ".join(titles) + " |",
         "|---|" + "---|" * len(titles),
         *(f"| {arm.label} | " + " | ".join(cells) + " |" for arm, cells in rows),
     ]
 
 
+def confidence_markdown(context: dict[str, Any]) -> list[str]:
+    """The report's confidence section, or no lines when no arm recorded confidences."""
+    table = confidence_table(context)
+    return ["", "## Showing only confident completions", "", CONFIDENCE_NOTE, "", *table] if table else []
+
+
 def confidence_html(context: dict[str, Any]) -> str:
     """The same section as an HTML table; empty when no arm recorded confidences."""
-    rows = confidence_rows(context)
+    titles, rows = confidence_cells(context)
     if not rows:
         return ""
-    titles = [RANKED_TITLE, *CONFIDENCE_TITLES[: len(rows[0][1]) - 1]]
     head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
     body = "".join(
         f"<tr><th>{html.escape(arm.label)}</th>"
