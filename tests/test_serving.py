@@ -295,8 +295,20 @@ BAD_REQUESTS = [
     ("completions", {"model": "M", "prompt": [10**9]}, 400, "prompt"),
     ("completions", {"model": "M", "prompt": "x", "temperature": 5}, 400, "temperature"),
     ("completions", {"model": "M", "prompt": "x", "stream": "yes"}, 400, "stream"),
-    ("completions", {"model": "M", "prompt": "x", "logprobs": 3}, 400, "logprobs"),
-    ("completions", {"model": "M", "prompt": "x", "logprobs": 0}, 400, "logprobs"),
+    ("completions", {"model": "M", "prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ("completions", {"model": "M", "prompt": "x", "logprobs": 1, "stream": True}, 400, "logprobs"),
+    (
+        "completions",
+        {"model": "M", "prompt": "x", "logprobs": 1, "echo": True, "file_path": "a.py"},
+        400,
+        "file_path",
+    ),
+    (
+        "completions",
+        {"model": "M", "prompt": "x", "logprobs": 0, "echo": True, "retrieval": True},
+        400,
+        "retrieval",
+    ),
     (
         "chat/completions",
         {"model": "M", "messages": [{"role": "user", "content": "x"}], "retrieval": True},
@@ -375,6 +387,136 @@ def test_echo_puts_the_prompt_in_front_whether_text_or_token_ids(
 
     answers = [complete(text), complete(ids)]
     assert answers[0] == answers[1] and answers[0].startswith(text) and len(answers[0]) > len(text)
+
+
+def _direct_logprobs(tiny: Path, ids: list[int]) -> list[float]:
+    """Each token's log probability given the ones before it, from the model read straight."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+    return [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Path, server) -> None:
+    """lm-evaluation-harness's ``local-completions`` asks a text's log-likelihood so: its
+    ``_create_payload`` for ``generate=False`` (the token ids of context and continuation, one token
+    to generate, ``logprobs`` 1, ``echo``), and ``parse_logprobs`` reads the continuation's tokens
+    (``token_logprobs[ctxlen:-1]``) and whether each was the likeliest (``top_logprobs``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    context = tokenizer("def add(a, b):", add_special_tokens=False).input_ids
+    continuation = tokenizer("\n    return a + b", add_special_tokens=False).input_ids
+    prompts = [context + continuation, context + continuation[:2]]
+    payload = {"model": server.model_name, "prompt": prompts, "temperature": 0, "max_tokens": 1,
+               "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+    answer = httpx.post(f"{server.openai_url}/completions", json=payload, timeout=60)
+    assert answer.status_code == 200, answer.text
+    choices = sorted(answer.json()["choices"], key=lambda choice: choice["index"])
+    for choice, ids in zip(choices, prompts, strict=True):
+        got = choice["logprobs"]["token_logprobs"]
+        assert len(got) == len(ids) + 1 and got[0] is None  # the prompt's tokens, then the one generated
+        direct = _direct_logprobs(tiny, ids)
+        assert got[1 : len(ids)] == pytest.approx(direct, abs=1e-4)
+        scored = got[len(context) : -1]
+        assert sum(scored) == pytest.approx(sum(direct[len(context) - 1 :]), abs=1e-3)
+        tops = choice["logprobs"]["top_logprobs"][len(context) : -1]
+        is_greedy = all(token == max(top.values()) for token, top in zip(scored, tops, strict=True))
+        assert not is_greedy  # an untrained model does not write ``return a + b`` greedily
+        assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+
+
+def test_logprobs_are_of_the_tokens_that_write_the_completion(
+    tiny: Path, server, client: openai.OpenAI
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    ids = tokenizer("def add(a, b):", add_special_tokens=False).input_ids
+
+    def ask(**options):
+        return client.completions.create(
+            model=server.model_name, prompt=ids, max_tokens=8, temperature=0, frequency_penalty=0, **options
+        ).choices[0]
+
+    plain, scored = ask(), ask(logprobs=3)
+    assert plain.logprobs is None and scored.text == plain.text  # asking for them changes no answer
+    logprobs = scored.logprobs
+    assert "".join(logprobs.tokens) == scored.text
+    assert logprobs.text_offset == [
+        sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
+    ]
+    written = tokenizer(scored.text, add_special_tokens=False).input_ids
+    assert logprobs.token_logprobs == pytest.approx(
+        _direct_logprobs(tiny, ids + written)[len(ids) - 1 :], abs=1e-4
+    )
+    for logprob, top in zip(logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
+        assert len(top) == 3 and logprob == pytest.approx(max(top.values()))  # greedy: the likeliest
+    # Echoed, the prompt's tokens come first, the first of them with nothing to predict it.
+    echoed = ask(logprobs=0, echo=True)
+    assert echoed.text == tokenizer.decode(ids) + scored.text
+    assert echoed.logprobs.token_logprobs[0] is None and echoed.logprobs.top_logprobs[len(ids)] == {}
+    assert echoed.logprobs.token_logprobs[len(ids) :] == pytest.approx(logprobs.token_logprobs, abs=1e-4)
+    assert echoed.logprobs.text_offset[len(ids)] == len(tokenizer.decode(ids))
+
+
+def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
+    """The tokens returned are those that write the returned text: not those of the held-back prompt
+    text before it, cut where a stop string cuts the text, in step with a first line decoded again,
+    and the end of sequence that ended it last."""
+    import torch
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.serving.batching import Handle, _Row
+
+    tokenizer = make_tiny_tokenizer()
+    eos = frozenset({tokenizer.eos_token_id})
+    distribution = torch.log_softmax(torch.linspace(0, 3, len(tokenizer)), dim=-1)
+    loop = asyncio.new_event_loop()
+
+    def finished(request: GenerationRequest, *fed: tuple[list[str], list[float]], **kwargs):
+        """``request``'s row fed the texts of ``fed``, each after the row was set back (if it was), then
+        ended by an end of sequence."""
+        handle = Handle(request, loop)
+        row = _Row(handle, tokenizer, lambda outcome: None)
+        row.distribution = distribution
+        for texts, margins in fed:
+            row.rewound = False
+            _fed(row, texts, margins, tokenizer, eos, **kwargs)
+        if not row.done:
+            row.add(tokenizer.eos_token_id, eos)
+        return loop.run_until_complete(handle.result())
+
+    try:
+        healed = finished(GenerationRequest([1], 12, SamplingParams(0.0), heal="\n", logprobs=2),
+                          (["\n", "return", " a", "\n"], [1.0] * 4))  # fmt: skip
+        assert healed.text == "return a\n"
+        pieces = [token.text for token in healed.logprobs]
+        assert "".join(pieces[:-1]) == healed.text and pieces[-1] == tokenizer.eos_token
+        first = tokenizer.encode("return", add_special_tokens=False)[0]
+        assert healed.logprobs[0].logprob == pytest.approx(float(distribution[first]))
+        assert [len(token.top) for token in healed.logprobs] == [2] * len(pieces)
+
+        cut = finished(GenerationRequest([1], 12, SamplingParams(0.0), stop=(" a",), logprobs=0),
+                       (["return", " a", "\n"], [1.0] * 3))  # fmt: skip
+        written = tokenizer.encode("return", add_special_tokens=False)
+        assert cut.text == "return" and "".join(t.text for t in cut.logprobs) == "return"
+        assert len(cut.logprobs) == len(written)  # no end of sequence: the stop string ended it
+
+        # "return a" copies the line above: decoded again from " a" (runner-up " b"), then it ends.
+        (b,) = tokenizer.encode(" b", add_special_tokens=False)
+        again = GenerationRequest([1], 12, SamplingParams(0.0), line_above="return a", logprobs=1)
+        redone = finished(again, (["return", " a", "\n"], [1.0, 0.2, 1.0]), (["\n"], [1.0]), runner=b)
+        assert redone.text == "return b\n"
+        assert "".join(t.text for t in redone.logprobs[:-1]) == redone.text
+        (a,) = tokenizer.encode(" a", add_special_tokens=False)
+        # " b" took the place of " a", which won by 0.2: its log probability is 0.2 below.
+        assert redone.logprobs[len(written)].logprob == pytest.approx(float(distribution[a]) - 0.2)
+    finally:
+        loop.close()
 
 
 def test_batched_rows_match_rows_generated_alone(loaded: RepotuneModel) -> None:
@@ -1464,10 +1606,10 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         assert not held.healed
         _fed(held, ["\n  ", "return"], [1.0, 1.0], tokenizer, eos)
         assert held.healed
-        held._set_back(tokenizer.encode("\n", add_special_tokens=False), [math.inf], [0.0])
+        held._set_back(tokenizer.encode("\n", add_special_tokens=False), [math.inf], [0.0], [])
         assert not held.healed and held.rewound
         begun = tokenizer.encode("\n  x", add_special_tokens=False)
-        held._set_back(begun, [math.inf] * len(begun), [0.0] * len(begun))
+        held._set_back(begun, [math.inf] * len(begun), [0.0] * len(begun), [])
         assert held.healed
 
         # A first line that is not a copy is streamed as soon as it is whole.
@@ -1629,3 +1771,23 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loaded, "settings", dataclasses.replace(loaded.settings, retry_line_above=False))
         assert loaded.request(prompt.ids, max_tokens=4, sampling=greedy, before="a = 1\n").line_above == ""
+
+
+def test_a_token_that_writes_part_of_a_character_is_named_by_its_bytes() -> None:
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from repotune.models import resolve_base_model
+    from repotune.serving.batching import GPT2_BYTES, Handle, _Row
+
+    assert {char: byte for byte, char in bytes_to_unicode().items()} == GPT2_BYTES  # transformers' own table
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("smollm2-135m"))
+    loop = asyncio.new_event_loop()
+    try:
+        row = _Row(Handle(GenerationRequest([1], 4, logprobs=1), loop), tokenizer)
+        # SmolLM2 writes the emoji in two tokens, neither a character of its own; "é" is one token.
+        names = [row._spelled(token) for token in tokenizer("🙂é", add_special_tokens=False).input_ids]
+    finally:
+        loop.close()
+    assert names == ["bytes:\\xf0\\x9f", "bytes:\\x99\\x82", "é"]
+    assert bytes.fromhex("".join(names[:2]).replace("bytes:", "").replace("\\x", "")).decode() == "🙂"

@@ -158,6 +158,25 @@ class GenerationRequest:
     its tokens' probabilities, ``repotune.decoding.line_confidence``) is below this, so an editor shows
     only lines the model was sure of, or nothing; each line is held back from the stream until it is
     whole and judged. 0: never."""
+    logprobs: int | None = None
+    """OpenAI's ``logprobs``: record the log probability of each token written and the ``logprobs``
+    most likely tokens of each step (``Completed.logprobs``). None: nothing is recorded."""
+    prompt_logprobs: bool = False
+    """With ``logprobs``, score the prompt's tokens too (OpenAI's ``echo``): a forward pass over it."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token as OpenAI's ``logprobs`` returns it."""
+
+    text: str
+    """What the token writes of the returned text (part of it where the text starts or is cut inside
+    the token); a special token's own spelling where it writes nothing (the end of sequence)."""
+    logprob: float | None
+    """Its log probability, of the scores it was chosen from (after the line repeat and OpenAI's
+    penalties, before the temperature); None for a prompt's first token, which nothing predicts."""
+    top: tuple[tuple[str, float], ...] | None
+    """The most likely tokens of that step and their log probabilities, the likeliest first."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,11 @@ class Completed:
     completion_tokens: int
     cached_tokens: int = 0
     """Prompt tokens whose keys and values the prefix cache held: not read again."""
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    """The prompt's tokens, for ``GenerationRequest.prompt_logprobs``."""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """The tokens that write ``text`` (and the end of sequence that ended it), for
+    ``GenerationRequest.logprobs``."""
 
 
 class Handle:
@@ -273,7 +297,17 @@ class _Row:
         """Characters of ``text`` in whole lines judged confident enough: streamed up to there only."""
         self.judging = bool(handle.request.line_above)
         """The first line is still to be judged, and is held back from the stream until it is."""
-        self.first: tuple[list[int], list[float], str, str | None] | None = None
+        self.recording = handle.request.logprobs is not None
+        self.distribution: Any = None
+        """The log-softmax of the scores the next token is chosen from, for a row that records its
+        steps (``LogprobRecorder``)."""
+        self.steps: list[Step] = []
+        """Each token's log probability and the step's most likely tokens (``recording``)."""
+        self.ended_by: tuple[int, Step] | None = None
+        """The end of sequence that ended the row, and its step (``recording``)."""
+        self.prompt_steps: list[Step | None] | None = None
+        """The prompt's tokens' steps (``GenerationRequest.prompt_logprobs``), scored when it starts."""
+        self.first: tuple[list[int], list[float], list[Step], str, str | None] | None = None
         """While a copied first line is decoded again: the first answer's tokens, their log
         probabilities, its text, and how it ended (None: it went on), to go back to where the line
         decoded again is no better."""
@@ -295,9 +329,13 @@ class _Row:
             self._end(None, Timeout(request.timeout_s or 0.0))
             return
         if token in eos_ids:
+            if self.recording:
+                self.ended_by = (token, self._step(token))
             if not self._judged(ending="stop"):
                 self._end("stop")
             return
+        if self.recording:
+            self.steps.append(self._step(token))
         self.tokens.append(token)
         self.generated += 1
         self.margins.append(self.chosen[0])
@@ -364,12 +402,16 @@ class _Row:
         if step is None or step + 1 >= self.handle.request.max_new_tokens:
             self.judging = False
             return False
-        self.first = (list(self.tokens), list(self.logprobs), self.text, ending)
+        self.first = (list(self.tokens), list(self.logprobs), list(self.steps), self.text, ending)
         # The runner-up's log probability: the chosen token's less the margin (of the same logits).
+        runner = self.logprobs[step] - self.margins[step]
         self._set_back(
             [*self.tokens[:step], self.runners[step]],
             [*self.margins[:step], math.inf],
-            [*self.logprobs[:step], self.logprobs[step] - self.margins[step]],
+            [*self.logprobs[:step], runner],
+            [*self.steps[:step], (self.steps[step][0] - self.margins[step], self.steps[step][1])]
+            if self.recording
+            else [],
         )
         return True
 
@@ -377,19 +419,22 @@ class _Row:
         """The line decoded again was blank or a copy too: the first answer stands, ended as it ended or
         going on from its tokens."""
         assert self.first is not None
-        tokens, logprobs, text, ending = self.first
+        tokens, logprobs, steps, text, ending = self.first
         self.judging = False
         self.judged("kept")
         if ending is not None:
-            self.tokens, self.logprobs, self.text = tokens, logprobs, text
+            self.tokens, self.logprobs, self.steps, self.text = tokens, logprobs, steps, text
             self.ends = decoded_ends(tokens, self.tokenizer)
             self._end(ending)
         else:
-            self._set_back(tokens, [math.inf] * len(tokens), logprobs)
+            self._set_back(tokens, [math.inf] * len(tokens), logprobs, steps)
         return True
 
-    def _set_back(self, tokens: list[int], margins: list[float], logprobs: list[float]) -> None:
+    def _set_back(
+        self, tokens: list[int], margins: list[float], logprobs: list[float], steps: list[Step]
+    ) -> None:
         self.tokens, self.margins, self.runners, self.logprobs = tokens, margins, tokens[:], logprobs
+        self.steps, self.ended_by = steps, None
         self.ends = decoded_ends(tokens, self.tokenizer)
         self.text, self.rewound, self.gated = "", True, 0
         # The token put in place may write less of the held-back text than the one it replaces.
@@ -437,8 +482,117 @@ class _Row:
                 prompt_tokens=len(self.handle.request.prompt_ids),
                 completion_tokens=len(self.tokens),
                 cached_tokens=self.cached,
+                prompt_logprobs=self._prompt_logprobs(),
+                logprobs=self._logprobs(),
             )
         )
+
+    def _step(self, token: int) -> Step:
+        """The log probability of ``token`` and the most likely tokens, from ``distribution``."""
+        return step_of(self.distribution, token, self.handle.request.logprobs or 0)
+
+    def _logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """The tokens that write ``text``, each cut to the part of it that they write: the text starts
+        after the held-back prompt text and may be cut inside a token (a stop string, a gate)."""
+        if not self.recording:
+            return None
+        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        start = _agreed(decoded, self.handle.request.heal)
+        end = start + len(self.text)
+        found, before = [], 0
+        for step, (logprob, top) in enumerate(self.steps):
+            # A piece of a multi-byte character decodes to U+FFFD until the rest of it comes.
+            after = max(before, min(self.ends[step], len(decoded)))
+            if max(before, start) < min(after, end):
+                piece = decoded[max(before, start) : min(after, end)]
+                found.append(TokenLogprob(piece, logprob, self._named(top)))
+            before = after
+        if self.ended_by is not None and end == len(decoded):
+            token, (logprob, top) = self.ended_by
+            found.append(TokenLogprob(self._spelled(token), logprob, self._named(top)))
+        return tuple(found)
+
+    def _prompt_logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """The prompt's tokens, each with what it writes of the prompt as ``echo`` decodes it."""
+        if self.prompt_steps is None:
+            return None
+        ids = self.handle.request.prompt_ids
+        decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
+        pieces, before = [], 0
+        for step in range(len(ids)):
+            after = len(self.tokenizer.decode(ids[: step + 1], skip_special_tokens=False))
+            after = max(before, min(after, len(decoded)))
+            pieces.append(decoded[before:after])
+            before = after
+        return tuple(
+            TokenLogprob(piece, None, None)
+            if step is None
+            else TokenLogprob(piece, step[0], self._named(step[1]))
+            for piece, step in zip(pieces, self.prompt_steps, strict=True)
+        )
+
+    def _spelled(self, token: int) -> str:
+        """How a token is named: its text, or, for one that writes part of a character, its bytes
+        (``bytes:\\xe2\\x80``, OpenAI's spelling), so that such tokens do not share a name."""
+        text = self.tokenizer.decode([token], skip_special_tokens=False)
+        if "\ufffd" not in text:
+            return text
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        raw = byte_level(piece)
+        return "bytes:" + ("".join(f"\\x{byte:02x}" for byte in raw) if raw is not None else piece)
+
+    def _named(self, top: tuple[tuple[int, float], ...]) -> tuple[tuple[str, float], ...]:
+        return tuple((self._spelled(token), logprob) for token, logprob in top)
+
+
+def _gpt2_bytes() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character to byte: printable bytes stand for themselves, the others
+    for the characters from U+0100 on, in order (``bytes_to_unicode`` of GPT-2's tokenizer)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [byte for byte in range(256) if byte not in kept]
+    return {chr(byte): byte for byte in kept} | {chr(256 + n): byte for n, byte in enumerate(moved)}
+
+
+GPT2_BYTES = _gpt2_bytes()
+
+
+def byte_level(piece: str) -> bytes | None:
+    """The bytes a byte-level BPE token (GPT-2's alphabet: SmolLM2, Qwen) stands for; None for a token
+    of another alphabet."""
+    if not piece or any(char not in GPT2_BYTES for char in piece):
+        return None
+    return bytes(GPT2_BYTES[char] for char in piece)
+
+
+Step = tuple[float, tuple[tuple[int, float], ...]]
+"""A token's log probability, and the step's most likely tokens with theirs (``step_of``)."""
+
+
+def step_of(distribution: Any, token: int, top: int) -> Step:
+    """``token``'s log probability in ``distribution`` (one row of log-softmaxed scores) and the ``top``
+    most likely tokens with theirs, the likeliest first."""
+    if top:
+        values, ids = distribution.topk(top)
+        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    else:
+        best = ()
+    return float(distribution[token]), best
+
+
+def prompt_steps(model: Any, ids: Sequence[int], top: int) -> list[Step | None]:
+    """Each prompt token's log probability given the tokens before it, and the ``top`` most likely
+    tokens there (OpenAI's ``echo`` with ``logprobs``); None for the first token, which nothing
+    predicts. One forward pass over the prompt, as the server reads it."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False).logits[0]
+    steps: list[Step | None] = [None]
+    for position in range(1, len(ids)):
+        distribution = torch.log_softmax(logits[position - 1].float(), dim=-1)
+        steps.append(step_of(distribution, ids[position], top))
+    return steps
 
 
 def _agreed(text: str, heal: str) -> int:
@@ -721,10 +875,16 @@ class Batcher:
             penalties = [handle.request.sampling.line_penalty for handle in batch]
             processors.append(LinePenaltyProcessor(penalties, starts, newline_tokens(self.tokenizer)))
         if any(row.judging or row.gating for row in rows):
-            processors.append(RunnerUpRecorder(rows, self.eos_ids))  # last: it sees the scores chosen from
+            processors.append(RunnerUpRecorder(rows, self.eos_ids))  # late: it sees the scores chosen from
+        if any(row.recording for row in rows):
+            processors.append(LogprobRecorder(rows))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         new_tokens = max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows)
+        for row in rows:
+            request = row.handle.request
+            if request.prompt_logprobs and row.prompt_steps is None:
+                row.prompt_steps = prompt_steps(self.model, request.prompt_ids, request.logprobs or 0)
         with torch.inference_mode():
             cache, reused = self._start_cache(prompts, new_tokens)
             for row, tokens in zip(rows, reused, strict=True):
@@ -874,6 +1034,25 @@ class RunnerUpRecorder:
         logprobs = chosen_logprobs(scores, chosen)
         for row, margin, runner, logprob in zip(self.rows, margins, runners, logprobs, strict=True):
             row.chosen = (margin, runner, logprob)
+        return scores
+
+
+class LogprobRecorder:
+    """A transformers ``LogitsProcessor`` that changes nothing: it gives each row that records its steps
+    (``GenerationRequest.logprobs``) the log-softmax of the scores its next token is chosen from, for
+    ``_Row.add``. It comes after every processor that changes the scores; transformers applies the
+    temperature and top-p after it."""
+
+    def __init__(self, rows: Sequence[_Row]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        distributions = torch.log_softmax(scores.float(), dim=-1)
+        for line, row in enumerate(self.rows):
+            if row.recording:
+                row.distribution = distributions[line]
         return scores
 
 

@@ -32,6 +32,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
 from repotune.errors import RepotuneError
@@ -298,13 +299,16 @@ class RepotuneModel(kserve.Model):
         heal: str = "",
         before: str = "",
         min_confidence: float = 0.0,
+        logprobs: int | None = None,
+        prompt_logprobs: bool = False,
     ) -> GenerationRequest:
         """A checked ``GenerationRequest``: the prompt fits the context and ``max_tokens`` is within
         (0, server cap] and fits after the prompt. ``max_tokens=None`` takes ``default_max_tokens``
         (``None``: as many as the cap and the context allow). ``before``: the code before the cursor of
         a completion, whose last line a greedy answer's first line must not write again
         (``ServeSettings.retry_line_above``). ``min_confidence``: a greedy completion ends before its
-        first line less sure than this (``GenerationRequest.min_confidence``); sampled ones are not cut."""
+        first line less sure than this (``GenerationRequest.min_confidence``); sampled ones are not cut.
+        ``logprobs``, ``prompt_logprobs``: what to record of each token (``GenerationRequest``)."""
         cap = self.settings.max_tokens
         room = self.context - len(prompt_ids)
         if not prompt_ids:
@@ -342,6 +346,8 @@ class RepotuneModel(kserve.Model):
             heal=heal,
             line_above=judged,
             min_confidence=min_confidence if sampling.greedy else 0.0,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs and logprobs is not None,
         )
 
     def submit(self, request: GenerationRequest) -> Handle:
@@ -381,6 +387,10 @@ class RepotuneModel(kserve.Model):
             )
 
     def _prompt_ids(self, item: str | list[int], request: CompletionRequest, retrieval: bool) -> TextPrompt:
+        if isinstance(item, str) and request.scores_prompt:
+            # Scored as given (``CompletionRequest.scores_prompt``): the log probabilities are of the
+            # echoed text's own tokens, nothing put in front of them nor held back.
+            return TextPrompt(encode_prompt(self.tokenizer, item), NOTHING, before=item)
         if isinstance(item, str):
             return self.text_prompt(
                 item, request.suffix, request.file_path, retrieval=retrieval, max_tokens=request.max_tokens,
@@ -401,7 +411,7 @@ class RepotuneModel(kserve.Model):
         items = request.prompts()
         n = request.n or 1
         self.check_generations(len(items) * n, "n" if n > 1 else "prompt")
-        retrieval = self.uses_retrieval(request.retrieval)
+        retrieval = self.uses_retrieval(request.retrieval) and not request.scores_prompt
         built = [self._prompt_ids(item, request, retrieval) for item in items]
         # OpenAI's default temperature; the line repeat penalty the evaluate stage scored with
         sampling = request.sampling(default_temperature=1.0, line_penalty=self.settings.line_repeat_penalty)
@@ -410,7 +420,8 @@ class RepotuneModel(kserve.Model):
         rows = [
             self.request(prompt.ids, max_tokens=request.max_tokens, heal=prompt.heal,
                          default_max_tokens=self.settings.default_max_tokens, sampling=sampling,
-                         stop=line_stops(stop, prompt), before=prompt.before, min_confidence=gate)
+                         stop=line_stops(stop, prompt), before=prompt.before, min_confidence=gate,
+                         logprobs=request.logprobs, prompt_logprobs=request.scores_prompt)
             for prompt in built
             for _ in range(n)
         ]  # fmt: skip
@@ -424,7 +435,12 @@ class RepotuneModel(kserve.Model):
         with served:
             done = served.done = await results(handles)
         choices = [
-            CompletionChoice(index=i, text=echoed[i] + r.text, finish_reason=r.finish_reason, logprobs=None)
+            CompletionChoice(
+                index=i,
+                text=echoed[i] + r.text,
+                finish_reason=r.finish_reason,
+                logprobs=openai_logprobs(r, echoed[i]),
+            )
             for i, r in enumerate(done)
         ]
         extra = {"retrieval": [list(prompt.retrieved.sources) for prompt in built]} if retrieval else {}
@@ -640,6 +656,29 @@ def refusal_line(path: str, err: ServingError, request_id: str | None) -> str:
     429...): the path, the status and the reason the client got, and the ``X-Request-Id``."""
     line = " ".join(f"{path}: refused ({err.status} {err.message})".split())  # one line, whatever was sent
     return f"{line}, x-request-id {request_id}" if request_id else line
+
+
+def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
+    """OpenAI's ``logprobs`` of a completion choice: its tokens (the prompt's first where it is echoed
+    and was scored), their log probabilities, the most likely tokens of each step, and where each
+    token starts in the choice's text. None when the request asked for none."""
+    if done.logprobs is None:
+        return None
+    tokens = [*(done.prompt_logprobs or ()), *done.logprobs]
+    offsets, at = [], 0
+    for index, token in enumerate(tokens):
+        if index == len(done.prompt_logprobs or ()):
+            at = len(echoed)  # the completion starts where the echoed prompt ends
+        offsets.append(at)
+        at += len(token.text)
+    # OpenAI gives the echoed prompt's first token null log probabilities, which the openai type does
+    # not declare: built without validation.
+    return Logprobs.model_construct(
+        tokens=[token.text for token in tokens],
+        token_logprobs=[token.logprob for token in tokens],
+        top_logprobs=[None if token.top is None else dict(token.top) for token in tokens],
+        text_offset=offsets,
+    )
 
 
 def usage(done: list[Completed], prompt_tokens: int, n: int = 1) -> CompletionUsage:

@@ -124,19 +124,41 @@ class CompletionRequest(OpenAIRequest):
     suffix: str | None = None
     echo: bool | None = None
     best_of: int | None = Field(None, ge=0)
-    logprobs: int | None = Field(None, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=5)
     file_path: str | None = None
     retrieval: bool | None = None
     min_confidence: float | None = Field(None, ge=0, le=1)
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs is not None:  # 0 too: OpenAI then returns the chosen tokens' log probabilities
-            raise _unsupported("logprobs")
+        if self.logprobs is not None and self.stream:
+            raise _unsupported(
+                "logprobs",
+                "log probabilities are returned with whole completions; send the request without `stream`",
+            )
+        if self.scores_prompt and self.file_path is not None:
+            raise bad_request(
+                "`echo` with `logprobs` scores the prompt as given, without a file header; send it "
+                "without `file_path`",
+                param="file_path",
+            )
+        if self.scores_prompt and self.retrieval:
+            raise bad_request(
+                "`echo` with `logprobs` scores the prompt as given, without retrieved context; send it "
+                "without `retrieval`",
+                param="retrieval",
+            )
         if (self.best_of or 1) > 1:
             raise _unsupported("best_of", "`best_of` greater than 1 is not supported")
         if self.echo and self.suffix is not None:
             raise bad_request("`echo` cannot be combined with `suffix`", param="echo")
+
+    @property
+    def scores_prompt(self) -> bool:
+        """``echo`` with ``logprobs``: the prompt's own tokens are scored (how lm-evaluation-harness asks
+        for a text's log-likelihood), so the prompt is read as given: no file header, no retrieved
+        context, no trailing whitespace held back."""
+        return bool(self.echo) and self.logprobs is not None
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt: text, or token ids."""
