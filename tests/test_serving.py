@@ -317,6 +317,24 @@ BAD_REQUESTS = [
     ),
     (
         "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+        400,
+        "top_logprobs",
+    ),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+        400,
+        "top_logprobs",
+    ),
+    (
+        "chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "stream": True},
+        400,
+        "logprobs",
+    ),
+    (
+        "chat/completions",
         {"model": "M", "messages": [{"role": "user", "content": "word " * 3000}]},
         400,
         "messages",
@@ -463,6 +481,23 @@ def test_logprobs_are_of_the_tokens_that_write_the_completion(
     assert echoed.logprobs.text_offset[len(ids)] == len(tokenizer.decode(ids))
 
 
+def test_chat_logprobs_are_of_the_tokens_of_the_answer(server, client: openai.OpenAI) -> None:
+    def ask(**options):
+        return client.chat.completions.create(
+            model=server.model_name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8,
+            temperature=0, **options,
+        ).choices[0]  # fmt: skip
+
+    plain, scored = ask(), ask(logprobs=True, top_logprobs=2)
+    assert plain.logprobs is None and scored.message.content == plain.message.content
+    tokens = scored.logprobs.content
+    assert "".join(token.token for token in tokens) == scored.message.content and tokens
+    for token in tokens:
+        assert bytes(token.bytes) == token.token.encode() and len(token.top_logprobs) == 2
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob)  # greedy: the likeliest
+    assert [token.top_logprobs for token in ask(logprobs=True).logprobs.content] == [[]] * len(tokens)
+
+
 def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
     """The tokens returned are those that write the returned text: not those of the held-back prompt
     text before it, cut where a stop string cuts the text, in step with a first line decoded again,
@@ -495,23 +530,23 @@ def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
                           (["\n", "return", " a", "\n"], [1.0] * 4))  # fmt: skip
         assert healed.text == "return a\n"
         pieces = [token.text for token in healed.logprobs]
-        assert "".join(pieces[:-1]) == healed.text and pieces[-1] == tokenizer.eos_token
+        assert "".join(pieces) == healed.text and healed.ended_by.text == tokenizer.eos_token
         first = tokenizer.encode("return", add_special_tokens=False)[0]
         assert healed.logprobs[0].logprob == pytest.approx(float(distribution[first]))
-        assert [len(token.top) for token in healed.logprobs] == [2] * len(pieces)
+        assert [len(token.top) for token in (*healed.logprobs, healed.ended_by)] == [2] * (len(pieces) + 1)
 
         cut = finished(GenerationRequest([1], 12, SamplingParams(0.0), stop=(" a",), logprobs=0),
                        (["return", " a", "\n"], [1.0] * 3))  # fmt: skip
         written = tokenizer.encode("return", add_special_tokens=False)
         assert cut.text == "return" and "".join(t.text for t in cut.logprobs) == "return"
-        assert len(cut.logprobs) == len(written)  # no end of sequence: the stop string ended it
+        assert len(cut.logprobs) == len(written) and cut.ended_by is None  # the stop string ended it
 
         # "return a" copies the line above: decoded again from " a" (runner-up " b"), then it ends.
         (b,) = tokenizer.encode(" b", add_special_tokens=False)
         again = GenerationRequest([1], 12, SamplingParams(0.0), line_above="return a", logprobs=1)
         redone = finished(again, (["return", " a", "\n"], [1.0, 0.2, 1.0]), (["\n"], [1.0]), runner=b)
         assert redone.text == "return b\n"
-        assert "".join(t.text for t in redone.logprobs[:-1]) == redone.text
+        assert "".join(t.text for t in redone.logprobs) == redone.text and redone.ended_by is not None
         (a,) = tokenizer.encode(" a", add_special_tokens=False)
         # " b" took the place of " a", which won by 0.2: its log probability is 0.2 below.
         assert redone.logprobs[len(written)].logprob == pytest.approx(float(distribution[a]) - 0.2)
@@ -1778,7 +1813,7 @@ def test_a_token_that_writes_part_of_a_character_is_named_by_its_bytes() -> None
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     from repotune.models import resolve_base_model
-    from repotune.serving.batching import GPT2_BYTES, Handle, _Row
+    from repotune.serving.batching import GPT2_BYTES, Handle, _Row, bytes_named
 
     assert {char: byte for byte, char in bytes_to_unicode().items()} == GPT2_BYTES  # transformers' own table
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("smollm2-135m"))
@@ -1790,4 +1825,6 @@ def test_a_token_that_writes_part_of_a_character_is_named_by_its_bytes() -> None
     finally:
         loop.close()
     assert names == ["bytes:\\xf0\\x9f", "bytes:\\x99\\x82", "é"]
-    assert bytes.fromhex("".join(names[:2]).replace("bytes:", "").replace("\\x", "")).decode() == "🙂"
+    assert (bytes_named(names[0]) + bytes_named(names[1])).decode() == "🙂" and bytes_named(
+        "é"
+    ) == "é".encode()

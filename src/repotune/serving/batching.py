@@ -193,8 +193,11 @@ class Completed:
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None
     """The prompt's tokens, for ``GenerationRequest.prompt_logprobs``."""
     logprobs: tuple[TokenLogprob, ...] | None = None
-    """The tokens that write ``text`` (and the end of sequence that ended it), for
-    ``GenerationRequest.logprobs``."""
+    """The tokens that write ``text``, for ``GenerationRequest.logprobs``."""
+    ended_by: TokenLogprob | None = None
+    """The end of sequence that ended the text, for ``GenerationRequest.logprobs``: a completion
+    returns it last (lm-evaluation-harness reads a prompt's log probabilities up to the last token,
+    whatever it is), a chat answer does not (it is no part of the message)."""
 
 
 class Handle:
@@ -484,6 +487,7 @@ class _Row:
                 cached_tokens=self.cached,
                 prompt_logprobs=self._prompt_logprobs(),
                 logprobs=self._logprobs(),
+                ended_by=self._ended_by(),
             )
         )
 
@@ -507,10 +511,17 @@ class _Row:
                 piece = decoded[max(before, start) : min(after, end)]
                 found.append(TokenLogprob(piece, logprob, self._named(top)))
             before = after
-        if self.ended_by is not None and end == len(decoded):
-            token, (logprob, top) = self.ended_by
-            found.append(TokenLogprob(self._spelled(token), logprob, self._named(top)))
         return tuple(found)
+
+    def _ended_by(self) -> TokenLogprob | None:
+        """The end of sequence that ended the text, unless a stop string or a gate cut it before."""
+        if self.ended_by is None:
+            return None
+        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if _agreed(decoded, self.handle.request.heal) + len(self.text) < len(decoded):
+            return None
+        token, (logprob, top) = self.ended_by
+        return TokenLogprob(self._spelled(token), logprob, self._named(top))
 
     def _prompt_logprobs(self) -> tuple[TokenLogprob, ...] | None:
         """The prompt's tokens, each with what it writes of the prompt as ``echo`` decodes it."""
@@ -539,7 +550,7 @@ class _Row:
             return text
         piece = self.tokenizer.convert_ids_to_tokens(token)
         raw = byte_level(piece)
-        return "bytes:" + ("".join(f"\\x{byte:02x}" for byte in raw) if raw is not None else piece)
+        return BYTES_NAME + ("".join(f"\\x{byte:02x}" for byte in raw) if raw is not None else piece)
 
     def _named(self, top: tuple[tuple[int, float], ...]) -> tuple[tuple[str, float], ...]:
         return tuple((self._spelled(token), logprob) for token, logprob in top)
@@ -562,6 +573,17 @@ def byte_level(piece: str) -> bytes | None:
     if not piece or any(char not in GPT2_BYTES for char in piece):
         return None
     return bytes(GPT2_BYTES[char] for char in piece)
+
+
+BYTES_NAME = "bytes:"
+"""How the name of a token that writes part of a character starts (``_Row._spelled``)."""
+
+
+def bytes_named(name: str) -> bytes:
+    """The bytes a token's name stands for: its UTF-8, or those a ``bytes:\\xf0\\x9f`` name spells."""
+    if name.startswith(BYTES_NAME) and name[len(BYTES_NAME) :].startswith("\\x"):
+        return bytes.fromhex(name[len(BYTES_NAME) :].replace("\\x", ""))
+    return name.encode()
 
 
 Step = tuple[float, tuple[tuple[int, float], ...]]

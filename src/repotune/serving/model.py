@@ -30,8 +30,10 @@ from typing import Any, NamedTuple
 from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice as ChatChoice
+from openai.types.chat.chat_completion import ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
@@ -43,6 +45,7 @@ from repotune.serving.batching import (
     GenerationRequest,
     Handle,
     SamplingParams,
+    bytes_named,
     merged,
     results,
 )
@@ -500,6 +503,7 @@ class RepotuneModel(kserve.Model):
             prompt_ids, max_tokens=request.limit, default_max_tokens=None,
             sampling=request.sampling(default_temperature=1.0), stop=request.stops(),
             param=request.limit_param, prompt_param="messages",
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )  # fmt: skip
         handles = self.submit_all([row] * n, param="n")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
@@ -513,6 +517,7 @@ class RepotuneModel(kserve.Model):
                 index=i,
                 message=ChatCompletionMessage(role="assistant", content=r.text),
                 finish_reason=r.finish_reason,
+                logprobs=chat_logprobs(r),
             )
             for i, r in enumerate(done)
         ]
@@ -664,7 +669,8 @@ def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
     token starts in the choice's text. None when the request asked for none."""
     if done.logprobs is None:
         return None
-    tokens = [*(done.prompt_logprobs or ()), *done.logprobs]
+    ended = [done.ended_by] if done.ended_by is not None else []
+    tokens = [*(done.prompt_logprobs or ()), *done.logprobs, *ended]
     offsets, at = [], 0
     for index, token in enumerate(tokens):
         if index == len(done.prompt_logprobs or ()):
@@ -678,6 +684,28 @@ def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
         token_logprobs=[token.logprob for token in tokens],
         top_logprobs=[None if token.top is None else dict(token.top) for token in tokens],
         text_offset=offsets,
+    )
+
+
+def chat_logprobs(done: Completed) -> ChoiceLogprobs | None:
+    """OpenAI's chat ``logprobs`` of an answer: its tokens (``openai_logprobs``' tokens, named so) with
+    their UTF-8 bytes, log probabilities and the ``top_logprobs`` likeliest of each step."""
+    if done.logprobs is None:
+        return None
+
+    return ChoiceLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                token=token.text,
+                bytes=list(token.text.encode()),
+                logprob=token.logprob if token.logprob is not None else 0.0,
+                top_logprobs=[
+                    TopLogprob(token=name, bytes=list(bytes_named(name)), logprob=logprob)
+                    for name, logprob in token.top or ()
+                ],
+            )
+            for token in done.logprobs
+        ]
     )
 
 

@@ -203,7 +203,7 @@ class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
@@ -224,8 +224,13 @@ class ChatCompletionRequest(OpenAIRequest):
         for name in ("tools", "functions", "audio", "prediction", "web_search_options"):
             if getattr(self, name):
                 raise _unsupported(name)
-        if self.logprobs or self.top_logprobs:
-            raise _unsupported("logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")
+        if self.logprobs and self.stream:
+            raise _unsupported(
+                "logprobs",
+                "log probabilities are returned with whole answers; send the request without `stream`",
+            )
         if self.response_format is not None and self.response_format.type != "text":
             raise _unsupported("response_format", "only text responses are supported")
 
