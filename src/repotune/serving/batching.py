@@ -312,8 +312,8 @@ class _Row:
         """The prompt's tokens' steps (``GenerationRequest.prompt_logprobs``), scored when it starts."""
         self.first: tuple[list[int], list[float], list[Step], str, str | None] | None = None
         """While a copied first line is decoded again: the first answer's tokens, their log
-        probabilities, its text, and how it ended (None: it went on), to go back to where the line
-        decoded again is no better."""
+        probabilities, their steps (``recording``), its text, and how it ended (None: it went on), to
+        go back to where the line decoded again is no better."""
         self.rewound = False
         """Its tokens were set back (to decode a copied line again): it leaves the batch and is queued
         again, its tokens fed back as prompt as a row that gave way is."""
