@@ -219,11 +219,11 @@ def test_submit_flags_reach_the_kfp_api() -> None:
         done = repotune("submit", source, "jira:SHOP", "--host", kfp.url, "--model-name", "shop",
                         "--deploy-name", "shop", "--artifacts", "s3://team-shop/runs", "--include",
                         "code,issues", "--eval", "line_samples=50", "--jira-url",
-                        "https://jira.example.com")  # fmt: skip
+                        "https://jira.example.com", "--min-confidence", "0.6")  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert kfp.runs[done.stderr.split()[2]]["runtime_config"]["parameters"] == {
             "source": source, "more_sources": ["jira:SHOP"], "ref": "", "training": {},
-            "include": "code,issues", "evaluation": {"line_samples": 50},
+            "include": "code,issues", "evaluation": {"line_samples": 50}, "deploy_min_confidence": 0.6,
             "source_settings": {"jira_url": "https://jira.example.com"}, "artifacts_root": "s3://team-shop/runs",
             "model_name": "shop", "namespace": "repotune", "deploy_name": "shop",
         }  # fmt: skip
@@ -243,6 +243,7 @@ def test_submit_flags_reach_the_kfp_api() -> None:
             ("--artifacts", "/srv/runs", "expected s3://BUCKET/PREFIX"),
             ("--include", "code,binaries", "unknown kind 'binaries'"),
             ("--eval", "lines=3", "--eval: unknown key 'lines'"),
+            ("--min-confidence", "1.5", "--min-confidence"),
         ):
             _one_line_error(repotune("submit", source, "--host", kfp.url, flag, value), message)
         # a token in the URL would become a run parameter: refused, and never printed back

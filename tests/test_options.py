@@ -238,6 +238,7 @@ CONTRACT = {
     "submit": {
         "source",
         "--host",
+        "--min-confidence",
         "--recipe",
         "--ref",
         "--include",

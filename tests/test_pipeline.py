@@ -245,6 +245,20 @@ def test_the_hub_export_runs_only_after_a_promotion_and_only_with_a_hub_repo(nam
     ]
 
 
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_the_confidence_threshold_reaches_the_deploy_step_off_by_default(name: str) -> None:
+    """A team sets ``deploy_min_confidence`` in the run form; the deploy step passes it to the repotune
+    runtime (``repotune serve --min-confidence``, rendered by ``DeploySettings``)."""
+    spec, _ = _spec(name)
+    param = spec["root"]["inputDefinitions"]["parameters"]["deploy_min_confidence"]
+    assert param["defaultValue"] == 0 and param["parameterType"] == "NUMBER_DOUBLE"
+    promoted = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition"))
+    deploy = spec["components"][promoted["componentRef"]["name"]]["dag"]["tasks"]["deploy"]
+    assert deploy["inputs"]["parameters"]["min_confidence"] == {
+        "componentInputParameter": "pipelinechannel--deploy_min_confidence"
+    }
+
+
 def test_the_html_report_is_a_pipeline_output() -> None:
     spec, _ = _spec("repotune-cpu.yaml")
     artifacts = spec["root"]["outputDefinitions"]["artifacts"]

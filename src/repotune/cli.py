@@ -694,6 +694,7 @@ def compile_(values: Values) -> None:
     Setting("model_name"),
     Setting("namespace"),
     Setting("deploy_name"),
+    Setting("min_confidence"),
     Setting("kfp_namespace"),
     Setting("run_name"),
     Setting("experiment"),

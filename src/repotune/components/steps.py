@@ -295,9 +295,11 @@ def deploy(
     apply: bool,
     tracking: bool,
     manifest: Output[Artifact],
+    min_confidence: float = 0.0,
 ) -> str:
     """Renders the InferenceService for the promoted model and, with ``apply``, rolls it out; the URL.
-    The ``repotune`` runtime serves with retrieval, and answers a suffix, as the evaluated arm did best."""
+    The ``repotune`` runtime serves with retrieval, and answers a suffix, as the evaluated arm did best,
+    and ends a completion before its first line less sure than ``min_confidence`` (0: never)."""
     from pathlib import Path
 
     from repotune import deploy, storage, train
@@ -311,6 +313,7 @@ def deploy(
     settings = deploy.DeploySettings(
         name=name, namespace=namespace, runtime=runtime, resources=served,
         s3=deploy.S3Access.from_url(storage.endpoint_url()), retrieval=retrieval, fim=fim,
+        min_confidence=min_confidence,
     )  # fmt: skip
     version, commit = evaluation.metadata.get("version") or None, model.metadata.get("commit") or None
     result = deploy.run(deploy.DeployConfig(

@@ -149,6 +149,9 @@ def run(
     if settings.retrieval and settings.runtime is Runtime.HUGGINGFACE:
         log("the evaluated arm retrieves context, which only the repotune runtime (--runtime repotune) "
             "serves; the huggingface runtime serves the model without it")  # fmt: skip
+    if settings.min_confidence and settings.runtime is Runtime.HUGGINGFACE:
+        log(f"min_confidence {settings.min_confidence:g} is served by the repotune runtime only "
+            "(--runtime repotune); the huggingface runtime shows every completion")  # fmt: skip
     objects = tuple(render_manifests(model, settings))
     if config.manifest is not None:
         config.manifest.write_text(to_yaml(list(objects)))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from repotune import images
+from repotune.decoding import check_confidence
 from repotune.errors import RepotuneError
 from repotune.kube import DNS_1123_LABEL
 from repotune.pipelines.credentials import ARTIFACTS_ROOT, SERVICE_ACCOUNT
@@ -76,6 +77,9 @@ class SubmitConfig:
     """Namespace the InferenceService is deployed into."""
     deploy_name: str = "repotune"
     """Name of the InferenceService the promoted model is served as."""
+    min_confidence: float = 0.0
+    """The ``repotune`` runtime ends a greedy completion before its first line less sure than this
+    (``repotune deploy --min-confidence``; the evaluation report gives thresholds); 0: off."""
     services: ServiceSettings = field(default_factory=ServiceSettings)
     """Where the wiki and tracker sources are and what to read of them (the ``source_settings``)."""
     kfp_namespace: str | None = None
@@ -119,6 +123,7 @@ class SubmitConfig:
             raise RepotuneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
         if not DNS_1123_LABEL.match(self.deploy_name):
             raise RepotuneError(f"--deploy-name {self.deploy_name!r} is not a Kubernetes resource name")
+        check_confidence(self.min_confidence, "--min-confidence")
         if self.kfp_namespace is not None and not DNS_1123_LABEL.match(self.kfp_namespace):
             raise RepotuneError(f"--kfp-namespace {self.kfp_namespace!r} is not a Kubernetes namespace name")
         if self.artifacts_root and not self.artifacts_root.startswith("s3://"):
@@ -147,6 +152,7 @@ class SubmitConfig:
         more = {"more_sources": list(self.sources[1:])} if len(self.sources) > 1 else {}
         optional = {
             "include": self.include or "",
+            "deploy_min_confidence": self.min_confidence,
             "evaluation": dict(self.evaluation),
             "source_settings": self.services.parameters(),
         }

@@ -136,6 +136,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
         namespace: str = "repotune",
         runtime: str = "huggingface",
         deploy_apply: bool = True,
+        deploy_min_confidence: float = 0.0,
         artifacts_root: str = ARTIFACTS_ROOT,
         hub_repo: str = "",
     ) -> PipelineOutputs:
@@ -161,6 +162,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
             namespace: Namespace of the InferenceService (the profile namespace on multi-user Kubeflow).
             runtime: huggingface (KServe's vLLM runtime, for GPUs) or repotune (this project's predictor).
             deploy_apply: Apply the InferenceService and wait for Ready; false only renders its manifest.
+            deploy_min_confidence: repotune runtime: end completions before a less sure line (0: off).
             artifacts_root: s3:// prefix for each stage's outputs and the served model (Secret repotune-s3).
             hub_repo: Hugging Face Hub ORG/NAME to push a promoted model to, private (Secret repotune-hf).
 
@@ -255,6 +257,7 @@ def build_pipeline(recipe_spec: str = DEFAULT_RECIPE, *, retries: bool = True):
                 runtime=runtime,
                 apply=deploy_apply,
                 tracking=tracking,
+                min_confidence=deploy_min_confidence,
             )
             _images_env(deployed, run_images)
             _small(_secrets(deployed, "deploy")).set_display_name("deploy").set_retry(**retry)
