@@ -556,6 +556,10 @@ def test_cli_dry_run_prints_valid_manifests_and_touches_nothing(api: KubeApi) ->
     assert model.spec.predictor.canary_traffic_percent == 20
     assert done.stdout == to_yaml([account, runtime, isvc])
     assert api.requests == []
+    # A threshold only the repotune runtime serves is not dropped without a word.
+    hf = repotune("minio://mlpipeline/v2/artifacts/run/model", "--name", "app", "--namespace", "team-a",
+                  "--min-confidence", "0.5", "--dry-run", "--kube-host", api.url)  # fmt: skip
+    assert hf.returncode == 0 and "min_confidence 0.5 is served by the repotune runtime only" in hf.stderr
 
 
 @pytest.mark.integration
