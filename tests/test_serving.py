@@ -418,6 +418,16 @@ def _direct_logprobs(tiny: Path, ids: list[int]) -> list[float]:
     return [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
+def _next_logprob(tiny: Path, ids: list[int]) -> float:
+    """The log probability of the likeliest token after ``ids``, from the model read straight."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return float(model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1).max())
+
+
 def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Path, server) -> None:
     """lm-evaluation-harness's ``local-completions`` asks a text's log-likelihood so: its
     ``_create_payload`` for ``generate=False`` (the token ids of context and continuation, one token
@@ -426,19 +436,28 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    context = tokenizer("def add(a, b):", add_special_tokens=False).input_ids
+    # Longer than the prefix cache's 16 tokens: the prompt read to score it is kept for generate.
+    context = tokenizer('def add(a, b):\n    """The sum of a and b."""', add_special_tokens=False).input_ids
     continuation = tokenizer("\n    return a + b", add_special_tokens=False).input_ids
+    assert len(context) > 16
     prompts = [context + continuation, context + continuation[:2]]
     payload = {"model": server.model_name, "prompt": prompts, "temperature": 0, "max_tokens": 1,
                "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
     answer = httpx.post(f"{server.openai_url}/completions", json=payload, timeout=60)
     assert answer.status_code == 200, answer.text
     choices = sorted(answer.json()["choices"], key=lambda choice: choice["index"])
+    # generate went on from the prompts as scoring read them (all but the last token, read to go on)
+    assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == sum(
+        len(p) - 1 for p in prompts
+    )
     for choice, ids in zip(choices, prompts, strict=True):
         got = choice["logprobs"]["token_logprobs"]
         assert len(got) == len(ids) + 1 and got[0] is None  # the prompt's tokens, then the one generated
         direct = _direct_logprobs(tiny, ids)
         assert got[1 : len(ids)] == pytest.approx(direct, abs=1e-4)
+        # the token generated after the prompt was scored (greedy: the likeliest) is what it would be alone
+        assert got[-1] == pytest.approx(max(choice["logprobs"]["top_logprobs"][-1].values()), abs=1e-6)
+        assert got[-1] == pytest.approx(_next_logprob(tiny, ids), abs=1e-4)
         scored = got[len(context) : -1]
         assert sum(scored) == pytest.approx(sum(direct[len(context) - 1 :]), abs=1e-3)
         tops = choice["logprobs"]["top_logprobs"][len(context) : -1]

@@ -601,18 +601,22 @@ def step_of(distribution: Any, token: int, top: int) -> Step:
     return float(distribution[token]), best
 
 
-def prompt_steps(model: Any, ids: Sequence[int], top: int) -> list[Step | None]:
+def prompt_steps(
+    model: Any, ids: Sequence[int], top: int, cache: Any = None, cache_argument: str = "past_key_values"
+) -> list[Step | None]:
     """Each prompt token's log probability given the tokens before it, and the ``top`` most likely
     tokens there (OpenAI's ``echo`` with ``logprobs``); None for the first token, which nothing
-    predicts. One forward pass over the prompt, as the server reads it."""
+    predicts. One forward pass over the prompt, as the server reads it; given an empty ``cache``, it
+    fills it with the prompt's keys and values, for ``generate`` to go on from (``PrefixCache``)."""
     import torch
 
     device = next(model.parameters()).device
     tokens = torch.tensor([list(ids)], device=device)
+    cached = {cache_argument: cache, "use_cache": True} if cache is not None else {"use_cache": False}
     with torch.inference_mode():
         # The whole prompt's logits at once: a 2,048-token prompt of a 150k-token vocabulary (Qwen) holds
         # 1.2 GB of them in float32 for the moment it is scored.
-        logits = model(input_ids=tokens, use_cache=False).logits[0, :-1]
+        logits = model(input_ids=tokens, **cached).logits[0, :-1]
         distributions = torch.log_softmax(logits.float(), dim=-1)
         chosen = distributions.gather(1, tokens[0, 1:, None])[:, 0].tolist()
         values, best = distributions.topk(top, dim=-1) if top else (None, None)
@@ -861,6 +865,7 @@ class Batcher:
         not done, or those set back to decode a copied first line again (``_Row.judging``)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers.cache_utils import DynamicCache
 
         fresh = [handle for handle in batch if handle.row is None]
         for handle in fresh:
@@ -916,7 +921,14 @@ class Batcher:
         for row in rows:
             request = row.handle.request
             if request.prompt_logprobs and row.prompt_steps is None:
-                row.prompt_steps = prompt_steps(self.model, request.prompt_ids, request.logprobs or 0)
+                # The prompt read to score it is kept, so that generate does not read it again.
+                cache = DynamicCache(config=self.model.config) if self.prefix_cache is not None else None
+                ids = request.prompt_ids
+                row.prompt_steps = prompt_steps(
+                    self.model, ids, request.logprobs or 0, cache, self.cache_argument
+                )
+                if cache is not None and self.prefix_cache is not None:
+                    self.prefix_cache.keep(cache, ids)
         with torch.inference_mode():
             cache, reused = self._start_cache(prompts, new_tokens)
             for row, tokens in zip(rows, reused, strict=True):
