@@ -9,8 +9,9 @@ One server, the same prompts and greedy decoding, three kinds of request alterna
 * ``logprobs 5``: the same with ``logprobs: 5`` (each token's log probability and the five likeliest of
   its step);
 * ``echo + logprobs 1``: lm-evaluation-harness's log-likelihood request (the prompt as token ids,
-  ``echo``, ``logprobs: 1``, one token to generate): the prompt is scored in a forward pass of its
-  own. Its baseline is ``plain`` asked for one token.
+  ``echo``, ``logprobs: 1``, one token to generate; a longer prompt, every prompt then one, about 100
+  tokens): the prompt is scored in a forward pass of its own, kept for generate where it is scored
+  alone. Its baseline is the same prompt asked for one token without log probabilities.
 
 Each request sets ``frequency_penalty: 0``, so that all three decode alike. Latency is per request as
 the client sees it (p50, ms); the ratio is each kind's p50 over its baseline's. Nothing is asserted.
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from repotune.serving.server import start_background
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS]
+    # A log-likelihood request's context is longer than an editor's few lines: all the prompts, then one.
+    ids = [tokenizer("".join(PROMPTS) + p, add_special_tokens=False).input_ids for p in PROMPTS]
     kinds: dict[str, Any] = {
         "plain": lambda i: {"prompt": PROMPTS[i], "max_tokens": args.max_tokens},
         "logprobs 5": lambda i: {"prompt": PROMPTS[i], "max_tokens": args.max_tokens, "logprobs": 5},

@@ -441,15 +441,27 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
     continuation = tokenizer("\n    return a + b", add_special_tokens=False).input_ids
     assert len(context) > 16
     prompts = [context + continuation, context + continuation[:2]]
-    payload = {"model": server.model_name, "prompt": prompts, "temperature": 0, "max_tokens": 1,
-               "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
-    answer = httpx.post(f"{server.openai_url}/completions", json=payload, timeout=60)
-    assert answer.status_code == 200, answer.text
-    choices = sorted(answer.json()["choices"], key=lambda choice: choice["index"])
-    # generate went on from the prompts as scoring read them (all but the last token, read to go on)
-    assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == sum(
+
+    def ask(batch: list[list[int]]) -> dict:
+        payload = {"model": server.model_name, "prompt": batch, "temperature": 0, "max_tokens": 1,
+                   "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+        answer = httpx.post(f"{server.openai_url}/completions", json=payload, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # One prompt a request (lm-evaluation-harness's default batch size): generate goes on from the prompt
+    # as scoring read it, all but its last token (read to go on).
+    alone = [ask([ids]) for ids in prompts]
+    assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in alone] == [
         len(p) - 1 for p in prompts
-    )
+    ]
+    # Both in one request: scored together, right-padded, with the same numbers.
+    choices = sorted(ask(prompts)["choices"], key=lambda choice: choice["index"])
+    for choice, one in zip(choices, alone, strict=True):
+        assert choice["text"] == one["choices"][0]["text"]
+        assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(
+            one["choices"][0]["logprobs"]["token_logprobs"][1:], abs=1e-4
+        )
     for choice, ids in zip(choices, prompts, strict=True):
         got = choice["logprobs"]["token_logprobs"]
         assert len(got) == len(ids) + 1 and got[0] is None  # the prompt's tokens, then the one generated

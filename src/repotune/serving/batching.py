@@ -601,34 +601,60 @@ def step_of(distribution: Any, token: int, top: int) -> Step:
     return float(distribution[token]), best
 
 
+SCORED_POSITIONS = 2048
+"""Most prompt tokens scored in one forward pass (``prompt_steps``): their logits are held at once, 400 MB
+in float32 for SmolLM2's 49k-token vocabulary, 1.2 GB for Qwen's 150k."""
+
+
 def prompt_steps(
-    model: Any, ids: Sequence[int], top: int, cache: Any = None, cache_argument: str = "past_key_values"
-) -> list[Step | None]:
-    """Each prompt token's log probability given the tokens before it, and the ``top`` most likely
-    tokens there (OpenAI's ``echo`` with ``logprobs``); None for the first token, which nothing
-    predicts. One forward pass over the prompt, as the server reads it; given an empty ``cache``, it
-    fills it with the prompt's keys and values, for ``generate`` to go on from (``PrefixCache``)."""
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    tops: Sequence[int],
+    cache: Any = None,
+    cache_argument: str = "past_key_values",
+) -> list[list[Step | None]]:
+    """For each prompt, each token's log probability given the tokens before it, and the ``tops[i]``
+    most likely tokens there (OpenAI's ``echo`` with ``logprobs``); None for the first token, which
+    nothing predicts. The prompts are read together, right-padded (a token attends only to those before
+    it, so padding after a prompt changes nothing for it), up to ``SCORED_POSITIONS`` tokens a forward
+    pass. Given an empty ``cache`` and one prompt, the pass fills it with the prompt's keys and values,
+    for ``generate`` to go on from (``PrefixCache``)."""
     import torch
 
     device = next(model.parameters()).device
-    tokens = torch.tensor([list(ids)], device=device)
-    cached = {cache_argument: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-    with torch.inference_mode():
-        # The whole prompt's logits at once: a 2,048-token prompt of a 150k-token vocabulary (Qwen) holds
-        # 1.2 GB of them in float32 for the moment it is scored.
-        logits = model(input_ids=tokens, **cached).logits[0, :-1]
-        distributions = torch.log_softmax(logits.float(), dim=-1)
-        chosen = distributions.gather(1, tokens[0, 1:, None])[:, 0].tolist()
-        values, best = distributions.topk(top, dim=-1) if top else (None, None)
-    steps: list[Step | None] = [None]
-    for position, logprob in enumerate(chosen):
-        tops = (
-            ()
-            if best is None
-            else tuple(zip(best[position].tolist(), values[position].tolist(), strict=True))
-        )
-        steps.append((logprob, tops))
-    return steps
+    groups: list[list[int]] = []
+    for index, ids in enumerate(prompts):
+        if groups and sum(len(prompts[i]) for i in groups[-1]) + len(ids) <= SCORED_POSITIONS:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    found: dict[int, list[Step | None]] = {}
+    for group in groups:
+        width = max(len(prompts[i]) for i in group)
+        tokens = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for line, index in enumerate(group):
+            tokens[line, : len(prompts[index])] = torch.tensor(list(prompts[index]), dtype=torch.long)
+            mask[line, : len(prompts[index])] = 1
+        cached = {cache_argument: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        with torch.inference_mode():
+            logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device), **cached).logits
+            for line, index in enumerate(group):
+                length = len(prompts[index])
+                distributions = torch.log_softmax(logits[line, : length - 1].float(), dim=-1)
+                chosen = distributions.gather(1, tokens[line, 1:length, None].to(device))[:, 0].tolist()
+                top = tops[index]
+                values, best = distributions.topk(top, dim=-1) if top else (None, None)
+                steps: list[Step | None] = [None]
+                for position, logprob in enumerate(chosen):
+                    named = (
+                        ()
+                        if best is None
+                        else zip(best[position].tolist(), values[position].tolist(), strict=True)
+                    )
+                    steps.append((logprob, tuple(named)))
+                found[index] = steps
+    return [found[index] for index in range(len(prompts))]
 
 
 def _agreed(text: str, heal: str) -> int:
@@ -918,17 +944,19 @@ class Batcher:
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         new_tokens = max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows)
-        for row in rows:
-            request = row.handle.request
-            if request.prompt_logprobs and row.prompt_steps is None:
-                # The prompt read to score it is kept, so that generate does not read it again.
-                cache = DynamicCache(config=self.model.config) if self.prefix_cache is not None else None
-                ids = request.prompt_ids
-                row.prompt_steps = prompt_steps(
-                    self.model, ids, request.logprobs or 0, cache, self.cache_argument
-                )
-                if cache is not None and self.prefix_cache is not None:
-                    self.prefix_cache.keep(cache, ids)
+        scoring = [row for row in rows if row.handle.request.prompt_logprobs and row.prompt_steps is None]
+        if scoring:
+            # A prompt scored alone is kept, so that generate does not read it again; several are read
+            # together (padding costs less than reading each alone), and generate reads them again.
+            alone = len(scoring) == 1 and self.prefix_cache is not None
+            kept = DynamicCache(config=self.model.config) if alone else None
+            asked = [row.handle.request for row in scoring]
+            steps = prompt_steps(self.model, [r.prompt_ids for r in asked], [r.logprobs or 0 for r in asked],
+                                 kept, self.cache_argument)  # fmt: skip
+            for row, found in zip(scoring, steps, strict=True):
+                row.prompt_steps = found
+            if kept is not None and self.prefix_cache is not None:
+                self.prefix_cache.keep(kept, asked[0].prompt_ids)
         with torch.inference_mode():
             cache, reused = self._start_cache(prompts, new_tokens)
             for row, tokens in zip(rows, reused, strict=True):
