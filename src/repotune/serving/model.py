@@ -688,11 +688,11 @@ def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
 
 
 def chat_logprobs(done: Completed) -> ChoiceLogprobs | None:
-    """OpenAI's chat ``logprobs`` of an answer: its tokens (``openai_logprobs``' tokens, named so) with
-    their UTF-8 bytes, log probabilities and the ``top_logprobs`` likeliest of each step."""
+    """OpenAI's chat ``logprobs`` of an answer: the tokens that write it (without the end of sequence
+    that ended it), with their UTF-8 bytes, log probabilities and the ``top_logprobs`` likeliest tokens
+    of each step."""
     if done.logprobs is None:
         return None
-
     return ChoiceLogprobs(
         content=[
             ChatCompletionTokenLogprob(
