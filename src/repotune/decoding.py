@@ -110,10 +110,11 @@ def runner_up(
     return [math.inf if r in refused else m for m, r in zip(margins, runners, strict=True)], runners
 
 
-def decoded_ends(tokens: Sequence[int], tokenizer: Any) -> list[int]:
-    """Per step, how many characters ``tokens`` up to that step's decode to (special tokens skipped)."""
+def decoded_ends(tokens: Sequence[int], tokenizer: Any, *, skip_special_tokens: bool = True) -> list[int]:
+    """Per step, how many characters ``tokens`` up to that step's decode to (special tokens skipped,
+    unless ``skip_special_tokens`` is false)."""
     return [
-        len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=True))
+        len(tokenizer.decode(list(tokens[: step + 1]), skip_special_tokens=skip_special_tokens))
         for step in range(len(tokens))
     ]
 

@@ -51,6 +51,7 @@ from repotune.decoding import (
     penalize_lines,
     rewrites_line_above,
     runner_up,
+    span_steps,
 )
 from repotune.kvcache import (
     PrefixCache,
@@ -486,42 +487,36 @@ class _Row:
                 completion_tokens=len(self.tokens),
                 cached_tokens=self.cached,
                 prompt_logprobs=self._prompt_logprobs(),
-                logprobs=self._logprobs(),
-                ended_by=self._ended_by(),
+                **self._logprobs(),
             )
         )
 
     def _step(self, token: int) -> Step:
         """The log probability of ``token`` and the most likely tokens, from ``distribution``."""
-        return step_of(self.distribution, token, self.handle.request.logprobs or 0)
+        import torch
 
-    def _logprobs(self) -> tuple[TokenLogprob, ...] | None:
-        """The tokens that write ``text``, each cut to the part of it that they write: the text starts
-        after the held-back prompt text and may be cut inside a token (a stop string, a gate)."""
+        chosen = torch.tensor([token], device=self.distribution.device)
+        return steps_of(self.distribution[None], chosen, self.handle.request.logprobs or 0)[0]
+
+    def _logprobs(self) -> dict[str, Any]:
+        """``Completed.logprobs`` and ``ended_by`` (none without ``recording``): the tokens that write
+        ``text``, each cut to the part of it that it writes (the text starts after the held-back
+        prompt text and may be cut inside a token, by a stop string or a gate), and the end of sequence
+        that ended the text, unless a stop string or a gate cut it before."""
         if not self.recording:
-            return None
+            return {}
         decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         start = _agreed(decoded, self.handle.request.heal)
         end = start + len(self.text)
-        found, before = [], 0
-        for step, (logprob, top) in enumerate(self.steps):
-            # A piece of a multi-byte character decodes to U+FFFD until the rest of it comes.
-            after = max(before, min(self.ends[step], len(decoded)))
-            if max(before, start) < min(after, end):
-                piece = decoded[max(before, start) : min(after, end)]
-                found.append(TokenLogprob(piece, logprob, self._named(top)))
-            before = after
-        return tuple(found)
-
-    def _ended_by(self) -> TokenLogprob | None:
-        """The end of sequence that ended the text, unless a stop string or a gate cut it before."""
-        if self.ended_by is None:
-            return None
-        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if _agreed(decoded, self.handle.request.heal) + len(self.text) < len(decoded):
-            return None
-        token, (logprob, top) = self.ended_by
-        return TokenLogprob(self._spelled(token), logprob, self._named(top))
+        found = tuple(
+            TokenLogprob(decoded[first:last], self.steps[step][0], self._named(self.steps[step][1]))
+            for step, first, last in span_steps(self.ends, (start, end))
+        )
+        ended = None
+        if self.ended_by is not None and end == len(decoded):
+            token, (logprob, top) = self.ended_by
+            ended = TokenLogprob(self._spelled(token), logprob, self._named(top))
+        return {"logprobs": found, "ended_by": ended}
 
     def _prompt_logprobs(self) -> tuple[TokenLogprob, ...] | None:
         """The prompt's tokens, each with what it writes of the prompt as ``echo`` decodes it."""
@@ -530,8 +525,9 @@ class _Row:
         ids = self.handle.request.prompt_ids
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
         pieces, before = [], 0
-        for step in range(len(ids)):
-            after = len(self.tokenizer.decode(ids[: step + 1], skip_special_tokens=False))
+        # Every token, even one that writes nothing yet (a piece of a multi-byte character): lm-evaluation-
+        # harness finds the continuation's tokens by their place.
+        for after in decoded_ends(ids, self.tokenizer, skip_special_tokens=False):
             after = max(before, min(after, len(decoded)))
             pieces.append(decoded[before:after])
             before = after
@@ -587,18 +583,20 @@ def bytes_named(name: str) -> bytes:
 
 
 Step = tuple[float, tuple[tuple[int, float], ...]]
-"""A token's log probability, and the step's most likely tokens with theirs (``step_of``)."""
+"""A token's log probability, and the step's most likely tokens with theirs (``steps_of``)."""
 
 
-def step_of(distribution: Any, token: int, top: int) -> Step:
-    """``token``'s log probability in ``distribution`` (one row of log-softmaxed scores) and the ``top``
-    most likely tokens with theirs, the likeliest first."""
-    if top:
-        values, ids = distribution.topk(top)
-        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-    else:
-        best = ()
-    return float(distribution[token]), best
+def steps_of(distributions: Any, tokens: Any, top: int) -> list[Step]:
+    """Per row of ``distributions`` (log-softmaxed scores), the log probability of ``tokens[row]`` (a
+    tensor of token ids) and the ``top`` most likely tokens with theirs, the likeliest first."""
+    chosen = distributions.gather(1, tokens[:, None])[:, 0].tolist()
+    if not top:
+        return [(logprob, ()) for logprob in chosen]
+    values, ids = distributions.topk(top, dim=-1)
+    return [
+        (logprob, tuple(zip(row_ids, row_values, strict=True)))
+        for logprob, row_ids, row_values in zip(chosen, ids.tolist(), values.tolist(), strict=True)
+    ]
 
 
 SCORED_POSITIONS = 2048
@@ -642,18 +640,10 @@ def prompt_steps(
             for line, index in enumerate(group):
                 length = len(prompts[index])
                 distributions = torch.log_softmax(logits[line, : length - 1].float(), dim=-1)
-                chosen = distributions.gather(1, tokens[line, 1:length, None].to(device))[:, 0].tolist()
-                top = tops[index]
-                values, best = distributions.topk(top, dim=-1) if top else (None, None)
-                steps: list[Step | None] = [None]
-                for position, logprob in enumerate(chosen):
-                    named = (
-                        ()
-                        if best is None
-                        else zip(best[position].tolist(), values[position].tolist(), strict=True)
-                    )
-                    steps.append((logprob, tuple(named)))
-                found[index] = steps
+                found[index] = [
+                    None,
+                    *steps_of(distributions, tokens[line, 1:length].to(device), tops[index]),
+                ]
     return [found[index] for index in range(len(prompts))]
 
 
