@@ -407,25 +407,16 @@ def test_echo_puts_the_prompt_in_front_whether_text_or_token_ids(
     assert answers[0] == answers[1] and answers[0].startswith(text) and len(answers[0]) > len(text)
 
 
-def _direct_logprobs(tiny: Path, ids: list[int]) -> list[float]:
-    """Each token's log probability given the ones before it, from the model read straight."""
+def _direct_logprobs(tiny: Path, ids: list[int]) -> tuple[list[float], float]:
+    """From the model read straight: each token's log probability given the ones before it, and that of
+    the likeliest token after them all."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
-    return [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))]
-
-
-def _next_logprob(tiny: Path, ids: list[int]) -> float:
-    """The log probability of the likeliest token after ``ids``, from the model read straight."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return float(model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1).max())
+    return [float(logits[i - 1, ids[i]]) for i in range(1, len(ids))], float(logits[-1].max())
 
 
 def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Path, server) -> None:
@@ -465,11 +456,11 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
     for choice, ids in zip(choices, prompts, strict=True):
         got = choice["logprobs"]["token_logprobs"]
         assert len(got) == len(ids) + 1 and got[0] is None  # the prompt's tokens, then the one generated
-        direct = _direct_logprobs(tiny, ids)
+        direct, following = _direct_logprobs(tiny, ids)
         assert got[1 : len(ids)] == pytest.approx(direct, abs=1e-4)
         # the token generated after the prompt was scored (greedy: the likeliest) is what it would be alone
         assert got[-1] == pytest.approx(max(choice["logprobs"]["top_logprobs"][-1].values()), abs=1e-6)
-        assert got[-1] == pytest.approx(_next_logprob(tiny, ids), abs=1e-4)
+        assert got[-1] == pytest.approx(following, abs=1e-4)
         scored = got[len(context) : -1]
         assert sum(scored) == pytest.approx(sum(direct[len(context) - 1 :]), abs=1e-3)
         tops = choice["logprobs"]["top_logprobs"][len(context) : -1]
@@ -500,7 +491,7 @@ def test_logprobs_are_of_the_tokens_that_write_the_completion(
     ]
     written = tokenizer(scored.text, add_special_tokens=False).input_ids
     assert logprobs.token_logprobs == pytest.approx(
-        _direct_logprobs(tiny, ids + written)[len(ids) - 1 :], abs=1e-4
+        _direct_logprobs(tiny, ids + written)[0][len(ids) - 1 :], abs=1e-4
     )
     for logprob, top in zip(logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
         assert len(top) == 3 and logprob == pytest.approx(max(top.values()))  # greedy: the likeliest
