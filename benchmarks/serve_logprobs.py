@@ -8,6 +8,8 @@ One server, the same prompts and greedy decoding, three kinds of request alterna
 * ``plain``: a completion of ``--max-tokens`` tokens, no log probabilities (the baseline);
 * ``logprobs 5``: the same with ``logprobs: 5`` (each token's log probability and the five likeliest of
   its step);
+* ``plain, streamed`` and ``logprobs 5, streamed``: the first two with ``stream: true`` (each chunk
+  carries the tokens its text completes), timed to the last chunk;
 * ``echo + logprobs 1``: lm-evaluation-harness's log-likelihood request (the prompt as token ids,
   ``echo``, ``logprobs: 1``, one token to generate; a longer prompt, every prompt then one, about 100
   tokens): the prompt is scored in a forward pass of its own, kept for generate where it is scored
@@ -60,10 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     kinds: dict[str, Any] = {
         "plain": lambda i: {"prompt": PROMPTS[i], "max_tokens": args.max_tokens},
         "logprobs 5": lambda i: {"prompt": PROMPTS[i], "max_tokens": args.max_tokens, "logprobs": 5},
+        "plain, streamed": lambda i: {"prompt": PROMPTS[i], "max_tokens": args.max_tokens, "stream": True},
+        "logprobs 5, streamed": lambda i: {
+            "prompt": PROMPTS[i],
+            "max_tokens": args.max_tokens,
+            "logprobs": 5,
+            "stream": True,
+        },
         "plain, 1 token": lambda i: {"prompt": ids[i], "max_tokens": 1},
         "echo + logprobs 1": lambda i: {"prompt": ids[i], "max_tokens": 1, "logprobs": 1, "echo": True},
     }
-    baseline = {"logprobs 5": "plain", "echo + logprobs 1": "plain, 1 token"}
+    baseline = {
+        "logprobs 5": "plain",
+        "logprobs 5, streamed": "plain, streamed",
+        "echo + logprobs 1": "plain, 1 token",
+    }
     say(f"model {folder}; {args.requests} requests of each kind, 1 client then {args.clients}")
     results: dict[str, dict[str, float]] = {}
     with start_background(folder, max_tokens=args.max_tokens, max_batch_size=args.clients) as server:
@@ -72,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         def ask(kind: str, i: int) -> float:
             started = time.perf_counter()
             body = kinds[kind](i % len(PROMPTS))
-            client.completions.create(model=server.model_name, temperature=0, frequency_penalty=0, **body)
+            answer = client.completions.create(
+                model=server.model_name, temperature=0, frequency_penalty=0, **body
+            )
+            if body.get("stream"):
+                for _ in answer:  # to the last chunk
+                    pass
             return time.perf_counter() - started
 
         for kind in kinds:  # warm-up, unmeasured

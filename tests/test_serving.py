@@ -296,7 +296,7 @@ BAD_REQUESTS = [
     ("completions", {"model": "M", "prompt": "x", "temperature": 5}, 400, "temperature"),
     ("completions", {"model": "M", "prompt": "x", "stream": "yes"}, 400, "stream"),
     ("completions", {"model": "M", "prompt": "x", "logprobs": 6}, 400, "logprobs"),
-    ("completions", {"model": "M", "prompt": "x", "logprobs": 1, "stream": True}, 400, "logprobs"),
+    ("completions", {"model": "M", "prompt": "x", "logprobs": 1, "echo": True, "stream": True}, 400, "echo"),
     (
         "completions",
         {"model": "M", "prompt": "x", "logprobs": 1, "echo": True, "file_path": "a.py"},
@@ -326,12 +326,6 @@ BAD_REQUESTS = [
         {"model": "M", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
         400,
         "top_logprobs",
-    ),
-    (
-        "chat/completions",
-        {"model": "M", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "stream": True},
-        400,
-        "logprobs",
     ),
     (
         "chat/completions",
@@ -520,14 +514,50 @@ def test_chat_logprobs_are_of_the_tokens_of_the_answer(server, client: openai.Op
     assert [token.top_logprobs for token in ask(logprobs=True).logprobs.content] == [[]] * len(tokens)
 
 
+def test_streamed_logprobs_join_to_the_whole_answers(tiny: Path, server, client: openai.OpenAI) -> None:
+    """Streamed, each chunk carries the tokens its text completes; joined, they are the whole answer's,
+    with the same text offsets, through the openai client as it reads streams."""
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny)("def add(a, b):", add_special_tokens=False).input_ids
+    options = {"model": server.model_name, "prompt": ids, "max_tokens": 12, "temperature": 0,
+               "frequency_penalty": 0, "logprobs": 2}  # fmt: skip
+    whole = client.completions.create(**options).choices[0]
+    chunks = [chunk.choices[0] for chunk in client.completions.create(stream=True, **options)]
+    assert "".join(chunk.text for chunk in chunks) == whole.text and len(chunks) > 2
+    joined = {
+        key: [value for chunk in chunks for value in getattr(chunk.logprobs, key)]
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    }
+    assert joined["tokens"] == whole.logprobs.tokens and "".join(joined["tokens"]) == whole.text
+    assert joined["text_offset"] == whole.logprobs.text_offset
+    assert joined["token_logprobs"] == pytest.approx(whole.logprobs.token_logprobs, abs=1e-4)
+    assert [list(top) for top in joined["top_logprobs"]] == [list(top) for top in whole.logprobs.top_logprobs]
+    assert chunks[-1].finish_reason == whole.finish_reason
+
+    chat = {"model": server.model_name, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8,
+            "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    answer = client.chat.completions.create(**chat).choices[0]
+    parts = [
+        chunk.choices[0] for chunk in client.chat.completions.create(stream=True, **chat) if chunk.choices
+    ]
+    assert "".join(part.delta.content or "" for part in parts) == answer.message.content
+    tokens = [token for part in parts if part.logprobs for token in part.logprobs.content]
+    assert [token.token for token in tokens] == [token.token for token in answer.logprobs.content]
+    assert [token.logprob for token in tokens] == pytest.approx(
+        [token.logprob for token in answer.logprobs.content], abs=1e-4
+    )
+    assert all(len(token.top_logprobs) == 2 for token in tokens) and tokens
+
+
 def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
     """The tokens returned are those that write the returned text: not those of the held-back prompt
     text before it, cut where a stop string cuts the text, in step with a first line decoded again,
-    and the end of sequence that ended it last."""
+    and the end of sequence that ended it last. Streamed, the pieces carry the same tokens."""
     import torch
     from tests.tiny_tokenizer import make_tiny_tokenizer
 
-    from repotune.serving.batching import Handle, _Row
+    from repotune.serving.batching import Handle, Piece, _Row
 
     tokenizer = make_tiny_tokenizer()
     eos = frozenset({tokenizer.eos_token_id})
@@ -536,7 +566,7 @@ def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
 
     def finished(request: GenerationRequest, *fed: tuple[list[str], list[float]], **kwargs):
         """``request``'s row fed the texts of ``fed``, each after the row was set back (if it was), then
-        ended by an end of sequence."""
+        ended by an end of sequence; its streamed pieces carry the same tokens as the whole row."""
         handle = Handle(request, loop)
         row = _Row(handle, tokenizer, lambda outcome: None)
         row.distribution = distribution
@@ -545,7 +575,15 @@ def test_a_rows_logprobs_follow_the_text_it_returns() -> None:
             _fed(row, texts, margins, tokenizer, eos, **kwargs)
         if not row.done:
             row.add(tokenizer.eos_token_id, eos)
-        return loop.run_until_complete(handle.result())
+
+        async def streamed():
+            return [item async for item in handle.stream()]
+
+        *pieces, done = loop.run_until_complete(streamed())
+        assert all(isinstance(piece, Piece) for piece in pieces) and pieces
+        assert "".join(piece.text for piece in pieces) == done.text
+        assert tuple(token for piece in pieces for token in piece.logprobs) == done.logprobs
+        return done
 
     try:
         healed = finished(GenerationRequest([1], 12, SamplingParams(0.0), heal="\n", logprobs=2),

@@ -181,6 +181,18 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class Piece:
+    """A streamed piece of a row's text with the tokens it completes, for a row that records its steps
+    (``GenerationRequest.logprobs``); a row that does not streams plain text."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...]
+    """The tokens whose text ends in what has been streamed by this piece, each cut to what it writes
+    of the returned text: a token that this piece writes only the start of comes with a later one.
+    Joined over a row's pieces, they are ``Completed.logprobs``."""
+
+
+@dataclass(frozen=True)
 class Completed:
     """A finished row: its text (special tokens removed, cut at a stop string) and token counts."""
 
@@ -215,7 +227,7 @@ class Handle:
         self.row: _Row | None = None
         """Its decoding state once it has started; kept while the row waits for its next turn."""
         self._loop = loop
-        self._events: asyncio.Queue[str | Completed | BaseException] = asyncio.Queue()
+        self._events: asyncio.Queue[str | Piece | Completed | BaseException] = asyncio.Queue()
         self._closed = False
 
     def cancel(self) -> None:
@@ -225,7 +237,7 @@ class Handle:
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
-    def _push(self, item: str | Completed | BaseException) -> None:
+    def _push(self, item: str | Piece | Completed | BaseException) -> None:
         if self._closed:
             return
         if isinstance(item, Completed | BaseException):
@@ -234,8 +246,9 @@ class Handle:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._events.put_nowait, item)
 
-    async def stream(self) -> AsyncIterator[str | Completed]:
-        """Text pieces as they are generated, then the ``Completed`` row; raises ``ServingError``."""
+    async def stream(self) -> AsyncIterator[str | Piece | Completed]:
+        """Text pieces as they are generated (``Piece`` where the request asked for log probabilities),
+        then the ``Completed`` row; raises ``ServingError``."""
         try:
             while True:
                 timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -307,6 +320,8 @@ class _Row:
         steps (``LogprobRecorder``)."""
         self.steps: list[Step] = []
         """Each token's log probability and the step's most likely tokens (``recording``)."""
+        self.streamed = 0
+        """How many of the text's tokens (``_written``) went out with the pieces streamed (``Piece``)."""
         self.ended_by: tuple[int, Step] | None = None
         """The end of sequence that ended the row, and its step (``recording``)."""
         self.prompt_steps: list[Step | None] | None = None
@@ -375,8 +390,17 @@ class _Row:
         while end > self.sent and self.text[end - 1] == "\ufffd":
             end -= 1
         if end > self.sent:
-            self.handle._push(self.text[self.sent : end])
-            self.sent = end
+            self._send(end, self._written(end, whole=True, decoded=text)[0] if self.recording else ())
+
+    def _send(self, end: int, tokens: Sequence[TokenLogprob]) -> None:
+        """Stream ``text`` up to ``end``, with the new ones of ``tokens`` where the row records its steps."""
+        piece = self.text[self.sent : end]
+        if self.recording:
+            self.handle._push(Piece(piece, tuple(tokens[self.streamed :])))
+            self.streamed = max(self.streamed, len(tokens))
+        else:
+            self.handle._push(piece)
+        self.sent = end
 
     def _judged(self, ending: str | None) -> bool:
         """Judge the first line once it is whole (or the row ends, ``ending`` saying how): True when
@@ -476,9 +500,9 @@ class _Row:
         if reason is None:  # cancelled: nobody is listening
             self.handle._push(Unavailable("the request was cancelled"))
             return
+        logprobs = self._logprobs()
         if len(self.text) > self.sent:
-            self.handle._push(self.text[self.sent :])
-            self.sent = len(self.text)
+            self._send(len(self.text), logprobs.get("logprobs", ()))
         self.handle._push(
             Completed(
                 text=self.text,
@@ -487,7 +511,7 @@ class _Row:
                 completion_tokens=len(self.tokens),
                 cached_tokens=self.cached,
                 prompt_logprobs=self._prompt_logprobs(),
-                **self._logprobs(),
+                **logprobs,
             )
         )
 
@@ -505,18 +529,29 @@ class _Row:
         that ended the text, unless a stop string or a gate cut it before."""
         if not self.recording:
             return {}
-        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        start = _agreed(decoded, self.handle.request.heal)
-        end = start + len(self.text)
-        found = tuple(
-            TokenLogprob(decoded[first:last], self.steps[step][0], self._named(self.steps[step][1]))
-            for step, first, last in span_steps(self.ends, (start, end))
-        )
+        found, untouched = self._written(len(self.text), whole=False)
         ended = None
-        if self.ended_by is not None and end == len(decoded):
+        if self.ended_by is not None and untouched:
             token, (logprob, top) = self.ended_by
             ended = TokenLogprob(self._spelled(token), logprob, self._named(top))
         return {"logprobs": found, "ended_by": ended}
+
+    def _written(
+        self, end: int, *, whole: bool, decoded: str | None = None
+    ) -> tuple[tuple[TokenLogprob, ...], bool]:
+        """The tokens that write ``text`` up to ``end``, each cut to the part of it that it writes
+        (``whole``: only those that end there or before, for a token that ``end`` cuts is not final
+        yet), and whether ``end`` is where the tokens end (nothing they wrote was cut off).
+        ``decoded``: the tokens decoded, where the caller has them."""
+        if decoded is None:
+            decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        start = _agreed(decoded, self.handle.request.heal)
+        found = tuple(
+            TokenLogprob(decoded[first:last], self.steps[step][0], self._named(self.steps[step][1]))
+            for step, first, last in span_steps(self.ends, (start, start + end))
+            if not whole or self.ends[step] <= start + end
+        )
+        return found, start + end == len(decoded)
 
     def _prompt_logprobs(self) -> tuple[TokenLogprob, ...] | None:
         """The prompt's tokens, each with what it writes of the prompt as ``echo`` decodes it."""
@@ -1130,10 +1165,10 @@ class LinePenaltyProcessor:
         return penalize_lines(scores, written, self.newlines, self.penalties)
 
 
-async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Completed]]:
+async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Piece | Completed]]:
     """Events of several handles as ``(index, text or Completed)``, in arrival order; raises the first
     ``ServingError`` of any of them, and cancels them all when the consumer stops early."""
-    queue: asyncio.Queue[tuple[int, str | Completed | ServingError]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, str | Piece | Completed | ServingError]] = asyncio.Queue()
 
     async def pump(index: int, handle: Handle) -> None:
         try:

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,6 +33,7 @@ from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion import ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
@@ -44,7 +45,9 @@ from repotune.serving.batching import (
     Completed,
     GenerationRequest,
     Handle,
+    Piece,
     SamplingParams,
+    TokenLogprob,
     bytes_named,
     merged,
     results,
@@ -455,11 +458,19 @@ class RepotuneModel(kserve.Model):
         self, head: dict[str, Any], handles: list[Handle], echoed: list[str], served: Served,
         include_usage: bool, n: int,
     ) -> AsyncIterator[Completion]:  # fmt: skip
-        def chunk(index: int, text: str, finish_reason: str | None) -> Completion:
+        written = [0] * len(handles)  # characters of each choice's tokens streamed: their text_offset
+
+        def chunk(
+            index: int, text: str, finish_reason: str | None, tokens: Sequence[TokenLogprob] | None = None
+        ) -> Completion:
+            logprobs = None
+            if tokens is not None:
+                logprobs = completion_logprobs(tokens, offsets(tokens, written[index]))
+                written[index] += sum(len(token.text) for token in tokens)
             # OpenAI streams completion chunks as Completion objects whose finish_reason is null until
             # the end; the openai type declares it non-null, so chunks are built without validation.
             choice = CompletionChoice.model_construct(
-                index=index, text=text, finish_reason=finish_reason, logprobs=None
+                index=index, text=text, finish_reason=finish_reason, logprobs=logprobs
             )
             return Completion.model_construct(**head, choices=[choice], object="text_completion", usage=None)
 
@@ -472,10 +483,14 @@ class RepotuneModel(kserve.Model):
             async for index, item in merged(handles):
                 if isinstance(item, str):
                     yield chunk(index, item, None)
+                elif isinstance(item, Piece):
+                    yield chunk(index, item.text, None, item.logprobs)
                 else:
                     done.append(item)
                     finished[index] = item
-                    yield chunk(index, "", item.finish_reason)
+                    # the end of sequence that ended the completion, as a whole completion ends with it
+                    ended = None if item.logprobs is None else [item.ended_by] if item.ended_by else []
+                    yield chunk(index, "", item.finish_reason, ended)
         if include_usage:
             totals = usage([finished[i] for i in sorted(finished)], served.prompt_tokens, n)
             yield Completion.model_construct(**head, choices=[], object="text_completion", usage=totals)
@@ -538,6 +553,10 @@ class RepotuneModel(kserve.Model):
             async for index, item in merged(handles):
                 if isinstance(item, str):
                     yield chunk([ChunkChoice(index=index, delta=ChoiceDelta(content=item))])
+                elif isinstance(item, Piece):
+                    logprobs = ChunkLogprobs(content=chat_tokens(item.logprobs))
+                    delta = ChoiceDelta(content=item.text)
+                    yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
                 else:
                     done.append(item)
                     finish = item.finish_reason
@@ -669,21 +688,30 @@ def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
     token starts in the choice's text. None when the request asked for none."""
     if done.logprobs is None:
         return None
-    ended = [done.ended_by] if done.ended_by is not None else []
-    tokens = [*(done.prompt_logprobs or ()), *done.logprobs, *ended]
-    offsets, at = [], 0
-    for index, token in enumerate(tokens):
-        if index == len(done.prompt_logprobs or ()):
-            at = len(echoed)  # the completion starts where the echoed prompt ends
-        offsets.append(at)
+    prompt = done.prompt_logprobs or ()
+    generated = [*done.logprobs, *([done.ended_by] if done.ended_by is not None else [])]
+    # the completion starts where the echoed prompt ends
+    return completion_logprobs([*prompt, *generated], offsets(prompt, 0) + offsets(generated, len(echoed)))
+
+
+def offsets(tokens: Sequence[TokenLogprob], at: int) -> list[int]:
+    """Where each of ``tokens`` starts in the text, the first at ``at``."""
+    found = []
+    for token in tokens:
+        found.append(at)
         at += len(token.text)
+    return found
+
+
+def completion_logprobs(tokens: Sequence[TokenLogprob], text_offset: list[int]) -> Logprobs:
+    """OpenAI's completion ``logprobs`` object of ``tokens``."""
     # OpenAI gives the echoed prompt's first token null log probabilities, which the openai type does
     # not declare: built without validation.
     return Logprobs.model_construct(
         tokens=[token.text for token in tokens],
         token_logprobs=[token.logprob for token in tokens],
         top_logprobs=[None if token.top is None else dict(token.top) for token in tokens],
-        text_offset=offsets,
+        text_offset=text_offset,
     )
 
 
@@ -693,20 +721,23 @@ def chat_logprobs(done: Completed) -> ChoiceLogprobs | None:
     of each step."""
     if done.logprobs is None:
         return None
-    return ChoiceLogprobs(
-        content=[
-            ChatCompletionTokenLogprob(
-                token=token.text,
-                bytes=list(token.text.encode()),
-                logprob=token.logprob if token.logprob is not None else 0.0,
-                top_logprobs=[
-                    TopLogprob(token=name, bytes=list(bytes_named(name)), logprob=logprob)
-                    for name, logprob in token.top or ()
-                ],
-            )
-            for token in done.logprobs
-        ]
-    )
+    return ChoiceLogprobs(content=chat_tokens(done.logprobs))
+
+
+def chat_tokens(tokens: Sequence[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:
+    """``tokens`` in OpenAI's chat shape: with their UTF-8 bytes and their likeliest alternatives'."""
+    return [
+        ChatCompletionTokenLogprob(
+            token=token.text,
+            bytes=list(token.text.encode()),
+            logprob=token.logprob if token.logprob is not None else 0.0,
+            top_logprobs=[
+                TopLogprob(token=name, bytes=list(bytes_named(name)), logprob=logprob)
+                for name, logprob in token.top or ()
+            ],
+        )
+        for token in tokens
+    ]
 
 
 def usage(done: list[Completed], prompt_tokens: int, n: int = 1) -> CompletionUsage:

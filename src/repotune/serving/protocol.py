@@ -131,10 +131,11 @@ class CompletionRequest(OpenAIRequest):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs is not None and self.stream:
+        if self.scores_prompt and self.stream:
             raise _unsupported(
-                "logprobs",
-                "log probabilities are returned with whole completions; send the request without `stream`",
+                "echo",
+                "`echo` with `logprobs` scores the prompt, which is returned with whole completions; send "
+                "the request without `stream`",
             )
         if self.scores_prompt and self.file_path is not None:
             raise bad_request(
@@ -226,11 +227,6 @@ class ChatCompletionRequest(OpenAIRequest):
                 raise _unsupported(name)
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")
-        if self.logprobs and self.stream:
-            raise _unsupported(
-                "logprobs",
-                "log probabilities are returned with whole answers; send the request without `stream`",
-            )
         if self.response_format is not None and self.response_format.type != "text":
             raise _unsupported("response_format", "only text responses are supported")
 
