@@ -497,6 +497,40 @@ def test_logprobs_are_of_the_tokens_that_write_the_completion(
     assert echoed.logprobs.text_offset[len(ids)] == len(tokenizer.decode(ids))
 
 
+@pytest.mark.integration
+def test_echoed_offsets_start_after_a_bos_the_prompt_text_does_not_spell(tmp_path: Path) -> None:
+    """A tokenizer that adds BOS puts a token in front of a text prompt that the echoed text does not
+    spell: it starts at 0, writing nothing of it, and every other token starts where its text does."""
+    from repotune.serving.protocol import CompletionRequest
+
+    folder = make_serving_model(tmp_path / "bos")
+    config = folder / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "bos_token": settings["eos_token"]}))
+    model = RepotuneModel("tiny", folder, settings=ServeSettings(max_tokens=MAX_TOKENS))
+    model.load()
+    # As Llama's and Mistral's tokenizers do (transformers reads the setting from their own classes).
+    model.tokenizer.add_bos_token = True
+    try:
+        prompt = "def add(a, b):"
+        ids = encode_prompt(model.tokenizer, prompt)
+        assert ids[0] == model.tokenizer.bos_token_id  # the tokenizer adds one
+        request = CompletionRequest(
+            model="tiny", prompt=prompt, max_tokens=4, logprobs=1, echo=True, temperature=0
+        )
+        choice = asyncio.run(model.create_completion(request)).choices[0]
+    finally:
+        model.stop()
+    tokens, at = choice.logprobs.tokens, choice.logprobs.text_offset
+    assert choice.text.startswith(prompt) and tokens[0] == model.tokenizer.bos_token and at[0] == 0
+    eos = model.tokenizer.eos_token  # the end of sequence that may end the completion writes no text
+    written = [(token, offset) for token, offset in zip(tokens[1:], at[1:], strict=True) if token != eos]
+    assert len(written) >= len(ids) - 1
+    for token, offset in written:
+        assert choice.text[offset : offset + len(token)] == token
+    assert at[len(ids)] == len(prompt)  # the completion starts where the echoed prompt ends
+
+
 def test_chat_logprobs_are_of_the_tokens_of_the_answer(server, client: openai.OpenAI) -> None:
     def ask(**options):
         return client.chat.completions.create(

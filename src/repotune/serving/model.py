@@ -685,13 +685,20 @@ def refusal_line(path: str, err: ServingError, request_id: str | None) -> str:
 def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
     """OpenAI's ``logprobs`` of a completion choice: its tokens (the prompt's first where it is echoed
     and was scored), their log probabilities, the most likely tokens of each step, and where each
-    token starts in the choice's text. None when the request asked for none."""
+    token starts in the choice's text. None when the request asked for none.
+
+    A text prompt's tokens may start with one that the text does not spell (the BOS of a tokenizer
+    that adds it): it starts at 0 and writes nothing of the echoed text, so the tokens after it start
+    where their text does."""
     if done.logprobs is None:
         return None
     prompt = done.prompt_logprobs or ()
+    spelled = "".join(token.text for token in prompt)
+    lead = len(spelled) - len(echoed) if prompt and spelled.endswith(echoed) else 0
     generated = [*done.logprobs, *([done.ended_by] if done.ended_by is not None else [])]
     # the completion starts where the echoed prompt ends
-    return completion_logprobs([*prompt, *generated], offsets(prompt, 0) + offsets(generated, len(echoed)))
+    at = [max(0, offset - lead) for offset in offsets(prompt, 0)] + offsets(generated, len(echoed))
+    return completion_logprobs([*prompt, *generated], at)
 
 
 def offsets(tokens: Sequence[TokenLogprob], at: int) -> list[int]:
