@@ -518,6 +518,44 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
     return rows
 
 
+CHOICES = {
+    "confident: candidate | + retrieval": ("candidate_retrieval", "candidate"),
+    "confident: any of four": ("candidate_retrieval", "candidate", "base_retrieval", "base"),
+}
+"""Arms chosen between line by line, by the confidence of their answers (``chosen_by_confidence``): the
+candidate's two prompts, which one server can ask together, and all four arms."""
+
+
+def chosen_by_confidence(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``--json`` file's arms, and answers chosen line by line as the more confident of several arms'
+    (``CHOICES``; the first arm on a tie), and, as the ceiling of any choice between the candidate's
+    two answers, the better of them on each line: per project and over every project's lines
+    together, line edit similarity against base + retrieval, paired."""
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, tuple[list[float], list[float]]] = {}
+    for result in run["results"]:
+        per_sample = result["per_sample"]
+        reference = per_sample.get("base_retrieval", {}).get("edit_similarity", [])
+        scored = {arm: scores["edit_similarity"] for arm, scores in per_sample.items()}
+        for name, arms in CHOICES.items():
+            if all(per_sample.get(arm, {}).get("confidence") for arm in arms):
+                lines = zip(*(per_sample[arm]["confidence"] for arm in arms), strict=True)
+                picked = [max(range(len(arms)), key=lambda k, c=c: c[k]) for c in lines]
+                scored[name] = [per_sample[arms[k]]["edit_similarity"][i] for i, k in enumerate(picked)]
+        if all(arm in scored for arm in COMPARED_ARMS):
+            scored["better of the candidate's two"] = [
+                max(pair) for pair in zip(*(scored[arm] for arm in COMPARED_ARMS), strict=True)
+            ]
+        for name, values in scored.items():
+            if (row := _compared(result["project"], name, values, reference)) is not None:
+                rows.append(row)
+                pooled.setdefault(name, ([], []))
+                pooled[name][0].extend(values)
+                pooled[name][1].extend(reference)
+    rows += [row for name, (a, b) in pooled.items() if (row := _compared("all", name, a, b)) is not None]
+    return rows
+
+
 def scored_differently(mine: dict[str, list[float]] | None, theirs: dict[str, list[float]] | None) -> bool:
     """Whether two runs' per-sample scores of an arm differ (their confidences, which a run before
     they were recorded lacks, aside)."""
@@ -534,12 +572,13 @@ def _compared(project: str, arm: str, mine: list[float], theirs: list[float]) ->
     return {"project": project, "arm": arm, **means, **change}
 
 
-def print_comparison(rows: list[dict[str, Any]], mine: Path, theirs: Path) -> None:
-    print(f"line edit similarity, {mine} against {theirs} (paired, 95% bootstrap interval)")
-    print(f"{'project':<14} {'arm':<20} {'mine':>6} {'theirs':>6}  change")
+def print_comparison(rows: list[dict[str, Any]], title: str, *, theirs: str = "theirs") -> None:
+    print(f"line edit similarity, {title} (paired, 95% bootstrap interval)")
+    width = max([20, *(len(row["arm"]) for row in rows)])
+    print(f"{'project':<14} {'arm':<{width}} {'mine':>6} {theirs:>6}  change")
     for row in rows:
         print(
-            f"{row['project']:<14} {row['arm']:<20} {row['mine']:6.3f} {row['theirs']:6.3f}  "
+            f"{row['project']:<14} {row['arm']:<{width}} {row['mine']:6.3f} {row['theirs']:6.3f}  "
             f"{row['value']:+.1%} [{row['ci_low']:+.1%}, {row['ci_high']:+.1%}] n={row['n']}"
         )
 
@@ -580,10 +619,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compare", nargs=2, type=Path, metavar=("MINE", "THEIRS"),
         help="run nothing: compare two --json files of runs on the same samples, arm by arm, paired",
     )  # fmt: skip
+    parser.add_argument(
+        "--choose", type=Path, metavar="RUN",
+        help="run nothing: a --json file's arms, and answers chosen line by line by confidence, against "
+        "base + retrieval",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.compare is not None:
         mine, theirs = (json.loads(path.read_text()) for path in args.compare)
-        print_comparison(compare_runs(mine, theirs), *args.compare)
+        print_comparison(compare_runs(mine, theirs), f"{args.compare[0]} against {args.compare[1]}")
+        return 0
+    if args.choose is not None:
+        rows = chosen_by_confidence(json.loads(args.choose.read_text()))
+        print_comparison(rows, f"{args.choose}, each arm against base + retrieval", theirs="b+ret")
         return 0
 
     import yaml

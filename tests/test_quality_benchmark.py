@@ -119,13 +119,42 @@ def test_two_recipes_are_compared_sample_by_sample_and_over_every_project(qualit
     assert rows["all", "candidate_retrieval"]["value"] == pytest.approx(2.8 / 3.6 - 1)
     low, high = rows["all", "candidate"]["ci_low"], rows["all", "candidate"]["ci_high"]
     assert low < rows["all", "candidate"]["value"] < high
-    quality.print_comparison(list(rows.values()), Path("full.json"), Path("lora.json"))
+    quality.print_comparison(list(rows.values()), "full.json against lora.json")
     assert "all            candidate             0.550  0.400  +37.5% [" in capsys.readouterr().out
 
     other_samples = _run(("a", [0.3] * 4, [0.5] * 4))
     other_samples["results"][0]["per_sample"]["base"]["edit_similarity"] = [0.4] * 4
     with pytest.raises(SystemExit, match="a: the two runs' base arms scored differently"):
         quality.compare_runs(mine, other_samples)
+
+
+def test_answers_are_chosen_line_by_line_by_the_more_confident_arm(quality, capsys) -> None:
+    run = _run(("a", [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]))
+    confidences = {
+        "base": [0.1, 0.1, 0.1, 0.1],
+        "base_retrieval": [0.2, 0.95, 0.2, 0.2],
+        "candidate": [0.9, 0.9, 0.1, 0.1],
+        "candidate_retrieval": [0.5, 0.5, 0.5, 0.9],
+    }
+    for arm, values in confidences.items():
+        run["results"][0]["per_sample"][arm]["confidence"] = values
+    rows = {(row["project"], row["arm"]): row for row in quality.chosen_by_confidence(run)}
+    # the candidate on lines 1 and 2 (right, then wrong), with retrieval on 3 and 4 (wrong, then right)
+    assert rows["a", "confident: candidate | + retrieval"]["mine"] == pytest.approx(0.5)
+    # line 2 goes to base + retrieval (0.4), the most confident of the four there
+    assert rows["a", "confident: any of four"]["mine"] == pytest.approx((1.0 + 0.4 + 0.0 + 1.0) / 4)
+    assert rows["a", "better of the candidate's two"]["mine"] == pytest.approx(1.0)  # the ceiling
+    assert rows["a", "better of the candidate's two"]["value"] == pytest.approx(1.0)  # twice base + retrieval
+    assert rows["all", "candidate"]["n"] == 4 and rows["a", "base_retrieval"]["value"] == 0.0
+    quality.print_comparison(
+        list(rows.values()), "run.json, each arm against base + retrieval", theirs="b+ret"
+    )
+    out = capsys.readouterr().out
+    assert "a              confident: candidate | + retrieval  0.500  0.500  +0.0% [" in out
+
+    del run["results"][0]["per_sample"]["base"]["confidence"]  # a run from before confidences were kept
+    arms = {row["arm"] for row in quality.chosen_by_confidence(run)}
+    assert "confident: any of four" not in arms and "confident: candidate | + retrieval" in arms
 
 
 def test_every_project_names_two_ordered_releases_and_a_non_python_one(quality) -> None:
