@@ -390,14 +390,18 @@ class _Row:
         while end > self.sent and self.text[end - 1] == "\ufffd":
             end -= 1
         if end > self.sent:
-            self._send(end, self._written(end, whole=True, decoded=text)[0] if self.recording else ())
+            new = (
+                self._written(end, whole=True, decoded=text, after=self.streamed)[0] if self.recording else ()
+            )
+            self._send(end, new)
 
-    def _send(self, end: int, tokens: Sequence[TokenLogprob]) -> None:
-        """Stream ``text`` up to ``end``, with the new ones of ``tokens`` where the row records its steps."""
+    def _send(self, end: int, new: Sequence[TokenLogprob]) -> None:
+        """Stream ``text`` up to ``end``, with the tokens it completes (``new``, not streamed before)
+        where the row records its steps."""
         piece = self.text[self.sent : end]
         if self.recording:
-            self.handle._push(Piece(piece, tuple(tokens[self.streamed :])))
-            self.streamed = max(self.streamed, len(tokens))
+            self.handle._push(Piece(piece, tuple(new)))
+            self.streamed += len(new)
         else:
             self.handle._push(piece)
         self.sent = end
@@ -502,7 +506,7 @@ class _Row:
             return
         logprobs = self._logprobs()
         if len(self.text) > self.sent:
-            self._send(len(self.text), logprobs.get("logprobs", ()))
+            self._send(len(self.text), logprobs.get("logprobs", ())[self.streamed :])
         self.handle._push(
             Completed(
                 text=self.text,
@@ -537,19 +541,24 @@ class _Row:
         return {"logprobs": found, "ended_by": ended}
 
     def _written(
-        self, end: int, *, whole: bool, decoded: str | None = None
+        self, end: int, *, whole: bool, decoded: str | None = None, after: int = 0
     ) -> tuple[tuple[TokenLogprob, ...], bool]:
         """The tokens that write ``text`` up to ``end``, each cut to the part of it that it writes
         (``whole``: only those that end there or before, for a token that ``end`` cuts is not final
-        yet), and whether ``end`` is where the tokens end (nothing they wrote was cut off).
-        ``decoded``: the tokens decoded, where the caller has them."""
+        yet), from the ``after``-th of them on (those streamed already are not named again), and
+        whether ``end`` is where the tokens end (nothing they wrote was cut off). ``decoded``: the
+        tokens decoded, where the caller has them."""
         if decoded is None:
             decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         start = _agreed(decoded, self.handle.request.heal)
-        found = tuple(
-            TokenLogprob(decoded[first:last], self.steps[step][0], self._named(self.steps[step][1]))
+        spans = [
+            (step, first, last)
             for step, first, last in span_steps(self.ends, (start, start + end))
             if not whole or self.ends[step] <= start + end
+        ]
+        found = tuple(
+            TokenLogprob(decoded[first:last], self.steps[step][0], self._named(self.steps[step][1]))
+            for step, first, last in spans[after:]
         )
         return found, start + end == len(decoded)
 
