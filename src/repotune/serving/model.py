@@ -489,8 +489,9 @@ class RepotuneModel(kserve.Model):
                     done.append(item)
                     finished[index] = item
                     # the end of sequence that ended the completion, as a whole completion ends with it
-                    ended = None if item.logprobs is None else [item.ended_by] if item.ended_by else []
-                    yield chunk(index, "", item.finish_reason, ended)
+                    yield chunk(
+                        index, "", item.finish_reason, None if item.logprobs is None else ending(item)
+                    )
         if include_usage:
             totals = usage([finished[i] for i in sorted(finished)], served.prompt_tokens, n)
             yield Completion.model_construct(**head, choices=[], object="text_completion", usage=totals)
@@ -695,10 +696,16 @@ def openai_logprobs(done: Completed, echoed: str) -> Logprobs | None:
     prompt = done.prompt_logprobs or ()
     spelled = "".join(token.text for token in prompt)
     lead = len(spelled) - len(echoed) if prompt and spelled.endswith(echoed) else 0
-    generated = [*done.logprobs, *([done.ended_by] if done.ended_by is not None else [])]
+    generated = [*done.logprobs, *ending(done)]
     # the completion starts where the echoed prompt ends
     at = [max(0, offset - lead) for offset in offsets(prompt, 0)] + offsets(generated, len(echoed))
     return completion_logprobs([*prompt, *generated], at)
+
+
+def ending(done: Completed) -> list[TokenLogprob]:
+    """The token a completion's log probabilities end with: the end of sequence that ended it, if one
+    did (none where a stop string, a gate or the token limit did)."""
+    return [done.ended_by] if done.ended_by is not None else []
 
 
 def offsets(tokens: Sequence[TokenLogprob], at: int) -> list[int]:
