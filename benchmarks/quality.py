@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -496,8 +496,7 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
     interval. Projects whose base arms did not score the same (other samples, other settings) are
     refused, as pairing them would compare different lines."""
     ours = {result["project"]: result for result in mine["results"]}
-    rows: list[dict[str, Any]] = []
-    pooled: dict[str, tuple[list[float], list[float]]] = {arm: ([], []) for arm in COMPARED_ARMS}
+    pairs = []
     for other in theirs["results"]:
         name, result = other["project"], ours.get(other["project"])
         if result is None:
@@ -510,12 +509,22 @@ def compare_runs(mine: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str,
         for arm in COMPARED_ARMS:
             a = result["per_sample"].get(arm, {}).get("edit_similarity", [])
             b = other["per_sample"].get(arm, {}).get("edit_similarity", [])
-            if (row := _compared(name, arm, a, b)) is not None:
-                rows.append(row)
-                pooled[arm][0].extend(a)
-                pooled[arm][1].extend(b)
-    rows += [row for arm, (a, b) in pooled.items() if (row := _compared("all", arm, a, b)) is not None]
-    return rows
+            pairs.append((name, arm, a, b))
+    return paired_rows(pairs)
+
+
+def paired_rows(pairs: Iterable[tuple[str, str, list[float], list[float]]]) -> list[dict[str, Any]]:
+    """``(project, arm, mine, theirs)`` scores as rows (``_compared``), then one row an arm over every
+    project's samples together (project ``all``); unpaired scores make no row."""
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, tuple[list[float], list[float]]] = {}
+    for project, arm, mine, theirs in pairs:
+        if (row := _compared(project, arm, mine, theirs)) is not None:
+            rows.append(row)
+            pooled.setdefault(arm, ([], []))
+            pooled[arm][0].extend(mine)
+            pooled[arm][1].extend(theirs)
+    return rows + [row for arm, (a, b) in pooled.items() if (row := _compared("all", arm, a, b)) is not None]
 
 
 CHOICES = {
@@ -531,8 +540,7 @@ def chosen_by_confidence(run: dict[str, Any]) -> list[dict[str, Any]]:
     (``CHOICES``; the first arm on a tie), and, as the ceiling of any choice between the candidate's
     two answers, the better of them on each line: per project and over every project's lines
     together, line edit similarity against base + retrieval, paired."""
-    rows: list[dict[str, Any]] = []
-    pooled: dict[str, tuple[list[float], list[float]]] = {}
+    pairs = []
     for result in run["results"]:
         per_sample = result["per_sample"]
         reference = per_sample.get("base_retrieval", {}).get("edit_similarity", [])
@@ -546,14 +554,8 @@ def chosen_by_confidence(run: dict[str, Any]) -> list[dict[str, Any]]:
             scored["better of the candidate's two"] = [
                 max(pair) for pair in zip(*(scored[arm] for arm in COMPARED_ARMS), strict=True)
             ]
-        for name, values in scored.items():
-            if (row := _compared(result["project"], name, values, reference)) is not None:
-                rows.append(row)
-                pooled.setdefault(name, ([], []))
-                pooled[name][0].extend(values)
-                pooled[name][1].extend(reference)
-    rows += [row for name, (a, b) in pooled.items() if (row := _compared("all", name, a, b)) is not None]
-    return rows
+        pairs += [(result["project"], name, values, reference) for name, values in scored.items()]
+    return paired_rows(pairs)
 
 
 def scored_differently(mine: dict[str, list[float]] | None, theirs: dict[str, list[float]] | None) -> bool:
