@@ -155,3 +155,106 @@ def test_a_lines_confidence_is_the_geometric_mean_over_its_own_tokens_and_newlin
     expected = math.exp(((len(mine) - 1) * math.log(0.5) + math.log(0.125)) / len(mine))
     assert line_confidence(logprobs, decoded_ends(tokens, tokenizer), span) == pytest.approx(expected)
     assert line_confidence([], [], (0, 3)) == 0.0
+
+
+# Text that makes decoders join tokens in every way they do: several characters of several bytes (split
+# across byte tokens), whitespace runs, punctuation after a space (WordPiece's clean-up), a special
+# token inside; long enough for several of ``decoded_ends``' blocks.
+_JOINS = (
+    "def greet(self, name):\n    return f'hello {name}' , ok .\n\n\t  héllo wörld 你好 🎉🎉 !?\n"
+    "<|endoftext|>class Greeter :\n    pass  # done ...\n"
+)
+
+
+def _byte_fallback_tokenizer() -> object:
+    """A Llama-style tokenizer: SentencePiece's metaspace, byte tokens for characters it has no token
+    for, and a leading space stripped from what it decodes."""
+    import json
+
+    from tests.tiny_tokenizer import _trained_json
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(_trained_json())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    for char in " abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(char.replace(" ", "\u2581"), len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("\u2581", "merged_with_next")
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+def _wordpiece_tokenizer() -> object:
+    """A BERT-style tokenizer: words and ``##`` pieces joined by spaces, the spaces before punctuation
+    cleaned up."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[UNK]", "<|endoftext|>"], show_progress=False
+    )
+    tokenizer.train_from_iterator([_JOINS.replace("<|endoftext|>", "")] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="<|endoftext|>")
+
+
+class _Counted:
+    """A tokenizer that counts its ``decode`` calls."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def decode(self, tokens: list[int], **options: object) -> str:
+        self.calls += 1
+        return self.tokenizer.decode(tokens, **options)
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "byte-fallback", "wordpiece"])
+@pytest.mark.parametrize("skip_special_tokens", [True, False])
+def test_decoded_ends_in_blocks_are_each_prefix_decoded_whole(kind: str, skip_special_tokens: bool) -> None:
+    from tests.tiny_tokenizer import make_tiny_tokenizer
+
+    from repotune.decoding import decoded_ends, prefix_ends
+
+    make = {"byte-level": make_tiny_tokenizer, "byte-fallback": _byte_fallback_tokenizer}
+    tokenizer = make.get(kind, _wordpiece_tokenizer)()
+    tokens = tokenizer.encode(_JOINS * 6, add_special_tokens=False)
+    assert len(tokens) > 3 * 64  # several blocks, and blocks start inside the characters of several bytes
+    assert tokenizer.eos_token_id in tokens
+    ends = prefix_ends(tokens, tokenizer, range(len(tokens)), skip_special_tokens=skip_special_tokens)
+    counted = _Counted(tokenizer)
+    assert decoded_ends(tokens, counted, skip_special_tokens=skip_special_tokens) == ends
+    blocks = -(-len(tokens) // 64)
+    assert counted.calls <= len(tokens) + 2 * blocks  # no block fell back to decoding prefix by prefix
+    assert ends[-1] == len(tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens))
+    assert decoded_ends([], tokenizer) == []
+
+
+class _QuoteDoubling:
+    """A decoder whose join reaches back without limit: every token after a quote (token 5) writes two
+    characters instead of one."""
+
+    def decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
+        quoted = 5 in tokens
+        after = tokens[tokens.index(5) + 1 :] if quoted else []
+        return "x" * (len(tokens) - len(after)) + "yy" * len(after)
+
+
+def test_decoded_ends_decodes_a_block_prefix_by_prefix_where_its_end_disagrees() -> None:
+    from repotune.decoding import DECODE_CONTEXT, decoded_ends, prefix_ends
+
+    tokens = [1] * 10 + [5] + [1] * 300  # the quote far before most blocks' context
+    assert 10 + DECODE_CONTEXT < 64
+    tokenizer = _QuoteDoubling()
+    assert decoded_ends(tokens, tokenizer) == prefix_ends(tokens, tokenizer, range(len(tokens)))
