@@ -418,6 +418,7 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
     ``_create_payload`` for ``generate=False`` (the token ids of context and continuation, one token
     to generate, ``logprobs`` 1, ``echo``), and ``parse_logprobs`` reads the continuation's tokens
     (``token_logprobs[ctxlen:-1]``) and whether each was the likeliest (``top_logprobs``)."""
+    import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -434,14 +435,18 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    # One prompt a request (lm-evaluation-harness's default batch size): generate goes on from the prompt
-    # as scoring read it, all but its last token (read to go on).
+    # Both in one request (lm-evaluation-harness's --batch_size 2), first: scored together, right-padded,
+    # and each prompt's part of that pass kept, so that generate goes on from all but its last token
+    # (read to go on) where it reads the rows alone, as on a CPU.
+    together = ask(prompts)
+    kept = 0 if torch.cuda.is_available() else sum(len(p) - 1 for p in prompts)  # a GPU reads rows together
+    assert together["usage"]["prompt_tokens_details"]["cached_tokens"] == kept
+    # One prompt a request (its default batch size): the same, and with the same numbers.
     alone = [ask([ids]) for ids in prompts]
     assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in alone] == [
         len(p) - 1 for p in prompts
     ]
-    # Both in one request: scored together, right-padded, with the same numbers.
-    choices = sorted(ask(prompts)["choices"], key=lambda choice: choice["index"])
+    choices = sorted(together["choices"], key=lambda choice: choice["index"])
     for choice, one in zip(choices, alone, strict=True):
         assert choice["text"] == one["choices"][0]["text"]
         assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(

@@ -110,10 +110,11 @@ def _stacked(parts: Sequence[Any], width: int, room: int) -> Any:
     return out
 
 
-def row_cache(cache: Any, row: int, start: int) -> Any:
-    """Row ``row`` of a left-padded batch's cache from column ``start`` on (its padding cut off), as a
-    cache of its own: a copy, so that keeping it does not keep the whole batch's."""
-    return _copied(cache, (slice(row, row + 1), slice(None), slice(start, None)))
+def row_cache(cache: Any, row: int, start: int, end: int | None = None) -> Any:
+    """Row ``row`` of a batch's cache from column ``start`` on (a left-padded batch's padding cut off),
+    or up to ``end`` (a right-padded one's), as a cache of its own: a copy, so that keeping it does not
+    keep the whole batch's."""
+    return _copied(cache, (slice(row, row + 1), slice(None), slice(start, end)))
 
 
 def prefix_of(cache: Any, tokens: int) -> Any:

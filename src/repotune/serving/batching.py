@@ -652,16 +652,18 @@ def prompt_steps(
     model: Any,
     prompts: Sequence[Sequence[int]],
     tops: Sequence[int],
-    cache: Any = None,
+    keep: Callable[[Any, Sequence[int]], None] | None = None,
     cache_argument: str = "past_key_values",
 ) -> list[list[Step | None]]:
     """For each prompt, each token's log probability given the tokens before it, and the ``tops[i]``
     most likely tokens there (OpenAI's ``echo`` with ``logprobs``); None for the first token, which
     nothing predicts. The prompts are read together, right-padded (a token attends only to those before
     it, so padding after a prompt changes nothing for it), up to ``SCORED_POSITIONS`` tokens a forward
-    pass. Given an empty ``cache`` and one prompt, the pass fills it with the prompt's keys and values,
-    for ``generate`` to go on from (``PrefixCache``)."""
+    pass. Given ``keep`` (``PrefixCache.keep``), each prompt's keys and values are handed to it with
+    the prompt, for ``generate`` to go on from: a pass's own cache for a prompt read alone, else a copy
+    of the prompt's row up to its padding."""
     import torch
+    from transformers.cache_utils import DynamicCache
 
     device = next(model.parameters()).device
     groups: list[list[int]] = []
@@ -678,11 +680,14 @@ def prompt_steps(
         for line, index in enumerate(group):
             tokens[line, : len(prompts[index])] = torch.tensor(list(prompts[index]), dtype=torch.long)
             mask[line, : len(prompts[index])] = 1
+        cache = DynamicCache(config=model.config) if keep is not None else None
         cached = {cache_argument: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         with torch.inference_mode():
             logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device), **cached).logits
             for line, index in enumerate(group):
                 length = len(prompts[index])
+                if keep is not None:
+                    keep(cache if len(group) == 1 else row_cache(cache, line, 0, length), prompts[index])
                 distributions = torch.log_softmax(logits[line, : length - 1].float(), dim=-1)
                 found[index] = [
                     None,
@@ -925,7 +930,6 @@ class Batcher:
         not done, or those set back to decode a copied first line again (``_Row.judging``)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
-        from transformers.cache_utils import DynamicCache
 
         fresh = [handle for handle in batch if handle.row is None]
         for handle in fresh:
@@ -980,17 +984,16 @@ class Batcher:
         new_tokens = max(row.handle.request.max_new_tokens - len(row.tokens) for row in rows)
         scoring = [row for row in rows if row.handle.request.prompt_logprobs and row.prompt_steps is None]
         if scoring:
-            # A prompt scored alone is kept, so that generate does not read it again; several are read
-            # together (padding costs less than reading each alone), and generate reads them again.
-            alone = len(scoring) == 1 and self.prefix_cache is not None
-            kept = DynamicCache(config=self.model.config) if alone else None
+            # The prompts scored are kept, so that generate does not read them again where it starts
+            # from what is kept: one prompt always, several where they are read alone (``_start_cache``).
+            keep = None
+            if self.prefix_cache is not None and (len(rows) == 1 or self.prefill_alone):
+                keep = self.prefix_cache.keep
             asked = [row.handle.request for row in scoring]
             steps = prompt_steps(self.model, [r.prompt_ids for r in asked], [r.logprobs or 0 for r in asked],
-                                 kept, self.cache_argument)  # fmt: skip
+                                 keep, self.cache_argument)  # fmt: skip
             for row, found in zip(scoring, steps, strict=True):
                 row.prompt_steps = found
-            if kept is not None and self.prefix_cache is not None:
-                self.prefix_cache.keep(kept, asked[0].prompt_ids)
         with torch.inference_mode():
             cache, reused = self._start_cache(prompts, new_tokens)
             for row, tokens in zip(rows, reused, strict=True):
