@@ -26,7 +26,7 @@ from repotune.data.transforms import FIM_TOKENS, code_prompt, fim_prompt
 from repotune.errors import RepotuneError
 from repotune.kvcache import shared_prefix
 from repotune.serving import batching
-from repotune.serving.batching import Batcher, GenerationRequest, SamplingParams
+from repotune.serving.batching import Batcher, Completed, GenerationRequest, SamplingParams
 from repotune.serving.errors import QueueFull, ServingError, Timeout
 from repotune.serving.healing import HealingProcessor, allowed, split_tail
 from repotune.serving.loading import load_model
@@ -1095,6 +1095,45 @@ def test_a_prompt_that_starts_like_the_one_before_reads_only_what_is_new(loaded:
     finally:
         for batcher in (plain, cached, padded):
             batcher.stop()
+
+
+def test_prompts_scored_together_are_not_read_again_on_any_device(loaded: RepotuneModel) -> None:
+    """A batch of log-likelihood requests (``echo`` + ``logprobs``: lm-evaluation-harness's, several
+    prompts a request): the pass that scores the prompts keeps each one, so that generate reads only
+    its last token, whether rows are read alone (a CPU) or together (a GPU); the answers and scores
+    are those of a batcher that reads each prompt again."""
+    tokenizer = loaded.tokenizer
+    body = "".join(f"def f{n}(a, b):\n    return a + b * {n}\n" for n in range(6))
+    prompts = [encode_prompt(tokenizer, head + body) for head in ("import os\n", "x = 1\n" * 3, "")]
+    assert len({len(ids) for ids in prompts}) == 3 and min(map(len, prompts)) > 16  # right-padded; kept
+    requests = [
+        GenerationRequest(ids, 2, SamplingParams(0.0), logprobs=1, prompt_logprobs=True) for ids in prompts
+    ]
+
+    async def together(batcher: Batcher) -> list[Completed]:
+        return [await handle.result() for handle in batcher.submit_all(requests)]
+
+    model = loaded.loaded.model
+    again = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=0)
+    try:
+        reference = asyncio.run(together(again))
+        assert [done.cached_tokens for done in reference] == [0, 0, 0]
+        for alone in (True, False):  # False: as on a GPU, a batch not kept is read whole, left-padded
+            batcher = Batcher(model, tokenizer, batch_wait_ms=0, prefix_cache_tokens=16)
+            batcher.prefill_alone = alone
+            try:
+                done = asyncio.run(together(batcher))
+                assert batcher.largest_batch == len(prompts)
+                assert [d.cached_tokens for d in done] == [len(ids) - 1 for ids in prompts]
+                for mine, theirs in zip(done, reference, strict=True):
+                    assert mine.text == theirs.text
+                    got = [t.logprob for t in mine.prompt_logprobs + mine.logprobs]
+                    expected = [t.logprob for t in theirs.prompt_logprobs + theirs.logprobs]
+                    assert got[0] is None and got[1:] == pytest.approx(expected[1:], abs=1e-4)
+            finally:
+                batcher.stop()
+    finally:
+        again.stop()
 
 
 def test_a_stopping_server_finishes_rows_that_gave_way(loaded: RepotuneModel) -> None:

@@ -985,9 +985,10 @@ class Batcher:
         scoring = [row for row in rows if row.handle.request.prompt_logprobs and row.prompt_steps is None]
         if scoring:
             # The prompts scored are kept, so that generate does not read them again where it starts
-            # from what is kept: one prompt always, several where they are read alone (``_start_cache``).
+            # from what is kept (``_start_cache``): where every row is scored (each then kept but its
+            # last token, on any device), or on a CPU, where rows are read alone.
             keep = None
-            if self.prefix_cache is not None and (len(rows) == 1 or self.prefill_alone):
+            if self.prefix_cache is not None and (len(scoring) == len(rows) or self.prefill_alone):
                 keep = self.prefix_cache.keep
             asked = [row.handle.request for row in scoring]
             steps = prompt_steps(self.model, [r.prompt_ids for r in asked], [r.logprobs or 0 for r in asked],
@@ -1037,11 +1038,12 @@ class Batcher:
         into a cache of its own), and how many tokens of each prompt it holds.
 
         One row: the prefix cache's (``PrefixCache.take``), and ``generate`` reads the rest of the
-        prompt. Several rows on a CPU, where reading them alone costs less (``_cheaper_alone``): each
-        row's kept prefix, the rest of its prompt but the last token read alone, and the rows' caches
-        left-padded into one, so that ``generate`` reads the last column; the answers are those of the
-        batch read whole (``tests/test_serving.py``). Else an empty cache that ``generate`` fills
-        left-padded (with the prefix cache on, each row's part is kept from it afterwards).
+        prompt. Several rows where reading them alone costs less (``_cheaper_alone``: on a CPU, or
+        where every row is kept but its last token): each row's kept prefix, the rest of its prompt but
+        the last token read alone, and the rows' caches left-padded into one, so that ``generate``
+        reads the last column; the answers are those of the batch read whole (``tests/test_serving.py``).
+        Else an empty cache that ``generate`` fills left-padded (with the prefix cache on, each row's
+        part is kept from it afterwards).
 
         A plain cache (``plain_cache``) has room for the rest of the prompts and the ``new_tokens`` to
         decode (``repotune.roomy_cache``): each token is written in place, where transformers' layers
@@ -1081,11 +1083,17 @@ class Batcher:
         """Whether reading a batch's prompts one by one (after their kept prefixes) costs less than
         reading them together, left-padded to the longest: each pass is counted as ``PASS_TOKENS``
         tokens, and the padding as text. Short prompts of about one length go together; long ones of
-        many lengths, or ones mostly kept, go alone."""
-        if not self.prefill_alone or min(len(ids) for ids in prompts) < 2:
+        many lengths, or ones mostly kept, go alone. On any device, where every prompt is kept but its
+        last token (prompts scored for ``echo``, ``prompt_steps``), there is no pass to make at all."""
+        if min(len(ids) for ids in prompts) < 2:
             return False
         kept = self.prefix_cache.reusable if self.prefix_cache is not None else lambda ids: 0
-        alone = sum(PASS_TOKENS + len(ids) - 1 - kept(ids) for ids in prompts)
+        left = [len(ids) - 1 - kept(ids) for ids in prompts]  # to read before the last token
+        if not any(left):
+            return True
+        if not self.prefill_alone:
+            return False
+        alone = sum(PASS_TOKENS + tokens for tokens in left if tokens)
         return alone < PASS_TOKENS + len(prompts) * max(len(ids) for ids in prompts)
 
     def _row_cache(self, ids: list[int]) -> Any:
