@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
+from harness import repository_source
 from repotune.decoding import decoded_ends, prefix_ends
 from repotune.models import resolve_base_model
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
@@ -36,10 +34,9 @@ def main() -> int:
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    folder = Path(args.model) if Path(args.model).is_dir() else resolve_base_model(args.model)
+    folder = resolve_base_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    source = "".join(path.read_text() for path in sorted((REPO_ROOT / "src").rglob("*.py")))
-    tokens = tokenizer.encode(source, add_special_tokens=False)
+    tokens = tokenizer.encode(repository_source(), add_special_tokens=False)
     lengths = [int(n) for n in args.lengths.split(",")]
     if max(lengths) > len(tokens):
         parser.error(f"the source is {len(tokens)} tokens; ask for fewer")

@@ -313,3 +313,10 @@ def write_json(path: Path, payload: dict[str, Any], **dumps: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, **dumps) + "\n")
     log(f"wrote {path}")
+
+
+def repository_source() -> str:
+    """This repository's own Python source (``src/``) as one text: real code of every kind to tokenize,
+    the same on every machine that has the checkout."""
+    root = Path(__file__).resolve().parent.parent
+    return "".join(path.read_text() for path in sorted((root / "src").rglob("*.py")))

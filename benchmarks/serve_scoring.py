@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
+from harness import repository_source
 from serve_latency import model_folder, model_parser, say
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from repotune.serving.server import start_background
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    source = "".join(path.read_text() for path in sorted((REPO_ROOT / "src").rglob("*.py")))
-    ids = tokenizer(source, add_special_tokens=False).input_ids
+    ids = tokenizer(repository_source(), add_special_tokens=False).input_ids
     needed = (2 * args.requests + 1) * args.batch * args.tokens
     if needed > len(ids):
         raise SystemExit(f"the source is {len(ids)} tokens, {needed} needed: ask for fewer")
