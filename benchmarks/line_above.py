@@ -38,11 +38,6 @@ from repotune.models import resolve_base_model
 from repotune.records import read_records
 
 
-def model_folder(spec: str) -> Path:
-    folder = Path(spec)
-    return folder if folder.is_dir() else resolve_base_model(spec)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -67,7 +62,7 @@ def main() -> int:
     )
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
     for spec in args.model:
-        scorer = Scorer(model_folder(spec), config)
+        scorer = Scorer(resolve_base_model(spec), config)
         prompts = [code_prompt(s.prefix, path=s.path, tokenizer=scorer.tokenizer) for s in samples]
         asked = {"batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens,
                  "line_penalty": config.line_repeat_penalty}  # fmt: skip
