@@ -131,6 +131,7 @@ CONFIG_HELPERS = {
     "shipped_recipes_dir",
     "to_yaml",
     "draw_samples",
+    "existing_after",  # the demo sends the text after its line as a FIM sample carries it
     "line_spans",
     "rewrites_line_above",  # the demo judges its closing completion as evaluation judges every answer
     "check_same_project",  # run refuses before the first step the champion evaluate would refuse

@@ -130,11 +130,39 @@ def test_a_temporal_record_gives_samples_from_its_added_lines_only() -> None:
         assert FUTURE[offset + len(sample.prefix) :].startswith(sample.expected + "\n")
     assert len(samples.fims) == 5
     for sample in samples.fims:
-        whole = sample.prefix + sample.middle + sample.suffix
-        assert whole in FUTURE and any(line.endswith(sample.middle) for line in added)
+        # Every line below an added line was added too: the text after it is its newline alone.
+        assert sample.suffix == "\n"
+        assert sample.prefix + sample.middle + "\n" in FUTURE
+        assert any(line.endswith(sample.middle) for line in added)
     # Perplexity counts the added lines' characters only: from line 41 to the end of the file.
     (scored,) = samples.perplexity
     assert scored.spans == ((spans[40][0], len(FUTURE)),)
+
+
+def test_the_text_after_a_fim_sample_holds_the_lines_that_were_there_not_those_added_with_it() -> None:
+    """A writer going down the file has the old code below the new line, not the new lines below it."""
+    from repotune.evaluate.samples import existing_after
+
+    lines = [f"line_{n} = compute({n})" for n in range(1, 13)]
+    text = "\n".join(lines) + "\n"
+    record = code("src/mixed.py", text, added_lines=[[3, 4], [7, 8], [12, 12]], cut="abc")
+    samples = draw_samples([record], ScoringConfig(line_samples=0, fim_samples=5, forgetting_files=0))
+    assert len(samples.fims) == 5
+    for sample in samples.fims:
+        # The middle is at least half its line: one added line ends with it.
+        (line,) = [n for n in (3, 4, 7, 8, 12) if lines[n - 1].endswith(sample.middle)]
+        below = [f"line_{n} = compute({n})\n" for n in range(line + 1, 13) if n not in (3, 4, 7, 8, 12)]
+        assert sample.suffix == "\n" + "".join(below)
+        assert "line_12" not in sample.suffix and "line_8 =" not in sample.suffix
+    # After line 8: lines 9 to 11, not line 12; cut to the characters asked for; all of it in a file split.
+    end = text.index("line_8 = compute(8)") + len("line_8 = compute(8)")
+    assert existing_after(record, end, 1500) == "\n" + "".join(
+        f"line_{n} = compute({n})\n" for n in (9, 10, 11)
+    )
+    assert existing_after(record, end, 10) == ("\n" + "line_9 = compute(9)\n")[:10]
+    assert existing_after(code("src/mixed.py", text), end, 1500) == text[end:]
+    # A last line without a newline: nothing follows it.
+    assert existing_after(code("a.py", "x = 1\ny = 2", added_lines=[[2, 2]], cut="abc"), 11, 100) == ""
 
 
 def test_base_and_candidate_score_perplexity_on_the_same_tokens_and_windows() -> None:
@@ -549,14 +577,19 @@ def test_the_demo_asks_for_an_added_line_as_an_editor_asks(tmp_path: Path) -> No
     query = demo_query(tmp_path)
     # A Python line the repository added after the cut (the Markdown file comes second); the cursor
     # after the line's indentation, where an editor puts it (the server holds the whitespace back and
-    # has the model write it); the file after the line as the suffix; the path for the file header.
+    # has the model write it); the file after the line as the suffix, less the other added (return)
+    # lines, which whoever wrote this one had not written yet; the path for the file header.
     assert query.path == "src/future.py"
     assert query.expected in FUTURE.splitlines()[40:60] and query.expected.startswith("    return sorted")
     assert query.prompt.endswith("\n    ") and query.suffix.startswith("\n")
-    assert query.prompt + query.expected.lstrip() + query.suffix == FUTURE  # all of it: under 1,500 a side
+    before, after = FUTURE.split(query.prompt + query.expected.lstrip())  # all of it: under 1,500 a side
+    assert before == "" and query.suffix == "\n" + "".join(
+        line + "\n" for line in after.splitlines()[1:] if not line.startswith("    return")
+    )
+    assert "def new_" in query.suffix and "return" not in query.suffix
     near = demo_query(tmp_path, context_chars=100)
     assert len(near.prompt) == 100 + len("    ") and 0 < len(near.suffix) <= 100
-    assert near.prompt + near.expected.lstrip() + near.suffix in FUTURE
+    assert near.prompt + near.expected.lstrip() in FUTURE and near.suffix in query.suffix
     # Without held-out records there is still a question.
     fallback = demo_query(tmp_path / "missing")
     assert fallback.prompt == "def fibonacci(n):\n    " and fallback.suffix is None and fallback.path is None

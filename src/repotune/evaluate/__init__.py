@@ -7,7 +7,7 @@ from repotune.evaluate.decide import Policy
 from repotune.evaluate.generate import rewrites_line_above
 from repotune.evaluate.layout import EvaluateLayout
 from repotune.evaluate.registry import Registry, check_same_project
-from repotune.evaluate.samples import draw_samples, line_spans
+from repotune.evaluate.samples import draw_samples, existing_after, line_spans
 from repotune.evaluate.settings import ScoringConfig
 from repotune.evaluate.stage import EvaluateConfig, EvaluateResult, run, settings_from
 
@@ -22,6 +22,7 @@ __all__ = [
     "base_scores_summary",
     "check_same_project",
     "draw_samples",
+    "existing_after",
     "line_spans",
     "rewrites_line_above",
     "run",

@@ -753,10 +753,11 @@ def demo_query(data_dir: Path | None, *, context_chars: int = 1500) -> DemoQuery
     """A line-completion question from the held-out code (Python first), drawn as the evaluate stage
     draws its line samples (in a temporal split, a line the repository added after the training cut),
     with up to ``context_chars`` of the file on either side of the line, as an editor sends them
-    (``prompt`` and ``suffix``) and as evaluation scores a gap. The answer shows what was learned and can
-    be read against the line the file really has. Without held-out code: the start of a function."""
+    (``prompt`` and ``suffix``) and as evaluation scores a gap: after the line, only the lines that were
+    there before it (``existing_after``). The answer shows what was learned and can be read against the
+    line the file really has. Without held-out code: the start of a function."""
     from repotune.clean import CleanLayout
-    from repotune.evaluate import ScoringConfig, draw_samples
+    from repotune.evaluate import ScoringConfig, draw_samples, existing_after
     from repotune.records import read_records
 
     eval_path = CleanLayout(data_dir).eval if data_dir is not None else None
@@ -767,7 +768,8 @@ def demo_query(data_dir: Path | None, *, context_chars: int = 1500) -> DemoQuery
     )
     records = list(read_records(eval_path))
     lines = draw_samples(records, config).lines
-    files = {r.file_path: r.content for r in records if r.file_path}
+    by_path = {r.file_path: r for r in records if r.file_path}
+    files = {path: record.content for path, record in by_path.items()}
     prose = _string_lines(files, context_chars)
     # A line of code (not a comment, nor a line of a docstring) with a few lines before it; Python first.
     usable = [
@@ -787,4 +789,5 @@ def demo_query(data_dir: Path | None, *, context_chars: int = 1500) -> DemoQuery
     text = files[sample.path]
     # The line's end in its file: the sample holds the text before it (``prefix``) and the line.
     end = text.index(sample.prefix + sample.expected) + len(sample.prefix + sample.expected)
-    return DemoQuery(sample.prefix + indent, text[end : end + context_chars], sample.expected, sample.path)
+    suffix = existing_after(by_path[sample.path], end, context_chars)
+    return DemoQuery(sample.prefix + indent, suffix, sample.expected, sample.path)
