@@ -418,7 +418,6 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
     ``_create_payload`` for ``generate=False`` (the token ids of context and continuation, one token
     to generate, ``logprobs`` 1, ``echo``), and ``parse_logprobs`` reads the continuation's tokens
     (``token_logprobs[ctxlen:-1]``) and whether each was the likeliest (``top_logprobs``)."""
-    import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -437,10 +436,9 @@ def test_lm_evaluation_harness_scores_a_continuation_as_the_model_does(tiny: Pat
 
     # Both in one request (lm-evaluation-harness's --batch_size 2), first: scored together, right-padded,
     # and each prompt's part of that pass kept, so that generate goes on from all but its last token
-    # (read to go on) where it reads the rows alone, as on a CPU.
+    # (read to go on): every row is scored, so on any device (``Batcher._cheaper_alone``).
     together = ask(prompts)
-    kept = 0 if torch.cuda.is_available() else sum(len(p) - 1 for p in prompts)  # a GPU reads rows together
-    assert together["usage"]["prompt_tokens_details"]["cached_tokens"] == kept
+    assert together["usage"]["prompt_tokens_details"]["cached_tokens"] == sum(len(p) - 1 for p in prompts)
     # One prompt a request (its default batch size): the same, and with the same numbers.
     alone = [ask([ids]) for ids in prompts]
     assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in alone] == [
