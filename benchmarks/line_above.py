@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from repotune.data.transforms import code_prompt
-from repotune.decoding import rewrites_line_above
+from repotune.decoding import RETRIES, rewrites_line_above
 from repotune.evaluate import ScoringConfig
 from repotune.evaluate.generate import complete_lines
 from repotune.evaluate.metrics import edit_similarity, exact_match
@@ -50,6 +50,10 @@ def main() -> int:
     parser.add_argument(
         "--context-chars", type=int, default=1500, help="code before the cursor (default 1500)"
     )
+    parser.add_argument(
+        "--retries", type=int, default=RETRIES,
+        help=f"a copy's least certain tokens to decode again from, against one (default {RETRIES})",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = ScoringConfig(line_samples=args.lines, fim_samples=0, commit_samples=0, forgetting_files=0,
@@ -70,36 +74,41 @@ def main() -> int:
         first = complete_lines(scorer.model, scorer.tokenizer, prompts, **asked)
         first_seconds = time.process_time() - started
         copies = [i for i, c in enumerate(first) if rewrites_line_above(c.text, befores[i])]
-        started = time.process_time()
-        again = complete_lines(
-            scorer.model, scorer.tokenizer, [prompts[i] for i in copies], **asked,
-            befores=[befores[i] for i in copies],
-        )  # fmt: skip
-        second_seconds = time.process_time() - started
-        second = list(first)
-        for i, completion in zip(copies, again, strict=True):
-            second[i] = completion
-        left = sum(rewrites_line_above(c.text, befores[i]) for i, c in enumerate(second))
+        passes = {}  # tries -> (answers, CPU seconds of the second pass)
+        for tries in sorted({1, args.retries}):
+            started = time.process_time()
+            again = complete_lines(
+                scorer.model, scorer.tokenizer, [prompts[i] for i in copies], **asked,
+                befores=[befores[i] for i in copies], retries=tries,
+            )  # fmt: skip
+            second = list(first)
+            for i, completion in zip(copies, again, strict=True):
+                second[i] = completion
+            passes[tries] = (second, time.process_time() - started)
         print(f"== {spec}")
-        print(f"copies of the line above: {len(copies)}/{len(samples)} -> {left}/{len(samples)} "
-              f"({sum(c.retried for c in again)} replaced by a line decoded again)")  # fmt: skip
-        for name, score in (("exact match", exact_match), ("edit similarity", edit_similarity)):
-            before = [score(c.text, e) for c, e in zip(first, expected, strict=True)]
-            after = [score(c.text, e) for c, e in zip(second, expected, strict=True)]
-            diff = [b - a for a, b in zip(before, after, strict=True)]
-            print(f"line {name}: {statistics.fmean(before):.4f} -> {statistics.fmean(after):.4f} "
-                  f"(paired difference {statistics.fmean(diff):+.4f}, {sum(d > 0 for d in diff)} better, "
-                  f"{sum(d < 0 for d in diff)} worse)")  # fmt: skip
-        ratio = second_seconds / first_seconds if first_seconds else float("nan")
-        print(f"CPU time: first pass {first_seconds:.1f} s, second pass on the copies {second_seconds:.1f} s "
-              f"(ratio {ratio:.3f})")  # fmt: skip
+        for tries, (second, seconds) in passes.items():
+            left = sum(rewrites_line_above(c.text, befores[i]) for i, c in enumerate(second))
+            replaced = sum(second[i].retried for i in copies)
+            print(f"-- decoded again from up to {tries} of a copy's least certain tokens")
+            print(f"copies of the line above: {len(copies)}/{len(samples)} -> {left}/{len(samples)} "
+                  f"({replaced} replaced by a line decoded again)")  # fmt: skip
+            for name, score in (("exact match", exact_match), ("edit similarity", edit_similarity)):
+                before = [score(c.text, e) for c, e in zip(first, expected, strict=True)]
+                after = [score(c.text, e) for c, e in zip(second, expected, strict=True)]
+                diff = [b - a for a, b in zip(before, after, strict=True)]
+                print(f"line {name}: {statistics.fmean(before):.4f} -> {statistics.fmean(after):.4f} "
+                      f"(paired difference {statistics.fmean(diff):+.4f}, {sum(d > 0 for d in diff)} better, "
+                      f"{sum(d < 0 for d in diff)} worse)")  # fmt: skip
+            ratio = seconds / first_seconds if first_seconds else float("nan")
+            print(f"CPU time: first pass {first_seconds:.1f} s, second pass on the copies {seconds:.1f} s "
+                  f"(ratio {ratio:.3f})")  # fmt: skip
         for i in copies:
             print(f"  line above : {befores[i].rstrip().splitlines()[-1]!r}")
             print(f"  expected   : {expected[i]!r}")
             print(f"  first      : {first[i].text!r}")
-            print(
-                f"  again      : {second[i].text!r}{'' if second[i].retried else '  (kept: no better line)'}"
-            )
+            for tries, (second, _) in passes.items():
+                kept = "" if second[i].retried else "  (kept: no better line)"
+                print(f"  {f'{tries} tries':<11}: {second[i].text!r}{kept}")
         print()
     return 0
 

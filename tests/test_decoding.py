@@ -124,9 +124,16 @@ def test_the_token_decoded_again_is_the_least_certain_one_that_writes_the_line(t
         margins = [1.0 + i for i in range(len(tokens))]
         margins[least] = 0.1
         expected = least if least in in_line else in_line[0]
-        assert least_certain(tokens, margins, tokenizer, span) == expected
+        assert least_certain(tokens, margins, tokenizer, span, 1) == [expected]
+        # The next tries: the line's other tokens by margin, smallest first.
+        rest = [step for step in in_line if step != expected]
+        assert least_certain(tokens, margins, tokenizer, span, 3) == [expected, *rest][:3]
+    margins = [1.0] * len(tokens)  # equal margins: the earlier step first
+    assert least_certain(tokens, margins, tokenizer, span, len(tokens)) == in_line
+    margins[in_line[0]] = float("inf")  # a runner-up that is an end of sequence is never tried
+    assert least_certain(tokens, margins, tokenizer, span, len(tokens)) == in_line[1:]
     margins = [float("inf")] * len(tokens)  # every runner-up an end of sequence
-    assert least_certain(tokens, margins, tokenizer, span) is None
+    assert least_certain(tokens, margins, tokenizer, span) == []
 
 
 def test_chosen_logprobs_are_the_log_softmax_of_the_chosen_tokens() -> None:

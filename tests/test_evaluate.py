@@ -275,7 +275,7 @@ def test_batched_completions_and_perplexity_equal_one_at_a_time(project: Path, t
     assert [c.text for c in penalized] == [_generated_line(scorer, p, 12, line_penalty=1.0) for p in prompts]
     assert penalized != one  # the tiny model repeats itself within a line, and the penalty turns it
     assert scorer.config.line_repeat_penalty == LINE_REPEAT_PENALTY == 1.0
-    # An answer that writes the line above again is decoded again from its least certain token. Judged
+    # An answer that writes the line above again is decoded again from its least certain tokens. Judged
     # against itself as the line above, every answer of five characters or more is a copy: those that
     # another line replaced are neither blank nor a copy, the rest are the first answers, and batched
     # or not, with kept caches or not, they are the same (tests/test_serving.py: and what is served).

@@ -1742,6 +1742,7 @@ def _fed(
 def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back() -> None:
     from tests.tiny_tokenizer import make_tiny_tokenizer
 
+    from repotune.decoding import RETRIES
     from repotune.serving.batching import Handle, _Row
 
     tokenizer = make_tiny_tokenizer()
@@ -1755,12 +1756,13 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         # "return a" then a newline: the line above again. Nothing was streamed; the row is set back to
         # before its least certain token that writes the line (" a", margin 0.2, not the newline's 0.1),
         # with that token's runner-up in its place (here " a" again, so that the line copies again).
+        # "return"'s runners-up are ends of sequence (an infinite margin): " a" is the only token to try.
         (a,) = tokenizer.encode(" a", add_special_tokens=False)
-        _fed(row, ["return", " a", "\n"], [1.0, 0.2, 0.1], tokenizer, eos, runner=a)
+        _fed(row, ["return", " a", "\n"], [math.inf, 0.2, 0.1], tokenizer, eos, runner=a)
         assert row.rewound and not row.done and row.judging and row.sent == 0
         assert row.tokens == tokenizer.encode("return a", add_special_tokens=False)
-        # Decoded again (the batcher queues it again, its tokens fed back), it copies again: the first
-        # answer stands, and it goes on from there.
+        # Decoded again (the batcher queues it again, its tokens fed back), it copies again, and no other
+        # token is left to try: the first answer stands, and it goes on from there.
         row.rewound = False
         _fed(row, ["\n"], [0.5], tokenizer, eos)
         assert row.rewound and not row.judging and outcomes == ["kept"]
@@ -1769,6 +1771,41 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         _fed(row, [" b"], [1.0], tokenizer, eos)
         row.add(tokenizer.eos_token_id, eos)
         assert row.done
+
+        # A copy decoded again that copies too is decoded again from the next least certain token, up to
+        # RETRIES of them. Here each token's runner-up is the token itself, so every try copies again.
+        (newline,) = tokenizer.encode("\n", add_special_tokens=False)
+        line = tokenizer.encode("return a b", add_special_tokens=False)
+        assert len(line) > RETRIES
+        copying = GenerationRequest([1], 40, SamplingParams(0.0), line_above="x\nreturn a b")
+        stubborn = _Row(Handle(copying, loop), tokenizer, outcomes.append)
+        for step, token in enumerate([*line, newline]):
+            stubborn.chosen = (1.0 + step, token, 0.0)  # the earlier a token, the less certain
+            stubborn.add(token, eos)
+        starts = []
+        while stubborn.judging:
+            assert stubborn.rewound and stubborn.sent == 0
+            starts.append(len(stubborn.tokens))
+            stubborn.rewound = False
+            for token in [*line[len(stubborn.tokens) :], newline]:
+                stubborn.chosen = (0.5, 7, 0.0)
+                stubborn.add(token, eos)
+        assert starts == [1, 2, 3][:RETRIES]  # the line's first tokens, least certain first
+        assert stubborn.rewound and stubborn.tokens == [*line, newline] and outcomes[-1] == "kept"
+        # One whose second try writes another line: that line replaces the copy.
+        second = _Row(Handle(copying, loop), tokenizer, outcomes.append)
+        for step, token in enumerate([*line, newline]):
+            second.chosen = (1.0 + step, token, 0.0)
+            second.add(token, eos)
+        second.rewound = False
+        for token in [*line[1:], newline]:  # the first try copies again
+            second.chosen = (0.5, 7, 0.0)
+            second.add(token, eos)
+        assert second.rewound and second.judging and second.tokens == line[:2]
+        second.rewound = False
+        _fed(second, ["rn b", "\n"], [0.5, 0.5], tokenizer, eos)  # "return b": not a copy
+        assert not second.judging and not second.rewound and outcomes[-1] == "replaced"
+        assert second.text == "return b\n" and second.sent == len(second.text)
 
         # A row set back to before the end of its held-back text must write the rest of it again (the
         # batcher gives ``HealingProcessor`` what is left of it).
@@ -1789,7 +1826,8 @@ def test_a_first_line_that_copies_the_line_above_is_decoded_again_and_held_back(
         _fed(other, ["return", " a"], [1.0, 1.0], tokenizer, eos)
         assert other.sent == 0 and other.judging  # not whole: held back
         _fed(other, ["\n"], [1.0], tokenizer, eos)
-        assert other.sent > 0 and not other.judging and outcomes == ["kept"]  # nothing decoded again
+        # Nothing decoded again: the outcomes are the three rows' above.
+        assert other.sent > 0 and not other.judging and outcomes == ["kept", "kept", "replaced"]
 
         async def events(handle) -> list:
             return [item async for item in handle.stream()]
@@ -1890,7 +1928,7 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
     from repotune.evaluate.generate import complete_lines
 
     model, tokenizer = loaded.loaded.model, loaded.tokenizer
-    prompts = ["x", "def add(a, b):", "import os", "class Greeter:", "y = 2"]
+    prompts = ["x", "def add(a, b):", "import os", "class Greeter:", "y = 2", "return"]
     greedy = SamplingParams(0.0, line_penalty=1.0)
 
     async def served(prompt: str, line_above: str = "") -> tuple[list[str], str, int]:
@@ -1927,6 +1965,11 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
                             befores=first)  # fmt: skip
     assert [c.text for c in scored] == [text for _, text, _ in again]
     assert [c.retried for c in scored] == changed
+    # "return"'s copy decoded again from its least certain token copies again (or is blank): it is the
+    # next least certain token's try that replaces it, in both.
+    once = complete_lines(model, tokenizer, prompts, batch_size=1, max_new_tokens=8, line_penalty=1.0,
+                          befores=first, retries=1)  # fmt: skip
+    assert [c.retried for c in once] == [*changed[:-1], False] and changed[-1]
 
     # Completions judge against the code before the cursor (a FIM prompt's prefix), greedy ones only,
     # unless the server is told not to.

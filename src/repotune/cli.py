@@ -446,8 +446,8 @@ def serve(
         bool,
         typer.Option(
             help="Decode a greedy completion whose first line writes the line above the cursor again a "
-            "second time, from its least certain token; evaluate scores so by default. The first line "
-            "is streamed once it is judged.",
+            "second time, from its least certain token (then the next ones, while it copies); evaluate "
+            "scores so by default. The first line is streamed once it is judged.",
         ),
     ] = ServeSettings.retry_line_above,
     min_confidence: Annotated[

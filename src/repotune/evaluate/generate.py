@@ -27,6 +27,7 @@ from typing import Any
 
 from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
 from repotune.decoding import (
+    RETRIES,
     answer_span,
     chosen_logprobs,
     decoded_ends,
@@ -207,6 +208,7 @@ def complete_lines(
     line_penalty: float = 0.0,
     prefixes: PrefixCache | None = None,
     befores: Sequence[str | None] | None = None,
+    retries: int = RETRIES,
 ) -> list[Completion]:
     """Greedy first-non-blank-line completions of ``prompts``, ``batch_size`` at a time, with the line
     repeat penalty ``line_penalty`` (``repotune.decoding``; 0: plain greedy).
@@ -218,8 +220,8 @@ def complete_lines(
 
     ``befores``: the text above each prompt's cursor. An answer that writes its last non-blank line
     again is decoded again from its least certain token (``repotune.decoding``, "Writing the line above
-    again"), and the new answer replaces it unless it is blank or a copy too. None (for all prompts, or
-    for one): no answer is.
+    again"), then from the next least certain, up to ``retries`` tokens: the first new answer that is
+    neither blank nor a copy too replaces it. None (for all prompts, or for one): no answer is.
     """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
@@ -255,43 +257,49 @@ def complete_lines(
     results: list[Completion | None] = [None] * len(encoded)
     padding = padding_budget(model) if alone else None
     for rows in length_batches([len(ids) for ids, _ in encoded], batch_size, padding):
-        again = []
+        tries: dict[int, list[Written]] = {}  # each copy's starts not tried yet, the next first
         for index, row in zip(rows, decode([(index, None) for index in rows]), strict=True):
             results[index] = first = answer(index, row)
             above = aboves[index]
             if above is not None and rewrites_line_above(first.text, above):
-                begun = _retried_start(row, tokenizer, eos, after_newline=encoded[index][1])
-                if begun is not None and len(begun.tokens) < max_new_tokens:
-                    again.append((index, begun))
-        # Right after their batch, while the kept caches (``prefixes``) still hold their prompts.
-        for redo in length_batches(
-            [len(encoded[index][0]) + len(begun.tokens) for index, begun in again], batch_size, padding
-        ):
-            jobs = [again[i] for i in redo]
-            for (index, _), row in zip(jobs, decode(jobs), strict=True):
-                completion = answer(index, row, retried=True)
-                if completion.text.strip() and not rewrites_line_above(completion.text, aboves[index]):
-                    results[index] = completion
+                starts = _retried_starts(row, tokenizer, eos, after_newline=encoded[index][1], count=retries)
+                tries[index] = [begun for begun in starts if len(begun.tokens) < max_new_tokens]
+        # Right after their batch, while the kept caches (``prefixes``) still hold their prompts; one
+        # try of each copy a round, as a server tries them, until a try writes a line.
+        while tries := {index: left for index, left in tries.items() if left}:
+            again = [(index, left.pop(0)) for index, left in tries.items()]
+            for redo in length_batches(
+                [len(encoded[index][0]) + len(begun.tokens) for index, begun in again], batch_size, padding
+            ):
+                jobs = [again[i] for i in redo]
+                for (index, _), row in zip(jobs, decode(jobs), strict=True):
+                    completion = answer(index, row, retried=True)
+                    if completion.text.strip() and not rewrites_line_above(completion.text, aboves[index]):
+                        results[index] = completion
+                        tries[index] = []
         if progress is not None:
             progress.advance(len(rows))
     return [c for c in results if c is not None]
 
 
-def _retried_start(
-    row: Written, tokenizer: Any, eos: Sequence[int], *, after_newline: bool
-) -> Written | None:
-    """What a copied line is decoded again after: the tokens before its least certain one, and that
-    token's runner-up; None when no token of the line can be changed. The runner-up's log probability
-    is the chosen token's less the margin between them (both of the same logits)."""
+def _retried_starts(
+    row: Written, tokenizer: Any, eos: Sequence[int], *, after_newline: bool, count: int
+) -> list[Written]:
+    """What a copied line is decoded again after, the first to try first: for each of its ``count``
+    least certain tokens, the tokens before it and its runner-up; empty when no token of the line can
+    be changed. The runner-up's log probability is the chosen token's less the margin between them
+    (both of the same logits)."""
     tokens = row.tokens[: min([row.tokens.index(t) for t in eos if t in row.tokens], default=len(row.tokens))]
     span = answer_span(tokenizer.decode(tokens, skip_special_tokens=True), after_newline=after_newline)
-    step = least_certain(tokens, row.margins, tokenizer, span) if span is not None else None
-    if step is None:
-        return None
-    begun = [*tokens[:step], row.runners[step]]
-    # Not decoded again a second time: its margins are infinite, its runners-up its own tokens.
-    margins = [math.inf] * len(begun)
-    return Written(begun, margins, begun[:], [*row.logprobs[:step], row.logprobs[step] - row.margins[step]])
+    steps = least_certain(tokens, row.margins, tokenizer, span, count) if span is not None else []
+    starts = []
+    for step in steps:
+        begun = [*tokens[:step], row.runners[step]]
+        # Not decoded again a second time: its margins are infinite, its runners-up its own tokens.
+        margins = [math.inf] * len(begun)
+        logprobs = [*row.logprobs[:step], row.logprobs[step] - row.margins[step]]
+        starts.append(Written(begun, margins, begun[:], logprobs))
+    return starts
 
 
 def greedy_lines(

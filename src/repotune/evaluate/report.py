@@ -448,7 +448,7 @@ def _footer(context: dict[str, Any]) -> list[str]:
         else "decoded greedily"
     )
     if context.get("retry_line_above"):
-        decoding += "; one that wrote the line above again, decoded again from its least certain token"
+        decoding += "; one that wrote the line above again, decoded again from its least certain tokens"
     return [
         f"{FOOTER} (a completion's answer is its first non-blank line, {decoding}), each with its 95%",
         "bootstrap interval and sample count n; the decision compares arms pair by pair over those samples.",

@@ -83,7 +83,7 @@ PREFIX_TOKENS = Counter(
 LINE_ABOVE = Counter(
     "repotune_line_above_retries",
     "greedy completions whose first line wrote the line above again, decoded again from their least certain "
-    "token: replaced (by another line) or kept (the line decoded again was blank or a copy too)",
+    "tokens: replaced (by another line) or kept (every line decoded again was blank or a copy too)",
     ["model_name", "outcome"],
 )
 BATCH_SIZE = Histogram(
@@ -152,8 +152,8 @@ class GenerationRequest:
     the first tokens generated must write it, and the completion is what comes after it."""
     line_above: str = ""
     """The code above the cursor, for a greedy completion: a first line that writes its last line again
-    is decoded again from its least certain token (``repotune.decoding``), and the first line is held
-    back from the stream until it is judged. Empty: never."""
+    is decoded again from its least certain tokens, one after another (``repotune.decoding``), and the
+    first line is held back from the stream until it is judged. Empty: never."""
     min_confidence: float = 0.0
     """For a greedy completion: it ends before its first line whose confidence (the geometric mean of
     its tokens' probabilities, ``repotune.decoding.line_confidence``) is below this, so an editor shows
@@ -330,6 +330,9 @@ class _Row:
         """While a copied first line is decoded again: the first answer's tokens, their log
         probabilities, their steps (``recording``), its text, and how it ended (None: it went on), to
         go back to where the line decoded again is no better."""
+        self.tries: tuple[list[float], list[int], list[int]] | None = None
+        """While a copied first line is decoded again: the first answer's margins and runners-up, and
+        the steps of its least certain tokens not tried yet (``least_certain``), the next first."""
         self.rewound = False
         """Its tokens were set back (to decode a copied line again): it leaves the batch and is queued
         again, its tokens fed back as prompt as a row that gave way is."""
@@ -416,7 +419,7 @@ class _Row:
             if ending is None:  # the line is not whole yet
                 return False
             if self.first is not None:  # the line decoded again wrote nothing
-                return self._back_to_first()
+                return self._try_again()
             self.judging = False  # no line to judge
             return False
         if not rewrites_line_above(self.text[span[0] : span[1]], self.handle.request.line_above):
@@ -425,31 +428,42 @@ class _Row:
                 self.judged("replaced")
             return False
         if self.first is not None:
-            return self._back_to_first()
+            return self._try_again()
         # The text starts after the held-back prompt text: the span's characters in the tokens decoded.
         shift = _agreed(
             self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.handle.request.heal
         )
-        step = least_certain(self.tokens, self.margins, self.tokenizer, (span[0] + shift, span[1] + shift))
-        if step is None or step + 1 >= self.handle.request.max_new_tokens:
+        steps = least_certain(self.tokens, self.margins, self.tokenizer, (span[0] + shift, span[1] + shift))
+        steps = [step for step in steps if step + 1 < self.handle.request.max_new_tokens]
+        if not steps:
             self.judging = False
             return False
         self.first = (list(self.tokens), list(self.logprobs), list(self.steps), self.text, ending)
+        self.tries = (list(self.margins), list(self.runners), steps)
+        return self._try_again()
+
+    def _try_again(self) -> bool:
+        """Set the row back to decode its copied first line again from the next of its least certain
+        tokens, or, where none is left, go back to the first answer."""
+        assert self.first is not None and self.tries is not None
+        tokens, logprobs, steps, _, _ = self.first
+        margins, runners, left = self.tries
+        if not left:
+            return self._back_to_first()
+        step = left.pop(0)
         # The runner-up's log probability: the chosen token's less the margin (of the same logits).
-        runner = self.logprobs[step] - self.margins[step]
+        runner = logprobs[step] - margins[step]
         self._set_back(
-            [*self.tokens[:step], self.runners[step]],
-            [*self.margins[:step], math.inf],
-            [*self.logprobs[:step], runner],
-            [*self.steps[:step], (self.steps[step][0] - self.margins[step], self.steps[step][1])]
-            if self.recording
-            else [],
+            [*tokens[:step], runners[step]],
+            [*margins[:step], math.inf],
+            [*logprobs[:step], runner],
+            [*steps[:step], (steps[step][0] - margins[step], steps[step][1])] if self.recording else [],
         )
         return True
 
     def _back_to_first(self) -> bool:
-        """The line decoded again was blank or a copy too: the first answer stands, ended as it ended or
-        going on from its tokens."""
+        """Every line decoded again was blank or a copy too: the first answer stands, ended as it ended
+        or going on from its tokens."""
         assert self.first is not None
         tokens, logprobs, steps, text, ending = self.first
         self.judging = False

@@ -76,8 +76,8 @@ class ServeSettings:
     Chat replies are prose, and decode without it. 0 turns it off."""
     retry_line_above: bool = True
     """Decode a greedy completion whose first line writes the line above the cursor again a second time,
-    from its least certain token (``repotune.decoding``), as the evaluate stage scores by default; the
-    first line is streamed once it is judged. False: never."""
+    from its least certain token, and from the next ones while it copies (``repotune.decoding``), as the
+    evaluate stage scores by default; the first line is streamed once it is judged. False: never."""
     min_confidence: float = 0.0
     """End a greedy completion before its first line whose confidence (the geometric mean of its
     tokens' probabilities) is below this, unless the request sets its own ``min_confidence``: an
