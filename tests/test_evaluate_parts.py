@@ -63,9 +63,25 @@ def test_diff_lines_and_file_headers_are_training_format_artefacts() -> None:
     cases = "- case: one\n  main: |\n    x = 1\n- case: two\n  main: |\n"
     assert not starts_like_training_format("- case: three", "    reveal_type(x)", cases)
     assert starts_like_training_format("+    reveal_type(x)", "    reveal_type(x)", cases)
-    # A dash at the start of a line in a Python file whose lines never start with one is a diff line.
+    # A dash at the start of a line in a Python file whose lines never start with one, then the line
+    # indented as the file's line is, is a diff line: as the line above is, too.
     docstring = 'def f(a):\n    """Do it.\n\n    :param a: the thing\n'
-    assert starts_like_training_format("-   :param b: the other", "    :param b: the other", docstring)
+    assert starts_like_training_format("-    :param b: the other", "    :param b: the other", docstring)
+    assert starts_like_training_format("+    def encode_prompt(model):", "        return x", docstring)
+    assert starts_like_training_format("--- a/src/app.py", "import os")
+    assert starts_like_training_format("+++ b/src/app.py", "import os")
+    # A bullet, a dash alone or a doubled mark is a wrong line, not a diff line: the answers a plain
+    # "starts with a dash" rule counted on the quality benchmark and in the demo.
+    assert not starts_like_training_format("- :param b: the other", "    :param b: the other", docstring)
+    assert not starts_like_training_format(
+        "- :param bool auto_exc: If the class subclasses", "       .. seealso::", docstring + "\n        x\n"
+    )
+    module_doc = '"""Serve it.\n\nThree kinds of request:\n\n'
+    bullet = "- one server, the same prompts"
+    assert not starts_like_training_format(bullet, "* ``plain``: no logprobs", module_doc)
+    assert not starts_like_training_format("-", "    py3{12,11,10}", "[tox]\nenv_list =\n")
+    assert not starts_like_training_format("---", "name: web", "")
+    assert not starts_like_training_format("-- the users table", "CREATE TABLE users (", "")
 
 
 def test_a_completion_that_writes_the_line_above_again_is_told_apart() -> None:

@@ -28,10 +28,11 @@ FORGETTING_METRIC = "forgetting_perplexity"
 PERPLEXITY_METRIC = "perplexity"
 """Perplexity of the held-out (file split) or added (temporal split) code."""
 MARKER_METRIC = "line_diff_marker_share"
+"""Share of line completions that start like a diff's line or header, or a file header
+(``starts_like_training_format``)."""
 REPEAT_METRIC = "line_repeats_line_above_share"
 """The share of line completions that write the line above again (``rewrites_line_above``): reported,
 not decided on; an editor that drops them shows nothing, and one that does not shows a copy."""
-"""Share of line completions that start like a diff line or a file header."""
 CANDIDATE_ARMS = (Arm("candidate", False), Arm("candidate", True))
 
 
