@@ -15,6 +15,7 @@ from repotune.data.packing import (
     PackedDataset,
     pack,
     padded_batches,
+    recent_files,
     tokenize_records,
     tokens_by_kind,
     weighted_indices,
@@ -375,6 +376,38 @@ def test_kind_weights_thin_repeat_and_drop_by_kind_the_same_way_every_time() -> 
 
     sequences = [np.zeros(3 if r.kind is Kind.CODE else 2, dtype=np.int32) for r in records]
     assert tokens_by_kind(records, sequences) == {"commit": 800, "code": 150, "doc": 20}
+
+
+def test_the_code_files_the_newest_commits_touched_weigh_more() -> None:
+    def commit(sha: str, date: str, *files: str) -> Record:
+        meta = {"sha": sha, "date": date, "files": list(files)}
+        return Record(content=f"{sha}\n", kind=Kind.COMMIT, source="t", id=sha, meta=meta)
+
+    records = [
+        code_record(rid="old", path="src/old.py"),
+        code_record(rid="new", path="src/new.py"),
+        code_record(rid="both", path="src/both.py"),
+        Record(content="# Doc\n", kind=Kind.DOC, source="t", id="doc", file_path="README.md"),
+        # Out of date order on purpose; one date in another time zone, one without a zone (UTC).
+        commit("c1", "2024-01-01T10:00:00+00:00", "src/old.py", "src/both.py"),
+        commit("c3", "2024-03-01T12:00:00+02:00", "src/new.py", "README.md"),
+        commit("c2", "2024-02-01T10:00:00", "src/both.py"),
+    ]
+    # Code files only (not the README the newest commit touched), and while they are at most half of
+    # the code's characters: here a third of them, then two thirds.
+    assert recent_files(records, 1) == {"src/new.py"}
+    assert recent_files(records, 0) == frozenset()
+    assert recent_files(records, 2) == frozenset()  # src/new.py and src/both.py: most of the code
+    more = [*records, *(code_record(rid=f"more{i}", path=f"src/more{i}.py") for i in range(3))]
+    assert recent_files(more, 2) == {"src/new.py", "src/both.py"}  # two of six files of one size
+
+    recent = recent_files(more, 2)
+    indices = weighted_indices(more, {"commit": 0.0}, seed=0, recent=recent, recent_weight=3.0)
+    ids = [more[i].id for i in indices]
+    # Code files the two newest commits touched, three times; the doc and the other files, once;
+    # commits dropped by their kind's weight.
+    assert ids == ["old", "new", "new", "new", "both", "both", "both", "doc", "more0", "more1", "more2"]
+    assert weighted_indices(more, {}, seed=0, recent=recent) == list(range(len(more)))
 
 
 def test_fim_span_split_is_a_window_around_an_editor_sized_middle() -> None:

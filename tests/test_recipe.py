@@ -72,6 +72,8 @@ def test_kind_weights_override_one_kind_and_name_every_record_kind() -> None:
         ("resources:\n  nodes: 0\n", "resources.nodes must be at least 1"),
         ("data:\n  kind_weights:\n    commit: -1\n", "data.kind_weights.commit must be from 0 to 100"),
         ("data:\n  kind_weights:\n    commits: 1\n", "unknown key 'commits' (did you mean 'commit'?)"),
+        ("data:\n  recent_commits: -1\n", "data.recent_commits must be 0 or more"),
+        ("data:\n  recent_weight: 101\n", "data.recent_weight must be from 0 to 100"),
     ],
 )
 def test_bad_recipes_name_the_setting(tmp_path: Path, text: str, message: str) -> None:

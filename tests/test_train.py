@@ -351,6 +351,32 @@ def test_kind_weights_shape_the_training_blocks_and_the_reported_mix(tmp_path: P
     unweighted = training_blocks(records, tokenizer, no_commits, 0.0, tmp_path, None)
     assert unweighted.real_tokens == before.real_tokens  # held-out blocks (weighted=False) keep every kind
 
+    # The code file the newest commit touched, three times over; the older commit's file once.
+    touched = next(r for r in records if r.kind is Kind.CODE)
+    other = next(r for r in records if r.kind is Kind.CODE and r is not touched)
+    dated = [
+        Record(content="Old\n", kind=Kind.COMMIT, source="t", id="old",
+               meta={"date": "2024-01-01T00:00:00+00:00", "files": [other.file_path]}),
+        Record(content="New\n", kind=Kind.COMMIT, source="t", id="new",
+               meta={"date": "2024-02-01T00:00:00+00:00", "files": [touched.file_path]}),
+    ]  # fmt: skip
+    recent = load_recipe(
+        TINY,
+        {
+            "data.fim_rate": 0.0,
+            "data.recent_commits": 1,
+            "data.recent_weight": 3,
+            "data.kind_weights.commit": 0,
+        },
+    )
+    mix, recent_mix = {}, {}
+    boosted = training_blocks(
+        records + dated, tokenizer, recent, 0.0, tmp_path, None, weighted=True, mix=mix, recent_mix=recent_mix
+    )
+    touched_tokens = training_blocks([touched], tokenizer, plain, 0.0, tmp_path, None).real_tokens
+    assert recent_mix == {"files": 1, "tokens": 3 * touched_tokens}
+    assert boosted.real_tokens == code_tokens + 2 * touched_tokens
+
 
 def test_activation_checkpointing_reaches_the_trainer_under_either_name(tmp_path: Path) -> None:
     # transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing within

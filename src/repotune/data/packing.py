@@ -20,6 +20,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +163,19 @@ def tokenize_records(
     return sequences
 
 
-def weighted_indices(records: Sequence[Record], weights: Mapping[str, float], seed: int) -> list[int]:
+def weighted_indices(
+    records: Sequence[Record],
+    weights: Mapping[str, float],
+    seed: int,
+    *,
+    recent: frozenset[str] = frozenset(),
+    recent_weight: float = 1.0,
+) -> list[int]:
     """Indices into ``records`` with each record repeated or thinned by its kind's weight: ``int(weight)``
     copies, and one more with probability ``weight - int(weight)``; in record order.
+
+    A code file whose path is in ``recent`` has its kind's weight times ``recent_weight``: the files
+    the newest commits touched (``recent_files``).
 
     The draw is seeded by ``seed`` and the record's id, so a record is kept or dropped the same way on
     every run and in any order. Copies of an example are identical token for token (a FIM example keeps
@@ -174,11 +185,40 @@ def weighted_indices(records: Sequence[Record], weights: Mapping[str, float], se
     indices: list[int] = []
     for index, record in enumerate(records):
         weight = weights.get(record.kind.value, 1.0)
+        if record.kind is Kind.CODE and record.file_path in recent:
+            weight *= recent_weight
         copies = int(weight)
         if random.Random(f"{seed}:kind-weight:{record.id}").random() < weight - copies:
             copies += 1
         indices.extend([index] * copies)
     return indices
+
+
+RECENT_MAX_SHARE = 0.5
+"""The largest share of the code's characters that ``recent_files`` names: where the newest commits
+touched more (a repository of a few large commits, such as one per release, or a reformat of
+everything), they say nothing about where a team is working, and no file is named."""
+
+
+def recent_files(records: Sequence[Record], commits: int) -> frozenset[str]:
+    """The paths of code files that the newest ``commits`` commit records (by date) touched: where a
+    team has been working, and where its next lines mostly go. In this repository's demo data, the
+    newest 10 of 445 training commits touched 20% of the code's characters, which received 72% of the
+    lines added after the cut (``data.recent_commits``). None when they hold more than
+    ``RECENT_MAX_SHARE`` of the code."""
+    dated = [r for r in records if r.kind is Kind.COMMIT and r.meta.get("date")]
+    dated.sort(key=lambda r: _when(r.meta["date"]), reverse=True)
+    touched = {path for r in dated[:commits] for path in r.meta.get("files") or ()}
+    code = {r.file_path: len(r.content) for r in records if r.kind is Kind.CODE and r.file_path}
+    named = frozenset(path for path in touched if path in code)
+    if sum(code[path] for path in named) > RECENT_MAX_SHARE * sum(code.values()):
+        return frozenset()
+    return named
+
+
+def _when(date: str) -> datetime:
+    moment = datetime.fromisoformat(date)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def tokens_by_kind(records: Sequence[Record], sequences: Sequence[np.ndarray]) -> dict[str, int]:

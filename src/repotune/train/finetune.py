@@ -29,7 +29,7 @@ from repotune.config import to_dict
 from repotune.digest import files_digest
 from repotune.errors import RepotuneError
 from repotune.heldout import held_out_records
-from repotune.records import Record, read_records
+from repotune.records import Kind, Record, read_records
 from repotune.train.layout import TrainLayout
 from repotune.train.recipe import Recipe
 from repotune.wording import counted
@@ -113,11 +113,14 @@ def training_blocks(
     *,
     weighted: bool = False,
     mix: dict[str, int] | None = None,
+    recent_mix: dict[str, int] | None = None,
 ):
     """Packed blocks of ``records``' examples. With ``weighted``, each example is repeated or thinned by
     the recipe's ``data.kind_weights`` (training data only: held-out blocks are scored as they are);
-    ``mix``, when given, receives the tokens of each kind that went into the blocks (before ``limit``)."""
-    from repotune.data.packing import pack, tokenize_records, tokens_by_kind, weighted_indices
+    ``mix``, when given, receives the tokens of each kind that went into the blocks (before ``limit``);
+    ``recent_mix``, the code files the newest commits touched (``data.recent_commits``) and their tokens
+    in the blocks, weighted."""
+    from repotune.data.packing import pack, recent_files, tokenize_records, tokens_by_kind, weighted_indices
     from repotune.data.transforms import TransformConfig
     from repotune.retrieval.config import RetrievalConfig
 
@@ -136,13 +139,40 @@ def training_blocks(
     sequences = tokenize_records(
         records, tokenizer, transforms, cache, retrieval_rate=retrieval_rate, retrieval=retrieval
     )
+    recent = recent_files(records, recipe.data.recent_commits) if weighted else frozenset()
     if weighted:
-        order = weighted_indices(records, recipe.data.kind_weights.as_mapping(), recipe.seed)
+        order = weighted_indices(
+            records,
+            recipe.data.kind_weights.as_mapping(),
+            recipe.seed,
+            recent=recent,
+            recent_weight=recipe.data.recent_weight,
+        )
         records, sequences = [records[i] for i in order], [sequences[i] for i in order]
     if mix is not None:
         mix.update(tokens_by_kind(records, sequences))
+    if recent_mix is not None:
+        chosen = [
+            (r.file_path, len(seq))
+            for r, seq in zip(records, sequences, strict=True)
+            if r.kind is Kind.CODE and r.file_path in recent
+        ]
+        recent_mix.update(files=len({path for path, _ in chosen}), tokens=sum(n for _, n in chosen))
     blocks = pack(sequences, recipe.data.seq_len)
     return blocks if limit is None else blocks.head(limit)
+
+
+def _recent_line(recipe: Recipe, recent_mix: dict[str, int], tokens: int) -> str:
+    """What ``data.recent_commits`` did to the training tokens, for the training log."""
+    commits = recipe.data.recent_commits
+    if not commits:
+        return ""
+    if not recent_mix.get("files"):
+        return f"the newest {commits} commits name no code files to weigh (none, or most of the code); "
+    share = recent_mix["tokens"] / max(tokens, 1)
+    files = counted(recent_mix["files"], "code file")
+    weight = recipe.data.recent_weight
+    return f"{files} the newest {commits} commits touched, x{weight:g}: {share:.0%} of tokens; "
 
 
 def load_tokenizer(model_dir: Path, recipe: Recipe) -> tuple[Any, int, list[int]]:
@@ -427,6 +457,7 @@ def run_training(
     cache = layout.token_cache
     # Retrieved context comes from an index over the training records alone (never held-out ones).
     mix: dict[str, int] = {}
+    recent_mix: dict[str, int] = {}
     train_blocks = training_blocks(
         train_records,
         tokenizer,
@@ -437,6 +468,7 @@ def run_training(
         recipe.data.retrieval_rate,
         weighted=True,
         mix=mix,
+        recent_mix=recent_mix,
     )
     # Held-out blocks are plain next-token text (no FIM), so the base model, which has never seen
     # the FIM tokens, is scored on the same footing as the tuned one; and only what training does not
@@ -456,7 +488,8 @@ def run_training(
         f"({train_blocks.real_token_fraction:.1%} real; "
         + ", ".join(f"{kind} {count / max(sum(mix.values()), 1):.0%}" for kind, count in mix.items())
         + "), "
-        f"{counted(len(eval_blocks) if eval_blocks else 0, 'held-out block')}; "
+        + _recent_line(recipe, recent_mix, sum(mix.values()))
+        + f"{counted(len(eval_blocks) if eval_blocks else 0, 'held-out block')}; "
         f"{steps_line(total_steps, len(train_blocks), blocks_per_step, recipe.data.seq_len)}; "
         f"estimated memory {memory_gb:.1f} GB"
     )
@@ -554,6 +587,8 @@ def run_training(
                 "real_token_fraction": round(train_blocks.real_token_fraction, 4),
                 # training tokens of each kind after data.kind_weights (what the mix really was)
                 "tokens_by_kind": mix,
+                # the code files the newest commits touched (data.recent_commits), and their tokens
+                "recent_code": {"commits": recipe.data.recent_commits, **recent_mix},
             },
             "steps": trainer.state.global_step,
             "planned_steps": total_steps,

@@ -100,10 +100,21 @@ class DataSettings:
     examples' context, evaluation and serving all search with it. None: BM25 alone."""
     kind_weights: KindWeights = field(default_factory=KindWeights)
     """Multiplier per record kind on its training examples (held-out blocks are never weighted)."""
+    recent_commits: int = 0
+    """The newest this many training commits name the files a team is working on (``recent_files``);
+    0: none are named."""
+    recent_weight: float = 1.0
+    """Multiplier on the training examples of the code files those commits touched, on top of their
+    kind's weight: where a budget sees a small share of the data, more of it goes to the files
+    the next lines are likeliest to go to."""
 
     def __post_init__(self) -> None:
         if self.seq_len < 16:
             raise RepotuneError("data.seq_len must be at least 16 tokens")
+        if self.recent_commits < 0:
+            raise RepotuneError(f"data.recent_commits must be 0 or more, got {self.recent_commits!r}")
+        if not 0.0 <= self.recent_weight <= 100.0:
+            raise RepotuneError(f"data.recent_weight must be from 0 to 100, got {self.recent_weight!r}")
         for name in ("fim_rate", "spm_rate", "retrieval_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RepotuneError(f"data.{name} must be between 0 and 1")

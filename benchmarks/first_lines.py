@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Models side by side on a clean folder's held-out lines: each model's first line, as the evaluate
+stage asks it (greedy, the line repeat penalty, a copy of the line above decoded again), scored
+against the file's own line, and each model against the first one named, paired.
+
+What compares two trainings of the same data quickly (another recipe setting, another seed) without
+the pipeline's other arms: no retrieval, no FIM, no perplexity. The lines are drawn as the evaluate
+stage draws them (``draw_samples``), so every model answers the same prompts. Printed per model: line
+edit similarity and exact match, the relative change of edit similarity against the first model with
+its paired 95% bootstrap interval, the lines that start like a diff (``starts_like_training_format``)
+and the CPU seconds taken. Nothing is asserted: it measures.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/first_lines.py --data .demo/kfp/RUN/clean/dataset \\
+        --model smollm2-135m --model OUT_A --model OUT_B --lines 400 [--json answers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from repotune.data.transforms import code_prompt
+from repotune.evaluate import ScoringConfig
+from repotune.evaluate.generate import complete_lines, starts_like_training_format
+from repotune.evaluate.metrics import bootstrap_ci, edit_similarity, exact_match
+from repotune.evaluate.samples import draw_samples
+from repotune.evaluate.score import Scorer
+from repotune.models import resolve_base_model
+from repotune.records import read_records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", type=Path, required=True, help="a clean folder whose eval.jsonl to draw from"
+    )
+    parser.add_argument(
+        "--model", action="append", required=True, help="a model folder or a base model's name (repeatable)"
+    )
+    parser.add_argument("--lines", type=int, default=400, help="line samples (default 400)")
+    parser.add_argument(
+        "--context-chars", type=int, default=1500, help="code before the cursor (default 1500)"
+    )
+    parser.add_argument("--json", type=Path, help="write each model's answers here")
+    args = parser.parse_args()
+
+    config = ScoringConfig(line_samples=args.lines, fim_samples=0, commit_samples=0, forgetting_files=0,
+                           context_chars=args.context_chars)  # fmt: skip
+    samples = draw_samples(list(read_records(args.data / "eval.jsonl")), config).lines
+    expected = [s.expected for s in samples]
+    print(
+        f"{len(samples)} held-out lines from {args.data}, {args.context_chars} characters before the cursor"
+    )
+    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
+    scores: dict[str, list[float]] = {}
+    answers: dict[str, list[str]] = {}
+    for spec in args.model:
+        scorer = Scorer(resolve_base_model(spec), config)
+        prompts = [code_prompt(s.prefix, path=s.path, tokenizer=scorer.tokenizer) for s in samples]
+        started = time.process_time()
+        done = complete_lines(
+            scorer.model, scorer.tokenizer, prompts, batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens, line_penalty=config.line_repeat_penalty,
+            befores=[s.prefix for s in samples],
+        )  # fmt: skip
+        seconds = time.process_time() - started
+        answers[spec] = [c.text for c in done]
+        scores[spec] = [edit_similarity(c.text, e) for c, e in zip(done, expected, strict=True)]
+        exact = statistics.fmean(exact_match(c.text, e) for c, e in zip(done, expected, strict=True))
+        diffs = sum(
+            starts_like_training_format(c.raw, s.expected, s.prefix)
+            for c, s in zip(done, samples, strict=True)
+        )
+        first = args.model[0]
+        line = f"{spec}\n  line edit similarity {statistics.fmean(scores[spec]):.4f}, exact match {exact:.4f}"
+        if spec != first and sum(scores[first]) > 0:
+            rows = np.array(list(zip(scores[spec], scores[first], strict=True)))
+            change = rows[:, 0].sum() / rows[:, 1].sum() - 1
+            low, high = bootstrap_ci(
+                rows, statistic=lambda r: r[:, 0].sum() / max(r[:, 1].sum(), 1e-9) - 1, n_resamples=2000
+            )
+            line += f"; against {first}: {change:+.1%} [{low:+.1%}, {high:+.1%}]"
+        print(f"{line}\n  diff lines {diffs}/{len(samples)}, {seconds:.0f} CPU seconds", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"expected": expected, "answers": answers}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
