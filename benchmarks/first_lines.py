@@ -18,9 +18,7 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,39 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from line_above import held_out_lines, lines_parser
 from repotune.data.transforms import code_prompt
-from repotune.evaluate import ScoringConfig
 from repotune.evaluate.generate import complete_lines, starts_like_training_format
 from repotune.evaluate.metrics import bootstrap_ci, edit_similarity, exact_match
-from repotune.evaluate.samples import draw_samples
 from repotune.evaluate.score import Scorer
 from repotune.models import resolve_base_model
-from repotune.records import read_records
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="a clean folder whose eval.jsonl to draw from"
-    )
-    parser.add_argument(
-        "--model", action="append", required=True, help="a model folder or a base model's name (repeatable)"
-    )
-    parser.add_argument("--lines", type=int, default=400, help="line samples (default 400)")
-    parser.add_argument(
-        "--context-chars", type=int, default=1500, help="code before the cursor (default 1500)"
-    )
+    parser = lines_parser(__doc__.split("\n\n")[0], lines=400)
     parser.add_argument("--json", type=Path, help="write each model's answers here")
     args = parser.parse_args()
-
-    config = ScoringConfig(line_samples=args.lines, fim_samples=0, commit_samples=0, forgetting_files=0,
-                           context_chars=args.context_chars)  # fmt: skip
-    samples = draw_samples(list(read_records(args.data / "eval.jsonl")), config).lines
+    config, samples = held_out_lines(args)
     expected = [s.expected for s in samples]
-    print(
-        f"{len(samples)} held-out lines from {args.data}, {args.context_chars} characters before the cursor"
-    )
-    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
     scores: dict[str, list[float]] = {}
     answers: dict[str, list[str]] = {}
     for spec in args.model:

@@ -32,39 +32,52 @@ from repotune.decoding import RETRIES, rewrites_line_above
 from repotune.evaluate import ScoringConfig
 from repotune.evaluate.generate import complete_lines
 from repotune.evaluate.metrics import edit_similarity, exact_match
-from repotune.evaluate.samples import draw_samples
+from repotune.evaluate.samples import LineSample, draw_samples
 from repotune.evaluate.score import Scorer
 from repotune.models import resolve_base_model
 from repotune.records import read_records
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def lines_parser(description: str, lines: int) -> argparse.ArgumentParser:
+    """The options of a benchmark over a clean folder's held-out lines (this one's and
+    ``first_lines.py``'s): ``--data``, ``--model`` (repeatable), ``--lines``, ``--context-chars``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--data", type=Path, required=True, help="a clean folder whose eval.jsonl to draw from"
     )
     parser.add_argument(
         "--model", action="append", required=True, help="a model folder, or a base model's name (repeatable)"
     )
-    parser.add_argument("--lines", type=int, default=200, help="line completion samples (default 200)")
+    parser.add_argument("--lines", type=int, default=lines, help=f"line completion samples (default {lines})")
     parser.add_argument(
         "--context-chars", type=int, default=1500, help="code before the cursor (default 1500)"
     )
+    return parser
+
+
+def held_out_lines(args: argparse.Namespace) -> tuple[ScoringConfig, list[LineSample]]:
+    """The line samples the evaluate stage draws from ``args.data``, and the config they were drawn
+    with; says where they came from and on what machine."""
+    config = ScoringConfig(line_samples=args.lines, fim_samples=0, commit_samples=0, forgetting_files=0,
+                           context_chars=args.context_chars)  # fmt: skip
+    samples = draw_samples(list(read_records(args.data / "eval.jsonl")), config).lines
+    print(
+        f"{len(samples)} held-out lines from {args.data}, {args.context_chars} characters before the cursor"
+    )
+    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
+    return config, samples
+
+
+def main() -> int:
+    parser = lines_parser(__doc__.split("\n\n")[0], lines=200)
     parser.add_argument(
         "--retries", type=int, default=RETRIES,
         help=f"a copy's least certain tokens to decode again from, against one (default {RETRIES})",
     )  # fmt: skip
     args = parser.parse_args()
-
-    config = ScoringConfig(line_samples=args.lines, fim_samples=0, commit_samples=0, forgetting_files=0,
-                           context_chars=args.context_chars)  # fmt: skip
-    samples = draw_samples(list(read_records(args.data / "eval.jsonl")), config).lines
+    config, samples = held_out_lines(args)
     expected = [s.expected for s in samples]
     befores = [s.prefix for s in samples]
-    print(
-        f"{len(samples)} held-out lines from {args.data}, {args.context_chars} characters before the cursor"
-    )
-    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
     for spec in args.model:
         scorer = Scorer(resolve_base_model(spec), config)
         prompts = [code_prompt(s.prefix, path=s.path, tokenizer=scorer.tokenizer) for s in samples]
