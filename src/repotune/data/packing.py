@@ -20,7 +20,6 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from repotune.data.transforms import (
 )
 from repotune.digest import folder_digest
 from repotune.errors import RepotuneError
-from repotune.records import Kind, Record
+from repotune.records import Kind, Record, utc_moment
 from repotune.retrieval.config import INDEX_FORMAT_VERSION, RetrievalConfig
 
 IGNORE_INDEX = -100  # the label transformers' loss skips
@@ -206,19 +205,14 @@ def recent_files(records: Sequence[Record], commits: int) -> frozenset[str]:
     newest 10 of 445 training commits touched 20% of the code's characters, which received 72% of the
     lines added after the cut (``data.recent_commits``). None when they hold more than
     ``RECENT_MAX_SHARE`` of the code."""
-    dated = [r for r in records if r.kind is Kind.COMMIT and r.meta.get("date")]
-    dated.sort(key=lambda r: _when(r.meta["date"]), reverse=True)
+    moments = {r.id: utc_moment(r.meta.get("date")) for r in records if r.kind is Kind.COMMIT}
+    dated = sorted((r for r in records if moments.get(r.id)), key=lambda r: moments[r.id], reverse=True)
     touched = {path for r in dated[:commits] for path in r.meta.get("files") or ()}
     code = {r.file_path: len(r.content) for r in records if r.kind is Kind.CODE and r.file_path}
     named = frozenset(path for path in touched if path in code)
     if sum(code[path] for path in named) > RECENT_MAX_SHARE * sum(code.values()):
         return frozenset()
     return named
-
-
-def _when(date: str) -> datetime:
-    moment = datetime.fromisoformat(date)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def tokens_by_kind(records: Sequence[Record], sequences: Sequence[np.ndarray]) -> dict[str, int]:
