@@ -32,6 +32,7 @@ from repotune.decoding import (
     chosen_logprobs,
     decoded_ends,
     least_certain,
+    line_above,
     line_confidence,
     newline_tokens,
     penalize_lines,
@@ -107,8 +108,7 @@ def starts_like_training_format(answer: str, expected: str, before: str = "") ->
     # comment), ``++i``; a diff's own ``--- a/`` and ``+++ b/`` are headers, above.
     if mark not in DIFF_MARKS or not code.strip() or code.startswith(mark) or the_files(mark):
         return False
-    above = next((line for line in reversed(lines) if line.strip()), "")
-    return _indent(code) in (_indent(expected), _indent(above))
+    return _indent(code) in (_indent(expected), _indent(line_above(before)))
 
 
 def _indent(line: str) -> str:
