@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from line_above import held_out_lines, lines_parser
+from quality import relative_change
 from repotune.data.transforms import code_prompt
 from repotune.evaluate.generate import complete_lines, starts_like_training_format
-from repotune.evaluate.metrics import bootstrap_ci, edit_similarity, exact_match
+from repotune.evaluate.metrics import edit_similarity, exact_match
 from repotune.evaluate.score import Scorer
 from repotune.models import resolve_base_model
 
@@ -61,13 +60,10 @@ def main() -> int:
         )
         first = args.model[0]
         line = f"{spec}\n  line edit similarity {statistics.fmean(scores[spec]):.4f}, exact match {exact:.4f}"
-        if spec != first and sum(scores[first]) > 0:
-            rows = np.array(list(zip(scores[spec], scores[first], strict=True)))
-            change = rows[:, 0].sum() / rows[:, 1].sum() - 1
-            low, high = bootstrap_ci(
-                rows, statistic=lambda r: r[:, 0].sum() / max(r[:, 1].sum(), 1e-9) - 1, n_resamples=2000
-            )
-            line += f"; against {first}: {change:+.1%} [{low:+.1%}, {high:+.1%}]"
+        change = relative_change(scores[spec], scores[first]) if spec != first else None
+        if change is not None:
+            low, high = change["ci_low"], change["ci_high"]
+            line += f"; against {first}: {change['value']:+.1%} [{low:+.1%}, {high:+.1%}]"
         print(f"{line}\n  diff lines {diffs}/{len(samples)}, {seconds:.0f} CPU seconds", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"expected": expected, "answers": answers}, indent=1))
