@@ -11,6 +11,7 @@ FOLDER`` (a sentence-transformers model folder, such as a code embedding model).
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --budgets 128,256,512
     .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --code-only
+    .venv/bin/python benchmarks/retrieval_quality.py --projects all --samples 100 --other-files
 
 It prints, per project: the index builds (chunks, seconds), the three arms side by side (line exact
 match and edit similarity, value [95% interval] n), the paired relative change of the fused context
@@ -19,8 +20,10 @@ context, and the scoring time. ``--budgets 128,256,512`` asks another question w
 base model with BM25's context at each of those token budgets, and without context, each paired against
 the budget serving uses by default (512 tokens). ``--code-only`` asks a third: BM25 over the code chunks
 alone against BM25 over code and docs (the default index), with the share of answers that start like a
-diff line (a Markdown bullet copied from a doc chunk does). Nothing is asserted. Work folders stay under
-``.bench/quality/retrieval``.
+diff line (a Markdown bullet copied from a doc chunk does). ``--other-files`` asks a fourth: BM25 over
+other files only (``RetrievalConfig(current_file=False)``, CrossCodeEval's cross-file context) against
+the default, which also searches release X's version of the file being completed. Nothing is asserted.
+Work folders stay under ``.bench/quality/retrieval``.
 """
 
 from __future__ import annotations
@@ -89,15 +92,23 @@ def setup(project: quality.Project, args: argparse.Namespace) -> Setup:
     return Setup(records, plain, samples, scoring, resolve_base_model("smollm2-135m"), timed, times)
 
 
+def second_index(args: argparse.Namespace) -> tuple[str, Any]:
+    """The index compared with BM25's default one, as its label and ``RetrievalConfig``."""
+    from repotune.retrieval import RetrievalConfig
+
+    if args.code_only:
+        return "BM25 over code only", RetrievalConfig(kinds=("code",))
+    if args.other_files:
+        return "BM25 over other files only", RetrievalConfig(current_file=False)
+    return "BM25 + embeddings", RetrievalConfig(embedding_model=str(args.embedding_model))
+
+
 def run_project(project: quality.Project, args: argparse.Namespace) -> dict[str, Any]:
     from repotune.retrieval import RetrievalConfig, RetrievalIndex
 
     prepared = setup(project, args)
     plain, timed = prepared.plain, prepared.timed
-    if args.code_only:
-        label, config = "BM25 over code only", RetrievalConfig(kinds=("code",))
-    else:
-        label, config = "BM25 + embeddings", RetrievalConfig(embedding_model=str(args.embedding_model))
+    label, config = second_index(args)
     fused = timed(f"index: {label}", lambda: RetrievalIndex.build(prepared.records, config, log=harness.log))
     budget = RetrievalConfig().max_context_tokens  # what serving puts in front of a request
     bm25_arms, bm25_contexts = timed("score: base, base + BM25", lambda: prepared.score(plain, budget, False))
@@ -248,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--code-only", action="store_true",
         help="instead of embeddings against BM25: BM25 over code chunks only against code and docs",
     )  # fmt: skip
+    parser.add_argument(
+        "--other-files", action="store_true",
+        help="instead of embeddings against BM25: BM25 over other files only against the default, which "
+        "also searches the file being completed",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
     names = (
@@ -256,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in names if name not in quality.PROJECTS]
     if unknown:
         parser.error(f"unknown project(s) {', '.join(unknown)}; choose from {', '.join(quality.PROJECTS)}")
-    if args.budgets is None and not args.code_only:
+    if args.budgets is None and not args.code_only and not args.other_files:
         args.embedding_model = args.embedding_model or default_embedding_model()
     print(f"# retrieval quality: base model smollm2-135m, {args.samples} line samples per project")
     print(f"# {json.dumps(harness.machine())}; {quality.cpu_load()} at start")

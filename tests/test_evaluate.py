@@ -119,6 +119,7 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
 
     report = (tmp_path / "eval" / "report.md").read_text()
     assert report.splitlines()[2].startswith(("**Promoted: candidate", "**Not promoted.**"))
+    assert "tokens of context (the file being completed searched too)" in report
     assert (
         "| arm | line exact match | line edit similarity | FIM exact match | FIM edit similarity |" in report
     )
@@ -152,6 +153,7 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
     assert set(completions[59]["answers"]) == ARMS - ({"candidate_retrieval"} if with_fim else set())
     assert [c["expected"] for c in completions[20:40]] == [c["expected"] for c in completions[40:60]]
     assert saved["context"]["samples_with_context"]["lines"] > 10  # retrieval arms had context to use
+    assert saved["context"]["retrieval_current_file"] is True  # the report says how it searched
     # the completions each format check counted are in the context, as many as its share says
     for check in ("line_diff_marker_share", "line_repeats_line_above_share"):
         for key in ARMS:

@@ -231,3 +231,18 @@ def test_the_code_only_comparison_prints_its_index_and_the_diff_marker_share(
     assert "| diff-marker share | 0.000 [-0.050, 0.050] n=100 | 0.030 [-0.020, 0.080] n=100 |" in out
     assert "prompts with context: BM25 98, BM25 over code only 95 of 100" in out
     assert "BM25 over code only vs BM25 +2.3% [-1.0%, +5.0%] n=100" in out
+
+
+def test_the_second_index_is_the_one_asked_for(retrieval_quality) -> None:
+    from argparse import Namespace
+
+    from repotune.retrieval import RetrievalConfig
+
+    asked = {"code_only": False, "other_files": False, "embedding_model": "/models/minilm"}
+    label, config = retrieval_quality.second_index(Namespace(**{**asked, "other_files": True}))
+    assert label == "BM25 over other files only" and config == RetrievalConfig(current_file=False)
+    assert RetrievalConfig().current_file  # the index it is compared with searches the current file too
+    label, config = retrieval_quality.second_index(Namespace(**{**asked, "code_only": True}))
+    assert label == "BM25 over code only" and config.kinds == ("code",) and config.current_file
+    label, config = retrieval_quality.second_index(Namespace(**asked))
+    assert label == "BM25 + embeddings" and config.embedding_model == "/models/minilm"

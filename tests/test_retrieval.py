@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,39 @@ def test_context_fits_the_budget_in_real_tokens_with_the_best_chunk_last(
     # The prompt the model answers: context, then the current file's own header and prefix.
     prompt = code_prompt(CLI_PREFIX, path=CLI_PATH, tokenizer=tokenizer, context=full)
     assert prompt == full + f"<filename>{CLI_PATH}\n" + CLI_PREFIX
+
+
+def test_context_takes_in_the_indexed_version_of_the_current_file_unless_told_not_to(
+    smollm2_tokenizer, tmp_path: Path
+) -> None:
+    # The index holds cli.py as it was: a helper above the prompt's window and the rest of the file
+    # below the cursor. The editor sends only the lines just before the cursor.
+    helper = 'def parse_region(cell):\n    """A region code."""\n    return cell.strip().lower()\n'
+    older = helper + "\n\n" + CLI_PREFIX + ")" + CLI_SUFFIX
+    window = "".join(CLI_PREFIX.splitlines(keepends=True)[-4:])
+    tokenizer = smollm2_tokenizer
+    searched = RetrievalIndex.build(repo_records({CLI_PATH: older}), SMALL)
+    context = build_context(searched, window, tokenizer=tokenizer, path=CLI_PATH, max_tokens=4096)
+    own = [block for block in context.split("<filename>")[1:] if block.startswith(f"{CLI_PATH}\n")]
+    assert own, context  # its own earlier version is context ...
+    assert all(block.removeprefix(f"{CLI_PATH}\n").strip() not in window for block in own)  # ... not a copy
+    assert any("billing/invoice.py" in block for block in context.split("<filename>"))  # other files still
+
+    assert SMALL.current_file  # the default; false: other files only, as CrossCodeEval's context
+    other_files = RetrievalIndex.build(repo_records({CLI_PATH: older}), replace(SMALL, current_file=False))
+    alone = build_context(other_files, window, tokenizer=tokenizer, path=CLI_PATH, max_tokens=4096)
+    assert alone and f"<filename>{CLI_PATH}\n" not in alone
+    # The setting travels with the saved index, which serving and evaluation load; an index saved
+    # before there was one searches the current file too.
+    other_files.save(tmp_path / "index")
+    assert RetrievalIndex.load(tmp_path / "index").config.current_file is False
+    manifest_path = tmp_path / "index" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["current_file"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert RetrievalIndex.load(tmp_path / "index").config.current_file is True
+    with pytest.raises(RepotuneError, match="current_file must be true or false"):
+        RetrievalConfig(current_file="no")  # type: ignore[arg-type]
 
 
 def test_fit_context_skips_what_the_prompt_shows_and_overlapping_windows() -> None:

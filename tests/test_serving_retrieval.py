@@ -119,8 +119,11 @@ def test_retrieved_context_reaches_plain_and_fim_prompts_per_request(server, cli
     assert "retrieval" not in (plain.model_extra or {})
     asked = _complete(client, server, prompt=PREFIX, file_path=PATH, retrieval=True)
     sources = asked.model_extra["retrieval"]
-    assert len(sources) == 1 and sources[0] and all(s.startswith("billing/") for s in sources[0])
-    assert any(s.startswith("billing/invoice.py:") for s in sources[0])
+    assert len(sources) == 1 and any(s.startswith("billing/invoice.py:") for s in sources[0])
+    # The indexed version of the file being completed is searched too: its lines below the cursor,
+    # which a plain prompt does not show, are context; what the prompt shows is not.
+    own = [s for s in sources[0] if s.startswith(f"{PATH}:")]
+    assert own == [f"{PATH}:3-6"] and all(s.startswith(("billing/", f"{PATH}:")) for s in sources[0])
 
     # The prompt is the training transform's: context, then the file header, then the prefix (less its
     # trailing space, which the server holds back for the model to write: repotune.serving.healing).
@@ -147,8 +150,9 @@ def test_retrieved_context_reaches_plain_and_fim_prompts_per_request(server, cli
     assert fim.usage.prompt_tokens == len(encode_prompt(tokenizer, with_context))
     assert fim_plain.usage.prompt_tokens == len(encode_prompt(tokenizer, without)) < fim.usage.prompt_tokens
 
-    # The file being completed is never its own context, even without a header to say where it is.
-    assert all(not s.startswith(PATH) for s in fim.model_extra["retrieval"][0])
+    # With the suffix the prompt shows all of the file as indexed: none of it is context again.
+    fim_sources = fim.model_extra["retrieval"][0]
+    assert fim_sources and all(not s.startswith(PATH) for s in fim_sources)
 
 
 @pytest.mark.integration

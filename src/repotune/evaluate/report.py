@@ -423,6 +423,9 @@ def _setting_line(result: EvaluateResult, context: dict[str, Any]) -> str:
     if context.get("index"):
         tokens = context["retrieval_context_tokens"]
         retrieval = f"retrieval: index {context['index']}, up to {tokens} tokens of context"
+        current = context.get("retrieval_current_file")
+        if current is not None:
+            retrieval += " (the file being completed searched too)" if current else " (other files only)"
         found = context.get("samples_with_context")
         if found:
             retrieval += f", found for {found['lines']} lines and {found['fims']} FIM spans"

@@ -386,6 +386,7 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         "index": str(config.index) if config.index is not None else (
             f"built from {CleanLayout(data_dir).train.name}" if index is not None else None),
         "retrieval_context_tokens": budget if index is not None else None,
+        "retrieval_current_file": index.config.current_file if index is not None else None,
         "samples_with_context": found or None,
         "line_repeat_penalty": scoring.line_repeat_penalty,
         "retry_line_above": scoring.retry_line_above,

@@ -39,6 +39,12 @@ class RetrievalConfig:
     """Chunks retrieved per query; fewer reach the prompt when the budget runs out."""
     max_context_tokens: int = 512
     """Budget for the retrieved context in front of a prompt, in tokens of the model's tokenizer."""
+    current_file: bool = True
+    """Whether a search for a completion also looks in the indexed version of the file being completed
+    (its chunks not already in the prompt: what lies above the prompt's window and below the cursor).
+    The editor shows a model only the code near the cursor; the rest of the same file is the likeliest
+    place for the names the next line uses. Training never searches an example's own file (that would
+    be its answer). False: other files only, as CrossCodeEval's cross-file context."""
     embedding_model: str | None = None
     """A local folder of a sentence-transformers model (all-MiniLM-L6-v2, a code embedding model): the
     index also embeds every chunk, ships a copy of the model, and a search fuses the BM25 ranking with
@@ -50,6 +56,8 @@ class RetrievalConfig:
             _check_int(name, getattr(self, name), 1)
         _check_int("suffix_query_lines", self.suffix_query_lines, 0)
         _check_int("max_context_tokens", self.max_context_tokens, 1)
+        if not isinstance(self.current_file, bool):
+            raise RepotuneError(f"retrieval.current_file must be true or false, got {self.current_file!r}")
         if self.stride_lines > self.window_lines:
             raise RepotuneError(
                 f"retrieval.stride_lines ({self.stride_lines}) must not exceed retrieval.window_lines "

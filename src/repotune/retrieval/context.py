@@ -1,9 +1,10 @@
 """Retrieved chunks become the cross-file context in front of a prompt or a training example.
 
-The query is the code just before the cursor (``retrieval_query``); the chunks that best match it,
-from files other than the current one, are rendered with ``repotune.data.transforms.context_text``
-within a token budget, most relevant last. Evaluation and serving call ``build_context``; training
-calls ``TrainingContext``, an index over the training records only.
+The query is the code just before the cursor (``retrieval_query``); the chunks that best match it
+are rendered with ``repotune.data.transforms.context_text`` within a token budget, most relevant
+last. Evaluation and serving call ``build_context``, which also searches the indexed version of the
+file being completed (``RetrievalConfig.current_file``); training calls ``TrainingContext``, an index
+over the training records only, which never searches an example's own file.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def select_context(
     return fit_context(hits, tokenizer, budget, seen=seen)
 
 
+def excluded_path(config: RetrievalConfig, path: str | None) -> str | None:
+    """The file a completion's search leaves out: none where ``config.current_file`` (the indexed
+    version of the file being completed is searched too), else the file at ``path``."""
+    return None if config.current_file else path
+
+
 def build_context(
     index: RetrievalIndex,
     prefix: str,
@@ -90,15 +97,16 @@ def build_context(
     """The cross-file context for completing the file at ``path`` after ``prefix`` (before ``suffix``).
 
     It goes in front of ``code_prompt(prefix, path=path, tokenizer=tokenizer)`` or ``fim_prompt``
-    (their ``context=`` argument). Chunks of ``path`` itself are left out: its own code is the prompt.
-    ``""`` when nothing relevant is found.
+    (their ``context=`` argument). Chunks of ``path`` itself are searched where the index's config
+    says so (``current_file``, the default: a chunk the prompt already shows is skipped), else left
+    out. ``""`` when nothing relevant is found.
     """
     query = retrieval_query(prefix, suffix, index.config)
     hits = select_context(
         index,
         query,
         tokenizer=tokenizer,
-        exclude_path=path,
+        exclude_path=excluded_path(index.config, path),
         seen=prefix + (suffix or ""),
         max_tokens=max_tokens,
         top_k=top_k,

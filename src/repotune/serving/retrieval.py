@@ -2,7 +2,8 @@
 
 A served model folder may carry the index of its repository (``MODEL/retrieval/``,
 ``repotune.retrieval.shipped``). For a text completion (plain or fill-in-the-middle) the chunks that
-best match the code before the cursor, from files other than ``file_path``, are rendered by
+best match the code before the cursor (the indexed version of ``file_path`` included, unless the
+index's ``current_file`` setting is false; what the prompt already shows is skipped) are rendered by
 ``repotune.data.transforms.context_text`` (through ``repotune.retrieval.build_context``) and go in
 front of ``code_prompt`` / ``fim_prompt``, as evaluation's retrieval arms put them. The context gets
 the budget the model was trained with (else the index's), never more than what the context window has
@@ -87,13 +88,15 @@ class ServedRetrieval:
         ``min(budget, room)`` tokens; ``NOTHING`` when that leaves no room or nothing matches."""
         from repotune.data.transforms import context_text
         from repotune.retrieval import retrieval_query, select_context
+        from repotune.retrieval.context import excluded_path
 
         budget = min(self.budget, room)
         if budget <= 0 or not prefix.strip():
             return NOTHING
         query = retrieval_query(prefix, suffix, self.index.config)
         hits = select_context(
-            self.index, query, tokenizer=tokenizer, exclude_path=path, seen=prefix + (suffix or ""),
+            self.index, query, tokenizer=tokenizer, exclude_path=excluded_path(self.index.config, path),
+            seen=prefix + (suffix or ""),
             max_tokens=budget,
         )  # fmt: skip
         if not hits:
