@@ -54,7 +54,7 @@ def fit_context(hits: Sequence[Hit], tokenizer: Any, max_tokens: int, *, seen: s
     ordered = chosen[::-1]
     # Block counts add up to the whole (each block starts with a header), but a tokenizer may merge
     # across a boundary; the whole is what must fit, so drop the least relevant until it does.
-    while ordered and token_count(_render(ordered, tokenizer), tokenizer) > max_tokens:
+    while ordered and token_count(render_hits(ordered, tokenizer), tokenizer) > max_tokens:
         ordered.pop(0)
     return ordered
 
@@ -111,7 +111,7 @@ def build_context(
         max_tokens=max_tokens,
         top_k=top_k,
     )
-    return _render(hits, tokenizer)
+    return render_hits(hits, tokenizer)
 
 
 class TrainingContext:
@@ -157,12 +157,13 @@ class TrainingContext:
         hits = select_context(
             self.index, query, tokenizer=self.tokenizer, exclude_path=record.file_path, seen=seen
         )
-        return _render(hits, self.tokenizer)
+        return render_hits(hits, self.tokenizer)
 
 
 def _overlaps(a: Hit, b: Hit) -> bool:
     return a.path == b.path and a.first_line <= b.last_line and b.first_line <= a.last_line
 
 
-def _render(hits: Sequence[Hit], tokenizer: Any) -> str:
+def render_hits(hits: Sequence[Hit], tokenizer: Any) -> str:
+    """``hits`` as a prompt's context (``context_text``), in the order given."""
     return context_text([(hit.path, hit.text) for hit in hits], tokenizer)

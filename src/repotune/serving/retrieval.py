@@ -86,9 +86,8 @@ class ServedRetrieval:
     ) -> Retrieved:
         """Context for completing ``prefix`` (before ``suffix``) in the file at ``path``, within
         ``min(budget, room)`` tokens; ``NOTHING`` when that leaves no room or nothing matches."""
-        from repotune.data.transforms import context_text
         from repotune.retrieval import retrieval_query, select_context
-        from repotune.retrieval.context import excluded_path
+        from repotune.retrieval.context import excluded_path, render_hits
 
         budget = min(self.budget, room)
         if budget <= 0 or not prefix.strip():
@@ -102,4 +101,4 @@ class ServedRetrieval:
         if not hits:
             return NOTHING
         sources = tuple(f"{hit.path}:{hit.first_line}-{hit.last_line}" for hit in hits)
-        return Retrieved(context_text([(hit.path, hit.text) for hit in hits], tokenizer), sources)
+        return Retrieved(render_hits(hits, tokenizer), sources)
