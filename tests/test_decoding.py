@@ -8,7 +8,7 @@ import pytest
 import torch
 from tests.serving_helpers import make_serving_model
 
-from repotune.decoding import LINE_REPEAT_PENALTY, newline_tokens, penalize_lines, since_newline
+from repotune.decoding import LINE_REPEAT_PENALTY, ban_tokens, newline_tokens, penalize_lines, since_newline
 
 NEWLINES = frozenset({9})
 
@@ -35,6 +35,15 @@ def test_no_penalty_or_nothing_written_returns_the_logits_unchanged() -> None:
     logits = torch.randn((2, 10))
     assert penalize_lines(logits, [[1, 1], [2]], NEWLINES, 0.0) is logits
     assert penalize_lines(logits, [[], [1, 9]], NEWLINES, 1.0) is logits
+
+
+def test_banned_tokens_can_never_be_chosen_and_no_ban_changes_nothing() -> None:
+    logits = torch.tensor([[0.0, 9.0, 1.0, 2.0], [5.0, 0.0, 8.0, 1.0]])
+    banned = ban_tokens(logits, frozenset({1, 2}))
+    assert banned.argmax(dim=-1).tolist() == [3, 0]  # the best token that is not banned
+    assert torch.isneginf(banned[:, [1, 2]]).all() and torch.equal(banned[:, [0, 3]], logits[:, [0, 3]])
+    assert logits[0, 1] == 9.0  # a new tensor: the model's logits are left as they were
+    assert ban_tokens(logits, frozenset()) is logits
 
 
 @pytest.mark.integration

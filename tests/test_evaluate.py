@@ -184,11 +184,12 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
 
 def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: float = 0.0) -> str:
     """The first non-blank line `model.generate` writes for ``prompt`` alone, greedily: the reference
-    evaluation's own decoding must agree with. With ``line_penalty``, through the logits processor
-    ``repotune serve`` decodes with."""
+    evaluation's own decoding must agree with. The training format's tokens suppressed and, with
+    ``line_penalty``, through the logits processor, as ``repotune serve`` decodes."""
     import torch
     from transformers import LogitsProcessorList
 
+    from repotune.data.transforms import format_token_ids
     from repotune.decoding import newline_tokens
     from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
     from repotune.serving.batching import LinePenaltyProcessor
@@ -201,6 +202,7 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
             torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
             logits_processor=LogitsProcessorList([served] if line_penalty else []),
+            suppress_tokens=sorted(format_token_ids(scorer.tokenizer) - set(eos)) or None,
         )  # fmt: skip
     tokens = out[0, len(ids) :].tolist()
     tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]

@@ -1987,6 +1987,55 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
         assert loaded.request(prompt.ids, max_tokens=4, sampling=greedy, before="a = 1\n").line_above == ""
 
 
+@pytest.mark.integration
+def test_the_training_formats_own_tokens_are_never_written_served_or_scored(loaded: RepotuneModel) -> None:
+    from repotune.data.transforms import FIM_FAMILIES, format_token_ids
+    from repotune.evaluate.generate import _eos_ids, complete_lines, greedy_lines, prompt_ids
+
+    model, tokenizer = loaded.loaded.model, loaded.tokenizer
+    fim = [tokenizer.convert_tokens_to_ids(name) for name in FIM_TOKENS]
+    banned = format_token_ids(tokenizer)
+    assert set(fim) <= banned and not banned & set(_eos_ids(model, tokenizer))
+    assert len(banned) == 3  # the tiny tokenizer has no <filename> and no Qwen sentinels
+    assert {name for family in FIM_FAMILIES for name in family.names} >= set(FIM_TOKENS)
+    # A model that would rather write <fim_prefix> than anything else (as a small model given
+    # <filename> blocks of context now and then starts a file header instead of the line).
+    target = fim[0]
+
+    def prefer(_module, _inputs, output):
+        output.logits[..., target] += 100.0
+
+    prompts = ["def add(a, b):", "import os", "x = 1\n"]
+    hook = model.register_forward_hook(prefer)
+    try:
+        free = greedy_lines(
+            model, [prompt_ids(p, tokenizer, 2048)[0] for p in prompts], max_new_tokens=6,
+            eos=_eos_ids(model, tokenizer), pad=0, done=lambda row, tokens: False, prefill_alone=True,
+        )  # fmt: skip
+        assert all(row.tokens == [target] * 6 for row in free)  # the preference holds where nothing is banned
+        scored = complete_lines(model, tokenizer, prompts, batch_size=2, max_new_tokens=6, line_penalty=1.0)
+        assert all(not set(FIM_TOKENS) & set(re.findall(r"<fim_\w+>", c.raw)) for c in scored)
+
+        async def served(prompt: str) -> str:
+            greedy = SamplingParams(0.0, line_penalty=1.0)
+            request = GenerationRequest(encode_prompt(tokenizer, prompt), 6, greedy)
+            return (await loaded.submit(request).result()).text
+
+        answers = [asyncio.run(served(p)) for p in prompts]
+        # What is served is what is scored: the same tokens, none of them a sentinel.
+        assert [a.strip() for a in answers] == [c.text.strip() for c in scored]
+        sampled = GenerationRequest(encode_prompt(tokenizer, "y"), 6, SamplingParams(1.0, seed=3))
+        assert all(token not in banned for token in asyncio.run(_row_tokens(loaded, sampled)))
+    finally:
+        hook.remove()
+
+
+async def _row_tokens(loaded: RepotuneModel, request: GenerationRequest) -> list[int]:
+    handle = loaded.submit(request)
+    await handle.result()
+    return list(handle.row.tokens)
+
+
 def test_a_token_that_writes_part_of_a_character_is_named_by_its_bytes() -> None:
     from transformers import AutoTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode

@@ -83,6 +83,18 @@ def penalize_lines(
     return logits if penalized is None else penalized
 
 
+def ban_tokens(logits: Any, banned: frozenset[int]) -> Any:
+    """``logits`` with the ``banned`` tokens' set to minus infinity, so that neither greedy decoding nor
+    sampling can pick them (``repotune.data.transforms.format_token_ids``); a new tensor, or ``logits``
+    itself when nothing is banned. What transformers' ``suppress_tokens`` does in ``generate``."""
+    if not banned:
+        return logits
+    import torch
+
+    banned_ids = torch.tensor(sorted(banned), dtype=torch.long, device=logits.device)
+    return logits.index_fill(-1, banned_ids, float("-inf"))
+
+
 # Writing the line above again. Greedy decoding of small code models copies the line above the cursor
 # (2.5 to 4% of the demo's held-out lines at 200 samples, verbatim or one word off: an import line, a
 # ``print``, an item of a list), mostly where the line to write starts like it (``from x import b``

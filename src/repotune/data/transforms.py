@@ -168,6 +168,21 @@ def has_fim_tokens(tokenizer: Any) -> bool:
     return any(all(_is_single_token(tokenizer, token) for token in family.names) for family in FIM_FAMILIES)
 
 
+def format_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the training format's own tokens that ``tokenizer`` reads as one token: the file header's
+    ``<filename>`` and the FIM sentinels of every family in ``FIM_FAMILIES``.
+
+    They frame a prompt (retrieved context is ``<filename>`` blocks, a FIM prompt is sentinels); none
+    is ever part of the code a completion writes, so evaluation and serving never decode them. Left
+    free, a model given ``<filename>`` blocks in front of its prompt now and then answers with
+    ``<filename>`` and a path instead of the line (issue 15's format check counted them).
+    """
+    names = [FILENAME_TOKEN, *(name for family in FIM_FAMILIES for name in family.names)]
+    return frozenset(
+        tokenizer.convert_tokens_to_ids(name) for name in names if _is_single_token(tokenizer, name)
+    )
+
+
 def _special_texts(tokenizer: Any) -> list[str]:
     """The strings ``tokenizer`` reads as one special token, longest first."""
     decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}

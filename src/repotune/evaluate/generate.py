@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
+from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header, format_token_ids
 from repotune.decoding import (
     RETRIES,
     answer_span,
+    ban_tokens,
     chosen_logprobs,
     decoded_ends,
     least_certain,
@@ -253,6 +254,7 @@ def complete_lines(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
+    banned = format_token_ids(tokenizer) - set(eos)
 
     def decode(jobs: Sequence[tuple[int, Written | None]]) -> list[Written]:
         """One batch: each job's prompt, ``(index, begun)``, is prompt ``index`` with ``begun`` written."""
@@ -265,6 +267,7 @@ def complete_lines(
             model, [encoded[index][0] + (begun.tokens if begun else []) for index, begun in jobs],
             max_new_tokens=max_new_tokens, eos=eos, pad=pad, done=done, prefill_alone=alone,
             line_penalty=line_penalty, newlines=newlines, prefixes=prefixes, begun=[b for _, b in jobs],
+            banned=banned,
         )  # fmt: skip
 
     def answer(index: int, row: Written, retried: bool = False) -> Completion:
@@ -339,6 +342,7 @@ def greedy_lines(
     newlines: frozenset[int] = frozenset(),
     prefixes: PrefixCache | None = None,
     begun: Sequence[Written | None] | None = None,
+    banned: frozenset[int] = frozenset(),
 ) -> list[Written]:
     """Greedy decoding of a batch of token-id prompts; each row's tokens, ending at its first end of
     sequence, or once ``done(row, tokens)`` says so, or once it holds ``max_new_tokens``.
@@ -346,6 +350,8 @@ def greedy_lines(
     token in ``newlines`` (``repotune.decoding``). ``begun``: what each row's completion already
     holds (None: nothing), the last tokens of its prompt (a line decoded again, ``complete_lines``):
     they count for the penalty, ``done`` and ``max_new_tokens``, and start the row's ``Written``.
+    ``banned``: tokens never written (``ban_tokens``; ``complete_lines`` bans the training format's own,
+    ``format_token_ids``), as ``repotune serve`` bans them.
 
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,
@@ -411,6 +417,7 @@ def greedy_lines(
                             use_cache=True, **{option: cache}, **last_only)  # fmt: skip
             scores = out.logits[:, -1, :]
         scores = penalize_lines(scores, [rows[row].tokens for row in live], newlines, line_penalty)
+        scores = ban_tokens(scores, banned)
         following = scores.argmax(dim=-1)
         margins, runners = runner_up(scores, following, stops)
         chosen = chosen_logprobs(scores, following)

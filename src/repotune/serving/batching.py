@@ -41,6 +41,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from repotune.data.transforms import format_token_ids
 from repotune.decoding import (
     answer_span,
     chosen_logprobs,
@@ -790,6 +791,9 @@ class Batcher:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.eos_ids = frozenset(eos_ids)
+        # Never decoded: the training format's own tokens (``<filename>``, FIM sentinels), as evaluation
+        # scores (``repotune.evaluate.generate.greedy_lines``).
+        self.banned = sorted(format_token_ids(tokenizer) - self.eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
@@ -978,6 +982,8 @@ class Batcher:
             }
             if sampling.seed is not None and fresh:  # a batch of resumed rows goes on with the generator
                 torch.manual_seed(sampling.seed)
+        if self.banned:
+            kwargs["suppress_tokens"] = self.banned
         processors: list[Any] = []
         # A row that gave way wrote its held-back text before (``_RowStopper``); one set back to decode its
         # first line again may have to finish writing it.
