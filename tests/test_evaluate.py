@@ -189,7 +189,7 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
     import torch
     from transformers import LogitsProcessorList
 
-    from repotune.data.transforms import format_token_ids
+    from repotune.data.transforms import banned_token_ids
     from repotune.decoding import newline_tokens
     from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
     from repotune.serving.batching import LinePenaltyProcessor
@@ -202,7 +202,7 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
             torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
             logits_processor=LogitsProcessorList([served] if line_penalty else []),
-            suppress_tokens=sorted(format_token_ids(scorer.tokenizer) - set(eos)) or None,
+            suppress_tokens=sorted(banned_token_ids(scorer.tokenizer) - set(eos)) or None,
         )  # fmt: skip
     tokens = out[0, len(ids) :].tolist()
     tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]

@@ -15,6 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -1988,52 +1989,66 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
 
 
 @pytest.mark.integration
-def test_the_training_formats_own_tokens_are_never_written_served_or_scored(loaded: RepotuneModel) -> None:
-    from repotune.data.transforms import FIM_FAMILIES, format_token_ids
+def test_a_file_header_is_never_written_served_or_scored(loaded: RepotuneModel, tmp_path: Path) -> None:
+    from repotune.data.transforms import FILENAME_TOKEN, banned_token_ids
     from repotune.evaluate.generate import _eos_ids, complete_lines, greedy_lines, prompt_ids
 
-    model, tokenizer = loaded.loaded.model, loaded.tokenizer
-    fim = [tokenizer.convert_tokens_to_ids(name) for name in FIM_TOKENS]
-    banned = format_token_ids(tokenizer)
-    assert set(fim) <= banned and not banned & set(_eos_ids(model, tokenizer))
-    assert len(banned) == 3  # the tiny tokenizer has no <filename> and no Qwen sentinels
-    assert {name for family in FIM_FAMILIES for name in family.names} >= set(FIM_TOKENS)
-    # A model that would rather write <fim_prefix> than anything else (as a small model given
-    # <filename> blocks of context now and then starts a file header instead of the line).
-    target = fim[0]
-
-    def prefer(_module, _inputs, output):
-        output.logits[..., target] += 100.0
-
+    assert banned_token_ids(loaded.tokenizer) == frozenset()  # no <filename> token: nothing banned
+    served_model = RepotuneModel(
+        "header", make_serving_model(tmp_path / "header", header=True), settings=loaded.settings
+    )
+    served_model.load()
+    model, tokenizer = served_model.loaded.model, served_model.tokenizer
+    # Evaluation stops where the server does (the server also stops at the chat template's <|im_end|>,
+    # which this tiny model's generation config does not name).
+    model.generation_config.eos_token_id = sorted(served_model.batcher.eos_ids)
+    header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
+    eos = _eos_ids(model, tokenizer)
+    assert banned_token_ids(tokenizer) == {header} and header not in eos
     prompts = ["def add(a, b):", "import os", "x = 1\n"]
-    hook = model.register_forward_hook(prefer)
+
+    def preferring(token: int) -> Any:
+        """A model that would rather write ``token`` than anything else, as a small model given
+        <filename> blocks of context now and then starts a file header instead of the line."""
+
+        def prefer(_module: Any, _inputs: Any, output: Any) -> None:
+            output.logits[..., token] += 100.0
+
+        return model.register_forward_hook(prefer)
+
+    async def served(request: GenerationRequest) -> tuple[str, list[int]]:
+        handle = served_model.submit(request)
+        return (await handle.result()).text, list(handle.row.tokens)
+
+    greedy = SamplingParams(0.0, line_penalty=1.0)
+    hook = preferring(header)
     try:
         free = greedy_lines(
-            model, [prompt_ids(p, tokenizer, 2048)[0] for p in prompts], max_new_tokens=6,
-            eos=_eos_ids(model, tokenizer), pad=0, done=lambda row, tokens: False, prefill_alone=True,
+            model, [prompt_ids(p, tokenizer, 2048)[0] for p in prompts], max_new_tokens=6, eos=eos, pad=0,
+            done=lambda row, tokens: False, prefill_alone=True,
         )  # fmt: skip
-        assert all(row.tokens == [target] * 6 for row in free)  # the preference holds where nothing is banned
+        assert all(row.tokens == [header] * 6 for row in free)  # the preference holds where nothing is banned
         scored = complete_lines(model, tokenizer, prompts, batch_size=2, max_new_tokens=6, line_penalty=1.0)
-        assert all(not set(FIM_TOKENS) & set(re.findall(r"<fim_\w+>", c.raw)) for c in scored)
-
-        async def served(prompt: str) -> str:
-            greedy = SamplingParams(0.0, line_penalty=1.0)
-            request = GenerationRequest(encode_prompt(tokenizer, prompt), 6, greedy)
-            return (await loaded.submit(request).result()).text
-
-        answers = [asyncio.run(served(p)) for p in prompts]
-        # What is served is what is scored: the same tokens, none of them a sentinel.
-        assert [a.strip() for a in answers] == [c.text.strip() for c in scored]
+        assert all(FILENAME_TOKEN not in c.raw for c in scored)
+        answers = [
+            asyncio.run(served(GenerationRequest(encode_prompt(tokenizer, p), 6, greedy))) for p in prompts
+        ]
+        # What is served is what is scored, and no token of it is the header, sampled or not.
+        assert [text.strip() for text, _ in answers] == [c.text.strip() for c in scored]
+        assert all(header not in tokens for _, tokens in answers)
         sampled = GenerationRequest(encode_prompt(tokenizer, "y"), 6, SamplingParams(1.0, seed=3))
-        assert all(token not in banned for token in asyncio.run(_row_tokens(loaded, sampled)))
+        assert header not in asyncio.run(served(sampled))[1]
     finally:
         hook.remove()
-
-
-async def _row_tokens(loaded: RepotuneModel, request: GenerationRequest) -> list[int]:
-    handle = loaded.submit(request)
-    await handle.result()
-    return list(handle.row.tokens)
+    # The FIM sentinels stay free: a model that prefers one writes it (decoding drops it from the text).
+    fim = tokenizer.convert_tokens_to_ids(FIM_TOKENS[0])
+    hook = preferring(fim)
+    try:
+        scored = complete_lines(model, tokenizer, prompts[:1], batch_size=1, max_new_tokens=6)
+        assert scored[0].raw.startswith(FIM_TOKENS[0]) and FIM_TOKENS[0] not in scored[0].text
+    finally:
+        hook.remove()
+        served_model.stop()
 
 
 def test_a_token_that_writes_part_of_a_character_is_named_by_its_bytes() -> None:

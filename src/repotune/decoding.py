@@ -85,7 +85,7 @@ def penalize_lines(
 
 def ban_tokens(logits: Any, banned: frozenset[int]) -> Any:
     """``logits`` with the ``banned`` tokens' set to minus infinity, so that neither greedy decoding nor
-    sampling can pick them (``repotune.data.transforms.format_token_ids``); a new tensor, or ``logits``
+    sampling can pick them (``repotune.data.transforms.banned_token_ids``); a new tensor, or ``logits``
     itself when nothing is banned. What transformers' ``suppress_tokens`` does in ``generate``."""
     if not banned:
         return logits

@@ -168,18 +168,20 @@ def has_fim_tokens(tokenizer: Any) -> bool:
     return any(all(_is_single_token(tokenizer, token) for token in family.names) for family in FIM_FAMILIES)
 
 
-def format_token_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of the training format's own tokens that ``tokenizer`` reads as one token: the file header's
-    ``<filename>`` and the FIM sentinels of every family in ``FIM_FAMILIES``.
+def banned_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids a completion never decodes: the file header's ``<filename>``, where ``tokenizer`` reads it
+    as one token (empty otherwise).
 
-    They frame a prompt (retrieved context is ``<filename>`` blocks, a FIM prompt is sentinels); none
-    is ever part of the code a completion writes, so evaluation and serving never decode them. Left
-    free, a model given ``<filename>`` blocks in front of its prompt now and then answers with
-    ``<filename>`` and a path instead of the line (issue 15's format check counted them).
+    Retrieved context is ``<filename>`` blocks in front of the prompt, and a small model given them now
+    and then answers a line with ``<filename>`` and a path: a header, never code (issue 15's format
+    check counts it). The FIM sentinels are left free: they never reach an answer's text (decoding skips
+    special tokens), and banning them too changed 11 more of the candidate + retrieval arm's 200 answers
+    on itsdangerous, for the worse (-1.4% line edit similarity, paired interval -2.7% to -0.1%).
     """
-    names = [FILENAME_TOKEN, *(name for family in FIM_FAMILIES for name in family.names)]
     return frozenset(
-        tokenizer.convert_tokens_to_ids(name) for name in names if _is_single_token(tokenizer, name)
+        {tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)}
+        if _is_single_token(tokenizer, FILENAME_TOKEN)
+        else ()
     )
 
 

@@ -33,7 +33,7 @@ FORMAT_VERSION = 5
 2: perplexity reads a sentinel written in a file as text (``generate.tokenized``). 3: each line
 completion's confidence is saved beside its scores (``score.CONFIDENCE``). 4: the retrieval arms'
 search takes in the file being completed (``RetrievalConfig.current_file``). 5: completions never
-decode the training format's own tokens (``transforms.format_token_ids``)."""
+decode the file header's token (``transforms.banned_token_ids``)."""
 SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
 """Scoring settings that change how fast, never what is scored (batched answers equal one-at-a-time
 ones: tests/test_evaluate.py), so they are not part of the key."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header, format_token_ids
+from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, banned_token_ids, encode, file_header
 from repotune.decoding import (
     RETRIES,
     answer_span,
@@ -254,7 +254,7 @@ def complete_lines(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
-    banned = format_token_ids(tokenizer) - set(eos)
+    banned = banned_token_ids(tokenizer) - set(eos)
 
     def decode(jobs: Sequence[tuple[int, Written | None]]) -> list[Written]:
         """One batch: each job's prompt, ``(index, begun)``, is prompt ``index`` with ``begun`` written."""
@@ -350,8 +350,8 @@ def greedy_lines(
     token in ``newlines`` (``repotune.decoding``). ``begun``: what each row's completion already
     holds (None: nothing), the last tokens of its prompt (a line decoded again, ``complete_lines``):
     they count for the penalty, ``done`` and ``max_new_tokens``, and start the row's ``Written``.
-    ``banned``: tokens never written (``ban_tokens``; ``complete_lines`` bans the training format's own,
-    ``format_token_ids``), as ``repotune serve`` bans them.
+    ``banned``: tokens never written (``ban_tokens``; ``complete_lines`` bans the file header's,
+    ``banned_token_ids``), as ``repotune serve`` bans them.
 
     What ``model.generate`` does greedily, with two savings where a CPU's arithmetic is the limit. The
     prompts are read (the prefill, most of evaluation's time) one at a time when ``prefill_alone``,

@@ -41,7 +41,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from repotune.data.transforms import format_token_ids
+from repotune.data.transforms import banned_token_ids
 from repotune.decoding import (
     answer_span,
     chosen_logprobs,
@@ -791,9 +791,9 @@ class Batcher:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.eos_ids = frozenset(eos_ids)
-        # Never decoded: the training format's own tokens (``<filename>``, FIM sentinels), as evaluation
-        # scores (``repotune.evaluate.generate.greedy_lines``).
-        self.banned = sorted(format_token_ids(tokenizer) - self.eos_ids)
+        # Never decoded: the file header's token (``<filename>``), as evaluation scores
+        # (``repotune.evaluate.generate.greedy_lines``).
+        self.banned = sorted(banned_token_ids(tokenizer) - self.eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name
