@@ -173,10 +173,11 @@ def banned_token_ids(tokenizer: Any) -> frozenset[int]:
     as one token (empty otherwise).
 
     Retrieved context is ``<filename>`` blocks in front of the prompt, and a small model given them now
-    and then answers a line with ``<filename>`` and a path: a header, never code (issue 15's format
-    check counts it). The FIM sentinels are left free: they never reach an answer's text (decoding skips
-    special tokens), and banning them too changed 11 more of the candidate + retrieval arm's 200 answers
-    on itsdangerous, for the worse (-1.4% line edit similarity, paired interval -2.7% to -0.1%).
+    and then starts a file of its own: it answers a line with ``<filename>`` and a path (a header, never
+    code; issue 15's format check counts it), or writes the header where it finishes the line before
+    the cursor and answers with the first line of the file it made up. The FIM sentinels are left free:
+    decoding drops them from an answer's text, and banning them too changed no answer on the quality
+    benchmark's itsdangerous (200 lines).
     """
     return frozenset(
         {tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)}
