@@ -184,7 +184,7 @@ def test_four_arms_answer_the_same_samples_and_the_reports_show_them(
 
 def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: float = 0.0) -> str:
     """The first non-blank line `model.generate` writes for ``prompt`` alone, greedily: the reference
-    evaluation's own decoding must agree with. The training format's tokens suppressed and, with
+    evaluation's own decoding must agree with. The file header's token suppressed and, with
     ``line_penalty``, through the logits processor, as ``repotune serve`` decodes."""
     import torch
     from transformers import LogitsProcessorList

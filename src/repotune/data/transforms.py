@@ -175,9 +175,9 @@ def banned_token_ids(tokenizer: Any) -> frozenset[int]:
     Retrieved context is ``<filename>`` blocks in front of the prompt, and a small model given them now
     and then starts a file of its own: it answers a line with ``<filename>`` and a path (a header, never
     code; issue 15's format check counts it), or writes the header before its answer's line and
-    answers with a line of the file it made up. The FIM sentinels are left free:
-    decoding drops them from an answer's text, and banning them too changed no answer on the quality
-    benchmark's itsdangerous (200 lines).
+    answers with a line of the file it made up. The FIM sentinels are left free: decoding drops them
+    from an answer's text, and banning them too changed no answer on the quality benchmark's
+    itsdangerous (200 lines).
     """
     return frozenset(
         {tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)}

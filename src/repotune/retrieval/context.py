@@ -78,10 +78,27 @@ def select_context(
     return fit_context(hits, tokenizer, budget, seen=seen)
 
 
-def excluded_path(config: RetrievalConfig, path: str | None) -> str | None:
-    """The file a completion's search leaves out: none where ``config.current_file`` (the indexed
-    version of the file being completed is searched too), else the file at ``path``."""
-    return None if config.current_file else path
+def completion_hits(
+    index: RetrievalIndex,
+    prefix: str,
+    *,
+    tokenizer: Any,
+    path: str | None = None,
+    suffix: str | None = None,
+    max_tokens: int | None = None,
+    top_k: int | None = None,
+) -> list[Hit]:
+    """The chunks ``build_context`` renders, in prompt order (best last): serving reports where they
+    came from. The file at ``path`` is searched too where ``index.config.current_file`` says so."""
+    return select_context(
+        index,
+        retrieval_query(prefix, suffix, index.config),
+        tokenizer=tokenizer,
+        exclude_path=None if index.config.current_file else path,
+        seen=prefix + (suffix or ""),
+        max_tokens=max_tokens,
+        top_k=top_k,
+    )
 
 
 def build_context(
@@ -101,15 +118,8 @@ def build_context(
     says so (``current_file``, the default: a chunk the prompt already shows is skipped), else left
     out. ``""`` when nothing relevant is found.
     """
-    query = retrieval_query(prefix, suffix, index.config)
-    hits = select_context(
-        index,
-        query,
-        tokenizer=tokenizer,
-        exclude_path=excluded_path(index.config, path),
-        seen=prefix + (suffix or ""),
-        max_tokens=max_tokens,
-        top_k=top_k,
+    hits = completion_hits(
+        index, prefix, tokenizer=tokenizer, path=path, suffix=suffix, max_tokens=max_tokens, top_k=top_k
     )
     return render_hits(hits, tokenizer)
 

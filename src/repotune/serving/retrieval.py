@@ -86,18 +86,14 @@ class ServedRetrieval:
     ) -> Retrieved:
         """Context for completing ``prefix`` (before ``suffix``) in the file at ``path``, within
         ``min(budget, room)`` tokens; ``NOTHING`` when that leaves no room or nothing matches."""
-        from repotune.retrieval import retrieval_query, select_context
-        from repotune.retrieval.context import excluded_path, render_hits
+        from repotune.retrieval.context import completion_hits, render_hits
 
         budget = min(self.budget, room)
         if budget <= 0 or not prefix.strip():
             return NOTHING
-        query = retrieval_query(prefix, suffix, self.index.config)
-        hits = select_context(
-            self.index, query, tokenizer=tokenizer, exclude_path=excluded_path(self.index.config, path),
-            seen=prefix + (suffix or ""),
-            max_tokens=budget,
-        )  # fmt: skip
+        hits = completion_hits(
+            self.index, prefix, tokenizer=tokenizer, path=path, suffix=suffix, max_tokens=budget
+        )
         if not hits:
             return NOTHING
         sources = tuple(f"{hit.path}:{hit.first_line}-{hit.last_line}" for hit in hits)
