@@ -86,8 +86,7 @@ def load_baseline(folder: Path) -> tuple[Any, str]:
     import torch
     from transformers import LogitsProcessorList
 
-    from repotune.decoding import newline_tokens
-    from repotune.serving.batching import LinePenaltyProcessor
+    from repotune.decoding import LinePenaltyProcessor, newline_tokens
     from repotune.serving.loading import load_model
     from repotune.serving.model import encode_prompt
     from repotune.serving.settings import ServeSettings

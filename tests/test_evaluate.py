@@ -190,9 +190,8 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
     from transformers import LogitsProcessorList
 
     from repotune.data.transforms import banned_token_ids
-    from repotune.decoding import newline_tokens
+    from repotune.decoding import LinePenaltyProcessor, newline_tokens
     from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
-    from repotune.serving.batching import LinePenaltyProcessor
 
     ids, after_newline = prompt_ids(prompt, scorer.tokenizer, 2048)
     eos = _eos_ids(scorer.model, scorer.tokenizer)

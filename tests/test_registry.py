@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow.artifacts
 import pytest
@@ -276,23 +277,27 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A logged model (the pyfunc flavor over the model folder) registered and promoted: MLflow's own
-    `models:/NAME@champion` loads and completes text, and KServe's S3 folder holds the model files."""
+    `models:/NAME@champion` loads and completes text as evaluation scores it (the file header's token
+    never written, the line repeat penalty it was logged with), and KServe's S3 folder holds the
+    model files."""
     import mlflow.pyfunc
-    import torch
     from tests.serving_helpers import make_serving_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from repotune.data.transforms import FILENAME_TOKEN, banned_token_ids, encode_prompt
+    from repotune.decoding import newline_tokens
     from repotune.deploy.uris import resolve_model_uri
+    from repotune.evaluate.generate import _eos_ids, greedy_lines
     from repotune.evaluate.registry import WEIGHTS_PATH_TAG
 
     url = servers.mlflow_url
-    folder = make_serving_model(tmp_path / "model", fim=False)
+    folder = make_serving_model(tmp_path / "model", fim=False, header=True)
     (folder / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (folder / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"\x00" * 64)
     tracker = MlflowTracker(url, "repotune-registry-tests")
     with tracker.start_run("evaluate") as run_id:
         tracker.log_metrics({"candidate.perplexity": 8.0})
-        model_id = tracker.log_model(folder, exclude=("checkpoints",))
+        model_id = tracker.log_model(folder, exclude=("checkpoints",), line_repeat_penalty=1.5)
     assert model_id is not None and run_id is not None
     registry = Registry(url, "repotune-flavor")
     version = registry.register_candidate(run_id, "model", provenance(1), metrics=metrics(8.0))
@@ -312,21 +317,47 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     assert {m.key: m.value for m in logged.metrics or []} == {"candidate.perplexity": 8.0}
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    loaded = mlflow.pyfunc.load_model("models:/repotune-flavor@champion")
-    prompts = ["def add(a, b):", "class Greeter:"]
-    completions = loaded.predict(prompts, params={"max_tokens": 6})
-    # The same greedy completion as transformers gives on the original folder: the real model ran.
+    # repotune's decoding code went with the model, so an environment without repotune can load it
+    stored = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "mlm")))
+    assert (stored / "code" / "repotune" / "decoding.py").is_file()
+    assert not list((stored / "code").rglob("__pycache__"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    for prompt, completion in zip(prompts, completions, strict=True):
-        encoded = tokenizer(prompt, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(
-                **encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id
-            )
-        expected = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        assert completion == expected and expected
-    assert len(loaded.predict(["x = "], params={"max_tokens": 2})) == 1
+    header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
+    reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+    eos = _eos_ids(reference, tokenizer)
+    prompts = ["def add(a, b):", "class Greeter:", "x = "]
+
+    def preferring_the_header(model: Any) -> Any:
+        """As a small model given <filename> blocks of context now and then starts a file header."""
+
+        def prefer(_module: Any, _inputs: Any, output: Any) -> None:
+            output.logits[..., header] += 100.0
+
+        return model.register_forward_hook(prefer)
+
+    def scored(line_penalty: float) -> list[str]:
+        """Evaluation's own greedy decoding (not `generate`) of the prompts, as text."""
+        rows = greedy_lines(
+            reference, [encode_prompt(tokenizer, p) for p in prompts], max_new_tokens=8, eos=eos, pad=eos[0],
+            done=lambda row, tokens: False, prefill_alone=True, line_penalty=line_penalty,
+            newlines=newline_tokens(tokenizer), banned=banned_token_ids(tokenizer) - set(eos),
+        )  # fmt: skip
+        assert all(header not in row.tokens for row in rows)
+        return [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+
+    hooks = [preferring_the_header(reference)]
+    try:
+        expected = {penalty: scored(penalty) for penalty in (1.5, 0.0)}
+        assert expected[1.5] != expected[0.0] and all(expected[1.5])  # the penalty changes what is written
+        for config, penalty in ((None, 1.5), ({"line_repeat_penalty": 0}, 0.0)):
+            loaded = mlflow.pyfunc.load_model("models:/repotune-flavor@champion", model_config=config)
+            hooks.append(preferring_the_header(loaded.unwrap_python_model().model))
+            assert loaded.predict(prompts, params={"max_tokens": 8}) == expected[penalty], penalty
+        sampled = loaded.predict(["y"], params={"max_tokens": 8, "temperature": 1.0})
+        assert len(sampled) == 1 and sampled[0]  # sampling never picks the header either
+    finally:
+        for hook in hooks:
+            hook.remove()
 
     # What evaluation scores and KServe deploys: the plain Hugging Face folder, without checkpoints.
     local = registry.download(version, tmp_path / "dl")

@@ -83,6 +83,18 @@ def penalize_lines(
     return logits if penalized is None else penalized
 
 
+class LinePenaltyProcessor:
+    """A transformers ``LogitsProcessor`` for the line repeat penalty (``penalize_lines``), row by
+    row: a row's completion is its tokens from column ``starts[row]`` on."""
+
+    def __init__(self, penalties: Sequence[float], starts: Sequence[int], newlines: frozenset[int]) -> None:
+        self.penalties, self.starts, self.newlines = list(penalties), list(starts), newlines
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        written = [ids[start:] for ids, start in zip(input_ids.tolist(), self.starts, strict=True)]
+        return penalize_lines(scores, written, self.newlines, self.penalties)
+
+
 def ban_tokens(logits: Any, banned: frozenset[int]) -> Any:
     """``logits`` with the ``banned`` tokens' set to minus infinity, so that neither greedy decoding nor
     sampling can pick them (``repotune.data.transforms.banned_token_ids``); a new tensor, or ``logits``

@@ -1,10 +1,15 @@
 """The MLflow ``pyfunc`` face of a repotune model: text completions from its merged model folder.
 
 ``tracking.MlflowTracker.log_model`` logs this file as an MLflow "model from code": MLflow copies the
-file into the logged model and runs it when the model is loaded, so loading needs mlflow, torch and
-transformers but not repotune. The model folder (config.json, safetensors, tokenizer, and the LoRA
-adapter in ``adapter/``) travels as the pyfunc artifact ``model``; KServe's Hugging Face runtime deploys
-that same folder. Once registered::
+file into the logged model and runs it when the model is loaded. The model folder (config.json,
+safetensors, tokenizer, and the LoRA adapter in ``adapter/``) travels as the pyfunc artifact ``model``;
+KServe's Hugging Face runtime deploys that same folder. repotune's own code travels too (the model's
+``code_paths``), so that this face decodes as the evaluate stage scored and ``repotune serve`` serves:
+prompts tokenized as training text was, the file header's token never written, and the line repeat
+penalty the model was scored with (the logged ``model_config``; ``mlflow.pyfunc.load_model(uri,
+model_config={"line_repeat_penalty": 0})`` turns it off). Loading needs mlflow, torch, transformers and
+rapidfuzz, not an installed repotune. What it does not do is the server's: no retrieved context, no
+healing of a prompt's trailing whitespace. Once registered::
 
     model = mlflow.pyfunc.load_model("models:/repotune@champion")
     model.predict(["def add(a, b):"], params={"max_tokens": 32})  # -> ["\\n    return a + b", ...]
@@ -27,7 +32,7 @@ ARTIFACT = "model"
 """The pyfunc artifact that holds the Hugging Face model folder."""
 MAX_TOKENS = 64
 """New tokens per completion when ``max_tokens`` is not given (the logged signature's default is the same,
-``repotune.tracking.MAX_NEW_TOKENS``; this file cannot import repotune)."""
+``repotune.tracking.MAX_NEW_TOKENS``; this file imports repotune only when the model loads)."""
 
 
 class CompletionModel(PythonModel):
@@ -43,15 +48,28 @@ class CompletionModel(PythonModel):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from repotune.data.transforms import banned_token_ids
+        from repotune.decoding import check_line_penalty, newline_tokens
+
         folder = context.artifacts[ARTIFACT]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
+        self.line_penalty = (context.model_config or {}).get("line_repeat_penalty", 0.0)
+        check_line_penalty(self.line_penalty)
+        self.newlines = newline_tokens(self.tokenizer) if self.line_penalty else frozenset()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        self.banned = sorted(banned_token_ids(self.tokenizer) - eos_ids)
 
     # No type hints here: MLflow reads them as the model's input schema, and the logged signature
     # (prompts in, completions out, max_tokens and temperature) is the schema.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
+        from transformers import LogitsProcessorList
+
+        from repotune.data.transforms import encode_prompt
+        from repotune.decoding import LinePenaltyProcessor
 
         params = params or {}
         max_tokens = int(params.get("max_tokens") or MAX_TOKENS)
@@ -59,20 +77,32 @@ class CompletionModel(PythonModel):
         # The signature's one unnamed string column arrives as the first column of a DataFrame.
         prompts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
         pad = self.tokenizer.pad_token_id
-        sampling = (
-            {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        options: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0}
+            if temperature > 0
+            else {"do_sample": False}
         )
+        if self.banned:
+            options["suppress_tokens"] = self.banned
         completions = []
         for prompt in prompts:
-            encoded = self.tokenizer(str(prompt), return_tensors="pt").to(self.device)
+            ids = encode_prompt(self.tokenizer, str(prompt))
+            encoded = torch.tensor([ids], device=self.device)
+            processors = (
+                [LinePenaltyProcessor([self.line_penalty], [len(ids)], self.newlines)]
+                if self.line_penalty
+                else []
+            )
             with torch.inference_mode():
                 output = self.model.generate(
-                    **encoded,
+                    encoded,
+                    attention_mask=torch.ones_like(encoded),
                     max_new_tokens=max_tokens,
                     pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
-                    **sampling,
+                    logits_processor=LogitsProcessorList(processors),
+                    **options,
                 )
-            new_tokens = output[0, encoded["input_ids"].shape[1] :]
+            new_tokens = output[0, len(ids) :]
             completions.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
         return completions
 

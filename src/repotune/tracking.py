@@ -38,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from repotune.decoding import LINE_REPEAT_PENALTY, check_line_penalty
 from repotune.errors import RepotuneError
 
 log = logging.getLogger("repotune.tracking")
@@ -90,9 +91,10 @@ WEIGHTS_PATH_TAG = "repotune.weights_path"
 MODEL_ARTIFACT = "model"
 """The pyfunc artifact name, and so the folder name, of the model files (``artifacts/model``)."""
 WEIGHTS_PATH = f"artifacts/{MODEL_ARTIFACT}"
-# What the MLflow model needs to load and serve; pinned to what logged it, so `mlflow models serve`
-# builds the same environment. Local version labels (torch's "+cpu") are not on PyPI: dropped.
-MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors")
+# What the MLflow model needs to load and serve (rapidfuzz for repotune.decoding, which goes with it);
+# pinned to what logged it, so `mlflow models serve` builds the same environment. Local version labels
+# (torch's "+cpu") are not on PyPI: dropped.
+MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "rapidfuzz")
 MAX_NEW_TOKENS = 64
 """Default ``max_tokens`` of the pyfunc model's signature (``repotune.pyfunc_model.MAX_TOKENS`` too)."""
 
@@ -143,9 +145,12 @@ class Tracker(Protocol):
         role: ``training`` or ``evaluation``."""
         ...
 
-    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
+    def log_model(
+        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+    ) -> str | None:
         """Log the Hugging Face model ``folder`` (minus the glob patterns ``exclude``) as an MLflow model
-        of this run that ``mlflow.pyfunc.load_model`` loads; return its model id (None when not logged)."""
+        of this run that ``mlflow.pyfunc.load_model`` loads, decoding with ``line_repeat_penalty`` (the
+        one it was scored with); return its model id (None when not logged)."""
         ...
 
 
@@ -178,7 +183,9 @@ class NullTracker:
     def log_dataset(self, dataset: DatasetInfo, context: str) -> None:
         return None
 
-    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
+    def log_model(
+        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+    ) -> str | None:
         return None
 
 
@@ -363,23 +370,28 @@ class MlflowTracker:
 
         self._guard(f"logging dataset {dataset.name}", send)
 
-    def log_model(self, folder: Path, *, exclude: tuple[str, ...] = ()) -> str | None:
+    def log_model(
+        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+    ) -> str | None:
         """The MLflow 3 logged-model path of ``mlflow.pyfunc.log_model``, through this tracker's client
         rather than MLflow's process-global run: create the logged model as an output of the run, save
         the pyfunc model locally, upload it, mark it ready. Costs one local copy of ``folder`` (MLflow
-        copies pyfunc artifacts) for the length of the upload."""
+        copies pyfunc artifacts) for the length of the upload. repotune's own code goes with it
+        (``code_paths``), with ``line_repeat_penalty`` as its ``model_config``: ``repotune.pyfunc_model``
+        decodes with them."""
+        check_line_penalty(line_repeat_penalty)
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no Hugging Face model (config.json)")
         model_id: list[str] = []
 
         def send() -> None:
-            model_id.append(self._log_model(folder, exclude))
+            model_id.append(self._log_model(folder, exclude, line_repeat_penalty))
 
         self._guard(f"logging the model {folder}", send)
         return model_id[0] if model_id else None
 
-    def _log_model(self, folder: Path, exclude: tuple[str, ...]) -> str:
+    def _log_model(self, folder: Path, exclude: tuple[str, ...], line_repeat_penalty: float) -> str:
         import mlflow.pyfunc
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
         from mlflow.models import Model
@@ -413,11 +425,15 @@ class MlflowTracker:
                     "ignore", message=r".*input example was not provided", category=UserWarning
                 )
                 files = _linked_tree(folder, Path(tmp) / MODEL_ARTIFACT, exclude)
+                code = Path(tmp) / "code" / "repotune"
+                shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
                 local = Path(tmp) / "mlflow-model"
                 mlflow.pyfunc.save_model(
                     str(local),
                     python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                     artifacts={MODEL_ARTIFACT: str(files)},
+                    code_paths=[str(code)],
+                    model_config={"line_repeat_penalty": line_repeat_penalty},
                     signature=completion_signature(),
                     pip_requirements=model_requirements(),
                     mlflow_model=Model(

@@ -243,6 +243,14 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt, tokenized as ``repotune.data.packing`` tokenizes training text: no special
+    tokens added, except a leading BOS for tokenizers that add one."""
+    ids = encode(tokenizer, text)
+    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+    return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+
 def file_header(path: str | None, tokenizer: Any | None = None) -> str:
     """The line that precedes a file's text: ``<filename>PATH\\n`` if the tokenizer knows the token.
 

@@ -432,7 +432,10 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
         for path in (layout.metrics, layout.report_md, layout.report_html):
             tracker.log_artifact(path)
         scratch = tuple(path.name for path in TrainLayout(model_dir).scratch)
-        tracker.log_model(model_dir, exclude=(*scratch, ".*"))
+        # decoding as it was scored, for MLflow's own loaders and server (``repotune.pyfunc_model``)
+        tracker.log_model(
+            model_dir, exclude=(*scratch, ".*"), line_repeat_penalty=scoring.line_repeat_penalty
+        )
         # The chosen arm's own scores over the model's (perplexity, forgetting): what it is deployed as.
         tagged = {**scores.get(arm.without_retrieval.key, {}), **scores.get(arm.key, {})}
         version = registry.register_candidate(tracker.run_id, "model", _tags(summary), metrics=tagged)

@@ -43,13 +43,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from repotune.data.transforms import banned_token_ids
 from repotune.decoding import (
+    LinePenaltyProcessor,
     answer_span,
     chosen_logprobs,
     decoded_ends,
     least_certain,
     line_confidence,
     newline_tokens,
-    penalize_lines,
     rewrites_line_above,
     runner_up,
     span_steps,
@@ -1191,18 +1191,6 @@ class LogprobRecorder:
             if row.recording:
                 row.distribution = distributions[line]
         return scores
-
-
-class LinePenaltyProcessor:
-    """A transformers ``LogitsProcessor`` for the line repeat penalty (``repotune.decoding``), row by
-    row: a row's completion is its tokens from column ``starts[row]`` on."""
-
-    def __init__(self, penalties: Sequence[float], starts: Sequence[int], newlines: frozenset[int]) -> None:
-        self.penalties, self.starts, self.newlines = list(penalties), list(starts), newlines
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        written = [ids[start:] for ids, start in zip(input_ids.tolist(), self.starts, strict=True)]
-        return penalize_lines(scores, written, self.newlines, self.penalties)
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str | Piece | Completed]]:

@@ -38,6 +38,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
+from repotune.data.transforms import encode_prompt
 from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
 from repotune.serving.batching import (
@@ -101,16 +102,6 @@ class TextPrompt(NamedTuple):
 def line_stops(stops: tuple[str, ...], prompt: TextPrompt) -> tuple[str, ...]:
     """A request's stop strings, and the end of the line for a gap answered from its prefix alone."""
     return (*stops, "\n") if prompt.line and "\n" not in stops else stops
-
-
-def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt, tokenized as ``repotune.data.packing`` tokenizes training text: no special
-    tokens added, except a leading BOS for tokenizers that add one."""
-    from repotune.data.transforms import encode
-
-    ids = encode(tokenizer, text)
-    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
-    return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
 
 
 def document_start(tokenizer: Any) -> list[int]:
