@@ -68,7 +68,7 @@ class CompletionModel(PythonModel):
         import torch
         from transformers import LogitsProcessorList
 
-        from repotune.data.transforms import encode_prompt
+        from repotune.data.transforms import document_start, encode_prompt
         from repotune.decoding import LinePenaltyProcessor
 
         params = params or {}
@@ -86,7 +86,10 @@ class CompletionModel(PythonModel):
             options["suppress_tokens"] = self.banned
         completions = []
         for prompt in prompts:
-            ids = encode_prompt(self.tokenizer, str(prompt))
+            # an empty prompt starts a document, as the server starts it
+            ids = encode_prompt(self.tokenizer, str(prompt)) or document_start(self.tokenizer)
+            if not ids:
+                raise ValueError("an empty prompt needs a tokenizer with an EOS or BOS token to start from")
             encoded = torch.tensor([ids], device=self.device)
             processors = (
                 [LinePenaltyProcessor([self.line_penalty], [len(ids)], self.newlines)]

@@ -251,6 +251,16 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
 
 
+def document_start(tokenizer: Any) -> list[int]:
+    """The ids of an empty text prompt (say a gap at the very start of a file, answered from its prefix
+    alone): the token a document follows in training, where examples are packed one after another,
+    each ended by EOS (``repotune.data.packing``), as OpenAI's models start an empty prompt from
+    ``<|endoftext|>``; BOS where the tokenizer has no EOS (``encode_prompt`` already gives BOS to
+    tokenizers that add it). Empty when it has neither: the request is then refused."""
+    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    return [] if start is None else [start]
+
+
 def file_header(path: str | None, tokenizer: Any | None = None) -> str:
     """The line that precedes a file's text: ``<filename>PATH\\n`` if the tokenizer knows the token.
 

@@ -38,7 +38,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
-from repotune.data.transforms import encode_prompt
+from repotune.data.transforms import document_start, encode_prompt
 from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
 from repotune.serving.batching import (
@@ -102,16 +102,6 @@ class TextPrompt(NamedTuple):
 def line_stops(stops: tuple[str, ...], prompt: TextPrompt) -> tuple[str, ...]:
     """A request's stop strings, and the end of the line for a gap answered from its prefix alone."""
     return (*stops, "\n") if prompt.line and "\n" not in stops else stops
-
-
-def document_start(tokenizer: Any) -> list[int]:
-    """The ids of an empty text prompt (say a gap at the very start of a file, answered from its prefix
-    alone): the token a document follows in training, where examples are packed one after another,
-    each ended by EOS (``repotune.data.packing``), as OpenAI's models start an empty prompt from
-    ``<|endoftext|>``; BOS where the tokenizer has no EOS (``encode_prompt`` already gives BOS to
-    tokenizers that add it). Empty when it has neither: the request is then refused."""
-    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    return [] if start is None else [start]
 
 
 class RepotuneModel(kserve.Model):
