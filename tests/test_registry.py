@@ -289,6 +289,7 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     from repotune.deploy.uris import resolve_model_uri
     from repotune.evaluate.generate import _eos_ids, greedy_lines
     from repotune.evaluate.registry import WEIGHTS_PATH_TAG
+    from repotune.serving.loading import eos_token_ids
 
     url = servers.mlflow_url
     folder = make_serving_model(tmp_path / "model", fim=False, header=True)
@@ -324,6 +325,9 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
     reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+    # Evaluation stops where the server does, as the pyfunc model does (the server also stops at the chat
+    # template's <|im_end|>, which this tiny model's generation config does not name).
+    reference.generation_config.eos_token_id = sorted(eos_token_ids(reference, tokenizer))
     eos = _eos_ids(reference, tokenizer)
     prompts = ["def add(a, b):", "class Greeter:", "x = ", ""]  # "": a document's start, as served
 

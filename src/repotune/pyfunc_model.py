@@ -50,6 +50,7 @@ class CompletionModel(PythonModel):
 
         from repotune.data.transforms import banned_token_ids
         from repotune.decoding import check_line_penalty, newline_tokens
+        from repotune.serving.loading import eos_token_ids
 
         folder = context.artifacts[ARTIFACT]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,9 +59,9 @@ class CompletionModel(PythonModel):
         self.line_penalty = (context.model_config or {}).get("line_repeat_penalty", 0.0)
         check_line_penalty(self.line_penalty)
         self.newlines = newline_tokens(self.tokenizer) if self.line_penalty else frozenset()
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
-        self.banned = sorted(banned_token_ids(self.tokenizer) - eos_ids)
+        # where the server stops (the model's and tokenizer's EOS, chat end-of-turn tokens), never banned
+        self.eos = sorted(eos_token_ids(self.model, self.tokenizer))
+        self.banned = sorted(banned_token_ids(self.tokenizer) - set(self.eos))
 
     # No type hints here: MLflow reads them as the model's input schema, and the logged signature
     # (prompts in, completions out, max_tokens and temperature) is the schema.
@@ -101,7 +102,8 @@ class CompletionModel(PythonModel):
                     encoded,
                     attention_mask=torch.ones_like(encoded),
                     max_new_tokens=max_tokens,
-                    pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
+                    eos_token_id=self.eos,
+                    pad_token_id=pad if pad is not None else self.eos[0],
                     logits_processor=LogitsProcessorList(processors),
                     **options,
                 )
