@@ -83,10 +83,11 @@ def generate_lines(
     the batch ends)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    from repotune.evaluate.generate import _eos_ids, context_limit
+    from repotune.decoding import stop_token_ids
+    from repotune.evaluate.generate import context_limit
 
     encoded = [prompt_ids(p, tokenizer, context_limit(model) - max_new_tokens) for p in prompts]
-    eos = _eos_ids(model, tokenizer)
+    eos = sorted(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=pad, eos_token_id=eos)  # fmt: skip

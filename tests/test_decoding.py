@@ -57,6 +57,31 @@ def test_newline_tokens_are_the_ones_whose_text_holds_one(tmp_path: Path) -> Non
     assert any(i in found for i in tokenizer.encode("a\nb", add_special_tokens=False))
 
 
+def test_a_completion_stops_at_the_models_and_tokenizers_ends_and_at_end_of_turn(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repotune.data.transforms import FILENAME_TOKEN
+    from repotune.decoding import END_OF_TURN_TOKENS, stop_token_ids, suppressed_token_ids
+    from repotune.errors import RepotuneError
+
+    folder = make_serving_model(tmp_path / "tiny", header=True)
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    assert stop_token_ids(model, tokenizer) == {tokenizer.eos_token_id, 7, end_of_turn}
+    assert end_of_turn != tokenizer.eos_token_id  # the chat template's end of turn is found by name
+    assert suppressed_token_ids(tokenizer, stop_token_ids(model, tokenizer)) == [header]
+    assert suppressed_token_ids(tokenizer, {header}) == []  # a token that ends a completion is never banned
+
+    model.generation_config.eos_token_id = None
+    tokenizer.eos_token = None
+    vocab = tokenizer.get_vocab()
+    tokenizer.get_vocab = lambda: {t: i for t, i in vocab.items() if t not in END_OF_TURN_TOKENS}
+    with pytest.raises(RepotuneError, match="no end-of-sequence token"):
+        stop_token_ids(model, tokenizer)
+
+
 def test_evaluation_scores_with_the_penalty_serving_applies_by_default() -> None:
     from repotune.errors import RepotuneError
     from repotune.evaluate import ScoringConfig

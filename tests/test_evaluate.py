@@ -189,19 +189,18 @@ def _generated_line(scorer, prompt: str, max_new_tokens: int, line_penalty: floa
     import torch
     from transformers import LogitsProcessorList
 
-    from repotune.data.transforms import banned_token_ids
-    from repotune.decoding import LinePenaltyProcessor, newline_tokens
-    from repotune.evaluate.generate import _eos_ids, answer_line, prompt_ids
+    from repotune.decoding import LinePenaltyProcessor, newline_tokens, stop_token_ids, suppressed_token_ids
+    from repotune.evaluate.generate import answer_line, prompt_ids
 
     ids, after_newline = prompt_ids(prompt, scorer.tokenizer, 2048)
-    eos = _eos_ids(scorer.model, scorer.tokenizer)
+    eos = sorted(stop_token_ids(scorer.model, scorer.tokenizer))
     served = LinePenaltyProcessor([line_penalty], [len(ids)], newline_tokens(scorer.tokenizer))
     with torch.no_grad():
         out = scorer.model.generate(
             torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
             logits_processor=LogitsProcessorList([served] if line_penalty else []),
-            suppress_tokens=sorted(banned_token_ids(scorer.tokenizer) - set(eos)) or None,
+            suppress_tokens=suppressed_token_ids(scorer.tokenizer, eos) or None,
         )  # fmt: skip
     tokens = out[0, len(ids) :].tolist()
     tokens = tokens[: min([tokens.index(t) for t in eos if t in tokens], default=len(tokens))]

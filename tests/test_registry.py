@@ -284,12 +284,11 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     from tests.serving_helpers import make_serving_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from repotune.data.transforms import FILENAME_TOKEN, banned_token_ids, document_start, encode_prompt
-    from repotune.decoding import newline_tokens
+    from repotune.data.transforms import FILENAME_TOKEN, document_start, encode_prompt
+    from repotune.decoding import newline_tokens, stop_token_ids, suppressed_token_ids
     from repotune.deploy.uris import resolve_model_uri
-    from repotune.evaluate.generate import _eos_ids, greedy_lines
+    from repotune.evaluate.generate import greedy_lines
     from repotune.evaluate.registry import WEIGHTS_PATH_TAG
-    from repotune.serving.loading import eos_token_ids
 
     url = servers.mlflow_url
     folder = make_serving_model(tmp_path / "model", fim=False, header=True)
@@ -325,10 +324,9 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
     reference = AutoModelForCausalLM.from_pretrained(folder).eval()
-    # Evaluation stops where the server does, as the pyfunc model does (the server also stops at the chat
-    # template's <|im_end|>, which this tiny model's generation config does not name).
-    reference.generation_config.eos_token_id = sorted(eos_token_ids(reference, tokenizer))
-    eos = _eos_ids(reference, tokenizer)
+    # Evaluation, the server and the pyfunc model stop at the same tokens (the chat template's <|im_end|>
+    # too, which this tiny model's generation config does not name).
+    eos = sorted(stop_token_ids(reference, tokenizer))
     prompts = ["def add(a, b):", "class Greeter:", "x = ", ""]  # "": a document's start, as served
 
     def preferring_the_header(model: Any) -> Any:
@@ -345,7 +343,7 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
             reference, [encode_prompt(tokenizer, p) or document_start(tokenizer) for p in prompts],
             max_new_tokens=8, eos=eos, pad=eos[0],
             done=lambda row, tokens: False, prefill_alone=True, line_penalty=line_penalty,
-            newlines=newline_tokens(tokenizer), banned=banned_token_ids(tokenizer) - set(eos),
+            newlines=newline_tokens(tokenizer), banned=frozenset(suppressed_token_ids(tokenizer, eos)),
         )  # fmt: skip
         assert all(header not in row.tokens for row in rows)
         return [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
@@ -357,6 +355,7 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
         assert expected[1.5] != expected[0.0] and all(expected[1.5][:-1])
         for config, penalty in ((None, 1.5), ({"line_repeat_penalty": 0}, 0.0)):
             loaded = mlflow.pyfunc.load_model("models:/repotune-flavor@champion", model_config=config)
+            assert loaded.unwrap_python_model().eos == eos
             hooks.append(preferring_the_header(loaded.unwrap_python_model().model))
             assert loaded.predict(prompts, params={"max_tokens": 8}) == expected[penalty], penalty
         sampled = loaded.predict(["y"], params={"max_tokens": 8, "temperature": 1.0})

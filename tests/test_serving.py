@@ -1991,7 +1991,8 @@ def test_a_copied_first_line_is_served_as_evaluation_scores_it(loaded: RepotuneM
 @pytest.mark.integration
 def test_a_file_header_is_never_written_served_or_scored(loaded: RepotuneModel, tmp_path: Path) -> None:
     from repotune.data.transforms import FILENAME_TOKEN, banned_token_ids
-    from repotune.evaluate.generate import _eos_ids, complete_lines, greedy_lines, prompt_ids
+    from repotune.decoding import stop_token_ids
+    from repotune.evaluate.generate import complete_lines, greedy_lines, prompt_ids
 
     assert banned_token_ids(loaded.tokenizer) == frozenset()  # no <filename> token: nothing banned
     served_model = RepotuneModel(
@@ -1999,11 +2000,13 @@ def test_a_file_header_is_never_written_served_or_scored(loaded: RepotuneModel, 
     )
     served_model.load()
     model, tokenizer = served_model.loaded.model, served_model.tokenizer
-    # Evaluation stops where the server does (the server also stops at the chat template's <|im_end|>,
-    # which this tiny model's generation config does not name).
-    model.generation_config.eos_token_id = sorted(served_model.batcher.eos_ids)
     header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
-    eos = _eos_ids(model, tokenizer)
+    eos = sorted(stop_token_ids(model, tokenizer))
+    # Evaluation stops where the server does: at the chat template's <|im_end|> too, which this tiny
+    # model's generation config does not name.
+    assert set(eos) == served_model.batcher.eos_ids
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in eos
+    assert model.generation_config.eos_token_id != tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert banned_token_ids(tokenizer) == {header} and header not in eos
     prompts = ["def add(a, b):", "import os", "x = 1\n"]
 

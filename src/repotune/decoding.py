@@ -107,6 +107,33 @@ def ban_tokens(logits: Any, banned: frozenset[int]) -> Any:
     return logits.index_fill(-1, banned_ids, float("-inf"))
 
 
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+"""End-of-turn tokens of common chat templates: a completion stops on them as on EOS."""
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Tokens that end a completion: the model's EOS (its generation config), the tokenizer's (training
+    appends it to every example) and the chat end-of-turn tokens the tokenizer has. The one rule of the
+    evaluate stage, ``repotune serve`` and the MLflow model, so that each stops where the others do."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    ids.discard(None)
+    if not ids:
+        raise RepotuneError("the model's tokenizer has no end-of-sequence token to stop generation at")
+    return frozenset(ids)
+
+
+def suppressed_token_ids(tokenizer: Any, stops: Iterable[int]) -> list[int]:
+    """The tokens a completion never decodes (``repotune.data.transforms.banned_token_ids``) that do not
+    also end one, sorted (``generate``'s ``suppress_tokens`` takes a list)."""
+    from repotune.data.transforms import banned_token_ids
+
+    return sorted(banned_token_ids(tokenizer) - frozenset(stops))
+
+
 # Writing the line above again. Greedy decoding of small code models copies the line above the cursor
 # (2.5 to 4% of the demo's held-out lines at 200 samples, verbatim or one word off: an import line, a
 # ``print``, an item of a list), mostly where the line to write starts like it (``from x import b``

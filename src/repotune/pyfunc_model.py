@@ -48,9 +48,7 @@ class CompletionModel(PythonModel):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from repotune.data.transforms import banned_token_ids
-        from repotune.decoding import check_line_penalty, newline_tokens
-        from repotune.serving.loading import eos_token_ids
+        from repotune.decoding import check_line_penalty, newline_tokens, stop_token_ids, suppressed_token_ids
 
         folder = context.artifacts[ARTIFACT]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,8 +58,8 @@ class CompletionModel(PythonModel):
         check_line_penalty(self.line_penalty)
         self.newlines = newline_tokens(self.tokenizer) if self.line_penalty else frozenset()
         # where the server stops (the model's and tokenizer's EOS, chat end-of-turn tokens), never banned
-        self.eos = sorted(eos_token_ids(self.model, self.tokenizer))
-        self.banned = sorted(banned_token_ids(self.tokenizer) - set(self.eos))
+        self.eos = sorted(stop_token_ids(self.model, self.tokenizer))
+        self.banned = suppressed_token_ids(self.tokenizer, self.eos)
 
     # No type hints here: MLflow reads them as the model's input schema, and the logged signature
     # (prompts in, completions out, max_tokens and temperature) is the schema.

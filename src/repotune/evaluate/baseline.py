@@ -28,12 +28,13 @@ from repotune.errors import RepotuneError
 from repotune.evaluate.arms import Arm
 from repotune.evaluate.layout import EvaluateLayout
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Bump when scoring changes what a saved score means: saved scores of another version are not used.
 2: perplexity reads a sentinel written in a file as text (``generate.tokenized``). 3: each line
 completion's confidence is saved beside its scores (``score.CONFIDENCE``). 4: the retrieval arms'
 search takes in the file being completed (``RetrievalConfig.current_file``). 5: completions never
-decode the file header's token (``transforms.banned_token_ids``)."""
+decode the file header's token (``transforms.banned_token_ids``). 6: completions stop at chat end-of-turn
+tokens too, as served (``decoding.stop_token_ids``)."""
 SAME_NUMBERS = ("batch_size", "window_batch_size", "progress_seconds")
 """Scoring settings that change how fast, never what is scored (batched answers equal one-at-a-time
 ones: tests/test_evaluate.py), so they are not part of the key."""

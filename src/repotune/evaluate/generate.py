@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, banned_token_ids, encode, file_header
+from repotune.data.transforms import FILENAME_TOKEN, PLAIN_HEADER, encode, file_header
 from repotune.decoding import (
     RETRIES,
     answer_span,
@@ -39,6 +39,8 @@ from repotune.decoding import (
     penalize_lines,
     rewrites_line_above,
     runner_up,
+    stop_token_ids,
+    suppressed_token_ids,
 )
 from repotune.errors import RepotuneError
 from repotune.evaluate.samples import ScoredText
@@ -250,11 +252,11 @@ def complete_lines(
     """
     limit = context_limit(model) - max_new_tokens
     encoded = [prompt_ids(prompt, tokenizer, limit) for prompt in prompts]
-    eos = _eos_ids(model, tokenizer)
+    eos = sorted(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     alone = model.device.type == "cpu" if prefill_alone is None else prefill_alone
     newlines = newline_tokens(tokenizer) if line_penalty else frozenset()
-    banned = banned_token_ids(tokenizer) - set(eos)
+    banned = frozenset(suppressed_token_ids(tokenizer, eos))
 
     def decode(jobs: Sequence[tuple[int, Written | None]]) -> list[Written]:
         """One batch: each job's prompt, ``(index, begun)``, is prompt ``index`` with ``begun`` written."""
@@ -512,18 +514,6 @@ def padding_budget(model: Any) -> int | None:
         return None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return int(weights // (2 * layers * heads * head_dim * next(model.parameters()).element_size()))
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokenizer's end of sequence (training appends it to every example) and the model's own."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    for token in configured if isinstance(configured, list) else [configured]:
-        if token is not None and token not in ids:
-            ids.append(token)
-    if not ids:
-        raise RepotuneError("the model's tokenizer has no end-of-sequence token to stop generation at")
-    return ids
 
 
 def context_limit(model: Any) -> int:

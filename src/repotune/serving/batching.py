@@ -41,7 +41,6 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from repotune.data.transforms import banned_token_ids
 from repotune.decoding import (
     LinePenaltyProcessor,
     answer_span,
@@ -53,6 +52,7 @@ from repotune.decoding import (
     rewrites_line_above,
     runner_up,
     span_steps,
+    suppressed_token_ids,
 )
 from repotune.kvcache import (
     PrefixCache,
@@ -793,7 +793,7 @@ class Batcher:
         self.eos_ids = frozenset(eos_ids)
         # Never decoded: the file header's token (``<filename>``), as evaluation scores
         # (``repotune.evaluate.generate.greedy_lines``).
-        self.banned = sorted(banned_token_ids(tokenizer) - self.eos_ids)
+        self.banned = suppressed_token_ids(tokenizer, self.eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.model_name = model_name

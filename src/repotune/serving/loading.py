@@ -31,8 +31,6 @@ TRAIN_SUMMARY = "train_summary.json"
 # MLflow writes this file (YAML: model_name, model_version) into a folder it downloads from the model
 # registry (`mlflow artifacts download -u models:/NAME/VERSION`).
 REGISTERED_MODEL_META = "registered_model_meta"
-# End-of-turn tokens of common chat templates: generation stops on them as on EOS.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 FALLBACK_NAME = "repotune"
 # The name appears in URL paths (`/v1/models/NAME:predict`).
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
@@ -223,18 +221,6 @@ def _adapter_base(adapter_dir: Path) -> Path:
     if not base:
         raise RepotuneError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; serve BASE --adapter DIR")
     return resolve_base_model(base)
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Tokens that end a completion: the model's and tokenizer's EOS, and chat end-of-turn tokens."""
-    ids: set[int] = set()
-    configured = model.generation_config.eos_token_id
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
-    return ids
 
 
 def context_length(model: Any, tokenizer: Any) -> int:

@@ -39,6 +39,7 @@ from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
 from repotune.data.transforms import document_start, encode_prompt
+from repotune.decoding import stop_token_ids
 from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
 from repotune.serving.batching import (
@@ -58,7 +59,6 @@ from repotune.serving.loading import (
     FALLBACK_NAME,
     LoadedModel,
     context_length,
-    eos_token_ids,
     load_model,
     served_names,
 )
@@ -165,7 +165,7 @@ class RepotuneModel(kserve.Model):
             batch_wait_ms=self.settings.batch_wait_ms,
             turn_tokens=self.settings.turn_tokens,
             prefix_cache_tokens=self.settings.prefix_cache_tokens,
-            eos_ids=eos_token_ids(model, tokenizer),
+            eos_ids=stop_token_ids(model, tokenizer),
             model_name=self.name,
         )
         self.ready = True
