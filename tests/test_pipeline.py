@@ -651,10 +651,12 @@ def _project(repo: Path) -> None:
 @pytest.mark.integration
 def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> None:
     """The tiny recipe end to end: real git repo, MLflow server, S3 server; then a cached second run."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
     from tests.mlflow_server import running_mlflow_on_s3
     from tests.s3_server import running_s3_server, s3_environment
 
-    from repotune.evaluate.registry import ROOT_COMMIT_TAG, Registry
+    from repotune.evaluate.registry import RETRIEVAL_TAG, ROOT_COMMIT_TAG, Registry
     from repotune.storage import client_from_env, exists_complete
 
     repo = tmp_path / "repo"
@@ -743,6 +745,17 @@ def test_whole_pipeline_under_kfp_local_with_mlflow_and_s3(tmp_path: Path) -> No
             registry = Registry(url, "repotune")
             assert registry.champion().version == "1"
             assert registry.champion().tags[ROOT_COMMIT_TAG] == root
+            # MLflow's face of the champion (repotune.pyfunc_model) decodes as the deployed arm: it
+            # searches the index the model carries where that arm retrieves
+            champion = registry.champion()
+            logged = MlflowClient(url).get_logged_model(champion.source.removeprefix("models:/"))
+            mlmodel = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{logged.artifact_location}/MLmodel",
+                dst_path=str(tmp_path / "mlmodel"),
+                tracking_uri=url,
+            )
+            flavor = yaml.safe_load(Path(mlmodel).read_text())["flavors"]["python_function"]
+            assert flavor["config"]["retrieval"] is (champion.tags[RETRIEVAL_TAG] == "true")
 
             # same commit again: everything but resolve-source and deploy comes from the cache (train,
             # whose inputs include the retrieval index, is a hit only when the index step was one too)

@@ -279,8 +279,11 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     """A logged model (the pyfunc flavor over the model folder) registered and promoted: MLflow's own
     `models:/NAME@champion` loads and completes text as evaluation scores it (the file header's token
     never written, the line repeat penalty it was logged with), and KServe's S3 folder holds the
-    model files."""
+    model files. With the index the model carries, it answers with the context `repotune serve` would
+    put in front of the same prompt, as the retrieval arm that was scored."""
     import mlflow.pyfunc
+    import openai
+    import yaml
     from tests.serving_helpers import make_serving_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -289,15 +292,31 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     from repotune.deploy.uris import resolve_model_uri
     from repotune.evaluate.generate import greedy_lines
     from repotune.evaluate.registry import WEIGHTS_PATH_TAG
+    from repotune.records import Kind, Record
+    from repotune.retrieval import RetrievalConfig, RetrievalIndex
+    from repotune.retrieval.shipped import add_to_model
+    from repotune.serving.server import start_background
 
     url = servers.mlflow_url
     folder = make_serving_model(tmp_path / "model", fim=False, header=True)
     (folder / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (folder / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"\x00" * 64)
+    code = {
+        "billing/invoice.py": "def compute_total(items):\n    return sum(item.price for item in items)\n",
+        "greet/greeter.py": "class Greeter:\n    def greeting(self, name):\n        return 'Hello ' + name\n",
+    }
+    records = [
+        Record(content=text, kind=Kind.CODE, source="test", id=path, file_path=path, revision="abc")
+        for path, text in code.items()
+    ]
+    RetrievalIndex.build(records, RetrievalConfig(window_lines=4, stride_lines=2)).save(tmp_path / "index")
+    add_to_model(tmp_path / "index", folder)  # as the pipeline's train step ships it
     tracker = MlflowTracker(url, "repotune-registry-tests")
     with tracker.start_run("evaluate") as run_id:
         tracker.log_metrics({"candidate.perplexity": 8.0})
-        model_id = tracker.log_model(folder, exclude=("checkpoints",), line_repeat_penalty=1.5)
+        model_id = tracker.log_model(
+            folder, exclude=("checkpoints",), line_repeat_penalty=1.5, retrieval=True
+        )
     assert model_id is not None and run_id is not None
     registry = Registry(url, "repotune-flavor")
     version = registry.register_candidate(run_id, "model", provenance(1), metrics=metrics(8.0))
@@ -321,6 +340,9 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     stored = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "mlm")))
     assert (stored / "code" / "repotune" / "decoding.py").is_file()
     assert not list((stored / "code").rglob("__pycache__"))
+    logged_config = yaml.safe_load((stored / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    assert logged_config == {"line_repeat_penalty": 1.5, "retrieval": True}
+    assert "bm25s==" in (stored / "requirements.txt").read_text()  # searching the index needs it
     tokenizer = AutoTokenizer.from_pretrained(folder)
     header = tokenizer.convert_tokens_to_ids(FILENAME_TOKEN)
     reference = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -353,7 +375,10 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
         expected = {penalty: scored(penalty) for penalty in (1.5, 0.0)}
         # the penalty changes what is written (the tiny model ends a document it is asked to start at once)
         assert expected[1.5] != expected[0.0] and all(expected[1.5][:-1])
-        for config, penalty in ((None, 1.5), ({"line_repeat_penalty": 0}, 0.0)):
+        for config, penalty in (
+            ({"retrieval": False}, 1.5),
+            ({"line_repeat_penalty": 0, "retrieval": False}, 0.0),
+        ):
             loaded = mlflow.pyfunc.load_model("models:/repotune-flavor@champion", model_config=config)
             assert loaded.unwrap_python_model().eos == eos
             hooks.append(preferring_the_header(loaded.unwrap_python_model().model))
@@ -363,6 +388,25 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     finally:
         for hook in hooks:
             hook.remove()
+
+    # As logged, it retrieves: the same prompts (no trailing space, which the server would hold back)
+    # get what the server answers a request that asks for retrieval, at the server's penalty.
+    asked = ["total = compute_total(", "class Greeter:", "message = Greeter().greeting("]
+    retrieving = mlflow.pyfunc.load_model(
+        "models:/repotune-flavor@champion", model_config={"line_repeat_penalty": 1.0}
+    )
+    answers = retrieving.predict(asked, params={"max_tokens": 8})
+    with start_background(folder, max_tokens=8) as server:
+        served = openai.OpenAI(base_url=server.openai_url, api_key="unused", max_retries=0, timeout=60)
+        reply = served.completions.create(
+            model=server.model_name, prompt=asked, max_tokens=8, temperature=0, extra_body={"retrieval": True}
+        )
+    assert all(sources for sources in reply.model_extra["retrieval"])  # every prompt got context
+    assert answers == [choice.text for choice in sorted(reply.choices, key=lambda c: c.index)]
+    plain = mlflow.pyfunc.load_model(
+        "models:/repotune-flavor@champion", model_config={"line_repeat_penalty": 1.0, "retrieval": False}
+    )
+    assert plain.predict(asked, params={"max_tokens": 8}) != answers  # the context changed what was written
 
     # What evaluation scores and KServe deploys: the plain Hugging Face folder, without checkpoints.
     local = registry.download(version, tmp_path / "dl")

@@ -5,11 +5,17 @@ file into the logged model and runs it when the model is loaded. The model folde
 safetensors, tokenizer, and the LoRA adapter in ``adapter/``) travels as the pyfunc artifact ``model``;
 KServe's Hugging Face runtime deploys that same folder. repotune's own code travels too (the model's
 ``code_paths``), so that this face decodes as the evaluate stage scored and ``repotune serve`` serves:
-prompts tokenized as training text was, the file header's token never written, and the line repeat
-penalty the model was scored with (the logged ``model_config``; ``mlflow.pyfunc.load_model(uri,
-model_config={"line_repeat_penalty": 0})`` turns it off). Loading needs mlflow, torch, transformers and
-rapidfuzz, not an installed repotune. What it does not do is the server's: no retrieved context, no
-healing of a prompt's trailing whitespace. Once registered::
+prompts tokenized as training text was, the file header's token never written, generation stopped
+where the server stops it, and the line repeat penalty the model was scored with. Where the arm that
+evaluation chose retrieves and the model folder carries the index (``MODEL/retrieval/``, as the
+pipeline ships it), each prompt gets the context the server would put in front of it (a request
+without ``file_path``: the chunks found for the code before the cursor, then the prompt, as
+``code_prompt`` frames it), within the budget the model was trained with and the room the window has
+left after ``max_tokens``. Both are the logged ``model_config``:
+``mlflow.pyfunc.load_model(uri, model_config={"line_repeat_penalty": 0, "retrieval": False})`` turns
+them off. Loading needs mlflow, torch, transformers and rapidfuzz (and bm25s with an index), not an
+installed repotune. What it does not do is the server's healing of a prompt's trailing whitespace,
+and a request cannot name its file (the signature takes prompts alone). Once registered::
 
     model = mlflow.pyfunc.load_model("models:/repotune@champion")
     model.predict(["def add(a, b):"], params={"max_tokens": 32})  # -> ["\\n    return a + b", ...]
@@ -23,6 +29,7 @@ model-from-code file; nothing else in repotune imports it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -49,12 +56,18 @@ class CompletionModel(PythonModel):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from repotune.decoding import check_line_penalty, newline_tokens, stop_token_ids, suppressed_token_ids
+        from repotune.serving.loading import context_length
+        from repotune.serving.retrieval import ServedRetrieval
 
         folder = context.artifacts[ARTIFACT]
+        config = context.model_config or {}
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
-        self.line_penalty = (context.model_config or {}).get("line_repeat_penalty", 0.0)
+        self.window = context_length(self.model, self.tokenizer)
+        # the index the folder carries, searched when the evaluated arm did (unset: as the model was trained)
+        self.retrieval = ServedRetrieval.load(Path(folder), config.get("retrieval"))
+        self.line_penalty = config.get("line_repeat_penalty", 0.0)
         check_line_penalty(self.line_penalty)
         self.newlines = newline_tokens(self.tokenizer) if self.line_penalty else frozenset()
         # where the server stops (the model's and tokenizer's EOS, chat end-of-turn tokens), never banned
@@ -89,6 +102,8 @@ class CompletionModel(PythonModel):
             ids = encode_prompt(self.tokenizer, str(prompt)) or document_start(self.tokenizer)
             if not ids:
                 raise ValueError("an empty prompt needs a tokenizer with an EOS or BOS token to start from")
+            if self.retrieval is not None and self.retrieval.default:
+                ids = self._with_context(str(prompt), ids, max_tokens)
             encoded = torch.tensor([ids], device=self.device)
             processors = (
                 [LinePenaltyProcessor([self.line_penalty], [len(ids)], self.newlines)]
@@ -108,6 +123,19 @@ class CompletionModel(PythonModel):
             new_tokens = output[0, len(ids) :]
             completions.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
         return completions
+
+    def _with_context(self, prompt: str, ids: list[int], max_tokens: int) -> list[int]:
+        """``prompt``'s tokens with the retrieved context in front, as ``repotune serve`` frames a request
+        without ``file_path``; ``ids`` (the prompt alone) where nothing is found or it would not fit."""
+        from repotune.data.transforms import code_prompt, encode_prompt
+
+        room = self.window - len(ids) - max_tokens
+        found = self.retrieval.context(prompt, None, None, self.tokenizer, room)
+        if not found.context:
+            return ids
+        text = code_prompt(prompt, tokenizer=self.tokenizer, context=found.context)
+        framed = encode_prompt(self.tokenizer, text)
+        return framed if len(framed) + max_tokens <= self.window else ids
 
 
 mlflow.models.set_model(CompletionModel())

@@ -95,6 +95,8 @@ WEIGHTS_PATH = f"artifacts/{MODEL_ARTIFACT}"
 # pinned to what logged it, so `mlflow models serve` builds the same environment. Local version labels
 # (torch's "+cpu") are not on PyPI: dropped.
 MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "rapidfuzz")
+RETRIEVAL_REQUIREMENTS = ("bm25s", "numpy")
+"""Added to the MLflow model's requirements where the model carries a retrieval index."""
 MAX_NEW_TOKENS = 64
 """Default ``max_tokens`` of the pyfunc model's signature (``repotune.pyfunc_model.MAX_TOKENS`` too)."""
 
@@ -146,11 +148,17 @@ class Tracker(Protocol):
         ...
 
     def log_model(
-        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+        self,
+        folder: Path,
+        *,
+        exclude: tuple[str, ...] = (),
+        line_repeat_penalty: float = LINE_REPEAT_PENALTY,
+        retrieval: bool = False,
     ) -> str | None:
         """Log the Hugging Face model ``folder`` (minus the glob patterns ``exclude``) as an MLflow model
         of this run that ``mlflow.pyfunc.load_model`` loads, decoding with ``line_repeat_penalty`` (the
-        one it was scored with); return its model id (None when not logged)."""
+        one it was scored with) and, with ``retrieval``, with context from the index the folder carries
+        (as the arm that was scored); return its model id (None when not logged)."""
         ...
 
 
@@ -184,7 +192,12 @@ class NullTracker:
         return None
 
     def log_model(
-        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+        self,
+        folder: Path,
+        *,
+        exclude: tuple[str, ...] = (),
+        line_repeat_penalty: float = LINE_REPEAT_PENALTY,
+        retrieval: bool = False,
     ) -> str | None:
         return None
 
@@ -371,27 +384,37 @@ class MlflowTracker:
         self._guard(f"logging dataset {dataset.name}", send)
 
     def log_model(
-        self, folder: Path, *, exclude: tuple[str, ...] = (), line_repeat_penalty: float = LINE_REPEAT_PENALTY
+        self,
+        folder: Path,
+        *,
+        exclude: tuple[str, ...] = (),
+        line_repeat_penalty: float = LINE_REPEAT_PENALTY,
+        retrieval: bool = False,
     ) -> str | None:
         """The MLflow 3 logged-model path of ``mlflow.pyfunc.log_model``, through this tracker's client
         rather than MLflow's process-global run: create the logged model as an output of the run, save
         the pyfunc model locally, upload it, mark it ready. Costs one local copy of ``folder`` (MLflow
         copies pyfunc artifacts) for the length of the upload. repotune's own code goes with it
-        (``code_paths``), with ``line_repeat_penalty`` as its ``model_config``: ``repotune.pyfunc_model``
-        decodes with them."""
+        (``code_paths``), with ``line_repeat_penalty`` and ``retrieval`` as its ``model_config``:
+        ``repotune.pyfunc_model`` decodes with them. ``retrieval`` is logged as false where the folder
+        carries no index (``MODEL/retrieval/``) to retrieve from."""
+        from repotune.retrieval.shipped import model_index
+
         check_line_penalty(line_repeat_penalty)
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no Hugging Face model (config.json)")
+        searchable = retrieval and model_index(folder) is not None
+        config = {"line_repeat_penalty": line_repeat_penalty, "retrieval": searchable}
         model_id: list[str] = []
 
         def send() -> None:
-            model_id.append(self._log_model(folder, exclude, line_repeat_penalty))
+            model_id.append(self._log_model(folder, exclude, config))
 
         self._guard(f"logging the model {folder}", send)
         return model_id[0] if model_id else None
 
-    def _log_model(self, folder: Path, exclude: tuple[str, ...], line_repeat_penalty: float) -> str:
+    def _log_model(self, folder: Path, exclude: tuple[str, ...], config: dict[str, Any]) -> str:
         import mlflow.pyfunc
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
         from mlflow.models import Model
@@ -433,9 +456,9 @@ class MlflowTracker:
                     python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                     artifacts={MODEL_ARTIFACT: str(files)},
                     code_paths=[str(code)],
-                    model_config={"line_repeat_penalty": line_repeat_penalty},
+                    model_config=config,
                     signature=completion_signature(),
-                    pip_requirements=model_requirements(),
+                    pip_requirements=model_requirements(files),
                     mlflow_model=Model(
                         artifact_path=model.artifact_location,
                         run_id=self._run_id,
@@ -608,10 +631,21 @@ def completion_signature() -> Any:
     )
 
 
-def model_requirements() -> list[str]:
-    """``MODEL_REQUIREMENTS`` pinned to the installed versions (skipping any not installed)."""
+def model_requirements(folder: Path | None = None) -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to the installed versions (skipping any not installed), with what
+    searching the retrieval index that the model ``folder`` carries needs."""
+    from repotune.retrieval.index import MANIFEST_NAME
+    from repotune.retrieval.shipped import model_index
+
+    names = list(MODEL_REQUIREMENTS)
+    index = model_index(folder) if folder is not None else None
+    if index is not None:
+        names += RETRIEVAL_REQUIREMENTS
+        manifest = json.loads((index / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if (manifest.get("config") or {}).get("embedding_model"):
+            names.append("sentence-transformers")
     pins = []
-    for name in MODEL_REQUIREMENTS:
+    for name in names:
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -41,6 +41,7 @@ from repotune.evaluate.score import (
     metric_to_dict,
     score_model,
 )
+from repotune.retrieval.shipped import MODEL_INDEX_DIR, model_index
 from repotune.train.layout import TrainLayout
 
 
@@ -433,8 +434,16 @@ def run(config: EvaluateConfig, *, log: Callable[[str], None] = print) -> Evalua
             tracker.log_artifact(path)
         scratch = tuple(path.name for path in TrainLayout(model_dir).scratch)
         # decoding as it was scored, for MLflow's own loaders and server (``repotune.pyfunc_model``)
+        if arm.retrieval and model_index(model_dir) is None:
+            log(
+                f"the MLflow model will answer without retrieved context: {model_dir} carries no retrieval "
+                f"index ({MODEL_INDEX_DIR}/, where the pipeline's train step puts it)"
+            )
         tracker.log_model(
-            model_dir, exclude=(*scratch, ".*"), line_repeat_penalty=scoring.line_repeat_penalty
+            model_dir,
+            exclude=(*scratch, ".*"),
+            line_repeat_penalty=scoring.line_repeat_penalty,
+            retrieval=arm.retrieval,
         )
         # The chosen arm's own scores over the model's (perplexity, forgetting): what it is deployed as.
         tagged = {**scores.get(arm.without_retrieval.key, {}), **scores.get(arm.key, {})}
