@@ -65,8 +65,10 @@ class CompletionModel(PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
         self.window = context_length(self.model, self.tokenizer)
-        # the index the folder carries, searched when the evaluated arm did (unset: as the model was trained)
-        self.retrieval = ServedRetrieval.load(Path(folder), config.get("retrieval"))
+        # the index the folder carries, searched when the evaluated arm did (unset: as the model was
+        # trained); not even loaded when switched off, as nothing can switch it on per request
+        setting = config.get("retrieval")
+        self.retrieval = None if setting is False else ServedRetrieval.load(Path(folder), setting)
         self.line_penalty = config.get("line_repeat_penalty", 0.0)
         check_line_penalty(self.line_penalty)
         self.newlines = newline_tokens(self.tokenizer) if self.line_penalty else frozenset()
