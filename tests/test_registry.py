@@ -360,7 +360,9 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
     # Evaluation, the server and the pyfunc model stop at the same tokens (the chat template's <|im_end|>
     # too, which this tiny model's generation config does not name).
     eos = sorted(stop_token_ids(reference, tokenizer))
-    prompts = ["def add(a, b):", "class Greeter:", "x = ", ""]  # "": a document's start, as served
+    # "": a document's start, as served; no trailing whitespace, which evaluation's prompts never end in
+    # (the server's and this model's healing of it is compared with the server below)
+    prompts = ["def add(a, b):", "class Greeter:", "x =", ""]
 
     def preferring_the_header(model: Any) -> Any:
         """As a small model given <filename> blocks of context now and then starts a file header."""
@@ -400,9 +402,10 @@ def test_the_champion_loads_as_an_mlflow_model_and_deploys_from_its_folder(
         for hook in hooks:
             hook.remove()
 
-    # As logged, it retrieves: the same prompts (no trailing space, which the server would hold back)
-    # get what the server answers a request that asks for retrieval, at the server's penalty.
-    asked = ["total = compute_total(", "class Greeter:", "message = Greeter().greeting("]
+    # As logged, it retrieves: the same prompts get what the server answers a request that asks for
+    # retrieval, at the server's penalty; a prompt that ends in whitespace has it held back and written
+    # by the model, as the server does (repotune.serving.healing).
+    asked = ["total = compute_total(", "class Greeter:\n    ", "message = Greeter().greeting(", "total = "]
     retrieving = mlflow.pyfunc.load_model(
         "models:/repotune-flavor@champion", model_config={"line_repeat_penalty": 1.0}
     )

@@ -5,8 +5,9 @@ file into the logged model and runs it when the model is loaded. The model folde
 safetensors, tokenizer, and the LoRA adapter in ``adapter/``) travels as the pyfunc artifact ``model``;
 KServe's Hugging Face runtime deploys that same folder. repotune's own code travels too (the model's
 ``code_paths``), so that this face decodes as the evaluate stage scored and ``repotune serve`` serves:
-prompts tokenized as training text was, the file header's token never written, generation stopped
-where the server stops it, and the line repeat penalty the model was scored with. Where the arm that
+prompts tokenized as training text was (a prompt's trailing whitespace held back for the model to
+write, ``repotune.serving.healing``), the file header's token never written, generation stopped where
+the server stops it, and the line repeat penalty the model was scored with. Where the arm that
 evaluation chose retrieves and the model folder carries the index (``MODEL/retrieval/``, as the
 pipeline ships it), each prompt gets the context the server would put in front of it (a request
 without ``file_path``: the chunks found for the code before the cursor, then the prompt, as
@@ -14,8 +15,8 @@ without ``file_path``: the chunks found for the code before the cursor, then the
 left after ``max_tokens``. Both are the logged ``model_config``:
 ``mlflow.pyfunc.load_model(uri, model_config={"line_repeat_penalty": 0, "retrieval": False})`` turns
 them off. Loading needs mlflow, torch, transformers and rapidfuzz (and bm25s with an index), not an
-installed repotune. What it does not do is the server's healing of a prompt's trailing whitespace,
-and a request cannot name its file (the signature takes prompts alone). Once registered::
+installed repotune. What the server has that it lacks: a request cannot name its file (the signature
+takes prompts alone), and prompts are decoded one at a time. Once registered::
 
     model = mlflow.pyfunc.load_model("models:/repotune@champion")
     model.predict(["def add(a, b):"], params={"max_tokens": 32})  # -> ["\\n    return a + b", ...]
@@ -56,6 +57,7 @@ class CompletionModel(PythonModel):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from repotune.decoding import check_line_penalty, newline_tokens, stop_token_ids, suppressed_token_ids
+        from repotune.serving.healing import TokenTexts
         from repotune.serving.loading import context_length
         from repotune.serving.retrieval import ServedRetrieval
 
@@ -65,6 +67,7 @@ class CompletionModel(PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(self.device).eval()
         self.window = context_length(self.model, self.tokenizer)
+        self.token_texts = TokenTexts(self.tokenizer)
         # the index the folder carries, searched when the evaluated arm did (unset: as the model was
         # trained); not even loaded when switched off, as nothing can switch it on per request
         setting = config.get("retrieval")
@@ -82,8 +85,8 @@ class CompletionModel(PythonModel):
         import torch
         from transformers import LogitsProcessorList
 
-        from repotune.data.transforms import document_start, encode_prompt
         from repotune.decoding import LinePenaltyProcessor
+        from repotune.serving.healing import HealingProcessor, agreed, encode_held_back
 
         params = params or {}
         max_tokens = int(params.get("max_tokens") or MAX_TOKENS)
@@ -100,18 +103,17 @@ class CompletionModel(PythonModel):
             options["suppress_tokens"] = self.banned
         completions = []
         for prompt in prompts:
-            # an empty prompt starts a document, as the server starts it
-            ids = encode_prompt(self.tokenizer, str(prompt)) or document_start(self.tokenizer)
+            # as the server encodes a prompt: an empty one starts a document, trailing whitespace is held
+            # back for the model to write (repotune.serving.healing)
+            ids, heal = encode_held_back(str(prompt), self.tokenizer, self.token_texts)
             if not ids:
                 raise ValueError("an empty prompt needs a tokenizer with an EOS or BOS token to start from")
             if self.retrieval is not None and self.retrieval.default:
-                ids = self._with_context(str(prompt), ids, max_tokens)
+                ids, heal = self._with_context(str(prompt), ids, heal, max_tokens)
             encoded = torch.tensor([ids], device=self.device)
-            processors = (
-                [LinePenaltyProcessor([self.line_penalty], [len(ids)], self.newlines)]
-                if self.line_penalty
-                else []
-            )
+            processors: list[Any] = [HealingProcessor([heal], len(ids), self.token_texts)] if heal else []
+            if self.line_penalty:
+                processors.append(LinePenaltyProcessor([self.line_penalty], [len(ids)], self.newlines))
             with torch.inference_mode():
                 output = self.model.generate(
                     encoded,
@@ -122,22 +124,24 @@ class CompletionModel(PythonModel):
                     logits_processor=LogitsProcessorList(processors),
                     **options,
                 )
-            new_tokens = output[0, len(ids) :]
-            completions.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+            text = self.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+            completions.append(text[agreed(text, heal) :])  # the held-back whitespace was the prompt's
         return completions
 
-    def _with_context(self, prompt: str, ids: list[int], max_tokens: int) -> list[int]:
-        """``prompt``'s tokens with the retrieved context in front, as ``repotune serve`` frames a request
-        without ``file_path``; ``ids`` (the prompt alone) where nothing is found or it would not fit."""
-        from repotune.data.transforms import code_prompt, encode_prompt
+    def _with_context(self, prompt: str, ids: list[int], heal: str, max_tokens: int) -> tuple[list[int], str]:
+        """``prompt``'s tokens with the retrieved context in front, and what is held back from them, as
+        ``repotune serve`` frames a request without ``file_path``; ``ids`` and ``heal`` (the prompt alone)
+        where nothing is found or it would not fit."""
+        from repotune.data.transforms import code_prompt
+        from repotune.serving.healing import encode_held_back
 
         room = self.window - len(ids) - max_tokens
         found = self.retrieval.context(prompt, None, None, self.tokenizer, room)
         if not found.context:
-            return ids
+            return ids, heal
         text = code_prompt(prompt, tokenizer=self.tokenizer, context=found.context)
-        framed = encode_prompt(self.tokenizer, text)
-        return framed if len(framed) + max_tokens <= self.window else ids
+        framed, held = encode_held_back(text, self.tokenizer, self.token_texts)
+        return (framed, held) if len(framed) + max_tokens <= self.window else (ids, heal)
 
 
 mlflow.models.set_model(CompletionModel())

@@ -64,7 +64,7 @@ from repotune.kvcache import (
     with_room,
 )
 from repotune.serving.errors import QueueFull, ServingError, Timeout, Unavailable
-from repotune.serving.healing import HealingProcessor, TokenTexts
+from repotune.serving.healing import HealingProcessor, TokenTexts, agreed
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class _Row:
         # holds the first tokens to it, so the text starts with it once it is all written). Where the
         # processor let the row go before (no token could write the rest), the completion starts after
         # the part written.
-        self.text = text[_agreed(text, request.heal) :]
+        self.text = text[agreed(text, request.heal) :]
         for stop in request.stop:
             # A stop string can only be new if it ends within the newly decoded text.
             at = self.text.find(stop, max(0, self.sent - len(stop)))
@@ -431,9 +431,7 @@ class _Row:
         if self.first is not None:
             return self._try_again()
         # The text starts after the held-back prompt text: the span's characters in the tokens decoded.
-        shift = _agreed(
-            self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.handle.request.heal
-        )
+        shift = agreed(self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.handle.request.heal)
         steps = least_certain(self.tokens, self.margins, self.tokenizer, (span[0] + shift, span[1] + shift))
         steps = [step for step in steps if step + 1 < self.handle.request.max_new_tokens]
         if not steps:
@@ -501,7 +499,7 @@ class _Row:
             if self.text[self.gated : end].strip():
                 if shift is None:  # the text starts after the held-back prompt text (``add``)
                     decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-                    shift = _agreed(decoded, self.handle.request.heal)
+                    shift = agreed(decoded, self.handle.request.heal)
                 span = (self.gated + shift, end + shift)
                 if line_confidence(self.logprobs, self.ends, span) < self.handle.request.min_confidence:
                     self.text = self.text[: self.gated]
@@ -565,7 +563,7 @@ class _Row:
         tokens decoded, where the caller has them."""
         if decoded is None:
             decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        start = _agreed(decoded, self.handle.request.heal)
+        start = agreed(decoded, self.handle.request.heal)
         spans = [
             (step, first, last)
             for step, first, last in span_steps(self.ends, (start, start + end))
@@ -709,14 +707,6 @@ def prompt_steps(
                     *steps_of(distributions, tokens[line, 1:length].to(device), tops[index]),
                 ]
     return [found[index] for index in range(len(prompts))]
-
-
-def _agreed(text: str, heal: str) -> int:
-    """How many characters ``text`` starts with that agree with ``heal``."""
-    same = 0
-    while same < min(len(text), len(heal)) and text[same] == heal[same]:
-        same += 1
-    return same
 
 
 class _RowStopper:

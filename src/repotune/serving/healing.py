@@ -78,6 +78,29 @@ class TokenTexts:
         return tail[keep:]
 
 
+def encode_held_back(text: str, tokenizer: Any, texts: TokenTexts | None) -> tuple[list[int], str]:
+    """The tokens of the prompt ``text`` (``encode_prompt``; an empty one starts a document) and the
+    trailing whitespace held back from them for the model to write (``""``: none): as much of it as the
+    vocabulary can write again (``TokenTexts.writable``), where ``texts`` is given and supported. What
+    ``repotune serve`` and the MLflow pyfunc model both encode a plain prompt with."""
+    from repotune.data.transforms import document_start, encode_prompt
+
+    if texts is not None and texts.supported:
+        tail = texts.writable(split_tail(text)[1])
+        if tail:
+            return encode_prompt(tokenizer, text[: -len(tail)]), tail
+    return encode_prompt(tokenizer, text) or document_start(tokenizer), ""
+
+
+def agreed(text: str, heal: str) -> int:
+    """How many characters ``text`` starts with that agree with ``heal``: where a completion that was
+    held to ``heal`` starts after it."""
+    same = 0
+    while same < min(len(text), len(heal)) and text[same] == heal[same]:
+        same += 1
+    return same
+
+
 def _decodes_alone(tokenizer: Any) -> bool:
     """Whether a lone token decodes to its own text, leading whitespace included (byte-level BPE)."""
     try:

@@ -38,7 +38,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import PromptTokensDetails
 
-from repotune.data.transforms import document_start, encode_prompt
+from repotune.data.transforms import encode_prompt
 from repotune.decoding import stop_token_ids
 from repotune.errors import RepotuneError
 from repotune.serving._kserve import InferOutput, InferRequest, InferResponse, kserve
@@ -265,13 +265,10 @@ class RepotuneModel(kserve.Model):
         """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held
         back where the tokenizer allows it, as much of it as the vocabulary can write again
         (``TokenTexts.writable``; a FIM prompt ends in ``<fim_middle>``, not in whitespace)."""
-        from repotune.serving.healing import split_tail
+        from repotune.serving.healing import encode_held_back
 
-        if healed and self.batcher is not None and self.batcher.token_texts.supported:
-            tail = self.batcher.token_texts.writable(split_tail(text)[1])
-            if tail:
-                return encode_prompt(self.tokenizer, text[: -len(tail)]), tail
-        return encode_prompt(self.tokenizer, text) or document_start(self.tokenizer), ""
+        texts = self.batcher.token_texts if healed and self.batcher is not None else None
+        return encode_held_back(text, self.tokenizer, texts)
 
     def request(
         self,
