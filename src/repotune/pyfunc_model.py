@@ -85,6 +85,7 @@ class CompletionModel(PythonModel):
         import torch
         from transformers import LogitsProcessorList
 
+        from repotune.data.transforms import code_prompt
         from repotune.decoding import LinePenaltyProcessor
         from repotune.serving.healing import HealingProcessor, agreed, encode_held_back
 
@@ -105,11 +106,26 @@ class CompletionModel(PythonModel):
         for prompt in prompts:
             # as the server encodes a prompt: an empty one starts a document, trailing whitespace is held
             # back for the model to write (repotune.serving.healing)
-            ids, heal = encode_held_back(str(prompt), self.tokenizer, self.token_texts)
+            text = str(prompt)
+            ids, heal = encode_held_back(text, self.tokenizer, self.token_texts)
             if not ids:
                 raise ValueError("an empty prompt needs a tokenizer with an EOS or BOS token to start from")
             if self.retrieval is not None and self.retrieval.default:
-                ids, heal = self._with_context(str(prompt), ids, heal, max_tokens)
+                # framed as `repotune serve` frames a request without `file_path`, within the same room
+                ids, heal, _ = self.retrieval.framed(
+                    text,
+                    None,
+                    None,
+                    self.tokenizer,
+                    (ids, heal),
+                    wanted=max_tokens,
+                    window=self.window,
+                    frame=lambda context, text=text: encode_held_back(
+                        code_prompt(text, tokenizer=self.tokenizer, context=context),
+                        self.tokenizer,
+                        self.token_texts,
+                    ),
+                )
             encoded = torch.tensor([ids], device=self.device)
             processors: list[Any] = [HealingProcessor([heal], len(ids), self.token_texts)] if heal else []
             if self.line_penalty:
@@ -124,24 +140,9 @@ class CompletionModel(PythonModel):
                     logits_processor=LogitsProcessorList(processors),
                     **options,
                 )
-            text = self.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
-            completions.append(text[agreed(text, heal) :])  # the held-back whitespace was the prompt's
+            written = self.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+            completions.append(written[agreed(written, heal) :])  # the held-back whitespace was the prompt's
         return completions
-
-    def _with_context(self, prompt: str, ids: list[int], heal: str, max_tokens: int) -> tuple[list[int], str]:
-        """``prompt``'s tokens with the retrieved context in front, and what is held back from them, as
-        ``repotune serve`` frames a request without ``file_path``; ``ids`` and ``heal`` (the prompt alone)
-        where nothing is found or it would not fit."""
-        from repotune.data.transforms import code_prompt
-        from repotune.serving.healing import encode_held_back
-
-        room = self.window - len(ids) - max_tokens
-        found = self.retrieval.context(prompt, None, None, self.tokenizer, room)
-        if not found.context:
-            return ids, heal
-        text = code_prompt(prompt, tokenizer=self.tokenizer, context=found.context)
-        framed, held = encode_held_back(text, self.tokenizer, self.token_texts)
-        return (framed, held) if len(framed) + max_tokens <= self.window else (ids, heal)
 
 
 mlflow.models.set_model(CompletionModel())

@@ -248,18 +248,19 @@ class RepotuneModel(kserve.Model):
             return TextPrompt(ids, NOTHING, heal, line, prompt)
         wanted = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else min(
             default_max_tokens or self.settings.max_tokens, self.settings.max_tokens)  # fmt: skip
-        room = self.context - len(ids) - wanted
-        found = self.retrieval.context(prompt, suffix, file_path, self.tokenizer, room)
-        if not found.context:
-            return TextPrompt(ids, found, heal, line, prompt)
-        with_context, heal = self._encode_text(
-            self.build_prompt(prompt, fim, file_path, found.context), healed=fim is None
+        ids, heal, found = self.retrieval.framed(
+            prompt,
+            suffix,
+            file_path,
+            self.tokenizer,
+            (ids, heal),
+            wanted=wanted,
+            window=self.context,
+            frame=lambda context: self._encode_text(
+                self.build_prompt(prompt, fim, file_path, context), healed=fim is None
+            ),
         )
-        if len(with_context) + wanted > self.context:
-            # The header and a tokenizer's merges at block boundaries cost a few tokens more than the
-            # context alone; rather than cut into the prompt, go without.
-            return TextPrompt(ids, NOTHING, heal, line, prompt)
-        return TextPrompt(with_context, found, heal, line, prompt)
+        return TextPrompt(ids, found, heal, line, prompt)
 
     def _encode_text(self, text: str, *, healed: bool) -> tuple[list[int], str]:
         """``encode_prompt`` of ``text``; a plain prompt (``healed``) has its trailing whitespace held

@@ -17,6 +17,7 @@ evaluated arm's setting), else on when the model was trained with retrieved cont
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,31 @@ class ServedRetrieval:
             return NOTHING
         sources = tuple(f"{hit.path}:{hit.first_line}-{hit.last_line}" for hit in hits)
         return Retrieved(render_hits(hits, tokenizer), sources)
+
+    def framed(
+        self,
+        prompt: str,
+        suffix: str | None,
+        path: str | None,
+        tokenizer: Any,
+        plain: tuple[list[int], str],
+        *,
+        wanted: int,
+        window: int,
+        frame: Callable[[str], tuple[list[int], str]],
+    ) -> tuple[list[int], str, Retrieved]:
+        """The ids of ``prompt`` with its context in front, the text held back from them
+        (``repotune.serving.healing``) and that context: ``frame(context)`` encodes the prompt framed
+        with it. The context gets what ``window`` has left after ``plain`` (the prompt encoded alone, and
+        its held-back text) and the ``wanted`` new tokens, so a prompt that fits without context still
+        fits with it; ``plain`` comes back where nothing is found, or where the framed prompt would not
+        fit after all (the header and a tokenizer's merges at block boundaries cost a few tokens more than
+        the context alone; rather than cut into the prompt, it goes without)."""
+        ids, heal = plain
+        found = self.context(prompt, suffix, path, tokenizer, window - len(ids) - wanted)
+        if not found.context:
+            return ids, heal, found
+        with_context, held = frame(found.context)
+        if len(with_context) + wanted > window:
+            return ids, heal, NOTHING
+        return with_context, held, found
